@@ -1,0 +1,155 @@
+//! Builds the GPU kernels (`kernels-gpu/`, no_std Rust) to PTX, once per architecture, with the pinned
+//! nightly toolchain, and leaves them in OUT_DIR for `host/modules.rs` to embed.
+//!
+//! Why this way: rustc's own LLVM emits PTX for `nvptx64-nvidia-cuda`, but the registry has no prebuilt
+//! `core` for that target and no bitcode linker. So `core` is built from rust-src (`-Zbuild-std=core`),
+//! the kernel crate is a fat-LTO cdylib (one LLVM module holding everything it calls), and the PTX is
+//! that module's `--emit=asm`. The final link step is replaced by `true`: nothing needs linking.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const NIGHTLY: &str = "nightly-2026-05-20";
+/// (file stem, `-C target-cpu`): sm_80 runs on Ampere, Ada and Hopper; sm_90a is the Hopper path.
+const ARCHES: [(&str, &str); 2] = [("sm80", "sm_80"), ("sm90a", "sm_90a")];
+
+fn main() {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let kernels = root.join("kernels-gpu");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+
+    for f in ["Cargo.toml", "rust-toolchain.toml"] {
+        println!("cargo:rerun-if-changed={}", kernels.join(f).display());
+    }
+    watch_sources(&kernels.join("src"));
+    println!("cargo:rerun-if-env-changed=IRONFLASH_KERNEL_LLVM_ARGS");
+
+    ensure_toolchain();
+
+    // Both architectures build in parallel, each in its own target dir (core is built per target-cpu).
+    let handles: Vec<_> = ARCHES
+        .iter()
+        .map(|&(stem, cpu)| {
+            let (kernels, out) = (kernels.clone(), out.clone());
+            std::thread::spawn(move || build_arch(&kernels, &out, stem, cpu))
+        })
+        .collect();
+    for h in handles {
+        if let Err(msg) = h.join().unwrap() {
+            panic!("{msg}");
+        }
+    }
+}
+
+fn watch_sources(dir: &Path) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            watch_sources(&p);
+        } else {
+            println!("cargo:rerun-if-changed={}", p.display());
+        }
+    }
+}
+
+/// A command for the pinned nightly, with the outer (stable) cargo's environment removed so that the
+/// child does not inherit its toolchain, flags or jobserver.
+fn nightly(program: &str) -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", NIGHTLY, program]);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO") || k.starts_with("RUSTC") || k == "RUSTFLAGS" || k == "RUSTUP_TOOLCHAIN" || k == "RUSTDOCFLAGS" {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
+fn ensure_toolchain() {
+    let has_src = nightly("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib/src/rust/library/core").exists())
+        .unwrap_or(false);
+    if has_src {
+        return;
+    }
+    let status = Command::new("rustup")
+        .args(["toolchain", "install", NIGHTLY, "--profile", "minimal", "-c", "rust-src", "-c", "llvm-tools"])
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        panic!(
+            "ironflash builds its GPU kernels with Rust {NIGHTLY} and could not install it. Run:\n    \
+             rustup toolchain install {NIGHTLY} --profile minimal -c rust-src -c llvm-tools"
+        );
+    }
+}
+
+fn build_arch(kernels: &Path, out: &Path, stem: &str, cpu: &str) -> Result<(), String> {
+    let target_dir = out.join(format!("kernels-{stem}"));
+    let mut cmd = nightly("cargo");
+    // The kernel crate is a path dependency of the host, so it cannot carry a profile of its own:
+    // the nvptx build gets its profile here (abort on panic, one fat-LTO codegen unit).
+    cmd.current_dir(kernels).args([
+        "--config",
+        "profile.release.panic=\"abort\"",
+        "--config",
+        "profile.release.lto=\"fat\"",
+        "--config",
+        "profile.release.codegen-units=1",
+        "--config",
+        "profile.release.opt-level=3",
+        "rustc",
+        "--release",
+        "--lib",
+        "--target",
+        "nvptx64-nvidia-cuda",
+        "-Zbuild-std=core",
+        "--crate-type",
+        "cdylib",
+        "--target-dir",
+    ]);
+    cmd.arg(&target_dir);
+    cmd.args(["--", "-C", &format!("target-cpu={cpu}"), "--emit=asm", "-C", "linker=true"]);
+    // Full unrolling of the register-tile loops keeps fragments in registers (no local memory).
+    cmd.args(["-C", "llvm-args=-unroll-threshold=4000"]);
+    if let Ok(extra) = std::env::var("IRONFLASH_KERNEL_LLVM_ARGS") {
+        for a in extra.split_whitespace() {
+            cmd.args(["-C", &format!("llvm-args={a}")]);
+        }
+    }
+    let output = cmd.output().map_err(|e| format!("could not run rustup/cargo for the kernels: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "building kernels-gpu for {cpu} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let asm = target_dir.join("nvptx64-nvidia-cuda/release/deps/ironflash_kernels.s");
+    let ptx = std::fs::read_to_string(&asm).map_err(|e| format!("reading {}: {e}", asm.display()))?;
+    check_complete(&ptx, cpu)?;
+    let dest = out.join(format!("ironflash_{stem}.ptx"));
+    std::fs::write(&dest, ptx).map_err(|e| format!("writing {}: {e}", dest.display()))?;
+    Ok(())
+}
+
+/// A PTX that declares but does not define a function would fail at module load on the user's GPU;
+/// fail the build instead, naming the symbol.
+fn check_complete(ptx: &str, cpu: &str) -> Result<(), String> {
+    let undefined: Vec<&str> = ptx
+        .lines()
+        .filter(|l| l.trim_start().starts_with(".extern .func"))
+        .map(str::trim)
+        .collect();
+    if !undefined.is_empty() {
+        return Err(format!("the {cpu} PTX calls functions it does not define:\n{}", undefined.join("\n")));
+    }
+    if !ptx.contains(".entry") {
+        return Err(format!("the {cpu} PTX has no kernel entry points"));
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! The CPU side: an exact f64 reference (the oracle every kernel is checked against) and a tiled,
+//! multithreaded online-softmax implementation (the library's CPU fallback).
+
+pub mod reference;
+pub mod tiled;
+
+pub use reference::{reference_backward, reference_forward, ReferenceBackward, ReferenceForward};
+pub use tiled::{forward, ForwardOutput};

@@ -1,0 +1,112 @@
+//! A CUDA device: context, stream and the properties the planner needs. Opening one never panics:
+//! a machine without a driver gets `Error::NoDriver`.
+
+use crate::error::{DriverContext, Error, Result};
+use crate::modules::{Arch, ModuleCache};
+use cudarc::driver::sys::CUdevice_attribute as Attr;
+use cudarc::driver::{CudaContext, CudaStream};
+use std::sync::Arc;
+
+/// Device properties read once at open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub sm_count: u32,
+    /// Largest dynamic shared memory one block may opt in to.
+    pub smem_per_block_optin: usize,
+    /// Shared memory per multiprocessor (all resident blocks together).
+    pub smem_per_sm: usize,
+    pub l2_bytes: usize,
+    pub total_mem: usize,
+    pub driver_version: i32,
+}
+
+impl DeviceInfo {
+    /// The PTX flavour this device runs.
+    pub fn arch(&self) -> Arch {
+        if self.compute_capability == (9, 0) {
+            Arch::Sm90a
+        } else {
+            Arch::Sm80
+        }
+    }
+}
+
+/// Whether a CUDA driver can be loaded on this machine (never panics).
+pub fn driver_available() -> bool {
+    // SAFETY: only tries to dlopen libcuda; no driver function is called.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+pub struct Device {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    info: DeviceInfo,
+    pub(crate) modules: ModuleCache,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("info", &self.info).finish()
+    }
+}
+
+impl Device {
+    /// Open device `ordinal`. Fails with `NoDriver` when libcuda cannot be loaded or has no device.
+    pub fn open(ordinal: usize) -> Result<Device> {
+        if !driver_available() {
+            return Err(Error::NoDriver("libcuda could not be loaded (no NVIDIA driver on this machine)".into()));
+        }
+        let count = CudaContext::device_count().map_err(|e| Error::NoDriver(format!("cuInit/cuDeviceGetCount failed: {e}")))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::NoDriver(format!("device {ordinal} requested, the driver sees {count}")));
+        }
+        let ctx = CudaContext::new(ordinal).during("creating the CUDA context")?;
+        let attr = |a| ctx.attribute(a).during("reading a device attribute");
+        let compute_capability = ctx.compute_capability().during("reading the compute capability")?;
+        if compute_capability.0 < 8 {
+            return Err(Error::UnsupportedDevice { ordinal, major: compute_capability.0, minor: compute_capability.1 });
+        }
+        let mut driver_version = 0;
+        // SAFETY: writes one int.
+        unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) };
+        let info = DeviceInfo {
+            ordinal,
+            name: ctx.name().during("reading the device name")?,
+            compute_capability,
+            sm_count: attr(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
+            smem_per_block_optin: attr(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize,
+            smem_per_sm: attr(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize,
+            l2_bytes: attr(Attr::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)? as usize,
+            total_mem: ctx.total_mem().during("reading total memory")?,
+            driver_version,
+        };
+        let stream = ctx.default_stream();
+        let modules = ModuleCache::new(info.arch());
+        Ok(Device { ctx, stream, info, modules })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// Wait for all work queued on this device's stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().during("synchronizing the stream")
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.ctx.mem_get_info().during("reading free memory")
+    }
+}

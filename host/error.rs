@@ -1,0 +1,123 @@
+//! One error type for the whole library. Every variant names the offending argument and carries the
+//! values that made it wrong, so a caller can act on it without reading our source.
+
+use crate::dtype::DType;
+
+/// Which tensor of an attention call an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arg {
+    Q,
+    K,
+    V,
+    O,
+    Lse,
+    DO,
+    DQ,
+    DK,
+    DV,
+}
+
+impl std::fmt::Display for Arg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Arg::Q => "q",
+            Arg::K => "k",
+            Arg::V => "v",
+            Arg::O => "o",
+            Arg::Lse => "lse",
+            Arg::DO => "d_o",
+            Arg::DQ => "d_q",
+            Arg::DK => "d_k",
+            Arg::DV => "d_v",
+        };
+        f.write_str(name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{arg}: expected rank 4 [batch, seqlen, heads, head_dim], got rank {rank}")]
+    BadRank { arg: Arg, rank: usize },
+
+    #[error("{arg}: dimension {dim} ({name}) is zero; every dimension must be at least 1")]
+    ZeroDim { arg: Arg, dim: usize, name: &'static str },
+
+    #[error("{arg}: {what} is {got}, but {expected} was expected ({why})")]
+    ShapeMismatch { arg: Arg, what: &'static str, got: usize, expected: usize, why: &'static str },
+
+    #[error("heads: q has {heads_q} heads, k/v have {heads_kv}; heads_q must be a multiple of heads_kv (MQA/GQA)")]
+    HeadsNotMultiple { heads_q: usize, heads_kv: usize },
+
+    #[error("{arg}: head_dim {head_dim} is not supported; supported head dims are {supported:?}")]
+    UnsupportedHeadDim { arg: Arg, head_dim: usize, supported: &'static [usize] },
+
+    #[error("{arg}: dtype {dtype} is not supported by {path}; use bf16 or f16")]
+    UnsupportedDtype { arg: Arg, dtype: DType, path: &'static str },
+
+    #[error("{arg}: the last dimension must be contiguous (stride 1), got stride {stride}")]
+    NonContiguousLastDim { arg: Arg, stride: usize },
+
+    #[error("{arg}: strides {strides:?} with shape {shape:?} reach element {needed} but the buffer holds {len}")]
+    BufferTooSmall { arg: Arg, shape: [usize; 4], strides: [usize; 4], needed: usize, len: usize },
+
+    #[error("{arg}: strides {strides:?} make distinct elements of shape {shape:?} overlap in an output tensor")]
+    OverlappingOutput { arg: Arg, shape: [usize; 4], strides: [usize; 4] },
+
+    #[error("{arg}: {what} = {value} exceeds the kernel's 32-bit index range")]
+    TooLarge { arg: Arg, what: &'static str, value: usize },
+
+    #[error("softmax_scale must be finite and non-zero, got {0}")]
+    BadScale(f32),
+
+    #[error("{arg}: lives on device {got}, but this call runs on device {expected}")]
+    DeviceMismatch { arg: Arg, got: usize, expected: usize },
+
+    #[error("no CUDA driver: {0}")]
+    NoDriver(String),
+
+    #[error("device {ordinal}: compute capability {major}.{minor} is not supported (ironflash needs sm_80 or newer)")]
+    UnsupportedDevice { ordinal: usize, major: i32, minor: i32 },
+
+    #[error("no tile configuration fits: {0}")]
+    NoTileConfig(String),
+
+    #[error("CUDA driver call failed during {during}: {source}")]
+    Driver {
+        during: &'static str,
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+
+    #[error("cuBLAS call failed during {during}: {source}")]
+    Cublas {
+        during: &'static str,
+        #[source]
+        source: cudarc::cublas::result::CublasError,
+    },
+
+    #[error("kernel launch failed for {kernel}: {source}")]
+    Launch {
+        kernel: String,
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attach "what we were doing" to a driver error.
+pub(crate) trait DriverContext<T> {
+    fn during(self, during: &'static str) -> Result<T>;
+}
+
+impl<T> DriverContext<T> for std::result::Result<T, cudarc::driver::DriverError> {
+    fn during(self, during: &'static str) -> Result<T> {
+        self.map_err(|source| Error::Driver { during, source })
+    }
+}
+
+impl<T> DriverContext<T> for std::result::Result<T, cudarc::cublas::result::CublasError> {
+    fn during(self, during: &'static str) -> Result<T> {
+        self.map_err(|source| Error::Cublas { during, source })
+    }
+}

@@ -1,0 +1,8 @@
+//! The GPU side: device tensors, the fused FlashAttention kernels and the standard (unfused) baseline.
+
+mod launch;
+pub mod standard;
+pub mod tensor;
+
+pub use standard::standard_forward;
+pub use tensor::{DeviceTensor, GpuForwardOutput};

@@ -1,0 +1,185 @@
+//! Standard (unfused) attention on the GPU: the baseline that FlashAttention is measured against.
+//! S = scale·QKᵀ by cuBLAS into a materialised `[batch, heads_q, seqlen_q, seqlen_k]` buffer, a row
+//! softmax kernel (Rust, `kernels-gpu/src/softmax_rows.rs`) turning S into P in place, then O = PV by
+//! cuBLAS. Memory grows with seqlen_q·seqlen_k, exactly as in an unfused implementation.
+
+use crate::device::Device;
+use crate::dtype::{DType, Element};
+use crate::error::{Arg, DriverContext, Error, Result};
+use crate::gpu::tensor::{DeviceTensor, GpuForwardOutput};
+use crate::layout::Layout;
+use crate::options::AttnOptions;
+use crate::problem::AttnProblem;
+use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use ironflash_kernels::abi::{RowSoftmaxParams, ROW_SOFTMAX_BF16, ROW_SOFTMAX_F16};
+
+const SOFTMAX_WARPS_PER_BLOCK: u32 = 8;
+
+/// Bytes of device memory the standard path needs beyond its inputs and output (the score matrix).
+pub fn standard_extra_bytes(p: &AttnProblem, dtype: DType) -> usize {
+    p.batch * p.heads_q * p.seqlen_q * p.seqlen_k * dtype.size_bytes()
+}
+
+/// The cuBLAS element type and the row-softmax kernel of a GPU element type.
+fn gpu_dtype<T: Element>(arg: Arg) -> Result<(blas_sys::cudaDataType_t, &'static str)> {
+    match T::DTYPE {
+        DType::BF16 => Ok((blas_sys::cudaDataType_t::CUDA_R_16BF, ROW_SOFTMAX_BF16)),
+        DType::F16 => Ok((blas_sys::cudaDataType_t::CUDA_R_16F, ROW_SOFTMAX_F16)),
+        DType::F32 => Err(Error::UnsupportedDtype { arg, dtype: T::DTYPE, path: "the GPU attention paths" }),
+    }
+}
+
+/// Standard attention: O (contiguous, shaped like q) and the f32 LSE `[batch, heads_q, seqlen_q]`.
+pub fn standard_forward<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    opts: &AttnOptions,
+) -> Result<GpuForwardOutput<T>> {
+    let (data_type, softmax_kernel) = gpu_dtype::<T>(Arg::Q)?;
+    for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
+        t.check_on(dev, arg)?;
+    }
+    let p = AttnProblem::new((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
+    let (nq, nk, d) = (p.seqlen_q, p.seqlen_k, p.head_dim);
+    for (what, value) in [("seqlen_q", nq), ("seqlen_k", nk)] {
+        if value > i32::MAX as usize {
+            return Err(Error::TooLarge { arg: Arg::Q, what, value });
+        }
+    }
+
+    let stream = dev.stream();
+    let o_layout = Layout::contiguous([p.batch, nq, p.heads_q, d]);
+    // SAFETY: every element of `o`, `scores` and `lse` is written below before it is read.
+    let mut o = unsafe { stream.alloc::<T>(o_layout.numel()) }.during("allocating O")?;
+    let mut scores = unsafe { stream.alloc::<T>(p.batch * p.heads_q * nq * nk) }.during("allocating the score matrix")?;
+    let mut lse = unsafe { stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
+    let blas = CudaBlas::new(stream.clone()).during("creating the cuBLAS handle")?;
+
+    let elem = std::mem::size_of::<T>() as u64;
+    let group = p.group_size();
+    // Without GQA one strided-batched call covers every head of a batch; with GQA, one call per K/V head
+    // covers its group of query heads (stride 0 on K and V shares them without a copy).
+    let (calls_per_batch, heads_per_call, kv_head_stride) =
+        if group == 1 { (1, p.heads_q, k.layout.strides[2]) } else { (p.heads_kv, group, 0) };
+    let alpha = p.softmax_scale;
+    let (one, zero) = (1.0f32, 0.0f32);
+    {
+        let (q_ptr, _q_sync) = q.buf.device_ptr(stream);
+        let (k_ptr, _k_sync) = k.buf.device_ptr(stream);
+        let (s_ptr, _s_sync) = scores.device_ptr_mut(stream);
+        for b in 0..p.batch {
+            for c in 0..calls_per_batch {
+                let h0 = c * heads_per_call;
+                let kvh = h0 / group;
+                let a = k_ptr + elem * k.layout.offset(b, 0, kvh, 0) as u64;
+                let bq = q_ptr + elem * q.layout.offset(b, 0, h0, 0) as u64;
+                let cs = s_ptr + elem * (((b * p.heads_q + h0) * nq) * nk) as u64;
+                // Column-major view: Sᵀ (nk x nq) = K (as Kᵀ stored, transposed) · Qᵀ.
+                // SAFETY: pointers and strides stay inside the validated layouts and the score buffer.
+                unsafe {
+                    blas::gemm_strided_batched_ex(
+                        *blas.handle(),
+                        blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        nk as i32,
+                        nq as i32,
+                        d as i32,
+                        (&alpha) as *const f32 as *const _,
+                        a as *const _,
+                        data_type,
+                        k.layout.strides[1] as i32,
+                        kv_head_stride as i64,
+                        bq as *const _,
+                        data_type,
+                        q.layout.strides[1] as i32,
+                        q.layout.strides[2] as i64,
+                        (&zero) as *const f32 as *const _,
+                        cs as *mut _,
+                        data_type,
+                        nk as i32,
+                        (nq * nk) as i64,
+                        heads_per_call as i32,
+                        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                }
+                .during("S = QKᵀ (cuBLAS)")?;
+            }
+        }
+    }
+
+    let rows = (p.batch * p.heads_q * nq) as u32;
+    {
+        let f = dev.modules.function(&dev.ctx, softmax_kernel, 0)?;
+        let (s_ptr, _s_sync) = scores.device_ptr_mut(stream);
+        let (l_ptr, _l_sync) = lse.device_ptr_mut(stream);
+        let params = RowSoftmaxParams {
+            scores: s_ptr,
+            probs: s_ptr,
+            lse: l_ptr,
+            rows,
+            cols: nk as u32,
+            seqlen_q: nq as u32,
+            causal: p.causal as u32,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(SOFTMAX_WARPS_PER_BLOCK), 1, 1),
+            block_dim: (SOFTMAX_WARPS_PER_BLOCK * 32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let arg = crate::gpu::launch::KernelParams(params);
+        // SAFETY: params point at live buffers of the sizes the kernel reads and writes.
+        unsafe { stream.launch_builder(&f).arg(&arg).launch(cfg) }
+            .map_err(|source| Error::Launch { kernel: softmax_kernel.into(), source })?;
+    }
+
+    {
+        let (v_ptr, _v_sync) = v.buf.device_ptr(stream);
+        let (s_ptr, _s_sync) = scores.device_ptr(stream);
+        let (o_ptr, _o_sync) = o.device_ptr_mut(stream);
+        let v_head_stride = if group == 1 { v.layout.strides[2] } else { 0 };
+        for b in 0..p.batch {
+            for c in 0..calls_per_batch {
+                let h0 = c * heads_per_call;
+                let kvh = h0 / group;
+                let a = v_ptr + elem * v.layout.offset(b, 0, kvh, 0) as u64;
+                let bp = s_ptr + elem * (((b * p.heads_q + h0) * nq) * nk) as u64;
+                let co = o_ptr + elem * o_layout.offset(b, 0, h0, 0) as u64;
+                // Column-major view: Oᵀ (d x nq) = Vᵀ (d x nk) · Pᵀ (nk x nq).
+                // SAFETY: as above.
+                unsafe {
+                    blas::gemm_strided_batched_ex(
+                        *blas.handle(),
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        d as i32,
+                        nq as i32,
+                        nk as i32,
+                        (&one) as *const f32 as *const _,
+                        a as *const _,
+                        data_type,
+                        v.layout.strides[1] as i32,
+                        v_head_stride as i64,
+                        bp as *const _,
+                        data_type,
+                        nk as i32,
+                        (nq * nk) as i64,
+                        (&zero) as *const f32 as *const _,
+                        co as *mut _,
+                        data_type,
+                        o_layout.strides[1] as i32,
+                        o_layout.strides[2] as i64,
+                        heads_per_call as i32,
+                        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                }
+                .during("O = PV (cuBLAS)")?;
+            }
+        }
+    }
+    Ok(GpuForwardOutput { o: DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal }, lse })
+}

@@ -1,0 +1,81 @@
+//! Device tensors: a typed device buffer plus a `Layout`, tied to the device that owns it.
+
+use crate::device::Device;
+use crate::dtype::Element;
+use crate::error::{Arg, DriverContext, Error, Result};
+use crate::layout::Layout;
+use crate::tensor::HostTensor;
+use cudarc::driver::CudaSlice;
+
+pub struct DeviceTensor<T> {
+    pub(crate) buf: CudaSlice<T>,
+    pub(crate) layout: Layout,
+    pub(crate) ordinal: usize,
+}
+
+impl<T> std::fmt::Debug for DeviceTensor<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceTensor").field("layout", &self.layout).field("device", &self.ordinal).finish()
+    }
+}
+
+/// What a GPU forward call returns: O shaped like q, and the f32 LSE `[batch, heads_q, seqlen_q]`.
+pub struct GpuForwardOutput<T> {
+    pub o: DeviceTensor<T>,
+    pub lse: CudaSlice<f32>,
+}
+
+impl<T: Element> DeviceTensor<T> {
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    pub fn shape(&self) -> [usize; 4] {
+        self.layout.shape
+    }
+    pub fn device_ordinal(&self) -> usize {
+        self.ordinal
+    }
+    pub fn buffer(&self) -> &CudaSlice<T> {
+        &self.buf
+    }
+    pub(crate) fn check_on(&self, dev: &Device, arg: Arg) -> Result<()> {
+        if self.ordinal != dev.info().ordinal {
+            return Err(Error::DeviceMismatch { arg, got: self.ordinal, expected: dev.info().ordinal });
+        }
+        Ok(())
+    }
+}
+
+impl Device {
+    /// Copy a host tensor (its whole buffer, so strides are kept) to the device.
+    pub fn upload<T: Element>(&self, t: &HostTensor<T>) -> Result<DeviceTensor<T>> {
+        let buf = self.stream.clone_htod(&t.data).during("copying a tensor to the device")?;
+        Ok(DeviceTensor { buf, layout: t.layout, ordinal: self.info().ordinal })
+    }
+
+    /// Copy a device tensor back (the whole buffer, strides kept).
+    pub fn download<T: Element>(&self, t: &DeviceTensor<T>) -> Result<HostTensor<T>> {
+        t.check_on(self, Arg::O)?;
+        let data = self.stream.clone_dtoh(&t.buf).during("copying a tensor to the host")?;
+        Ok(HostTensor { data, layout: t.layout })
+    }
+
+    /// Copy an f32 buffer (e.g. an LSE) back.
+    pub fn download_f32(&self, s: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        self.stream.clone_dtoh(s).during("copying f32 values to the host")
+    }
+
+    /// A contiguous device tensor with every element set to `T::poison()` (NaN), so that a kernel that
+    /// fails to write an element is caught by any comparison.
+    pub fn poisoned<T: Element>(&self, shape: [usize; 4]) -> Result<DeviceTensor<T>> {
+        let layout = Layout::contiguous(shape);
+        let host = vec![T::poison(); layout.numel()];
+        let buf = self.stream.clone_htod(&host).during("allocating a poisoned tensor")?;
+        Ok(DeviceTensor { buf, layout, ordinal: self.info().ordinal })
+    }
+
+    /// `len` f32 values set to NaN.
+    pub fn poisoned_f32(&self, len: usize) -> Result<CudaSlice<f32>> {
+        self.stream.clone_htod(&vec![f32::NAN; len]).during("allocating a poisoned f32 buffer")
+    }
+}

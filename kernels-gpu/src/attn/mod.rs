@@ -1,0 +1,3 @@
+//! Target-independent attention arithmetic (runs on the host in unit tests, and in the kernels).
+
+pub mod mask;

@@ -1,0 +1,26 @@
+//! ironflash GPU kernels, written in Rust and compiled to PTX for `nvptx64-nvidia-cuda`.
+//!
+//! The crate has two faces. Built for nvptx64 (by the root `build.rs`, with the pinned nightly), it is a
+//! cdylib whose fat-LTO module is the PTX the host loads. Built for the host (as a plain dependency of
+//! `ironflash`, on stable), only the target-independent modules exist: the kernel ABI, the tile table and
+//! the integer arithmetic of masks and block ranges, so host and kernels share one definition of each.
+#![no_std]
+#![cfg_attr(target_arch = "nvptx64", feature(abi_ptx, asm_experimental_arch))]
+
+pub mod abi;
+pub mod attn;
+pub mod tiles;
+
+#[cfg(target_arch = "nvptx64")]
+pub mod ptx;
+
+#[cfg(target_arch = "nvptx64")]
+mod softmax_rows;
+
+/// Kernels abort with `trap` on a panic: nothing of core's formatting machinery reaches the PTX.
+#[cfg(target_arch = "nvptx64")]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    // SAFETY: `trap` ends the kernel with an error the host sees at the next synchronisation.
+    unsafe { core::arch::asm!("trap;", options(noreturn)) }
+}

@@ -1,0 +1,6 @@
+//! Thin wrappers over PTX instructions, one instruction family per file. Each wrapper names the PTX ISA
+//! section it implements; `unsafe` ones state what the caller must guarantee.
+
+pub mod elem;
+pub mod sreg;
+pub mod warp;
