@@ -1,0 +1,68 @@
+//! Shared by the integration tests: the GPU-or-skip rule, error metrics tied to precision, and input
+//! generators. Each test file includes it with `mod common;`, so not every item is used everywhere.
+#![allow(dead_code)]
+
+use ironflash::{DType, Device};
+use std::sync::OnceLock;
+
+/// The device for GPU tests, or `None` after printing one visible skip line for this test.
+/// Any other failure to open a present driver is a test failure, not a skip.
+pub fn device_or_skip(test: &str) -> Option<&'static Device> {
+    static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
+    let dev = DEVICE.get_or_init(|| match Device::open(0) {
+        Ok(d) => Some(d),
+        Err(ironflash::Error::NoDriver(why)) => {
+            eprintln!("skipped: no CUDA driver ({why})");
+            None
+        }
+        Err(e) => panic!("a CUDA driver is present but device 0 could not be opened: {e}"),
+    });
+    if dev.is_none() {
+        println!("skipped: no CUDA driver: {test}");
+    }
+    dev.as_ref()
+}
+
+/// ‖a − b‖₂ / ‖b‖₂ (b the reference); NaN anywhere gives NaN, which fails every bound.
+pub fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    if a.iter().any(|x| x.is_nan()) {
+        return f64::NAN;
+    }
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// max |a − b|, NaN if any element of `a` is NaN.
+pub fn max_abs(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| if x.is_nan() { f64::NAN } else { (x - y).abs() }).fold(0.0, |m, d| if d.is_nan() || m.is_nan() { f64::NAN } else { m.max(d) })
+}
+
+/// Output error bound (relative L2 against the f64 reference) per dtype, as the issues state it.
+pub fn output_tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::BF16 => 1e-2,
+        DType::F16 => 5e-3,
+        DType::F32 => 1e-5,
+    }
+}
+
+/// LSE values (finite ones) compared by max absolute difference; -inf must match -inf exactly.
+pub fn check_lse(got: &[f32], want: &[f64], tol: f64) -> Result<f64, String> {
+    let mut worst = 0.0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if w == f64::NEG_INFINITY {
+            if g != f32::NEG_INFINITY {
+                return Err(format!("lse[{i}] = {g}, want -inf (fully masked row)"));
+            }
+            continue;
+        }
+        let d = (g as f64 - w).abs();
+        if d.is_nan() || d > tol {
+            return Err(format!("lse[{i}] = {g}, want {w} (|diff| {d} > {tol})"));
+        }
+        worst = worst.max(d);
+    }
+    Ok(worst)
+}
