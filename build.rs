@@ -60,7 +60,12 @@ fn nightly(program: &str) -> Command {
     cmd.args(["run", NIGHTLY, program]);
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
-        if k.starts_with("CARGO") || k.starts_with("RUSTC") || k == "RUSTFLAGS" || k == "RUSTUP_TOOLCHAIN" || k == "RUSTDOCFLAGS" {
+        if k.starts_with("CARGO")
+            || k.starts_with("RUSTC")
+            || k == "RUSTFLAGS"
+            || k == "RUSTUP_TOOLCHAIN"
+            || k == "RUSTDOCFLAGS"
+        {
             cmd.env_remove(&key);
         }
     }
@@ -73,7 +78,9 @@ fn ensure_toolchain() {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib/src/rust/library/core").exists())
+        .map(|o| {
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib/src/rust/library/core").exists()
+        })
         .unwrap_or(false);
     if has_src {
         return;
@@ -124,10 +131,7 @@ fn build_arch(kernels: &Path, out: &Path, stem: &str, cpu: &str) -> Result<(), S
     }
     let output = cmd.output().map_err(|e| format!("could not run rustup/cargo for the kernels: {e}"))?;
     if !output.status.success() {
-        return Err(format!(
-            "building kernels-gpu for {cpu} failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
+        return Err(format!("building kernels-gpu for {cpu} failed:\n{}", String::from_utf8_lossy(&output.stderr)));
     }
     let asm = target_dir.join("nvptx64-nvidia-cuda/release/deps/ironflash_kernels.s");
     let ptx = std::fs::read_to_string(&asm).map_err(|e| format!("reading {}: {e}", asm.display()))?;
@@ -140,11 +144,8 @@ fn build_arch(kernels: &Path, out: &Path, stem: &str, cpu: &str) -> Result<(), S
 /// A PTX that declares but does not define a function would fail at module load on the user's GPU;
 /// fail the build instead, naming the symbol.
 fn check_complete(ptx: &str, cpu: &str) -> Result<(), String> {
-    let undefined: Vec<&str> = ptx
-        .lines()
-        .filter(|l| l.trim_start().starts_with(".extern .func"))
-        .map(str::trim)
-        .collect();
+    let undefined: Vec<&str> =
+        ptx.lines().filter(|l| l.trim_start().starts_with(".extern .func")).map(str::trim).collect();
     if !undefined.is_empty() {
         return Err(format!("the {cpu} PTX calls functions it does not define:\n{}", undefined.join("\n")));
     }

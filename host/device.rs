@@ -59,7 +59,8 @@ impl Device {
         if !driver_available() {
             return Err(Error::NoDriver("libcuda could not be loaded (no NVIDIA driver on this machine)".into()));
         }
-        let count = CudaContext::device_count().map_err(|e| Error::NoDriver(format!("cuInit/cuDeviceGetCount failed: {e}")))?;
+        let count =
+            CudaContext::device_count().map_err(|e| Error::NoDriver(format!("cuInit/cuDeviceGetCount failed: {e}")))?;
         if ordinal >= count.max(0) as usize {
             return Err(Error::NoDriver(format!("device {ordinal} requested, the driver sees {count}")));
         }

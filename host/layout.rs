@@ -73,7 +73,13 @@ impl Layout {
         }
         let needed = self.span();
         if needed > buffer_len {
-            return Err(Error::BufferTooSmall { arg, shape: self.shape, strides: self.strides, needed, len: buffer_len });
+            return Err(Error::BufferTooSmall {
+                arg,
+                shape: self.shape,
+                strides: self.strides,
+                needed,
+                len: buffer_len,
+            });
         }
         if self.seqlen() > i32::MAX as usize {
             return Err(Error::TooLarge { arg, what: "seqlen", value: self.seqlen() });

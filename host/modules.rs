@@ -52,12 +52,19 @@ impl ModuleCache {
         if let Some(m) = self.module.get() {
             return Ok(m);
         }
-        let m = ctx.load_module(cudarc::nvrtc::Ptx::from_src(self.arch.ptx())).during("loading the ironflash PTX module")?;
+        let m = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(self.arch.ptx()))
+            .during("loading the ironflash PTX module")?;
         Ok(self.module.get_or_init(|| m))
     }
 
     /// The kernel `name`, with its dynamic shared-memory limit raised to `smem_bytes` (needed above 48 KiB).
-    pub(crate) fn function(&self, ctx: &Arc<CudaContext>, name: &'static str, smem_bytes: usize) -> Result<CudaFunction> {
+    pub(crate) fn function(
+        &self,
+        ctx: &Arc<CudaContext>,
+        name: &'static str,
+        smem_bytes: usize,
+    ) -> Result<CudaFunction> {
         let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = functions.get(name) {
             if smem_bytes > 48 * 1024 {
@@ -65,10 +72,10 @@ impl ModuleCache {
             }
             return Ok(f.clone());
         }
-        let f = self
-            .module(ctx)?
-            .load_function(name)
-            .map_err(|source| Error::Launch { kernel: format!("{name} (not found in the {} PTX)", self.arch.name()), source })?;
+        let f = self.module(ctx)?.load_function(name).map_err(|source| Error::Launch {
+            kernel: format!("{name} (not found in the {} PTX)", self.arch.name()),
+            source,
+        })?;
         if smem_bytes > 48 * 1024 {
             raise_smem(&f, name, smem_bytes)?;
         }
@@ -78,6 +85,7 @@ impl ModuleCache {
 }
 
 fn raise_smem(f: &CudaFunction, name: &str, smem_bytes: usize) -> Result<()> {
-    f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem_bytes as i32)
-        .map_err(|source| Error::Launch { kernel: format!("{name} (raising dynamic shared memory to {smem_bytes} B)"), source })
+    f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem_bytes as i32).map_err(
+        |source| Error::Launch { kernel: format!("{name} (raising dynamic shared memory to {smem_bytes} B)"), source },
+    )
 }

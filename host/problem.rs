@@ -43,7 +43,11 @@ impl AttnProblem {
 
     /// Forward FLOPs as the FlashAttention papers count them: 4·B·H·Nq·Nk·D, halved when causal.
     pub fn forward_flops(&self) -> f64 {
-        let f = 4.0 * (self.batch * self.heads_q) as f64 * self.seqlen_q as f64 * self.seqlen_k as f64 * self.head_dim as f64;
+        let f = 4.0
+            * (self.batch * self.heads_q) as f64
+            * self.seqlen_q as f64
+            * self.seqlen_k as f64
+            * self.head_dim as f64;
         if self.causal {
             f / 2.0
         } else {

@@ -1,7 +1,7 @@
 //! The GPU side: device tensors, the fused FlashAttention kernels and the standard (unfused) baseline.
 
-mod launch;
 pub mod flash;
+mod launch;
 pub mod standard;
 pub mod tensor;
 

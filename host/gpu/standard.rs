@@ -54,7 +54,8 @@ pub fn standard_forward<T: Element>(
     let o_layout = Layout::contiguous([p.batch, nq, p.heads_q, d]);
     // SAFETY: every element of `o`, `scores` and `lse` is written below before it is read.
     let mut o = unsafe { stream.alloc::<T>(o_layout.numel()) }.during("allocating O")?;
-    let mut scores = unsafe { stream.alloc::<T>(p.batch * p.heads_q * nq * nk) }.during("allocating the score matrix")?;
+    let mut scores =
+        unsafe { stream.alloc::<T>(p.batch * p.heads_q * nq * nk) }.during("allocating the score matrix")?;
     let mut lse = unsafe { stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
     let blas = CudaBlas::new(stream.clone()).during("creating the cuBLAS handle")?;
 

@@ -18,7 +18,11 @@ unsafe fn row_softmax<E: Elem16>(p: &RowSoftmaxParams) {
     let cols = p.cols as usize;
     let scores = (p.scores as *const u16).add(row as usize * cols);
     let probs = (p.probs as *mut u16).add(row as usize * cols);
-    let visible = if p.causal != 0 { causal_key_end(row.checked_rem(p.seqlen_q).unwrap_or(0), p.seqlen_q, p.cols) as usize } else { cols };
+    let visible = if p.causal != 0 {
+        causal_key_end(row.checked_rem(p.seqlen_q).unwrap_or(0), p.seqlen_q, p.cols) as usize
+    } else {
+        cols
+    };
 
     // Pass 1: each lane keeps its own running max and sum over its columns, merged at the end.
     let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
@@ -59,7 +63,9 @@ fn exp(x: f32) -> f32 {
 fn exp2(x: f32) -> f32 {
     let out: f32;
     // SAFETY: pure; ex2.approx.ftz: 2 ulp, -inf -> 0.
-    unsafe { core::arch::asm!("ex2.approx.ftz.f32 {0}, {1};", out(reg32) out, in(reg32) x, options(pure, nomem, nostack)) };
+    unsafe {
+        core::arch::asm!("ex2.approx.ftz.f32 {0}, {1};", out(reg32) out, in(reg32) x, options(pure, nomem, nostack))
+    };
     out
 }
 
@@ -67,7 +73,9 @@ fn exp2(x: f32) -> f32 {
 fn ln(x: f32) -> f32 {
     let out: f32;
     // SAFETY: pure.
-    unsafe { core::arch::asm!("lg2.approx.ftz.f32 {0}, {1};", out(reg32) out, in(reg32) x, options(pure, nomem, nostack)) };
+    unsafe {
+        core::arch::asm!("lg2.approx.ftz.f32 {0}, {1};", out(reg32) out, in(reg32) x, options(pure, nomem, nostack))
+    };
     out * core::f32::consts::LN_2
 }
 

@@ -36,7 +36,13 @@ pub fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
 
 /// max |a − b|, NaN if any element of `a` is NaN.
 pub fn max_abs(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| if x.is_nan() { f64::NAN } else { (x - y).abs() }).fold(0.0, |m, d| if d.is_nan() || m.is_nan() { f64::NAN } else { m.max(d) })
+    a.iter().zip(b).map(|(x, y)| if x.is_nan() { f64::NAN } else { (x - y).abs() }).fold(0.0, |m, d| {
+        if d.is_nan() || m.is_nan() {
+            f64::NAN
+        } else {
+            m.max(d)
+        }
+    })
 }
 
 /// Output error bound (relative L2 against the f64 reference) per dtype, as the issues state it.

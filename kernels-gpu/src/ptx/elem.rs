@@ -22,14 +22,18 @@ impl Elem16 for Bf16 {
     fn from_f32(x: f32) -> u16 {
         let out: u16;
         // SAFETY: pure register conversion.
-        unsafe { core::arch::asm!("cvt.rn.bf16.f32 {0}, {1};", out(reg16) out, in(reg32) x, options(pure, nomem, nostack)) };
+        unsafe {
+            core::arch::asm!("cvt.rn.bf16.f32 {0}, {1};", out(reg16) out, in(reg32) x, options(pure, nomem, nostack))
+        };
         out
     }
     #[inline(always)]
     fn pack2(lo: f32, hi: f32) -> u32 {
         let out: u32;
         // SAFETY: pure register conversion; the first source goes to the upper half.
-        unsafe { core::arch::asm!("cvt.rn.bf16x2.f32 {0}, {1}, {2};", out(reg32) out, in(reg32) hi, in(reg32) lo, options(pure, nomem, nostack)) };
+        unsafe {
+            core::arch::asm!("cvt.rn.bf16x2.f32 {0}, {1}, {2};", out(reg32) out, in(reg32) hi, in(reg32) lo, options(pure, nomem, nostack))
+        };
         out
     }
 }
@@ -39,21 +43,27 @@ impl Elem16 for F16 {
     fn to_f32(bits: u16) -> f32 {
         let out: f32;
         // SAFETY: pure register conversion.
-        unsafe { core::arch::asm!("cvt.f32.f16 {0}, {1};", out(reg32) out, in(reg16) bits, options(pure, nomem, nostack)) };
+        unsafe {
+            core::arch::asm!("cvt.f32.f16 {0}, {1};", out(reg32) out, in(reg16) bits, options(pure, nomem, nostack))
+        };
         out
     }
     #[inline(always)]
     fn from_f32(x: f32) -> u16 {
         let out: u16;
         // SAFETY: pure register conversion.
-        unsafe { core::arch::asm!("cvt.rn.f16.f32 {0}, {1};", out(reg16) out, in(reg32) x, options(pure, nomem, nostack)) };
+        unsafe {
+            core::arch::asm!("cvt.rn.f16.f32 {0}, {1};", out(reg16) out, in(reg32) x, options(pure, nomem, nostack))
+        };
         out
     }
     #[inline(always)]
     fn pack2(lo: f32, hi: f32) -> u32 {
         let out: u32;
         // SAFETY: pure register conversion; the first source goes to the upper half.
-        unsafe { core::arch::asm!("cvt.rn.f16x2.f32 {0}, {1}, {2};", out(reg32) out, in(reg32) hi, in(reg32) lo, options(pure, nomem, nostack)) };
+        unsafe {
+            core::arch::asm!("cvt.rn.f16x2.f32 {0}, {1}, {2};", out(reg32) out, in(reg32) hi, in(reg32) lo, options(pure, nomem, nostack))
+        };
         out
     }
 }

@@ -1,0 +1,91 @@
+//! Assembles the embedded PTX with `ptxas` for sm_80 and sm_90a: proves the PTX is complete (every
+//! function it calls is defined) and that no kernel spills registers or uses a local-memory stack.
+//! Prints one resource line per kernel. Skips with one line when ptxas is not installed (CI installs it:
+//! PyPI `nvidia-cuda-nvcc`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn find_ptxas() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("PTXAS") {
+        return Some(PathBuf::from(p));
+    }
+    if Command::new("ptxas").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Some(PathBuf::from("ptxas"));
+    }
+    // The PyPI wheel nvidia-cuda-nvcc puts it under site-packages/nvidia/cu13/bin.
+    let out =
+        Command::new("python3").args(["-c", "import nvidia, os; print(next(iter(nvidia.__path__)))"]).output().ok()?;
+    let root = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    ["cu13/bin/ptxas", "cuda_nvcc/bin/ptxas"].iter().map(|p| root.join(p)).find(|p| p.exists())
+}
+
+/// One kernel's resource usage as ptxas reports it.
+#[derive(Debug, Default)]
+struct Resources {
+    name: String,
+    registers: u32,
+    stack: u32,
+    spill_stores: u32,
+    spill_loads: u32,
+}
+
+fn parse(report: &str) -> Vec<Resources> {
+    let mut out: Vec<Resources> = Vec::new();
+    let num = |s: &str, before: &str| -> u32 {
+        s.split(before).next().and_then(|h| h.split_whitespace().last()).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    for line in report.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            out.push(Resources { name: rest.split('\'').next().unwrap_or("").to_string(), ..Default::default() });
+        } else if let Some(r) = out.last_mut() {
+            if line.contains("bytes stack frame") && r.registers == 0 {
+                r.stack = num(line, " bytes stack frame");
+                r.spill_stores = num(line, " bytes spill stores");
+                r.spill_loads = num(line, " bytes spill loads");
+            } else if line.contains("Used") && line.contains("registers") {
+                r.registers = num(line, " registers");
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn ptx_assembles_without_spills() {
+    let Some(ptxas) = find_ptxas() else {
+        println!("skipped: ptxas not found (pip install nvidia-cuda-nvcc, or set PTXAS)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("ironflash-ptx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut problems = Vec::new();
+    for (arch, ptx) in [("sm_80", ironflash::modules::PTX_SM80), ("sm_90a", ironflash::modules::PTX_SM90A)] {
+        let file = dir.join(format!("{arch}.ptx"));
+        std::fs::write(&file, ptx).unwrap();
+        let out = Command::new(&ptxas)
+            .args([&format!("-arch={arch}"), "-v", "-o"])
+            .arg(dir.join(format!("{arch}.cubin")))
+            .arg(&file)
+            .output()
+            .expect("running ptxas");
+        let report = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "ptxas rejected the {arch} PTX:\n{report}");
+        let kernels = parse(&report);
+        assert!(!kernels.is_empty(), "no kernels in the {arch} report:\n{report}");
+        for k in &kernels {
+            println!(
+                "{arch} {:<40} registers {:>3}  stack {:>4} B  spill stores {:>4} B  spill loads {:>4} B",
+                k.name, k.registers, k.stack, k.spill_stores, k.spill_loads
+            );
+            if k.stack > 0 || k.spill_stores > 0 || k.spill_loads > 0 {
+                problems.push(format!(
+                    "{arch} {}: stack {} B, spills {}/{} B",
+                    k.name, k.stack, k.spill_stores, k.spill_loads
+                ));
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(problems.is_empty(), "kernels use local memory:\n{}", problems.join("\n"));
+}
