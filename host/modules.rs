@@ -44,10 +44,6 @@ impl ModuleCache {
         ModuleCache { arch, module: OnceLock::new(), functions: Mutex::new(HashMap::new()) }
     }
 
-    pub(crate) fn arch(&self) -> Arch {
-        self.arch
-    }
-
     fn module(&self, ctx: &Arc<CudaContext>) -> Result<&Arc<CudaModule>> {
         if let Some(m) = self.module.get() {
             return Ok(m);

@@ -1,7 +1,7 @@
 //! What an attention call computes, beyond its tensors.
 
 /// Options of one attention call (forward or backward).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct AttnOptions {
     /// Mask key j for query i when j > i + (seqlen_k - seqlen_q): the causal mask aligned to the
     /// bottom-right corner, as FlashAttention >= 2.1 does when the lengths differ.
@@ -10,12 +10,6 @@ pub struct AttnOptions {
     pub softmax_scale: Option<f32>,
     /// Backward only: bitwise-identical gradients run to run (no floating-point atomics).
     pub deterministic: bool,
-}
-
-impl Default for AttnOptions {
-    fn default() -> Self {
-        AttnOptions { causal: false, softmax_scale: None, deterministic: false }
-    }
 }
 
 impl AttnOptions {

@@ -111,8 +111,8 @@ impl AttnProblem {
 }
 
 fn check_shape(arg: Arg, l: &Layout, want: [usize; 4], why: &'static str) -> Result<()> {
-    for d in 0..4 {
-        same(arg, crate::layout::DIM_NAMES[d], l.shape[d], want[d], why)?;
+    for ((name, &got), &expected) in crate::layout::DIM_NAMES.iter().zip(&l.shape).zip(&want) {
+        same(arg, name, got, expected, why)?;
     }
     Ok(())
 }

@@ -8,7 +8,11 @@ use half::{bf16, f16};
 use ironflash::{cpu, gpu, AttnOptions, Element, HostTensor, Layout};
 use rand::{Rng, SeedableRng};
 
-fn run_case<T: Element>(b: usize, sq: usize, sk: usize, hq: usize, hkv: usize, d: usize, causal: bool, seed: u64) {
+/// `[batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim]`
+type Dims = [usize; 6];
+
+fn run_case<T: Element>(dims: Dims, causal: bool, seed: u64) {
+    let [b, sq, sk, hq, hkv, d] = dims;
     let Some(dev) = device_or_skip("gpu_standard") else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     // q gets padded strides (a head stride larger than head_dim) to exercise the strided GEMM path.
@@ -33,15 +37,15 @@ fn run_case<T: Element>(b: usize, sq: usize, sk: usize, hq: usize, hkv: usize, d
 
 #[test]
 fn standard_matches_reference_bf16() {
-    run_case::<bf16>(2, 100, 77, 4, 4, 64, false, 1);
-    run_case::<bf16>(1, 130, 130, 2, 2, 128, true, 2);
-    run_case::<bf16>(1, 200, 64, 6, 2, 96, true, 3); // GQA, more queries than keys: fully masked rows
+    run_case::<bf16>([2, 100, 77, 4, 4, 64], false, 1);
+    run_case::<bf16>([1, 130, 130, 2, 2, 128], true, 2);
+    run_case::<bf16>([1, 200, 64, 6, 2, 96], true, 3); // GQA, more queries than keys: fully masked rows
 }
 
 #[test]
 fn standard_matches_reference_f16() {
-    run_case::<f16>(1, 64, 300, 4, 1, 256, true, 4); // MQA, decode-like
-    run_case::<f16>(3, 33, 45, 2, 1, 32, false, 5);
+    run_case::<f16>([1, 64, 300, 4, 1, 256], true, 4); // MQA, decode-like
+    run_case::<f16>([3, 33, 45, 2, 1, 32], false, 5);
 }
 
 #[test]

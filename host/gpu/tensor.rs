@@ -20,6 +20,7 @@ impl<T> std::fmt::Debug for DeviceTensor<T> {
 }
 
 /// What a GPU forward call returns: O shaped like q, and the f32 LSE `[batch, heads_q, seqlen_q]`.
+#[derive(Debug)]
 pub struct GpuForwardOutput<T> {
     pub o: DeviceTensor<T>,
     pub lse: CudaSlice<f32>,
