@@ -46,12 +46,19 @@ impl Layout {
         self.shape.iter().product()
     }
 
-    /// One past the largest element offset the layout can reach (0 for an empty tensor).
+    /// One past the largest element offset the layout can reach (0 for an empty tensor), saturating
+    /// at `usize::MAX` when the strides reach past the address space.
     pub fn span(&self) -> usize {
+        self.checked_span().unwrap_or(usize::MAX)
+    }
+
+    /// [`span`](Self::span), or `None` when it does not fit in `usize`: caller-chosen strides can
+    /// be arbitrarily large, and a wrapped span would let a too-small buffer pass validation.
+    pub fn checked_span(&self) -> Option<usize> {
         if self.shape.contains(&0) {
-            return 0;
+            return Some(0);
         }
-        1 + self.shape.iter().zip(&self.strides).map(|(n, s)| (n - 1) * s).sum::<usize>()
+        self.shape.iter().zip(&self.strides).try_fold(1usize, |acc, (&n, &s)| acc.checked_add((n - 1).checked_mul(s)?))
     }
 
     /// Element offset of `[b, s, h, d]`.
@@ -71,15 +78,23 @@ impl Layout {
         if self.strides[3] != 1 {
             return Err(Error::NonContiguousLastDim { arg, stride: self.strides[3] });
         }
-        let needed = self.span();
-        if needed > buffer_len {
-            return Err(Error::BufferTooSmall {
-                arg,
-                shape: self.shape,
-                strides: self.strides,
-                needed,
-                len: buffer_len,
-            });
+        match self.checked_span() {
+            Some(needed) if needed <= buffer_len => {}
+            // A span past usize::MAX is reported as needing usize::MAX: no buffer holds that.
+            needed => {
+                return Err(Error::BufferTooSmall {
+                    arg,
+                    shape: self.shape,
+                    strides: self.strides,
+                    needed: needed.unwrap_or(usize::MAX),
+                    len: buffer_len,
+                })
+            }
+        }
+        // Zero strides can make a huge logical tensor fit a small buffer; its element count must
+        // still be countable, since outputs and loops are sized by it.
+        if self.shape.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n)).is_none() {
+            return Err(Error::TooLarge { arg, what: "element count", value: usize::MAX });
         }
         if self.seqlen() > i32::MAX as usize {
             return Err(Error::TooLarge { arg, what: "seqlen", value: self.seqlen() });
@@ -99,8 +114,58 @@ impl Layout {
             if s < extent {
                 return Err(Error::OverlappingOutput { arg, shape: self.shape, strides: self.strides });
             }
-            extent = s * n;
+            extent = s.saturating_mul(n);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contiguous_span_is_the_element_count() {
+        let l = Layout::contiguous([2, 3, 4, 32]);
+        assert_eq!(l.strides, [3 * 4 * 32, 4 * 32, 32, 1]);
+        assert_eq!(l.span(), l.numel());
+        assert_eq!(l.offset(1, 2, 3, 31), l.numel() - 1);
+        l.validate_output(Arg::O, l.numel()).unwrap();
+    }
+
+    #[test]
+    fn padded_and_head_major_spans() {
+        let padded = Layout { shape: [2, 3, 4, 32], strides: [600, 170, 40, 1] };
+        assert_eq!(padded.span(), 600 + 2 * 170 + 3 * 40 + 31 + 1);
+        padded.validate_output(Arg::O, padded.span()).unwrap();
+        let head_major = Layout { shape: [2, 3, 4, 32], strides: [4 * 3 * 32, 32, 3 * 32, 1] };
+        assert_eq!(head_major.span(), head_major.numel());
+        assert_eq!(head_major.offset(0, 1, 2, 0), 32 + 2 * 96);
+        head_major.validate_output(Arg::O, head_major.span()).unwrap();
+        assert_eq!(Layout { shape: [0, 3, 4, 32], strides: [9, 9, 9, 1] }.span(), 0);
+    }
+
+    #[test]
+    fn overflowing_strides_never_fit_a_buffer() {
+        let l = Layout { shape: [3, 2, 1, 32], strides: [usize::MAX / 2, 32, 32, 1] };
+        assert_eq!(l.checked_span(), None);
+        assert_eq!(l.span(), usize::MAX);
+        let e = l.validate(Arg::K, usize::MAX).unwrap_err();
+        assert!(matches!(e, Error::BufferTooSmall { arg: Arg::K, needed: usize::MAX, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn uncountable_broadcast_tensors_are_refused() {
+        let l = Layout { shape: [1 << 40, 1 << 20, 1 << 10, 32], strides: [0, 0, 0, 1] };
+        let e = l.validate(Arg::Q, 32).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { arg: Arg::Q, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn broadcast_inputs_are_valid_but_not_as_outputs() {
+        let l = Layout { shape: [4, 3, 2, 32], strides: [0, 64, 32, 1] };
+        l.validate(Arg::K, l.span()).unwrap();
+        let e = l.validate_output(Arg::O, l.span()).unwrap_err();
+        assert!(matches!(e, Error::OverlappingOutput { arg: Arg::O, .. }), "{e:?}");
     }
 }
