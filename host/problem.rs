@@ -124,3 +124,46 @@ fn same(arg: Arg, what: &'static str, got: usize, expected: usize, why: &'static
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ironflash_kernels::attn::mask::causal_key_end;
+
+    fn problem(seqlen_q: usize, seqlen_k: usize, causal: bool) -> AttnProblem {
+        let q = Layout::contiguous([1, seqlen_q, 2, 64]);
+        let kv = Layout::contiguous([1, seqlen_k, 1, 64]);
+        let opts = AttnOptions { causal, ..AttnOptions::default() };
+        AttnProblem::new((&q, q.numel()), (&kv, kv.numel()), (&kv, kv.numel()), &opts).unwrap()
+    }
+
+    #[test]
+    fn last_visible_key_is_bottom_right_aligned() {
+        assert_eq!(problem(3, 3, true).last_visible_key(0), Some(0));
+        assert_eq!(problem(2, 5, true).last_visible_key(0), Some(3));
+        assert_eq!(problem(5, 2, true).last_visible_key(2), None);
+        assert_eq!(problem(5, 2, true).last_visible_key(3), Some(0));
+        assert_eq!(problem(5, 2, false).last_visible_key(0), Some(1));
+    }
+
+    #[test]
+    fn last_visible_key_agrees_with_the_kernels_mask() {
+        for seqlen_q in 1..20 {
+            for seqlen_k in 1..20 {
+                let p = problem(seqlen_q, seqlen_k, true);
+                for i in 0..seqlen_q {
+                    let end = causal_key_end(i as u32, seqlen_q as u32, seqlen_k as u32) as usize;
+                    assert_eq!(p.last_visible_key(i).map_or(0, |j| j + 1), end, "{seqlen_q}x{seqlen_k} row {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn default_scale_and_group_size() {
+        let p = problem(4, 4, false);
+        assert_eq!(p.softmax_scale, 0.125);
+        assert_eq!(p.group_size(), 2);
+        assert_eq!(p.lse_len(), 8);
+    }
+}
