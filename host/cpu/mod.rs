@@ -3,6 +3,7 @@
 
 pub mod reference;
 pub mod tiled;
+mod vecops;
 
 pub use reference::{reference_backward, reference_forward, ReferenceBackward, ReferenceForward};
-pub use tiled::{forward, ForwardOutput};
+pub use tiled::{forward, forward_into, ForwardOutput};
