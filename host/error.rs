@@ -63,6 +63,9 @@ pub enum Error {
     #[error("{arg}: strides {strides:?} make distinct elements of shape {shape:?} overlap in an output tensor")]
     OverlappingOutput { arg: Arg, shape: [usize; 4], strides: [usize; 4] },
 
+    #[error("{arg}: strides {strides:?} must be multiples of {multiple} elements (16 bytes) for the fused kernels' vector loads and stores")]
+    MisalignedStrides { arg: Arg, strides: [usize; 4], multiple: usize },
+
     #[error("{arg}: {what} = {value} exceeds the kernel's 32-bit index range")]
     TooLarge { arg: Arg, what: &'static str, value: usize },
 

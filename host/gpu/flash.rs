@@ -1,18 +1,230 @@
-//! PLACEHOLDER (being written): the fused FlashAttention forward on the GPU.
+//! The fused FlashAttention forward on the GPU (`kernels-gpu/src/fwd/`): validation, tile choice,
+//! launch. O = softmax(scale·QKᵀ + mask)·V and the f32 LSE, without materialising the score matrix.
 
-use crate::device::Device;
-use crate::dtype::Element;
-use crate::error::{Error, Result};
+use crate::device::{Device, DeviceInfo};
+use crate::dtype::{DType, Element};
+use crate::error::{Arg, DriverContext, Error, Result};
+use crate::gpu::launch::KernelParams;
 use crate::gpu::tensor::{DeviceTensor, GpuForwardOutput};
+use crate::layout::Layout;
 use crate::options::AttnOptions;
+use crate::problem::AttnProblem;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use ironflash_kernels::abi::FwdParams;
+use ironflash_kernels::tiles::{self, FwdTile};
 
-/// Fused attention forward: O (contiguous, shaped like q) and the f32 LSE `[batch, heads_q, seqlen_q]`.
+pub use ironflash_kernels::tiles::FwdTile as ForwardTile;
+
+/// Strides (and, through the allocator's 256-byte alignment, base addresses) must be multiples of 8
+/// elements: the kernels move 16 bytes at a time (`cp.async` 16, `st.global.v4`).
+const STRIDE_MULTIPLE: usize = 8;
+/// Grid y (heads) and z (batch) are limited to 65535 by the hardware.
+const GRID_YZ_MAX: usize = 65535;
+
+/// The tile the fused forward uses on a device for a head dim, element type and causality (what
+/// `ironflash info` prints).
+pub fn forward_tile(info: &DeviceInfo, head_dim: usize, dtype: DType, causal: bool) -> Result<FwdTile> {
+    if dtype == DType::F32 {
+        return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype, path: "the fused forward kernel" });
+    }
+    tiles::choose_fwd(head_dim, dtype.size_bytes(), causal, info.smem_per_block_optin, info.smem_per_sm)
+        .copied()
+        .ok_or_else(|| {
+            Error::NoTileConfig(format!(
+                "head_dim {head_dim} {dtype}: no compiled forward tile fits {} B of shared memory per block \
+                 ({} B per SM) on {}",
+                info.smem_per_block_optin, info.smem_per_sm, info.name
+            ))
+        })
+}
+
+/// Fused attention forward: O (contiguous, shaped like q) and the f32 LSE `[batch, heads_q, seqlen_q]`
+/// (natural log; `-inf` and O = 0 for rows that see no key).
 pub fn flash_forward<T: Element>(
-    _dev: &Device,
-    _q: &DeviceTensor<T>,
-    _k: &DeviceTensor<T>,
-    _v: &DeviceTensor<T>,
-    _opts: &AttnOptions,
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    opts: &AttnOptions,
 ) -> Result<GpuForwardOutput<T>> {
-    Err(Error::NoTileConfig("the fused forward kernel is not built yet".into()))
+    let (p, tile) = plan(dev, q, k, v, opts)?;
+    let o_layout = Layout::contiguous([p.batch, p.seqlen_q, p.heads_q, p.head_dim]);
+    // SAFETY: the kernel writes every element of O and of the LSE (fully masked rows included).
+    let mut o = unsafe { dev.stream.alloc::<T>(o_layout.numel()) }.during("allocating O")?;
+    let mut lse = unsafe { dev.stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
+    launch(dev, &p, &tile, q, k, v, (&mut o, &o_layout), &mut lse)?;
+    Ok(GpuForwardOutput { o: DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal }, lse })
+}
+
+/// As [`flash_forward`], into caller-provided buffers: `o` shaped like q with any non-overlapping
+/// strides (multiples of 8 elements, last dim contiguous), `lse` at least `batch·heads_q·seqlen_q` f32,
+/// written contiguously as `[batch, heads_q, seqlen_q]`.
+pub fn flash_forward_into<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    o: &mut DeviceTensor<T>,
+    lse: &mut CudaSlice<f32>,
+    opts: &AttnOptions,
+) -> Result<()> {
+    forward_into(dev, q, k, v, o, lse, opts, None)
+}
+
+/// As [`flash_forward_into`] with an explicit tile instead of the chooser's: for tests and tile
+/// benchmarks. `tile` must be a row of `ironflash_kernels::tiles::FWD_TILES` for q's head dim whose
+/// shared memory fits this device (else `Error::NoTileConfig`).
+#[allow(clippy::too_many_arguments)]
+pub fn flash_forward_with_tile<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    o: &mut DeviceTensor<T>,
+    lse: &mut CudaSlice<f32>,
+    opts: &AttnOptions,
+    tile: &FwdTile,
+) -> Result<()> {
+    forward_into(dev, q, k, v, o, lse, opts, Some(tile))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_into<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    o: &mut DeviceTensor<T>,
+    lse: &mut CudaSlice<f32>,
+    opts: &AttnOptions,
+    tile: Option<&FwdTile>,
+) -> Result<()> {
+    let (p, chosen) = plan(dev, q, k, v, opts)?;
+    let tile = match tile {
+        None => chosen,
+        Some(t) => {
+            let info = dev.info();
+            let bytes = t.smem_bytes(T::DTYPE.size_bytes());
+            if !tiles::FWD_TILES.contains(t)
+                || t.head_dim != p.head_dim
+                || bytes > info.smem_per_block_optin
+                || bytes + tiles::SMEM_RESERVED_PER_CTA > info.smem_per_sm
+            {
+                return Err(Error::NoTileConfig(format!(
+                    "{t:?} is not a compiled forward tile for head_dim {} that fits {}",
+                    p.head_dim, info.name
+                )));
+            }
+            *t
+        }
+    };
+    o.check_on(dev, Arg::O)?;
+    p.check_like_q(Arg::O, &o.layout, o.buf.len())?;
+    check_strides(Arg::O, &o.layout)?;
+    if lse.ordinal() != dev.info().ordinal {
+        return Err(Error::DeviceMismatch { arg: Arg::Lse, got: lse.ordinal(), expected: dev.info().ordinal });
+    }
+    if lse.len() < p.lse_len() {
+        return Err(Error::ShapeMismatch {
+            arg: Arg::Lse,
+            what: "length",
+            got: lse.len(),
+            expected: p.lse_len(),
+            why: "one f32 per (batch, head_q, query row)",
+        });
+    }
+    let o_layout = o.layout;
+    launch(dev, &p, &tile, q, k, v, (&mut o.buf, &o_layout), lse)
+}
+
+/// Everything checked before a launch: dtype, devices, shapes and strides, kernel index limits, tile.
+fn plan<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    opts: &AttnOptions,
+) -> Result<(AttnProblem, FwdTile)> {
+    if T::DTYPE == DType::F32 {
+        return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype: T::DTYPE, path: "the fused forward kernel" });
+    }
+    for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
+        t.check_on(dev, arg)?;
+    }
+    let p = AttnProblem::new((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
+    for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
+        check_strides(arg, &t.layout)?;
+    }
+    for (what, value) in [("heads_q", p.heads_q), ("batch", p.batch)] {
+        if value > GRID_YZ_MAX {
+            return Err(Error::TooLarge { arg: Arg::Q, what, value });
+        }
+    }
+    if p.batch * p.heads_q > u32::MAX as usize || p.lse_len() > i64::MAX as usize {
+        return Err(Error::TooLarge { arg: Arg::Q, what: "batch·heads_q", value: p.batch * p.heads_q });
+    }
+    let tile = forward_tile(dev.info(), p.head_dim, T::DTYPE, p.causal)?;
+    Ok((p, tile))
+}
+
+fn check_strides(arg: Arg, l: &Layout) -> Result<()> {
+    if l.strides[..3].iter().any(|s| s % STRIDE_MULTIPLE != 0) {
+        return Err(Error::MisalignedStrides { arg, strides: l.strides, multiple: STRIDE_MULTIPLE });
+    }
+    Ok(())
+}
+
+fn strides3(l: &Layout) -> [u64; 3] {
+    [l.strides[0] as u64, l.strides[1] as u64, l.strides[2] as u64]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch<T: Element>(
+    dev: &Device,
+    p: &AttnProblem,
+    tile: &FwdTile,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    o: (&mut CudaSlice<T>, &Layout),
+    lse: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let name = tile.symbol(T::DTYPE == DType::F16);
+    let smem = tile.smem_bytes(T::DTYPE.size_bytes());
+    let f = dev.modules.function(&dev.ctx, name, smem)?;
+    let stream = dev.stream();
+    let (q_ptr, _q_sync) = q.buf.device_ptr(stream);
+    let (k_ptr, _k_sync) = k.buf.device_ptr(stream);
+    let (v_ptr, _v_sync) = v.buf.device_ptr(stream);
+    let (o_buf, o_layout) = o;
+    let (o_ptr, _o_sync) = o_buf.device_ptr_mut(stream);
+    let (lse_ptr, _lse_sync) = lse.device_ptr_mut(stream);
+    let params = FwdParams {
+        q: q_ptr,
+        k: k_ptr,
+        v: v_ptr,
+        o: o_ptr,
+        lse: lse_ptr,
+        q_strides: strides3(&q.layout),
+        k_strides: strides3(&k.layout),
+        v_strides: strides3(&v.layout),
+        o_strides: strides3(o_layout),
+        seqlen_q: p.seqlen_q as u32,
+        seqlen_k: p.seqlen_k as u32,
+        heads_q: p.heads_q as u32,
+        group: p.group_size() as u32,
+        scale_log2: p.softmax_scale * std::f32::consts::LOG2_E,
+        causal: p.causal as u32,
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (p.seqlen_q.div_ceil(tile.block_m) as u32, p.heads_q as u32, p.batch as u32),
+        block_dim: (tile.threads() as u32, 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    let arg = KernelParams(params);
+    // SAFETY: `plan` validated every layout against its buffer, the strides' alignment and the index
+    // limits; the pointers are live for the launch (their sync guards outlive it on this stream).
+    unsafe { stream.launch_builder(&f).arg(&arg).launch(cfg) }
+        .map_err(|source| Error::Launch { kernel: name.into(), source })?;
+    Ok(())
 }

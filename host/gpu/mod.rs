@@ -5,6 +5,6 @@ mod launch;
 pub mod standard;
 pub mod tensor;
 
-pub use flash::flash_forward;
+pub use flash::{flash_forward, flash_forward_into, flash_forward_with_tile, forward_tile, ForwardTile};
 pub use standard::standard_forward;
 pub use tensor::{DeviceTensor, GpuForwardOutput};

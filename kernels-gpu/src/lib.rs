@@ -15,6 +15,9 @@ pub mod tiles;
 pub mod ptx;
 
 #[cfg(target_arch = "nvptx64")]
+mod fwd;
+
+#[cfg(target_arch = "nvptx64")]
 mod softmax_rows;
 
 /// Kernels abort with `trap` on a panic: nothing of core's formatting machinery reaches the PTX.

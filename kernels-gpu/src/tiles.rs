@@ -1,1 +1,231 @@
-//! placeholder
+//! The forward kernel's tile table, and the pure chooser the host runs against a device's shared-memory
+//! budget. The same rows are the compile-time parameters of the instantiated kernels
+//! (`fwd/kernels.rs` names each row), so the table exists once.
+//!
+//! Shared memory of one CTA: Q (`block_m` rows) plus `stages` buffers of K and V (`block_n` rows each),
+//! every row padded by 16 bytes (`smem_row`), so the bytes are
+//! `(block_m + 2·stages·block_n) · (head_dim + 8) · elem_bytes`.
+//! Registers per thread grow with the accumulator of O (`head_dim/2` f32 per m16 row tile) plus the
+//! score tile (`block_n/2` f32) and, when `q_in_regs`, the Q fragments (`head_dim/4` registers).
+
+/// One compiled forward-kernel variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FwdTile {
+    pub head_dim: usize,
+    /// Query rows per CTA: `warps · 16 · m_tiles`, each warp owning `16 · m_tiles` consecutive rows.
+    pub block_m: usize,
+    /// Keys per K/V block streamed through shared memory.
+    pub block_n: usize,
+    pub warps: usize,
+    /// K/V shared-memory buffers (>= 2: block j+stages-1 loads while block j is computed).
+    pub stages: usize,
+    /// Q fragments loaded into registers once (true), or re-read from shared memory each block.
+    pub q_in_regs: bool,
+    /// Kernel symbols: `[bf16, f16]`.
+    pub symbols: [&'static str; 2],
+}
+
+/// Shared memory the driver reserves per resident CTA on sm_80 and newer (CUDA programming guide,
+/// "Shared Memory" for compute capability 8.x/9.0): 1 KiB, counted against the per-SM capacity.
+pub const SMEM_RESERVED_PER_CTA: usize = 1024;
+
+impl FwdTile {
+    pub const fn threads(&self) -> usize {
+        self.warps * 32
+    }
+    /// m16 row tiles per warp.
+    pub const fn m_tiles(&self) -> usize {
+        self.block_m / (16 * self.warps)
+    }
+    /// Elements per shared-memory row: 8 elements (16 bytes) of padding move consecutive rows 4 banks
+    /// apart, so the 8 rows of one ldmatrix 8x8 matrix fall in 8 different 16-byte bank groups
+    /// (conflict-free for every head dim in the table: 2·head_dim + 16 ≡ 16 or 80 mod 128 bytes).
+    pub const fn smem_row(&self) -> usize {
+        self.head_dim + 8
+    }
+    /// Dynamic shared memory of one CTA, in bytes.
+    pub const fn smem_bytes(&self, elem_bytes: usize) -> usize {
+        (self.block_m + 2 * self.stages * self.block_n) * self.smem_row() * elem_bytes
+    }
+    /// CTAs that fit in one SM's shared memory.
+    pub const fn ctas_per_sm_by_smem(&self, elem_bytes: usize, smem_per_sm: usize) -> usize {
+        smem_per_sm / (self.smem_bytes(elem_bytes) + SMEM_RESERVED_PER_CTA)
+    }
+    /// The symbol for an element size class (bf16 = 0, f16 = 1).
+    pub const fn symbol(&self, f16: bool) -> &'static str {
+        self.symbols[f16 as usize]
+    }
+    /// Whether the row is well formed (checked at compile time for every instantiated kernel).
+    pub const fn is_valid(&self) -> bool {
+        let d = self.head_dim;
+        d.is_multiple_of(32)
+            && (self.warps == 4 || self.warps == 8)
+            && self.block_m.is_multiple_of(16 * self.warps)
+            && self.m_tiles() >= 1
+            && self.block_n.is_multiple_of(16)
+            && self.block_n >= 16
+            && self.stages >= 2
+            // cp.async work divides evenly among the threads (no partial last round).
+            && (self.block_m * d / 8).is_multiple_of(self.threads())
+            && (self.block_n * d / 8).is_multiple_of(self.threads())
+    }
+}
+
+macro_rules! tile {
+    ($d:literal, $m:literal, $n:literal, $w:literal, $s:literal, $qreg:literal) => {
+        FwdTile {
+            head_dim: $d,
+            block_m: $m,
+            block_n: $n,
+            warps: $w,
+            stages: $s,
+            q_in_regs: $qreg,
+            symbols: [
+                concat!("attn_fwd_hd", $d, "_m", $m, "n", $n, "_bf16"),
+                concat!("attn_fwd_hd", $d, "_m", $m, "n", $n, "_f16"),
+            ],
+        }
+    };
+}
+
+// The rows, named so that `fwd/kernels.rs` instantiates exactly these. Per head dim the first row that
+// fits the device is taken (see `choose_fwd`); each comment names the limit that binds.
+
+/// 30 KiB: nothing binds; 8 warps of 16 rows keep 8 warps per CTA busy with little per-thread state.
+pub const HD32: FwdTile = tile!(32, 128, 64, 8, 2, true);
+/// 54 KiB: 4 CTAs per H100 SM by smem; registers (~100/thread) allow 2 CTAs of 256 threads.
+pub const HD64: FwdTile = tile!(64, 128, 64, 8, 2, true);
+/// 45 KiB: the 48 KiB fallback (half the query rows per CTA).
+pub const HD64_SMALL: FwdTile = tile!(64, 64, 64, 4, 2, true);
+/// 78 KiB: 2 CTAs per H100 SM by smem, 1 by registers.
+pub const HD96: FwdTile = tile!(96, 128, 64, 8, 2, true);
+/// 39 KiB: the 48 KiB fallback.
+pub const HD96_SMALL: FwdTile = tile!(96, 64, 32, 4, 2, true);
+/// 102 KiB: registers bind (O 64 + S 32 + Q 32 f32 per thread): one 8-warp CTA per SM.
+pub const HD128: FwdTile = tile!(128, 128, 64, 8, 2, true);
+/// 34 KiB: the 48 KiB fallback (16-key blocks: 64-key blocks need 102 KiB, 32-key blocks 51 KiB).
+pub const HD128_SMALL: FwdTile = tile!(128, 64, 16, 4, 2, true);
+/// 125 KiB: smem binds (one CTA per SM on A100 and H100); Q re-read from smem keeps O (96) + S (32) in registers.
+pub const HD192: FwdTile = tile!(192, 64, 64, 4, 2, false);
+/// 75 KiB: for ~100 KiB devices (sm_86/sm_89 have 99 KiB per block).
+pub const HD192_SMALL: FwdTile = tile!(192, 64, 32, 4, 2, false);
+/// 99 KiB: registers bind (O alone is 128 f32 per thread), so 32-key blocks and Q from smem; 64-key blocks
+/// would need 165 KiB, over A100's 164 KiB.
+pub const HD256: FwdTile = tile!(256, 64, 32, 4, 2, false);
+
+/// Every compiled variant, in order of preference within a head dim.
+pub const FWD_TILES: &[FwdTile] =
+    &[HD32, HD64, HD64_SMALL, HD96, HD96_SMALL, HD128, HD128_SMALL, HD192, HD192_SMALL, HD256];
+
+/// The forward tile for a problem on a device: the first compiled row for `head_dim` whose shared
+/// memory fits both one block's opt-in limit and one SM (with the driver's per-CTA reservation).
+/// `None` when no compiled variant fits (the host turns that into `Error::NoTileConfig`).
+///
+/// `causal` is accepted so that the choice can depend on it; at present every row serves both (the
+/// kernels take causality as a run-time flag and skip the blocks above the diagonal).
+pub fn choose_fwd(
+    head_dim: usize,
+    elem_bytes: usize,
+    causal: bool,
+    smem_per_block_optin: usize,
+    smem_per_sm: usize,
+) -> Option<&'static FwdTile> {
+    let _ = causal;
+    if elem_bytes != 2 {
+        return None;
+    }
+    FWD_TILES.iter().filter(|t| t.head_dim == head_dim).find(|t| {
+        let bytes = t.smem_bytes(elem_bytes);
+        bytes <= smem_per_block_optin && bytes + SMEM_RESERVED_PER_CTA <= smem_per_sm
+    })
+}
+
+/// Byte-wise string equality usable in constants (ties the table's symbol names to the kernels' names).
+pub const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    const KIB: usize = 1024;
+    const A100: (usize, usize) = (164 * KIB, 164 * KIB);
+    const H100: (usize, usize) = (227 * KIB, 228 * KIB);
+    const SMALL: (usize, usize) = (48 * KIB, 48 * KIB);
+    const HEAD_DIMS: [usize; 6] = [32, 64, 96, 128, 192, 256];
+
+    fn pick(d: usize, dev: (usize, usize)) -> Option<FwdTile> {
+        choose_fwd(d, 2, false, dev.0, dev.1).copied()
+    }
+
+    #[test]
+    fn every_row_is_valid_and_named_once() {
+        for (i, t) in FWD_TILES.iter().enumerate() {
+            assert!(t.is_valid(), "{t:?}");
+            for u in &FWD_TILES[i + 1..] {
+                assert_ne!(t.symbols, u.symbols);
+            }
+        }
+    }
+
+    #[test]
+    fn h100_gets_the_large_tiles() {
+        let want = [HD32, HD64, HD96, HD128, HD192, HD256];
+        for (d, w) in HEAD_DIMS.iter().zip(want) {
+            assert_eq!(pick(*d, H100), Some(w), "d={d}");
+            assert_eq!(choose_fwd(*d, 2, true, H100.0, H100.1), Some(&w), "d={d} causal");
+        }
+    }
+
+    #[test]
+    fn a100_gets_the_large_tiles() {
+        let want = [HD32, HD64, HD96, HD128, HD192, HD256];
+        for (d, w) in HEAD_DIMS.iter().zip(want) {
+            let t = pick(*d, A100).unwrap();
+            assert_eq!(t, w, "d={d}");
+            assert!(t.smem_bytes(2) <= A100.0);
+        }
+    }
+
+    #[test]
+    fn small_device_gets_fallbacks_or_none() {
+        assert_eq!(pick(32, SMALL), Some(HD32));
+        assert_eq!(pick(64, SMALL), Some(HD64_SMALL));
+        assert_eq!(pick(96, SMALL), Some(HD96_SMALL));
+        assert_eq!(pick(128, SMALL), Some(HD128_SMALL));
+        // Q alone (64 rows) plus two 16-key K/V buffers exceed 48 KiB from d=192 on.
+        assert_eq!(pick(192, SMALL), None);
+        assert_eq!(pick(256, SMALL), None);
+        for d in [32, 64, 96, 128] {
+            assert!(pick(d, SMALL).unwrap().smem_bytes(2) <= 48 * KIB);
+        }
+    }
+
+    #[test]
+    fn unsupported_inputs_get_none() {
+        assert_eq!(choose_fwd(80, 2, false, H100.0, H100.1), None);
+        assert_eq!(choose_fwd(128, 4, false, H100.0, H100.1), None);
+        assert_eq!(choose_fwd(128, 2, false, 0, 0), None);
+    }
+
+    #[test]
+    fn smem_arithmetic() {
+        assert_eq!(HD128.smem_bytes(2), (128 + 2 * 2 * 64) * 136 * 2);
+        assert_eq!(HD128.ctas_per_sm_by_smem(2, H100.1), 2);
+        assert!(str_eq(HD128.symbol(false), "attn_fwd_hd128_m128n64_bf16"));
+        assert!(!str_eq("a", "ab"));
+    }
+}

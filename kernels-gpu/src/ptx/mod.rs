@@ -4,3 +4,10 @@
 pub mod elem;
 pub mod sreg;
 pub mod warp;
+pub mod cp_async;
+pub mod gmem;
+pub mod ldmatrix;
+pub mod math;
+pub mod mma;
+pub mod smem;
+pub mod sync;

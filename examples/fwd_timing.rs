@@ -1,0 +1,88 @@
+//! Times the fused forward kernel with CUDA events: B·N = 16K tokens, hidden 2048 (H = 2048/D), bf16,
+//! N in {1K, 4K, 8K}, D in {64, 128}, causal off and on. TFLOP/s = 4·B·H·N²·D / t, halved for causal.
+//!
+//! ```text
+//! cargo run --release --example fwd_timing              # the chooser's tile
+//! cargo run --release --example fwd_timing -- --all     # every compiled tile of each head dim that fits
+//! ```
+//! Warm-up launches first, then the median of per-launch event timings. Inputs are random (never zeros).
+
+use half::bf16;
+use ironflash::{gpu, AttnOptions, Device, HostTensor};
+use ironflash_kernels::tiles::{FwdTile, FWD_TILES};
+
+const WARMUP: usize = 5;
+const REPS: usize = 30;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let all = std::env::args().any(|a| a == "--all");
+    let dev = match Device::open(0) {
+        Ok(d) => d,
+        Err(ironflash::Error::NoDriver(why)) => {
+            println!("skipped: no CUDA driver ({why})");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let info = dev.info().clone();
+    println!(
+        "device: {} (sm_{}{}, {} SMs)",
+        info.name, info.compute_capability.0, info.compute_capability.1, info.sm_count
+    );
+    println!(
+        "{:>6} {:>4} {:>4} {:>3} {:>7} {:<30} {:>10} {:>9}",
+        "N", "D", "H", "B", "causal", "tile", "median ms", "TFLOP/s"
+    );
+    let mut rng = rand::rng();
+    for d in [64usize, 128] {
+        for n in [1024usize, 4096, 8192] {
+            let (h, b) = (2048 / d, 16 * 1024 / n);
+            let q = dev.upload(&HostTensor::<bf16>::random([b, n, h, d], 1.0, &mut rng))?;
+            let k = dev.upload(&HostTensor::<bf16>::random([b, n, h, d], 1.0, &mut rng))?;
+            let v = dev.upload(&HostTensor::<bf16>::random([b, n, h, d], 1.0, &mut rng))?;
+            let mut o = dev.poisoned::<bf16>([b, n, h, d])?;
+            let mut lse = dev.poisoned_f32(b * h * n)?;
+            for causal in [false, true] {
+                let opts = AttnOptions { causal, ..AttnOptions::default() };
+                let chosen = gpu::forward_tile(&info, d, ironflash::DType::BF16, causal)?;
+                let tiles: Vec<FwdTile> = if all {
+                    FWD_TILES
+                        .iter()
+                        .filter(|t| t.head_dim == d && t.smem_bytes(2) <= info.smem_per_block_optin)
+                        .copied()
+                        .collect()
+                } else {
+                    vec![chosen]
+                };
+                for tile in tiles {
+                    let mut run = || gpu::flash_forward_with_tile(&dev, &q, &k, &v, &mut o, &mut lse, &opts, &tile);
+                    for _ in 0..WARMUP {
+                        run()?;
+                    }
+                    dev.synchronize()?;
+                    let mut ms = Vec::with_capacity(REPS);
+                    for _ in 0..REPS {
+                        let start =
+                            dev.stream().record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+                        run()?;
+                        let end =
+                            dev.stream().record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+                        ms.push(start.elapsed_ms(&end)? as f64);
+                    }
+                    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                    let median = ms[REPS / 2];
+                    let flops = 4.0 * (b * h) as f64 * (n * n) as f64 * d as f64 / if causal { 2.0 } else { 1.0 };
+                    let name = tile.symbol(false).trim_end_matches("_bf16");
+                    println!(
+                        "{n:>6} {d:>4} {h:>4} {b:>3} {causal:>7} {name:<30} {median:>10.3} {:>9.1}",
+                        flops / (median * 1e-3) / 1e12
+                    );
+                }
+            }
+            // Every element written (no NaN left from the poison) on the last configuration.
+            let host = dev.download(&o)?;
+            assert!(host.data.iter().all(|x| x.is_finite()), "O has unwritten or non-finite elements");
+        }
+    }
+    Ok(())
+}

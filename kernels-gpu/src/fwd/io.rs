@@ -1,0 +1,46 @@
+//! Global → shared copies of row tiles, `cp.async` 16 bytes per thread per step.
+//!
+//! A tile is `rows` rows of `D` elements; in shared memory each row takes `D + 8` elements (the padding
+//! that makes `ldmatrix` conflict-free, see `tiles::FwdTile::smem_row`). Rows at or past `valid_rows`
+//! are written as zeros and not read: a K or V tail row must be 0, not garbage, because the masked
+//! probability (0) times a NaN would still be NaN.
+
+use crate::ptx::cp_async;
+
+/// Bytes per shared-memory row of a `D`-wide tile.
+#[inline(always)]
+pub const fn smem_row_bytes<const D: usize>() -> usize {
+    (D + 8) * 2
+}
+
+/// Issues (does not commit) the copies of one `rows`-row tile. Every one of the `threads` threads of the
+/// CTA calls it with its `tid`; `rows` and `threads` are constants once inlined.
+///
+/// # Safety
+/// `dst` is the 16-byte aligned shared address of a `rows x (D + 8)` element region; `src` points at
+/// row 0 of the tile in global memory, 16-byte aligned, `row_stride` (elements) a multiple of 8, and
+/// rows `0..min(valid_rows, rows)` are readable.
+#[inline(always)]
+pub unsafe fn load_tile<const D: usize>(
+    dst: u32,
+    src: *const u16,
+    row_stride: usize,
+    valid_rows: u32,
+    rows: usize,
+    threads: usize,
+    tid: u32,
+) {
+    let chunks_per_row = D / 8;
+    let steps = rows * chunks_per_row / threads; // exact: tiles::FwdTile::is_valid
+    let mut i = 0;
+    while i < steps {
+        let idx = tid as usize + i * threads;
+        let row = idx / chunks_per_row;
+        let chunk = idx % chunks_per_row;
+        let valid = (row as u32) < valid_rows;
+        // An invalid row keeps `src` (row 0, always readable) as its address; zero bytes are read from it.
+        let from = if valid { src.add(row * row_stride + chunk * 8) } else { src };
+        cp_async::copy16_or_zero(dst + (row * smem_row_bytes::<D>() + chunk * 16) as u32, from, valid);
+        i += 1;
+    }
+}

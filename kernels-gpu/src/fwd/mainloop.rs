@@ -1,0 +1,248 @@
+//! The body of every forward kernel: block range, the cp.async pipeline over K/V blocks, S = QKᵀ and
+//! O += PV on tensor cores, with the online softmax in between.
+//!
+//! Causality is a run-time flag (`FwdParams::causal`): it only changes the block range (blocks above
+//! the diagonal are never loaded) and which blocks take the masked path, a CTA-uniform branch per block.
+//! Every kernel already needs that masked path for the last, partial block of keys, so a compile-time
+//! flag would save one uniform branch per block at the cost of twice the kernels.
+
+use super::epilogue::{self, OutRows};
+use super::io::{load_tile, smem_row_bytes};
+use super::softmax::OnlineSoftmax;
+use crate::abi::FwdParams;
+use crate::attn::block_range::fwd_key_blocks;
+use crate::attn::mask::causal_key_end;
+use crate::ptx::mma::MmaElem;
+use crate::ptx::{cp_async, ldmatrix, smem, sreg, sync};
+
+/// Shape parameters, all compile-time. `KD = D/16` (k-steps of QKᵀ), `ND = D/8` (n8 tiles of O),
+/// `NN = BN/8` (n8 tiles of S), `KN = BN/16` (k-steps of PV), `MT` m16 tiles per warp. The derived
+/// sizes are separate parameters because array lengths cannot be computed from generic constants on
+/// stable Rust; `kernels.rs` passes them from one `tiles::FwdTile` row and the assert below ties them.
+///
+/// # Safety
+/// Launched as `abi::FwdParams` documents, with `16·MT·WARPS`-row blocks, `32·WARPS` threads and
+/// `tiles::FwdTile::smem_bytes` of dynamic shared memory; `p` describes valid buffers.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn attn_fwd<
+    E: MmaElem,
+    const D: usize,
+    const KD: usize,
+    const ND: usize,
+    const BN: usize,
+    const NN: usize,
+    const KN: usize,
+    const WARPS: usize,
+    const MT: usize,
+    const STAGES: usize,
+    const QREG: bool,
+>(
+    p: &FwdParams,
+) {
+    const {
+        assert!(KD * 16 == D && ND * 8 == D && NN * 8 == BN && KN * 16 == BN && STAGES >= 2 && STAGES <= 4);
+    }
+    let block_m = 16 * MT * WARPS;
+    let threads = 32 * WARPS;
+    let row_bytes = smem_row_bytes::<D>();
+
+    let tid = sreg::thread_x();
+    let (warp, lane) = (tid / 32, tid % 32);
+    // The longest causal rows (highest query block) start first: the tail of the grid is then short CTAs.
+    let m_block = sreg::grid_dim_x() - 1 - sreg::block_x();
+    let (head, batch) = (sreg::block_y(), sreg::block_z());
+    let (seqlen_q, seqlen_k) = (p.seqlen_q, p.seqlen_k);
+    let causal = p.causal != 0;
+    let m0 = m_block * block_m as u32;
+    let rows = (seqlen_q - m0).min(block_m as u32);
+
+    let kv_head = (head / p.group) as u64;
+    let q_rows = (p.q as *const u16)
+        .add((batch as u64 * p.q_strides[0] + m0 as u64 * p.q_strides[1] + head as u64 * p.q_strides[2]) as usize);
+    let k_rows = (p.k as *const u16).add((batch as u64 * p.k_strides[0] + kv_head * p.k_strides[2]) as usize);
+    let v_rows = (p.v as *const u16).add((batch as u64 * p.v_strides[0] + kv_head * p.v_strides[2]) as usize);
+    let o_rows = (p.o as *mut u16)
+        .add((batch as u64 * p.o_strides[0] + m0 as u64 * p.o_strides[1] + head as u64 * p.o_strides[2]) as usize);
+    let lse_rows = (p.lse as *mut f32).add(((batch * p.heads_q + head) as u64 * seqlen_q as u64 + m0 as u64) as usize);
+    let (q_stride, k_stride, v_stride, o_stride) =
+        (p.q_strides[1] as usize, p.k_strides[1] as usize, p.v_strides[1] as usize, p.o_strides[1] as usize);
+
+    let (n_blocks, n_unmasked) = fwd_key_blocks(m0, rows, seqlen_q, seqlen_k, causal, BN as u32);
+    if n_blocks == 0 {
+        epilogue::store_empty::<D>(o_rows, o_stride, lse_rows, rows, threads as u32, tid);
+        return;
+    }
+
+    // Shared memory: Q (block_m rows), then STAGES x (K block, V block).
+    let q_smem = smem::base();
+    let kv_smem = q_smem + (block_m * row_bytes) as u32;
+    let stage_bytes = (2 * BN * row_bytes) as u32;
+    let v_offset = (BN * row_bytes) as u32;
+
+    let load_kv = |block: u32, stage: u32| {
+        let n0 = block * BN as u32;
+        let valid = seqlen_k - n0;
+        let k_smem = kv_smem + stage * stage_bytes;
+        load_tile::<D>(k_smem, k_rows.add(n0 as usize * k_stride), k_stride, valid, BN, threads, tid);
+        load_tile::<D>(k_smem + v_offset, v_rows.add(n0 as usize * v_stride), v_stride, valid, BN, threads, tid);
+    };
+
+    // Prologue: Q with block 0 in the first group, then blocks 1..STAGES-2, one group each.
+    load_tile::<D>(q_smem, q_rows, q_stride, rows, block_m, threads, tid);
+    load_kv(0, 0);
+    cp_async::commit();
+    for s in 1..STAGES - 1 {
+        if (s as u32) < n_blocks {
+            load_kv(s as u32, s as u32);
+        }
+        cp_async::commit();
+    }
+
+    // Per-lane parts of the ldmatrix row addresses (see ptx/ldmatrix.rs for the lane → row rule):
+    // A operand (Q) and the transposed B operand (V) take matrices (rows 0-7, cols 0-7), (rows 8-15,
+    // cols 0-7), (rows 0-7, cols 8-15), (rows 8-15, cols 8-15); the B operand from K takes
+    // (keys 0-7, d 0-7), (keys 0-7, d 8-15), (keys 8-15, d 0-7), (keys 8-15, d 8-15).
+    let lane_a = (((lane & 7) + ((lane >> 3) & 1) * 8) * row_bytes as u32) + (lane >> 4) * 16;
+    let lane_k = (((lane & 7) + (lane >> 4) * 8) * row_bytes as u32) + ((lane >> 3) & 1) * 16;
+    let warp_row0 = warp * (16 * MT) as u32;
+    let q_warp = q_smem + warp_row0 * row_bytes as u32;
+
+    // Key limits of this thread's rows (g and g+8 of each m16 tile), for the masked blocks.
+    let (g, t) = (lane / 4, lane % 4);
+    let mut key_limit = [[0i32; 2]; MT];
+    for (m, limits) in key_limit.iter_mut().enumerate() {
+        for (r, limit) in limits.iter_mut().enumerate() {
+            let row = m0 + warp_row0 + (m * 16) as u32 + g + 8 * r as u32;
+            *limit = if causal { causal_key_end(row, seqlen_q, seqlen_k) } else { seqlen_k } as i32;
+        }
+    }
+
+    let mut softmax = OnlineSoftmax::<MT>::new();
+    let mut acc_o = [[[0.0f32; 4]; ND]; MT];
+    let mut q_frag = [[[0u32; 4]; KD]; MT];
+
+    wait_all_but::<STAGES>();
+    sync::block();
+    if QREG {
+        for (m, frags) in q_frag.iter_mut().enumerate() {
+            for (kk, frag) in frags.iter_mut().enumerate() {
+                *frag = ldmatrix::x4(q_warp + lane_a + (m * 16 * row_bytes + kk * 32) as u32);
+            }
+        }
+    }
+
+    let mut compute_stage = 0u32;
+    let mut load_stage = (STAGES - 1) as u32;
+    let mut block = 0u32;
+    while block < n_blocks {
+        // The buffer of block+STAGES-1 is the one block-1 used: every warp finished it before the
+        // barrier that ended the previous iteration.
+        let ahead = block + (STAGES - 1) as u32;
+        if ahead < n_blocks {
+            load_kv(ahead, load_stage);
+        }
+        cp_async::commit();
+
+        let k_smem = kv_smem + compute_stage * stage_bytes;
+        let v_smem = k_smem + v_offset;
+
+        // S = Q Kᵀ (this warp's 16·MT rows x BN keys).
+        let mut acc_s = [[[0.0f32; 4]; NN]; MT];
+        for kk in 0..KD {
+            let mut a = [[0u32; 4]; MT];
+            for m in 0..MT {
+                a[m] = if QREG {
+                    q_frag[m][kk]
+                } else {
+                    ldmatrix::x4(q_warp + lane_a + (m * 16 * row_bytes + kk * 32) as u32)
+                };
+            }
+            let mut nn = 0;
+            while nn < NN {
+                let b = ldmatrix::x4(k_smem + lane_k + (nn * 8 * row_bytes + kk * 32) as u32);
+                for m in 0..MT {
+                    E::mma(&mut acc_s[m][nn], &a[m], &[b[0], b[1]]);
+                    E::mma(&mut acc_s[m][nn + 1], &a[m], &[b[2], b[3]]);
+                }
+                nn += 2;
+            }
+        }
+
+        // To base-2 exponent units, then the mask where this block needs one.
+        for row_tiles in acc_s.iter_mut() {
+            for tile in row_tiles.iter_mut() {
+                for x in tile.iter_mut() {
+                    *x *= p.scale_log2;
+                }
+            }
+        }
+        if block >= n_unmasked {
+            let n0 = (block * BN as u32) as i32;
+            for m in 0..MT {
+                for r in 0..2 {
+                    let limit = key_limit[m][r] - n0;
+                    for (nn, tile) in acc_s[m].iter_mut().enumerate() {
+                        for e in 0..2 {
+                            if (nn * 8) as i32 + (2 * t) as i32 + e as i32 >= limit {
+                                tile[2 * r + e] = f32::NEG_INFINITY;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        softmax.update(&mut acc_s, &mut acc_o);
+
+        // O += P V: the S accumulator of n8 tiles 2kn and 2kn+1 is, rounded to 16 bits, exactly the A
+        // fragment of k-step kn (rows g/g+8, keys 2t,2t+1 and 2t+8,2t+9).
+        for kn in 0..KN {
+            let mut a = [[0u32; 4]; MT];
+            for m in 0..MT {
+                let (lo, hi) = (&acc_s[m][2 * kn], &acc_s[m][2 * kn + 1]);
+                a[m] = [E::pack2(lo[0], lo[1]), E::pack2(lo[2], lo[3]), E::pack2(hi[0], hi[1]), E::pack2(hi[2], hi[3])];
+            }
+            let mut nd = 0;
+            while nd < ND {
+                let b = ldmatrix::x4_trans(v_smem + lane_a + (kn * 16 * row_bytes + nd * 16) as u32);
+                for m in 0..MT {
+                    E::mma(&mut acc_o[m][nd], &a[m], &[b[0], b[1]]);
+                    E::mma(&mut acc_o[m][nd + 1], &a[m], &[b[2], b[3]]);
+                }
+                nd += 2;
+            }
+        }
+
+        block += 1;
+        compute_stage = if compute_stage + 1 == STAGES as u32 { 0 } else { compute_stage + 1 };
+        load_stage = if load_stage + 1 == STAGES as u32 { 0 } else { load_stage + 1 };
+        if block < n_blocks {
+            // Block `block` has landed (this thread's copies), then everyone's copies are visible and
+            // every warp is done with the buffer the next iteration refills.
+            wait_all_but::<STAGES>();
+            sync::block();
+        }
+    }
+
+    let (inv, lse) = softmax.finish();
+    let out = OutRows {
+        o: o_rows.add(warp_row0 as usize * o_stride),
+        o_row_stride: o_stride,
+        lse: lse_rows.add(warp_row0 as usize),
+        valid_rows: rows as i32 - warp_row0 as i32,
+        staging: q_warp,
+    };
+    epilogue::store::<E, D, ND, MT>(&acc_o, &inv, &lse, &out, lane);
+}
+
+/// `cp.async.wait_group (STAGES - 2)`: with STAGES-1 blocks in flight ahead of the one computed next,
+/// that one has landed when at most STAGES-2 younger groups are pending.
+#[inline(always)]
+fn wait_all_but<const STAGES: usize>() {
+    match STAGES {
+        2 => cp_async::wait::<0>(),
+        3 => cp_async::wait::<1>(),
+        _ => cp_async::wait::<2>(),
+    }
+}

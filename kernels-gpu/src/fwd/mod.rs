@@ -1,0 +1,19 @@
+//! The fused attention forward (FlashAttention-2 on `mma.sync` tensor cores).
+//!
+//! One CTA computes `block_m` query rows of one (head, batch): each warp owns `16·m_tiles` rows and keeps
+//! their Q fragments, scores, running max/sum and O accumulator in registers. K/V blocks of `block_n`
+//! keys stream through a `stages`-deep ring of shared-memory buffers filled by `cp.async`; scores and
+//! PV go through `ldmatrix` + `mma.m16n8k16` with f32 accumulation; the softmax is online, in base-2
+//! units, and O is divided by the row sum once, at the end.
+//!
+//! - `io.rs`: global → shared tile copies (zero-filled past the end of a sequence).
+//! - `mainloop.rs`: the kernel body: block range, pipeline, the two products.
+//! - `softmax.rs`: the online softmax state of a warp's rows.
+//! - `epilogue.rs`: O (normalised, through shared memory, 16-byte stores) and the LSE.
+//! - `kernels.rs`: the entry points, one per row of `tiles::FWD_TILES` and element type.
+
+mod epilogue;
+mod io;
+mod kernels;
+mod mainloop;
+mod softmax;

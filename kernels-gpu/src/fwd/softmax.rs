@@ -1,0 +1,80 @@
+//! The online softmax of a warp's query rows (FlashAttention-2, Dao 2023, §3.1), in base-2 units.
+//!
+//! Scores arrive already multiplied by `scale·log2(e)`, so `exp(scale·s − max)` is one `ex2`. Each
+//! thread holds 2 rows per m16 tile (g and g+8, g = lane/4) and, of each row, the columns 2t and 2t+1 of
+//! every n8 tile (t = lane%4): the row max needs the 4 lanes of a quad (two `shfl.bfly`), the row sum is
+//! kept per thread and reduced once at the end (every lane of a quad scales it by the same factor).
+
+use crate::ptx::math::{exp2, log2, recip};
+use crate::ptx::warp::shfl_xor_f32;
+
+pub struct OnlineSoftmax<const MT: usize> {
+    /// Running max of each row (base-2 units); `-inf` while the row has seen no visible key.
+    max: [[f32; 2]; MT],
+    /// This thread's part of each row's running sum of exp2(s − max).
+    sum: [[f32; 2]; MT],
+}
+
+impl<const MT: usize> OnlineSoftmax<MT> {
+    #[inline(always)]
+    pub fn new() -> Self {
+        OnlineSoftmax { max: [[f32::NEG_INFINITY; 2]; MT], sum: [[0.0; 2]; MT] }
+    }
+
+    /// Takes in one block of scores `s` (masked entries `-inf`): replaces them by the unnormalised
+    /// probabilities exp2(s − new max), and rescales the accumulator `o` by exp2(old max − new max).
+    #[inline(always)]
+    pub fn update<const NN: usize, const ND: usize>(
+        &mut self,
+        s: &mut [[[f32; 4]; NN]; MT],
+        o: &mut [[[f32; 4]; ND]; MT],
+    ) {
+        for m in 0..MT {
+            for r in 0..2 {
+                let mut block_max = f32::NEG_INFINITY;
+                for tile in s[m].iter() {
+                    block_max = block_max.max(tile[2 * r]).max(tile[2 * r + 1]);
+                }
+                block_max = block_max.max(shfl_xor_f32(block_max, 1));
+                block_max = block_max.max(shfl_xor_f32(block_max, 2));
+                let new_max = self.max[m][r].max(block_max);
+                // A row with no visible key yet keeps max = -inf; subtracting 0 instead keeps
+                // exp2(-inf - (-inf)) = NaN out (every exp2 below is then of -inf, i.e. 0).
+                let base = if new_max == f32::NEG_INFINITY { 0.0 } else { new_max };
+                let rescale = exp2(self.max[m][r] - base);
+                self.max[m][r] = new_max;
+                let mut block_sum = 0.0;
+                for tile in s[m].iter_mut() {
+                    tile[2 * r] = exp2(tile[2 * r] - base);
+                    tile[2 * r + 1] = exp2(tile[2 * r + 1] - base);
+                    block_sum += tile[2 * r] + tile[2 * r + 1];
+                }
+                self.sum[m][r] = self.sum[m][r] * rescale + block_sum;
+                for tile in o[m].iter_mut() {
+                    tile[2 * r] *= rescale;
+                    tile[2 * r + 1] *= rescale;
+                }
+            }
+        }
+    }
+
+    /// Per row: the factor that normalises O (0 for a fully masked row, whose O is then 0), and the
+    /// natural-log LSE (`-inf` for a fully masked row).
+    #[inline(always)]
+    pub fn finish(&self) -> ([[f32; 2]; MT], [[f32; 2]; MT]) {
+        let mut inv = [[0.0; 2]; MT];
+        let mut lse = [[f32::NEG_INFINITY; 2]; MT];
+        for m in 0..MT {
+            for r in 0..2 {
+                let mut sum = self.sum[m][r];
+                sum += shfl_xor_f32(sum, 1);
+                sum += shfl_xor_f32(sum, 2);
+                if sum > 0.0 {
+                    inv[m][r] = recip(sum);
+                    lse[m][r] = (self.max[m][r] + log2(sum)) * core::f32::consts::LN_2;
+                }
+            }
+        }
+        (inv, lse)
+    }
+}

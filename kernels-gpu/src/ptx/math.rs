@@ -1,0 +1,32 @@
+//! Fast f32 transcendental functions (PTX ISA §9.7.3.x `ex2`, `lg2`, `rcp`).
+
+/// 2^x with `ex2.approx.ftz.f32` (max 2 ulp; 2^-inf = +0, which the online softmax relies on).
+#[inline(always)]
+pub fn exp2(x: f32) -> f32 {
+    let out: f32;
+    // SAFETY: pure register operation.
+    unsafe {
+        core::arch::asm!("ex2.approx.ftz.f32 {0}, {1};", out(reg32) out, in(reg32) x, options(pure, nomem, nostack))
+    };
+    out
+}
+
+/// log2(x) with `lg2.approx.ftz.f32` (only called on x > 0).
+#[inline(always)]
+pub fn log2(x: f32) -> f32 {
+    let out: f32;
+    // SAFETY: pure register operation.
+    unsafe {
+        core::arch::asm!("lg2.approx.ftz.f32 {0}, {1};", out(reg32) out, in(reg32) x, options(pure, nomem, nostack))
+    };
+    out
+}
+
+/// 1/x rounded to nearest (`rcp.rn.f32`): the normaliser of each output row, computed once per row.
+#[inline(always)]
+pub fn recip(x: f32) -> f32 {
+    let out: f32;
+    // SAFETY: pure register operation.
+    unsafe { core::arch::asm!("rcp.rn.f32 {0}, {1};", out(reg32) out, in(reg32) x, options(pure, nomem, nostack)) };
+    out
+}

@@ -1,0 +1,396 @@
+//! The fused forward kernel against the f64 reference on fresh random inputs with poisoned outputs:
+//! every dtype, head dim, sequence lengths on and off the tile edges, causal or not, GQA/MQA, padded
+//! strides for q/k/v and (through `flash_forward_into`) for O, random scales; large-magnitude scores;
+//! long sequences checked on sampled rows; decode shapes; determinism; typed errors.
+//! Skips with one line without a CUDA driver.
+
+mod common;
+
+use common::{check_lse, device_or_skip, max_abs, output_tolerance, rel_l2};
+use half::{bf16, f16};
+use ironflash::{cpu, gpu, AttnOptions, Device, Element, Error, HostTensor, Layout};
+use ironflash_kernels::tiles::{self, FwdTile};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use rand::SeedableRng;
+use std::sync::Mutex;
+
+const HEAD_DIMS: [usize; 6] = [32, 64, 96, 128, 192, 256];
+
+/// One random problem. Paddings are in elements (multiples of 8): `[head, seq, batch]` extra stride.
+#[derive(Debug, Clone)]
+struct Case {
+    batch: usize,
+    seqlen_q: usize,
+    seqlen_k: usize,
+    heads_kv: usize,
+    group: usize,
+    head_dim: usize,
+    causal: bool,
+    scale: f32,
+    amplitude: f32,
+    pad_q: [usize; 3],
+    pad_kv: [usize; 3],
+    /// Some: O goes through `flash_forward_into` with this padding.
+    pad_o: Option<[usize; 3]>,
+    /// Force the table's other (smaller) row for this head dim, when it has one.
+    small_tile: bool,
+    seed: u64,
+}
+
+fn padded(shape: [usize; 4], pad: [usize; 3]) -> Layout {
+    let [_, s, h, d] = shape;
+    let head = d + pad[0];
+    let seq = h * head + pad[1];
+    Layout { shape, strides: [s * seq + pad[2], seq, head, 1] }
+}
+
+fn seqlen() -> impl Strategy<Value = usize> {
+    prop_oneof![1usize..=5, 60usize..=70, 124usize..=132, 1usize..=600]
+}
+
+fn pad() -> impl Strategy<Value = [usize; 3]> {
+    prop_oneof![Just([0, 0, 0]), prop::array::uniform3(prop::sample::select(vec![0usize, 8, 24]))]
+}
+
+fn case(large_scores: bool) -> impl Strategy<Value = Case> {
+    (
+        (
+            1usize..=2,
+            seqlen(),
+            seqlen(),
+            1usize..=2,
+            prop::sample::select(vec![1usize, 2, 3]),
+            prop::sample::select(HEAD_DIMS.to_vec()),
+        ),
+        (
+            any::<bool>(),
+            0.05f32..0.5,
+            any::<bool>(),
+            pad(),
+            pad(),
+            prop::option::of(pad()),
+            prop::bool::weighted(0.2),
+            any::<u64>(),
+        ),
+    )
+        .prop_map(
+            move |(
+                (batch, seqlen_q, seqlen_k, heads_kv, group, head_dim),
+                (causal, scale, negative, pad_q, pad_kv, pad_o, small_tile, seed),
+            )| {
+                let (scale, amplitude) = if large_scores { (scale * 10.0, 4.0) } else { (scale, 1.0) };
+                Case {
+                    batch,
+                    seqlen_q,
+                    seqlen_k,
+                    heads_kv,
+                    group,
+                    head_dim,
+                    causal,
+                    // A negative scale is valid too: the kernel takes the max after scaling.
+                    scale: if negative && !large_scores { -scale } else { scale },
+                    amplitude,
+                    pad_q,
+                    pad_kv,
+                    pad_o,
+                    small_tile,
+                    seed,
+                }
+            },
+        )
+}
+
+/// The table's rows for a head dim other than the chooser's pick, that fit this device.
+fn other_tile(dev: &Device, head_dim: usize, chosen: &FwdTile) -> Option<FwdTile> {
+    let info = dev.info();
+    tiles::FWD_TILES
+        .iter()
+        .find(|t| t.head_dim == head_dim && *t != chosen && t.smem_bytes(2) <= info.smem_per_block_optin)
+        .copied()
+}
+
+/// Worst errors seen, per dtype, printed at the end of a property run.
+#[derive(Default, Debug)]
+struct Worst {
+    rel_l2: f64,
+    max_abs: f64,
+    lse: f64,
+    cases: usize,
+}
+
+fn run_case<T: Element>(dev: &Device, c: &Case, worst: &Mutex<Worst>) -> Result<(), String> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(c.seed);
+    let (hq, d) = (c.heads_kv * c.group, c.head_dim);
+    let q = HostTensor::<T>::random_with_layout(padded([c.batch, c.seqlen_q, hq, d], c.pad_q), c.amplitude, &mut rng);
+    let k = HostTensor::<T>::random_with_layout(
+        padded([c.batch, c.seqlen_k, c.heads_kv, d], c.pad_kv),
+        c.amplitude,
+        &mut rng,
+    );
+    let v = HostTensor::<T>::random_with_layout(padded([c.batch, c.seqlen_k, c.heads_kv, d], c.pad_kv), 1.0, &mut rng);
+    let opts = AttnOptions { causal: c.causal, softmax_scale: Some(c.scale), deterministic: false };
+    let reference = cpu::reference_forward(&q, &k, &v, &opts).map_err(|e| e.to_string())?;
+    let (dq, dk, dv) = (dev.upload(&q).unwrap(), dev.upload(&k).unwrap(), dev.upload(&v).unwrap());
+
+    let chosen = gpu::forward_tile(dev.info(), d, T::DTYPE, c.causal).map_err(|e| e.to_string())?;
+    let small = if c.small_tile { other_tile(dev, d, &chosen) } else { None };
+    let (o, lse) = match (c.pad_o, small) {
+        (_, Some(tile)) => {
+            let mut o = dev.poisoned::<T>([c.batch, c.seqlen_q, hq, d]).unwrap();
+            let mut lse = dev.poisoned_f32(reference.lse.len()).unwrap();
+            gpu::flash_forward_with_tile(dev, &dq, &dk, &dv, &mut o, &mut lse, &opts, &tile)
+                .map_err(|e| e.to_string())?;
+            (dev.download(&o).unwrap(), dev.download_f32(&lse).unwrap())
+        }
+        (Some(pad_o), None) => {
+            let layout = padded([c.batch, c.seqlen_q, hq, d], pad_o);
+            let poisoned = HostTensor { data: vec![T::poison(); layout.span()], layout };
+            let mut o = dev.upload(&poisoned).unwrap();
+            let mut lse = dev.poisoned_f32(reference.lse.len() + 3).unwrap();
+            gpu::flash_forward_into(dev, &dq, &dk, &dv, &mut o, &mut lse, &opts).map_err(|e| e.to_string())?;
+            let o = dev.download(&o).unwrap();
+            let lse = dev.download_f32(&lse).unwrap();
+            // Nothing outside the logical elements (padding, the LSE's spare tail) may be written.
+            let mut touched = vec![false; o.data.len()];
+            let [b, s, h, _] = o.layout.shape;
+            for (bi, si, hi) in (0..b).flat_map(|bi| (0..s).flat_map(move |si| (0..h).map(move |hi| (bi, si, hi)))) {
+                let base = o.layout.offset(bi, si, hi, 0);
+                touched[base..base + d].iter_mut().for_each(|x| *x = true);
+            }
+            if o.data.iter().zip(&touched).any(|(x, &t)| !t && !x.to_f32().is_nan()) {
+                return Err("O padding was overwritten".into());
+            }
+            if lse[reference.lse.len()..].iter().any(|x| !x.is_nan()) {
+                return Err("LSE written past its end".into());
+            }
+            (o, lse[..reference.lse.len()].to_vec())
+        }
+        (None, None) => {
+            let mut o = dev.poisoned::<T>([c.batch, c.seqlen_q, hq, d]).unwrap();
+            let mut lse = dev.poisoned_f32(reference.lse.len()).unwrap();
+            gpu::flash_forward_into(dev, &dq, &dk, &dv, &mut o, &mut lse, &opts).map_err(|e| e.to_string())?;
+            (dev.download(&o).unwrap(), dev.download_f32(&lse).unwrap())
+        }
+    };
+    let o = o.to_f64_contiguous();
+    let err = rel_l2(&o, &reference.o);
+    let abs = max_abs(&o, &reference.o);
+    let lse_err = check_lse(&lse, &reference.lse, 2e-3 * c.amplitude as f64 * c.amplitude as f64)?;
+    let tol = output_tolerance(T::DTYPE);
+    // A problem whose every row is masked has a zero reference: then O must be exactly 0.
+    let all_masked = reference.o.iter().all(|x| *x == 0.0);
+    if (all_masked && o.iter().any(|x| *x != 0.0)) || (!all_masked && (err.is_nan() || err >= tol)) {
+        return Err(format!("rel_l2 {err:.3e} (bound {tol:.0e}), max_abs {abs:.3e}"));
+    }
+    let mut w = worst.lock().unwrap();
+    w.rel_l2 = w.rel_l2.max(if all_masked { 0.0 } else { err });
+    w.max_abs = w.max_abs.max(abs);
+    w.lse = w.lse.max(lse_err);
+    w.cases += 1;
+    Ok(())
+}
+
+fn property<T: Element>(name: &str, cases: u32, large_scores: bool) {
+    let Some(dev) = device_or_skip(name) else { return };
+    let worst = Mutex::new(Worst::default());
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&case(large_scores), |c| run_case::<T>(dev, &c, &worst).map_err(TestCaseError::fail));
+    println!("{name}: {} {:?}", T::DTYPE, worst.lock().unwrap());
+    if let Err(e) = result {
+        panic!("{name}: {e}");
+    }
+}
+
+#[test]
+fn forward_matches_reference_bf16() {
+    property::<bf16>("forward_matches_reference_bf16", 48, false);
+}
+
+#[test]
+fn forward_matches_reference_f16() {
+    property::<f16>("forward_matches_reference_f16", 48, false);
+}
+
+#[test]
+fn forward_large_scores_bf16() {
+    property::<bf16>("forward_large_scores_bf16", 16, true);
+}
+
+#[test]
+fn forward_large_scores_f16() {
+    // f16 holds inputs of ±4 exactly enough; the scores are f32 inside the kernel.
+    property::<f16>("forward_large_scores_f16", 16, true);
+}
+
+/// Long sequences: the GPU computes everything, the reference a few windows of query rows (for a window
+/// [r0, r0+n) the rows see exactly the keys [0, r0 + n + seqlen_k - seqlen_q) when causal).
+fn long_case<T: Element>(name: &str, seqlen: usize, causal: bool, seed: u64) {
+    let Some(dev) = device_or_skip(name) else { return };
+    let (b, hq, hkv, d) = (1, 4, 2, 128);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let q = HostTensor::<T>::random([b, seqlen, hq, d], 1.0, &mut rng);
+    let k = HostTensor::<T>::random([b, seqlen, hkv, d], 1.0, &mut rng);
+    let v = HostTensor::<T>::random([b, seqlen, hkv, d], 1.0, &mut rng);
+    let opts = AttnOptions { causal, ..AttnOptions::default() };
+    let out =
+        gpu::flash_forward(dev, &dev.upload(&q).unwrap(), &dev.upload(&k).unwrap(), &dev.upload(&v).unwrap(), &opts)
+            .unwrap();
+    let o = dev.download(&out.o).unwrap();
+    let lse = dev.download_f32(&out.lse).unwrap();
+    let n = 48;
+    for r0 in [0, seqlen / 2 - 17, seqlen - n] {
+        let keys = if causal { r0 + n } else { seqlen };
+        let rows = |t: &HostTensor<T>, from: usize, count: usize| {
+            let [_, _, h, _] = t.shape();
+            let mut sub = HostTensor::<T>::filled([b, count, h, d], T::from_f32(0.0));
+            for s in 0..count {
+                for hi in 0..h {
+                    for di in 0..d {
+                        sub.set(0, s, hi, di, t.get(0, from + s, hi, di));
+                    }
+                }
+            }
+            sub
+        };
+        let reference =
+            cpu::reference_forward(&rows(&q, r0, n), &rows(&k, 0, keys), &rows(&v, 0, keys), &opts).unwrap();
+        let got = rows(&o, r0, n).to_f64_contiguous();
+        let err = rel_l2(&got, &reference.o);
+        let got_lse: Vec<f32> = (0..hq).flat_map(|h| lse[h * seqlen + r0..h * seqlen + r0 + n].to_vec()).collect();
+        let lse_err = check_lse(&got_lse, &reference.lse, 2e-3).unwrap_or_else(|e| panic!("{name} rows {r0}..: {e}"));
+        println!(
+            "{name}: seqlen {seqlen} causal {causal} rows {r0}..{}: rel_l2 {err:.2e} max_abs {:.2e} lse {lse_err:.1e}",
+            r0 + n,
+            max_abs(&got, &reference.o)
+        );
+        assert!(err < output_tolerance(T::DTYPE), "{name}: rows {r0}..: rel_l2 {err}");
+    }
+}
+
+#[test]
+fn long_sequence_16k() {
+    long_case::<bf16>("long_sequence_16k", 16 * 1024, false, 11);
+    long_case::<f16>("long_sequence_16k", 16 * 1024, true, 12);
+}
+
+#[test]
+fn long_sequence_32k() {
+    long_case::<bf16>("long_sequence_32k", 32 * 1024, true, 13);
+    long_case::<bf16>("long_sequence_32k", 32 * 1024, false, 14);
+}
+
+fn fixed_case<T: Element>(dev: &Device, dims: [usize; 6], causal: bool, seed: u64) {
+    let [batch, seqlen_q, seqlen_k, heads_kv, group, head_dim] = dims;
+    let c = Case {
+        batch,
+        seqlen_q,
+        seqlen_k,
+        heads_kv,
+        group,
+        head_dim,
+        causal,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+        amplitude: 1.0,
+        pad_q: [0; 3],
+        pad_kv: [0; 3],
+        pad_o: None,
+        small_tile: false,
+        seed,
+    };
+    let worst = Mutex::new(Worst::default());
+    run_case::<T>(dev, &c, &worst).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    println!("{dims:?} causal {causal}: {:?}", worst.lock().unwrap());
+}
+
+#[test]
+fn seqlen_one_and_decode() {
+    let Some(dev) = device_or_skip("seqlen_one_and_decode") else { return };
+    for causal in [false, true] {
+        fixed_case::<bf16>(dev, [1, 1, 1, 1, 1, 128], causal, 21);
+        fixed_case::<f16>(dev, [2, 1, 1, 2, 4, 64], causal, 22);
+        // Decode: one query against 8K keys (bottom-right causal: the query sees every key).
+        fixed_case::<bf16>(dev, [2, 1, 8192, 2, 4, 128], causal, 23);
+        fixed_case::<f16>(dev, [1, 1, 8192, 1, 8, 256], causal, 24);
+    }
+    // More queries than keys, causal: the first seqlen_q - seqlen_k rows are fully masked (O = 0, LSE = -inf).
+    fixed_case::<bf16>(dev, [1, 300, 37, 2, 2, 64], true, 25);
+    fixed_case::<bf16>(dev, [1, 1000, 1, 1, 1, 32], true, 26);
+}
+
+#[test]
+fn deterministic() {
+    let Some(dev) = device_or_skip("deterministic") else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    let q = dev.upload(&HostTensor::<bf16>::random([2, 1000, 8, 128], 1.0, &mut rng)).unwrap();
+    let k = dev.upload(&HostTensor::<bf16>::random([2, 1500, 2, 128], 1.0, &mut rng)).unwrap();
+    let v = dev.upload(&HostTensor::<bf16>::random([2, 1500, 2, 128], 1.0, &mut rng)).unwrap();
+    for causal in [false, true] {
+        let opts = AttnOptions { causal, ..AttnOptions::default() };
+        let a = gpu::flash_forward(dev, &q, &k, &v, &opts).unwrap();
+        let b = gpu::flash_forward(dev, &q, &k, &v, &opts).unwrap();
+        let (oa, ob) = (dev.download(&a.o).unwrap(), dev.download(&b.o).unwrap());
+        assert!(oa.data.iter().zip(&ob.data).all(|(x, y)| x.to_bits() == y.to_bits()), "O differs, causal {causal}");
+        let (la, lb) = (dev.download_f32(&a.lse).unwrap(), dev.download_f32(&b.lse).unwrap());
+        assert!(la.iter().zip(&lb).all(|(x, y)| x.to_bits() == y.to_bits()), "LSE differs, causal {causal}");
+    }
+}
+
+#[test]
+fn typed_errors() {
+    let Some(dev) = device_or_skip("typed_errors") else { return };
+    let mut rng = rand::rng();
+    let up = |shape, rng: &mut rand::rngs::ThreadRng| dev.upload(&HostTensor::<bf16>::random(shape, 1.0, rng)).unwrap();
+    let opts = AttnOptions::default();
+
+    let t32 = dev.upload(&HostTensor::<f32>::random([1, 4, 1, 64], 1.0, &mut rng)).unwrap();
+    let e = gpu::flash_forward(dev, &t32, &t32, &t32, &opts).unwrap_err();
+    assert!(matches!(e, Error::UnsupportedDtype { .. }), "{e}");
+
+    let q80 = up([1, 4, 1, 80], &mut rng);
+    let e = gpu::flash_forward(dev, &q80, &q80, &q80, &opts).unwrap_err();
+    assert!(matches!(e, Error::UnsupportedHeadDim { head_dim: 80, .. }), "{e}");
+
+    // A head stride of 68 elements breaks the 16-byte alignment of rows.
+    let odd = Layout { shape: [1, 4, 2, 64], strides: [4 * 2 * 68, 2 * 68, 68, 1] };
+    let q = dev.upload(&HostTensor::<bf16>::random_with_layout(odd, 1.0, &mut rng)).unwrap();
+    let k = up([1, 4, 2, 64], &mut rng);
+    let e = gpu::flash_forward(dev, &q, &k, &k, &opts).unwrap_err();
+    assert!(matches!(e, Error::MisalignedStrides { arg: ironflash::Arg::Q, .. }), "{e}");
+
+    let q = up([1, 4, 2, 64], &mut rng);
+    let e = gpu::flash_forward(dev, &q, &up([1, 4, 3, 64], &mut rng), &up([1, 4, 3, 64], &mut rng), &opts).unwrap_err();
+    assert!(matches!(e, Error::HeadsNotMultiple { .. }), "{e}");
+
+    // O whose heads overlap (head stride 0).
+    let overlapping = Layout { shape: [1, 4, 2, 64], strides: [4 * 64, 64, 0, 1] };
+    let mut o = dev.upload(&HostTensor::<bf16>::random_with_layout(overlapping, 1.0, &mut rng)).unwrap();
+    let mut lse = dev.poisoned_f32(8).unwrap();
+    let e = gpu::flash_forward_into(dev, &q, &k, &k, &mut o, &mut lse, &opts).unwrap_err();
+    assert!(matches!(e, Error::OverlappingOutput { arg: ironflash::Arg::O, .. }), "{e}");
+
+    let mut o = dev.poisoned::<bf16>([1, 4, 2, 64]).unwrap();
+    let mut short = dev.poisoned_f32(7).unwrap();
+    let e = gpu::flash_forward_into(dev, &q, &k, &k, &mut o, &mut short, &opts).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { arg: ironflash::Arg::Lse, .. }), "{e}");
+
+    let mut wrong = dev.poisoned::<bf16>([1, 5, 2, 64]).unwrap();
+    let e = gpu::flash_forward_into(dev, &q, &k, &k, &mut wrong, &mut lse, &opts).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { arg: ironflash::Arg::O, .. }), "{e}");
+
+    let mut o = dev.poisoned::<bf16>([1, 4, 2, 64]).unwrap();
+    let e = gpu::flash_forward_with_tile(dev, &q, &k, &k, &mut o, &mut lse, &opts, &tiles::HD128).unwrap_err();
+    assert!(matches!(e, Error::NoTileConfig(_)), "{e}");
+}
+
+#[test]
+fn ptx_defines_every_forward_kernel() {
+    // Host-only (no GPU): every symbol of the tile table is an entry of both PTX modules.
+    for t in tiles::FWD_TILES {
+        for s in t.symbols {
+            for (arch, ptx) in [("sm_80", ironflash::modules::PTX_SM80), ("sm_90a", ironflash::modules::PTX_SM90A)] {
+                assert!(ptx.contains(&format!(".entry {s}(")), "{s} missing from the {arch} PTX");
+            }
+        }
+    }
+}
