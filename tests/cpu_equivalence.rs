@@ -8,8 +8,8 @@
 //! element: a relative error ≤ u = 2^-8 · 2^-1 = 2^-9 ≈ 2.0e-3 for bf16 (8 significant bits) and
 //! ≤ 2^-12 ≈ 2.4e-4 for f16 (11 bits), so ≤ u in relative L2 too (f16 subnormals add at most 2^-25
 //! absolute per element, negligible next to outputs of size ~1e-2). The bound is 4u plus the f32 bound:
-//! bf16 < 7.8e-3, f16 < 1.0e-3, f32 < 1.0e-5. The LSE is f32 in every case and is compared in absolute
-//! terms (values are at most a few tens, so f32 spacing there is ~2e-6).
+//! bf16 < 7.8e-3, f16 < 1.0e-3, f32 < 1.0e-5. The LSE is f32 for every element type, so one bound
+//! (relative to the problem's LSE magnitude) serves all three.
 
 mod common;
 
@@ -24,8 +24,10 @@ use rand::{Rng, SeedableRng};
 
 /// Relative L2 bound of the f32 arithmetic alone.
 const F32_BOUND: f64 = 1e-5;
-/// Absolute bound on |LSE − reference|.
-const LSE_BOUND: f64 = 1e-4;
+/// Bound on |LSE − reference| relative to the largest |LSE| of the problem (at least 1): f32 scores
+/// and their log-sum-exp carry errors of a few f32 epsilons (1.2e-7) of that magnitude; 6e-7 is the
+/// worst seen.
+const LSE_BOUND: f64 = 4e-6;
 
 /// Unit roundoff (half an ulp, relative) of rounding to the element type.
 fn unit_roundoff(dtype: DType) -> f64 {
@@ -166,7 +168,8 @@ fn compare<T: Element>(case: &Case) -> Result<(f64, f64), String> {
     if err.is_nan() || err >= bound {
         return Err(format!("{} O relative L2 {err:.3e} >= {bound:.3e}", T::DTYPE));
     }
-    let lse_err = check_lse(&got.lse, &want.lse, LSE_BOUND)?;
+    let lse_scale = want.lse.iter().filter(|x| x.is_finite()).fold(1.0f64, |m, x| m.max(x.abs()));
+    let lse_err = check_lse(&got.lse, &want.lse, LSE_BOUND * lse_scale)?;
     Ok((err, lse_err))
 }
 

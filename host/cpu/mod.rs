@@ -1,6 +1,8 @@
 //! The CPU side: an exact f64 reference (the oracle every kernel is checked against) and a tiled,
 //! multithreaded online-softmax implementation (the library's CPU fallback).
 
+mod microkernel;
+mod packing;
 pub mod reference;
 pub mod tiled;
 mod vecops;

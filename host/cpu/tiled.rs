@@ -7,7 +7,9 @@
 //! to f32 once per block, and the inner loops run over contiguous f32 slices with independent lanes
 //! so that the compiler can vectorise them.
 
-use super::vecops::{add_scaled, dot, scale_in_place};
+use super::microkernel::{accumulate_pv, scores, BLOCK_K};
+use super::packing::{load_rows, PackedKv};
+use super::vecops::{exp_shifted_sum, max_of, scale_in_place};
 use crate::dtype::Element;
 use crate::error::{Arg, Error, Result};
 use crate::layout::Layout;
@@ -17,9 +19,8 @@ use crate::tensor::HostTensor;
 use rayon::prelude::*;
 
 /// Query rows per task: large enough that each key/value tile, converted once, serves many rows.
+/// With `BLOCK_K` = 64 keys, the K and V tiles at head_dim 256 are 128 KiB of f32, about an L2's share.
 pub const BLOCK_Q: usize = 64;
-/// Keys per tile: a K and a V tile of 64 rows × 256 dims is 128 KiB of f32, about an L2's share.
-pub const BLOCK_K: usize = 64;
 
 /// Output of a forward call: O shaped like q, and the f32 LSE `[batch, heads_q, seqlen_q]`.
 #[derive(Debug, Clone)]
@@ -84,7 +85,8 @@ fn validate<T: Element>(
 }
 
 /// Runs every query block; returns O in f32 ordered `[batch, heads_q, seqlen_q, head_dim]`, so that
-/// each task owns one contiguous piece, and writes the LSE.
+/// each task owns one contiguous piece, and writes the LSE. The query heads sharing a kv head are
+/// consecutive in that order, so one task per (batch, kv head) packs K and V for all of them.
 fn attention_by_head<T: Element>(
     p: &AttnProblem,
     q: &HostTensor<T>,
@@ -92,19 +94,21 @@ fn attention_by_head<T: Element>(
     v: &HostTensor<T>,
     lse: &mut [f32],
 ) -> Vec<f32> {
-    let d = p.head_dim;
+    let (d, group) = (p.head_dim, p.group_size());
     let mut o = vec![0.0f32; p.batch * p.heads_q * p.seqlen_q * d];
-    o.par_chunks_mut(p.seqlen_q * d).zip(lse.par_chunks_mut(p.seqlen_q)).enumerate().for_each(
-        |(bh, (o_head, lse_head))| {
-            let (b, h) = (bh / p.heads_q, bh % p.heads_q);
-            o_head.par_chunks_mut(BLOCK_Q * d).zip(lse_head.par_chunks_mut(BLOCK_Q)).enumerate().for_each(
-                |(block, (o_rows, lse_rows))| {
-                    let rows = QueryBlock { p, b, h, first_row: block * BLOCK_Q };
-                    rows.run(q, k, v, o_rows, lse_rows);
-                },
-            );
-        },
-    );
+    let o_groups = o.par_chunks_mut(group * p.seqlen_q * d);
+    o_groups.zip(lse.par_chunks_mut(group * p.seqlen_q)).enumerate().for_each(|(bkv, (o_group, lse_group))| {
+        let (b, hkv) = (bkv / p.heads_kv, bkv % p.heads_kv);
+        let kv = PackedKv::new(k, v, b, hkv);
+        let heads = o_group.par_chunks_mut(p.seqlen_q * d).zip(lse_group.par_chunks_mut(p.seqlen_q));
+        heads.enumerate().for_each(|(g, (o_head, lse_head))| {
+            let blocks = o_head.par_chunks_mut(BLOCK_Q * d).zip(lse_head.par_chunks_mut(BLOCK_Q));
+            blocks.enumerate().for_each(|(block, (o_rows, lse_rows))| {
+                let rows = QueryBlock { p, b, h: hkv * group + g, first_row: block * BLOCK_Q };
+                rows.run(q, &kv, o_rows, lse_rows);
+            });
+        });
+    });
     o
 }
 
@@ -123,21 +127,11 @@ impl QueryBlock<'_> {
     }
 
     /// Online softmax over the key blocks; `o_rows` must come in zeroed, `[rows, head_dim]`.
-    fn run<T: Element>(
-        &self,
-        q: &HostTensor<T>,
-        k: &HostTensor<T>,
-        v: &HostTensor<T>,
-        o_rows: &mut [f32],
-        lse_rows: &mut [f32],
-    ) {
+    fn run<T: Element>(&self, q: &HostTensor<T>, kv: &PackedKv, o_rows: &mut [f32], lse_rows: &mut [f32]) {
         let (p, d, rows) = (self.p, self.p.head_dim, lse_rows.len());
-        let hkv = self.h / p.group_size();
-        let scale = p.softmax_scale;
         let q_tile = load_rows(q, self.b, self.h, self.first_row, rows);
-        let mut k_tile = vec![0.0f32; BLOCK_K * d];
-        let mut v_tile = vec![0.0f32; BLOCK_K * d];
-        let mut scores = [0.0f32; BLOCK_K];
+        // Scores, turned into probabilities in place.
+        let mut s_tile = vec![0.0f32; rows * BLOCK_K];
         let mut row_max = [f32::NEG_INFINITY; BLOCK_Q];
         let mut row_sum = [0.0f32; BLOCK_Q];
 
@@ -146,37 +140,17 @@ impl QueryBlock<'_> {
         let keys_needed = self.key_end(self.first_row + rows - 1);
         for first_key in (0..keys_needed).step_by(BLOCK_K) {
             let keys = BLOCK_K.min(keys_needed - first_key);
-            fill_rows(&mut k_tile[..keys * d], k, self.b, hkv, first_key);
-            fill_rows(&mut v_tile[..keys * d], v, self.b, hkv, first_key);
+            // Columns past `keys` may be written too (from padding); they are never read.
+            scores(&q_tile, kv.kt_tile(first_key), &mut s_tile, d, keys, p.softmax_scale);
             for r in 0..rows {
                 let visible = self.key_end(self.first_row + r).saturating_sub(first_key).min(keys);
-                if visible == 0 {
-                    continue;
-                }
-                let q_row = &q_tile[r * d..][..d];
-                let s = &mut scores[..visible];
-                for (c, s_c) in s.iter_mut().enumerate() {
-                    *s_c = scale * dot(q_row, &k_tile[c * d..][..d]);
-                }
-                let block_max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let new_max = row_max[r].max(block_max);
-                // exp(-inf) = 0 on a row's first visible block, which discards the empty accumulator.
-                let rescale = (row_max[r] - new_max).exp();
-                let mut block_sum = 0.0f32;
-                for s_c in s.iter_mut() {
-                    *s_c = (*s_c - new_max).exp();
-                    block_sum += *s_c;
-                }
-                row_sum[r] = row_sum[r] * rescale + block_sum;
-                row_max[r] = new_max;
-                let o_row = &mut o_rows[r * d..][..d];
+                let s_row = &mut s_tile[r * BLOCK_K..][..keys];
+                let rescale = softmax_step(s_row, visible, &mut row_max[r], &mut row_sum[r]);
                 if rescale != 1.0 {
-                    scale_in_place(o_row, rescale);
-                }
-                for (c, &p_c) in s.iter().enumerate() {
-                    add_scaled(o_row, p_c, &v_tile[c * d..][..d]);
+                    scale_in_place(&mut o_rows[r * d..][..d], rescale);
                 }
             }
+            accumulate_pv(&s_tile, kv.v_rows(first_key, keys), o_rows, d, keys);
         }
 
         for r in 0..rows {
@@ -191,22 +165,22 @@ impl QueryBlock<'_> {
     }
 }
 
-/// `rows` consecutive sequence rows of head `h` in batch `b`, as contiguous f32 `[rows, head_dim]`.
-fn load_rows<T: Element>(t: &HostTensor<T>, b: usize, h: usize, first: usize, rows: usize) -> Vec<f32> {
-    let mut tile = vec![0.0f32; rows * t.layout.head_dim()];
-    fill_rows(&mut tile, t, b, h, first);
-    tile
-}
-
-/// Fills `tile` (`[rows, head_dim]` f32) from consecutive sequence rows starting at `first`.
-fn fill_rows<T: Element>(tile: &mut [f32], t: &HostTensor<T>, b: usize, h: usize, first: usize) {
-    let d = t.layout.head_dim();
-    for (i, row) in tile.chunks_exact_mut(d).enumerate() {
-        let start = t.layout.offset(b, first + i, h, 0);
-        for (dst, src) in row.iter_mut().zip(&t.data[start..start + d]) {
-            *dst = src.to_f32();
-        }
+/// One online-softmax step for a row: turns its scores for this key block into unnormalised
+/// probabilities exp(s − max) in place (0 for the `s_row.len() - visible` masked keys), updates the
+/// running max and sum, and returns the factor by which the row's accumulated output must shrink.
+fn softmax_step(s_row: &mut [f32], visible: usize, running_max: &mut f32, running_sum: &mut f32) -> f32 {
+    let (seen, masked) = s_row.split_at_mut(visible);
+    masked.fill(0.0);
+    if seen.is_empty() {
+        return 1.0;
     }
+    let new_max = max_of(seen, *running_max);
+    // exp(-inf) = 0 on a row's first visible block, which discards the empty accumulator.
+    let rescale = (*running_max - new_max).exp();
+    let block_sum = exp_shifted_sum(seen, new_max);
+    *running_sum = *running_sum * rescale + block_sum;
+    *running_max = new_max;
+    rescale
 }
 
 /// Head-major f32 O into a contiguous `[batch, seqlen_q, heads_q, head_dim]` buffer, rounding once.

@@ -1,33 +1,10 @@
-//! The f32 inner loops of the tiled CPU path. Floating-point addition is not associative, so the
-//! compiler keeps a plain `sum()` sequential; spreading a reduction over `LANES` independent partial
-//! sums is what lets it vectorise.
+//! Elementwise f32 loops of the tiled CPU path's softmax. Floating-point reductions keep their
+//! sequential order unless written over independent lanes, and a libm `expf` call per element
+//! cannot be vectorised, so both are spelled out here. As in the microkernels, x86-64 gets an AVX2
+//! build of the loops, chosen at run time.
 
-/// Independent partial sums per reduction: 16 f32 fill two AVX or four SSE registers, enough to
-/// hide the add latency.
-const LANES: usize = 16;
-
-/// Σ a·b over equal-length slices.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut partial = [0.0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
-    for (ca, cb) in a_chunks.zip(b_chunks) {
-        for l in 0..LANES {
-            partial[l] += ca[l] * cb[l];
-        }
-    }
-    partial.iter().sum::<f32>() + tail
-}
-
-/// y += alpha · x
-#[inline]
-pub fn add_scaled(y: &mut [f32], alpha: f32, x: &[f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += alpha * xi;
-    }
-}
+/// Independent partial results per reduction: 8 f32 fill two SSE or one AVX register.
+const LANES: usize = 8;
 
 /// y *= alpha
 #[inline]
@@ -37,17 +14,120 @@ pub fn scale_in_place(y: &mut [f32], alpha: f32) {
     }
 }
 
+/// The largest of `init` and the elements of `x` (NaN elements are ignored, as `f32::max` does).
+#[inline]
+pub fn max_of(x: &[f32], init: f32) -> f32 {
+    let mut partial = [init; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().copied().fold(init, f32::max);
+    for chunk in chunks {
+        for l in 0..LANES {
+            partial[l] = partial[l].max(chunk[l]);
+        }
+    }
+    partial.iter().copied().fold(tail, f32::max)
+}
+
+/// Replaces every element by exp(x − shift) and returns their sum. `shift` must be at least the
+/// largest element, so every argument is ≤ 0.
+pub fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { exp_shifted_sum_avx2(x, shift) };
+    }
+    exp_shifted_sum_portable(x, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn exp_shifted_sum_avx2(x: &mut [f32], shift: f32) -> f32 {
+    exp_shifted_sum_portable(x, shift)
+}
+
+#[inline(always)]
+fn exp_shifted_sum_portable(x: &mut [f32], shift: f32) -> f32 {
+    let mut partial = [0.0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for l in 0..LANES {
+            chunk[l] = exp_nonpositive(chunk[l] - shift);
+            partial[l] += chunk[l];
+        }
+    }
+    let mut sum = 0.0;
+    for xi in chunks.into_remainder() {
+        *xi = exp_nonpositive(*xi - shift);
+        sum += *xi;
+    }
+    partial.iter().sum::<f32>() + sum
+}
+
+/// exp(x) for x ≤ 0 (and NaN), within 2 ulp, written without calls or branches so that loops over it
+/// vectorise. Cephes' expf: x = n·ln2 + r with |r| ≤ ln2/2, a degree-7 polynomial for exp(r), and
+/// 2^n built from its exponent bits. Arguments below -87 return exp(-87) ≈ 1.6e-38 instead of a
+/// smaller number or 0; next to a softmax row sum of at least 1 the difference is invisible.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that n · LN2_HI is exact for the n that occur.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5 · 2^23 rounds to an integer and leaves it in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    // A comparison rather than `max`, so that NaN passes through.
+    let x = if x < -87.0 { -87.0 } else { x };
+    let shifted = x * LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let exp_r = p * r * r + r + 1.0;
+    // n ∈ [-126, 0]: 2^n is a normal f32 with biased exponent n + 127.
+    let n_bits = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    exp_r * f32::from_bits((n_bits.wrapping_add(127) as u32) << 23)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn dot_covers_lanes_and_tail() {
-        for n in [0, 1, 15, 16, 17, 32, 37] {
-            let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
-            let b: Vec<f32> = (0..n).map(|i| (2 * i + 1) as f32).collect();
-            let want: f32 = (0..n).map(|i| (i * (2 * i + 1)) as f32).sum();
-            assert_eq!(dot(&a, &b), want, "n = {n}");
+    fn exp_is_within_two_ulp() {
+        let mut worst = 0.0f64;
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let want = (x as f64).exp();
+            let got = exp_nonpositive(x) as f64;
+            let ulp = f32::EPSILON as f64 * want;
+            worst = worst.max((got - want).abs() / ulp);
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert!(exp_nonpositive(f32::NAN).is_nan());
+        assert!(exp_nonpositive(f32::NEG_INFINITY) < 2e-38);
+    }
+
+    #[test]
+    fn reductions_cover_lanes_and_tail() {
+        for n in [1, 7, 8, 9, 21] {
+            let x: Vec<f32> = (0..n).map(|i| -((i * 5 % 7) as f32)).collect();
+            assert_eq!(max_of(&x, f32::NEG_INFINITY), 0.0);
+            assert_eq!(max_of(&x, 3.0), 3.0);
+            let mut e = x.clone();
+            let sum = exp_shifted_sum(&mut e, 1.0);
+            let mut e_portable = x.clone();
+            assert_eq!(exp_shifted_sum_portable(&mut e_portable, 1.0), sum);
+            assert_eq!(e_portable, e);
+            let want: f64 = x.iter().map(|&v| (v as f64 - 1.0).exp()).sum();
+            assert!((sum as f64 - want).abs() < 1e-6 * want, "n = {n}");
+            for (v, ev) in x.iter().zip(&e) {
+                assert!((*ev as f64 - (*v as f64 - 1.0).exp()).abs() < 1e-6);
+            }
         }
     }
 }

@@ -1,0 +1,74 @@
+//! Conversion of the inputs into the f32 tiles the microkernels read. K and V of one (batch, kv head)
+//! are packed once and shared by every query block of the heads that use them, so that the
+//! conversion and the strided reads of the caller's layout happen once per key, not once per
+//! query block.
+
+use super::microkernel::BLOCK_K;
+use crate::dtype::Element;
+use crate::tensor::HostTensor;
+use rayon::prelude::*;
+
+/// K and V of one (batch, kv head) in f32.
+pub struct PackedKv {
+    head_dim: usize,
+    /// Kᵀ by key tile: `[tiles, head_dim, BLOCK_K]`; columns past the last key are 0.
+    kt: Vec<f32>,
+    /// `[seqlen_k, head_dim]`.
+    v: Vec<f32>,
+}
+
+impl PackedKv {
+    pub fn new<T: Element>(k: &HostTensor<T>, v: &HostTensor<T>, b: usize, h: usize) -> Self {
+        let (seqlen_k, d) = (k.layout.seqlen(), k.layout.head_dim());
+        let mut kt = vec![0.0f32; seqlen_k.div_ceil(BLOCK_K) * d * BLOCK_K];
+        kt.par_chunks_mut(d * BLOCK_K).enumerate().for_each(|(tile, kt_tile)| {
+            let first = tile * BLOCK_K;
+            fill_transposed(kt_tile, k, b, h, first, BLOCK_K.min(seqlen_k - first));
+        });
+        let mut v_rows = vec![0.0f32; seqlen_k * d];
+        v_rows.par_chunks_mut(BLOCK_K * d).enumerate().for_each(|(tile, v_tile)| {
+            fill_rows(v_tile, v, b, h, tile * BLOCK_K);
+        });
+        PackedKv { head_dim: d, kt, v: v_rows }
+    }
+
+    /// Kᵀ `[head_dim, BLOCK_K]` of the keys from `first_key` (a multiple of `BLOCK_K`).
+    pub fn kt_tile(&self, first_key: usize) -> &[f32] {
+        let size = self.head_dim * BLOCK_K;
+        &self.kt[first_key / BLOCK_K * size..][..size]
+    }
+
+    /// V `[keys, head_dim]` of the keys from `first_key`.
+    pub fn v_rows(&self, first_key: usize, keys: usize) -> &[f32] {
+        &self.v[first_key * self.head_dim..][..keys * self.head_dim]
+    }
+}
+
+/// `rows` consecutive sequence rows of head `h` in batch `b`, as contiguous f32 `[rows, head_dim]`.
+pub fn load_rows<T: Element>(t: &HostTensor<T>, b: usize, h: usize, first: usize, rows: usize) -> Vec<f32> {
+    let mut tile = vec![0.0f32; rows * t.layout.head_dim()];
+    fill_rows(&mut tile, t, b, h, first);
+    tile
+}
+
+/// Fills `tile` (`[rows, head_dim]` f32) from consecutive sequence rows starting at `first`.
+fn fill_rows<T: Element>(tile: &mut [f32], t: &HostTensor<T>, b: usize, h: usize, first: usize) {
+    let d = t.layout.head_dim();
+    for (i, row) in tile.chunks_exact_mut(d).enumerate() {
+        let start = t.layout.offset(b, first + i, h, 0);
+        for (dst, src) in row.iter_mut().zip(&t.data[start..start + d]) {
+            *dst = src.to_f32();
+        }
+    }
+}
+
+/// Fills Kᵀ `[head_dim, BLOCK_K]` with `keys` consecutive sequence rows starting at `first`.
+fn fill_transposed<T: Element>(kt: &mut [f32], t: &HostTensor<T>, b: usize, h: usize, first: usize, keys: usize) {
+    let d = t.layout.head_dim();
+    for c in 0..keys {
+        let start = t.layout.offset(b, first + c, h, 0);
+        for (kt_row, x) in kt.chunks_exact_mut(BLOCK_K).zip(&t.data[start..start + d]) {
+            kt_row[c] = x.to_f32();
+        }
+    }
+}
