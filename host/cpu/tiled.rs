@@ -3,9 +3,10 @@
 //! accumulator whenever the max grows, then normalise once at the end. Causal blocks entirely above
 //! the diagonal are never visited. Parallel over (batch, query head, query block) with rayon.
 //!
-//! This is the library's CPU fallback, so it is written to be reasonably fast: tiles are converted
-//! to f32 once per block, and the inner loops run over contiguous f32 slices with independent lanes
-//! so that the compiler can vectorise them.
+//! This is the library's CPU fallback, so it is written to be reasonably fast: K and V are packed to
+//! f32 once per (batch, kv head) (`packing`), the two products run in register-blocked microkernels
+//! (`microkernel`) and the softmax's exp is vectorisable (`vecops`). Only writing O into
+//! caller-chosen strides (`forward_into`) is sequential.
 
 use super::microkernel::{accumulate_pv, scores, BLOCK_K};
 use super::packing::{load_rows, PackedKv};
@@ -18,8 +19,9 @@ use crate::problem::AttnProblem;
 use crate::tensor::HostTensor;
 use rayon::prelude::*;
 
-/// Query rows per task: large enough that each key/value tile, converted once, serves many rows.
-/// With `BLOCK_K` = 64 keys, the K and V tiles at head_dim 256 are 128 KiB of f32, about an L2's share.
+/// Query rows per task: enough rows that each K/V tile, once in cache, serves many of them, and few
+/// enough that short sequences still split into several tasks. With `BLOCK_K` = 64 keys, the Q, K
+/// and V tiles at head_dim 256 are 192 KiB of f32, about an L2's share.
 pub const BLOCK_Q: usize = 64;
 
 /// Output of a forward call: O shaped like q, and the f32 LSE `[batch, heads_q, seqlen_q]`.
