@@ -1,10 +1,12 @@
 //! The GPU side: device tensors, the fused FlashAttention kernels and the standard (unfused) baseline.
 
+pub mod backward;
 pub mod flash;
 mod launch;
 pub mod standard;
 pub mod tensor;
 
+pub use backward::{backward_tile, flash_backward, flash_backward_into, BackwardTile, GpuGradients};
 pub use flash::{flash_forward, flash_forward_into, flash_forward_with_tile, forward_tile, ForwardTile};
 pub use standard::standard_forward;
 pub use tensor::{DeviceTensor, GpuForwardOutput};

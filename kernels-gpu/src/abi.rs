@@ -54,3 +54,67 @@ pub struct FwdParams {
     /// 1: causal, aligned bottom-right (key j visible to query i iff j <= i + seqlen_k - seqlen_q).
     pub causal: u32,
 }
+
+/// The fused backward kernels (`bwd/`), one struct for the three launches of one backward call:
+/// 1. `attn_bwd_delta_*`: `delta[b, h, i] = Σ_d dO[b, i, h, d]·O[b, i, h, d]` (f32). Grid
+///    `(ceil(batch·heads_q·seqlen_q / 8))`, 256 threads (one warp per query row).
+/// 2. `attn_bwd_hd*` (the main kernel, one per `tiles_bwd::BWD_TILES` row): grid
+///    `(ceil(seqlen_k / block_n), heads_kv, batch)`, `warps · 32` threads, the tile's dynamic shared
+///    memory. Each CTA owns `block_n` keys of one K/V head, loops over the query heads of its group and
+///    their query blocks, writes dK and dV, and adds its dQ contributions (unscaled) into `dq_accum`.
+/// 3. `attn_bwd_dq_*`: `dq = scale · dq_accum` in the element type. Grid
+///    `(ceil(batch·heads_q·seqlen_q·head_dim / 8 / 256))`, 256 threads.
+///
+/// Element tensors are `[batch, seqlen, heads, head_dim]` with the element strides below (head_dim
+/// contiguous, strides multiples of 8 elements, bases 16-byte aligned).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BwdParams {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub o: u64,
+    pub d_o: u64,
+    pub dq: u64,
+    pub dk: u64,
+    pub dv: u64,
+    /// f32 `[batch, heads_q, seqlen_q]`, natural log, from the forward; `-inf` for fully masked rows.
+    pub lse: u64,
+    /// f32 `[batch, heads_q, seqlen_q]`: rowsum(dO ∘ O), written by the delta kernel.
+    pub delta: u64,
+    /// f32 `[batch, heads_q, seqlen_q, head_dim]`, zeroed before the main kernel.
+    pub dq_accum: u64,
+    /// u32 `[batch, heads_q, ceil(seqlen_q / block_m)]`, zeroed before the main kernel; used only when
+    /// `deterministic` (the per-query-block turn counters that order the dQ additions).
+    pub dq_semaphore: u64,
+    /// Element strides `[batch, seqlen, heads]`.
+    pub q_strides: [u64; 3],
+    pub k_strides: [u64; 3],
+    pub v_strides: [u64; 3],
+    pub o_strides: [u64; 3],
+    pub d_o_strides: [u64; 3],
+    pub dq_strides: [u64; 3],
+    pub dk_strides: [u64; 3],
+    pub dv_strides: [u64; 3],
+    pub batch: u32,
+    pub seqlen_q: u32,
+    pub seqlen_k: u32,
+    pub heads_q: u32,
+    /// Query heads per K/V head (MQA/GQA): query head h uses K/V head h / group.
+    pub group: u32,
+    pub head_dim: u32,
+    /// softmax_scale · log2(e).
+    pub scale_log2: f32,
+    /// softmax_scale (applied to dK in the main kernel and to dQ in the convert kernel).
+    pub scale: f32,
+    /// 1: causal, aligned bottom-right (key j visible to query i iff j <= i + seqlen_k - seqlen_q).
+    pub causal: u32,
+    /// 1: add the dQ contributions of the key blocks in key-block order (bitwise reproducible).
+    pub deterministic: u32,
+}
+
+/// Symbols of the backward's delta and dQ-convert kernels, per element type.
+pub const BWD_DELTA_BF16: &str = "attn_bwd_delta_bf16";
+pub const BWD_DELTA_F16: &str = "attn_bwd_delta_f16";
+pub const BWD_DQ_BF16: &str = "attn_bwd_dq_bf16";
+pub const BWD_DQ_F16: &str = "attn_bwd_dq_f16";

@@ -10,12 +10,16 @@
 pub mod abi;
 pub mod attn;
 pub mod tiles;
+pub mod tiles_bwd;
 
 #[cfg(target_arch = "nvptx64")]
 pub mod ptx;
 
 #[cfg(target_arch = "nvptx64")]
 mod fwd;
+
+#[cfg(target_arch = "nvptx64")]
+mod bwd;
 
 #[cfg(target_arch = "nvptx64")]
 mod softmax_rows;

@@ -4,10 +4,12 @@
 pub mod elem;
 pub mod sreg;
 pub mod warp;
+pub mod atomic;
 pub mod cp_async;
 pub mod gmem;
 pub mod ldmatrix;
 pub mod math;
 pub mod mma;
+pub mod shared_f32;
 pub mod smem;
 pub mod sync;

@@ -1,0 +1,293 @@
+//! The fused FlashAttention backward on the GPU (`kernels-gpu/src/bwd/`): validation, tile choice and
+//! the three launches (delta = rowsum(dO ∘ O); the main kernel over key blocks; dQ from its f32
+//! accumulator). Memory beyond the inputs and gradients: the f32 dQ accumulator (`seqlen_q·heads_q·
+//! head_dim` per batch), delta (one f32 per query row) and, in deterministic mode, one u32 per
+//! (batch, query head, query block): nothing grows with seqlen_q·seqlen_k.
+//!
+//! Deterministic mode orders the dQ additions instead of splitting them: each (batch, query head,
+//! query block) has a turn counter, and the CTA of key block n adds its dS·K part when the counter
+//! reads n, then bumps it. The alternative, one f32 dQ slice per key block reduced afterwards, costs
+//! `ceil(seqlen_k / block_n)·seqlen_q·head_dim` f32 per head, which grows with seqlen_q·seqlen_k;
+//! the counters cost `ceil(seqlen_q / block_m)` u32 per head and no extra pass.
+
+use crate::device::{Device, DeviceInfo};
+use crate::dtype::{DType, Element};
+use crate::error::{Arg, DriverContext, Error, Result};
+use crate::gpu::launch::KernelParams;
+use crate::gpu::tensor::DeviceTensor;
+use crate::layout::Layout;
+use crate::options::AttnOptions;
+use crate::problem::AttnProblem;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use ironflash_kernels::abi::{self, BwdParams};
+use ironflash_kernels::tiles_bwd::{self, BwdTile};
+
+pub use ironflash_kernels::tiles_bwd::BwdTile as BackwardTile;
+
+/// Strides must be multiples of 8 elements (16 bytes): the kernels move 16 bytes at a time.
+const STRIDE_MULTIPLE: usize = 8;
+/// Grid y (heads) and z (batch) are limited to 65535 by the hardware.
+const GRID_YZ_MAX: usize = 65535;
+/// Threads per block of the delta kernel (8 warps, one query row each) and of the dQ kernel.
+const DELTA_ROWS_PER_BLOCK: usize = 8;
+const DQ_THREADS: usize = 256;
+
+/// The gradients of one attention call, each contiguous in the shape of its input.
+#[derive(Debug)]
+pub struct GpuGradients<T> {
+    pub dq: DeviceTensor<T>,
+    pub dk: DeviceTensor<T>,
+    pub dv: DeviceTensor<T>,
+}
+
+/// The tile the fused backward uses on a device for a head dim and element type.
+pub fn backward_tile(info: &DeviceInfo, head_dim: usize, dtype: DType) -> Result<BwdTile> {
+    if dtype == DType::F32 {
+        return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype, path: "the fused backward kernel" });
+    }
+    tiles_bwd::choose_bwd(head_dim, dtype.size_bytes(), info.smem_per_block_optin, info.smem_per_sm)
+        .copied()
+        .ok_or_else(|| {
+            Error::NoTileConfig(format!(
+                "head_dim {head_dim} {dtype}: no compiled backward tile fits {} B of shared memory per block \
+                 ({} B per SM) on {}",
+                info.smem_per_block_optin, info.smem_per_sm, info.name
+            ))
+        })
+}
+
+/// Fused attention backward: dQ, dK, dV (contiguous, shaped like q, k, v) for the upstream gradient
+/// `d_o`, from the forward's inputs, its output `o` and its f32 `lse` (`[batch, heads_q, seqlen_q]`,
+/// natural log, `-inf` for rows that see no key), as [`flash_forward`](crate::gpu::flash_forward)
+/// returns them. `o` and `d_o` are shaped like q with any strides (multiples of 8 elements, last dim
+/// contiguous). With GQA/MQA, dK and dV are summed over the query heads of each group.
+/// `opts` must be the forward's (causality, scale); `opts.deterministic` makes the gradients bitwise
+/// reproducible run to run (dQ contributions added in a fixed order) at some cost in speed.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_backward<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    o: &DeviceTensor<T>,
+    lse: &CudaSlice<f32>,
+    d_o: &DeviceTensor<T>,
+    opts: &AttnOptions,
+) -> Result<GpuGradients<T>> {
+    let (p, _) = plan(dev, q, k, v, o, lse, d_o, opts)?;
+    let ordinal = dev.info().ordinal;
+    let stream = dev.stream();
+    let dq_layout = Layout::contiguous([p.batch, p.seqlen_q, p.heads_q, p.head_dim]);
+    let kv_layout = Layout::contiguous([p.batch, p.seqlen_k, p.heads_kv, p.head_dim]);
+    // SAFETY: the dQ kernel writes every element of dq, the main kernel every row of dk and dv (every
+    // key block has a CTA, and a CTA whose keys no query sees writes zeros).
+    let dq = unsafe { stream.alloc::<T>(dq_layout.numel()) }.during("allocating dQ")?;
+    let dk = unsafe { stream.alloc::<T>(kv_layout.numel()) }.during("allocating dK")?;
+    let dv = unsafe { stream.alloc::<T>(kv_layout.numel()) }.during("allocating dV")?;
+    let mut grads = GpuGradients {
+        dq: DeviceTensor { buf: dq, layout: dq_layout, ordinal },
+        dk: DeviceTensor { buf: dk, layout: kv_layout, ordinal },
+        dv: DeviceTensor { buf: dv, layout: kv_layout, ordinal },
+    };
+    flash_backward_into(dev, q, k, v, o, lse, d_o, &mut grads, opts)?;
+    Ok(grads)
+}
+
+/// As [`flash_backward`], into caller-provided gradients: `grads.dq` shaped like q, `grads.dk` and
+/// `grads.dv` shaped like k, each with any non-overlapping strides (multiples of 8 elements, last dim
+/// contiguous). Every element of the three is overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_backward_into<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    o: &DeviceTensor<T>,
+    lse: &CudaSlice<f32>,
+    d_o: &DeviceTensor<T>,
+    grads: &mut GpuGradients<T>,
+    opts: &AttnOptions,
+) -> Result<()> {
+    let (p, tile) = plan(dev, q, k, v, o, lse, d_o, opts)?;
+    for (arg, t) in [(Arg::DQ, &grads.dq), (Arg::DK, &grads.dk), (Arg::DV, &grads.dv)] {
+        t.check_on(dev, arg)?;
+        if arg == Arg::DQ {
+            p.check_like_q(arg, &t.layout, t.buf.len())?;
+        } else {
+            p.check_like_k(arg, &t.layout, t.buf.len())?;
+        }
+        check_strides(arg, &t.layout)?;
+    }
+    let stream = dev.stream();
+    let (dq_layout, dk_layout, dv_layout) = (grads.dq.layout, grads.dk.layout, grads.dv.layout);
+    let (dq, dk, dv) = (&mut grads.dq.buf, &mut grads.dk.buf, &mut grads.dv.buf);
+    // SAFETY: the delta kernel writes one value per query row before the main kernel reads it.
+    let mut delta = unsafe { stream.alloc::<f32>(p.lse_len()) }.during("allocating delta")?;
+    let mut dq_accum = stream.alloc_zeros::<f32>(p.lse_len() * p.head_dim).during("allocating the dQ accumulator")?;
+    let sem_len = if opts.deterministic { p.batch * p.heads_q * tile.m_blocks(p.seqlen_q) } else { 1 };
+    let mut sem = stream.alloc_zeros::<u32>(sem_len).during("allocating the dQ turn counters")?;
+
+    let f16 = T::DTYPE == DType::F16;
+    let (delta_name, dq_name) =
+        if f16 { (abi::BWD_DELTA_F16, abi::BWD_DQ_F16) } else { (abi::BWD_DELTA_BF16, abi::BWD_DQ_BF16) };
+    let main_name = tile.symbol(f16);
+    let smem = tile.smem_bytes(T::DTYPE.size_bytes());
+    let f_delta = dev.modules.function(&dev.ctx, delta_name, 0)?;
+    let f_main = dev.modules.function(&dev.ctx, main_name, smem)?;
+    let f_dq = dev.modules.function(&dev.ctx, dq_name, 0)?;
+
+    {
+        let (q_ptr, _q_sync) = q.buf.device_ptr(stream);
+        let (k_ptr, _k_sync) = k.buf.device_ptr(stream);
+        let (v_ptr, _v_sync) = v.buf.device_ptr(stream);
+        let (o_ptr, _o_sync) = o.buf.device_ptr(stream);
+        let (do_ptr, _do_sync) = d_o.buf.device_ptr(stream);
+        let (lse_ptr, _lse_sync) = lse.device_ptr(stream);
+        let (dq_ptr, _dq_sync) = dq.device_ptr_mut(stream);
+        let (dk_ptr, _dk_sync) = dk.device_ptr_mut(stream);
+        let (dv_ptr, _dv_sync) = dv.device_ptr_mut(stream);
+        let (delta_ptr, _delta_sync) = delta.device_ptr_mut(stream);
+        let (acc_ptr, _acc_sync) = dq_accum.device_ptr_mut(stream);
+        let (sem_ptr, _sem_sync) = sem.device_ptr_mut(stream);
+        let params = BwdParams {
+            q: q_ptr,
+            k: k_ptr,
+            v: v_ptr,
+            o: o_ptr,
+            d_o: do_ptr,
+            dq: dq_ptr,
+            dk: dk_ptr,
+            dv: dv_ptr,
+            lse: lse_ptr,
+            delta: delta_ptr,
+            dq_accum: acc_ptr,
+            dq_semaphore: sem_ptr,
+            q_strides: strides3(&q.layout),
+            k_strides: strides3(&k.layout),
+            v_strides: strides3(&v.layout),
+            o_strides: strides3(&o.layout),
+            d_o_strides: strides3(&d_o.layout),
+            dq_strides: strides3(&dq_layout),
+            dk_strides: strides3(&dk_layout),
+            dv_strides: strides3(&dv_layout),
+            batch: p.batch as u32,
+            seqlen_q: p.seqlen_q as u32,
+            seqlen_k: p.seqlen_k as u32,
+            heads_q: p.heads_q as u32,
+            group: p.group_size() as u32,
+            head_dim: p.head_dim as u32,
+            scale_log2: p.softmax_scale * std::f32::consts::LOG2_E,
+            scale: p.softmax_scale,
+            causal: p.causal as u32,
+            deterministic: opts.deterministic as u32,
+        };
+        let arg = KernelParams(params);
+        let rows = p.lse_len();
+        let launches = [
+            (
+                &f_delta,
+                delta_name,
+                LaunchConfig {
+                    grid_dim: (rows.div_ceil(DELTA_ROWS_PER_BLOCK) as u32, 1, 1),
+                    block_dim: (DELTA_ROWS_PER_BLOCK as u32 * 32, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+            ),
+            (
+                &f_main,
+                main_name,
+                LaunchConfig {
+                    grid_dim: (p.seqlen_k.div_ceil(tile.block_n) as u32, p.heads_kv as u32, p.batch as u32),
+                    block_dim: (tile.threads() as u32, 1, 1),
+                    shared_mem_bytes: smem as u32,
+                },
+            ),
+            (
+                &f_dq,
+                dq_name,
+                LaunchConfig {
+                    grid_dim: ((rows * p.head_dim / 8).div_ceil(DQ_THREADS) as u32, 1, 1),
+                    block_dim: (DQ_THREADS as u32, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+            ),
+        ];
+        for (f, name, cfg) in launches {
+            // SAFETY: `plan` validated every layout against its buffer, the strides' alignment, the
+            // LSE length and the index limits; every pointer is live for the launches (their sync
+            // guards outlive them on this stream), and the three kernels run in stream order.
+            unsafe { stream.launch_builder(f).arg(&arg).launch(cfg) }
+                .map_err(|source| Error::Launch { kernel: name.into(), source })?;
+        }
+    }
+    Ok(())
+}
+
+/// Everything checked before a launch: dtype, devices, shapes and strides, LSE length, index limits.
+#[allow(clippy::too_many_arguments)]
+fn plan<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    o: &DeviceTensor<T>,
+    lse: &CudaSlice<f32>,
+    d_o: &DeviceTensor<T>,
+    opts: &AttnOptions,
+) -> Result<(AttnProblem, BwdTile)> {
+    if T::DTYPE == DType::F32 {
+        return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype: T::DTYPE, path: "the fused backward kernel" });
+    }
+    for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v), (Arg::O, o), (Arg::DO, d_o)] {
+        t.check_on(dev, arg)?;
+    }
+    let ordinal = dev.info().ordinal;
+    if lse.ordinal() != ordinal {
+        return Err(Error::DeviceMismatch { arg: Arg::Lse, got: lse.ordinal(), expected: ordinal });
+    }
+    let p = AttnProblem::new((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
+    for (arg, t) in [(Arg::O, o), (Arg::DO, d_o)] {
+        t.layout.validate(arg, t.buf.len())?;
+        for (dim, (&got, &expected)) in t.layout.shape.iter().zip(&q.layout.shape).enumerate() {
+            if got != expected {
+                let what = crate::layout::DIM_NAMES[dim];
+                return Err(Error::ShapeMismatch { arg, what, got, expected, why: "shaped like q" });
+            }
+        }
+    }
+    for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v), (Arg::O, o), (Arg::DO, d_o)] {
+        check_strides(arg, &t.layout)?;
+    }
+    if lse.len() != p.lse_len() {
+        return Err(Error::ShapeMismatch {
+            arg: Arg::Lse,
+            what: "length",
+            got: lse.len(),
+            expected: p.lse_len(),
+            why: "one f32 per (batch, head_q, query row), [batch, heads_q, seqlen_q]",
+        });
+    }
+    for (what, value) in [("heads_kv", p.heads_kv), ("batch", p.batch)] {
+        if value > GRID_YZ_MAX {
+            return Err(Error::TooLarge { arg: Arg::K, what, value });
+        }
+    }
+    // Row indices `(b·heads_q + h)·seqlen_q + i` and the dQ kernel's thread index stay in 32 bits.
+    let elems = p.lse_len() * p.head_dim;
+    if elems / 8 > i32::MAX as usize || p.batch * p.heads_q > u32::MAX as usize {
+        return Err(Error::TooLarge { arg: Arg::Q, what: "batch·heads_q·seqlen_q·head_dim", value: elems });
+    }
+    let tile = backward_tile(dev.info(), p.head_dim, T::DTYPE)?;
+    Ok((p, tile))
+}
+
+fn check_strides(arg: Arg, l: &Layout) -> Result<()> {
+    if l.strides[..3].iter().any(|x| x % STRIDE_MULTIPLE != 0) {
+        return Err(Error::MisalignedStrides { arg, strides: l.strides, multiple: STRIDE_MULTIPLE });
+    }
+    Ok(())
+}
+
+fn strides3(l: &Layout) -> [u64; 3] {
+    [l.strides[0] as u64, l.strides[1] as u64, l.strides[2] as u64]
+}

@@ -1,0 +1,101 @@
+//! Kernel entry points of the backward: one main kernel per row of `tiles_bwd::BWD_TILES` and element
+//! type (parameters taken from the row; a compile-time check ties the host's symbol names to these
+//! functions), plus the delta and dQ-convert kernels per element type.
+
+use super::mainloop::attn_bwd;
+use super::prep;
+use crate::abi::{self, BwdParams};
+use crate::ptx::elem::{Bf16, F16};
+use crate::tiles::str_eq;
+use crate::tiles_bwd::{self, BwdTile};
+
+macro_rules! bwd_kernel {
+    ($tile:path, $elem:ty, $p:expr) => {{
+        const T: BwdTile = $tile;
+        attn_bwd::<
+            $elem,
+            { T.head_dim },
+            { T.block_m },
+            { T.block_n },
+            { T.warps },
+            { T.q_stages },
+            { T.sdp_warps_n },
+            { T.sdp_m_tiles() },
+            { T.sdp_n_tiles() },
+            { T.dkv_warps_n },
+            { T.dkv_m_tiles() },
+            { T.dkv_n_tiles() },
+            { T.dq_warps_m },
+            { T.dq_m_tiles() },
+            { T.dq_n_tiles() },
+        >($p)
+    }};
+}
+
+macro_rules! bwd_kernels {
+    ($($tile:path => $bf16:ident, $f16:ident;)*) => {$(
+        const _: () = {
+            const T: BwdTile = $tile;
+            assert!(T.is_valid());
+            assert!(str_eq(T.symbols[0], stringify!($bf16)) && str_eq(T.symbols[1], stringify!($f16)));
+        };
+
+        /// # Safety
+        /// Launched as `abi::BwdParams` and the tile row document.
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $bf16(p: BwdParams) {
+            bwd_kernel!($tile, Bf16, &p)
+        }
+
+        /// # Safety
+        /// Launched as `abi::BwdParams` and the tile row document.
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $f16(p: BwdParams) {
+            bwd_kernel!($tile, F16, &p)
+        }
+    )*};
+}
+
+bwd_kernels! {
+    tiles_bwd::BWD_HD32 => attn_bwd_hd32_m64n128s2_bf16, attn_bwd_hd32_m64n128s2_f16;
+    tiles_bwd::BWD_HD64 => attn_bwd_hd64_m64n128s2_bf16, attn_bwd_hd64_m64n128s2_f16;
+    tiles_bwd::BWD_HD96 => attn_bwd_hd96_m64n128s2_bf16, attn_bwd_hd96_m64n128s2_f16;
+    tiles_bwd::BWD_HD128 => attn_bwd_hd128_m32n128s2_bf16, attn_bwd_hd128_m32n128s2_f16;
+    tiles_bwd::BWD_HD192 => attn_bwd_hd192_m32n64s2_bf16, attn_bwd_hd192_m32n64s2_f16;
+    tiles_bwd::BWD_HD256 => attn_bwd_hd256_m32n64s2_bf16, attn_bwd_hd256_m32n64s2_f16;
+}
+
+const _: () = assert!(
+    str_eq(abi::BWD_DELTA_BF16, "attn_bwd_delta_bf16")
+        && str_eq(abi::BWD_DELTA_F16, "attn_bwd_delta_f16")
+        && str_eq(abi::BWD_DQ_BF16, "attn_bwd_dq_bf16")
+        && str_eq(abi::BWD_DQ_F16, "attn_bwd_dq_f16")
+);
+
+/// # Safety
+/// Launched as `abi::BwdParams` documents.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn attn_bwd_delta_bf16(p: BwdParams) {
+    prep::delta::<Bf16>(&p)
+}
+
+/// # Safety
+/// Launched as `abi::BwdParams` documents.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn attn_bwd_delta_f16(p: BwdParams) {
+    prep::delta::<F16>(&p)
+}
+
+/// # Safety
+/// Launched as `abi::BwdParams` documents.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn attn_bwd_dq_bf16(p: BwdParams) {
+    prep::dq_convert::<Bf16>(&p)
+}
+
+/// # Safety
+/// Launched as `abi::BwdParams` documents.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn attn_bwd_dq_f16(p: BwdParams) {
+    prep::dq_convert::<F16>(&p)
+}

@@ -1,0 +1,233 @@
+//! The backward kernel's tile table and chooser (the backward counterpart of `tiles.rs`).
+//!
+//! One CTA owns `block_n` keys of one K/V head and keeps their dK and dV accumulators in registers; it
+//! streams the query blocks (`block_m` rows of Q and dO, with their LSE and delta) of every query head
+//! of its group through shared memory. Per query block, three products, each with its own warp grid:
+//!
+//! 1. Sᵀ = K Qᵀ and dPᵀ = V dOᵀ (`[block_n, block_m]`): warps `sdp_warps_n` along keys × the rest along
+//!    queries. P = exp2(scale·log2e·S − log2e·LSE) and dS = P ∘ (dP − delta) go to shared memory in the
+//!    element type (transposed, `[key][query]`).
+//! 2. dV += Pᵀ dO and dK += dSᵀ Q (`[block_n, head_dim]`): warps `dkv_warps_n` along keys × the rest
+//!    along head_dim. These accumulators are the persistent registers: `2·block_n·head_dim / threads`.
+//! 3. dQ_partial = dS K (`[block_m, head_dim]`): warps `dq_warps_m` along queries × the rest along
+//!    head_dim, added to the f32 dQ accumulator in global memory.
+//!
+//! Shared memory: K and V (`block_n` rows), `q_stages` buffers of Q and dO (`block_m` rows), every row
+//! padded by 16 bytes as in the forward; Pᵀ and dSᵀ (`block_n` rows of `block_m + 8` elements); LSE and
+//! delta (`q_stages · block_m` f32 each).
+
+use crate::tiles::SMEM_RESERVED_PER_CTA;
+
+/// One compiled backward-kernel variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BwdTile {
+    pub head_dim: usize,
+    /// Query rows per step of the query loop.
+    pub block_m: usize,
+    /// Keys per CTA.
+    pub block_n: usize,
+    pub warps: usize,
+    /// Q/dO buffers: 2 = the next query block loads while this one is computed; 1 = load after compute.
+    pub q_stages: usize,
+    /// Phase 1 warp grid: warps along keys.
+    pub sdp_warps_n: usize,
+    /// Phase 2 warp grid: warps along keys.
+    pub dkv_warps_n: usize,
+    /// Phase 3 warp grid: warps along queries.
+    pub dq_warps_m: usize,
+    /// Kernel symbols: `[bf16, f16]`.
+    pub symbols: [&'static str; 2],
+}
+
+impl BwdTile {
+    pub const fn threads(&self) -> usize {
+        self.warps * 32
+    }
+    /// Phase 1: m16 tiles (keys) and n8 tiles (queries) per warp.
+    pub const fn sdp_m_tiles(&self) -> usize {
+        self.block_n / self.sdp_warps_n / 16
+    }
+    pub const fn sdp_n_tiles(&self) -> usize {
+        self.block_m / (self.warps / self.sdp_warps_n) / 8
+    }
+    /// Phase 2: m16 tiles (keys) and n8 tiles (head_dim) per warp.
+    pub const fn dkv_m_tiles(&self) -> usize {
+        self.block_n / self.dkv_warps_n / 16
+    }
+    pub const fn dkv_n_tiles(&self) -> usize {
+        self.head_dim / (self.warps / self.dkv_warps_n) / 8
+    }
+    /// Phase 3: m16 tiles (queries) and n8 tiles (head_dim) per warp.
+    pub const fn dq_m_tiles(&self) -> usize {
+        self.block_m / self.dq_warps_m / 16
+    }
+    pub const fn dq_n_tiles(&self) -> usize {
+        self.head_dim / (self.warps / self.dq_warps_m) / 8
+    }
+    /// Elements per shared-memory row of K, V, Q, dO (16 bytes of padding: conflict-free ldmatrix).
+    pub const fn smem_row(&self) -> usize {
+        self.head_dim + 8
+    }
+    /// Elements per shared-memory row of Pᵀ and dSᵀ.
+    pub const fn p_row(&self) -> usize {
+        self.block_m + 8
+    }
+    /// Byte offsets of the shared-memory regions: `[k, v, q, d_o, p, ds, lse, delta, end]`.
+    pub const fn smem_layout(&self, elem_bytes: usize) -> [usize; 9] {
+        let kv = self.block_n * self.smem_row() * elem_bytes;
+        let q = self.q_stages * self.block_m * self.smem_row() * elem_bytes;
+        let p = self.block_n * self.p_row() * elem_bytes;
+        let f = self.q_stages * self.block_m * 4;
+        let k = 0;
+        let v = k + kv;
+        let qo = v + kv;
+        let d_o = qo + q;
+        let pp = d_o + q;
+        let ds = pp + p;
+        let lse = ds + p;
+        let delta = lse + f;
+        [k, v, qo, d_o, pp, ds, lse, delta, delta + f]
+    }
+    /// Dynamic shared memory of one CTA, in bytes.
+    pub const fn smem_bytes(&self, elem_bytes: usize) -> usize {
+        self.smem_layout(elem_bytes)[8]
+    }
+    /// Query blocks of a sequence of `seqlen_q` rows.
+    pub const fn m_blocks(&self, seqlen_q: usize) -> usize {
+        seqlen_q.div_ceil(self.block_m)
+    }
+    pub const fn symbol(&self, f16: bool) -> &'static str {
+        self.symbols[f16 as usize]
+    }
+    /// Whether the row is well formed (checked at compile time for every instantiated kernel).
+    pub const fn is_valid(&self) -> bool {
+        let (d, w) = (self.head_dim, self.warps);
+        d.is_multiple_of(32)
+            && (w == 4 || w == 8)
+            && (self.q_stages == 1 || self.q_stages == 2)
+            && self.block_m.is_multiple_of(16)
+            && self.block_n.is_multiple_of(16)
+            && w.is_multiple_of(self.sdp_warps_n)
+            && w.is_multiple_of(self.dkv_warps_n)
+            && w.is_multiple_of(self.dq_warps_m)
+            && self.sdp_m_tiles() >= 1
+            && self.sdp_m_tiles() * 16 * self.sdp_warps_n == self.block_n
+            // B fragments of phase 1 come 16 queries (two n8 tiles) per ldmatrix.x4.
+            && self.sdp_n_tiles() >= 2
+            && self.sdp_n_tiles().is_multiple_of(2)
+            && self.sdp_n_tiles() * 8 * (w / self.sdp_warps_n) == self.block_m
+            && self.dkv_m_tiles() >= 1
+            && self.dkv_m_tiles() * 16 * self.dkv_warps_n == self.block_n
+            && self.dkv_n_tiles() >= 2
+            && self.dkv_n_tiles().is_multiple_of(2)
+            && self.dkv_n_tiles() * 8 * (w / self.dkv_warps_n) == d
+            && self.dq_m_tiles() >= 1
+            && self.dq_m_tiles() * 16 * self.dq_warps_m == self.block_m
+            && self.dq_n_tiles() >= 2
+            && self.dq_n_tiles().is_multiple_of(2)
+            && self.dq_n_tiles() * 8 * (w / self.dq_warps_m) == d
+            // LSE/delta are copied by the first block_m threads.
+            && self.block_m <= w * 32
+    }
+}
+
+macro_rules! tile {
+    ($d:literal, $m:literal, $n:literal, $w:literal, $s:literal, $wn1:literal, $wn2:literal, $wm3:literal) => {
+        BwdTile {
+            head_dim: $d,
+            block_m: $m,
+            block_n: $n,
+            warps: $w,
+            q_stages: $s,
+            sdp_warps_n: $wn1,
+            dkv_warps_n: $wn2,
+            dq_warps_m: $wm3,
+            symbols: [
+                concat!("attn_bwd_hd", $d, "_m", $m, "n", $n, "s", $s, "_bf16"),
+                concat!("attn_bwd_hd", $d, "_m", $m, "n", $n, "s", $s, "_f16"),
+            ],
+        }
+    };
+}
+
+// Per head dim the first row that fits the device is taken (`choose_bwd`). Registers: the dK and dV
+// accumulators (`2·block_n·head_dim/threads` f32) live through the whole query loop; phase 1 adds
+// `2·block_n·block_m/threads` (S and dP), phase 3 `block_m·head_dim/threads` (not live together).
+
+/// 77 KiB; dK+dV 32 f32/thread.
+pub const BWD_HD32: BwdTile = tile!(32, 64, 128, 8, 2, 4, 8, 4);
+/// 109 KiB (2 CTAs per H100 SM); dK+dV 64.
+pub const BWD_HD64: BwdTile = tile!(64, 64, 128, 8, 2, 4, 4, 4);
+/// 141 KiB; dK+dV 96.
+pub const BWD_HD96: BwdTile = tile!(96, 64, 128, 8, 2, 4, 4, 4);
+/// 137 KiB; dK+dV 128: registers bind (one 8-warp CTA per SM), so 32-row query blocks keep S/dP at 32.
+pub const BWD_HD128: BwdTile = tile!(128, 32, 128, 8, 2, 8, 4, 2);
+/// 120 KiB; 64 keys per CTA keep dK+dV at 96, 32-row query blocks keep S/dP at 16 and dQ at 24.
+pub const BWD_HD192: BwdTile = tile!(192, 32, 64, 8, 2, 4, 4, 2);
+/// 151 KiB; dK+dV 128, 32-row query blocks keep phase 3 (dQ) at 32 f32/thread.
+pub const BWD_HD256: BwdTile = tile!(256, 32, 64, 8, 2, 4, 4, 2);
+
+/// Every compiled variant, in order of preference within a head dim.
+pub const BWD_TILES: &[BwdTile] = &[BWD_HD32, BWD_HD64, BWD_HD96, BWD_HD128, BWD_HD192, BWD_HD256];
+
+/// The backward tile for a problem on a device: the first compiled row for `head_dim` whose shared
+/// memory fits one block's opt-in limit and one SM. `None` when none fits.
+pub fn choose_bwd(
+    head_dim: usize,
+    elem_bytes: usize,
+    smem_per_block_optin: usize,
+    smem_per_sm: usize,
+) -> Option<&'static BwdTile> {
+    if elem_bytes != 2 {
+        return None;
+    }
+    BWD_TILES.iter().filter(|t| t.head_dim == head_dim).find(|t| {
+        let bytes = t.smem_bytes(elem_bytes);
+        bytes <= smem_per_block_optin && bytes + SMEM_RESERVED_PER_CTA <= smem_per_sm
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    const KIB: usize = 1024;
+    const A100: (usize, usize) = (163 * KIB, 164 * KIB);
+    const H100: (usize, usize) = (227 * KIB, 228 * KIB);
+
+    #[test]
+    fn every_row_is_valid_and_named_once() {
+        for (i, t) in BWD_TILES.iter().enumerate() {
+            assert!(t.is_valid(), "{t:?}");
+            for u in &BWD_TILES[i + 1..] {
+                assert_ne!(t.symbols, u.symbols);
+            }
+        }
+    }
+
+    #[test]
+    fn every_head_dim_fits_h100_and_a100() {
+        for d in [32, 64, 96, 128, 192, 256] {
+            let h = choose_bwd(d, 2, H100.0, H100.1).unwrap();
+            assert_eq!(h.q_stages, 2, "d={d}");
+            let a = choose_bwd(d, 2, A100.0, A100.1).unwrap();
+            assert!(a.smem_bytes(2) <= A100.0, "d={d}");
+        }
+        assert_eq!(choose_bwd(80, 2, H100.0, H100.1), None);
+        assert_eq!(choose_bwd(128, 4, H100.0, H100.1), None);
+        assert_eq!(choose_bwd(128, 2, 48 * KIB, 48 * KIB), None);
+    }
+
+    #[test]
+    fn smem_arithmetic() {
+        let l = BWD_HD128.smem_layout(2);
+        assert_eq!(l[1], 128 * 136 * 2);
+        assert_eq!(l[8], 2 * 128 * 136 * 2 + 2 * 2 * 32 * 136 * 2 + 2 * 128 * 40 * 2 + 2 * 2 * 32 * 4);
+        for t in BWD_TILES {
+            for off in t.smem_layout(2) {
+                assert_eq!(off % 16, 0, "{t:?}");
+            }
+        }
+    }
+}
