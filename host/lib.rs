@@ -17,6 +17,7 @@
 //! assert_eq!(out.o.shape(), [1, 64, 4, 64]);
 //! ```
 
+pub mod bench;
 pub mod cpu;
 pub mod device;
 pub mod dtype;

@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""PyTorch peers for the ironflash benchmark suite.
+
+Reads the suite's cases (JSON lines, one `Case` each: grid, pass, b, h, h_kv, n_q, n_k, d, causal,
+dtype), times `torch.nn.functional.scaled_dot_product_attention` with each backend forced through
+`torch.nn.attention.sdpa_kernel` (FLASH_ATTENTION, CUDNN_ATTENTION, EFFICIENT_ATTENTION) and a naive
+matmul-softmax-matmul, and prints one JSON line per (case, implementation) with the suite's columns.
+
+Timing is the suite's: inputs uniform in [-1, 1) (never zeros) in ironflash's [B, N, H, D] layout (passed
+to PyTorch as the [B, H, N, D] view of it), rotating among input sets whose total exceeds twice the L2
+cache, warm-up calls first, then CUDA events recorded before each call and after the last, back to back,
+and the median/min/max of the per-call times. Peak extra memory is torch.cuda.max_memory_allocated()
+during one call minus what was allocated before it.
+
+Exit status 3 (with a one-line reason on stdout) when PyTorch or a CUDA device is missing.
+
+    python3 benches/peers.py --cases cases.jsonl [--quick] [--impls flash,cudnn,efficient,naive]
+"""
+
+import argparse
+import json
+import math
+import sys
+import warnings
+
+NO_TORCH_EXIT = 3
+IMPLS = ("flash", "cudnn", "efficient", "naive")
+# (warmup, min_reps, max_reps, target_ms): the same policies as host/bench/runner.rs.
+FULL = (2, 5, 50, 400.0)
+QUICK = (1, 3, 20, 100.0)
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def emit(rec):
+    print(json.dumps(rec), flush=True)
+
+
+def flops(case):
+    f = 4.0 * case["b"] * case["h"] * case["n_q"] * case["n_k"] * case["d"]
+    if case["causal"]:
+        f /= 2.0
+    return f * (2.5 if case["pass"] == "bwd" else 1.0)
+
+
+def record(name, case, status, note=""):
+    rec = {"impl": "torch-" + name}
+    rec.update({k: case[k] for k in ("grid", "pass", "b", "h", "h_kv", "n_q", "n_k", "d", "causal", "dtype")})
+    rec.update(
+        status=status, ms=None, ms_min=None, ms_max=None, reps=0, tflops=None, peak_frac=None,
+        extra_mem_bytes=None, mem_method="torch_peak", note=note,
+    )
+    return rec
+
+
+def first_line(e):
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", required=True, help="JSON lines of cases, as the suite writes them")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions (the suite's --quick)")
+    ap.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
+    args = ap.parse_args()
+
+    try:
+        import torch
+        import torch.nn.functional as F
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.attention.bias import causal_lower_right
+    except Exception as e:  # ImportError, or a broken install
+        print(f"PyTorch not importable: {first_line(e)}")
+        return NO_TORCH_EXIT
+    if not torch.cuda.is_available():
+        print(f"torch {torch.__version__} sees no CUDA device")
+        return NO_TORCH_EXIT
+    props = torch.cuda.get_device_properties(0)
+    l2 = getattr(props, "L2_cache_size", 50 << 20)
+    print(f"torch {torch.__version__}, {props.name}")
+    warmup, min_reps, max_reps, target_ms = QUICK if args.quick else FULL
+    backends = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    }
+    wanted = [i for i in args.impls.split(",") if i]
+    unknown = [i for i in wanted if i not in IMPLS]
+    if unknown:
+        ap.error(f"unknown implementation(s) {unknown}; choose from {IMPLS}")
+
+    with open(args.cases) as f:
+        cases = [json.loads(line) for line in f if line.strip()]
+
+    def make_sets(case):
+        dtype = {"bf16": torch.bfloat16, "f16": torch.float16}[case["dtype"]]
+        b, h, hk, nq, nk, d = (case[k] for k in ("b", "h", "h_kv", "n_q", "n_k", "d"))
+        one = 2 * d * b * (nq * h + 2 * nk * hk)
+        free, _ = torch.cuda.mem_get_info()
+        count = max(1, min(64, math.ceil(2 * l2 / one), free // 4 // one))
+
+        def rand(shape):
+            # [B, N, H, D] storage like ironflash's, seen as [B, H, N, D].
+            return (torch.rand(shape, device="cuda", dtype=dtype) * 2 - 1).transpose(1, 2)
+
+        return [(rand((b, nq, h, d)), rand((b, nk, hk, d)), rand((b, nk, hk, d))) for _ in range(count)]
+
+    def sdpa_fn(case):
+        nq, nk, causal = case["n_q"], case["n_k"], case["causal"]
+        gqa = case["h"] != case["h_kv"]
+        if causal and nq != nk:
+            # FlashAttention's (and ironflash's) causal mask is aligned bottom-right; is_causal is top-left.
+            mask = causal_lower_right(nq, nk)
+            return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+
+    def naive_fn(case):
+        nq, nk, d, causal = case["n_q"], case["n_k"], case["d"], case["causal"]
+        scale = 1.0 / math.sqrt(d)
+        group = case["h"] // case["h_kv"]
+        mask = None
+        if causal:
+            mask = torch.ones(nq, nk, dtype=torch.bool, device="cuda").triu(1 + nk - nq)
+
+        def f(q, k, v):
+            if group > 1:
+                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+            s = torch.matmul(q, k.transpose(-2, -1))
+            s.mul_(scale)
+            if mask is not None:
+                s.masked_fill_(mask, float("-inf"))
+            return torch.matmul(torch.softmax(s, dim=-1), v)
+
+        return f
+
+    def time_calls(fn, sets, reps):
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
+        events[0].record()
+        for i in range(reps):
+            q, k, v = sets[i % len(sets)]
+            fn(q, k, v)
+            events[i + 1].record()
+        torch.cuda.synchronize()
+        return [events[i].elapsed_time(events[i + 1]) for i in range(reps)]
+
+    def measure(name, case, fn, sets):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        q, k, v = sets[0]
+        out = fn(q, k, v)
+        torch.cuda.synchronize()
+        extra = torch.cuda.max_memory_allocated() - before
+        del out
+        warm = time_calls(fn, sets, max(1, warmup))
+        one = warm[-1]
+        reps = min_reps if one <= 0 else int(min(max_reps, max(min_reps, math.ceil(target_ms / one))))
+        times = sorted(time_calls(fn, sets, reps))
+        n = len(times)
+        median = times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
+        rec = record(name, case, "ok", f"{len(sets)} input sets rotated" if len(sets) > 1 else "")
+        rec.update(
+            ms=median, ms_min=times[0], ms_max=times[-1], reps=n,
+            tflops=flops(case) / (median * 1e-3) / 1e12, extra_mem_bytes=int(extra),
+        )
+        return rec
+
+    total = len(cases) * len(wanted)
+    done = 0
+    for case in cases:
+        if case["pass"] != "fwd":
+            for name in wanted:
+                emit(record(name, case, "unsupported", "no backward pass in the suite yet"))
+            continue
+        try:
+            sets = make_sets(case)
+        except torch.OutOfMemoryError as e:
+            for name in wanted:
+                emit(record(name, case, "oom", "inputs: " + first_line(e)))
+            torch.cuda.empty_cache()
+            continue
+        for name in wanted:
+            done += 1
+            # A backend that cannot run a shape warns why, then raises "No available kernel": keep the why.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    if name == "naive":
+                        rec = measure(name, case, naive_fn(case), sets)
+                    else:
+                        with sdpa_kernel([backends[name]]):
+                            rec = measure(name, case, sdpa_fn(case), sets)
+                    error = None
+                except torch.OutOfMemoryError as e:
+                    rec, error = record(name, case, "oom", first_line(e)), None
+                except RuntimeError as e:
+                    error = e
+            if error is not None:
+                msg = first_line(error)
+                reasons = [first_line(w.message) for w in caught]
+                if reasons:
+                    msg += " (" + reasons[0] + ")"
+                # A backend that cannot take this shape ("No available kernel", head-dim limits) is not a failure.
+                status = "unsupported" if ("No available kernel" in msg or "not supported" in msg.lower()) else "error"
+                rec = record(name, case, status, msg[:300])
+            torch.cuda.empty_cache()
+            shape = f"{case['grid']} B={case['b']} H={case['h']} N={case['n_q']}/{case['n_k']} D={case['d']}"
+            shape += " causal" if case["causal"] else ""
+            result = f"{rec['ms']:.4f} ms {rec['tflops']:.1f} TFLOP/s" if rec["ms"] else f"{rec['status']}: {rec['note']}"
+            log(f"[{done}/{total}] torch-{name:<9} {shape}: {result}")
+            emit(rec)
+        del sets
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
