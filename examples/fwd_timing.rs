@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example fwd_timing              # the chooser's tile
 //! cargo run --release --example fwd_timing -- --all     # every compiled tile of each head dim that fits
+//! cargo run --release --example fwd_timing -- --dims 64,128,256
 //! ```
 //! Warm-up launches first, then the median of per-launch event timings. Inputs are random (never zeros).
 
@@ -15,7 +16,14 @@ const WARMUP: usize = 5;
 const REPS: usize = 30;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let all = std::env::args().any(|a| a == "--all");
+    let args: Vec<String> = std::env::args().collect();
+    let all = args.iter().any(|a| a == "--all");
+    let dims: Vec<usize> = match args.iter().position(|a| a == "--dims") {
+        Some(i) => {
+            args.get(i + 1).ok_or("--dims needs a list")?.split(',').map(str::parse).collect::<Result<_, _>>()?
+        }
+        None => vec![64, 128],
+    };
     let dev = match Device::open(0) {
         Ok(d) => d,
         Err(ironflash::Error::NoDriver(why)) => {
@@ -34,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "N", "D", "H", "B", "causal", "tile", "median ms", "TFLOP/s"
     );
     let mut rng = rand::rng();
-    for d in [64usize, 128] {
+    for d in dims {
         for n in [1024usize, 4096, 8192] {
             let (h, b) = (2048 / d, 16 * 1024 / n);
             let q = dev.upload(&HostTensor::<bf16>::random([b, n, h, d], 1.0, &mut rng))?;

@@ -101,13 +101,16 @@ fn case(large_scores: bool) -> impl Strategy<Value = Case> {
         )
 }
 
-/// The table's rows for a head dim other than the chooser's pick, that fit this device.
-fn other_tile(dev: &Device, head_dim: usize, chosen: &FwdTile) -> Option<FwdTile> {
+/// One of the table's rows for a head dim other than the chooser's pick that fit this device (picked by
+/// `seed`), so that every compiled variant is exercised on the GPU at hand.
+fn other_tile(dev: &Device, head_dim: usize, chosen: &FwdTile, seed: u64) -> Option<FwdTile> {
     let info = dev.info();
-    tiles::FWD_TILES
+    let others: Vec<FwdTile> = tiles::FWD_TILES
         .iter()
-        .find(|t| t.head_dim == head_dim && *t != chosen && t.smem_bytes(2) <= info.smem_per_block_optin)
+        .filter(|t| t.head_dim == head_dim && *t != chosen && t.smem_bytes(2) <= info.smem_per_block_optin)
         .copied()
+        .collect();
+    (!others.is_empty()).then(|| others[(seed % others.len() as u64) as usize])
 }
 
 /// Worst errors seen, per dtype, printed at the end of a property run.
@@ -134,7 +137,7 @@ fn run_case<T: Element>(dev: &Device, c: &Case, worst: &Mutex<Worst>) -> Result<
     let (dq, dk, dv) = (dev.upload(&q).unwrap(), dev.upload(&k).unwrap(), dev.upload(&v).unwrap());
 
     let chosen = gpu::forward_tile(dev.info(), d, T::DTYPE, c.causal).map_err(|e| e.to_string())?;
-    let small = if c.small_tile { other_tile(dev, d, &chosen) } else { None };
+    let small = if c.small_tile { other_tile(dev, d, &chosen, c.seed >> 7) } else { None };
     let (o, lse) = match (c.pad_o, small) {
         (_, Some(tile)) => {
             let mut o = dev.poisoned::<T>([c.batch, c.seqlen_q, hq, d]).unwrap();
@@ -191,8 +194,10 @@ fn run_case<T: Element>(dev: &Device, c: &Case, worst: &Mutex<Worst>) -> Result<
     Ok(())
 }
 
+/// `IRONFLASH_PROPTEST_CASES` overrides the number of cases (e.g. small under compute-sanitizer).
 fn property<T: Element>(name: &str, cases: u32, large_scores: bool) {
     let Some(dev) = device_or_skip(name) else { return };
+    let cases = std::env::var("IRONFLASH_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
     let worst = Mutex::new(Worst::default());
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     let result = runner.run(&case(large_scores), |c| run_case::<T>(dev, &c, &worst).map_err(TestCaseError::fail));

@@ -21,6 +21,9 @@ pub struct FwdTile {
     pub stages: usize,
     /// Q fragments loaded into registers once (true), or re-read from shared memory each block.
     pub q_in_regs: bool,
+    /// CTAs per SM the row is designed for: what its registers allow (65536 / (threads · registers)).
+    /// The chooser takes the row only where shared memory allows as many, else a later row.
+    pub ctas_per_sm: usize,
     /// Kernel symbols: `[bf16, f16]`.
     pub symbols: [&'static str; 2],
 }
@@ -72,7 +75,7 @@ impl FwdTile {
 }
 
 macro_rules! tile {
-    ($d:literal, $m:literal, $n:literal, $w:literal, $s:literal, $qreg:literal) => {
+    ($d:literal, $m:literal, $n:literal, $w:literal, $s:literal, $qreg:literal, $ctas:literal) => {
         FwdTile {
             head_dim: $d,
             block_m: $m,
@@ -80,49 +83,61 @@ macro_rules! tile {
             warps: $w,
             stages: $s,
             q_in_regs: $qreg,
+            ctas_per_sm: $ctas,
             symbols: [
-                concat!("attn_fwd_hd", $d, "_m", $m, "n", $n, "_bf16"),
-                concat!("attn_fwd_hd", $d, "_m", $m, "n", $n, "_f16"),
+                concat!("attn_fwd_hd", $d, "_m", $m, "n", $n, "w", $w, "_bf16"),
+                concat!("attn_fwd_hd", $d, "_m", $m, "n", $n, "w", $w, "_f16"),
             ],
         }
     };
 }
 
-// The rows, named so that `fwd/kernels.rs` instantiates exactly these. Per head dim the first row that
-// fits the device is taken (see `choose_fwd`); each comment names the limit that binds.
+// The rows, named so that `fwd/kernels.rs` instantiates exactly these, in order of preference within a
+// head dim (see `choose_fwd`). Measured on an H100 (docs/perf.md, "Fused forward (sm80 path)"): 4 warps
+// of 32 rows (two m16 tiles, so every K/V fragment read from shared memory feeds two mma) beat 8 warps
+// of 16 rows wherever the registers allow, since shared-memory bandwidth binds the mma.sync loop.
+// Each comment names the limit that binds the row.
 
-/// 30 KiB: nothing binds; 8 warps of 16 rows keep 8 warps per CTA busy with little per-thread state.
-pub const HD32: FwdTile = tile!(32, 128, 64, 8, 2, true);
-/// 54 KiB: 4 CTAs per H100 SM by smem; registers (~100/thread) allow 2 CTAs of 256 threads.
-pub const HD64: FwdTile = tile!(64, 128, 64, 8, 2, true);
-/// 45 KiB: the 48 KiB fallback (half the query rows per CTA).
-pub const HD64_SMALL: FwdTile = tile!(64, 64, 64, 4, 2, true);
-/// 78 KiB: 2 CTAs per H100 SM by smem, 1 by registers.
-pub const HD96: FwdTile = tile!(96, 128, 64, 8, 2, true);
-/// 39 KiB: the 48 KiB fallback.
-pub const HD96_SMALL: FwdTile = tile!(96, 64, 32, 4, 2, true);
-/// 102 KiB: registers bind (O 64 + S 32 + Q 32 f32 per thread): one 8-warp CTA per SM.
-pub const HD128: FwdTile = tile!(128, 128, 64, 8, 2, true);
-/// 34 KiB: the 48 KiB fallback (16-key blocks: 64-key blocks need 102 KiB, 32-key blocks 51 KiB).
-pub const HD128_SMALL: FwdTile = tile!(128, 64, 16, 4, 2, true);
-/// 125 KiB: smem binds (one CTA per SM on A100 and H100); Q re-read from smem keeps O (96) + S (32) in registers.
-pub const HD192: FwdTile = tile!(192, 64, 64, 4, 2, false);
-/// 75 KiB: for ~100 KiB devices (sm_86/sm_89 have 99 KiB per block).
-pub const HD192_SMALL: FwdTile = tile!(192, 64, 32, 4, 2, false);
-/// 99 KiB: registers bind (O alone is 128 f32 per thread), so 32-key blocks and Q from smem; 64-key blocks
-/// would need 165 KiB, over A100's 164 KiB.
-pub const HD256: FwdTile = tile!(256, 64, 32, 4, 2, false);
+/// 30 KiB. Registers (~180) bind: two 4-warp CTAs per SM.
+pub const HD32: FwdTile = tile!(32, 128, 64, 4, 2, true, 2);
+/// 55 KiB. Registers (~250: O 64 + S 64 + Q 32 per thread) bind: two CTAs per SM.
+pub const HD64: FwdTile = tile!(64, 128, 64, 4, 2, true, 2);
+/// 45 KiB, for 48 KiB devices: half the query rows of `HD64`.
+pub const HD64_SMALL: FwdTile = tile!(64, 64, 64, 4, 2, true, 3);
+/// 53 KiB. Registers bind (O 96 + S 32; 64-key blocks spill): two CTAs per SM.
+pub const HD96: FwdTile = tile!(96, 128, 32, 4, 2, false, 2);
+/// 39 KiB, for 48 KiB devices.
+pub const HD96_SMALL: FwdTile = tile!(96, 64, 32, 4, 2, true, 3);
+/// 102 KiB. Registers (255: O 128 + S 64, Q re-read from smem) and smem (2 x 102 KiB on H100) both
+/// allow two CTAs per SM.
+pub const HD128: FwdTile = tile!(128, 128, 64, 4, 2, false, 2);
+/// 68 KiB: where two `HD128` CTAs do not fit one SM (A100: 164 KiB), 32-key blocks keep two CTAs.
+pub const HD128_N32: FwdTile = tile!(128, 128, 32, 4, 2, false, 2);
+/// 34 KiB, for 48 KiB devices (64-key blocks need 102 KiB, 32-key blocks 51 KiB).
+pub const HD128_SMALL: FwdTile = tile!(128, 64, 16, 4, 2, true, 3);
+/// 150 KiB. Smem binds: one 8-warp CTA per SM (A100 and H100); 8 warps of 16 rows, since O (96 per
+/// m16 tile) leaves no room for two m16 tiles per warp.
+pub const HD192: FwdTile = tile!(192, 128, 64, 8, 2, false, 1);
+/// 75 KiB, for ~100 KiB devices (sm_86/sm_89: 99 KiB per block).
+pub const HD192_SMALL: FwdTile = tile!(192, 64, 32, 4, 2, false, 2);
+/// 99 KiB. Registers bind (O alone is 128 per thread): 32-key blocks, Q from smem, two CTAs per SM on
+/// H100.
+pub const HD256: FwdTile = tile!(256, 64, 32, 4, 2, false, 2);
+/// 132 KiB: where two `HD256` CTAs do not fit (A100), one CTA of 8 warps instead of 4.
+pub const HD256_W8: FwdTile = tile!(256, 128, 32, 8, 2, false, 1);
 
 /// Every compiled variant, in order of preference within a head dim.
 pub const FWD_TILES: &[FwdTile] =
-    &[HD32, HD64, HD64_SMALL, HD96, HD96_SMALL, HD128, HD128_SMALL, HD192, HD192_SMALL, HD256];
+    &[HD32, HD64, HD64_SMALL, HD96, HD96_SMALL, HD128, HD128_N32, HD128_SMALL, HD192, HD192_SMALL, HD256, HD256_W8];
 
-/// The forward tile for a problem on a device: the first compiled row for `head_dim` whose shared
-/// memory fits both one block's opt-in limit and one SM (with the driver's per-CTA reservation).
-/// `None` when no compiled variant fits (the host turns that into `Error::NoTileConfig`).
+/// The forward tile for a problem on a device: the first row for `head_dim` (in table order) whose
+/// designed CTAs per SM (`ctas_per_sm`) fit the SM's shared memory, each within the per-block opt-in
+/// limit; failing that, the first row of which one CTA fits. `None` when no compiled row fits (the host
+/// turns that into `Error::NoTileConfig`).
 ///
 /// `causal` is accepted so that the choice can depend on it; at present every row serves both (the
-/// kernels take causality as a run-time flag and skip the blocks above the diagonal).
+/// kernels take causality as a run-time flag and skip the blocks above the diagonal, and the same rows
+/// measured fastest causal and not).
 pub fn choose_fwd(
     head_dim: usize,
     elem_bytes: usize,
@@ -134,10 +149,11 @@ pub fn choose_fwd(
     if elem_bytes != 2 {
         return None;
     }
-    FWD_TILES.iter().filter(|t| t.head_dim == head_dim).find(|t| {
-        let bytes = t.smem_bytes(elem_bytes);
-        bytes <= smem_per_block_optin && bytes + SMEM_RESERVED_PER_CTA <= smem_per_sm
-    })
+    let rows =
+        || FWD_TILES.iter().filter(move |t| t.head_dim == head_dim && t.smem_bytes(elem_bytes) <= smem_per_block_optin);
+    rows()
+        .find(|t| t.ctas_per_sm_by_smem(elem_bytes, smem_per_sm) >= t.ctas_per_sm)
+        .or_else(|| rows().find(|t| t.ctas_per_sm_by_smem(elem_bytes, smem_per_sm) >= 1))
 }
 
 /// Byte-wise string equality usable in constants (ties the table's symbol names to the kernels' names).
@@ -182,21 +198,24 @@ mod tests {
     }
 
     #[test]
-    fn h100_gets_the_large_tiles() {
+    fn h100_gets_the_two_cta_tiles() {
         let want = [HD32, HD64, HD96, HD128, HD192, HD256];
         for (d, w) in HEAD_DIMS.iter().zip(want) {
             assert_eq!(pick(*d, H100), Some(w), "d={d}");
             assert_eq!(choose_fwd(*d, 2, true, H100.0, H100.1), Some(&w), "d={d} causal");
+            assert!(w.ctas_per_sm_by_smem(2, H100.1) >= w.ctas_per_sm, "d={d}");
         }
     }
 
     #[test]
-    fn a100_gets_the_large_tiles() {
-        let want = [HD32, HD64, HD96, HD128, HD192, HD256];
+    fn a100_keeps_two_ctas_where_it_can() {
+        // Two HD128 CTAs (2 x 103 KiB) and two HD256 CTAs (2 x 100 KiB) exceed A100's 164 KiB per SM.
+        let want = [HD32, HD64, HD96, HD128_N32, HD192, HD256_W8];
         for (d, w) in HEAD_DIMS.iter().zip(want) {
             let t = pick(*d, A100).unwrap();
             assert_eq!(t, w, "d={d}");
             assert!(t.smem_bytes(2) <= A100.0);
+            assert!(t.ctas_per_sm_by_smem(2, A100.1) >= t.ctas_per_sm, "d={d}");
         }
     }
 
@@ -215,6 +234,15 @@ mod tests {
     }
 
     #[test]
+    fn hundred_kib_device_gets_the_middle_rows() {
+        // sm_86 / sm_89: 99 KiB per block, 100 KiB per SM.
+        let dev = (99 * KIB, 100 * KIB);
+        assert_eq!(pick(128, dev), Some(HD128_N32));
+        assert_eq!(pick(192, dev), Some(HD192_SMALL));
+        assert_eq!(pick(256, dev), Some(HD256));
+    }
+
+    #[test]
     fn unsupported_inputs_get_none() {
         assert_eq!(choose_fwd(80, 2, false, H100.0, H100.1), None);
         assert_eq!(choose_fwd(128, 4, false, H100.0, H100.1), None);
@@ -225,7 +253,7 @@ mod tests {
     fn smem_arithmetic() {
         assert_eq!(HD128.smem_bytes(2), (128 + 2 * 2 * 64) * 136 * 2);
         assert_eq!(HD128.ctas_per_sm_by_smem(2, H100.1), 2);
-        assert!(str_eq(HD128.symbol(false), "attn_fwd_hd128_m128n64_bf16"));
+        assert!(str_eq(HD128.symbol(false), "attn_fwd_hd128_m128n64w4_bf16"));
         assert!(!str_eq("a", "ab"));
     }
 }

@@ -16,6 +16,10 @@ pub const fn smem_row_bytes<const D: usize>() -> usize {
 /// Issues (does not commit) the copies of one `rows`-row tile. Every one of the `threads` threads of the
 /// CTA calls it with its `tid`; `rows` and `threads` are constants once inlined.
 ///
+/// When a row's chunks divide the threads evenly, thread `tid` always copies chunk `tid % chunks` of
+/// rows `tid / chunks + i·rows_per_step`: one running global pointer, one shared base with immediate
+/// offsets, one row bound, whatever the tile size.
+///
 /// # Safety
 /// `dst` is the 16-byte aligned shared address of a `rows x (D + 8)` element region; `src` points at
 /// row 0 of the tile in global memory, 16-byte aligned, `row_stride` (elements) a multiple of 8, and
@@ -32,15 +36,26 @@ pub unsafe fn load_tile<const D: usize>(
 ) {
     let chunks_per_row = D / 8;
     let steps = rows * chunks_per_row / threads; // exact: tiles::FwdTile::is_valid
-    let mut i = 0;
-    while i < steps {
-        let idx = tid as usize + i * threads;
-        let row = idx / chunks_per_row;
-        let chunk = idx % chunks_per_row;
-        let valid = (row as u32) < valid_rows;
-        // An invalid row keeps `src` (row 0, always readable) as its address; zero bytes are read from it.
-        let from = if valid { src.add(row * row_stride + chunk * 8) } else { src };
-        cp_async::copy16_or_zero(dst + (row * smem_row_bytes::<D>() + chunk * 16) as u32, from, valid);
-        i += 1;
+    if threads % chunks_per_row == 0 {
+        let rows_per_step = threads / chunks_per_row;
+        let (row0, chunk) = (tid as usize / chunks_per_row, tid as usize % chunks_per_row);
+        let mut from = src.add(row0 * row_stride + chunk * 8);
+        let to = dst + (row0 * smem_row_bytes::<D>() + chunk * 16) as u32;
+        let rows_left = valid_rows as i32 - row0 as i32;
+        for i in 0..steps {
+            let valid = ((i * rows_per_step) as i32) < rows_left;
+            // An invalid row keeps `src` (row 0, always readable) as its address; nothing is read.
+            let at = if valid { from } else { src };
+            cp_async::copy16_or_zero(to + (i * rows_per_step * smem_row_bytes::<D>()) as u32, at, valid);
+            from = from.add(rows_per_step * row_stride);
+        }
+    } else {
+        for i in 0..steps {
+            let idx = tid as usize + i * threads;
+            let (row, chunk) = (idx / chunks_per_row, idx % chunks_per_row);
+            let valid = (row as u32) < valid_rows;
+            let at = if valid { src.add(row * row_stride + chunk * 8) } else { src };
+            cp_async::copy16_or_zero(dst + (row * smem_row_bytes::<D>() + chunk * 16) as u32, at, valid);
+        }
     }
 }

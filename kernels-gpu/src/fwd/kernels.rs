@@ -51,14 +51,16 @@ macro_rules! fwd_kernels {
 }
 
 fwd_kernels! {
-    tiles::HD32 => attn_fwd_hd32_m128n64_bf16, attn_fwd_hd32_m128n64_f16;
-    tiles::HD64 => attn_fwd_hd64_m128n64_bf16, attn_fwd_hd64_m128n64_f16;
-    tiles::HD64_SMALL => attn_fwd_hd64_m64n64_bf16, attn_fwd_hd64_m64n64_f16;
-    tiles::HD96 => attn_fwd_hd96_m128n64_bf16, attn_fwd_hd96_m128n64_f16;
-    tiles::HD96_SMALL => attn_fwd_hd96_m64n32_bf16, attn_fwd_hd96_m64n32_f16;
-    tiles::HD128 => attn_fwd_hd128_m128n64_bf16, attn_fwd_hd128_m128n64_f16;
-    tiles::HD128_SMALL => attn_fwd_hd128_m64n16_bf16, attn_fwd_hd128_m64n16_f16;
-    tiles::HD192 => attn_fwd_hd192_m64n64_bf16, attn_fwd_hd192_m64n64_f16;
-    tiles::HD192_SMALL => attn_fwd_hd192_m64n32_bf16, attn_fwd_hd192_m64n32_f16;
-    tiles::HD256 => attn_fwd_hd256_m64n32_bf16, attn_fwd_hd256_m64n32_f16;
+    tiles::HD32 => attn_fwd_hd32_m128n64w4_bf16, attn_fwd_hd32_m128n64w4_f16;
+    tiles::HD64 => attn_fwd_hd64_m128n64w4_bf16, attn_fwd_hd64_m128n64w4_f16;
+    tiles::HD64_SMALL => attn_fwd_hd64_m64n64w4_bf16, attn_fwd_hd64_m64n64w4_f16;
+    tiles::HD96 => attn_fwd_hd96_m128n32w4_bf16, attn_fwd_hd96_m128n32w4_f16;
+    tiles::HD96_SMALL => attn_fwd_hd96_m64n32w4_bf16, attn_fwd_hd96_m64n32w4_f16;
+    tiles::HD128 => attn_fwd_hd128_m128n64w4_bf16, attn_fwd_hd128_m128n64w4_f16;
+    tiles::HD128_N32 => attn_fwd_hd128_m128n32w4_bf16, attn_fwd_hd128_m128n32w4_f16;
+    tiles::HD128_SMALL => attn_fwd_hd128_m64n16w4_bf16, attn_fwd_hd128_m64n16w4_f16;
+    tiles::HD192 => attn_fwd_hd192_m128n64w8_bf16, attn_fwd_hd192_m128n64w8_f16;
+    tiles::HD192_SMALL => attn_fwd_hd192_m64n32w4_bf16, attn_fwd_hd192_m64n32w4_f16;
+    tiles::HD256 => attn_fwd_hd256_m64n32w4_bf16, attn_fwd_hd256_m64n32w4_f16;
+    tiles::HD256_W8 => attn_fwd_hd256_m128n32w8_bf16, attn_fwd_hd256_m128n32w8_f16;
 }

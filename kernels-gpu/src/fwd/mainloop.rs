@@ -11,9 +11,8 @@ use super::io::{load_tile, smem_row_bytes};
 use super::softmax::OnlineSoftmax;
 use crate::abi::FwdParams;
 use crate::attn::block_range::fwd_key_blocks;
-use crate::attn::mask::causal_key_end;
 use crate::ptx::mma::MmaElem;
-use crate::ptx::{cp_async, ldmatrix, smem, sreg, sync};
+use crate::ptx::{cp_async, ldmatrix, opaque, smem, sreg, sync};
 
 /// Shape parameters, all compile-time. `KD = D/16` (k-steps of QKᵀ), `ND = D/8` (n8 tiles of O),
 /// `NN = BN/8` (n8 tiles of S), `KN = BN/16` (k-steps of PV), `MT` m16 tiles per warp. The derived
@@ -57,19 +56,22 @@ pub unsafe fn attn_fwd<
     let m0 = m_block * block_m as u32;
     let rows = (seqlen_q - m0).min(block_m as u32);
 
-    let kv_head = (head / p.group) as u64;
+    let kv_head = head / p.group;
     let q_rows = (p.q as *const u16)
         .add((batch as u64 * p.q_strides[0] + m0 as u64 * p.q_strides[1] + head as u64 * p.q_strides[2]) as usize);
-    let k_rows = (p.k as *const u16).add((batch as u64 * p.k_strides[0] + kv_head * p.k_strides[2]) as usize);
-    let v_rows = (p.v as *const u16).add((batch as u64 * p.v_strides[0] + kv_head * p.v_strides[2]) as usize);
-    let o_rows = (p.o as *mut u16)
-        .add((batch as u64 * p.o_strides[0] + m0 as u64 * p.o_strides[1] + head as u64 * p.o_strides[2]) as usize);
-    let lse_rows = (p.lse as *mut f32).add(((batch * p.heads_q + head) as u64 * seqlen_q as u64 + m0 as u64) as usize);
-    let (q_stride, k_stride, v_stride, o_stride) =
-        (p.q_strides[1] as usize, p.k_strides[1] as usize, p.v_strides[1] as usize, p.o_strides[1] as usize);
+    let q_stride = p.q_strides[1] as usize;
+    // Where this CTA's O rows and LSE values go; called after the block loop so that none of it is
+    // live (in registers) during the loop.
+    let out_rows = |batch: u32, head: u32| {
+        let o = (p.o as *mut u16)
+            .add((batch as u64 * p.o_strides[0] + m0 as u64 * p.o_strides[1] + head as u64 * p.o_strides[2]) as usize);
+        let lse = (p.lse as *mut f32).add(((batch * p.heads_q + head) as u64 * seqlen_q as u64 + m0 as u64) as usize);
+        (o, lse, p.o_strides[1] as usize)
+    };
 
     let (n_blocks, n_unmasked) = fwd_key_blocks(m0, rows, seqlen_q, seqlen_k, causal, BN as u32);
     if n_blocks == 0 {
+        let (o_rows, lse_rows, o_stride) = out_rows(batch, head);
         epilogue::store_empty::<D>(o_rows, o_stride, lse_rows, rows, threads as u32, tid);
         return;
     }
@@ -80,10 +82,17 @@ pub unsafe fn attn_fwd<
     let stage_bytes = (2 * BN * row_bytes) as u32;
     let v_offset = (BN * row_bytes) as u32;
 
+    // K/V addresses are re-derived from the parameters at each block (through `opaque`), so that
+    // neither they nor the per-chunk offsets are hoisted out of the loop into registers of their own
+    // (see ptx/opaque.rs); parameters are read from the constant bank and cost no register.
     let load_kv = |block: u32, stage: u32| {
         let n0 = block * BN as u32;
         let valid = seqlen_k - n0;
         let k_smem = kv_smem + stage * stage_bytes;
+        let (batch, kv_head) = (opaque::u32(batch) as u64, opaque::u32(kv_head) as u64);
+        let k_rows = (p.k as *const u16).add((batch * p.k_strides[0] + kv_head * p.k_strides[2]) as usize);
+        let v_rows = (p.v as *const u16).add((batch * p.v_strides[0] + kv_head * p.v_strides[2]) as usize);
+        let (k_stride, v_stride) = (p.k_strides[1] as usize, p.v_strides[1] as usize);
         load_tile::<D>(k_smem, k_rows.add(n0 as usize * k_stride), k_stride, valid, BN, threads, tid);
         load_tile::<D>(k_smem + v_offset, v_rows.add(n0 as usize * v_stride), v_stride, valid, BN, threads, tid);
     };
@@ -108,15 +117,7 @@ pub unsafe fn attn_fwd<
     let warp_row0 = warp * (16 * MT) as u32;
     let q_warp = q_smem + warp_row0 * row_bytes as u32;
 
-    // Key limits of this thread's rows (g and g+8 of each m16 tile), for the masked blocks.
     let (g, t) = (lane / 4, lane % 4);
-    let mut key_limit = [[0i32; 2]; MT];
-    for (m, limits) in key_limit.iter_mut().enumerate() {
-        for (r, limit) in limits.iter_mut().enumerate() {
-            let row = m0 + warp_row0 + (m * 16) as u32 + g + 8 * r as u32;
-            *limit = if causal { causal_key_end(row, seqlen_q, seqlen_k) } else { seqlen_k } as i32;
-        }
-    }
 
     let mut softmax = OnlineSoftmax::<MT>::new();
     let mut acc_o = [[[0.0f32; 4]; ND]; MT];
@@ -135,97 +136,57 @@ pub unsafe fn attn_fwd<
     let mut compute_stage = 0u32;
     let mut load_stage = (STAGES - 1) as u32;
     let mut block = 0u32;
-    while block < n_blocks {
-        // The buffer of block+STAGES-1 is the one block-1 used: every warp finished it before the
-        // barrier that ended the previous iteration.
-        let ahead = block + (STAGES - 1) as u32;
-        if ahead < n_blocks {
-            load_kv(ahead, load_stage);
-        }
-        cp_async::commit();
-
-        let k_smem = kv_smem + compute_stage * stage_bytes;
-        let v_smem = k_smem + v_offset;
-
-        // S = Q Kᵀ (this warp's 16·MT rows x BN keys).
-        let mut acc_s = [[[0.0f32; 4]; NN]; MT];
-        for kk in 0..KD {
-            let mut a = [[0u32; 4]; MT];
-            for m in 0..MT {
-                a[m] = if QREG {
-                    q_frag[m][kk]
-                } else {
-                    ldmatrix::x4(q_warp + lane_a + (m * 16 * row_bytes + kk * 32) as u32)
-                };
-            }
-            let mut nn = 0;
-            while nn < NN {
-                let b = ldmatrix::x4(k_smem + lane_k + (nn * 8 * row_bytes + kk * 32) as u32);
-                for m in 0..MT {
-                    E::mma(&mut acc_s[m][nn], &a[m], &[b[0], b[1]]);
-                    E::mma(&mut acc_s[m][nn + 1], &a[m], &[b[2], b[3]]);
+    // One iteration per K/V block. Two copies of the loop: blocks that every row sees in full, then the
+    // blocks cut by the diagonal or the end of the keys. Each copy is register-allocated on its own,
+    // so the mask's arithmetic does not raise the register peak of the common, unmasked loop.
+    macro_rules! block_loop {
+        ($until:expr, $masked:expr) => {
+            while block < $until {
+                // The buffer of block+STAGES-1 is the one block-1 used: every warp finished it before
+                // the barrier that ended the previous iteration.
+                let ahead = block + (STAGES - 1) as u32;
+                if ahead < n_blocks {
+                    load_kv(ahead, load_stage);
                 }
-                nn += 2;
-            }
-        }
+                cp_async::commit();
 
-        // To base-2 exponent units, then the mask where this block needs one.
-        for row_tiles in acc_s.iter_mut() {
-            for tile in row_tiles.iter_mut() {
-                for x in tile.iter_mut() {
-                    *x *= p.scale_log2;
-                }
-            }
-        }
-        if block >= n_unmasked {
-            let n0 = (block * BN as u32) as i32;
-            for m in 0..MT {
-                for r in 0..2 {
-                    let limit = key_limit[m][r] - n0;
-                    for (nn, tile) in acc_s[m].iter_mut().enumerate() {
-                        for e in 0..2 {
-                            if (nn * 8) as i32 + (2 * t) as i32 + e as i32 >= limit {
-                                tile[2 * r + e] = f32::NEG_INFINITY;
-                            }
+                // Fresh bases each block: fragment addresses are base + immediate (see ptx/opaque.rs).
+                let k_smem = opaque::u32(kv_smem + compute_stage * stage_bytes + lane_k);
+                let v_smem = opaque::u32(kv_smem + compute_stage * stage_bytes + v_offset + lane_a);
+                let q_lane = opaque::u32(q_warp + lane_a);
+
+                let mut acc_s = scores::<E, D, KD, NN, MT, QREG>(&q_frag, q_lane, k_smem);
+                // To base-2 exponent units, then the mask where this block needs one.
+                for row_tiles in acc_s.iter_mut() {
+                    for tile in row_tiles.iter_mut() {
+                        for x in tile.iter_mut() {
+                            *x *= p.scale_log2;
                         }
                     }
                 }
-            }
-        }
-
-        softmax.update(&mut acc_s, &mut acc_o);
-
-        // O += P V: the S accumulator of n8 tiles 2kn and 2kn+1 is, rounded to 16 bits, exactly the A
-        // fragment of k-step kn (rows g/g+8, keys 2t,2t+1 and 2t+8,2t+9).
-        for kn in 0..KN {
-            let mut a = [[0u32; 4]; MT];
-            for m in 0..MT {
-                let (lo, hi) = (&acc_s[m][2 * kn], &acc_s[m][2 * kn + 1]);
-                a[m] = [E::pack2(lo[0], lo[1]), E::pack2(lo[2], lo[3]), E::pack2(hi[0], hi[1]), E::pack2(hi[2], hi[3])];
-            }
-            let mut nd = 0;
-            while nd < ND {
-                let b = ldmatrix::x4_trans(v_smem + lane_a + (kn * 16 * row_bytes + nd * 16) as u32);
-                for m in 0..MT {
-                    E::mma(&mut acc_o[m][nd], &a[m], &[b[0], b[1]]);
-                    E::mma(&mut acc_o[m][nd + 1], &a[m], &[b[2], b[3]]);
+                if $masked {
+                    mask_block(&mut acc_s, m0 + warp_row0 + g, block * BN as u32, t, seqlen_q, seqlen_k, causal);
                 }
-                nd += 2;
-            }
-        }
+                softmax.update(&mut acc_s, &mut acc_o);
+                accumulate_pv::<E, D, ND, NN, KN, MT>(&mut acc_o, &acc_s, v_smem);
 
-        block += 1;
-        compute_stage = if compute_stage + 1 == STAGES as u32 { 0 } else { compute_stage + 1 };
-        load_stage = if load_stage + 1 == STAGES as u32 { 0 } else { load_stage + 1 };
-        if block < n_blocks {
-            // Block `block` has landed (this thread's copies), then everyone's copies are visible and
-            // every warp is done with the buffer the next iteration refills.
-            wait_all_but::<STAGES>();
-            sync::block();
-        }
+                block += 1;
+                compute_stage = if compute_stage + 1 == STAGES as u32 { 0 } else { compute_stage + 1 };
+                load_stage = if load_stage + 1 == STAGES as u32 { 0 } else { load_stage + 1 };
+                if block < n_blocks {
+                    // Block `block` has landed (this thread's copies), then everyone's copies are
+                    // visible and every warp is done with the buffer the next iteration refills.
+                    wait_all_but::<STAGES>();
+                    sync::block();
+                }
+            }
+        };
     }
+    block_loop!(n_unmasked, false);
+    block_loop!(n_blocks, true);
 
     let (inv, lse) = softmax.finish();
+    let (o_rows, lse_rows, o_stride) = out_rows(opaque::u32(batch), opaque::u32(head));
     let out = OutRows {
         o: o_rows.add(warp_row0 as usize * o_stride),
         o_row_stride: o_stride,
@@ -234,6 +195,105 @@ pub unsafe fn attn_fwd<
         staging: q_warp,
     };
     epilogue::store::<E, D, ND, MT>(&acc_o, &inv, &lse, &out, lane);
+}
+
+/// S = Q Kᵀ for the warp's `16·MT` rows and the `BN` keys of the block in shared memory.
+/// `q_lane`/`k_smem` are this lane's ldmatrix row addresses of row/key 0, column 0.
+#[inline(always)]
+unsafe fn scores<E: MmaElem, const D: usize, const KD: usize, const NN: usize, const MT: usize, const QREG: bool>(
+    q_frag: &[[[u32; 4]; KD]; MT],
+    q_lane: u32,
+    k_smem: u32,
+) -> [[[f32; 4]; NN]; MT] {
+    let row_bytes = smem_row_bytes::<D>();
+    let mut acc_s = [[[0.0f32; 4]; NN]; MT];
+    for kk in 0..KD {
+        let mut a = [[0u32; 4]; MT];
+        for m in 0..MT {
+            a[m] = if QREG { q_frag[m][kk] } else { ldmatrix::x4(q_lane + (m * 16 * row_bytes + kk * 32) as u32) };
+        }
+        let mut nn = 0;
+        while nn < NN {
+            // Keys nn*8.. and nn*8+8.. at once: registers (0,1) and (2,3) are their B fragments.
+            let b = ldmatrix::x4(k_smem + (nn * 8 * row_bytes + kk * 32) as u32);
+            for m in 0..MT {
+                E::mma(&mut acc_s[m][nn], &a[m], &[b[0], b[1]]);
+                E::mma(&mut acc_s[m][nn + 1], &a[m], &[b[2], b[3]]);
+            }
+            nn += 2;
+        }
+    }
+    acc_s
+}
+
+/// O += P V. The S accumulator of n8 tiles 2kn and 2kn+1 is, rounded to 16 bits, exactly the A
+/// fragment of k-step kn (rows g/g+8, keys 2t,2t+1 and 2t+8,2t+9): P never leaves the registers.
+/// `v_smem` is this lane's ldmatrix.trans row address of key 0, column 0.
+#[inline(always)]
+unsafe fn accumulate_pv<
+    E: MmaElem,
+    const D: usize,
+    const ND: usize,
+    const NN: usize,
+    const KN: usize,
+    const MT: usize,
+>(
+    acc_o: &mut [[[f32; 4]; ND]; MT],
+    acc_s: &[[[f32; 4]; NN]; MT],
+    v_smem: u32,
+) {
+    let row_bytes = smem_row_bytes::<D>();
+    for kn in 0..KN {
+        let mut a = [[0u32; 4]; MT];
+        for m in 0..MT {
+            let (lo, hi) = (&acc_s[m][2 * kn], &acc_s[m][2 * kn + 1]);
+            a[m] = [E::pack2(lo[0], lo[1]), E::pack2(lo[2], lo[3]), E::pack2(hi[0], hi[1]), E::pack2(hi[2], hi[3])];
+        }
+        let mut nd = 0;
+        while nd < ND {
+            // Columns nd*8.. and nd*8+8.. of V, transposed into B fragments.
+            let b = ldmatrix::x4_trans(v_smem + (kn * 16 * row_bytes + nd * 16) as u32);
+            for m in 0..MT {
+                E::mma(&mut acc_o[m][nd], &a[m], &[b[0], b[1]]);
+                E::mma(&mut acc_o[m][nd + 1], &a[m], &[b[2], b[3]]);
+            }
+            nd += 2;
+        }
+    }
+}
+
+/// Sets to `-inf` the scores of keys that the thread's rows may not see in the block of keys starting
+/// at `n0`: keys at or past `seqlen_k`, and, when causal, keys past `row + seqlen_k - seqlen_q`.
+/// `row_g` is the thread's first row (row g of the warp's first m16 tile); its other rows are
+/// `row_g + 16m + 8r`, so one limit is computed and the rest are immediates. All arithmetic is i32:
+/// `row - seqlen_q` is in [-2^31, 0) and `seqlen_k - n0` in [1, 2^31) (seqlens are < 2^31).
+#[inline(always)]
+fn mask_block<const NN: usize, const MT: usize>(
+    s: &mut [[[f32; 4]; NN]; MT],
+    row_g: u32,
+    n0: u32,
+    t: u32,
+    seqlen_q: u32,
+    seqlen_k: u32,
+    causal: bool,
+) {
+    let keys_left = (seqlen_k - n0) as i32;
+    // One past the last visible key of row_g, relative to n0; without causality the diagonal is
+    // replaced by keys_left, which the `min` below then keeps (no branch inside the unrolled code).
+    let diagonal = if causal { (row_g as i32 - seqlen_q as i32) + 1 + keys_left } else { keys_left };
+    for m in 0..MT {
+        for r in 0..2 {
+            let limit = keys_left.min(diagonal + (16 * m + 8 * r) as i32);
+            let limit = limit - 2 * t as i32;
+            for (nn, tile) in s[m].iter_mut().enumerate() {
+                for e in 0..2 {
+                    if (nn * 8 + e) as i32 >= limit {
+                        tile[2 * r + e] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `cp.async.wait_group (STAGES - 2)`: with STAGES-1 blocks in flight ahead of the one computed next,

@@ -13,3 +13,4 @@ pub mod mma;
 pub mod shared_f32;
 pub mod smem;
 pub mod sync;
+pub mod opaque;
