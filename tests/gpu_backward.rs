@@ -23,9 +23,10 @@ use ironflash::{cpu, Arg, AttnOptions, DType, Device, Element, Error, HostTensor
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 
-/// ‖got − want‖₂ / max(‖want‖₂, 1e-4·√n): relative L2, with a floor for gradients that cancel to ~0
-/// in exact arithmetic (e.g. dQ with a single key, where dP = delta exactly and the kernel's result is
-/// rounding noise around 0). Inputs are uniform in [-1, 1), so real gradients are far above the floor.
+/// ‖got − want‖₂ / max(‖want‖₂, 1e-3·√n): relative L2, with a floor (an RMS of 1e-3) for gradients
+/// that cancel to ~0 in exact arithmetic (e.g. dQ with a single key, where dP = delta exactly and the
+/// kernel's result is f32 rounding noise, ~1e-7, around 0). Inputs are uniform in [-1, 1), so real
+/// gradients are well above the floor (RMS ~1e-2..1e-1 at these lengths).
 /// NaN anywhere gives NaN, which fails every bound.
 fn grad_error(got: &[f64], want: &[f64]) -> f64 {
     if got.iter().any(|x| x.is_nan()) {
@@ -33,7 +34,7 @@ fn grad_error(got: &[f64], want: &[f64]) -> f64 {
     }
     let num: f64 = got.iter().zip(want).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
     let den: f64 = want.iter().map(|y| y * y).sum::<f64>().sqrt();
-    num / den.max(1e-4 * (want.len() as f64).sqrt())
+    num / den.max(1e-3 * (want.len() as f64).sqrt())
 }
 
 /// Relative L2 bound of every gradient, per dtype (see the module docs).
@@ -341,4 +342,23 @@ fn backward_rejects_bad_inputs() {
     let mut wrong = GpuGradients { dq: t([1, 16, 2, 64]), dk: t([1, 24, 2, 64]), dv: t([1, 24, 1, 64]) };
     let e = gpu::flash_backward_into(dev, &q, &k, &v, &o, &lse, &d_o, &mut wrong, &opts).unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { arg: Arg::DK, .. }), "{e}");
+}
+
+/// A small sample for `compute-sanitizer` (memcheck, racecheck): tails on both sides, causal with
+/// fully masked rows, GQA, strides, every kernel shape class, fast and deterministic modes.
+#[test]
+fn sanitizer_sample() {
+    for (i, c) in [
+        case(1, 70, 45, 1, 2, 64, true),
+        Case { strided: true, deterministic: true, ..case(1, 33, 130, 2, 1, 128, false) },
+        case(1, 40, 70, 1, 1, 256, true),
+        Case { deterministic: true, ..case(1, 90, 90, 1, 2, 32, true) },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check_case::<bf16>(c, 400 + i as u64).unwrap();
+    }
+    check_case::<f16>(case(1, 50, 66, 1, 1, 192, false), 410).unwrap();
+    check_case::<f16>(case(1, 17, 100, 1, 1, 96, true), 411).unwrap();
 }

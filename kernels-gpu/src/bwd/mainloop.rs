@@ -190,7 +190,7 @@ pub unsafe fn attn_bwd<
     };
     let h_first = hkv as u32 * p.group;
     if total > 0 {
-        src.load::<BM, D>(h_first, m_first, q_s0, do_s0, lse_s0, dl_s0, tid, threads);
+        src.load::<BM, D>(h_first, m_end - 1, q_s0, do_s0, lse_s0, dl_s0, tid, threads);
     }
     cp_async::commit();
 
@@ -223,7 +223,7 @@ pub unsafe fn attn_bwd<
     let mut it = 0u32;
     while it < total {
         let h = h_first + it / per_head;
-        let m = m_first + it % per_head;
+        let m = m_end - 1 - it % per_head;
         let m0 = m * BM as u32;
         let stage = if QS == 2 { it % 2 } else { 0 };
         let (q_s, do_s) = (q_s0 + stage * stage_b, do_s0 + stage * stage_b);
@@ -233,7 +233,7 @@ pub unsafe fn attn_bwd<
         sync::block();
         if QS == 2 {
             if it + 1 < total {
-                let (hn, mn) = (h_first + (it + 1) / per_head, m_first + (it + 1) % per_head);
+                let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
                 let sn = 1 - stage;
                 src.load::<BM, D>(
                     hn,
@@ -367,7 +367,10 @@ pub unsafe fn attn_bwd<
         // Deterministic mode: the key blocks of one (batch, head, query block) add their dQ parts in
         // key-block order. Every key block below this one visits this query block too (visibility is a
         // prefix of the keys), so this CTA's turn comes when the counter reaches `nb`. Lower key blocks
-        // have lower block indices and are dispatched first, so the wait always ends.
+        // have lower block indices and are dispatched first, so the wait always ends. Every CTA walks
+        // the query blocks from the last one down, the one all key blocks share (causal or not), so the
+        // CTAs of a head move in step, each one turn behind the previous, instead of the later key
+        // blocks of a causal head waiting for key block 0 to reach their first query block.
         let sem = (p.dq_semaphore as *mut u32).add((b * p.heads_q as usize + h as usize) * m_blocks + m as usize);
         if deterministic {
             if tid == 0 {
@@ -398,7 +401,7 @@ pub unsafe fn attn_bwd<
         if QS == 1 {
             sync::block();
             if it + 1 < total {
-                let (hn, mn) = (h_first + (it + 1) / per_head, m_first + (it + 1) % per_head);
+                let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
                 src.load::<BM, D>(hn, mn, q_s0, do_s0, lse_s0, dl_s0, tid, threads);
             }
             cp_async::commit();
