@@ -49,7 +49,7 @@ def record(name, case, status, note=""):
     rec = {"impl": "torch-" + name}
     rec.update({k: case[k] for k in ("grid", "pass", "b", "h", "h_kv", "n_q", "n_k", "d", "causal", "dtype")})
     rec.update(
-        status=status, ms=None, ms_min=None, ms_max=None, reps=0, tflops=None, peak_frac=None,
+        status=status, ms=None, ms_min=None, ms_max=None, reps=0, tflops=None, peak_frac=None, gb_s=None,
         extra_mem_bytes=None, mem_method="torch_peak", note=note,
     )
     return rec

@@ -151,6 +151,13 @@ impl Case {
         elems * self.dtype.dtype().size_bytes()
     }
 
+    /// The fewest bytes a forward call must move through device memory: q, k and v read once, O and the
+    /// f32 LSE written once. Decode is bound by this, not by FLOPs, so the table shows bytes/time too.
+    pub fn forward_min_bytes(&self) -> usize {
+        let o = self.b * self.n_q * self.h * self.d * self.dtype.dtype().size_bytes();
+        self.input_bytes() + o + 4 * self.b * self.h * self.n_q
+    }
+
     /// "N" as a short label: `4096`, or `16/65536` when the lengths differ.
     pub fn n_label(&self) -> String {
         if self.n_q == self.n_k {
@@ -214,6 +221,10 @@ pub struct Record {
     pub tflops: Option<f64>,
     /// `tflops` over the device's measured bf16 matmul peak (filled in by the suite for every row).
     pub peak_frac: Option<f64>,
+    /// Forward's minimum bytes (`Case::forward_min_bytes`) over the median time, in GB/s (filled in by
+    /// the suite for every forward row).
+    #[serde(default)]
+    pub gb_s: Option<f64>,
     pub extra_mem_bytes: Option<u64>,
     pub mem_method: MemMethod,
     /// Why a case failed or was skipped, or a remark on how it was timed.
@@ -243,6 +254,7 @@ impl Record {
             reps: 0,
             tflops: None,
             peak_frac: None,
+            gb_s: None,
             extra_mem_bytes: None,
             mem_method: MemMethod::None,
             note: String::new(),
@@ -280,10 +292,15 @@ impl Record {
         self.tflops = Some(self.case().flops() / (s.median * 1e-3) / 1e12);
     }
 
-    /// Set `peak_frac` from the measured peak (TFLOP/s); CPU rows keep none, a GPU peak means nothing there.
-    pub fn set_peak(&mut self, peak_tflops: Option<f64>) {
+    /// Set the columns derived from the time: `peak_frac` from the measured peak (TFLOP/s; CPU rows keep
+    /// none, a GPU peak means nothing there) and `gb_s` (forward rows).
+    pub fn set_derived(&mut self, peak_tflops: Option<f64>) {
         self.peak_frac = match (self.tflops, peak_tflops) {
             (Some(t), Some(p)) if p > 0.0 && self.mem_method != MemMethod::None => Some(t / p),
+            _ => None,
+        };
+        self.gb_s = match (self.ms, self.pass) {
+            (Some(ms), Pass::Fwd) if ms > 0.0 => Some(self.case().forward_min_bytes() as f64 / (ms * 1e-3) / 1e9),
             _ => None,
         };
     }
@@ -314,8 +331,10 @@ mod tests {
         let want = c.flops() / 2e-3 / 1e12;
         assert!((r.tflops.unwrap() - want).abs() < 1e-12);
         r.mem_method = MemMethod::PoolHighWater;
-        r.set_peak(Some(want * 4.0));
+        r.set_derived(Some(want * 4.0));
         assert!((r.peak_frac.unwrap() - 0.25).abs() < 1e-12);
+        let bytes = (1024 * 64 * 2 * 4 + 1024 * 4) as f64;
+        assert!((r.gb_s.unwrap() - bytes / 2e-3 / 1e9).abs() < 1e-9);
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub fn throughput_chart(records: &[&Record], title: &str, path: &Path) -> Result
     register_font();
     let lines = series(records, |r| r.tflops);
     let (x0, x1) = x_range(records);
-    let y_max = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).fold(1.0, f64::max) * 1.15;
+    let y_max = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).fold(1.0, f64::max) * 1.4; // headroom for the legend
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)

@@ -56,10 +56,12 @@ pub fn sorted(records: &[Record]) -> Vec<Record> {
     v
 }
 
-/// Bytes as MiB below 1 GiB, GiB above.
+/// Bytes as KiB below 1 MiB, MiB below 1 GiB, GiB above.
 pub fn format_bytes(bytes: u64) -> String {
     let mib = bytes as f64 / (1u64 << 20) as f64;
-    if mib < 1024.0 {
+    if bytes < 1 << 20 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else if mib < 1024.0 {
         format!("{mib:.1} MiB")
     } else {
         format!("{:.2} GiB", mib / 1024.0)
@@ -95,8 +97,8 @@ fn one_line(s: &str) -> String {
     }
 }
 
-const HEADER: &str = "| impl | pass | B | H | N | D | causal | dtype | ms (median) | min..max | TFLOP/s | % peak | extra mem | status |\n\
-                      |---|---|--:|--:|--:|--:|---|---|--:|--:|--:|--:|--:|---|\n";
+const HEADER: &str = "| impl | pass | B | H | N | D | causal | dtype | ms (median) | min..max | TFLOP/s | % peak | GB/s | extra mem | status |\n\
+                      |---|---|--:|--:|--:|--:|---|---|--:|--:|--:|--:|--:|--:|---|\n";
 
 fn row(r: &Record) -> String {
     let dash = || "–".to_string();
@@ -109,9 +111,10 @@ fn row(r: &Record) -> String {
     };
     let tflops = r.tflops.map(|t| format!("{t:.1}")).unwrap_or_else(dash);
     let frac = r.peak_frac.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or_else(dash);
+    let gbs = r.gb_s.map(|g| format!("{g:.0}")).unwrap_or_else(dash);
     let mem = r.extra_mem_bytes.map(format_bytes).unwrap_or_else(dash);
     format!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
         r.impl_name,
         r.pass.name(),
         r.b,
@@ -124,6 +127,7 @@ fn row(r: &Record) -> String {
         range,
         tflops,
         frac,
+        gbs,
         mem,
         status_cell(r)
     )
@@ -163,7 +167,7 @@ mod tests {
         fused.set_timing(&[10.0, 12.0, 11.0]);
         fused.extra_mem_bytes = Some(3 << 20);
         fused.mem_method = MemMethod::PoolHighWater;
-        fused.set_peak(Some(800.0));
+        fused.set_derived(Some(800.0));
         let oom = Record::new("ironflash-standard", &c, Status::Oom).with_note("out of memory | at 64K");
         let small = Case::fwd(GridName::Paper, 32, 16, 512, 128, false, DTypeName::Bf16);
         let mut peer = Record::new("torch-flash", &small, Status::Ok);
@@ -200,9 +204,9 @@ mod tests {
         assert!(fused.unwrap() < standard, "fused sorts before standard:\n{md}");
         assert!(md.contains("**OOM**"));
         assert!(md.contains("| 3.0 MiB |") && md.contains("| 5.00 GiB |"));
-        // Every table row has the header's 14 columns; a '|' inside a note is escaped.
+        // Every table row has the header's 15 columns; a '|' inside a note is escaped.
         for line in md.lines().filter(|l| l.starts_with("| ")) {
-            assert_eq!(line.matches('|').count(), 15, "{line}");
+            assert_eq!(line.matches('|').count(), 16, "{line}");
         }
         let tflops = 4.0 * 16.0 * 65536f64.powi(2) * 128.0 / 2.0 / 11e-3 / 1e12;
         assert!(md.contains(&format!("| {tflops:.1} | {:.1}% |", 100.0 * tflops / 800.0)));
@@ -213,6 +217,7 @@ mod tests {
         let md = markdown_for_head_dim(&sample(), 64);
         assert!(md.is_empty());
         assert_eq!(format_bytes(512 << 20), "512.0 MiB");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
         assert_eq!(format_bytes(3 << 30), "3.00 GiB");
     }
 }

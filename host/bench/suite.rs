@@ -278,7 +278,7 @@ pub fn run_suite(args: &BenchArgs, dev: Option<&Device>) -> Result<SuiteReport, 
         all = peers::merge(all, extra, &cases);
     }
     for r in &mut all {
-        r.set_peak(peak);
+        r.set_derived(peak);
     }
     let all = report::sorted(&all);
     header.push(format!("elapsed: {:.0} s", started.elapsed().as_secs_f64()));
