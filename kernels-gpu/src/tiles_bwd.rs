@@ -14,9 +14,12 @@
 //!
 //! Shared memory: K and V (`block_n` rows), `q_stages` buffers of Q and dO (`block_m` rows), every row
 //! padded by 16 bytes as in the forward; Pᵀ and dSᵀ (`block_n` rows of `block_m + 8` elements); LSE and
-//! delta (`q_stages · block_m` f32 each).
+//! delta (`q_stages · block_m` f32 each); 96 bytes of per-CTA constants.
 
 use crate::tiles::SMEM_RESERVED_PER_CTA;
+
+/// Bytes of shared memory holding a CTA's loop-invariant addresses and strides (10 u64, padded).
+pub const BWD_CONSTS_BYTES: usize = 96;
 
 /// One compiled backward-kernel variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,8 +75,9 @@ impl BwdTile {
     pub const fn p_row(&self) -> usize {
         self.block_m + 8
     }
-    /// Byte offsets of the shared-memory regions: `[k, v, q, d_o, p, ds, lse, delta, end]`.
-    pub const fn smem_layout(&self, elem_bytes: usize) -> [usize; 9] {
+    /// Byte offsets of the shared-memory regions: `[k, v, q, d_o, p, ds, lse, delta, consts, end]`
+    /// (`consts`: the CTA's loop-invariant addresses and strides, `BWD_CONSTS_BYTES`).
+    pub const fn smem_layout(&self, elem_bytes: usize) -> [usize; 10] {
         let kv = self.block_n * self.smem_row() * elem_bytes;
         let q = self.q_stages * self.block_m * self.smem_row() * elem_bytes;
         let p = self.block_n * self.p_row() * elem_bytes;
@@ -86,11 +90,12 @@ impl BwdTile {
         let ds = pp + p;
         let lse = ds + p;
         let delta = lse + f;
-        [k, v, qo, d_o, pp, ds, lse, delta, delta + f]
+        let consts = delta + f;
+        [k, v, qo, d_o, pp, ds, lse, delta, consts, consts + BWD_CONSTS_BYTES]
     }
     /// Dynamic shared memory of one CTA, in bytes.
     pub const fn smem_bytes(&self, elem_bytes: usize) -> usize {
-        self.smem_layout(elem_bytes)[8]
+        self.smem_layout(elem_bytes)[9]
     }
     /// Query blocks of a sequence of `seqlen_q` rows.
     pub const fn m_blocks(&self, seqlen_q: usize) -> usize {
@@ -151,24 +156,30 @@ macro_rules! tile {
 }
 
 // Per head dim the first row that fits the device is taken (`choose_bwd`). Registers: the dK and dV
-// accumulators (`2·block_n·head_dim/threads` f32) live through the whole query loop; phase 1 adds
-// `2·block_n·block_m/threads` (S and dP), phase 3 `block_m·head_dim/threads` (not live together).
+// accumulators (`2·block_n·head_dim/threads` f32) live through the whole query loop; phase 1 adds S
+// (`block_n·block_m/threads` f32), then P packed in half as many registers and dP; phase 3 adds
+// `block_m·head_dim/threads`. Everything loop-invariant is kept out of registers (see `bwd/mainloop.rs`).
 
 /// 77 KiB; dK+dV 32 f32/thread.
 pub const BWD_HD32: BwdTile = tile!(32, 64, 128, 8, 2, 4, 8, 4);
-/// 109 KiB (2 CTAs per H100 SM); dK+dV 64.
+/// 109 KiB (2 CTAs per H100 SM by smem); dK+dV 64.
 pub const BWD_HD64: BwdTile = tile!(64, 64, 128, 8, 2, 4, 4, 4);
 /// 141 KiB; dK+dV 96.
 pub const BWD_HD96: BwdTile = tile!(96, 64, 128, 8, 2, 4, 4, 4);
-/// 137 KiB; dK+dV 128: registers bind (one 8-warp CTA per SM), so 32-row query blocks keep S/dP at 32.
-pub const BWD_HD128: BwdTile = tile!(128, 32, 128, 8, 2, 8, 4, 2);
-/// 120 KiB; 64 keys per CTA keep dK+dV at 96, 32-row query blocks keep S/dP at 16 and dQ at 24.
-pub const BWD_HD192: BwdTile = tile!(192, 32, 64, 8, 2, 4, 4, 2);
+/// 173 KiB; dK+dV 128 + S 32 + dP 32: registers bind (one 8-warp CTA per SM).
+pub const BWD_HD128: BwdTile = tile!(128, 64, 128, 8, 2, 4, 4, 4);
+/// 137 KiB: A100 (163 KiB per block) fallback with 32-row query blocks.
+pub const BWD_HD128_M32: BwdTile = tile!(128, 32, 128, 8, 2, 8, 4, 2);
+/// 169 KiB; 64 keys per CTA keep dK+dV at 96.
+pub const BWD_HD192: BwdTile = tile!(192, 64, 64, 8, 2, 4, 4, 4);
+/// 111 KiB: A100 fallback with 32-row query blocks.
+pub const BWD_HD192_M32: BwdTile = tile!(192, 32, 64, 8, 2, 4, 4, 2);
 /// 151 KiB; dK+dV 128, 32-row query blocks keep phase 3 (dQ) at 32 f32/thread.
 pub const BWD_HD256: BwdTile = tile!(256, 32, 64, 8, 2, 4, 4, 2);
 
 /// Every compiled variant, in order of preference within a head dim.
-pub const BWD_TILES: &[BwdTile] = &[BWD_HD32, BWD_HD64, BWD_HD96, BWD_HD128, BWD_HD192, BWD_HD256];
+pub const BWD_TILES: &[BwdTile] =
+    &[BWD_HD32, BWD_HD64, BWD_HD96, BWD_HD128, BWD_HD128_M32, BWD_HD192, BWD_HD192_M32, BWD_HD256];
 
 /// The backward tile for a problem on a device: the first compiled row for `head_dim` whose shared
 /// memory fits one block's opt-in limit and one SM. `None` when none fits.
@@ -211,9 +222,13 @@ mod tests {
         for d in [32, 64, 96, 128, 192, 256] {
             let h = choose_bwd(d, 2, H100.0, H100.1).unwrap();
             assert_eq!(h.q_stages, 2, "d={d}");
+            assert!(h.smem_bytes(2) <= H100.0, "d={d}");
             let a = choose_bwd(d, 2, A100.0, A100.1).unwrap();
             assert!(a.smem_bytes(2) <= A100.0, "d={d}");
         }
+        assert_eq!(choose_bwd(128, 2, H100.0, H100.1), Some(&BWD_HD128));
+        assert_eq!(choose_bwd(128, 2, A100.0, A100.1), Some(&BWD_HD128_M32));
+        assert_eq!(choose_bwd(192, 2, A100.0, A100.1), Some(&BWD_HD192_M32));
         assert_eq!(choose_bwd(80, 2, H100.0, H100.1), None);
         assert_eq!(choose_bwd(128, 4, H100.0, H100.1), None);
         assert_eq!(choose_bwd(128, 2, 48 * KIB, 48 * KIB), None);
@@ -223,7 +238,7 @@ mod tests {
     fn smem_arithmetic() {
         let l = BWD_HD128.smem_layout(2);
         assert_eq!(l[1], 128 * 136 * 2);
-        assert_eq!(l[8], 2 * 128 * 136 * 2 + 2 * 2 * 32 * 136 * 2 + 2 * 128 * 40 * 2 + 2 * 2 * 32 * 4);
+        assert_eq!(l[9], 2 * 128 * 136 * 2 + 2 * 2 * 64 * 136 * 2 + 2 * 128 * 72 * 2 + 2 * 2 * 64 * 4 + 96);
         for t in BWD_TILES {
             for off in t.smem_layout(2) {
                 assert_eq!(off % 16, 0, "{t:?}");

@@ -60,8 +60,10 @@ bwd_kernels! {
     tiles_bwd::BWD_HD32 => attn_bwd_hd32_m64n128s2_bf16, attn_bwd_hd32_m64n128s2_f16;
     tiles_bwd::BWD_HD64 => attn_bwd_hd64_m64n128s2_bf16, attn_bwd_hd64_m64n128s2_f16;
     tiles_bwd::BWD_HD96 => attn_bwd_hd96_m64n128s2_bf16, attn_bwd_hd96_m64n128s2_f16;
-    tiles_bwd::BWD_HD128 => attn_bwd_hd128_m32n128s2_bf16, attn_bwd_hd128_m32n128s2_f16;
-    tiles_bwd::BWD_HD192 => attn_bwd_hd192_m32n64s2_bf16, attn_bwd_hd192_m32n64s2_f16;
+    tiles_bwd::BWD_HD128 => attn_bwd_hd128_m64n128s2_bf16, attn_bwd_hd128_m64n128s2_f16;
+    tiles_bwd::BWD_HD128_M32 => attn_bwd_hd128_m32n128s2_bf16, attn_bwd_hd128_m32n128s2_f16;
+    tiles_bwd::BWD_HD192 => attn_bwd_hd192_m64n64s2_bf16, attn_bwd_hd192_m64n64s2_f16;
+    tiles_bwd::BWD_HD192_M32 => attn_bwd_hd192_m32n64s2_bf16, attn_bwd_hd192_m32n64s2_f16;
     tiles_bwd::BWD_HD256 => attn_bwd_hd256_m32n64s2_bf16, attn_bwd_hd256_m32n64s2_f16;
 }
 

@@ -20,6 +20,8 @@ use crate::abi::BwdParams;
 use crate::attn::bwd_range::{bwd_needs_mask, bwd_query_blocks};
 use crate::ptx::math::exp2;
 use crate::ptx::mma::MmaElem;
+use crate::ptx::opaque::u32 as opaque;
+use crate::ptx::shfl_idx::shfl_idx_f32;
 use crate::ptx::{atomic, cp_async, ldmatrix, shared_f32, smem, sreg, sync};
 
 /// Issues the cp.async copies of a `ROWS x D` tile into shared rows of `D + 8` elements; rows at or past
@@ -48,65 +50,59 @@ unsafe fn load_rows<const ROWS: usize, const D: usize>(
     }
 }
 
-/// Where the query blocks of one CTA come from (global bases and sizes that do not change per step).
-struct QuerySource {
-    q: *const u16,
-    d_o: *const u16,
-    lse: *const f32,
-    delta: *const f32,
-    q_strides: [usize; 3],
-    d_o_strides: [usize; 3],
-    batch: usize,
-    heads_q: usize,
-    seqlen_q: u32,
-}
+/// The CTA's loop-invariant global addresses and strides live in shared memory (10 u64 at `consts`),
+/// written once by thread 0 and read where used, so that they hold no registers through the query loop
+/// (registers bind the backward). Slots: q, q row stride, q head stride, dO, dO row stride, dO head
+/// stride, LSE, delta (these four at batch b, head 0), dQ accumulator (batch b, head 0), turn counters
+/// (batch b, head 0).
+const C_Q: u32 = 0;
+const C_DO: u32 = 24;
+const C_LSE: u32 = 48;
+const C_ACC: u32 = 64;
 
-impl QuerySource {
-    /// Issues the copies of query block `m` of query head `h` into one stage.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn load<const BM: usize, const D: usize>(
-        &self,
-        h: u32,
-        m: u32,
-        q_dst: u32,
-        d_o_dst: u32,
-        lse_dst: u32,
-        delta_dst: u32,
-        tid: u32,
-        threads: usize,
-    ) {
-        let m0 = m * BM as u32;
-        let rows = (self.seqlen_q - m0).min(BM as u32);
-        let (b, h, m0u) = (self.batch, h as usize, m0 as usize);
-        let qs = self.q_strides;
-        let q = self.q.add(b * qs[0] + m0u * qs[1] + h * qs[2]);
-        load_rows::<BM, D>(q_dst, q, qs[1], rows, tid, threads);
-        let os = self.d_o_strides;
-        let d_o = self.d_o.add(b * os[0] + m0u * os[1] + h * os[2]);
-        load_rows::<BM, D>(d_o_dst, d_o, os[1], rows, tid, threads);
-        if (tid as usize) < BM {
-            let valid = tid < rows;
-            let row = (b * self.heads_q + h) * self.seqlen_q as usize + m0u + tid as usize;
-            let (lse, delta) = if valid { (self.lse.add(row), self.delta.add(row)) } else { (self.lse, self.delta) };
-            shared_f32::copy4_or_zero(lse_dst + tid * 4, lse, valid);
-            shared_f32::copy4_or_zero(delta_dst + tid * 4, delta, valid);
-        }
-    }
-}
-
-/// The value of `x`, through a `mov` the compiler may neither hoist nor merge. Shared-memory addresses
-/// are `base + lane part + constant`; laundering `base + lane part` once per phase inside the loop stops
-/// LLVM from hoisting one register per constant out of the loop (hundreds of live registers), and
-/// ptxas folds each constant into the `ldmatrix`/`st.shared` immediate offset.
 #[inline(always)]
-fn opaque(x: u32) -> u32 {
-    let out: u32;
-    // SAFETY: a register move; deliberately not `pure`.
-    unsafe {
-        core::arch::asm!("mov.b32 {0}, {1};", out(reg32) out, in(reg32) x, options(nomem, nostack, preserves_flags))
-    };
-    out
+unsafe fn consts_pair(addr: u32) -> (u64, u64) {
+    let v = smem::load_v4(addr);
+    ((v[0] as u64) | ((v[1] as u64) << 32), (v[2] as u64) | ((v[3] as u64) << 32))
+}
+
+#[inline(always)]
+unsafe fn consts_store(consts: u32, slot: u32, value: u64) {
+    smem::store_u32(consts + 8 * slot, value as u32);
+    smem::store_u32(consts + 8 * slot + 4, (value >> 32) as u32);
+}
+
+/// Issues the copies of query block `m` of query head `h` (Q, dO, LSE, delta) into one stage.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn load_query_block<const BM: usize, const D: usize>(
+    consts: u32,
+    h: u32,
+    m: u32,
+    seqlen_q: u32,
+    dst: [u32; 4],
+    tid: u32,
+    threads: usize,
+) {
+    let m0 = m * BM as u32;
+    let rows = (seqlen_q - m0).min(BM as u32);
+    let (h, m0u) = (h as usize, m0 as usize);
+    let (q, qs1) = consts_pair(consts + C_Q);
+    let (qs2, d_o) = consts_pair(consts + C_Q + 16);
+    let (dos1, dos2) = consts_pair(consts + C_DO + 8);
+    let q = (q as *const u16).add(m0u * qs1 as usize + h * qs2 as usize);
+    load_rows::<BM, D>(dst[0], q, qs1 as usize, rows, tid, threads);
+    let d_o = (d_o as *const u16).add(m0u * dos1 as usize + h * dos2 as usize);
+    load_rows::<BM, D>(dst[1], d_o, dos1 as usize, rows, tid, threads);
+    if (tid as usize) < BM {
+        let (lse, delta) = consts_pair(consts + C_LSE);
+        let (lse, delta) = (lse as *const f32, delta as *const f32);
+        let valid = tid < rows;
+        let row = h * seqlen_q as usize + m0u + tid as usize;
+        let (lse, delta) = if valid { (lse.add(row), delta.add(row)) } else { (lse, delta) };
+        shared_f32::copy4_or_zero(dst[2] + tid * 4, lse, valid);
+        shared_f32::copy4_or_zero(dst[3] + tid * 4, delta, valid);
+    }
 }
 
 #[inline(always)]
@@ -141,10 +137,6 @@ pub unsafe fn attn_bwd<
 ) {
     let threads = W * 32;
     let tid = sreg::thread_x();
-    let lane = sreg::lane();
-    let warp = (tid / 32) as usize;
-    let (g, t) = ((lane / 4) as usize, (lane % 4) as usize);
-    let lane = lane as usize;
     let (nb, hkv, b) = (sreg::block_x(), sreg::block_y() as usize, sreg::block_z() as usize);
     let (sq, sk) = (p.seqlen_q, p.seqlen_k);
     let causal = p.causal != 0;
@@ -152,21 +144,22 @@ pub unsafe fn attn_bwd<
     let (m_first, m_end) = bwd_query_blocks(n0, sq, sk, causal, BM as u32);
     let per_head = m_end - m_first;
     let total = per_head * p.group;
-    let m_blocks = m_end as usize;
+    let h_first = hkv as u32 * p.group;
 
     // Shared memory (tiles_bwd::BwdTile::smem_layout).
     let row_b = ((D + 8) * 2) as u32;
     let prow_b = ((BM + 8) * 2) as u32;
-    let k_s = smem::base();
-    let v_s = k_s + BN as u32 * row_b;
-    let q_s0 = v_s + BN as u32 * row_b;
-    let do_s0 = q_s0 + (QS * BM) as u32 * row_b;
-    let p_s = do_s0 + (QS * BM) as u32 * row_b;
-    let ds_s = p_s + BN as u32 * prow_b;
-    let lse_s0 = ds_s + BN as u32 * prow_b;
-    let dl_s0 = lse_s0 + (QS * BM * 4) as u32;
     let stage_b = BM as u32 * row_b;
     let stage_f = (BM * 4) as u32;
+    let off_v = BN as u32 * row_b;
+    let off_q = 2 * off_v;
+    let off_do = off_q + QS as u32 * stage_b;
+    let off_p = off_do + QS as u32 * stage_b;
+    let off_ds = off_p + BN as u32 * prow_b;
+    let off_lse = off_ds + BN as u32 * prow_b;
+    let off_dl = off_lse + QS as u32 * stage_f;
+    let off_consts = off_dl + QS as u32 * stage_f;
+    let base = smem::base();
 
     // K and V of this CTA's keys.
     let kv_rows = (sk - n0).min(BN as u32);
@@ -174,60 +167,74 @@ pub unsafe fn attn_bwd<
     let n0u = n0 as usize;
     let k_g = (p.k as *const u16).add(b * ks[0] + n0u * ks[1] + hkv * ks[2]);
     let v_g = (p.v as *const u16).add(b * vs[0] + n0u * vs[1] + hkv * vs[2]);
-    load_rows::<BN, D>(k_s, k_g, ks[1], kv_rows, tid, threads);
-    load_rows::<BN, D>(v_s, v_g, vs[1], kv_rows, tid, threads);
+    load_rows::<BN, D>(base, k_g, ks[1], kv_rows, tid, threads);
+    load_rows::<BN, D>(base + off_v, v_g, vs[1], kv_rows, tid, threads);
 
-    let src = QuerySource {
-        q: p.q as *const u16,
-        d_o: p.d_o as *const u16,
-        lse: p.lse as *const f32,
-        delta: p.delta as *const f32,
-        q_strides: strides(p.q_strides),
-        d_o_strides: strides(p.d_o_strides),
-        batch: b,
-        heads_q: p.heads_q as usize,
-        seqlen_q: sq,
-    };
-    let h_first = hkv as u32 * p.group;
+    // The per-CTA constants (see `C_Q`); visible to every thread after the first barrier of the loop.
+    let consts = base + off_consts;
+    let rows_b = (b * p.heads_q as usize * sq as usize) as u64;
+    if tid == 0 {
+        let (qs, os) = (p.q_strides, p.d_o_strides);
+        let m_blocks = m_end as u64;
+        consts_store(consts, 0, p.q + 2 * b as u64 * qs[0]);
+        consts_store(consts, 1, qs[1]);
+        consts_store(consts, 2, qs[2]);
+        consts_store(consts, 3, p.d_o + 2 * b as u64 * os[0]);
+        consts_store(consts, 4, os[1]);
+        consts_store(consts, 5, os[2]);
+        consts_store(consts, 6, p.lse + 4 * rows_b);
+        consts_store(consts, 7, p.delta + 4 * rows_b);
+        consts_store(consts, 8, p.dq_accum + 4 * rows_b * D as u64);
+        consts_store(consts, 9, p.dq_semaphore + 4 * b as u64 * p.heads_q as u64 * m_blocks);
+    }
     if total > 0 {
-        src.load::<BM, D>(h_first, m_end - 1, q_s0, do_s0, lse_s0, dl_s0, tid, threads);
+        // The first block's copies read the values themselves (the constants are not visible yet).
+        let m = m_end - 1;
+        let m0 = (m * BM as u32) as usize;
+        let rows = (sq - m * BM as u32).min(BM as u32);
+        let (qs, os) = (strides(p.q_strides), strides(p.d_o_strides));
+        let h = h_first as usize;
+        let q = (p.q as *const u16).add(b * qs[0] + m0 * qs[1] + h * qs[2]);
+        load_rows::<BM, D>(base + off_q, q, qs[1], rows, tid, threads);
+        let d_o = (p.d_o as *const u16).add(b * os[0] + m0 * os[1] + h * os[2]);
+        load_rows::<BM, D>(base + off_do, d_o, os[1], rows, tid, threads);
+        if (tid as usize) < BM {
+            let valid = tid < rows;
+            let row = rows_b as usize + h * sq as usize + m0 + tid as usize;
+            let (lse, delta) = (p.lse as *const f32, p.delta as *const f32);
+            let (lse, delta) = if valid { (lse.add(row), delta.add(row)) } else { (lse, delta) };
+            shared_f32::copy4_or_zero(base + off_lse + tid * 4, lse, valid);
+            shared_f32::copy4_or_zero(base + off_dl + tid * 4, delta, valid);
+        }
     }
     cp_async::commit();
 
     let mut dk = [[[0f32; 4]; ND2]; MT2];
     let mut dv = [[[0f32; 4]; ND2]; MT2];
-    let scale_log2 = p.scale_log2;
-
-    // Warp grids of the three phases.
-    let (key1, qry1) = ((warp % WN1) * MT1 * 16, (warp / WN1) * NT1 * 8);
-    let (key2, col2) = ((warp % WN2) * MT2 * 16, (warp / WN2) * ND2 * 8);
-    let (qry3, col3) = ((warp % WM3) * MT3 * 16, (warp / WM3) * ND3 * 8);
-
-    // The first query that sees each of this thread's phase-1 key rows (i32::MAX past the last key):
-    // query i sees key j iff i >= first_query[j] (and i < seqlen_q). Sequence lengths are below 2^31
-    // (host-checked), so key + seqlen_q - seqlen_k fits an i32.
-    let mut first_query = [[0i32; 2]; MT1];
-    for (mt, rows) in first_query.iter_mut().enumerate() {
-        for (rr, fq) in rows.iter_mut().enumerate() {
-            let key = (n0 as usize + key1 + mt * 16 + g + 8 * rr) as i32;
-            *fq = if key >= sk as i32 {
-                i32::MAX
-            } else if causal {
-                key + sq as i32 - sk as i32
-            } else {
-                0
-            };
-        }
-    }
 
     let mut it = 0u32;
     while it < total {
+        // Everything below is recomputed from opaque copies of the thread index and the shared-memory
+        // base each step, so that no lane- or region-dependent address stays live in a register
+        // through the loop (see `ptx::opaque`).
+        let tid = opaque(tid);
+        let base = opaque(base);
+        let lane = (tid % 32) as usize;
+        let warp = (tid / 32) as usize;
+        let (g, t) = (lane / 4, lane % 4);
+        let (k_s, v_s, p_s, ds_s) = (base, base + off_v, base + off_p, base + off_ds);
+        let consts = base + off_consts;
+        // Warp grids of the three phases.
+        let (key1, qry1) = ((warp % WN1) * MT1 * 16, (warp / WN1) * NT1 * 8);
+        let (key2, col2) = ((warp % WN2) * MT2 * 16, (warp / WN2) * ND2 * 8);
+        let (qry3, col3) = ((warp % WM3) * MT3 * 16, (warp / WM3) * ND3 * 8);
+
         let h = h_first + it / per_head;
         let m = m_end - 1 - it % per_head;
         let m0 = m * BM as u32;
         let stage = if QS == 2 { it % 2 } else { 0 };
-        let (q_s, do_s) = (q_s0 + stage * stage_b, do_s0 + stage * stage_b);
-        let (lse_s, dl_s) = (lse_s0 + stage * stage_f, dl_s0 + stage * stage_f);
+        let (q_s, do_s) = (base + off_q + stage * stage_b, base + off_do + stage * stage_b);
+        let (lse_s, dl_s) = (base + off_lse + stage * stage_f, base + off_dl + stage * stage_f);
 
         cp_async::wait::<0>();
         sync::block();
@@ -235,83 +242,117 @@ pub unsafe fn attn_bwd<
             if it + 1 < total {
                 let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
                 let sn = 1 - stage;
-                src.load::<BM, D>(
-                    hn,
-                    mn,
-                    q_s0 + sn * stage_b,
-                    do_s0 + sn * stage_b,
-                    lse_s0 + sn * stage_f,
-                    dl_s0 + sn * stage_f,
-                    tid,
-                    threads,
-                );
+                let dst = [
+                    base + off_q + sn * stage_b,
+                    base + off_do + sn * stage_b,
+                    base + off_lse + sn * stage_f,
+                    base + off_dl + sn * stage_f,
+                ];
+                load_query_block::<BM, D>(consts, hn, mn, sq, dst, tid, threads);
             }
             cp_async::commit();
         }
 
-        // Phase 1: Sᵀ = K Qᵀ and dPᵀ = V dOᵀ.
-        let mut s = [[[0f32; 4]; NT1]; MT1];
-        let mut dp = [[[0f32; 4]; NT1]; MT1];
+        // The first query that sees each of this thread's phase-1 key rows (i32::MAX past the last
+        // key): query i sees key j iff i >= first_query[j] (and i < seqlen_q). Sequence lengths are
+        // below 2^31 (host-checked), so key + seqlen_q - seqlen_k fits an i32.
+        let mut first_query = [[0i32; 2]; MT1];
+        for (mt, rows) in first_query.iter_mut().enumerate() {
+            for (rr, fq) in rows.iter_mut().enumerate() {
+                let key = (n0 as usize + key1 + mt * 16 + g + 8 * rr) as i32;
+                *fq = if key >= sk as i32 {
+                    i32::MAX
+                } else if causal {
+                    key + sq as i32 - sk as i32
+                } else {
+                    0
+                };
+            }
+        }
+        let scale_log2 = p.scale_log2;
+
+        // Phase 1a: Sᵀ = K Qᵀ, then P (rounded to the element type: the registers it keeps until dS are
+        // half those of f32, and dV uses the rounded P anyway), stored to shared memory.
         let a_lane = ((key1 + lane % 16) as u32) * row_b + ((lane / 16) * 16) as u32;
         let b_lane = ((qry1 + lane % 8 + (lane / 16) * 8) as u32) * row_b + (((lane / 8) % 2) * 16) as u32;
-        let (k_a, v_a) = (opaque(k_s + a_lane), opaque(v_s + a_lane));
-        let (q_b, do_b) = (opaque(q_s + b_lane), opaque(do_s + b_lane));
-        for kk in 0..D / 16 {
-            let mut ak = [[0u32; 4]; MT1];
-            let mut av = [[0u32; 4]; MT1];
-            for mt in 0..MT1 {
-                let off = (mt * 16) as u32 * row_b + (kk * 32) as u32;
-                ak[mt] = ldmatrix::x4(k_a + off);
-                av[mt] = ldmatrix::x4(v_a + off);
-            }
-            for np in 0..NT1 / 2 {
-                let off = (np * 16) as u32 * row_b + (kk * 32) as u32;
-                let bq = ldmatrix::x4(q_b + off);
-                let bo = ldmatrix::x4(do_b + off);
+        let st_lane = ((key1 + g) as u32) * prow_b + ((qry1 + 2 * t) * 2) as u32;
+        let mut s = [[[0f32; 4]; NT1]; MT1];
+        {
+            let (k_a, q_b) = (opaque(k_s + a_lane), opaque(q_s + b_lane));
+            for kk in 0..D / 16 {
+                let mut ak = [[0u32; 4]; MT1];
                 for mt in 0..MT1 {
-                    E::mma(&mut s[mt][2 * np], &ak[mt], &[bq[0], bq[1]]);
-                    E::mma(&mut s[mt][2 * np + 1], &ak[mt], &[bq[2], bq[3]]);
-                    E::mma(&mut dp[mt][2 * np], &av[mt], &[bo[0], bo[1]]);
-                    E::mma(&mut dp[mt][2 * np + 1], &av[mt], &[bo[2], bo[3]]);
+                    ak[mt] = ldmatrix::x4(k_a + (mt * 16) as u32 * row_b + (kk * 32) as u32);
+                }
+                for np in 0..NT1 / 2 {
+                    let bq = ldmatrix::x4(q_b + (np * 16) as u32 * row_b + (kk * 32) as u32);
+                    for mt in 0..MT1 {
+                        E::mma(&mut s[mt][2 * np], &ak[mt], &[bq[0], bq[1]]);
+                        E::mma(&mut s[mt][2 * np + 1], &ak[mt], &[bq[2], bq[3]]);
+                    }
                 }
             }
         }
-
-        // P and dS, in place of S and dP. Masked entries get P = 0 by a select (never a multiply: their
-        // exponent may overflow to +inf).
+        // Masked entries get P = 0 by a select (never a multiply: their exponent may overflow to +inf).
         let need_mask = bwd_needs_mask(m0, n0, BM as u32, BN as u32, sq, sk, causal);
+        let mut pk = [[[0u32; 2]; NT1]; MT1];
+        let p_st = opaque(p_s + st_lane);
         for nt in 0..NT1 {
             let c = qry1 + nt * 8 + 2 * t;
             let lse = shared_f32::load_v2(lse_s + (c * 4) as u32);
-            let delta = shared_f32::load_v2(dl_s + (c * 4) as u32);
             // A row that saw no key has LSE = -inf: read as +inf, its P is exp2(-inf) = 0.
             let lse2 = [
                 if lse[0] == f32::NEG_INFINITY { f32::INFINITY } else { lse[0] * core::f32::consts::LOG2_E },
                 if lse[1] == f32::NEG_INFINITY { f32::INFINITY } else { lse[1] * core::f32::consts::LOG2_E },
             ];
             for mt in 0..MT1 {
+                let mut pv = [0f32; 4];
                 for e in 0..4 {
                     let (rr, cc) = (e / 2, e % 2);
-                    let mut pv = exp2(s[mt][nt][e] * scale_log2 - lse2[cc]);
+                    pv[e] = exp2(s[mt][nt][e] * scale_log2 - lse2[cc]);
                     if need_mask {
                         let qry = (m0 + (c + cc) as u32) as i32;
                         let keep = (qry >= first_query[mt][rr]) & (qry < sq as i32);
-                        pv = if keep { pv } else { 0.0 };
+                        pv[e] = if keep { pv[e] } else { 0.0 };
                     }
-                    s[mt][nt][e] = pv;
-                    dp[mt][nt][e] = pv * (dp[mt][nt][e] - delta[cc]);
+                }
+                for rr in 0..2 {
+                    pk[mt][nt][rr] = E::pack2(pv[2 * rr], pv[2 * rr + 1]);
+                    let off = (mt * 16 + 8 * rr) as u32 * prow_b + (nt * 16) as u32;
+                    smem::store_u32(p_st + off, pk[mt][nt][rr]);
                 }
             }
         }
-        let st_lane = ((key1 + g) as u32) * prow_b + ((qry1 + 2 * t) * 2) as u32;
-        let (p_st, ds_st) = (opaque(p_s + st_lane), opaque(ds_s + st_lane));
-        for mt in 0..MT1 {
-            for rr in 0..2 {
-                let row = (mt * 16 + 8 * rr) as u32;
-                for nt in 0..NT1 {
-                    let off = row * prow_b + (nt * 16) as u32;
-                    smem::store_u32(p_st + off, E::pack2(s[mt][nt][2 * rr], s[mt][nt][2 * rr + 1]));
-                    smem::store_u32(ds_st + off, E::pack2(dp[mt][nt][2 * rr], dp[mt][nt][2 * rr + 1]));
+
+        // Phase 1b: dPᵀ = V dOᵀ, then dS = P ∘ (dP − delta), stored to shared memory.
+        let mut dp = [[[0f32; 4]; NT1]; MT1];
+        {
+            let (v_a, do_b) = (opaque(v_s + a_lane), opaque(do_s + b_lane));
+            for kk in 0..D / 16 {
+                let mut av = [[0u32; 4]; MT1];
+                for mt in 0..MT1 {
+                    av[mt] = ldmatrix::x4(v_a + (mt * 16) as u32 * row_b + (kk * 32) as u32);
+                }
+                for np in 0..NT1 / 2 {
+                    let bo = ldmatrix::x4(do_b + (np * 16) as u32 * row_b + (kk * 32) as u32);
+                    for mt in 0..MT1 {
+                        E::mma(&mut dp[mt][2 * np], &av[mt], &[bo[0], bo[1]]);
+                        E::mma(&mut dp[mt][2 * np + 1], &av[mt], &[bo[2], bo[3]]);
+                    }
+                }
+            }
+        }
+        let ds_st = opaque(ds_s + st_lane);
+        for nt in 0..NT1 {
+            let c = qry1 + nt * 8 + 2 * t;
+            let delta = shared_f32::load_v2(dl_s + (c * 4) as u32);
+            for mt in 0..MT1 {
+                for rr in 0..2 {
+                    let (p0, p1) = (E::to_f32(pk[mt][nt][rr] as u16), E::to_f32((pk[mt][nt][rr] >> 16) as u16));
+                    let ds0 = p0 * (dp[mt][nt][2 * rr] - delta[0]);
+                    let ds1 = p1 * (dp[mt][nt][2 * rr + 1] - delta[1]);
+                    let off = (mt * 16 + 8 * rr) as u32 * prow_b + (nt * 16) as u32;
+                    smem::store_u32(ds_st + off, E::pack2(ds0, ds1));
                 }
             }
         }
@@ -371,22 +412,34 @@ pub unsafe fn attn_bwd<
         // the query blocks from the last one down, the one all key blocks share (causal or not), so the
         // CTAs of a head move in step, each one turn behind the previous, instead of the later key
         // blocks of a causal head waiting for key block 0 to reach their first query block.
-        let sem = (p.dq_semaphore as *mut u32).add((b * p.heads_q as usize + h as usize) * m_blocks + m as usize);
+        let (acc, sem) = consts_pair(consts + C_ACC);
+        let sem = (sem as *mut u32).add(h as usize * m_end as usize + m as usize);
         if deterministic {
             if tid == 0 {
                 while atomic::load_acquire_u32(sem) != nb {}
             }
             sync::block();
         }
-        let acc = (p.dq_accum as *mut f32).add(((b * p.heads_q as usize + h as usize) * sq as usize + m0 as usize) * D);
+        // The reductions go out row-contiguous: in the accumulator layout lane (g, t) holds columns 2t
+        // and 2t+1 of rows g and g+8, so one `red` per register would touch 8 rows of 32-byte sectors,
+        // each half used. Two shuffles per value regroup them so that one `red` covers 4 rows x 8
+        // consecutive columns (4 full sectors), halving the L2's atomic work.
+        let acc = (acc as *mut f32).add((h as usize * sq as usize + m0 as usize) * D);
+        let (r_in_quad, c8) = (lane / 8, lane % 8);
         for mt in 0..MT3 {
-            for rr in 0..2 {
-                let row = qry3 + mt * 16 + g + 8 * rr;
-                if m0 + (row as u32) < sq {
+            for hh in 0..2 {
+                for quad in 0..2 {
+                    let r8 = quad * 4 + r_in_quad;
+                    let src = (r8 * 4 + c8 / 2) as u32;
+                    let row = qry3 + mt * 16 + 8 * hh + r8;
+                    let valid = m0 + (row as u32) < sq;
                     for nd in 0..ND3 {
-                        let at = acc.add(row * D + col3 + nd * 8 + 2 * t);
-                        atomic::red_add_f32(at, dq[mt][nd][2 * rr]);
-                        atomic::red_add_f32(at.add(1), dq[mt][nd][2 * rr + 1]);
+                        let lo = shfl_idx_f32(dq[mt][nd][2 * hh], src);
+                        let hi = shfl_idx_f32(dq[mt][nd][2 * hh + 1], src);
+                        if valid {
+                            let value = if c8 % 2 == 1 { hi } else { lo };
+                            atomic::red_add_f32(acc.add(row * D + col3 + nd * 8 + c8), value);
+                        }
                     }
                 }
             }
@@ -402,7 +455,8 @@ pub unsafe fn attn_bwd<
             sync::block();
             if it + 1 < total {
                 let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
-                src.load::<BM, D>(hn, mn, q_s0, do_s0, lse_s0, dl_s0, tid, threads);
+                let dst = [base + off_q, base + off_do, base + off_lse, base + off_dl];
+                load_query_block::<BM, D>(consts, hn, mn, sq, dst, tid, threads);
             }
             cp_async::commit();
         }
@@ -410,6 +464,9 @@ pub unsafe fn attn_bwd<
     }
 
     // dK (scaled) and dV of this CTA's keys.
+    let (lane, warp) = ((tid % 32) as usize, (tid / 32) as usize);
+    let (g, t) = (lane / 4, lane % 4);
+    let (key2, col2) = ((warp % WN2) * MT2 * 16, (warp / WN2) * ND2 * 8);
     let scale = p.scale;
     let (dks, dvs) = (strides(p.dk_strides), strides(p.dv_strides));
     let dk_g = (p.dk as *mut u16).add(b * dks[0] + hkv * dks[2]);
