@@ -84,11 +84,17 @@ pub fn run(python: &str, script: &Path, cases: &[Case], quick: bool, work_dir: &
     PeersOutcome { records, summary }
 }
 
-/// Ours and the peers' rows in one list; a peer row for a case we did not ask for is dropped (it would
-/// be a stale or mismatched file).
-pub fn merge(ours: Vec<Record>, peers: Vec<Record>, cases: &[Case]) -> Vec<Record> {
-    let mut all = ours;
-    all.extend(peers.into_iter().filter(|r| cases.contains(&r.case())));
+/// Two row lists in one: a row of `newer` for a case not in `cases` is dropped (a stale or mismatched
+/// file), and one for an implementation and case that `older` already has replaces it (a partial rerun
+/// merged with `--merge` wins).
+pub fn merge(older: Vec<Record>, newer: Vec<Record>, cases: &[Case]) -> Vec<Record> {
+    let mut all = older;
+    for r in newer.into_iter().filter(|r| cases.contains(&r.case())) {
+        match all.iter_mut().find(|o| o.impl_name == r.impl_name && o.case() == r.case()) {
+            Some(old) => *old = r,
+            None => all.push(r),
+        }
+    }
     all
 }
 
@@ -106,6 +112,10 @@ mod tests {
         let merged = merge(ours, peers, &[c]);
         assert_eq!(merged.len(), 2);
         assert_eq!(merged[1].impl_name, "torch-flash");
+        let rerun = vec![Record::new("torch-flash", &c, Status::Oom)];
+        let merged = merge(merged, rerun, &[c]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[1].status, Status::Oom, "the later row replaces the earlier one");
     }
 
     #[test]

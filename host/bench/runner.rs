@@ -52,10 +52,18 @@ pub fn rotation_sets(case: &Case, l2_bytes: usize, free_bytes: usize) -> usize {
 
 /// Run one case on the GPU.
 pub fn run_gpu_case(dev: &Device, imp: Impl, case: &Case, policy: &RepPolicy) -> Record {
-    match case.dtype {
+    let record = match case.dtype {
         DTypeName::Bf16 => run_gpu_typed::<bf16>(dev, imp, case, policy),
         DTypeName::F16 => run_gpu_typed::<f16>(dev, imp, case, policy),
+    };
+    // The case's buffers were freed stream-ordered; wait for that and hand the memory back, so that the
+    // next case and the peers (another process) start from an empty pool.
+    if dev.synchronize().is_ok() {
+        if let Some(pool) = PoolWatermark::new(dev) {
+            let _ = pool.trim();
+        }
     }
+    record
 }
 
 /// The signature both GPU forward paths share.

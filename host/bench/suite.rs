@@ -69,7 +69,8 @@ pub struct BenchArgs {
     /// Do not draw plots.
     #[arg(long)]
     pub no_plots: bool,
-    /// Merge the records of these JSON lines files (e.g. an earlier peers run) into the report.
+    /// Merge the records of these JSON lines files into the report (rows for the same implementation and
+    /// case replace earlier ones; rows for cases not selected are dropped).
     #[arg(long, value_name = "FILE")]
     pub merge: Vec<PathBuf>,
     /// Python interpreter for the peers.

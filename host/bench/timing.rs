@@ -115,6 +115,13 @@ impl PoolWatermark {
         self.get(CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)
     }
 
+    /// Give the pool's unused memory back to the device, so that the next case (or the PyTorch peers, in
+    /// another process) can have all of it. Call after a synchronisation.
+    pub fn trim(&self) -> Result<()> {
+        // SAFETY: a valid pool handle; trimming only releases memory no allocation holds.
+        unsafe { sys::cuMemPoolTrimTo(self.pool, 0) }.result().during("trimming the memory pool")
+    }
+
     /// Restart the high-water mark from the current use (the driver accepts only 0 here).
     pub fn reset(&self) -> Result<()> {
         let mut zero: u64 = 0;
