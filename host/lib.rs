@@ -16,6 +16,36 @@
 //! let out = cpu::forward(&q, &k, &v, &AttnOptions::causal()).unwrap();
 //! assert_eq!(out.o.shape(), [1, 64, 4, 64]);
 //! ```
+//!
+//! ## One training step's attention on the GPU
+//!
+//! The forward keeps what the backward needs, O and the f32 log-sum-exp of each row; the backward
+//! takes the upstream gradient dO and recomputes the probabilities from them (no `seqlen_q x seqlen_k`
+//! buffer in either direction). The options (causality, scale) must be the same for both calls;
+//! `deterministic: true` makes the gradients bitwise reproducible run to run.
+//!
+//! ```no_run
+//! use half::bf16;
+//! use ironflash::{gpu, AttnOptions, Device, HostTensor};
+//! # fn main() -> ironflash::Result<()> {
+//! let dev = Device::open(0)?;
+//! let mut rng = rand::rng();
+//! let mut upload = |shape| dev.upload(&HostTensor::<bf16>::random(shape, 1.0, &mut rng));
+//! let (q, k, v) = (upload([2, 1024, 16, 128])?, upload([2, 1024, 4, 128])?, upload([2, 1024, 4, 128])?);
+//! let opts = AttnOptions { causal: true, ..AttnOptions::default() };
+//!
+//! // Forward: O = softmax(scale·QKᵀ + mask)·V, and the LSE kept for the backward.
+//! let fwd = gpu::flash_forward(&dev, &q, &k, &v, &opts)?;
+//!
+//! // ... the rest of the model's forward and backward produce dO, shaped like O ...
+//! let d_o = upload([2, 1024, 16, 128])?;
+//!
+//! // Backward: dQ, dK, dV (dK and dV summed over each K/V head's 4 query heads).
+//! let grads = gpu::flash_backward(&dev, &q, &k, &v, &fwd.o, &fwd.lse, &d_o, &opts)?;
+//! assert_eq!(grads.dk.shape(), [2, 1024, 4, 128]);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod bench;
 pub mod cpu;

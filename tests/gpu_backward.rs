@@ -8,9 +8,10 @@
 //! Error bounds (relative L2 of each gradient against the f64 reference): bf16 1.5e-2, f16 2e-3, about
 //! four units of the element type's rounding (unit roundoff bf16 2^-8 ≈ 3.9e-3, f16 2^-11 ≈ 4.9e-4).
 //! The kernel rounds P and dS to the element type before the dV, dK and dQ products (as
-//! FlashAttention-2 does) and computes delta from the rounded O, so each gradient carries about one
-//! unit of rounding (measured on the H100: bf16 2.2e-3..3.0e-3, f16 2.6e-4..3.3e-4 over every head
-//! dim), more where dP − delta cancels; the measured errors are printed next to the bound. These are
+//! FlashAttention-2 does; dS is formed from the rounded P) and computes delta from the rounded O, so
+//! each gradient carries about one unit of rounding (measured on the H100 over 126 random cases of
+//! every head dim: bf16 2.0e-3..3.6e-3, f16 2.5e-4..5.1e-4), more where dP − delta cancels; the
+//! measured errors are printed next to the bound. These are
 //! tighter than the 2e-2 / 1e-2 often quoted for FlashAttention-2's backward against f64.
 
 mod common;
@@ -18,8 +19,9 @@ mod common;
 use common::{device_or_skip, max_abs};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
-use ironflash::gpu::{self, GpuGradients};
+use ironflash::gpu::{self, BackwardTile, GpuGradients};
 use ironflash::{cpu, Arg, AttnOptions, DType, Device, Element, Error, HostTensor, Layout};
+use ironflash_kernels::tiles_bwd::BWD_TILES;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 
@@ -138,6 +140,16 @@ fn run_gpu<T: Element>(
     x: &Inputs<T>,
     fwd: &cpu::ReferenceForward,
 ) -> Result<GpuGradients<T>, Error> {
+    run_gpu_tile(dev, c, x, fwd, None)
+}
+
+fn run_gpu_tile<T: Element>(
+    dev: &Device,
+    c: &Case,
+    x: &Inputs<T>,
+    fwd: &cpu::ReferenceForward,
+    tile: Option<&BackwardTile>,
+) -> Result<GpuGradients<T>, Error> {
     let hq = c.heads_kv * c.group;
     let qs = [c.batch, c.seqlen_q, hq, c.head_dim];
     let ks = [c.batch, c.seqlen_k, c.heads_kv, c.head_dim];
@@ -153,7 +165,10 @@ fn run_gpu<T: Element>(
         })
     };
     let mut grads = GpuGradients { dq: poisoned(qs)?, dk: poisoned(ks)?, dv: poisoned(ks)? };
-    gpu::flash_backward_into(dev, &q, &k, &v, &o, &lse, &d_o, &mut grads, &x.opts)?;
+    match tile {
+        None => gpu::flash_backward_into(dev, &q, &k, &v, &o, &lse, &d_o, &mut grads, &x.opts)?,
+        Some(t) => gpu::flash_backward_with_tile(dev, &q, &k, &v, &o, &lse, &d_o, &mut grads, &x.opts, t)?,
+    }
     Ok(grads)
 }
 
@@ -163,11 +178,15 @@ fn download<T: Element>(dev: &Device, g: &GpuGradients<T>) -> [Vec<f64>; 3] {
 
 /// Runs one case against the reference; returns the worst relative L2 over dq, dk, dv.
 fn check_case<T: Element>(c: Case, seed: u64) -> Result<f64, String> {
+    check_case_tile::<T>(c, seed, None)
+}
+
+fn check_case_tile<T: Element>(c: Case, seed: u64, tile: Option<&BackwardTile>) -> Result<f64, String> {
     let Some(dev) = device_or_skip("gpu_backward") else { return Ok(0.0) };
     let x = inputs::<T>(&c, seed);
     let fwd = cpu::reference_forward(&x.q, &x.k, &x.v, &x.opts).unwrap();
     let want = cpu::reference_backward(&x.q, &x.k, &x.v, &x.d_o, &x.opts).unwrap();
-    let grads = run_gpu(dev, &c, &x, &fwd).map_err(|e| format!("{}: {e}", c.name::<T>()))?;
+    let grads = run_gpu_tile(dev, &c, &x, &fwd, tile).map_err(|e| format!("{}: {e}", c.name::<T>()))?;
     let got = download(dev, &grads);
     let tol = grad_tolerance(T::DTYPE);
     let mut worst = 0.0f64;
@@ -175,17 +194,13 @@ fn check_case<T: Element>(c: Case, seed: u64) -> Result<f64, String> {
     for (name, g, w) in [("dq", &got[0], &want.dq), ("dk", &got[1], &want.dk), ("dv", &got[2], &want.dv)] {
         let err = grad_error(g, w);
         report.push(format!("{name} {err:.2e} (max_abs {:.2e})", max_abs(g, w)));
-        // An all-zero reference gradient (every row masked) must come back exactly zero.
-        let zero_ref = w.iter().all(|&y| y == 0.0);
-        let ok = if zero_ref { g.iter().all(|&y| y == 0.0) } else { err < tol };
-        if !ok {
-            return Err(format!("{}: {name} rel_l2 {err} > {tol} [{}]", c.name::<T>(), report.join(", ")));
+        // An all-zero reference (e.g. dQ with a single key) is held to the floor of `grad_error`.
+        if err.is_nan() || err >= tol {
+            return Err(format!("{}: {name} error {err} > {tol} [{}]", c.name::<T>(), report.join(", ")));
         }
-        if !zero_ref {
-            worst = worst.max(err);
-        }
+        worst = worst.max(err);
     }
-    println!("{}: {} (bound {tol:.0e})", c.name::<T>(), report.join(", "));
+    println!("{}: {} (bound {tol:.1e})", c.name::<T>(), report.join(", "));
     Ok(worst)
 }
 
@@ -361,4 +376,17 @@ fn sanitizer_sample() {
     }
     check_case::<f16>(case(1, 50, 66, 1, 1, 192, false), 410).unwrap();
     check_case::<f16>(case(1, 17, 100, 1, 1, 96, true), 411).unwrap();
+}
+
+/// Every compiled backward tile (the A100 fallbacks too, which the H100's chooser never picks), with
+/// tails, causal masking, GQA and the deterministic mode.
+#[test]
+fn every_compiled_tile() {
+    for (i, tile) in BWD_TILES.iter().enumerate() {
+        let d = tile.head_dim;
+        let c = case(1, 150, 170, 1, 2, d, true);
+        check_case_tile::<bf16>(c, 500 + i as u64, Some(tile)).unwrap();
+        let c = Case { deterministic: true, strided: true, ..case(1, 97, 80, 2, 1, d, false) };
+        check_case_tile::<f16>(c, 600 + i as u64, Some(tile)).unwrap();
+    }
 }

@@ -20,6 +20,7 @@ use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use ironflash_kernels::abi::{self, BwdParams};
+use ironflash_kernels::tiles::SMEM_RESERVED_PER_CTA;
 use ironflash_kernels::tiles_bwd::{self, BwdTile};
 
 pub use ironflash_kernels::tiles_bwd::BwdTile as BackwardTile;
@@ -108,7 +109,60 @@ pub fn flash_backward_into<T: Element>(
     grads: &mut GpuGradients<T>,
     opts: &AttnOptions,
 ) -> Result<()> {
-    let (p, tile) = plan(dev, q, k, v, o, lse, d_o, opts)?;
+    backward_into(dev, q, k, v, o, lse, d_o, grads, opts, None)
+}
+
+/// As [`flash_backward_into`] with a given tile instead of the chooser's (benchmarks and tests of the
+/// fallback tiles): `NoTileConfig` unless `tile` is a compiled backward tile for the head dim that fits
+/// the device.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_backward_with_tile<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    o: &DeviceTensor<T>,
+    lse: &CudaSlice<f32>,
+    d_o: &DeviceTensor<T>,
+    grads: &mut GpuGradients<T>,
+    opts: &AttnOptions,
+    tile: &BwdTile,
+) -> Result<()> {
+    backward_into(dev, q, k, v, o, lse, d_o, grads, opts, Some(tile))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_into<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    o: &DeviceTensor<T>,
+    lse: &CudaSlice<f32>,
+    d_o: &DeviceTensor<T>,
+    grads: &mut GpuGradients<T>,
+    opts: &AttnOptions,
+    tile: Option<&BwdTile>,
+) -> Result<()> {
+    let (p, chosen) = plan(dev, q, k, v, o, lse, d_o, opts)?;
+    let tile = match tile {
+        None => chosen,
+        Some(t) => {
+            let info = dev.info();
+            let bytes = t.smem_bytes(T::DTYPE.size_bytes());
+            if !tiles_bwd::BWD_TILES.contains(t)
+                || t.head_dim != p.head_dim
+                || bytes > info.smem_per_block_optin
+                || bytes + SMEM_RESERVED_PER_CTA > info.smem_per_sm
+            {
+                return Err(Error::NoTileConfig(format!(
+                    "{t:?} is not a compiled backward tile for head_dim {} that fits {}",
+                    p.head_dim, info.name
+                )));
+            }
+            *t
+        }
+    };
     for (arg, t) in [(Arg::DQ, &grads.dq), (Arg::DK, &grads.dk), (Arg::DV, &grads.dv)] {
         t.check_on(dev, arg)?;
         if arg == Arg::DQ {

@@ -6,7 +6,9 @@ mod launch;
 pub mod standard;
 pub mod tensor;
 
-pub use backward::{backward_tile, flash_backward, flash_backward_into, BackwardTile, GpuGradients};
+pub use backward::{
+    backward_tile, flash_backward, flash_backward_into, flash_backward_with_tile, BackwardTile, GpuGradients,
+};
 pub use flash::{flash_forward, flash_forward_into, flash_forward_with_tile, forward_tile, ForwardTile};
 pub use standard::standard_forward;
 pub use tensor::{DeviceTensor, GpuForwardOutput};

@@ -3,12 +3,18 @@
 //!
 //! Per query block (of each query head of the group):
 //! - wait for its Q, dO, LSE, delta (cp.async), barrier, start loading the next one (2 stages);
-//! - phase 1: Sᵀ = K Qᵀ, dPᵀ = V dOᵀ; P = exp2(scale·log2e·S − log2e·LSE) (0 where masked or where the
-//!   row saw no key: LSE = −inf is read as +inf, so the exponent is −inf and never NaN);
-//!   dS = P ∘ (dP − delta); Pᵀ and dSᵀ to shared memory in the element type; barrier;
+//! - phase 1a: Sᵀ = K Qᵀ; P = exp2(scale·log2e·S − log2e·LSE) (0 where masked or where the row saw no
+//!   key: LSE = −inf is read as +inf, so the exponent is −inf and never NaN), rounded to the element
+//!   type, kept packed in registers and stored (Pᵀ) to shared memory;
+//! - phase 1b: dPᵀ = V dOᵀ; dS = P ∘ (dP − delta) stored (dSᵀ) to shared memory; barrier;
 //! - phase 2: dV += Pᵀ dO, dK += dSᵀ Q (registers);
-//! - phase 3: dS K added to the f32 dQ accumulator (`red.global.add.f32`), in key-block order when
-//!   deterministic.
+//! - phase 3: dS K added to the f32 dQ accumulator (`red.global.add.f32`, regrouped by shuffles into
+//!   row-contiguous reductions), in key-block order when deterministic.
+//!
+//! Registers bind this kernel (dK and dV stay on chip for the whole loop), so nothing loop-invariant
+//! is left in them: the CTA's global addresses and strides sit in shared memory (read where used), and
+//! every lane- or region-dependent shared address is recomputed each step from opaque copies of the
+//! thread index and the shared-memory base (`ptx::opaque`).
 //!
 //! Fragment layouts (PTX ISA §9.7.14.5.8, m16n8k16): A (row) from a row-major `[m][k]` tile with
 //! `ldmatrix.x4` (lane l addresses row l%16, column 8·(l/16)); from a `[k][m]` tile with `.trans`
