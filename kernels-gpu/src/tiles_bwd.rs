@@ -159,6 +159,8 @@ macro_rules! tile {
 // accumulators (`2·block_n·head_dim/threads` f32) live through the whole query loop; phase 1 adds S
 // (`block_n·block_m/threads` f32), then P packed in half as many registers and dP; phase 3 adds
 // `block_m·head_dim/threads`. Everything loop-invariant is kept out of registers (see `bwd/mainloop.rs`).
+// Warp grids: the squarest per-warp tile loads the fewest fragments per mma (phase 3 at D=128: 32x32
+// per warp loads 4 ldmatrix.x4 per 8 mma, 16x64 loads 5).
 
 /// 77 KiB; dK+dV 32 f32/thread.
 pub const BWD_HD32: BwdTile = tile!(32, 64, 128, 8, 2, 4, 8, 4);
@@ -167,15 +169,15 @@ pub const BWD_HD64: BwdTile = tile!(64, 64, 128, 8, 2, 4, 4, 4);
 /// 141 KiB; dK+dV 96.
 pub const BWD_HD96: BwdTile = tile!(96, 64, 128, 8, 2, 4, 4, 4);
 /// 173 KiB; dK+dV 128 + S 32 + dP 32: registers bind (one 8-warp CTA per SM).
-pub const BWD_HD128: BwdTile = tile!(128, 64, 128, 8, 2, 4, 4, 4);
+pub const BWD_HD128: BwdTile = tile!(128, 64, 128, 8, 2, 4, 4, 2);
 /// 137 KiB: A100 (163 KiB per block) fallback with 32-row query blocks.
 pub const BWD_HD128_M32: BwdTile = tile!(128, 32, 128, 8, 2, 8, 4, 2);
 /// 169 KiB; 64 keys per CTA keep dK+dV at 96.
-pub const BWD_HD192: BwdTile = tile!(192, 64, 64, 8, 2, 4, 4, 4);
+pub const BWD_HD192: BwdTile = tile!(192, 64, 64, 8, 2, 4, 4, 2);
 /// 111 KiB: A100 fallback with 32-row query blocks.
 pub const BWD_HD192_M32: BwdTile = tile!(192, 32, 64, 8, 2, 4, 4, 2);
 /// 151 KiB; dK+dV 128, 32-row query blocks keep phase 3 (dQ) at 32 f32/thread.
-pub const BWD_HD256: BwdTile = tile!(256, 32, 64, 8, 2, 4, 4, 2);
+pub const BWD_HD256: BwdTile = tile!(256, 32, 64, 8, 2, 4, 4, 1);
 
 /// Every compiled variant, in order of preference within a head dim.
 pub const BWD_TILES: &[BwdTile] =
