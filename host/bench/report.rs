@@ -109,9 +109,11 @@ fn row(r: &Record) -> String {
         (Some(a), Some(b)) => format!("{}..{}", format_ms(a), format_ms(b)),
         _ => dash(),
     };
-    let tflops = r.tflops.map(|t| format!("{t:.1}")).unwrap_or_else(dash);
+    // Three significant digits below 1 (the CPU and decode rows), one decimal above.
+    let adaptive = |x: f64| if x >= 1.0 || x == 0.0 { format!("{x:.1}") } else { format!("{x:.3}") };
+    let tflops = r.tflops.map(adaptive).unwrap_or_else(dash);
     let frac = r.peak_frac.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or_else(dash);
-    let gbs = r.gb_s.map(|g| format!("{g:.0}")).unwrap_or_else(dash);
+    let gbs = r.gb_s.map(|g| if g >= 10.0 { format!("{g:.0}") } else { adaptive(g) }).unwrap_or_else(dash);
     let mem = r.extra_mem_bytes.map(format_bytes).unwrap_or_else(dash);
     format!(
         "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
