@@ -178,7 +178,9 @@ fn backward_into<T: Element>(
     // SAFETY: the delta kernel writes one value per query row before the main kernel reads it.
     let mut delta = unsafe { stream.alloc::<f32>(p.lse_len()) }.during("allocating delta")?;
     let mut dq_accum = stream.alloc_zeros::<f32>(p.lse_len() * p.head_dim).during("allocating the dQ accumulator")?;
-    let sem_len = if opts.deterministic { p.batch * p.heads_q * tile.m_blocks(p.seqlen_q) } else { 1 };
+    // Deterministic mode: one turn counter per (batch, query head, query block), then the work-item
+    // ticket counter.
+    let sem_len = if opts.deterministic { p.batch * p.heads_q * tile.m_blocks(p.seqlen_q) + 1 } else { 1 };
     let mut sem = stream.alloc_zeros::<u32>(sem_len).during("allocating the dQ turn counters")?;
 
     let f16 = T::DTYPE == DType::F16;
@@ -216,6 +218,7 @@ fn backward_into<T: Element>(
             delta: delta_ptr,
             dq_accum: acc_ptr,
             dq_semaphore: sem_ptr,
+            dq_ticket: sem_ptr + 4 * (sem_len as u64 - 1),
             q_strides: strides3(&q.layout),
             k_strides: strides3(&k.layout),
             v_strides: strides3(&v.layout),

@@ -87,6 +87,10 @@ pub struct BwdParams {
     /// u32 `[batch, heads_q, ceil(seqlen_q / block_m)]`, zeroed before the main kernel; used only when
     /// `deterministic` (the per-query-block turn counters that order the dQ additions).
     pub dq_semaphore: u64,
+    /// u32, zeroed before the main kernel; used only when `deterministic`: each CTA takes its work
+    /// item (key block, K/V head, batch) from this counter, so that a CTA only ever waits for the turn
+    /// of a CTA that started before it.
+    pub dq_ticket: u64,
     /// Element strides `[batch, seqlen, heads]`.
     pub q_strides: [u64; 3],
     pub k_strides: [u64; 3],

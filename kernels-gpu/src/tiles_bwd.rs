@@ -18,7 +18,8 @@
 
 use crate::tiles::SMEM_RESERVED_PER_CTA;
 
-/// Bytes of shared memory holding a CTA's loop-invariant addresses and strides (10 u64, padded).
+/// Bytes of shared memory holding a CTA's loop-invariant addresses and strides (10 u64) and, in
+/// deterministic mode, its work-item ticket (one u32 at byte 80).
 pub const BWD_CONSTS_BYTES: usize = 96;
 
 /// One compiled backward-kernel variant.

@@ -143,14 +143,7 @@ pub unsafe fn attn_bwd<
 ) {
     let threads = W * 32;
     let tid = sreg::thread_x();
-    let (nb, hkv, b) = (sreg::block_x(), sreg::block_y() as usize, sreg::block_z() as usize);
     let (sq, sk) = (p.seqlen_q, p.seqlen_k);
-    let causal = p.causal != 0;
-    let n0 = nb * BN as u32;
-    let (m_first, m_end) = bwd_query_blocks(n0, sq, sk, causal, BM as u32);
-    let per_head = m_end - m_first;
-    let total = per_head * p.group;
-    let h_first = hkv as u32 * p.group;
 
     // Shared memory (tiles_bwd::BwdTile::smem_layout).
     let row_b = ((D + 8) * 2) as u32;
@@ -166,6 +159,30 @@ pub unsafe fn attn_bwd<
     let off_dl = off_lse + QS as u32 * stage_f;
     let off_consts = off_dl + QS as u32 * stage_f;
     let base = smem::base();
+
+    // The work item. Deterministic mode takes it from a global ticket counter in grid order (key block
+    // fastest) rather than from the block index: a CTA then only ever waits for the dQ turn of a key
+    // block whose CTA took its ticket earlier, hence is running or done, whatever order the hardware
+    // dispatches blocks in.
+    let (nb, hkv, b) = if p.deterministic != 0 {
+        let slot = base + off_consts + 80;
+        if tid == 0 {
+            smem::store_u32(slot, atomic::fetch_add_u32(p.dq_ticket as *mut u32, 1));
+        }
+        sync::block();
+        let ticket = smem::load_v4(slot)[0];
+        let (gx, gy) = (sreg::grid_dim_x(), p.heads_q / p.group);
+        (ticket % gx, ((ticket / gx) % gy) as usize, (ticket / gx / gy) as usize)
+    } else {
+        (sreg::block_x(), sreg::block_y() as usize, sreg::block_z() as usize)
+    };
+
+    let causal = p.causal != 0;
+    let n0 = nb * BN as u32;
+    let (m_first, m_end) = bwd_query_blocks(n0, sq, sk, causal, BM as u32);
+    let per_head = m_end - m_first;
+    let total = per_head * p.group;
+    let h_first = hkv as u32 * p.group;
 
     // K and V of this CTA's keys.
     let kv_rows = (sk - n0).min(BN as u32);
@@ -414,7 +431,7 @@ pub unsafe fn attn_bwd<
         // Deterministic mode: the key blocks of one (batch, head, query block) add their dQ parts in
         // key-block order. Every key block below this one visits this query block too (visibility is a
         // prefix of the keys), so this CTA's turn comes when the counter reaches `nb`. Lower key blocks
-        // have lower block indices and are dispatched first, so the wait always ends. Every CTA walks
+        // of this head took their tickets earlier (see the work item above), so the wait ends. Every CTA walks
         // the query blocks from the last one down, the one all key blocks share (causal or not), so the
         // CTAs of a head move in step, each one turn behind the previous, instead of the later key
         // blocks of a causal head waiting for key block 0 to reach their first query block.

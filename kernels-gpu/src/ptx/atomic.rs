@@ -37,3 +37,14 @@ pub unsafe fn release_add_u32(addr: *mut u32, value: u32) {
         options(nostack)
     );
 }
+
+/// `atom.global.add.u32`: adds `value` and returns the old value.
+///
+/// # Safety
+/// `addr` is a 4-byte aligned global address of a writable u32.
+#[inline(always)]
+pub unsafe fn fetch_add_u32(addr: *mut u32, value: u32) -> u32 {
+    let old: u32;
+    core::arch::asm!("atom.global.add.u32 {0}, [{1}], {2};", out(reg32) old, in(reg64) addr, in(reg32) value, options(nostack));
+    old
+}
