@@ -3,9 +3,10 @@
 
 use crate::error::{DriverContext, Error, Result};
 use crate::modules::{Arch, ModuleCache};
+use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{CudaContext, CudaStream};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Device properties read once at open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,8 @@ pub struct Device {
     pub(crate) stream: Arc<CudaStream>,
     info: DeviceInfo,
     pub(crate) modules: ModuleCache,
+    /// Created on first use: creating and destroying a handle per call costs a synchronisation each.
+    blas: OnceLock<CudaBlas>,
 }
 
 impl std::fmt::Debug for Device {
@@ -86,7 +89,16 @@ impl Device {
         };
         let stream = ctx.default_stream();
         let modules = ModuleCache::new(info.arch());
-        Ok(Device { ctx, stream, info, modules })
+        Ok(Device { ctx, stream, info, modules, blas: OnceLock::new() })
+    }
+
+    /// This device's cuBLAS handle, bound to its stream (created once, on first use).
+    pub fn cublas(&self) -> Result<&CudaBlas> {
+        if let Some(b) = self.blas.get() {
+            return Ok(b);
+        }
+        let b = CudaBlas::new(self.stream.clone()).during("creating the cuBLAS handle")?;
+        Ok(self.blas.get_or_init(|| b))
     }
 
     pub fn info(&self) -> &DeviceInfo {

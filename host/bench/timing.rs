@@ -141,7 +141,7 @@ impl PoolWatermark {
 /// The dense bf16 matmul rate of this device, in TFLOP/s: the median of cuBLAS 8192³ GEMMs (f32
 /// accumulate) on random inputs, after warm-up. The suite divides every row's TFLOP/s by it.
 pub fn measure_bf16_peak(dev: &Device, reps: usize) -> Result<f64> {
-    use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+    use cudarc::cublas::{result as blas, sys as blas_sys};
     use cudarc::driver::{DevicePtr, DevicePtrMut};
     const N: usize = 8192;
     let src = RandomSource::<half::bf16>::new(dev, &mut rand::rng())?;
@@ -149,7 +149,7 @@ pub fn measure_bf16_peak(dev: &Device, reps: usize) -> Result<f64> {
     let b = src.buffer(dev, N * N, 2)?;
     // SAFETY: the GEMM writes every element of C (beta = 0).
     let mut c = unsafe { dev.stream().alloc::<half::bf16>(N * N) }.during("allocating the GEMM output")?;
-    let blas = CudaBlas::new(dev.stream().clone()).during("creating the cuBLAS handle")?;
+    let blas = dev.cublas()?;
     let (one, zero) = (1.0f32, 0.0f32);
     let ty = blas_sys::cudaDataType_t::CUDA_R_16BF;
     let mut gemm = |_| -> Result<()> {

@@ -10,7 +10,7 @@ use crate::gpu::tensor::{DeviceTensor, GpuForwardOutput};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
-use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use ironflash_kernels::abi::{RowSoftmaxParams, ROW_SOFTMAX_BF16, ROW_SOFTMAX_F16};
 
@@ -57,7 +57,7 @@ pub fn standard_forward<T: Element>(
     let mut scores =
         unsafe { stream.alloc::<T>(p.batch * p.heads_q * nq * nk) }.during("allocating the score matrix")?;
     let mut lse = unsafe { stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
-    let blas = CudaBlas::new(stream.clone()).during("creating the cuBLAS handle")?;
+    let blas = dev.cublas()?;
 
     let elem = std::mem::size_of::<T>() as u64;
     let group = p.group_size();
