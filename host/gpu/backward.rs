@@ -59,8 +59,8 @@ pub fn backward_tile(info: &DeviceInfo, head_dim: usize, dtype: DType) -> Result
 
 /// Fused attention backward: dQ, dK, dV (contiguous, shaped like q, k, v) for the upstream gradient
 /// `d_o`, from the forward's inputs, its output `o` and its f32 `lse` (`[batch, heads_q, seqlen_q]`,
-/// natural log, `-inf` for rows that see no key), as [`flash_forward`](crate::gpu::flash_forward)
-/// returns them. `o` and `d_o` are shaped like q with any strides (multiples of 8 elements, last dim
+/// natural log, `-inf` for rows that see no key; a longer buffer is fine, as `flash_forward_into`
+/// accepts), as [`flash_forward`](crate::gpu::flash_forward) returns them. `o` and `d_o` are shaped like q with any strides (multiples of 8 elements, last dim
 /// contiguous). With GQA/MQA, dK and dV are summed over the query heads of each group.
 /// `opts` must be the forward's (causality, scale); `opts.deterministic` makes the gradients bitwise
 /// reproducible run to run (dQ contributions added in a fixed order) at some cost in speed.
@@ -315,13 +315,13 @@ fn plan<T: Element>(
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v), (Arg::O, o), (Arg::DO, d_o)] {
         check_strides(arg, &t.layout)?;
     }
-    if lse.len() != p.lse_len() {
+    if lse.len() < p.lse_len() {
         return Err(Error::ShapeMismatch {
             arg: Arg::Lse,
             what: "length",
             got: lse.len(),
             expected: p.lse_len(),
-            why: "one f32 per (batch, head_q, query row), [batch, heads_q, seqlen_q]",
+            why: "at least one f32 per (batch, head_q, query row), [batch, heads_q, seqlen_q]",
         });
     }
     for (what, value) in [("heads_kv", p.heads_kv), ("batch", p.batch)] {
