@@ -1,11 +1,13 @@
-//! The standard-attention baseline (cuBLAS QKᵀ, the Rust row-softmax kernel, cuBLAS PV) against the f64
-//! reference on fresh random inputs with poisoned outputs. Skips with one line without a CUDA driver.
+//! The standard-attention baseline (cuBLAS QKᵀ, the Rust row-softmax kernel, cuBLAS PV) and its backward
+//! (stored P, cuBLAS dV, dP, dQ, dK, the Rust dS row kernel) against the f64 reference on fresh random
+//! inputs with poisoned outputs. Skips with one line without a CUDA driver.
 
 mod common;
 
 use common::{check_lse, device_or_skip, max_abs, output_tolerance, rel_l2};
 use half::{bf16, f16};
-use ironflash::{cpu, gpu, AttnOptions, Element, HostTensor, Layout};
+use ironflash::gpu::GpuGradients;
+use ironflash::{cpu, gpu, AttnOptions, DType, Element, HostTensor, Layout};
 use rand::{Rng, SeedableRng};
 
 /// `[batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim]`
@@ -55,4 +57,94 @@ fn standard_rejects_f32() {
     let d = dev.upload(&t).unwrap();
     let err = gpu::standard_forward(dev, &d, &d, &d, &AttnOptions::default()).unwrap_err();
     assert!(matches!(err, ironflash::Error::UnsupportedDtype { .. }), "{err}");
+}
+
+/// Relative L2 of a gradient with a floor (an RMS of 1e-3) for gradients that cancel to ~0, as in
+/// tests/gpu_backward.rs. NaN anywhere gives NaN, which fails every bound.
+fn grad_error(got: &[f64], want: &[f64]) -> f64 {
+    if got.iter().any(|x| x.is_nan()) {
+        return f64::NAN;
+    }
+    let num: f64 = got.iter().zip(want).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let den: f64 = want.iter().map(|y| y * y).sum::<f64>().sqrt();
+    num / den.max(1e-3 * (want.len() as f64).sqrt())
+}
+
+/// The baseline's gradient bound: P, dP and dS are each rounded to the element type between products,
+/// and dK/dV of a GQA group are summed in the element type (one GEMM per group member, beta 1), so
+/// allow about twice the fused backward's bound (bf16 1.5e-2, f16 2e-3).
+fn standard_grad_tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::BF16 => 3e-2,
+        DType::F16 => 5e-3,
+        DType::F32 => 1e-5,
+    }
+}
+
+/// A layout with every stride padded (a multiple of 8 elements), to exercise the strided GEMM operands.
+fn padded(shape: [usize; 4]) -> Layout {
+    let [_, s, h, d] = shape;
+    let (hs, ss) = (d + 8, h * (d + 8) + 16);
+    Layout { shape, strides: [s * ss + 8, ss, hs, 1] }
+}
+
+fn run_backward_case<T: Element>(dims: Dims, causal: bool, seed: u64) {
+    let [b, sq, sk, hq, hkv, d] = dims;
+    let Some(dev) = device_or_skip("gpu_standard backward") else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (qs, ks) = ([b, sq, hq, d], [b, sk, hkv, d]);
+    let q = HostTensor::<T>::random_with_layout(padded(qs), 1.0, &mut rng);
+    let k = HostTensor::<T>::random_with_layout(padded(ks), 1.0, &mut rng);
+    let v = HostTensor::<T>::random([b, sk, hkv, d], 1.0, &mut rng);
+    let d_o = HostTensor::<T>::random_with_layout(padded(qs), 1.0, &mut rng);
+    let scale = rng.random_range(0.5..3.0) / (d as f32).sqrt();
+    let opts = AttnOptions { causal, softmax_scale: Some(scale), deterministic: false };
+    let want = cpu::reference_backward(&q, &k, &v, &d_o, &opts).unwrap();
+    let (gq, gk, gv, gdo) =
+        (dev.upload(&q).unwrap(), dev.upload(&k).unwrap(), dev.upload(&v).unwrap(), dev.upload(&d_o).unwrap());
+    let fwd = gpu::standard_forward_train(dev, &gq, &gk, &gv, &opts).unwrap();
+    let poisoned = |shape| {
+        dev.upload(&HostTensor::<T> { data: vec![T::poison(); padded(shape).span()], layout: padded(shape) }).unwrap()
+    };
+    let mut grads = GpuGradients { dq: poisoned(qs), dk: poisoned(ks), dv: poisoned(ks) };
+    gpu::standard_backward_into(dev, &gq, &gk, &gv, &fwd.o, &fwd.probs, &gdo, &mut grads, &opts).unwrap();
+    let got = [&grads.dq, &grads.dk, &grads.dv].map(|t| dev.download(t).unwrap().to_f64_contiguous());
+    let case = format!("{} b{b} sq{sq} sk{sk} hq{hq} hkv{hkv} d{d} causal={causal}", T::DTYPE);
+    let tol = standard_grad_tolerance(T::DTYPE);
+    let errs: Vec<(&str, f64)> = [("dq", &got[0], &want.dq), ("dk", &got[1], &want.dk), ("dv", &got[2], &want.dv)]
+        .into_iter()
+        .map(|(name, g, w)| (name, grad_error(g, w)))
+        .collect();
+    let shown: Vec<String> = errs.iter().map(|(name, e)| format!("{name} {e:.2e}")).collect();
+    println!("{case}: backward {} (bound {tol:.1e})", shown.join(", "));
+    for (name, err) in errs {
+        assert!(err < tol, "{case}: {name} error {err} (bound {tol})");
+    }
+    // The allocating call gives the same gradients (it runs the same products on the same inputs).
+    let again = gpu::standard_backward(dev, &gq, &gk, &gv, &fwd.o, &fwd.probs, &gdo, &opts).unwrap();
+    let dq_again = dev.download(&again.dq).unwrap().to_f64_contiguous();
+    assert_eq!(dq_again, got[0], "{case}: standard_backward vs standard_backward_into");
+}
+
+#[test]
+fn standard_backward_matches_reference_bf16() {
+    run_backward_case::<bf16>([2, 100, 77, 4, 4, 64], false, 11);
+    run_backward_case::<bf16>([1, 130, 130, 4, 2, 128], true, 12); // GQA
+    run_backward_case::<bf16>([1, 200, 64, 6, 2, 96], true, 13); // GQA, fully masked rows
+}
+
+#[test]
+fn standard_backward_matches_reference_f16() {
+    run_backward_case::<f16>([1, 64, 300, 4, 1, 256], true, 14); // MQA
+    run_backward_case::<f16>([3, 33, 45, 2, 2, 32], false, 15);
+}
+
+#[test]
+fn standard_backward_rejects_a_short_p() {
+    let Some(dev) = device_or_skip("standard_backward_rejects_a_short_p") else { return };
+    let t = HostTensor::<bf16>::random([1, 16, 2, 64], 1.0, &mut rand::rng());
+    let d = dev.upload(&t).unwrap();
+    let short = dev.stream().clone_htod(&vec![bf16::ZERO; 16 * 16]).unwrap();
+    let err = gpu::standard_backward(dev, &d, &d, &d, &d, &short, &d, &AttnOptions::default()).unwrap_err();
+    assert!(matches!(err, ironflash::Error::ShapeMismatch { .. }), "{err}");
 }

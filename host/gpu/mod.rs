@@ -4,11 +4,13 @@ pub mod backward;
 pub mod flash;
 mod launch;
 pub mod standard;
+pub mod standard_backward;
 pub mod tensor;
 
 pub use backward::{
     backward_tile, flash_backward, flash_backward_into, flash_backward_with_tile, BackwardTile, GpuGradients,
 };
 pub use flash::{flash_forward, flash_forward_into, flash_forward_with_tile, forward_tile, ForwardTile};
-pub use standard::standard_forward;
+pub use standard::{standard_forward, standard_forward_train, StandardTrainOutput};
+pub use standard_backward::{standard_backward, standard_backward_into};
 pub use tensor::{DeviceTensor, GpuForwardOutput};

@@ -11,10 +11,10 @@ use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::cublas::{result as blas, sys as blas_sys};
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use ironflash_kernels::abi::{RowSoftmaxParams, ROW_SOFTMAX_BF16, ROW_SOFTMAX_F16};
 
-const SOFTMAX_WARPS_PER_BLOCK: u32 = 8;
+pub(crate) const SOFTMAX_WARPS_PER_BLOCK: u32 = 8;
 
 /// Bytes of device memory the standard path needs beyond its inputs and output (the score matrix).
 pub fn standard_extra_bytes(p: &AttnProblem, dtype: DType) -> usize {
@@ -22,7 +22,7 @@ pub fn standard_extra_bytes(p: &AttnProblem, dtype: DType) -> usize {
 }
 
 /// The cuBLAS element type and the row-softmax kernel of a GPU element type.
-fn gpu_dtype<T: Element>(arg: Arg) -> Result<(blas_sys::cudaDataType_t, &'static str)> {
+pub(crate) fn gpu_dtype<T: Element>(arg: Arg) -> Result<(blas_sys::cudaDataType_t, &'static str)> {
     match T::DTYPE {
         DType::BF16 => Ok((blas_sys::cudaDataType_t::CUDA_R_16BF, ROW_SOFTMAX_BF16)),
         DType::F16 => Ok((blas_sys::cudaDataType_t::CUDA_R_16F, ROW_SOFTMAX_F16)),
@@ -38,6 +38,27 @@ pub fn standard_forward<T: Element>(
     v: &DeviceTensor<T>,
     opts: &AttnOptions,
 ) -> Result<GpuForwardOutput<T>> {
+    standard_forward_train(dev, q, k, v, opts).map(|t| GpuForwardOutput { o: t.o, lse: t.lse })
+}
+
+/// What the standard forward keeps for its backward: O, the LSE and the probabilities P themselves
+/// (`[batch, heads_q, seqlen_q, seqlen_k]` contiguous, in the element type), as an autograd
+/// implementation saves them: its backward recomputes nothing.
+#[derive(Debug)]
+pub struct StandardTrainOutput<T> {
+    pub o: DeviceTensor<T>,
+    pub lse: CudaSlice<f32>,
+    pub probs: CudaSlice<T>,
+}
+
+/// [`standard_forward`] keeping P for [`standard_backward`](crate::gpu::standard_backward).
+pub fn standard_forward_train<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    opts: &AttnOptions,
+) -> Result<StandardTrainOutput<T>> {
     let (data_type, softmax_kernel) = gpu_dtype::<T>(Arg::Q)?;
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
         t.check_on(dev, arg)?;
@@ -182,5 +203,9 @@ pub fn standard_forward<T: Element>(
             }
         }
     }
-    Ok(GpuForwardOutput { o: DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal }, lse })
+    Ok(StandardTrainOutput {
+        o: DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal },
+        lse,
+        probs: scores,
+    })
 }

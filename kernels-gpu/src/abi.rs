@@ -24,6 +24,37 @@ pub struct RowSoftmaxParams {
 pub const ROW_SOFTMAX_BF16: &str = "row_softmax_bf16";
 pub const ROW_SOFTMAX_F16: &str = "row_softmax_f16";
 
+/// Row kernel of the standard-attention baseline's backward: for row r (query i of head h of batch b),
+/// `delta = Σ_d dO[b, i, h, d]·O[b, i, h, d]`, then `ds[r, j] = scale · P[r, j] · (dP[r, j] − delta)`,
+/// where S = scale·QKᵀ, so dS is taken with respect to QKᵀ (the scale folded in). Masked keys have P = 0
+/// and get dS = 0. One warp per row; launch `ceil(rows / 8)` blocks of 256 threads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RowSoftmaxBwdParams {
+    /// `rows x cols` probabilities from the forward (bf16 or f16), row stride `cols`.
+    pub probs: u64,
+    /// `rows x cols` dP = dO·Vᵀ, same element type and layout.
+    pub dp: u64,
+    /// Output dS, same element type and layout (may equal `dp`).
+    pub ds: u64,
+    /// O and dO, `[batch, seqlen_q, heads_q, head_dim]` with the element strides below (head_dim contiguous).
+    pub o: u64,
+    pub d_o: u64,
+    pub o_strides: [u64; 3],
+    pub d_o_strides: [u64; 3],
+    /// `batch · heads_q · seqlen_q`; row r is query `r % seqlen_q` of head `(r / seqlen_q) % heads_q`.
+    pub rows: u32,
+    pub cols: u32,
+    pub seqlen_q: u32,
+    pub heads_q: u32,
+    pub head_dim: u32,
+    pub scale: f32,
+}
+
+/// Symbol names of the dS row kernels, per element type.
+pub const ROW_SOFTMAX_BWD_BF16: &str = "row_softmax_bwd_bf16";
+pub const ROW_SOFTMAX_BWD_F16: &str = "row_softmax_bwd_f16";
+
 /// The fused forward kernels (`fwd/`): O = softmax(scale·QKᵀ + mask)·V and the LSE of each row.
 ///
 /// Tensors are `[batch, seqlen, heads, head_dim]` with the element strides below (head_dim contiguous;

@@ -1,7 +1,7 @@
 //! Row softmax for the standard-attention baseline (the unfused path: S = QK^T by cuBLAS, this kernel,
 //! then PV by cuBLAS). One warp per row; the row is read twice: an online max/sum pass, then a write pass.
 
-use crate::abi::RowSoftmaxParams;
+use crate::abi::{RowSoftmaxBwdParams, RowSoftmaxParams};
 use crate::attn::mask::causal_key_end;
 use crate::ptx::elem::{Bf16, Elem16, F16};
 use crate::ptx::{sreg, warp};
@@ -54,6 +54,42 @@ unsafe fn row_softmax<E: Elem16>(p: &RowSoftmaxParams) {
     }
 }
 
+/// dS of one row (the backward of the row softmax): delta from the row's O and dO, then one pass over
+/// P and dP. dP is read before dS is written at the same index, so `ds` may alias `dp`.
+#[inline(always)]
+unsafe fn row_softmax_bwd<E: Elem16>(p: &RowSoftmaxBwdParams) {
+    let row = sreg::block_x() * WARPS_PER_BLOCK + sreg::warp();
+    if row >= p.rows {
+        return;
+    }
+    let lane = sreg::lane() as usize;
+    let i = (row % p.seqlen_q) as u64;
+    let bh = row / p.seqlen_q;
+    let (b, h) = ((bh / p.heads_q) as u64, (bh % p.heads_q) as u64);
+    let o = (p.o as *const u16).add((b * p.o_strides[0] + i * p.o_strides[1] + h * p.o_strides[2]) as usize);
+    let d_o = (p.d_o as *const u16).add((b * p.d_o_strides[0] + i * p.d_o_strides[1] + h * p.d_o_strides[2]) as usize);
+    let mut partial = 0.0f32;
+    let mut c = lane;
+    while c < p.head_dim as usize {
+        partial += E::to_f32(*o.add(c)) * E::to_f32(*d_o.add(c));
+        c += 32;
+    }
+    let delta = warp::warp_sum(partial);
+
+    let cols = p.cols as usize;
+    let offset = row as usize * cols;
+    let probs = (p.probs as *const u16).add(offset);
+    let dp = (p.dp as *const u16).add(offset);
+    let ds = (p.ds as *mut u16).add(offset);
+    let mut j = lane;
+    while j < cols {
+        let pr = E::to_f32(*probs.add(j));
+        let g = E::to_f32(*dp.add(j));
+        *ds.add(j) = E::from_f32(p.scale * pr * (g - delta));
+        j += 32;
+    }
+}
+
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     exp2(x * core::f32::consts::LOG2_E)
@@ -92,4 +128,19 @@ pub unsafe extern "ptx-kernel" fn row_softmax_bf16(p: RowSoftmaxParams) {
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn row_softmax_f16(p: RowSoftmaxParams) {
     row_softmax::<F16>(&p)
+}
+
+/// # Safety
+/// `p` describes valid device buffers of `rows * cols` elements (probs, dp, ds) and O, dO covering every
+/// row; launch with `WARPS_PER_BLOCK * 32` threads and `ceil(rows / WARPS_PER_BLOCK)` blocks.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn row_softmax_bwd_bf16(p: RowSoftmaxBwdParams) {
+    row_softmax_bwd::<Bf16>(&p)
+}
+
+/// # Safety
+/// As `row_softmax_bwd_bf16`.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn row_softmax_bwd_f16(p: RowSoftmaxBwdParams) {
+    row_softmax_bwd::<F16>(&p)
 }
