@@ -6,6 +6,10 @@ dtype), times `torch.nn.functional.scaled_dot_product_attention` with each backe
 `torch.nn.attention.sdpa_kernel` (FLASH_ATTENTION, CUDNN_ATTENTION, EFFICIENT_ATTENTION) and a naive
 matmul-softmax-matmul, and prints one JSON line per (case, implementation) with the suite's columns.
 
+Backward cases (pass "bwd") run each implementation's forward on inputs with requires_grad outside the
+timed region, keep its output and an upstream gradient dO, and time `torch.autograd.grad(out, (q, k, v), dO,
+retain_graph=True)` alone; peak extra memory is that call's (what the forward saved is already allocated).
+
 Timing is the suite's: inputs uniform in [-1, 1) (never zeros) in ironflash's [B, N, H, D] layout (passed
 to PyTorch as the [B, H, N, D] view of it), rotating among input sets whose total exceeds twice the L2
 cache, warm-up calls first, then CUDA events recorded before each call and after the last, back to back,
@@ -137,6 +141,61 @@ def main():
 
         return f
 
+    def time_indexed(call, reps):
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
+        events[0].record()
+        for i in range(reps):
+            call(i)
+            events[i + 1].record()
+        torch.cuda.synchronize()
+        return [events[i].elapsed_time(events[i + 1]) for i in range(reps)]
+
+    def bwd_sets(case, fn):
+        """Input sets with their forward already run: (leaves, out, dO) each. A set also holds O, dO and
+        what autograd saved (for the naive path the N x N scores and probabilities)."""
+        dtype = {"bf16": torch.bfloat16, "f16": torch.float16}[case["dtype"]]
+        b, h, hk, nq, nk, d = (case[k] for k in ("b", "h", "h_kv", "n_q", "n_k", "d"))
+        one = 2 * d * b * (3 * nq * h + 2 * nk * hk) + 6 * b * h * nq * nk
+        free, _ = torch.cuda.mem_get_info()
+        count = max(1, min(64, math.ceil(2 * l2 / one), free // 4 // one))
+
+        def leaf(shape):
+            return torch.empty(shape, device="cuda", dtype=dtype).uniform_(-1.0, 1.0).requires_grad_()
+
+        sets = []
+        for _ in range(count):
+            leaves = (leaf((b, nq, h, d)), leaf((b, nk, hk, d)), leaf((b, nk, hk, d)))
+            out = fn(*(t.transpose(1, 2) for t in leaves))
+            sets.append((leaves, out, torch.empty_like(out).uniform_(-1.0, 1.0)))
+        return sets
+
+    def measure_bwd(name, case, fn):
+        sets = bwd_sets(case, fn)
+
+        def call(i):
+            leaves, out, d_o = sets[i % len(sets)]
+            return torch.autograd.grad(out, leaves, d_o, retain_graph=True)
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        grads = call(0)
+        torch.cuda.synchronize()
+        extra = torch.cuda.max_memory_allocated() - before
+        del grads
+        warm = time_indexed(call, max(1, warmup))
+        one = warm[-1]
+        reps = min_reps if one <= 0 else int(min(max_reps, max(min_reps, math.ceil(target_ms / one))))
+        times = sorted(time_indexed(call, reps))
+        n = len(times)
+        median = times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
+        rec = record(name, case, "ok", f"{len(sets)} input sets rotated" if len(sets) > 1 else "")
+        rec.update(
+            ms=median, ms_min=times[0], ms_max=times[-1], reps=n,
+            tflops=flops(case) / (median * 1e-3) / 1e12, extra_mem_bytes=int(extra),
+        )
+        return rec
+
     def time_calls(fn, sets, reps):
         events = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
         events[0].record()
@@ -172,12 +231,10 @@ def main():
     total = len(cases) * len(wanted)
     done = 0
     for case in cases:
-        if case["pass"] != "fwd":
-            for name in wanted:
-                emit(record(name, case, "unsupported", "no backward pass in the suite yet"))
-            continue
+        backward = case["pass"] == "bwd"
         try:
-            sets = make_sets(case)
+            # Backward sets hold each implementation's own forward, so they are made per implementation.
+            sets = None if backward else make_sets(case)
         except torch.OutOfMemoryError as e:
             for name in wanted:
                 emit(record(name, case, "oom", "inputs: " + first_line(e)))
@@ -190,10 +247,12 @@ def main():
                 warnings.simplefilter("always")
                 try:
                     if name == "naive":
-                        rec = measure(name, case, naive_fn(case), sets)
+                        fn = naive_fn(case)
+                        rec = measure_bwd(name, case, fn) if backward else measure(name, case, fn, sets)
                     else:
                         with sdpa_kernel([backends[name]]):
-                            rec = measure(name, case, sdpa_fn(case), sets)
+                            fn = sdpa_fn(case)
+                            rec = measure_bwd(name, case, fn) if backward else measure(name, case, fn, sets)
                     error = None
                 except torch.OutOfMemoryError as e:
                     rec, error = record(name, case, "oom", first_line(e)), None
@@ -207,8 +266,11 @@ def main():
                 # A backend that cannot take this shape ("No available kernel", head-dim limits) is not a failure.
                 status = "unsupported" if ("No available kernel" in msg or "not supported" in msg.lower()) else "error"
                 rec = record(name, case, status, msg[:300])
+                # The exception's traceback holds the failed call's frames (a backward case's input sets
+                # among them): drop it so that empty_cache below can return their memory.
+                error = None
             torch.cuda.empty_cache()
-            shape = f"{case['grid']} B={case['b']} H={case['h']} N={case['n_q']}/{case['n_k']} D={case['d']}"
+            shape = f"{case['pass']} {case['grid']} B={case['b']} H={case['h']} N={case['n_q']}/{case['n_k']} D={case['d']}"
             shape += " causal" if case["causal"] else ""
             result = f"{rec['ms']:.4f} ms {rec['tflops']:.1f} TFLOP/s" if rec["ms"] else f"{rec['status']}: {rec['note']}"
             log(f"[{done}/{total}] torch-{name:<9} {shape}: {result}")

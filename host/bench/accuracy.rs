@@ -133,16 +133,17 @@ fn check_typed<T: Element>(
         let result = |rel_l2, lse_err, verdict| CheckResult { imp, shape: *shape, rel_l2, lse_err, tol, verdict };
         let got: Result<(Vec<f64>, Vec<f32>)> = match (imp, dev) {
             (Impl::Cpu, _) => crate::cpu::forward(&q, &k, &v, &opts).map(|o| (o.o.to_f64_contiguous(), o.lse)),
-            (Impl::Fused | Impl::Standard, Some(dev)) => (|| {
+            // The forward has no deterministic mode: fused-det checks the same forward as fused.
+            (Impl::Fused | Impl::FusedDet | Impl::Standard, Some(dev)) => (|| {
                 let (dq, dk, dv) = (dev.upload(&q)?, dev.upload(&k)?, dev.upload(&v)?);
-                let o = if imp == Impl::Fused {
+                let o = if imp != Impl::Standard {
                     crate::gpu::flash_forward(dev, &dq, &dk, &dv, &opts)?
                 } else {
                     crate::gpu::standard_forward(dev, &dq, &dk, &dv, &opts)?
                 };
                 Ok((dev.download(&o.o)?.to_f64_contiguous(), dev.download_f32(&o.lse)?))
             })(),
-            (Impl::Fused | Impl::Standard, None) => {
+            (Impl::Fused | Impl::FusedDet | Impl::Standard, None) => {
                 out.push(result(None, None, Verdict::Unavailable("no GPU".into())));
                 continue;
             }

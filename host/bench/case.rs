@@ -51,8 +51,11 @@ impl GridName {
 /// The implementations this crate runs itself; peers (PyTorch) arrive as records from `peers.py`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Impl {
-    /// ironflash's fused FlashAttention kernel.
+    /// ironflash's fused FlashAttention kernel (the backward in its fast mode: dQ by atomics).
     Fused,
+    /// The fused backward in deterministic mode (bitwise reproducible dQ); backward rows only, the
+    /// forward has no such mode.
+    FusedDet,
     /// The cuBLAS + row-softmax baseline that materialises the N x N scores.
     Standard,
     /// The tiled, multithreaded CPU path (small shapes only).
@@ -66,6 +69,7 @@ impl Impl {
     pub fn name(self) -> &'static str {
         match self {
             Impl::Fused => "ironflash-fused",
+            Impl::FusedDet => "ironflash-fused-det",
             Impl::Standard => "ironflash-standard",
             Impl::Cpu => "ironflash-cpu",
             Impl::Peers => "torch",

@@ -1,7 +1,7 @@
 //! PNG charts of the results, drawn with plotters' bitmap backend. Text needs a font and a bare machine
 //! may have none, so DejaVu Sans (from the `dejavu` crate) is embedded and registered with ab_glyph.
 
-use crate::bench::case::{GridName, Record, Status};
+use crate::bench::case::{GridName, Pass, Record, Status};
 use plotters::prelude::*;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ fn err(e: impl std::fmt::Display) -> String {
 fn colour(impl_name: &str) -> RGBColor {
     match impl_name {
         "ironflash-fused" => RGBColor(214, 39, 40),
+        "ironflash-fused-det" => RGBColor(227, 119, 194),
         "ironflash-standard" => RGBColor(255, 127, 14),
         "ironflash-cpu" => RGBColor(127, 127, 127),
         "torch-flash" => RGBColor(31, 119, 180),
@@ -203,18 +204,27 @@ pub fn write_all(records: &[Record], dir: &Path, device: &str) -> Result<Vec<Pat
     let mut written = Vec::new();
     for grid in [GridName::Paper, GridName::Long] {
         let in_grid: Vec<&Record> = records.iter().filter(|r| r.grid == grid && r.n_q == r.n_k).collect();
-        let keys: BTreeSet<(usize, bool, &str)> = in_grid.iter().map(|r| (r.d, r.causal, r.dtype.name())).collect();
-        for (d, causal, dtype) in keys {
-            let sel: Vec<&Record> =
-                in_grid.iter().copied().filter(|r| r.d == d && r.causal == causal && r.dtype.name() == dtype).collect();
+        let keys: BTreeSet<(Pass, usize, bool, &str)> =
+            in_grid.iter().map(|r| (r.pass, r.d, r.causal, r.dtype.name())).collect();
+        for (pass, d, causal, dtype) in keys {
+            let sel: Vec<&Record> = in_grid
+                .iter()
+                .copied()
+                .filter(|r| r.pass == pass && r.d == d && r.causal == causal && r.dtype.name() == dtype)
+                .collect();
             let mask = if causal { "causal" } else { "non-causal" };
-            let title = format!("forward, {} grid, D={d}, {mask}, {dtype} — {device}", grid.name());
-            let path = dir.join(format!("tflops_{}_d{d}_{}.png", grid.name(), if causal { "causal" } else { "full" }));
+            let (what, prefix) = match pass {
+                Pass::Fwd => ("forward", "tflops"),
+                Pass::Bwd => ("backward", "tflops_bwd"),
+            };
+            let title = format!("{what}, {} grid, D={d}, {mask}, {dtype} — {device}", grid.name());
+            let file = format!("{prefix}_{}_d{d}_{}.png", grid.name(), if causal { "causal" } else { "full" });
+            let path = dir.join(file);
             throughput_chart(&sel, &title, &path)?;
             written.push(path);
         }
     }
-    let long: Vec<&Record> = records.iter().filter(|r| r.grid == GridName::Long).collect();
+    let long: Vec<&Record> = records.iter().filter(|r| r.grid == GridName::Long && r.pass == Pass::Fwd).collect();
     // Memory hardly depends on the mask; draw the non-causal rows when there are any.
     let causal = !long.iter().any(|r| !r.causal);
     let sel: Vec<&Record> = long.into_iter().filter(|r| r.causal == causal).collect();

@@ -36,6 +36,7 @@ pub fn parse_jsonl(text: &str) -> (Vec<Record>, Vec<String>) {
 fn impl_rank(name: &str) -> (usize, String) {
     const ORDER: &[&str] = &[
         "ironflash-fused",
+        "ironflash-fused-det",
         "ironflash-standard",
         "ironflash-cpu",
         "torch-flash",

@@ -10,6 +10,7 @@ use crate::gpu::{self, DeviceTensor, GpuForwardOutput};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::tensor::HostTensor;
+use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use std::time::Instant;
 
@@ -43,7 +44,13 @@ impl RepPolicy {
 /// Input sets that rotate so that together they exceed the L2 cache twice over: the cache never holds
 /// the next call's inputs, as it would not in a model.
 pub fn rotation_sets(case: &Case, l2_bytes: usize, free_bytes: usize) -> usize {
-    let one = case.input_bytes().max(1);
+    rotation_sets_of(case.input_bytes(), l2_bytes, free_bytes)
+}
+
+/// As [`rotation_sets`] for sets of `one` bytes each (a backward set also holds O, dO, the LSE and, for
+/// the standard path, P).
+pub fn rotation_sets_of(one: usize, l2_bytes: usize, free_bytes: usize) -> usize {
+    let one = one.max(1);
     let want = (2 * l2_bytes).div_ceil(one).clamp(1, 64);
     // Never let rotation itself push a case out of memory: keep the inputs under a quarter of what is free.
     let fit = (free_bytes / 4 / one).max(1);
@@ -83,11 +90,15 @@ fn failed(imp: Impl, case: &Case, e: &crate::Error) -> Record {
 
 fn run_gpu_typed<T: Element>(dev: &Device, imp: Impl, case: &Case, policy: &RepPolicy) -> Record {
     if case.pass == Pass::Bwd {
-        return Record::new(imp.name(), case, Status::Unsupported).with_note("no backward pass yet");
+        return run_gpu_backward::<T>(dev, imp, case, policy);
     }
     let call: ForwardFn<T> = match imp {
         Impl::Fused => gpu::flash_forward::<T>,
         Impl::Standard => gpu::standard_forward::<T>,
+        Impl::FusedDet => {
+            return Record::new(imp.name(), case, Status::Unsupported)
+                .with_note("the forward has no deterministic mode (it is ironflash-fused)")
+        }
         Impl::Cpu | Impl::Peers => unreachable!("run_gpu_case is for the GPU implementations"),
     };
     let opts = AttnOptions { causal: case.causal, ..AttnOptions::default() };
@@ -144,6 +155,149 @@ fn run_gpu_typed<T: Element>(dev: &Device, imp: Impl, case: &Case, policy: &RepP
     }
     if sets.len() > 1 {
         record.note = format!("{} input sets rotated", sets.len());
+    }
+    record
+}
+
+/// One backward input set: the forward's inputs, what that implementation's forward kept (O, LSE; P for
+/// the standard path) and an upstream gradient dO.
+struct BackwardSet<T: Element> {
+    q: DeviceTensor<T>,
+    k: DeviceTensor<T>,
+    v: DeviceTensor<T>,
+    o: DeviceTensor<T>,
+    lse: CudaSlice<f32>,
+    probs: Option<CudaSlice<T>>,
+    d_o: DeviceTensor<T>,
+}
+
+/// Bytes of one backward set of `imp`.
+pub fn backward_set_bytes(imp: Impl, case: &Case) -> usize {
+    let p = case.problem();
+    let elem = case.dtype.dtype().size_bytes();
+    let q_like = case.b * case.n_q * case.h * case.d * elem;
+    let probs = if imp == Impl::Standard { gpu::standard::standard_extra_bytes(&p, case.dtype.dtype()) } else { 0 };
+    case.input_bytes() + 2 * q_like + 4 * p.lse_len() + probs
+}
+
+/// What a backward call allocates, from the sizes alone: dQ, dK, dV, plus the fused path's f32 dQ
+/// accumulator and delta, or the standard path's dP/dS matrix. Used where the pool cannot be read.
+pub fn computed_backward_extra_bytes(imp: Impl, case: &Case) -> u64 {
+    let p = case.problem();
+    let grads = case.input_bytes();
+    let extra = match imp {
+        Impl::Standard => gpu::standard_backward::standard_backward_extra_bytes(&p, case.dtype.dtype()),
+        _ => p.lse_len() * (p.head_dim + 1) * 4,
+    };
+    (grads + extra) as u64
+}
+
+/// A backward case: the sets' forwards run first (untimed); the timed region is the backward call alone.
+/// Peak extra memory is the backward call's, over what the sets already hold (for the standard path,
+/// the P it reads was allocated by the forward and is named in the note).
+fn run_gpu_backward<T: Element>(dev: &Device, imp: Impl, case: &Case, policy: &RepPolicy) -> Record {
+    if !matches!(imp, Impl::Fused | Impl::FusedDet | Impl::Standard) {
+        return Record::new(imp.name(), case, Status::Error).with_note("not a GPU implementation");
+    }
+    let opts = AttnOptions { causal: case.causal, deterministic: imp == Impl::FusedDet, ..AttnOptions::default() };
+    let free = dev.mem_info().map(|(free, _)| free).unwrap_or(0);
+    let count = rotation_sets_of(backward_set_bytes(imp, case), dev.info().l2_bytes, free);
+    let sets = (|| -> Result<Vec<BackwardSet<T>>> {
+        let src = RandomSource::<T>::new(dev, &mut rand::rng())?;
+        let ordinal = dev.info().ordinal;
+        let tensor = |shape: [usize; 4], salt: u64| -> Result<DeviceTensor<T>> {
+            let layout = Layout::contiguous(shape);
+            Ok(DeviceTensor { buf: src.buffer(dev, layout.numel(), salt)?, layout, ordinal })
+        };
+        (0..count as u64)
+            .map(|i| {
+                let (q, k, v) = (
+                    tensor(case.q_shape(), 4 * i)?,
+                    tensor(case.kv_shape(), 4 * i + 1)?,
+                    tensor(case.kv_shape(), 4 * i + 2)?,
+                );
+                let d_o = tensor(case.q_shape(), 4 * i + 3)?;
+                let (o, lse, probs) = if imp == Impl::Standard {
+                    let t = gpu::standard_forward_train(dev, &q, &k, &v, &opts)?;
+                    (t.o, t.lse, Some(t.probs))
+                } else {
+                    let t = gpu::flash_forward(dev, &q, &k, &v, &opts)?;
+                    (t.o, t.lse, None)
+                };
+                Ok(BackwardSet { q, k, v, o, lse, probs, d_o })
+            })
+            .collect()
+    })();
+    let sets = match sets {
+        Ok(s) => s,
+        Err(e) => return failed(imp, case, &e).with_note(format!("forward before the backward: {e}")),
+    };
+    let run = |i: usize| -> Result<gpu::GpuGradients<T>> {
+        let s = &sets[i % sets.len()];
+        match &s.probs {
+            Some(probs) => gpu::standard_backward(dev, &s.q, &s.k, &s.v, &s.o, probs, &s.d_o, &opts),
+            None => gpu::flash_backward(dev, &s.q, &s.k, &s.v, &s.o, &s.lse, &s.d_o, &opts),
+        }
+    };
+    let mut record = match first_call_memory(dev, || run(0).map(drop)) {
+        Ok(bytes) => {
+            with_memory(Record::new(imp.name(), case, Status::Ok), bytes, || computed_backward_extra_bytes(imp, case))
+        }
+        Err(e) => return failed(imp, case, &e),
+    };
+    let timed = (|| -> Result<Vec<f64>> {
+        let warm = time_calls(dev, policy.warmup.max(1), |i| run(i + 1).map(drop))?;
+        let one_ms = warm.last().copied().unwrap_or(0.0);
+        time_calls(dev, policy.reps_for(one_ms), |i| run(i).map(drop))
+    })();
+    match timed {
+        Ok(times) => record.set_timing(&times),
+        Err(e) => return failed(imp, case, &e),
+    }
+    let mut notes = Vec::new();
+    if imp == Impl::Standard {
+        let p = case.problem();
+        let saved = gpu::standard::standard_extra_bytes(&p, case.dtype.dtype()) as u64;
+        notes.push(format!("+ P kept by the forward: {}", crate::bench::report::format_bytes(saved)));
+    }
+    if sets.len() > 1 {
+        notes.push(format!("{} input sets rotated", sets.len()));
+    }
+    record.note = notes.join("; ");
+    record
+}
+
+/// Runs `call` once, alone, and returns the pool's high-water mark during it over what was in use
+/// before (`None` where the pool cannot be read).
+fn first_call_memory(dev: &Device, call: impl FnOnce() -> Result<()>) -> Result<Option<u64>> {
+    let watermark = PoolWatermark::new(dev);
+    dev.synchronize()?;
+    let before = match &watermark {
+        Some(w) => {
+            w.reset()?;
+            Some(w.used()?)
+        }
+        None => None,
+    };
+    call()?;
+    dev.synchronize()?;
+    Ok(match (&watermark, before) {
+        (Some(w), Some(before)) => Some(w.high()?.saturating_sub(before)),
+        _ => None,
+    })
+}
+
+/// A record's memory columns: measured, or computed where the pool could not be read.
+fn with_memory(mut record: Record, measured: Option<u64>, computed: impl FnOnce() -> u64) -> Record {
+    match measured {
+        Some(bytes) => {
+            record.extra_mem_bytes = Some(bytes);
+            record.mem_method = MemMethod::PoolHighWater;
+        }
+        None => {
+            record.extra_mem_bytes = Some(computed());
+            record.mem_method = MemMethod::Computed;
+        }
     }
     record
 }
@@ -205,7 +359,8 @@ pub fn run_cpu_case(case: &Case, policy: &RepPolicy) -> Record {
 
 fn run_cpu_typed<T: Element>(case: &Case, policy: &RepPolicy) -> Record {
     if case.pass == Pass::Bwd {
-        return Record::new(Impl::Cpu.name(), case, Status::Unsupported).with_note("no backward pass yet");
+        return Record::new(Impl::Cpu.name(), case, Status::Unsupported)
+            .with_note("the CPU path is not timed backward");
     }
     let mut rng = rand::rng();
     let q = HostTensor::<T>::random(case.q_shape(), 1.0, &mut rng);
@@ -265,6 +420,23 @@ mod tests {
         let standard = computed_extra_bytes(Impl::Standard, &c);
         assert_eq!(fused, (65536 * 16 * 128 * 2 + 16 * 65536 * 4) as u64);
         assert_eq!(standard - fused, 2 * 16 * 65536u64 * 65536);
+    }
+
+    #[test]
+    fn backward_sets_and_memory_count_the_square_matrices_only_for_standard() {
+        let c = Case { pass: Pass::Bwd, ..Case::fwd(GridName::Paper, 4, 16, 4096, 128, true, DTypeName::Bf16) };
+        let q_like = 4 * 4096 * 16 * 128 * 2;
+        let lse = 4 * 16 * 4096 * 4;
+        let square = 2 * 4 * 16 * 4096usize * 4096;
+        let fused = backward_set_bytes(Impl::Fused, &c);
+        assert_eq!(fused, c.input_bytes() + 2 * q_like + lse);
+        assert_eq!(backward_set_bytes(Impl::Standard, &c) - fused, square);
+        assert_eq!(backward_set_bytes(Impl::FusedDet, &c), fused);
+        let grads = c.input_bytes() as u64;
+        assert_eq!(computed_backward_extra_bytes(Impl::Fused, &c), grads + (lse * 129) as u64);
+        assert_eq!(computed_backward_extra_bytes(Impl::Standard, &c), grads + square as u64);
+        assert_eq!(rotation_sets_of(fused, 50 << 20, 80 << 30), 1);
+        assert_eq!(rotation_sets_of(10 << 20, 50 << 20, 80 << 30), 10);
     }
 
     #[test]

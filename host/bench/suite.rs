@@ -32,8 +32,9 @@ pub struct BenchArgs {
     /// Element type of every input.
     #[arg(long, value_enum, default_value = "bf16")]
     pub dtype: DTypeName,
-    /// Implementations, comma-separated: fused, standard, cpu, peers (PyTorch SDPA backends and a naive
-    /// matmul-softmax-matmul). Default: all.
+    /// Implementations, comma-separated: fused, fused-det (the backward's deterministic mode; backward
+    /// rows only), standard, cpu, peers (PyTorch SDPA backends and a naive matmul-softmax-matmul).
+    /// Default: all.
     #[arg(long = "impl", value_enum, value_delimiter = ',')]
     pub impls: Vec<Impl>,
     /// Keep only these head dims (comma-separated).
@@ -45,7 +46,7 @@ pub struct BenchArgs {
     /// Causal mask: both, on or off.
     #[arg(long, value_enum, default_value = "both")]
     pub causal: CausalChoice,
-    /// Passes, comma-separated: fwd, bwd (no backward pass exists yet: bwd rows say so).
+    /// Passes, comma-separated: fwd, bwd (the backward call alone is timed; its forward runs before).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "fwd")]
     pub pass: Vec<Pass>,
     /// Fewer points per chart and fewer repetitions (about a minute on an H100).
@@ -87,7 +88,7 @@ pub struct BenchArgs {
 impl BenchArgs {
     fn impls(&self) -> Vec<Impl> {
         if self.impls.is_empty() {
-            vec![Impl::Fused, Impl::Standard, Impl::Cpu, Impl::Peers]
+            vec![Impl::Fused, Impl::FusedDet, Impl::Standard, Impl::Cpu, Impl::Peers]
         } else {
             self.impls.clone()
         }
@@ -221,7 +222,8 @@ pub fn run_suite(args: &BenchArgs, dev: Option<&Device>) -> Result<SuiteReport, 
         eprintln!("{line}");
     }
 
-    let gpu_impls: Vec<Impl> = impls.iter().copied().filter(|i| matches!(i, Impl::Fused | Impl::Standard)).collect();
+    let gpu_impls: Vec<Impl> =
+        impls.iter().copied().filter(|i| matches!(i, Impl::Fused | Impl::FusedDet | Impl::Standard)).collect();
     let peak = match dev {
         Some(d) if !gpu_impls.is_empty() || impls.contains(&Impl::Peers) => {
             let p = timing::measure_bf16_peak(d, if args.quick { 10 } else { 30 }).map_err(|e| e.to_string())?;
@@ -234,14 +236,14 @@ pub fn run_suite(args: &BenchArgs, dev: Option<&Device>) -> Result<SuiteReport, 
 
     let mut units = 0u64;
     for c in &cases {
-        units += if dev.is_some() { gpu_impls.len() as u64 } else { 0 };
+        units += if dev.is_some() { gpu_impls.iter().filter(|&&i| runs_on(i, c)).count() as u64 } else { 0 };
         units += (impls.contains(&Impl::Cpu) && cpu_limits.allows(c)) as u64;
     }
     let pb = progress_bar(units);
     let mut records = Vec::new();
     for case in &cases {
         if let Some(d) = dev {
-            for &imp in &gpu_impls {
+            for &imp in gpu_impls.iter().filter(|&&i| runs_on(i, case)) {
                 pb.set_message(format!("{} {} N={} D={}", imp.name(), case.grid.name(), case.n_label(), case.d));
                 let r = run_gpu_case(d, imp, case, &policy);
                 say(&pb, brief(&r));
@@ -287,6 +289,11 @@ pub fn run_suite(args: &BenchArgs, dev: Option<&Device>) -> Result<SuiteReport, 
     let markdown = report::markdown(&all);
     let files = write_outputs(args, &header, &all, &markdown, &device_name)?;
     Ok(SuiteReport { header, records: all, markdown, files })
+}
+
+/// Whether a GPU implementation has a row for a case: the deterministic mode exists only backward.
+pub fn runs_on(imp: Impl, case: &Case) -> bool {
+    imp != Impl::FusedDet || case.pass == Pass::Bwd
 }
 
 fn write_outputs(
@@ -338,7 +345,7 @@ mod tests {
             assert!(c.iter().any(|x| x.grid == g), "{g:?}");
         }
         assert!(c.iter().all(|x| x.pass == Pass::Fwd && x.dtype == DTypeName::Bf16));
-        assert_eq!(a.impls().len(), 4);
+        assert_eq!(a.impls().len(), 5);
         assert_eq!(a.policy(), RepPolicy::FULL);
     }
 
@@ -355,6 +362,18 @@ mod tests {
         assert_eq!(b.cases().len(), 4);
         assert!(Cli::try_parse_from(["suite", "--shape", "1,2,3"]).is_err());
         assert!(Cli::try_parse_from(["suite", "--grid", "nope"]).is_err());
+    }
+
+    #[test]
+    fn fused_det_has_backward_rows_only() {
+        let a = parse(&["--shape", "1,2,256,64", "--pass", "fwd,bwd", "--impl", "fused,fused-det"]);
+        assert_eq!(a.impls(), vec![Impl::Fused, Impl::FusedDet]);
+        let cases = a.cases();
+        assert_eq!(cases.len(), 4, "two passes, both masks");
+        for c in &cases {
+            assert!(runs_on(Impl::Fused, c) && runs_on(Impl::Standard, c));
+            assert_eq!(runs_on(Impl::FusedDet, c), c.pass == Pass::Bwd);
+        }
     }
 
     #[test]
