@@ -13,7 +13,8 @@ pub struct CheckArgs {
     /// Element types, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "bf16,f16")]
     dtype: Vec<DTypeName>,
-    /// Paths to check, comma-separated: fused, standard, cpu. Default: every available one.
+    /// Forward paths to check, comma-separated: fused, standard, cpu (fused-det and peers have no forward of
+    /// their own and are ignored). Default: every available one.
     #[arg(long = "impl", value_enum, value_delimiter = ',')]
     impls: Vec<Impl>,
     /// Keep only these head dims (comma-separated; default: all supported).
@@ -38,7 +39,7 @@ pub fn run(ordinal: usize, args: &CheckArgs) -> JobResult {
     let mut impls: Vec<Impl> = if args.impls.is_empty() {
         vec![Impl::Fused, Impl::Standard, Impl::Cpu]
     } else {
-        args.impls.iter().copied().filter(|i| *i != Impl::Peers).collect()
+        args.impls.iter().copied().filter(|i| !matches!(i, Impl::Peers | Impl::FusedDet)).collect()
     };
     if dev.is_none() {
         impls.retain(|i| *i == Impl::Cpu);
