@@ -1,10 +1,13 @@
 //! Times the fused forward kernel with CUDA events: B·N = 16K tokens, hidden 2048 (H = 2048/D), bf16,
 //! N in {1K, 4K, 8K}, D in {64, 128}, causal off and on. TFLOP/s = 4·B·H·N²·D / t, halved for causal.
+//! Then decode shapes (B in {1, 8}, H = 16, one query, 8K and 64K keys, D = 128), unsplit and with the
+//! split-KV count the heuristic picks; GB/s = K and V bytes / t (decode reads each key once).
 //!
 //! ```text
 //! cargo run --release --example fwd_timing              # the chooser's tile
 //! cargo run --release --example fwd_timing -- --all     # every compiled tile of each head dim that fits
 //! cargo run --release --example fwd_timing -- --dims 64,128,256
+//! cargo run --release --example fwd_timing -- --decode-only --splits 8,32,64   # extra split counts
 //! ```
 //! Warm-up launches first, then the median of per-launch event timings. Inputs are random (never zeros).
 
@@ -18,6 +21,7 @@ const REPS: usize = 30;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let all = args.iter().any(|a| a == "--all");
+    let decode_only = args.iter().any(|a| a == "--decode-only");
     let dims: Vec<usize> = match args.iter().position(|a| a == "--dims") {
         Some(i) => {
             args.get(i + 1).ok_or("--dims needs a list")?.split(',').map(str::parse).collect::<Result<_, _>>()?
@@ -42,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "N", "D", "H", "B", "causal", "tile", "median ms", "TFLOP/s"
     );
     let mut rng = rand::rng();
-    for d in dims {
+    for d in if decode_only { vec![] } else { dims } {
         for n in [1024usize, 4096, 8192] {
             let (h, b) = (2048 / d, 16 * 1024 / n);
             let q = dev.upload(&HostTensor::<bf16>::random([b, n, h, d], 1.0, &mut rng))?;
@@ -63,22 +67,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     vec![chosen]
                 };
                 for tile in tiles {
-                    let mut run = || gpu::flash_forward_with_tile(&dev, &q, &k, &v, &mut o, &mut lse, &opts, &tile);
-                    for _ in 0..WARMUP {
-                        run()?;
-                    }
-                    dev.synchronize()?;
-                    let mut ms = Vec::with_capacity(REPS);
-                    for _ in 0..REPS {
-                        let start =
-                            dev.stream().record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
-                        run()?;
-                        let end =
-                            dev.stream().record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
-                        ms.push(start.elapsed_ms(&end)? as f64);
-                    }
-                    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-                    let median = ms[REPS / 2];
+                    let median = median_ms(&dev, || {
+                        gpu::flash_forward_with_tile(&dev, &q, &k, &v, &mut o, &mut lse, &opts, &tile)
+                    })?;
                     let flops = 4.0 * (b * h) as f64 * (n * n) as f64 * d as f64 / if causal { 2.0 } else { 1.0 };
                     let name = tile.symbol(false).trim_end_matches("_bf16");
                     println!(
@@ -88,6 +79,74 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             // Every element written (no NaN left from the poison) on the last configuration.
+            let host = dev.download(&o)?;
+            assert!(host.data.iter().all(|x| x.is_finite()), "O has unwritten or non-finite elements");
+        }
+    }
+    let extra_splits: Vec<usize> = match args.iter().position(|a| a == "--splits") {
+        Some(i) => {
+            args.get(i + 1).ok_or("--splits needs a list")?.split(',').map(str::parse).collect::<Result<_, _>>()?
+        }
+        None => vec![],
+    };
+    decode(&dev, &extra_splits)
+}
+
+/// Median over `REPS` launches (after `WARMUP`) of the CUDA-event time of one call of `run`.
+fn median_ms(dev: &Device, mut run: impl FnMut() -> ironflash::Result<()>) -> Result<f64, Box<dyn std::error::Error>> {
+    for _ in 0..WARMUP {
+        run()?;
+    }
+    dev.synchronize()?;
+    let mut ms = Vec::with_capacity(REPS);
+    for _ in 0..REPS {
+        let start = dev.stream().record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+        run()?;
+        let end = dev.stream().record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+        ms.push(start.elapsed_ms(&end)? as f64);
+    }
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok(ms[REPS / 2])
+}
+
+/// Decode: one query row per (batch, head), non-causal (bottom-right causal is the same for one row).
+fn decode(dev: &Device, extra_splits: &[usize]) -> Result<(), Box<dyn std::error::Error>> {
+    let info = dev.info().clone();
+    println!("decode (bf16, D = 128, H = 16, seqlen_q = 1)");
+    println!("{:>3} {:>6} {:>7} {:>10} {:>8}", "B", "keys", "splits", "median ms", "GB/s");
+    println!("(* the heuristic's count; 1 is the unsplit kernel)");
+    let (h, d) = (16, 128);
+    let mut rng = rand::rng();
+    for b in [1usize, 8] {
+        for n in [8192usize, 65536] {
+            let q = dev.upload(&HostTensor::<bf16>::random([b, 1, h, d], 1.0, &mut rng))?;
+            let k = dev.upload(&HostTensor::<bf16>::random([b, n, h, d], 1.0, &mut rng))?;
+            let v = dev.upload(&HostTensor::<bf16>::random([b, n, h, d], 1.0, &mut rng))?;
+            let mut o = dev.poisoned::<bf16>([b, 1, h, d])?;
+            let mut lse = dev.poisoned_f32(b * h)?;
+            let opts = AttnOptions::default();
+            let tile = gpu::forward_tile(&info, d, ironflash::DType::BF16, false)?;
+            let problem = ironflash::AttnProblem {
+                batch: b,
+                seqlen_q: 1,
+                seqlen_k: n,
+                heads_q: h,
+                heads_kv: h,
+                head_dim: d,
+                causal: false,
+                softmax_scale: 1.0,
+            };
+            let chosen = gpu::forward_num_splits(&info, &problem, &tile);
+            let kv_bytes = (2 * b * n * h * d * 2) as f64;
+            let mut counts = vec![1, chosen];
+            counts.extend(extra_splits.iter().filter(|&&s| s != 1 && s != chosen));
+            for splits in counts {
+                let median = median_ms(dev, || {
+                    gpu::flash_forward_with_splits(dev, &q, &k, &v, &mut o, &mut lse, &opts, None, splits)
+                })?;
+                let mark = if splits == chosen { "*" } else { "" };
+                println!("{b:>3} {n:>6} {splits:>6}{mark:1} {median:>10.3} {:>8.0}", kv_bytes / (median * 1e-3) / 1e9);
+            }
             let host = dev.download(&o)?;
             assert!(host.data.iter().all(|x| x.is_finite()), "O has unwritten or non-finite elements");
         }

@@ -1,7 +1,8 @@
 //! The fused forward kernel against the f64 reference on fresh random inputs with poisoned outputs:
 //! every dtype, head dim, sequence lengths on and off the tile edges, causal or not, GQA/MQA, padded
 //! strides for q/k/v and (through `flash_forward_into`) for O, random scales; large-magnitude scores;
-//! long sequences checked on sampled rows; decode shapes; determinism; typed errors.
+//! long sequences checked on sampled rows; decode shapes; split-KV (chosen by the heuristic on decode
+//! shapes, and forced on any shape); determinism; typed errors.
 //! Skips with one line without a CUDA driver.
 
 mod common;
@@ -35,6 +36,8 @@ struct Case {
     pad_o: Option<[usize; 3]>,
     /// Force the table's other (smaller) row for this head dim, when it has one.
     small_tile: bool,
+    /// Some: force this split-KV count (through `flash_forward_with_splits`, O padded by `pad_o`).
+    splits: Option<usize>,
     seed: u64,
 }
 
@@ -95,10 +98,17 @@ fn case(large_scores: bool) -> impl Strategy<Value = Case> {
                     pad_kv,
                     pad_o,
                     small_tile,
+                    splits: None,
                     seed,
                 }
             },
         )
+}
+
+/// Random problems with a forced split count (2..=9, often more splits than a CTA has key blocks, so
+/// that empty splits occur) and the chooser's tile.
+fn split_case() -> impl Strategy<Value = Case> {
+    (case(false), 2usize..=9).prop_map(|(c, s)| Case { splits: Some(s), small_tile: false, ..c })
 }
 
 /// One of the table's rows for a head dim other than the chooser's pick that fit this device (picked by
@@ -139,6 +149,14 @@ fn run_case<T: Element>(dev: &Device, c: &Case, worst: &Mutex<Worst>) -> Result<
     let chosen = gpu::forward_tile(dev.info(), d, T::DTYPE, c.causal).map_err(|e| e.to_string())?;
     let small = if c.small_tile { other_tile(dev, d, &chosen, c.seed >> 7) } else { None };
     let (o, lse) = match (c.pad_o, small) {
+        _ if c.splits.is_some() => {
+            let layout = padded([c.batch, c.seqlen_q, hq, d], c.pad_o.unwrap_or([0; 3]));
+            let mut o = dev.upload(&HostTensor { data: vec![T::poison(); layout.span()], layout }).unwrap();
+            let mut lse = dev.poisoned_f32(reference.lse.len()).unwrap();
+            gpu::flash_forward_with_splits(dev, &dq, &dk, &dv, &mut o, &mut lse, &opts, None, c.splits.unwrap())
+                .map_err(|e| e.to_string())?;
+            (dev.download(&o).unwrap(), dev.download_f32(&lse).unwrap())
+        }
         (_, Some(tile)) => {
             let mut o = dev.poisoned::<T>([c.batch, c.seqlen_q, hq, d]).unwrap();
             let mut lse = dev.poisoned_f32(reference.lse.len()).unwrap();
@@ -195,12 +213,13 @@ fn run_case<T: Element>(dev: &Device, c: &Case, worst: &Mutex<Worst>) -> Result<
 }
 
 /// `IRONFLASH_PROPTEST_CASES` overrides the number of cases (e.g. small under compute-sanitizer).
-fn property<T: Element>(name: &str, cases: u32, large_scores: bool) {
+fn property<T: Element>(name: &str, cases: u32, large_scores: bool, forced_splits: bool) {
     let Some(dev) = device_or_skip(name) else { return };
     let cases = std::env::var("IRONFLASH_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
     let worst = Mutex::new(Worst::default());
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
-    let result = runner.run(&case(large_scores), |c| run_case::<T>(dev, &c, &worst).map_err(TestCaseError::fail));
+    let strategy = if forced_splits { split_case().boxed() } else { case(large_scores).boxed() };
+    let result = runner.run(&strategy, |c| run_case::<T>(dev, &c, &worst).map_err(TestCaseError::fail));
     println!("{name}: {} {:?}", T::DTYPE, worst.lock().unwrap());
     if let Err(e) = result {
         panic!("{name}: {e}");
@@ -209,23 +228,33 @@ fn property<T: Element>(name: &str, cases: u32, large_scores: bool) {
 
 #[test]
 fn forward_matches_reference_bf16() {
-    property::<bf16>("forward_matches_reference_bf16", 48, false);
+    property::<bf16>("forward_matches_reference_bf16", 48, false, false);
 }
 
 #[test]
 fn forward_matches_reference_f16() {
-    property::<f16>("forward_matches_reference_f16", 48, false);
+    property::<f16>("forward_matches_reference_f16", 48, false, false);
 }
 
 #[test]
 fn forward_large_scores_bf16() {
-    property::<bf16>("forward_large_scores_bf16", 16, true);
+    property::<bf16>("forward_large_scores_bf16", 16, true, false);
 }
 
 #[test]
 fn forward_large_scores_f16() {
     // f16 holds inputs of ±4 exactly enough; the scores are f32 inside the kernel.
-    property::<f16>("forward_large_scores_f16", 16, true);
+    property::<f16>("forward_large_scores_f16", 16, true, false);
+}
+
+#[test]
+fn forced_splits_match_reference_bf16() {
+    property::<bf16>("forced_splits_match_reference_bf16", 32, false, true);
+}
+
+#[test]
+fn forced_splits_match_reference_f16() {
+    property::<f16>("forced_splits_match_reference_f16", 32, false, true);
 }
 
 /// Long sequences: the GPU computes everything, the reference a few windows of query rows (for a window
@@ -301,11 +330,112 @@ fn fixed_case<T: Element>(dev: &Device, dims: [usize; 6], causal: bool, seed: u6
         pad_kv: [0; 3],
         pad_o: None,
         small_tile: false,
+        splits: None,
         seed,
     };
     let worst = Mutex::new(Worst::default());
     run_case::<T>(dev, &c, &worst).unwrap_or_else(|e| panic!("{c:?}: {e}"));
     println!("{dims:?} causal {causal}: {:?}", worst.lock().unwrap());
+}
+
+/// A decode shape through `flash_forward_into` with padded O strides, asserting that the heuristic
+/// splits it (the shapes below are far from filling an H100 or A100).
+fn decode_case<T: Element>(dev: &Device, dims: [usize; 6], causal: bool, pad_o: [usize; 3], seed: u64) {
+    let [batch, seqlen_q, seqlen_k, heads_kv, group, head_dim] = dims;
+    let p = ironflash::AttnProblem {
+        batch,
+        seqlen_q,
+        seqlen_k,
+        heads_q: heads_kv * group,
+        heads_kv,
+        head_dim,
+        causal,
+        softmax_scale: 1.0,
+    };
+    let tile = gpu::forward_tile(dev.info(), head_dim, T::DTYPE, causal).unwrap();
+    let splits = gpu::forward_num_splits(dev.info(), &p, &tile);
+    let c = Case {
+        batch,
+        seqlen_q,
+        seqlen_k,
+        heads_kv,
+        group,
+        head_dim,
+        causal,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+        amplitude: 1.0,
+        pad_q: [0; 3],
+        pad_kv: [8, 0, 0],
+        pad_o: Some(pad_o),
+        small_tile: false,
+        splits: None,
+        seed,
+    };
+    let worst = Mutex::new(Worst::default());
+    run_case::<T>(dev, &c, &worst).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    println!("decode {dims:?} causal {causal} {} splits {splits}: {:?}", T::DTYPE, worst.lock().unwrap());
+    if seqlen_k >= 2 * 16 * tile.block_n && dev.info().sm_count >= 40 {
+        assert!(splits > 1, "{dims:?}: the heuristic did not split");
+    }
+}
+
+#[test]
+fn split_kv_decode() {
+    let Some(dev) = device_or_skip("split_kv_decode") else { return };
+    // [batch, seqlen_q, seqlen_k, heads_kv, group, head_dim]: seqlen_q 1..16, tails of seqlen_k, GQA,
+    // every head dim, both dtypes, causal on and off (with seqlen_q > 1 causal rows see different key
+    // ranges, and the last split of the shortest rows is partly masked).
+    let shapes: [([usize; 6], bool); 12] = [
+        ([1, 1, 65536, 2, 8, 128], false),
+        ([1, 1, 65536 - 37, 1, 4, 128], true),
+        ([4, 1, 8192 + 5, 2, 2, 64], false),
+        ([2, 16, 8192 - 1, 2, 4, 128], true),
+        ([3, 7, 4099, 1, 2, 32], true),
+        ([1, 3, 12345, 2, 1, 96], false),
+        ([2, 16, 4096, 1, 3, 192], true),
+        ([1, 2, 20000, 1, 2, 256], false),
+        ([1, 9, 16384, 4, 1, 256], true),
+        ([4, 1, 2048 + 63, 1, 1, 32], false),
+        ([1, 5, 30001, 2, 1, 64], true),
+        ([2, 1, 10000, 1, 4, 96], true),
+    ];
+    for (i, (dims, causal)) in shapes.into_iter().enumerate() {
+        let pad_o = [[0, 0, 0], [8, 24, 0], [24, 8, 8]][i % 3];
+        if i % 2 == 0 {
+            decode_case::<bf16>(dev, dims, causal, pad_o, 40 + i as u64);
+        } else {
+            decode_case::<f16>(dev, dims, causal, pad_o, 40 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn split_kv_fully_masked_rows_and_empty_splits() {
+    let Some(dev) = device_or_skip("split_kv_fully_masked_rows_and_empty_splits") else { return };
+    // Causal with more queries than keys: the first rows see no key (O = 0, LSE = -inf), and with many
+    // splits of few blocks most splits of the early query blocks are empty.
+    for (dims, splits) in [([1, 300, 37, 2, 2, 64], 7), ([1, 1000, 1, 1, 1, 32], 3), ([2, 200, 150, 1, 2, 128], 64)] {
+        let [batch, seqlen_q, seqlen_k, heads_kv, group, head_dim] = dims;
+        let c = Case {
+            batch,
+            seqlen_q,
+            seqlen_k,
+            heads_kv,
+            group,
+            head_dim,
+            causal: true,
+            scale: 0.1,
+            amplitude: 1.0,
+            pad_q: [0; 3],
+            pad_kv: [0; 3],
+            pad_o: Some([8, 0, 0]),
+            small_tile: false,
+            splits: Some(splits),
+            seed: 50,
+        };
+        let worst = Mutex::new(Worst::default());
+        run_case::<bf16>(dev, &c, &worst).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    }
 }
 
 #[test]
@@ -338,6 +468,30 @@ fn deterministic() {
         assert!(oa.data.iter().zip(&ob.data).all(|(x, y)| x.to_bits() == y.to_bits()), "O differs, causal {causal}");
         let (la, lb) = (dev.download_f32(&a.lse).unwrap(), dev.download_f32(&b.lse).unwrap());
         assert!(la.iter().zip(&lb).all(|(x, y)| x.to_bits() == y.to_bits()), "LSE differs, causal {causal}");
+    }
+}
+
+#[test]
+fn deterministic_split_kv() {
+    let Some(dev) = device_or_skip("deterministic_split_kv") else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(32);
+    let q = dev.upload(&HostTensor::<bf16>::random([2, 4, 8, 128], 1.0, &mut rng)).unwrap();
+    let k = dev.upload(&HostTensor::<bf16>::random([2, 20000, 2, 128], 1.0, &mut rng)).unwrap();
+    let v = dev.upload(&HostTensor::<bf16>::random([2, 20000, 2, 128], 1.0, &mut rng)).unwrap();
+    for causal in [false, true] {
+        let opts = AttnOptions { causal, ..AttnOptions::default() };
+        let runs: Vec<_> = (0..3)
+            .map(|_| {
+                let mut o = dev.poisoned::<bf16>([2, 4, 8, 128]).unwrap();
+                let mut lse = dev.poisoned_f32(2 * 8 * 4).unwrap();
+                gpu::flash_forward_with_splits(dev, &q, &k, &v, &mut o, &mut lse, &opts, None, 37).unwrap();
+                (dev.download(&o).unwrap(), dev.download_f32(&lse).unwrap())
+            })
+            .collect();
+        for (o, lse) in &runs[1..] {
+            assert!(o.data.iter().zip(&runs[0].0.data).all(|(x, y)| x.to_bits() == y.to_bits()), "O, causal {causal}");
+            assert!(lse.iter().zip(&runs[0].1).all(|(x, y)| x.to_bits() == y.to_bits()), "LSE, causal {causal}");
+        }
     }
 }
 
@@ -386,13 +540,37 @@ fn typed_errors() {
     let mut o = dev.poisoned::<bf16>([1, 4, 2, 64]).unwrap();
     let e = gpu::flash_forward_with_tile(dev, &q, &k, &k, &mut o, &mut lse, &opts, &tiles::HD128).unwrap_err();
     assert!(matches!(e, Error::NoTileConfig(_)), "{e}");
+
+    for splits in [0, gpu::MAX_SPLITS + 1] {
+        let e = gpu::flash_forward_with_splits(dev, &q, &k, &k, &mut o, &mut lse, &opts, None, splits).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+    }
+}
+
+#[test]
+fn split_heuristic() {
+    // Host-only. B=1, H=16, one query block on 132 SMs x 2 CTAs: one wave as full as it gets (16
+    // splits: 256 of 264 slots) at 64K keys (1024 blocks of 64); at 8K keys (128 blocks) at least 16
+    // blocks per split. B=8: 128 CTAs, 2 splits.
+    assert_eq!(gpu::num_splits_heuristic(16, 264, 1024), 16);
+    assert_eq!(gpu::num_splits_heuristic(16, 264, 128), 8);
+    assert_eq!(gpu::num_splits_heuristic(128, 264, 1024), 2);
+    // A grid that fills 80% of a wave is not split; nor is one with too few key blocks.
+    assert_eq!(gpu::num_splits_heuristic(212, 264, 1024), 1);
+    assert_eq!(gpu::num_splits_heuristic(16, 264, 7), 1);
+    // Never more than MAX_SPLITS or one wave, nor fewer than 16 blocks per split.
+    for (ctas, blocks) in [(1, 100_000), (2, 64), (3, 1000), (100, 1 << 20)] {
+        let s = gpu::num_splits_heuristic(ctas, 264, blocks);
+        assert!(s <= gpu::MAX_SPLITS && ctas * s <= 264 && (s == 1 || blocks / s >= 16), "{ctas} {blocks}: {s}");
+    }
 }
 
 #[test]
 fn ptx_defines_every_forward_kernel() {
-    // Host-only (no GPU): every symbol of the tile table is an entry of both PTX modules.
+    // Host-only (no GPU): every symbol of the tile table, and the combine, is an entry of both PTX modules.
+    let combine = [ironflash_kernels::abi::FWD_COMBINE_BF16, ironflash_kernels::abi::FWD_COMBINE_F16];
     for t in tiles::FWD_TILES {
-        for s in t.symbols {
+        for s in t.symbols.into_iter().chain(t.split_symbols).chain(combine) {
             for (arch, ptx) in [("sm_80", ironflash::modules::PTX_SM80), ("sm_90a", ironflash::modules::PTX_SM90A)] {
                 assert!(ptx.contains(&format!(".entry {s}(")), "{s} missing from the {arch} PTX");
             }

@@ -10,7 +10,7 @@ use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-use ironflash_kernels::abi::FwdParams;
+use ironflash_kernels::abi::{self, FwdCombineParams, FwdParams};
 use ironflash_kernels::tiles::{self, FwdTile};
 
 pub use ironflash_kernels::tiles::FwdTile as ForwardTile;
@@ -20,6 +20,47 @@ pub use ironflash_kernels::tiles::FwdTile as ForwardTile;
 const STRIDE_MULTIPLE: usize = 8;
 /// Grid y (heads) and z (batch) are limited to 65535 by the hardware.
 const GRID_YZ_MAX: usize = 65535;
+/// Most key-range splits of one (query block, head, batch) (split-KV): bounds the workspace and the
+/// combine's work per row.
+pub const MAX_SPLITS: usize = 128;
+/// Fewest key blocks per split: each split pays a prologue (Q load, pipeline fill), an f32 partial
+/// output and its share of the combine. Measured on H100 (docs/perf.md, "Split-KV decode"): at 8K keys
+/// (128 blocks of 64) 8 splits of 16 blocks beat 16 splits of 8.
+const MIN_BLOCKS_PER_SPLIT: usize = 16;
+/// The grid fills the device well enough unsplit from this fraction of one wave on (FA2's 0.8).
+const FULL_WAVE_FRACTION: f64 = 0.8;
+
+/// Split-KV count for a grid of `ctas` CTAs (query blocks × heads × batch) on a device with `slots`
+/// resident CTAs (SMs × CTAs per SM), each CTA visiting up to `n_blocks` key blocks. 1 (no split) when
+/// the grid already fills `FULL_WAVE_FRACTION` of a wave.
+///
+/// Otherwise the most splits that still fit in one wave (`ctas·s <= slots`), within `MAX_SPLITS` and
+/// `MIN_BLOCKS_PER_SPLIT`. FA2's heuristic instead takes the first count within 85% of the best wave
+/// efficiency over any number of waves; on H100 at B=1, H=16, 64K keys that is 14 splits (224 of 264
+/// slots, 0.26 ms) where 16 (256 slots) measured 0.23 ms and every count past one wave was slower: a
+/// decode CTA is bandwidth-bound, so one full wave of concurrent streams is what counts.
+pub fn num_splits_heuristic(ctas: usize, slots: usize, n_blocks: usize) -> usize {
+    if ctas == 0 || ctas as f64 >= FULL_WAVE_FRACTION * slots as f64 {
+        return 1;
+    }
+    (slots / ctas).min(n_blocks / MIN_BLOCKS_PER_SPLIT).clamp(1, MAX_SPLITS)
+}
+
+/// The split count the fused forward uses for a problem with a tile on a device (1: no split).
+pub fn forward_num_splits(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile) -> usize {
+    let ctas = p.seqlen_q.div_ceil(tile.block_m) * p.heads_q * p.batch;
+    let slots = info.sm_count as usize * tile.ctas_per_sm;
+    num_splits_heuristic(ctas, slots, p.seqlen_k.div_ceil(tile.block_n))
+}
+
+/// f32 elements of the split-KV workspace for `splits` (0 when unsplit): partial O
+/// `[splits, batch, heads_q, seqlen_q, head_dim]` and partial LSE `[splits, batch, heads_q, seqlen_q]`.
+pub fn forward_workspace_f32(p: &AttnProblem, splits: usize) -> (usize, usize) {
+    if splits <= 1 {
+        return (0, 0);
+    }
+    (splits * p.lse_len() * p.head_dim, splits * p.lse_len())
+}
 
 /// The tile the fused forward uses on a device for a head dim, element type and causality (what
 /// `ironflash info` prints).
@@ -40,6 +81,12 @@ pub fn forward_tile(info: &DeviceInfo, head_dim: usize, dtype: DType, causal: bo
 
 /// Fused attention forward: O (contiguous, shaped like q) and the f32 LSE `[batch, heads_q, seqlen_q]`
 /// (natural log; `-inf` and O = 0 for rows that see no key).
+///
+/// When query blocks × heads × batch would leave most of the device idle (decode, small batches), the
+/// key range is split ([`forward_num_splits`]) and a combine kernel merges the partial results; that
+/// takes a temporary f32 workspace of `splits · batch · heads_q · seqlen_q · (head_dim + 1)` elements
+/// ([`forward_workspace_f32`]; independent of seqlen_k, at most 128 splits), allocated and freed on the
+/// device's stream. Results are bitwise reproducible either way.
 pub fn flash_forward<T: Element>(
     dev: &Device,
     q: &DeviceTensor<T>,
@@ -52,7 +99,8 @@ pub fn flash_forward<T: Element>(
     // SAFETY: the kernel writes every element of O and of the LSE (fully masked rows included).
     let mut o = unsafe { dev.stream.alloc::<T>(o_layout.numel()) }.during("allocating O")?;
     let mut lse = unsafe { dev.stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
-    launch(dev, &p, &tile, q, k, v, (&mut o, &o_layout), &mut lse)?;
+    let splits = forward_num_splits(dev.info(), &p, &tile);
+    launch(dev, &p, &tile, splits, q, k, v, (&mut o, &o_layout), &mut lse)?;
     Ok(GpuForwardOutput { o: DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal }, lse })
 }
 
@@ -68,7 +116,7 @@ pub fn flash_forward_into<T: Element>(
     lse: &mut CudaSlice<f32>,
     opts: &AttnOptions,
 ) -> Result<()> {
-    forward_into(dev, q, k, v, o, lse, opts, None)
+    forward_into(dev, q, k, v, o, lse, opts, None, None)
 }
 
 /// As [`flash_forward_into`] with an explicit tile instead of the chooser's: for tests and tile
@@ -85,7 +133,28 @@ pub fn flash_forward_with_tile<T: Element>(
     opts: &AttnOptions,
     tile: &FwdTile,
 ) -> Result<()> {
-    forward_into(dev, q, k, v, o, lse, opts, Some(tile))
+    forward_into(dev, q, k, v, o, lse, opts, Some(tile), None)
+}
+
+/// As [`flash_forward_into`] with an optional explicit tile (as [`flash_forward_with_tile`]) and an
+/// optional split-KV count instead of [`forward_num_splits`]'s: for tests and benchmarks. `num_splits`
+/// must be in `1..=MAX_SPLITS`; 1 forces the unsplit kernel.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_forward_with_splits<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    o: &mut DeviceTensor<T>,
+    lse: &mut CudaSlice<f32>,
+    opts: &AttnOptions,
+    tile: Option<&FwdTile>,
+    num_splits: usize,
+) -> Result<()> {
+    if !(1..=MAX_SPLITS).contains(&num_splits) {
+        return Err(Error::TooLarge { arg: Arg::Q, what: "num_splits (1..=128)", value: num_splits });
+    }
+    forward_into(dev, q, k, v, o, lse, opts, tile, Some(num_splits))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -98,6 +167,7 @@ fn forward_into<T: Element>(
     lse: &mut CudaSlice<f32>,
     opts: &AttnOptions,
     tile: Option<&FwdTile>,
+    num_splits: Option<usize>,
 ) -> Result<()> {
     let (p, chosen) = plan(dev, q, k, v, opts)?;
     let tile = match tile {
@@ -134,7 +204,8 @@ fn forward_into<T: Element>(
         });
     }
     let o_layout = o.layout;
-    launch(dev, &p, &tile, q, k, v, (&mut o.buf, &o_layout), lse)
+    let splits = num_splits.unwrap_or_else(|| forward_num_splits(dev.info(), &p, &tile));
+    launch(dev, &p, &tile, splits, q, k, v, (&mut o.buf, &o_layout), lse)
 }
 
 /// Everything checked before a launch: dtype, devices, shapes and strides, kernel index limits, tile.
@@ -183,13 +254,15 @@ fn launch<T: Element>(
     dev: &Device,
     p: &AttnProblem,
     tile: &FwdTile,
+    num_splits: usize,
     q: &DeviceTensor<T>,
     k: &DeviceTensor<T>,
     v: &DeviceTensor<T>,
     o: (&mut CudaSlice<T>, &Layout),
     lse: &mut CudaSlice<f32>,
 ) -> Result<()> {
-    let name = tile.symbol(T::DTYPE == DType::F16);
+    let f16 = T::DTYPE == DType::F16;
+    let name = if num_splits > 1 { tile.split_symbol(f16) } else { tile.symbol(f16) };
     let smem = tile.smem_bytes(T::DTYPE.size_bytes());
     let f = dev.modules.function(&dev.ctx, name, smem)?;
     let stream = dev.stream();
@@ -199,6 +272,19 @@ fn launch<T: Element>(
     let (o_buf, o_layout) = o;
     let (o_ptr, _o_sync) = o_buf.device_ptr_mut(stream);
     let (lse_ptr, _lse_sync) = lse.device_ptr_mut(stream);
+    // Split-KV workspace, stream-ordered: freed (asynchronously, after the kernels) when this returns.
+    let (o_accum_len, lse_accum_len) = forward_workspace_f32(p, num_splits);
+    let mut workspace = None;
+    let (mut o_accum_ptr, mut lse_accum_ptr) = (0, 0);
+    if num_splits > 1 {
+        // SAFETY: the forward writes every partial LSE, and every partial O row whose LSE is finite;
+        // the combine reads only those.
+        let mut o_accum = unsafe { stream.alloc::<f32>(o_accum_len) }.during("allocating the split-KV O")?;
+        let mut lse_accum = unsafe { stream.alloc::<f32>(lse_accum_len) }.during("allocating the split-KV LSE")?;
+        o_accum_ptr = o_accum.device_ptr_mut(stream).0;
+        lse_accum_ptr = lse_accum.device_ptr_mut(stream).0;
+        workspace = Some((o_accum, lse_accum));
+    }
     let params = FwdParams {
         q: q_ptr,
         k: k_ptr,
@@ -215,9 +301,12 @@ fn launch<T: Element>(
         group: p.group_size() as u32,
         scale_log2: p.softmax_scale * std::f32::consts::LOG2_E,
         causal: p.causal as u32,
+        num_splits: num_splits as u32,
+        o_accum: o_accum_ptr,
+        lse_accum: lse_accum_ptr,
     };
     let cfg = LaunchConfig {
-        grid_dim: (p.seqlen_q.div_ceil(tile.block_m) as u32, p.heads_q as u32, p.batch as u32),
+        grid_dim: ((p.seqlen_q.div_ceil(tile.block_m) * num_splits) as u32, p.heads_q as u32, p.batch as u32),
         block_dim: (tile.threads() as u32, 1, 1),
         shared_mem_bytes: smem as u32,
     };
@@ -226,5 +315,38 @@ fn launch<T: Element>(
     // limits; the pointers are live for the launch (their sync guards outlive it on this stream).
     unsafe { stream.launch_builder(&f).arg(&arg).launch(cfg) }
         .map_err(|source| Error::Launch { kernel: name.into(), source })?;
+    if workspace.is_none() {
+        return Ok(());
+    }
+
+    let name = if f16 { abi::FWD_COMBINE_F16 } else { abi::FWD_COMBINE_BF16 };
+    let f = dev.modules.function(&dev.ctx, name, 0)?;
+    let rows = p.lse_len();
+    let params = FwdCombineParams {
+        o_accum: o_accum_ptr,
+        lse_accum: lse_accum_ptr,
+        o: o_ptr,
+        lse: lse_ptr,
+        o_strides: strides3(o_layout),
+        rows: rows as u32,
+        seqlen_q: p.seqlen_q as u32,
+        heads_q: p.heads_q as u32,
+        head_dim: p.head_dim as u32,
+        num_splits: num_splits as u32,
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (rows.div_ceil(COMBINE_ROWS_PER_CTA) as u32, 1, 1),
+        block_dim: (32 * COMBINE_ROWS_PER_CTA as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let arg = KernelParams(params);
+    // SAFETY: as above; the workspace was written by the launch before, on this stream, and is freed
+    // only after this launch in stream order.
+    unsafe { stream.launch_builder(&f).arg(&arg).launch(cfg) }
+        .map_err(|source| Error::Launch { kernel: name.into(), source })?;
+    drop(workspace);
     Ok(())
 }
+
+/// Rows per CTA of the combine kernel (one warp each; `fwd/combine.rs`).
+const COMBINE_ROWS_PER_CTA: usize = 8;

@@ -59,8 +59,14 @@ pub const ROW_SOFTMAX_BWD_F16: &str = "row_softmax_bwd_f16";
 ///
 /// Tensors are `[batch, seqlen, heads, head_dim]` with the element strides below (head_dim contiguous;
 /// every stride a multiple of 8 elements and every base 16-byte aligned, for 16-byte vector access).
-/// Launch: grid `(ceil(seqlen_q / block_m), heads_q, batch)`, `warps · 32` threads, the tile's dynamic
-/// shared memory (`tiles::FwdTile::smem_bytes`).
+/// Launch: grid `(ceil(seqlen_q / block_m) · num_splits, heads_q, batch)`, `warps · 32` threads, the
+/// tile's dynamic shared memory (`tiles::FwdTile::smem_bytes`).
+///
+/// Split-KV (`num_splits > 1`, FlashDecoding): grid x holds (query block, split) with the split
+/// fastest; split s of a CTA's visible key blocks `[0, n)` is blocks `[s·c, min((s+1)·c, n))`,
+/// `c = ceil(n / num_splits)`. Each split writes its O normalised by its own row sum, in f32, to
+/// `o_accum` and its LSE to `lse_accum` (`-inf` for a split that sees no key; its O is then not
+/// written), and `o`/`lse` are left to the combine kernel (`FwdCombineParams`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct FwdParams {
@@ -84,7 +90,42 @@ pub struct FwdParams {
     pub scale_log2: f32,
     /// 1: causal, aligned bottom-right (key j visible to query i iff j <= i + seqlen_k - seqlen_q).
     pub causal: u32,
+    /// Key-range splits per (query block, head, batch); 1: no split, O and LSE written directly.
+    pub num_splits: u32,
+    /// f32 `[num_splits, batch, heads_q, seqlen_q, head_dim]`, contiguous; used only when split.
+    pub o_accum: u64,
+    /// f32 `[num_splits, batch, heads_q, seqlen_q]`, contiguous, natural log; used only when split.
+    pub lse_accum: u64,
 }
+
+/// The split-KV combine (`fwd/combine.rs`): for each row `r` of `[batch, heads_q, seqlen_q]`,
+/// `lse[r] = log Σ_s exp(lse_accum[s, r])` and `O[r] = Σ_s exp(lse_accum[s, r] − lse[r]) · o_accum[s, r]`,
+/// the splits taken in index order (bitwise reproducible); splits with LSE `-inf` are skipped, and a row
+/// whose splits are all `-inf` gets O = 0 and LSE = `-inf`. Grid `(ceil(batch·heads_q·seqlen_q / 8))`,
+/// 256 threads (one warp per row).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FwdCombineParams {
+    /// As `FwdParams::o_accum` / `lse_accum`.
+    pub o_accum: u64,
+    pub lse_accum: u64,
+    /// O in the element type, `[batch, seqlen_q, heads_q, head_dim]` with `o_strides` (multiples of 8).
+    pub o: u64,
+    /// f32 `[batch, heads_q, seqlen_q]`, contiguous.
+    pub lse: u64,
+    pub o_strides: [u64; 3],
+    /// `batch · heads_q · seqlen_q`.
+    pub rows: u32,
+    pub seqlen_q: u32,
+    pub heads_q: u32,
+    /// A multiple of 32, at most 256.
+    pub head_dim: u32,
+    pub num_splits: u32,
+}
+
+/// Symbols of the split-KV combine kernels, per element type.
+pub const FWD_COMBINE_BF16: &str = "attn_fwd_combine_bf16";
+pub const FWD_COMBINE_F16: &str = "attn_fwd_combine_f16";
 
 /// The fused backward kernels (`bwd/`), one struct for the three launches of one backward call:
 /// 1. `attn_bwd_delta_*`: `delta[b, h, i] = Σ_d dO[b, i, h, d]·O[b, i, h, d]` (f32). Grid

@@ -26,6 +26,9 @@ pub struct FwdTile {
     pub ctas_per_sm: usize,
     /// Kernel symbols: `[bf16, f16]`.
     pub symbols: [&'static str; 2],
+    /// Symbols of the split-KV instantiation (`FwdParams::num_splits > 1`): `[bf16, f16]`. Separate
+    /// kernels, so that the unsplit kernels stay exactly as they were (no run-time split branches).
+    pub split_symbols: [&'static str; 2],
 }
 
 /// Shared memory the driver reserves per resident CTA on sm_80 and newer (CUDA programming guide,
@@ -58,6 +61,10 @@ impl FwdTile {
     pub const fn symbol(&self, f16: bool) -> &'static str {
         self.symbols[f16 as usize]
     }
+    /// The split-KV kernel's symbol for an element size class (bf16 = 0, f16 = 1).
+    pub const fn split_symbol(&self, f16: bool) -> &'static str {
+        self.split_symbols[f16 as usize]
+    }
     /// Whether the row is well formed (checked at compile time for every instantiated kernel).
     pub const fn is_valid(&self) -> bool {
         let d = self.head_dim;
@@ -87,6 +94,10 @@ macro_rules! tile {
             symbols: [
                 concat!("attn_fwd_hd", $d, "_m", $m, "n", $n, "w", $w, "_bf16"),
                 concat!("attn_fwd_hd", $d, "_m", $m, "n", $n, "w", $w, "_f16"),
+            ],
+            split_symbols: [
+                concat!("attn_fwd_split_hd", $d, "_m", $m, "n", $n, "w", $w, "_bf16"),
+                concat!("attn_fwd_split_hd", $d, "_m", $m, "n", $n, "w", $w, "_f16"),
             ],
         }
     };
@@ -193,6 +204,7 @@ mod tests {
             assert!(t.is_valid(), "{t:?}");
             for u in &FWD_TILES[i + 1..] {
                 assert_ne!(t.symbols, u.symbols);
+                assert_ne!(t.split_symbols, u.split_symbols);
             }
         }
     }

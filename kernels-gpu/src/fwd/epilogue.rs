@@ -92,3 +92,50 @@ pub unsafe fn store_empty<const D: usize>(
         row += threads;
     }
 }
+
+/// Stores the warp's rows of one split's partial output: O · inv in f32 (row stride `D`) and the LSE,
+/// straight from the accumulator layout; each quad of lanes writes 32 contiguous bytes of a row, so
+/// every sector is written in full.
+///
+/// # Safety
+/// `o` and `lse` point at the warp's first row of the split's `o_accum` / `lse_accum` rows, valid for
+/// rows `< valid_rows`; `o` is 8-byte aligned.
+#[inline(always)]
+pub unsafe fn store_split<const D: usize, const ND: usize, const MT: usize>(
+    o_acc: &[[[f32; 4]; ND]; MT],
+    inv: &[[f32; 2]; MT],
+    lse_acc: &[[f32; 2]; MT],
+    o: *mut f32,
+    lse: *mut f32,
+    valid_rows: i32,
+    lane: u32,
+) {
+    let (g, t) = (lane / 4, lane % 4);
+    for m in 0..MT {
+        for r in 0..2 {
+            let row = (m * 16) as u32 + g + 8 * r as u32;
+            if (row as i32) < valid_rows {
+                let o_row = o.add(row as usize * D + 2 * t as usize) as *mut [f32; 2];
+                for nd in 0..ND {
+                    *o_row.add(nd * 4) = [o_acc[m][nd][2 * r] * inv[m][r], o_acc[m][nd][2 * r + 1] * inv[m][r]];
+                }
+                if t == 0 {
+                    *lse.add(row as usize) = lse_acc[m][r];
+                }
+            }
+        }
+    }
+}
+
+/// Rows `[0, rows)` of a split that sees no key: LSE = -inf (the combine then skips its O).
+///
+/// # Safety
+/// `lse` is valid for `rows` values.
+#[inline(always)]
+pub unsafe fn store_split_empty(lse: *mut f32, rows: u32, threads: u32, tid: u32) {
+    let mut row = tid;
+    while row < rows {
+        *lse.add(row as usize) = f32::NEG_INFINITY;
+        row += threads;
+    }
+}

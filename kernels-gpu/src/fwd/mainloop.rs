@@ -15,7 +15,8 @@ use crate::ptx::mma::MmaElem;
 use crate::ptx::{cp_async, ldmatrix, opaque, smem, sreg, sync};
 
 /// Shape parameters, all compile-time. `KD = D/16` (k-steps of QKᵀ), `ND = D/8` (n8 tiles of O),
-/// `NN = BN/8` (n8 tiles of S), `KN = BN/16` (k-steps of PV), `MT` m16 tiles per warp. The derived
+/// `NN = BN/8` (n8 tiles of S), `KN = BN/16` (k-steps of PV), `MT` m16 tiles per warp; `SPLIT`: the
+/// split-KV instantiation (this CTA's split of the key blocks, f32 partial output). The derived
 /// sizes are separate parameters because array lengths cannot be computed from generic constants on
 /// stable Rust; `kernels.rs` passes them from one `tiles::FwdTile` row and the assert below ties them.
 ///
@@ -36,6 +37,7 @@ pub unsafe fn attn_fwd<
     const MT: usize,
     const STAGES: usize,
     const QREG: bool,
+    const SPLIT: bool,
 >(
     p: &FwdParams,
 ) {
@@ -48,8 +50,16 @@ pub unsafe fn attn_fwd<
 
     let tid = sreg::thread_x();
     let (warp, lane) = (tid / 32, tid % 32);
-    // The longest causal rows (highest query block) start first: the tail of the grid is then short CTAs.
-    let m_block = sreg::grid_dim_x() - 1 - sreg::block_x();
+    // Grid x is (query block, split), split fastest. The longest causal rows (highest query block)
+    // start first: the tail of the grid is then short CTAs.
+    // Split mode is a compile-time parameter: the unsplit kernels keep no trace of it.
+    let split_mode = SPLIT;
+    let (m_block, split) = if SPLIT {
+        let num_splits = p.num_splits;
+        (sreg::grid_dim_x() / num_splits - 1 - sreg::block_x() / num_splits, sreg::block_x() % num_splits)
+    } else {
+        (sreg::grid_dim_x() - 1 - sreg::block_x(), 0)
+    };
     let (head, batch) = (sreg::block_y(), sreg::block_z());
     let (seqlen_q, seqlen_k) = (p.seqlen_q, p.seqlen_k);
     let causal = p.causal != 0;
@@ -69,10 +79,31 @@ pub unsafe fn attn_fwd<
         (o, lse, p.o_strides[1] as usize)
     };
 
+    // Where a split's rows go in the f32 workspace: row (split, batch, head, m0) onwards.
+    let accum_row = |batch: u32, head: u32| {
+        ((split as u64 * p.heads_q as u64 * sreg::grid_dim_z() as u64 + (batch * p.heads_q + head) as u64)
+            * seqlen_q as u64
+            + m0 as u64) as usize
+    };
+
     let (n_blocks, n_unmasked) = fwd_key_blocks(m0, rows, seqlen_q, seqlen_k, causal, BN as u32);
-    if n_blocks == 0 {
-        let (o_rows, lse_rows, o_stride) = out_rows(batch, head);
-        epilogue::store_empty::<D>(o_rows, o_stride, lse_rows, rows, threads as u32, tid);
+    // This CTA's blocks: all of them, or its split's share `[first, n_end)`.
+    let (first, n_end, n_unmasked) = if split_mode {
+        let per_split = n_blocks.div_ceil(p.num_splits);
+        let first = (split * per_split).min(n_blocks);
+        let n_end = (first + per_split).min(n_blocks);
+        (first, n_end, n_unmasked.min(n_end))
+    } else {
+        (0, n_blocks, n_unmasked)
+    };
+    if first == n_end {
+        if split_mode {
+            let lse = (p.lse_accum as *mut f32).add(accum_row(batch, head));
+            epilogue::store_split_empty(lse, rows, threads as u32, tid);
+        } else {
+            let (o_rows, lse_rows, o_stride) = out_rows(batch, head);
+            epilogue::store_empty::<D>(o_rows, o_stride, lse_rows, rows, threads as u32, tid);
+        }
         return;
     }
 
@@ -97,13 +128,14 @@ pub unsafe fn attn_fwd<
         load_tile::<D>(k_smem + v_offset, v_rows.add(n0 as usize * v_stride), v_stride, valid, BN, threads, tid);
     };
 
-    // Prologue: Q with block 0 in the first group, then blocks 1..STAGES-2, one group each.
+    // Prologue: Q with the first block in the first group, then the next STAGES-2 blocks, one group
+    // each.
     load_tile::<D>(q_smem, q_rows, q_stride, rows, block_m, threads, tid);
-    load_kv(0, 0);
+    load_kv(first, 0);
     cp_async::commit();
     for s in 1..STAGES - 1 {
-        if (s as u32) < n_blocks {
-            load_kv(s as u32, s as u32);
+        if first + (s as u32) < n_end {
+            load_kv(first + s as u32, s as u32);
         }
         cp_async::commit();
     }
@@ -135,7 +167,7 @@ pub unsafe fn attn_fwd<
 
     let mut compute_stage = 0u32;
     let mut load_stage = (STAGES - 1) as u32;
-    let mut block = 0u32;
+    let mut block = first;
     // One iteration per K/V block. Two copies of the loop: blocks that every row sees in full, then the
     // blocks cut by the diagonal or the end of the keys. Each copy is register-allocated on its own,
     // so the mask's arithmetic does not raise the register peak of the common, unmasked loop.
@@ -145,7 +177,7 @@ pub unsafe fn attn_fwd<
                 // The buffer of block+STAGES-1 is the one block-1 used: every warp finished it before
                 // the barrier that ended the previous iteration.
                 let ahead = block + (STAGES - 1) as u32;
-                if ahead < n_blocks {
+                if ahead < n_end {
                     load_kv(ahead, load_stage);
                 }
                 cp_async::commit();
@@ -173,7 +205,7 @@ pub unsafe fn attn_fwd<
                 block += 1;
                 compute_stage = if compute_stage + 1 == STAGES as u32 { 0 } else { compute_stage + 1 };
                 load_stage = if load_stage + 1 == STAGES as u32 { 0 } else { load_stage + 1 };
-                if block < n_blocks {
+                if block < n_end {
                     // Block `block` has landed (this thread's copies), then everyone's copies are
                     // visible and every warp is done with the buffer the next iteration refills.
                     wait_all_but::<STAGES>();
@@ -183,9 +215,15 @@ pub unsafe fn attn_fwd<
         };
     }
     block_loop!(n_unmasked, false);
-    block_loop!(n_blocks, true);
+    block_loop!(n_end, true);
 
     let (inv, lse) = softmax.finish();
+    if split_mode {
+        let at = accum_row(opaque::u32(batch), opaque::u32(head)) + warp_row0 as usize;
+        let (o, lse_out) = ((p.o_accum as *mut f32).add(at * D), (p.lse_accum as *mut f32).add(at));
+        epilogue::store_split::<D, ND, MT>(&acc_o, &inv, &lse, o, lse_out, rows as i32 - warp_row0 as i32, lane);
+        return;
+    }
     let (o_rows, lse_rows, o_stride) = out_rows(opaque::u32(batch), opaque::u32(head));
     let out = OutRows {
         o: o_rows.add(warp_row0 as usize * o_stride),

@@ -11,7 +11,13 @@
 //! - `softmax.rs`: the online softmax state of a warp's rows.
 //! - `epilogue.rs`: O (normalised, through shared memory, 16-byte stores) and the LSE.
 //! - `kernels.rs`: the entry points, one per row of `tiles::FWD_TILES` and element type.
+//! - `combine.rs`: the split-KV (FlashDecoding) combine of per-split partial outputs.
+//!
+//! Split-KV: when the grid would leave most SMs idle (decode: few query blocks × heads × batch), each
+//! CTA's key blocks are divided among `num_splits` CTAs; each writes an f32 partial O and its LSE, and
+//! the combine kernel weights them by their LSEs.
 
+mod combine;
 mod epilogue;
 mod io;
 mod kernels;
