@@ -14,7 +14,7 @@ use crate::device::{Device, DeviceInfo};
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::launch::KernelParams;
-use crate::gpu::tensor::DeviceTensor;
+use crate::gpu::tensor::{check_vector_strides, strides3, DeviceTensor};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
@@ -25,8 +25,6 @@ use ironflash_kernels::tiles_bwd::{self, BwdTile};
 
 pub use ironflash_kernels::tiles_bwd::BwdTile as BackwardTile;
 
-/// Strides must be multiples of 8 elements (16 bytes): the kernels move 16 bytes at a time.
-const STRIDE_MULTIPLE: usize = 8;
 /// Grid y (heads) and z (batch) are limited to 65535 by the hardware.
 const GRID_YZ_MAX: usize = 65535;
 /// Threads per block of the delta kernel (8 warps, one query row each) and of the dQ kernel.
@@ -170,7 +168,7 @@ fn backward_into<T: Element>(
         } else {
             p.check_like_k(arg, &t.layout, t.buf.len())?;
         }
-        check_strides(arg, &t.layout)?;
+        check_vector_strides(arg, &t.layout)?;
     }
     let stream = dev.stream();
     let (dq_layout, dk_layout, dv_layout) = (grads.dq.layout, grads.dk.layout, grads.dv.layout);
@@ -313,7 +311,7 @@ fn plan<T: Element>(
         }
     }
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v), (Arg::O, o), (Arg::DO, d_o)] {
-        check_strides(arg, &t.layout)?;
+        check_vector_strides(arg, &t.layout)?;
     }
     if lse.len() < p.lse_len() {
         return Err(Error::ShapeMismatch {
@@ -338,13 +336,4 @@ fn plan<T: Element>(
     Ok((p, tile))
 }
 
-fn check_strides(arg: Arg, l: &Layout) -> Result<()> {
-    if l.strides[..3].iter().any(|x| x % STRIDE_MULTIPLE != 0) {
-        return Err(Error::MisalignedStrides { arg, strides: l.strides, multiple: STRIDE_MULTIPLE });
-    }
-    Ok(())
-}
 
-fn strides3(l: &Layout) -> [u64; 3] {
-    [l.strides[0] as u64, l.strides[1] as u64, l.strides[2] as u64]
-}

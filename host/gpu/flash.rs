@@ -5,7 +5,7 @@ use crate::device::{Device, DeviceInfo};
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::launch::KernelParams;
-use crate::gpu::tensor::{DeviceTensor, GpuForwardOutput};
+use crate::gpu::tensor::{check_vector_strides, strides3, DeviceTensor, GpuForwardOutput};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
@@ -15,9 +15,6 @@ use ironflash_kernels::tiles::{self, FwdTile};
 
 pub use ironflash_kernels::tiles::FwdTile as ForwardTile;
 
-/// Strides (and, through the allocator's 256-byte alignment, base addresses) must be multiples of 8
-/// elements: the kernels move 16 bytes at a time (`cp.async` 16, `st.global.v4`).
-const STRIDE_MULTIPLE: usize = 8;
 /// Grid y (heads) and z (batch) are limited to 65535 by the hardware.
 const GRID_YZ_MAX: usize = 65535;
 /// Most key-range splits of one (query block, head, batch) (split-KV): bounds the workspace and the
@@ -190,7 +187,7 @@ fn forward_into<T: Element>(
     };
     o.check_on(dev, Arg::O)?;
     p.check_like_q(Arg::O, &o.layout, o.buf.len())?;
-    check_strides(Arg::O, &o.layout)?;
+    check_vector_strides(Arg::O, &o.layout)?;
     if lse.ordinal() != dev.info().ordinal {
         return Err(Error::DeviceMismatch { arg: Arg::Lse, got: lse.ordinal(), expected: dev.info().ordinal });
     }
@@ -224,7 +221,7 @@ fn plan<T: Element>(
     }
     let p = AttnProblem::new((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
-        check_strides(arg, &t.layout)?;
+        check_vector_strides(arg, &t.layout)?;
     }
     for (what, value) in [("heads_q", p.heads_q), ("batch", p.batch)] {
         if value > GRID_YZ_MAX {
@@ -238,16 +235,7 @@ fn plan<T: Element>(
     Ok((p, tile))
 }
 
-fn check_strides(arg: Arg, l: &Layout) -> Result<()> {
-    if l.strides[..3].iter().any(|s| s % STRIDE_MULTIPLE != 0) {
-        return Err(Error::MisalignedStrides { arg, strides: l.strides, multiple: STRIDE_MULTIPLE });
-    }
-    Ok(())
-}
 
-fn strides3(l: &Layout) -> [u64; 3] {
-    [l.strides[0] as u64, l.strides[1] as u64, l.strides[2] as u64]
-}
 
 #[allow(clippy::too_many_arguments)]
 fn launch<T: Element>(

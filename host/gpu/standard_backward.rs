@@ -10,7 +10,7 @@ use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::backward::GpuGradients;
 use crate::gpu::standard::{gpu_dtype, SOFTMAX_WARPS_PER_BLOCK};
-use crate::gpu::tensor::DeviceTensor;
+use crate::gpu::tensor::{strides3, DeviceTensor};
 use crate::layout::{Layout, DIM_NAMES};
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
@@ -358,6 +358,3 @@ fn plan<T: Element>(
     Ok(p)
 }
 
-fn strides3(l: &Layout) -> [u64; 3] {
-    [l.strides[0] as u64, l.strides[1] as u64, l.strides[2] as u64]
-}

@@ -80,3 +80,20 @@ impl Device {
         self.stream.clone_htod(&vec![f32::NAN; len]).during("allocating a poisoned f32 buffer")
     }
 }
+
+/// The fused kernels move rows with 16-byte vectors, so every row must start 16-byte aligned: batch,
+/// sequence and head strides must be multiples of 8 (16-bit) elements.
+pub(crate) const STRIDE_MULTIPLE: usize = 8;
+
+/// `MisalignedStrides` unless the layout's batch, sequence and head strides allow 16-byte row accesses.
+pub(crate) fn check_vector_strides(arg: Arg, l: &Layout) -> Result<()> {
+    if l.strides[..3].iter().any(|s| s % STRIDE_MULTIPLE != 0) {
+        return Err(Error::MisalignedStrides { arg, strides: l.strides, multiple: STRIDE_MULTIPLE });
+    }
+    Ok(())
+}
+
+/// Batch, sequence and head strides as the kernels' ABI takes them.
+pub(crate) fn strides3(l: &Layout) -> [u64; 3] {
+    [l.strides[0] as u64, l.strides[1] as u64, l.strides[2] as u64]
+}
