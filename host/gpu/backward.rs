@@ -335,5 +335,3 @@ fn plan<T: Element>(
     let tile = backward_tile(dev.info(), p.head_dim, T::DTYPE)?;
     Ok((p, tile))
 }
-
-

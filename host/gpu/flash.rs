@@ -235,8 +235,6 @@ fn plan<T: Element>(
     Ok((p, tile))
 }
 
-
-
 #[allow(clippy::too_many_arguments)]
 fn launch<T: Element>(
     dev: &Device,

@@ -357,4 +357,3 @@ fn plan<T: Element>(
     }
     Ok(p)
 }
-
