@@ -39,6 +39,27 @@ pub struct GpuGradients<T> {
     pub dv: DeviceTensor<T>,
 }
 
+impl<T: Element> GpuGradients<T> {
+    /// Contiguous dQ (shaped like q) and dK, dV (shaped like k), uninitialised.
+    ///
+    /// # Safety
+    /// The caller must write every element before any is read.
+    pub(crate) unsafe fn alloc_uninit(dev: &Device, p: &AttnProblem) -> Result<Self> {
+        let ordinal = dev.info().ordinal;
+        let stream = dev.stream();
+        let dq_layout = Layout::contiguous([p.batch, p.seqlen_q, p.heads_q, p.head_dim]);
+        let kv_layout = Layout::contiguous([p.batch, p.seqlen_k, p.heads_kv, p.head_dim]);
+        let dq = unsafe { stream.alloc::<T>(dq_layout.numel()) }.during("allocating dQ")?;
+        let dk = unsafe { stream.alloc::<T>(kv_layout.numel()) }.during("allocating dK")?;
+        let dv = unsafe { stream.alloc::<T>(kv_layout.numel()) }.during("allocating dV")?;
+        Ok(GpuGradients {
+            dq: DeviceTensor { buf: dq, layout: dq_layout, ordinal },
+            dk: DeviceTensor { buf: dk, layout: kv_layout, ordinal },
+            dv: DeviceTensor { buf: dv, layout: kv_layout, ordinal },
+        })
+    }
+}
+
 /// The tile the fused backward uses on a device for a head dim and element type.
 pub fn backward_tile(info: &DeviceInfo, head_dim: usize, dtype: DType) -> Result<BwdTile> {
     if dtype == DType::F32 {
@@ -74,20 +95,9 @@ pub fn flash_backward<T: Element>(
     opts: &AttnOptions,
 ) -> Result<GpuGradients<T>> {
     let (p, _) = plan(dev, q, k, v, o, lse, d_o, opts)?;
-    let ordinal = dev.info().ordinal;
-    let stream = dev.stream();
-    let dq_layout = Layout::contiguous([p.batch, p.seqlen_q, p.heads_q, p.head_dim]);
-    let kv_layout = Layout::contiguous([p.batch, p.seqlen_k, p.heads_kv, p.head_dim]);
     // SAFETY: the dQ kernel writes every element of dq, the main kernel every row of dk and dv (every
     // key block has a CTA, and a CTA whose keys no query sees writes zeros).
-    let dq = unsafe { stream.alloc::<T>(dq_layout.numel()) }.during("allocating dQ")?;
-    let dk = unsafe { stream.alloc::<T>(kv_layout.numel()) }.during("allocating dK")?;
-    let dv = unsafe { stream.alloc::<T>(kv_layout.numel()) }.during("allocating dV")?;
-    let mut grads = GpuGradients {
-        dq: DeviceTensor { buf: dq, layout: dq_layout, ordinal },
-        dk: DeviceTensor { buf: dk, layout: kv_layout, ordinal },
-        dv: DeviceTensor { buf: dv, layout: kv_layout, ordinal },
-    };
+    let mut grads = unsafe { GpuGradients::alloc_uninit(dev, &p) }?;
     flash_backward_into(dev, q, k, v, o, lse, d_o, &mut grads, opts)?;
     Ok(grads)
 }

@@ -105,19 +105,8 @@ pub fn standard_backward<T: Element>(
 ) -> Result<GpuGradients<T>> {
     gpu_dtype::<T>(Arg::Q)?;
     let p = plan(dev, q, k, v, o, probs, d_o, opts)?;
-    let ordinal = dev.info().ordinal;
-    let stream = dev.stream();
-    let dq_layout = Layout::contiguous([p.batch, p.seqlen_q, p.heads_q, p.head_dim]);
-    let kv_layout = Layout::contiguous([p.batch, p.seqlen_k, p.heads_kv, p.head_dim]);
     // SAFETY: standard_backward_into writes every element (beta = 0 GEMMs first).
-    let dq = unsafe { stream.alloc::<T>(dq_layout.numel()) }.during("allocating dQ")?;
-    let dk = unsafe { stream.alloc::<T>(kv_layout.numel()) }.during("allocating dK")?;
-    let dv = unsafe { stream.alloc::<T>(kv_layout.numel()) }.during("allocating dV")?;
-    let mut grads = GpuGradients {
-        dq: DeviceTensor { buf: dq, layout: dq_layout, ordinal },
-        dk: DeviceTensor { buf: dk, layout: kv_layout, ordinal },
-        dv: DeviceTensor { buf: dv, layout: kv_layout, ordinal },
-    };
+    let mut grads = unsafe { GpuGradients::alloc_uninit(dev, &p) }?;
     standard_backward_into(dev, q, k, v, o, probs, d_o, &mut grads, opts)?;
     Ok(grads)
 }
