@@ -20,7 +20,6 @@ use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use ironflash_kernels::abi::{self, BwdParams};
-use ironflash_kernels::tiles::SMEM_RESERVED_PER_CTA;
 use ironflash_kernels::tiles_bwd::{self, BwdTile};
 
 pub use ironflash_kernels::tiles_bwd::BwdTile as BackwardTile;
@@ -160,8 +159,7 @@ fn backward_into<T: Element>(
             let bytes = t.smem_bytes(T::DTYPE.size_bytes());
             if !tiles_bwd::BWD_TILES.contains(t)
                 || t.head_dim != p.head_dim
-                || bytes > info.smem_per_block_optin
-                || bytes + SMEM_RESERVED_PER_CTA > info.smem_per_sm
+                || !ironflash_kernels::tiles::fits_smem(bytes, info.smem_per_block_optin, info.smem_per_sm)
             {
                 return Err(Error::NoTileConfig(format!(
                     "{t:?} is not a compiled backward tile for head_dim {} that fits {}",

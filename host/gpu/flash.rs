@@ -174,8 +174,7 @@ fn forward_into<T: Element>(
             let bytes = t.smem_bytes(T::DTYPE.size_bytes());
             if !tiles::FWD_TILES.contains(t)
                 || t.head_dim != p.head_dim
-                || bytes > info.smem_per_block_optin
-                || bytes + tiles::SMEM_RESERVED_PER_CTA > info.smem_per_sm
+                || !ironflash_kernels::tiles::fits_smem(bytes, info.smem_per_block_optin, info.smem_per_sm)
             {
                 return Err(Error::NoTileConfig(format!(
                     "{t:?} is not a compiled forward tile for head_dim {} that fits {}",

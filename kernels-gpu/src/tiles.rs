@@ -35,6 +35,12 @@ pub struct FwdTile {
 /// "Shared Memory" for compute capability 8.x/9.0): 1 KiB, counted against the per-SM capacity.
 pub const SMEM_RESERVED_PER_CTA: usize = 1024;
 
+/// Whether a CTA using `bytes` of dynamic shared memory can launch at all: within the per-block opt-in
+/// limit, and with the driver's reservation, within one SM's capacity. Forward and backward tiles alike.
+pub const fn fits_smem(bytes: usize, smem_per_block_optin: usize, smem_per_sm: usize) -> bool {
+    bytes <= smem_per_block_optin && bytes + SMEM_RESERVED_PER_CTA <= smem_per_sm
+}
+
 impl FwdTile {
     pub const fn threads(&self) -> usize {
         self.warps * 32

@@ -16,8 +16,6 @@
 //! padded by 16 bytes as in the forward; Pᵀ and dSᵀ (`block_n` rows of `block_m + 8` elements); LSE and
 //! delta (`q_stages · block_m` f32 each); 96 bytes of per-CTA constants.
 
-use crate::tiles::SMEM_RESERVED_PER_CTA;
-
 /// Bytes of shared memory holding a CTA's loop-invariant addresses and strides (10 u64) and, in
 /// deterministic mode, its work-item ticket (one u32 at byte 80).
 pub const BWD_CONSTS_BYTES: usize = 96;
@@ -195,10 +193,10 @@ pub fn choose_bwd(
     if elem_bytes != 2 {
         return None;
     }
-    BWD_TILES.iter().filter(|t| t.head_dim == head_dim).find(|t| {
-        let bytes = t.smem_bytes(elem_bytes);
-        bytes <= smem_per_block_optin && bytes + SMEM_RESERVED_PER_CTA <= smem_per_sm
-    })
+    BWD_TILES
+        .iter()
+        .filter(|t| t.head_dim == head_dim)
+        .find(|t| crate::tiles::fits_smem(t.smem_bytes(elem_bytes), smem_per_block_optin, smem_per_sm))
 }
 
 #[cfg(test)]
