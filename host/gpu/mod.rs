@@ -2,6 +2,8 @@
 
 pub mod backward;
 pub mod flash;
+mod forced_tile;
+mod gemm;
 mod launch;
 pub mod standard;
 pub mod standard_backward;

@@ -6,11 +6,12 @@
 use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
+use crate::gpu::gemm::{gemm, Operand};
 use crate::gpu::tensor::{DeviceTensor, GpuForwardOutput};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
-use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::cublas::sys as blas_sys;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use ironflash_kernels::abi::{RowSoftmaxParams, ROW_SOFTMAX_BF16, ROW_SOFTMAX_F16};
 
@@ -86,8 +87,7 @@ pub fn standard_forward_train<T: Element>(
     // covers its group of query heads (stride 0 on K and V shares them without a copy).
     let (calls_per_batch, heads_per_call, kv_head_stride) =
         if group == 1 { (1, p.heads_q, k.layout.strides[2]) } else { (p.heads_kv, group, 0) };
-    let alpha = p.softmax_scale;
-    let (one, zero) = (1.0f32, 0.0f32);
+    let head_matrix = nq * nk;
     {
         let (q_ptr, _q_sync) = q.buf.device_ptr(stream);
         let (k_ptr, _k_sync) = k.buf.device_ptr(stream);
@@ -95,40 +95,31 @@ pub fn standard_forward_train<T: Element>(
         for b in 0..p.batch {
             for c in 0..calls_per_batch {
                 let h0 = c * heads_per_call;
-                let kvh = h0 / group;
-                let a = k_ptr + elem * k.layout.offset(b, 0, kvh, 0) as u64;
-                let bq = q_ptr + elem * q.layout.offset(b, 0, h0, 0) as u64;
-                let cs = s_ptr + elem * (((b * p.heads_q + h0) * nq) * nk) as u64;
-                // Column-major view: Sᵀ (nk x nq) = K (as Kᵀ stored, transposed) · Qᵀ.
-                // SAFETY: pointers and strides stay inside the validated layouts and the score buffer.
-                unsafe {
-                    blas::gemm_strided_batched_ex(
-                        *blas.handle(),
-                        blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                        nk as i32,
-                        nq as i32,
-                        d as i32,
-                        (&alpha) as *const f32 as *const _,
-                        a as *const _,
-                        data_type,
-                        k.layout.strides[1] as i32,
-                        kv_head_stride as i64,
-                        bq as *const _,
-                        data_type,
-                        q.layout.strides[1] as i32,
-                        q.layout.strides[2] as i64,
-                        (&zero) as *const f32 as *const _,
-                        cs as *mut _,
-                        data_type,
-                        nk as i32,
-                        (nq * nk) as i64,
-                        heads_per_call as i32,
-                        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                        blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                    )
-                }
-                .during("S = QKᵀ (cuBLAS)")?;
+                // Column-major view: Sᵀ (nk x nq) = K (as Kᵀ stored, transposed) · Qᵀ, scaled.
+                gemm(
+                    blas,
+                    data_type,
+                    (true, false),
+                    (nk, nq, d),
+                    Operand {
+                        ptr: k_ptr + elem * k.layout.offset(b, 0, h0 / group, 0) as u64,
+                        ld: k.layout.strides[1],
+                        batch_stride: kv_head_stride,
+                    },
+                    Operand {
+                        ptr: q_ptr + elem * q.layout.offset(b, 0, h0, 0) as u64,
+                        ld: q.layout.strides[1],
+                        batch_stride: q.layout.strides[2],
+                    },
+                    (p.softmax_scale, 0.0),
+                    Operand {
+                        ptr: s_ptr + elem * ((b * p.heads_q + h0) * head_matrix) as u64,
+                        ld: nk,
+                        batch_stride: head_matrix,
+                    },
+                    heads_per_call,
+                    "S = QKᵀ (cuBLAS)",
+                )?;
             }
         }
     }
@@ -166,40 +157,31 @@ pub fn standard_forward_train<T: Element>(
         for b in 0..p.batch {
             for c in 0..calls_per_batch {
                 let h0 = c * heads_per_call;
-                let kvh = h0 / group;
-                let a = v_ptr + elem * v.layout.offset(b, 0, kvh, 0) as u64;
-                let bp = s_ptr + elem * (((b * p.heads_q + h0) * nq) * nk) as u64;
-                let co = o_ptr + elem * o_layout.offset(b, 0, h0, 0) as u64;
                 // Column-major view: Oᵀ (d x nq) = Vᵀ (d x nk) · Pᵀ (nk x nq).
-                // SAFETY: as above.
-                unsafe {
-                    blas::gemm_strided_batched_ex(
-                        *blas.handle(),
-                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                        d as i32,
-                        nq as i32,
-                        nk as i32,
-                        (&one) as *const f32 as *const _,
-                        a as *const _,
-                        data_type,
-                        v.layout.strides[1] as i32,
-                        v_head_stride as i64,
-                        bp as *const _,
-                        data_type,
-                        nk as i32,
-                        (nq * nk) as i64,
-                        (&zero) as *const f32 as *const _,
-                        co as *mut _,
-                        data_type,
-                        o_layout.strides[1] as i32,
-                        o_layout.strides[2] as i64,
-                        heads_per_call as i32,
-                        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                        blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                    )
-                }
-                .during("O = PV (cuBLAS)")?;
+                gemm(
+                    blas,
+                    data_type,
+                    (false, false),
+                    (d, nq, nk),
+                    Operand {
+                        ptr: v_ptr + elem * v.layout.offset(b, 0, h0 / group, 0) as u64,
+                        ld: v.layout.strides[1],
+                        batch_stride: v_head_stride,
+                    },
+                    Operand {
+                        ptr: s_ptr + elem * ((b * p.heads_q + h0) * head_matrix) as u64,
+                        ld: nk,
+                        batch_stride: head_matrix,
+                    },
+                    (1.0, 0.0),
+                    Operand {
+                        ptr: o_ptr + elem * o_layout.offset(b, 0, h0, 0) as u64,
+                        ld: o_layout.strides[1],
+                        batch_stride: o_layout.strides[2],
+                    },
+                    heads_per_call,
+                    "O = PV (cuBLAS)",
+                )?;
             }
         }
     }

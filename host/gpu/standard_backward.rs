@@ -9,12 +9,12 @@ use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::backward::GpuGradients;
+use crate::gpu::gemm::{gemm, Operand};
 use crate::gpu::standard::{gpu_dtype, SOFTMAX_WARPS_PER_BLOCK};
 use crate::gpu::tensor::{strides3, DeviceTensor};
 use crate::layout::{Layout, DIM_NAMES};
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
-use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use ironflash_kernels::abi::{RowSoftmaxBwdParams, ROW_SOFTMAX_BWD_BF16, ROW_SOFTMAX_BWD_F16};
 
@@ -22,69 +22,6 @@ use ironflash_kernels::abi::{RowSoftmaxBwdParams, ROW_SOFTMAX_BWD_BF16, ROW_SOFT
 /// forward's P, which it reads, is as large again.
 pub fn standard_backward_extra_bytes(p: &AttnProblem, dtype: DType) -> usize {
     p.batch * p.heads_q * p.seqlen_q * p.seqlen_k * dtype.size_bytes()
-}
-
-/// One operand of a strided-batched GEMM: a device address, its leading dimension (elements) and the
-/// stride between the matrices of the batch (elements).
-#[derive(Clone, Copy)]
-struct Operand {
-    ptr: u64,
-    ld: usize,
-    batch_stride: usize,
-}
-
-/// `C = alpha·op(A)·op(B) + beta·C` (column-major, as cuBLAS sees it), `count` times, f32 compute.
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    blas: &CudaBlas,
-    data_type: blas_sys::cudaDataType_t,
-    (trans_a, trans_b): (bool, bool),
-    (m, n, k): (usize, usize, usize),
-    a: Operand,
-    b: Operand,
-    beta: f32,
-    c: Operand,
-    count: usize,
-    what: &'static str,
-) -> Result<()> {
-    let op = |t: bool| {
-        if t {
-            blas_sys::cublasOperation_t::CUBLAS_OP_T
-        } else {
-            blas_sys::cublasOperation_t::CUBLAS_OP_N
-        }
-    };
-    let alpha = 1.0f32;
-    // SAFETY: the callers derive every address, leading dimension and batch stride from layouts that
-    // `plan` validated against their buffers, and from the P and dS buffers' sizes.
-    unsafe {
-        blas::gemm_strided_batched_ex(
-            *blas.handle(),
-            op(trans_a),
-            op(trans_b),
-            m as i32,
-            n as i32,
-            k as i32,
-            (&alpha) as *const f32 as *const _,
-            a.ptr as *const _,
-            data_type,
-            a.ld as i32,
-            a.batch_stride as i64,
-            b.ptr as *const _,
-            data_type,
-            b.ld as i32,
-            b.batch_stride as i64,
-            (&beta) as *const f32 as *const _,
-            c.ptr as *mut _,
-            data_type,
-            c.ld as i32,
-            c.batch_stride as i64,
-            count as i32,
-            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-    }
-    .during(what)
 }
 
 /// Standard-attention backward: dQ, dK, dV (contiguous, shaped like q, k, v) for the upstream gradient
@@ -188,7 +125,7 @@ pub fn standard_backward_into<T: Element>(
                         ld: d_o.layout.strides[1],
                         batch_stride: d_o.layout.strides[2],
                     },
-                    0.0,
+                    (1.0, 0.0),
                     Operand { ptr: square(ds_ptr, b, h0), ld: nk, batch_stride: head_matrix },
                     heads_per_call,
                     "dP = dO·Vᵀ (cuBLAS)",
@@ -214,7 +151,7 @@ pub fn standard_backward_into<T: Element>(
                                 batch_stride: group * a_layout.strides[2],
                             },
                             Operand { ptr: square(square_base, b, g), ld: nk, batch_stride: group * head_matrix },
-                            if g == 0 { 0.0 } else { 1.0 },
+                            (1.0, if g == 0 { 0.0 } else { 1.0 }),
                             Operand {
                                 ptr: at(c_base, c_layout, b, 0),
                                 ld: c_layout.strides[1],
@@ -272,7 +209,7 @@ pub fn standard_backward_into<T: Element>(
                         batch_stride: kv_stride(&k.layout),
                     },
                     Operand { ptr: square(ds_ptr, b, h0), ld: nk, batch_stride: head_matrix },
-                    0.0,
+                    (1.0, 0.0),
                     Operand {
                         ptr: at(dq_ptr, &dq_layout, b, h0),
                         ld: dq_layout.strides[1],
