@@ -4,6 +4,7 @@
 use crate::device::{Device, DeviceInfo};
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
+use crate::gpu::forced_tile::check_forced_tile;
 use crate::gpu::launch::KernelParams;
 use crate::gpu::tensor::{check_vector_strides, strides3, DeviceTensor, GpuForwardOutput};
 use crate::layout::Layout;
@@ -170,17 +171,8 @@ fn forward_into<T: Element>(
     let tile = match tile {
         None => chosen,
         Some(t) => {
-            let info = dev.info();
-            let bytes = t.smem_bytes(T::DTYPE.size_bytes());
-            if !tiles::FWD_TILES.contains(t)
-                || t.head_dim != p.head_dim
-                || !ironflash_kernels::tiles::fits_smem(bytes, info.smem_per_block_optin, info.smem_per_sm)
-            {
-                return Err(Error::NoTileConfig(format!(
-                    "{t:?} is not a compiled forward tile for head_dim {} that fits {}",
-                    p.head_dim, info.name
-                )));
-            }
+            let compiled = tiles::FWD_TILES.contains(t) && t.head_dim == p.head_dim;
+            check_forced_tile(t, compiled, t.smem_bytes(T::DTYPE.size_bytes()), "forward", p.head_dim, dev.info())?;
             *t
         }
     };
