@@ -1,23 +1,30 @@
 //! Times the fused backward (dQ, dK, dV) on the GPU at B·N = 16K tokens, hidden 2048 (H = 2048/D),
-//! D = 128, N in {1K, 4K}, causal off/on, fast and deterministic modes; O and LSE come from the fused
-//! forward. TFLOP/s = 2.5 · 4·B·H·N²·D / t (halved when causal), FlashAttention's convention.
+//! D = 128, N in {1K, 4K, 16K}, causal off/on, fast and deterministic modes, for the device's tile and
+//! (where that is the Hopper kernel) the `mma.sync` tile too; O and LSE come from the fused forward. TFLOP/s = 2.5 · 4·B·H·N²·D / t (halved when causal), FlashAttention's convention.
 //!
 //! `cargo run --release --example bwd_timing` (prints a markdown table for docs/perf.md).
 
 use half::bf16;
-use ironflash::{gpu, AttnOptions, AttnProblem, Device, HostTensor};
+use ironflash::gpu::DeviceTensor;
+use ironflash::gpu::{BackwardTile, GpuGradients};
+use ironflash::{gpu, AttnOptions, AttnProblem, Device, HostTensor, Layout};
+use ironflash_kernels::tiles_bwd::BWD_HD128;
 use std::time::Instant;
 
 fn main() -> ironflash::Result<()> {
     let dev = Device::open(0)?;
     let info = dev.info();
     println!("device: {} ({} SMs)", info.name, info.sm_count);
-    println!("| N | B | H | D | causal | mode | ms | TFLOP/s |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| N | B | H | D | causal | mode | tile | ms | TFLOP/s |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let d = 128;
     let h = 2048 / d;
+    let mut tiles = vec![gpu::backward_tile(info, d, ironflash::DType::BF16)?];
+    if tiles[0] != BWD_HD128 {
+        tiles.push(BWD_HD128);
+    }
     let mut rng = rand::rng();
-    for n in [1024usize, 4096] {
+    for n in [1024usize, 4096, 16384] {
         let b = 16384 / n;
         let shape = [b, n, h, d];
         let mut t = || dev.upload(&HostTensor::<bf16>::random(shape, 1.0, &mut rng));
@@ -32,25 +39,43 @@ fn main() -> ironflash::Result<()> {
                     (v.layout(), v.buffer().len()),
                     &opts,
                 )?;
-                for _ in 0..3 {
-                    gpu::flash_backward(&dev, &q, &k, &v, &fwd.o, &fwd.lse, &d_o, &opts)?;
+                for tile in &tiles {
+                    let t = time_backward(&dev, [&q, &k, &v, &fwd.o, &d_o], &fwd.lse, &opts, tile)?;
+                    let tflops = 2.5 * p.forward_flops() / t / 1e12;
+                    let mode = if deterministic { "deterministic" } else { "fast" };
+                    let name = tile.symbols[0].trim_end_matches("_bf16");
+                    println!("| {n} | {b} | {h} | {d} | {causal} | {mode} | {name} | {:.3} | {tflops:.1} |", t * 1e3);
                 }
-                dev.synchronize()?;
-                let mut times = Vec::new();
-                for _ in 0..10 {
-                    let start = Instant::now();
-                    let g = gpu::flash_backward(&dev, &q, &k, &v, &fwd.o, &fwd.lse, &d_o, &opts)?;
-                    dev.synchronize()?;
-                    times.push(start.elapsed().as_secs_f64());
-                    drop(g);
-                }
-                times.sort_by(f64::total_cmp);
-                let t = times[times.len() / 2];
-                let tflops = 2.5 * p.forward_flops() / t / 1e12;
-                let mode = if deterministic { "deterministic" } else { "fast" };
-                println!("| {n} | {b} | {h} | {d} | {causal} | {mode} | {:.3} | {tflops:.1} |", t * 1e3);
             }
         }
     }
     Ok(())
+}
+
+/// Median seconds of 10 calls (after 3 warm-up calls) of the backward with `tile`, each timed on the host
+/// around a stream synchronize (so including the dQ accumulator's allocation and memset and all three
+/// kernels); the gradients are allocated once.
+fn time_backward(
+    dev: &Device,
+    [q, k, v, o, d_o]: [&DeviceTensor<bf16>; 5],
+    lse: &cudarc::driver::CudaSlice<f32>,
+    opts: &AttnOptions,
+    tile: &BackwardTile,
+) -> ironflash::Result<f64> {
+    let zeros = |l: &Layout| dev.upload(&HostTensor::<bf16> { data: vec![bf16::ZERO; l.span()], layout: *l });
+    let mut grads = GpuGradients { dq: zeros(q.layout())?, dk: zeros(k.layout())?, dv: zeros(v.layout())? };
+    let mut run = || gpu::flash_backward_with_tile(dev, q, k, v, o, lse, d_o, &mut grads, opts, tile);
+    for _ in 0..3 {
+        run()?;
+    }
+    dev.synchronize()?;
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let start = Instant::now();
+        run()?;
+        dev.synchronize()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }

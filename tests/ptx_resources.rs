@@ -1,5 +1,6 @@
 //! Assembles the embedded PTX with `ptxas` for sm_80 and sm_90a: proves the PTX is complete (every
-//! function it calls is defined) and that no kernel spills registers or uses a local-memory stack.
+//! function it calls is defined), that no kernel spills registers or uses a local-memory stack, and that
+//! ptxas does not serialise a `wgmma` pipeline.
 //! Prints one resource line per kernel. Skips with one line when ptxas is not installed (CI installs it:
 //! PyPI `nvidia-cuda-nvcc`).
 
@@ -71,6 +72,11 @@ fn ptx_assembles_without_spills() {
             .expect("running ptxas");
         let report = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "ptxas rejected the {arch} PTX:\n{report}");
+        // ptxas serialises a wgmma pipeline whose accumulators are touched while products are in flight
+        // (correct, but the Hopper kernels' overlap would be gone): a defect, as a spill is.
+        for line in report.lines().filter(|l| l.contains("wgmma") && l.to_lowercase().contains("serializ")) {
+            problems.push(format!("{arch}: {line}"));
+        }
         let kernels = parse(&report);
         assert!(!kernels.is_empty(), "no kernels in the {arch} report:\n{report}");
         for k in &kernels {

@@ -17,6 +17,7 @@ use crate::gpu::forced_tile::check_forced_tile;
 use crate::gpu::launch::KernelParams;
 use crate::gpu::tensor::{check_vector_strides, strides3, DeviceTensor};
 use crate::layout::Layout;
+use crate::modules::Arch;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -65,7 +66,8 @@ pub fn backward_tile(info: &DeviceInfo, head_dim: usize, dtype: DType) -> Result
     if dtype == DType::F32 {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype, path: "the fused backward kernel" });
     }
-    tiles_bwd::choose_bwd(head_dim, dtype.size_bytes(), info.smem_per_block_optin, info.smem_per_sm)
+    let sm90a = info.arch() == Arch::Sm90a;
+    tiles_bwd::choose_bwd(head_dim, dtype.size_bytes(), info.smem_per_block_optin, info.smem_per_sm, sm90a)
         .copied()
         .ok_or_else(|| {
             Error::NoTileConfig(format!(
@@ -156,7 +158,9 @@ fn backward_into<T: Element>(
     let tile = match tile {
         None => chosen,
         Some(t) => {
-            let compiled = tiles_bwd::BWD_TILES.contains(t) && t.head_dim == p.head_dim;
+            // The Hopper rows exist only in the sm_90a PTX.
+            let runs_here = !t.wgmma || dev.info().arch() == Arch::Sm90a;
+            let compiled = tiles_bwd::BWD_TILES.contains(t) && t.head_dim == p.head_dim && runs_here;
             check_forced_tile(t, compiled, t.smem_bytes(T::DTYPE.size_bytes()), "backward", p.head_dim, dev.info())?;
             *t
         }

@@ -37,6 +37,9 @@ pub struct BwdTile {
     pub dkv_warps_n: usize,
     /// Phase 3 warp grid: warps along queries.
     pub dq_warps_m: usize,
+    /// The Hopper kernel (`bwd/hopper.rs`: `wgmma`, bulk reductions; only in the sm_90a PTX, so only
+    /// for compute capability 9.0). Its warp-grid fields are unused.
+    pub wgmma: bool,
     /// Kernel symbols: `[bf16, f16]`.
     pub symbols: [&'static str; 2],
 }
@@ -92,9 +95,34 @@ impl BwdTile {
         let consts = delta + f;
         [k, v, qo, d_o, pp, ds, lse, delta, consts, consts + BWD_CONSTS_BYTES]
     }
-    /// Dynamic shared memory of one CTA, in bytes.
+    /// Byte offsets of the Hopper kernel's shared-memory regions from a 1024-byte aligned base:
+    /// `[k, v, q, d_o, ds, dq, lse, delta, consts, end]`. K, V (`block_n` rows), `q_stages` buffers of Q
+    /// and dO (`block_m` rows) and dSᵀ (`block_n` rows of `block_m`) are 128-byte swizzled element tiles
+    /// (`ptx::wgmma`), each starting on a 1024-byte boundary; dq is the f32 `[block_m, head_dim]` staging
+    /// buffer of the dQ reduction.
+    pub const fn wgmma_smem_layout(&self, elem_bytes: usize) -> [usize; 10] {
+        let kv = self.block_n * self.head_dim * elem_bytes;
+        let q = self.q_stages * self.block_m * self.head_dim * elem_bytes;
+        let f = self.q_stages * self.block_m * 4;
+        let k = 0;
+        let v = k + kv;
+        let qo = v + kv;
+        let d_o = qo + q;
+        let ds = d_o + q;
+        let dq = ds + self.block_n * self.block_m * elem_bytes;
+        let lse = dq + self.block_m * self.head_dim * 4;
+        let delta = lse + f;
+        let consts = delta + f;
+        [k, v, qo, d_o, ds, dq, lse, delta, consts, consts + BWD_CONSTS_BYTES]
+    }
+    /// Dynamic shared memory of one CTA, in bytes (the Hopper kernel's includes 1024 bytes of slack to
+    /// align its base).
     pub const fn smem_bytes(&self, elem_bytes: usize) -> usize {
-        self.smem_layout(elem_bytes)[9]
+        if self.wgmma {
+            self.wgmma_smem_layout(elem_bytes)[9] + 1024
+        } else {
+            self.smem_layout(elem_bytes)[9]
+        }
     }
     /// Query blocks of a sequence of `seqlen_q` rows.
     pub const fn m_blocks(&self, seqlen_q: usize) -> usize {
@@ -106,6 +134,10 @@ impl BwdTile {
     /// Whether the row is well formed (checked at compile time for every instantiated kernel).
     pub const fn is_valid(&self) -> bool {
         let (d, w) = (self.head_dim, self.warps);
+        if self.wgmma {
+            // The one shape `bwd/hopper.rs` implements.
+            return d == 128 && self.block_m == 64 && self.block_n == 128 && w == 8 && self.q_stages == 2;
+        }
         d.is_multiple_of(32)
             && (w == 4 || w == 8)
             && (self.q_stages == 1 || self.q_stages == 2)
@@ -146,6 +178,7 @@ macro_rules! tile {
             sdp_warps_n: $wn1,
             dkv_warps_n: $wn2,
             dq_warps_m: $wm3,
+            wgmma: false,
             symbols: [
                 concat!("attn_bwd_hd", $d, "_m", $m, "n", $n, "s", $s, "_bf16"),
                 concat!("attn_bwd_hd", $d, "_m", $m, "n", $n, "s", $s, "_f16"),
@@ -178,24 +211,40 @@ pub const BWD_HD192_M32: BwdTile = tile!(192, 32, 64, 8, 2, 4, 4, 2);
 /// 151 KiB; dK+dV 128, 32-row query blocks keep phase 3 (dQ) at 32 f32/thread.
 pub const BWD_HD256: BwdTile = tile!(256, 32, 64, 8, 2, 4, 4, 1);
 
+/// Hopper (sm_90a): `wgmma` with 128 keys per CTA in two warpgroups, 64-row query blocks; 179 KiB.
+pub const BWD_HD128_WGMMA: BwdTile = BwdTile {
+    head_dim: 128,
+    block_m: 64,
+    block_n: 128,
+    warps: 8,
+    q_stages: 2,
+    sdp_warps_n: 2,
+    dkv_warps_n: 2,
+    dq_warps_m: 1,
+    wgmma: true,
+    symbols: ["attn_bwd_hd128_m64n128_wgmma_bf16", "attn_bwd_hd128_m64n128_wgmma_f16"],
+};
+
 /// Every compiled variant, in order of preference within a head dim.
 pub const BWD_TILES: &[BwdTile] =
-    &[BWD_HD32, BWD_HD64, BWD_HD96, BWD_HD128, BWD_HD128_M32, BWD_HD192, BWD_HD192_M32, BWD_HD256];
+    &[BWD_HD32, BWD_HD64, BWD_HD96, BWD_HD128_WGMMA, BWD_HD128, BWD_HD128_M32, BWD_HD192, BWD_HD192_M32, BWD_HD256];
 
 /// The backward tile for a problem on a device: the first compiled row for `head_dim` whose shared
-/// memory fits one block's opt-in limit and one SM. `None` when none fits.
+/// memory fits one block's opt-in limit and one SM, Hopper rows only where `sm90a` (compute
+/// capability 9.0). `None` when none fits.
 pub fn choose_bwd(
     head_dim: usize,
     elem_bytes: usize,
     smem_per_block_optin: usize,
     smem_per_sm: usize,
+    sm90a: bool,
 ) -> Option<&'static BwdTile> {
     if elem_bytes != 2 {
         return None;
     }
     BWD_TILES
         .iter()
-        .filter(|t| t.head_dim == head_dim)
+        .filter(|t| t.head_dim == head_dim && (sm90a || !t.wgmma))
         .find(|t| crate::tiles::fits_smem(t.smem_bytes(elem_bytes), smem_per_block_optin, smem_per_sm))
 }
 
@@ -221,18 +270,22 @@ mod tests {
     #[test]
     fn every_head_dim_fits_h100_and_a100() {
         for d in [32, 64, 96, 128, 192, 256] {
-            let h = choose_bwd(d, 2, H100.0, H100.1).unwrap();
-            assert_eq!(h.q_stages, 2, "d={d}");
-            assert!(h.smem_bytes(2) <= H100.0, "d={d}");
-            let a = choose_bwd(d, 2, A100.0, A100.1).unwrap();
+            for sm90a in [false, true] {
+                let h = choose_bwd(d, 2, H100.0, H100.1, sm90a).unwrap();
+                assert_eq!(h.q_stages, 2, "d={d}");
+                assert!(h.smem_bytes(2) <= H100.0, "d={d}");
+                assert_eq!(h.wgmma, sm90a && d == 128, "d={d}");
+            }
+            let a = choose_bwd(d, 2, A100.0, A100.1, false).unwrap();
             assert!(a.smem_bytes(2) <= A100.0, "d={d}");
         }
-        assert_eq!(choose_bwd(128, 2, H100.0, H100.1), Some(&BWD_HD128));
-        assert_eq!(choose_bwd(128, 2, A100.0, A100.1), Some(&BWD_HD128_M32));
-        assert_eq!(choose_bwd(192, 2, A100.0, A100.1), Some(&BWD_HD192_M32));
-        assert_eq!(choose_bwd(80, 2, H100.0, H100.1), None);
-        assert_eq!(choose_bwd(128, 4, H100.0, H100.1), None);
-        assert_eq!(choose_bwd(128, 2, 48 * KIB, 48 * KIB), None);
+        assert_eq!(choose_bwd(128, 2, H100.0, H100.1, true), Some(&BWD_HD128_WGMMA));
+        assert_eq!(choose_bwd(128, 2, H100.0, H100.1, false), Some(&BWD_HD128));
+        assert_eq!(choose_bwd(128, 2, A100.0, A100.1, false), Some(&BWD_HD128_M32));
+        assert_eq!(choose_bwd(192, 2, A100.0, A100.1, false), Some(&BWD_HD192_M32));
+        assert_eq!(choose_bwd(80, 2, H100.0, H100.1, true), None);
+        assert_eq!(choose_bwd(128, 4, H100.0, H100.1, true), None);
+        assert_eq!(choose_bwd(128, 2, 48 * KIB, 48 * KIB, true), None);
     }
 
     #[test]
@@ -245,5 +298,12 @@ mod tests {
                 assert_eq!(off % 16, 0, "{t:?}");
             }
         }
+        // The Hopper kernel's swizzled tiles start on 1024-byte boundaries.
+        let w = BWD_HD128_WGMMA.wgmma_smem_layout(2);
+        for off in &w[..6] {
+            assert_eq!(off % 1024, 0, "{w:?}");
+        }
+        assert_eq!(w[8] % 16, 0);
+        assert_eq!(BWD_HD128_WGMMA.smem_bytes(2), 181_344 + 1024);
     }
 }

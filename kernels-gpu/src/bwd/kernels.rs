@@ -67,6 +67,36 @@ bwd_kernels! {
     tiles_bwd::BWD_HD256 => attn_bwd_hd256_m32n64s2_bf16, attn_bwd_hd256_m32n64s2_f16;
 }
 
+/// The Hopper kernel (`hopper.rs`), in the sm_90a PTX only.
+#[cfg(target_feature = "sm_90a")]
+mod wgmma_entry {
+    use super::super::hopper::attn_bwd_wgmma;
+    use crate::abi::BwdParams;
+    use crate::ptx::elem::{Bf16, F16};
+    use crate::tiles::str_eq;
+    use crate::tiles_bwd::BWD_HD128_WGMMA as T;
+
+    const _: () = assert!(
+        T.is_valid()
+            && str_eq(T.symbols[0], "attn_bwd_hd128_m64n128_wgmma_bf16")
+            && str_eq(T.symbols[1], "attn_bwd_hd128_m64n128_wgmma_f16")
+    );
+
+    /// # Safety
+    /// Launched as `abi::BwdParams` and the tile row document, on a compute capability 9.0 device.
+    #[no_mangle]
+    pub unsafe extern "ptx-kernel" fn attn_bwd_hd128_m64n128_wgmma_bf16(p: BwdParams) {
+        attn_bwd_wgmma::<Bf16>(&p)
+    }
+
+    /// # Safety
+    /// As the bf16 kernel.
+    #[no_mangle]
+    pub unsafe extern "ptx-kernel" fn attn_bwd_hd128_m64n128_wgmma_f16(p: BwdParams) {
+        attn_bwd_wgmma::<F16>(&p)
+    }
+}
+
 const _: () = assert!(
     str_eq(abi::BWD_DELTA_BF16, "attn_bwd_delta_bf16")
         && str_eq(abi::BWD_DELTA_F16, "attn_bwd_delta_f16")

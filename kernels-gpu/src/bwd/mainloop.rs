@@ -30,10 +30,32 @@ use crate::ptx::opaque::u32 as opaque;
 use crate::ptx::shfl_idx::shfl_idx_f32;
 use crate::ptx::{atomic, cp_async, ldmatrix, shared_f32, smem, sreg, sync};
 
-/// Issues the cp.async copies of a `ROWS x D` tile into shared rows of `D + 8` elements; rows at or past
-/// `valid_rows` are zero-filled and not read.
+/// Shared-memory layouts of a `ROWS x D` element tile.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum RowLayout {
+    /// Rows of `D + 8` elements (16 bytes of padding: conflict-free `ldmatrix`), the `mma.sync` kernels.
+    Padded,
+    /// 64-element column blocks of 128-byte rows with the 128-byte swizzle (`ptx::wgmma` docs), the
+    /// `wgmma` kernels.
+    Swizzled128,
+}
+
+impl RowLayout {
+    /// Byte offset of the 16-byte chunk `chunk` of row `row`.
+    #[inline(always)]
+    const fn chunk_offset<const ROWS: usize, const D: usize>(self, row: usize, chunk: usize) -> u32 {
+        match self {
+            RowLayout::Padded => (row * (D + 8) * 2 + chunk * 16) as u32,
+            RowLayout::Swizzled128 => ((chunk / 8) * ROWS * 128 + row * 128 + ((chunk % 8) ^ (row % 8)) * 16) as u32,
+        }
+    }
+}
+
+/// Issues the cp.async copies of a `ROWS x D` tile into shared memory laid out as `layout`; rows at or
+/// past `valid_rows` are zero-filled and not read.
 #[inline(always)]
-unsafe fn load_rows<const ROWS: usize, const D: usize>(
+pub(super) unsafe fn load_rows<const ROWS: usize, const D: usize>(
+    layout: RowLayout,
     dst: u32,
     src: *const u16,
     row_stride: usize,
@@ -51,7 +73,7 @@ unsafe fn load_rows<const ROWS: usize, const D: usize>(
             let valid = (row as u32) < valid_rows;
             // An invalid row keeps `src` (row 0, always readable) as its address; nothing is read.
             let from = if valid { src.add(row * row_stride + chunk * 8) } else { src };
-            cp_async::copy16_or_zero(dst + (row * (D + 8) * 2 + chunk * 16) as u32, from, valid);
+            cp_async::copy16_or_zero(dst + layout.chunk_offset::<ROWS, D>(row, chunk), from, valid);
         }
     }
 }
@@ -61,27 +83,65 @@ unsafe fn load_rows<const ROWS: usize, const D: usize>(
 /// (registers bind the backward). Slots: q, q row stride, q head stride, dO, dO row stride, dO head
 /// stride, LSE, delta (these four at batch b, head 0), dQ accumulator (batch b, head 0), turn counters
 /// (batch b, head 0).
-const C_Q: u32 = 0;
-const C_DO: u32 = 24;
-const C_LSE: u32 = 48;
-const C_ACC: u32 = 64;
+pub(super) const C_Q: u32 = 0;
+pub(super) const C_DO: u32 = 24;
+pub(super) const C_LSE: u32 = 48;
+pub(super) const C_ACC: u32 = 64;
 
 #[inline(always)]
-unsafe fn consts_pair(addr: u32) -> (u64, u64) {
+pub(super) unsafe fn consts_pair(addr: u32) -> (u64, u64) {
     let v = smem::load_v4(addr);
     ((v[0] as u64) | ((v[1] as u64) << 32), (v[2] as u64) | ((v[3] as u64) << 32))
 }
 
 #[inline(always)]
-unsafe fn consts_store(consts: u32, slot: u32, value: u64) {
+pub(super) unsafe fn consts_store(consts: u32, slot: u32, value: u64) {
     smem::store_u32(consts + 8 * slot, value as u32);
     smem::store_u32(consts + 8 * slot + 4, (value >> 32) as u32);
+}
+
+/// The CTA's work item `(key block, K/V head, batch)`. Deterministic mode takes it from a global ticket
+/// counter in grid order (key block fastest) rather than from the block index: a CTA then only ever
+/// waits for the dQ turn of a key block whose CTA took its ticket earlier, hence is running or done,
+/// whatever order the hardware dispatches blocks in. `slot`: 16 bytes of 16-byte aligned shared
+/// memory. Contains a CTA barrier in deterministic mode.
+#[inline(always)]
+pub(super) unsafe fn work_item(p: &BwdParams, slot: u32, tid: u32) -> (u32, usize, usize) {
+    if p.deterministic != 0 {
+        if tid == 0 {
+            smem::store_u32(slot, atomic::fetch_add_u32(p.dq_ticket as *mut u32, 1));
+        }
+        sync::block();
+        let ticket = smem::load_v4(slot)[0];
+        let (gx, gy) = (sreg::grid_dim_x(), p.heads_q / p.group);
+        (ticket % gx, ((ticket / gx) % gy) as usize, (ticket / gx / gy) as usize)
+    } else {
+        (sreg::block_x(), sreg::block_y() as usize, sreg::block_z() as usize)
+    }
+}
+
+/// Writes the CTA's constants (see `C_Q`) for batch `b` with `m_blocks` query blocks per head.
+#[inline(always)]
+pub(super) unsafe fn store_consts(consts: u32, p: &BwdParams, b: usize, m_blocks: u32) {
+    let (qs, os) = (p.q_strides, p.d_o_strides);
+    let rows_b = (b * p.heads_q as usize * p.seqlen_q as usize) as u64;
+    consts_store(consts, 0, p.q + 2 * b as u64 * qs[0]);
+    consts_store(consts, 1, qs[1]);
+    consts_store(consts, 2, qs[2]);
+    consts_store(consts, 3, p.d_o + 2 * b as u64 * os[0]);
+    consts_store(consts, 4, os[1]);
+    consts_store(consts, 5, os[2]);
+    consts_store(consts, 6, p.lse + 4 * rows_b);
+    consts_store(consts, 7, p.delta + 4 * rows_b);
+    consts_store(consts, 8, p.dq_accum + 4 * rows_b * p.head_dim as u64);
+    consts_store(consts, 9, p.dq_semaphore + 4 * b as u64 * p.heads_q as u64 * m_blocks as u64);
 }
 
 /// Issues the copies of query block `m` of query head `h` (Q, dO, LSE, delta) into one stage.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn load_query_block<const BM: usize, const D: usize>(
+pub(super) unsafe fn load_query_block<const BM: usize, const D: usize>(
+    layout: RowLayout,
     consts: u32,
     h: u32,
     m: u32,
@@ -97,9 +157,9 @@ unsafe fn load_query_block<const BM: usize, const D: usize>(
     let (qs2, d_o) = consts_pair(consts + C_Q + 16);
     let (dos1, dos2) = consts_pair(consts + C_DO + 8);
     let q = (q as *const u16).add(m0u * qs1 as usize + h * qs2 as usize);
-    load_rows::<BM, D>(dst[0], q, qs1 as usize, rows, tid, threads);
+    load_rows::<BM, D>(layout, dst[0], q, qs1 as usize, rows, tid, threads);
     let d_o = (d_o as *const u16).add(m0u * dos1 as usize + h * dos2 as usize);
-    load_rows::<BM, D>(dst[1], d_o, dos1 as usize, rows, tid, threads);
+    load_rows::<BM, D>(layout, dst[1], d_o, dos1 as usize, rows, tid, threads);
     if (tid as usize) < BM {
         let (lse, delta) = consts_pair(consts + C_LSE);
         let (lse, delta) = (lse as *const f32, delta as *const f32);
@@ -112,7 +172,7 @@ unsafe fn load_query_block<const BM: usize, const D: usize>(
 }
 
 #[inline(always)]
-fn strides(s: [u64; 3]) -> [usize; 3] {
+pub(super) fn strides(s: [u64; 3]) -> [usize; 3] {
     [s[0] as usize, s[1] as usize, s[2] as usize]
 }
 
@@ -160,22 +220,7 @@ pub unsafe fn attn_bwd<
     let off_consts = off_dl + QS as u32 * stage_f;
     let base = smem::base();
 
-    // The work item. Deterministic mode takes it from a global ticket counter in grid order (key block
-    // fastest) rather than from the block index: a CTA then only ever waits for the dQ turn of a key
-    // block whose CTA took its ticket earlier, hence is running or done, whatever order the hardware
-    // dispatches blocks in.
-    let (nb, hkv, b) = if p.deterministic != 0 {
-        let slot = base + off_consts + 80;
-        if tid == 0 {
-            smem::store_u32(slot, atomic::fetch_add_u32(p.dq_ticket as *mut u32, 1));
-        }
-        sync::block();
-        let ticket = smem::load_v4(slot)[0];
-        let (gx, gy) = (sreg::grid_dim_x(), p.heads_q / p.group);
-        (ticket % gx, ((ticket / gx) % gy) as usize, (ticket / gx / gy) as usize)
-    } else {
-        (sreg::block_x(), sreg::block_y() as usize, sreg::block_z() as usize)
-    };
+    let (nb, hkv, b) = work_item(p, base + off_consts + 80, tid);
 
     let causal = p.causal != 0;
     let n0 = nb * BN as u32;
@@ -190,25 +235,14 @@ pub unsafe fn attn_bwd<
     let n0u = n0 as usize;
     let k_g = (p.k as *const u16).add(b * ks[0] + n0u * ks[1] + hkv * ks[2]);
     let v_g = (p.v as *const u16).add(b * vs[0] + n0u * vs[1] + hkv * vs[2]);
-    load_rows::<BN, D>(base, k_g, ks[1], kv_rows, tid, threads);
-    load_rows::<BN, D>(base + off_v, v_g, vs[1], kv_rows, tid, threads);
+    load_rows::<BN, D>(RowLayout::Padded, base, k_g, ks[1], kv_rows, tid, threads);
+    load_rows::<BN, D>(RowLayout::Padded, base + off_v, v_g, vs[1], kv_rows, tid, threads);
 
     // The per-CTA constants (see `C_Q`); visible to every thread after the first barrier of the loop.
     let consts = base + off_consts;
-    let rows_b = (b * p.heads_q as usize * sq as usize) as u64;
+    let rows_b = b * p.heads_q as usize * sq as usize;
     if tid == 0 {
-        let (qs, os) = (p.q_strides, p.d_o_strides);
-        let m_blocks = m_end as u64;
-        consts_store(consts, 0, p.q + 2 * b as u64 * qs[0]);
-        consts_store(consts, 1, qs[1]);
-        consts_store(consts, 2, qs[2]);
-        consts_store(consts, 3, p.d_o + 2 * b as u64 * os[0]);
-        consts_store(consts, 4, os[1]);
-        consts_store(consts, 5, os[2]);
-        consts_store(consts, 6, p.lse + 4 * rows_b);
-        consts_store(consts, 7, p.delta + 4 * rows_b);
-        consts_store(consts, 8, p.dq_accum + 4 * rows_b * D as u64);
-        consts_store(consts, 9, p.dq_semaphore + 4 * b as u64 * p.heads_q as u64 * m_blocks);
+        store_consts(consts, p, b, m_end);
     }
     if total > 0 {
         // The first block's copies read the values themselves (the constants are not visible yet).
@@ -218,12 +252,12 @@ pub unsafe fn attn_bwd<
         let (qs, os) = (strides(p.q_strides), strides(p.d_o_strides));
         let h = h_first as usize;
         let q = (p.q as *const u16).add(b * qs[0] + m0 * qs[1] + h * qs[2]);
-        load_rows::<BM, D>(base + off_q, q, qs[1], rows, tid, threads);
+        load_rows::<BM, D>(RowLayout::Padded, base + off_q, q, qs[1], rows, tid, threads);
         let d_o = (p.d_o as *const u16).add(b * os[0] + m0 * os[1] + h * os[2]);
-        load_rows::<BM, D>(base + off_do, d_o, os[1], rows, tid, threads);
+        load_rows::<BM, D>(RowLayout::Padded, base + off_do, d_o, os[1], rows, tid, threads);
         if (tid as usize) < BM {
             let valid = tid < rows;
-            let row = rows_b as usize + h * sq as usize + m0 + tid as usize;
+            let row = rows_b + h * sq as usize + m0 + tid as usize;
             let (lse, delta) = (p.lse as *const f32, p.delta as *const f32);
             let (lse, delta) = if valid { (lse.add(row), delta.add(row)) } else { (lse, delta) };
             shared_f32::copy4_or_zero(base + off_lse + tid * 4, lse, valid);
@@ -271,7 +305,7 @@ pub unsafe fn attn_bwd<
                     base + off_lse + sn * stage_f,
                     base + off_dl + sn * stage_f,
                 ];
-                load_query_block::<BM, D>(consts, hn, mn, sq, dst, tid, threads);
+                load_query_block::<BM, D>(RowLayout::Padded, consts, hn, mn, sq, dst, tid, threads);
             }
             cp_async::commit();
         }
@@ -479,7 +513,7 @@ pub unsafe fn attn_bwd<
             if it + 1 < total {
                 let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
                 let dst = [base + off_q, base + off_do, base + off_lse, base + off_dl];
-                load_query_block::<BM, D>(consts, hn, mn, sq, dst, tid, threads);
+                load_query_block::<BM, D>(RowLayout::Padded, consts, hn, mn, sq, dst, tid, threads);
             }
             cp_async::commit();
         }

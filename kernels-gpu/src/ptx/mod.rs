@@ -2,6 +2,8 @@
 //! section it implements; `unsafe` ones state what the caller must guarantee.
 
 pub mod atomic;
+#[cfg(target_feature = "sm_90a")]
+pub mod bulk;
 pub mod cp_async;
 pub mod elem;
 pub mod gmem;
@@ -15,3 +17,5 @@ pub mod smem;
 pub mod sreg;
 pub mod sync;
 pub mod warp;
+#[cfg(target_feature = "sm_90a")]
+pub mod wgmma;

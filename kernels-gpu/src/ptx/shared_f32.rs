@@ -31,3 +31,12 @@ pub unsafe fn load_v2(addr: u32) -> [f32; 2] {
     );
     [a, b]
 }
+
+/// `st.shared.v2.f32`: two consecutive f32.
+///
+/// # Safety
+/// `addr` is an 8-byte aligned shared-window address inside the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn store_v2(addr: u32, v: [f32; 2]) {
+    core::arch::asm!("st.shared.v2.f32 [{0}], {{{1}, {2}}};", in(reg32) addr, in(reg32) v[0], in(reg32) v[1], options(nostack));
+}

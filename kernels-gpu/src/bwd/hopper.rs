@@ -1,0 +1,311 @@
+//! The backward main kernel on Hopper's warpgroup tensor cores (`sm_90a`: `wgmma`, bulk reductions),
+//! for head dim 128: one CTA per (128 keys, K/V head, batch), two warpgroups of 4 warps, warpgroup w
+//! owning keys 64w..64w+63 of the block. `tiles_bwd::BWD_HD128_WGMMA` is its tile row.
+//!
+//! Per query block (64 rows of one query head of the group), with Q, dO, K, V in shared memory in the
+//! 128-byte swizzled layout (`ptx::wgmma`), each warpgroup:
+//! 1. Sᵀ = K_w Qᵀ and dPᵀ = V_w dOᵀ (`[64 keys, 64 queries]`, both operands K-major from shared memory),
+//!    issued back to back as two asynchronous groups;
+//! 2. when Sᵀ lands: Pᵀ = exp2(scale·log2e·S − log2e·LSE) (masked where needed), rounded to the element
+//!    type and kept in registers, which are directly the A fragments of dV += Pᵀ dO (`[64 keys, 128]`,
+//!    dO read MN-major), issued at once;
+//! 3. when dPᵀ lands (dV still running): dSᵀ = Pᵀ ∘ (dPᵀ − delta), issued as dK += dSᵀ Q the same way,
+//!    and stored to shared memory (`[128 keys, 64 queries]`, swizzled);
+//! 4. after a CTA barrier: dQ = dS K (`[64 queries, 64 of the 128 columns]` per warpgroup, dS and K both
+//!    MN-major from shared memory), staged in shared memory as f32 rows, and added to the global f32
+//!    accumulator by one bulk reduction (`cp.reduce.async.bulk .add.f32`, performed by the TMA unit),
+//!    in key-block order when deterministic.
+//!
+//! dK and dV (64 + 64 f32 per thread) stay in registers for the whole loop. Registers bind, so the
+//! loop-invariant addresses live in shared memory as in the `mma.sync` kernel (`mainloop.rs`).
+
+use super::mainloop::{consts_pair, load_query_block, load_rows, store_consts, strides, work_item, RowLayout, C_ACC};
+use crate::abi::BwdParams;
+use crate::attn::bwd_range::{bwd_needs_mask, bwd_query_blocks};
+use crate::ptx::math::exp2;
+use crate::ptx::opaque::u32 as opaque;
+use crate::ptx::wgmma::{self, desc_sw128, WgmmaElem};
+use crate::ptx::{atomic, bulk, cp_async, shared_f32, smem, sreg, sync};
+use crate::tiles_bwd::{BwdTile, BWD_HD128_WGMMA};
+
+const T: BwdTile = BWD_HD128_WGMMA;
+const D: usize = T.head_dim;
+const BM: usize = T.block_m;
+const BN: usize = T.block_n;
+const THREADS: usize = T.warps * 32;
+/// `[k, v, q, d_o, ds, dq, lse, delta, consts, end]` from the 1024-byte aligned base.
+const L: [usize; 10] = T.wgmma_smem_layout(2);
+
+const _: () = assert!(D == 128 && BM == 64 && BN == 128 && THREADS == 256 && T.q_stages == 2);
+
+/// Bytes between the two 64-column blocks of a swizzled `rows x 128` tile, and between 8-row groups.
+const fn col_block(rows: usize) -> u32 {
+    (rows * 128) as u32
+}
+const SBO: u32 = 1024;
+/// Bytes per 16 rows of a swizzled tile: one k16 step of an MN-major operand.
+const K16_ROWS: u32 = 16 * 128;
+
+/// Keeps the accumulators behind the `wgmma::wait` before it (see `wgmma::pin`).
+#[inline(always)]
+fn pin_all<const N: usize>(acc: &mut [f32; N]) {
+    for x in acc.iter_mut() {
+        wgmma::pin(x);
+    }
+}
+
+/// The kernel body.
+///
+/// # Safety
+/// Launched as `abi::BwdParams` documents, with 256 threads and `T.smem_bytes(2)` bytes of dynamic
+/// shared memory, on an sm_90a device.
+#[inline(always)]
+pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
+    let tid = sreg::thread_x();
+    let (sq, sk) = (p.seqlen_q, p.seqlen_k);
+    // The swizzle pattern repeats every 1024 bytes of the shared window: tiles start on that boundary.
+    let base = (smem::base() + 1023) & !1023;
+    let (nb, hkv, b) = work_item(p, base + L[8] as u32 + 80, tid);
+
+    let causal = p.causal != 0;
+    let n0 = nb * BN as u32;
+    let (m_first, m_end) = bwd_query_blocks(n0, sq, sk, causal, BM as u32);
+    let per_head = m_end - m_first;
+    let total = per_head * p.group;
+    let h_first = hkv as u32 * p.group;
+
+    let kv_rows = (sk - n0).min(BN as u32);
+    let (ks, vs) = (strides(p.k_strides), strides(p.v_strides));
+    let k_g = (p.k as *const u16).add(b * ks[0] + n0 as usize * ks[1] + hkv * ks[2]);
+    let v_g = (p.v as *const u16).add(b * vs[0] + n0 as usize * vs[1] + hkv * vs[2]);
+    let sw = RowLayout::Swizzled128;
+    load_rows::<BN, D>(sw, base + L[0] as u32, k_g, ks[1], kv_rows, tid, THREADS);
+    load_rows::<BN, D>(sw, base + L[1] as u32, v_g, vs[1], kv_rows, tid, THREADS);
+    let consts = base + L[8] as u32;
+    if tid == 0 {
+        store_consts(consts, p, b, m_end);
+    }
+    sync::block();
+    if total > 0 {
+        let dst = [base + L[2] as u32, base + L[3] as u32, base + L[6] as u32, base + L[7] as u32];
+        load_query_block::<BM, D>(sw, consts, h_first, m_end - 1, sq, dst, tid, THREADS);
+    }
+    cp_async::commit();
+
+    let mut dk = [0f32; 64];
+    let mut dv = [0f32; 64];
+    let stage_b = (BM * D * 2) as u32;
+    let stage_f = (BM * 4) as u32;
+    let deterministic = p.deterministic != 0;
+
+    let mut it = 0u32;
+    while it < total {
+        let tid = opaque(tid);
+        let base = opaque(base);
+        let lane = tid % 32;
+        let (wg, warp) = (tid / 128, (tid / 32) % 4);
+        let (g, t) = (lane / 4, lane % 4);
+        let consts = base + L[8] as u32;
+        let (k_s, v_s, ds_s, dq_s) = (base + L[0] as u32, base + L[1] as u32, base + L[4] as u32, base + L[5] as u32);
+
+        let h = h_first + it / per_head;
+        let m = m_end - 1 - it % per_head;
+        let m0 = m * BM as u32;
+        let stage = it % 2;
+        let (q_s, do_s) = (base + L[2] as u32 + stage * stage_b, base + L[3] as u32 + stage * stage_b);
+        let (lse_s, dl_s) = (base + L[6] as u32 + stage * stage_f, base + L[7] as u32 + stage * stage_f);
+
+        // This block's copies landed; make them visible to the tensor cores' (async) proxy and to every
+        // thread. Every product of the previous step has completed (each thread waited for them), so the
+        // other stage is free for the next block's copies.
+        cp_async::wait::<0>();
+        bulk::shared_async();
+        sync::block();
+        if it + 1 < total {
+            let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
+            let sn = 1 - stage;
+            let dst = [
+                base + L[2] as u32 + sn * stage_b,
+                base + L[3] as u32 + sn * stage_b,
+                base + L[6] as u32 + sn * stage_f,
+                base + L[7] as u32 + sn * stage_f,
+            ];
+            load_query_block::<BM, D>(sw, consts, hn, mn, sq, dst, tid, THREADS);
+        }
+        cp_async::commit();
+
+        // 1. Sᵀ = K_w Qᵀ and dPᵀ = V_w dOᵀ: K-major operands, k16 steps of 32 bytes inside a 64-column
+        // block.
+        let key_w = wg * 64;
+        let mut s = [0f32; 32];
+        let mut dp = [0f32; 32];
+        wgmma::fence();
+        for kk in 0..D / 16 {
+            let inner = ((kk / 4) * BN * 128 + (kk % 4) * 32) as u32;
+            let a = desc_sw128(k_s + inner + key_w * 128, 16, SBO);
+            let bq = desc_sw128(q_s + ((kk / 4) * BM * 128 + (kk % 4) * 32) as u32, 16, SBO);
+            E::ss_m64n64k16::<0, 0>(&mut s, a, bq, kk > 0);
+        }
+        wgmma::commit();
+        for kk in 0..D / 16 {
+            let inner = ((kk / 4) * BN * 128 + (kk % 4) * 32) as u32;
+            let a = desc_sw128(v_s + inner + key_w * 128, 16, SBO);
+            let bo = desc_sw128(do_s + ((kk / 4) * BM * 128 + (kk % 4) * 32) as u32, 16, SBO);
+            E::ss_m64n64k16::<0, 0>(&mut dp, a, bo, kk > 0);
+        }
+        wgmma::commit();
+
+        // The first query that sees each of this thread's two key rows (i32::MAX past the last key).
+        let mut first_query = [0i32; 2];
+        for (rr, fq) in first_query.iter_mut().enumerate() {
+            let key = (n0 + key_w + warp * 16 + g + 8 * rr as u32) as i32;
+            *fq = if key >= sk as i32 {
+                i32::MAX
+            } else if causal {
+                key + sq as i32 - sk as i32
+            } else {
+                0
+            };
+        }
+        let need_mask = bwd_needs_mask(m0, n0, BM as u32, BN as u32, sq, sk, causal);
+        let scale_log2 = p.scale_log2;
+
+        // 2. Pᵀ, packed: register 2i+rr holds row g+8rr, columns 8i+2t and 8i+2t+1.
+        wgmma::wait::<1>();
+        pin_all(&mut s);
+        let mut pk = [0u32; 16];
+        for i in 0..8 {
+            let c = 8 * i as u32 + 2 * t;
+            let lse = shared_f32::load_v2(lse_s + c * 4);
+            // A row that saw no key has LSE = -inf: read as +inf, its P is exp2(-inf) = 0.
+            let lse2 = [
+                if lse[0] == f32::NEG_INFINITY { f32::INFINITY } else { lse[0] * core::f32::consts::LOG2_E },
+                if lse[1] == f32::NEG_INFINITY { f32::INFINITY } else { lse[1] * core::f32::consts::LOG2_E },
+            ];
+            for rr in 0..2 {
+                let mut pv = [0f32; 2];
+                for cc in 0..2 {
+                    pv[cc] = exp2(s[4 * i + 2 * rr + cc] * scale_log2 - lse2[cc]);
+                    if need_mask {
+                        let qry = (m0 + c + cc as u32) as i32;
+                        let keep = (qry >= first_query[rr]) & (qry < sq as i32);
+                        pv[cc] = if keep { pv[cc] } else { 0.0 };
+                    }
+                }
+                pk[2 * i + rr] = E::pack2(pv[0], pv[1]);
+            }
+        }
+        // dV += Pᵀ dO: the A fragment of k16 step kk is column blocks 2kk and 2kk+1 of Pᵀ.
+        wgmma::fence();
+        for kk in 0..BM / 16 {
+            let a = [pk[4 * kk], pk[4 * kk + 1], pk[4 * kk + 2], pk[4 * kk + 3]];
+            let bo = desc_sw128(do_s + kk as u32 * K16_ROWS, col_block(BM), SBO);
+            E::rs_m64n128k16::<1>(&mut dv, &a, bo, true);
+        }
+        wgmma::commit();
+
+        // 3. dSᵀ = Pᵀ ∘ (dPᵀ − delta) (dV may still be running).
+        wgmma::wait::<1>();
+        pin_all(&mut dp);
+        let mut dsk = [0u32; 16];
+        for i in 0..8 {
+            let c = 8 * i as u32 + 2 * t;
+            let delta = shared_f32::load_v2(dl_s + c * 4);
+            for rr in 0..2 {
+                let pr = pk[2 * i + rr];
+                let (p0, p1) = (E::to_f32(pr as u16), E::to_f32((pr >> 16) as u16));
+                let ds0 = p0 * (dp[4 * i + 2 * rr] - delta[0]);
+                let ds1 = p1 * (dp[4 * i + 2 * rr + 1] - delta[1]);
+                dsk[2 * i + rr] = E::pack2(ds0, ds1);
+            }
+        }
+        wgmma::fence();
+        for kk in 0..BM / 16 {
+            let a = [dsk[4 * kk], dsk[4 * kk + 1], dsk[4 * kk + 2], dsk[4 * kk + 3]];
+            let bq = desc_sw128(q_s + kk as u32 * K16_ROWS, col_block(BM), SBO);
+            E::rs_m64n128k16::<1>(&mut dk, &a, bq, true);
+        }
+        wgmma::commit();
+        // dSᵀ to shared memory (`[128 keys][64 queries]`, one swizzled column block).
+        for i in 0..8u32 {
+            for rr in 0..2u32 {
+                let row = key_w + warp * 16 + g + 8 * rr;
+                let off = row * 128 + ((i ^ (row % 8)) * 16) + 4 * t;
+                smem::store_u32(ds_s + off, dsk[(2 * i + rr) as usize]);
+            }
+        }
+        bulk::shared_async();
+        // The previous step's bulk reduction has read the dQ staging buffer before anyone rewrites it.
+        if tid == 0 {
+            bulk::wait_read::<0>();
+        }
+        sync::block();
+
+        // 4. dQ[:, 64w..64w+64] = dS K: both MN-major (dS from dSᵀ, K along its rows).
+        let mut dq = [0f32; 32];
+        wgmma::fence();
+        for kk in 0..BN / 16 {
+            let a = desc_sw128(ds_s + kk as u32 * K16_ROWS, col_block(BN), SBO);
+            let bk = desc_sw128(k_s + wg * col_block(BN) + kk as u32 * K16_ROWS, col_block(BN), SBO);
+            E::ss_m64n64k16::<1, 1>(&mut dq, a, bk, kk > 0);
+        }
+        wgmma::commit();
+        wgmma::wait::<0>();
+        pin_all(&mut dq);
+        pin_all(&mut dk);
+        pin_all(&mut dv);
+        // Staged as f32 rows `[64][128]`, the accumulator's own layout, for one contiguous reduction.
+        for i in 0..8u32 {
+            for rr in 0..2u32 {
+                let row = warp * 16 + g + 8 * rr;
+                let col = wg * 64 + 8 * i + 2 * t;
+                let idx = (4 * i + 2 * rr) as usize;
+                shared_f32::store_v2(dq_s + (row * D as u32 + col) * 4, [dq[idx], dq[idx + 1]]);
+            }
+        }
+        bulk::shared_async();
+        sync::block();
+        if tid == 0 {
+            let rows = (sq - m0).min(BM as u32);
+            let (acc, sem) = consts_pair(consts + C_ACC);
+            let acc = (acc as *mut f32).add((h as usize * sq as usize + m0 as usize) * D);
+            if deterministic {
+                // Key blocks add their parts in key-block order (see `mainloop.rs`: same counters).
+                let sem = (sem as *mut u32).add(h as usize * m_end as usize + m as usize);
+                while atomic::load_acquire_u32(sem) != nb {}
+                bulk::global_async();
+                bulk::reduce_add_f32(acc, dq_s, rows * (D * 4) as u32);
+                bulk::wait_done::<0>();
+                bulk::global_async();
+                atomic::release_add_u32(sem, 1);
+            } else {
+                bulk::reduce_add_f32(acc, dq_s, rows * (D * 4) as u32);
+            }
+        }
+        it += 1;
+    }
+    // The shared memory stays allocated until the last reduction has read it.
+    if tid == 0 {
+        bulk::wait_done::<0>();
+    }
+
+    // dK (scaled) and dV of this CTA's keys.
+    let lane = tid % 32;
+    let (wg, warp) = (tid / 128, (tid / 32) % 4);
+    let (g, t) = (lane / 4, lane % 4);
+    let scale = p.scale;
+    let (dks, dvs) = (strides(p.dk_strides), strides(p.dv_strides));
+    let dk_g = (p.dk as *mut u16).add(b * dks[0] + hkv * dks[2]);
+    let dv_g = (p.dv as *mut u16).add(b * dvs[0] + hkv * dvs[2]);
+    for rr in 0..2 {
+        let key = (n0 + wg * 64 + warp * 16 + g + 8 * rr) as usize;
+        if key < sk as usize {
+            for i in 0..D / 8 {
+                let col = 8 * i + 2 * t as usize;
+                let idx = 4 * i + 2 * rr as usize;
+                *(dk_g.add(key * dks[1] + col) as *mut u32) = E::pack2(dk[idx] * scale, dk[idx + 1] * scale);
+                *(dv_g.add(key * dvs[1] + col) as *mut u32) = E::pack2(dv[idx], dv[idx + 1]);
+            }
+        }
+    }
+}
