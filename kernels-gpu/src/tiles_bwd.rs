@@ -98,8 +98,9 @@ impl BwdTile {
     /// Byte offsets of the Hopper kernel's shared-memory regions from a 1024-byte aligned base:
     /// `[k, v, q, d_o, ds, dq, lse, delta, consts, end]`. K, V (`block_n` rows), `q_stages` buffers of Q
     /// and dO (`block_m` rows) and dSᵀ (`block_n` rows of `block_m`) are 128-byte swizzled element tiles
-    /// (`ptx::wgmma`), each starting on a 1024-byte boundary; dq is the f32 `[block_m, head_dim]` staging
-    /// buffer of the dQ reduction.
+    /// (`ptx::wgmma`), each starting on a 1024-byte boundary; dq holds two f32 `[block_m, head_dim]`
+    /// staging buffers of the dQ reductions (one step's reduction reads one while the next step fills
+    /// the other).
     pub const fn wgmma_smem_layout(&self, elem_bytes: usize) -> [usize; 10] {
         let kv = self.block_n * self.head_dim * elem_bytes;
         let q = self.q_stages * self.block_m * self.head_dim * elem_bytes;
@@ -110,7 +111,7 @@ impl BwdTile {
         let d_o = qo + q;
         let ds = d_o + q;
         let dq = ds + self.block_n * self.block_m * elem_bytes;
-        let lse = dq + self.block_m * self.head_dim * 4;
+        let lse = dq + 2 * self.block_m * self.head_dim * 4;
         let delta = lse + f;
         let consts = delta + f;
         [k, v, qo, d_o, ds, dq, lse, delta, consts, consts + BWD_CONSTS_BYTES]
@@ -211,7 +212,7 @@ pub const BWD_HD192_M32: BwdTile = tile!(192, 32, 64, 8, 2, 4, 4, 2);
 /// 151 KiB; dK+dV 128, 32-row query blocks keep phase 3 (dQ) at 32 f32/thread.
 pub const BWD_HD256: BwdTile = tile!(256, 32, 64, 8, 2, 4, 4, 1);
 
-/// Hopper (sm_90a): `wgmma` with 128 keys per CTA in two warpgroups, 64-row query blocks; 179 KiB.
+/// Hopper (sm_90a): `wgmma` with 128 keys per CTA in two warpgroups, 64-row query blocks; 210 KiB.
 pub const BWD_HD128_WGMMA: BwdTile = BwdTile {
     head_dim: 128,
     block_m: 64,
@@ -304,6 +305,6 @@ mod tests {
             assert_eq!(off % 1024, 0, "{w:?}");
         }
         assert_eq!(w[8] % 16, 0);
-        assert_eq!(BWD_HD128_WGMMA.smem_bytes(2), 181_344 + 1024);
+        assert_eq!(BWD_HD128_WGMMA.smem_bytes(2), 214_112 + 1024);
     }
 }

@@ -12,9 +12,14 @@
 //! 3. when dPᵀ lands (dV still running): dSᵀ = Pᵀ ∘ (dPᵀ − delta), issued as dK += dSᵀ Q the same way,
 //!    and stored to shared memory (`[128 keys, 64 queries]`, swizzled);
 //! 4. after a CTA barrier: dQ = dS K (`[64 queries, 64 of the 128 columns]` per warpgroup, dS and K both
-//!    MN-major from shared memory), staged in shared memory as f32 rows, and added to the global f32
-//!    accumulator by one bulk reduction (`cp.reduce.async.bulk .add.f32`, performed by the TMA unit),
-//!    in key-block order when deterministic.
+//!    MN-major from shared memory), staged in shared memory as f32 rows (two buffers, alternating), and
+//!    added to the global f32 accumulator by one bulk reduction (`cp.reduce.async.bulk .add.f32`,
+//!    performed by the TMA unit).
+//!
+//! Deterministic mode adds the key blocks' parts in key-block order (turn counters, as `mainloop.rs`).
+//! Waiting for the turn, for the reduction to complete and publishing it would stall the whole CTA at
+//! the next barrier if done where the part is staged (measured: 19-24% of the step); thread 0 does it
+//! one step later instead, while its CTA's dQ product of that step runs on the tensor cores.
 //!
 //! dK and dV (64 + 64 f32 per thread) stay in registers for the whole loop. Registers bind, so the
 //! loop-invariant addresses live in shared memory as in the `mma.sync` kernel (`mainloop.rs`).
@@ -33,7 +38,7 @@ const D: usize = T.head_dim;
 const BM: usize = T.block_m;
 const BN: usize = T.block_n;
 const THREADS: usize = T.warps * 32;
-/// `[k, v, q, d_o, ds, dq, lse, delta, consts, end]` from the 1024-byte aligned base.
+/// `[k, v, q, d_o, ds, dq (two staging buffers), lse, delta, consts, end]` from the 1024-byte aligned base.
 const L: [usize; 10] = T.wgmma_smem_layout(2);
 
 const _: () = assert!(D == 128 && BM == 64 && BN == 128 && THREADS == 256 && T.q_stages == 2);
@@ -43,6 +48,8 @@ const fn col_block(rows: usize) -> u32 {
     (rows * 128) as u32
 }
 const SBO: u32 = 1024;
+/// One dQ staging buffer: `[BM][D]` f32.
+const DQ_STAGE_BYTES: u32 = (BM * D * 4) as u32;
 /// Bytes per 16 rows of a swizzled tile: one k16 step of an MN-major operand.
 const K16_ROWS: u32 = 16 * 128;
 
@@ -52,6 +59,26 @@ fn pin_all<const N: usize>(acc: &mut [f32; N]) {
     for x in acc.iter_mut() {
         wgmma::pin(x);
     }
+}
+
+/// Deterministic mode, thread 0: waits for key block `nb`'s turn on query block `m` of head `h`, adds the
+/// staged part (`staged`, fenced and behind a barrier) with one bulk reduction, waits for it to complete
+/// and hands the turn on. Every key block below `nb` visits this query block too (visibility is a prefix
+/// of the keys) and took its work-item ticket earlier, so the wait ends.
+#[inline(always)]
+unsafe fn ordered_reduce(p: &BwdParams, consts: u32, h: u32, m: u32, m_end: u32, nb: u32, staged: u32) {
+    let sq = p.seqlen_q;
+    let m0 = m * BM as u32;
+    let rows = (sq - m0).min(BM as u32);
+    let (acc, sem) = consts_pair(consts + C_ACC);
+    let acc = (acc as *mut f32).add((h as usize * sq as usize + m0 as usize) * D);
+    let sem = (sem as *mut u32).add(h as usize * m_end as usize + m as usize);
+    while atomic::load_acquire_u32(sem) != nb {}
+    bulk::global_async();
+    bulk::reduce_add_f32(acc, staged, rows * (D * 4) as u32);
+    bulk::wait_done::<0>();
+    bulk::global_async();
+    atomic::release_add_u32(sem, 1);
 }
 
 /// The kernel body.
@@ -106,12 +133,13 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
         let (wg, warp) = (tid / 128, (tid / 32) % 4);
         let (g, t) = (lane / 4, lane % 4);
         let consts = base + L[8] as u32;
-        let (k_s, v_s, ds_s, dq_s) = (base + L[0] as u32, base + L[1] as u32, base + L[4] as u32, base + L[5] as u32);
+        let (k_s, v_s, ds_s) = (base + L[0] as u32, base + L[1] as u32, base + L[4] as u32);
 
         let h = h_first + it / per_head;
         let m = m_end - 1 - it % per_head;
         let m0 = m * BM as u32;
         let stage = it % 2;
+        let dq_s = base + L[5] as u32 + stage * DQ_STAGE_BYTES;
         let (q_s, do_s) = (base + L[2] as u32 + stage * stage_b, base + L[3] as u32 + stage * stage_b);
         let (lse_s, dl_s) = (base + L[6] as u32 + stage * stage_f, base + L[7] as u32 + stage * stage_f);
 
@@ -235,9 +263,10 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
             }
         }
         bulk::shared_async();
-        // The previous step's bulk reduction has read the dQ staging buffer before anyone rewrites it.
+        // Fast mode: the reduction of two steps ago has read this step's staging buffer before anyone
+        // rewrites it (deterministic mode waited for it to complete during the previous step).
         if tid == 0 {
-            bulk::wait_read::<0>();
+            bulk::wait_read::<1>();
         }
         sync::block();
 
@@ -250,6 +279,11 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
             E::ss_m64n64k16::<1, 1>(&mut dq, a, bk, kk > 0);
         }
         wgmma::commit();
+        if deterministic && tid == 0 && it > 0 {
+            let prev = it - 1;
+            let (hp, mp) = (h_first + prev / per_head, m_end - 1 - prev % per_head);
+            ordered_reduce(p, consts, hp, mp, m_end, nb, base + L[5] as u32 + (prev % 2) * DQ_STAGE_BYTES);
+        }
         wgmma::wait::<0>();
         pin_all(&mut dq);
         pin_all(&mut dk);
@@ -265,27 +299,20 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
         }
         bulk::shared_async();
         sync::block();
-        if tid == 0 {
+        if !deterministic && tid == 0 {
             let rows = (sq - m0).min(BM as u32);
-            let (acc, sem) = consts_pair(consts + C_ACC);
-            let acc = (acc as *mut f32).add((h as usize * sq as usize + m0 as usize) * D);
-            if deterministic {
-                // Key blocks add their parts in key-block order (see `mainloop.rs`: same counters).
-                let sem = (sem as *mut u32).add(h as usize * m_end as usize + m as usize);
-                while atomic::load_acquire_u32(sem) != nb {}
-                bulk::global_async();
-                bulk::reduce_add_f32(acc, dq_s, rows * (D * 4) as u32);
-                bulk::wait_done::<0>();
-                bulk::global_async();
-                atomic::release_add_u32(sem, 1);
-            } else {
-                bulk::reduce_add_f32(acc, dq_s, rows * (D * 4) as u32);
-            }
+            let acc = (consts_pair(consts + C_ACC).0 as *mut f32).add((h as usize * sq as usize + m0 as usize) * D);
+            bulk::reduce_add_f32(acc, dq_s, rows * (D * 4) as u32);
         }
         it += 1;
     }
-    // The shared memory stays allocated until the last reduction has read it.
     if tid == 0 {
+        if deterministic && total > 0 {
+            let last = total - 1;
+            let (hp, mp) = (h_first + last / per_head, m_end - 1 - last % per_head);
+            ordered_reduce(p, base + L[8] as u32, hp, mp, m_end, nb, base + L[5] as u32 + (last % 2) * DQ_STAGE_BYTES);
+        }
+        // The shared memory stays allocated until the last reduction has read it.
         bulk::wait_done::<0>();
     }
 
