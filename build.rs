@@ -136,9 +136,38 @@ fn build_arch(kernels: &Path, out: &Path, stem: &str, cpu: &str) -> Result<(), S
     let asm = target_dir.join("nvptx64-nvidia-cuda/release/deps/ironflash_kernels.s");
     let ptx = std::fs::read_to_string(&asm).map_err(|e| format!("reading {}: {e}", asm.display()))?;
     check_complete(&ptx, cpu)?;
+    let ptx = apply_launch_bounds(&ptx, cpu)?;
     let dest = out.join(format!("ironflash_{stem}.ptx"));
     std::fs::write(&dest, ptx).map_err(|e| format!("writing {}: {e}", dest.display()))?;
     Ok(())
+}
+
+/// Rust has no launch-bounds attribute for `ptx-kernel` functions; a kernel asks for them with a
+/// module-level comment `// ironflash-launch-bounds SYMBOL THREADS MIN_CTAS_PER_SM` (from `global_asm!`),
+/// and this turns it into the entry's `.maxntid THREADS, 1, 1` and `.minnctapersm MIN` directives
+/// (PTX ISA §11.4, performance-tuning directives), so that ptxas fits the registers to that many
+/// threads, as `__launch_bounds__` does in CUDA C++. A comment naming no entry of this PTX fails the
+/// build.
+fn apply_launch_bounds(ptx: &str, cpu: &str) -> Result<String, String> {
+    let mut out = ptx.to_string();
+    for line in ptx.lines() {
+        let Some(spec) = line.trim().strip_prefix("// ironflash-launch-bounds ") else { continue };
+        let fields: Vec<&str> = spec.split_whitespace().collect();
+        let [symbol, threads, min_ctas] = fields[..] else {
+            return Err(format!("{cpu} PTX: malformed launch-bounds comment: {line}"));
+        };
+        let (threads, min_ctas): (u32, u32) = match (threads.parse(), min_ctas.parse()) {
+            (Ok(t), Ok(m)) => (t, m),
+            _ => return Err(format!("{cpu} PTX: malformed launch-bounds comment: {line}")),
+        };
+        let header = format!(".entry {symbol}(");
+        let start = out.find(&header).ok_or_else(|| format!("{cpu} PTX: launch bounds for {symbol}, no such entry"))?;
+        // The parameter list closes with a line holding only ")"; the body's "{" follows.
+        let close = out[start..].find("\n)\n").ok_or_else(|| format!("{cpu} PTX: no parameter list for {symbol}"))?;
+        let at = start + close + 3;
+        out.insert_str(at, &format!(".maxntid {threads}, 1, 1\n.minnctapersm {min_ctas}\n"));
+    }
+    Ok(out)
 }
 
 /// A PTX that declares but does not define a function would fail at module load on the user's GPU;

@@ -137,7 +137,7 @@ impl BwdTile {
         let (d, w) = (self.head_dim, self.warps);
         if self.wgmma {
             // The one shape `bwd/hopper.rs` implements.
-            return d == 128 && self.block_m == 64 && self.block_n == 128 && w == 8 && self.q_stages == 2;
+            return d == 128 && self.block_m == 64 && self.block_n == 128 && w == 12 && self.q_stages == 2;
         }
         d.is_multiple_of(32)
             && (w == 4 || w == 8)
@@ -212,12 +212,14 @@ pub const BWD_HD192_M32: BwdTile = tile!(192, 32, 64, 8, 2, 4, 4, 2);
 /// 151 KiB; dK+dV 128, 32-row query blocks keep phase 3 (dQ) at 32 f32/thread.
 pub const BWD_HD256: BwdTile = tile!(256, 32, 64, 8, 2, 4, 4, 1);
 
-/// Hopper (sm_90a): `wgmma` with 128 keys per CTA in two warpgroups, 64-row query blocks; 210 KiB.
+/// Hopper (sm_90a): `wgmma` with 128 keys per CTA in two warpgroups plus a third whose first warp writes
+/// dQ (warp-specialised: 240 registers per compute thread, 24 for the writer's group), 64-row query
+/// blocks; 210 KiB.
 pub const BWD_HD128_WGMMA: BwdTile = BwdTile {
     head_dim: 128,
     block_m: 64,
     block_n: 128,
-    warps: 8,
+    warps: 12,
     q_stages: 2,
     sdp_warps_n: 2,
     dkv_warps_n: 2,

@@ -14,12 +14,19 @@
 //! 4. after a CTA barrier: dQ = dS K (`[64 queries, 64 of the 128 columns]` per warpgroup, dS and K both
 //!    MN-major from shared memory), staged in shared memory as f32 rows (two buffers, alternating), and
 //!    added to the global f32 accumulator by one bulk reduction (`cp.reduce.async.bulk .add.f32`,
-//!    performed by the TMA unit).
 //!
-//! Deterministic mode adds the key blocks' parts in key-block order (turn counters, as `mainloop.rs`).
-//! Waiting for the turn, for the reduction to complete and publishing it would stall the whole CTA at
-//! the next barrier if done where the part is staged (measured: 19-24% of the step); thread 0 does it
-//! one step later instead, while its CTA's dQ product of that step runs on the tensor cores.
+//!    performed by the TMA unit) issued by the dQ writer: the first warp of a third warpgroup, which does nothing else.
+//!
+//! Deterministic mode adds the key blocks' parts in key-block order (turn counters, as `mainloop.rs`):
+//! waiting for the turn, for the reduction to complete and handing the turn on take the writer about
+//! a microsecond per step. Done by a compute thread they stalled the whole CTA at its next barrier
+//! (measured 19-24% of the time, 17% when overlapped with the dQ product); the writer warp takes them
+//! off the compute warps' path, which only wait for a staging buffer to be free again.
+//!
+//! Barriers: 0 (all 384 threads) for the set-up; `BAR_COMPUTE` among the 256 compute threads twice
+//! a step; `BAR_FULL + s` (compute threads arrive after filling staging buffer s, the writer waits)
+//! and `BAR_EMPTY + s` (the writer arrives once its reduction has read buffer s, the compute threads
+//! wait before refilling it).
 //!
 //! dK and dV (64 + 64 f32 per thread) stay in registers for the whole loop. Registers bind, so the
 //! loop-invariant addresses live in shared memory as in the `mma.sync` kernel (`mainloop.rs`).
@@ -30,18 +37,40 @@ use crate::attn::bwd_range::{bwd_needs_mask, bwd_query_blocks};
 use crate::ptx::math::exp2;
 use crate::ptx::opaque::u32 as opaque;
 use crate::ptx::wgmma::{self, desc_sw128, WgmmaElem};
-use crate::ptx::{atomic, bulk, cp_async, shared_f32, smem, sreg, sync};
+use crate::ptx::{atomic, bulk, cp_async, setmaxnreg, shared_f32, smem, sreg, sync};
 use crate::tiles_bwd::{BwdTile, BWD_HD128_WGMMA};
 
 const T: BwdTile = BWD_HD128_WGMMA;
 const D: usize = T.head_dim;
 const BM: usize = T.block_m;
 const BN: usize = T.block_n;
-const THREADS: usize = T.warps * 32;
+/// The two warpgroups that compute.
+const COMPUTE_THREADS: usize = 256;
+const COMPUTE_THREADS_U32: u32 = COMPUTE_THREADS as u32;
+/// Compute threads and the dQ-writer warp (the other three warps of the writer's warpgroup exit at
+/// once): the participants of the staging hand-off barriers.
+const ALL_THREADS_U32: u32 = (COMPUTE_THREADS + 32) as u32;
+/// Registers per thread after the split (`setmaxnreg`): the CTA launches with 168 per thread (384
+/// threads, the launch bounds in `kernels.rs`); 2·128·240 + 128·24 = 384·168 = 64512.
+const COMPUTE_REGS: u32 = 240;
+const WRITER_REGS: u32 = 24;
 /// `[k, v, q, d_o, ds, dq (two staging buffers), lse, delta, consts, end]` from the 1024-byte aligned base.
 const L: [usize; 10] = T.wgmma_smem_layout(2);
 
-const _: () = assert!(D == 128 && BM == 64 && BN == 128 && THREADS == 256 && T.q_stages == 2);
+const _: () = assert!(
+    D == 128
+        && BM == 64
+        && BN == 128
+        && T.warps * 32 == COMPUTE_THREADS + 128
+        && T.q_stages == 2
+        && 256 * COMPUTE_REGS + 128 * WRITER_REGS <= 384 * 168
+);
+
+const BAR_COMPUTE: u32 = 1;
+/// Staging buffer s is full: 2 + s.
+const BAR_FULL: u32 = 2;
+/// Staging buffer s is free: 4 + s.
+const BAR_EMPTY: u32 = 4;
 
 /// Bytes between the two 64-column blocks of a swizzled `rows x 128` tile, and between 8-row groups.
 const fn col_block(rows: usize) -> u32 {
@@ -61,31 +90,93 @@ fn pin_all<const N: usize>(acc: &mut [f32; N]) {
     }
 }
 
-/// Deterministic mode, thread 0: waits for key block `nb`'s turn on query block `m` of head `h`, adds the
-/// staged part (`staged`, fenced and behind a barrier) with one bulk reduction, waits for it to complete
-/// and hands the turn on. Every key block below `nb` visits this query block too (visibility is a prefix
-/// of the keys) and took its work-item ticket earlier, so the wait ends.
+/// Waits at `BAR_FULL + s` / arrives at `BAR_EMPTY + s` (the barrier id must be an immediate).
 #[inline(always)]
-unsafe fn ordered_reduce(p: &BwdParams, consts: u32, h: u32, m: u32, m_end: u32, nb: u32, staged: u32) {
+fn wait_full(s: u32) {
+    if s == 0 {
+        sync::named::<BAR_FULL, ALL_THREADS_U32>();
+    } else {
+        sync::named::<{ BAR_FULL + 1 }, ALL_THREADS_U32>();
+    }
+}
+#[inline(always)]
+fn arrive_full(s: u32) {
+    if s == 0 {
+        sync::arrive::<BAR_FULL, ALL_THREADS_U32>();
+    } else {
+        sync::arrive::<{ BAR_FULL + 1 }, ALL_THREADS_U32>();
+    }
+}
+#[inline(always)]
+fn wait_empty(s: u32) {
+    if s == 0 {
+        sync::named::<BAR_EMPTY, ALL_THREADS_U32>();
+    } else {
+        sync::named::<{ BAR_EMPTY + 1 }, ALL_THREADS_U32>();
+    }
+}
+#[inline(always)]
+fn arrive_empty(s: u32) {
+    if s == 0 {
+        sync::arrive::<BAR_EMPTY, ALL_THREADS_U32>();
+    } else {
+        sync::arrive::<{ BAR_EMPTY + 1 }, ALL_THREADS_U32>();
+    }
+}
+
+/// The dQ writer (one warp, lane 0 acting): per step, once the compute warps have staged the step's
+/// dQ part in buffer `it % 2`, adds it to the accumulator rows of its (head, query block) with one bulk
+/// reduction, in key-block order when deterministic, and frees the buffer once the reduction has read
+/// it.
+#[inline(always)]
+unsafe fn dq_writer(p: &BwdParams, consts: u32, nb: u32, h_first: u32, m_end: u32, per_head: u32, total: u32) {
+    let lane0 = sreg::thread_x() % 32 == 0;
     let sq = p.seqlen_q;
-    let m0 = m * BM as u32;
-    let rows = (sq - m0).min(BM as u32);
-    let (acc, sem) = consts_pair(consts + C_ACC);
-    let acc = (acc as *mut f32).add((h as usize * sq as usize + m0 as usize) * D);
-    let sem = (sem as *mut u32).add(h as usize * m_end as usize + m as usize);
-    while atomic::load_acquire_u32(sem) != nb {}
-    bulk::global_async();
-    bulk::reduce_add_f32(acc, staged, rows * (D * 4) as u32);
-    bulk::wait_done::<0>();
-    bulk::global_async();
-    atomic::release_add_u32(sem, 1);
+    let deterministic = p.deterministic != 0;
+    let mut it = 0u32;
+    while it < total {
+        let s = it % 2;
+        let (h, m) = (h_first + it / per_head, m_end - 1 - it % per_head);
+        wait_full(s);
+        if lane0 {
+            let m0 = m * BM as u32;
+            let bytes = (sq - m0).min(BM as u32) * (D * 4) as u32;
+            let staged = opaque(consts) - L[8] as u32 + L[5] as u32 + s * DQ_STAGE_BYTES;
+            let (acc, sem) = consts_pair(consts + C_ACC);
+            let acc = (acc as *mut f32).add((h as usize * sq as usize + m0 as usize) * D);
+            if deterministic {
+                // Every key block below `nb` visits this query block too (visibility is a prefix of the
+                // keys) and took its work-item ticket earlier, so the wait ends.
+                let sem = (sem as *mut u32).add(h as usize * m_end as usize + m as usize);
+                while atomic::load_acquire_u32(sem) != nb {}
+                bulk::global_async();
+                bulk::reduce_add_f32(acc, staged, bytes);
+                bulk::wait_done::<0>();
+                bulk::global_async();
+                atomic::release_add_u32(sem, 1);
+            } else {
+                bulk::reduce_add_f32(acc, staged, bytes);
+                bulk::wait_read::<0>();
+            }
+        }
+        // The compute warps wait for this buffer only before their step it + 2.
+        if it + 2 < total {
+            sync::warp();
+            arrive_empty(s);
+        }
+        it += 1;
+    }
+    if lane0 {
+        // The shared memory stays allocated until the last reduction has completed.
+        bulk::wait_done::<0>();
+    }
 }
 
 /// The kernel body.
 ///
 /// # Safety
-/// Launched as `abi::BwdParams` documents, with 256 threads and `T.smem_bytes(2)` bytes of dynamic
-/// shared memory, on an sm_90a device.
+/// Launched as `abi::BwdParams` documents, with 384 threads (`T.threads()`) and `T.smem_bytes(2)`
+/// bytes of dynamic shared memory, on an sm_90a device.
 #[inline(always)]
 pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
     let tid = sreg::thread_x();
@@ -101,21 +192,31 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
     let total = per_head * p.group;
     let h_first = hkv as u32 * p.group;
 
-    let kv_rows = (sk - n0).min(BN as u32);
-    let (ks, vs) = (strides(p.k_strides), strides(p.v_strides));
-    let k_g = (p.k as *const u16).add(b * ks[0] + n0 as usize * ks[1] + hkv * ks[2]);
-    let v_g = (p.v as *const u16).add(b * vs[0] + n0 as usize * vs[1] + hkv * vs[2]);
-    let sw = RowLayout::Swizzled128;
-    load_rows::<BN, D>(sw, base + L[0] as u32, k_g, ks[1], kv_rows, tid, THREADS);
-    load_rows::<BN, D>(sw, base + L[1] as u32, v_g, vs[1], kv_rows, tid, THREADS);
     let consts = base + L[8] as u32;
     if tid == 0 {
         store_consts(consts, p, b, m_end);
     }
+    let sw = RowLayout::Swizzled128;
+    if tid < COMPUTE_THREADS_U32 {
+        let kv_rows = (sk - n0).min(BN as u32);
+        let (ks, vs) = (strides(p.k_strides), strides(p.v_strides));
+        let k_g = (p.k as *const u16).add(b * ks[0] + n0 as usize * ks[1] + hkv * ks[2]);
+        let v_g = (p.v as *const u16).add(b * vs[0] + n0 as usize * vs[1] + hkv * vs[2]);
+        load_rows::<BN, D>(sw, base + L[0] as u32, k_g, ks[1], kv_rows, tid, COMPUTE_THREADS);
+        load_rows::<BN, D>(sw, base + L[1] as u32, v_g, vs[1], kv_rows, tid, COMPUTE_THREADS);
+    }
     sync::block();
+    if tid >= COMPUTE_THREADS_U32 {
+        setmaxnreg::dec::<WRITER_REGS>();
+        if tid < ALL_THREADS_U32 {
+            dq_writer(p, consts, nb, h_first, m_end, per_head, total);
+        }
+        return;
+    }
+    setmaxnreg::inc::<COMPUTE_REGS>();
     if total > 0 {
         let dst = [base + L[2] as u32, base + L[3] as u32, base + L[6] as u32, base + L[7] as u32];
-        load_query_block::<BM, D>(sw, consts, h_first, m_end - 1, sq, dst, tid, THREADS);
+        load_query_block::<BM, D>(sw, consts, h_first, m_end - 1, sq, dst, tid, COMPUTE_THREADS);
     }
     cp_async::commit();
 
@@ -123,7 +224,6 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
     let mut dv = [0f32; 64];
     let stage_b = (BM * D * 2) as u32;
     let stage_f = (BM * 4) as u32;
-    let deterministic = p.deterministic != 0;
 
     let mut it = 0u32;
     while it < total {
@@ -144,11 +244,11 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
         let (lse_s, dl_s) = (base + L[6] as u32 + stage * stage_f, base + L[7] as u32 + stage * stage_f);
 
         // This block's copies landed; make them visible to the tensor cores' (async) proxy and to every
-        // thread. Every product of the previous step has completed (each thread waited for them), so the
-        // other stage is free for the next block's copies.
+        // compute thread. Every product of the previous step has completed (each thread waited for
+        // them), so the other stage is free for the next block's copies.
         cp_async::wait::<0>();
         bulk::shared_async();
-        sync::block();
+        sync::named::<BAR_COMPUTE, COMPUTE_THREADS_U32>();
         if it + 1 < total {
             let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
             let sn = 1 - stage;
@@ -158,7 +258,7 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
                 base + L[6] as u32 + sn * stage_f,
                 base + L[7] as u32 + sn * stage_f,
             ];
-            load_query_block::<BM, D>(sw, consts, hn, mn, sq, dst, tid, THREADS);
+            load_query_block::<BM, D>(sw, consts, hn, mn, sq, dst, tid, COMPUTE_THREADS);
         }
         cp_async::commit();
 
@@ -263,12 +363,7 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
             }
         }
         bulk::shared_async();
-        // Fast mode: the reduction of two steps ago has read this step's staging buffer before anyone
-        // rewrites it (deterministic mode waited for it to complete during the previous step).
-        if tid == 0 {
-            bulk::wait_read::<1>();
-        }
-        sync::block();
+        sync::named::<BAR_COMPUTE, COMPUTE_THREADS_U32>();
 
         // 4. dQ[:, 64w..64w+64] = dS K: both MN-major (dS from dSᵀ, K along its rows).
         let mut dq = [0f32; 32];
@@ -279,16 +374,15 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
             E::ss_m64n64k16::<1, 1>(&mut dq, a, bk, kk > 0);
         }
         wgmma::commit();
-        if deterministic && tid == 0 && it > 0 {
-            let prev = it - 1;
-            let (hp, mp) = (h_first + prev / per_head, m_end - 1 - prev % per_head);
-            ordered_reduce(p, consts, hp, mp, m_end, nb, base + L[5] as u32 + (prev % 2) * DQ_STAGE_BYTES);
-        }
         wgmma::wait::<0>();
         pin_all(&mut dq);
         pin_all(&mut dk);
         pin_all(&mut dv);
-        // Staged as f32 rows `[64][128]`, the accumulator's own layout, for one contiguous reduction.
+        // Staged as f32 rows `[64][128]`, the accumulator's own layout, for one contiguous reduction,
+        // once the writer's reduction of two steps ago has read this buffer.
+        if it >= 2 {
+            wait_empty(stage);
+        }
         for i in 0..8u32 {
             for rr in 0..2u32 {
                 let row = warp * 16 + g + 8 * rr;
@@ -298,22 +392,8 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
             }
         }
         bulk::shared_async();
-        sync::block();
-        if !deterministic && tid == 0 {
-            let rows = (sq - m0).min(BM as u32);
-            let acc = (consts_pair(consts + C_ACC).0 as *mut f32).add((h as usize * sq as usize + m0 as usize) * D);
-            bulk::reduce_add_f32(acc, dq_s, rows * (D * 4) as u32);
-        }
+        arrive_full(stage);
         it += 1;
-    }
-    if tid == 0 {
-        if deterministic && total > 0 {
-            let last = total - 1;
-            let (hp, mp) = (h_first + last / per_head, m_end - 1 - last % per_head);
-            ordered_reduce(p, base + L[8] as u32, hp, mp, m_end, nb, base + L[5] as u32 + (last % 2) * DQ_STAGE_BYTES);
-        }
-        // The shared memory stays allocated until the last reduction has read it.
-        bulk::wait_done::<0>();
     }
 
     // dK (scaled) and dV of this CTA's keys.

@@ -78,8 +78,17 @@ mod wgmma_entry {
 
     const _: () = assert!(
         T.is_valid()
+            && T.threads() == 384
             && str_eq(T.symbols[0], "attn_bwd_hd128_m64n128_wgmma_bf16")
             && str_eq(T.symbols[1], "attn_bwd_hd128_m64n128_wgmma_f16")
+    );
+
+    // Launch bounds (build.rs turns these into `.maxntid 384, 1, 1` and `.minnctapersm 1`): ptxas then
+    // compiles for one CTA of 12 warps per SM (168 registers per thread at launch), which `setmaxnreg`
+    // redistributes to the compute warpgroups (see `hopper.rs`).
+    core::arch::global_asm!(
+        "// ironflash-launch-bounds attn_bwd_hd128_m64n128_wgmma_bf16 384 1",
+        "// ironflash-launch-bounds attn_bwd_hd128_m64n128_wgmma_f16 384 1",
     );
 
     /// # Safety

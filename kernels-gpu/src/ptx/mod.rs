@@ -11,6 +11,8 @@ pub mod ldmatrix;
 pub mod math;
 pub mod mma;
 pub mod opaque;
+#[cfg(target_feature = "sm_90a")]
+pub mod setmaxnreg;
 pub mod shared_f32;
 pub mod shfl_idx;
 pub mod smem;

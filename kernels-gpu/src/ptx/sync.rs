@@ -15,3 +15,20 @@ pub fn warp() {
     // SAFETY: full mask; every caller runs it with the whole warp converged.
     unsafe { core::arch::asm!("bar.warp.sync 0xffffffff;", options(nostack)) };
 }
+
+/// `bar.sync ID, COUNT`: waits until `COUNT` threads (a multiple of 32, whole warps) have arrived at
+/// named barrier `ID` (1-15; 0 is `block`), this one included. Memory accesses before the arrivals
+/// are visible after it.
+#[inline(always)]
+pub fn named<const ID: u32, const COUNT: u32>() {
+    // SAFETY: a barrier; the callers arrive in whole warps, COUNT threads per generation.
+    unsafe { core::arch::asm!("bar.sync {id}, {n};", id = const ID, n = const COUNT, options(nostack)) };
+}
+
+/// `bar.arrive ID, COUNT`: counts this thread's arrival at named barrier `ID` without waiting (the
+/// producer side of a producer/consumer hand-off; the consumers `named::<ID, COUNT>()`).
+#[inline(always)]
+pub fn arrive<const ID: u32, const COUNT: u32>() {
+    // SAFETY: as `named`.
+    unsafe { core::arch::asm!("bar.arrive {id}, {n};", id = const ID, n = const COUNT, options(nostack)) };
+}
