@@ -141,6 +141,14 @@ pub fn flash_backward_with_tile<T: Element>(
     backward_into(dev, q, k, v, o, lse, d_o, grads, opts, Some(tile))
 }
 
+/// `NoTileConfig` unless `tile` is a compiled backward row for `head_dim` that fits the device and
+/// exists in its PTX (the Hopper rows only in the sm_90a one).
+fn check_forced_backward_tile(tile: &BwdTile, head_dim: usize, dtype: DType, info: &DeviceInfo) -> Result<()> {
+    let runs_here = !tile.wgmma || info.arch() == Arch::Sm90a;
+    let compiled = tiles_bwd::BWD_TILES.contains(tile) && tile.head_dim == head_dim && runs_here;
+    check_forced_tile(tile, compiled, tile.smem_bytes(dtype.size_bytes()), "backward", head_dim, info)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn backward_into<T: Element>(
     dev: &Device,
@@ -158,10 +166,7 @@ fn backward_into<T: Element>(
     let tile = match tile {
         None => chosen,
         Some(t) => {
-            // The Hopper rows exist only in the sm_90a PTX.
-            let runs_here = !t.wgmma || dev.info().arch() == Arch::Sm90a;
-            let compiled = tiles_bwd::BWD_TILES.contains(t) && t.head_dim == p.head_dim && runs_here;
-            check_forced_tile(t, compiled, t.smem_bytes(T::DTYPE.size_bytes()), "backward", p.head_dim, dev.info())?;
+            check_forced_backward_tile(t, p.head_dim, T::DTYPE, dev.info())?;
             *t
         }
     };
@@ -338,4 +343,40 @@ fn plan<T: Element>(
     }
     let tile = backward_tile(dev.info(), p.head_dim, T::DTYPE)?;
     Ok((p, tile))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ironflash_kernels::tiles_bwd::{BWD_HD128, BWD_HD128_M32, BWD_HD128_WGMMA};
+
+    fn info(cc: (i32, i32), smem_optin_kib: usize, smem_sm_kib: usize) -> DeviceInfo {
+        DeviceInfo {
+            ordinal: 0,
+            name: format!("test sm_{}{}", cc.0, cc.1),
+            compute_capability: cc,
+            sm_count: 108,
+            smem_per_block_optin: smem_optin_kib * 1024,
+            smem_per_sm: smem_sm_kib * 1024,
+            l2_bytes: 40 << 20,
+            total_mem: 80 << 30,
+            driver_version: 13000,
+        }
+    }
+
+    #[test]
+    fn hopper_tile_only_on_compute_capability_9_0() {
+        let h100 = info((9, 0), 227, 228);
+        let a100 = info((8, 0), 163, 164);
+        let l40 = info((8, 9), 99, 100);
+        assert_eq!(backward_tile(&h100, 128, DType::BF16).unwrap(), BWD_HD128_WGMMA);
+        assert_eq!(backward_tile(&a100, 128, DType::BF16).unwrap(), BWD_HD128_M32);
+        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, 128, DType::BF16, &h100).is_ok());
+        assert!(check_forced_backward_tile(&BWD_HD128, 128, DType::F16, &h100).is_ok());
+        for other in [&a100, &l40] {
+            let e = check_forced_backward_tile(&BWD_HD128_WGMMA, 128, DType::BF16, other).unwrap_err();
+            assert!(matches!(e, Error::NoTileConfig(_)), "{e}");
+        }
+        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, 64, DType::BF16, &h100).is_err());
+    }
 }
