@@ -61,6 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     FWD_TILES
                         .iter()
                         .filter(|t| t.head_dim == d && t.smem_bytes(2) <= info.smem_per_block_optin)
+                        .filter(|t| !t.wgmma || info.arch() == ironflash::modules::Arch::Sm90a)
                         .copied()
                         .collect()
                 } else {
@@ -136,7 +137,7 @@ fn decode(dev: &Device, extra_splits: &[usize]) -> Result<(), Box<dyn std::error
                 causal: false,
                 softmax_scale: 1.0,
             };
-            let chosen = gpu::forward_num_splits(&info, &problem, &tile);
+            let (_, chosen) = gpu::forward_launch_plan(&info, &problem, &tile, ironflash::DType::BF16);
             let kv_bytes = (2 * b * n * h * d * 2) as f64;
             let mut counts = vec![1, chosen];
             counts.extend(extra_splits.iter().filter(|&&s| s != 1 && s != chosen));

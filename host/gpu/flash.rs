@@ -8,6 +8,7 @@ use crate::gpu::forced_tile::check_forced_tile;
 use crate::gpu::launch::KernelParams;
 use crate::gpu::tensor::{check_vector_strides, strides3, DeviceTensor, GpuForwardOutput};
 use crate::layout::Layout;
+use crate::modules::Arch;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -66,7 +67,8 @@ pub fn forward_tile(info: &DeviceInfo, head_dim: usize, dtype: DType, causal: bo
     if dtype == DType::F32 {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype, path: "the fused forward kernel" });
     }
-    tiles::choose_fwd(head_dim, dtype.size_bytes(), causal, info.smem_per_block_optin, info.smem_per_sm)
+    let sm90a = info.arch() == Arch::Sm90a;
+    tiles::choose_fwd(head_dim, dtype.size_bytes(), causal, info.smem_per_block_optin, info.smem_per_sm, sm90a)
         .copied()
         .ok_or_else(|| {
             Error::NoTileConfig(format!(
@@ -75,6 +77,35 @@ pub fn forward_tile(info: &DeviceInfo, head_dim: usize, dtype: DType, causal: bo
                 info.smem_per_block_optin, info.smem_per_sm, info.name
             ))
         })
+}
+
+/// The kernel and split count for a problem, starting from the chooser's tile: a Hopper (`wgmma`) row has
+/// no split-KV kernel, so where the grid is small enough to split (decode), the `mma.sync` row the
+/// chooser picks without Hopper rows runs split instead.
+pub fn forward_launch_plan(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile, dtype: DType) -> (FwdTile, usize) {
+    if !tile.wgmma {
+        return (*tile, forward_num_splits(info, p, tile));
+    }
+    let fallback =
+        tiles::choose_fwd(p.head_dim, dtype.size_bytes(), p.causal, info.smem_per_block_optin, info.smem_per_sm, false);
+    match fallback {
+        Some(base) if forward_num_splits(info, p, base) > 1 => (*base, forward_num_splits(info, p, base)),
+        _ => (*tile, 1),
+    }
+}
+
+/// `NoTileConfig` unless a forced forward tile is a compiled row for the head dim that fits the device,
+/// runs on it (Hopper rows need compute capability 9.0) and, when split, has a split-KV kernel.
+fn check_forced_forward_tile(
+    tile: &FwdTile,
+    head_dim: usize,
+    dtype: DType,
+    info: &DeviceInfo,
+    splits: usize,
+) -> Result<()> {
+    let runs_here = !tile.wgmma || (info.arch() == Arch::Sm90a && splits <= 1);
+    let compiled = tiles::FWD_TILES.contains(tile) && tile.head_dim == head_dim && runs_here;
+    check_forced_tile(tile, compiled, tile.smem_bytes(dtype.size_bytes()), "forward", head_dim, info)
 }
 
 /// Fused attention forward: O (contiguous, shaped like q) and the f32 LSE `[batch, heads_q, seqlen_q]`
@@ -97,7 +128,7 @@ pub fn flash_forward<T: Element>(
     // SAFETY: the kernel writes every element of O and of the LSE (fully masked rows included).
     let mut o = unsafe { dev.stream.alloc::<T>(o_layout.numel()) }.during("allocating O")?;
     let mut lse = unsafe { dev.stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
-    let splits = forward_num_splits(dev.info(), &p, &tile);
+    let (tile, splits) = forward_launch_plan(dev.info(), &p, &tile, T::DTYPE);
     launch(dev, &p, &tile, splits, q, k, v, (&mut o, &o_layout), &mut lse)?;
     Ok(GpuForwardOutput { o: DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal }, lse })
 }
@@ -168,12 +199,15 @@ fn forward_into<T: Element>(
     num_splits: Option<usize>,
 ) -> Result<()> {
     let (p, chosen) = plan(dev, q, k, v, opts)?;
-    let tile = match tile {
-        None => chosen,
-        Some(t) => {
-            let compiled = tiles::FWD_TILES.contains(t) && t.head_dim == p.head_dim;
-            check_forced_tile(t, compiled, t.smem_bytes(T::DTYPE.size_bytes()), "forward", p.head_dim, dev.info())?;
-            *t
+    let (tile, splits) = match (tile, num_splits) {
+        (None, None) => forward_launch_plan(dev.info(), &p, &chosen, T::DTYPE),
+        // A forced split count needs a split kernel: the `mma.sync` row for this head dim.
+        (None, Some(n)) if chosen.wgmma && n > 1 => (forward_tile_without_hopper(dev.info(), &p, T::DTYPE)?, n),
+        (None, Some(n)) => (chosen, n),
+        (Some(t), n) => {
+            let splits = n.unwrap_or_else(|| if t.wgmma { 1 } else { forward_num_splits(dev.info(), &p, t) });
+            check_forced_forward_tile(t, p.head_dim, T::DTYPE, dev.info(), splits)?;
+            (*t, splits)
         }
     };
     o.check_on(dev, Arg::O)?;
@@ -192,8 +226,16 @@ fn forward_into<T: Element>(
         });
     }
     let o_layout = o.layout;
-    let splits = num_splits.unwrap_or_else(|| forward_num_splits(dev.info(), &p, &tile));
     launch(dev, &p, &tile, splits, q, k, v, (&mut o.buf, &o_layout), lse)
+}
+
+/// The chooser's tile among the `mma.sync` rows only (those with split-KV kernels).
+fn forward_tile_without_hopper(info: &DeviceInfo, p: &AttnProblem, dtype: DType) -> Result<FwdTile> {
+    tiles::choose_fwd(p.head_dim, dtype.size_bytes(), p.causal, info.smem_per_block_optin, info.smem_per_sm, false)
+        .copied()
+        .ok_or_else(|| {
+            Error::NoTileConfig(format!("head_dim {}: no split-KV forward tile fits {}", p.head_dim, info.name))
+        })
 }
 
 /// Everything checked before a launch: dtype, devices, shapes and strides, kernel index limits, tile.

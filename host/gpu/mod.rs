@@ -13,8 +13,8 @@ pub use backward::{
     backward_tile, flash_backward, flash_backward_into, flash_backward_with_tile, BackwardTile, GpuGradients,
 };
 pub use flash::{
-    flash_forward, flash_forward_into, flash_forward_with_splits, flash_forward_with_tile, forward_num_splits,
-    forward_tile, forward_workspace_f32, num_splits_heuristic, ForwardTile, MAX_SPLITS,
+    flash_forward, flash_forward_into, flash_forward_with_splits, flash_forward_with_tile, forward_launch_plan,
+    forward_num_splits, forward_tile, forward_workspace_f32, num_splits_heuristic, ForwardTile, MAX_SPLITS,
 };
 pub use standard::{standard_forward, standard_forward_train, StandardTrainOutput};
 pub use standard_backward::{standard_backward, standard_backward_into};

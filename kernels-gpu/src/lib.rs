@@ -22,6 +22,9 @@ mod fwd;
 mod bwd;
 
 #[cfg(target_arch = "nvptx64")]
+mod smem_tile;
+
+#[cfg(target_arch = "nvptx64")]
 mod softmax_rows;
 
 /// Kernels abort with `trap` on a panic: nothing of core's formatting machinery reaches the PTX.

@@ -28,7 +28,11 @@ pub struct FwdTile {
     pub symbols: [&'static str; 2],
     /// Symbols of the split-KV instantiation (`FwdParams::num_splits > 1`): `[bf16, f16]`. Separate
     /// kernels, so that the unsplit kernels stay exactly as they were (no run-time split branches).
+    /// Empty for the `wgmma` rows, which have no split-KV kernel (the host splits with an `mma.sync` row).
     pub split_symbols: [&'static str; 2],
+    /// A Hopper row (`fwd/hopper.rs`, sm_90a PTX only: `wgmma`, warp-specialised K/V loads, 128-byte
+    /// swizzled shared memory); chosen only on compute capability 9.0.
+    pub wgmma: bool,
 }
 
 /// Shared memory the driver reserves per resident CTA on sm_80 and newer (CUDA programming guide,
@@ -57,7 +61,18 @@ impl FwdTile {
     }
     /// Dynamic shared memory of one CTA, in bytes.
     pub const fn smem_bytes(&self, elem_bytes: usize) -> usize {
+        if self.wgmma {
+            return self.wgmma_smem_layout(elem_bytes)[2] + 1024;
+        }
         (self.block_m + 2 * self.stages * self.block_n) * self.smem_row() * elem_bytes
+    }
+    /// Byte offsets of the Hopper kernel's shared memory from its 1024-byte aligned base:
+    /// `[q, kv (stages x (K, V)), end]`; unpadded swizzled tiles (`ptx::wgmma`). The size adds 1024
+    /// bytes of slack for the alignment.
+    pub const fn wgmma_smem_layout(&self, elem_bytes: usize) -> [usize; 3] {
+        let q = 0;
+        let kv = q + self.block_m * self.head_dim * elem_bytes;
+        [q, kv, kv + 2 * self.stages * self.block_n * self.head_dim * elem_bytes]
     }
     /// CTAs that fit in one SM's shared memory.
     pub const fn ctas_per_sm_by_smem(&self, elem_bytes: usize, smem_per_sm: usize) -> usize {
@@ -74,6 +89,10 @@ impl FwdTile {
     /// Whether the row is well formed (checked at compile time for every instantiated kernel).
     pub const fn is_valid(&self) -> bool {
         let d = self.head_dim;
+        if self.wgmma {
+            // The one shape `fwd/hopper.rs` implements: two compute warpgroups of 64 rows, one loader.
+            return d == 128 && self.block_m == 128 && self.block_n == 128 && self.warps == 12 && self.stages == 3;
+        }
         d.is_multiple_of(32)
             && (self.warps == 4 || self.warps == 8)
             && self.block_m.is_multiple_of(16 * self.warps)
@@ -105,6 +124,7 @@ macro_rules! tile {
                 concat!("attn_fwd_split_hd", $d, "_m", $m, "n", $n, "w", $w, "_bf16"),
                 concat!("attn_fwd_split_hd", $d, "_m", $m, "n", $n, "w", $w, "_f16"),
             ],
+            wgmma: false,
         }
     };
 }
@@ -143,9 +163,38 @@ pub const HD256: FwdTile = tile!(256, 64, 32, 4, 2, false, 2);
 /// 132 KiB: where two `HD256` CTAs do not fit (A100), one CTA of 8 warps instead of 4.
 pub const HD256_W8: FwdTile = tile!(256, 128, 32, 8, 2, false, 1);
 
+/// Hopper (compute capability 9.0 only): 225 KiB, one CTA of 12 warps per SM: two compute warpgroups
+/// of 64 query rows (`wgmma`) and a loader warpgroup, 128-key blocks in three stages (two blocks of
+/// copies in flight while one is computed).
+pub const HD128_WGMMA: FwdTile = FwdTile {
+    head_dim: 128,
+    block_m: 128,
+    block_n: 128,
+    warps: 12,
+    stages: 3,
+    q_in_regs: false,
+    ctas_per_sm: 1,
+    symbols: ["attn_fwd_hd128_m128n128_wgmma_bf16", "attn_fwd_hd128_m128n128_wgmma_f16"],
+    split_symbols: ["", ""],
+    wgmma: true,
+};
+
 /// Every compiled variant, in order of preference within a head dim.
-pub const FWD_TILES: &[FwdTile] =
-    &[HD32, HD64, HD64_SMALL, HD96, HD96_SMALL, HD128, HD128_N32, HD128_SMALL, HD192, HD192_SMALL, HD256, HD256_W8];
+pub const FWD_TILES: &[FwdTile] = &[
+    HD32,
+    HD64,
+    HD64_SMALL,
+    HD96,
+    HD96_SMALL,
+    HD128_WGMMA,
+    HD128,
+    HD128_N32,
+    HD128_SMALL,
+    HD192,
+    HD192_SMALL,
+    HD256,
+    HD256_W8,
+];
 
 /// The forward tile for a problem on a device: the first row for `head_dim` (in table order) whose
 /// designed CTAs per SM (`ctas_per_sm`) fit the SM's shared memory, each within the per-block opt-in
@@ -154,20 +203,25 @@ pub const FWD_TILES: &[FwdTile] =
 ///
 /// `causal` is accepted so that the choice can depend on it; at present every row serves both (the
 /// kernels take causality as a run-time flag and skip the blocks above the diagonal, and the same rows
-/// measured fastest causal and not).
+/// measured fastest causal and not). `wgmma` rows are considered only where `sm90a` (compute
+/// capability 9.0: the sm_90a PTX).
 pub fn choose_fwd(
     head_dim: usize,
     elem_bytes: usize,
     causal: bool,
     smem_per_block_optin: usize,
     smem_per_sm: usize,
+    sm90a: bool,
 ) -> Option<&'static FwdTile> {
     let _ = causal;
     if elem_bytes != 2 {
         return None;
     }
-    let rows =
-        || FWD_TILES.iter().filter(move |t| t.head_dim == head_dim && t.smem_bytes(elem_bytes) <= smem_per_block_optin);
+    let rows = || {
+        FWD_TILES.iter().filter(move |t| {
+            t.head_dim == head_dim && (sm90a || !t.wgmma) && t.smem_bytes(elem_bytes) <= smem_per_block_optin
+        })
+    };
     rows()
         .find(|t| t.ctas_per_sm_by_smem(elem_bytes, smem_per_sm) >= t.ctas_per_sm)
         .or_else(|| rows().find(|t| t.ctas_per_sm_by_smem(elem_bytes, smem_per_sm) >= 1))
@@ -201,16 +255,19 @@ mod tests {
     const HEAD_DIMS: [usize; 6] = [32, 64, 96, 128, 192, 256];
 
     fn pick(d: usize, dev: (usize, usize)) -> Option<FwdTile> {
-        choose_fwd(d, 2, false, dev.0, dev.1).copied()
+        choose_fwd(d, 2, false, dev.0, dev.1, false).copied()
     }
 
     #[test]
     fn every_row_is_valid_and_named_once() {
         for (i, t) in FWD_TILES.iter().enumerate() {
             assert!(t.is_valid(), "{t:?}");
+            assert_eq!(t.split_symbols[0].is_empty(), t.wgmma, "{t:?}");
             for u in &FWD_TILES[i + 1..] {
                 assert_ne!(t.symbols, u.symbols);
-                assert_ne!(t.split_symbols, u.split_symbols);
+                if !t.wgmma {
+                    assert_ne!(t.split_symbols, u.split_symbols);
+                }
             }
         }
     }
@@ -220,7 +277,7 @@ mod tests {
         let want = [HD32, HD64, HD96, HD128, HD192, HD256];
         for (d, w) in HEAD_DIMS.iter().zip(want) {
             assert_eq!(pick(*d, H100), Some(w), "d={d}");
-            assert_eq!(choose_fwd(*d, 2, true, H100.0, H100.1), Some(&w), "d={d} causal");
+            assert_eq!(choose_fwd(*d, 2, true, H100.0, H100.1, false), Some(&w), "d={d} causal");
             assert!(w.ctas_per_sm_by_smem(2, H100.1) >= w.ctas_per_sm, "d={d}");
         }
     }
@@ -262,9 +319,25 @@ mod tests {
 
     #[test]
     fn unsupported_inputs_get_none() {
-        assert_eq!(choose_fwd(80, 2, false, H100.0, H100.1), None);
-        assert_eq!(choose_fwd(128, 4, false, H100.0, H100.1), None);
-        assert_eq!(choose_fwd(128, 2, false, 0, 0), None);
+        assert_eq!(choose_fwd(80, 2, false, H100.0, H100.1, true), None);
+        assert_eq!(choose_fwd(128, 4, false, H100.0, H100.1, true), None);
+        assert_eq!(choose_fwd(128, 2, false, 0, 0, true), None);
+    }
+
+    #[test]
+    fn hopper_gets_the_wgmma_row_at_d128_only() {
+        for d in HEAD_DIMS {
+            let t = choose_fwd(d, 2, false, H100.0, H100.1, true).unwrap();
+            assert_eq!(t.wgmma, d == 128, "d={d}");
+        }
+        assert_eq!(choose_fwd(128, 2, true, H100.0, H100.1, true), Some(&HD128_WGMMA));
+        // Not on A100 (164 KiB would fit one CTA, but there is no sm_90a there).
+        assert_eq!(pick(128, A100), Some(HD128_N32));
+        assert!(HD128_WGMMA.ctas_per_sm_by_smem(2, H100.1) >= 1);
+        let l = HD128_WGMMA.wgmma_smem_layout(2);
+        assert!(l[0] % 1024 == 0 && l[1] % 1024 == 0);
+        assert_eq!(HD128_WGMMA.smem_bytes(2), 128 * 128 * 2 + 3 * 2 * 128 * 128 * 2 + 1024);
+        assert!(HD128_WGMMA.smem_bytes(2) <= H100.0);
     }
 
     #[test]

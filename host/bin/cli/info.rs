@@ -35,11 +35,13 @@ pub fn run(ordinal: usize) -> JobResult {
         }
         None => {
             println!("\nforward tiles the chooser would pick (bf16/f16) on reference budgets:");
-            for (name, optin, per_sm) in
-                [("A100", 164 * KIB, 164 * KIB), ("H100", 227 * KIB, 228 * KIB), ("48 KiB device", 48 * KIB, 48 * KIB)]
-            {
+            for (name, optin, per_sm, sm90a) in [
+                ("A100", 164 * KIB, 164 * KIB, false),
+                ("H100", 227 * KIB, 228 * KIB, true),
+                ("48 KiB device", 48 * KIB, 48 * KIB, false),
+            ] {
                 println!("\n{name} ({} KiB per block, {} KiB per SM):", optin / KIB, per_sm / KIB);
-                print_tiles(optin, per_sm, |d, causal| choose_fwd(d, 2, causal, optin, per_sm).copied());
+                print_tiles(optin, per_sm, |d, causal| choose_fwd(d, 2, causal, optin, per_sm, sm90a).copied());
             }
         }
     }

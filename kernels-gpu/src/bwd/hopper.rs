@@ -31,13 +31,14 @@
 //! dK and dV (64 + 64 f32 per thread) stay in registers for the whole loop. Registers bind, so the
 //! loop-invariant addresses live in shared memory as in the `mma.sync` kernel (`mainloop.rs`).
 
-use super::mainloop::{consts_pair, load_query_block, load_rows, store_consts, strides, work_item, RowLayout, C_ACC};
+use super::mainloop::{consts_pair, load_query_block, store_consts, strides, work_item, C_ACC};
 use crate::abi::BwdParams;
 use crate::attn::bwd_range::{bwd_needs_mask, bwd_query_blocks};
 use crate::ptx::math::exp2;
 use crate::ptx::opaque::u32 as opaque;
 use crate::ptx::wgmma::{self, desc_sw128, WgmmaElem};
 use crate::ptx::{atomic, bulk, cp_async, setmaxnreg, shared_f32, smem, sreg, sync};
+use crate::smem_tile::{load_rows, RowLayout};
 use crate::tiles_bwd::{BwdTile, BWD_HD128_WGMMA};
 
 const T: BwdTile = BWD_HD128_WGMMA;
@@ -235,7 +236,6 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
         let consts = base + L[8] as u32;
         let (k_s, v_s, ds_s) = (base + L[0] as u32, base + L[1] as u32, base + L[4] as u32);
 
-        let h = h_first + it / per_head;
         let m = m_end - 1 - it % per_head;
         let m0 = m * BM as u32;
         let stage = it % 2;

@@ -306,7 +306,7 @@ unsafe fn accumulate_pv<
 /// `row_g + 16m + 8r`, so one limit is computed and the rest are immediates. All arithmetic is i32:
 /// `row - seqlen_q` is in [-2^31, 0) and `seqlen_k - n0` in [1, 2^31) (seqlens are < 2^31).
 #[inline(always)]
-fn mask_block<const NN: usize, const MT: usize>(
+pub(super) fn mask_block<const NN: usize, const MT: usize>(
     s: &mut [[[f32; 4]; NN]; MT],
     row_g: u32,
     n0: u32,

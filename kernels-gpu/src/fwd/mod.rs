@@ -10,6 +10,7 @@
 //! - `mainloop.rs`: the kernel body: block range, pipeline, the two products.
 //! - `softmax.rs`: the online softmax state of a warp's rows.
 //! - `epilogue.rs`: O (normalised, through shared memory, 16-byte stores) and the LSE.
+//! - `hopper.rs`: the kernel on Hopper's `wgmma` (sm_90a PTX only), head dim 128, warp-specialised.
 //! - `kernels.rs`: the entry points, one per row of `tiles::FWD_TILES` and element type.
 //! - `combine.rs`: the split-KV (FlashDecoding) combine of per-split partial outputs.
 //!
@@ -19,6 +20,8 @@
 
 mod combine;
 mod epilogue;
+#[cfg(target_feature = "sm_90a")]
+mod hopper;
 mod io;
 mod kernels;
 mod mainloop;

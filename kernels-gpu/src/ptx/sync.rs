@@ -32,3 +32,18 @@ pub fn arrive<const ID: u32, const COUNT: u32>() {
     // SAFETY: as `named`.
     unsafe { core::arch::asm!("bar.arrive {id}, {n};", id = const ID, n = const COUNT, options(nostack)) };
 }
+
+/// `bar.sync id, COUNT` with the barrier id in a register (warp-uniform, 1-15): for barriers indexed
+/// by a pipeline stage.
+#[inline(always)]
+pub fn named_at<const COUNT: u32>(id: u32) {
+    // SAFETY: as `named`; `id` is the same in every lane of the warp.
+    unsafe { core::arch::asm!("bar.sync {id}, {n};", id = in(reg32) id, n = const COUNT, options(nostack)) };
+}
+
+/// `bar.arrive id, COUNT` with the barrier id in a register (see `named_at`, `arrive`).
+#[inline(always)]
+pub fn arrive_at<const COUNT: u32>(id: u32) {
+    // SAFETY: as `arrive`; `id` is warp-uniform.
+    unsafe { core::arch::asm!("bar.arrive {id}, {n};", id = in(reg32) id, n = const COUNT, options(nostack)) };
+}

@@ -1,0 +1,274 @@
+//! The forward kernel on Hopper's warpgroup tensor cores (`sm_90a`: `wgmma`, `setmaxnreg`), head dim
+//! 128: `tiles::HD128_WGMMA`. One CTA per (128 query rows, head, batch), as the `mma.sync` kernel, in
+//! three warpgroups with one job each:
+//! - warpgroups 0 and 1 compute, each for its 64 query rows: per block of 128 keys,
+//!   S = Q Kᵀ (`wgmma`, both operands K-major from shared memory), the online softmax in registers
+//!   (`softmax.rs`, the same code as the `mma.sync` kernel's: the `wgmma` accumulator of a warp is the
+//!   `mma.sync` layout of its 16 rows), and O += P V with P straight from registers as the A operand
+//!   (V read MN-major). The product of block j+1's scores is issued while block j's PV may still run:
+//!   one wait covers both.
+//! - warpgroup 2 loads: Q once, then K and V blocks into a ring of three stages (`cp.async`, 128-byte
+//!   swizzle), two blocks of copies in flight. It hands each landed block to each compute warpgroup
+//!   through a named barrier (`FULL`), and waits on another (`EMPTY`) until both warpgroups are done with
+//!   a stage before refilling it. The compute warpgroups never wait for each other, so one can run its
+//!   softmax while the other's products hold the tensor cores.
+//!
+//! `setmaxnreg` gives the compute warpgroups 216 registers per thread and the loader 72 (the launch
+//! bounds in `kernels.rs` give 168 each: 2·128·216 + 128·72 = 384·168; ptxas spills with less for
+//! the loader).
+//!
+//! The epilogue of a compute warpgroup stages its O rows (normalised, rounded) in its own 64 rows of
+//! the Q tile, which nothing reads any more, and writes them out as 16-byte vectors.
+
+use super::epilogue::store_empty;
+use super::mainloop::mask_block;
+use super::softmax::OnlineSoftmax;
+use crate::abi::FwdParams;
+use crate::attn::block_range::fwd_key_blocks;
+use crate::ptx::wgmma::{self, desc_sw128, sw128_offset, WgmmaElem};
+use crate::ptx::{bulk, cp_async, gmem, opaque, setmaxnreg, smem, sreg, sync};
+use crate::tiles::{FwdTile, HD128_WGMMA};
+
+const T: FwdTile = HD128_WGMMA;
+const D: usize = T.head_dim;
+const BM: usize = T.block_m;
+const BN: usize = T.block_n;
+const STAGES: u32 = T.stages as u32;
+const COMPUTE_THREADS: u32 = 256;
+const LOADER_THREADS: usize = 128;
+const COMPUTE_REGS: u32 = 216;
+const LOADER_REGS: u32 = 72;
+/// `[q, kv, end]` from the 1024-byte aligned base.
+const L: [usize; 3] = T.wgmma_smem_layout(2);
+/// One K or V tile, and one stage (K then V).
+const KV_TILE_BYTES: u32 = (BN * D * 2) as u32;
+const STAGE_BYTES: u32 = 2 * KV_TILE_BYTES;
+/// Bytes per 16 rows of a swizzled tile: one k16 step of an MN-major operand.
+const K16_ROWS: u32 = 16 * 128;
+/// Eight 128-byte rows: the stride between the swizzle's row groups.
+const SBO: u32 = 1024;
+
+/// Named barriers. `FULL + 2s + w`: stage s holds its block, for compute warpgroup w (the loader's 128
+/// threads arrive, w's 128 wait). `EMPTY + s`: both compute warpgroups are done with stage s (their
+/// 256 threads arrive, the loader's 128 wait). `EPILOGUE + w`: warpgroup w's staged O rows.
+const FULL: u32 = 1;
+const EMPTY: u32 = FULL + 2 * STAGES;
+const EPILOGUE: u32 = EMPTY + STAGES;
+const _: () = assert!(
+    D == 128
+        && BM == 128
+        && BN == 128
+        && T.warps * 32 == COMPUTE_THREADS as usize + LOADER_THREADS
+        && EPILOGUE + 2 <= 16
+        && 256 * COMPUTE_REGS + 128 * LOADER_REGS <= 384 * 168
+);
+
+/// Keeps the accumulators behind the `wgmma::wait` before them (see `wgmma::pin`).
+#[inline(always)]
+fn pin_all<const N: usize>(acc: &mut [f32; N]) {
+    for x in acc.iter_mut() {
+        wgmma::pin(x);
+    }
+}
+
+/// A warp's accumulator as the `mma.sync`-shaped tiles `softmax.rs` and `mask_block` take (16 n8 tiles
+/// of one m16 tile: the same registers in the same order).
+#[inline(always)]
+fn as_tiles(acc: &mut [f32; 64]) -> &mut [[[f32; 4]; 16]; 1] {
+    // SAFETY: same size and alignment, and every bit pattern is an f32.
+    unsafe { &mut *(acc as *mut [f32; 64] as *mut [[[f32; 4]; 16]; 1]) }
+}
+
+/// The loader warpgroup: Q, then every K/V block of the CTA in order, into stage `j % STAGES`.
+#[inline(always)]
+unsafe fn loader(p: &FwdParams, base: u32, m0: u32, rows: u32, n_blocks: u32, tid: u32) {
+    let (head, batch) = (sreg::block_y() as u64, sreg::block_z() as u64);
+    let kv_head = head / p.group as u64;
+    let q =
+        (p.q as *const u16).add((batch * p.q_strides[0] + m0 as u64 * p.q_strides[1] + head * p.q_strides[2]) as usize);
+    copy_tile::<BM>(base + L[0] as u32, q, p.q_strides[1] as usize, rows, tid);
+    let mut j = 0u32;
+    while j < n_blocks {
+        let s = j % STAGES;
+        if j >= STAGES {
+            // Both compute warpgroups are done with block j - STAGES.
+            sync::named_at::<384>(EMPTY + s);
+        }
+        let n0 = j * BN as u32;
+        let dst = base + L[1] as u32 + s * STAGE_BYTES;
+        let k = (p.k as *const u16)
+            .add((batch * p.k_strides[0] + n0 as u64 * p.k_strides[1] + kv_head * p.k_strides[2]) as usize);
+        let v = (p.v as *const u16)
+            .add((batch * p.v_strides[0] + n0 as u64 * p.v_strides[1] + kv_head * p.v_strides[2]) as usize);
+        let valid = p.seqlen_k - n0;
+        copy_tile::<BN>(dst, k, p.k_strides[1] as usize, valid, tid);
+        copy_tile::<BN>(dst + KV_TILE_BYTES, v, p.v_strides[1] as usize, valid, tid);
+        cp_async::commit();
+        if j >= 1 {
+            // Block j - 1 (and Q with block 0) has landed: visible to the tensor cores' proxy, handed on.
+            cp_async::wait::<1>();
+            hand_over(j - 1);
+        }
+        j += 1;
+    }
+    cp_async::wait::<0>();
+    hand_over(n_blocks - 1);
+}
+
+/// Issues the copies of one `ROWS x 128` tile into swizzled shared memory (`ptx::wgmma` layout) with
+/// the loader's 128 threads: thread `tid` copies chunk `tid % 16` of rows `tid / 16 + 8i`, which all sit
+/// at the same swizzled column, 1024 bytes apart. A rolled loop with running addresses (the trip count
+/// hidden from the optimiser) keeps the loader within its registers. Rows at or past `valid` are zero-filled.
+#[inline(always)]
+unsafe fn copy_tile<const ROWS: usize>(dst: u32, src: *const u16, row_stride: usize, valid: u32, tid: u32) {
+    let (row0, chunk) = (tid / 16, tid % 16);
+    let mut to = dst + (chunk / 8) * (ROWS * 128) as u32 + row0 * 128 + ((chunk % 8) ^ (row0 % 8)) * 16;
+    let mut from = src.add(row0 as usize * row_stride + chunk as usize * 8);
+    let mut left = valid as i32 - row0 as i32;
+    let mut i = 0;
+    while i < opaque::u32((ROWS / 8) as u32) {
+        let ok = left > 0;
+        // A row past the end keeps `src` (row 0, always readable) as its address; nothing is read.
+        cp_async::copy16_or_zero(to, if ok { from } else { src }, ok);
+        to += 1024;
+        from = from.add(8 * row_stride);
+        left -= 8;
+        i += 1;
+    }
+}
+
+/// The loader's side of `FULL`: this thread's copies of block `j` are complete and fenced.
+#[inline(always)]
+fn hand_over(j: u32) {
+    bulk::shared_async();
+    let s = j % STAGES;
+    sync::arrive_at::<256>(FULL + 2 * s);
+    sync::arrive_at::<256>(FULL + 2 * s + 1);
+}
+
+/// The kernel body.
+///
+/// # Safety
+/// Launched as `abi::FwdParams` documents (`num_splits` = 1), with 384 threads, `T.smem_bytes(2)` bytes
+/// of dynamic shared memory and 128-row query blocks, on an sm_90a device.
+#[inline(always)]
+pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
+    let tid = sreg::thread_x();
+    // The longest causal rows (highest query block) start first, as in `mainloop.rs`.
+    let m_block = sreg::grid_dim_x() - 1 - sreg::block_x();
+    let (head, batch) = (sreg::block_y(), sreg::block_z());
+    let (sq, sk) = (p.seqlen_q, p.seqlen_k);
+    let causal = p.causal != 0;
+    let m0 = m_block * BM as u32;
+    let rows = (sq - m0).min(BM as u32);
+    let (n_blocks, n_unmasked) = fwd_key_blocks(m0, rows, sq, sk, causal, BN as u32);
+
+    let o_g = (p.o as *mut u16)
+        .add((batch as u64 * p.o_strides[0] + m0 as u64 * p.o_strides[1] + head as u64 * p.o_strides[2]) as usize);
+    let o_stride = p.o_strides[1] as usize;
+    let lse_g = (p.lse as *mut f32).add(((batch * p.heads_q + head) as u64 * sq as u64 + m0 as u64) as usize);
+    if n_blocks == 0 {
+        if tid < COMPUTE_THREADS {
+            store_empty::<D>(o_g, o_stride, lse_g, rows, COMPUTE_THREADS, tid);
+        }
+        return;
+    }
+
+    // The swizzle pattern repeats every 1024 bytes of the shared window: tiles start on that boundary.
+    let base = (smem::base() + 1023) & !1023;
+    if tid >= COMPUTE_THREADS {
+        setmaxnreg::dec::<LOADER_REGS>();
+        loader(p, base, m0, rows, n_blocks, tid - COMPUTE_THREADS);
+        return;
+    }
+    setmaxnreg::inc::<COMPUTE_REGS>();
+
+    let lane = tid % 32;
+    let (wg, warp) = (tid / 128, (tid / 32) % 4);
+    let (g, t) = (lane / 4, lane % 4);
+    let q_s = base + L[0] as u32;
+    let kv_s = base + L[1] as u32;
+    let row_g = m0 + 64 * wg + 16 * warp + g;
+
+    let mut softmax = OnlineSoftmax::<1>::new();
+    let mut o = [0f32; 64];
+    let mut j = 0u32;
+    while j < n_blocks {
+        let s = j % STAGES;
+        sync::named_at::<256>(FULL + 2 * s + wg);
+        let k_s = kv_s + s * STAGE_BYTES;
+        let v_s = k_s + KV_TILE_BYTES;
+
+        // S = Q_w Kᵀ: k16 steps of 32 bytes inside each 64-column block of Q and K.
+        let mut sc = [0f32; 64];
+        wgmma::fence();
+        for kk in 0..D / 16 {
+            let inner = ((kk % 4) * 32) as u32;
+            let a = desc_sw128(q_s + ((kk / 4) * BM * 128) as u32 + wg * 64 * 128 + inner, 16, SBO);
+            let b = desc_sw128(k_s + ((kk / 4) * BN * 128) as u32 + inner, 16, SBO);
+            E::ss_m64n128k16::<0, 0>(&mut sc, a, b, kk > 0);
+        }
+        wgmma::commit();
+        // Also the previous block's PV: its stage may be refilled once both warpgroups are past here.
+        wgmma::wait::<0>();
+        pin_all(&mut sc);
+        pin_all(&mut o);
+        if j >= 1 && j - 1 + STAGES < n_blocks {
+            sync::arrive_at::<384>(EMPTY + (j - 1) % STAGES);
+        }
+
+        for x in sc.iter_mut() {
+            *x *= p.scale_log2;
+        }
+        if j >= n_unmasked {
+            mask_block(as_tiles(&mut sc), row_g, j * BN as u32, t, sq, sk, causal);
+        }
+        softmax.update(as_tiles(&mut sc), as_tiles(&mut o));
+
+        // O += P V: the A fragment of k16 step kk is n8 tiles 2kk and 2kk+1 of P, rounded.
+        let mut pk = [[0u32; 4]; BN / 16];
+        for (kk, a) in pk.iter_mut().enumerate() {
+            let (lo, hi) = (8 * kk, 8 * kk + 4);
+            *a = [
+                E::pack2(sc[lo], sc[lo + 1]),
+                E::pack2(sc[lo + 2], sc[lo + 3]),
+                E::pack2(sc[hi], sc[hi + 1]),
+                E::pack2(sc[hi + 2], sc[hi + 3]),
+            ];
+        }
+        wgmma::fence();
+        for (kk, a) in pk.iter().enumerate() {
+            let b = desc_sw128(v_s + kk as u32 * K16_ROWS, (BN * 128) as u32, SBO);
+            E::rs_m64n128k16::<1>(&mut o, a, b, true);
+        }
+        wgmma::commit();
+        j += 1;
+    }
+    wgmma::wait::<0>();
+    pin_all(&mut o);
+
+    // O · inv, rounded, into this warpgroup's rows of the Q tile (swizzled), then out in 16-byte rows.
+    let (inv, lse) = softmax.finish();
+    for rr in 0..2usize {
+        let row = 64 * wg + 16 * warp + g + 8 * rr as u32;
+        for i in 0..D / 8 {
+            let (x, y) = (o[4 * i + 2 * rr] * inv[0][rr], o[4 * i + 2 * rr + 1] * inv[0][rr]);
+            smem::store_u32(q_s + sw128_offset(BM as u32, row, (8 * i) as u32 + 2 * t), E::pack2(x, y));
+        }
+        if t == 0 && row < rows {
+            *lse_g.add(row as usize) = lse[0][rr];
+        }
+    }
+    sync::named_at::<128>(EPILOGUE + wg);
+    let chunks = (D / 8) as u32;
+    let wtid = tid % 128;
+    for i in 0..(64 * chunks / 128) {
+        let idx = wtid + 128 * i;
+        let row = 64 * wg + idx / chunks;
+        let chunk = idx % chunks;
+        if row < rows {
+            let v = smem::load_v4(q_s + sw128_offset(BM as u32, row, 8 * chunk));
+            gmem::store_v4(o_g.add(row as usize * o_stride + 8 * chunk as usize), v);
+        }
+    }
+}
