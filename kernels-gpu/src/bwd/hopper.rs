@@ -83,14 +83,6 @@ const DQ_STAGE_BYTES: u32 = (BM * D * 4) as u32;
 /// Bytes per 16 rows of a swizzled tile: one k16 step of an MN-major operand.
 const K16_ROWS: u32 = 16 * 128;
 
-/// Keeps the accumulators behind the `wgmma::wait` before it (see `wgmma::pin`).
-#[inline(always)]
-fn pin_all<const N: usize>(acc: &mut [f32; N]) {
-    for x in acc.iter_mut() {
-        wgmma::pin(x);
-    }
-}
-
 /// Waits at `BAR_FULL + s` / arrives at `BAR_EMPTY + s` (the barrier id must be an immediate).
 #[inline(always)]
 fn wait_full(s: u32) {
@@ -300,7 +292,7 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
 
         // 2. Pᵀ, packed: register 2i+rr holds row g+8rr, columns 8i+2t and 8i+2t+1.
         wgmma::wait::<1>();
-        pin_all(&mut s);
+        wgmma::pin_all(&mut s);
         let mut pk = [0u32; 16];
         for i in 0..8 {
             let c = 8 * i as u32 + 2 * t;
@@ -334,7 +326,7 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
 
         // 3. dSᵀ = Pᵀ ∘ (dPᵀ − delta) (dV may still be running).
         wgmma::wait::<1>();
-        pin_all(&mut dp);
+        wgmma::pin_all(&mut dp);
         let mut dsk = [0u32; 16];
         for i in 0..8 {
             let c = 8 * i as u32 + 2 * t;
@@ -375,9 +367,9 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
         }
         wgmma::commit();
         wgmma::wait::<0>();
-        pin_all(&mut dq);
-        pin_all(&mut dk);
-        pin_all(&mut dv);
+        wgmma::pin_all(&mut dq);
+        wgmma::pin_all(&mut dk);
+        wgmma::pin_all(&mut dv);
         // Staged as f32 rows `[64][128]`, the accumulator's own layout, for one contiguous reduction,
         // once the writer's reduction of two steps ago has read this buffer.
         if it >= 2 {

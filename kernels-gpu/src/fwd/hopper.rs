@@ -63,14 +63,6 @@ const _: () = assert!(
         && 256 * COMPUTE_REGS + 128 * LOADER_REGS <= 384 * 168
 );
 
-/// Keeps the accumulators behind the `wgmma::wait` before them (see `wgmma::pin`).
-#[inline(always)]
-fn pin_all<const N: usize>(acc: &mut [f32; N]) {
-    for x in acc.iter_mut() {
-        wgmma::pin(x);
-    }
-}
-
 /// A warp's accumulator as the `mma.sync`-shaped tiles `softmax.rs` and `mask_block` take (16 n8 tiles
 /// of one m16 tile: the same registers in the same order).
 #[inline(always)]
@@ -211,8 +203,8 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
         wgmma::commit();
         // Also the previous block's PV: its stage may be refilled once both warpgroups are past here.
         wgmma::wait::<0>();
-        pin_all(&mut sc);
-        pin_all(&mut o);
+        wgmma::pin_all(&mut sc);
+        wgmma::pin_all(&mut o);
         if j >= 1 && j - 1 + STAGES < n_blocks {
             sync::arrive_at::<384>(EMPTY + (j - 1) % STAGES);
         }
@@ -245,7 +237,7 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
         j += 1;
     }
     wgmma::wait::<0>();
-    pin_all(&mut o);
+    wgmma::pin_all(&mut o);
 
     // O · inv, rounded, into this warpgroup's rows of the Q tile (swizzled), then out in 16-byte rows.
     let (inv, lse) = softmax.finish();

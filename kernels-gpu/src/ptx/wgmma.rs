@@ -68,6 +68,14 @@ pub fn pin(x: &mut f32) {
     unsafe { core::arch::asm!("// pin {0}", inout(reg32) * x, options(nomem, nostack)) };
 }
 
+/// `pin` for every accumulator register of a product: called right after the `wait` that covers it.
+#[inline(always)]
+pub fn pin_all<const N: usize>(acc: &mut [f32; N]) {
+    for x in acc.iter_mut() {
+        pin(x);
+    }
+}
+
 /// An element type `wgmma` multiplies, f32 accumulation. `TA`/`TB` = 1 reads that operand MN-major
 /// (transposed), 0 K-major; `accumulate` false overwrites the accumulator.
 pub trait WgmmaElem: Elem16 {
@@ -86,6 +94,33 @@ pub trait WgmmaElem: Elem16 {
     /// # Safety
     /// As `ss_m64n64k16`.
     unsafe fn rs_m64n128k16<const TB: u32>(acc: &mut [f32; 64], a: &[u32; 4], b: u64, accumulate: bool);
+}
+
+/// `asm!` with the 64 accumulator registers `acc[0..64]` as operands {0}..{63} (in, out), followed by
+/// the remaining operands: the m64n128 shapes share this list.
+macro_rules! asm_acc64 {
+    ([$($template:expr),* $(,)?], $acc:ident, $($rest:tt)*) => {
+        core::arch::asm!(
+            $($template),*,
+            inout(reg32) $acc[0], inout(reg32) $acc[1], inout(reg32) $acc[2], inout(reg32) $acc[3],
+            inout(reg32) $acc[4], inout(reg32) $acc[5], inout(reg32) $acc[6], inout(reg32) $acc[7],
+            inout(reg32) $acc[8], inout(reg32) $acc[9], inout(reg32) $acc[10], inout(reg32) $acc[11],
+            inout(reg32) $acc[12], inout(reg32) $acc[13], inout(reg32) $acc[14], inout(reg32) $acc[15],
+            inout(reg32) $acc[16], inout(reg32) $acc[17], inout(reg32) $acc[18], inout(reg32) $acc[19],
+            inout(reg32) $acc[20], inout(reg32) $acc[21], inout(reg32) $acc[22], inout(reg32) $acc[23],
+            inout(reg32) $acc[24], inout(reg32) $acc[25], inout(reg32) $acc[26], inout(reg32) $acc[27],
+            inout(reg32) $acc[28], inout(reg32) $acc[29], inout(reg32) $acc[30], inout(reg32) $acc[31],
+            inout(reg32) $acc[32], inout(reg32) $acc[33], inout(reg32) $acc[34], inout(reg32) $acc[35],
+            inout(reg32) $acc[36], inout(reg32) $acc[37], inout(reg32) $acc[38], inout(reg32) $acc[39],
+            inout(reg32) $acc[40], inout(reg32) $acc[41], inout(reg32) $acc[42], inout(reg32) $acc[43],
+            inout(reg32) $acc[44], inout(reg32) $acc[45], inout(reg32) $acc[46], inout(reg32) $acc[47],
+            inout(reg32) $acc[48], inout(reg32) $acc[49], inout(reg32) $acc[50], inout(reg32) $acc[51],
+            inout(reg32) $acc[52], inout(reg32) $acc[53], inout(reg32) $acc[54], inout(reg32) $acc[55],
+            inout(reg32) $acc[56], inout(reg32) $acc[57], inout(reg32) $acc[58], inout(reg32) $acc[59],
+            inout(reg32) $acc[60], inout(reg32) $acc[61], inout(reg32) $acc[62], inout(reg32) $acc[63],
+            $($rest)*
+        )
+    };
 }
 
 macro_rules! wgmma_impl {
@@ -116,29 +151,15 @@ macro_rules! wgmma_impl {
             }
             #[inline(always)]
             unsafe fn ss_m64n128k16<const TA: u32, const TB: u32>(acc: &mut [f32; 64], a: u64, b: u64, accumulate: bool) {
-                core::arch::asm!(
+                asm_acc64!(
+                    [
                     "{{",
                     ".reg .pred p;",
                     "setp.ne.b32 p, {66}, 0;",
                     concat!("wgmma.mma_async.sync.aligned.m64n128k16.f32.", $ptx, ".", $ptx,
                         " {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {64}, {65}, p, 1, 1, {ta}, {tb};"),
-                    "}}",
-                inout(reg32) acc[0], inout(reg32) acc[1], inout(reg32) acc[2], inout(reg32) acc[3],
-                inout(reg32) acc[4], inout(reg32) acc[5], inout(reg32) acc[6], inout(reg32) acc[7],
-                inout(reg32) acc[8], inout(reg32) acc[9], inout(reg32) acc[10], inout(reg32) acc[11],
-                inout(reg32) acc[12], inout(reg32) acc[13], inout(reg32) acc[14], inout(reg32) acc[15],
-                inout(reg32) acc[16], inout(reg32) acc[17], inout(reg32) acc[18], inout(reg32) acc[19],
-                inout(reg32) acc[20], inout(reg32) acc[21], inout(reg32) acc[22], inout(reg32) acc[23],
-                inout(reg32) acc[24], inout(reg32) acc[25], inout(reg32) acc[26], inout(reg32) acc[27],
-                inout(reg32) acc[28], inout(reg32) acc[29], inout(reg32) acc[30], inout(reg32) acc[31],
-                inout(reg32) acc[32], inout(reg32) acc[33], inout(reg32) acc[34], inout(reg32) acc[35],
-                inout(reg32) acc[36], inout(reg32) acc[37], inout(reg32) acc[38], inout(reg32) acc[39],
-                inout(reg32) acc[40], inout(reg32) acc[41], inout(reg32) acc[42], inout(reg32) acc[43],
-                inout(reg32) acc[44], inout(reg32) acc[45], inout(reg32) acc[46], inout(reg32) acc[47],
-                inout(reg32) acc[48], inout(reg32) acc[49], inout(reg32) acc[50], inout(reg32) acc[51],
-                inout(reg32) acc[52], inout(reg32) acc[53], inout(reg32) acc[54], inout(reg32) acc[55],
-                inout(reg32) acc[56], inout(reg32) acc[57], inout(reg32) acc[58], inout(reg32) acc[59],
-                inout(reg32) acc[60], inout(reg32) acc[61], inout(reg32) acc[62], inout(reg32) acc[63],
+                    "}}"],
+                acc,
                 in(reg64) a, in(reg64) b, in(reg32) accumulate as u32,
                 ta = const TA, tb = const TB,
                 options(nostack)
@@ -146,29 +167,15 @@ macro_rules! wgmma_impl {
             }
             #[inline(always)]
             unsafe fn rs_m64n128k16<const TB: u32>(acc: &mut [f32; 64], a: &[u32; 4], b: u64, accumulate: bool) {
-                core::arch::asm!(
+                asm_acc64!(
+                    [
                     "{{",
                     ".reg .pred p;",
                     "setp.ne.b32 p, {69}, 0;",
                     concat!("wgmma.mma_async.sync.aligned.m64n128k16.f32.", $ptx, ".", $ptx,
                         " {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{64}, {65}, {66}, {67}}}, {68}, p, 1, 1, {tb};"),
-                    "}}",
-                inout(reg32) acc[0], inout(reg32) acc[1], inout(reg32) acc[2], inout(reg32) acc[3],
-                inout(reg32) acc[4], inout(reg32) acc[5], inout(reg32) acc[6], inout(reg32) acc[7],
-                inout(reg32) acc[8], inout(reg32) acc[9], inout(reg32) acc[10], inout(reg32) acc[11],
-                inout(reg32) acc[12], inout(reg32) acc[13], inout(reg32) acc[14], inout(reg32) acc[15],
-                inout(reg32) acc[16], inout(reg32) acc[17], inout(reg32) acc[18], inout(reg32) acc[19],
-                inout(reg32) acc[20], inout(reg32) acc[21], inout(reg32) acc[22], inout(reg32) acc[23],
-                inout(reg32) acc[24], inout(reg32) acc[25], inout(reg32) acc[26], inout(reg32) acc[27],
-                inout(reg32) acc[28], inout(reg32) acc[29], inout(reg32) acc[30], inout(reg32) acc[31],
-                inout(reg32) acc[32], inout(reg32) acc[33], inout(reg32) acc[34], inout(reg32) acc[35],
-                inout(reg32) acc[36], inout(reg32) acc[37], inout(reg32) acc[38], inout(reg32) acc[39],
-                inout(reg32) acc[40], inout(reg32) acc[41], inout(reg32) acc[42], inout(reg32) acc[43],
-                inout(reg32) acc[44], inout(reg32) acc[45], inout(reg32) acc[46], inout(reg32) acc[47],
-                inout(reg32) acc[48], inout(reg32) acc[49], inout(reg32) acc[50], inout(reg32) acc[51],
-                inout(reg32) acc[52], inout(reg32) acc[53], inout(reg32) acc[54], inout(reg32) acc[55],
-                inout(reg32) acc[56], inout(reg32) acc[57], inout(reg32) acc[58], inout(reg32) acc[59],
-                inout(reg32) acc[60], inout(reg32) acc[61], inout(reg32) acc[62], inout(reg32) acc[63],
+                    "}}"],
+                acc,
                 in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
                 in(reg64) b, in(reg32) accumulate as u32,
                 tb = const TB,
