@@ -49,6 +49,12 @@ pub fn run(ordinal: usize) -> JobResult {
 }
 
 fn describe(t: &FwdTile) -> String {
+    if t.wgmma {
+        return format!(
+            "Br={:<3} Bc={:<3} warps={} stages={} wgmma (2 compute + 1 loader warpgroups)",
+            t.block_m, t.block_n, t.warps, t.stages
+        );
+    }
     format!(
         "Br={:<3} Bc={:<3} warps={} stages={} Q in {:<9}",
         t.block_m,
