@@ -61,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     FWD_TILES
                         .iter()
                         .filter(|t| t.head_dim == d && t.smem_bytes(2) <= info.smem_per_block_optin)
-                        .filter(|t| !t.wgmma || info.arch() == ironflash::modules::Arch::Sm90a)
+                        .filter(|t| !t.wgmma || info.runs_wgmma())
                         .copied()
                         .collect()
                 } else {

@@ -33,6 +33,11 @@ impl DeviceInfo {
             Arch::Sm80
         }
     }
+
+    /// Whether the Hopper (`wgmma`) kernels run here: they exist only in the sm_90a PTX.
+    pub fn runs_wgmma(&self) -> bool {
+        self.arch() == Arch::Sm90a
+    }
 }
 
 /// Whether a CUDA driver can be loaded on this machine (never panics).

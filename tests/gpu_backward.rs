@@ -387,7 +387,7 @@ fn sanitizer_sample() {
 fn every_compiled_tile() {
     let Some(dev) = device_or_skip("every_compiled_tile") else { return };
     for (i, tile) in BWD_TILES.iter().enumerate() {
-        if tile.wgmma && dev.info().arch() != ironflash::modules::Arch::Sm90a {
+        if tile.wgmma && !dev.info().runs_wgmma() {
             println!("{}: needs compute capability 9.0, skipped on {}", tile.symbols[0], dev.info().name);
             continue;
         }

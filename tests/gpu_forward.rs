@@ -119,7 +119,7 @@ fn other_tile(dev: &Device, head_dim: usize, chosen: &FwdTile, seed: u64) -> Opt
         .iter()
         .filter(|t| t.head_dim == head_dim && *t != chosen && t.smem_bytes(2) <= info.smem_per_block_optin)
         // Hopper rows run only on compute capability 9.0.
-        .filter(|t| !t.wgmma || info.arch() == ironflash::modules::Arch::Sm90a)
+        .filter(|t| !t.wgmma || info.runs_wgmma())
         .copied()
         .collect();
     (!others.is_empty()).then(|| others[(seed % others.len() as u64) as usize])

@@ -17,7 +17,6 @@ use crate::gpu::forced_tile::check_forced_tile;
 use crate::gpu::launch::KernelParams;
 use crate::gpu::tensor::{check_vector_strides, strides3, DeviceTensor};
 use crate::layout::Layout;
-use crate::modules::Arch;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -66,16 +65,14 @@ pub fn backward_tile(info: &DeviceInfo, head_dim: usize, dtype: DType) -> Result
     if dtype == DType::F32 {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype, path: "the fused backward kernel" });
     }
-    let sm90a = info.arch() == Arch::Sm90a;
-    tiles_bwd::choose_bwd(head_dim, dtype.size_bytes(), info.smem_per_block_optin, info.smem_per_sm, sm90a)
-        .copied()
-        .ok_or_else(|| {
-            Error::NoTileConfig(format!(
-                "head_dim {head_dim} {dtype}: no compiled backward tile fits {} B of shared memory per block \
+    let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
+    tiles_bwd::choose_bwd(head_dim, dtype.size_bytes(), optin, per_sm, info.runs_wgmma()).copied().ok_or_else(|| {
+        Error::NoTileConfig(format!(
+            "head_dim {head_dim} {dtype}: no compiled backward tile fits {} B of shared memory per block \
                  ({} B per SM) on {}",
-                info.smem_per_block_optin, info.smem_per_sm, info.name
-            ))
-        })
+            info.smem_per_block_optin, info.smem_per_sm, info.name
+        ))
+    })
 }
 
 /// Fused attention backward: dQ, dK, dV (contiguous, shaped like q, k, v) for the upstream gradient
@@ -144,9 +141,8 @@ pub fn flash_backward_with_tile<T: Element>(
 /// `NoTileConfig` unless `tile` is a compiled backward row for `head_dim` that fits the device and
 /// exists in its PTX (the Hopper rows only in the sm_90a one).
 fn check_forced_backward_tile(tile: &BwdTile, head_dim: usize, dtype: DType, info: &DeviceInfo) -> Result<()> {
-    let runs_here = !tile.wgmma || info.arch() == Arch::Sm90a;
-    let compiled = tiles_bwd::BWD_TILES.contains(tile) && tile.head_dim == head_dim && runs_here;
-    check_forced_tile(tile, compiled, tile.smem_bytes(dtype.size_bytes()), "backward", head_dim, info)
+    let compiled = tiles_bwd::BWD_TILES.contains(tile) && tile.head_dim == head_dim;
+    check_forced_tile(tile, compiled, tile.wgmma, tile.smem_bytes(dtype.size_bytes()), "backward", head_dim, info)
 }
 
 #[allow(clippy::too_many_arguments)]

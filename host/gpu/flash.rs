@@ -8,7 +8,6 @@ use crate::gpu::forced_tile::check_forced_tile;
 use crate::gpu::launch::KernelParams;
 use crate::gpu::tensor::{check_vector_strides, strides3, DeviceTensor, GpuForwardOutput};
 use crate::layout::Layout;
-use crate::modules::Arch;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -67,16 +66,16 @@ pub fn forward_tile(info: &DeviceInfo, head_dim: usize, dtype: DType, causal: bo
     if dtype == DType::F32 {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype, path: "the fused forward kernel" });
     }
-    let sm90a = info.arch() == Arch::Sm90a;
-    tiles::choose_fwd(head_dim, dtype.size_bytes(), causal, info.smem_per_block_optin, info.smem_per_sm, sm90a)
-        .copied()
-        .ok_or_else(|| {
+    let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
+    tiles::choose_fwd(head_dim, dtype.size_bytes(), causal, optin, per_sm, info.runs_wgmma()).copied().ok_or_else(
+        || {
             Error::NoTileConfig(format!(
                 "head_dim {head_dim} {dtype}: no compiled forward tile fits {} B of shared memory per block \
                  ({} B per SM) on {}",
                 info.smem_per_block_optin, info.smem_per_sm, info.name
             ))
-        })
+        },
+    )
 }
 
 /// The kernel and split count for a problem, starting from the chooser's tile: a Hopper (`wgmma`) row has
@@ -86,12 +85,19 @@ pub fn forward_launch_plan(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile, d
     if !tile.wgmma {
         return (*tile, forward_num_splits(info, p, tile));
     }
-    let fallback =
-        tiles::choose_fwd(p.head_dim, dtype.size_bytes(), p.causal, info.smem_per_block_optin, info.smem_per_sm, false);
-    match fallback {
-        Some(base) if forward_num_splits(info, p, base) > 1 => (*base, forward_num_splits(info, p, base)),
-        _ => (*tile, 1),
+    if let Some(base) = split_kv_tile(info, p, dtype) {
+        let splits = forward_num_splits(info, p, &base);
+        if splits > 1 {
+            return (base, splits);
+        }
     }
+    (*tile, 1)
+}
+
+/// The chooser's tile among the rows that have split-KV kernels (the `mma.sync` ones).
+fn split_kv_tile(info: &DeviceInfo, p: &AttnProblem, dtype: DType) -> Option<FwdTile> {
+    let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
+    tiles::choose_fwd(p.head_dim, dtype.size_bytes(), p.causal, optin, per_sm, false).copied()
 }
 
 /// `NoTileConfig` unless a forced forward tile is a compiled row for the head dim that fits the device,
@@ -103,9 +109,9 @@ fn check_forced_forward_tile(
     info: &DeviceInfo,
     splits: usize,
 ) -> Result<()> {
-    let runs_here = !tile.wgmma || (info.arch() == Arch::Sm90a && splits <= 1);
-    let compiled = tiles::FWD_TILES.contains(tile) && tile.head_dim == head_dim && runs_here;
-    check_forced_tile(tile, compiled, tile.smem_bytes(dtype.size_bytes()), "forward", head_dim, info)
+    let has_kernel = !tile.wgmma || splits <= 1;
+    let compiled = tiles::FWD_TILES.contains(tile) && tile.head_dim == head_dim && has_kernel;
+    check_forced_tile(tile, compiled, tile.wgmma, tile.smem_bytes(dtype.size_bytes()), "forward", head_dim, info)
 }
 
 /// Fused attention forward: O (contiguous, shaped like q) and the f32 LSE `[batch, heads_q, seqlen_q]`
@@ -202,7 +208,16 @@ fn forward_into<T: Element>(
     let (tile, splits) = match (tile, num_splits) {
         (None, None) => forward_launch_plan(dev.info(), &p, &chosen, T::DTYPE),
         // A forced split count needs a split kernel: the `mma.sync` row for this head dim.
-        (None, Some(n)) if chosen.wgmma && n > 1 => (forward_tile_without_hopper(dev.info(), &p, T::DTYPE)?, n),
+        (None, Some(n)) if chosen.wgmma && n > 1 => {
+            let base = split_kv_tile(dev.info(), &p, T::DTYPE).ok_or_else(|| {
+                Error::NoTileConfig(format!(
+                    "head_dim {}: no split-KV forward tile fits {}",
+                    p.head_dim,
+                    dev.info().name
+                ))
+            })?;
+            (base, n)
+        }
         (None, Some(n)) => (chosen, n),
         (Some(t), n) => {
             let splits = n.unwrap_or_else(|| if t.wgmma { 1 } else { forward_num_splits(dev.info(), &p, t) });
@@ -227,15 +242,6 @@ fn forward_into<T: Element>(
     }
     let o_layout = o.layout;
     launch(dev, &p, &tile, splits, q, k, v, (&mut o.buf, &o_layout), lse)
-}
-
-/// The chooser's tile among the `mma.sync` rows only (those with split-KV kernels).
-fn forward_tile_without_hopper(info: &DeviceInfo, p: &AttnProblem, dtype: DType) -> Result<FwdTile> {
-    tiles::choose_fwd(p.head_dim, dtype.size_bytes(), p.causal, info.smem_per_block_optin, info.smem_per_sm, false)
-        .copied()
-        .ok_or_else(|| {
-            Error::NoTileConfig(format!("head_dim {}: no split-KV forward tile fits {}", p.head_dim, info.name))
-        })
 }
 
 /// Everything checked before a launch: dtype, devices, shapes and strides, kernel index limits, tile.
