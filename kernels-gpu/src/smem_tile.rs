@@ -11,7 +11,8 @@ pub enum RowLayout {
     /// Rows of `D + 8` elements (16 bytes of padding: conflict-free `ldmatrix`), the `mma.sync` kernels.
     Padded,
     /// 64-element column blocks of 128-byte rows with the 128-byte swizzle (`ptx::wgmma` docs), the
-    /// `wgmma` kernels.
+    /// `wgmma` kernels (sm_90a PTX only).
+    #[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
     Swizzled128,
 }
 

@@ -31,14 +31,17 @@
 //! dK and dV (64 + 64 f32 per thread) stay in registers for the whole loop. Registers bind, so the
 //! loop-invariant addresses live in shared memory as in the `mma.sync` kernel (`mainloop.rs`).
 
-use super::mainloop::{consts_pair, load_query_block, store_consts, strides, work_item, C_ACC};
+use super::mainloop::{
+    consts_pair, key_block_work, load_key_block, load_query_block, store_consts, strides, work_item, KeyBlockWork,
+    C_ACC,
+};
 use crate::abi::BwdParams;
-use crate::attn::bwd_range::{bwd_needs_mask, bwd_query_blocks};
+use crate::attn::bwd_range::bwd_needs_mask;
 use crate::ptx::math::exp2;
 use crate::ptx::opaque::u32 as opaque;
 use crate::ptx::wgmma::{self, desc_sw128, WgmmaElem};
 use crate::ptx::{atomic, bulk, cp_async, setmaxnreg, shared_f32, smem, sreg, sync};
-use crate::smem_tile::{load_rows, RowLayout};
+use crate::smem_tile::RowLayout;
 use crate::tiles_bwd::{BwdTile, BWD_HD128_WGMMA};
 
 const T: BwdTile = BWD_HD128_WGMMA;
@@ -83,40 +86,6 @@ const DQ_STAGE_BYTES: u32 = (BM * D * 4) as u32;
 /// Bytes per 16 rows of a swizzled tile: one k16 step of an MN-major operand.
 const K16_ROWS: u32 = 16 * 128;
 
-/// Waits at `BAR_FULL + s` / arrives at `BAR_EMPTY + s` (the barrier id must be an immediate).
-#[inline(always)]
-fn wait_full(s: u32) {
-    if s == 0 {
-        sync::named::<BAR_FULL, ALL_THREADS_U32>();
-    } else {
-        sync::named::<{ BAR_FULL + 1 }, ALL_THREADS_U32>();
-    }
-}
-#[inline(always)]
-fn arrive_full(s: u32) {
-    if s == 0 {
-        sync::arrive::<BAR_FULL, ALL_THREADS_U32>();
-    } else {
-        sync::arrive::<{ BAR_FULL + 1 }, ALL_THREADS_U32>();
-    }
-}
-#[inline(always)]
-fn wait_empty(s: u32) {
-    if s == 0 {
-        sync::named::<BAR_EMPTY, ALL_THREADS_U32>();
-    } else {
-        sync::named::<{ BAR_EMPTY + 1 }, ALL_THREADS_U32>();
-    }
-}
-#[inline(always)]
-fn arrive_empty(s: u32) {
-    if s == 0 {
-        sync::arrive::<BAR_EMPTY, ALL_THREADS_U32>();
-    } else {
-        sync::arrive::<{ BAR_EMPTY + 1 }, ALL_THREADS_U32>();
-    }
-}
-
 /// The dQ writer (one warp, lane 0 acting): per step, once the compute warps have staged the step's
 /// dQ part in buffer `it % 2`, adds it to the accumulator rows of its (head, query block) with one bulk
 /// reduction, in key-block order when deterministic, and frees the buffer once the reduction has read
@@ -130,7 +99,7 @@ unsafe fn dq_writer(p: &BwdParams, consts: u32, nb: u32, h_first: u32, m_end: u3
     while it < total {
         let s = it % 2;
         let (h, m) = (h_first + it / per_head, m_end - 1 - it % per_head);
-        wait_full(s);
+        sync::named_at::<ALL_THREADS_U32>(BAR_FULL + s);
         if lane0 {
             let m0 = m * BM as u32;
             let bytes = (sq - m0).min(BM as u32) * (D * 4) as u32;
@@ -155,7 +124,7 @@ unsafe fn dq_writer(p: &BwdParams, consts: u32, nb: u32, h_first: u32, m_end: u3
         // The compute warps wait for this buffer only before their step it + 2.
         if it + 2 < total {
             sync::warp();
-            arrive_empty(s);
+            sync::arrive_at::<ALL_THREADS_U32>(BAR_EMPTY + s);
         }
         it += 1;
     }
@@ -179,11 +148,7 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
     let (nb, hkv, b) = work_item(p, base + L[8] as u32 + 80, tid);
 
     let causal = p.causal != 0;
-    let n0 = nb * BN as u32;
-    let (m_first, m_end) = bwd_query_blocks(n0, sq, sk, causal, BM as u32);
-    let per_head = m_end - m_first;
-    let total = per_head * p.group;
-    let h_first = hkv as u32 * p.group;
+    let KeyBlockWork { n0, m_end, per_head, total, h_first } = key_block_work::<BM, BN>(p, nb, hkv);
 
     let consts = base + L[8] as u32;
     if tid == 0 {
@@ -191,12 +156,8 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
     }
     let sw = RowLayout::Swizzled128;
     if tid < COMPUTE_THREADS_U32 {
-        let kv_rows = (sk - n0).min(BN as u32);
-        let (ks, vs) = (strides(p.k_strides), strides(p.v_strides));
-        let k_g = (p.k as *const u16).add(b * ks[0] + n0 as usize * ks[1] + hkv * ks[2]);
-        let v_g = (p.v as *const u16).add(b * vs[0] + n0 as usize * vs[1] + hkv * vs[2]);
-        load_rows::<BN, D>(sw, base + L[0] as u32, k_g, ks[1], kv_rows, tid, COMPUTE_THREADS);
-        load_rows::<BN, D>(sw, base + L[1] as u32, v_g, vs[1], kv_rows, tid, COMPUTE_THREADS);
+        let (k_dst, v_dst) = (base + L[0] as u32, base + L[1] as u32);
+        load_key_block::<BN, D>(p, sw, (b, hkv, n0), k_dst, v_dst, tid, COMPUTE_THREADS);
     }
     sync::block();
     if tid >= COMPUTE_THREADS_U32 {
@@ -373,7 +334,7 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
         // Staged as f32 rows `[64][128]`, the accumulator's own layout, for one contiguous reduction,
         // once the writer's reduction of two steps ago has read this buffer.
         if it >= 2 {
-            wait_empty(stage);
+            sync::named_at::<ALL_THREADS_U32>(BAR_EMPTY + stage);
         }
         for i in 0..8u32 {
             for rr in 0..2u32 {
@@ -384,7 +345,7 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
             }
         }
         bulk::shared_async();
-        arrive_full(stage);
+        sync::arrive_at::<ALL_THREADS_U32>(BAR_FULL + stage);
         it += 1;
     }
 

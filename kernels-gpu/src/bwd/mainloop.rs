@@ -129,6 +129,45 @@ pub(super) fn strides(s: [u64; 3]) -> [usize; 3] {
     [s[0] as usize, s[1] as usize, s[2] as usize]
 }
 
+/// What one CTA does: its first key `n0`, and the query blocks it visits, `[m_end - per_head, m_end)` of
+/// each of the group's query heads from `h_first` on (`total` steps), the same for both main kernels.
+pub(super) struct KeyBlockWork {
+    pub n0: u32,
+    pub m_end: u32,
+    pub per_head: u32,
+    pub total: u32,
+    pub h_first: u32,
+}
+
+#[inline(always)]
+pub(super) fn key_block_work<const BM: usize, const BN: usize>(p: &BwdParams, nb: u32, hkv: usize) -> KeyBlockWork {
+    let n0 = nb * BN as u32;
+    let (m_first, m_end) = bwd_query_blocks(n0, p.seqlen_q, p.seqlen_k, p.causal != 0, BM as u32);
+    let per_head = m_end - m_first;
+    KeyBlockWork { n0, m_end, per_head, total: per_head * p.group, h_first: hkv as u32 * p.group }
+}
+
+/// Issues the copies of the CTA's `BN` K and V rows from key `n0` (zero past the end of the keys) into
+/// `k_dst` and `v_dst`, laid out as `layout`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) unsafe fn load_key_block<const BN: usize, const D: usize>(
+    p: &BwdParams,
+    layout: RowLayout,
+    (b, hkv, n0): (usize, usize, u32),
+    k_dst: u32,
+    v_dst: u32,
+    tid: u32,
+    threads: usize,
+) {
+    let kv_rows = (p.seqlen_k - n0).min(BN as u32);
+    let (ks, vs) = (strides(p.k_strides), strides(p.v_strides));
+    let k_g = (p.k as *const u16).add(b * ks[0] + n0 as usize * ks[1] + hkv * ks[2]);
+    let v_g = (p.v as *const u16).add(b * vs[0] + n0 as usize * vs[1] + hkv * vs[2]);
+    load_rows::<BN, D>(layout, k_dst, k_g, ks[1], kv_rows, tid, threads);
+    load_rows::<BN, D>(layout, v_dst, v_g, vs[1], kv_rows, tid, threads);
+}
+
 /// The backward main kernel body. `MT*`/`NT*`/`ND*` are the per-warp tile counts of the three phases
 /// (`tiles_bwd::BwdTile::{sdp,dkv,dq}_{m,n}_tiles`).
 ///
@@ -176,20 +215,10 @@ pub unsafe fn attn_bwd<
     let (nb, hkv, b) = work_item(p, base + off_consts + 80, tid);
 
     let causal = p.causal != 0;
-    let n0 = nb * BN as u32;
-    let (m_first, m_end) = bwd_query_blocks(n0, sq, sk, causal, BM as u32);
-    let per_head = m_end - m_first;
-    let total = per_head * p.group;
-    let h_first = hkv as u32 * p.group;
+    let KeyBlockWork { n0, m_end, per_head, total, h_first } = key_block_work::<BM, BN>(p, nb, hkv);
 
     // K and V of this CTA's keys.
-    let kv_rows = (sk - n0).min(BN as u32);
-    let (ks, vs) = (strides(p.k_strides), strides(p.v_strides));
-    let n0u = n0 as usize;
-    let k_g = (p.k as *const u16).add(b * ks[0] + n0u * ks[1] + hkv * ks[2]);
-    let v_g = (p.v as *const u16).add(b * vs[0] + n0u * vs[1] + hkv * vs[2]);
-    load_rows::<BN, D>(RowLayout::Padded, base, k_g, ks[1], kv_rows, tid, threads);
-    load_rows::<BN, D>(RowLayout::Padded, base + off_v, v_g, vs[1], kv_rows, tid, threads);
+    load_key_block::<BN, D>(p, RowLayout::Padded, (b, hkv, n0), base, base + off_v, tid, threads);
 
     // The per-CTA constants (see `C_Q`); visible to every thread after the first barrier of the loop.
     let consts = base + off_consts;
