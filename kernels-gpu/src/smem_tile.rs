@@ -19,7 +19,7 @@ pub enum RowLayout {
 impl RowLayout {
     /// Byte offset of the 16-byte chunk `chunk` of row `row`.
     #[inline(always)]
-    const fn chunk_offset<const ROWS: usize, const D: usize>(self, row: usize, chunk: usize) -> u32 {
+    pub const fn chunk_offset<const ROWS: usize, const D: usize>(self, row: usize, chunk: usize) -> u32 {
         match self {
             RowLayout::Padded => (row * (D + 8) * 2 + chunk * 16) as u32,
             RowLayout::Swizzled128 => ((chunk / 8) * ROWS * 128 + row * 128 + ((chunk % 8) ^ (row % 8)) * 16) as u32,

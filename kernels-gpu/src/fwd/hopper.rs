@@ -27,6 +27,7 @@ use crate::abi::FwdParams;
 use crate::attn::block_range::fwd_key_blocks;
 use crate::ptx::wgmma::{self, desc_sw128, sw128_offset, WgmmaElem};
 use crate::ptx::{bulk, cp_async, gmem, opaque, setmaxnreg, smem, sreg, sync};
+use crate::smem_tile::RowLayout;
 use crate::tiles::{FwdTile, HD128_WGMMA};
 
 const T: FwdTile = HD128_WGMMA;
@@ -114,7 +115,7 @@ unsafe fn loader(p: &FwdParams, base: u32, m0: u32, rows: u32, n_blocks: u32, ti
 #[inline(always)]
 unsafe fn copy_tile<const ROWS: usize>(dst: u32, src: *const u16, row_stride: usize, valid: u32, tid: u32) {
     let (row0, chunk) = (tid / 16, tid % 16);
-    let mut to = dst + (chunk / 8) * (ROWS * 128) as u32 + row0 * 128 + ((chunk % 8) ^ (row0 % 8)) * 16;
+    let mut to = dst + RowLayout::Swizzled128.chunk_offset::<ROWS, D>(row0 as usize, chunk as usize);
     let mut from = src.add(row0 as usize * row_stride + chunk as usize * 8);
     let mut left = valid as i32 - row0 as i32;
     let mut i = 0;
