@@ -8,7 +8,7 @@ use half::bf16;
 use ironflash::gpu::DeviceTensor;
 use ironflash::gpu::{BackwardTile, GpuGradients};
 use ironflash::{gpu, AttnOptions, AttnProblem, Device, HostTensor, Layout};
-use ironflash_kernels::tiles_bwd::BWD_HD128;
+use ironflash_kernels::tiles_bwd::BWD_HD128_M32;
 use std::time::Instant;
 
 fn main() -> ironflash::Result<()> {
@@ -20,8 +20,8 @@ fn main() -> ironflash::Result<()> {
     let d = 128;
     let h = 2048 / d;
     let mut tiles = vec![gpu::backward_tile(info, d, ironflash::DType::BF16)?];
-    if tiles[0] != BWD_HD128 {
-        tiles.push(BWD_HD128);
+    if tiles[0] != BWD_HD128_M32 {
+        tiles.push(BWD_HD128_M32);
     }
     let mut rng = rand::rng();
     for n in [1024usize, 4096, 16384] {
@@ -31,7 +31,7 @@ fn main() -> ironflash::Result<()> {
         let (q, k, v, d_o) = (t()?, t()?, t()?, t()?);
         for causal in [false, true] {
             for deterministic in [false, true] {
-                let opts = AttnOptions { causal, softmax_scale: None, deterministic };
+                let opts = AttnOptions { causal, deterministic, ..Default::default() };
                 let fwd = gpu::flash_forward(&dev, &q, &k, &v, &opts)?;
                 let p = AttnProblem::new(
                     (q.layout(), q.buffer().len()),
@@ -63,7 +63,8 @@ fn time_backward(
     tile: &BackwardTile,
 ) -> ironflash::Result<f64> {
     let zeros = |l: &Layout| dev.upload(&HostTensor::<bf16> { data: vec![bf16::ZERO; l.span()], layout: *l });
-    let mut grads = GpuGradients { dq: zeros(q.layout())?, dk: zeros(k.layout())?, dv: zeros(v.layout())? };
+    let mut grads =
+        GpuGradients { dq: zeros(q.layout())?, dk: zeros(k.layout())?, dv: zeros(v.layout())?, d_sinks: None };
     let mut run = || gpu::flash_backward_with_tile(dev, q, k, v, o, lse, d_o, &mut grads, opts, tile);
     for _ in 0..3 {
         run()?;

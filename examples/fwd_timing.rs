@@ -127,16 +127,7 @@ fn decode(dev: &Device, extra_splits: &[usize]) -> Result<(), Box<dyn std::error
             let mut lse = dev.poisoned_f32(b * h)?;
             let opts = AttnOptions::default();
             let tile = gpu::forward_tile(&info, d, ironflash::DType::BF16, false)?;
-            let problem = ironflash::AttnProblem {
-                batch: b,
-                seqlen_q: 1,
-                seqlen_k: n,
-                heads_q: h,
-                heads_kv: h,
-                head_dim: d,
-                causal: false,
-                softmax_scale: 1.0,
-            };
+            let problem = ironflash::AttnProblem::contiguous([b, 1, n, h, h, d], &opts)?;
             let (_, chosen) = gpu::forward_launch_plan(&info, &problem, &tile, ironflash::DType::BF16);
             let kv_bytes = (2 * b * n * h * d * 2) as f64;
             let mut counts = vec![1, chosen];

@@ -15,6 +15,10 @@ pub enum Arg {
     DQ,
     DK,
     DV,
+    AlibiSlopes,
+    Sinks,
+    DSinks,
+    Softcap,
 }
 
 impl std::fmt::Display for Arg {
@@ -29,6 +33,10 @@ impl std::fmt::Display for Arg {
             Arg::DQ => "d_q",
             Arg::DK => "d_k",
             Arg::DV => "d_v",
+            Arg::AlibiSlopes => "alibi_slopes",
+            Arg::Sinks => "sinks",
+            Arg::DSinks => "d_sinks",
+            Arg::Softcap => "softcap",
         };
         f.write_str(name)
     }
@@ -71,6 +79,15 @@ pub enum Error {
 
     #[error("softmax_scale must be finite and non-zero, got {0}")]
     BadScale(f32),
+
+    #[error("softcap must be finite and positive, got {0}")]
+    BadSoftcap(f32),
+
+    #[error("{arg}: this path needs a {expected} buffer, got a {got} one")]
+    PerHeadLocation { arg: Arg, expected: &'static str, got: &'static str },
+
+    #[error("{arg}: {what} is not supported by {path}")]
+    UnsupportedOption { arg: Arg, what: &'static str, path: &'static str },
 
     #[error("{arg}: lives on device {got}, but this call runs on device {expected}")]
     DeviceMismatch { arg: Arg, got: usize, expected: usize },

@@ -63,6 +63,6 @@ pub use device::{Device, DeviceInfo};
 pub use dtype::{DType, Element};
 pub use error::{Arg, Error, Result};
 pub use layout::Layout;
-pub use options::AttnOptions;
+pub use options::{AttnOptions, PerHead, Window};
 pub use problem::AttnProblem;
 pub use tensor::HostTensor;

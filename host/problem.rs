@@ -3,7 +3,8 @@
 
 use crate::error::{Arg, Error, Result};
 use crate::layout::Layout;
-use crate::options::AttnOptions;
+use crate::options::{AttnOptions, PerHead};
+use ironflash_kernels::attn::score::{Mask, MAX_TOTAL_SEQLEN};
 
 /// Head dims the kernels are compiled for (and the CPU path accepts).
 pub const SUPPORTED_HEAD_DIMS: &[usize] = &[32, 64, 96, 128, 192, 256];
@@ -18,7 +19,15 @@ pub struct AttnProblem {
     pub heads_kv: usize,
     pub head_dim: usize,
     pub causal: bool,
+    /// Which (query, key) pairs are visible: causality and the window, one rule (`attn::score`).
+    pub mask: Mask,
     pub softmax_scale: f32,
+    /// The softcap, validated finite and positive.
+    pub softcap: Option<f32>,
+    /// ALiBi slopes present: `Some(false)` for `[heads_q]`, `Some(true)` for `[batch, heads_q]`.
+    pub alibi_per_batch: Option<bool>,
+    /// Sink logits present (`[heads_q]`).
+    pub sinks: bool,
 }
 
 impl AttnProblem {
@@ -27,27 +36,25 @@ impl AttnProblem {
         self.heads_q / self.heads_kv
     }
 
-    /// Last key index (inclusive) visible to query row `i`, or `None` if the row is fully masked.
-    /// Bottom-right alignment: row i sees keys j <= i + seqlen_k - seqlen_q.
-    pub fn last_visible_key(&self, i: usize) -> Option<usize> {
-        if !self.causal {
-            return Some(self.seqlen_k - 1);
-        }
-        let limit = i as i64 + self.seqlen_k as i64 - self.seqlen_q as i64;
-        if limit < 0 {
-            None
-        } else {
-            Some((limit as usize).min(self.seqlen_k - 1))
-        }
+    /// The keys query row `i` sees, `[start, end)` (empty for a fully masked row).
+    pub fn key_range(&self, i: usize) -> std::ops::Range<usize> {
+        let (start, end) = self.mask.key_range(i as u32);
+        start as usize..end as usize
     }
 
-    /// Forward FLOPs as the FlashAttention papers count them: 4·B·H·Nq·Nk·D, halved when causal.
+    /// (query, key) pairs visible in one (batch, head): the work a windowed call does.
+    pub fn visible_pairs(&self) -> u64 {
+        (0..self.seqlen_q).map(|i| self.key_range(i).len() as u64).sum()
+    }
+
+    /// Forward FLOPs as the FlashAttention papers count them: 4·B·H·Nq·Nk·D, halved when causal; with a
+    /// sliding window, 4·B·H·D per visible (computed) pair.
     pub fn forward_flops(&self) -> f64 {
-        let f = 4.0
-            * (self.batch * self.heads_q) as f64
-            * self.seqlen_q as f64
-            * self.seqlen_k as f64
-            * self.head_dim as f64;
+        let per_pair = 4.0 * (self.batch * self.heads_q) as f64 * self.head_dim as f64;
+        if self.mask.is_windowed() {
+            return per_pair * self.visible_pairs() as f64;
+        }
+        let f = per_pair * self.seqlen_q as f64 * self.seqlen_k as f64;
         if self.causal {
             f / 2.0
         } else {
@@ -78,16 +85,81 @@ impl AttnProblem {
         if !softmax_scale.is_finite() || softmax_scale == 0.0 {
             return Err(Error::BadScale(softmax_scale));
         }
+        let (seqlen_q, seqlen_k) = (ql.seqlen(), kl.seqlen());
+        if (seqlen_q + seqlen_k) as u64 > MAX_TOTAL_SEQLEN {
+            return Err(Error::TooLarge { arg: Arg::K, what: "seqlen_q + seqlen_k", value: seqlen_q + seqlen_k });
+        }
+        if let Some(cap) = opts.softcap {
+            if !cap.is_finite() || cap <= 0.0 {
+                return Err(Error::BadSoftcap(cap));
+            }
+        }
+        let (batch, heads_q) = (ql.batch(), ql.heads());
+        let alibi_per_batch = match opts.alibi_slopes {
+            None => None,
+            Some(s) if s.len() == heads_q => Some(false),
+            Some(s) if s.len() == batch * heads_q => Some(true),
+            Some(s) => {
+                return Err(Error::ShapeMismatch {
+                    arg: Arg::AlibiSlopes,
+                    what: "length",
+                    got: s.len(),
+                    expected: heads_q,
+                    why: "one f32 slope per query head ([heads_q]) or per (batch, query head) ([batch, heads_q])",
+                })
+            }
+        };
+        if let Some(s) = opts.sinks {
+            same(Arg::Sinks, "length", s.len(), heads_q, "one f32 sink logit per query head ([heads_q])")?;
+        }
+        let window = |w: Option<usize>| w.map(|w| w.min(u32::MAX as usize) as u32);
+        let mask = Mask::new(
+            seqlen_q as u32,
+            seqlen_k as u32,
+            opts.causal,
+            window(opts.window.left),
+            window(opts.window.right),
+        );
         Ok(AttnProblem {
-            batch: ql.batch(),
-            seqlen_q: ql.seqlen(),
-            seqlen_k: kl.seqlen(),
-            heads_q: ql.heads(),
+            batch,
+            seqlen_q,
+            seqlen_k,
+            heads_q,
             heads_kv: kl.heads(),
             head_dim,
             causal: opts.causal,
+            mask,
             softmax_scale,
+            softcap: opts.softcap,
+            alibi_per_batch,
+            sinks: opts.sinks.is_some(),
         })
+    }
+
+    /// `UnsupportedOption` for the score modifiers (softcap, ALiBi, sinks) on a path that implements the
+    /// mask only (the standard baseline).
+    pub fn require_mask_only(&self, path: &'static str) -> Result<()> {
+        let modifiers = [
+            (self.softcap.is_some(), Arg::Softcap, "softcap"),
+            (self.alibi_per_batch.is_some(), Arg::AlibiSlopes, "ALiBi"),
+            (self.sinks, Arg::Sinks, "attention sinks"),
+        ];
+        match modifiers.into_iter().find(|m| m.0) {
+            Some((_, arg, what)) => Err(Error::UnsupportedOption { arg, what, path }),
+            None => Ok(()),
+        }
+    }
+
+    /// The problem of contiguous tensors of these sizes: `[batch, seqlen_q, heads_q, head_dim]` queries,
+    /// `[batch, seqlen_k, heads_kv, head_dim]` keys and values (what a planner or a benchmark needs
+    /// without tensors at hand).
+    pub fn contiguous(
+        [batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim]: [usize; 6],
+        opts: &AttnOptions,
+    ) -> Result<Self> {
+        let q = Layout::contiguous([batch, seqlen_q, heads_q, head_dim]);
+        let kv = Layout::contiguous([batch, seqlen_k, heads_kv, head_dim]);
+        AttnProblem::new((&q, q.numel()), (&kv, kv.numel()), (&kv, kv.numel()), opts)
     }
 
     /// The layout every output shaped like q (O, dQ) must have: q's shape.
@@ -110,6 +182,20 @@ impl AttnProblem {
     }
 }
 
+/// The per-head options' host slices: `(alibi_slopes, sinks)`.
+pub type HostPerHead<'a> = (Option<&'a [f32]>, Option<&'a [f32]>);
+
+/// The host slices of the per-head options, for the CPU paths; a device buffer is an error naming the
+/// option.
+pub fn host_per_head<'a>(opts: &AttnOptions<'a>) -> Result<HostPerHead<'a>> {
+    let host = |arg: Arg, v: Option<PerHead<'a>>| match v {
+        None => Ok(None),
+        Some(PerHead::Host(s)) => Ok(Some(s)),
+        Some(PerHead::Device(_)) => Err(Error::PerHeadLocation { arg, expected: "host", got: "device" }),
+    };
+    Ok((host(Arg::AlibiSlopes, opts.alibi_slopes)?, host(Arg::Sinks, opts.sinks)?))
+}
+
 fn check_shape(arg: Arg, l: &Layout, want: [usize; 4], why: &'static str) -> Result<()> {
     for ((name, &got), &expected) in crate::layout::DIM_NAMES.iter().zip(&l.shape).zip(&want) {
         same(arg, name, got, expected, why)?;
@@ -128,7 +214,6 @@ fn same(arg: Arg, what: &'static str, got: usize, expected: usize, why: &'static
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ironflash_kernels::attn::mask::causal_key_end;
 
     fn problem(seqlen_q: usize, seqlen_k: usize, causal: bool) -> AttnProblem {
         let q = Layout::contiguous([1, seqlen_q, 2, 64]);
@@ -138,25 +223,42 @@ mod tests {
     }
 
     #[test]
-    fn last_visible_key_is_bottom_right_aligned() {
-        assert_eq!(problem(3, 3, true).last_visible_key(0), Some(0));
-        assert_eq!(problem(2, 5, true).last_visible_key(0), Some(3));
-        assert_eq!(problem(5, 2, true).last_visible_key(2), None);
-        assert_eq!(problem(5, 2, true).last_visible_key(3), Some(0));
-        assert_eq!(problem(5, 2, false).last_visible_key(0), Some(1));
+    fn key_range_is_bottom_right_aligned() {
+        assert_eq!(problem(3, 3, true).key_range(0), 0..1);
+        assert_eq!(problem(2, 5, true).key_range(0), 0..4);
+        assert!(problem(5, 2, true).key_range(2).is_empty());
+        assert_eq!(problem(5, 2, true).key_range(3), 0..1);
+        assert_eq!(problem(5, 2, false).key_range(0), 0..2);
     }
 
     #[test]
-    fn last_visible_key_agrees_with_the_kernels_mask() {
-        for seqlen_q in 1..20 {
-            for seqlen_k in 1..20 {
-                let p = problem(seqlen_q, seqlen_k, true);
-                for i in 0..seqlen_q {
-                    let end = causal_key_end(i as u32, seqlen_q as u32, seqlen_k as u32) as usize;
-                    assert_eq!(p.last_visible_key(i).map_or(0, |j| j + 1), end, "{seqlen_q}x{seqlen_k} row {i}");
-                }
-            }
+    fn windowed_flops_count_visible_pairs() {
+        let q = Layout::contiguous([1, 8, 1, 64]);
+        let opts = AttnOptions::causal().with_window(Some(2), None);
+        let p = AttnProblem::new((&q, q.numel()), (&q, q.numel()), (&q, q.numel()), &opts).unwrap();
+        // Rows 0, 1 see 1, 2 keys; rows 2..8 see 3 each.
+        assert_eq!(p.visible_pairs(), 1 + 2 + 6 * 3);
+        assert_eq!(p.forward_flops(), 4.0 * 64.0 * 21.0);
+    }
+
+    #[test]
+    fn bad_modifiers_are_typed_errors() {
+        let q = Layout::contiguous([2, 8, 4, 64]);
+        let kv = Layout::contiguous([2, 8, 2, 64]);
+        let new = |o: &AttnOptions| AttnProblem::new((&q, q.numel()), (&kv, kv.numel()), (&kv, kv.numel()), o);
+        for cap in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            assert!(matches!(new(&AttnOptions::default().with_softcap(cap)), Err(Error::BadSoftcap(_))));
         }
+        let three = [0.5f32; 3];
+        let e = new(&AttnOptions::default().with_alibi(PerHead::Host(&three))).unwrap_err();
+        assert!(matches!(e, Error::ShapeMismatch { arg: Arg::AlibiSlopes, .. }), "{e}");
+        let e = new(&AttnOptions::default().with_sinks(PerHead::Host(&three))).unwrap_err();
+        assert!(matches!(e, Error::ShapeMismatch { arg: Arg::Sinks, .. }), "{e}");
+        let (four, eight) = ([0.5f32; 4], [0.5f32; 8]);
+        assert_eq!(new(&AttnOptions::default().with_alibi(PerHead::Host(&four))).unwrap().alibi_per_batch, Some(false));
+        assert_eq!(new(&AttnOptions::default().with_alibi(PerHead::Host(&eight))).unwrap().alibi_per_batch, Some(true));
+        // A window that hides every key is legal.
+        assert!(new(&AttnOptions::default().with_window(Some(0), Some(0))).is_ok());
     }
 
     #[test]

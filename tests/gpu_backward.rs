@@ -115,7 +115,7 @@ struct Inputs<T> {
     k: HostTensor<T>,
     v: HostTensor<T>,
     d_o: HostTensor<T>,
-    opts: AttnOptions,
+    opts: AttnOptions<'static>,
 }
 
 fn inputs<T: Element>(c: &Case, seed: u64) -> Inputs<T> {
@@ -129,7 +129,12 @@ fn inputs<T: Element>(c: &Case, seed: u64) -> Inputs<T> {
     let d_o = HostTensor::<T>::random_with_layout(layout(qs, c.strided), 1.0, &mut rng);
     // Scales around 1/sqrt(d) and above it, so that some rows have peaked softmaxes.
     let scale = rng.random_range(0.5..3.0) / (c.head_dim as f32).sqrt();
-    let opts = AttnOptions { causal: c.causal, softmax_scale: Some(scale), deterministic: c.deterministic };
+    let opts = AttnOptions {
+        causal: c.causal,
+        softmax_scale: Some(scale),
+        deterministic: c.deterministic,
+        ..Default::default()
+    };
     Inputs { q, k, v, d_o, opts }
 }
 
@@ -164,7 +169,7 @@ fn run_gpu_tile<T: Element>(
             layout: layout(shape, c.strided),
         })
     };
-    let mut grads = GpuGradients { dq: poisoned(qs)?, dk: poisoned(ks)?, dv: poisoned(ks)? };
+    let mut grads = GpuGradients { dq: poisoned(qs)?, dk: poisoned(ks)?, dv: poisoned(ks)?, d_sinks: None };
     match tile {
         None => gpu::flash_backward_into(dev, &q, &k, &v, &o, &lse, &d_o, &mut grads, &x.opts)?,
         Some(t) => gpu::flash_backward_with_tile(dev, &q, &k, &v, &o, &lse, &d_o, &mut grads, &x.opts, t)?,
@@ -354,7 +359,7 @@ fn backward_rejects_bad_inputs() {
     let e = gpu::flash_backward(dev, &q32, &k32, &k32, &q32, &lse, &q32, &opts).unwrap_err();
     assert!(matches!(e, Error::UnsupportedDtype { .. }), "{e}");
 
-    let mut wrong = GpuGradients { dq: t([1, 16, 2, 64]), dk: t([1, 24, 2, 64]), dv: t([1, 24, 1, 64]) };
+    let mut wrong = GpuGradients { dq: t([1, 16, 2, 64]), dk: t([1, 24, 2, 64]), dv: t([1, 24, 1, 64]), d_sinks: None };
     let e = gpu::flash_backward_into(dev, &q, &k, &v, &o, &lse, &d_o, &mut wrong, &opts).unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { arg: Arg::DK, .. }), "{e}");
 }

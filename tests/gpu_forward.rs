@@ -144,7 +144,7 @@ fn run_case<T: Element>(dev: &Device, c: &Case, worst: &Mutex<Worst>) -> Result<
         &mut rng,
     );
     let v = HostTensor::<T>::random_with_layout(padded([c.batch, c.seqlen_k, c.heads_kv, d], c.pad_kv), 1.0, &mut rng);
-    let opts = AttnOptions { causal: c.causal, softmax_scale: Some(c.scale), deterministic: false };
+    let opts = AttnOptions { causal: c.causal, softmax_scale: Some(c.scale), ..Default::default() };
     let reference = cpu::reference_forward(&q, &k, &v, &opts).map_err(|e| e.to_string())?;
     let (dq, dk, dv) = (dev.upload(&q).unwrap(), dev.upload(&k).unwrap(), dev.upload(&v).unwrap());
 
@@ -366,16 +366,9 @@ fn fixed_case<T: Element>(dev: &Device, dims: [usize; 6], causal: bool, seed: u6
 /// splits it (the shapes below are far from filling an H100 or A100).
 fn decode_case<T: Element>(dev: &Device, dims: [usize; 6], causal: bool, pad_o: [usize; 3], seed: u64) {
     let [batch, seqlen_q, seqlen_k, heads_kv, group, head_dim] = dims;
-    let p = ironflash::AttnProblem {
-        batch,
-        seqlen_q,
-        seqlen_k,
-        heads_q: heads_kv * group,
-        heads_kv,
-        head_dim,
-        causal,
-        softmax_scale: 1.0,
-    };
+    let opts = AttnOptions { causal, ..Default::default() };
+    let dims = [batch, seqlen_q, seqlen_k, heads_kv * group, heads_kv, head_dim];
+    let p = ironflash::AttnProblem::contiguous(dims, &opts).unwrap();
     let tile = gpu::forward_tile(dev.info(), head_dim, T::DTYPE, causal).unwrap();
     let (_, splits) = gpu::forward_launch_plan(dev.info(), &p, &tile, T::DTYPE);
     let c = Case {

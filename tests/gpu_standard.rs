@@ -22,7 +22,7 @@ fn run_case<T: Element>(dims: Dims, causal: bool, seed: u64) {
     let q = HostTensor::<T>::random_with_layout(q_layout, 1.0, &mut rng);
     let k = HostTensor::<T>::random([b, sk, hkv, d], 1.0, &mut rng);
     let v = HostTensor::<T>::random([b, sk, hkv, d], 1.0, &mut rng);
-    let opts = AttnOptions { causal, softmax_scale: Some(rng.random_range(0.05..0.3)), deterministic: false };
+    let opts = AttnOptions { causal, softmax_scale: Some(rng.random_range(0.05..0.3)), ..Default::default() };
     let reference = cpu::reference_forward(&q, &k, &v, &opts).unwrap();
     let (dq, dk, dv) = (dev.upload(&q).unwrap(), dev.upload(&k).unwrap(), dev.upload(&v).unwrap());
     let out = gpu::standard_forward(dev, &dq, &dk, &dv, &opts).unwrap();
@@ -98,7 +98,7 @@ fn run_backward_case<T: Element>(dims: Dims, causal: bool, seed: u64) {
     let v = HostTensor::<T>::random([b, sk, hkv, d], 1.0, &mut rng);
     let d_o = HostTensor::<T>::random_with_layout(padded(qs), 1.0, &mut rng);
     let scale = rng.random_range(0.5..3.0) / (d as f32).sqrt();
-    let opts = AttnOptions { causal, softmax_scale: Some(scale), deterministic: false };
+    let opts = AttnOptions { causal, softmax_scale: Some(scale), ..Default::default() };
     let want = cpu::reference_backward(&q, &k, &v, &d_o, &opts).unwrap();
     let (gq, gk, gv, gdo) =
         (dev.upload(&q).unwrap(), dev.upload(&k).unwrap(), dev.upload(&v).unwrap(), dev.upload(&d_o).unwrap());
@@ -106,7 +106,7 @@ fn run_backward_case<T: Element>(dims: Dims, causal: bool, seed: u64) {
     let poisoned = |shape| {
         dev.upload(&HostTensor::<T> { data: vec![T::poison(); padded(shape).span()], layout: padded(shape) }).unwrap()
     };
-    let mut grads = GpuGradients { dq: poisoned(qs), dk: poisoned(ks), dv: poisoned(ks) };
+    let mut grads = GpuGradients { dq: poisoned(qs), dk: poisoned(ks), dv: poisoned(ks), d_sinks: None };
     gpu::standard_backward_into(dev, &gq, &gk, &gv, &fwd.o, &fwd.probs, &gdo, &mut grads, &opts).unwrap();
     let got = [&grads.dq, &grads.dk, &grads.dv].map(|t| dev.download(t).unwrap().to_f64_contiguous());
     let case = format!("{} b{b} sq{sq} sk{sk} hq{hq} hkv{hkv} d{d} causal={causal}", T::DTYPE);

@@ -1,8 +1,9 @@
-//! The f64 reference backward against central finite differences of the f64 reference forward.
-//! The loss is L = Σ O ∘ W for a random W, so dL/dO = W is the upstream gradient handed to the backward.
+//! The f64 reference backward against central finite differences of the f64 reference forward, for
+//! every mask and score modifier alone and combined. The loss is L = Σ O ∘ W for a random W, so
+//! dL/dO = W is the upstream gradient handed to the backward; with sinks the sink logits are inputs too.
 
 use ironflash::cpu::{reference_backward, reference_forward};
-use ironflash::{AttnOptions, HostTensor};
+use ironflash::{AttnOptions, HostTensor, PerHead};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -27,7 +28,21 @@ enum Input {
     V,
 }
 
-/// Checks every element of dQ, dK and dV for one problem; returns the worst error seen.
+/// Central difference of `loss` at `x` (an f32 input), over the step actually taken after rounding.
+fn central_difference(x: f32, loss: impl Fn(f32) -> f64) -> f64 {
+    let (up, down) = (x + STEP, x - STEP);
+    (loss(up) - loss(down)) / (up as f64 - down as f64)
+}
+
+/// |analytic − numeric| relative to (1 + |analytic|), asserted below `TOLERANCE`.
+fn compare(analytic: f64, numeric: f64, what: impl FnOnce() -> String) -> f64 {
+    let err = (analytic - numeric).abs() / (1.0 + analytic.abs());
+    assert!(err < TOLERANCE, "{}: analytic {analytic}, numeric {numeric}", what());
+    err
+}
+
+/// Checks every element of dQ, dK and dV (and d_sinks, with sinks) for one problem; returns the
+/// worst error seen.
 fn check(q_shape: [usize; 4], kv_shape: [usize; 4], opts: AttnOptions, seed: u64) -> f64 {
     let mut rng = StdRng::seed_from_u64(seed);
     let q = HostTensor::<f32>::random(q_shape, 1.0, &mut rng);
@@ -51,9 +66,7 @@ fn check(q_shape: [usize; 4], kv_shape: [usize; 4], opts: AttnOptions, seed: u64
             for s in 0..ns {
                 for h in 0..nh {
                     for d in 0..nd {
-                        let x = base.get(b, s, h, d);
-                        let (up, down) = (x + STEP, x - STEP);
-                        let eval = |value: f32| {
+                        let numeric = central_difference(base.get(b, s, h, d), |value| {
                             let mut t = base.clone();
                             t.set(b, s, h, d, value);
                             match input {
@@ -61,20 +74,35 @@ fn check(q_shape: [usize; 4], kv_shape: [usize; 4], opts: AttnOptions, seed: u64
                                 Input::K => loss(&q, &t, &v, &w64, &opts),
                                 Input::V => loss(&q, &k, &t, &w64, &opts),
                             }
-                        };
-                        let numeric = (eval(up) - eval(down)) / (up as f64 - down as f64);
-                        let got = analytic[index];
-                        let err = (got - numeric).abs() / (1.0 + got.abs());
-                        assert!(
-                            err < TOLERANCE,
-                            "d{input:?}[{b},{s},{h},{d}]: analytic {got}, numeric {numeric} (q {q_shape:?}, kv {kv_shape:?}, {opts:?})"
-                        );
+                        });
+                        let err = compare(analytic[index], numeric, || {
+                            format!("d{input:?}[{b},{s},{h},{d}] (q {q_shape:?}, kv {kv_shape:?}, {opts:?})")
+                        });
                         worst = worst.max(err);
                         index += 1;
                     }
                 }
             }
         }
+    }
+
+    match opts.sinks {
+        None => assert!(grads.d_sinks.is_none(), "d_sinks without sinks"),
+        Some(PerHead::Host(sinks)) => {
+            let d_sinks = grads.d_sinks.as_ref().expect("sinks but no d_sinks");
+            assert_eq!(d_sinks.len(), q_shape[2]);
+            for (h, &analytic) in d_sinks.iter().enumerate() {
+                let numeric = central_difference(sinks[h], |value| {
+                    let mut moved = sinks.to_vec();
+                    moved[h] = value;
+                    loss(&q, &k, &v, &w64, &AttnOptions { sinks: Some(PerHead::Host(&moved)), ..opts })
+                });
+                let err =
+                    compare(analytic, numeric, || format!("d_sinks[{h}] (q {q_shape:?}, kv {kv_shape:?}, {opts:?})"));
+                worst = worst.max(err);
+            }
+        }
+        Some(PerHead::Device(_)) => unreachable!("the reference takes host values"),
     }
     worst
 }
@@ -116,4 +144,112 @@ fn fully_masked_rows_have_zero_query_gradient() {
     // Bottom-right alignment: query rows 0, 1, 2 see no key; rows are [s, h, d] = 2 * 64 values each.
     assert!(grads.dq[..3 * 2 * 64].iter().all(|&g| g == 0.0));
     assert!(grads.dq[3 * 2 * 64..].iter().any(|&g| g != 0.0));
+}
+
+// Sliding windows. Query i's diagonal is key i + seqlen_k − seqlen_q; each case below mixes rows
+// whose window is cut by the ends of the keys with rows whose window lies inside them.
+
+#[test]
+fn window_left_only() {
+    let worst = check([1, 6, 2, 32], [1, 6, 2, 32], AttnOptions::default().with_window(Some(2), None), 6);
+    println!("worst relative error {worst:.2e}");
+}
+
+#[test]
+fn window_right_only_more_keys_than_queries() {
+    let worst = check([1, 4, 2, 32], [1, 7, 2, 32], AttnOptions::default().with_window(None, Some(1)), 7);
+    println!("worst relative error {worst:.2e}");
+}
+
+#[test]
+fn window_both_sides_more_queries_than_keys_with_fully_masked_rows() {
+    // Diagonals at keys −3..=2 with one key before and none after: rows 0..3 see nothing.
+    let worst = check([1, 6, 2, 32], [1, 3, 1, 32], AttnOptions::default().with_window(Some(1), Some(0)), 8);
+    println!("worst relative error {worst:.2e}");
+}
+
+#[test]
+fn causal_window_gqa() {
+    let opts = AttnOptions::causal().with_window(Some(2), None).with_scale(0.6);
+    let worst = check([2, 5, 4, 32], [2, 7, 2, 32], opts, 9);
+    println!("worst relative error {worst:.2e}");
+}
+
+// Score modifiers. Scores of q, k in [−1, 1)³² at scale 1 reach a few units, where a cap of 1.5
+// bends them well away from linear.
+
+#[test]
+fn softcap() {
+    let opts = AttnOptions::default().with_scale(1.0).with_softcap(1.5);
+    let worst = check([1, 4, 2, 32], [1, 5, 1, 32], opts, 10);
+    println!("worst relative error {worst:.2e}");
+}
+
+#[test]
+fn causal_softcap_more_queries_than_keys() {
+    let opts = AttnOptions::causal().with_scale(0.8).with_softcap(0.7);
+    let worst = check([1, 6, 2, 32], [1, 4, 2, 32], opts, 11);
+    println!("worst relative error {worst:.2e}");
+}
+
+#[test]
+fn alibi_per_head() {
+    let slopes = [0.5f32, 0.125, 1.5];
+    let opts = AttnOptions::default().with_alibi(PerHead::Host(&slopes));
+    let worst = check([1, 4, 3, 32], [1, 6, 1, 32], opts, 12);
+    println!("worst relative error {worst:.2e}");
+}
+
+#[test]
+fn alibi_per_batch_and_head() {
+    // [batch, heads_q] = [2, 2]: each batch has its own slopes.
+    let slopes = [0.5f32, 0.25, 2.0, 0.0625];
+    let opts = AttnOptions::causal().with_alibi(PerHead::Host(&slopes));
+    let worst = check([2, 5, 2, 32], [2, 3, 2, 32], opts, 13);
+    println!("worst relative error {worst:.2e}");
+}
+
+#[test]
+fn sinks() {
+    let sinks = [0.3f32, -1.2];
+    let opts = AttnOptions::default().with_sinks(PerHead::Host(&sinks));
+    let worst = check([2, 4, 2, 32], [2, 5, 1, 32], opts, 14);
+    println!("worst relative error {worst:.2e}");
+}
+
+#[test]
+fn sinks_with_fully_masked_rows() {
+    // Rows 0..3 see no key: their LSE is the sink, O is 0, and they add nothing to d_sinks.
+    let sinks = [1.1f32, -0.4, 2.5];
+    let opts = AttnOptions::causal().with_sinks(PerHead::Host(&sinks)).with_scale(1.2);
+    let worst = check([1, 6, 3, 32], [1, 3, 1, 32], opts, 15);
+    println!("worst relative error {worst:.2e}");
+}
+
+#[test]
+fn every_option_at_once_gqa() {
+    let slopes = [0.25f32, 0.5, 1.0, 0.125, 0.75, 0.0, 2.0, 0.375];
+    let sinks = [0.5f32, -0.5, 1.0, 0.0];
+    let opts = AttnOptions::causal()
+        .with_window(Some(3), None)
+        .with_scale(0.9)
+        .with_softcap(1.2)
+        .with_alibi(PerHead::Host(&slopes))
+        .with_sinks(PerHead::Host(&sinks));
+    let worst = check([2, 5, 4, 32], [2, 7, 2, 32], opts, 16);
+    println!("worst relative error {worst:.2e}");
+}
+
+#[test]
+fn every_option_two_sided_window_more_queries_than_keys() {
+    let slopes = [0.3f32, 0.7];
+    let sinks = [-0.2f32, 0.9];
+    let opts = AttnOptions::default()
+        .with_window(Some(1), Some(2))
+        .with_softcap(2.0)
+        .with_scale(1.0)
+        .with_alibi(PerHead::Host(&slopes))
+        .with_sinks(PerHead::Host(&sinks));
+    let worst = check([1, 7, 2, 32], [1, 4, 1, 32], opts, 17);
+    println!("worst relative error {worst:.2e}");
 }

@@ -2,6 +2,7 @@
 //! JSON-lines row that `benches/peers.py` prints, so both sides share one set of column names.
 
 use crate::dtype::DType;
+use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use serde::{Deserialize, Serialize};
 
@@ -120,16 +121,9 @@ impl Case {
 
     /// The problem as the library validates it (default softmax scale).
     pub fn problem(&self) -> AttnProblem {
-        AttnProblem {
-            batch: self.b,
-            seqlen_q: self.n_q,
-            seqlen_k: self.n_k,
-            heads_q: self.h,
-            heads_kv: self.h_kv,
-            head_dim: self.d,
-            causal: self.causal,
-            softmax_scale: 1.0 / (self.d as f32).sqrt(),
-        }
+        let opts = AttnOptions { causal: self.causal, ..AttnOptions::default() };
+        AttnProblem::contiguous([self.b, self.n_q, self.n_k, self.h, self.h_kv, self.d], &opts)
+            .expect("a benchmark case is a valid problem")
     }
 
     /// FLOPs as the FlashAttention papers count them: forward 4·B·H·Nq·Nk·D (halved when causal), backward

@@ -1,11 +1,13 @@
 //! Exact attention in f64: the oracle every other path is checked against. Written for clarity
-//! rather than speed, one query row at a time, but parallel (forward: over batch, head and row;
-//! backward: over batch and kv head) so that tests on a few hundred rows with head_dim 256 stay quick.
+//! rather than speed, one query row at a time and straight from the definition (the mask, softcap,
+//! ALiBi and sinks are spelled out here, not shared with the fast paths), but parallel (forward: over
+//! batch, head and row; backward: over batch and kv head) so that tests on a few hundred rows with
+//! head_dim 256 stay quick.
 
 use crate::dtype::Element;
 use crate::error::{Arg, Error, Result};
 use crate::options::AttnOptions;
-use crate::problem::AttnProblem;
+use crate::problem::{host_per_head, AttnProblem};
 use crate::tensor::HostTensor;
 use rayon::prelude::*;
 
@@ -15,7 +17,8 @@ pub struct ReferenceForward {
     pub problem: AttnProblem,
     /// `[batch, seqlen_q, heads_q, head_dim]`, contiguous.
     pub o: Vec<f64>,
-    /// `[batch, heads_q, seqlen_q]`, natural log; `-inf` for fully masked rows.
+    /// `[batch, heads_q, seqlen_q]`, natural log, sink included; a row that sees no key has `-inf`
+    /// without sinks and its sink logit with them.
     pub lse: Vec<f64>,
 }
 
@@ -25,9 +28,13 @@ pub struct ReferenceBackward {
     pub dq: Vec<f64>,
     pub dk: Vec<f64>,
     pub dv: Vec<f64>,
+    /// `[heads_q]`, summed over batch and query rows; `Some` only when the call has sinks.
+    pub d_sinks: Option<Vec<f64>>,
 }
 
-/// Exact softmax(scale · Q Kᵀ) V, with the causal mask aligned bottom-right.
+/// Exact attention: for query i and key j, `s = scale · q_i·k_j`, softcapped to `cap · tanh(s / cap)`,
+/// minus `slope · |i + seqlen_k − seqlen_q − j|` with ALiBi; the softmax runs over the keys the mask
+/// (causal and window, aligned bottom-right) shows, with `exp(sink)` added to its denominator.
 pub fn reference_forward<T: Element>(
     q: &HostTensor<T>,
     k: &HostTensor<T>,
@@ -47,10 +54,10 @@ pub fn reference_forward<T: Element>(
             let mut lse = vec![f64::NEG_INFINITY; p.seqlen_q];
             o.par_chunks_mut(d).zip(lse.par_iter_mut()).enumerate().for_each_init(
                 || Vec::with_capacity(p.seqlen_k),
-                |probs, (i, (o_row, lse_i))| {
-                    *lse_i = x.row_probs(b, h, i, probs);
-                    for (j, &pj) in probs.iter().enumerate() {
-                        axpy(o_row, pj, x.v_row(b, j, h / p.group_size()));
+                |weights, (i, (o_row, lse_i))| {
+                    *lse_i = x.row_softmax(b, h, i, weights);
+                    for w in weights.iter() {
+                        axpy(o_row, w.prob, x.v_row(b, w.key, h / p.group_size()));
                     }
                 },
             );
@@ -72,8 +79,9 @@ pub fn reference_forward<T: Element>(
 }
 
 /// Exact gradients of the forward above for the upstream gradient `d_o` (shaped like q):
-/// dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP − rowsum(dO ∘ O)), dQ = scale·dS K, dK = scale·dSᵀ Q,
-/// with dK and dV summed over the query heads that share a K/V head.
+/// dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP − rowsum(dO ∘ O)) taken through the softcap's tanh′,
+/// dQ = scale·dS K, dK = scale·dSᵀ Q, with dK and dV summed over the query heads that share a K/V
+/// head; d_sink_h = −Σ_{b,i} exp(sink_h − LSE_i) · rowsum(dO ∘ O)_i. ALiBi slopes are constants.
 pub fn reference_backward<T: Element>(
     q: &HostTensor<T>,
     k: &HostTensor<T>,
@@ -95,73 +103,125 @@ pub fn reference_backward<T: Element>(
     let scale = p.softmax_scale as f64;
 
     // One task per (batch, kv head), looping over its query heads, so that dK and dV are summed
-    // without sharing between threads. Each returns dQ rows `[group, seqlen_q, d]`, dK and dV `[seqlen_k, d]`.
-    let per_head: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = (0..p.batch * p.heads_kv)
+    // without sharing between threads. Each returns dQ rows `[group, seqlen_q, d]`, dK and dV
+    // `[seqlen_k, d]`, and its query heads' sink gradients `[group]`.
+    let per_head: Vec<HeadGradients> = (0..p.batch * p.heads_kv)
         .into_par_iter()
         .map(|bh| {
             let (b, hkv) = (bh / p.heads_kv, bh % p.heads_kv);
-            let mut dq = vec![0.0; group * p.seqlen_q * d];
-            let mut dk = vec![0.0; p.seqlen_k * d];
-            let mut dv = vec![0.0; p.seqlen_k * d];
-            let mut probs = Vec::with_capacity(p.seqlen_k);
+            let mut grads = HeadGradients {
+                dq: vec![0.0; group * p.seqlen_q * d],
+                dk: vec![0.0; p.seqlen_k * d],
+                dv: vec![0.0; p.seqlen_k * d],
+                d_sinks: vec![0.0; group],
+            };
+            let mut weights = Vec::with_capacity(p.seqlen_k);
             let mut o_row = vec![0.0; d];
             for g in 0..group {
                 let h = hkv * group + g;
                 for i in 0..p.seqlen_q {
-                    x.row_probs(b, h, i, &mut probs);
+                    let lse = x.row_softmax(b, h, i, &mut weights);
                     o_row.fill(0.0);
-                    for (j, &pj) in probs.iter().enumerate() {
-                        axpy(&mut o_row, pj, x.v_row(b, j, hkv));
+                    for w in &weights {
+                        axpy(&mut o_row, w.prob, x.v_row(b, w.key, hkv));
                     }
                     let do_row = &d_o[x.q_offset(b, i, h)..][..d];
                     let delta = dot(do_row, &o_row);
-                    let dq_row = &mut dq[(g * p.seqlen_q + i) * d..][..d];
-                    for (j, &pj) in probs.iter().enumerate() {
+                    let dq_row = &mut grads.dq[(g * p.seqlen_q + i) * d..][..d];
+                    for w in &weights {
+                        let j = w.key;
                         let dp = dot(do_row, x.v_row(b, j, hkv));
-                        let ds = pj * (dp - delta);
+                        // dL/d(scale · q·k): the softmax's gradient, then the softcap's chain factor.
+                        let ds = w.prob * (dp - delta) * w.score_slope;
                         axpy(dq_row, scale * ds, x.k_row(b, j, hkv));
-                        axpy(&mut dk[j * d..(j + 1) * d], scale * ds, x.q_row(b, i, h));
-                        axpy(&mut dv[j * d..(j + 1) * d], pj, do_row);
+                        axpy(&mut grads.dk[j * d..(j + 1) * d], scale * ds, x.q_row(b, i, h));
+                        axpy(&mut grads.dv[j * d..(j + 1) * d], w.prob, do_row);
+                    }
+                    if let Some(sinks) = &x.sinks {
+                        // The sink's probability is exp(sink − LSE), and O depends on the sink only
+                        // through the shared denominator: dO/dsink = −p_sink · O.
+                        grads.d_sinks[g] -= (sinks[h] - lse).exp() * delta;
                     }
                 }
             }
-            (dq, dk, dv)
+            grads
         })
         .collect();
 
     let mut dq = vec![0.0; p.batch * p.seqlen_q * p.heads_q * d];
     let mut dk = vec![0.0; p.batch * p.seqlen_k * p.heads_kv * d];
     let mut dv = vec![0.0; p.batch * p.seqlen_k * p.heads_kv * d];
-    for (bh, (dq_head, dk_head, dv_head)) in per_head.into_iter().enumerate() {
+    let mut d_sinks = vec![0.0; p.heads_q];
+    for (bh, head) in per_head.into_iter().enumerate() {
         let (b, hkv) = (bh / p.heads_kv, bh % p.heads_kv);
         for g in 0..group {
             for i in 0..p.seqlen_q {
                 let dst = x.q_offset(b, i, hkv * group + g);
-                dq[dst..dst + d].copy_from_slice(&dq_head[(g * p.seqlen_q + i) * d..][..d]);
+                dq[dst..dst + d].copy_from_slice(&head.dq[(g * p.seqlen_q + i) * d..][..d]);
             }
+            d_sinks[hkv * group + g] += head.d_sinks[g];
         }
         for j in 0..p.seqlen_k {
             let dst = x.kv_offset(b, j, hkv);
-            dk[dst..dst + d].copy_from_slice(&dk_head[j * d..(j + 1) * d]);
-            dv[dst..dst + d].copy_from_slice(&dv_head[j * d..(j + 1) * d]);
+            dk[dst..dst + d].copy_from_slice(&head.dk[j * d..(j + 1) * d]);
+            dv[dst..dst + d].copy_from_slice(&head.dv[j * d..(j + 1) * d]);
         }
     }
-    Ok(ReferenceBackward { dq, dk, dv })
+    let d_sinks = p.sinks.then_some(d_sinks);
+    Ok(ReferenceBackward { dq, dk, dv, d_sinks })
 }
 
-/// Validated inputs copied to contiguous f64, so the arithmetic is exact to f64 whatever the strides.
+/// One backward task's gradients: dQ of its query heads `[group, seqlen_q, d]`, dK and dV of its kv
+/// head `[seqlen_k, d]`, and the sink gradients of its query heads `[group]`.
+struct HeadGradients {
+    dq: Vec<f64>,
+    dk: Vec<f64>,
+    dv: Vec<f64>,
+    d_sinks: Vec<f64>,
+}
+
+/// A visible key of one query row, after the softmax.
+#[derive(Debug, Clone, Copy)]
+struct KeyWeight {
+    key: usize,
+    /// p_ij: its share of the row's softmax (sink included in the denominator).
+    prob: f64,
+    /// ∂s_ij / ∂(scale · q_i·k_j): the softcap's `1 − tanh²`, 1 without a softcap.
+    score_slope: f64,
+}
+
+/// Validated inputs copied to contiguous f64, so the arithmetic is exact to f64 whatever the strides,
+/// with the options the score needs.
 struct Inputs {
     problem: AttnProblem,
     q: Vec<f64>,
     k: Vec<f64>,
     v: Vec<f64>,
+    /// Keys a query sees before / after its diagonal (`None`: unbounded); causal is `after = 0`.
+    window_before: Option<usize>,
+    window_after: Option<usize>,
+    /// `[heads_q]` or `[batch, heads_q]` (`problem.alibi_per_batch` says which).
+    alibi_slopes: Option<Vec<f64>>,
+    /// `[heads_q]` sink logits.
+    sinks: Option<Vec<f64>>,
 }
 
 impl Inputs {
     fn new<T: Element>(q: &HostTensor<T>, k: &HostTensor<T>, v: &HostTensor<T>, opts: &AttnOptions) -> Result<Self> {
         let problem =
             AttnProblem::new((&q.layout, q.data.len()), (&k.layout, k.data.len()), (&v.layout, v.data.len()), opts)?;
-        Ok(Inputs { problem, q: q.to_f64_contiguous(), k: k.to_f64_contiguous(), v: v.to_f64_contiguous() })
+        let (alibi_slopes, sinks) = host_per_head(opts)?;
+        let to_f64 = |s: &[f32]| s.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        Ok(Inputs {
+            problem,
+            q: q.to_f64_contiguous(),
+            k: k.to_f64_contiguous(),
+            v: v.to_f64_contiguous(),
+            window_before: opts.window.left,
+            window_after: if opts.causal { Some(0) } else { opts.window.right },
+            alibi_slopes: alibi_slopes.map(to_f64),
+            sinks: sinks.map(to_f64),
+        })
     }
 
     fn q_offset(&self, b: usize, i: usize, h: usize) -> usize {
@@ -182,25 +242,62 @@ impl Inputs {
         &self.v[self.kv_offset(b, j, h)..][..self.problem.head_dim]
     }
 
-    /// Fills `probs` with the softmax of query row `i` (q head `h`) over its visible keys (so its
-    /// length is the number of visible keys) and returns the row's log-sum-exp; a fully masked row
-    /// leaves `probs` empty and returns -inf.
-    fn row_probs(&self, b: usize, h: usize, i: usize, probs: &mut Vec<f64>) -> f64 {
+    /// Signed distance from query row `i`'s diagonal (key `i + seqlen_k − seqlen_q`) to key `j`;
+    /// i128 so that no window width, however large, overflows below.
+    fn past_diagonal(&self, i: usize, j: usize) -> i128 {
         let p = &self.problem;
-        probs.clear();
-        let Some(last) = p.last_visible_key(i) else {
-            return f64::NEG_INFINITY;
+        j as i128 - (i as i128 + p.seqlen_k as i128 - p.seqlen_q as i128)
+    }
+
+    /// Whether query row `i` sees key `j` (both in range).
+    fn visible(&self, i: usize, j: usize) -> bool {
+        let past = self.past_diagonal(i, j);
+        self.window_before.is_none_or(|w| past >= -(w as i128)) && self.window_after.is_none_or(|w| past <= w as i128)
+    }
+
+    /// The score of query row `i` (q head `h`) for key `j` and its slope `∂s / ∂(scale · q·k)`.
+    fn score(&self, b: usize, h: usize, i: usize, j: usize) -> (f64, f64) {
+        let p = &self.problem;
+        let raw = p.softmax_scale as f64 * dot(self.q_row(b, i, h), self.k_row(b, j, h / p.group_size()));
+        let (capped, slope) = match p.softcap {
+            Some(cap) => {
+                let t = (raw / cap as f64).tanh();
+                (cap as f64 * t, 1.0 - t * t)
+            }
+            None => (raw, 1.0),
         };
-        let (q_row, hkv, scale) = (self.q_row(b, i, h), h / p.group_size(), p.softmax_scale as f64);
-        probs.extend((0..=last).map(|j| scale * dot(q_row, self.k_row(b, j, hkv))));
-        let max = probs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let mut sum = 0.0;
-        for s in probs.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
+        let bias = match &self.alibi_slopes {
+            Some(slopes) => {
+                let slope = if p.alibi_per_batch == Some(true) { slopes[b * p.heads_q + h] } else { slopes[h] };
+                -slope * self.past_diagonal(i, j).abs() as f64
+            }
+            None => 0.0,
+        };
+        (capped + bias, slope)
+    }
+
+    /// Fills `weights` with the softmax of query row `i` (q head `h`) over its visible keys, in key
+    /// order, and returns the row's log-sum-exp (sink included). A row that sees no key leaves
+    /// `weights` empty and returns its sink logit, or -inf without sinks.
+    fn row_softmax(&self, b: usize, h: usize, i: usize, weights: &mut Vec<KeyWeight>) -> f64 {
+        weights.clear();
+        for j in (0..self.problem.seqlen_k).filter(|&j| self.visible(i, j)) {
+            let (score, score_slope) = self.score(b, h, i, j);
+            // `prob` holds the score until the row's max is known.
+            weights.push(KeyWeight { key: j, prob: score, score_slope });
         }
-        for s in probs.iter_mut() {
-            *s /= sum;
+        let sink = self.sinks.as_ref().map(|s| s[h]);
+        let max = weights.iter().map(|w| w.prob).chain(sink).fold(f64::NEG_INFINITY, f64::max);
+        if max == f64::NEG_INFINITY {
+            return f64::NEG_INFINITY;
+        }
+        let mut sum = sink.map_or(0.0, |s| (s - max).exp());
+        for w in weights.iter_mut() {
+            w.prob = (w.prob - max).exp();
+            sum += w.prob;
+        }
+        for w in weights.iter_mut() {
+            w.prob /= sum;
         }
         max + sum.ln()
     }
@@ -231,6 +328,7 @@ fn axpy(y: &mut [f64], alpha: f64, x: &[f64]) {
 mod tests {
     use super::*;
     use crate::layout::Layout;
+    use crate::options::PerHead;
 
     fn tensor(shape: [usize; 4], f: impl Fn(usize, usize, usize, usize) -> f32) -> HostTensor<f32> {
         let mut t = HostTensor::filled(shape, 0.0f32);
@@ -277,6 +375,112 @@ mod tests {
             assert_eq!(r.o[2 * 32 + d], d as f64);
         }
         assert!(r.lse[2].is_finite() && r.lse[3].is_finite());
+    }
+
+    #[test]
+    fn a_sink_joins_the_denominator_without_a_value() {
+        // q = 0: every score is 0, so with n visible keys LSE = ln(exp(sink) + n) and O is the mean of
+        // V shrunk by n / (n + exp(sink)).
+        let q = HostTensor::filled([1, 2, 2, 32], 0.0f32);
+        let k = tensor([1, 4, 1, 32], |_, s, _, d| (s + d) as f32 * 0.03);
+        let v = tensor([1, 4, 1, 32], |_, s, _, d| (s * 2 + d) as f32);
+        let sinks = [0.5f32, -2.0];
+        let r = reference_forward(&q, &k, &v, &AttnOptions::default().with_sinks(PerHead::Host(&sinks))).unwrap();
+        for (h, &sink) in sinks.iter().enumerate() {
+            let shrink = 4.0 / (4.0 + (sink as f64).exp());
+            for i in 0..2 {
+                assert!((r.lse[h * 2 + i] - ((sink as f64).exp() + 4.0).ln()).abs() < 1e-12);
+                for d in 0..32 {
+                    let o = r.o[(i * 2 + h) * 32 + d];
+                    assert!((o - (3.0 + d as f64) * shrink).abs() < 1e-12, "h {h} i {i} d {d}: {o}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_without_keys_gets_its_sink_as_lse() {
+        // Causal, 3 queries and 1 key: rows 0 and 1 see nothing.
+        let q = tensor([1, 3, 1, 32], |_, s, _, d| (s + d) as f32 * 0.1);
+        let k = tensor([1, 1, 1, 32], |_, _, _, d| d as f32 * 0.1);
+        let v = tensor([1, 1, 1, 32], |_, _, _, d| d as f32);
+        let sinks = [1.5f32];
+        let r = reference_forward(&q, &k, &v, &AttnOptions::causal().with_sinks(PerHead::Host(&sinks))).unwrap();
+        assert_eq!(&r.lse[..2], &[1.5, 1.5]);
+        assert!(r.o[..2 * 32].iter().all(|&o| o == 0.0));
+        // The inputs and the scale are f32, so the expected score uses their rounded values.
+        let dot: f64 = (0..32).map(|d| ((2 + d) as f32 * 0.1) as f64 * (d as f32 * 0.1) as f64).sum();
+        let score = dot * (1.0 / 32f32.sqrt()) as f64;
+        assert!((r.lse[2] - (1.5f64.exp() + score.exp()).ln()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn alibi_penalises_the_distance_to_the_diagonal() {
+        // q = 0: the scores are the ALiBi biases alone. 2 queries, 3 keys: query i's diagonal is key
+        // i + 1, so row 0 sees distances 1, 0, 1 and row 1 sees 2, 1, 0. Per-batch slopes: batch b,
+        // head h uses slopes[b * 2 + h].
+        let q = HostTensor::filled([2, 2, 2, 32], 0.0f32);
+        let k = tensor([2, 3, 1, 32], |b, s, _, d| (b + s * d) as f32 * 0.05);
+        let v = tensor([2, 3, 1, 32], |b, s, _, _| (10 * b + s) as f32);
+        let slopes = [0.25f32, 0.5, 1.0, 2.0];
+        let r = reference_forward(&q, &k, &v, &AttnOptions::default().with_alibi(PerHead::Host(&slopes))).unwrap();
+        for b in 0..2 {
+            for h in 0..2 {
+                let slope = slopes[b * 2 + h] as f64;
+                for (i, distances) in [[1.0, 0.0, 1.0], [2.0, 1.0, 0.0]].iter().enumerate() {
+                    let weights = distances.map(|x: f64| (-slope * x).exp());
+                    let sum: f64 = weights.iter().sum();
+                    let o_want: f64 = (0..3).map(|j| weights[j] * (10 * b + j) as f64).sum::<f64>() / sum;
+                    assert!((r.lse[(b * 2 + h) * 2 + i] - sum.ln()).abs() < 1e-12);
+                    let o = r.o[((b * 2 + i) * 2 + h) * 32];
+                    assert!((o - o_want).abs() < 1e-12, "b {b} h {h} i {i}: {o} vs {o_want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn softcap_saturates_large_scores() {
+        // Key 0 scores 100 and key 1 scores 0; a cap of 2 turns 100 into 2·tanh(50) = 2 (to f64), so
+        // key 0 gets exp(2) / (exp(2) + 1) of the row instead of all of it.
+        let q = tensor([1, 1, 1, 32], |_, _, _, d| if d == 0 { 10.0 } else { 0.0 });
+        let k = tensor([1, 2, 1, 32], |_, s, _, d| if s == 0 && d == 0 { 10.0 } else { 0.0 });
+        let v = tensor([1, 2, 1, 32], |_, s, _, _| if s == 0 { 1.0 } else { 0.0 });
+        let opts = AttnOptions::default().with_scale(1.0);
+        let plain = reference_forward(&q, &k, &v, &opts).unwrap();
+        assert!((plain.o[0] - 1.0).abs() < 1e-40 && (plain.lse[0] - 100.0).abs() < 1e-12);
+        let capped = reference_forward(&q, &k, &v, &opts.with_softcap(2.0)).unwrap();
+        let e2 = 2f64.exp();
+        assert!((capped.o[0] - e2 / (e2 + 1.0)).abs() < 1e-15);
+        assert!((capped.lse[0] - (e2 + 1.0).ln()).abs() < 1e-15);
+    }
+
+    #[test]
+    fn visibility_matches_the_shared_mask() {
+        // The reference spells the window out itself; it must agree with `Mask`, which the fast paths use.
+        let windows = [None, Some(0), Some(1), Some(3), Some(9), Some(usize::MAX)];
+        for (seqlen_q, seqlen_k) in [(1, 1), (5, 2), (2, 5), (7, 7), (3, 11), (11, 3)] {
+            let q = HostTensor::filled([1, seqlen_q, 1, 32], 0.0f32);
+            let k = HostTensor::filled([1, seqlen_k, 1, 32], 0.0f32);
+            for causal in [false, true] {
+                for left in windows {
+                    for right in windows {
+                        let opts = AttnOptions { causal, ..AttnOptions::default() }.with_window(left, right);
+                        let x = Inputs::new(&q, &k, &k, &opts).unwrap();
+                        for i in 0..seqlen_q {
+                            let range = x.problem.key_range(i);
+                            for j in 0..seqlen_k {
+                                assert_eq!(
+                                    x.visible(i, j),
+                                    range.contains(&j),
+                                    "{seqlen_q}x{seqlen_k} {opts:?} ({i}, {j})"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::forced_tile::check_forced_tile;
 use crate::gpu::launch::KernelParams;
+use crate::gpu::score::{check_per_head, ScoreArgs};
 use crate::gpu::tensor::{check_vector_strides, strides3, DeviceTensor};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
@@ -30,6 +31,9 @@ const GRID_YZ_MAX: usize = 65535;
 /// Threads per block of the delta kernel (8 warps, one query row each) and of the dQ kernel.
 const DELTA_ROWS_PER_BLOCK: usize = 8;
 const DQ_THREADS: usize = 256;
+/// Threads and shared memory (one f32 per warp) of the sinks' gradient kernel (`bwd/prep.rs`).
+const DSINK_THREADS: u32 = 256;
+const DSINK_SMEM_BYTES: u32 = DSINK_THREADS / 32 * 4;
 
 /// The gradients of one attention call, each contiguous in the shape of its input.
 #[derive(Debug)]
@@ -37,6 +41,9 @@ pub struct GpuGradients<T> {
     pub dq: DeviceTensor<T>,
     pub dk: DeviceTensor<T>,
     pub dv: DeviceTensor<T>,
+    /// With sinks: their gradient, f32 `[heads_q]` (at least `heads_q` values). Without sinks it is
+    /// left as it is.
+    pub d_sinks: Option<CudaSlice<f32>>,
 }
 
 impl<T: Element> GpuGradients<T> {
@@ -52,10 +59,13 @@ impl<T: Element> GpuGradients<T> {
         let dq = unsafe { stream.alloc::<T>(dq_layout.numel()) }.during("allocating dQ")?;
         let dk = unsafe { stream.alloc::<T>(kv_layout.numel()) }.during("allocating dK")?;
         let dv = unsafe { stream.alloc::<T>(kv_layout.numel()) }.during("allocating dV")?;
+        let d_sinks =
+            if p.sinks { Some(unsafe { stream.alloc::<f32>(p.heads_q) }.during("allocating d_sinks")?) } else { None };
         Ok(GpuGradients {
             dq: DeviceTensor { buf: dq, layout: dq_layout, ordinal },
             dk: DeviceTensor { buf: dk, layout: kv_layout, ordinal },
             dv: DeviceTensor { buf: dv, layout: kv_layout, ordinal },
+            d_sinks,
         })
     }
 }
@@ -175,9 +185,38 @@ fn backward_into<T: Element>(
         }
         check_vector_strides(arg, &t.layout)?;
     }
+    if p.sinks {
+        let Some(d_sinks) = &grads.d_sinks else {
+            return Err(Error::ShapeMismatch {
+                arg: Arg::DSinks,
+                what: "length",
+                got: 0,
+                expected: p.heads_q,
+                why: "a call with sinks returns their gradient: d_sinks needs one f32 per query head",
+            });
+        };
+        if d_sinks.ordinal() != dev.info().ordinal {
+            return Err(Error::DeviceMismatch {
+                arg: Arg::DSinks,
+                got: d_sinks.ordinal(),
+                expected: dev.info().ordinal,
+            });
+        }
+        if d_sinks.len() < p.heads_q {
+            return Err(Error::ShapeMismatch {
+                arg: Arg::DSinks,
+                what: "length",
+                got: d_sinks.len(),
+                expected: p.heads_q,
+                why: "one f32 per query head",
+            });
+        }
+    }
     let stream = dev.stream();
+    let score = ScoreArgs::new(dev, &p, opts)?;
     let (dq_layout, dk_layout, dv_layout) = (grads.dq.layout, grads.dk.layout, grads.dv.layout);
     let (dq, dk, dv) = (&mut grads.dq.buf, &mut grads.dk.buf, &mut grads.dv.buf);
+    let mut d_sinks = grads.d_sinks.as_mut().filter(|_| p.sinks);
     // SAFETY: the delta kernel writes one value per query row before the main kernel reads it.
     let mut delta = unsafe { stream.alloc::<f32>(p.lse_len()) }.during("allocating delta")?;
     let mut dq_accum = stream.alloc_zeros::<f32>(p.lse_len() * p.head_dim).during("allocating the dQ accumulator")?;
@@ -189,11 +228,13 @@ fn backward_into<T: Element>(
     let f16 = T::DTYPE == DType::F16;
     let (delta_name, dq_name) =
         if f16 { (abi::BWD_DELTA_F16, abi::BWD_DQ_F16) } else { (abi::BWD_DELTA_BF16, abi::BWD_DQ_BF16) };
-    let main_name = tile.symbol(f16);
+    let main_name = tile.symbol(f16, p.softcap.is_some());
     let smem = tile.smem_bytes(T::DTYPE.size_bytes());
     let f_delta = dev.modules.function(&dev.ctx, delta_name, 0)?;
     let f_main = dev.modules.function(&dev.ctx, main_name, smem)?;
     let f_dq = dev.modules.function(&dev.ctx, dq_name, 0)?;
+    let f_dsink =
+        if p.sinks { Some(dev.modules.function(&dev.ctx, abi::BWD_DSINK, DSINK_SMEM_BYTES as usize)?) } else { None };
 
     {
         let (q_ptr, _q_sync) = q.buf.device_ptr(stream);
@@ -208,6 +249,13 @@ fn backward_into<T: Element>(
         let (delta_ptr, _delta_sync) = delta.device_ptr_mut(stream);
         let (acc_ptr, _acc_sync) = dq_accum.device_ptr_mut(stream);
         let (sem_ptr, _sem_sync) = sem.device_ptr_mut(stream);
+        let (d_sinks_ptr, _d_sinks_sync) = match d_sinks.as_mut() {
+            Some(s) => {
+                let (ptr, sync) = s.device_ptr_mut(stream);
+                (ptr, Some(sync))
+            }
+            None => (0, None),
+        };
         let params = BwdParams {
             q: q_ptr,
             k: k_ptr,
@@ -231,14 +279,12 @@ fn backward_into<T: Element>(
             dk_strides: strides3(&dk_layout),
             dv_strides: strides3(&dv_layout),
             batch: p.batch as u32,
-            seqlen_q: p.seqlen_q as u32,
-            seqlen_k: p.seqlen_k as u32,
+            score: score.params,
+            d_sinks: d_sinks_ptr,
             heads_q: p.heads_q as u32,
             group: p.group_size() as u32,
             head_dim: p.head_dim as u32,
-            scale_log2: p.softmax_scale * std::f32::consts::LOG2_E,
             scale: p.softmax_scale,
-            causal: p.causal as u32,
             deterministic: opts.deterministic as u32,
         };
         let arg = KernelParams(params);
@@ -272,7 +318,15 @@ fn backward_into<T: Element>(
                 },
             ),
         ];
-        for (f, name, cfg) in launches {
+        let dsink_launch = f_dsink.as_ref().map(|f| {
+            let cfg = LaunchConfig {
+                grid_dim: (p.heads_q as u32, 1, 1),
+                block_dim: (DSINK_THREADS, 1, 1),
+                shared_mem_bytes: DSINK_SMEM_BYTES,
+            };
+            (f, abi::BWD_DSINK, cfg)
+        });
+        for (f, name, cfg) in launches.into_iter().chain(dsink_launch) {
             // SAFETY: `plan` validated every layout against its buffer, the strides' alignment, the
             // LSE length and the index limits; every pointer is live for the launches (their sync
             // guards outlive them on this stream), and the three kernels run in stream order.
@@ -306,6 +360,7 @@ fn plan<T: Element>(
         return Err(Error::DeviceMismatch { arg: Arg::Lse, got: lse.ordinal(), expected: ordinal });
     }
     let p = AttnProblem::new((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
+    check_per_head(dev, opts)?;
     for (arg, t) in [(Arg::O, o), (Arg::DO, d_o)] {
         t.layout.validate(arg, t.buf.len())?;
         for (dim, (&got, &expected)) in t.layout.shape.iter().zip(&q.layout.shape).enumerate() {
@@ -344,7 +399,7 @@ fn plan<T: Element>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ironflash_kernels::tiles_bwd::{BWD_HD128, BWD_HD128_M32, BWD_HD128_WGMMA};
+    use ironflash_kernels::tiles_bwd::{BWD_HD128_M32, BWD_HD128_WGMMA};
 
     fn info(cc: (i32, i32), smem_optin_kib: usize, smem_sm_kib: usize) -> DeviceInfo {
         DeviceInfo {
@@ -368,7 +423,7 @@ mod tests {
         assert_eq!(backward_tile(&h100, 128, DType::BF16).unwrap(), BWD_HD128_WGMMA);
         assert_eq!(backward_tile(&a100, 128, DType::BF16).unwrap(), BWD_HD128_M32);
         assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, 128, DType::BF16, &h100).is_ok());
-        assert!(check_forced_backward_tile(&BWD_HD128, 128, DType::F16, &h100).is_ok());
+        assert!(check_forced_backward_tile(&BWD_HD128_M32, 128, DType::F16, &h100).is_ok());
         for other in [&a100, &l40] {
             let e = check_forced_backward_tile(&BWD_HD128_WGMMA, 128, DType::BF16, other).unwrap_err();
             assert!(matches!(e, Error::NoTileConfig(_)), "{e}");

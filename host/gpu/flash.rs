@@ -6,6 +6,7 @@ use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::forced_tile::check_forced_tile;
 use crate::gpu::launch::KernelParams;
+use crate::gpu::score::{check_per_head, ScoreArgs};
 use crate::gpu::tensor::{check_vector_strides, strides3, DeviceTensor, GpuForwardOutput};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
@@ -135,7 +136,7 @@ pub fn flash_forward<T: Element>(
     let mut o = unsafe { dev.stream.alloc::<T>(o_layout.numel()) }.during("allocating O")?;
     let mut lse = unsafe { dev.stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
     let (tile, splits) = forward_launch_plan(dev.info(), &p, &tile, T::DTYPE);
-    launch(dev, &p, &tile, splits, q, k, v, (&mut o, &o_layout), &mut lse)?;
+    launch(dev, &p, opts, &tile, splits, q, k, v, (&mut o, &o_layout), &mut lse)?;
     Ok(GpuForwardOutput { o: DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal }, lse })
 }
 
@@ -241,7 +242,7 @@ fn forward_into<T: Element>(
         });
     }
     let o_layout = o.layout;
-    launch(dev, &p, &tile, splits, q, k, v, (&mut o.buf, &o_layout), lse)
+    launch(dev, &p, opts, &tile, splits, q, k, v, (&mut o.buf, &o_layout), lse)
 }
 
 /// Everything checked before a launch: dtype, devices, shapes and strides, kernel index limits, tile.
@@ -259,6 +260,7 @@ fn plan<T: Element>(
         t.check_on(dev, arg)?;
     }
     let p = AttnProblem::new((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
+    check_per_head(dev, opts)?;
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
         check_vector_strides(arg, &t.layout)?;
     }
@@ -278,6 +280,7 @@ fn plan<T: Element>(
 fn launch<T: Element>(
     dev: &Device,
     p: &AttnProblem,
+    opts: &AttnOptions,
     tile: &FwdTile,
     num_splits: usize,
     q: &DeviceTensor<T>,
@@ -297,6 +300,7 @@ fn launch<T: Element>(
     let (o_buf, o_layout) = o;
     let (o_ptr, _o_sync) = o_buf.device_ptr_mut(stream);
     let (lse_ptr, _lse_sync) = lse.device_ptr_mut(stream);
+    let score = ScoreArgs::new(dev, p, opts)?;
     // Split-KV workspace, stream-ordered: freed (asynchronously, after the kernels) when this returns.
     let (o_accum_len, lse_accum_len) = forward_workspace_f32(p, num_splits);
     let mut workspace = None;
@@ -320,12 +324,9 @@ fn launch<T: Element>(
         k_strides: strides3(&k.layout),
         v_strides: strides3(&v.layout),
         o_strides: strides3(o_layout),
-        seqlen_q: p.seqlen_q as u32,
-        seqlen_k: p.seqlen_k as u32,
+        score: score.params,
         heads_q: p.heads_q as u32,
         group: p.group_size() as u32,
-        scale_log2: p.softmax_scale * std::f32::consts::LOG2_E,
-        causal: p.causal as u32,
         num_splits: num_splits as u32,
         o_accum: o_accum_ptr,
         lse_accum: lse_accum_ptr,
@@ -358,6 +359,7 @@ fn launch<T: Element>(
         heads_q: p.heads_q as u32,
         head_dim: p.head_dim as u32,
         num_splits: num_splits as u32,
+        sinks: score.params.sinks,
     };
     let cfg = LaunchConfig {
         grid_dim: (rows.div_ceil(COMBINE_ROWS_PER_CTA) as u32, 1, 1),

@@ -5,6 +5,7 @@ pub mod flash;
 mod forced_tile;
 mod gemm;
 mod launch;
+mod score;
 pub mod standard;
 pub mod standard_backward;
 pub mod tensor;

@@ -65,6 +65,7 @@ pub fn standard_forward_train<T: Element>(
         t.check_on(dev, arg)?;
     }
     let p = AttnProblem::new((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
+    p.require_mask_only("the standard baseline")?;
     let (nq, nk, d) = (p.seqlen_q, p.seqlen_k, p.head_dim);
     for (what, value) in [("seqlen_q", nq), ("seqlen_k", nk)] {
         if value > i32::MAX as usize {
@@ -129,15 +130,7 @@ pub fn standard_forward_train<T: Element>(
         let f = dev.modules.function(&dev.ctx, softmax_kernel, 0)?;
         let (s_ptr, _s_sync) = scores.device_ptr_mut(stream);
         let (l_ptr, _l_sync) = lse.device_ptr_mut(stream);
-        let params = RowSoftmaxParams {
-            scores: s_ptr,
-            probs: s_ptr,
-            lse: l_ptr,
-            rows,
-            cols: nk as u32,
-            seqlen_q: nq as u32,
-            causal: p.causal as u32,
-        };
+        let params = RowSoftmaxParams { scores: s_ptr, probs: s_ptr, lse: l_ptr, rows, mask: p.mask };
         let cfg = LaunchConfig {
             grid_dim: (rows.div_ceil(SOFTMAX_WARPS_PER_BLOCK), 1, 1),
             block_dim: (SOFTMAX_WARPS_PER_BLOCK * 32, 1, 1),

@@ -253,6 +253,7 @@ fn plan<T: Element>(
         return Err(Error::DeviceMismatch { arg: Arg::O, got: probs.ordinal(), expected: ordinal });
     }
     let p = AttnProblem::new((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
+    p.require_mask_only("the standard baseline")?;
     for (arg, t) in [(Arg::O, o), (Arg::DO, d_o)] {
         t.layout.validate(arg, t.buf.len())?;
         for (dim, (&got, &expected)) in t.layout.shape.iter().zip(&q.layout.shape).enumerate() {

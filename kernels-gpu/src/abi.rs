@@ -1,8 +1,11 @@
 //! Kernel parameters and names, shared by the host (which fills and launches them) and the kernels
 //! (which read them). Every struct is `#[repr(C)]` and passed by value as one kernel parameter.
 
-/// Row softmax of the standard-attention baseline: `probs[r, :] = softmax(scores[r, :])` with the causal
-/// mask applied, in place allowed, plus the natural-log LSE of each row (already scaled scores).
+pub use crate::attn::score::{Mask, ScoreParams};
+
+/// Row softmax of the standard-attention baseline: `probs[r, :] = softmax(scores[r, :])` over the keys
+/// the mask leaves visible (causal, window), in place allowed, plus the natural-log LSE of each row
+/// (already scaled scores).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RowSoftmaxParams {
@@ -13,11 +16,8 @@ pub struct RowSoftmaxParams {
     /// `rows` f32 log-sum-exp values (`-inf` for a fully masked row).
     pub lse: u64,
     pub rows: u32,
-    pub cols: u32,
-    /// Query rows per (batch, head): row r is query `r % seqlen_q`.
-    pub seqlen_q: u32,
-    /// 1 for causal (bottom-right aligned: key j visible to query i iff j <= i + cols - seqlen_q).
-    pub causal: u32,
+    /// Row r is query `r % mask.seqlen_q`; `cols = mask.seqlen_k`.
+    pub mask: Mask,
 }
 
 /// Symbol names of the row-softmax kernels, per element type.
@@ -81,15 +81,12 @@ pub struct FwdParams {
     pub k_strides: [u64; 3],
     pub v_strides: [u64; 3],
     pub o_strides: [u64; 3],
-    pub seqlen_q: u32,
-    pub seqlen_k: u32,
+    /// Sequence lengths (`score.mask`), the mask and the score modifiers (`attn::score`). Sinks enter the
+    /// unsplit kernels' softmax; split kernels leave them to the combine.
+    pub score: ScoreParams,
     pub heads_q: u32,
     /// Query heads per K/V head (MQA/GQA): query head h reads K/V head h / group.
     pub group: u32,
-    /// softmax_scale · log2(e): scores are taken to base-2 exponent units once, so the softmax uses exp2.
-    pub scale_log2: f32,
-    /// 1: causal, aligned bottom-right (key j visible to query i iff j <= i + seqlen_k - seqlen_q).
-    pub causal: u32,
     /// Key-range splits per (query block, head, batch); 1: no split, O and LSE written directly.
     pub num_splits: u32,
     /// f32 `[num_splits, batch, heads_q, seqlen_q, head_dim]`, contiguous; used only when split.
@@ -99,9 +96,10 @@ pub struct FwdParams {
 }
 
 /// The split-KV combine (`fwd/combine.rs`): for each row `r` of `[batch, heads_q, seqlen_q]`,
-/// `lse[r] = log Σ_s exp(lse_accum[s, r])` and `O[r] = Σ_s exp(lse_accum[s, r] − lse[r]) · o_accum[s, r]`,
-/// the splits taken in index order (bitwise reproducible); splits with LSE `-inf` are skipped, and a row
-/// whose splits are all `-inf` gets O = 0 and LSE = `-inf`. Grid `(ceil(batch·heads_q·seqlen_q / 8))`,
+/// `lse[r] = log(exp(sink[h]) + Σ_s exp(lse_accum[s, r]))` and
+/// `O[r] = Σ_s exp(lse_accum[s, r] − lse[r]) · o_accum[s, r]`, the splits taken in index order (bitwise
+/// reproducible); splits with LSE `-inf` are skipped, and a row whose splits are all `-inf` gets O = 0 and
+/// LSE = the sink (`-inf` without sinks). Grid `(ceil(batch·heads_q·seqlen_q / 8))`,
 /// 256 threads (one warp per row).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -121,6 +119,8 @@ pub struct FwdCombineParams {
     /// A multiple of 32, at most 256.
     pub head_dim: u32,
     pub num_splits: u32,
+    /// f32 `[heads_q]` sink logits, 0 when absent.
+    pub sinks: u64,
 }
 
 /// Symbols of the split-KV combine kernels, per element type.
@@ -136,6 +136,11 @@ pub const FWD_COMBINE_F16: &str = "attn_fwd_combine_f16";
 ///    their query blocks, writes dK and dV, and adds its dQ contributions (unscaled) into `dq_accum`.
 /// 3. `attn_bwd_dq_*`: `dq = scale · dq_accum` in the element type. Grid
 ///    `(ceil(batch·heads_q·seqlen_q·head_dim / 8 / 256))`, 256 threads.
+/// 4. With sinks, `attn_bwd_dsink`: `d_sinks[h] = −Σ_{b,i} exp(sink[h] − lse[b, h, i])·delta[b, h, i]`,
+///    in a fixed order (bitwise reproducible). Grid `(heads_q)`, 256 threads.
+///
+/// With a softcap the main kernel is the `softcap` instantiation of the tile row (`BwdTile::symbol`),
+/// which also chains dS through the tanh.
 ///
 /// Element tensors are `[batch, seqlen, heads, head_dim]` with the element strides below (head_dim
 /// contiguous, strides multiples of 8 elements, bases 16-byte aligned).
@@ -172,19 +177,17 @@ pub struct BwdParams {
     pub dq_strides: [u64; 3],
     pub dk_strides: [u64; 3],
     pub dv_strides: [u64; 3],
+    /// Sequence lengths (`score.mask`), the mask and the score modifiers (`attn::score`), as the forward's.
+    pub score: ScoreParams,
+    /// f32 `[heads_q]`: the sinks' gradient (written by `attn_bwd_dsink`), 0 without sinks.
+    pub d_sinks: u64,
     pub batch: u32,
-    pub seqlen_q: u32,
-    pub seqlen_k: u32,
     pub heads_q: u32,
     /// Query heads per K/V head (MQA/GQA): query head h uses K/V head h / group.
     pub group: u32,
     pub head_dim: u32,
-    /// softmax_scale · log2(e).
-    pub scale_log2: f32,
     /// softmax_scale (applied to dK in the main kernel and to dQ in the convert kernel).
     pub scale: f32,
-    /// 1: causal, aligned bottom-right (key j visible to query i iff j <= i + seqlen_k - seqlen_q).
-    pub causal: u32,
     /// 1: add the dQ contributions of the key blocks in key-block order (bitwise reproducible).
     pub deterministic: u32,
 }
@@ -194,3 +197,5 @@ pub const BWD_DELTA_BF16: &str = "attn_bwd_delta_bf16";
 pub const BWD_DELTA_F16: &str = "attn_bwd_delta_f16";
 pub const BWD_DQ_BF16: &str = "attn_bwd_dq_bf16";
 pub const BWD_DQ_F16: &str = "attn_bwd_dq_f16";
+/// Symbol of the sinks' gradient kernel (f32 only: it reads the LSE and delta).
+pub const BWD_DSINK: &str = "attn_bwd_dsink";

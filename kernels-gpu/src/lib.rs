@@ -22,6 +22,9 @@ mod fwd;
 mod bwd;
 
 #[cfg(target_arch = "nvptx64")]
+mod frag;
+
+#[cfg(target_arch = "nvptx64")]
 mod smem_tile;
 
 #[cfg(target_arch = "nvptx64")]

@@ -2,7 +2,6 @@
 //! then PV by cuBLAS). One warp per row; the row is read twice: an online max/sum pass, then a write pass.
 
 use crate::abi::{RowSoftmaxBwdParams, RowSoftmaxParams};
-use crate::attn::mask::causal_key_end;
 use crate::ptx::elem::{Bf16, Elem16, F16};
 use crate::ptx::{sreg, warp};
 
@@ -15,18 +14,16 @@ unsafe fn row_softmax<E: Elem16>(p: &RowSoftmaxParams) {
         return;
     }
     let lane = sreg::lane();
-    let cols = p.cols as usize;
+    let cols = p.mask.seqlen_k as usize;
     let scores = (p.scores as *const u16).add(row as usize * cols);
     let probs = (p.probs as *mut u16).add(row as usize * cols);
-    let visible = if p.causal != 0 {
-        causal_key_end(row.checked_rem(p.seqlen_q).unwrap_or(0), p.seqlen_q, p.cols) as usize
-    } else {
-        cols
-    };
+    // The row's visible keys, `[first, visible)`: the mask of the call (causal, window).
+    let (first, visible) = p.mask.key_range(row.checked_rem(p.mask.seqlen_q).unwrap_or(0));
+    let (first, visible) = (first as usize, visible as usize);
 
     // Pass 1: each lane keeps its own running max and sum over its columns, merged at the end.
     let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
-    let mut j = lane as usize;
+    let mut j = first + lane as usize;
     while j < visible {
         let x = E::to_f32(*scores.add(j));
         if x > m {
@@ -44,7 +41,7 @@ unsafe fn row_softmax<E: Elem16>(p: &RowSoftmaxParams) {
     let inv = if row_sum > 0.0 { 1.0 / row_sum } else { 0.0 };
     let mut j = lane as usize;
     while j < cols {
-        let pr = if j < visible { exp(E::to_f32(*scores.add(j)) - row_max) * inv } else { 0.0 };
+        let pr = if (first..visible).contains(&j) { exp(E::to_f32(*scores.add(j)) - row_max) * inv } else { 0.0 };
         *probs.add(j) = E::from_f32(pr);
         j += 32;
     }

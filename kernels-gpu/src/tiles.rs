@@ -145,9 +145,11 @@ pub const HD64_SMALL: FwdTile = tile!(64, 64, 64, 4, 2, true, 3);
 pub const HD96: FwdTile = tile!(96, 128, 32, 4, 2, false, 2);
 /// 39 KiB, for 48 KiB devices.
 pub const HD96_SMALL: FwdTile = tile!(96, 64, 32, 4, 2, true, 3);
-/// 102 KiB. Registers (255: O 128 + S 64, Q re-read from smem) and smem (2 x 102 KiB on H100) both
-/// allow two CTAs per SM.
-pub const HD128: FwdTile = tile!(128, 128, 64, 4, 2, false, 2);
+/// 85 KiB: 64 query rows (one m16 tile per warp; O 64 + S 32 + Q 32 registers) and 64-key blocks,
+/// two CTAs per SM by smem on H100, where compute capability 9.0 runs it only split (decode: few query
+/// rows). The 128-row variant (two m16 tiles per warp) sat at the 255-register limit, which the score
+/// stage's modifiers (softcap, ALiBi, windows) pushed into spills.
+pub const HD128: FwdTile = tile!(128, 64, 64, 4, 2, true, 2);
 /// 68 KiB: where two `HD128` CTAs do not fit one SM (A100: 164 KiB), 32-key blocks keep two CTAs.
 pub const HD128_N32: FwdTile = tile!(128, 128, 32, 4, 2, false, 2);
 /// 34 KiB, for 48 KiB devices (64-key blocks need 102 KiB, 32-key blocks 51 KiB).
@@ -312,7 +314,8 @@ mod tests {
     fn hundred_kib_device_gets_the_middle_rows() {
         // sm_86 / sm_89: 99 KiB per block, 100 KiB per SM.
         let dev = (99 * KIB, 100 * KIB);
-        assert_eq!(pick(128, dev), Some(HD128_N32));
+        // One CTA per SM either way: the first row of which one fits.
+        assert_eq!(pick(128, dev), Some(HD128));
         assert_eq!(pick(192, dev), Some(HD192_SMALL));
         assert_eq!(pick(256, dev), Some(HD256));
     }
@@ -342,9 +345,9 @@ mod tests {
 
     #[test]
     fn smem_arithmetic() {
-        assert_eq!(HD128.smem_bytes(2), (128 + 2 * 2 * 64) * 136 * 2);
+        assert_eq!(HD128.smem_bytes(2), (64 + 2 * 2 * 64) * 136 * 2);
         assert_eq!(HD128.ctas_per_sm_by_smem(2, H100.1), 2);
-        assert!(str_eq(HD128.symbol(false), "attn_fwd_hd128_m128n64w4_bf16"));
+        assert!(str_eq(HD128.symbol(false), "attn_fwd_hd128_m64n64w4_bf16"));
         assert!(!str_eq("a", "ab"));
     }
 }

@@ -17,7 +17,8 @@
 //! delta (`q_stages · block_m` f32 each); 96 bytes of per-CTA constants.
 
 /// Bytes of shared memory holding a CTA's loop-invariant addresses and strides (10 u64) and, in
-/// deterministic mode, its work-item ticket (one u32 at byte 80).
+/// deterministic mode, its work-item ticket (one u32 at byte 80) and the Hopper kernel's two dQ turns
+/// (bytes 88..96).
 pub const BWD_CONSTS_BYTES: usize = 96;
 
 /// One compiled backward-kernel variant.
@@ -42,6 +43,9 @@ pub struct BwdTile {
     pub wgmma: bool,
     /// Kernel symbols: `[bf16, f16]`.
     pub symbols: [&'static str; 2],
+    /// Symbols of the softcap instantiation (dS chained through the tanh): `[bf16, f16]`. Separate
+    /// kernels, so that the plain ones keep their registers.
+    pub softcap_symbols: [&'static str; 2],
 }
 
 impl BwdTile {
@@ -129,8 +133,13 @@ impl BwdTile {
     pub const fn m_blocks(&self, seqlen_q: usize) -> usize {
         seqlen_q.div_ceil(self.block_m)
     }
-    pub const fn symbol(&self, f16: bool) -> &'static str {
-        self.symbols[f16 as usize]
+    /// The kernel for an element size class (bf16 = 0, f16 = 1), with or without a softcap.
+    pub const fn symbol(&self, f16: bool, softcap: bool) -> &'static str {
+        if softcap {
+            self.softcap_symbols[f16 as usize]
+        } else {
+            self.symbols[f16 as usize]
+        }
     }
     /// Whether the row is well formed (checked at compile time for every instantiated kernel).
     pub const fn is_valid(&self) -> bool {
@@ -184,6 +193,10 @@ macro_rules! tile {
                 concat!("attn_bwd_hd", $d, "_m", $m, "n", $n, "s", $s, "_bf16"),
                 concat!("attn_bwd_hd", $d, "_m", $m, "n", $n, "s", $s, "_f16"),
             ],
+            softcap_symbols: [
+                concat!("attn_bwd_softcap_hd", $d, "_m", $m, "n", $n, "s", $s, "_bf16"),
+                concat!("attn_bwd_softcap_hd", $d, "_m", $m, "n", $n, "s", $s, "_f16"),
+            ],
         }
     };
 }
@@ -201,9 +214,9 @@ pub const BWD_HD32: BwdTile = tile!(32, 64, 128, 8, 2, 4, 8, 4);
 pub const BWD_HD64: BwdTile = tile!(64, 64, 128, 8, 2, 4, 4, 4);
 /// 141 KiB; dK+dV 96.
 pub const BWD_HD96: BwdTile = tile!(96, 64, 128, 8, 2, 4, 4, 4);
-/// 173 KiB; dK+dV 128 + S 32 + dP 32: registers bind (one 8-warp CTA per SM).
-pub const BWD_HD128: BwdTile = tile!(128, 64, 128, 8, 2, 4, 4, 2);
-/// 137 KiB: A100 (163 KiB per block) fallback with 32-row query blocks.
+/// 137 KiB, 32-row query blocks: A100 (163 KiB per block), and every device without the Hopper
+/// kernel. (A 64-row variant, 173 KiB, sat at the 255-register limit with dK+dV 128 + S 32 + dP 32,
+/// which the score stage's modifiers pushed into spills.)
 pub const BWD_HD128_M32: BwdTile = tile!(128, 32, 128, 8, 2, 8, 4, 2);
 /// 169 KiB; 64 keys per CTA keep dK+dV at 96.
 pub const BWD_HD192: BwdTile = tile!(192, 64, 64, 8, 2, 4, 4, 2);
@@ -226,11 +239,12 @@ pub const BWD_HD128_WGMMA: BwdTile = BwdTile {
     dq_warps_m: 1,
     wgmma: true,
     symbols: ["attn_bwd_hd128_m64n128_wgmma_bf16", "attn_bwd_hd128_m64n128_wgmma_f16"],
+    softcap_symbols: ["attn_bwd_softcap_hd128_m64n128_wgmma_bf16", "attn_bwd_softcap_hd128_m64n128_wgmma_f16"],
 };
 
 /// Every compiled variant, in order of preference within a head dim.
 pub const BWD_TILES: &[BwdTile] =
-    &[BWD_HD32, BWD_HD64, BWD_HD96, BWD_HD128_WGMMA, BWD_HD128, BWD_HD128_M32, BWD_HD192, BWD_HD192_M32, BWD_HD256];
+    &[BWD_HD32, BWD_HD64, BWD_HD96, BWD_HD128_WGMMA, BWD_HD128_M32, BWD_HD192, BWD_HD192_M32, BWD_HD256];
 
 /// The backward tile for a problem on a device: the first compiled row for `head_dim` whose shared
 /// memory fits one block's opt-in limit and one SM, Hopper rows only where `sm90a` (compute
@@ -266,6 +280,7 @@ mod tests {
             assert!(t.is_valid(), "{t:?}");
             for u in &BWD_TILES[i + 1..] {
                 assert_ne!(t.symbols, u.symbols);
+                assert_ne!(t.softcap_symbols, u.softcap_symbols);
             }
         }
     }
@@ -283,7 +298,7 @@ mod tests {
             assert!(a.smem_bytes(2) <= A100.0, "d={d}");
         }
         assert_eq!(choose_bwd(128, 2, H100.0, H100.1, true), Some(&BWD_HD128_WGMMA));
-        assert_eq!(choose_bwd(128, 2, H100.0, H100.1, false), Some(&BWD_HD128));
+        assert_eq!(choose_bwd(128, 2, H100.0, H100.1, false), Some(&BWD_HD128_M32));
         assert_eq!(choose_bwd(128, 2, A100.0, A100.1, false), Some(&BWD_HD128_M32));
         assert_eq!(choose_bwd(192, 2, A100.0, A100.1, false), Some(&BWD_HD192_M32));
         assert_eq!(choose_bwd(80, 2, H100.0, H100.1, true), None);
@@ -293,9 +308,9 @@ mod tests {
 
     #[test]
     fn smem_arithmetic() {
-        let l = BWD_HD128.smem_layout(2);
+        let l = BWD_HD128_M32.smem_layout(2);
         assert_eq!(l[1], 128 * 136 * 2);
-        assert_eq!(l[9], 2 * 128 * 136 * 2 + 2 * 2 * 64 * 136 * 2 + 2 * 128 * 72 * 2 + 2 * 2 * 64 * 4 + 96);
+        assert_eq!(l[9], 2 * 128 * 136 * 2 + 2 * 2 * 32 * 136 * 2 + 2 * 128 * 40 * 2 + 2 * 2 * 32 * 4 + 96);
         for t in BWD_TILES {
             for off in t.smem_layout(2) {
                 assert_eq!(off % 16, 0, "{t:?}");

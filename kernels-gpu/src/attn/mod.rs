@@ -1,5 +1,7 @@
-//! Target-independent attention arithmetic (runs on the host in unit tests, and in the kernels).
+//! The score stage: target-independent mask and block-range arithmetic (`score.rs`, shared with the
+//! host and unit-tested on it), and on the GPU the per-element transform of an accumulator fragment
+//! (`stage.rs`) that every kernel applies.
 
-pub mod block_range;
-pub mod bwd_range;
-pub mod mask;
+pub mod score;
+#[cfg(target_arch = "nvptx64")]
+pub mod stage;

@@ -32,11 +32,12 @@
 //! loop-invariant addresses live in shared memory as in the `mma.sync` kernel (`mainloop.rs`).
 
 use super::mainloop::{
-    consts_pair, key_block_work, load_key_block, load_query_block, store_consts, strides, work_item, KeyBlockWork,
-    C_ACC,
+    consts_pair, dq_turn, key_block_work, load_key_block, load_query_block, store_consts, strides, work_item,
+    KeyBlockWork, C_ACC,
 };
 use crate::abi::BwdParams;
-use crate::attn::bwd_range::bwd_needs_mask;
+use crate::attn::stage::{self, FragPos};
+use crate::frag::AccFrag;
 use crate::ptx::math::exp2;
 use crate::ptx::opaque::u32 as opaque;
 use crate::ptx::wgmma::{self, desc_sw128, WgmmaElem};
@@ -76,6 +77,12 @@ const BAR_FULL: u32 = 2;
 /// Staging buffer s is free: 4 + s.
 const BAR_EMPTY: u32 = 4;
 
+/// Deterministic mode: the dQ turn (`mainloop::dq_turn`) of the step staged in buffer s, at
+/// `consts + DQ_TURN + 4s` (after the constants and the work-item ticket), written by compute thread 0
+/// before it hands the buffer to the writer.
+const DQ_TURN: u32 = 88;
+const _: () = assert!(DQ_TURN + 8 <= crate::tiles_bwd::BWD_CONSTS_BYTES as u32);
+
 /// Bytes between the two 64-column blocks of a swizzled `rows x 128` tile, and between 8-row groups.
 const fn col_block(rows: usize) -> u32 {
     (rows * 128) as u32
@@ -93,7 +100,7 @@ const K16_ROWS: u32 = 16 * 128;
 #[inline(always)]
 unsafe fn dq_writer(p: &BwdParams, consts: u32, nb: u32, h_first: u32, m_end: u32, per_head: u32, total: u32) {
     let lane0 = sreg::thread_x() % 32 == 0;
-    let sq = p.seqlen_q;
+    let sq = p.score.mask.seqlen_q;
     let deterministic = p.deterministic != 0;
     let mut it = 0u32;
     while it < total {
@@ -107,10 +114,11 @@ unsafe fn dq_writer(p: &BwdParams, consts: u32, nb: u32, h_first: u32, m_end: u3
             let (acc, sem) = consts_pair(consts + C_ACC);
             let acc = (acc as *mut f32).add((h as usize * sq as usize + m0 as usize) * D);
             if deterministic {
-                // Every key block below `nb` visits this query block too (visibility is a prefix of the
-                // keys) and took its work-item ticket earlier, so the wait ends.
-                let sem = (sem as *mut u32).add(h as usize * m_end as usize + m as usize);
-                while atomic::load_acquire_u32(sem) != nb {}
+                let sem = (sem as *mut u32).add(h as usize * sq.div_ceil(BM as u32) as usize + m as usize);
+                // The compute warps worked the turn out (`DQ_TURN`): the writer's 24 registers do not
+                // hold the block-range arithmetic.
+                let turn = smem::load_u32(opaque(consts) + DQ_TURN + 4 * s);
+                while atomic::load_acquire_u32(sem) != turn {}
                 bulk::global_async();
                 bulk::reduce_add_f32(acc, staged, bytes);
                 bulk::wait_done::<0>();
@@ -134,25 +142,24 @@ unsafe fn dq_writer(p: &BwdParams, consts: u32, nb: u32, h_first: u32, m_end: u3
     }
 }
 
-/// The kernel body.
+/// The kernel body; `SOFTCAP`: the instantiation for calls with a softcap (dS chained through the tanh).
 ///
 /// # Safety
 /// Launched as `abi::BwdParams` documents, with 384 threads (`T.threads()`) and `T.smem_bytes(2)`
 /// bytes of dynamic shared memory, on an sm_90a device.
 #[inline(always)]
-pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
+pub unsafe fn attn_bwd_wgmma<E: WgmmaElem, const SOFTCAP: bool>(p: &BwdParams) {
     let tid = sreg::thread_x();
-    let (sq, sk) = (p.seqlen_q, p.seqlen_k);
+    let (sq, sk) = (p.score.mask.seqlen_q, p.score.mask.seqlen_k);
     // The swizzle pattern repeats every 1024 bytes of the shared window: tiles start on that boundary.
     let base = (smem::base() + 1023) & !1023;
     let (nb, hkv, b) = work_item(p, base + L[8] as u32 + 80, tid);
 
-    let causal = p.causal != 0;
     let KeyBlockWork { n0, m_end, per_head, total, h_first } = key_block_work::<BM, BN>(p, nb, hkv);
 
     let consts = base + L[8] as u32;
     if tid == 0 {
-        store_consts(consts, p, b, m_end);
+        store_consts(consts, p, b, sq.div_ceil(BM as u32));
     }
     let sw = RowLayout::Swizzled128;
     if tid < COMPUTE_THREADS_U32 {
@@ -236,24 +243,25 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
         }
         wgmma::commit();
 
-        // The first query that sees each of this thread's two key rows (i32::MAX past the last key).
-        let mut first_query = [0i32; 2];
-        for (rr, fq) in first_query.iter_mut().enumerate() {
-            let key = (n0 + key_w + warp * 16 + g + 8 * rr as u32) as i32;
-            *fq = if key >= sk as i32 {
-                i32::MAX
-            } else if causal {
-                key + sq as i32 - sk as i32
-            } else {
-                0
-            };
-        }
-        let need_mask = bwd_needs_mask(m0, n0, BM as u32, BN as u32, sq, sk, causal);
-        let scale_log2 = p.scale_log2;
-
-        // 2. Pᵀ, packed: register 2i+rr holds row g+8rr, columns 8i+2t and 8i+2t+1.
+        // 2. Pᵀ from the score stage's logits (masked where the tile needs it), packed: register 2i+rr
+        // holds row g+8rr, columns 8i+2t and 8i+2t+1.
+        let need_mask = p.score.mask.needs_mask(m0, BM as u32, n0, BN as u32);
         wgmma::wait::<1>();
         wgmma::pin_all(&mut s);
+        // With a softcap, dS takes the tanh's derivative: it waits for dP in the dSᵀ tile, rounded to the
+        // element type, where this thread writes dS (free since the barrier that began this step); held
+        // in registers, it would push the compute warpgroups' registers into spills.
+        let ds_at = |i: u32, rr: u32| {
+            let row = key_w + warp * 16 + g + 8 * rr;
+            ds_s + row * 128 + ((i ^ (row % 8)) * 16) + 4 * t
+        };
+        let park =
+            |_, i: usize, rr: usize, d: [f32; 2]| smem::store_u32(ds_at(i as u32, rr as u32), E::pack2(d[0], d[1]));
+        let mut s_frag = AccFrag::<1, 8>::from_wgmma(&s);
+        let at = FragPos { row_g: n0 + key_w + warp * 16 + g, col0: m0, t };
+        let batch_head = || (b as u32, h_first + it / per_head);
+        stage::logits_by_key::<1, 8, SOFTCAP>(&p.score, batch_head, &mut s_frag, at, need_mask, park);
+        let x = &s_frag.0[0];
         let mut pk = [0u32; 16];
         for i in 0..8 {
             let c = 8 * i as u32 + 2 * t;
@@ -264,15 +272,7 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
                 if lse[1] == f32::NEG_INFINITY { f32::INFINITY } else { lse[1] * core::f32::consts::LOG2_E },
             ];
             for rr in 0..2 {
-                let mut pv = [0f32; 2];
-                for cc in 0..2 {
-                    pv[cc] = exp2(s[4 * i + 2 * rr + cc] * scale_log2 - lse2[cc]);
-                    if need_mask {
-                        let qry = (m0 + c + cc as u32) as i32;
-                        let keep = (qry >= first_query[rr]) & (qry < sq as i32);
-                        pv[cc] = if keep { pv[cc] } else { 0.0 };
-                    }
-                }
+                let pv = [exp2(x[i][2 * rr] - lse2[0]), exp2(x[i][2 * rr + 1] - lse2[1])];
                 pk[2 * i + rr] = E::pack2(pv[0], pv[1]);
             }
         }
@@ -294,7 +294,11 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
             let delta = shared_f32::load_v2(dl_s + c * 4);
             for rr in 0..2 {
                 let pr = pk[2 * i + rr];
-                let (p0, p1) = (E::to_f32(pr as u16), E::to_f32((pr >> 16) as u16));
+                let (mut p0, mut p1) = (E::to_f32(pr as u16), E::to_f32((pr >> 16) as u16));
+                if SOFTCAP {
+                    let d = smem::load_u32(ds_at(i as u32, rr as u32));
+                    (p0, p1) = (p0 * E::to_f32(d as u16), p1 * E::to_f32((d >> 16) as u16));
+                }
                 let ds0 = p0 * (dp[4 * i + 2 * rr] - delta[0]);
                 let ds1 = p1 * (dp[4 * i + 2 * rr + 1] - delta[1]);
                 dsk[2 * i + rr] = E::pack2(ds0, ds1);
@@ -310,9 +314,7 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
         // dSᵀ to shared memory (`[128 keys][64 queries]`, one swizzled column block).
         for i in 0..8u32 {
             for rr in 0..2u32 {
-                let row = key_w + warp * 16 + g + 8 * rr;
-                let off = row * 128 + ((i ^ (row % 8)) * 16) + 4 * t;
-                smem::store_u32(ds_s + off, dsk[(2 * i + rr) as usize]);
+                smem::store_u32(ds_at(i, rr), dsk[(2 * i + rr) as usize]);
             }
         }
         bulk::shared_async();
@@ -343,6 +345,9 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem>(p: &BwdParams) {
                 let idx = (4 * i + 2 * rr) as usize;
                 shared_f32::store_v2(dq_s + (row * D as u32 + col) * 4, [dq[idx], dq[idx + 1]]);
             }
+        }
+        if tid == 0 && p.deterministic != 0 {
+            smem::store_u32(consts + DQ_TURN + 4 * stage, dq_turn::<BM, BN>(p, nb, m));
         }
         bulk::shared_async();
         sync::arrive_at::<ALL_THREADS_U32>(BAR_FULL + stage);

@@ -10,7 +10,7 @@ use crate::tiles::str_eq;
 use crate::tiles_bwd::{self, BwdTile};
 
 macro_rules! bwd_kernel {
-    ($tile:path, $elem:ty, $p:expr) => {{
+    ($tile:path, $elem:ty, $softcap:literal, $p:expr) => {{
         const T: BwdTile = $tile;
         attn_bwd::<
             $elem,
@@ -28,43 +28,59 @@ macro_rules! bwd_kernel {
             { T.dq_warps_m },
             { T.dq_m_tiles() },
             { T.dq_n_tiles() },
+            $softcap,
         >($p)
     }};
 }
 
 macro_rules! bwd_kernels {
-    ($($tile:path => $bf16:ident, $f16:ident;)*) => {$(
+    ($($tile:path => $bf16:ident, $f16:ident, $cap_bf16:ident, $cap_f16:ident;)*) => {$(
         const _: () = {
             const T: BwdTile = $tile;
             assert!(T.is_valid());
             assert!(str_eq(T.symbols[0], stringify!($bf16)) && str_eq(T.symbols[1], stringify!($f16)));
+            assert!(str_eq(T.softcap_symbols[0], stringify!($cap_bf16)));
+            assert!(str_eq(T.softcap_symbols[1], stringify!($cap_f16)));
         };
 
         /// # Safety
         /// Launched as `abi::BwdParams` and the tile row document.
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $bf16(p: BwdParams) {
-            bwd_kernel!($tile, Bf16, &p)
+            bwd_kernel!($tile, Bf16, false, &p)
         }
 
         /// # Safety
         /// Launched as `abi::BwdParams` and the tile row document.
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $f16(p: BwdParams) {
-            bwd_kernel!($tile, F16, &p)
+            bwd_kernel!($tile, F16, false, &p)
+        }
+
+        /// # Safety
+        /// Launched as `abi::BwdParams` (with a softcap) and the tile row document.
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $cap_bf16(p: BwdParams) {
+            bwd_kernel!($tile, Bf16, true, &p)
+        }
+
+        /// # Safety
+        /// Launched as `abi::BwdParams` (with a softcap) and the tile row document.
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $cap_f16(p: BwdParams) {
+            bwd_kernel!($tile, F16, true, &p)
         }
     )*};
 }
 
 bwd_kernels! {
-    tiles_bwd::BWD_HD32 => attn_bwd_hd32_m64n128s2_bf16, attn_bwd_hd32_m64n128s2_f16;
-    tiles_bwd::BWD_HD64 => attn_bwd_hd64_m64n128s2_bf16, attn_bwd_hd64_m64n128s2_f16;
-    tiles_bwd::BWD_HD96 => attn_bwd_hd96_m64n128s2_bf16, attn_bwd_hd96_m64n128s2_f16;
-    tiles_bwd::BWD_HD128 => attn_bwd_hd128_m64n128s2_bf16, attn_bwd_hd128_m64n128s2_f16;
-    tiles_bwd::BWD_HD128_M32 => attn_bwd_hd128_m32n128s2_bf16, attn_bwd_hd128_m32n128s2_f16;
-    tiles_bwd::BWD_HD192 => attn_bwd_hd192_m64n64s2_bf16, attn_bwd_hd192_m64n64s2_f16;
-    tiles_bwd::BWD_HD192_M32 => attn_bwd_hd192_m32n64s2_bf16, attn_bwd_hd192_m32n64s2_f16;
-    tiles_bwd::BWD_HD256 => attn_bwd_hd256_m32n64s2_bf16, attn_bwd_hd256_m32n64s2_f16;
+    tiles_bwd::BWD_HD32 => attn_bwd_hd32_m64n128s2_bf16, attn_bwd_hd32_m64n128s2_f16, attn_bwd_softcap_hd32_m64n128s2_bf16, attn_bwd_softcap_hd32_m64n128s2_f16;
+    tiles_bwd::BWD_HD64 => attn_bwd_hd64_m64n128s2_bf16, attn_bwd_hd64_m64n128s2_f16, attn_bwd_softcap_hd64_m64n128s2_bf16, attn_bwd_softcap_hd64_m64n128s2_f16;
+    tiles_bwd::BWD_HD96 => attn_bwd_hd96_m64n128s2_bf16, attn_bwd_hd96_m64n128s2_f16, attn_bwd_softcap_hd96_m64n128s2_bf16, attn_bwd_softcap_hd96_m64n128s2_f16;
+    tiles_bwd::BWD_HD128_M32 => attn_bwd_hd128_m32n128s2_bf16, attn_bwd_hd128_m32n128s2_f16, attn_bwd_softcap_hd128_m32n128s2_bf16, attn_bwd_softcap_hd128_m32n128s2_f16;
+    tiles_bwd::BWD_HD192 => attn_bwd_hd192_m64n64s2_bf16, attn_bwd_hd192_m64n64s2_f16, attn_bwd_softcap_hd192_m64n64s2_bf16, attn_bwd_softcap_hd192_m64n64s2_f16;
+    tiles_bwd::BWD_HD192_M32 => attn_bwd_hd192_m32n64s2_bf16, attn_bwd_hd192_m32n64s2_f16, attn_bwd_softcap_hd192_m32n64s2_bf16, attn_bwd_softcap_hd192_m32n64s2_f16;
+    tiles_bwd::BWD_HD256 => attn_bwd_hd256_m32n64s2_bf16, attn_bwd_hd256_m32n64s2_f16, attn_bwd_softcap_hd256_m32n64s2_bf16, attn_bwd_softcap_hd256_m32n64s2_f16;
 }
 
 /// The Hopper kernel (`hopper.rs`), in the sm_90a PTX only.
@@ -81,6 +97,8 @@ mod wgmma_entry {
             && T.threads() == 384
             && str_eq(T.symbols[0], "attn_bwd_hd128_m64n128_wgmma_bf16")
             && str_eq(T.symbols[1], "attn_bwd_hd128_m64n128_wgmma_f16")
+            && str_eq(T.softcap_symbols[0], "attn_bwd_softcap_hd128_m64n128_wgmma_bf16")
+            && str_eq(T.softcap_symbols[1], "attn_bwd_softcap_hd128_m64n128_wgmma_f16")
     );
 
     // Launch bounds (build.rs turns these into `.maxntid 384, 1, 1` and `.minnctapersm 1`): ptxas then
@@ -89,25 +107,42 @@ mod wgmma_entry {
     core::arch::global_asm!(
         "// ironflash-launch-bounds attn_bwd_hd128_m64n128_wgmma_bf16 384 1",
         "// ironflash-launch-bounds attn_bwd_hd128_m64n128_wgmma_f16 384 1",
+        "// ironflash-launch-bounds attn_bwd_softcap_hd128_m64n128_wgmma_bf16 384 1",
+        "// ironflash-launch-bounds attn_bwd_softcap_hd128_m64n128_wgmma_f16 384 1",
     );
 
     /// # Safety
     /// Launched as `abi::BwdParams` and the tile row document, on a compute capability 9.0 device.
     #[no_mangle]
     pub unsafe extern "ptx-kernel" fn attn_bwd_hd128_m64n128_wgmma_bf16(p: BwdParams) {
-        attn_bwd_wgmma::<Bf16>(&p)
+        attn_bwd_wgmma::<Bf16, false>(&p)
     }
 
     /// # Safety
     /// As the bf16 kernel.
     #[no_mangle]
     pub unsafe extern "ptx-kernel" fn attn_bwd_hd128_m64n128_wgmma_f16(p: BwdParams) {
-        attn_bwd_wgmma::<F16>(&p)
+        attn_bwd_wgmma::<F16, false>(&p)
+    }
+
+    /// # Safety
+    /// As the bf16 kernel, with a softcap.
+    #[no_mangle]
+    pub unsafe extern "ptx-kernel" fn attn_bwd_softcap_hd128_m64n128_wgmma_bf16(p: BwdParams) {
+        attn_bwd_wgmma::<Bf16, true>(&p)
+    }
+
+    /// # Safety
+    /// As the bf16 kernel, with a softcap.
+    #[no_mangle]
+    pub unsafe extern "ptx-kernel" fn attn_bwd_softcap_hd128_m64n128_wgmma_f16(p: BwdParams) {
+        attn_bwd_wgmma::<F16, true>(&p)
     }
 }
 
 const _: () = assert!(
-    str_eq(abi::BWD_DELTA_BF16, "attn_bwd_delta_bf16")
+    str_eq(abi::BWD_DSINK, "attn_bwd_dsink")
+        && str_eq(abi::BWD_DELTA_BF16, "attn_bwd_delta_bf16")
         && str_eq(abi::BWD_DELTA_F16, "attn_bwd_delta_f16")
         && str_eq(abi::BWD_DQ_BF16, "attn_bwd_dq_bf16")
         && str_eq(abi::BWD_DQ_F16, "attn_bwd_dq_f16")
@@ -139,4 +174,11 @@ pub unsafe extern "ptx-kernel" fn attn_bwd_dq_bf16(p: BwdParams) {
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn attn_bwd_dq_f16(p: BwdParams) {
     prep::dq_convert::<F16>(&p)
+}
+
+/// # Safety
+/// Launched as `abi::BwdParams` documents, after the delta kernel, with sinks.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn attn_bwd_dsink(p: BwdParams) {
+    prep::d_sinks(&p)
 }

@@ -3,10 +3,12 @@
 //!
 //! Per query block (of each query head of the group):
 //! - wait for its Q, dO, LSE, delta (cp.async), barrier, start loading the next one (2 stages);
-//! - phase 1a: Sᵀ = K Qᵀ; P = exp2(scale·log2e·S − log2e·LSE) (0 where masked or where the row saw no
-//!   key: LSE = −inf is read as +inf, so the exponent is −inf and never NaN), rounded to the element
-//!   type, kept packed in registers and stored (Pᵀ) to shared memory;
-//! - phase 1b: dPᵀ = V dOᵀ; dS = P ∘ (dP − delta) stored (dSᵀ) to shared memory; barrier;
+//! - phase 1a: Sᵀ = K Qᵀ; the score stage (`attn/stage.rs`) turns it into logits x (scale or softcap,
+//!   ALiBi, the mask as −inf); P = exp2(x − log2e·LSE) (0 where masked or where the row saw no key:
+//!   LSE = −inf is read as +inf, so the exponent is −inf and never NaN), rounded to the element type,
+//!   kept packed in registers and stored (Pᵀ) to shared memory;
+//! - phase 1b: dPᵀ = V dOᵀ; dS = P ∘ (dP − delta) (times the softcap's 1 − tanh² in the `SOFTCAP`
+//!   instantiation) stored (dSᵀ) to shared memory; barrier;
 //! - phase 2: dV += Pᵀ dO, dK += dSᵀ Q (registers);
 //! - phase 3: dS K added to the f32 dQ accumulator (`red.global.add.f32`, regrouped by shuffles into
 //!   row-contiguous reductions), in key-block order when deterministic.
@@ -23,7 +25,8 @@
 //! (row l%16, column 8·(l/16)). Registers 0,1 are the first n8 tile's b0,b1 and 2,3 the second's.
 
 use crate::abi::BwdParams;
-use crate::attn::bwd_range::{bwd_needs_mask, bwd_query_blocks};
+use crate::attn::stage::{self, FragPos};
+use crate::frag::AccFrag;
 use crate::ptx::math::exp2;
 use crate::ptx::mma::MmaElem;
 use crate::ptx::opaque::u32 as opaque;
@@ -73,11 +76,12 @@ pub(super) unsafe fn work_item(p: &BwdParams, slot: u32, tid: u32) -> (u32, usiz
     }
 }
 
-/// Writes the CTA's constants (see `C_Q`) for batch `b` with `m_blocks` query blocks per head.
+/// Writes the CTA's constants (see `C_Q`) for batch `b` with `m_blocks` query blocks per head (all of
+/// them, `ceil(seqlen_q / block_m)`: the turn counters' row length).
 #[inline(always)]
 pub(super) unsafe fn store_consts(consts: u32, p: &BwdParams, b: usize, m_blocks: u32) {
     let (qs, os) = (p.q_strides, p.d_o_strides);
-    let rows_b = (b * p.heads_q as usize * p.seqlen_q as usize) as u64;
+    let rows_b = (b * p.heads_q as usize * p.score.mask.seqlen_q as usize) as u64;
     consts_store(consts, 0, p.q + 2 * b as u64 * qs[0]);
     consts_store(consts, 1, qs[1]);
     consts_store(consts, 2, qs[2]);
@@ -142,9 +146,20 @@ pub(super) struct KeyBlockWork {
 #[inline(always)]
 pub(super) fn key_block_work<const BM: usize, const BN: usize>(p: &BwdParams, nb: u32, hkv: usize) -> KeyBlockWork {
     let n0 = nb * BN as u32;
-    let (m_first, m_end) = bwd_query_blocks(n0, p.seqlen_q, p.seqlen_k, p.causal != 0, BM as u32);
+    let (m_first, m_end) = p.score.mask.query_blocks(n0, BN as u32, BM as u32);
     let per_head = m_end - m_first;
     KeyBlockWork { n0, m_end, per_head, total: per_head * p.group, h_first: hkv as u32 * p.group }
+}
+
+/// The turn of key block `nb` at query block `m` in deterministic mode: the key blocks that visit a
+/// query block form one contiguous range (`attn::score`), and they add their dQ parts in key order, so
+/// the turn is the block's place in that range. Every block before it took its work-item ticket earlier
+/// (see `work_item`), so the wait ends.
+#[inline(always)]
+pub(super) fn dq_turn<const BM: usize, const BN: usize>(p: &BwdParams, nb: u32, m: u32) -> u32 {
+    let m0 = m * BM as u32;
+    let rows = (p.score.mask.seqlen_q - m0).min(BM as u32);
+    nb - p.score.mask.key_blocks(m0, rows, BN as u32).first
 }
 
 /// Issues the copies of the CTA's `BN` K and V rows from key `n0` (zero past the end of the keys) into
@@ -160,7 +175,7 @@ pub(super) unsafe fn load_key_block<const BN: usize, const D: usize>(
     tid: u32,
     threads: usize,
 ) {
-    let kv_rows = (p.seqlen_k - n0).min(BN as u32);
+    let kv_rows = (p.score.mask.seqlen_k - n0).min(BN as u32);
     let (ks, vs) = (strides(p.k_strides), strides(p.v_strides));
     let k_g = (p.k as *const u16).add(b * ks[0] + n0 as usize * ks[1] + hkv * ks[2]);
     let v_g = (p.v as *const u16).add(b * vs[0] + n0 as usize * vs[1] + hkv * vs[2]);
@@ -169,7 +184,8 @@ pub(super) unsafe fn load_key_block<const BN: usize, const D: usize>(
 }
 
 /// The backward main kernel body. `MT*`/`NT*`/`ND*` are the per-warp tile counts of the three phases
-/// (`tiles_bwd::BwdTile::{sdp,dkv,dq}_{m,n}_tiles`).
+/// (`tiles_bwd::BwdTile::{sdp,dkv,dq}_{m,n}_tiles`); `SOFTCAP`: the instantiation for calls with a
+/// softcap (dS chained through the tanh; a separate kernel, so that the plain one keeps its registers).
 ///
 /// # Safety
 /// Launched as `abi::BwdParams` documents, with `W·32` threads and the tile's shared memory.
@@ -190,12 +206,13 @@ pub unsafe fn attn_bwd<
     const WM3: usize,
     const MT3: usize,
     const ND3: usize,
+    const SOFTCAP: bool,
 >(
     p: &BwdParams,
 ) {
     let threads = W * 32;
     let tid = sreg::thread_x();
-    let (sq, sk) = (p.seqlen_q, p.seqlen_k);
+    let (sq, sk) = (p.score.mask.seqlen_q, p.score.mask.seqlen_k);
 
     // Shared memory (tiles_bwd::BwdTile::smem_layout).
     let row_b = ((D + 8) * 2) as u32;
@@ -214,7 +231,6 @@ pub unsafe fn attn_bwd<
 
     let (nb, hkv, b) = work_item(p, base + off_consts + 80, tid);
 
-    let causal = p.causal != 0;
     let KeyBlockWork { n0, m_end, per_head, total, h_first } = key_block_work::<BM, BN>(p, nb, hkv);
 
     // K and V of this CTA's keys.
@@ -224,7 +240,7 @@ pub unsafe fn attn_bwd<
     let consts = base + off_consts;
     let rows_b = b * p.heads_q as usize * sq as usize;
     if tid == 0 {
-        store_consts(consts, p, b, m_end);
+        store_consts(consts, p, b, sq.div_ceil(BM as u32));
     }
     if total > 0 {
         // The first block's copies read the values themselves (the constants are not visible yet).
@@ -292,24 +308,6 @@ pub unsafe fn attn_bwd<
             cp_async::commit();
         }
 
-        // The first query that sees each of this thread's phase-1 key rows (i32::MAX past the last
-        // key): query i sees key j iff i >= first_query[j] (and i < seqlen_q). Sequence lengths are
-        // below 2^31 (host-checked), so key + seqlen_q - seqlen_k fits an i32.
-        let mut first_query = [[0i32; 2]; MT1];
-        for (mt, rows) in first_query.iter_mut().enumerate() {
-            for (rr, fq) in rows.iter_mut().enumerate() {
-                let key = (n0 as usize + key1 + mt * 16 + g + 8 * rr) as i32;
-                *fq = if key >= sk as i32 {
-                    i32::MAX
-                } else if causal {
-                    key + sq as i32 - sk as i32
-                } else {
-                    0
-                };
-            }
-        }
-        let scale_log2 = p.scale_log2;
-
         // Phase 1a: Sᵀ = K Qᵀ, then P (rounded to the element type: the registers it keeps until dS are
         // half those of f32, and dV uses the rounded P anyway), stored to shared memory.
         let a_lane = ((key1 + lane % 16) as u32) * row_b + ((lane / 16) * 16) as u32;
@@ -332,10 +330,21 @@ pub unsafe fn attn_bwd<
                 }
             }
         }
-        // Masked entries get P = 0 by a select (never a multiply: their exponent may overflow to +inf).
-        let need_mask = bwd_needs_mask(m0, n0, BM as u32, BN as u32, sq, sk, causal);
+        // The score stage: logits of query head h, masked (−inf, so P = 0 by the exponent, never by a
+        // multiply: a masked exponent may overflow to +inf) where the tile needs it.
+        let need_mask = p.score.mask.needs_mask(m0, BM as u32, n0, BN as u32);
+        let mut s = AccFrag(s);
+        let at = FragPos { row_g: n0 + (key1 + g) as u32, col0: m0 + qry1 as u32, t: t as u32 };
+        // With a softcap, dS takes the tanh's derivative: it waits for dP in the dSᵀ tile, rounded to the
+        // element type, at the place where this thread writes dS (free since the barrier that began
+        // this step); held in registers, it would push this kernel's registers into spills.
+        let st_off = |mt: usize, nt: usize, rr: usize| (mt * 16 + 8 * rr) as u32 * prow_b + (nt * 16) as u32;
+        let park = |mt, nt, rr, d: [f32; 2]| smem::store_u32(ds_s + st_lane + st_off(mt, nt, rr), E::pack2(d[0], d[1]));
+        stage::logits_by_key::<MT1, NT1, SOFTCAP>(&p.score, || (b as u32, h), &mut s, at, need_mask, park);
+        let s = s.0;
         let mut pk = [[[0u32; 2]; NT1]; MT1];
         let p_st = opaque(p_s + st_lane);
+        let ds_st = opaque(ds_s + st_lane);
         for nt in 0..NT1 {
             let c = qry1 + nt * 8 + 2 * t;
             let lse = shared_f32::load_v2(lse_s + (c * 4) as u32);
@@ -347,18 +356,11 @@ pub unsafe fn attn_bwd<
             for mt in 0..MT1 {
                 let mut pv = [0f32; 4];
                 for e in 0..4 {
-                    let (rr, cc) = (e / 2, e % 2);
-                    pv[e] = exp2(s[mt][nt][e] * scale_log2 - lse2[cc]);
-                    if need_mask {
-                        let qry = (m0 + (c + cc) as u32) as i32;
-                        let keep = (qry >= first_query[mt][rr]) & (qry < sq as i32);
-                        pv[e] = if keep { pv[e] } else { 0.0 };
-                    }
+                    pv[e] = exp2(s[mt][nt][e] - lse2[e % 2]);
                 }
                 for rr in 0..2 {
                     pk[mt][nt][rr] = E::pack2(pv[2 * rr], pv[2 * rr + 1]);
-                    let off = (mt * 16 + 8 * rr) as u32 * prow_b + (nt * 16) as u32;
-                    smem::store_u32(p_st + off, pk[mt][nt][rr]);
+                    smem::store_u32(p_st + st_off(mt, nt, rr), pk[mt][nt][rr]);
                 }
             }
         }
@@ -381,16 +383,19 @@ pub unsafe fn attn_bwd<
                 }
             }
         }
-        let ds_st = opaque(ds_s + st_lane);
         for nt in 0..NT1 {
             let c = qry1 + nt * 8 + 2 * t;
             let delta = shared_f32::load_v2(dl_s + (c * 4) as u32);
             for mt in 0..MT1 {
                 for rr in 0..2 {
-                    let (p0, p1) = (E::to_f32(pk[mt][nt][rr] as u16), E::to_f32((pk[mt][nt][rr] >> 16) as u16));
+                    let off = st_off(mt, nt, rr);
+                    let (mut p0, mut p1) = (E::to_f32(pk[mt][nt][rr] as u16), E::to_f32((pk[mt][nt][rr] >> 16) as u16));
+                    if SOFTCAP {
+                        let d = smem::load_u32(ds_st + off);
+                        (p0, p1) = (p0 * E::to_f32(d as u16), p1 * E::to_f32((d >> 16) as u16));
+                    }
                     let ds0 = p0 * (dp[mt][nt][2 * rr] - delta[0]);
                     let ds1 = p1 * (dp[mt][nt][2 * rr + 1] - delta[1]);
-                    let off = (mt * 16 + 8 * rr) as u32 * prow_b + (nt * 16) as u32;
                     smem::store_u32(ds_st + off, E::pack2(ds0, ds1));
                 }
             }
@@ -445,17 +450,15 @@ pub unsafe fn attn_bwd<
         }
         let deterministic = p.deterministic != 0;
         // Deterministic mode: the key blocks of one (batch, head, query block) add their dQ parts in
-        // key-block order. Every key block below this one visits this query block too (visibility is a
-        // prefix of the keys), so this CTA's turn comes when the counter reaches `nb`. Lower key blocks
-        // of this head took their tickets earlier (see the work item above), so the wait ends. Every CTA walks
-        // the query blocks from the last one down, the one all key blocks share (causal or not), so the
+        // key-block order (`dq_turn`). Every CTA walks its query blocks from the last one down, so the
         // CTAs of a head move in step, each one turn behind the previous, instead of the later key
         // blocks of a causal head waiting for key block 0 to reach their first query block.
         let (acc, sem) = consts_pair(consts + C_ACC);
-        let sem = (sem as *mut u32).add(h as usize * m_end as usize + m as usize);
+        let sem = (sem as *mut u32).add(h as usize * sq.div_ceil(BM as u32) as usize + m as usize);
         if deterministic {
             if tid == 0 {
-                while atomic::load_acquire_u32(sem) != nb {}
+                let turn = dq_turn::<BM, BN>(p, nb, m);
+                while atomic::load_acquire_u32(sem) != turn {}
             }
             sync::block();
         }

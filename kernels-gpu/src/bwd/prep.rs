@@ -3,12 +3,17 @@
 
 use crate::abi::BwdParams;
 use crate::ptx::elem::Elem16;
-use crate::ptx::{gmem, sreg, warp};
+use crate::ptx::math::exp2;
+use crate::ptx::{gmem, smem, sreg, sync, warp};
 
 /// Warps per block of the delta kernel (one warp per query row).
 pub const DELTA_WARPS: u32 = 8;
 /// Threads per block of the dQ kernel (one thread per 8 elements).
 pub const DQ_THREADS: u32 = 256;
+/// Threads per block of the sinks' gradient kernel (one block per query head), and its shared memory:
+/// one f32 per warp.
+pub const DSINK_THREADS: u32 = 256;
+pub const DSINK_SMEM_BYTES: u32 = DSINK_THREADS / 32 * 4;
 
 #[repr(C, align(16))]
 #[derive(Clone, Copy)]
@@ -26,7 +31,7 @@ fn halves<E: Elem16>(x: u32) -> (f32, f32) {
 #[inline(always)]
 pub unsafe fn delta<E: Elem16>(p: &BwdParams) {
     let row = (sreg::block_x() * DELTA_WARPS + sreg::warp()) as usize;
-    let (sq, hq) = (p.seqlen_q as usize, p.heads_q as usize);
+    let (sq, hq) = (p.score.mask.seqlen_q as usize, p.heads_q as usize);
     if row >= p.batch as usize * hq * sq {
         return;
     }
@@ -62,7 +67,7 @@ pub unsafe fn delta<E: Elem16>(p: &BwdParams) {
 #[inline(always)]
 pub unsafe fn dq_convert<E: Elem16>(p: &BwdParams) {
     let idx = sreg::block_x() as usize * DQ_THREADS as usize + sreg::thread_x() as usize;
-    let (sq, hq) = (p.seqlen_q as usize, p.heads_q as usize);
+    let (sq, hq) = (p.score.mask.seqlen_q as usize, p.heads_q as usize);
     let chunks = p.head_dim as usize / 8;
     if idx >= p.batch as usize * hq * sq * chunks {
         return;
@@ -83,4 +88,46 @@ pub unsafe fn dq_convert<E: Elem16>(p: &BwdParams) {
     let dst = (p.dq as *mut u16)
         .add(b * p.dq_strides[0] as usize + i * p.dq_strides[1] as usize + h * p.dq_strides[2] as usize + c * 8);
     gmem::store_v4(dst, out);
+}
+
+/// `d_sinks[h] = −Σ_{b,i} exp(sink[h] − lse[b, h, i])·delta[b, h, i]` for the block's head: the sink's
+/// probability in each row times the row's delta (`attn::score`: the sink has no value, so its dS is
+/// `p_sink·(0 − delta)`). Thread k sums rows k, k + 256, … of each batch in order, then the warps' sums
+/// meet in shared memory in a fixed order: the result does not depend on scheduling.
+///
+/// # Safety
+/// Launched as `abi::BwdParams` documents for `attn_bwd_dsink` (grid `(heads_q)`, `DSINK_THREADS`
+/// threads, `DSINK_SMEM_BYTES` of dynamic shared memory), after the delta kernel.
+#[inline(always)]
+pub unsafe fn d_sinks(p: &BwdParams) {
+    let head = sreg::block_x() as usize;
+    let tid = sreg::thread_x() as usize;
+    let (sq, hq) = (p.score.mask.seqlen_q as usize, p.heads_q as usize);
+    let sink = *(p.score.sinks as *const f32).add(head) * core::f32::consts::LOG2_E;
+    let (lse, delta) = (p.lse as *const f32, p.delta as *const f32);
+    let mut acc = 0.0f32;
+    for b in 0..p.batch as usize {
+        let row0 = (b * hq + head) * sq;
+        let mut i = tid;
+        while i < sq {
+            // LSE >= the sink whenever there is one, so the weight is at most 1.
+            acc += exp2(sink - *lse.add(row0 + i) * core::f32::consts::LOG2_E) * *delta.add(row0 + i);
+            i += DSINK_THREADS as usize;
+        }
+    }
+    let acc = warp::warp_sum(acc);
+    let partials = smem::base();
+    if tid % 32 == 0 {
+        smem::store_u32(partials + (tid / 32 * 4) as u32, acc.to_bits());
+    }
+    sync::block();
+    if tid == 0 {
+        let mut total = 0.0f32;
+        for half in 0..2 {
+            for bits in smem::load_v4(partials + 16 * half) {
+                total += f32::from_bits(bits);
+            }
+        }
+        *(p.d_sinks as *mut f32).add(head) = -total;
+    }
 }

@@ -24,17 +24,22 @@ unsafe fn combine<E: Elem16>(p: &FwdCombineParams) {
     let (rows, d, splits) = (p.rows as usize, p.head_dim as usize, p.num_splits as usize);
     let lse_of = |s: usize| *(p.lse_accum as *const f32).add(s * rows + row as usize);
 
+    let (sq, hq) = (p.seqlen_q, p.heads_q);
+    let (i, head, batch) = (row % sq, (row / sq) % hq, row / (sq * hq));
+    // The row's sink is one more term of the denominator, with no value (`-inf`: none).
+    let sink = if p.sinks == 0 { f32::NEG_INFINITY } else { *(p.sinks as *const f32).add(head as usize) };
+
     // Natural-log LSEs; weights in base 2 so that each is one ex2.
-    let mut max = f32::NEG_INFINITY;
+    let mut max = sink;
     for s in 0..splits {
         max = max.max(lse_of(s));
     }
     let mut acc = [[0.0f32; 2]; PAIRS];
     let mut lse = f32::NEG_INFINITY;
     if max != f32::NEG_INFINITY {
-        let mut sum = 0.0f32;
+        // exp2(-inf) = 0: a split without keys, or no sink, adds nothing.
+        let mut sum = exp2((sink - max) * core::f32::consts::LOG2_E);
         for s in 0..splits {
-            // exp2(-inf) = 0: a split without keys adds nothing.
             sum += exp2((lse_of(s) - max) * core::f32::consts::LOG2_E);
         }
         lse = max + log2(sum) * core::f32::consts::LN_2;
@@ -57,8 +62,6 @@ unsafe fn combine<E: Elem16>(p: &FwdCombineParams) {
         }
     }
 
-    let (sq, hq) = (p.seqlen_q, p.heads_q);
-    let (i, head, batch) = (row % sq, (row / sq) % hq, row / (sq * hq));
     let o = (p.o as *mut u16)
         .add((batch as u64 * p.o_strides[0] + i as u64 * p.o_strides[1] + head as u64 * p.o_strides[2]) as usize)
         as *mut u32;

@@ -65,7 +65,8 @@ pub unsafe fn store<E: Elem16, const D: usize, const ND: usize, const MT: usize>
     }
 }
 
-/// Rows `[0, rows)` of a CTA whose rows are all fully masked: O = 0, LSE = -inf (as FlashAttention).
+/// Rows `[0, rows)` of a CTA whose rows are all fully masked: O = 0, LSE = `lse_value` (`-inf` as
+/// FlashAttention, or the row's sink, which then holds all the probability).
 ///
 /// # Safety
 /// `o` (row stride `o_row_stride`, 16-byte aligned, stride a multiple of 8) and `lse` are valid for
@@ -75,6 +76,7 @@ pub unsafe fn store_empty<const D: usize>(
     o: *mut u16,
     o_row_stride: usize,
     lse: *mut f32,
+    lse_value: f32,
     rows: u32,
     threads: u32,
     tid: u32,
@@ -88,7 +90,7 @@ pub unsafe fn store_empty<const D: usize>(
     }
     let mut row = tid;
     while row < rows {
-        *lse.add(row as usize) = f32::NEG_INFINITY;
+        *lse.add(row as usize) = lse_value;
         row += threads;
     }
 }

@@ -21,10 +21,11 @@
 //! the Q tile, which nothing reads any more, and writes them out as 16-byte vectors.
 
 use super::epilogue::store_empty;
-use super::mainloop::mask_block;
 use super::softmax::OnlineSoftmax;
 use crate::abi::FwdParams;
-use crate::attn::block_range::fwd_key_blocks;
+use crate::attn::score::KeyBlocks;
+use crate::attn::stage::{self, FragPos};
+use crate::frag::AccFrag;
 use crate::ptx::wgmma::{self, desc_sw128, sw128_offset, WgmmaElem};
 use crate::ptx::{bulk, cp_async, gmem, opaque, setmaxnreg, smem, sreg, sync};
 use crate::smem_tile::RowLayout;
@@ -64,17 +65,11 @@ const _: () = assert!(
         && 256 * COMPUTE_REGS + 128 * LOADER_REGS <= 384 * 168
 );
 
-/// A warp's accumulator as the `mma.sync`-shaped tiles `softmax.rs` and `mask_block` take (16 n8 tiles
-/// of one m16 tile: the same registers in the same order).
+/// The loader warpgroup: Q, then every K/V block of the CTA in visiting order (`KeyBlocks::block`), step
+/// j into stage `j % STAGES`.
 #[inline(always)]
-fn as_tiles(acc: &mut [f32; 64]) -> &mut [[[f32; 4]; 16]; 1] {
-    // SAFETY: same size and alignment, and every bit pattern is an f32.
-    unsafe { &mut *(acc as *mut [f32; 64] as *mut [[[f32; 4]; 16]; 1]) }
-}
-
-/// The loader warpgroup: Q, then every K/V block of the CTA in order, into stage `j % STAGES`.
-#[inline(always)]
-unsafe fn loader(p: &FwdParams, base: u32, m0: u32, rows: u32, n_blocks: u32, tid: u32) {
+unsafe fn loader(p: &FwdParams, base: u32, m0: u32, rows: u32, blocks: &KeyBlocks, tid: u32) {
+    let n_blocks = blocks.len();
     let (head, batch) = (sreg::block_y() as u64, sreg::block_z() as u64);
     let kv_head = head / p.group as u64;
     let q =
@@ -87,13 +82,13 @@ unsafe fn loader(p: &FwdParams, base: u32, m0: u32, rows: u32, n_blocks: u32, ti
             // Both compute warpgroups are done with block j - STAGES.
             sync::named_at::<384>(EMPTY + s);
         }
-        let n0 = j * BN as u32;
+        let n0 = blocks.block(j) * BN as u32;
         let dst = base + L[1] as u32 + s * STAGE_BYTES;
         let k = (p.k as *const u16)
             .add((batch * p.k_strides[0] + n0 as u64 * p.k_strides[1] + kv_head * p.k_strides[2]) as usize);
         let v = (p.v as *const u16)
             .add((batch * p.v_strides[0] + n0 as u64 * p.v_strides[1] + kv_head * p.v_strides[2]) as usize);
-        let valid = p.seqlen_k - n0;
+        let valid = p.score.mask.seqlen_k - n0;
         copy_tile::<BN>(dst, k, p.k_strides[1] as usize, valid, tid);
         copy_tile::<BN>(dst + KV_TILE_BYTES, v, p.v_strides[1] as usize, valid, tid);
         cp_async::commit();
@@ -150,11 +145,12 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
     // The longest causal rows (highest query block) start first, as in `mainloop.rs`.
     let m_block = sreg::grid_dim_x() - 1 - sreg::block_x();
     let (head, batch) = (sreg::block_y(), sreg::block_z());
-    let (sq, sk) = (p.seqlen_q, p.seqlen_k);
-    let causal = p.causal != 0;
+    let sq = p.score.mask.seqlen_q;
     let m0 = m_block * BM as u32;
     let rows = (sq - m0).min(BM as u32);
-    let (n_blocks, n_unmasked) = fwd_key_blocks(m0, rows, sq, sk, causal, BN as u32);
+    let blocks = p.score.mask.key_blocks(m0, rows, BN as u32);
+    let (n_blocks, n_unmasked) = (blocks.len(), blocks.unmasked());
+    let sink = stage::sink_log2(&p.score, head);
 
     let o_g = (p.o as *mut u16)
         .add((batch as u64 * p.o_strides[0] + m0 as u64 * p.o_strides[1] + head as u64 * p.o_strides[2]) as usize);
@@ -162,7 +158,7 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
     let lse_g = (p.lse as *mut f32).add(((batch * p.heads_q + head) as u64 * sq as u64 + m0 as u64) as usize);
     if n_blocks == 0 {
         if tid < COMPUTE_THREADS {
-            store_empty::<D>(o_g, o_stride, lse_g, rows, COMPUTE_THREADS, tid);
+            store_empty::<D>(o_g, o_stride, lse_g, sink * core::f32::consts::LN_2, rows, COMPUTE_THREADS, tid);
         }
         return;
     }
@@ -171,7 +167,7 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
     let base = (smem::base() + 1023) & !1023;
     if tid >= COMPUTE_THREADS {
         setmaxnreg::dec::<LOADER_REGS>();
-        loader(p, base, m0, rows, n_blocks, tid - COMPUTE_THREADS);
+        loader(p, base, m0, rows, &blocks, tid - COMPUTE_THREADS);
         return;
     }
     setmaxnreg::inc::<COMPUTE_REGS>();
@@ -183,7 +179,7 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
     let kv_s = base + L[1] as u32;
     let row_g = m0 + 64 * wg + 16 * warp + g;
 
-    let mut softmax = OnlineSoftmax::<1>::new();
+    let mut softmax = OnlineSoftmax::<1>::new(sink, t);
     let mut o = [0f32; 64];
     let mut j = 0u32;
     while j < n_blocks {
@@ -210,13 +206,13 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
             sync::arrive_at::<384>(EMPTY + (j - 1) % STAGES);
         }
 
-        for x in sc.iter_mut() {
-            *x *= p.scale_log2;
-        }
-        if j >= n_unmasked {
-            mask_block(as_tiles(&mut sc), row_g, j * BN as u32, t, sq, sk, causal);
-        }
-        softmax.update(as_tiles(&mut sc), as_tiles(&mut o));
+        let (mut s_frag, mut o_frag) = (AccFrag::<1, 16>::from_wgmma(&sc), AccFrag::<1, 16>::from_wgmma(&o));
+        let at = FragPos { row_g, col0: blocks.block(j) * BN as u32, t };
+        let batch_head = || (sreg::fresh::block_z(), sreg::fresh::block_y());
+        stage::logits_by_query(&p.score, batch_head, &mut s_frag, at, j >= n_unmasked);
+        softmax.update(&mut s_frag, &mut o_frag);
+        s_frag.to_wgmma(&mut sc);
+        o_frag.to_wgmma(&mut o);
 
         // O += P V: the A fragment of k16 step kk is n8 tiles 2kk and 2kk+1 of P, rounded.
         let mut pk = [[0u32; 4]; BN / 16];

@@ -74,7 +74,7 @@ fwd_kernels! {
     tiles::HD64_SMALL => attn_fwd_hd64_m64n64w4_bf16, attn_fwd_hd64_m64n64w4_f16, attn_fwd_split_hd64_m64n64w4_bf16, attn_fwd_split_hd64_m64n64w4_f16;
     tiles::HD96 => attn_fwd_hd96_m128n32w4_bf16, attn_fwd_hd96_m128n32w4_f16, attn_fwd_split_hd96_m128n32w4_bf16, attn_fwd_split_hd96_m128n32w4_f16;
     tiles::HD96_SMALL => attn_fwd_hd96_m64n32w4_bf16, attn_fwd_hd96_m64n32w4_f16, attn_fwd_split_hd96_m64n32w4_bf16, attn_fwd_split_hd96_m64n32w4_f16;
-    tiles::HD128 => attn_fwd_hd128_m128n64w4_bf16, attn_fwd_hd128_m128n64w4_f16, attn_fwd_split_hd128_m128n64w4_bf16, attn_fwd_split_hd128_m128n64w4_f16;
+    tiles::HD128 => attn_fwd_hd128_m64n64w4_bf16, attn_fwd_hd128_m64n64w4_f16, attn_fwd_split_hd128_m64n64w4_bf16, attn_fwd_split_hd128_m64n64w4_f16;
     tiles::HD128_N32 => attn_fwd_hd128_m128n32w4_bf16, attn_fwd_hd128_m128n32w4_f16, attn_fwd_split_hd128_m128n32w4_bf16, attn_fwd_split_hd128_m128n32w4_f16;
     tiles::HD128_SMALL => attn_fwd_hd128_m64n16w4_bf16, attn_fwd_hd128_m64n16w4_f16, attn_fwd_split_hd128_m64n16w4_bf16, attn_fwd_split_hd128_m64n16w4_f16;
     tiles::HD192 => attn_fwd_hd192_m128n64w8_bf16, attn_fwd_hd192_m128n64w8_f16, attn_fwd_split_hd192_m128n64w8_bf16, attn_fwd_split_hd192_m128n64w8_f16;

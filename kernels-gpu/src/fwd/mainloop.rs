@@ -1,16 +1,19 @@
 //! The body of every forward kernel: block range, the cp.async pipeline over K/V blocks, S = QKᵀ and
 //! O += PV on tensor cores, with the online softmax in between.
 //!
-//! Causality is a run-time flag (`FwdParams::causal`): it only changes the block range (blocks above
-//! the diagonal are never loaded) and which blocks take the masked path, a CTA-uniform branch per block.
-//! Every kernel already needs that masked path for the last, partial block of keys, so a compile-time
-//! flag would save one uniform branch per block at the cost of twice the kernels.
+//! The mask and the score modifiers are run-time parameters (`FwdParams::score`, applied by the score
+//! stage, `attn/stage.rs`): the mask only changes the block range (blocks no row sees are never loaded)
+//! and which blocks take the masked path, a CTA-uniform branch per block; each modifier is a CTA-uniform
+//! branch around its per-element arithmetic. Every kernel already needs the masked path for the last,
+//! partial block of keys, so compile-time flags would save a few uniform branches per block at the cost
+//! of many more kernels.
 
 use super::epilogue::{self, OutRows};
 use super::io::{load_tile, smem_row_bytes};
 use super::softmax::OnlineSoftmax;
 use crate::abi::FwdParams;
-use crate::attn::block_range::fwd_key_blocks;
+use crate::attn::stage::{self, FragPos};
+use crate::frag::AccFrag;
 use crate::ptx::mma::MmaElem;
 use crate::ptx::{cp_async, ldmatrix, opaque, smem, sreg, sync};
 
@@ -61,12 +64,10 @@ pub unsafe fn attn_fwd<
         (sreg::grid_dim_x() - 1 - sreg::block_x(), 0)
     };
     let (head, batch) = (sreg::block_y(), sreg::block_z());
-    let (seqlen_q, seqlen_k) = (p.seqlen_q, p.seqlen_k);
-    let causal = p.causal != 0;
+    let (seqlen_q, seqlen_k) = (p.score.mask.seqlen_q, p.score.mask.seqlen_k);
     let m0 = m_block * block_m as u32;
     let rows = (seqlen_q - m0).min(block_m as u32);
 
-    let kv_head = head / p.group;
     let q_rows = (p.q as *const u16)
         .add((batch as u64 * p.q_strides[0] + m0 as u64 * p.q_strides[1] + head as u64 * p.q_strides[2]) as usize);
     let q_stride = p.q_strides[1] as usize;
@@ -86,23 +87,31 @@ pub unsafe fn attn_fwd<
             + m0 as u64) as usize
     };
 
-    let (n_blocks, n_unmasked) = fwd_key_blocks(m0, rows, seqlen_q, seqlen_k, causal, BN as u32);
-    // This CTA's blocks: all of them, or its split's share `[first, n_end)`.
+    // The key blocks in visiting order (unmasked first), as steps `[0, len)`; this CTA takes all of
+    // them, or its split's share of the steps `[first, n_end)`.
+    // Recomputed where needed from an opaque `m0` (a few integer operations per block) rather than
+    // held in registers through the loop, which the accumulators need.
+    let key_blocks = |m0: u32| stage::mask(&p.score).key_blocks(m0, (seqlen_q - m0).min(block_m as u32), BN as u32);
+    let blocks = key_blocks(m0);
+    let n_blocks = blocks.len();
     let (first, n_end, n_unmasked) = if split_mode {
         let per_split = n_blocks.div_ceil(p.num_splits);
         let first = (split * per_split).min(n_blocks);
         let n_end = (first + per_split).min(n_blocks);
-        (first, n_end, n_unmasked.min(n_end))
+        (first, n_end, blocks.unmasked().max(first).min(n_end))
     } else {
-        (0, n_blocks, n_unmasked)
+        (0, n_blocks, blocks.unmasked())
     };
+    // Split kernels leave the sink to the combine.
+    let sink = if SPLIT { f32::NEG_INFINITY } else { stage::sink_log2(&p.score, head) };
     if first == n_end {
         if split_mode {
             let lse = (p.lse_accum as *mut f32).add(accum_row(batch, head));
             epilogue::store_split_empty(lse, rows, threads as u32, tid);
         } else {
             let (o_rows, lse_rows, o_stride) = out_rows(batch, head);
-            epilogue::store_empty::<D>(o_rows, o_stride, lse_rows, rows, threads as u32, tid);
+            let lse = sink * core::f32::consts::LN_2;
+            epilogue::store_empty::<D>(o_rows, o_stride, lse_rows, lse, rows, threads as u32, tid);
         }
         return;
     }
@@ -116,11 +125,11 @@ pub unsafe fn attn_fwd<
     // K/V addresses are re-derived from the parameters at each block (through `opaque`), so that
     // neither they nor the per-chunk offsets are hoisted out of the loop into registers of their own
     // (see ptx/opaque.rs); parameters are read from the constant bank and cost no register.
-    let load_kv = |block: u32, stage: u32| {
-        let n0 = block * BN as u32;
+    let load_kv = |step: u32, stage: u32| {
+        let n0 = key_blocks(opaque::u32(m0)).block(step) * BN as u32;
         let valid = seqlen_k - n0;
         let k_smem = kv_smem + stage * stage_bytes;
-        let (batch, kv_head) = (opaque::u32(batch) as u64, opaque::u32(kv_head) as u64);
+        let (batch, kv_head) = (sreg::fresh::block_z() as u64, (sreg::fresh::block_y() / p.group) as u64);
         let k_rows = (p.k as *const u16).add((batch * p.k_strides[0] + kv_head * p.k_strides[2]) as usize);
         let v_rows = (p.v as *const u16).add((batch * p.v_strides[0] + kv_head * p.v_strides[2]) as usize);
         let (k_stride, v_stride) = (p.k_strides[1] as usize, p.v_strides[1] as usize);
@@ -151,8 +160,8 @@ pub unsafe fn attn_fwd<
 
     let (g, t) = (lane / 4, lane % 4);
 
-    let mut softmax = OnlineSoftmax::<MT>::new();
-    let mut acc_o = [[[0.0f32; 4]; ND]; MT];
+    let mut softmax = OnlineSoftmax::<MT>::new(sink, t);
+    let mut acc_o = AccFrag::<MT, ND>::zeros();
     let mut q_frag = [[[0u32; 4]; KD]; MT];
 
     wait_all_but::<STAGES>();
@@ -168,9 +177,10 @@ pub unsafe fn attn_fwd<
     let mut compute_stage = 0u32;
     let mut load_stage = (STAGES - 1) as u32;
     let mut block = first;
-    // One iteration per K/V block. Two copies of the loop: blocks that every row sees in full, then the
-    // blocks cut by the diagonal or the end of the keys. Each copy is register-allocated on its own,
-    // so the mask's arithmetic does not raise the register peak of the common, unmasked loop.
+    // One iteration per K/V block (`block` counts steps of the visiting order). Two copies of the loop:
+    // blocks that every row sees in full, then the blocks cut by the window, the diagonal or the end of
+    // the keys. Each copy is register-allocated on its own, so the mask's arithmetic does not raise the
+    // register peak of the common, unmasked loop.
     macro_rules! block_loop {
         ($until:expr, $masked:expr) => {
             while block < $until {
@@ -187,20 +197,17 @@ pub unsafe fn attn_fwd<
                 let v_smem = opaque::u32(kv_smem + compute_stage * stage_bytes + v_offset + lane_a);
                 let q_lane = opaque::u32(q_warp + lane_a);
 
-                let mut acc_s = scores::<E, D, KD, NN, MT, QREG>(&q_frag, q_lane, k_smem);
-                // To base-2 exponent units, then the mask where this block needs one.
-                for row_tiles in acc_s.iter_mut() {
-                    for tile in row_tiles.iter_mut() {
-                        for x in tile.iter_mut() {
-                            *x *= p.scale_log2;
-                        }
-                    }
-                }
-                if $masked {
-                    mask_block(&mut acc_s, m0 + warp_row0 + g, block * BN as u32, t, seqlen_q, seqlen_k, causal);
-                }
+                // The block's first key, worked out before the products (pinned there by `opaque`):
+                // its temporaries then do not add to the register peak of the score tile.
+                let n0 = opaque::u32(key_blocks(opaque::u32(m0)).block(block) * BN as u32);
+
+                let mut acc_s = AccFrag(scores::<E, D, KD, NN, MT, QREG>(&q_frag, q_lane, k_smem));
+                // To base-2 logits, masked where this block needs it.
+                let at = FragPos { row_g: m0 + warp_row0 + g, col0: n0, t };
+                let batch_head = || (sreg::fresh::block_z(), sreg::fresh::block_y());
+                stage::logits_by_query(&p.score, batch_head, &mut acc_s, at, $masked);
                 softmax.update(&mut acc_s, &mut acc_o);
-                accumulate_pv::<E, D, ND, NN, KN, MT>(&mut acc_o, &acc_s, v_smem);
+                accumulate_pv::<E, D, ND, NN, KN, MT>(&mut acc_o.0, &acc_s.0, v_smem);
 
                 block += 1;
                 compute_stage = if compute_stage + 1 == STAGES as u32 { 0 } else { compute_stage + 1 };
@@ -219,12 +226,12 @@ pub unsafe fn attn_fwd<
 
     let (inv, lse) = softmax.finish();
     if split_mode {
-        let at = accum_row(opaque::u32(batch), opaque::u32(head)) + warp_row0 as usize;
+        let at = accum_row(sreg::fresh::block_z(), sreg::fresh::block_y()) + warp_row0 as usize;
         let (o, lse_out) = ((p.o_accum as *mut f32).add(at * D), (p.lse_accum as *mut f32).add(at));
-        epilogue::store_split::<D, ND, MT>(&acc_o, &inv, &lse, o, lse_out, rows as i32 - warp_row0 as i32, lane);
+        epilogue::store_split::<D, ND, MT>(&acc_o.0, &inv, &lse, o, lse_out, rows as i32 - warp_row0 as i32, lane);
         return;
     }
-    let (o_rows, lse_rows, o_stride) = out_rows(opaque::u32(batch), opaque::u32(head));
+    let (o_rows, lse_rows, o_stride) = out_rows(sreg::fresh::block_z(), sreg::fresh::block_y());
     let out = OutRows {
         o: o_rows.add(warp_row0 as usize * o_stride),
         o_row_stride: o_stride,
@@ -232,7 +239,7 @@ pub unsafe fn attn_fwd<
         valid_rows: rows as i32 - warp_row0 as i32,
         staging: q_warp,
     };
-    epilogue::store::<E, D, ND, MT>(&acc_o, &inv, &lse, &out, lane);
+    epilogue::store::<E, D, ND, MT>(&acc_o.0, &inv, &lse, &out, lane);
 }
 
 /// S = Q Kᵀ for the warp's `16·MT` rows and the `BN` keys of the block in shared memory.
@@ -296,40 +303,6 @@ unsafe fn accumulate_pv<
                 E::mma(&mut acc_o[m][nd + 1], &a[m], &[b[2], b[3]]);
             }
             nd += 2;
-        }
-    }
-}
-
-/// Sets to `-inf` the scores of keys that the thread's rows may not see in the block of keys starting
-/// at `n0`: keys at or past `seqlen_k`, and, when causal, keys past `row + seqlen_k - seqlen_q`.
-/// `row_g` is the thread's first row (row g of the warp's first m16 tile); its other rows are
-/// `row_g + 16m + 8r`, so one limit is computed and the rest are immediates. All arithmetic is i32:
-/// `row - seqlen_q` is in [-2^31, 0) and `seqlen_k - n0` in [1, 2^31) (seqlens are < 2^31).
-#[inline(always)]
-pub(super) fn mask_block<const NN: usize, const MT: usize>(
-    s: &mut [[[f32; 4]; NN]; MT],
-    row_g: u32,
-    n0: u32,
-    t: u32,
-    seqlen_q: u32,
-    seqlen_k: u32,
-    causal: bool,
-) {
-    let keys_left = (seqlen_k - n0) as i32;
-    // One past the last visible key of row_g, relative to n0; without causality the diagonal is
-    // replaced by keys_left, which the `min` below then keeps (no branch inside the unrolled code).
-    let diagonal = if causal { (row_g as i32 - seqlen_q as i32) + 1 + keys_left } else { keys_left };
-    for m in 0..MT {
-        for r in 0..2 {
-            let limit = keys_left.min(diagonal + (16 * m + 8 * r) as i32);
-            let limit = limit - 2 * t as i32;
-            for (nn, tile) in s[m].iter_mut().enumerate() {
-                for e in 0..2 {
-                    if (nn * 8 + e) as i32 >= limit {
-                        tile[2 * r + e] = f32::NEG_INFINITY;
-                    }
-                }
-            }
         }
     }
 }

@@ -4,7 +4,12 @@
 //! thread holds 2 rows per m16 tile (g and g+8, g = lane/4) and, of each row, the columns 2t and 2t+1 of
 //! every n8 tile (t = lane%4): the row max needs the 4 lanes of a quad (two `shfl.bfly`), the row sum is
 //! kept per thread and reduced once at the end (every lane of a quad scales it by the same factor).
+//!
+//! An attention sink is one more logit of the row with no value: the state starts from it (running max
+//! = the sink, sum = 1, held by lane t = 0 of each quad), so the normaliser and the LSE include it and
+//! nothing else changes.
 
+use crate::frag::AccFrag;
 use crate::ptx::math::{exp2, log2, recip};
 use crate::ptx::warp::shfl_xor_f32;
 
@@ -16,19 +21,19 @@ pub struct OnlineSoftmax<const MT: usize> {
 }
 
 impl<const MT: usize> OnlineSoftmax<MT> {
+    /// The state before any key: `sink_log2` is the row's sink logit in base-2 units (`-inf`: none),
+    /// `t` this lane's index in its quad.
     #[inline(always)]
-    pub fn new() -> Self {
-        OnlineSoftmax { max: [[f32::NEG_INFINITY; 2]; MT], sum: [[0.0; 2]; MT] }
+    pub fn new(sink_log2: f32, t: u32) -> Self {
+        let sum = if t == 0 && sink_log2 != f32::NEG_INFINITY { 1.0 } else { 0.0 };
+        OnlineSoftmax { max: [[sink_log2; 2]; MT], sum: [[sum; 2]; MT] }
     }
 
     /// Takes in one block of scores `s` (masked entries `-inf`): replaces them by the unnormalised
     /// probabilities exp2(s − new max), and rescales the accumulator `o` by exp2(old max − new max).
     #[inline(always)]
-    pub fn update<const NN: usize, const ND: usize>(
-        &mut self,
-        s: &mut [[[f32; 4]; NN]; MT],
-        o: &mut [[[f32; 4]; ND]; MT],
-    ) {
+    pub fn update<const NN: usize, const ND: usize>(&mut self, s: &mut AccFrag<MT, NN>, o: &mut AccFrag<MT, ND>) {
+        let (s, o) = (&mut s.0, &mut o.0);
         for m in 0..MT {
             for r in 0..2 {
                 let mut block_max = f32::NEG_INFINITY;

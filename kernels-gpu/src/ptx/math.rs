@@ -30,3 +30,15 @@ pub fn recip(x: f32) -> f32 {
     unsafe { core::arch::asm!("rcp.rn.f32 {0}, {1};", out(reg32) out, in(reg32) x, options(pure, nomem, nostack)) };
     out
 }
+
+/// tanh(x) with `tanh.approx.f32` (sm_75+; max relative error about 2^-11, one MUFU operation as
+/// FlashAttention's softcap uses): the softcap of the score stage.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    let out: f32;
+    // SAFETY: pure register operation.
+    unsafe {
+        core::arch::asm!("tanh.approx.f32 {0}, {1};", out(reg32) out, in(reg32) x, options(pure, nomem, nostack))
+    };
+    out
+}

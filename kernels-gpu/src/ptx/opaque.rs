@@ -21,3 +21,9 @@ pub fn usize(mut x: usize) -> usize {
     unsafe { core::arch::asm!("mov.b64 {0}, {0};", inout(reg64) x, options(nomem, nostack)) };
     x
 }
+
+/// `x`, opaque to the optimiser (as [`u32`]).
+#[inline(always)]
+pub fn f32(x: f32) -> f32 {
+    f32::from_bits(u32(x.to_bits()))
+}

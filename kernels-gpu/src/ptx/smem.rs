@@ -40,3 +40,14 @@ pub unsafe fn load_v4(addr: u32) -> [u32; 4] {
     );
     [a, b, c, d]
 }
+
+/// `ld.shared.b32` (PTX ISA §9.7.9.8 `ld`).
+///
+/// # Safety
+/// `addr` is a 4-byte aligned shared-window address inside the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn load_u32(addr: u32) -> u32 {
+    let v: u32;
+    core::arch::asm!("ld.shared.b32 {0}, [{1}];", out(reg32) v, in(reg32) addr, options(nostack, readonly));
+    v
+}

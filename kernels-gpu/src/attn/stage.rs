@@ -1,0 +1,169 @@
+//! The score stage on the GPU: raw dot products `q·k` in an accumulator fragment become base-2 logits
+//! (scale or softcap, then ALiBi, then the mask as `-inf`), the same code for every kernel. The forward
+//! kernels' fragments have query rows and key columns; the backward kernels compute Sᵀ, with key rows
+//! and query columns, and use the transposed limits (`Mask::query_limits`). Everything else the
+//! modifiers need stays where it is used: the sink in the online softmax's initial state (`sink_log2`),
+//! the softcap's derivative in dS (`DTANH`), the sinks' gradient in `bwd/prep.rs`.
+//!
+//! Parameters are read from the kernel's parameter space where used (no registers held through the
+//! loops); the ALiBi slope is one cached global load per block.
+
+use crate::attn::score::{Mask, ScoreParams};
+use crate::frag::AccFrag;
+use crate::ptx::math::tanh;
+use crate::ptx::opaque;
+use core::f32::consts::LOG2_E;
+
+/// Where a fragment sits: this thread's first row (`row0 + g` of the tile, g = lane/4), the first column
+/// of the fragment (the block's first key or query), and t = lane % 4.
+#[derive(Clone, Copy)]
+pub struct FragPos {
+    pub row_g: u32,
+    pub col0: u32,
+    pub t: u32,
+}
+
+/// The call's mask, each field passed through `ptx::opaque` where it is read: what a loop derives from
+/// it (block ranges, row limits) is then recomputed in the loop from the parameter space, which costs
+/// no register, instead of being hoisted out and held in registers the accumulators need.
+#[inline(always)]
+pub fn mask(p: &ScoreParams) -> Mask {
+    let m = &p.mask;
+    Mask {
+        seqlen_q: opaque::u32(m.seqlen_q),
+        seqlen_k: opaque::u32(m.seqlen_k),
+        left: opaque::u32(m.left),
+        right: opaque::u32(m.right),
+    }
+}
+
+/// Forward orientation (rows are queries, columns keys): `s` becomes the logits of the query head
+/// `batch_head()` gives (`(batch, head)`, asked for only where ALiBi needs it, so that no register
+/// holds it through the kernel's loop), invisible pairs `-inf` when `masked` (the block range says
+/// whether the tile needs it).
+///
+/// # Safety
+/// `p` is the call's score parameters; its ALiBi slopes, if any, are valid for `batch_head()`.
+#[inline(always)]
+pub unsafe fn logits_by_query<const MT: usize, const NN: usize>(
+    p: &ScoreParams,
+    batch_head: impl Fn() -> (u32, u32),
+    s: &mut AccFrag<MT, NN>,
+    at: FragPos,
+    masked: bool,
+) {
+    logits::<MT, NN, false, false>(p, batch_head, s, at, masked, |_, _, _, _| {});
+}
+
+/// Backward orientation (rows are keys, columns queries): as [`logits_by_query`], except that the
+/// softcap is a compile-time choice here (the backward's kernels come in two instantiations, so that
+/// the plain one carries no softcap code): `DTANH` applies it, and the softcap's derivative `1 − tanh²` of each element pair (m16 tile m, n8 tile n,
+/// row half r, columns 2t and 2t+1) goes to `dtanh(m, n, r, [d0, d1])` as soon as it is known, so that
+/// the kernel can park it (in shared memory) instead of holding a fragment of registers until dS.
+///
+/// # Safety
+/// As [`logits_by_query`].
+#[inline(always)]
+pub unsafe fn logits_by_key<const MT: usize, const NN: usize, const DTANH: bool>(
+    p: &ScoreParams,
+    batch_head: impl Fn() -> (u32, u32),
+    s: &mut AccFrag<MT, NN>,
+    at: FragPos,
+    masked: bool,
+    dtanh: impl FnMut(usize, usize, usize, [f32; 2]),
+) {
+    logits::<MT, NN, true, DTANH>(p, batch_head, s, at, masked, dtanh);
+}
+
+/// The sink logit of query head `head` in base-2 units, `-inf` without sinks (the online softmax's
+/// initial running max; see `fwd/softmax.rs`).
+///
+/// # Safety
+/// `p.sinks`, if set, holds `heads_q` values and `head < heads_q`.
+#[inline(always)]
+pub unsafe fn sink_log2(p: &ScoreParams, head: u32) -> f32 {
+    if p.sinks == 0 {
+        f32::NEG_INFINITY
+    } else {
+        *(p.sinks as *const f32).add(head as usize) * LOG2_E
+    }
+}
+
+#[inline(always)]
+unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTANH: bool>(
+    p: &ScoreParams,
+    batch_head: impl Fn() -> (u32, u32),
+    s: &mut AccFrag<MT, NN>,
+    at: FragPos,
+    masked: bool,
+    mut dtanh: impl FnMut(usize, usize, usize, [f32; 2]),
+) {
+    // Column `col_t + c` of row r is the element's other index, c = 8n + e an immediate.
+    let col_t = (at.col0 + 2 * at.t) as i32;
+    let row = |m: usize, r: usize| (at.row_g + (16 * m + 8 * r) as u32) as i32;
+
+    // The forward decides at run time; the backward's instantiation decides (`DTANH`).
+    let softcap = if BY_KEY { DTANH } else { opaque::f32(p.softcap_post) != 0.0 };
+    if softcap {
+        let (pre, post) = (opaque::f32(p.softcap_pre), opaque::f32(p.softcap_post));
+        for (m, tiles) in s.0.iter_mut().enumerate() {
+            for (n, tile) in tiles.iter_mut().enumerate() {
+                for r in 0..2 {
+                    let th = [tanh(tile[2 * r] * pre), tanh(tile[2 * r + 1] * pre)];
+                    tile[2 * r] = th[0] * post;
+                    tile[2 * r + 1] = th[1] * post;
+                    if DTANH {
+                        dtanh(m, n, r, [1.0 - th[0] * th[0], 1.0 - th[1] * th[1]]);
+                    }
+                }
+            }
+        }
+    } else {
+        let scale = p.scale_log2;
+        for tiles in s.0.iter_mut() {
+            for tile in tiles.iter_mut() {
+                for x in tile.iter_mut() {
+                    *x *= scale;
+                }
+            }
+        }
+    }
+
+    if opaque::u32(p.alibi_slopes as u32 | (p.alibi_slopes >> 32) as u32) != 0 {
+        let (batch, head) = batch_head();
+        let at_head = batch * p.alibi_batch_stride + head;
+        let slope = *(p.alibi_slopes as *const f32).add(opaque::u32(at_head) as usize) * LOG2_E;
+        let offset = mask(p).offset();
+        for m in 0..MT {
+            for r in 0..2 {
+                // |i + offset − j| = |base − c|, base in f32 (exact below 2^24; farther pairs have
+                // biases beyond any softmax's reach).
+                let base = if BY_KEY { row(m, r) - offset - col_t } else { row(m, r) + offset - col_t } as f32;
+                for (n, tile) in s.0[m].iter_mut().enumerate() {
+                    for e in 0..2 {
+                        let c = (8 * n + e) as f32;
+                        tile[2 * r + e] -= slope * (base - c).abs();
+                    }
+                }
+            }
+        }
+    }
+
+    if masked {
+        let mask = mask(p);
+        for m in 0..MT {
+            for r in 0..2 {
+                let (lo, hi) = if BY_KEY { mask.query_limits(row(m, r)) } else { mask.key_limits(row(m, r)) };
+                let (lo, hi) = (lo - col_t, hi - col_t);
+                for (n, tile) in s.0[m].iter_mut().enumerate() {
+                    for e in 0..2 {
+                        let c = (8 * n + e) as i32;
+                        if c < lo || c >= hi {
+                            tile[2 * r + e] = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
