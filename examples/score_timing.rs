@@ -1,0 +1,115 @@
+//! Times the score stage's options against the plain kernels, forward and backward, with CUDA events:
+//! bf16, head dim 128, hidden 2048 (H = 16).
+//! - Modifiers: B·N = 16K tokens, N in {4K, 16K}, causal off and on: plain, softcap 30, ALiBi
+//!   (`[heads_q]` slopes), sinks, and all three; TFLOP/s on the dense (or causal) FLOPs and the cost
+//!   over plain.
+//! - Sliding window: B = 1, N = 32K, window (4096, 0) against dense causal; TFLOP/s on the visible
+//!   (computed) pairs, 4·H·D per pair (×2.5 for the backward).
+//!
+//! `cargo run --release --example score_timing` (prints markdown tables for docs/perf.md). Warm-up calls,
+//! then the median of back-to-back event-timed calls (`bench::timing::time_calls`); inputs random.
+
+use half::bf16;
+use ironflash::bench::timing::time_calls;
+use ironflash::gpu::{self, DeviceTensor};
+use ironflash::{AttnOptions, AttnProblem, Device, HostTensor, PerHead};
+
+const WARMUP: usize = 3;
+const REPS: usize = 15;
+
+fn median(v: Vec<f64>) -> f64 {
+    let mut v = v;
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+struct Inputs {
+    q: DeviceTensor<bf16>,
+    k: DeviceTensor<bf16>,
+    v: DeviceTensor<bf16>,
+    d_o: DeviceTensor<bf16>,
+}
+
+/// Median forward and backward ms of one option set.
+fn time(dev: &Device, x: &Inputs, opts: &AttnOptions) -> ironflash::Result<(f64, f64)> {
+    let fwd = gpu::flash_forward(dev, &x.q, &x.k, &x.v, opts)?;
+    for _ in 0..WARMUP {
+        gpu::flash_forward(dev, &x.q, &x.k, &x.v, opts)?;
+        gpu::flash_backward(dev, &x.q, &x.k, &x.v, &fwd.o, &fwd.lse, &x.d_o, opts)?;
+    }
+    let f = median(time_calls(dev, REPS, |_| gpu::flash_forward(dev, &x.q, &x.k, &x.v, opts).map(drop))?);
+    let b = median(time_calls(dev, REPS, |_| {
+        gpu::flash_backward(dev, &x.q, &x.k, &x.v, &fwd.o, &fwd.lse, &x.d_o, opts).map(drop)
+    })?);
+    Ok((f, b))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dev = match Device::open(0) {
+        Ok(d) => d,
+        Err(ironflash::Error::NoDriver(why)) => {
+            println!("skipped: no CUDA driver ({why})");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!("device: {} ({} SMs)", dev.info().name, dev.info().sm_count);
+    let (h, d) = (16usize, 128usize);
+    let mut rng = rand::rng();
+    let slopes: Vec<f32> = (0..h).map(|i| 2f32.powf(-8.0 * (i + 1) as f32 / h as f32)).collect();
+    let sinks: Vec<f32> = (0..h).map(|i| i as f32 * 0.1 - 0.5).collect();
+    let (slopes, sinks) = (dev.stream().clone_htod(&slopes)?, dev.stream().clone_htod(&sinks)?);
+    let mut upload = |shape| dev.upload(&HostTensor::<bf16>::random(shape, 1.0, &mut rng));
+
+    println!("\n| N | B | causal | option | fwd ms | fwd TFLOP/s | fwd cost | bwd ms | bwd TFLOP/s | bwd cost |");
+    println!("|---:|---:|---|---|---:|---:|---:|---:|---:|---:|");
+    for n in [4096usize, 16384] {
+        let b = 16384 / n;
+        let shape = [b, n, h, d];
+        let x = Inputs { q: upload(shape)?, k: upload(shape)?, v: upload(shape)?, d_o: upload(shape)? };
+        for causal in [false, true] {
+            let plain = AttnOptions { causal, ..AttnOptions::default() };
+            let variants = [
+                ("plain", plain),
+                ("softcap 30", plain.with_softcap(30.0)),
+                ("ALiBi", plain.with_alibi(PerHead::Device(&slopes))),
+                ("sinks", plain.with_sinks(PerHead::Device(&sinks))),
+                (
+                    "all three",
+                    plain.with_softcap(30.0).with_alibi(PerHead::Device(&slopes)).with_sinks(PerHead::Device(&sinks)),
+                ),
+            ];
+            let flops = AttnProblem::contiguous([b, n, n, h, h, d], &plain)?.forward_flops();
+            let mut base = (0.0, 0.0);
+            for (name, opts) in variants {
+                let (f, bw) = time(&dev, &x, &opts)?;
+                if name == "plain" {
+                    base = (f, bw);
+                }
+                println!(
+                    "| {n} | {b} | {causal} | {name} | {f:.3} | {:.1} | {:+.1}% | {bw:.3} | {:.1} | {:+.1}% |",
+                    flops / f / 1e9,
+                    (f / base.0 - 1.0) * 100.0,
+                    2.5 * flops / bw / 1e9,
+                    (bw / base.1 - 1.0) * 100.0
+                );
+            }
+        }
+    }
+
+    println!("\n| N | window | fwd ms | fwd TFLOP/s (visible) | bwd ms | bwd TFLOP/s (visible) |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    let n = 32768;
+    let shape = [1, n, h, d];
+    let x = Inputs { q: upload(shape)?, k: upload(shape)?, v: upload(shape)?, d_o: upload(shape)? };
+    for (name, opts) in
+        [("dense causal", AttnOptions::causal()), ("(4096, 0)", AttnOptions::causal().with_window(Some(4096), Some(0)))]
+    {
+        let p = AttnProblem::contiguous([1, n, n, h, h, d], &opts)?;
+        // Visible pairs for both rows, so that the rates compare work done.
+        let flops = 4.0 * (h * d) as f64 * p.visible_pairs() as f64;
+        let (f, bw) = time(&dev, &x, &opts)?;
+        println!("| {n} | {name} | {f:.3} | {:.1} | {bw:.3} | {:.1} |", flops / f / 1e9, 2.5 * flops / bw / 1e9);
+    }
+    Ok(())
+}

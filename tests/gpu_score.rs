@@ -1,0 +1,439 @@
+//! The score stage on the GPU: sliding windows, softcap, ALiBi and attention sinks, crossed with
+//! causality, GQA, odd lengths, every head dim and both dtypes, forward and backward, on the chosen
+//! kernels (the Hopper ones at head dim 128 on compute capability 9.0) and on the `mma.sync` rows forced,
+//! plus split-KV forced. Everything against the f64 reference on fresh random inputs, outputs poisoned.
+//! The backward runs on the fused forward's O and LSE (a training step end to end). Skips with one line
+//! without a CUDA driver.
+//!
+//! Bounds: as `gpu_forward` / `gpu_backward` (output relative L2 bf16 1e-2, f16 5e-3; gradients bf16
+//! 1.5e-2, f16 2e-3), except that with a softcap f16 gets bf16's bounds: the kernels' tanh is
+//! `tanh.approx.f32` (relative error about 2^-11, FlashAttention's choice), which moves a logit by up
+//! to `cap · 2^-11`, above f16's rounding.
+
+mod common;
+
+use common::{check_lse, device_or_skip, max_abs, rel_l2};
+use half::{bf16, f16};
+use ironflash::gpu::{self, GpuGradients};
+use ironflash::{cpu, Arg, AttnOptions, DType, Device, Element, Error, HostTensor, Layout, PerHead};
+use ironflash_kernels::{tiles, tiles_bwd};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use rand::{Rng, SeedableRng};
+
+const HEAD_DIMS: [usize; 6] = [32, 64, 96, 128, 192, 256];
+
+/// Which kernels run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kernels {
+    /// The chooser's (Hopper's at D=128 on compute capability 9.0).
+    Chosen,
+    /// The `mma.sync` rows forced (the same as chosen except at D=128 on Hopper).
+    MmaSync,
+    /// The forward split over this many key ranges (the backward as chosen).
+    Split(usize),
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    batch: usize,
+    seqlen_q: usize,
+    seqlen_k: usize,
+    heads_kv: usize,
+    group: usize,
+    head_dim: usize,
+    causal: bool,
+    window: (Option<usize>, Option<usize>),
+    softcap: Option<f32>,
+    /// Some(per_batch): ALiBi slopes `[heads_q]` or `[batch, heads_q]`.
+    alibi: Option<bool>,
+    sinks: bool,
+    deterministic: bool,
+    kernels: Kernels,
+    seed: u64,
+}
+
+fn case_strategy() -> impl Strategy<Value = Case> {
+    let window = prop_oneof![
+        Just((None, None)),
+        (0usize..40).prop_map(|l| (Some(l), None)),
+        (0usize..40).prop_map(|r| (None, Some(r))),
+        (0usize..200, 0usize..60).prop_map(|(l, r)| (Some(l), Some(r))),
+    ];
+    let kernels =
+        prop_oneof![3 => Just(Kernels::Chosen), 2 => Just(Kernels::MmaSync), 1 => (2usize..6).prop_map(Kernels::Split)];
+    (
+        (1usize..=2, prop_oneof![1usize..=70, 100usize..=300], prop_oneof![1usize..=70, 100usize..=300]),
+        (1usize..=2, prop::sample::select(vec![1usize, 2, 4]), prop::sample::select(HEAD_DIMS.to_vec())),
+        (any::<bool>(), window, prop::option::weighted(0.4, prop::sample::select(vec![2.0f32, 8.0, 30.0]))),
+        (prop::option::weighted(0.4, any::<bool>()), prop::bool::weighted(0.4), any::<bool>()),
+        (kernels, any::<u64>()),
+    )
+        .prop_map(
+            |((batch, sq, sk), (hkv, group, d), (causal, window, softcap), (alibi, sinks, det), (k, seed))| Case {
+                batch,
+                seqlen_q: sq,
+                seqlen_k: sk,
+                heads_kv: hkv,
+                group,
+                head_dim: d,
+                causal,
+                window,
+                softcap,
+                alibi,
+                sinks,
+                deterministic: det,
+                kernels: k,
+                seed,
+            },
+        )
+}
+
+/// Host inputs of a case and the per-head values.
+struct Inputs<T> {
+    q: HostTensor<T>,
+    k: HostTensor<T>,
+    v: HostTensor<T>,
+    d_o: HostTensor<T>,
+    scale: f32,
+    slopes: Vec<f32>,
+    sinks: Vec<f32>,
+}
+
+fn inputs<T: Element>(c: &Case) -> Inputs<T> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(c.seed);
+    let hq = c.heads_kv * c.group;
+    let qs = [c.batch, c.seqlen_q, hq, c.head_dim];
+    let ks = [c.batch, c.seqlen_k, c.heads_kv, c.head_dim];
+    let q = HostTensor::<T>::random(qs, 1.0, &mut rng);
+    let k = HostTensor::<T>::random(ks, 1.0, &mut rng);
+    let v = HostTensor::<T>::random(ks, 1.0, &mut rng);
+    let d_o = HostTensor::<T>::random(qs, 1.0, &mut rng);
+    // Scales from 1/sqrt(d) to 3/sqrt(d): some rows peaked, and softcaps of 2 saturate.
+    let scale = rng.random_range(1.0..3.0) / (c.head_dim as f32).sqrt();
+    let n_slopes = if c.alibi == Some(true) { c.batch * hq } else { hq };
+    // BLOOM's slopes run from 2^-1 to 2^-8; a few larger ones make the bias dominate.
+    let slopes = (0..n_slopes).map(|_| 2f32.powf(-rng.random_range(0.0..8.0))).collect();
+    let sinks = (0..hq).map(|_| rng.random_range(-3.0..3.0)).collect();
+    Inputs { q, k, v, d_o, scale, slopes, sinks }
+}
+
+fn options<'a>(c: &Case, x: &Inputs<impl Element>, slopes: PerHead<'a>, sinks: PerHead<'a>) -> AttnOptions<'a> {
+    let mut o = AttnOptions {
+        causal: c.causal,
+        softmax_scale: Some(x.scale),
+        deterministic: c.deterministic,
+        ..AttnOptions::default()
+    }
+    .with_window(c.window.0, c.window.1);
+    o.softcap = c.softcap;
+    if c.alibi.is_some() {
+        o.alibi_slopes = Some(slopes);
+    }
+    if c.sinks {
+        o.sinks = Some(sinks);
+    }
+    o
+}
+
+fn bounds(dtype: DType, softcap: bool) -> (f64, f64) {
+    match (dtype, softcap) {
+        (DType::F16, false) => (5e-3, 2e-3),
+        _ => (1e-2, 1.5e-2),
+    }
+}
+
+/// ‖got − want‖₂ / max(‖want‖₂, 1e-3·√n) as `gpu_backward`'s (gradients that cancel to ~0).
+fn grad_error(got: &[f64], want: &[f64]) -> f64 {
+    if got.iter().any(|x| x.is_nan()) {
+        return f64::NAN;
+    }
+    let num: f64 = got.iter().zip(want).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let den: f64 = want.iter().map(|y| y * y).sum::<f64>().sqrt();
+    num / den.max(1e-3 * (want.len() as f64).sqrt())
+}
+
+/// The GPU's forward and backward of one case against the reference; the worst errors `(O, grads)`.
+fn run_case<T: Element>(dev: &Device, c: &Case) -> Result<(f64, f64), String> {
+    let name = format!("{} {c:?}", T::DTYPE);
+    let x = inputs::<T>(c);
+    let host_opts = options(c, &x, PerHead::Host(&x.slopes), PerHead::Host(&x.sinks));
+    let want_fwd = cpu::reference_forward(&x.q, &x.k, &x.v, &host_opts).map_err(|e| e.to_string())?;
+    let want_bwd = cpu::reference_backward(&x.q, &x.k, &x.v, &x.d_o, &host_opts).map_err(|e| e.to_string())?;
+
+    let err = |e: Error| format!("{name}: {e}");
+    let slopes = dev.stream().clone_htod(&x.slopes).map_err(|e| e.to_string())?;
+    let sinks = dev.stream().clone_htod(&x.sinks).map_err(|e| e.to_string())?;
+    let opts = options(c, &x, PerHead::Device(&slopes), PerHead::Device(&sinks));
+    let (q, k, v, d_o) = (
+        dev.upload(&x.q).map_err(err)?,
+        dev.upload(&x.k).map_err(err)?,
+        dev.upload(&x.v).map_err(err)?,
+        dev.upload(&x.d_o).map_err(err)?,
+    );
+    let mut o = dev.poisoned::<T>(x.q.shape()).map_err(err)?;
+    let mut lse = dev.poisoned_f32(want_fwd.lse.len()).map_err(err)?;
+    let d = c.head_dim;
+    let mma_fwd = tiles::FWD_TILES.iter().find(|t| t.head_dim == d && !t.wgmma).unwrap();
+    match c.kernels {
+        Kernels::Chosen => gpu::flash_forward_into(dev, &q, &k, &v, &mut o, &mut lse, &opts),
+        Kernels::MmaSync => gpu::flash_forward_with_tile(dev, &q, &k, &v, &mut o, &mut lse, &opts, mma_fwd),
+        Kernels::Split(n) => gpu::flash_forward_with_splits(dev, &q, &k, &v, &mut o, &mut lse, &opts, None, n),
+    }
+    .map_err(err)?;
+    let got_o = dev.download(&o).map_err(err)?.to_f64_contiguous();
+    let got_lse = dev.download_f32(&lse).map_err(err)?;
+    let (o_tol, g_tol) = bounds(T::DTYPE, c.softcap.is_some());
+    let o_err = rel_l2(&got_o, &want_fwd.o);
+    // Rows that see no key: O exactly 0 (the reference's too), so the relative L2 covers them.
+    if o_err.is_nan() || o_err >= o_tol {
+        return Err(format!("{name}: O error {o_err:.3e} > {o_tol} (max_abs {:.2e})", max_abs(&got_o, &want_fwd.o)));
+    }
+    // LSE: absolute, scaled by its magnitude (ALiBi makes LSEs large).
+    let lse_scale = want_fwd.lse.iter().filter(|l| l.is_finite()).fold(1.0f64, |m, l| m.max(l.abs()));
+    check_lse(&got_lse, &want_fwd.lse, 2e-3 * lse_scale).map_err(|e| format!("{name}: {e}"))?;
+
+    let mut grads = GpuGradients {
+        dq: dev.poisoned::<T>(x.q.shape()).map_err(err)?,
+        dk: dev.poisoned::<T>(x.k.shape()).map_err(err)?,
+        dv: dev.poisoned::<T>(x.k.shape()).map_err(err)?,
+        d_sinks: if c.sinks { Some(dev.poisoned_f32(x.sinks.len()).map_err(err)?) } else { None },
+    };
+    let mma_bwd = tiles_bwd::BWD_TILES.iter().find(|t| t.head_dim == d && !t.wgmma).unwrap();
+    match c.kernels {
+        Kernels::MmaSync => gpu::flash_backward_with_tile(dev, &q, &k, &v, &o, &lse, &d_o, &mut grads, &opts, mma_bwd),
+        _ => gpu::flash_backward_into(dev, &q, &k, &v, &o, &lse, &d_o, &mut grads, &opts),
+    }
+    .map_err(err)?;
+    let mut worst = 0.0f64;
+    let mut report = Vec::new();
+    for (g, t, w) in [("dq", &grads.dq, &want_bwd.dq), ("dk", &grads.dk, &want_bwd.dk), ("dv", &grads.dv, &want_bwd.dv)]
+    {
+        let got = dev.download(t).map_err(err)?.to_f64_contiguous();
+        let e = grad_error(&got, w);
+        report.push(format!("{g} {e:.2e}"));
+        if e.is_nan() || e >= g_tol {
+            return Err(format!("{name}: {g} error {e:.3e} > {g_tol} [{}]", report.join(", ")));
+        }
+        worst = worst.max(e);
+    }
+    if let (Some(got), Some(want)) = (&grads.d_sinks, &want_bwd.d_sinks) {
+        let got: Vec<f64> = dev.download_f32(got).map_err(err)?.iter().map(|&x| x as f64).collect();
+        let e = grad_error(&got, want);
+        report.push(format!("d_sinks {e:.2e}"));
+        if e.is_nan() || e >= g_tol {
+            return Err(format!("{name}: d_sinks error {e:.3e} > {g_tol}: {got:?} vs {want:?}"));
+        }
+        worst = worst.max(e);
+    }
+    println!("{name}: O {o_err:.2e}, {}", report.join(", "));
+    Ok((o_err, worst))
+}
+
+fn property<T: Element>(test: &str, cases: u32) {
+    let Some(dev) = device_or_skip(test) else { return };
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let worst = std::sync::Mutex::new((0.0f64, 0.0f64));
+    runner
+        .run(&case_strategy(), |c| {
+            let (o, g) = run_case::<T>(dev, &c).map_err(TestCaseError::fail)?;
+            let mut w = worst.lock().unwrap();
+            *w = (w.0.max(o), w.1.max(g));
+            Ok(())
+        })
+        .unwrap();
+    println!("{test}: worst O {:.2e}, worst gradient {:.2e}", worst.lock().unwrap().0, worst.lock().unwrap().1);
+}
+
+#[test]
+fn every_option_matches_reference_bf16() {
+    property::<bf16>("every_option_matches_reference_bf16", 160);
+}
+
+#[test]
+fn every_option_matches_reference_f16() {
+    property::<f16>("every_option_matches_reference_f16", 160);
+}
+
+fn fixed(c: Case) {
+    let Some(dev) = device_or_skip("gpu_score fixed") else { return };
+    run_case::<bf16>(dev, &c).unwrap();
+    run_case::<f16>(dev, &Case { seed: c.seed + 1, ..c.clone() }).unwrap();
+}
+
+fn base(head_dim: usize, sq: usize, sk: usize) -> Case {
+    Case {
+        batch: 1,
+        seqlen_q: sq,
+        seqlen_k: sk,
+        heads_kv: 2,
+        group: 2,
+        head_dim,
+        causal: false,
+        window: (None, None),
+        softcap: None,
+        alibi: None,
+        sinks: false,
+        deterministic: false,
+        kernels: Kernels::Chosen,
+        seed: 7,
+    }
+}
+
+/// Each option alone and all together at head dim 128 (the Hopper kernels on an H100) over several
+/// blocks, on both kernel families, and a window that hides whole blocks on both sides.
+#[test]
+fn each_option_at_head_dim_128_on_both_kernel_families() {
+    for kernels in [Kernels::Chosen, Kernels::MmaSync] {
+        let b = Case { kernels, ..base(128, 700, 900) };
+        fixed(Case { window: (Some(130), Some(0)), ..b.clone() });
+        fixed(Case { causal: true, window: (Some(200), None), ..b.clone() });
+        fixed(Case { window: (Some(64), Some(96)), ..b.clone() });
+        fixed(Case { softcap: Some(5.0), ..b.clone() });
+        fixed(Case { alibi: Some(false), causal: true, ..b.clone() });
+        fixed(Case { alibi: Some(true), ..b.clone() });
+        fixed(Case { sinks: true, causal: true, ..b.clone() });
+        let all =
+            Case { causal: true, window: (Some(300), None), softcap: Some(20.0), alibi: Some(false), sinks: true, ..b };
+        fixed(all.clone());
+        fixed(Case { deterministic: true, ..all });
+    }
+}
+
+/// Rows with no visible key (causal with more queries than keys, narrow windows) keep O = 0 and get
+/// LSE = -inf, or the sink with sinks; whole query blocks of them too.
+#[test]
+fn rows_without_keys() {
+    for d in [64, 128] {
+        fixed(Case { causal: true, ..base(d, 400, 100) });
+        fixed(Case { causal: true, sinks: true, ..base(d, 400, 100) });
+        fixed(Case { window: (Some(0), Some(0)), sinks: true, ..base(d, 300, 40) });
+        fixed(Case {
+            causal: true,
+            window: (Some(3), None),
+            kernels: Kernels::Split(4),
+            sinks: true,
+            ..base(d, 200, 60)
+        });
+    }
+}
+
+/// The deterministic backward with windows, softcap, ALiBi and sinks: bitwise the same three times
+/// (and it ends: no turn waits for a key block that never visits the query block).
+#[test]
+fn deterministic_backward_with_windows_is_bitwise_stable() {
+    let Some(dev) = device_or_skip("deterministic_backward_with_windows_is_bitwise_stable") else { return };
+    for (d, window, causal) in
+        [(128, (Some(300), Some(40)), false), (128, (Some(129), None), true), (64, (Some(70), Some(5)), false)]
+    {
+        let c = Case {
+            window,
+            causal,
+            softcap: Some(10.0),
+            alibi: Some(false),
+            sinks: true,
+            deterministic: true,
+            batch: 2,
+            ..base(d, 1100, 1300)
+        };
+        let x = inputs::<bf16>(&c);
+        let slopes = dev.stream().clone_htod(&x.slopes).unwrap();
+        let sinks = dev.stream().clone_htod(&x.sinks).unwrap();
+        let opts = options(&c, &x, PerHead::Device(&slopes), PerHead::Device(&sinks));
+        let (q, k, v, d_o) = (
+            dev.upload(&x.q).unwrap(),
+            dev.upload(&x.k).unwrap(),
+            dev.upload(&x.v).unwrap(),
+            dev.upload(&x.d_o).unwrap(),
+        );
+        let fwd = gpu::flash_forward(dev, &q, &k, &v, &opts).unwrap();
+        let run = || {
+            let g = gpu::flash_backward(dev, &q, &k, &v, &fwd.o, &fwd.lse, &d_o, &opts).unwrap();
+            let mut bits: Vec<u16> = Vec::new();
+            for t in [&g.dq, &g.dk, &g.dv] {
+                bits.extend(dev.download(t).unwrap().data.iter().map(|x| x.to_bits()));
+            }
+            let ds: Vec<u32> =
+                dev.download_f32(g.d_sinks.as_ref().unwrap()).unwrap().iter().map(|x| x.to_bits()).collect();
+            (bits, ds)
+        };
+        let first = run();
+        for _ in 0..2 {
+            assert!(run() == first, "d={d} window {window:?}: gradients differ between runs");
+        }
+    }
+}
+
+/// Bad per-head buffers and modifiers are typed errors, before any launch.
+#[test]
+fn typed_errors() {
+    let Some(dev) = device_or_skip("typed_errors") else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let t = |shape, rng: &mut rand::rngs::StdRng| dev.upload(&HostTensor::<bf16>::random(shape, 1.0, rng)).unwrap();
+    let (q, k) = (t([1, 16, 4, 64], &mut rng), t([1, 24, 2, 64], &mut rng));
+    let three = dev.stream().clone_htod(&[0.5f32; 3]).unwrap();
+    let four = dev.stream().clone_htod(&[0.5f32; 4]).unwrap();
+    let host = [0.5f32; 4];
+    let cases: [(AttnOptions, Arg); 5] = [
+        (AttnOptions::default().with_alibi(PerHead::Device(&three)), Arg::AlibiSlopes),
+        (AttnOptions::default().with_sinks(PerHead::Device(&three)), Arg::Sinks),
+        (AttnOptions::default().with_alibi(PerHead::Host(&host)), Arg::AlibiSlopes),
+        (AttnOptions::default().with_sinks(PerHead::Host(&host)), Arg::Sinks),
+        (AttnOptions::default().with_softcap(-1.0), Arg::Softcap),
+    ];
+    for (opts, arg) in cases {
+        let e = gpu::flash_forward(dev, &q, &k, &k, &opts).unwrap_err();
+        let named = match &e {
+            Error::ShapeMismatch { arg: a, .. } | Error::PerHeadLocation { arg: a, .. } => *a == arg,
+            Error::BadSoftcap(_) => arg == Arg::Softcap,
+            _ => false,
+        };
+        assert!(named, "{opts:?}: {e}");
+    }
+    // A backward with sinks needs somewhere to put their gradient.
+    let opts = AttnOptions::default().with_sinks(PerHead::Device(&four));
+    let fwd = gpu::flash_forward(dev, &q, &k, &k, &opts).unwrap();
+    let mut grads = GpuGradients {
+        dq: dev.poisoned::<bf16>([1, 16, 4, 64]).unwrap(),
+        dk: dev.poisoned::<bf16>([1, 24, 2, 64]).unwrap(),
+        dv: dev.poisoned::<bf16>([1, 24, 2, 64]).unwrap(),
+        d_sinks: None,
+    };
+    let e = gpu::flash_backward_into(dev, &q, &k, &k, &fwd.o, &fwd.lse, &q, &mut grads, &opts).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { arg: Arg::DSinks, .. }), "{e}");
+    // The standard baseline implements the mask only.
+    let e = gpu::standard_forward(dev, &q, &k, &k, &AttnOptions::default().with_softcap(5.0)).unwrap_err();
+    assert!(matches!(e, Error::UnsupportedOption { arg: Arg::Softcap, .. }), "{e}");
+    // The standard baseline's mask is the same rule: windowed rows agree with the fused kernel.
+    let opts = AttnOptions::default().with_window(Some(5), Some(2));
+    let a = gpu::standard_forward(dev, &q, &k, &k, &opts).unwrap();
+    let b = gpu::flash_forward(dev, &q, &k, &k, &opts).unwrap();
+    let (a, b) = (dev.download(&a.o).unwrap().to_f64_contiguous(), dev.download(&b.o).unwrap().to_f64_contiguous());
+    assert!(rel_l2(&a, &b) < 1e-2, "standard vs fused with a window: {}", rel_l2(&a, &b));
+    let _ = Layout::contiguous([1, 1, 1, 1]);
+}
+
+/// A small sample covering every option on both kernel families (forward, split forward, backward,
+/// deterministic backward): what the sanitizer runs take (`compute-sanitizer --tool memcheck|racecheck|
+/// synccheck ... --test gpu_score sanitizer_sample`).
+#[test]
+fn sanitizer_sample() {
+    let Some(dev) = device_or_skip("sanitizer_sample") else { return };
+    for d in [64, 128] {
+        for kernels in [Kernels::Chosen, Kernels::MmaSync, Kernels::Split(3)] {
+            let c = Case {
+                kernels,
+                causal: true,
+                window: (Some(150), None),
+                softcap: Some(10.0),
+                alibi: Some(true),
+                sinks: true,
+                deterministic: kernels == Kernels::MmaSync,
+                batch: 2,
+                ..base(d, 260, 300)
+            };
+            run_case::<bf16>(dev, &c).unwrap();
+            run_case::<bf16>(dev, &Case { window: (Some(20), Some(30)), causal: false, ..c }).unwrap();
+        }
+    }
+}
