@@ -6,9 +6,10 @@
 //! without a CUDA driver.
 //!
 //! Bounds: as `gpu_forward` / `gpu_backward` (output relative L2 bf16 1e-2, f16 5e-3; gradients bf16
-//! 1.5e-2, f16 2e-3), except that with a softcap f16 gets bf16's bounds: the kernels' tanh is
-//! `tanh.approx.f32` (relative error about 2^-11, FlashAttention's choice), which moves a logit by up
-//! to `cap · 2^-11`, above f16's rounding.
+//! 1.5e-2, f16 2e-3), softcap included (the kernels' tanh is `tanh.approx.f32`, FlashAttention's choice;
+//! measured on the H100 it stays within f16's bounds). The sinks' gradient `−Σ p_sink·delta` sums
+//! deltas that the kernel forms from the rounded O, as FlashAttention does, and which cancel: its error
+//! is measured against `Σ p_sink·‖dO‖·‖O‖`, the size of the terms, with the same bounds.
 
 mod common;
 
@@ -136,11 +137,31 @@ fn options<'a>(c: &Case, x: &Inputs<impl Element>, slopes: PerHead<'a>, sinks: P
     o
 }
 
-fn bounds(dtype: DType, softcap: bool) -> (f64, f64) {
-    match (dtype, softcap) {
-        (DType::F16, false) => (5e-3, 2e-3),
+fn bounds(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F16 => (5e-3, 2e-3),
         _ => (1e-2, 1.5e-2),
     }
+}
+
+/// Per query head, `Σ_{b,i} exp(sink − LSE)·‖dO‖·‖O‖` over its rows (reference values): what the
+/// sinks' gradient's terms add up to in size (each |delta| is at most ‖dO‖·‖O‖).
+fn d_sinks_scale(c: &Case, sinks: &[f32], o: &[f64], lse: &[f64], d_o: &[f64]) -> Vec<f64> {
+    let (hq, d) = (c.heads_kv * c.group, c.head_dim);
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    (0..hq)
+        .map(|h| {
+            let mut total = 0.0;
+            for b in 0..c.batch {
+                for i in 0..c.seqlen_q {
+                    let at = ((b * c.seqlen_q + i) * hq + h) * d;
+                    let p_sink = (sinks[h] as f64 - lse[(b * hq + h) * c.seqlen_q + i]).exp();
+                    total += p_sink * norm(&o[at..at + d]) * norm(&d_o[at..at + d]);
+                }
+            }
+            total
+        })
+        .collect()
 }
 
 /// ‖got − want‖₂ / max(‖want‖₂, 1e-3·√n) as `gpu_backward`'s (gradients that cancel to ~0).
@@ -183,7 +204,7 @@ fn run_case<T: Element>(dev: &Device, c: &Case) -> Result<(f64, f64), String> {
     .map_err(err)?;
     let got_o = dev.download(&o).map_err(err)?.to_f64_contiguous();
     let got_lse = dev.download_f32(&lse).map_err(err)?;
-    let (o_tol, g_tol) = bounds(T::DTYPE, c.softcap.is_some());
+    let (o_tol, g_tol) = bounds(T::DTYPE);
     let o_err = rel_l2(&got_o, &want_fwd.o);
     // Rows that see no key: O exactly 0 (the reference's too), so the relative L2 covers them.
     if o_err.is_nan() || o_err >= o_tol {
@@ -219,7 +240,12 @@ fn run_case<T: Element>(dev: &Device, c: &Case) -> Result<(f64, f64), String> {
     }
     if let (Some(got), Some(want)) = (&grads.d_sinks, &want_bwd.d_sinks) {
         let got: Vec<f64> = dev.download_f32(got).map_err(err)?.iter().map(|&x| x as f64).collect();
-        let e = grad_error(&got, want);
+        let scale = d_sinks_scale(c, &x.sinks, &want_fwd.o, &want_fwd.lse, &x.d_o.to_f64_contiguous());
+        let e = if got.iter().any(|g| g.is_nan()) {
+            f64::NAN
+        } else {
+            got.iter().zip(want).zip(&scale).map(|((g, w), s)| (g - w).abs() / s.max(1e-30)).fold(0.0, f64::max)
+        };
         report.push(format!("d_sinks {e:.2e}"));
         if e.is_nan() || e >= g_tol {
             return Err(format!("{name}: d_sinks error {e:.3e} > {g_tol}: {got:?} vs {want:?}"));

@@ -31,7 +31,7 @@ pub struct Mask {
 /// column offsets inside a tile).
 pub const MAX_TOTAL_SEQLEN: u64 = (1 << 31) - (1 << 16);
 
-/// The key blocks one query block visits, and in what order (see [`Mask::key_blocks`]).
+/// The key blocks one query block visits, and which need the mask (see [`Mask::key_blocks`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KeyBlocks {
     /// First visited block.
@@ -54,26 +54,13 @@ impl KeyBlocks {
     pub fn is_empty(&self) -> bool {
         self.end == self.first
     }
-    /// Blocks that need no mask; they come first in the visiting order.
+    /// Whether block `b` (in `[first, end)`) needs the mask: cut by a window's left edge (before
+    /// `full_first`), or by the diagonal, a right window edge or the end of the keys (from `full_end`).
+    /// Kernels visit the blocks in key order, in three loops (masked, unmasked, masked), each
+    /// register-allocated on its own.
     #[inline(always)]
-    pub fn unmasked(&self) -> u32 {
-        self.full_end - self.full_first
-    }
-    /// The block visited at step `s` (`s < len()`): the unmasked blocks first, then the masked ones
-    /// before them (cut by the window's left edge), then those after them (cut by the diagonal or the
-    /// end of the keys). A kernel then runs two loops, unmasked then masked, each register-allocated on
-    /// its own, and its loader walks the same order.
-    #[inline(always)]
-    pub fn block(&self, s: u32) -> u32 {
-        let unmasked = self.unmasked();
-        let left_masked = self.full_first - self.first;
-        if s < unmasked {
-            self.full_first + s
-        } else if s < unmasked + left_masked {
-            self.first + (s - unmasked)
-        } else {
-            self.full_end + (s - unmasked - left_masked)
-        }
+    pub fn needs_mask(&self, b: u32) -> bool {
+        b < self.full_first || b >= self.full_end
     }
 }
 
@@ -328,13 +315,9 @@ mod tests {
                                 Some(f) => assert_eq!((kb.first, kb.end), (f, any_end), "{ctx}"),
                             }
                             assert!(kb.first <= kb.full_first && kb.full_first <= kb.full_end && kb.full_end <= kb.end);
-                            // The visiting order is a permutation of [first, end), unmasked blocks first.
-                            let mut order: Vec<u32> = (0..kb.len()).map(|s| kb.block(s)).collect();
-                            assert!(order[..kb.unmasked() as usize]
-                                .iter()
-                                .all(|b| (kb.full_first..kb.full_end).contains(b)));
-                            order.sort();
-                            assert_eq!(order, (kb.first..kb.end).collect::<Vec<_>>(), "{ctx}");
+                            for b in kb.first..kb.end {
+                                assert_eq!(kb.needs_mask(b), !(kb.full_first..kb.full_end).contains(&b), "{ctx}");
+                            }
                             m0 += bm;
                         }
                     }

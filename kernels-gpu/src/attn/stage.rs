@@ -37,22 +37,23 @@ pub fn mask(p: &ScoreParams) -> Mask {
     }
 }
 
-/// Forward orientation (rows are queries, columns keys): `s` becomes the logits of the query head
-/// `batch_head()` gives (`(batch, head)`, asked for only where ALiBi needs it, so that no register
-/// holds it through the kernel's loop), invisible pairs `-inf` when `masked` (the block range says
-/// whether the tile needs it).
+/// Forward orientation (rows are queries, columns keys): `s` becomes the logits of one query head,
+/// invisible pairs `-inf` when `masked` (the block range says whether the tile needs it).
+/// `alibi_slope()` gives the head's ALiBi slope in base-2 units ([`alibi_slope_log2`]); it is asked for
+/// only with ALiBi, so a kernel whose registers bind loads it there, and one with registers to spare
+/// loads it once, before its loop.
 ///
 /// # Safety
-/// `p` is the call's score parameters; its ALiBi slopes, if any, are valid for `batch_head()`.
+/// `p` is the call's score parameters; `alibi_slope` is safe to call when `p` has ALiBi slopes.
 #[inline(always)]
 pub unsafe fn logits_by_query<const MT: usize, const NN: usize>(
     p: &ScoreParams,
-    batch_head: impl Fn() -> (u32, u32),
+    alibi_slope: impl Fn() -> f32,
     s: &mut AccFrag<MT, NN>,
     at: FragPos,
     masked: bool,
 ) {
-    logits::<MT, NN, false, false>(p, batch_head, s, at, masked, |_, _, _, _| {});
+    logits::<MT, NN, false, false>(p, alibi_slope, s, at, masked, |_, _, _, _| {});
 }
 
 /// Backward orientation (rows are keys, columns queries): as [`logits_by_query`], except that the
@@ -66,13 +67,23 @@ pub unsafe fn logits_by_query<const MT: usize, const NN: usize>(
 #[inline(always)]
 pub unsafe fn logits_by_key<const MT: usize, const NN: usize, const DTANH: bool>(
     p: &ScoreParams,
-    batch_head: impl Fn() -> (u32, u32),
+    alibi_slope: impl Fn() -> f32,
     s: &mut AccFrag<MT, NN>,
     at: FragPos,
     masked: bool,
     dtanh: impl FnMut(usize, usize, usize, [f32; 2]),
 ) {
-    logits::<MT, NN, true, DTANH>(p, batch_head, s, at, masked, dtanh);
+    logits::<MT, NN, true, DTANH>(p, alibi_slope, s, at, masked, dtanh);
+}
+
+/// The ALiBi slope of query head `head` of batch `batch` in base-2 units.
+///
+/// # Safety
+/// `p.alibi_slopes` is set, with `heads_q` values (`alibi_batch_stride` 0) or `batch · heads_q`.
+#[inline(always)]
+pub unsafe fn alibi_slope_log2(p: &ScoreParams, batch: u32, head: u32) -> f32 {
+    let at = batch * p.alibi_batch_stride + head;
+    *(p.alibi_slopes as *const f32).add(opaque::u32(at) as usize) * LOG2_E
 }
 
 /// The sink logit of query head `head` in base-2 units, `-inf` without sinks (the online softmax's
@@ -92,7 +103,7 @@ pub unsafe fn sink_log2(p: &ScoreParams, head: u32) -> f32 {
 #[inline(always)]
 unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTANH: bool>(
     p: &ScoreParams,
-    batch_head: impl Fn() -> (u32, u32),
+    alibi_slope: impl Fn() -> f32,
     s: &mut AccFrag<MT, NN>,
     at: FragPos,
     masked: bool,
@@ -130,9 +141,7 @@ unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTA
     }
 
     if opaque::u32(p.alibi_slopes as u32 | (p.alibi_slopes >> 32) as u32) != 0 {
-        let (batch, head) = batch_head();
-        let at_head = batch * p.alibi_batch_stride + head;
-        let slope = *(p.alibi_slopes as *const f32).add(opaque::u32(at_head) as usize) * LOG2_E;
+        let slope = alibi_slope();
         let offset = mask(p).offset();
         for m in 0..MT {
             for r in 0..2 {

@@ -259,8 +259,8 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem, const SOFTCAP: bool>(p: &BwdParams) {
             |_, i: usize, rr: usize, d: [f32; 2]| smem::store_u32(ds_at(i as u32, rr as u32), E::pack2(d[0], d[1]));
         let mut s_frag = AccFrag::<1, 8>::from_wgmma(&s);
         let at = FragPos { row_g: n0 + key_w + warp * 16 + g, col0: m0, t };
-        let batch_head = || (b as u32, h_first + it / per_head);
-        stage::logits_by_key::<1, 8, SOFTCAP>(&p.score, batch_head, &mut s_frag, at, need_mask, park);
+        let slope = || stage::alibi_slope_log2(&p.score, b as u32, h_first + it / per_head);
+        stage::logits_by_key::<1, 8, SOFTCAP>(&p.score, slope, &mut s_frag, at, need_mask, park);
         let x = &s_frag.0[0];
         let mut pk = [0u32; 16];
         for i in 0..8 {

@@ -13,9 +13,9 @@
 //!   a stage before refilling it. The compute warpgroups never wait for each other, so one can run its
 //!   softmax while the other's products hold the tensor cores.
 //!
-//! `setmaxnreg` gives the compute warpgroups 216 registers per thread and the loader 72 (the launch
-//! bounds in `kernels.rs` give 168 each: 2·128·216 + 128·72 = 384·168; ptxas spills with less for
-//! the loader).
+//! `setmaxnreg` gives the compute warpgroups 208 registers per thread and the loader 88 (the launch
+//! bounds in `kernels.rs` give 168 each: 2·128·208 + 128·88 = 384·168; the loader spilled with 72 once
+//! it walked the score stage's block ranges, and the compute warpgroups fit in 208).
 //!
 //! The epilogue of a compute warpgroup stages its O rows (normalised, rounded) in its own 64 rows of
 //! the Q tile, which nothing reads any more, and writes them out as 16-byte vectors.
@@ -23,7 +23,6 @@
 use super::epilogue::store_empty;
 use super::softmax::OnlineSoftmax;
 use crate::abi::FwdParams;
-use crate::attn::score::KeyBlocks;
 use crate::attn::stage::{self, FragPos};
 use crate::frag::AccFrag;
 use crate::ptx::wgmma::{self, desc_sw128, sw128_offset, WgmmaElem};
@@ -38,8 +37,8 @@ const BN: usize = T.block_n;
 const STAGES: u32 = T.stages as u32;
 const COMPUTE_THREADS: u32 = 256;
 const LOADER_THREADS: usize = 128;
-const COMPUTE_REGS: u32 = 216;
-const LOADER_REGS: u32 = 72;
+const COMPUTE_REGS: u32 = 208;
+const LOADER_REGS: u32 = 88;
 /// `[q, kv, end]` from the 1024-byte aligned base.
 const L: [usize; 3] = T.wgmma_smem_layout(2);
 /// One K or V tile, and one stage (K then V).
@@ -65,11 +64,10 @@ const _: () = assert!(
         && 256 * COMPUTE_REGS + 128 * LOADER_REGS <= 384 * 168
 );
 
-/// The loader warpgroup: Q, then every K/V block of the CTA in visiting order (`KeyBlocks::block`), step
-/// j into stage `j % STAGES`.
+/// The loader warpgroup: Q, then the CTA's `n_blocks` K/V blocks in key order from block `first`, step j
+/// into stage `j % STAGES`.
 #[inline(always)]
-unsafe fn loader(p: &FwdParams, base: u32, m0: u32, rows: u32, blocks: &KeyBlocks, tid: u32) {
-    let n_blocks = blocks.len();
+unsafe fn loader(p: &FwdParams, base: u32, m0: u32, rows: u32, (first, n_blocks): (u32, u32), tid: u32) {
     let (head, batch) = (sreg::block_y() as u64, sreg::block_z() as u64);
     let kv_head = head / p.group as u64;
     let q =
@@ -82,7 +80,7 @@ unsafe fn loader(p: &FwdParams, base: u32, m0: u32, rows: u32, blocks: &KeyBlock
             // Both compute warpgroups are done with block j - STAGES.
             sync::named_at::<384>(EMPTY + s);
         }
-        let n0 = blocks.block(j) * BN as u32;
+        let n0 = (first + j) * BN as u32;
         let dst = base + L[1] as u32 + s * STAGE_BYTES;
         let k = (p.k as *const u16)
             .add((batch * p.k_strides[0] + n0 as u64 * p.k_strides[1] + kv_head * p.k_strides[2]) as usize);
@@ -149,15 +147,22 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
     let m0 = m_block * BM as u32;
     let rows = (sq - m0).min(BM as u32);
     let blocks = p.score.mask.key_blocks(m0, rows, BN as u32);
-    let (n_blocks, n_unmasked) = (blocks.len(), blocks.unmasked());
+    let n_blocks = blocks.len();
     let sink = stage::sink_log2(&p.score, head);
 
-    let o_g = (p.o as *mut u16)
-        .add((batch as u64 * p.o_strides[0] + m0 as u64 * p.o_strides[1] + head as u64 * p.o_strides[2]) as usize);
+    // Where this CTA's O rows and LSE values go; worked out where they are written, from fresh reads of
+    // the block indices, so that no register holds them through the loop.
+    let out = || {
+        let (head, batch) = (sreg::fresh::block_y(), sreg::fresh::block_z());
+        let o_g = (p.o as *mut u16)
+            .add((batch as u64 * p.o_strides[0] + m0 as u64 * p.o_strides[1] + head as u64 * p.o_strides[2]) as usize);
+        let lse_g = (p.lse as *mut f32).add(((batch * p.heads_q + head) as u64 * sq as u64 + m0 as u64) as usize);
+        (o_g, lse_g)
+    };
     let o_stride = p.o_strides[1] as usize;
-    let lse_g = (p.lse as *mut f32).add(((batch * p.heads_q + head) as u64 * sq as u64 + m0 as u64) as usize);
     if n_blocks == 0 {
         if tid < COMPUTE_THREADS {
+            let (o_g, lse_g) = out();
             store_empty::<D>(o_g, o_stride, lse_g, sink * core::f32::consts::LN_2, rows, COMPUTE_THREADS, tid);
         }
         return;
@@ -167,7 +172,7 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
     let base = (smem::base() + 1023) & !1023;
     if tid >= COMPUTE_THREADS {
         setmaxnreg::dec::<LOADER_REGS>();
-        loader(p, base, m0, rows, &blocks, tid - COMPUTE_THREADS);
+        loader(p, base, m0, rows, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
         return;
     }
     setmaxnreg::inc::<COMPUTE_REGS>();
@@ -180,6 +185,9 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
     let row_g = m0 + 64 * wg + 16 * warp + g;
 
     let mut softmax = OnlineSoftmax::<1>::new(sink, t);
+    // Loaded once: the compute warpgroups have registers to spare, and a load in the loop would stall
+    // each block's softmax on its latency.
+    let slope = if p.score.alibi_slopes != 0 { stage::alibi_slope_log2(&p.score, batch, head) } else { 0.0 };
     let mut o = [0f32; 64];
     let mut j = 0u32;
     while j < n_blocks {
@@ -207,9 +215,10 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
         }
 
         let (mut s_frag, mut o_frag) = (AccFrag::<1, 16>::from_wgmma(&sc), AccFrag::<1, 16>::from_wgmma(&o));
-        let at = FragPos { row_g, col0: blocks.block(j) * BN as u32, t };
-        let batch_head = || (sreg::fresh::block_z(), sreg::fresh::block_y());
-        stage::logits_by_query(&p.score, batch_head, &mut s_frag, at, j >= n_unmasked);
+        // The block range again, from the parameter space (`stage::mask`): cheaper than holding it.
+        let blocks = stage::mask(&p.score).key_blocks(m0, rows, BN as u32);
+        let at = FragPos { row_g, col0: (blocks.first + j) * BN as u32, t };
+        stage::logits_by_query(&p.score, || slope, &mut s_frag, at, blocks.needs_mask(blocks.first + j));
         softmax.update(&mut s_frag, &mut o_frag);
         s_frag.to_wgmma(&mut sc);
         o_frag.to_wgmma(&mut o);
@@ -238,6 +247,7 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
 
     // O · inv, rounded, into this warpgroup's rows of the Q tile (swizzled), then out in 16-byte rows.
     let (inv, lse) = softmax.finish();
+    let (o_g, lse_g) = out();
     for rr in 0..2usize {
         let row = 64 * wg + 16 * warp + g + 8 * rr as u32;
         for i in 0..D / 8 {

@@ -65,6 +65,7 @@ pub unsafe fn attn_fwd<
     };
     let (head, batch) = (sreg::block_y(), sreg::block_z());
     let (seqlen_q, seqlen_k) = (p.score.mask.seqlen_q, p.score.mask.seqlen_k);
+    let kv_head = head / p.group;
     let m0 = m_block * block_m as u32;
     let rows = (seqlen_q - m0).min(block_m as u32);
 
@@ -87,21 +88,17 @@ pub unsafe fn attn_fwd<
             + m0 as u64) as usize
     };
 
-    // The key blocks in visiting order (unmasked first), as steps `[0, len)`; this CTA takes all of
-    // them, or its split's share of the steps `[first, n_end)`.
-    // Recomputed where needed from an opaque `m0` (a few integer operations per block) rather than
-    // held in registers through the loop, which the accumulators need.
-    let key_blocks = |m0: u32| stage::mask(&p.score).key_blocks(m0, (seqlen_q - m0).min(block_m as u32), BN as u32);
-    let blocks = key_blocks(m0);
-    let n_blocks = blocks.len();
-    let (first, n_end, n_unmasked) = if split_mode {
-        let per_split = n_blocks.div_ceil(p.num_splits);
-        let first = (split * per_split).min(n_blocks);
-        let n_end = (first + per_split).min(n_blocks);
-        (first, n_end, blocks.unmasked().max(first).min(n_end))
+    // The key blocks this CTA's rows see, `[first, n_end)` in key order (a split's share of them when
+    // split), and the unmasked ones among them, `[full_first, full_end)`.
+    let blocks = p.score.mask.key_blocks(m0, rows, BN as u32);
+    let (first, n_end) = if split_mode {
+        let per_split = blocks.len().div_ceil(p.num_splits);
+        let first = (blocks.first + split * per_split).min(blocks.end);
+        (first, (first + per_split).min(blocks.end))
     } else {
-        (0, n_blocks, blocks.unmasked())
+        (blocks.first, blocks.end)
     };
+    let (full_first, full_end) = (blocks.full_first, blocks.full_end);
     // Split kernels leave the sink to the combine.
     let sink = if SPLIT { f32::NEG_INFINITY } else { stage::sink_log2(&p.score, head) };
     if first == n_end {
@@ -125,11 +122,11 @@ pub unsafe fn attn_fwd<
     // K/V addresses are re-derived from the parameters at each block (through `opaque`), so that
     // neither they nor the per-chunk offsets are hoisted out of the loop into registers of their own
     // (see ptx/opaque.rs); parameters are read from the constant bank and cost no register.
-    let load_kv = |step: u32, stage: u32| {
-        let n0 = key_blocks(opaque::u32(m0)).block(step) * BN as u32;
+    let load_kv = |block: u32, stage: u32| {
+        let n0 = block * BN as u32;
         let valid = seqlen_k - n0;
         let k_smem = kv_smem + stage * stage_bytes;
-        let (batch, kv_head) = (sreg::fresh::block_z() as u64, (sreg::fresh::block_y() / p.group) as u64);
+        let (batch, kv_head) = (opaque::u32(batch) as u64, opaque::u32(kv_head) as u64);
         let k_rows = (p.k as *const u16).add((batch * p.k_strides[0] + kv_head * p.k_strides[2]) as usize);
         let v_rows = (p.v as *const u16).add((batch * p.v_strides[0] + kv_head * p.v_strides[2]) as usize);
         let (k_stride, v_stride) = (p.k_strides[1] as usize, p.v_strides[1] as usize);
@@ -177,10 +174,10 @@ pub unsafe fn attn_fwd<
     let mut compute_stage = 0u32;
     let mut load_stage = (STAGES - 1) as u32;
     let mut block = first;
-    // One iteration per K/V block (`block` counts steps of the visiting order). Two copies of the loop:
-    // blocks that every row sees in full, then the blocks cut by the window, the diagonal or the end of
-    // the keys. Each copy is register-allocated on its own, so the mask's arithmetic does not raise the
-    // register peak of the common, unmasked loop.
+    // One iteration per K/V block, in key order. Three copies of the loop: blocks cut by a window's
+    // left edge, blocks that every row sees in full, then the blocks cut by the diagonal, a right
+    // window edge or the end of the keys. Each copy is register-allocated on its own, so the mask's
+    // arithmetic does not raise the register peak of the common, unmasked loop.
     macro_rules! block_loop {
         ($until:expr, $masked:expr) => {
             while block < $until {
@@ -197,15 +194,12 @@ pub unsafe fn attn_fwd<
                 let v_smem = opaque::u32(kv_smem + compute_stage * stage_bytes + v_offset + lane_a);
                 let q_lane = opaque::u32(q_warp + lane_a);
 
-                // The block's first key, worked out before the products (pinned there by `opaque`):
-                // its temporaries then do not add to the register peak of the score tile.
-                let n0 = opaque::u32(key_blocks(opaque::u32(m0)).block(block) * BN as u32);
-
+                let n0 = block * BN as u32;
                 let mut acc_s = AccFrag(scores::<E, D, KD, NN, MT, QREG>(&q_frag, q_lane, k_smem));
                 // To base-2 logits, masked where this block needs it.
                 let at = FragPos { row_g: m0 + warp_row0 + g, col0: n0, t };
-                let batch_head = || (sreg::fresh::block_z(), sreg::fresh::block_y());
-                stage::logits_by_query(&p.score, batch_head, &mut acc_s, at, $masked);
+                let slope = || stage::alibi_slope_log2(&p.score, sreg::fresh::block_z(), sreg::fresh::block_y());
+                stage::logits_by_query(&p.score, slope, &mut acc_s, at, $masked);
                 softmax.update(&mut acc_s, &mut acc_o);
                 accumulate_pv::<E, D, ND, NN, KN, MT>(&mut acc_o.0, &acc_s.0, v_smem);
 
@@ -221,7 +215,8 @@ pub unsafe fn attn_fwd<
             }
         };
     }
-    block_loop!(n_unmasked, false);
+    block_loop!(full_first.min(n_end), true);
+    block_loop!(full_end.min(n_end), false);
     block_loop!(n_end, true);
 
     let (inv, lse) = softmax.finish();
