@@ -273,12 +273,12 @@ fn property<T: Element>(test: &str, cases: u32) {
 
 #[test]
 fn every_option_matches_reference_bf16() {
-    property::<bf16>("every_option_matches_reference_bf16", 160);
+    property::<bf16>("every_option_matches_reference_bf16", 96);
 }
 
 #[test]
 fn every_option_matches_reference_f16() {
-    property::<f16>("every_option_matches_reference_f16", 160);
+    property::<f16>("every_option_matches_reference_f16", 96);
 }
 
 fn fixed(c: Case) {

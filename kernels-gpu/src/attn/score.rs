@@ -215,6 +215,11 @@ impl ScoreParams {
     pub fn has_softcap(&self) -> bool {
         self.softcap_post != 0.0
     }
+    /// Whether any per-element modifier (softcap, ALiBi) is on: the kernels' loops come in two copies.
+    #[inline(always)]
+    pub fn has_modifiers(&self) -> bool {
+        self.has_softcap() || self.alibi_slopes != 0
+    }
 }
 
 #[cfg(test)]

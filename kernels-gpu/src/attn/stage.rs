@@ -45,15 +45,44 @@ pub fn mask(p: &ScoreParams) -> Mask {
 ///
 /// # Safety
 /// `p` is the call's score parameters; `alibi_slope` is safe to call when `p` has ALiBi slopes.
+///
+/// `MODS`: whether the call may have a softcap or ALiBi (`ScoreParams::has_modifiers`); without, the
+/// stage is the scale and the mask only, with no branch between the score product and the softmax. A
+/// kernel runs its block loop in two copies, chosen once per CTA.
 #[inline(always)]
-pub unsafe fn logits_by_query<const MT: usize, const NN: usize>(
+pub unsafe fn logits_by_query<const MT: usize, const NN: usize, const MODS: bool>(
     p: &ScoreParams,
     alibi_slope: impl Fn() -> f32,
     s: &mut AccFrag<MT, NN>,
     at: FragPos,
     masked: bool,
 ) {
-    logits::<MT, NN, false, false>(p, alibi_slope, s, at, masked, |_, _, _, _| {});
+    if MODS {
+        logits::<MT, NN, false, false>(p, alibi_slope, s, at, masked, |_, _, _, _| {});
+    } else {
+        scale_and_mask::<MT, NN>(p, s, at, masked);
+    }
+}
+
+/// The plain stage, forward orientation: scale, then the mask.
+#[inline(always)]
+fn scale_and_mask<const MT: usize, const NN: usize>(
+    p: &ScoreParams,
+    s: &mut AccFrag<MT, NN>,
+    at: FragPos,
+    masked: bool,
+) {
+    let scale = p.scale_log2;
+    for tiles in s.0.iter_mut() {
+        for tile in tiles.iter_mut() {
+            for x in tile.iter_mut() {
+                *x *= scale;
+            }
+        }
+    }
+    if masked {
+        apply_mask::<MT, NN, false>(p, s, at);
+    }
 }
 
 /// Backward orientation (rows are keys, columns queries): as [`logits_by_query`], except that the
@@ -159,17 +188,29 @@ unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTA
     }
 
     if masked {
-        let mask = mask(p);
-        for m in 0..MT {
-            for r in 0..2 {
-                let (lo, hi) = if BY_KEY { mask.query_limits(row(m, r)) } else { mask.key_limits(row(m, r)) };
-                let (lo, hi) = (lo - col_t, hi - col_t);
-                for (n, tile) in s.0[m].iter_mut().enumerate() {
-                    for e in 0..2 {
-                        let c = (8 * n + e) as i32;
-                        if c < lo || c >= hi {
-                            tile[2 * r + e] = f32::NEG_INFINITY;
-                        }
+        apply_mask::<MT, NN, BY_KEY>(p, s, at);
+    }
+}
+
+/// Invisible pairs to `-inf`, rows being queries (`!BY_KEY`) or keys.
+#[inline(always)]
+fn apply_mask<const MT: usize, const NN: usize, const BY_KEY: bool>(
+    p: &ScoreParams,
+    s: &mut AccFrag<MT, NN>,
+    at: FragPos,
+) {
+    let col_t = (at.col0 + 2 * at.t) as i32;
+    let row = |m: usize, r: usize| (at.row_g + (16 * m + 8 * r) as u32) as i32;
+    let mask = mask(p);
+    for m in 0..MT {
+        for r in 0..2 {
+            let (lo, hi) = if BY_KEY { mask.query_limits(row(m, r)) } else { mask.key_limits(row(m, r)) };
+            let (lo, hi) = (lo - col_t, hi - col_t);
+            for (n, tile) in s.0[m].iter_mut().enumerate() {
+                for e in 0..2 {
+                    let c = (8 * n + e) as i32;
+                    if c < lo || c >= hi {
+                        tile[2 * r + e] = f32::NEG_INFINITY;
                     }
                 }
             }

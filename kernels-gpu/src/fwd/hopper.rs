@@ -188,6 +188,7 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
     // Loaded once: the compute warpgroups have registers to spare, and a load in the loop would stall
     // each block's softmax on its latency.
     let slope = if p.score.alibi_slopes != 0 { stage::alibi_slope_log2(&p.score, batch, head) } else { 0.0 };
+    let mods = p.score.has_modifiers();
     let mut o = [0f32; 64];
     let mut j = 0u32;
     while j < n_blocks {
@@ -215,10 +216,13 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
         }
 
         let (mut s_frag, mut o_frag) = (AccFrag::<1, 16>::from_wgmma(&sc), AccFrag::<1, 16>::from_wgmma(&o));
-        // The block range again, from the parameter space (`stage::mask`): cheaper than holding it.
-        let blocks = stage::mask(&p.score).key_blocks(m0, rows, BN as u32);
         let at = FragPos { row_g, col0: (blocks.first + j) * BN as u32, t };
-        stage::logits_by_query(&p.score, || slope, &mut s_frag, at, blocks.needs_mask(blocks.first + j));
+        let masked = blocks.needs_mask(blocks.first + j);
+        if mods {
+            stage::logits_by_query::<1, 16, true>(&p.score, || slope, &mut s_frag, at, masked);
+        } else {
+            stage::logits_by_query::<1, 16, false>(&p.score, || slope, &mut s_frag, at, masked);
+        }
         softmax.update(&mut s_frag, &mut o_frag);
         s_frag.to_wgmma(&mut sc);
         o_frag.to_wgmma(&mut o);

@@ -179,7 +179,7 @@ pub unsafe fn attn_fwd<
     // window edge or the end of the keys. Each copy is register-allocated on its own, so the mask's
     // arithmetic does not raise the register peak of the common, unmasked loop.
     macro_rules! block_loop {
-        ($until:expr, $masked:expr) => {
+        ($until:expr, $masked:expr, $mods:expr) => {
             while block < $until {
                 // The buffer of block+STAGES-1 is the one block-1 used: every warp finished it before
                 // the barrier that ended the previous iteration.
@@ -199,7 +199,7 @@ pub unsafe fn attn_fwd<
                 // To base-2 logits, masked where this block needs it.
                 let at = FragPos { row_g: m0 + warp_row0 + g, col0: n0, t };
                 let slope = || stage::alibi_slope_log2(&p.score, sreg::fresh::block_z(), sreg::fresh::block_y());
-                stage::logits_by_query(&p.score, slope, &mut acc_s, at, $masked);
+                stage::logits_by_query::<MT, NN, $mods>(&p.score, slope, &mut acc_s, at, $masked);
                 softmax.update(&mut acc_s, &mut acc_o);
                 accumulate_pv::<E, D, ND, NN, KN, MT>(&mut acc_o.0, &acc_s.0, v_smem);
 
@@ -215,9 +215,17 @@ pub unsafe fn attn_fwd<
             }
         };
     }
-    block_loop!(full_first.min(n_end), true);
-    block_loop!(full_end.min(n_end), false);
-    block_loop!(n_end, true);
+    // The modifiers (softcap, ALiBi) take their own copies of the loops, chosen once: the plain loops
+    // have no branch between the score product and the softmax.
+    if p.score.has_modifiers() {
+        block_loop!(full_first.min(n_end), true, true);
+        block_loop!(full_end.min(n_end), false, true);
+        block_loop!(n_end, true, true);
+    } else {
+        block_loop!(full_first.min(n_end), true, false);
+        block_loop!(full_end.min(n_end), false, false);
+        block_loop!(n_end, true, false);
+    }
 
     let (inv, lse) = softmax.finish();
     if split_mode {
