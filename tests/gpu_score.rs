@@ -268,7 +268,8 @@ fn property<T: Element>(test: &str, cases: u32) {
             Ok(())
         })
         .unwrap();
-    println!("{test}: worst O {:.2e}, worst gradient {:.2e}", worst.lock().unwrap().0, worst.lock().unwrap().1);
+    let (o, g) = *worst.lock().unwrap();
+    println!("{test}: worst O {o:.2e}, worst gradient {g:.2e}");
 }
 
 #[test]
