@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{device_or_skip, max_abs};
+use common::{device_or_skip, grad_error, max_abs};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use ironflash::gpu::{self, BackwardTile, GpuGradients};
@@ -24,20 +24,6 @@ use ironflash::{cpu, Arg, AttnOptions, DType, Device, Element, Error, HostTensor
 use ironflash_kernels::tiles_bwd::BWD_TILES;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
-
-/// ‖got − want‖₂ / max(‖want‖₂, 1e-3·√n): relative L2, with a floor (an RMS of 1e-3) for gradients
-/// that cancel to ~0 in exact arithmetic (e.g. dQ with a single key, where dP = delta exactly and the
-/// kernel's result is f32 rounding noise, ~1e-7, around 0). Inputs are uniform in [-1, 1), so real
-/// gradients are well above the floor (RMS ~1e-2..1e-1 at these lengths).
-/// NaN anywhere gives NaN, which fails every bound.
-fn grad_error(got: &[f64], want: &[f64]) -> f64 {
-    if got.iter().any(|x| x.is_nan()) {
-        return f64::NAN;
-    }
-    let num: f64 = got.iter().zip(want).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
-    let den: f64 = want.iter().map(|y| y * y).sum::<f64>().sqrt();
-    num / den.max(1e-3 * (want.len() as f64).sqrt())
-}
 
 /// Relative L2 bound of every gradient, per dtype (see the module docs).
 fn grad_tolerance(dtype: DType) -> f64 {

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{check_lse, device_or_skip, max_abs, rel_l2};
+use common::{check_lse, device_or_skip, grad_error, max_abs, rel_l2};
 use half::{bf16, f16};
 use ironflash::gpu::{self, GpuGradients};
 use ironflash::{cpu, Arg, AttnOptions, DType, Device, Element, Error, HostTensor, Layout, PerHead};
@@ -162,16 +162,6 @@ fn d_sinks_scale(c: &Case, sinks: &[f32], o: &[f64], lse: &[f64], d_o: &[f64]) -
             total
         })
         .collect()
-}
-
-/// ‖got − want‖₂ / max(‖want‖₂, 1e-3·√n) as `gpu_backward`'s (gradients that cancel to ~0).
-fn grad_error(got: &[f64], want: &[f64]) -> f64 {
-    if got.iter().any(|x| x.is_nan()) {
-        return f64::NAN;
-    }
-    let num: f64 = got.iter().zip(want).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
-    let den: f64 = want.iter().map(|y| y * y).sum::<f64>().sqrt();
-    num / den.max(1e-3 * (want.len() as f64).sqrt())
 }
 
 /// The GPU's forward and backward of one case against the reference; the worst errors `(O, grads)`.

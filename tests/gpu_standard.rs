@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{check_lse, device_or_skip, max_abs, output_tolerance, rel_l2};
+use common::{check_lse, device_or_skip, grad_error, max_abs, output_tolerance, rel_l2};
 use half::{bf16, f16};
 use ironflash::gpu::GpuGradients;
 use ironflash::{cpu, gpu, AttnOptions, DType, Element, HostTensor, Layout};
@@ -57,17 +57,6 @@ fn standard_rejects_f32() {
     let d = dev.upload(&t).unwrap();
     let err = gpu::standard_forward(dev, &d, &d, &d, &AttnOptions::default()).unwrap_err();
     assert!(matches!(err, ironflash::Error::UnsupportedDtype { .. }), "{err}");
-}
-
-/// Relative L2 of a gradient with a floor (an RMS of 1e-3) for gradients that cancel to ~0, as in
-/// tests/gpu_backward.rs. NaN anywhere gives NaN, which fails every bound.
-fn grad_error(got: &[f64], want: &[f64]) -> f64 {
-    if got.iter().any(|x| x.is_nan()) {
-        return f64::NAN;
-    }
-    let num: f64 = got.iter().zip(want).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
-    let den: f64 = want.iter().map(|y| y * y).sum::<f64>().sqrt();
-    num / den.max(1e-3 * (want.len() as f64).sqrt())
 }
 
 /// The baseline's gradient bound: P, dP and dS are each rounded to the element type between products,

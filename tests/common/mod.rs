@@ -77,3 +77,16 @@ pub fn check_lse(got: &[f32], want: &[f64], tol: f64) -> Result<f64, String> {
     }
     Ok(worst)
 }
+
+/// ‖got − want‖₂ / max(‖want‖₂, 1e-3·√n): a gradient's relative L2, with a floor (an RMS of 1e-3) for
+/// gradients that cancel to ~0 in exact arithmetic (e.g. dQ with a single key, where dP = delta exactly
+/// and a kernel's result is f32 rounding noise around 0). Inputs are uniform in [-1, 1), so real
+/// gradients are well above the floor. NaN anywhere gives NaN, which fails every bound.
+pub fn grad_error(got: &[f64], want: &[f64]) -> f64 {
+    if got.iter().any(|x| x.is_nan()) {
+        return f64::NAN;
+    }
+    let num: f64 = got.iter().zip(want).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let den: f64 = want.iter().map(|y| y * y).sum::<f64>().sqrt();
+    num / den.max(1e-3 * (want.len() as f64).sqrt())
+}
