@@ -98,7 +98,7 @@ const K16_ROWS: u32 = 16 * 128;
 /// reduction, in key-block order when deterministic, and frees the buffer once the reduction has read
 /// it.
 #[inline(always)]
-unsafe fn dq_writer(p: &BwdParams, consts: u32, nb: u32, h_first: u32, m_end: u32, per_head: u32, total: u32) {
+unsafe fn dq_writer(p: &BwdParams, consts: u32, h_first: u32, m_end: u32, per_head: u32, total: u32) {
     let lane0 = sreg::thread_x() % 32 == 0;
     let sq = p.score.mask.seqlen_q;
     let deterministic = p.deterministic != 0;
@@ -170,7 +170,7 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem, const SOFTCAP: bool>(p: &BwdParams) {
     if tid >= COMPUTE_THREADS_U32 {
         setmaxnreg::dec::<WRITER_REGS>();
         if tid < ALL_THREADS_U32 {
-            dq_writer(p, consts, nb, h_first, m_end, per_head, total);
+            dq_writer(p, consts, h_first, m_end, per_head, total);
         }
         return;
     }

@@ -123,8 +123,8 @@ pub unsafe fn d_sinks(p: &BwdParams) {
     sync::block();
     if tid == 0 {
         let mut total = 0.0f32;
-        for half in 0..2 {
-            for bits in smem::load_v4(partials + 16 * half) {
+        for quad in 0..DSINK_SMEM_BYTES / 16 {
+            for bits in smem::load_v4(partials + 16 * quad) {
                 total += f32::from_bits(bits);
             }
         }
