@@ -215,10 +215,14 @@ impl ScoreParams {
     pub fn has_softcap(&self) -> bool {
         self.softcap_post != 0.0
     }
+    #[inline(always)]
+    pub fn has_alibi(&self) -> bool {
+        self.alibi_slopes != 0
+    }
     /// Whether any per-element modifier (softcap, ALiBi) is on: the kernels' loops come in two copies.
     #[inline(always)]
     pub fn has_modifiers(&self) -> bool {
-        self.has_softcap() || self.alibi_slopes != 0
+        self.has_softcap() || self.has_alibi()
     }
 }
 

@@ -6,7 +6,8 @@
 //! the softcap's derivative in dS (`DTANH`), the sinks' gradient in `bwd/prep.rs`.
 //!
 //! Parameters are read from the kernel's parameter space where used (no registers held through the
-//! loops); the ALiBi slope is one cached global load per block.
+//! loops); the ALiBi slope comes from the kernel (`alibi_slope_log2`: loaded per block where registers
+//! bind, once before the loop where they do not).
 
 use crate::attn::score::{Mask, ScoreParams};
 use crate::frag::AccFrag;
@@ -21,6 +22,19 @@ pub struct FragPos {
     pub row_g: u32,
     pub col0: u32,
     pub t: u32,
+}
+
+impl FragPos {
+    /// This thread's row of m16 tile `m`, half `r` (rows g and g + 8).
+    #[inline(always)]
+    fn row(&self, m: usize, r: usize) -> i32 {
+        (self.row_g + (16 * m + 8 * r) as u32) as i32
+    }
+    /// The other index of this thread's column 0: column `8n + e` is `col_t() + 8n + e`.
+    #[inline(always)]
+    fn col_t(&self) -> i32 {
+        (self.col0 + 2 * self.t) as i32
+    }
 }
 
 /// The call's mask, each field passed through `ptx::opaque` where it is read: what a loop derives from
@@ -43,12 +57,12 @@ pub fn mask(p: &ScoreParams) -> Mask {
 /// only with ALiBi, so a kernel whose registers bind loads it there, and one with registers to spare
 /// loads it once, before its loop.
 ///
-/// # Safety
-/// `p` is the call's score parameters; `alibi_slope` is safe to call when `p` has ALiBi slopes.
-///
 /// `MODS`: whether the call may have a softcap or ALiBi (`ScoreParams::has_modifiers`); without, the
 /// stage is the scale and the mask only, with no branch between the score product and the softmax. A
 /// kernel runs its block loop in two copies, chosen once per CTA.
+///
+/// # Safety
+/// `p` is the call's score parameters; `alibi_slope` is safe to call when `p` has ALiBi slopes.
 #[inline(always)]
 pub unsafe fn logits_by_query<const MT: usize, const NN: usize, const MODS: bool>(
     p: &ScoreParams,
@@ -72,6 +86,15 @@ fn scale_and_mask<const MT: usize, const NN: usize>(
     at: FragPos,
     masked: bool,
 ) {
+    scale(p, s);
+    if masked {
+        apply_mask::<MT, NN, false>(p, s, at);
+    }
+}
+
+/// Raw scores to base-2 logits without a softcap: `scale · log2 e · (q·k)`.
+#[inline(always)]
+fn scale<const MT: usize, const NN: usize>(p: &ScoreParams, s: &mut AccFrag<MT, NN>) {
     let scale = p.scale_log2;
     for tiles in s.0.iter_mut() {
         for tile in tiles.iter_mut() {
@@ -80,16 +103,14 @@ fn scale_and_mask<const MT: usize, const NN: usize>(
             }
         }
     }
-    if masked {
-        apply_mask::<MT, NN, false>(p, s, at);
-    }
 }
 
 /// Backward orientation (rows are keys, columns queries): as [`logits_by_query`], except that the
 /// softcap is a compile-time choice here (the backward's kernels come in two instantiations, so that
-/// the plain one carries no softcap code): `DTANH` applies it, and the softcap's derivative `1 − tanh²` of each element pair (m16 tile m, n8 tile n,
-/// row half r, columns 2t and 2t+1) goes to `dtanh(m, n, r, [d0, d1])` as soon as it is known, so that
-/// the kernel can park it (in shared memory) instead of holding a fragment of registers until dS.
+/// the plain one carries no softcap code): `DTANH` applies it, and the softcap's derivative `1 − tanh²`
+/// of each element pair (m16 tile m, n8 tile n, row half r, columns 2t and 2t+1) goes to
+/// `dtanh(m, n, r, [d0, d1])` as soon as it is known, so that the kernel can park it (in shared memory)
+/// instead of holding a fragment of registers until dS.
 ///
 /// # Safety
 /// As [`logits_by_query`].
@@ -138,10 +159,6 @@ unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTA
     masked: bool,
     mut dtanh: impl FnMut(usize, usize, usize, [f32; 2]),
 ) {
-    // Column `col_t + c` of row r is the element's other index, c = 8n + e an immediate.
-    let col_t = (at.col0 + 2 * at.t) as i32;
-    let row = |m: usize, r: usize| (at.row_g + (16 * m + 8 * r) as u32) as i32;
-
     // The forward decides at run time; the backward's instantiation decides (`DTANH`).
     let softcap = if BY_KEY { DTANH } else { opaque::f32(p.softcap_post) != 0.0 };
     if softcap {
@@ -159,24 +176,18 @@ unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTA
             }
         }
     } else {
-        let scale = p.scale_log2;
-        for tiles in s.0.iter_mut() {
-            for tile in tiles.iter_mut() {
-                for x in tile.iter_mut() {
-                    *x *= scale;
-                }
-            }
-        }
+        scale(p, s);
     }
 
-    if opaque::u32(p.alibi_slopes as u32 | (p.alibi_slopes >> 32) as u32) != 0 {
+    if opaque::u32(p.has_alibi() as u32) != 0 {
         let slope = alibi_slope();
         let offset = mask(p).offset();
         for m in 0..MT {
             for r in 0..2 {
                 // |i + offset − j| = |base − c|, base in f32 (exact below 2^24; farther pairs have
                 // biases beyond any softmax's reach).
-                let base = if BY_KEY { row(m, r) - offset - col_t } else { row(m, r) + offset - col_t } as f32;
+                let (row, col_t) = (at.row(m, r), at.col_t());
+                let base = if BY_KEY { row - offset - col_t } else { row + offset - col_t } as f32;
                 for (n, tile) in s.0[m].iter_mut().enumerate() {
                     for e in 0..2 {
                         let c = (8 * n + e) as f32;
@@ -199,13 +210,11 @@ fn apply_mask<const MT: usize, const NN: usize, const BY_KEY: bool>(
     s: &mut AccFrag<MT, NN>,
     at: FragPos,
 ) {
-    let col_t = (at.col0 + 2 * at.t) as i32;
-    let row = |m: usize, r: usize| (at.row_g + (16 * m + 8 * r) as u32) as i32;
     let mask = mask(p);
     for m in 0..MT {
         for r in 0..2 {
-            let (lo, hi) = if BY_KEY { mask.query_limits(row(m, r)) } else { mask.key_limits(row(m, r)) };
-            let (lo, hi) = (lo - col_t, hi - col_t);
+            let (lo, hi) = if BY_KEY { mask.query_limits(at.row(m, r)) } else { mask.key_limits(at.row(m, r)) };
+            let (lo, hi) = (lo - at.col_t(), hi - at.col_t());
             for (n, tile) in s.0[m].iter_mut().enumerate() {
                 for e in 0..2 {
                     let c = (8 * n + e) as i32;

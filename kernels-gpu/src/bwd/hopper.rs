@@ -32,8 +32,8 @@
 //! loop-invariant addresses live in shared memory as in the `mma.sync` kernel (`mainloop.rs`).
 
 use super::mainloop::{
-    consts_pair, dq_turn, key_block_work, load_key_block, load_query_block, store_consts, strides, work_item,
-    KeyBlockWork, C_ACC,
+    consts_pair, dq_turn, key_block_work, load_key_block, load_query_block, store_consts, strides, turn_counter,
+    work_item, KeyBlockWork, C_ACC,
 };
 use crate::abi::BwdParams;
 use crate::attn::stage::{self, FragPos};
@@ -114,7 +114,7 @@ unsafe fn dq_writer(p: &BwdParams, consts: u32, h_first: u32, m_end: u32, per_he
             let (acc, sem) = consts_pair(consts + C_ACC);
             let acc = (acc as *mut f32).add((h as usize * sq as usize + m0 as usize) * D);
             if deterministic {
-                let sem = (sem as *mut u32).add(h as usize * sq.div_ceil(BM as u32) as usize + m as usize);
+                let sem = turn_counter::<BM>(p, sem, h, m);
                 // The compute warps worked the turn out (`DQ_TURN`): the writer's 24 registers do not
                 // hold the block-range arithmetic.
                 let turn = smem::load_u32(opaque(consts) + DQ_TURN + 4 * s);
@@ -159,7 +159,7 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem, const SOFTCAP: bool>(p: &BwdParams) {
 
     let consts = base + L[8] as u32;
     if tid == 0 {
-        store_consts(consts, p, b, sq.div_ceil(BM as u32));
+        store_consts::<BM>(consts, p, b);
     }
     let sw = RowLayout::Swizzled128;
     if tid < COMPUTE_THREADS_U32 {

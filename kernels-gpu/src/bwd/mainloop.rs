@@ -76,10 +76,9 @@ pub(super) unsafe fn work_item(p: &BwdParams, slot: u32, tid: u32) -> (u32, usiz
     }
 }
 
-/// Writes the CTA's constants (see `C_Q`) for batch `b` with `m_blocks` query blocks per head (all of
-/// them, `ceil(seqlen_q / block_m)`: the turn counters' row length).
+/// Writes the CTA's constants (see `C_Q`) for batch `b`.
 #[inline(always)]
-pub(super) unsafe fn store_consts(consts: u32, p: &BwdParams, b: usize, m_blocks: u32) {
+pub(super) unsafe fn store_consts<const BM: usize>(consts: u32, p: &BwdParams, b: usize) {
     let (qs, os) = (p.q_strides, p.d_o_strides);
     let rows_b = (b * p.heads_q as usize * p.score.mask.seqlen_q as usize) as u64;
     consts_store(consts, 0, p.q + 2 * b as u64 * qs[0]);
@@ -91,7 +90,22 @@ pub(super) unsafe fn store_consts(consts: u32, p: &BwdParams, b: usize, m_blocks
     consts_store(consts, 6, p.lse + 4 * rows_b);
     consts_store(consts, 7, p.delta + 4 * rows_b);
     consts_store(consts, 8, p.dq_accum + 4 * rows_b * p.head_dim as u64);
-    consts_store(consts, 9, p.dq_semaphore + 4 * b as u64 * p.heads_q as u64 * m_blocks as u64);
+    let m_blocks = turn_counters_per_head::<BM>(p) as u64;
+    consts_store(consts, 9, p.dq_semaphore + 4 * b as u64 * p.heads_q as u64 * m_blocks);
+}
+
+/// Deterministic mode's turn counters: one per query block of `block_m` rows, all of them, whatever
+/// blocks a CTA visits.
+#[inline(always)]
+fn turn_counters_per_head<const BM: usize>(p: &BwdParams) -> u32 {
+    p.score.mask.seqlen_q.div_ceil(BM as u32)
+}
+
+/// The turn counter of query head `h`'s query block `m`, from the batch's counters at `batch_counters`
+/// (the constants' slot, see `C_ACC`).
+#[inline(always)]
+pub(super) unsafe fn turn_counter<const BM: usize>(p: &BwdParams, batch_counters: u64, h: u32, m: u32) -> *mut u32 {
+    (batch_counters as *mut u32).add(h as usize * turn_counters_per_head::<BM>(p) as usize + m as usize)
 }
 
 /// Issues the copies of query block `m` of query head `h` (Q, dO, LSE, delta) into one stage.
@@ -240,7 +254,7 @@ pub unsafe fn attn_bwd<
     let consts = base + off_consts;
     let rows_b = b * p.heads_q as usize * sq as usize;
     if tid == 0 {
-        store_consts(consts, p, b, sq.div_ceil(BM as u32));
+        store_consts::<BM>(consts, p, b);
     }
     if total > 0 {
         // The first block's copies read the values themselves (the constants are not visible yet).
@@ -455,7 +469,7 @@ pub unsafe fn attn_bwd<
         // CTAs of a head move in step, each one turn behind the previous, instead of the later key
         // blocks of a causal head waiting for key block 0 to reach their first query block.
         let (acc, sem) = consts_pair(consts + C_ACC);
-        let sem = (sem as *mut u32).add(h as usize * sq.div_ceil(BM as u32) as usize + m as usize);
+        let sem = turn_counter::<BM>(p, sem, h, m);
         if deterministic {
             if tid == 0 {
                 let turn = dq_turn::<BM, BN>(p, nb, m);

@@ -2,6 +2,7 @@
 //! f32 dQ accumulator scaled and rounded to the element type after it.
 
 use crate::abi::BwdParams;
+use crate::attn::stage;
 use crate::ptx::elem::Elem16;
 use crate::ptx::math::exp2;
 use crate::ptx::{gmem, smem, sreg, sync, warp};
@@ -103,7 +104,7 @@ pub unsafe fn d_sinks(p: &BwdParams) {
     let head = sreg::block_x() as usize;
     let tid = sreg::thread_x() as usize;
     let (sq, hq) = (p.score.mask.seqlen_q as usize, p.heads_q as usize);
-    let sink = *(p.score.sinks as *const f32).add(head) * core::f32::consts::LOG2_E;
+    let sink = stage::sink_log2(&p.score, head as u32);
     let (lse, delta) = (p.lse as *const f32, p.delta as *const f32);
     let mut acc = 0.0f32;
     for b in 0..p.batch as usize {

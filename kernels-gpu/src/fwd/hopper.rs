@@ -187,7 +187,7 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
     let mut softmax = OnlineSoftmax::<1>::new(sink, t);
     // Loaded once: the compute warpgroups have registers to spare, and a load in the loop would stall
     // each block's softmax on its latency.
-    let slope = if p.score.alibi_slopes != 0 { stage::alibi_slope_log2(&p.score, batch, head) } else { 0.0 };
+    let slope = if p.score.has_alibi() { stage::alibi_slope_log2(&p.score, batch, head) } else { 0.0 };
     let mods = p.score.has_modifiers();
     let mut o = [0f32; 64];
     let mut j = 0u32;
