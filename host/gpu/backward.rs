@@ -16,7 +16,7 @@ use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::forced_tile::check_forced_tile;
 use crate::gpu::launch::KernelParams;
 use crate::gpu::score::{check_per_head, ScoreArgs};
-use crate::gpu::tensor::{check_vector_strides, strides3, DeviceTensor};
+use crate::gpu::tensor::{check_f32_buffer, check_vector_strides, strides3, DeviceTensor};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
@@ -195,22 +195,7 @@ fn backward_into<T: Element>(
                 why: "a call with sinks returns their gradient: d_sinks needs one f32 per query head",
             });
         };
-        if d_sinks.ordinal() != dev.info().ordinal {
-            return Err(Error::DeviceMismatch {
-                arg: Arg::DSinks,
-                got: d_sinks.ordinal(),
-                expected: dev.info().ordinal,
-            });
-        }
-        if d_sinks.len() < p.heads_q {
-            return Err(Error::ShapeMismatch {
-                arg: Arg::DSinks,
-                what: "length",
-                got: d_sinks.len(),
-                expected: p.heads_q,
-                why: "one f32 per query head",
-            });
-        }
+        check_f32_buffer(dev, Arg::DSinks, d_sinks, p.heads_q, "one f32 per query head")?;
     }
     let stream = dev.stream();
     let score = ScoreArgs::new(dev, &p, opts)?;
@@ -355,10 +340,6 @@ fn plan<T: Element>(
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v), (Arg::O, o), (Arg::DO, d_o)] {
         t.check_on(dev, arg)?;
     }
-    let ordinal = dev.info().ordinal;
-    if lse.ordinal() != ordinal {
-        return Err(Error::DeviceMismatch { arg: Arg::Lse, got: lse.ordinal(), expected: ordinal });
-    }
     let p = AttnProblem::new((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
     check_per_head(dev, opts)?;
     for (arg, t) in [(Arg::O, o), (Arg::DO, d_o)] {
@@ -373,15 +354,8 @@ fn plan<T: Element>(
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v), (Arg::O, o), (Arg::DO, d_o)] {
         check_vector_strides(arg, &t.layout)?;
     }
-    if lse.len() < p.lse_len() {
-        return Err(Error::ShapeMismatch {
-            arg: Arg::Lse,
-            what: "length",
-            got: lse.len(),
-            expected: p.lse_len(),
-            why: "at least one f32 per (batch, head_q, query row), [batch, heads_q, seqlen_q]",
-        });
-    }
+    let why = "at least one f32 per (batch, head_q, query row), [batch, heads_q, seqlen_q]";
+    check_f32_buffer(dev, Arg::Lse, lse, p.lse_len(), why)?;
     for (what, value) in [("heads_kv", p.heads_kv), ("batch", p.batch)] {
         if value > GRID_YZ_MAX {
             return Err(Error::TooLarge { arg: Arg::K, what, value });

@@ -7,7 +7,7 @@ use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::forced_tile::check_forced_tile;
 use crate::gpu::launch::KernelParams;
 use crate::gpu::score::{check_per_head, ScoreArgs};
-use crate::gpu::tensor::{check_vector_strides, strides3, DeviceTensor, GpuForwardOutput};
+use crate::gpu::tensor::{check_f32_buffer, check_vector_strides, strides3, DeviceTensor, GpuForwardOutput};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
@@ -229,18 +229,7 @@ fn forward_into<T: Element>(
     o.check_on(dev, Arg::O)?;
     p.check_like_q(Arg::O, &o.layout, o.buf.len())?;
     check_vector_strides(Arg::O, &o.layout)?;
-    if lse.ordinal() != dev.info().ordinal {
-        return Err(Error::DeviceMismatch { arg: Arg::Lse, got: lse.ordinal(), expected: dev.info().ordinal });
-    }
-    if lse.len() < p.lse_len() {
-        return Err(Error::ShapeMismatch {
-            arg: Arg::Lse,
-            what: "length",
-            got: lse.len(),
-            expected: p.lse_len(),
-            why: "one f32 per (batch, head_q, query row)",
-        });
-    }
+    check_f32_buffer(dev, Arg::Lse, lse, p.lse_len(), "one f32 per (batch, head_q, query row)")?;
     let o_layout = o.layout;
     launch(dev, &p, opts, &tile, splits, q, k, v, (&mut o.buf, &o_layout), lse)
 }

@@ -93,6 +93,25 @@ pub(crate) fn check_vector_strides(arg: Arg, l: &Layout) -> Result<()> {
     Ok(())
 }
 
+/// `DeviceMismatch` unless an f32 buffer (LSE, d_sinks) lives on the call's device, `ShapeMismatch`
+/// unless it holds at least `needed` values (`why` says what they are).
+pub(crate) fn check_f32_buffer(
+    dev: &Device,
+    arg: Arg,
+    buf: &CudaSlice<f32>,
+    needed: usize,
+    why: &'static str,
+) -> Result<()> {
+    let ordinal = dev.info().ordinal;
+    if buf.ordinal() != ordinal {
+        return Err(Error::DeviceMismatch { arg, got: buf.ordinal(), expected: ordinal });
+    }
+    if buf.len() < needed {
+        return Err(Error::ShapeMismatch { arg, what: "length", got: buf.len(), expected: needed, why });
+    }
+    Ok(())
+}
+
 /// Batch, sequence and head strides as the kernels' ABI takes them.
 pub(crate) fn strides3(l: &Layout) -> [u64; 3] {
     [l.strides[0] as u64, l.strides[1] as u64, l.strides[2] as u64]
