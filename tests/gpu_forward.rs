@@ -253,22 +253,25 @@ fn forward_large_scores_f16() {
     property::<f16>("forward_large_scores_f16", 16, true, false);
 }
 
-/// Head dim 128 with the chooser's tile only: on compute capability 9.0 the Hopper kernel
-/// (`HD128_WGMMA`), over the same axes as above (tails around the 128-row and 128-key blocks, causal
-/// with fully masked rows, GQA, padded strides, negative and large scales).
+/// The Hopper head dims (multiples of 64) with the chooser's tile only: on compute capability 9.0 the
+/// `wgmma` kernels (`HD64_WGMMA` .. `HD256_WGMMA`), over the same axes as above (tails around the
+/// 128-row and key blocks, causal with fully masked rows, GQA, padded strides, negative and large
+/// scales).
 fn hopper_case(large_scores: bool) -> BoxedStrategy<Case> {
-    case(large_scores).prop_map(|c| Case { head_dim: 128, small_tile: false, ..c }).boxed()
+    (case(large_scores), prop::sample::select(vec![64usize, 128, 192, 256]))
+        .prop_map(|(c, head_dim)| Case { head_dim, small_tile: false, ..c })
+        .boxed()
 }
 
 #[test]
-fn head_dim_128_chosen_tile_bf16() {
-    property_of::<bf16>("head_dim_128_chosen_tile_bf16", 32, hopper_case(false));
-    property_of::<bf16>("head_dim_128_chosen_tile_bf16 (large scores)", 12, hopper_case(true));
+fn hopper_head_dims_chosen_tile_bf16() {
+    property_of::<bf16>("hopper_head_dims_chosen_tile_bf16", 48, hopper_case(false));
+    property_of::<bf16>("hopper_head_dims_chosen_tile_bf16 (large scores)", 16, hopper_case(true));
 }
 
 #[test]
-fn head_dim_128_chosen_tile_f16() {
-    property_of::<f16>("head_dim_128_chosen_tile_f16", 32, hopper_case(false));
+fn hopper_head_dims_chosen_tile_f16() {
+    property_of::<f16>("hopper_head_dims_chosen_tile_f16", 48, hopper_case(false));
 }
 
 #[test]

@@ -90,8 +90,17 @@ impl FwdTile {
     pub const fn is_valid(&self) -> bool {
         let d = self.head_dim;
         if self.wgmma {
-            // The one shape `fwd/hopper.rs` implements: two compute warpgroups of 64 rows, one loader.
-            return d == 128 && self.block_m == 128 && self.block_n == 128 && self.warps == 12 && self.stages == 3;
+            // The shapes `fwd/hopper.rs` implements: two compute warpgroups of 64 rows, one loader, 64-column
+            // blocks of the 128-byte swizzle, an S product `wgmma` has (m64n64..m64n128).
+            return d.is_multiple_of(64)
+                && d <= 256
+                && self.block_m == 128
+                && self.block_n.is_multiple_of(16)
+                && self.block_n >= 64
+                && self.block_n <= 128
+                && self.warps == 12
+                && self.stages >= 2
+                && self.stages <= 4;
         }
         d.is_multiple_of(32)
             && (self.warps == 4 || self.warps == 8)
@@ -165,25 +174,44 @@ pub const HD256: FwdTile = tile!(256, 64, 32, 4, 2, false, 2);
 /// 132 KiB: where two `HD256` CTAs do not fit (A100), one CTA of 8 warps instead of 4.
 pub const HD256_W8: FwdTile = tile!(256, 128, 32, 8, 2, false, 1);
 
-/// Hopper (compute capability 9.0 only): 225 KiB, one CTA of 12 warps per SM: two compute warpgroups
-/// of 64 query rows (`wgmma`) and a loader warpgroup, 128-key blocks in three stages (two blocks of
-/// copies in flight while one is computed).
-pub const HD128_WGMMA: FwdTile = FwdTile {
-    head_dim: 128,
-    block_m: 128,
-    block_n: 128,
-    warps: 12,
-    stages: 3,
-    q_in_regs: false,
-    ctas_per_sm: 1,
-    symbols: ["attn_fwd_hd128_m128n128_wgmma_bf16", "attn_fwd_hd128_m128n128_wgmma_f16"],
-    split_symbols: ["", ""],
-    wgmma: true,
-};
+macro_rules! wgmma_tile {
+    ($d:literal, $n:literal, $s:literal) => {
+        FwdTile {
+            head_dim: $d,
+            block_m: 128,
+            block_n: $n,
+            warps: 12,
+            stages: $s,
+            q_in_regs: false,
+            ctas_per_sm: 1,
+            symbols: [
+                concat!("attn_fwd_hd", $d, "_m128n", $n, "_wgmma_bf16"),
+                concat!("attn_fwd_hd", $d, "_m128n", $n, "_wgmma_f16"),
+            ],
+            split_symbols: ["", ""],
+            wgmma: true,
+        }
+    };
+}
+
+// Hopper rows (compute capability 9.0 only, `fwd/hopper.rs`): one CTA of 12 warps per SM, two compute
+// warpgroups of 64 query rows (`wgmma`) and a loader warpgroup; as many key rows per block and stages
+// as the 227 KiB of shared memory and the compute warpgroups' 208 registers (O: head_dim/2, S:
+// block_n/2, P: block_n/4) allow.
+
+/// 145 KiB: 128-key blocks in four stages (three blocks of copies in flight).
+pub const HD64_WGMMA: FwdTile = wgmma_tile!(64, 128, 4);
+/// 225 KiB: 128-key blocks in three stages.
+pub const HD128_WGMMA: FwdTile = wgmma_tile!(128, 128, 3);
+/// 193 KiB: 96-key blocks in two stages (O 96 + S 48 + P 24 registers).
+pub const HD192_WGMMA: FwdTile = wgmma_tile!(192, 96, 2);
+/// 193 KiB: 64-key blocks in two stages (O alone is 128 registers).
+pub const HD256_WGMMA: FwdTile = wgmma_tile!(256, 64, 2);
 
 /// Every compiled variant, in order of preference within a head dim.
 pub const FWD_TILES: &[FwdTile] = &[
     HD32,
+    HD64_WGMMA,
     HD64,
     HD64_SMALL,
     HD96,
@@ -192,8 +220,10 @@ pub const FWD_TILES: &[FwdTile] = &[
     HD128,
     HD128_N32,
     HD128_SMALL,
+    HD192_WGMMA,
     HD192,
     HD192_SMALL,
+    HD256_WGMMA,
     HD256,
     HD256_W8,
 ];
@@ -328,12 +358,16 @@ mod tests {
     }
 
     #[test]
-    fn hopper_gets_the_wgmma_row_at_d128_only() {
+    fn hopper_gets_the_wgmma_rows_at_multiples_of_64() {
         for d in HEAD_DIMS {
             let t = choose_fwd(d, 2, false, H100.0, H100.1, true).unwrap();
-            assert_eq!(t.wgmma, d == 128, "d={d}");
+            assert_eq!(t.wgmma, d % 64 == 0, "d={d}");
         }
-        assert_eq!(choose_fwd(128, 2, true, H100.0, H100.1, true), Some(&HD128_WGMMA));
+        for (d, t) in [(64, HD64_WGMMA), (128, HD128_WGMMA), (192, HD192_WGMMA), (256, HD256_WGMMA)] {
+            assert_eq!(choose_fwd(d, 2, true, H100.0, H100.1, true), Some(&t));
+            let l = t.wgmma_smem_layout(2);
+            assert!(l[1] % 1024 == 0 && l[2] % 1024 == 0 && t.smem_bytes(2) <= H100.0, "{t:?}");
+        }
         // Not on A100 (164 KiB would fit one CTA, but there is no sm_90a there).
         assert_eq!(pick(128, A100), Some(HD128_N32));
         assert!(HD128_WGMMA.ctas_per_sm_by_smem(2, H100.1) >= 1);

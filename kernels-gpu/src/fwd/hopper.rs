@@ -1,21 +1,24 @@
-//! The forward kernel on Hopper's warpgroup tensor cores (`sm_90a`: `wgmma`, `setmaxnreg`), head dim
-//! 128: `tiles::HD128_WGMMA`. One CTA per (128 query rows, head, batch), as the `mma.sync` kernel, in
-//! three warpgroups with one job each:
-//! - warpgroups 0 and 1 compute, each for its 64 query rows: per block of 128 keys,
-//!   S = Q Kᵀ (`wgmma`, both operands K-major from shared memory), the online softmax in registers
-//!   (`softmax.rs`, the same code as the `mma.sync` kernel's: the `wgmma` accumulator of a warp is the
-//!   `mma.sync` layout of its 16 rows), and O += P V with P straight from registers as the A operand
-//!   (V read MN-major). The product of block j+1's scores is issued while block j's PV may still run:
-//!   one wait covers both.
-//! - warpgroup 2 loads: Q once, then K and V blocks into a ring of three stages (`cp.async`, 128-byte
-//!   swizzle), two blocks of copies in flight. It hands each landed block to each compute warpgroup
-//!   through a named barrier (`FULL`), and waits on another (`EMPTY`) until both warpgroups are done with
-//!   a stage before refilling it. The compute warpgroups never wait for each other, so one can run its
-//!   softmax while the other's products hold the tensor cores.
+//! The forward kernel on Hopper's warpgroup tensor cores (`sm_90a`: `wgmma`, `setmaxnreg`), for every
+//! head dim that is a multiple of 64 (the `wgmma` rows of `tiles.rs`: 64, 128, 192, 256). One CTA per
+//! (128 query rows, head, batch), as the `mma.sync` kernel, in three warpgroups with one job each:
+//! - warpgroups 0 and 1 compute, each for its 64 query rows: per block of `BN` keys,
+//!   S = Q Kᵀ (`wgmma` m64n`BN`, both operands K-major from shared memory), the online softmax in
+//!   registers (`softmax.rs`, the same code as the `mma.sync` kernel's: the `wgmma` accumulator of a
+//!   warp is the `mma.sync` layout of its 16 rows), and O += P V (m64n`D`) with P straight from
+//!   registers as the A operand (V read MN-major). The product of block j+1's scores is issued while
+//!   block j's PV may still run: one wait covers both.
+//! - warpgroup 2 loads: Q once, then K and V blocks into a ring of `STAGES` stages (`cp.async`, 128-byte
+//!   swizzle), `STAGES - 1` blocks of copies in flight (one with two stages, where a block
+//!   is handed over before the loader waits for a stage: the compute warpgroups free a stage only once
+//!   they have the next block). It hands each landed block to each compute
+//!   warpgroup through a named barrier (`FULL`), and waits on another (`EMPTY`) until both warpgroups
+//!   are done with a stage before refilling it. The compute warpgroups never wait for each other, so
+//!   one can run its softmax while the other's products hold the tensor cores.
 //!
-//! `setmaxnreg` gives the compute warpgroups 208 registers per thread and the loader 88 (the launch
-//! bounds in `kernels.rs` give 168 each: 2·128·208 + 128·88 = 384·168; the loader spilled with 72 once
-//! it walked the score stage's block ranges, and the compute warpgroups fit in 208).
+//! `setmaxnreg` gives the compute warpgroups 224 registers per thread and the loader 56 (the launch
+//! bounds in `kernels.rs` give 168 each: 2·128·224 + 128·56 = 384·168). At head dim 256 the O
+//! accumulator alone is 128 of the 224, and 208 spilled there; a loader of 40 spilled at head dim 256
+//! (four column blocks per tile row), which is why the loader copies one 64-column block at a time.
 //!
 //! The epilogue of a compute warpgroup stages its O rows (normalised, rounded) in its own 64 rows of
 //! the Q tile, which nothing reads any more, and writes them out as 16-byte vectors.
@@ -28,117 +31,167 @@ use crate::frag::AccFrag;
 use crate::ptx::wgmma::{self, desc_sw128, sw128_offset, WgmmaElem};
 use crate::ptx::{bulk, cp_async, gmem, opaque, setmaxnreg, smem, sreg, sync};
 use crate::smem_tile::RowLayout;
-use crate::tiles::{FwdTile, HD128_WGMMA};
 
-const T: FwdTile = HD128_WGMMA;
-const D: usize = T.head_dim;
-const BM: usize = T.block_m;
-const BN: usize = T.block_n;
-const STAGES: u32 = T.stages as u32;
+const BM: usize = 128;
 const COMPUTE_THREADS: u32 = 256;
 const LOADER_THREADS: usize = 128;
-const COMPUTE_REGS: u32 = 208;
-const LOADER_REGS: u32 = 88;
-/// `[q, kv, end]` from the 1024-byte aligned base.
-const L: [usize; 3] = T.wgmma_smem_layout(2);
-/// One K or V tile, and one stage (K then V).
-const KV_TILE_BYTES: u32 = (BN * D * 2) as u32;
-const STAGE_BYTES: u32 = 2 * KV_TILE_BYTES;
+const COMPUTE_REGS: u32 = 224;
+const LOADER_REGS: u32 = 56;
 /// Bytes per 16 rows of a swizzled tile: one k16 step of an MN-major operand.
 const K16_ROWS: u32 = 16 * 128;
 /// Eight 128-byte rows: the stride between the swizzle's row groups.
 const SBO: u32 = 1024;
+const _: () = assert!(256 * COMPUTE_REGS + 128 * LOADER_REGS <= 384 * 168);
 
 /// Named barriers. `FULL + 2s + w`: stage s holds its block, for compute warpgroup w (the loader's 128
 /// threads arrive, w's 128 wait). `EMPTY + s`: both compute warpgroups are done with stage s (their
 /// 256 threads arrive, the loader's 128 wait). `EPILOGUE + w`: warpgroup w's staged O rows.
 const FULL: u32 = 1;
-const EMPTY: u32 = FULL + 2 * STAGES;
-const EPILOGUE: u32 = EMPTY + STAGES;
-const _: () = assert!(
-    D == 128
-        && BM == 128
-        && BN == 128
-        && T.warps * 32 == COMPUTE_THREADS as usize + LOADER_THREADS
-        && EPILOGUE + 2 <= 16
-        && 256 * COMPUTE_REGS + 128 * LOADER_REGS <= 384 * 168
-);
+const fn empty(stages: u32) -> u32 {
+    FULL + 2 * stages
+}
+const fn epilogue(stages: u32) -> u32 {
+    empty(stages) + stages
+}
+
+/// The shape of one instantiation, from its tile row; `D`, `BN`, `STAGES` and the register arrays'
+/// lengths are the kernel's const parameters, checked against each other here.
+struct Shape<const D: usize, const BN: usize, const STAGES: u32>;
+
+impl<const D: usize, const BN: usize, const STAGES: u32> Shape<D, BN, STAGES> {
+    /// One K or V tile, and one stage (K then V).
+    const KV_TILE_BYTES: u32 = (BN * D * 2) as u32;
+    const STAGE_BYTES: u32 = 2 * Self::KV_TILE_BYTES;
+    /// Q, then the stages, from the 1024-byte aligned base.
+    const Q: u32 = 0;
+    const KV: u32 = (BM * D * 2) as u32;
+    const EMPTY: u32 = empty(STAGES);
+    const EPILOGUE: u32 = epilogue(STAGES);
+    const OK: () = assert!(
+        D % 64 == 0
+            && D <= 256
+            && BN % 16 == 0
+            && STAGES >= 2
+            && epilogue(STAGES) + 2 <= 16
+            && (Self::KV as usize + STAGES as usize * 2 * BN * D * 2) % 1024 == 0
+    );
+}
 
 /// The loader warpgroup: Q, then the CTA's `n_blocks` K/V blocks in key order from block `first`, step j
 /// into stage `j % STAGES`.
 #[inline(always)]
-unsafe fn loader(p: &FwdParams, base: u32, m0: u32, rows: u32, (first, n_blocks): (u32, u32), tid: u32) {
+unsafe fn loader<const D: usize, const BN: usize, const STAGES: u32>(
+    p: &FwdParams,
+    base: u32,
+    m0: u32,
+    rows: u32,
+    (first, n_blocks): (u32, u32),
+    tid: u32,
+) {
     let (head, batch) = (sreg::block_y() as u64, sreg::block_z() as u64);
     let kv_head = head / p.group as u64;
     let q =
         (p.q as *const u16).add((batch * p.q_strides[0] + m0 as u64 * p.q_strides[1] + head * p.q_strides[2]) as usize);
-    copy_tile::<BM>(base + L[0] as u32, q, p.q_strides[1] as usize, rows, tid);
+    copy_tile::<BM, D>(base + Shape::<D, BN, STAGES>::Q, q, p.q_strides[1] as usize, rows, tid);
     let mut j = 0u32;
     while j < n_blocks {
         let s = j % STAGES;
         if j >= STAGES {
+            if STAGES == 2 {
+                // The compute warpgroups free block j - 2's stage once they have block j - 1: hand it
+                // over first (with two stages, one block of copies is in flight at a time).
+                cp_async::wait::<0>();
+                hand_over::<STAGES>(j - 1);
+            }
             // Both compute warpgroups are done with block j - STAGES.
-            sync::named_at::<384>(EMPTY + s);
+            sync::named_at::<384>(Shape::<D, BN, STAGES>::EMPTY + s);
         }
         let n0 = (first + j) * BN as u32;
-        let dst = base + L[1] as u32 + s * STAGE_BYTES;
+        let dst = base + Shape::<D, BN, STAGES>::KV + s * Shape::<D, BN, STAGES>::STAGE_BYTES;
         let k = (p.k as *const u16)
             .add((batch * p.k_strides[0] + n0 as u64 * p.k_strides[1] + kv_head * p.k_strides[2]) as usize);
         let v = (p.v as *const u16)
             .add((batch * p.v_strides[0] + n0 as u64 * p.v_strides[1] + kv_head * p.v_strides[2]) as usize);
         let valid = p.score.mask.seqlen_k - n0;
-        copy_tile::<BN>(dst, k, p.k_strides[1] as usize, valid, tid);
-        copy_tile::<BN>(dst + KV_TILE_BYTES, v, p.v_strides[1] as usize, valid, tid);
+        copy_tile::<BN, D>(dst, k, p.k_strides[1] as usize, valid, tid);
+        copy_tile::<BN, D>(dst + Shape::<D, BN, STAGES>::KV_TILE_BYTES, v, p.v_strides[1] as usize, valid, tid);
         cp_async::commit();
-        if j >= 1 {
+        if j >= 1 && !(STAGES == 2 && j >= STAGES) {
             // Block j - 1 (and Q with block 0) has landed: visible to the tensor cores' proxy, handed on.
             cp_async::wait::<1>();
-            hand_over(j - 1);
+            hand_over::<STAGES>(j - 1);
         }
         j += 1;
     }
     cp_async::wait::<0>();
-    hand_over(n_blocks - 1);
+    hand_over::<STAGES>(n_blocks - 1);
 }
 
-/// Issues the copies of one `ROWS x 128` tile into swizzled shared memory (`ptx::wgmma` layout) with
-/// the loader's 128 threads: thread `tid` copies chunk `tid % 16` of rows `tid / 16 + 8i`, which all sit
-/// at the same swizzled column, 1024 bytes apart. A rolled loop with running addresses (the trip count
-/// hidden from the optimiser) keeps the loader within its registers. Rows at or past `valid` are zero-filled.
+/// Issues the copies of one `ROWS x D` tile into swizzled shared memory (`ptx::wgmma` layout) with the
+/// loader's 128 threads, one 64-column block after the other: thread `tid` copies chunk `tid % 8` of
+/// rows `tid / 8 + 16i`, which all sit at the same swizzled column, 2048 bytes apart. A rolled loop with
+/// running addresses (the trip count hidden from the optimiser) keeps the loader within its registers.
+/// Rows at or past `valid` are zero-filled.
 #[inline(always)]
-unsafe fn copy_tile<const ROWS: usize>(dst: u32, src: *const u16, row_stride: usize, valid: u32, tid: u32) {
-    let (row0, chunk) = (tid / 16, tid % 16);
-    let mut to = dst + RowLayout::Swizzled128.chunk_offset::<ROWS, D>(row0 as usize, chunk as usize);
-    let mut from = src.add(row0 as usize * row_stride + chunk as usize * 8);
-    let mut left = valid as i32 - row0 as i32;
-    let mut i = 0;
-    while i < opaque::u32((ROWS / 8) as u32) {
-        let ok = left > 0;
-        // A row past the end keeps `src` (row 0, always readable) as its address; nothing is read.
-        cp_async::copy16_or_zero(to, if ok { from } else { src }, ok);
-        to += 1024;
-        from = from.add(8 * row_stride);
-        left -= 8;
-        i += 1;
+unsafe fn copy_tile<const ROWS: usize, const D: usize>(
+    dst: u32,
+    src: *const u16,
+    row_stride: usize,
+    valid: u32,
+    tid: u32,
+) {
+    const { assert!(ROWS % 16 == 0 && D % 64 == 0) };
+    let (row0, chunk) = (tid / 8, tid % 8);
+    for cb in 0..D / 64 {
+        let mut to = dst + RowLayout::Swizzled128.chunk_offset::<ROWS, D>(row0 as usize, 8 * cb + chunk as usize);
+        let mut from = src.add(row0 as usize * row_stride + 64 * cb + chunk as usize * 8);
+        let mut left = valid as i32 - row0 as i32;
+        let mut i = 0;
+        while i < opaque::u32((ROWS / 16) as u32) {
+            let ok = left > 0;
+            // A row past the end keeps `src` (row 0, always readable) as its address; nothing is read.
+            cp_async::copy16_or_zero(to, if ok { from } else { src }, ok);
+            to += 16 * 128;
+            from = from.add(16 * row_stride);
+            left -= 16;
+            i += 1;
+        }
     }
 }
 
 /// The loader's side of `FULL`: this thread's copies of block `j` are complete and fenced.
 #[inline(always)]
-fn hand_over(j: u32) {
+fn hand_over<const STAGES: u32>(j: u32) {
     bulk::shared_async();
     let s = j % STAGES;
     sync::arrive_at::<256>(FULL + 2 * s);
     sync::arrive_at::<256>(FULL + 2 * s + 1);
 }
 
-/// The kernel body.
+/// The kernel body for head dim `D`, `BN`-key blocks in `STAGES` stages; `SR = BN/2` and `OR = D/2`
+/// are the registers of the S and O accumulators, `NN = BN/8` and `ND = D/8` their n8 tiles, `KS =
+/// BN/16` the k16 steps of P·V.
 ///
 /// # Safety
-/// Launched as `abi::FwdParams` documents (`num_splits` = 1), with 384 threads, `T.smem_bytes(2)` bytes
-/// of dynamic shared memory and 128-row query blocks, on an sm_90a device.
+/// Launched as `abi::FwdParams` documents (`num_splits` = 1), with 384 threads, the tile row's
+/// `smem_bytes(2)` bytes of dynamic shared memory and 128-row query blocks, on an sm_90a device.
 #[inline(always)]
-pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
+pub unsafe fn attn_fwd_wgmma<
+    E: WgmmaElem,
+    const D: usize,
+    const BN: usize,
+    const STAGES: u32,
+    const SR: usize,
+    const OR: usize,
+    const NN: usize,
+    const ND: usize,
+    const KS: usize,
+>(
+    p: &FwdParams,
+) {
+    const { assert!(SR == BN / 2 && OR == D / 2 && NN == BN / 8 && ND == D / 8 && KS == BN / 16) };
+    #[allow(clippy::let_unit_value)]
+    let () = Shape::<D, BN, STAGES>::OK;
     let tid = sreg::thread_x();
     // The longest causal rows (highest query block) start first, as in `mainloop.rs`.
     let m_block = sreg::grid_dim_x() - 1 - sreg::block_x();
@@ -172,7 +225,7 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
     let base = (smem::base() + 1023) & !1023;
     if tid >= COMPUTE_THREADS {
         setmaxnreg::dec::<LOADER_REGS>();
-        loader(p, base, m0, rows, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
+        loader::<D, BN, STAGES>(p, base, m0, rows, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
         return;
     }
     setmaxnreg::inc::<COMPUTE_REGS>();
@@ -180,8 +233,8 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
     let lane = tid % 32;
     let (wg, warp) = (tid / 128, (tid / 32) % 4);
     let (g, t) = (lane / 4, lane % 4);
-    let q_s = base + L[0] as u32;
-    let kv_s = base + L[1] as u32;
+    let q_s = base + Shape::<D, BN, STAGES>::Q;
+    let kv_s = base + Shape::<D, BN, STAGES>::KV;
     let row_g = m0 + 64 * wg + 16 * warp + g;
 
     let mut softmax = OnlineSoftmax::<1>::new(sink, t);
@@ -189,22 +242,22 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
     // each block's softmax on its latency.
     let slope = if p.score.has_alibi() { stage::alibi_slope_log2(&p.score, batch, head) } else { 0.0 };
     let mods = p.score.has_modifiers();
-    let mut o = [0f32; 64];
+    let mut o = [0f32; OR];
     let mut j = 0u32;
     while j < n_blocks {
         let s = j % STAGES;
         sync::named_at::<256>(FULL + 2 * s + wg);
-        let k_s = kv_s + s * STAGE_BYTES;
-        let v_s = k_s + KV_TILE_BYTES;
+        let k_s = kv_s + s * Shape::<D, BN, STAGES>::STAGE_BYTES;
+        let v_s = k_s + Shape::<D, BN, STAGES>::KV_TILE_BYTES;
 
         // S = Q_w Kᵀ: k16 steps of 32 bytes inside each 64-column block of Q and K.
-        let mut sc = [0f32; 64];
+        let mut sc = [0f32; SR];
         wgmma::fence();
         for kk in 0..D / 16 {
             let inner = ((kk % 4) * 32) as u32;
             let a = desc_sw128(q_s + ((kk / 4) * BM * 128) as u32 + wg * 64 * 128 + inner, 16, SBO);
             let b = desc_sw128(k_s + ((kk / 4) * BN * 128) as u32 + inner, 16, SBO);
-            E::ss_m64n128k16::<0, 0>(&mut sc, a, b, kk > 0);
+            E::ss::<SR, 0, 0>(&mut sc, a, b, kk > 0);
         }
         wgmma::commit();
         // Also the previous block's PV: its stage may be refilled once both warpgroups are past here.
@@ -212,23 +265,23 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
         wgmma::pin_all(&mut sc);
         wgmma::pin_all(&mut o);
         if j >= 1 && j - 1 + STAGES < n_blocks {
-            sync::arrive_at::<384>(EMPTY + (j - 1) % STAGES);
+            sync::arrive_at::<384>(Shape::<D, BN, STAGES>::EMPTY + (j - 1) % STAGES);
         }
 
-        let (mut s_frag, mut o_frag) = (AccFrag::<1, 16>::from_wgmma(&sc), AccFrag::<1, 16>::from_wgmma(&o));
+        let (mut s_frag, mut o_frag) = (AccFrag::<1, NN>::from_wgmma(&sc), AccFrag::<1, ND>::from_wgmma(&o));
         let at = FragPos { row_g, col0: (blocks.first + j) * BN as u32, t };
         let masked = blocks.needs_mask(blocks.first + j);
         if mods {
-            stage::logits_by_query::<1, 16, true>(&p.score, || slope, &mut s_frag, at, masked);
+            stage::logits_by_query::<1, NN, true>(&p.score, || slope, &mut s_frag, at, masked);
         } else {
-            stage::logits_by_query::<1, 16, false>(&p.score, || slope, &mut s_frag, at, masked);
+            stage::logits_by_query::<1, NN, false>(&p.score, || slope, &mut s_frag, at, masked);
         }
         softmax.update(&mut s_frag, &mut o_frag);
         s_frag.to_wgmma(&mut sc);
         o_frag.to_wgmma(&mut o);
 
         // O += P V: the A fragment of k16 step kk is n8 tiles 2kk and 2kk+1 of P, rounded.
-        let mut pk = [[0u32; 4]; BN / 16];
+        let mut pk = [[0u32; 4]; KS];
         for (kk, a) in pk.iter_mut().enumerate() {
             let (lo, hi) = (8 * kk, 8 * kk + 4);
             *a = [
@@ -241,7 +294,7 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
         wgmma::fence();
         for (kk, a) in pk.iter().enumerate() {
             let b = desc_sw128(v_s + kk as u32 * K16_ROWS, (BN * 128) as u32, SBO);
-            E::rs_m64n128k16::<1>(&mut o, a, b, true);
+            E::rs::<OR, 1>(&mut o, a, b, true);
         }
         wgmma::commit();
         j += 1;
@@ -262,7 +315,7 @@ pub unsafe fn attn_fwd_wgmma<E: WgmmaElem>(p: &FwdParams) {
             *lse_g.add(row as usize) = lse[0][rr];
         }
     }
-    sync::named_at::<128>(EPILOGUE + wg);
+    sync::named_at::<128>(Shape::<D, BN, STAGES>::EPILOGUE + wg);
     let chunks = (D / 8) as u32;
     let wtid = tid % 128;
     for i in 0..(64 * chunks / 128) {

@@ -83,41 +83,68 @@ fwd_kernels! {
     tiles::HD256_W8 => attn_fwd_hd256_m128n32w8_bf16, attn_fwd_hd256_m128n32w8_f16, attn_fwd_split_hd256_m128n32w8_bf16, attn_fwd_split_hd256_m128n32w8_f16;
 }
 
-/// The Hopper kernel (`hopper.rs`), in the sm_90a PTX only; no split-KV instantiation (the host splits
+/// The Hopper kernels (`hopper.rs`), in the sm_90a PTX only; no split-KV instantiation (the host splits
 /// with an `mma.sync` row).
 #[cfg(target_feature = "sm_90a")]
 mod wgmma_entry {
     use super::super::hopper::attn_fwd_wgmma;
     use crate::abi::FwdParams;
     use crate::ptx::elem::{Bf16, F16};
-    use crate::tiles::{str_eq, HD128_WGMMA as T};
+    use crate::tiles::{self, str_eq};
 
-    const _: () = assert!(
-        T.is_valid()
-            && T.threads() == 384
-            && str_eq(T.symbols[0], "attn_fwd_hd128_m128n128_wgmma_bf16")
-            && str_eq(T.symbols[1], "attn_fwd_hd128_m128n128_wgmma_f16")
-    );
-
-    // Launch bounds (build.rs writes them into the PTX): one CTA of 12 warps per SM, 168 registers per
-    // thread at launch, which `setmaxnreg` redistributes (see `hopper.rs`).
-    core::arch::global_asm!(
-        "// ironflash-launch-bounds attn_fwd_hd128_m128n128_wgmma_bf16 384 1",
-        "// ironflash-launch-bounds attn_fwd_hd128_m128n128_wgmma_f16 384 1",
-    );
-
-    /// # Safety
-    /// Launched as `abi::FwdParams` (unsplit) and the tile row document, on a compute capability 9.0
-    /// device.
-    #[no_mangle]
-    pub unsafe extern "ptx-kernel" fn attn_fwd_hd128_m128n128_wgmma_bf16(p: FwdParams) {
-        attn_fwd_wgmma::<Bf16>(&p)
+    macro_rules! wgmma_kernel {
+        ($tile:path, $elem:ty, $p:expr) => {{
+            const T: tiles::FwdTile = $tile;
+            attn_fwd_wgmma::<
+                $elem,
+                { T.head_dim },
+                { T.block_n },
+                { T.stages as u32 },
+                { T.block_n / 2 },
+                { T.head_dim / 2 },
+                { T.block_n / 8 },
+                { T.head_dim / 8 },
+                { T.block_n / 16 },
+            >($p)
+        }};
     }
 
-    /// # Safety
-    /// As the bf16 kernel.
-    #[no_mangle]
-    pub unsafe extern "ptx-kernel" fn attn_fwd_hd128_m128n128_wgmma_f16(p: FwdParams) {
-        attn_fwd_wgmma::<F16>(&p)
+    macro_rules! wgmma_kernels {
+        ($($tile:path => $bf16:ident, $f16:ident;)*) => {$(
+            const _: () = {
+                const T: tiles::FwdTile = $tile;
+                assert!(T.is_valid() && T.wgmma && T.threads() == 384);
+                assert!(str_eq(T.symbols[0], stringify!($bf16)) && str_eq(T.symbols[1], stringify!($f16)));
+            };
+
+            // Launch bounds (build.rs writes them into the PTX): one CTA of 12 warps per SM, 168
+            // registers per thread at launch, which `setmaxnreg` redistributes (see `hopper.rs`).
+            core::arch::global_asm!(
+                concat!("// ironflash-launch-bounds ", stringify!($bf16), " 384 1"),
+                concat!("// ironflash-launch-bounds ", stringify!($f16), " 384 1"),
+            );
+
+            /// # Safety
+            /// Launched as `abi::FwdParams` (unsplit) and the tile row document, on a compute
+            /// capability 9.0 device.
+            #[no_mangle]
+            pub unsafe extern "ptx-kernel" fn $bf16(p: FwdParams) {
+                wgmma_kernel!($tile, Bf16, &p)
+            }
+
+            /// # Safety
+            /// As the bf16 kernel.
+            #[no_mangle]
+            pub unsafe extern "ptx-kernel" fn $f16(p: FwdParams) {
+                wgmma_kernel!($tile, F16, &p)
+            }
+        )*};
+    }
+
+    wgmma_kernels! {
+        tiles::HD64_WGMMA => attn_fwd_hd64_m128n128_wgmma_bf16, attn_fwd_hd64_m128n128_wgmma_f16;
+        tiles::HD128_WGMMA => attn_fwd_hd128_m128n128_wgmma_bf16, attn_fwd_hd128_m128n128_wgmma_f16;
+        tiles::HD192_WGMMA => attn_fwd_hd192_m128n96_wgmma_bf16, attn_fwd_hd192_m128n96_wgmma_f16;
+        tiles::HD256_WGMMA => attn_fwd_hd256_m128n64_wgmma_bf16, attn_fwd_hd256_m128n64_wgmma_f16;
     }
 }

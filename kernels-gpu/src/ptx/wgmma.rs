@@ -76,112 +76,132 @@ pub fn pin_all<const N: usize>(acc: &mut [f32; N]) {
     }
 }
 
-/// An element type `wgmma` multiplies, f32 accumulation. `TA`/`TB` = 1 reads that operand MN-major
-/// (transposed), 0 K-major; `accumulate` false overwrites the accumulator.
+/// An element type `wgmma` multiplies, f32 accumulation: one function per shape `m64nNk16` (an
+/// accumulator of `N/2` registers per thread), and [`WgmmaElem::ss`]/[`WgmmaElem::rs`], which pick the
+/// shape from the accumulator's length, for kernels generic over their tile. `TA`/`TB` = 1 reads that
+/// operand MN-major (transposed), 0 K-major; `accumulate` false overwrites the accumulator.
+///
+/// # Safety (every product)
+/// Warpgroup-converged; the descriptors describe loaded shared memory; the accumulator (and a register
+/// A operand) stays untouched until a `wait` covers the product.
+#[allow(clippy::missing_safety_doc)]
 pub trait WgmmaElem: Elem16 {
     /// D[64×64] (+)= A·B, both from shared memory.
-    ///
-    /// # Safety
-    /// Warpgroup-converged; the descriptors describe loaded shared memory.
     unsafe fn ss_m64n64k16<const TA: u32, const TB: u32>(acc: &mut [f32; 32], a: u64, b: u64, accumulate: bool);
+    /// D[64×80] (+)= A·B, both from shared memory.
+    unsafe fn ss_m64n80k16<const TA: u32, const TB: u32>(acc: &mut [f32; 40], a: u64, b: u64, accumulate: bool);
+    /// D[64×96] (+)= A·B, both from shared memory.
+    unsafe fn ss_m64n96k16<const TA: u32, const TB: u32>(acc: &mut [f32; 48], a: u64, b: u64, accumulate: bool);
+    /// D[64×112] (+)= A·B, both from shared memory.
+    unsafe fn ss_m64n112k16<const TA: u32, const TB: u32>(acc: &mut [f32; 56], a: u64, b: u64, accumulate: bool);
     /// D[64×128] (+)= A·B, both from shared memory.
-    ///
-    /// # Safety
-    /// As `ss_m64n64k16`.
     unsafe fn ss_m64n128k16<const TA: u32, const TB: u32>(acc: &mut [f32; 64], a: u64, b: u64, accumulate: bool);
+    /// D[64×64] (+)= A·B, A from registers.
+    unsafe fn rs_m64n64k16<const TB: u32>(acc: &mut [f32; 32], a: &[u32; 4], b: u64, accumulate: bool);
     /// D[64×128] (+)= A·B, A from registers.
-    ///
-    /// # Safety
-    /// As `ss_m64n64k16`.
     unsafe fn rs_m64n128k16<const TB: u32>(acc: &mut [f32; 64], a: &[u32; 4], b: u64, accumulate: bool);
+    /// D[64×192] (+)= A·B, A from registers.
+    unsafe fn rs_m64n192k16<const TB: u32>(acc: &mut [f32; 96], a: &[u32; 4], b: u64, accumulate: bool);
+    /// D[64×256] (+)= A·B, A from registers.
+    unsafe fn rs_m64n256k16<const TB: u32>(acc: &mut [f32; 128], a: &[u32; 4], b: u64, accumulate: bool);
+
+    /// D[64×N] (+)= A·B, both from shared memory, N = 2·R.
+    #[inline(always)]
+    unsafe fn ss<const R: usize, const TA: u32, const TB: u32>(acc: &mut [f32; R], a: u64, b: u64, accumulate: bool) {
+        match R {
+            32 => Self::ss_m64n64k16::<TA, TB>(fit(acc), a, b, accumulate),
+            40 => Self::ss_m64n80k16::<TA, TB>(fit(acc), a, b, accumulate),
+            48 => Self::ss_m64n96k16::<TA, TB>(fit(acc), a, b, accumulate),
+            56 => Self::ss_m64n112k16::<TA, TB>(fit(acc), a, b, accumulate),
+            64 => Self::ss_m64n128k16::<TA, TB>(fit(acc), a, b, accumulate),
+            _ => unreachable(),
+        }
+    }
+
+    /// D[64×N] (+)= A·B, A from registers, N = 2·R.
+    #[inline(always)]
+    unsafe fn rs<const R: usize, const TB: u32>(acc: &mut [f32; R], a: &[u32; 4], b: u64, accumulate: bool) {
+        match R {
+            32 => Self::rs_m64n64k16::<TB>(fit(acc), a, b, accumulate),
+            64 => Self::rs_m64n128k16::<TB>(fit(acc), a, b, accumulate),
+            96 => Self::rs_m64n192k16::<TB>(fit(acc), a, b, accumulate),
+            128 => Self::rs_m64n256k16::<TB>(fit(acc), a, b, accumulate),
+            _ => unreachable(),
+        }
+    }
 }
 
-/// `asm!` with the 64 accumulator registers `acc[0..64]` as operands {0}..{63} (in, out), followed by
-/// the remaining operands: the m64n128 shapes share this list.
-macro_rules! asm_acc64 {
-    ([$($template:expr),* $(,)?], $acc:ident, $($rest:tt)*) => {
-        core::arch::asm!(
-            $($template),*,
-            inout(reg32) $acc[0], inout(reg32) $acc[1], inout(reg32) $acc[2], inout(reg32) $acc[3],
-            inout(reg32) $acc[4], inout(reg32) $acc[5], inout(reg32) $acc[6], inout(reg32) $acc[7],
-            inout(reg32) $acc[8], inout(reg32) $acc[9], inout(reg32) $acc[10], inout(reg32) $acc[11],
-            inout(reg32) $acc[12], inout(reg32) $acc[13], inout(reg32) $acc[14], inout(reg32) $acc[15],
-            inout(reg32) $acc[16], inout(reg32) $acc[17], inout(reg32) $acc[18], inout(reg32) $acc[19],
-            inout(reg32) $acc[20], inout(reg32) $acc[21], inout(reg32) $acc[22], inout(reg32) $acc[23],
-            inout(reg32) $acc[24], inout(reg32) $acc[25], inout(reg32) $acc[26], inout(reg32) $acc[27],
-            inout(reg32) $acc[28], inout(reg32) $acc[29], inout(reg32) $acc[30], inout(reg32) $acc[31],
-            inout(reg32) $acc[32], inout(reg32) $acc[33], inout(reg32) $acc[34], inout(reg32) $acc[35],
-            inout(reg32) $acc[36], inout(reg32) $acc[37], inout(reg32) $acc[38], inout(reg32) $acc[39],
-            inout(reg32) $acc[40], inout(reg32) $acc[41], inout(reg32) $acc[42], inout(reg32) $acc[43],
-            inout(reg32) $acc[44], inout(reg32) $acc[45], inout(reg32) $acc[46], inout(reg32) $acc[47],
-            inout(reg32) $acc[48], inout(reg32) $acc[49], inout(reg32) $acc[50], inout(reg32) $acc[51],
-            inout(reg32) $acc[52], inout(reg32) $acc[53], inout(reg32) $acc[54], inout(reg32) $acc[55],
-            inout(reg32) $acc[56], inout(reg32) $acc[57], inout(reg32) $acc[58], inout(reg32) $acc[59],
-            inout(reg32) $acc[60], inout(reg32) $acc[61], inout(reg32) $acc[62], inout(reg32) $acc[63],
-            $($rest)*
-        )
+/// The accumulator as the array type of the shape `R` selected (the same type: `R == S` in the taken
+/// arm, the others are compiled out).
+#[inline(always)]
+fn fit<const R: usize, const S: usize>(acc: &mut [f32; R]) -> &mut [f32; S] {
+    (&mut acc[..]).try_into().unwrap_or_else(|_| unreachable())
+}
+
+/// A shape no `wgmma` function has: a kernel instantiated with an unsupported tile traps.
+#[inline(always)]
+fn unreachable() -> ! {
+    // SAFETY: `trap` ends the kernel with an error.
+    unsafe { core::arch::asm!("trap;", options(noreturn)) }
+}
+
+/// One `ss` shape: accumulator registers are operands 0..R, then A's and B's descriptors and the
+/// accumulate flag at the three indices given.
+macro_rules! ss_shape {
+    ($ptx:literal, $name:ident, $shape:literal, $r:literal, [$i0:literal $($i:literal)*], $a:literal, $b:literal, $p:literal) => {
+        #[inline(always)]
+        unsafe fn $name<const TA: u32, const TB: u32>(acc: &mut [f32; $r], a: u64, b: u64, accumulate: bool) {
+            core::arch::asm!(
+                "{{",
+                ".reg .pred p;",
+                concat!("setp.ne.b32 p, {", $p, "}, 0;"),
+                concat!("wgmma.mma_async.sync.aligned.", $shape, ".f32.", $ptx, ".", $ptx, " {{{", $i0, "}" $(, ", {", $i, "}")*,
+                    "}}, {", $a, "}, {", $b, "}, p, 1, 1, {ta}, {tb};"),
+                "}}",
+                inout(reg32) acc[$i0], $(inout(reg32) acc[$i],)*
+                in(reg64) a, in(reg64) b, in(reg32) accumulate as u32,
+                ta = const TA, tb = const TB,
+                options(nostack)
+            );
+        }
+    };
+}
+
+/// One `rs` shape: accumulator registers 0..R, then A's four registers, B's descriptor and the
+/// accumulate flag.
+macro_rules! rs_shape {
+    ($ptx:literal, $name:ident, $shape:literal, $r:literal, [$i0:literal $($i:literal)*], $a0:literal, $a1:literal, $a2:literal, $a3:literal, $b:literal, $p:literal) => {
+        #[inline(always)]
+        unsafe fn $name<const TB: u32>(acc: &mut [f32; $r], a: &[u32; 4], b: u64, accumulate: bool) {
+            core::arch::asm!(
+                "{{",
+                ".reg .pred p;",
+                concat!("setp.ne.b32 p, {", $p, "}, 0;"),
+                concat!("wgmma.mma_async.sync.aligned.", $shape, ".f32.", $ptx, ".", $ptx, " {{{", $i0, "}" $(, ", {", $i, "}")*,
+                    "}}, {{{", $a0, "}, {", $a1, "}, {", $a2, "}, {", $a3, "}}}, {", $b, "}, p, 1, 1, {tb};"),
+                "}}",
+                inout(reg32) acc[$i0], $(inout(reg32) acc[$i],)*
+                in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+                in(reg64) b, in(reg32) accumulate as u32,
+                tb = const TB,
+                options(nostack)
+            );
+        }
     };
 }
 
 macro_rules! wgmma_impl {
     ($t:ty, $ptx:literal) => {
         impl WgmmaElem for $t {
-
-            #[inline(always)]
-            unsafe fn ss_m64n64k16<const TA: u32, const TB: u32>(acc: &mut [f32; 32], a: u64, b: u64, accumulate: bool) {
-                core::arch::asm!(
-                    "{{",
-                    ".reg .pred p;",
-                    "setp.ne.b32 p, {34}, 0;",
-                    concat!("wgmma.mma_async.sync.aligned.m64n64k16.f32.", $ptx, ".", $ptx,
-                        " {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {32}, {33}, p, 1, 1, {ta}, {tb};"),
-                    "}}",
-                inout(reg32) acc[0], inout(reg32) acc[1], inout(reg32) acc[2], inout(reg32) acc[3],
-                inout(reg32) acc[4], inout(reg32) acc[5], inout(reg32) acc[6], inout(reg32) acc[7],
-                inout(reg32) acc[8], inout(reg32) acc[9], inout(reg32) acc[10], inout(reg32) acc[11],
-                inout(reg32) acc[12], inout(reg32) acc[13], inout(reg32) acc[14], inout(reg32) acc[15],
-                inout(reg32) acc[16], inout(reg32) acc[17], inout(reg32) acc[18], inout(reg32) acc[19],
-                inout(reg32) acc[20], inout(reg32) acc[21], inout(reg32) acc[22], inout(reg32) acc[23],
-                inout(reg32) acc[24], inout(reg32) acc[25], inout(reg32) acc[26], inout(reg32) acc[27],
-                inout(reg32) acc[28], inout(reg32) acc[29], inout(reg32) acc[30], inout(reg32) acc[31],
-                in(reg64) a, in(reg64) b, in(reg32) accumulate as u32,
-                ta = const TA, tb = const TB,
-                options(nostack)
-                );
-            }
-            #[inline(always)]
-            unsafe fn ss_m64n128k16<const TA: u32, const TB: u32>(acc: &mut [f32; 64], a: u64, b: u64, accumulate: bool) {
-                asm_acc64!(
-                    [
-                    "{{",
-                    ".reg .pred p;",
-                    "setp.ne.b32 p, {66}, 0;",
-                    concat!("wgmma.mma_async.sync.aligned.m64n128k16.f32.", $ptx, ".", $ptx,
-                        " {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {64}, {65}, p, 1, 1, {ta}, {tb};"),
-                    "}}"],
-                acc,
-                in(reg64) a, in(reg64) b, in(reg32) accumulate as u32,
-                ta = const TA, tb = const TB,
-                options(nostack)
-                );
-            }
-            #[inline(always)]
-            unsafe fn rs_m64n128k16<const TB: u32>(acc: &mut [f32; 64], a: &[u32; 4], b: u64, accumulate: bool) {
-                asm_acc64!(
-                    [
-                    "{{",
-                    ".reg .pred p;",
-                    "setp.ne.b32 p, {69}, 0;",
-                    concat!("wgmma.mma_async.sync.aligned.m64n128k16.f32.", $ptx, ".", $ptx,
-                        " {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{64}, {65}, {66}, {67}}}, {68}, p, 1, 1, {tb};"),
-                    "}}"],
-                acc,
-                in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
-                in(reg64) b, in(reg32) accumulate as u32,
-                tb = const TB,
-                options(nostack)
-                );
-            }
+            ss_shape!($ptx, ss_m64n64k16, "m64n64k16", 32, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31], 32, 33, 34);
+            ss_shape!($ptx, ss_m64n80k16, "m64n80k16", 40, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39], 40, 41, 42);
+            ss_shape!($ptx, ss_m64n96k16, "m64n96k16", 48, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47], 48, 49, 50);
+            ss_shape!($ptx, ss_m64n112k16, "m64n112k16", 56, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55], 56, 57, 58);
+            ss_shape!($ptx, ss_m64n128k16, "m64n128k16", 64, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63], 64, 65, 66);
+            rs_shape!($ptx, rs_m64n64k16, "m64n64k16", 32, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31], 32, 33, 34, 35, 36, 37);
+            rs_shape!($ptx, rs_m64n128k16, "m64n128k16", 64, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63], 64, 65, 66, 67, 68, 69);
+            rs_shape!($ptx, rs_m64n192k16, "m64n192k16", 96, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95], 96, 97, 98, 99, 100, 101);
+            rs_shape!($ptx, rs_m64n256k16, "m64n256k16", 128, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111 112 113 114 115 116 117 118 119 120 121 122 123 124 125 126 127], 128, 129, 130, 131, 132, 133);
         }
     };
 }
