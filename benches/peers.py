@@ -5,6 +5,8 @@ Reads the suite's cases (JSON lines, one `Case` each: grid, pass, b, h, h_kv, n_
 dtype), times `torch.nn.functional.scaled_dot_product_attention` with each backend forced through
 `torch.nn.attention.sdpa_kernel` (FLASH_ATTENTION, CUDNN_ATTENTION, EFFICIENT_ATTENTION) and a naive
 matmul-softmax-matmul, and prints one JSON line per (case, implementation) with the suite's columns.
+With `--impls ...,fa3`, FlashAttention-3 too, through JAX and the `flash_attn3_jax` wheel (head dims up to
+128; see `fa3_fn`).
 
 Backward cases (pass "bwd") run each implementation's forward on inputs with requires_grad outside the
 timed region, keep its output and an upstream gradient dO, and time `torch.autograd.grad(out, (q, k, v), dO,
@@ -28,7 +30,8 @@ import sys
 import warnings
 
 NO_TORCH_EXIT = 3
-IMPLS = ("flash", "cudnn", "efficient", "naive")
+IMPLS = ("flash", "cudnn", "efficient", "naive", "fa3")
+DEFAULT_IMPLS = ("flash", "cudnn", "efficient", "naive")
 # (warmup, min_reps, max_reps, target_ms): the same policies as host/bench/runner.rs.
 FULL = (2, 5, 50, 400.0)
 QUICK = (1, 3, 20, 100.0)
@@ -49,8 +52,12 @@ def flops(case):
     return f * (2.5 if case["pass"] == "bwd" else 1.0)
 
 
+def impl_name(name):
+    return "fa3-jax" if name == "fa3" else "torch-" + name
+
+
 def record(name, case, status, note=""):
-    rec = {"impl": "torch-" + name}
+    rec = {"impl": impl_name(name)}
     rec.update({k: case[k] for k in ("grid", "pass", "b", "h", "h_kv", "n_q", "n_k", "d", "causal", "dtype")})
     rec.update(
         status=status, ms=None, ms_min=None, ms_max=None, reps=0, tflops=None, peak_frac=None, gb_s=None,
@@ -68,7 +75,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", required=True, help="JSON lines of cases, as the suite writes them")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (the suite's --quick)")
-    ap.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
+    ap.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
     args = ap.parse_args()
 
     try:
@@ -228,6 +235,68 @@ def main():
         )
         return rec
 
+    def measure_fa3(case):
+        """FlashAttention-3 (the `flash_attn3_jax` wheel) on JAX's own stream, so timed by the wall clock:
+        `block_until_ready` after each batch of back-to-back calls, the median over batches of the mean
+        per call. The backward is a jitted `jax.vjp` pullback given the forward's residuals. JAX is told
+        not to preallocate, so PyTorch's allocator and JAX's share the card."""
+        import os
+        import time
+
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        import jax
+        import jax.numpy as jnp
+        from flash_attn3_jax import flash_mha
+
+        b, h, hk, nq, nk, d = (case[k] for k in ("b", "h", "h_kv", "n_q", "n_k", "d"))
+        dtype = {"bf16": jnp.bfloat16, "f16": jnp.float16}[case["dtype"]]
+        key = jax.random.PRNGKey(0)
+        one = 2 * d * b * (nq * h + 2 * nk * hk) * (3 if case["pass"] == "bwd" else 1)
+        count = max(1, min(16, math.ceil(2 * l2 / one)))
+        sets = []
+        for i in range(count):
+            ks = jax.random.split(jax.random.fold_in(key, i), 4)
+            sets.append(tuple(
+                jax.random.uniform(kk, shape, dtype, -1.0, 1.0)
+                for kk, shape in zip(ks, [(b, nq, h, d), (b, nk, hk, d), (b, nk, hk, d), (b, nq, h, d)])
+            ))
+        causal = bool(case["causal"])
+        fwd = jax.jit(lambda q, k, v: flash_mha(q, k, v, is_causal=causal))
+        if case["pass"] == "bwd":
+            pulls = []
+            for q, k, v, d_o in sets:
+                _, pull = jax.vjp(lambda q, k, v: flash_mha(q, k, v, is_causal=causal), q, k, v)
+                pulls.append((pull, d_o))
+            bwd = jax.jit(lambda pull, d_o: pull(d_o))
+
+            def call(i):
+                pull, d_o = pulls[i % len(pulls)]
+                return bwd(pull, d_o)
+        else:
+
+            def call(i):
+                q, k, v, _ = sets[i % len(sets)]
+                return fwd(q, k, v)
+
+        jax.block_until_ready(call(0))
+        t0 = time.perf_counter()
+        jax.block_until_ready([call(i) for i in range(max(1, warmup))])
+        one_ms = (time.perf_counter() - t0) * 1e3 / max(1, warmup)
+        per_batch = int(min(max_reps, max(min_reps, math.ceil(target_ms / 5 / max(one_ms, 1e-3)))))
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            jax.block_until_ready([call(i) for i in range(per_batch)])
+            times.append((time.perf_counter() - t0) * 1e3 / per_batch)
+        times.sort()
+        median = times[len(times) // 2]
+        rec = record("fa3", case, "ok", f"wall clock, 5 batches of {per_batch} calls, {len(sets)} input sets")
+        rec.update(
+            ms=median, ms_min=times[0], ms_max=times[-1], reps=5 * per_batch,
+            tflops=flops(case) / (median * 1e-3) / 1e12, mem_method="none",
+        )
+        return rec
+
     total = len(cases) * len(wanted)
     done = 0
     for case in cases:
@@ -246,7 +315,11 @@ def main():
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 try:
-                    if name == "naive":
+                    if name == "fa3":
+                        if case["d"] > 128:
+                            raise RuntimeError("not supported: the flash_attn3_jax wheel has head dims up to 128")
+                        rec = measure_fa3(case)
+                    elif name == "naive":
                         fn = naive_fn(case)
                         rec = measure_bwd(name, case, fn) if backward else measure(name, case, fn, sets)
                     else:
@@ -257,6 +330,10 @@ def main():
                 except torch.OutOfMemoryError as e:
                     rec, error = record(name, case, "oom", first_line(e)), None
                 except RuntimeError as e:
+                    error = e
+                except Exception as e:  # JAX or the wheel missing or failing: a status, not a crash
+                    if name != "fa3":
+                        raise
                     error = e
             if error is not None:
                 msg = first_line(error)
@@ -273,7 +350,7 @@ def main():
             shape = f"{case['pass']} {case['grid']} B={case['b']} H={case['h']} N={case['n_q']}/{case['n_k']} D={case['d']}"
             shape += " causal" if case["causal"] else ""
             result = f"{rec['ms']:.4f} ms {rec['tflops']:.1f} TFLOP/s" if rec["ms"] else f"{rec['status']}: {rec['note']}"
-            log(f"[{done}/{total}] torch-{name:<9} {shape}: {result}")
+            log(f"[{done}/{total}] {impl_name(name):<15} {shape}: {result}")
             emit(rec)
         del sets
         torch.cuda.empty_cache()
