@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{device_or_skip, grad_error, max_abs};
+use common::{device_or_skip, grad_error, grad_error_summed, max_abs};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use ironflash::gpu::{self, BackwardTile, GpuGradients};
@@ -182,10 +182,13 @@ fn check_case_tile<T: Element>(c: Case, seed: u64, tile: Option<&BackwardTile>) 
     let tol = grad_tolerance(T::DTYPE);
     let mut worst = 0.0f64;
     let mut report = Vec::new();
-    for (name, g, w) in [("dq", &got[0], &want.dq), ("dk", &got[1], &want.dk), ("dv", &got[2], &want.dv)] {
-        let err = grad_error(g, w);
+    let (keys, queries) = (c.seqlen_k, c.seqlen_q * c.group);
+    for (name, g, w, terms) in
+        [("dq", &got[0], &want.dq, keys), ("dk", &got[1], &want.dk, queries), ("dv", &got[2], &want.dv, queries)]
+    {
+        let err = grad_error_summed(g, w, terms);
         report.push(format!("{name} {err:.2e} (max_abs {:.2e})", max_abs(g, w)));
-        // An all-zero reference (e.g. dQ with a single key) is held to the floor of `grad_error`.
+        // An all-zero reference (e.g. dQ with a single key) is held to the floor of `grad_error_summed`.
         if err.is_nan() || err >= tol {
             return Err(format!("{}: {name} error {err} > {tol} [{}]", c.name::<T>(), report.join(", ")));
         }

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{check_lse, device_or_skip, grad_error, max_abs, rel_l2};
+use common::{check_lse, device_or_skip, grad_error_summed, max_abs, rel_l2};
 use half::{bf16, f16};
 use ironflash::gpu::{self, GpuGradients};
 use ironflash::{cpu, Arg, AttnOptions, DType, Device, Element, Error, HostTensor, Layout, PerHead};
@@ -218,10 +218,14 @@ fn run_case<T: Element>(dev: &Device, c: &Case) -> Result<(f64, f64), String> {
     .map_err(err)?;
     let mut worst = 0.0f64;
     let mut report = Vec::new();
-    for (g, t, w) in [("dq", &grads.dq, &want_bwd.dq), ("dk", &grads.dk, &want_bwd.dk), ("dv", &grads.dv, &want_bwd.dv)]
-    {
+    let (keys, queries) = (c.seqlen_k, c.seqlen_q * c.group);
+    for (g, t, w, terms) in [
+        ("dq", &grads.dq, &want_bwd.dq, keys),
+        ("dk", &grads.dk, &want_bwd.dk, queries),
+        ("dv", &grads.dv, &want_bwd.dv, queries),
+    ] {
         let got = dev.download(t).map_err(err)?.to_f64_contiguous();
-        let e = grad_error(&got, w);
+        let e = grad_error_summed(&got, w, terms);
         report.push(format!("{g} {e:.2e}"));
         if e.is_nan() || e >= g_tol {
             return Err(format!("{name}: {g} error {e:.3e} > {g_tol} [{}]", report.join(", ")));
@@ -332,6 +336,18 @@ fn rows_without_keys() {
             sinks: true,
             ..base(d, 200, 60)
         });
+    }
+}
+
+/// One key: every probability is 1, so dK and dV sum many queries' terms that cancel to ~0 in exact
+/// arithmetic (dS = dO·v − dO·O with O = v), and the kernels' f32 rounding is all that is left; the
+/// error floor grows with the number of summed terms (`grad_error_summed`). A case the property test
+/// drew (f16, head dim 192, 400 queries per key; f16 runs seed + 1), and its neighbours.
+#[test]
+fn single_key_gradients_cancel() {
+    for d in [64, 128, 192, 256] {
+        fixed(Case { batch: 2, heads_kv: 1, group: 4, seed: 169897649251335947, ..base(d, 100, 1) });
+        fixed(Case { batch: 1, heads_kv: 1, group: 8, seed: 11, ..base(d, 1000, 1) });
     }
 }
 

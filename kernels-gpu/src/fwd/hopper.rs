@@ -10,18 +10,22 @@
 //! - warpgroup 2 loads: Q once, then K and V blocks into a ring of `STAGES` stages (`cp.async`, 128-byte
 //!   swizzle), `STAGES - 1` blocks of copies in flight (one with two stages, where a block
 //!   is handed over before the loader waits for a stage: the compute warpgroups free a stage only once
-//!   they have the next block). It hands each landed block to each compute
-//!   warpgroup through a named barrier (`FULL`), and waits on another (`EMPTY`) until both warpgroups
-//!   are done with a stage before refilling it. The compute warpgroups never wait for each other, so
-//!   one can run its softmax while the other's products hold the tensor cores.
+//!   they have the next block). It hands each landed block to each compute warpgroup through a named
+//!   barrier (`FULL`), and waits on another (`EMPTY`) until both warpgroups are done with a stage
+//!   before refilling it.
+//! - Ping-pong (`PINGPONG`, the tile row's `pingpong`): the compute warpgroups take turns issuing their
+//!   products through two named barriers (`Shape::SCHED`), so that one's softmax runs while the other's
+//!   products hold the tensor cores (FlashAttention-3, Shah et al. 2024, §3.1). Without it they only
+//!   drift apart. FlashAttention-3's intra-warpgroup overlap (S of block j issued with P·V of block j-1,
+//!   the softmax of block j while that P·V runs) measured slower here at every head dim (docs/perf.md).
 //!
 //! `setmaxnreg` gives the compute warpgroups 224 registers per thread and the loader 56 (the launch
 //! bounds in `kernels.rs` give 168 each: 2·128·224 + 128·56 = 384·168). At head dim 256 the O
 //! accumulator alone is 128 of the 224, and 208 spilled there; a loader of 40 spilled at head dim 256
 //! (four column blocks per tile row), which is why the loader copies one 64-column block at a time.
 //!
-//! The epilogue of a compute warpgroup stages its O rows (normalised, rounded) in its own 64 rows of
-//! the Q tile, which nothing reads any more, and writes them out as 16-byte vectors.
+//! The epilogue of each compute warp stages its 16 O rows (normalised, rounded) in its own rows of the
+//! Q tile, which nothing reads any more, and writes them out as 16-byte vectors.
 
 use super::epilogue::store_empty;
 use super::softmax::OnlineSoftmax;
@@ -45,13 +49,10 @@ const _: () = assert!(256 * COMPUTE_REGS + 128 * LOADER_REGS <= 384 * 168);
 
 /// Named barriers. `FULL + 2s + w`: stage s holds its block, for compute warpgroup w (the loader's 128
 /// threads arrive, w's 128 wait). `EMPTY + s`: both compute warpgroups are done with stage s (their
-/// 256 threads arrive, the loader's 128 wait). `EPILOGUE + w`: warpgroup w's staged O rows.
+/// 256 threads arrive, the loader's 128 wait). Then the two ping-pong barriers (`Shape::SCHED`).
 const FULL: u32 = 1;
 const fn empty(stages: u32) -> u32 {
     FULL + 2 * stages
-}
-const fn epilogue(stages: u32) -> u32 {
-    empty(stages) + stages
 }
 
 /// The shape of one instantiation, from its tile row; `D`, `BN`, `STAGES` and the register arrays'
@@ -66,13 +67,15 @@ impl<const D: usize, const BN: usize, const STAGES: u32> Shape<D, BN, STAGES> {
     const Q: u32 = 0;
     const KV: u32 = (BM * D * 2) as u32;
     const EMPTY: u32 = empty(STAGES);
-    const EPILOGUE: u32 = epilogue(STAGES);
+    /// `SCHED + w`: warpgroup w's turn to issue its products (ping-pong): its 128 threads wait, the
+    /// other warpgroup's 128 arrive once it has issued its own.
+    const SCHED: u32 = empty(STAGES) + STAGES;
     const OK: () = assert!(
         D % 64 == 0
             && D <= 256
             && BN % 16 == 0
             && STAGES >= 2
-            && epilogue(STAGES) + 2 <= 16
+            && empty(STAGES) + STAGES + 2 <= 16
             && (Self::KV as usize + STAGES as usize * 2 * BN * D * 2) % 1024 == 0
     );
 }
@@ -168,6 +171,24 @@ fn hand_over<const STAGES: u32>(j: u32) {
     sync::arrive_at::<256>(FULL + 2 * s + 1);
 }
 
+/// Issues S = Q_w Kᵀ for the warpgroup's Q rows at `q_w` and the K tile at `k_s`: k16 steps of 32 bytes
+/// inside each 64-column block of Q and K, one committed group.
+#[inline(always)]
+unsafe fn issue_s<E: WgmmaElem, const D: usize, const BN: usize, const SR: usize>(
+    sc: &mut [f32; SR],
+    q_w: u32,
+    k_s: u32,
+) {
+    wgmma::fence();
+    for kk in 0..D / 16 {
+        let inner = ((kk % 4) * 32) as u32;
+        let a = desc_sw128(q_w + ((kk / 4) * BM * 128) as u32 + inner, 16, SBO);
+        let b = desc_sw128(k_s + ((kk / 4) * BN * 128) as u32 + inner, 16, SBO);
+        E::ss::<SR, 0, 0>(sc, a, b, kk > 0);
+    }
+    wgmma::commit();
+}
+
 /// The kernel body for head dim `D`, `BN`-key blocks in `STAGES` stages; `SR = BN/2` and `OR = D/2`
 /// are the registers of the S and O accumulators, `NN = BN/8` and `ND = D/8` their n8 tiles, `KS =
 /// BN/16` the k16 steps of P·V.
@@ -186,6 +207,7 @@ pub unsafe fn attn_fwd_wgmma<
     const NN: usize,
     const ND: usize,
     const KS: usize,
+    const PINGPONG: bool,
 >(
     p: &FwdParams,
 ) {
@@ -243,23 +265,23 @@ pub unsafe fn attn_fwd_wgmma<
     let slope = if p.score.has_alibi() { stage::alibi_slope_log2(&p.score, batch, head) } else { 0.0 };
     let mods = p.score.has_modifiers();
     let mut o = [0f32; OR];
+    if PINGPONG && wg == 1 {
+        // Warpgroup 0 takes the first turn.
+        sync::arrive_at::<256>(Shape::<D, BN, STAGES>::SCHED);
+    }
     let mut j = 0u32;
     while j < n_blocks {
-        let s = j % STAGES;
-        sync::named_at::<256>(FULL + 2 * s + wg);
-        let k_s = kv_s + s * Shape::<D, BN, STAGES>::STAGE_BYTES;
-        let v_s = k_s + Shape::<D, BN, STAGES>::KV_TILE_BYTES;
-
-        // S = Q_w Kᵀ: k16 steps of 32 bytes inside each 64-column block of Q and K.
-        let mut sc = [0f32; SR];
-        wgmma::fence();
-        for kk in 0..D / 16 {
-            let inner = ((kk % 4) * 32) as u32;
-            let a = desc_sw128(q_s + ((kk / 4) * BM * 128) as u32 + wg * 64 * 128 + inner, 16, SBO);
-            let b = desc_sw128(k_s + ((kk / 4) * BN * 128) as u32 + inner, 16, SBO);
-            E::ss::<SR, 0, 0>(&mut sc, a, b, kk > 0);
+        let k_s = kv_s + (j % STAGES) * Shape::<D, BN, STAGES>::STAGE_BYTES;
+        sync::named_at::<256>(FULL + 2 * (j % STAGES) + wg);
+        if PINGPONG {
+            // This warpgroup's turn to issue; the other's products then run during this one's softmax.
+            sync::named_at::<256>(Shape::<D, BN, STAGES>::SCHED + wg);
         }
-        wgmma::commit();
+        let mut sc = [0f32; SR];
+        issue_s::<E, D, BN, SR>(&mut sc, q_s + wg * 64 * 128, k_s);
+        if PINGPONG {
+            sync::arrive_at::<256>(Shape::<D, BN, STAGES>::SCHED + 1 - wg);
+        }
         // Also the previous block's PV: its stage may be refilled once both warpgroups are past here.
         wgmma::wait::<0>();
         wgmma::pin_all(&mut sc);
@@ -268,7 +290,8 @@ pub unsafe fn attn_fwd_wgmma<
             sync::arrive_at::<384>(Shape::<D, BN, STAGES>::EMPTY + (j - 1) % STAGES);
         }
 
-        let (mut s_frag, mut o_frag) = (AccFrag::<1, NN>::from_wgmma(&sc), AccFrag::<1, ND>::from_wgmma(&o));
+        let mut s_frag = AccFrag::<1, NN>::from_wgmma(&sc);
+        let mut o_frag = AccFrag::<1, ND>::from_wgmma(&o);
         let at = FragPos { row_g, col0: (blocks.first + j) * BN as u32, t };
         let masked = blocks.needs_mask(blocks.first + j);
         if mods {
@@ -277,21 +300,16 @@ pub unsafe fn attn_fwd_wgmma<
             stage::logits_by_query::<1, NN, false>(&p.score, || slope, &mut s_frag, at, masked);
         }
         softmax.update(&mut s_frag, &mut o_frag);
-        s_frag.to_wgmma(&mut sc);
         o_frag.to_wgmma(&mut o);
 
         // O += P V: the A fragment of k16 step kk is n8 tiles 2kk and 2kk+1 of P, rounded.
         let mut pk = [[0u32; 4]; KS];
         for (kk, a) in pk.iter_mut().enumerate() {
-            let (lo, hi) = (8 * kk, 8 * kk + 4);
-            *a = [
-                E::pack2(sc[lo], sc[lo + 1]),
-                E::pack2(sc[lo + 2], sc[lo + 3]),
-                E::pack2(sc[hi], sc[hi + 1]),
-                E::pack2(sc[hi + 2], sc[hi + 3]),
-            ];
+            let (lo, hi) = (&s_frag.0[0][2 * kk], &s_frag.0[0][2 * kk + 1]);
+            *a = [E::pack2(lo[0], lo[1]), E::pack2(lo[2], lo[3]), E::pack2(hi[0], hi[1]), E::pack2(hi[2], hi[3])];
         }
         wgmma::fence();
+        let v_s = k_s + Shape::<D, BN, STAGES>::KV_TILE_BYTES;
         for (kk, a) in pk.iter().enumerate() {
             let b = desc_sw128(v_s + kk as u32 * K16_ROWS, (BN * 128) as u32, SBO);
             E::rs::<OR, 1>(&mut o, a, b, true);
@@ -299,14 +317,21 @@ pub unsafe fn attn_fwd_wgmma<
         wgmma::commit();
         j += 1;
     }
+    if PINGPONG && wg == 0 {
+        // Warpgroup 1's arrival after its last turn, which nothing else waits for.
+        sync::named_at::<256>(Shape::<D, BN, STAGES>::SCHED);
+    }
     wgmma::wait::<0>();
     wgmma::pin_all(&mut o);
 
-    // O · inv, rounded, into this warpgroup's rows of the Q tile (swizzled), then out in 16-byte rows.
+    // O · inv, rounded, into this warp's 16 rows of the Q tile (swizzled; the warpgroup's products are
+    // done with Q), then out in 16-byte rows: each warp reads back only what it wrote, so a warp barrier
+    // orders it.
     let (inv, lse) = softmax.finish();
     let (o_g, lse_g) = out();
+    let row0 = 64 * wg + 16 * warp;
     for rr in 0..2usize {
-        let row = 64 * wg + 16 * warp + g + 8 * rr as u32;
+        let row = row0 + g + 8 * rr as u32;
         for i in 0..D / 8 {
             let (x, y) = (o[4 * i + 2 * rr] * inv[0][rr], o[4 * i + 2 * rr + 1] * inv[0][rr]);
             smem::store_u32(q_s + sw128_offset(BM as u32, row, (8 * i) as u32 + 2 * t), E::pack2(x, y));
@@ -315,12 +340,11 @@ pub unsafe fn attn_fwd_wgmma<
             *lse_g.add(row as usize) = lse[0][rr];
         }
     }
-    sync::named_at::<128>(Shape::<D, BN, STAGES>::EPILOGUE + wg);
+    sync::warp();
     let chunks = (D / 8) as u32;
-    let wtid = tid % 128;
-    for i in 0..(64 * chunks / 128) {
-        let idx = wtid + 128 * i;
-        let row = 64 * wg + idx / chunks;
+    for i in 0..(16 * chunks / 32) {
+        let idx = lane + 32 * i;
+        let row = row0 + idx / chunks;
         let chunk = idx % chunks;
         if row < rows {
             let v = smem::load_v4(q_s + sw128_offset(BM as u32, row, 8 * chunk));

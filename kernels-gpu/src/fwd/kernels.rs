@@ -105,6 +105,7 @@ mod wgmma_entry {
                 { T.block_n / 8 },
                 { T.head_dim / 8 },
                 { T.block_n / 16 },
+                { T.pingpong },
             >($p)
         }};
     }
