@@ -11,7 +11,7 @@
 
 use crate::attn::score::{Mask, ScoreParams};
 use crate::frag::AccFrag;
-use crate::ptx::math::tanh;
+use crate::ptx::math::{fma, recip, tanh};
 use crate::ptx::opaque;
 use core::f32::consts::LOG2_E;
 
@@ -51,8 +51,12 @@ pub fn mask(p: &ScoreParams) -> Mask {
     }
 }
 
-/// Forward orientation (rows are queries, columns keys): `s` becomes the logits of one query head,
-/// invisible pairs `-inf` when `masked` (the block range says whether the tile needs it).
+/// Forward orientation (rows are queries, columns keys): `s` becomes the logits of one query head up
+/// to the returned positive factor, which the online softmax applies in its fused multiply-add
+/// (`fwd/softmax.rs`): the plain stage leaves raw dot products (factor `scale·log2 e`) unless the scale
+/// is negative; with a softcap it leaves `tanh` (factor: the cap in base-2 units); ALiBi's bias is added
+/// in units of the factor. Invisible pairs become `-inf`
+/// when `masked` (the block range says whether the tile needs it).
 /// `alibi_slope()` gives the head's ALiBi slope in base-2 units ([`alibi_slope_log2`]); it is asked for
 /// only with ALiBi, so a kernel whose registers bind loads it there, and one with registers to spare
 /// loads it once, before its loop.
@@ -70,26 +74,33 @@ pub unsafe fn logits_by_query<const MT: usize, const NN: usize, const MODS: bool
     s: &mut AccFrag<MT, NN>,
     at: FragPos,
     masked: bool,
-) {
+) -> f32 {
     if MODS {
-        logits::<MT, NN, false, false>(p, alibi_slope, s, at, masked, |_, _, _, _| {});
+        logits::<MT, NN, false, false>(p, alibi_slope, s, at, masked, |_, _, _, _| {})
     } else {
-        scale_and_mask::<MT, NN>(p, s, at, masked);
+        mask_raw::<MT, NN>(p, s, at, masked)
     }
 }
 
-/// The plain stage, forward orientation: scale, then the mask.
+/// The plain stage, forward orientation: the mask on the raw dot products, whose factor (the scale)
+/// the softmax applies; a negative scale (legal) is applied here, since the softmax's row max needs a
+/// positive factor.
 #[inline(always)]
-fn scale_and_mask<const MT: usize, const NN: usize>(
+fn mask_raw<const MT: usize, const NN: usize>(
     p: &ScoreParams,
     s: &mut AccFrag<MT, NN>,
     at: FragPos,
     masked: bool,
-) {
-    scale(p, s);
+) -> f32 {
+    let mut factor = p.scale_log2;
+    if factor <= 0.0 {
+        scale(p, s);
+        factor = 1.0;
+    }
     if masked {
         apply_mask::<MT, NN, false>(p, s, at);
     }
+    factor
 }
 
 /// Raw scores to base-2 logits without a softcap: `scale · log2 e · (q·k)`.
@@ -123,7 +134,8 @@ pub unsafe fn logits_by_key<const MT: usize, const NN: usize, const DTANH: bool>
     masked: bool,
     dtanh: impl FnMut(usize, usize, usize, [f32; 2]),
 ) {
-    logits::<MT, NN, true, DTANH>(p, alibi_slope, s, at, masked, dtanh);
+    // The backward's logits are formed here (factor 1).
+    let _ = logits::<MT, NN, true, DTANH>(p, alibi_slope, s, at, masked, dtanh);
 }
 
 /// The ALiBi slope of query head `head` of batch `batch` in base-2 units.
@@ -158,29 +170,41 @@ unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTA
     at: FragPos,
     masked: bool,
     mut dtanh: impl FnMut(usize, usize, usize, [f32; 2]),
-) {
+) -> f32 {
     // The forward decides at run time; the backward's instantiation decides (`DTANH`).
     let softcap = if BY_KEY { DTANH } else { opaque::f32(p.softcap_post) != 0.0 };
+    // The forward leaves the last multiply to the softmax's fused multiply-add (`factor`, positive):
+    // the softcap's `post` after the tanh, or the scale of raw dot products (unless negative); the
+    // ALiBi bias is then added in units of that factor. The backward forms the logits (factor 1).
+    let raw = !BY_KEY && !softcap && p.scale_log2 > 0.0;
+    let factor = if BY_KEY {
+        1.0
+    } else if softcap {
+        opaque::f32(p.softcap_post)
+    } else if raw {
+        p.scale_log2
+    } else {
+        1.0
+    };
     if softcap {
         let (pre, post) = (opaque::f32(p.softcap_pre), opaque::f32(p.softcap_post));
         for (m, tiles) in s.0.iter_mut().enumerate() {
             for (n, tile) in tiles.iter_mut().enumerate() {
                 for r in 0..2 {
                     let th = [tanh(tile[2 * r] * pre), tanh(tile[2 * r + 1] * pre)];
-                    tile[2 * r] = th[0] * post;
-                    tile[2 * r + 1] = th[1] * post;
+                    (tile[2 * r], tile[2 * r + 1]) = if BY_KEY { (th[0] * post, th[1] * post) } else { (th[0], th[1]) };
                     if DTANH {
                         dtanh(m, n, r, [1.0 - th[0] * th[0], 1.0 - th[1] * th[1]]);
                     }
                 }
             }
         }
-    } else {
+    } else if !raw {
         scale(p, s);
     }
 
     if opaque::u32(p.has_alibi() as u32) != 0 {
-        let slope = alibi_slope();
+        let slope = if BY_KEY || factor == 1.0 { alibi_slope() } else { alibi_slope() * recip(factor) };
         let offset = mask(p).offset();
         for m in 0..MT {
             for r in 0..2 {
@@ -191,7 +215,7 @@ unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTA
                 for (n, tile) in s.0[m].iter_mut().enumerate() {
                     for e in 0..2 {
                         let c = (8 * n + e) as f32;
-                        tile[2 * r + e] -= slope * (base - c).abs();
+                        tile[2 * r + e] = fma(-slope, (base - c).abs(), tile[2 * r + e]);
                     }
                 }
             }
@@ -201,6 +225,7 @@ unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTA
     if masked {
         apply_mask::<MT, NN, BY_KEY>(p, s, at);
     }
+    factor
 }
 
 /// Invisible pairs to `-inf`, rows being queries (`!BY_KEY`) or keys.

@@ -1,6 +1,9 @@
 //! The online softmax of a warp's query rows (FlashAttention-2, Dao 2023, §3.1), in base-2 units.
 //!
-//! Scores arrive already multiplied by `scale·log2(e)`, so `exp(scale·s − max)` is one `ex2`. Each
+//! Scores arrive as `x` with their logits `factor · x` in base 2 (`attn::stage` says the factor: the
+//! call's `scale·log2(e)` for raw dot products, 1 for logits it already formed), so `exp(scale·s −
+//! max)` is one fused multiply-add and one `ex2`; the row max is taken on `x` and scaled once per row
+//! (the factor is positive). Each
 //! thread holds 2 rows per m16 tile (g and g+8, g = lane/4) and, of each row, the columns 2t and 2t+1 of
 //! every n8 tile (t = lane%4): the row max needs the 4 lanes of a quad (two `shfl.bfly`), the row sum is
 //! kept per thread and reduced once at the end (every lane of a quad scales it by the same factor).
@@ -10,7 +13,7 @@
 //! nothing else changes.
 
 use crate::frag::AccFrag;
-use crate::ptx::math::{exp2, log2, recip};
+use crate::ptx::math::{exp2, fma, log2, recip};
 use crate::ptx::warp::shfl_xor_f32;
 
 pub struct OnlineSoftmax<const MT: usize> {
@@ -29,10 +32,16 @@ impl<const MT: usize> OnlineSoftmax<MT> {
         OnlineSoftmax { max: [[sink_log2; 2]; MT], sum: [[sum; 2]; MT] }
     }
 
-    /// Takes in one block of scores `s` (masked entries `-inf`): replaces them by the unnormalised
-    /// probabilities exp2(s − new max), and rescales the accumulator `o` by exp2(old max − new max).
+    /// Takes in one block of scores `s` (masked entries `-inf`) whose logits are `factor · s` (`factor`
+    /// > 0): replaces them by the unnormalised probabilities exp2(factor · s − new max), and rescales
+    /// the accumulator `o` by exp2(old max − new max).
     #[inline(always)]
-    pub fn update<const NN: usize, const ND: usize>(&mut self, s: &mut AccFrag<MT, NN>, o: &mut AccFrag<MT, ND>) {
+    pub fn update<const NN: usize, const ND: usize>(
+        &mut self,
+        s: &mut AccFrag<MT, NN>,
+        o: &mut AccFrag<MT, ND>,
+        factor: f32,
+    ) {
         let (s, o) = (&mut s.0, &mut o.0);
         for m in 0..MT {
             for r in 0..2 {
@@ -42,7 +51,7 @@ impl<const MT: usize> OnlineSoftmax<MT> {
                 }
                 block_max = block_max.max(shfl_xor_f32(block_max, 1));
                 block_max = block_max.max(shfl_xor_f32(block_max, 2));
-                let new_max = self.max[m][r].max(block_max);
+                let new_max = self.max[m][r].max(block_max * factor);
                 // A row with no visible key yet keeps max = -inf; subtracting 0 instead keeps
                 // exp2(-inf - (-inf)) = NaN out (every exp2 below is then of -inf, i.e. 0).
                 let base = if new_max == f32::NEG_INFINITY { 0.0 } else { new_max };
@@ -50,8 +59,8 @@ impl<const MT: usize> OnlineSoftmax<MT> {
                 self.max[m][r] = new_max;
                 let mut block_sum = 0.0;
                 for tile in s[m].iter_mut() {
-                    tile[2 * r] = exp2(tile[2 * r] - base);
-                    tile[2 * r + 1] = exp2(tile[2 * r + 1] - base);
+                    tile[2 * r] = exp2(fma(tile[2 * r], factor, -base));
+                    tile[2 * r + 1] = exp2(fma(tile[2 * r + 1], factor, -base));
                     block_sum += tile[2 * r] + tile[2 * r + 1];
                 }
                 self.sum[m][r] = self.sum[m][r] * rescale + block_sum;

@@ -1,4 +1,5 @@
-//! Fast f32 transcendental functions (PTX ISA §9.7.3.x `ex2`, `lg2`, `rcp`).
+//! Fast f32 transcendental functions (PTX ISA §9.7.3.x `ex2`, `lg2`, `rcp`, `tanh`) and the fused
+//! multiply-add (`fma.rn`), which rustc never forms from a multiply and an add on its own.
 
 /// 2^x with `ex2.approx.ftz.f32` (max 2 ulp; 2^-inf = +0, which the online softmax relies on).
 #[inline(always)]
@@ -39,6 +40,17 @@ pub fn tanh(x: f32) -> f32 {
     // SAFETY: pure register operation.
     unsafe {
         core::arch::asm!("tanh.approx.f32 {0}, {1};", out(reg32) out, in(reg32) x, options(pure, nomem, nostack))
+    };
+    out
+}
+
+/// a·b + c rounded once (`fma.rn.f32`): one instruction where `a * b + c` is two.
+#[inline(always)]
+pub fn fma(a: f32, b: f32, c: f32) -> f32 {
+    let out: f32;
+    // SAFETY: pure register operation.
+    unsafe {
+        core::arch::asm!("fma.rn.f32 {0}, {1}, {2}, {3};", out(reg32) out, in(reg32) a, in(reg32) b, in(reg32) c, options(pure, nomem, nostack))
     };
     out
 }
