@@ -52,7 +52,7 @@ pub struct StandardTrainOutput<T> {
     pub probs: CudaSlice<T>,
 }
 
-/// [`standard_forward`] keeping P for [`standard_backward`](crate::gpu::standard_backward).
+/// [`standard_forward`] keeping P for [`standard_backward`](fn@crate::gpu::standard_backward).
 pub fn standard_forward_train<T: Element>(
     dev: &Device,
     q: &DeviceTensor<T>,
