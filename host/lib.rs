@@ -7,12 +7,10 @@
 //! argument, never a panic.
 //!
 //! ```
-//! use ironflash::{cpu, AttnOptions, HostTensor};
-//! use half::bf16;
-//! let mut rng = rand::rng();
-//! let q = HostTensor::<bf16>::random([1, 64, 4, 64], 1.0, &mut rng);
-//! let k = HostTensor::<bf16>::random([1, 80, 2, 64], 1.0, &mut rng);
-//! let v = HostTensor::<bf16>::random([1, 80, 2, 64], 1.0, &mut rng);
+//! use ironflash::{bf16, cpu, AttnOptions, HostTensor};
+//! let q = HostTensor::<bf16>::random_seeded([1, 64, 4, 64], 1.0, 1);
+//! let k = HostTensor::<bf16>::random_seeded([1, 80, 2, 64], 1.0, 2);
+//! let v = HostTensor::<bf16>::random_seeded([1, 80, 2, 64], 1.0, 3);
 //! let out = cpu::forward(&q, &k, &v, &AttnOptions::causal()).unwrap();
 //! assert_eq!(out.o.shape(), [1, 64, 4, 64]);
 //! ```
@@ -25,12 +23,14 @@
 //! `deterministic: true` makes the gradients bitwise reproducible run to run.
 //!
 //! ```no_run
-//! use half::bf16;
-//! use ironflash::{gpu, AttnOptions, Device, HostTensor};
+//! use ironflash::{bf16, gpu, AttnOptions, Device, HostTensor};
 //! # fn main() -> ironflash::Result<()> {
 //! let dev = Device::open(0)?;
-//! let mut rng = rand::rng();
-//! let mut upload = |shape| dev.upload(&HostTensor::<bf16>::random(shape, 1.0, &mut rng));
+//! let mut seed = 0;
+//! let mut upload = |shape| {
+//!     seed += 1;
+//!     dev.upload(&HostTensor::<bf16>::random_seeded(shape, 1.0, seed))
+//! };
 //! let (q, k, v) = (upload([2, 1024, 16, 128])?, upload([2, 1024, 4, 128])?, upload([2, 1024, 4, 128])?);
 //! let opts = AttnOptions { causal: true, ..AttnOptions::default() };
 //!
@@ -62,6 +62,9 @@ pub mod tensor;
 pub use device::{Device, DeviceInfo};
 pub use dtype::{DType, Element};
 pub use error::{Arg, Error, Result};
+/// The 16-bit float types the tensors hold, and their crate: a program needs no `half` dependency of
+/// its own.
+pub use half::{self, bf16, f16};
 pub use layout::Layout;
 pub use options::{AttnOptions, PerHead, Window};
 pub use problem::AttnProblem;

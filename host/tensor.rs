@@ -30,6 +30,13 @@ impl<T: Element> HostTensor<T> {
         Self::random_with_layout(Layout::contiguous(shape), amplitude, rng)
     }
 
+    /// As [`random`](Self::random) from a seed, with no random number generator in the caller's crate
+    /// (the same seed gives the same tensor).
+    pub fn random_seeded(shape: [usize; 4], amplitude: f32, seed: u64) -> Self {
+        use rand::SeedableRng;
+        Self::random(shape, amplitude, &mut rand::rngs::StdRng::seed_from_u64(seed))
+    }
+
     /// A tensor with the given (possibly padded) layout; padding holds random values too.
     pub fn random_with_layout(layout: Layout, amplitude: f32, rng: &mut impl Rng) -> Self {
         let data = (0..layout.span()).map(|_| T::from_f32(rng.random_range(-amplitude..amplitude))).collect();
@@ -64,5 +71,19 @@ impl<T: Element> HostTensor<T> {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::bf16;
+
+    #[test]
+    fn random_seeded_repeats_and_stays_in_range() {
+        let a = HostTensor::<bf16>::random_seeded([1, 3, 2, 8], 0.5, 7);
+        assert_eq!(a, HostTensor::<bf16>::random_seeded([1, 3, 2, 8], 0.5, 7));
+        assert_ne!(a, HostTensor::<bf16>::random_seeded([1, 3, 2, 8], 0.5, 8));
+        assert!(a.data.iter().all(|x| x.to_f32().abs() <= 0.5));
     }
 }
