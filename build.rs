@@ -36,9 +36,16 @@ fn main() {
         .collect();
     for h in handles {
         if let Err(msg) = h.join().unwrap() {
-            panic!("{msg}");
+            fail(&msg);
         }
     }
+}
+
+/// Ends the build with `msg` (cargo shows a build script's stderr when it fails), not with a panic's
+/// backtrace noise.
+fn fail(msg: &str) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(1)
 }
 
 fn watch_sources(dir: &Path) {
@@ -85,14 +92,20 @@ fn ensure_toolchain() {
     if has_src {
         return;
     }
+    let install = format!("rustup toolchain install {NIGHTLY} --profile minimal -c rust-src -c llvm-tools");
+    if Command::new("rustup").arg("--version").output().is_err() {
+        fail(&format!(
+            "ironflash builds its GPU kernels with Rust {NIGHTLY} through rustup, which is not on PATH. \
+             Install rustup (https://rustup.rs), then run: {install}"
+        ));
+    }
+    // Once per machine, and large (the toolchain and core's source): say so rather than sit silent.
+    println!("cargo:warning=ironflash: installing Rust {NIGHTLY} with rustup for its GPU kernels (once per machine)");
     let status = Command::new("rustup")
         .args(["toolchain", "install", NIGHTLY, "--profile", "minimal", "-c", "rust-src", "-c", "llvm-tools"])
         .status();
     if !matches!(status, Ok(s) if s.success()) {
-        panic!(
-            "ironflash builds its GPU kernels with Rust {NIGHTLY} and could not install it. Run:\n    \
-             rustup toolchain install {NIGHTLY} --profile minimal -c rust-src -c llvm-tools"
-        );
+        fail(&format!("ironflash builds its GPU kernels with Rust {NIGHTLY} and could not install it. Run: {install}"));
     }
 }
 
