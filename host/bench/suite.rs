@@ -52,9 +52,10 @@ pub struct BenchArgs {
     /// Fewer points per chart and fewer repetitions (about a minute on an H100).
     #[arg(long)]
     pub quick: bool,
-    /// Fixed number of timed repetitions per case (default: enough for ~0.4 s, 5..50; --quick ~0.1 s, 3..20).
-    #[arg(long)]
-    pub reps: Option<usize>,
+    /// Fixed number of timed repetitions per case, at least 1 (default: enough for ~0.4 s, 5..50;
+    /// --quick ~0.1 s, 3..20).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..=1_000_000), allow_negative_numbers = true)]
+    pub reps: Option<i64>,
     /// Directory for results.jsonl, results.md and plots/.
     #[arg(long, default_value = "target/bench")]
     pub out_dir: PathBuf,
@@ -124,7 +125,7 @@ impl BenchArgs {
     fn policy(&self) -> RepPolicy {
         let base = if self.quick { RepPolicy::QUICK } else { RepPolicy::FULL };
         match self.reps {
-            Some(n) => RepPolicy { min_reps: n.max(1), max_reps: n.max(1), ..base },
+            Some(n) => RepPolicy { min_reps: n as usize, max_reps: n as usize, ..base },
             None => base,
         }
     }
@@ -335,6 +336,15 @@ mod tests {
 
     fn parse(argv: &[&str]) -> BenchArgs {
         Cli::try_parse_from(std::iter::once("suite").chain(argv.iter().copied())).unwrap().args
+    }
+
+    #[test]
+    fn reps_must_be_positive() {
+        for bad in ["0", "-1"] {
+            let e = Cli::try_parse_from(["suite", "--reps", bad]).err().expect(bad);
+            assert!(e.to_string().contains("--reps"), "{bad}: {e}");
+        }
+        assert_eq!(parse(&["--reps", "3"]).reps, Some(3));
     }
 
     #[test]

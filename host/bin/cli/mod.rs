@@ -89,7 +89,12 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let text = e.render().to_string();
             let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-            eprintln!("ironflash: error: {first} (see ironflash --help)");
+            // An invalid choice names the valid ones (clap puts them on a line of their own).
+            let choices = text.lines().map(str::trim).find(|l| l.starts_with("[possible values:"));
+            match choices {
+                Some(c) => eprintln!("ironflash: error: {first} {c} (see ironflash --help)"),
+                None => eprintln!("ironflash: error: {first} (see ironflash --help)"),
+            }
             return ExitCode::from(2);
         }
     };
@@ -117,6 +122,17 @@ fn bench(ordinal: usize, args: &BenchArgs) -> JobResult {
     println!("\n{}", report.markdown);
     for f in &report.files {
         eprintln!("wrote {}", f.display());
+    }
+    // A run that measured nothing is a failure for a script that asked for numbers.
+    if report.records.is_empty() {
+        eprintln!(
+            "ironflash: error: no case ran (the grid, head dims, lengths and implementations chosen select none)"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if !report.records.iter().any(|r| r.status == ironflash::bench::Status::Ok) {
+        eprintln!("ironflash: error: every row failed (see the status column)");
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }
