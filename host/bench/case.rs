@@ -29,7 +29,7 @@ impl Pass {
 pub enum GridName {
     /// The FlashAttention papers' grid: 16K tokens, hidden 2048, N 512..16K, D 64/128/256.
     Paper,
-    /// B=1, H=16, D=128, N 16K..128K: memory O(N) against the standard path's O(N²).
+    /// B=1, H=16, D=128, N 16K..256K (256K causal only): memory O(N) against the standard path's O(N²).
     Long,
     /// Decode: seqlen_q 1..16 against a KV cache of 1K..64K, batch 1..64.
     Decode,

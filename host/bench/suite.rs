@@ -22,7 +22,7 @@ pub enum CausalChoice {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Grids to run, comma-separated: paper (B·N = 16K, hidden 2048, N 512..16K, D 64/128/256), long
-    /// (B=1 H=16 D=128, N 16K..256K), decode (N_q 1..16, N_k 1K..64K, B 1..64). Default: all three, or
+    /// (B=1 H=16 D=128, N 16K..256K, 256K causal only), decode (N_q 1..16, N_k 1K..64K, B 1..64). Default: all three, or
     /// none when --shape is given.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub grid: Vec<GridName>,
@@ -173,6 +173,8 @@ fn brief(r: &Record) -> String {
         if c.causal { "causal" } else { "non-causal" }
     );
     match (r.ms, r.tflops) {
+        // CPU rows run at a fraction of a TFLOP/s: enough digits that they do not read as 0.0.
+        (Some(ms), Some(t)) if t < 1.0 => format!("{what} {ms:>10.4} ms {t:>7.4} TFLOP/s"),
         (Some(ms), Some(t)) => format!("{what} {ms:>10.4} ms {t:>7.1} TFLOP/s"),
         _ => format!("{what} {:?} {}", r.status, r.note),
     }
