@@ -38,14 +38,14 @@ use crate::smem_tile::RowLayout;
 
 const BM: usize = 128;
 const COMPUTE_THREADS: u32 = 256;
-const LOADER_THREADS: usize = 128;
 const COMPUTE_REGS: u32 = 224;
 const LOADER_REGS: u32 = 56;
 /// Bytes per 16 rows of a swizzled tile: one k16 step of an MN-major operand.
 const K16_ROWS: u32 = 16 * 128;
 /// Eight 128-byte rows: the stride between the swizzle's row groups.
 const SBO: u32 = 1024;
-const _: () = assert!(256 * COMPUTE_REGS + 128 * LOADER_REGS <= 384 * 168);
+// Two compute warpgroups and the loader's at the launch bounds' 168 registers per thread.
+const _: () = assert!(COMPUTE_THREADS * COMPUTE_REGS + 128 * LOADER_REGS <= 384 * 168);
 
 /// Named barriers. `FULL + 2s + w`: stage s holds its block, for compute warpgroup w (the loader's 128
 /// threads arrive, w's 128 wait). `EMPTY + s`: both compute warpgroups are done with stage s (their
