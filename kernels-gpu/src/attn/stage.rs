@@ -92,15 +92,23 @@ fn mask_raw<const MT: usize, const NN: usize>(
     at: FragPos,
     masked: bool,
 ) -> f32 {
-    let mut factor = p.scale_log2;
-    if factor <= 0.0 {
-        scale(p, s);
-        factor = 1.0;
-    }
+    let factor = raw_or_scaled(p, s);
     if masked {
         apply_mask::<MT, NN, false>(p, s, at);
     }
     factor
+}
+
+/// Forward raw dot products without a softcap: left raw, with the scale as the softmax's factor, unless
+/// the scale is not positive (the row max needs a positive factor): then scaled here, factor 1.
+#[inline(always)]
+fn raw_or_scaled<const MT: usize, const NN: usize>(p: &ScoreParams, s: &mut AccFrag<MT, NN>) -> f32 {
+    if p.scale_log2 > 0.0 {
+        p.scale_log2
+    } else {
+        scale(p, s);
+        1.0
+    }
 }
 
 /// Raw scores to base-2 logits without a softcap: `scale · log2 e · (q·k)`.
@@ -174,19 +182,9 @@ unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTA
     // The forward decides at run time; the backward's instantiation decides (`DTANH`).
     let softcap = if BY_KEY { DTANH } else { opaque::f32(p.softcap_post) != 0.0 };
     // The forward leaves the last multiply to the softmax's fused multiply-add (`factor`, positive):
-    // the softcap's `post` after the tanh, or the scale of raw dot products (unless negative); the
+    // the softcap's `post` after the tanh, or the scale of raw dot products (`raw_or_scaled`); the
     // ALiBi bias is then added in units of that factor. The backward forms the logits (factor 1).
-    let raw = !BY_KEY && !softcap && p.scale_log2 > 0.0;
-    let factor = if BY_KEY {
-        1.0
-    } else if softcap {
-        opaque::f32(p.softcap_post)
-    } else if raw {
-        p.scale_log2
-    } else {
-        1.0
-    };
-    if softcap {
+    let factor = if softcap {
         let (pre, post) = (opaque::f32(p.softcap_pre), opaque::f32(p.softcap_post));
         for (m, tiles) in s.0.iter_mut().enumerate() {
             for (n, tile) in tiles.iter_mut().enumerate() {
@@ -199,9 +197,17 @@ unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTA
                 }
             }
         }
-    } else if !raw {
+        if BY_KEY {
+            1.0
+        } else {
+            post
+        }
+    } else if BY_KEY {
         scale(p, s);
-    }
+        1.0
+    } else {
+        raw_or_scaled(p, s)
+    };
 
     if opaque::u32(p.has_alibi() as u32) != 0 {
         let slope = if BY_KEY || factor == 1.0 { alibi_slope() } else { alibi_slope() * recip(factor) };
