@@ -11,6 +11,8 @@
 //! ```
 //! Warm-up launches first, then the median of per-launch event timings. Inputs are random (never zeros).
 
+mod common;
+
 use half::bf16;
 use ironflash::{gpu, AttnOptions, Device, HostTensor};
 use ironflash_kernels::tiles::{FwdTile, FWD_TILES};
@@ -28,14 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         None => vec![64, 128],
     };
-    let dev = match Device::open(0) {
-        Ok(d) => d,
-        Err(ironflash::Error::NoDriver(why)) => {
-            println!("skipped: no CUDA driver ({why})");
-            return Ok(());
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let Some(dev) = common::device_or_skip()? else { return Ok(()) };
     let info = dev.info().clone();
     println!(
         "device: {} (sm_{}{}, {} SMs)",

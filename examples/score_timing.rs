@@ -9,6 +9,8 @@
 //! `cargo run --release --example score_timing` (prints markdown tables for docs/perf.md). Warm-up calls,
 //! then the median of back-to-back event-timed calls (`bench::timing::time_calls`); inputs random.
 
+mod common;
+
 use half::bf16;
 use ironflash::bench::timing::time_calls;
 use ironflash::gpu::{self, DeviceTensor};
@@ -45,14 +47,7 @@ fn time(dev: &Device, x: &Inputs, opts: &AttnOptions) -> ironflash::Result<(f64,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dev = match Device::open(0) {
-        Ok(d) => d,
-        Err(ironflash::Error::NoDriver(why)) => {
-            println!("skipped: no CUDA driver ({why})");
-            return Ok(());
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let Some(dev) = common::device_or_skip()? else { return Ok(()) };
     println!("device: {} ({} SMs)", dev.info().name, dev.info().sm_count);
     let (h, d) = (16usize, 128usize);
     let mut rng = rand::rng();
