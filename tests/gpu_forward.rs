@@ -253,12 +253,12 @@ fn forward_large_scores_f16() {
     property::<f16>("forward_large_scores_f16", 16, true, false);
 }
 
-/// The Hopper head dims (multiples of 64) with the chooser's tile only: on compute capability 9.0 the
-/// `wgmma` kernels (`HD64_WGMMA` .. `HD256_WGMMA`), over the same axes as above (tails around the
+/// Every head dim with the chooser's tile only: on compute capability 9.0 the `wgmma` kernels
+/// (`HD32_WGMMA` .. `HD256_WGMMA`), over the same axes as above (tails around the
 /// 128-row and key blocks, causal with fully masked rows, GQA, padded strides, negative and large
 /// scales).
 fn hopper_case(large_scores: bool) -> BoxedStrategy<Case> {
-    (case(large_scores), prop::sample::select(vec![64usize, 128, 192, 256]))
+    (case(large_scores), prop::sample::select(vec![32usize, 64, 96, 128, 192, 256]))
         .prop_map(|(c, head_dim)| Case { head_dim, small_tile: false, ..c })
         .boxed()
 }

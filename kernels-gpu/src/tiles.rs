@@ -70,12 +70,14 @@ impl FwdTile {
         (self.block_m + 2 * self.stages * self.block_n) * self.smem_row() * elem_bytes
     }
     /// Byte offsets of the Hopper kernel's shared memory from its 1024-byte aligned base:
-    /// `[q, kv (stages x (K, V)), end]`; unpadded swizzled tiles (`ptx::wgmma`). The size adds 1024
-    /// bytes of slack for the alignment.
+    /// `[q, kv (stages x (K, V)), end]`; swizzled tiles of whole 64-column blocks (`ptx::wgmma`), so
+    /// head dims 32 and 96 take the room of 64 and 128. The size adds 1024 bytes of slack for the
+    /// alignment.
     pub const fn wgmma_smem_layout(&self, elem_bytes: usize) -> [usize; 3] {
+        let stored = self.head_dim.next_multiple_of(64);
         let q = 0;
-        let kv = q + self.block_m * self.head_dim * elem_bytes;
-        [q, kv, kv + 2 * self.stages * self.block_n * self.head_dim * elem_bytes]
+        let kv = q + self.block_m * stored * elem_bytes;
+        [q, kv, kv + 2 * self.stages * self.block_n * stored * elem_bytes]
     }
     /// CTAs that fit in one SM's shared memory.
     pub const fn ctas_per_sm_by_smem(&self, elem_bytes: usize, smem_per_sm: usize) -> usize {
@@ -94,10 +96,10 @@ impl FwdTile {
         let d = self.head_dim;
         if self.wgmma {
             // The shapes `fwd/hopper.rs` implements: two compute warpgroups of 64 rows, one loader, 64-column
-            // blocks of the 128-byte swizzle, an S product `wgmma` has (m64n64..m64n128).
-            // Ping-pong needs two more named barriers: FULL (2 per stage), EMPTY (1 per stage), 2.
-            return d.is_multiple_of(64)
-                && d <= 256
+            // blocks of the 128-byte swizzle, an S product (m64n64..m64n128) and a P·V product
+            // (m64n`d`) that `ptx::wgmma` has. Ping-pong needs two more named barriers: FULL (2 per
+            // stage), EMPTY (1 per stage), 2.
+            return matches!(d, 32 | 64 | 96 | 128 | 192 | 256)
                 && self.block_m == 128
                 && self.block_n.is_multiple_of(16)
                 && self.block_n >= 64
@@ -206,8 +208,12 @@ macro_rules! wgmma_tile {
 // as the 227 KiB of shared memory and the compute warpgroups' 208 registers (O: head_dim/2, S:
 // block_n/2, P: block_n/4) allow.
 
+/// 145 KiB (stored as head dim 64): 128-key blocks in four stages, ping-pong.
+pub const HD32_WGMMA: FwdTile = wgmma_tile!(32, 128, 4, true);
 /// 145 KiB: 128-key blocks in four stages (three blocks of copies in flight), ping-pong.
 pub const HD64_WGMMA: FwdTile = wgmma_tile!(64, 128, 4, true);
+/// 225 KiB (stored as head dim 128): 128-key blocks in three stages, ping-pong.
+pub const HD96_WGMMA: FwdTile = wgmma_tile!(96, 128, 3, true);
 /// 225 KiB: 128-key blocks in three stages, ping-pong.
 pub const HD128_WGMMA: FwdTile = wgmma_tile!(128, 128, 3, true);
 /// 193 KiB: 96-key blocks in two stages (O 96 + S 48 + P 24 registers), ping-pong.
@@ -219,10 +225,12 @@ pub const HD256_WGMMA: FwdTile = wgmma_tile!(256, 64, 2, false);
 
 /// Every compiled variant, in order of preference within a head dim.
 pub const FWD_TILES: &[FwdTile] = &[
+    HD32_WGMMA,
     HD32,
     HD64_WGMMA,
     HD64,
     HD64_SMALL,
+    HD96_WGMMA,
     HD96,
     HD96_SMALL,
     HD128_WGMMA,
@@ -367,12 +375,20 @@ mod tests {
     }
 
     #[test]
-    fn hopper_gets_the_wgmma_rows_at_multiples_of_64() {
+    fn hopper_gets_a_wgmma_row_at_every_head_dim() {
         for d in HEAD_DIMS {
             let t = choose_fwd(d, 2, false, H100.0, H100.1, true).unwrap();
-            assert_eq!(t.wgmma, d % 64 == 0, "d={d}");
+            assert!(t.wgmma, "d={d}");
         }
-        for (d, t) in [(64, HD64_WGMMA), (128, HD128_WGMMA), (192, HD192_WGMMA), (256, HD256_WGMMA)] {
+        let rows = [
+            (32, HD32_WGMMA),
+            (64, HD64_WGMMA),
+            (96, HD96_WGMMA),
+            (128, HD128_WGMMA),
+            (192, HD192_WGMMA),
+            (256, HD256_WGMMA),
+        ];
+        for (d, t) in rows {
             assert_eq!(choose_fwd(d, 2, true, H100.0, H100.1, true), Some(&t));
             let l = t.wgmma_smem_layout(2);
             assert!(l[1] % 1024 == 0 && l[2] % 1024 == 0 && t.smem_bytes(2) <= H100.0, "{t:?}");
@@ -383,6 +399,9 @@ mod tests {
         let l = HD128_WGMMA.wgmma_smem_layout(2);
         assert!(l[0] % 1024 == 0 && l[1] % 1024 == 0);
         assert_eq!(HD128_WGMMA.smem_bytes(2), 128 * 128 * 2 + 3 * 2 * 128 * 128 * 2 + 1024);
+        // Head dims 32 and 96 are stored in whole 64-column blocks.
+        assert_eq!(HD96_WGMMA.smem_bytes(2), HD128_WGMMA.smem_bytes(2));
+        assert_eq!(HD32_WGMMA.smem_bytes(2), HD64_WGMMA.smem_bytes(2));
         assert!(HD128_WGMMA.smem_bytes(2) <= H100.0);
     }
 

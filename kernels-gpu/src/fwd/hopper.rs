@@ -1,5 +1,6 @@
 //! The forward kernel on Hopper's warpgroup tensor cores (`sm_90a`: `wgmma`, `setmaxnreg`), for every
-//! head dim that is a multiple of 64 (the `wgmma` rows of `tiles.rs`: 64, 128, 192, 256). One CTA per
+//! head dim that is a multiple of 32 with a P·V shape (the `wgmma` rows of `tiles.rs`: 32, 64, 96, 128,
+//! 192, 256; 32 and 96 are stored in whole 64-column blocks of the swizzle). One CTA per
 //! (128 query rows, head, batch), as the `mma.sync` kernel, in three warpgroups with one job each:
 //! - warpgroups 0 and 1 compute, each for its 64 query rows: per block of `BN` keys,
 //!   S = Q Kᵀ (`wgmma` m64n`BN`, both operands K-major from shared memory), the online softmax in
@@ -60,23 +61,26 @@ const fn empty(stages: u32) -> u32 {
 struct Shape<const D: usize, const BN: usize, const STAGES: u32>;
 
 impl<const D: usize, const BN: usize, const STAGES: u32> Shape<D, BN, STAGES> {
+    /// Columns per stored row: the head dim rounded up to whole 64-column blocks of the swizzle (32 and
+    /// 96 leave the last block's upper half unwritten; no product reads it).
+    const DP: usize = D.next_multiple_of(64);
     /// One K or V tile, and one stage (K then V).
-    const KV_TILE_BYTES: u32 = (BN * D * 2) as u32;
+    const KV_TILE_BYTES: u32 = (BN * Self::DP * 2) as u32;
     const STAGE_BYTES: u32 = 2 * Self::KV_TILE_BYTES;
     /// Q, then the stages, from the 1024-byte aligned base.
     const Q: u32 = 0;
-    const KV: u32 = (BM * D * 2) as u32;
+    const KV: u32 = (BM * Self::DP * 2) as u32;
     const EMPTY: u32 = empty(STAGES);
     /// `SCHED + w`: warpgroup w's turn to issue its products (ping-pong): its 128 threads wait, the
     /// other warpgroup's 128 arrive once it has issued its own.
     const SCHED: u32 = empty(STAGES) + STAGES;
     const OK: () = assert!(
-        D % 64 == 0
+        D % 32 == 0
             && D <= 256
             && BN % 16 == 0
             && STAGES >= 2
             && empty(STAGES) + STAGES + 2 <= 16
-            && (Self::KV as usize + STAGES as usize * 2 * BN * D * 2) % 1024 == 0
+            && (Self::KV as usize + STAGES as usize * Self::STAGE_BYTES as usize) % 1024 == 0
     );
 }
 
@@ -134,7 +138,8 @@ unsafe fn loader<const D: usize, const BN: usize, const STAGES: u32>(
 /// loader's 128 threads, one 64-column block after the other: thread `tid` copies chunk `tid % 8` of
 /// rows `tid / 8 + 16i`, which all sit at the same swizzled column, 2048 bytes apart. A rolled loop with
 /// running addresses (the trip count hidden from the optimiser) keeps the loader within its registers.
-/// Rows at or past `valid` are zero-filled.
+/// Rows at or past `valid` are zero-filled. In the last block of a head dim that is an odd multiple of
+/// 32, the threads of chunks 4-7 have nothing to copy.
 #[inline(always)]
 unsafe fn copy_tile<const ROWS: usize, const D: usize>(
     dst: u32,
@@ -143,9 +148,12 @@ unsafe fn copy_tile<const ROWS: usize, const D: usize>(
     valid: u32,
     tid: u32,
 ) {
-    const { assert!(ROWS % 16 == 0 && D % 64 == 0) };
+    const { assert!(ROWS % 16 == 0 && D % 32 == 0) };
     let (row0, chunk) = (tid / 8, tid % 8);
-    for cb in 0..D / 64 {
+    for cb in 0..D.div_ceil(64) {
+        if 64 * cb + 32 == D && chunk >= 4 {
+            break;
+        }
         let mut to = dst + RowLayout::Swizzled128.chunk_offset::<ROWS, D>(row0 as usize, 8 * cb + chunk as usize);
         let mut from = src.add(row0 as usize * row_stride + 64 * cb + chunk as usize * 8);
         let mut left = valid as i32 - row0 as i32;

@@ -143,7 +143,9 @@ mod wgmma_entry {
     }
 
     wgmma_kernels! {
+        tiles::HD32_WGMMA => attn_fwd_hd32_m128n128_wgmma_bf16, attn_fwd_hd32_m128n128_wgmma_f16;
         tiles::HD64_WGMMA => attn_fwd_hd64_m128n128_wgmma_bf16, attn_fwd_hd64_m128n128_wgmma_f16;
+        tiles::HD96_WGMMA => attn_fwd_hd96_m128n128_wgmma_bf16, attn_fwd_hd96_m128n128_wgmma_f16;
         tiles::HD128_WGMMA => attn_fwd_hd128_m128n128_wgmma_bf16, attn_fwd_hd128_m128n128_wgmma_f16;
         tiles::HD192_WGMMA => attn_fwd_hd192_m128n96_wgmma_bf16, attn_fwd_hd192_m128n96_wgmma_f16;
         tiles::HD256_WGMMA => attn_fwd_hd256_m128n64_wgmma_bf16, attn_fwd_hd256_m128n64_wgmma_f16;
