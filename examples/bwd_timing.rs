@@ -1,27 +1,60 @@
 //! Times the fused backward (dQ, dK, dV) on the GPU at B·N = 16K tokens, hidden 2048 (H = 2048/D),
-//! D = 128, N in {1K, 4K, 16K}, causal off/on, fast and deterministic modes, for the device's tile and
-//! (where that is the Hopper kernel) the `mma.sync` tile too; O and LSE come from the fused forward. TFLOP/s = 2.5 · 4·B·H·N²·D / t (halved when causal), FlashAttention's convention.
+//! D = 128 (or the head dims of `--dims`), N in {1K, 4K, 16K}, causal off/on, fast and deterministic
+//! modes, for the device's tile and (where that is a Hopper kernel) the head dim's `mma.sync` tile too;
+//! O and LSE come from the fused forward. TFLOP/s = 2.5 · 4·B·H·N²·D / t (halved when causal),
+//! FlashAttention's convention.
 //!
-//! `cargo run --release --example bwd_timing` (prints a markdown table for docs/perf.md).
+//! ```text
+//! cargo run --release --example bwd_timing                     # markdown table for docs/perf.md
+//! cargo run --release --example bwd_timing -- --dims 32,64,128
+//! cargo run --release --example bwd_timing -- --all           # every compiled row that runs here
+//! ```
+
+mod common;
 
 use half::bf16;
 use ironflash::gpu::DeviceTensor;
 use ironflash::gpu::{BackwardTile, GpuGradients};
 use ironflash::{gpu, AttnOptions, AttnProblem, Device, HostTensor, Layout};
-use ironflash_kernels::tiles_bwd::BWD_HD128_M32;
+use ironflash_kernels::tiles_bwd::BWD_TILES;
 use std::time::Instant;
 
-fn main() -> ironflash::Result<()> {
-    let dev = Device::open(0)?;
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let all = args.iter().any(|a| a == "--all");
+    let dims: Vec<usize> = match args.iter().position(|a| a == "--dims") {
+        Some(i) => {
+            args.get(i + 1).ok_or("--dims needs a list")?.split(',').map(str::parse).collect::<Result<_, _>>()?
+        }
+        None => vec![128],
+    };
+    let Some(dev) = common::device_or_skip()? else { return Ok(()) };
     let info = dev.info();
     println!("device: {} ({} SMs)", info.name, info.sm_count);
     println!("| N | B | H | D | causal | mode | tile | ms | TFLOP/s |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    let d = 128;
+    for d in dims {
+        time_head_dim(&dev, d, all)?;
+    }
+    Ok(())
+}
+
+/// The table's rows for head dim `d`: the chooser's tile and, where that is a Hopper kernel, the
+/// `mma.sync` row this device would otherwise run; with `all`, every compiled row that runs here.
+fn time_head_dim(dev: &Device, d: usize, all: bool) -> ironflash::Result<()> {
+    let info = dev.info();
     let h = 2048 / d;
-    let mut tiles = vec![gpu::backward_tile(info, d, ironflash::DType::BF16)?];
-    if tiles[0] != BWD_HD128_M32 {
-        tiles.push(BWD_HD128_M32);
+    let runs = |t: &&BackwardTile| {
+        t.head_dim == d && t.smem_bytes(2) <= info.smem_per_block_optin && (!t.wgmma || info.runs_wgmma())
+    };
+    let chosen = gpu::backward_tile(info, d, ironflash::DType::BF16)?;
+    let mut tiles = vec![chosen];
+    if all {
+        tiles.extend(BWD_TILES.iter().filter(runs).filter(|t| **t != chosen));
+    } else if tiles[0].wgmma {
+        if let Some(t) = BWD_TILES.iter().filter(runs).find(|t| !t.wgmma) {
+            tiles.push(*t);
+        }
     }
     let mut rng = rand::rng();
     for n in [1024usize, 4096, 16384] {
@@ -32,7 +65,7 @@ fn main() -> ironflash::Result<()> {
         for causal in [false, true] {
             for deterministic in [false, true] {
                 let opts = AttnOptions { causal, deterministic, ..Default::default() };
-                let fwd = gpu::flash_forward(&dev, &q, &k, &v, &opts)?;
+                let fwd = gpu::flash_forward(dev, &q, &k, &v, &opts)?;
                 let p = AttnProblem::new(
                     (q.layout(), q.buffer().len()),
                     (k.layout(), k.buffer().len()),
@@ -40,7 +73,7 @@ fn main() -> ironflash::Result<()> {
                     &opts,
                 )?;
                 for tile in &tiles {
-                    let t = time_backward(&dev, [&q, &k, &v, &fwd.o, &d_o], &fwd.lse, &opts, tile)?;
+                    let t = time_backward(dev, [&q, &k, &v, &fwd.o, &d_o], &fwd.lse, &opts, tile)?;
                     let tflops = 2.5 * p.forward_flops() / t / 1e12;
                     let mode = if deterministic { "deterministic" } else { "fast" };
                     let name = tile.symbols[0].trim_end_matches("_bf16");

@@ -1,21 +1,25 @@
 //! The backward main kernel on Hopper's warpgroup tensor cores (`sm_90a`: `wgmma`, bulk reductions),
-//! for head dim 128: one CTA per (128 keys, K/V head, batch), two warpgroups of 4 warps, warpgroup w
-//! owning keys 64w..64w+63 of the block. `tiles_bwd::BWD_HD128_WGMMA` is its tile row.
+//! generic over the head dim `D` (32, 64, 128) and the query block `BM` (64 or 128 rows; the `wgmma`
+//! rows of `tiles_bwd`): one CTA per (128 keys, K/V head, batch), two warpgroups of 4 warps, warpgroup
+//! w owning keys 64w..64w+63 of the block. Head dim 32 is stored in a whole 64-column block of the
+//! swizzle (the upper half never read).
 //!
-//! Per query block (64 rows of one query head of the group), with Q, dO, K, V in shared memory in the
+//! Per query block (`BM` rows of one query head of the group), with Q, dO, K, V in shared memory in the
 //! 128-byte swizzled layout (`ptx::wgmma`), each warpgroup:
-//! 1. Sᵀ = K_w Qᵀ and dPᵀ = V_w dOᵀ (`[64 keys, 64 queries]`, both operands K-major from shared memory),
-//!    issued back to back as two asynchronous groups;
+//! 1. Sᵀ = K_w Qᵀ and dPᵀ = V_w dOᵀ (`[64 keys, BM queries]`, both operands K-major from shared
+//!    memory), issued back to back as two asynchronous groups;
 //! 2. when Sᵀ lands: Pᵀ = exp2(scale·log2e·S − log2e·LSE) (masked where needed), rounded to the element
-//!    type and kept in registers, which are directly the A fragments of dV += Pᵀ dO (`[64 keys, 128]`,
+//!    type and kept in registers, which are directly the A fragments of dV += Pᵀ dO (`[64 keys, D]`,
 //!    dO read MN-major), issued at once;
 //! 3. when dPᵀ lands (dV still running): dSᵀ = Pᵀ ∘ (dPᵀ − delta), issued as dK += dSᵀ Q the same way,
-//!    and stored to shared memory (`[128 keys, 64 queries]`, swizzled);
-//! 4. after a CTA barrier: dQ = dS K (`[64 queries, 64 of the 128 columns]` per warpgroup, dS and K both
-//!    MN-major from shared memory), staged in shared memory as f32 rows (two buffers, alternating), and
-//!    added to the global f32 accumulator by one bulk reduction (`cp.reduce.async.bulk .add.f32`,
-//!
-//!    performed by the TMA unit) issued by the dQ writer: the first warp of a third warpgroup, which does nothing else.
+//!    and stored to shared memory (`[128 keys, BM queries]`, swizzled);
+//! 4. after a CTA barrier: dQ = dS K, both MN-major from shared memory, each warpgroup 64 rows ×
+//!    `Shape::DQ_COLS` columns of it: with 64-row blocks the warpgroups split the columns (warpgroup 1's
+//!    K operand starts D/2 columns in, for D < 128 inside a swizzled 128-byte row, as a K-major k-step
+//!    does), with 128-row blocks the rows. Staged in shared memory as f32 rows (two buffers,
+//!    alternating) and added to the global f32 accumulator by one bulk reduction
+//!    (`cp.reduce.async.bulk .add.f32`, performed by the TMA unit) issued by the dQ writer: the first
+//!    warp of a third warpgroup, which does nothing else.
 //!
 //! Deterministic mode adds the key blocks' parts in key-block order (turn counters, as `mainloop.rs`):
 //! waiting for the turn, for the reduction to complete and handing the turn on take the writer about
@@ -28,7 +32,7 @@
 //! and `BAR_EMPTY + s` (the writer arrives once its reduction has read buffer s, the compute threads
 //! wait before refilling it).
 //!
-//! dK and dV (64 + 64 f32 per thread) stay in registers for the whole loop. Registers bind, so the
+//! dK and dV (D/2 + D/2 f32 per thread) stay in registers for the whole loop. Registers bind, so the
 //! loop-invariant addresses live in shared memory as in the `mma.sync` kernel (`mainloop.rs`).
 
 use super::mainloop::{
@@ -45,9 +49,9 @@ use crate::ptx::{atomic, bulk, cp_async, setmaxnreg, shared_f32, smem, sreg, syn
 use crate::smem_tile::RowLayout;
 use crate::tiles_bwd::{BwdTile, BWD_HD128_WGMMA};
 
+/// The shape every row shares (`BwdTile::is_valid`); the head dim and the query block are the kernel's
+/// parameters.
 const T: BwdTile = BWD_HD128_WGMMA;
-const D: usize = T.head_dim;
-const BM: usize = T.block_m;
 const BN: usize = T.block_n;
 /// The two warpgroups that compute.
 const COMPUTE_THREADS: usize = 256;
@@ -59,17 +63,36 @@ const ALL_THREADS_U32: u32 = (COMPUTE_THREADS + 32) as u32;
 /// threads, the launch bounds in `kernels.rs`); 2·128·240 + 128·24 = 384·168 = 64512.
 const COMPUTE_REGS: u32 = 240;
 const WRITER_REGS: u32 = 24;
-/// `[k, v, q, d_o, ds, dq (two staging buffers), lse, delta, consts, end]` from the 1024-byte aligned base.
-const L: [usize; 10] = T.wgmma_smem_layout(2);
-
 const _: () = assert!(
-    D == 128
-        && BM == 64
-        && BN == 128
+    BN == 128
         && T.warps * 32 == COMPUTE_THREADS + 128
         && T.q_stages == 2
         && 256 * COMPUTE_REGS + 128 * WRITER_REGS <= 384 * 168
 );
+
+/// The constants of head dim `D` with query blocks of `BM` rows.
+struct Shape<const D: usize, const BM: usize>;
+
+impl<const D: usize, const BM: usize> Shape<D, BM> {
+    /// `[k, v, q, d_o, ds, dq (two staging buffers), lse, delta, consts, end]` from the 1024-byte
+    /// aligned base: the layout of the row for (`D`, `BM`).
+    const L: [usize; 10] = BwdTile { head_dim: D, block_m: BM, ..T }.wgmma_smem_layout(2);
+    /// One dQ staging buffer: `[BM][D]` f32.
+    const DQ_STAGE_BYTES: u32 = (BM * D * 4) as u32;
+    /// Each warpgroup's part of dQ is 64 query rows × `DQ_COLS` columns: with 64-row query blocks the
+    /// warpgroups split the columns, with 128-row blocks the rows.
+    const DQ_COLS: usize = D * BM / 128;
+    /// Where warpgroup 1's part starts: in the dSᵀ tile (a column block of queries) and in the swizzled
+    /// K tile (column `D/2`: a column block, then bytes inside its 128-byte rows; for D < 128 inside a
+    /// row, as a K-major k-step is).
+    const DQ_DS_OFFSET: u32 = if BM == 128 { (BN * 128) as u32 } else { 0 };
+    const DQ_K_OFFSET: u32 = if BM == 128 { 0 } else { ((D / 2 / 64) * BN * 128 + (D / 2 % 64) * 2) as u32 };
+    const OK: () = assert!(
+        BwdTile { head_dim: D, block_m: BM, ..T }.is_valid()
+            && Self::DQ_COLS % 16 == 0
+            && (BM == 128 || D / 2 <= 64 || D / 2 % 64 == 0)
+    );
+}
 
 const BAR_COMPUTE: u32 = 1;
 /// Staging buffer s is full: 2 + s.
@@ -88,8 +111,6 @@ const fn col_block(rows: usize) -> u32 {
     (rows * 128) as u32
 }
 const SBO: u32 = 1024;
-/// One dQ staging buffer: `[BM][D]` f32.
-const DQ_STAGE_BYTES: u32 = (BM * D * 4) as u32;
 /// Bytes per 16 rows of a swizzled tile: one k16 step of an MN-major operand.
 const K16_ROWS: u32 = 16 * 128;
 
@@ -98,7 +119,15 @@ const K16_ROWS: u32 = 16 * 128;
 /// reduction, in key-block order when deterministic, and frees the buffer once the reduction has read
 /// it.
 #[inline(always)]
-unsafe fn dq_writer(p: &BwdParams, consts: u32, h_first: u32, m_end: u32, per_head: u32, total: u32) {
+unsafe fn dq_writer<const D: usize, const BM: usize>(
+    p: &BwdParams,
+    consts: u32,
+    h_first: u32,
+    m_end: u32,
+    per_head: u32,
+    total: u32,
+) {
+    let l = Shape::<D, BM>::L;
     let lane0 = sreg::thread_x() % 32 == 0;
     let sq = p.score.mask.seqlen_q;
     let deterministic = p.deterministic != 0;
@@ -110,7 +139,7 @@ unsafe fn dq_writer(p: &BwdParams, consts: u32, h_first: u32, m_end: u32, per_he
         if lane0 {
             let m0 = m * BM as u32;
             let bytes = (sq - m0).min(BM as u32) * (D * 4) as u32;
-            let staged = opaque(consts) - L[8] as u32 + L[5] as u32 + s * DQ_STAGE_BYTES;
+            let staged = opaque(consts) - l[8] as u32 + l[5] as u32 + s * Shape::<D, BM>::DQ_STAGE_BYTES;
             let (acc, sem) = consts_pair(consts + C_ACC);
             let acc = (acc as *mut f32).add((h as usize * sq as usize + m0 as usize) * D);
             if deterministic {
@@ -142,48 +171,66 @@ unsafe fn dq_writer(p: &BwdParams, consts: u32, h_first: u32, m_end: u32, per_he
     }
 }
 
-/// The kernel body; `SOFTCAP`: the instantiation for calls with a softcap (dS chained through the tanh).
+/// The kernel body for head dim `D` and query blocks of `BM` rows. Register arrays: `DR = D/2` (dK, dV),
+/// `SR = BM/2` (Sᵀ, dPᵀ), `PK = BM/4` (Pᵀ and dSᵀ packed), `NT = BM/8` (n8 tiles of Sᵀ), `QR =
+/// DQ_COLS/2` (dQ). `SOFTCAP`: the instantiation for calls with a softcap (dS chained through the tanh).
 ///
 /// # Safety
 /// Launched as `abi::BwdParams` documents, with 384 threads (`T.threads()`) and `T.smem_bytes(2)`
 /// bytes of dynamic shared memory, on an sm_90a device.
 #[inline(always)]
-pub unsafe fn attn_bwd_wgmma<E: WgmmaElem, const SOFTCAP: bool>(p: &BwdParams) {
+pub unsafe fn attn_bwd_wgmma<
+    E: WgmmaElem,
+    const D: usize,
+    const BM: usize,
+    const DR: usize,
+    const SR: usize,
+    const PK: usize,
+    const NT: usize,
+    const QR: usize,
+    const SOFTCAP: bool,
+>(
+    p: &BwdParams,
+) {
+    const { assert!(DR == D / 2 && SR == BM / 2 && PK == BM / 4 && NT == BM / 8 && QR == D * BM / 256) };
+    #[allow(clippy::let_unit_value)]
+    let () = Shape::<D, BM>::OK;
+    let l = Shape::<D, BM>::L;
     let tid = sreg::thread_x();
     let (sq, sk) = (p.score.mask.seqlen_q, p.score.mask.seqlen_k);
     // The swizzle pattern repeats every 1024 bytes of the shared window: tiles start on that boundary.
     let base = (smem::base() + 1023) & !1023;
-    let (nb, hkv, b) = work_item(p, base + L[8] as u32 + 80, tid);
+    let (nb, hkv, b) = work_item(p, base + l[8] as u32 + 80, tid);
 
     let KeyBlockWork { n0, m_end, per_head, total, h_first } = key_block_work::<BM, BN>(p, nb, hkv);
 
-    let consts = base + L[8] as u32;
+    let consts = base + l[8] as u32;
     if tid == 0 {
         store_consts::<BM>(consts, p, b);
     }
     let sw = RowLayout::Swizzled128;
     if tid < COMPUTE_THREADS_U32 {
-        let (k_dst, v_dst) = (base + L[0] as u32, base + L[1] as u32);
+        let (k_dst, v_dst) = (base + l[0] as u32, base + l[1] as u32);
         load_key_block::<BN, D>(p, sw, (b, hkv, n0), k_dst, v_dst, tid, COMPUTE_THREADS);
     }
     sync::block();
     if tid >= COMPUTE_THREADS_U32 {
         setmaxnreg::dec::<WRITER_REGS>();
         if tid < ALL_THREADS_U32 {
-            dq_writer(p, consts, h_first, m_end, per_head, total);
+            dq_writer::<D, BM>(p, consts, h_first, m_end, per_head, total);
         }
         return;
     }
     setmaxnreg::inc::<COMPUTE_REGS>();
     if total > 0 {
-        let dst = [base + L[2] as u32, base + L[3] as u32, base + L[6] as u32, base + L[7] as u32];
+        let dst = [base + l[2] as u32, base + l[3] as u32, base + l[6] as u32, base + l[7] as u32];
         load_query_block::<BM, D>(sw, consts, h_first, m_end - 1, sq, dst, tid, COMPUTE_THREADS);
     }
     cp_async::commit();
 
-    let mut dk = [0f32; 64];
-    let mut dv = [0f32; 64];
-    let stage_b = (BM * D * 2) as u32;
+    let mut dk = [0f32; DR];
+    let mut dv = [0f32; DR];
+    let stage_b = (l[3] - l[2]) as u32 / 2;
     let stage_f = (BM * 4) as u32;
 
     let mut it = 0u32;
@@ -193,15 +240,15 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem, const SOFTCAP: bool>(p: &BwdParams) {
         let lane = tid % 32;
         let (wg, warp) = (tid / 128, (tid / 32) % 4);
         let (g, t) = (lane / 4, lane % 4);
-        let consts = base + L[8] as u32;
-        let (k_s, v_s, ds_s) = (base + L[0] as u32, base + L[1] as u32, base + L[4] as u32);
+        let consts = base + l[8] as u32;
+        let (k_s, v_s, ds_s) = (base + l[0] as u32, base + l[1] as u32, base + l[4] as u32);
 
         let m = m_end - 1 - it % per_head;
         let m0 = m * BM as u32;
         let stage = it % 2;
-        let dq_s = base + L[5] as u32 + stage * DQ_STAGE_BYTES;
-        let (q_s, do_s) = (base + L[2] as u32 + stage * stage_b, base + L[3] as u32 + stage * stage_b);
-        let (lse_s, dl_s) = (base + L[6] as u32 + stage * stage_f, base + L[7] as u32 + stage * stage_f);
+        let dq_s = base + l[5] as u32 + stage * Shape::<D, BM>::DQ_STAGE_BYTES;
+        let (q_s, do_s) = (base + l[2] as u32 + stage * stage_b, base + l[3] as u32 + stage * stage_b);
+        let (lse_s, dl_s) = (base + l[6] as u32 + stage * stage_f, base + l[7] as u32 + stage * stage_f);
 
         // This block's copies landed; make them visible to the tensor cores' (async) proxy and to every
         // compute thread. Every product of the previous step has completed (each thread waited for
@@ -213,10 +260,10 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem, const SOFTCAP: bool>(p: &BwdParams) {
             let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
             let sn = 1 - stage;
             let dst = [
-                base + L[2] as u32 + sn * stage_b,
-                base + L[3] as u32 + sn * stage_b,
-                base + L[6] as u32 + sn * stage_f,
-                base + L[7] as u32 + sn * stage_f,
+                base + l[2] as u32 + sn * stage_b,
+                base + l[3] as u32 + sn * stage_b,
+                base + l[6] as u32 + sn * stage_f,
+                base + l[7] as u32 + sn * stage_f,
             ];
             load_query_block::<BM, D>(sw, consts, hn, mn, sq, dst, tid, COMPUTE_THREADS);
         }
@@ -225,21 +272,21 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem, const SOFTCAP: bool>(p: &BwdParams) {
         // 1. Sᵀ = K_w Qᵀ and dPᵀ = V_w dOᵀ: K-major operands, k16 steps of 32 bytes inside a 64-column
         // block.
         let key_w = wg * 64;
-        let mut s = [0f32; 32];
-        let mut dp = [0f32; 32];
+        let mut s = [0f32; SR];
+        let mut dp = [0f32; SR];
         wgmma::fence();
         for kk in 0..D / 16 {
             let inner = ((kk / 4) * BN * 128 + (kk % 4) * 32) as u32;
             let a = desc_sw128(k_s + inner + key_w * 128, 16, SBO);
             let bq = desc_sw128(q_s + ((kk / 4) * BM * 128 + (kk % 4) * 32) as u32, 16, SBO);
-            E::ss_m64n64k16::<0, 0>(&mut s, a, bq, kk > 0);
+            E::ss::<SR, 0, 0>(&mut s, a, bq, kk > 0);
         }
         wgmma::commit();
         for kk in 0..D / 16 {
             let inner = ((kk / 4) * BN * 128 + (kk % 4) * 32) as u32;
             let a = desc_sw128(v_s + inner + key_w * 128, 16, SBO);
             let bo = desc_sw128(do_s + ((kk / 4) * BM * 128 + (kk % 4) * 32) as u32, 16, SBO);
-            E::ss_m64n64k16::<0, 0>(&mut dp, a, bo, kk > 0);
+            E::ss::<SR, 0, 0>(&mut dp, a, bo, kk > 0);
         }
         wgmma::commit();
 
@@ -253,17 +300,17 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem, const SOFTCAP: bool>(p: &BwdParams) {
         // in registers, it would push the compute warpgroups' registers into spills.
         let ds_at = |i: u32, rr: u32| {
             let row = key_w + warp * 16 + g + 8 * rr;
-            ds_s + row * 128 + ((i ^ (row % 8)) * 16) + 4 * t
+            ds_s + (i / 8) * col_block(BN) + row * 128 + (((i % 8) ^ (row % 8)) * 16) + 4 * t
         };
         let park =
             |_, i: usize, rr: usize, d: [f32; 2]| smem::store_u32(ds_at(i as u32, rr as u32), E::pack2(d[0], d[1]));
-        let mut s_frag = AccFrag::<1, 8>::from_wgmma(&s);
+        let mut s_frag = AccFrag::<1, NT>::from_wgmma(&s);
         let at = FragPos { row_g: n0 + key_w + warp * 16 + g, col0: m0, t };
         let slope = || stage::alibi_slope_log2(&p.score, b as u32, h_first + it / per_head);
-        stage::logits_by_key::<1, 8, SOFTCAP>(&p.score, slope, &mut s_frag, at, need_mask, park);
+        stage::logits_by_key::<1, NT, SOFTCAP>(&p.score, slope, &mut s_frag, at, need_mask, park);
         let x = &s_frag.0[0];
-        let mut pk = [0u32; 16];
-        for i in 0..8 {
+        let mut pk = [0u32; PK];
+        for i in 0..NT {
             let c = 8 * i as u32 + 2 * t;
             let lse = shared_f32::load_v2(lse_s + c * 4);
             // A row that saw no key has LSE = -inf: read as +inf, its P is exp2(-inf) = 0.
@@ -281,15 +328,15 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem, const SOFTCAP: bool>(p: &BwdParams) {
         for kk in 0..BM / 16 {
             let a = [pk[4 * kk], pk[4 * kk + 1], pk[4 * kk + 2], pk[4 * kk + 3]];
             let bo = desc_sw128(do_s + kk as u32 * K16_ROWS, col_block(BM), SBO);
-            E::rs_m64n128k16::<1>(&mut dv, &a, bo, true);
+            E::rs::<DR, 1>(&mut dv, &a, bo, true);
         }
         wgmma::commit();
 
         // 3. dSᵀ = Pᵀ ∘ (dPᵀ − delta) (dV may still be running).
         wgmma::wait::<1>();
         wgmma::pin_all(&mut dp);
-        let mut dsk = [0u32; 16];
-        for i in 0..8 {
+        let mut dsk = [0u32; PK];
+        for i in 0..NT {
             let c = 8 * i as u32 + 2 * t;
             let delta = shared_f32::load_v2(dl_s + c * 4);
             for rr in 0..2 {
@@ -308,11 +355,11 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem, const SOFTCAP: bool>(p: &BwdParams) {
         for kk in 0..BM / 16 {
             let a = [dsk[4 * kk], dsk[4 * kk + 1], dsk[4 * kk + 2], dsk[4 * kk + 3]];
             let bq = desc_sw128(q_s + kk as u32 * K16_ROWS, col_block(BM), SBO);
-            E::rs_m64n128k16::<1>(&mut dk, &a, bq, true);
+            E::rs::<DR, 1>(&mut dk, &a, bq, true);
         }
         wgmma::commit();
-        // dSᵀ to shared memory (`[128 keys][64 queries]`, one swizzled column block).
-        for i in 0..8u32 {
+        // dSᵀ to shared memory (`[128 keys][BM queries]`, swizzled column blocks of 64 queries).
+        for i in 0..NT as u32 {
             for rr in 0..2u32 {
                 smem::store_u32(ds_at(i, rr), dsk[(2 * i + rr) as usize]);
             }
@@ -320,28 +367,30 @@ pub unsafe fn attn_bwd_wgmma<E: WgmmaElem, const SOFTCAP: bool>(p: &BwdParams) {
         bulk::shared_async();
         sync::named::<BAR_COMPUTE, COMPUTE_THREADS_U32>();
 
-        // 4. dQ[:, 64w..64w+64] = dS K: both MN-major (dS from dSᵀ, K along its rows).
-        let mut dq = [0f32; 32];
+        // 4. This warpgroup's part of dQ = dS K (`Shape::DQ_COLS`): both MN-major (dS from dSᵀ, K along
+        // its rows).
+        let mut dq = [0f32; QR];
         wgmma::fence();
         for kk in 0..BN / 16 {
-            let a = desc_sw128(ds_s + kk as u32 * K16_ROWS, col_block(BN), SBO);
-            let bk = desc_sw128(k_s + wg * col_block(BN) + kk as u32 * K16_ROWS, col_block(BN), SBO);
-            E::ss_m64n64k16::<1, 1>(&mut dq, a, bk, kk > 0);
+            let a = desc_sw128(ds_s + wg * Shape::<D, BM>::DQ_DS_OFFSET + kk as u32 * K16_ROWS, col_block(BN), SBO);
+            let bk = desc_sw128(k_s + wg * Shape::<D, BM>::DQ_K_OFFSET + kk as u32 * K16_ROWS, col_block(BN), SBO);
+            E::ss::<QR, 1, 1>(&mut dq, a, bk, kk > 0);
         }
         wgmma::commit();
         wgmma::wait::<0>();
         wgmma::pin_all(&mut dq);
         wgmma::pin_all(&mut dk);
         wgmma::pin_all(&mut dv);
-        // Staged as f32 rows `[64][128]`, the accumulator's own layout, for one contiguous reduction,
+        // Staged as f32 rows `[BM][D]`, the accumulator's own layout, for one contiguous reduction,
         // once the writer's reduction of two steps ago has read this buffer.
         if it >= 2 {
             sync::named_at::<ALL_THREADS_U32>(BAR_EMPTY + stage);
         }
-        for i in 0..8u32 {
+        let (row0, col0) = if BM == 128 { (64 * wg, 0) } else { (0, wg * (D / 2) as u32) };
+        for i in 0..(QR / 4) as u32 {
             for rr in 0..2u32 {
-                let row = warp * 16 + g + 8 * rr;
-                let col = wg * 64 + 8 * i + 2 * t;
+                let row = row0 + warp * 16 + g + 8 * rr;
+                let col = col0 + 8 * i + 2 * t;
                 let idx = (4 * i + 2 * rr) as usize;
                 shared_f32::store_v2(dq_s + (row * D as u32 + col) * 4, [dq[idx], dq[idx + 1]]);
             }

@@ -83,60 +83,87 @@ bwd_kernels! {
     tiles_bwd::BWD_HD256 => attn_bwd_hd256_m32n64s2_bf16, attn_bwd_hd256_m32n64s2_f16, attn_bwd_softcap_hd256_m32n64s2_bf16, attn_bwd_softcap_hd256_m32n64s2_f16;
 }
 
-/// The Hopper kernel (`hopper.rs`), in the sm_90a PTX only.
+/// The Hopper kernels (`hopper.rs`), in the sm_90a PTX only: one per `wgmma` row of the table.
 #[cfg(target_feature = "sm_90a")]
 mod wgmma_entry {
     use super::super::hopper::attn_bwd_wgmma;
     use crate::abi::BwdParams;
     use crate::ptx::elem::{Bf16, F16};
     use crate::tiles::str_eq;
-    use crate::tiles_bwd::BWD_HD128_WGMMA as T;
+    use crate::tiles_bwd::{self, BwdTile};
 
-    const _: () = assert!(
-        T.is_valid()
-            && T.threads() == 384
-            && str_eq(T.symbols[0], "attn_bwd_hd128_m64n128_wgmma_bf16")
-            && str_eq(T.symbols[1], "attn_bwd_hd128_m64n128_wgmma_f16")
-            && str_eq(T.softcap_symbols[0], "attn_bwd_softcap_hd128_m64n128_wgmma_bf16")
-            && str_eq(T.softcap_symbols[1], "attn_bwd_softcap_hd128_m64n128_wgmma_f16")
-    );
-
-    // Launch bounds (build.rs turns these into `.maxntid 384, 1, 1` and `.minnctapersm 1`): ptxas then
-    // compiles for one CTA of 12 warps per SM (168 registers per thread at launch), which `setmaxnreg`
-    // redistributes to the compute warpgroups (see `hopper.rs`).
-    core::arch::global_asm!(
-        "// ironflash-launch-bounds attn_bwd_hd128_m64n128_wgmma_bf16 384 1",
-        "// ironflash-launch-bounds attn_bwd_hd128_m64n128_wgmma_f16 384 1",
-        "// ironflash-launch-bounds attn_bwd_softcap_hd128_m64n128_wgmma_bf16 384 1",
-        "// ironflash-launch-bounds attn_bwd_softcap_hd128_m64n128_wgmma_f16 384 1",
-    );
-
-    /// # Safety
-    /// Launched as `abi::BwdParams` and the tile row document, on a compute capability 9.0 device.
-    #[no_mangle]
-    pub unsafe extern "ptx-kernel" fn attn_bwd_hd128_m64n128_wgmma_bf16(p: BwdParams) {
-        attn_bwd_wgmma::<Bf16, false>(&p)
+    macro_rules! wgmma_kernel {
+        ($tile:path, $elem:ty, $softcap:literal, $p:expr) => {{
+            const T: BwdTile = $tile;
+            attn_bwd_wgmma::<
+                $elem,
+                { T.head_dim },
+                { T.block_m },
+                { T.head_dim / 2 },
+                { T.block_m / 2 },
+                { T.block_m / 4 },
+                { T.block_m / 8 },
+                { T.head_dim * T.block_m / 256 },
+                $softcap,
+            >($p)
+        }};
     }
 
-    /// # Safety
-    /// As the bf16 kernel.
-    #[no_mangle]
-    pub unsafe extern "ptx-kernel" fn attn_bwd_hd128_m64n128_wgmma_f16(p: BwdParams) {
-        attn_bwd_wgmma::<F16, false>(&p)
+    macro_rules! wgmma_kernels {
+        ($($tile:path => $bf16:ident, $f16:ident, $cap_bf16:ident, $cap_f16:ident;)*) => {$(
+            const _: () = {
+                const T: BwdTile = $tile;
+                assert!(T.is_valid() && T.wgmma && T.threads() == 384);
+                assert!(str_eq(T.symbols[0], stringify!($bf16)) && str_eq(T.symbols[1], stringify!($f16)));
+                assert!(str_eq(T.softcap_symbols[0], stringify!($cap_bf16)));
+                assert!(str_eq(T.softcap_symbols[1], stringify!($cap_f16)));
+            };
+
+            // Launch bounds (build.rs turns these into `.maxntid 384, 1, 1` and `.minnctapersm 1`):
+            // ptxas then compiles for one CTA of 12 warps per SM (168 registers per thread at launch),
+            // which `setmaxnreg` redistributes to the compute warpgroups (see `hopper.rs`).
+            core::arch::global_asm!(
+                concat!("// ironflash-launch-bounds ", stringify!($bf16), " 384 1"),
+                concat!("// ironflash-launch-bounds ", stringify!($f16), " 384 1"),
+                concat!("// ironflash-launch-bounds ", stringify!($cap_bf16), " 384 1"),
+                concat!("// ironflash-launch-bounds ", stringify!($cap_f16), " 384 1"),
+            );
+
+            /// # Safety
+            /// Launched as `abi::BwdParams` and the tile row document, on a compute capability 9.0
+            /// device.
+            #[no_mangle]
+            pub unsafe extern "ptx-kernel" fn $bf16(p: BwdParams) {
+                wgmma_kernel!($tile, Bf16, false, &p)
+            }
+
+            /// # Safety
+            /// As the bf16 kernel.
+            #[no_mangle]
+            pub unsafe extern "ptx-kernel" fn $f16(p: BwdParams) {
+                wgmma_kernel!($tile, F16, false, &p)
+            }
+
+            /// # Safety
+            /// As the bf16 kernel, with a softcap.
+            #[no_mangle]
+            pub unsafe extern "ptx-kernel" fn $cap_bf16(p: BwdParams) {
+                wgmma_kernel!($tile, Bf16, true, &p)
+            }
+
+            /// # Safety
+            /// As the bf16 kernel, with a softcap.
+            #[no_mangle]
+            pub unsafe extern "ptx-kernel" fn $cap_f16(p: BwdParams) {
+                wgmma_kernel!($tile, F16, true, &p)
+            }
+        )*};
     }
 
-    /// # Safety
-    /// As the bf16 kernel, with a softcap.
-    #[no_mangle]
-    pub unsafe extern "ptx-kernel" fn attn_bwd_softcap_hd128_m64n128_wgmma_bf16(p: BwdParams) {
-        attn_bwd_wgmma::<Bf16, true>(&p)
-    }
-
-    /// # Safety
-    /// As the bf16 kernel, with a softcap.
-    #[no_mangle]
-    pub unsafe extern "ptx-kernel" fn attn_bwd_softcap_hd128_m64n128_wgmma_f16(p: BwdParams) {
-        attn_bwd_wgmma::<F16, true>(&p)
+    wgmma_kernels! {
+        tiles_bwd::BWD_HD32_WGMMA => attn_bwd_hd32_m128n128_wgmma_bf16, attn_bwd_hd32_m128n128_wgmma_f16, attn_bwd_softcap_hd32_m128n128_wgmma_bf16, attn_bwd_softcap_hd32_m128n128_wgmma_f16;
+        tiles_bwd::BWD_HD64_WGMMA => attn_bwd_hd64_m128n128_wgmma_bf16, attn_bwd_hd64_m128n128_wgmma_f16, attn_bwd_softcap_hd64_m128n128_wgmma_bf16, attn_bwd_softcap_hd64_m128n128_wgmma_f16;
+        tiles_bwd::BWD_HD128_WGMMA => attn_bwd_hd128_m64n128_wgmma_bf16, attn_bwd_hd128_m64n128_wgmma_f16, attn_bwd_softcap_hd128_m64n128_wgmma_bf16, attn_bwd_softcap_hd128_m64n128_wgmma_f16;
     }
 }
 

@@ -86,6 +86,10 @@ pub fn pin_all<const N: usize>(acc: &mut [f32; N]) {
 /// A operand) stays untouched until a `wait` covers the product.
 #[allow(clippy::missing_safety_doc)]
 pub trait WgmmaElem: Elem16 {
+    /// D[64×16] (+)= A·B, both from shared memory.
+    unsafe fn ss_m64n16k16<const TA: u32, const TB: u32>(acc: &mut [f32; 8], a: u64, b: u64, accumulate: bool);
+    /// D[64×32] (+)= A·B, both from shared memory.
+    unsafe fn ss_m64n32k16<const TA: u32, const TB: u32>(acc: &mut [f32; 16], a: u64, b: u64, accumulate: bool);
     /// D[64×64] (+)= A·B, both from shared memory.
     unsafe fn ss_m64n64k16<const TA: u32, const TB: u32>(acc: &mut [f32; 32], a: u64, b: u64, accumulate: bool);
     /// D[64×80] (+)= A·B, both from shared memory.
@@ -113,6 +117,8 @@ pub trait WgmmaElem: Elem16 {
     #[inline(always)]
     unsafe fn ss<const R: usize, const TA: u32, const TB: u32>(acc: &mut [f32; R], a: u64, b: u64, accumulate: bool) {
         match R {
+            8 => Self::ss_m64n16k16::<TA, TB>(fit(acc), a, b, accumulate),
+            16 => Self::ss_m64n32k16::<TA, TB>(fit(acc), a, b, accumulate),
             32 => Self::ss_m64n64k16::<TA, TB>(fit(acc), a, b, accumulate),
             40 => Self::ss_m64n80k16::<TA, TB>(fit(acc), a, b, accumulate),
             48 => Self::ss_m64n96k16::<TA, TB>(fit(acc), a, b, accumulate),
@@ -199,6 +205,8 @@ macro_rules! rs_shape {
 macro_rules! wgmma_impl {
     ($t:ty, $ptx:literal) => {
         impl WgmmaElem for $t {
+            ss_shape!($ptx, ss_m64n16k16, "m64n16k16", 8, [0 1 2 3 4 5 6 7], 8, 9, 10);
+            ss_shape!($ptx, ss_m64n32k16, "m64n32k16", 16, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15], 16, 17, 18);
             ss_shape!($ptx, ss_m64n64k16, "m64n64k16", 32, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31], 32, 33, 34);
             ss_shape!($ptx, ss_m64n80k16, "m64n80k16", 40, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39], 40, 41, 42);
             ss_shape!($ptx, ss_m64n96k16, "m64n96k16", 48, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47], 48, 49, 50);
