@@ -7,7 +7,12 @@
 //!
 //! Bounds: as `gpu_forward` / `gpu_backward` (output relative L2 bf16 1e-2, f16 5e-3; gradients bf16
 //! 1.5e-2, f16 2e-3), softcap included (the kernels' tanh is `tanh.approx.f32`, FlashAttention's choice;
-//! measured on the H100 it stays within f16's bounds). The sinks' gradient `−Σ p_sink·delta` sums
+//! measured on the H100 it stays within f16's bounds). The gradients are compared with the exact ones
+//! given the O the backward is handed (`cpu::reference_backward_given_o`: rowsum(dO ∘ O) from this
+//! forward's rounded O, as the kernels form it): where that row sum cancels against dP (a row whose
+//! probability sits on one key, sinks aside) the rounding of O alone decides dS, and about one
+//! single-key case with sinks in twelve drawn missed the bf16 bound against the O-exact reference for
+//! that reason only (seen on head dim 32; a numerical model of it reproduces the rate). The sinks' gradient `−Σ p_sink·delta` sums
 //! deltas that the kernel forms from the rounded O, as FlashAttention does, and which cancel: its error
 //! is measured against `Σ p_sink·‖dO‖·‖O‖`, the size of the terms, with the same bounds.
 
@@ -170,7 +175,6 @@ fn run_case<T: Element>(dev: &Device, c: &Case) -> Result<(f64, f64), String> {
     let x = inputs::<T>(c);
     let host_opts = options(c, &x, PerHead::Host(&x.slopes), PerHead::Host(&x.sinks));
     let want_fwd = cpu::reference_forward(&x.q, &x.k, &x.v, &host_opts).map_err(|e| e.to_string())?;
-    let want_bwd = cpu::reference_backward(&x.q, &x.k, &x.v, &x.d_o, &host_opts).map_err(|e| e.to_string())?;
 
     let err = |e: Error| format!("{name}: {e}");
     let slopes = dev.stream().clone_htod(&x.slopes).map_err(|e| e.to_string())?;
@@ -192,7 +196,8 @@ fn run_case<T: Element>(dev: &Device, c: &Case) -> Result<(f64, f64), String> {
         Kernels::Split(n) => gpu::flash_forward_with_splits(dev, &q, &k, &v, &mut o, &mut lse, &opts, None, n),
     }
     .map_err(err)?;
-    let got_o = dev.download(&o).map_err(err)?.to_f64_contiguous();
+    let got_o_t = dev.download(&o).map_err(err)?;
+    let got_o = got_o_t.to_f64_contiguous();
     let got_lse = dev.download_f32(&lse).map_err(err)?;
     let (o_tol, g_tol) = bounds(T::DTYPE);
     let o_err = rel_l2(&got_o, &want_fwd.o);
@@ -204,6 +209,9 @@ fn run_case<T: Element>(dev: &Device, c: &Case) -> Result<(f64, f64), String> {
     let lse_scale = want_fwd.lse.iter().filter(|l| l.is_finite()).fold(1.0f64, |m, l| m.max(l.abs()));
     check_lse(&got_lse, &want_fwd.lse, 2e-3 * lse_scale).map_err(|e| format!("{name}: {e}"))?;
 
+    // Exact gradients given the O the backward is handed (this forward's, in the element type).
+    let want_bwd =
+        cpu::reference_backward_given_o(&x.q, &x.k, &x.v, &got_o_t, &x.d_o, &host_opts).map_err(|e| e.to_string())?;
     let mut grads = GpuGradients {
         dq: dev.poisoned::<T>(x.q.shape()).map_err(err)?,
         dk: dev.poisoned::<T>(x.k.shape()).map_err(err)?,
@@ -343,12 +351,18 @@ fn rows_without_keys() {
 /// arithmetic (dS = dO·v − dO·O with O = v), and the kernels' f32 rounding is all that is left; the
 /// error floor grows with the number of summed terms (`grad_error_summed`). A case the property test
 /// drew (f16, head dim 192, 400 queries per key; f16 runs seed + 1), and its neighbours.
+///
+/// With a sink, dS = P·(dP − delta) keeps a factor (1 − P) of dP, and delta's rounding (from the rounded
+/// O) weighs against it: a case the property test drew at head dim 32, which the O-exact reference
+/// failed (dQ 2.2e-2 against 1.5e-2), is the last one.
 #[test]
 fn single_key_gradients_cancel() {
     for d in [64, 128, 192, 256] {
         fixed(Case { batch: 2, heads_kv: 1, group: 4, seed: 169897649251335947, ..base(d, 100, 1) });
         fixed(Case { batch: 1, heads_kv: 1, group: 8, seed: 11, ..base(d, 1000, 1) });
     }
+    let drawn = base(32, 39, 1);
+    fixed(Case { heads_kv: 1, group: 1, window: (None, Some(0)), sinks: true, seed: 14094910729383842604, ..drawn });
 }
 
 /// The deterministic backward with windows, softcap, ALiBi and sinks: bitwise the same three times

@@ -253,3 +253,42 @@ fn every_option_two_sided_window_more_queries_than_keys() {
     let worst = check([1, 7, 2, 32], [1, 4, 1, 32], opts, 17);
     println!("worst relative error {worst:.2e}");
 }
+
+/// `reference_backward_given_o` with the forward's own O is `reference_backward` (to f64 rounding of
+/// the f32 round trip), with an O moved by δ only rowsum(dO ∘ O) moves, by exactly dO·δ per row; an O
+/// not shaped like q is a typed error naming `o`.
+#[test]
+fn given_o_only_changes_the_delta() {
+    let sinks = [0.4f32, -0.7];
+    let opts = AttnOptions::causal().with_sinks(PerHead::Host(&sinks));
+    let mut rng = StdRng::seed_from_u64(18);
+    let (qs, ks) = ([1, 6, 2, 32], [1, 9, 1, 32]);
+    let q = HostTensor::<f32>::random(qs, 1.0, &mut rng);
+    let k = HostTensor::<f32>::random(ks, 1.0, &mut rng);
+    let v = HostTensor::<f32>::random(ks, 1.0, &mut rng);
+    let d_o = HostTensor::<f32>::random(qs, 1.0, &mut rng);
+    let fwd = reference_forward(&q, &k, &v, &opts).unwrap();
+    let exact = reference_backward(&q, &k, &v, &d_o, &opts).unwrap();
+    let mut o = HostTensor::<f32>::random(qs, 1.0, &mut rng);
+    o.data.iter_mut().zip(&fwd.o).for_each(|(x, &y)| *x = y as f32);
+    let same = ironflash::cpu::reference_backward_given_o(&q, &k, &v, &o, &d_o, &opts).unwrap();
+    let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6 * (1.0 + y.abs()));
+    assert!(close(&same.dq, &exact.dq) && close(&same.dk, &exact.dk) && close(&same.dv, &exact.dv));
+
+    // O + δ on one row: dV is unchanged, and that row's d_sinks term moves by −p_sink·(dO·δ).
+    let (row, head, d) = (3usize, 1usize, 32usize);
+    let at = (row * 2 + head) * d;
+    let shift: Vec<f32> = (0..d).map(|c| 0.01 * (c as f32 - 15.5)).collect();
+    let mut moved = o.clone();
+    moved.data[at..at + d].iter_mut().zip(&shift).for_each(|(x, s)| *x += s);
+    let off = ironflash::cpu::reference_backward_given_o(&q, &k, &v, &moved, &d_o, &opts).unwrap();
+    assert_eq!(off.dv, same.dv);
+    let d_delta: f64 = (0..d).map(|c| d_o.data[at + c] as f64 * shift[c] as f64).sum();
+    let p_sink = (sinks[head] as f64 - fwd.lse[head * 6 + row]).exp();
+    let want = same.d_sinks.as_ref().unwrap()[head] - p_sink * d_delta;
+    assert!((off.d_sinks.as_ref().unwrap()[head] - want).abs() <= 1e-9 * (1.0 + want.abs()));
+
+    let short = HostTensor::<f32>::random([1, 5, 2, 32], 1.0, &mut rng);
+    let e = ironflash::cpu::reference_backward_given_o(&q, &k, &v, &short, &d_o, &opts).unwrap_err();
+    assert!(matches!(e, ironflash::Error::ShapeMismatch { arg: ironflash::Arg::O, .. }), "{e}");
+}

@@ -7,5 +7,7 @@ pub mod reference;
 pub mod tiled;
 mod vecops;
 
-pub use reference::{reference_backward, reference_forward, ReferenceBackward, ReferenceForward};
+pub use reference::{
+    reference_backward, reference_backward_given_o, reference_forward, ReferenceBackward, ReferenceForward,
+};
 pub use tiled::{forward, forward_into, ForwardOutput};

@@ -89,16 +89,46 @@ pub fn reference_backward<T: Element>(
     d_o: &HostTensor<T>,
     opts: &AttnOptions,
 ) -> Result<ReferenceBackward> {
+    backward(q, k, v, None, d_o, opts)
+}
+
+/// The gradients above with rowsum(dO ∘ O) taken from a given O (shaped like q): what a backward that
+/// is handed the forward's output in the element type computes (FlashAttention's contract, and the
+/// GPU backward's), exactly. Where dP − rowsum(dO ∘ O) cancels (a row whose probability sits on one
+/// key), the rounding of O decides dS; this reference shares it with the kernel.
+pub fn reference_backward_given_o<T: Element>(
+    q: &HostTensor<T>,
+    k: &HostTensor<T>,
+    v: &HostTensor<T>,
+    o: &HostTensor<T>,
+    d_o: &HostTensor<T>,
+    opts: &AttnOptions,
+) -> Result<ReferenceBackward> {
+    backward(q, k, v, Some(o), d_o, opts)
+}
+
+fn backward<T: Element>(
+    q: &HostTensor<T>,
+    k: &HostTensor<T>,
+    v: &HostTensor<T>,
+    o: Option<&HostTensor<T>>,
+    d_o: &HostTensor<T>,
+    opts: &AttnOptions,
+) -> Result<ReferenceBackward> {
     let x = Inputs::new(q, k, v, opts)?;
     let p = x.problem;
-    d_o.layout.validate(Arg::DO, d_o.data.len())?;
-    for (dim, (&got, &expected)) in d_o.shape().iter().zip(&q.shape()).enumerate() {
-        if got != expected {
-            let what = crate::layout::DIM_NAMES[dim];
-            return Err(Error::ShapeMismatch { arg: Arg::DO, what, got, expected, why: "d_o is shaped like q" });
+    let like_q = |t: &HostTensor<T>, arg: Arg, why: &'static str| -> Result<Vec<f64>> {
+        t.layout.validate(arg, t.data.len())?;
+        for (dim, (&got, &expected)) in t.shape().iter().zip(&q.shape()).enumerate() {
+            if got != expected {
+                let what = crate::layout::DIM_NAMES[dim];
+                return Err(Error::ShapeMismatch { arg, what, got, expected, why });
+            }
         }
-    }
-    let d_o = d_o.to_f64_contiguous();
+        Ok(t.to_f64_contiguous())
+    };
+    let d_o = like_q(d_o, Arg::DO, "d_o is shaped like q")?;
+    let given_o = o.map(|o| like_q(o, Arg::O, "o is shaped like q")).transpose()?;
     let (d, group) = (p.head_dim, p.group_size());
     let scale = p.softmax_scale as f64;
 
@@ -125,8 +155,9 @@ pub fn reference_backward<T: Element>(
                     for w in &weights {
                         axpy(&mut o_row, w.prob, x.v_row(b, w.key, hkv));
                     }
-                    let do_row = &d_o[x.q_offset(b, i, h)..][..d];
-                    let delta = dot(do_row, &o_row);
+                    let at = x.q_offset(b, i, h);
+                    let do_row = &d_o[at..][..d];
+                    let delta = dot(do_row, given_o.as_ref().map_or(&o_row[..], |o| &o[at..][..d]));
                     let dq_row = &mut grads.dq[(g * p.seqlen_q + i) * d..][..d];
                     for w in &weights {
                         let j = w.key;
