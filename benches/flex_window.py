@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch peers for a sliding window, the case `examples/score_timing.rs` measures for ironflash:
+"""PyTorch peers for a sliding window, the case `cli/examples/score_timing.rs` measures for ironflash:
 B = 1, H = 16, N = 32K, D = 128, bf16, causal with a window of 4096 keys to the left (key j visible to
 query i iff i - 4096 <= j <= i). SDPA has no window; FlexAttention does (a block mask skips the blocks
 outside it). Prints one markdown table: FlexAttention with the window and dense causal (FlexAttention,

@@ -32,7 +32,7 @@ import warnings
 NO_TORCH_EXIT = 3
 IMPLS = ("flash", "cudnn", "efficient", "naive", "fa3")
 DEFAULT_IMPLS = ("flash", "cudnn", "efficient", "naive")
-# (warmup, min_reps, max_reps, target_ms): the same policies as host/bench/runner.rs.
+# (warmup, min_reps, max_reps, target_ms): the same policies as cli/src/bench/runner.rs.
 FULL = (2, 5, 50, 400.0)
 QUICK = (1, 3, 20, 100.0)
 

@@ -125,8 +125,10 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Attach "what we were doing" to a driver error.
-pub(crate) trait DriverContext<T> {
+/// Attach "what we were doing" to a driver or cuBLAS error, as this crate's own calls do (for code that
+/// drives the device next to it, such as the benchmark suite's timing).
+pub trait DriverContext<T> {
+    /// The error as [`Error::Driver`] (or [`Error::Cublas`]) with `during` saying what failed.
     fn during(self, during: &'static str) -> Result<T>;
 }
 

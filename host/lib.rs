@@ -47,7 +47,6 @@
 //! # }
 //! ```
 
-pub mod bench;
 pub mod cpu;
 pub mod device;
 pub mod dtype;

@@ -473,6 +473,34 @@ fn seqlen_one_and_decode() {
     fixed_case::<bf16>(dev, [1, 1000, 1, 1, 1, 32], true, 26);
 }
 
+/// A buffer wrapped without a copy (`Device::wrap`) runs like an uploaded tensor; a layout that needs
+/// more elements than the buffer holds is a typed error naming the argument.
+#[test]
+fn wrapped_buffers() {
+    let Some(dev) = device_or_skip("wrapped_buffers") else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let shape = [1, 70, 2, 64];
+    let host: Vec<HostTensor<bf16>> = (0..3).map(|_| HostTensor::random(shape, 1.0, &mut rng)).collect();
+    let wrap = |t: &HostTensor<bf16>| {
+        let buf = dev.stream().clone_htod(&t.data).unwrap();
+        dev.wrap(ironflash::Arg::Q, buf, t.layout).unwrap()
+    };
+    let (q, k, v) = (wrap(&host[0]), wrap(&host[1]), wrap(&host[2]));
+    let opts = AttnOptions::causal();
+    let out = gpu::flash_forward(dev, &q, &k, &v, &opts).unwrap();
+    let want = cpu::reference_forward(&host[0], &host[1], &host[2], &opts).unwrap();
+    let err = rel_l2(&dev.download(&out.o).unwrap().to_f64_contiguous(), &want.o);
+    assert!(err < output_tolerance(bf16::DTYPE), "wrapped buffers: O error {err}");
+
+    let short = dev.stream().clone_htod(&host[0].data[..100]).unwrap();
+    match dev.wrap(ironflash::Arg::K, short, host[0].layout) {
+        Err(e) => {
+            assert!(matches!(e, Error::BufferTooSmall { arg: ironflash::Arg::K, needed: 8960, len: 100, .. }), "{e}")
+        }
+        Ok(_) => panic!("a 100-element buffer took a [1, 70, 2, 64] layout"),
+    }
+}
+
 #[test]
 fn deterministic() {
     let Some(dev) = device_or_skip("deterministic") else { return };

@@ -54,6 +54,18 @@ impl Device {
         Ok(DeviceTensor { buf, layout: t.layout, ordinal: self.info().ordinal })
     }
 
+    /// A device tensor over a buffer already on this device, without a copy (a buffer the caller
+    /// filled, or one of another library on the same context). `arg` names the tensor in errors: the
+    /// buffer must belong to this device and `layout` must fit it (`Layout::validate`).
+    pub fn wrap<T: Element>(&self, arg: Arg, buf: CudaSlice<T>, layout: Layout) -> Result<DeviceTensor<T>> {
+        let ordinal = buf.stream().context().ordinal();
+        if ordinal != self.info().ordinal {
+            return Err(Error::DeviceMismatch { arg, got: ordinal, expected: self.info().ordinal });
+        }
+        layout.validate(arg, buf.len())?;
+        Ok(DeviceTensor { buf, layout, ordinal })
+    }
+
     /// Copy a device tensor back (the whole buffer, strides kept).
     pub fn download<T: Element>(&self, t: &DeviceTensor<T>) -> Result<HostTensor<T>> {
         t.check_on(self, Arg::O)?;

@@ -391,13 +391,13 @@ mod tests {
         for (d, t) in rows {
             assert_eq!(choose_fwd(d, 2, true, H100.0, H100.1, true), Some(&t));
             let l = t.wgmma_smem_layout(2);
-            assert!(l[1] % 1024 == 0 && l[2] % 1024 == 0 && t.smem_bytes(2) <= H100.0, "{t:?}");
+            assert!(l[1].is_multiple_of(1024) && l[2].is_multiple_of(1024) && t.smem_bytes(2) <= H100.0, "{t:?}");
         }
         // Not on A100 (164 KiB would fit one CTA, but there is no sm_90a there).
         assert_eq!(pick(128, A100), Some(HD128_N32));
         assert!(HD128_WGMMA.ctas_per_sm_by_smem(2, H100.1) >= 1);
         let l = HD128_WGMMA.wgmma_smem_layout(2);
-        assert!(l[0] % 1024 == 0 && l[1] % 1024 == 0);
+        assert!(l[0].is_multiple_of(1024) && l[1].is_multiple_of(1024));
         assert_eq!(HD128_WGMMA.smem_bytes(2), 128 * 128 * 2 + 3 * 2 * 128 * 128 * 2 + 1024);
         // Head dims 32 and 96 are stored in whole 64-column blocks.
         assert_eq!(HD96_WGMMA.smem_bytes(2), HD128_WGMMA.smem_bytes(2));

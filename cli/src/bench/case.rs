@@ -1,9 +1,9 @@
 //! What one benchmark measurement is about (`Case`) and what it found (`Record`). A `Record` is also the
 //! JSON-lines row that `benches/peers.py` prints, so both sides share one set of column names.
 
-use crate::dtype::DType;
-use crate::options::AttnOptions;
-use crate::problem::AttnProblem;
+use ironflash::dtype::DType;
+use ironflash::options::AttnOptions;
+use ironflash::problem::AttnProblem;
 use serde::{Deserialize, Serialize};
 
 /// Forward or backward. The backward FLOP count is 2.5x the forward's (two matmuls forward, five backward).

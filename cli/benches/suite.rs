@@ -4,7 +4,7 @@
 //! table and writes JSON lines and PNG plots (see `--help`). Without a GPU only the CPU rows run.
 
 use clap::Parser;
-use ironflash::bench::{run_suite, BenchArgs};
+use ironflash_cli::bench::{run_suite, BenchArgs};
 use std::process::ExitCode;
 
 #[derive(Parser)]

@@ -3,15 +3,15 @@
 
 use crate::bench::case::{Case, DTypeName, Impl, MemMethod, Pass, Record, Status};
 use crate::bench::timing::{is_oom, time_calls, PoolWatermark, RandomSource};
-use crate::device::Device;
-use crate::dtype::Element;
-use crate::error::Result;
-use crate::gpu::{self, DeviceTensor, GpuForwardOutput};
-use crate::layout::Layout;
-use crate::options::AttnOptions;
-use crate::tensor::HostTensor;
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
+use ironflash::device::Device;
+use ironflash::dtype::Element;
+use ironflash::error::{Arg, Result};
+use ironflash::gpu::{self, DeviceTensor, GpuForwardOutput};
+use ironflash::layout::Layout;
+use ironflash::options::AttnOptions;
+use ironflash::tensor::HostTensor;
 use std::time::Instant;
 
 /// How many repetitions a case gets: enough to fill `target_ms`, within `[min_reps, max_reps]`, after
@@ -83,7 +83,7 @@ struct InputSet<T: Element> {
     v: DeviceTensor<T>,
 }
 
-fn failed(imp: Impl, case: &Case, e: &crate::Error) -> Record {
+fn failed(imp: Impl, case: &Case, e: &ironflash::Error) -> Record {
     let status = if is_oom(e) { Status::Oom } else { Status::Error };
     Record::new(imp.name(), case, status).with_note(e.to_string())
 }
@@ -204,10 +204,9 @@ fn run_gpu_backward<T: Element>(dev: &Device, imp: Impl, case: &Case, policy: &R
     let count = rotation_sets_of(backward_set_bytes(imp, case), dev.info().l2_bytes, free);
     let sets = (|| -> Result<Vec<BackwardSet<T>>> {
         let src = RandomSource::<T>::new(dev, &mut rand::rng())?;
-        let ordinal = dev.info().ordinal;
         let tensor = |shape: [usize; 4], salt: u64| -> Result<DeviceTensor<T>> {
             let layout = Layout::contiguous(shape);
-            Ok(DeviceTensor { buf: src.buffer(dev, layout.numel(), salt)?, layout, ordinal })
+            dev.wrap(Arg::Q, src.buffer(dev, layout.numel(), salt)?, layout)
         };
         (0..count as u64)
             .map(|i| {
@@ -304,10 +303,9 @@ fn with_memory(mut record: Record, measured: Option<u64>, computed: impl FnOnce(
 
 fn make_sets<T: Element>(dev: &Device, case: &Case, count: usize) -> Result<Vec<InputSet<T>>> {
     let src = RandomSource::<T>::new(dev, &mut rand::rng())?;
-    let ordinal = dev.info().ordinal;
     let tensor = |shape: [usize; 4], salt: u64| -> Result<DeviceTensor<T>> {
         let layout = Layout::contiguous(shape);
-        Ok(DeviceTensor { buf: src.buffer(dev, layout.numel(), salt)?, layout, ordinal })
+        dev.wrap(Arg::Q, src.buffer(dev, layout.numel(), salt)?, layout)
     };
     (0..count as u64)
         .map(|i| {
@@ -369,7 +367,7 @@ fn run_cpu_typed<T: Element>(case: &Case, policy: &RepPolicy) -> Record {
     let opts = AttnOptions { causal: case.causal, ..AttnOptions::default() };
     let once = || -> Result<f64> {
         let t = Instant::now();
-        drop(crate::cpu::forward(&q, &k, &v, &opts)?);
+        drop(ironflash::cpu::forward(&q, &k, &v, &opts)?);
         Ok(t.elapsed().as_secs_f64() * 1e3)
     };
     let timed = (|| -> Result<Vec<f64>> {

@@ -19,14 +19,14 @@ pub struct PeersOutcome {
     pub summary: String,
 }
 
-/// Where peers.py is: as given, else `benches/peers.py` under the working directory (the GPU machine
-/// runs from a copy of the repository), else in the source tree this binary was built from.
+/// Where peers.py is: as given, else `benches/peers.py` under the working directory (a copy of the
+/// repository), else in the repository this binary was built from (this crate sits in its `cli/`).
 pub fn locate_script(given: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = given {
         return p.exists().then(|| p.to_path_buf());
     }
     let candidates =
-        [PathBuf::from("benches/peers.py"), Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers.py")];
+        [PathBuf::from("benches/peers.py"), Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/peers.py")];
     candidates.into_iter().find(|p| p.exists())
 }
 

@@ -6,8 +6,8 @@ mod info;
 mod summary;
 
 use clap::{Parser, Subcommand};
-use ironflash::bench::BenchArgs;
 use ironflash::{Device, Error};
+use ironflash_cli::bench::BenchArgs;
 use std::process::ExitCode;
 
 /// ironflash: exact FlashAttention for Rust, with the GPU kernels written in Rust.
@@ -115,7 +115,7 @@ pub fn main() -> ExitCode {
 
 fn bench(ordinal: usize, args: &BenchArgs) -> JobResult {
     let dev = open_device(ordinal, "the suite runs the CPU rows only")?;
-    let report = ironflash::bench::run_suite(args, dev.as_ref())?;
+    let report = ironflash_cli::bench::run_suite(args, dev.as_ref())?;
     for line in &report.header {
         println!("- {line}");
     }
@@ -130,7 +130,7 @@ fn bench(ordinal: usize, args: &BenchArgs) -> JobResult {
         );
         return Ok(ExitCode::FAILURE);
     }
-    if !report.records.iter().any(|r| r.status == ironflash::bench::Status::Ok) {
+    if !report.records.iter().any(|r| r.status == ironflash_cli::bench::Status::Ok) {
         eprintln!("ironflash: error: every row failed (see the status column)");
         return Ok(ExitCode::FAILURE);
     }

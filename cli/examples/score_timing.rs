@@ -12,9 +12,9 @@
 mod common;
 
 use half::bf16;
-use ironflash::bench::timing::time_calls;
 use ironflash::gpu::{self, DeviceTensor};
 use ironflash::{AttnOptions, AttnProblem, Device, HostTensor, PerHead};
+use ironflash_cli::bench::timing::time_calls;
 
 const WARMUP: usize = 3;
 const REPS: usize = 15;

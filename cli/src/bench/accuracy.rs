@@ -3,12 +3,12 @@
 //! tests use per dtype.
 
 use crate::bench::case::{DTypeName, Impl};
-use crate::device::Device;
-use crate::dtype::{DType, Element};
-use crate::error::{Error, Result};
-use crate::options::AttnOptions;
-use crate::tensor::HostTensor;
 use half::{bf16, f16};
+use ironflash::device::Device;
+use ironflash::dtype::{DType, Element};
+use ironflash::error::{Error, Result};
+use ironflash::options::AttnOptions;
+use ironflash::tensor::HostTensor;
 use rand::SeedableRng;
 
 /// One shape to check. Heads are query heads; `h_kv < h` is GQA/MQA.
@@ -125,21 +125,21 @@ fn check_typed<T: Element>(
     let k = HostTensor::<T>::random([shape.b, shape.n_k, shape.h_kv, shape.d], 1.0, &mut rng);
     let v = HostTensor::<T>::random([shape.b, shape.n_k, shape.h_kv, shape.d], 1.0, &mut rng);
     let opts = AttnOptions { causal: shape.causal, ..AttnOptions::default() };
-    let reference = crate::cpu::reference_forward(&q, &k, &v, &opts)?;
+    let reference = ironflash::cpu::reference_forward(&q, &k, &v, &opts)?;
 
     let mut out = Vec::new();
     for &imp in imps {
         let tol = tolerances(imp, T::DTYPE);
         let result = |rel_l2, lse_err, verdict| CheckResult { imp, shape: *shape, rel_l2, lse_err, tol, verdict };
         let got: Result<(Vec<f64>, Vec<f32>)> = match (imp, dev) {
-            (Impl::Cpu, _) => crate::cpu::forward(&q, &k, &v, &opts).map(|o| (o.o.to_f64_contiguous(), o.lse)),
+            (Impl::Cpu, _) => ironflash::cpu::forward(&q, &k, &v, &opts).map(|o| (o.o.to_f64_contiguous(), o.lse)),
             // The forward has no deterministic mode: fused-det checks the same forward as fused.
             (Impl::Fused | Impl::FusedDet | Impl::Standard, Some(dev)) => (|| {
                 let (dq, dk, dv) = (dev.upload(&q)?, dev.upload(&k)?, dev.upload(&v)?);
                 let o = if imp != Impl::Standard {
-                    crate::gpu::flash_forward(dev, &dq, &dk, &dv, &opts)?
+                    ironflash::gpu::flash_forward(dev, &dq, &dk, &dv, &opts)?
                 } else {
-                    crate::gpu::standard_forward(dev, &dq, &dk, &dv, &opts)?
+                    ironflash::gpu::standard_forward(dev, &dq, &dk, &dv, &opts)?
                 };
                 Ok((dev.download(&o.o)?.to_f64_contiguous(), dev.download_f32(&o.lse)?))
             })(),
@@ -187,7 +187,7 @@ pub fn sweep_shapes(dtypes: &[DTypeName], max_len: usize) -> Vec<CheckShape> {
         &[[1, 128, 128, 4, 4], [2, 100, 77, 4, 2], [1, 1, 300, 8, 1], [1, 257, 513, 2, 2], [2, 300, 100, 2, 1]];
     let mut out = Vec::new();
     for &dtype in dtypes {
-        for &d in crate::problem::SUPPORTED_HEAD_DIMS {
+        for &d in ironflash::problem::SUPPORTED_HEAD_DIMS {
             for causal in [false, true] {
                 for &[b, n_q, n_k, h, h_kv] in BASE {
                     let (n_q, n_k) = (n_q.min(max_len), n_k.min(max_len));
@@ -216,7 +216,7 @@ mod tests {
     #[test]
     fn sweep_covers_every_head_dim_mask_and_dtype() {
         let s = sweep_shapes(&[DTypeName::Bf16, DTypeName::F16], 512);
-        assert_eq!(s.len(), 2 * crate::problem::SUPPORTED_HEAD_DIMS.len() * 2 * 5);
+        assert_eq!(s.len(), 2 * ironflash::problem::SUPPORTED_HEAD_DIMS.len() * 2 * 5);
         assert!(s.iter().any(|x| x.causal && x.n_q > x.n_k), "fully masked rows");
         assert!(s.iter().any(|x| x.n_q == 1));
         assert!(sweep_shapes(&[DTypeName::Bf16], 64).iter().all(|x| x.n_q <= 64 && x.n_k <= 64));

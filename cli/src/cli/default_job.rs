@@ -3,10 +3,10 @@
 
 use super::summary::device_line;
 use super::{open_device, JobResult};
-use ironflash::bench::accuracy::{check_paths, quick_shapes, CheckResult, Verdict};
-use ironflash::bench::case::{Case, DTypeName, GridName, Impl, Record};
-use ironflash::bench::report::format_bytes;
-use ironflash::bench::runner::{run_cpu_case, run_gpu_case, RepPolicy};
+use ironflash_cli::bench::accuracy::{check_paths, quick_shapes, CheckResult, Verdict};
+use ironflash_cli::bench::case::{Case, DTypeName, GridName, Impl, Record};
+use ironflash_cli::bench::report::format_bytes;
+use ironflash_cli::bench::runner::{run_cpu_case, run_gpu_case, RepPolicy};
 use std::process::ExitCode;
 
 pub fn run(ordinal: usize) -> JobResult {

@@ -1,11 +1,11 @@
 //! Measuring device work: CUDA events around each call, random inputs filled on the device, the memory
 //! pool's high-water mark, and the bf16 matmul peak that every row is compared with.
 
-use crate::device::Device;
-use crate::dtype::Element;
-use crate::error::{DriverContext, Error, Result};
 use cudarc::driver::sys::{self, CUevent_flags, CUmemPool_attribute, CUresult};
 use cudarc::driver::{CudaEvent, CudaSlice};
+use ironflash::device::Device;
+use ironflash::dtype::Element;
+use ironflash::error::{DriverContext, Error, Result};
 use rand::Rng;
 
 /// A timing event (cudarc's default `None` flags make events without timing).

@@ -4,8 +4,8 @@ use super::default_job::{print_check_header, print_check_row};
 use super::summary::device_line;
 use super::{open_device, JobResult};
 use indicatif::{ProgressBar, ProgressStyle};
-use ironflash::bench::accuracy::{check_paths, sweep_shapes, Verdict};
-use ironflash::bench::case::{DTypeName, Impl};
+use ironflash_cli::bench::accuracy::{check_paths, sweep_shapes, Verdict};
+use ironflash_cli::bench::case::{DTypeName, Impl};
 use std::process::ExitCode;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -88,7 +88,7 @@ pub fn run(ordinal: usize, args: &CheckArgs) -> JobResult {
     for imp in &impls {
         let mine: Vec<_> = results.iter().filter(|r| r.imp == *imp).collect();
         let count = |f: &dyn Fn(&Verdict) -> bool| mine.iter().filter(|r| f(&r.verdict)).count();
-        let worst = |f: &dyn Fn(&&&ironflash::bench::accuracy::CheckResult) -> Option<f64>| {
+        let worst = |f: &dyn Fn(&&&ironflash_cli::bench::accuracy::CheckResult) -> Option<f64>| {
             mine.iter().filter_map(|r| f(&r)).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
         };
         let fmt = |x: Option<f64>| x.map(|v| format!("{v:.1e}")).unwrap_or_else(|| "-".into());

@@ -6,8 +6,8 @@ use crate::bench::case::{Case, DTypeName, GridName, Impl, Pass, Record};
 use crate::bench::grid::{self, parse_len, parse_shape, GridFilter};
 use crate::bench::runner::{run_cpu_case, run_gpu_case, CpuLimits, RepPolicy};
 use crate::bench::{peers, plot, report, timing};
-use crate::device::Device;
 use indicatif::{ProgressBar, ProgressStyle};
+use ironflash::device::Device;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
