@@ -105,8 +105,34 @@ impl BwdTile {
     /// (`ptx::wgmma`), each starting on a 1024-byte boundary; dq holds two f32 `[block_m, head_dim]`
     /// staging buffers of the dQ reductions (one step's reduction reads one while the next step fills
     /// the other).
+    /// Hopper rows: the column where warpgroup 1's part of dQ starts when the warpgroups split dQ's
+    /// columns (64-row query blocks): half the head dim, or 64 at head dim 96, where half (48) would
+    /// start inside a 64-column block and run past it, which an MN-major operand cannot.
+    pub const fn wgmma_dq_split(&self) -> usize {
+        if self.head_dim == 96 {
+            64
+        } else {
+            self.head_dim / 2
+        }
+    }
+    /// Hopper rows: the columns of each warpgroup's part of dQ (64 query rows each): the head dim with
+    /// 128-row blocks (the warpgroups split the rows), else the wider of the two column parts (at head
+    /// dim 96 warpgroup 1 computes 64 columns of which it keeps 32; K's columns 96-127 are zeros).
+    pub const fn wgmma_dq_cols(&self) -> usize {
+        if self.block_m == 128 {
+            self.head_dim
+        } else {
+            let split = self.wgmma_dq_split();
+            if split > self.head_dim - split {
+                split
+            } else {
+                self.head_dim - split
+            }
+        }
+    }
     pub const fn wgmma_smem_layout(&self, elem_bytes: usize) -> [usize; 10] {
-        // Element tiles in whole 64-column blocks of the swizzle (head dim 32 takes the room of 64).
+        // Element tiles in whole 64-column blocks of the swizzle (head dims 32 and 96 take the room of
+        // 64 and 128).
         let stored = self.head_dim.next_multiple_of(64);
         let kv = self.block_n * stored * elem_bytes;
         let q = self.q_stages * self.block_m * stored * elem_bytes;
@@ -148,10 +174,10 @@ impl BwdTile {
         let (d, w) = (self.head_dim, self.warps);
         if self.wgmma {
             // The shapes `bwd/hopper.rs` implements: each compute warpgroup owns 64 keys; with 64-row
-            // query blocks its half of dQ's columns (head_dim / 2) starts inside one 64-column block or
-            // on one, with 128-row blocks it takes half the rows. dK, dV, Sᵀ and dPᵀ in registers:
-            // head_dim + block_m f32 per thread of the 240 at most 192.
-            return matches!(d, 32 | 64 | 128)
+            // query blocks the warpgroups split dQ's columns (`wgmma_dq_split`), with 128-row blocks its
+            // rows. dK, dV, Sᵀ and dPᵀ in registers: head_dim + block_m f32 per thread of the 240 at
+            // most 192.
+            return matches!(d, 32 | 64 | 96 | 128)
                 && (self.block_m == 64 || self.block_m == 128)
                 && d + self.block_m <= 192
                 && self.block_n == 128
@@ -267,6 +293,8 @@ macro_rules! wgmma_bwd_tile {
 pub const BWD_HD32_WGMMA: BwdTile = wgmma_bwd_tile!(32, 128);
 /// 128-row query blocks.
 pub const BWD_HD64_WGMMA: BwdTile = wgmma_bwd_tile!(64, 128);
+/// Element tiles stored as head dim 128, 64-row query blocks (dK, dV, Sᵀ and dPᵀ: 160 registers).
+pub const BWD_HD96_WGMMA: BwdTile = wgmma_bwd_tile!(96, 64);
 /// 210 KiB, 64-row query blocks (dK and dV alone are 128 registers).
 pub const BWD_HD128_WGMMA: BwdTile = wgmma_bwd_tile!(128, 64);
 
@@ -276,6 +304,7 @@ pub const BWD_TILES: &[BwdTile] = &[
     BWD_HD32,
     BWD_HD64_WGMMA,
     BWD_HD64,
+    BWD_HD96_WGMMA,
     BWD_HD96,
     BWD_HD128_WGMMA,
     BWD_HD128_M32,
@@ -330,7 +359,7 @@ mod tests {
                 let h = choose_bwd(d, 2, H100.0, H100.1, sm90a).unwrap();
                 assert_eq!(h.q_stages, 2, "d={d}");
                 assert!(h.smem_bytes(2) <= H100.0, "d={d}");
-                assert_eq!(h.wgmma, sm90a && matches!(d, 32 | 64 | 128), "d={d}");
+                assert_eq!(h.wgmma, sm90a && matches!(d, 32 | 64 | 96 | 128), "d={d}");
             }
             let a = choose_bwd(d, 2, A100.0, A100.1, false).unwrap();
             assert!(a.smem_bytes(2) <= A100.0, "d={d}");
@@ -369,5 +398,12 @@ mod tests {
         for t in BWD_TILES.iter().filter(|t| t.wgmma) {
             assert!(t.smem_bytes(2) <= H100.0, "{t:?}");
         }
+        assert_eq!(BWD_HD96_WGMMA.smem_bytes(2), BWD_HD128_WGMMA.smem_bytes(2) - 2 * 64 * 32 * 4);
+        // dQ's column parts: halves, but 64 + 32 at head dim 96; rows at 128-row blocks.
+        let parts = |t: BwdTile| (t.wgmma_dq_split(), t.wgmma_dq_cols());
+        assert_eq!(parts(BWD_HD128_WGMMA), (64, 64));
+        assert_eq!(parts(BWD_HD96_WGMMA), (64, 64));
+        assert_eq!(BWD_HD64_WGMMA.wgmma_dq_cols(), 64);
+        assert_eq!(BWD_HD32_WGMMA.wgmma_dq_cols(), 32);
     }
 }

@@ -1,8 +1,8 @@
 //! The backward main kernel on Hopper's warpgroup tensor cores (`sm_90a`: `wgmma`, bulk reductions),
-//! generic over the head dim `D` (32, 64, 128) and the query block `BM` (64 or 128 rows; the `wgmma`
-//! rows of `tiles_bwd`): one CTA per (128 keys, K/V head, batch), two warpgroups of 4 warps, warpgroup
-//! w owning keys 64w..64w+63 of the block. Head dim 32 is stored in a whole 64-column block of the
-//! swizzle (the upper half never read).
+//! generic over the head dim `D` (32, 64, 96, 128) and the query block `BM` (64 or 128 rows; the
+//! `wgmma` rows of `tiles_bwd`): one CTA per (128 keys, K/V head, batch), two warpgroups of 4 warps,
+//! warpgroup w owning keys 64w..64w+63 of the block. Head dims 32 and 96 are stored in whole 64-column
+//! blocks of the swizzle.
 //!
 //! Per query block (`BM` rows of one query head of the group), with Q, dO, K, V in shared memory in the
 //! 128-byte swizzled layout (`ptx::wgmma`), each warpgroup:
@@ -16,7 +16,8 @@
 //! 4. after a CTA barrier: dQ = dS K, both MN-major from shared memory, each warpgroup 64 rows ×
 //!    `Shape::DQ_COLS` columns of it: with 64-row blocks the warpgroups split the columns (warpgroup 1's
 //!    K operand starts D/2 columns in, for D < 128 inside a swizzled 128-byte row, as a K-major k-step
-//!    does), with 128-row blocks the rows. Staged in shared memory as f32 rows (two buffers,
+//!    does; at D = 96 it starts at column 64 and computes 64 columns over K's zero-filled 96-127, of
+//!    which it keeps 32), with 128-row blocks the rows. Staged in shared memory as f32 rows (two buffers,
 //!    alternating) and added to the global f32 accumulator by one bulk reduction
 //!    (`cp.reduce.async.bulk .add.f32`, performed by the TMA unit) issued by the dQ writer: the first
 //!    warp of a third warpgroup, which does nothing else.
@@ -80,17 +81,24 @@ impl<const D: usize, const BM: usize> Shape<D, BM> {
     /// One dQ staging buffer: `[BM][D]` f32.
     const DQ_STAGE_BYTES: u32 = (BM * D * 4) as u32;
     /// Each warpgroup's part of dQ is 64 query rows × `DQ_COLS` columns: with 64-row query blocks the
-    /// warpgroups split the columns, with 128-row blocks the rows.
-    const DQ_COLS: usize = D * BM / 128;
+    /// warpgroups split the columns at `DQ_SPLIT`, with 128-row blocks the rows
+    /// (`BwdTile::wgmma_dq_cols`).
+    const DQ_COLS: usize = BwdTile { head_dim: D, block_m: BM, ..T }.wgmma_dq_cols();
+    const DQ_SPLIT: usize = BwdTile { head_dim: D, block_m: BM, ..T }.wgmma_dq_split();
     /// Where warpgroup 1's part starts: in the dSᵀ tile (a column block of queries) and in the swizzled
-    /// K tile (column `D/2`: a column block, then bytes inside its 128-byte rows; for D < 128 inside a
-    /// row, as a K-major k-step is).
+    /// K tile (column `DQ_SPLIT`: a column block, then bytes inside its 128-byte rows; for D < 128
+    /// inside a row, as a K-major k-step is).
     const DQ_DS_OFFSET: u32 = if BM == 128 { (BN * 128) as u32 } else { 0 };
-    const DQ_K_OFFSET: u32 = if BM == 128 { 0 } else { ((D / 2 / 64) * BN * 128 + (D / 2 % 64) * 2) as u32 };
+    const DQ_K_OFFSET: u32 =
+        if BM == 128 { 0 } else { ((Self::DQ_SPLIT / 64) * BN * 128 + (Self::DQ_SPLIT % 64) * 2) as u32 };
+    /// Warpgroup 1 reads K past the head dim (head dim 96: its 64 columns from 64 end at the stored
+    /// 128), which the kernel then fills with zeros.
+    const K_PAST_HEAD_DIM: bool = BM == 64 && Self::DQ_SPLIT + Self::DQ_COLS > D;
     const OK: () = assert!(
         BwdTile { head_dim: D, block_m: BM, ..T }.is_valid()
             && Self::DQ_COLS % 16 == 0
-            && (BM == 128 || D / 2 <= 64 || D / 2 % 64 == 0)
+            && (!Self::K_PAST_HEAD_DIM || D % 64 == 32)
+            && (BM == 128 || Self::DQ_SPLIT % 64 + Self::DQ_COLS <= 64 || Self::DQ_SPLIT % 64 == 0)
     );
 }
 
@@ -192,7 +200,7 @@ pub unsafe fn attn_bwd_wgmma<
 >(
     p: &BwdParams,
 ) {
-    const { assert!(DR == D / 2 && SR == BM / 2 && PK == BM / 4 && NT == BM / 8 && QR == D * BM / 256) };
+    const { assert!(DR == D / 2 && SR == BM / 2 && PK == BM / 4 && NT == BM / 8 && QR == Shape::<D, BM>::DQ_COLS / 2) };
     #[allow(clippy::let_unit_value)]
     let () = Shape::<D, BM>::OK;
     let l = Shape::<D, BM>::L;
@@ -212,6 +220,17 @@ pub unsafe fn attn_bwd_wgmma<
     if tid < COMPUTE_THREADS_U32 {
         let (k_dst, v_dst) = (base + l[0] as u32, base + l[1] as u32);
         load_key_block::<BN, D>(p, sw, (b, hkv, n0), k_dst, v_dst, tid, COMPUTE_THREADS);
+        if Shape::<D, BM>::K_PAST_HEAD_DIM {
+            // Zeros in the 16-byte chunks of K's last column block past the head dim, so that whatever
+            // the memory held stays out of the dQ columns warpgroup 1 drops (its stores are fenced for
+            // the tensor cores with the first step's copies).
+            let last = k_dst + (D / 64 * BN * 128) as u32;
+            for i in 0..(BN * 4 / 256) as u32 {
+                let idx = tid + 256 * i;
+                let (row, chunk) = (idx / 4, 4 + idx % 4);
+                smem::store_v4(last + row * 128 + ((chunk ^ (row % 8)) * 16), [0; 4]);
+            }
+        }
     }
     sync::block();
     if tid >= COMPUTE_THREADS_U32 {
@@ -386,13 +405,16 @@ pub unsafe fn attn_bwd_wgmma<
         if it >= 2 {
             sync::named_at::<ALL_THREADS_U32>(BAR_EMPTY + stage);
         }
-        let (row0, col0) = if BM == 128 { (64 * wg, 0) } else { (0, wg * (D / 2) as u32) };
+        let (row0, col0) = if BM == 128 { (64 * wg, 0) } else { (0, wg * Shape::<D, BM>::DQ_SPLIT as u32) };
         for i in 0..(QR / 4) as u32 {
             for rr in 0..2u32 {
                 let row = row0 + warp * 16 + g + 8 * rr;
                 let col = col0 + 8 * i + 2 * t;
                 let idx = (4 * i + 2 * rr) as usize;
-                shared_f32::store_v2(dq_s + (row * D as u32 + col) * 4, [dq[idx], dq[idx + 1]]);
+                // At head dim 96 warpgroup 1's columns past 95 (from K's zeros) are dropped.
+                if col < D as u32 {
+                    shared_f32::store_v2(dq_s + (row * D as u32 + col) * 4, [dq[idx], dq[idx + 1]]);
+                }
             }
         }
         if tid == 0 && p.deterministic != 0 {

@@ -103,7 +103,7 @@ mod wgmma_entry {
                 { T.block_m / 2 },
                 { T.block_m / 4 },
                 { T.block_m / 8 },
-                { T.head_dim * T.block_m / 256 },
+                { T.wgmma_dq_cols() / 2 },
                 $softcap,
             >($p)
         }};
@@ -163,6 +163,7 @@ mod wgmma_entry {
     wgmma_kernels! {
         tiles_bwd::BWD_HD32_WGMMA => attn_bwd_hd32_m128n128_wgmma_bf16, attn_bwd_hd32_m128n128_wgmma_f16, attn_bwd_softcap_hd32_m128n128_wgmma_bf16, attn_bwd_softcap_hd32_m128n128_wgmma_f16;
         tiles_bwd::BWD_HD64_WGMMA => attn_bwd_hd64_m128n128_wgmma_bf16, attn_bwd_hd64_m128n128_wgmma_f16, attn_bwd_softcap_hd64_m128n128_wgmma_bf16, attn_bwd_softcap_hd64_m128n128_wgmma_f16;
+        tiles_bwd::BWD_HD96_WGMMA => attn_bwd_hd96_m64n128_wgmma_bf16, attn_bwd_hd96_m64n128_wgmma_f16, attn_bwd_softcap_hd96_m64n128_wgmma_bf16, attn_bwd_softcap_hd96_m64n128_wgmma_f16;
         tiles_bwd::BWD_HD128_WGMMA => attn_bwd_hd128_m64n128_wgmma_bf16, attn_bwd_hd128_m64n128_wgmma_f16, attn_bwd_softcap_hd128_m64n128_wgmma_bf16, attn_bwd_softcap_hd128_m64n128_wgmma_f16;
     }
 }

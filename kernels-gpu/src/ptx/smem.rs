@@ -26,6 +26,19 @@ pub unsafe fn store_u32(addr: u32, value: u32) {
     core::arch::asm!("st.shared.b32 [{0}], {1};", in(reg32) addr, in(reg32) value, options(nostack));
 }
 
+/// `st.shared.v4.b32` (PTX ISA §9.7.9.10 `st`): 16 bytes.
+///
+/// # Safety
+/// `addr` is a 16-byte aligned shared-window address inside the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn store_v4(addr: u32, v: [u32; 4]) {
+    core::arch::asm!(
+        "st.shared.v4.b32 [{0}], {{{1}, {2}, {3}, {4}}};",
+        in(reg32) addr, in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3],
+        options(nostack)
+    );
+}
+
 /// `ld.shared.v4.b32` (PTX ISA §9.7.9.8 `ld`): 16 bytes.
 ///
 /// # Safety
