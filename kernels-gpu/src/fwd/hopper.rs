@@ -307,7 +307,8 @@ pub unsafe fn attn_fwd_wgmma<
         } else {
             stage::logits_by_query::<1, NN, false>(&p.score, || slope, &mut s_frag, at, masked)
         };
-        softmax.update(&mut s_frag, &mut o_frag, factor);
+        // Lazy rescaling where O is wide (measured: docs/perf.md).
+        softmax.update(&mut s_frag, &mut o_frag, factor, D >= 96);
         o_frag.to_wgmma(&mut o);
 
         // O += P V: the A fragment of k16 step kk is n8 tiles 2kk and 2kk+1 of P, rounded.

@@ -200,7 +200,7 @@ pub unsafe fn attn_fwd<
                 let at = FragPos { row_g: m0 + warp_row0 + g, col0: n0, t };
                 let slope = || stage::alibi_slope_log2(&p.score, sreg::fresh::block_z(), sreg::fresh::block_y());
                 let factor = stage::logits_by_query::<MT, NN, $mods>(&p.score, slope, &mut acc_s, at, $masked);
-                softmax.update(&mut acc_s, &mut acc_o, factor);
+                softmax.update(&mut acc_s, &mut acc_o, factor, false);
                 accumulate_pv::<E, D, ND, NN, KN, MT>(&mut acc_o.0, &acc_s.0, v_smem);
 
                 block += 1;

@@ -1,4 +1,5 @@
-//! Warp-level data exchange (PTX ISA §9.7.8.6 `shfl.sync`). All 32 lanes must execute each call.
+//! Warp-level data exchange and votes (PTX ISA §9.7.8.6 `shfl.sync`, §9.7.8.5 `vote.sync`). All 32
+//! lanes must execute each call.
 
 /// `shfl.sync.bfly`: value of lane `lane ^ xor_mask`.
 #[inline(always)]
@@ -13,6 +14,21 @@ pub fn shfl_xor_f32(x: f32, xor_mask: u32) -> f32 {
         )
     };
     out
+}
+
+/// `vote.sync.any.pred`: whether `pred` holds in any lane (the answer in every lane).
+#[inline(always)]
+pub fn any(pred: bool) -> bool {
+    let out: u32;
+    // SAFETY: full-warp mask; every ironflash caller runs it with the whole warp converged.
+    unsafe {
+        core::arch::asm!(
+            "{{ .reg .pred p, q; setp.ne.u32 p, {1}, 0; vote.sync.any.pred q, p, 0xffffffff; selp.u32 {0}, 1, 0, q; }}",
+            out(reg32) out, in(reg32) pred as u32,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    out != 0
 }
 
 /// Maximum over the warp (result in every lane).
