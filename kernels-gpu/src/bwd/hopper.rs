@@ -36,6 +36,7 @@
 //! dK and dV (D/2 + D/2 f32 per thread) stay in registers for the whole loop. Registers bind, so the
 //! loop-invariant addresses live in shared memory as in the `mma.sync` kernel (`mainloop.rs`).
 
+use super::dq_accum_col;
 use super::mainloop::{
     consts_pair, dq_turn, key_block_work, load_key_block, load_query_block, store_consts, strides, turn_counter,
     work_item, KeyBlockWork, C_ACC,
@@ -400,7 +401,8 @@ pub unsafe fn attn_bwd_wgmma<
         wgmma::pin_all(&mut dq);
         wgmma::pin_all(&mut dk);
         wgmma::pin_all(&mut dv);
-        // Staged as f32 rows `[BM][D]`, the accumulator's own layout, for one contiguous reduction,
+        // Staged as f32 rows `[BM][D]` in the accumulator's own layout (`dq_accum_col`), for one
+        // contiguous reduction,
         // once the writer's reduction of two steps ago has read this buffer.
         if it >= 2 {
             sync::named_at::<ALL_THREADS_U32>(BAR_EMPTY + stage);
@@ -413,7 +415,8 @@ pub unsafe fn attn_bwd_wgmma<
                 let idx = (4 * i + 2 * rr) as usize;
                 // At head dim 96 warpgroup 1's columns past 95 (from K's zeros) are dropped.
                 if col < D as u32 {
-                    shared_f32::store_v2(dq_s + (row * D as u32 + col) * 4, [dq[idx], dq[idx + 1]]);
+                    // Permuted as the accumulator's rows are (conflict-free across a store's 8 rows).
+                    shared_f32::store_v2(dq_s + (row * D as u32 + dq_accum_col(row, col)) * 4, [dq[idx], dq[idx + 1]]);
                 }
             }
         }

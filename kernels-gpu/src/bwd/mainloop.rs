@@ -24,6 +24,7 @@
 //! `ldmatrix.x4` (row l%8 + 8·(l/16), column 8·((l/8)%2)); from a `[k][n]` tile with `.trans`
 //! (row l%16, column 8·(l/16)). Registers 0,1 are the first n8 tile's b0,b1 and 2,3 the second's.
 
+use super::dq_accum_col;
 use crate::abi::BwdParams;
 use crate::attn::stage::{self, FragPos};
 use crate::frag::AccFrag;
@@ -495,7 +496,9 @@ pub unsafe fn attn_bwd<
                         let hi = shfl_idx_f32(dq[mt][nd][2 * hh + 1], src);
                         if valid {
                             let value = if c8 % 2 == 1 { hi } else { lo };
-                            atomic::red_add_f32(acc.add(row * D + col3 + nd * 8 + c8), value);
+                            // The permutation keeps a group of 8 columns in its 32-byte sector.
+                            let col = dq_accum_col(row as u32, (col3 + nd * 8 + c8) as u32) as usize;
+                            atomic::red_add_f32(acc.add(row * D + col), value);
                         }
                     }
                 }

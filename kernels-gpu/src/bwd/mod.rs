@@ -3,7 +3,7 @@
 //!
 //! - `prep.rs`: delta = rowsum(dO ∘ O) before the main kernel; dQ (f32 accumulator → element type) after.
 //! - `mainloop.rs`: the main kernel, parallel over key blocks (dK, dV on chip, dQ by f32 reductions).
-//! - `hopper.rs`: the main kernel on Hopper's `wgmma` (sm_90a PTX only), head dim 128.
+//! - `hopper.rs`: the main kernel on Hopper's `wgmma` (sm_90a PTX only), head dims 32, 64, 96, 128.
 //! - `kernels.rs`: the entry points, one per row of `tiles_bwd::BWD_TILES` and element type.
 
 #[cfg(target_feature = "sm_90a")]
@@ -11,3 +11,14 @@ mod hopper;
 mod kernels;
 mod mainloop;
 mod prep;
+
+/// Where element `col` of query row `row` sits in its row of the f32 dQ accumulator: the row's 16-byte
+/// chunks are permuted by the row (chunk c at c ^ (row % 8)), so that the Hopper kernel's staging, one
+/// store of which covers 8 consecutive rows, spreads them over the shared-memory banks, and the staged
+/// block still goes out as one contiguous bulk reduction. Every writer of the accumulator and the
+/// conversion that reads it use this one rule (head dims ≥ 32: 8 chunks or more per row). Rows of one
+/// query block start at a multiple of 8, so a block's local row gives the same permutation.
+#[inline(always)]
+pub(crate) const fn dq_accum_col(row: u32, col: u32) -> u32 {
+    (((col / 4) ^ (row % 8)) * 4) | (col % 4)
+}

@@ -1,6 +1,7 @@
 //! The two small kernels around the backward main kernel: delta = rowsum(dO ∘ O) before it, and the
 //! f32 dQ accumulator scaled and rounded to the element type after it.
 
+use super::dq_accum_col;
 use crate::abi::BwdParams;
 use crate::attn::stage;
 use crate::ptx::elem::Elem16;
@@ -61,7 +62,8 @@ pub unsafe fn delta<E: Elem16>(p: &BwdParams) {
     }
 }
 
-/// `dq[b, i, h, :] = scale · dq_accum[b, h, i, :]`, 8 elements per thread.
+/// `dq[b, i, h, :] = scale · dq_accum[b, h, i, :]` (its chunks permuted, `dq_accum_col`), 8 elements
+/// per thread.
 ///
 /// # Safety
 /// Launched as `abi::BwdParams` documents for `attn_bwd_dq_*`.
@@ -75,9 +77,10 @@ pub unsafe fn dq_convert<E: Elem16>(p: &BwdParams) {
     }
     let (row, c) = (idx / chunks, idx % chunks);
     let (i, h, b) = (row % sq, (row / sq) % hq, row / sq / hq);
-    let src = (p.dq_accum as *const f32).add(idx * 8);
-    let lo = core::ptr::read(src as *const V4).0;
-    let hi = core::ptr::read(src.add(4) as *const V4).0;
+    let src_row = (p.dq_accum as *const f32).add(row * chunks * 8);
+    let at = |col: usize| src_row.add(dq_accum_col(i as u32, col as u32) as usize) as *const V4;
+    let lo = core::ptr::read(at(8 * c)).0;
+    let hi = core::ptr::read(at(8 * c + 4)).0;
     let s = p.scale;
     let f = |x: u32| f32::from_bits(x) * s;
     let out = [
