@@ -27,6 +27,7 @@ use ironflash::gpu::{self, BackwardTile, GpuGradients};
 use ironflash::{cpu, Arg, AttnOptions, DType, Device, Element, Error, HostTensor, Layout};
 use ironflash_kernels::tiles_bwd::BWD_TILES;
 use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
 use rand::{Rng, SeedableRng};
 
 /// Relative L2 bound of every gradient, per dtype (see the module docs).
@@ -234,18 +235,24 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn backward_matches_reference_bf16(c in case_strategy(), seed in any::<u64>()) {
-        check_case::<bf16>(c, seed).map_err(TestCaseError::fail)?;
+/// 24 random cases (`IRONFLASH_PROPTEST_CASES` overrides) of `case_strategy` with a fresh seed each.
+fn property<T: Element>(name: &str) {
+    let cases = std::env::var("IRONFLASH_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&(case_strategy(), any::<u64>()), |(c, seed)| {
+        check_case::<T>(c, seed).map(|_| ()).map_err(TestCaseError::fail)
+    });
+    if let Err(e) = result {
+        panic!("{name}: {e}");
     }
+}
 
-    #[test]
-    fn backward_matches_reference_f16(c in case_strategy(), seed in any::<u64>()) {
-        check_case::<f16>(c, seed).map_err(TestCaseError::fail)?;
-    }
+fn backward_matches_reference_bf16() {
+    property::<bf16>("backward_matches_reference_bf16");
+}
+
+fn backward_matches_reference_f16() {
+    property::<f16>("backward_matches_reference_f16");
 }
 
 const fn case(b: usize, sq: usize, sk: usize, hkv: usize, group: usize, d: usize, causal: bool) -> Case {
@@ -263,7 +270,6 @@ const fn case(b: usize, sq: usize, sk: usize, hkv: usize, group: usize, d: usize
 }
 
 /// Every head dim, both masks, GQA and MQA, tails on both sides, fully masked rows (causal, sq > sk).
-#[test]
 fn fixed_cases_every_head_dim() {
     let mut cases = Vec::new();
     for d in [32, 64, 96, 128, 192, 256] {
@@ -278,7 +284,6 @@ fn fixed_cases_every_head_dim() {
 }
 
 /// Longer sequences at the head dim the benchmarks use.
-#[test]
 fn fixed_cases_seqlen_2k_d128() {
     check_case::<bf16>(case(1, 2048, 2048, 2, 1, 128, false), 7).unwrap();
     check_case::<bf16>(case(1, 2048, 2048, 1, 2, 128, true), 8).unwrap();
@@ -287,7 +292,6 @@ fn fixed_cases_seqlen_2k_d128() {
 
 /// Deterministic mode: two runs give bitwise-identical gradients (and they are correct); the fast
 /// mode, whose f32 atomics add in a run-dependent order, stays within the tolerance.
-#[test]
 fn deterministic_is_bitwise_stable() {
     let Some(dev) = device_or_skip("deterministic_is_bitwise_stable") else { return };
     for (i, c) in [case(2, 700, 900, 2, 2, 128, false), case(1, 513, 513, 1, 4, 64, true)].into_iter().enumerate() {
@@ -306,7 +310,6 @@ fn deterministic_is_bitwise_stable() {
 }
 
 /// One training step's attention on the GPU: fused forward (keeping O and LSE), then backward.
-#[test]
 fn forward_then_backward_end_to_end() {
     let Some(dev) = device_or_skip("forward_then_backward_end_to_end") else { return };
     let c = case(2, 300, 300, 2, 2, 128, true);
@@ -328,7 +331,6 @@ fn forward_then_backward_end_to_end() {
 }
 
 /// Bad inputs get typed errors, before any launch.
-#[test]
 fn backward_rejects_bad_inputs() {
     let Some(dev) = device_or_skip("backward_rejects_bad_inputs") else { return };
     let t = |shape| dev.upload(&HostTensor::<bf16>::random(shape, 1.0, &mut rand::rng())).unwrap();
@@ -366,7 +368,6 @@ fn backward_rejects_bad_inputs() {
 
 /// A small sample for `compute-sanitizer` (memcheck, racecheck): tails on both sides, causal with
 /// fully masked rows, GQA, strides, every kernel shape class, fast and deterministic modes.
-#[test]
 fn sanitizer_sample() {
     for (i, c) in [
         case(1, 70, 45, 1, 2, 64, true),
@@ -388,7 +389,6 @@ fn sanitizer_sample() {
 
 /// Every compiled backward tile (the A100 fallbacks too, which the H100's chooser never picks), with
 /// tails, causal masking, GQA and the deterministic mode.
-#[test]
 fn every_compiled_tile() {
     let Some(dev) = device_or_skip("every_compiled_tile") else { return };
     for (i, tile) in BWD_TILES.iter().enumerate() {
@@ -402,4 +402,21 @@ fn every_compiled_tile() {
         let c = Case { deterministic: true, strided: true, ..case(1, 97, 80, 2, 1, d, false) };
         check_case_tile::<f16>(c, 600 + i as u64, Some(tile)).unwrap();
     }
+}
+
+fn main() -> std::process::ExitCode {
+    common::gpu_main(
+        gpu_tests![
+            backward_matches_reference_bf16,
+            backward_matches_reference_f16,
+            fixed_cases_every_head_dim,
+            fixed_cases_seqlen_2k_d128,
+            deterministic_is_bitwise_stable,
+            forward_then_backward_end_to_end,
+            backward_rejects_bad_inputs,
+            sanitizer_sample,
+            every_compiled_tile,
+        ],
+        &[],
+    )
 }

@@ -232,22 +232,18 @@ fn property_of<T: Element>(name: &str, cases: u32, strategy: BoxedStrategy<Case>
     }
 }
 
-#[test]
 fn forward_matches_reference_bf16() {
     property::<bf16>("forward_matches_reference_bf16", 48, false, false);
 }
 
-#[test]
 fn forward_matches_reference_f16() {
     property::<f16>("forward_matches_reference_f16", 48, false, false);
 }
 
-#[test]
 fn forward_large_scores_bf16() {
     property::<bf16>("forward_large_scores_bf16", 16, true, false);
 }
 
-#[test]
 fn forward_large_scores_f16() {
     // f16 holds inputs of ±4 exactly enough; the scores are f32 inside the kernel.
     property::<f16>("forward_large_scores_f16", 16, true, false);
@@ -263,23 +259,19 @@ fn hopper_case(large_scores: bool) -> BoxedStrategy<Case> {
         .boxed()
 }
 
-#[test]
 fn hopper_head_dims_chosen_tile_bf16() {
     property_of::<bf16>("hopper_head_dims_chosen_tile_bf16", 48, hopper_case(false));
     property_of::<bf16>("hopper_head_dims_chosen_tile_bf16 (large scores)", 16, hopper_case(true));
 }
 
-#[test]
 fn hopper_head_dims_chosen_tile_f16() {
     property_of::<f16>("hopper_head_dims_chosen_tile_f16", 48, hopper_case(false));
 }
 
-#[test]
 fn forced_splits_match_reference_bf16() {
     property::<bf16>("forced_splits_match_reference_bf16", 32, false, true);
 }
 
-#[test]
 fn forced_splits_match_reference_f16() {
     property::<f16>("forced_splits_match_reference_f16", 32, false, true);
 }
@@ -329,13 +321,11 @@ fn long_case<T: Element>(name: &str, seqlen: usize, causal: bool, seed: u64) {
     }
 }
 
-#[test]
 fn long_sequence_16k() {
     long_case::<bf16>("long_sequence_16k", 16 * 1024, false, 11);
     long_case::<f16>("long_sequence_16k", 16 * 1024, true, 12);
 }
 
-#[test]
 fn long_sequence_32k() {
     long_case::<bf16>("long_sequence_32k", 32 * 1024, true, 13);
     long_case::<bf16>("long_sequence_32k", 32 * 1024, false, 14);
@@ -399,7 +389,6 @@ fn decode_case<T: Element>(dev: &Device, dims: [usize; 6], causal: bool, pad_o: 
     }
 }
 
-#[test]
 fn split_kv_decode() {
     let Some(dev) = device_or_skip("split_kv_decode") else { return };
     // [batch, seqlen_q, seqlen_k, heads_kv, group, head_dim]: seqlen_q 1..16, tails of seqlen_k, GQA,
@@ -429,7 +418,6 @@ fn split_kv_decode() {
     }
 }
 
-#[test]
 fn split_kv_fully_masked_rows_and_empty_splits() {
     let Some(dev) = device_or_skip("split_kv_fully_masked_rows_and_empty_splits") else { return };
     // Causal with more queries than keys: the first rows see no key (O = 0, LSE = -inf), and with many
@@ -458,7 +446,6 @@ fn split_kv_fully_masked_rows_and_empty_splits() {
     }
 }
 
-#[test]
 fn seqlen_one_and_decode() {
     let Some(dev) = device_or_skip("seqlen_one_and_decode") else { return };
     for causal in [false, true] {
@@ -475,7 +462,6 @@ fn seqlen_one_and_decode() {
 
 /// A buffer wrapped without a copy (`Device::wrap`) runs like an uploaded tensor; a layout that needs
 /// more elements than the buffer holds is a typed error naming the argument.
-#[test]
 fn wrapped_buffers() {
     let Some(dev) = device_or_skip("wrapped_buffers") else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
@@ -501,7 +487,6 @@ fn wrapped_buffers() {
     }
 }
 
-#[test]
 fn deterministic() {
     let Some(dev) = device_or_skip("deterministic") else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(31);
@@ -519,7 +504,6 @@ fn deterministic() {
     }
 }
 
-#[test]
 fn deterministic_split_kv() {
     let Some(dev) = device_or_skip("deterministic_split_kv") else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(32);
@@ -543,7 +527,6 @@ fn deterministic_split_kv() {
     }
 }
 
-#[test]
 fn typed_errors() {
     let Some(dev) = device_or_skip("typed_errors") else { return };
     let mut rng = rand::rng();
@@ -595,7 +578,6 @@ fn typed_errors() {
     }
 }
 
-#[test]
 fn split_heuristic() {
     // Host-only. B=1, H=16, one query block on 132 SMs x 2 CTAs: one wave as full as it gets (16
     // splits: 256 of 264 slots) at 64K keys (1024 blocks of 64); at 8K keys (128 blocks) at least 16
@@ -613,7 +595,6 @@ fn split_heuristic() {
     }
 }
 
-#[test]
 fn ptx_defines_every_forward_kernel() {
     // Host-only (no GPU): every symbol of the tile table, and the combine, is an entry of both PTX modules.
     let combine = [ironflash_kernels::abi::FWD_COMBINE_BF16, ironflash_kernels::abi::FWD_COMBINE_F16];
@@ -629,4 +610,29 @@ fn ptx_defines_every_forward_kernel() {
             }
         }
     }
+}
+
+fn main() -> std::process::ExitCode {
+    common::gpu_main(
+        gpu_tests![
+            forward_matches_reference_bf16,
+            forward_matches_reference_f16,
+            forward_large_scores_bf16,
+            forward_large_scores_f16,
+            hopper_head_dims_chosen_tile_bf16,
+            hopper_head_dims_chosen_tile_f16,
+            forced_splits_match_reference_bf16,
+            forced_splits_match_reference_f16,
+            long_sequence_16k,
+            long_sequence_32k,
+            split_kv_decode,
+            split_kv_fully_masked_rows_and_empty_splits,
+            seqlen_one_and_decode,
+            wrapped_buffers,
+            deterministic,
+            deterministic_split_kv,
+            typed_errors,
+        ],
+        gpu_tests![split_heuristic, ptx_defines_every_forward_kernel,],
+    )
 }

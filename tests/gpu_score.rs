@@ -274,12 +274,10 @@ fn property<T: Element>(test: &str, cases: u32) {
     println!("{test}: worst O {o:.2e}, worst gradient {g:.2e}");
 }
 
-#[test]
 fn every_option_matches_reference_bf16() {
     property::<bf16>("every_option_matches_reference_bf16", 96);
 }
 
-#[test]
 fn every_option_matches_reference_f16() {
     property::<f16>("every_option_matches_reference_f16", 96);
 }
@@ -311,7 +309,6 @@ fn base(head_dim: usize, sq: usize, sk: usize) -> Case {
 
 /// Each option alone and all together at head dim 128 (the Hopper kernels on an H100) over several
 /// blocks, on both kernel families, and a window that hides whole blocks on both sides.
-#[test]
 fn each_option_at_head_dim_128_on_both_kernel_families() {
     for kernels in [Kernels::Chosen, Kernels::MmaSync] {
         let b = Case { kernels, ..base(128, 700, 900) };
@@ -331,7 +328,6 @@ fn each_option_at_head_dim_128_on_both_kernel_families() {
 
 /// Rows with no visible key (causal with more queries than keys, narrow windows) keep O = 0 and get
 /// LSE = -inf, or the sink with sinks; whole query blocks of them too.
-#[test]
 fn rows_without_keys() {
     for d in [64, 128] {
         fixed(Case { causal: true, ..base(d, 400, 100) });
@@ -355,7 +351,6 @@ fn rows_without_keys() {
 /// With a sink, dS = P·(dP − delta) keeps a factor (1 − P) of dP, and delta's rounding (from the rounded
 /// O) weighs against it: a case the property test drew at head dim 32, which the O-exact reference
 /// failed (dQ 2.2e-2 against 1.5e-2), is the last one.
-#[test]
 fn single_key_gradients_cancel() {
     for d in [64, 128, 192, 256] {
         fixed(Case { batch: 2, heads_kv: 1, group: 4, seed: 169897649251335947, ..base(d, 100, 1) });
@@ -367,7 +362,6 @@ fn single_key_gradients_cancel() {
 
 /// The deterministic backward with windows, softcap, ALiBi and sinks: bitwise the same three times
 /// (and it ends: no turn waits for a key block that never visits the query block).
-#[test]
 fn deterministic_backward_with_windows_is_bitwise_stable() {
     let Some(dev) = device_or_skip("deterministic_backward_with_windows_is_bitwise_stable") else { return };
     for (d, window, causal) in
@@ -412,7 +406,6 @@ fn deterministic_backward_with_windows_is_bitwise_stable() {
 }
 
 /// Bad per-head buffers and modifiers are typed errors, before any launch.
-#[test]
 fn typed_errors() {
     let Some(dev) = device_or_skip("typed_errors") else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
@@ -463,7 +456,6 @@ fn typed_errors() {
 /// A small sample covering every option on both kernel families (forward, split forward, backward,
 /// deterministic backward): what the sanitizer runs take (`compute-sanitizer --tool memcheck|racecheck|
 /// synccheck ... --test gpu_score sanitizer_sample`).
-#[test]
 fn sanitizer_sample() {
     let Some(dev) = device_or_skip("sanitizer_sample") else { return };
     for d in [64, 128] {
@@ -483,4 +475,20 @@ fn sanitizer_sample() {
             run_case::<bf16>(dev, &Case { window: (Some(20), Some(30)), causal: false, ..c }).unwrap();
         }
     }
+}
+
+fn main() -> std::process::ExitCode {
+    common::gpu_main(
+        gpu_tests![
+            every_option_matches_reference_bf16,
+            every_option_matches_reference_f16,
+            each_option_at_head_dim_128_on_both_kernel_families,
+            rows_without_keys,
+            single_key_gradients_cancel,
+            deterministic_backward_with_windows_is_bitwise_stable,
+            typed_errors,
+            sanitizer_sample,
+        ],
+        &[],
+    )
 }

@@ -37,20 +37,17 @@ fn run_case<T: Element>(dims: Dims, causal: bool, seed: u64) {
     check_lse(&lse, &reference.lse, 0.05).unwrap_or_else(|e| panic!("{case}: {e}"));
 }
 
-#[test]
 fn standard_matches_reference_bf16() {
     run_case::<bf16>([2, 100, 77, 4, 4, 64], false, 1);
     run_case::<bf16>([1, 130, 130, 2, 2, 128], true, 2);
     run_case::<bf16>([1, 200, 64, 6, 2, 96], true, 3); // GQA, more queries than keys: fully masked rows
 }
 
-#[test]
 fn standard_matches_reference_f16() {
     run_case::<f16>([1, 64, 300, 4, 1, 256], true, 4); // MQA, decode-like
     run_case::<f16>([3, 33, 45, 2, 1, 32], false, 5);
 }
 
-#[test]
 fn standard_rejects_f32() {
     let Some(dev) = device_or_skip("standard_rejects_f32") else { return };
     let t = HostTensor::<f32>::random([1, 4, 1, 64], 1.0, &mut rand::rng());
@@ -115,20 +112,17 @@ fn run_backward_case<T: Element>(dims: Dims, causal: bool, seed: u64) {
     assert_eq!(dq_again, got[0], "{case}: standard_backward vs standard_backward_into");
 }
 
-#[test]
 fn standard_backward_matches_reference_bf16() {
     run_backward_case::<bf16>([2, 100, 77, 4, 4, 64], false, 11);
     run_backward_case::<bf16>([1, 130, 130, 4, 2, 128], true, 12); // GQA
     run_backward_case::<bf16>([1, 200, 64, 6, 2, 96], true, 13); // GQA, fully masked rows
 }
 
-#[test]
 fn standard_backward_matches_reference_f16() {
     run_backward_case::<f16>([1, 64, 300, 4, 1, 256], true, 14); // MQA
     run_backward_case::<f16>([3, 33, 45, 2, 2, 32], false, 15);
 }
 
-#[test]
 fn standard_backward_rejects_a_short_p() {
     let Some(dev) = device_or_skip("standard_backward_rejects_a_short_p") else { return };
     let t = HostTensor::<bf16>::random([1, 16, 2, 64], 1.0, &mut rand::rng());
@@ -136,4 +130,18 @@ fn standard_backward_rejects_a_short_p() {
     let short = dev.stream().clone_htod(&vec![bf16::ZERO; 16 * 16]).unwrap();
     let err = gpu::standard_backward(dev, &d, &d, &d, &d, &short, &d, &AttnOptions::default()).unwrap_err();
     assert!(matches!(err, ironflash::Error::ShapeMismatch { .. }), "{err}");
+}
+
+fn main() -> std::process::ExitCode {
+    common::gpu_main(
+        gpu_tests![
+            standard_matches_reference_bf16,
+            standard_matches_reference_f16,
+            standard_rejects_f32,
+            standard_backward_matches_reference_bf16,
+            standard_backward_matches_reference_f16,
+            standard_backward_rejects_a_short_p,
+        ],
+        &[],
+    )
 }

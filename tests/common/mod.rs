@@ -9,6 +9,47 @@ use std::sync::OnceLock;
 /// line, `skipped: no CUDA driver ...`, straight to the process's stderr: libtest captures only the
 /// print macros, so the line stays visible in a plain `cargo test` run; the GPU tests then pass without
 /// running. Any other failure to open a present driver is a test failure, not a skip.
+/// The main of a GPU test file (`harness = false`, libtest's command line through `libtest-mimic`):
+/// runs `tests` where a CUDA driver is present; without one, prints one `skipped:` line with the
+/// reason and reports them as ignored (not as passed: nothing ran). `host_tests` need no GPU and
+/// always run.
+pub fn gpu_main(tests: &[(&'static str, fn())], host_tests: &[(&'static str, fn())]) -> std::process::ExitCode {
+    let args = libtest_mimic::Arguments::from_args();
+    let missing = match Device::open(0) {
+        Ok(_) => None,
+        Err(ironflash::Error::NoDriver(why)) => Some(why),
+        Err(e) => panic!("a CUDA driver is present but device 0 could not be opened: {e}"),
+    };
+    if let Some(why) = &missing {
+        println!("skipped: no CUDA driver ({why}): {} GPU tests reported as ignored", tests.len());
+    }
+    let trials = tests
+        .iter()
+        .map(|&(name, test)| {
+            libtest_mimic::Trial::test(name, move || {
+                test();
+                Ok(())
+            })
+            .with_ignored_flag(missing.is_some())
+        })
+        .chain(host_tests.iter().map(|&(name, test)| {
+            libtest_mimic::Trial::test(name, move || {
+                test();
+                Ok(())
+            })
+        }))
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// The list `gpu_main` takes: each test function with its name.
+#[macro_export]
+macro_rules! gpu_tests {
+    ($($test:ident),* $(,)?) => {
+        &[$((stringify!($test), $test as fn())),*]
+    };
+}
+
 pub fn device_or_skip(test: &str) -> Option<&'static Device> {
     static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
     DEVICE
