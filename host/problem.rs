@@ -196,7 +196,8 @@ pub fn host_per_head<'a>(opts: &AttnOptions<'a>) -> Result<HostPerHead<'a>> {
     Ok((host(Arg::AlibiSlopes, opts.alibi_slopes)?, host(Arg::Sinks, opts.sinks)?))
 }
 
-fn check_shape(arg: Arg, l: &Layout, want: [usize; 4], why: &'static str) -> Result<()> {
+/// `ShapeMismatch` naming the first dimension of `l` that differs from `want`.
+pub(crate) fn check_shape(arg: Arg, l: &Layout, want: [usize; 4], why: &'static str) -> Result<()> {
     for ((name, &got), &expected) in crate::layout::DIM_NAMES.iter().zip(&l.shape).zip(&want) {
         same(arg, name, got, expected, why)?;
     }

@@ -5,7 +5,7 @@
 //! head_dim 256 stay quick.
 
 use crate::dtype::Element;
-use crate::error::{Arg, Error, Result};
+use crate::error::{Arg, Result};
 use crate::options::AttnOptions;
 use crate::problem::{host_per_head, AttnProblem};
 use crate::tensor::HostTensor;
@@ -119,12 +119,7 @@ fn backward<T: Element>(
     let p = x.problem;
     let like_q = |t: &HostTensor<T>, arg: Arg, why: &'static str| -> Result<Vec<f64>> {
         t.layout.validate(arg, t.data.len())?;
-        for (dim, (&got, &expected)) in t.shape().iter().zip(&q.shape()).enumerate() {
-            if got != expected {
-                let what = crate::layout::DIM_NAMES[dim];
-                return Err(Error::ShapeMismatch { arg, what, got, expected, why });
-            }
-        }
+        crate::problem::check_shape(arg, &t.layout, q.shape(), why)?;
         Ok(t.to_f64_contiguous())
     };
     let d_o = like_q(d_o, Arg::DO, "d_o is shaped like q")?;
