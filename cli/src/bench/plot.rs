@@ -130,17 +130,21 @@ pub fn throughput_chart(records: &[&Record], title: &str, path: &Path) -> Result
     root.present().map_err(err)
 }
 
-/// Peak extra device memory against N (log scale), one line per implementation; a case that ran out of
-/// memory is an `OOM` cross on the top edge.
+/// Peak extra device memory against N (log scale), one line per implementation. A case that ran out of
+/// memory is a cross in a band above the measured range, set off by a dashed line and labelled `OOM`
+/// on the axis, so that it cannot be read as a measured amount.
 pub fn memory_chart(records: &[&Record], title: &str, path: &Path) -> Result<(), String> {
     register_font();
     let lines = series(records, |r| r.extra_mem_bytes.filter(|&b| b > 0).map(|b| b as f64));
     let (x0, x1) = x_range(records);
     let values = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.1));
-    // Whole decades, with room above the largest value for the out-of-memory crosses.
+    // Whole decades; with out-of-memory cases, one more above the measured ones holds their band.
     let lo = values.clone().fold(f64::INFINITY, f64::min);
     let y_lo = 10f64.powf((if lo.is_finite() { lo } else { 1e6 } / 1.5).log10().floor());
-    let y_hi = 10f64.powf((values.fold(1e8, f64::max) * 6.0).log10().ceil());
+    let measured_hi = 10f64.powf((values.fold(1e8, f64::max) * 6.0).log10().ceil());
+    let oom_impls: BTreeSet<&str> =
+        records.iter().filter(|r| r.status == Status::Oom).map(|r| r.impl_name.as_str()).collect();
+    let y_hi = if oom_impls.is_empty() { measured_hi } else { measured_hi * 10.0 };
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
@@ -154,7 +158,7 @@ pub fn memory_chart(records: &[&Record], title: &str, path: &Path) -> Result<(),
         .configure_mesh()
         .x_labels((x1 - x0) as usize + 1)
         .x_label_formatter(&|x| len_label(*x))
-        .y_label_formatter(&|y| decimal_bytes(*y))
+        .y_label_formatter(&|y| if *y > measured_hi * 1.01 { "OOM".into() } else { decimal_bytes(*y) })
         .x_desc("sequence length N")
         .y_desc("peak extra device memory (log scale)")
         .label_style((FONT, 15))
@@ -169,12 +173,15 @@ pub fn memory_chart(records: &[&Record], title: &str, path: &Path) -> Result<(),
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(err)?;
     }
-    // Out-of-memory cases: crosses near the top edge, one row per implementation, named in the legend.
-    let oom_impls: BTreeSet<&str> =
-        records.iter().filter(|r| r.status == Status::Oom).map(|r| r.impl_name.as_str()).collect();
+    // Out-of-memory cases: crosses in the band above the dashed line, one row per implementation,
+    // named in the legend.
+    if !oom_impls.is_empty() {
+        let dashes = DashedLineSeries::new([(x0, measured_hi), (x1, measured_hi)], 6, 4, BLACK.stroke_width(1));
+        chart.draw_series(dashes).map_err(err)?;
+    }
     for (row, name) in oom_impls.iter().enumerate() {
         let c = colour(name);
-        let y = y_hi / 2.0 / 2.5f64.powi(row as i32);
+        let y = measured_hi * 1.8 * 1.7f64.powi(row as i32 % 3);
         let pts: Vec<(f64, f64)> = records
             .iter()
             .filter(|r| r.impl_name == *name && r.status == Status::Oom)
