@@ -62,8 +62,12 @@ impl std::fmt::Debug for Device {
 }
 
 impl Device {
-    /// Open device `ordinal`. Fails with `NoDriver` when libcuda cannot be loaded or has no device.
+    /// Open device `ordinal`. Fails with `NoDriver` when libcuda cannot be loaded or has no device, or
+    /// when the library was built without its `gpu` feature (no kernels embedded).
     pub fn open(ordinal: usize) -> Result<Device> {
+        if crate::modules::PTX_SM80.is_empty() {
+            return Err(Error::NoDriver("ironflash was built without its `gpu` feature (no kernels)".into()));
+        }
         if !driver_available() {
             return Err(Error::NoDriver("libcuda could not be loaded (no NVIDIA driver on this machine)".into()));
         }
