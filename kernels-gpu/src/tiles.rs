@@ -74,7 +74,7 @@ impl FwdTile {
     /// head dims 32 and 96 take the room of 64 and 128. The size adds 1024 bytes of slack for the
     /// alignment.
     pub const fn wgmma_smem_layout(&self, elem_bytes: usize) -> [usize; 3] {
-        let stored = self.head_dim.next_multiple_of(64);
+        let stored = swizzled_cols(self.head_dim);
         let q = 0;
         let kv = q + self.block_m * stored * elem_bytes;
         [q, kv, kv + 2 * self.stages * self.block_n * stored * elem_bytes]
@@ -274,6 +274,13 @@ pub fn choose_fwd(
     rows()
         .find(|t| t.ctas_per_sm_by_smem(elem_bytes, smem_per_sm) >= t.ctas_per_sm)
         .or_else(|| rows().find(|t| t.ctas_per_sm_by_smem(elem_bytes, smem_per_sm) >= 1))
+}
+
+/// Columns a row of a head-dim-wide tile takes in the Hopper kernels' shared memory: whole 64-column
+/// blocks of the 128-byte swizzle (`ptx::wgmma`), so head dims 32 and 96 take the room of 64 and 128
+/// and the last block's upper half is neither written nor read. Forward and backward layouts use it.
+pub const fn swizzled_cols(head_dim: usize) -> usize {
+    head_dim.next_multiple_of(64)
 }
 
 /// Byte-wise string equality usable in constants (ties the table's symbol names to the kernels' names).

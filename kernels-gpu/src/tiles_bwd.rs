@@ -99,12 +99,6 @@ impl BwdTile {
         let consts = delta + f;
         [k, v, qo, d_o, pp, ds, lse, delta, consts, consts + BWD_CONSTS_BYTES]
     }
-    /// Byte offsets of the Hopper kernel's shared-memory regions from a 1024-byte aligned base:
-    /// `[k, v, q, d_o, ds, dq, lse, delta, consts, end]`. K, V (`block_n` rows), `q_stages` buffers of Q
-    /// and dO (`block_m` rows) and dSᵀ (`block_n` rows of `block_m`) are 128-byte swizzled element tiles
-    /// (`ptx::wgmma`), each starting on a 1024-byte boundary; dq holds two f32 `[block_m, head_dim]`
-    /// staging buffers of the dQ reductions (one step's reduction reads one while the next step fills
-    /// the other).
     /// Hopper rows: the column where warpgroup 1's part of dQ starts when the warpgroups split dQ's
     /// columns (64-row query blocks): half the head dim, or 64 at head dim 96, where half (48) would
     /// start inside a 64-column block and run past it, which an MN-major operand cannot.
@@ -130,10 +124,14 @@ impl BwdTile {
             }
         }
     }
+    /// Byte offsets of the Hopper kernel's shared-memory regions from a 1024-byte aligned base:
+    /// `[k, v, q, d_o, ds, dq, lse, delta, consts, end]`. K, V (`block_n` rows), `q_stages` buffers of Q
+    /// and dO (`block_m` rows) and dSᵀ (`block_n` rows of `block_m`) are 128-byte swizzled element tiles
+    /// (`ptx::wgmma`), each starting on a 1024-byte boundary; dq holds two f32 `[block_m, head_dim]`
+    /// staging buffers of the dQ reductions (one step's reduction reads one while the next step fills
+    /// the other).
     pub const fn wgmma_smem_layout(&self, elem_bytes: usize) -> [usize; 10] {
-        // Element tiles in whole 64-column blocks of the swizzle (head dims 32 and 96 take the room of
-        // 64 and 128).
-        let stored = self.head_dim.next_multiple_of(64);
+        let stored = crate::tiles::swizzled_cols(self.head_dim);
         let kv = self.block_n * stored * elem_bytes;
         let q = self.q_stages * self.block_m * stored * elem_bytes;
         let f = self.q_stages * self.block_m * 4;

@@ -55,8 +55,8 @@ pub fn mask(p: &ScoreParams) -> Mask {
 /// to the returned positive factor, which the online softmax applies in its fused multiply-add
 /// (`fwd/softmax.rs`): the plain stage leaves raw dot products (factor `scale·log2 e`) unless the scale
 /// is negative; with a softcap it leaves `tanh` (factor: the cap in base-2 units); ALiBi's bias is added
-/// in units of the factor. Invisible pairs become `-inf`
-/// when `masked` (the block range says whether the tile needs it).
+/// in units of the factor. Invisible pairs become `-inf` when `masked` (the block range says whether
+/// the tile needs it).
 /// `alibi_slope()` gives the head's ALiBi slope in base-2 units ([`alibi_slope_log2`]); it is asked for
 /// only with ALiBi, so a kernel whose registers bind loads it there, and one with registers to spare
 /// loads it once, before its loop.

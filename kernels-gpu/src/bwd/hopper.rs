@@ -76,16 +76,18 @@ const _: () = assert!(
 struct Shape<const D: usize, const BM: usize>;
 
 impl<const D: usize, const BM: usize> Shape<D, BM> {
+    /// The tile row for (`D`, `BM`).
+    const TILE: BwdTile = BwdTile { head_dim: D, block_m: BM, ..T };
     /// `[k, v, q, d_o, ds, dq (two staging buffers), lse, delta, consts, end]` from the 1024-byte
-    /// aligned base: the layout of the row for (`D`, `BM`).
-    const L: [usize; 10] = BwdTile { head_dim: D, block_m: BM, ..T }.wgmma_smem_layout(2);
+    /// aligned base.
+    const L: [usize; 10] = Self::TILE.wgmma_smem_layout(2);
     /// One dQ staging buffer: `[BM][D]` f32.
     const DQ_STAGE_BYTES: u32 = (BM * D * 4) as u32;
     /// Each warpgroup's part of dQ is 64 query rows × `DQ_COLS` columns: with 64-row query blocks the
     /// warpgroups split the columns at `DQ_SPLIT`, with 128-row blocks the rows
     /// (`BwdTile::wgmma_dq_cols`).
-    const DQ_COLS: usize = BwdTile { head_dim: D, block_m: BM, ..T }.wgmma_dq_cols();
-    const DQ_SPLIT: usize = BwdTile { head_dim: D, block_m: BM, ..T }.wgmma_dq_split();
+    const DQ_COLS: usize = Self::TILE.wgmma_dq_cols();
+    const DQ_SPLIT: usize = Self::TILE.wgmma_dq_split();
     /// Where warpgroup 1's part starts: in the dSᵀ tile (a column block of queries) and in the swizzled
     /// K tile (column `DQ_SPLIT`: a column block, then bytes inside its 128-byte rows; for D < 128
     /// inside a row, as a K-major k-step is).
@@ -96,7 +98,7 @@ impl<const D: usize, const BM: usize> Shape<D, BM> {
     /// 128), which the kernel then fills with zeros.
     const K_PAST_HEAD_DIM: bool = BM == 64 && Self::DQ_SPLIT + Self::DQ_COLS > D;
     const OK: () = assert!(
-        BwdTile { head_dim: D, block_m: BM, ..T }.is_valid()
+        Self::TILE.is_valid()
             && Self::DQ_COLS % 16 == 0
             && (!Self::K_PAST_HEAD_DIM || D % 64 == 32)
             && (BM == 128 || Self::DQ_SPLIT % 64 + Self::DQ_COLS <= 64 || Self::DQ_SPLIT % 64 == 0)
@@ -402,8 +404,7 @@ pub unsafe fn attn_bwd_wgmma<
         wgmma::pin_all(&mut dk);
         wgmma::pin_all(&mut dv);
         // Staged as f32 rows `[BM][D]` in the accumulator's own layout (`dq_accum_col`), for one
-        // contiguous reduction,
-        // once the writer's reduction of two steps ago has read this buffer.
+        // contiguous reduction, once the writer's reduction of two steps ago has read this buffer.
         if it >= 2 {
             sync::named_at::<ALL_THREADS_U32>(BAR_EMPTY + stage);
         }

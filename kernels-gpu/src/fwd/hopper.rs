@@ -61,9 +61,8 @@ const fn empty(stages: u32) -> u32 {
 struct Shape<const D: usize, const BN: usize, const STAGES: u32>;
 
 impl<const D: usize, const BN: usize, const STAGES: u32> Shape<D, BN, STAGES> {
-    /// Columns per stored row: the head dim rounded up to whole 64-column blocks of the swizzle (32 and
-    /// 96 leave the last block's upper half unwritten; no product reads it).
-    const DP: usize = D.next_multiple_of(64);
+    /// Columns per stored row (`tiles::swizzled_cols`).
+    const DP: usize = crate::tiles::swizzled_cols(D);
     /// One K or V tile, and one stage (K then V).
     const KV_TILE_BYTES: u32 = (BN * Self::DP * 2) as u32;
     const STAGE_BYTES: u32 = 2 * Self::KV_TILE_BYTES;

@@ -3,10 +3,10 @@
 //! Scores arrive as `x` with their logits `factor · x` in base 2 (`attn::stage` says the factor: the
 //! call's `scale·log2(e)` for raw dot products, 1 for logits it already formed), so `exp(scale·s −
 //! max)` is one fused multiply-add and one `ex2`; the row max is taken on `x` and scaled once per row
-//! (the factor is positive). Each
-//! thread holds 2 rows per m16 tile (g and g+8, g = lane/4) and, of each row, the columns 2t and 2t+1 of
-//! every n8 tile (t = lane%4): the row max needs the 4 lanes of a quad (two `shfl.bfly`), the row sum is
-//! kept per thread and reduced once at the end (every lane of a quad scales it by the same factor).
+//! (the factor is positive). Each thread holds 2 rows per m16 tile (g and g+8, g = lane/4) and, of
+//! each row, the columns 2t and 2t+1 of every n8 tile (t = lane%4): the row max needs the 4 lanes of a
+//! quad (two `shfl.bfly`), the row sum is kept per thread and reduced once at the end (every lane of a
+//! quad scales it by the same factor).
 //!
 //! With `lazy` (the caller's choice, a constant where it is called) the running max moves only when
 //! a block raises some row of the warp by more than `RESCALE_SLACK` (2^8 in probability): until then
