@@ -5,39 +5,39 @@
 use ironflash::{DType, Device};
 use std::sync::OnceLock;
 
-/// The device for GPU tests, or `None` when this machine has no CUDA driver. The first call prints one
-/// line, `skipped: no CUDA driver ...`, straight to the process's stderr: libtest captures only the
-/// print macros, so the line stays visible in a plain `cargo test` run; the GPU tests then pass without
-/// running. Any other failure to open a present driver is a test failure, not a skip.
+/// This machine's device 0, opened once per test binary; `Err(why)` when there is no CUDA driver. Any
+/// other failure to open a present driver is a test failure, not a skip.
+fn shared_device() -> &'static Result<Device, String> {
+    static DEVICE: OnceLock<Result<Device, String>> = OnceLock::new();
+    DEVICE.get_or_init(|| match Device::open(0) {
+        Ok(d) => Ok(d),
+        Err(ironflash::Error::NoDriver(why)) => Err(why),
+        Err(e) => panic!("a CUDA driver is present but device 0 could not be opened: {e}"),
+    })
+}
+
 /// The main of a GPU test file (`harness = false`, libtest's command line through `libtest-mimic`):
 /// runs `tests` where a CUDA driver is present; without one, prints one `skipped:` line with the
 /// reason and reports them as ignored (not as passed: nothing ran). `host_tests` need no GPU and
 /// always run.
 pub fn gpu_main(tests: &[(&'static str, fn())], host_tests: &[(&'static str, fn())]) -> std::process::ExitCode {
     let args = libtest_mimic::Arguments::from_args();
-    let missing = match Device::open(0) {
-        Ok(_) => None,
-        Err(ironflash::Error::NoDriver(why)) => Some(why),
-        Err(e) => panic!("a CUDA driver is present but device 0 could not be opened: {e}"),
-    };
-    if let Some(why) = &missing {
+    let missing = shared_device().as_ref().err();
+    if let Some(why) = missing {
         println!("skipped: no CUDA driver ({why}): {} GPU tests reported as ignored", tests.len());
     }
+    let no_gpu = missing.is_some();
     let trials = tests
         .iter()
-        .map(|&(name, test)| {
+        .map(|t| (t, no_gpu))
+        .chain(host_tests.iter().map(|t| (t, false)))
+        .map(|(&(name, test), ignored)| {
             libtest_mimic::Trial::test(name, move || {
                 test();
                 Ok(())
             })
-            .with_ignored_flag(missing.is_some())
+            .with_ignored_flag(ignored)
         })
-        .chain(host_tests.iter().map(|&(name, test)| {
-            libtest_mimic::Trial::test(name, move || {
-                test();
-                Ok(())
-            })
-        }))
         .collect();
     libtest_mimic::run(&args, trials).exit_code()
 }
@@ -50,23 +50,20 @@ macro_rules! gpu_tests {
     };
 }
 
+/// The device for a GPU test, or `None` when this machine has no CUDA driver (the test then returns at
+/// once; `gpu_main` reports such tests as ignored unless `--include-ignored` asks for them, and the
+/// first call here says so in one line on stderr).
 pub fn device_or_skip(test: &str) -> Option<&'static Device> {
-    static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
-    DEVICE
-        .get_or_init(|| match Device::open(0) {
-            Ok(d) => Some(d),
-            Err(ironflash::Error::NoDriver(why)) => {
-                let binary = std::env::args().next().unwrap_or_default();
-                let binary = binary.rsplit('/').next().unwrap_or_default().split('-').next().unwrap_or_default();
-                let line = format!(
-                    "skipped: no CUDA driver, GPU tests of `{binary}` (first: {test}) pass without running: {why}\n"
-                );
-                std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes()).ok();
-                None
-            }
-            Err(e) => panic!("a CUDA driver is present but device 0 could not be opened: {e}"),
-        })
-        .as_ref()
+    match shared_device() {
+        Ok(d) => Some(d),
+        Err(why) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!("skipped: no CUDA driver, `{test}` and the GPU tests after it return at once: {why}")
+            });
+            None
+        }
+    }
 }
 
 /// ‖a − b‖₂ / ‖b‖₂ (b the reference); NaN anywhere gives NaN, which fails every bound.
