@@ -414,8 +414,9 @@ pub unsafe fn attn_bwd_wgmma<
                 let row = row0 + warp * 16 + g + 8 * rr;
                 let col = col0 + 8 * i + 2 * t;
                 let idx = (4 * i + 2 * rr) as usize;
-                // At head dim 96 warpgroup 1's columns past 95 (from K's zeros) are dropped.
-                if col < D as u32 {
+                // At head dim 96 warpgroup 1's columns past 95 (from K's zeros) are dropped; no other
+                // shape computes columns past the head dim, and its check folds away.
+                if !Shape::<D, BM>::K_PAST_HEAD_DIM || col < D as u32 {
                     // Permuted as the accumulator's rows are (conflict-free across a store's 8 rows).
                     shared_f32::store_v2(dq_s + (row * D as u32 + dq_accum_col(row, col)) * 4, [dq[idx], dq[idx + 1]]);
                 }
