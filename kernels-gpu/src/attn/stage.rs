@@ -16,7 +16,8 @@ use crate::ptx::opaque;
 use core::f32::consts::LOG2_E;
 
 /// Where a fragment sits: this thread's first row (`row0 + g` of the tile, g = lane/4), the first column
-/// of the fragment (the block's first key or query), and t = lane % 4.
+/// of the fragment (the block's first key or query), and t = lane % 4. Every kernel's warps start their
+/// rows at a multiple of 16, which [`FragPos::warp_row0`] relies on.
 #[derive(Clone, Copy)]
 pub struct FragPos {
     pub row_g: u32,
@@ -29,6 +30,11 @@ impl FragPos {
     #[inline(always)]
     fn row(&self, m: usize, r: usize) -> i32 {
         (self.row_g + (16 * m + 8 * r) as u32) as i32
+    }
+    /// The warp's first row (`row_g - g`: g < 8 and the warp's rows start at a multiple of 16).
+    #[inline(always)]
+    fn warp_row0(&self) -> i32 {
+        (self.row_g & !15) as i32
     }
     /// The other index of this thread's column 0: column `8n + e` is `col_t() + 8n + e`.
     #[inline(always)]
@@ -51,12 +57,29 @@ pub fn mask(p: &ScoreParams) -> Mask {
     }
 }
 
+/// What the forward's stage leaves for the online softmax: the logit of element `x` of row half `r` of
+/// m16 tile `m` is `factor · x + row_offset[m][r]` (base 2). `factor` is positive; a row offset of
+/// `-0.0` (the plain stage's, a constant) folds away.
+#[derive(Clone, Copy)]
+pub struct Logits<const MT: usize> {
+    pub factor: f32,
+    pub row_offset: [[f32; 2]; MT],
+}
+
+impl<const MT: usize> Logits<MT> {
+    #[inline(always)]
+    fn factor_only(factor: f32) -> Self {
+        Logits { factor, row_offset: [[-0.0; 2]; MT] }
+    }
+}
+
 /// Forward orientation (rows are queries, columns keys): `s` becomes the logits of one query head up
-/// to the returned positive factor, which the online softmax applies in its fused multiply-add
-/// (`fwd/softmax.rs`): the plain stage leaves raw dot products (factor `scale·log2 e`) unless the scale
-/// is negative; with a softcap it leaves `tanh` (factor: the cap in base-2 units); ALiBi's bias is added
-/// in units of the factor. Invisible pairs become `-inf` when `masked` (the block range says whether
-/// the tile needs it).
+/// to the returned positive factor and per-row offsets ([`Logits`]), which the online softmax applies
+/// in its fused multiply-add (`fwd/softmax.rs`): the plain stage leaves raw dot products (factor
+/// `scale·log2 e`) unless the scale is negative; with a softcap it leaves `tanh` (factor: the cap in
+/// base-2 units); ALiBi's bias is added in units of the factor, its per-row part as the row offset
+/// where the warp's tile lies on one side of the diagonal. Invisible pairs become `-inf` when `masked`
+/// (the block range says whether the tile needs it).
 /// `alibi_slope()` gives the head's ALiBi slope in base-2 units ([`alibi_slope_log2`]); it is asked for
 /// only with ALiBi, so a kernel whose registers bind loads it there, and one with registers to spare
 /// loads it once, before its loop.
@@ -74,11 +97,11 @@ pub unsafe fn logits_by_query<const MT: usize, const NN: usize, const MODS: bool
     s: &mut AccFrag<MT, NN>,
     at: FragPos,
     masked: bool,
-) -> f32 {
+) -> Logits<MT> {
     if MODS {
         logits::<MT, NN, false, false>(p, alibi_slope, s, at, masked, |_, _, _, _| {})
     } else {
-        mask_raw::<MT, NN>(p, s, at, masked)
+        Logits::factor_only(mask_raw::<MT, NN>(p, s, at, masked))
     }
 }
 
@@ -142,7 +165,7 @@ pub unsafe fn logits_by_key<const MT: usize, const NN: usize, const DTANH: bool>
     masked: bool,
     dtanh: impl FnMut(usize, usize, usize, [f32; 2]),
 ) {
-    // The backward's logits are formed here (factor 1).
+    // The backward's logits are formed here (factor 1, no row offsets).
     let _ = logits::<MT, NN, true, DTANH>(p, alibi_slope, s, at, masked, dtanh);
 }
 
@@ -178,7 +201,7 @@ unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTA
     at: FragPos,
     masked: bool,
     mut dtanh: impl FnMut(usize, usize, usize, [f32; 2]),
-) -> f32 {
+) -> Logits<MT> {
     // The forward decides at run time; the backward's instantiation decides (`DTANH`).
     let softcap = if BY_KEY { DTANH } else { opaque::f32(p.softcap_post) != 0.0 };
     // The forward leaves the last multiply to the softmax's fused multiply-add (`factor`, positive):
@@ -209,29 +232,97 @@ unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTA
         raw_or_scaled(p, s)
     };
 
+    let mut out = Logits::factor_only(factor);
     if opaque::u32(p.has_alibi() as u32) != 0 {
-        let slope = if BY_KEY || factor == 1.0 { alibi_slope() } else { alibi_slope() * recip(factor) };
+        let slope_log2 = alibi_slope();
+        // The slope in units of the factor.
+        let slope = if BY_KEY || factor == 1.0 { slope_log2 } else { slope_log2 * recip(factor) };
         let offset = mask(p).offset();
-        for m in 0..MT {
-            for r in 0..2 {
-                // |i + offset − j| = |base − c|, base in f32 (exact below 2^24; farther pairs have
-                // biases beyond any softmax's reach).
-                let (row, col_t) = (at.row(m, r), at.col_t());
-                let base = if BY_KEY { row - offset - col_t } else { row + offset - col_t } as f32;
-                for (n, tile) in s.0[m].iter_mut().enumerate() {
-                    for e in 0..2 {
-                        let c = (8 * n + e) as f32;
-                        tile[2 * r + e] = fma(-slope, (base - c).abs(), tile[2 * r + e]);
-                    }
-                }
-            }
+        // Forward: where the warp's tile lies on one side of the diagonal, |i + offset − j| is linear
+        // in j there, and its per-row part goes to the row offset: one multiply-add per element.
+        let side = if BY_KEY { 0.0 } else { diagonal_side::<MT, NN>(at, offset) };
+        if side != 0.0 {
+            alibi_one_side::<MT, NN>(s, at, offset, slope, slope_log2, side, &mut out.row_offset);
+        } else {
+            alibi_straddling::<MT, NN, BY_KEY>(s, at, offset, slope);
         }
     }
 
     if masked {
         apply_mask::<MT, NN, BY_KEY>(p, s, at);
     }
-    factor
+    out
+}
+
+/// Forward orientation: `1.0` where every key of the warp's tile is at or before the diagonal of every
+/// row of it (`j <= i + offset`), `-1.0` where every key is at or after it, `0.0` where the diagonal
+/// crosses the tile. Uniform across the warp.
+#[inline(always)]
+fn diagonal_side<const MT: usize, const NN: usize>(at: FragPos, offset: i32) -> f32 {
+    let first_diagonal = at.warp_row0() + offset;
+    let last_diagonal = first_diagonal + (16 * MT) as i32 - 1;
+    let (first_key, last_key) = (at.col0 as i32, (at.col0 as usize + 8 * NN - 1) as i32);
+    if last_key <= first_diagonal {
+        1.0
+    } else if first_key >= last_diagonal {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+/// ALiBi where the warp's tile lies on one side of the diagonal (`side`, ±1): `−slope·|base − c|` with
+/// `base = i + offset − col_t` (per row and lane) and `c = 8n + e` (a constant) is
+/// `−side·slope·base + side·slope·c`; the first term goes to the row offsets (base-2 units), the second
+/// is one multiply-add by a constant per element.
+#[inline(always)]
+fn alibi_one_side<const MT: usize, const NN: usize>(
+    s: &mut AccFrag<MT, NN>,
+    at: FragPos,
+    offset: i32,
+    slope: f32,
+    slope_log2: f32,
+    side: f32,
+    row_offset: &mut [[f32; 2]; MT],
+) {
+    let per_col = side * slope;
+    for m in 0..MT {
+        for r in 0..2 {
+            // Exact in f32 below 2^24; farther pairs have biases beyond any softmax's reach.
+            let base = (at.row(m, r) + offset - at.col_t()) as f32;
+            row_offset[m][r] = -side * slope_log2 * base;
+            for (n, tile) in s.0[m].iter_mut().enumerate() {
+                for e in 0..2 {
+                    tile[2 * r + e] = fma(per_col, (8 * n + e) as f32, tile[2 * r + e]);
+                }
+            }
+        }
+    }
+}
+
+/// ALiBi in full, `−slope·|i + offset − j|` per element (the backward's orientation swaps the roles:
+/// rows are keys, so the distance is `j' + offset − i'` for query column `j'` and key row `i'`).
+#[inline(always)]
+fn alibi_straddling<const MT: usize, const NN: usize, const BY_KEY: bool>(
+    s: &mut AccFrag<MT, NN>,
+    at: FragPos,
+    offset: i32,
+    slope: f32,
+) {
+    for m in 0..MT {
+        for r in 0..2 {
+            // |i + offset − j| = |base − c|, base in f32 (exact below 2^24; farther pairs have
+            // biases beyond any softmax's reach).
+            let (row, col_t) = (at.row(m, r), at.col_t());
+            let base = if BY_KEY { row - offset - col_t } else { row + offset - col_t } as f32;
+            for (n, tile) in s.0[m].iter_mut().enumerate() {
+                for e in 0..2 {
+                    let c = (8 * n + e) as f32;
+                    tile[2 * r + e] = fma(-slope, (base - c).abs(), tile[2 * r + e]);
+                }
+            }
+        }
+    }
 }
 
 /// Invisible pairs to `-inf`, rows being queries (`!BY_KEY`) or keys.

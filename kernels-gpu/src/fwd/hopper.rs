@@ -301,13 +301,15 @@ pub unsafe fn attn_fwd_wgmma<
         let mut o_frag = AccFrag::<1, ND>::from_wgmma(&o);
         let at = FragPos { row_g, col0: (blocks.first + j) * BN as u32, t };
         let masked = blocks.needs_mask(blocks.first + j);
-        let factor = if mods {
-            stage::logits_by_query::<1, NN, true>(&p.score, || slope, &mut s_frag, at, masked)
+        // Lazy rescaling where O is wide (measured: docs/perf.md). The softmax in each branch, so that
+        // the plain one's row offsets stay constants.
+        if mods {
+            let logits = stage::logits_by_query::<1, NN, true>(&p.score, || slope, &mut s_frag, at, masked);
+            softmax.update(&mut s_frag, &mut o_frag, logits, D >= 96);
         } else {
-            stage::logits_by_query::<1, NN, false>(&p.score, || slope, &mut s_frag, at, masked)
-        };
-        // Lazy rescaling where O is wide (measured: docs/perf.md).
-        softmax.update(&mut s_frag, &mut o_frag, factor, D >= 96);
+            let logits = stage::logits_by_query::<1, NN, false>(&p.score, || slope, &mut s_frag, at, masked);
+            softmax.update(&mut s_frag, &mut o_frag, logits, D >= 96);
+        }
         o_frag.to_wgmma(&mut o);
 
         // O += P V: the A fragment of k16 step kk is n8 tiles 2kk and 2kk+1 of P, rounded.

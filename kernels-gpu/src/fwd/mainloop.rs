@@ -199,8 +199,8 @@ pub unsafe fn attn_fwd<
                 // To base-2 logits, masked where this block needs it.
                 let at = FragPos { row_g: m0 + warp_row0 + g, col0: n0, t };
                 let slope = || stage::alibi_slope_log2(&p.score, sreg::fresh::block_z(), sreg::fresh::block_y());
-                let factor = stage::logits_by_query::<MT, NN, $mods>(&p.score, slope, &mut acc_s, at, $masked);
-                softmax.update(&mut acc_s, &mut acc_o, factor, false);
+                let logits = stage::logits_by_query::<MT, NN, $mods>(&p.score, slope, &mut acc_s, at, $masked);
+                softmax.update(&mut acc_s, &mut acc_o, logits, false);
                 accumulate_pv::<E, D, ND, NN, KN, MT>(&mut acc_o.0, &acc_s.0, v_smem);
 
                 block += 1;

@@ -1,12 +1,13 @@
 //! The online softmax of a warp's query rows (FlashAttention-2, Dao 2023, §3.1), in base-2 units.
 //!
-//! Scores arrive as `x` with their logits `factor · x` in base 2 (`attn::stage` says the factor: the
-//! call's `scale·log2(e)` for raw dot products, 1 for logits it already formed), so `exp(scale·s −
-//! max)` is one fused multiply-add and one `ex2`; the row max is taken on `x` and scaled once per row
-//! (the factor is positive). Each thread holds 2 rows per m16 tile (g and g+8, g = lane/4) and, of
-//! each row, the columns 2t and 2t+1 of every n8 tile (t = lane%4): the row max needs the 4 lanes of a
-//! quad (two `shfl.bfly`), the row sum is kept per thread and reduced once at the end (every lane of a
-//! quad scales it by the same factor).
+//! Scores arrive as `x` with their logits `factor · x + row offset` in base 2 (`attn::stage::Logits`:
+//! the factor is the call's `scale·log2(e)` for raw dot products, 1 for logits the stage formed; the
+//! row offset is ALiBi's per-row part, else `-0.0`), so `exp(scale·s − max)` is one fused multiply-add
+//! and one `ex2`; the row max is taken on `x` and scaled once per row (the factor is positive). Each
+//! thread holds 2 rows per m16 tile (g and g+8, g = lane/4) and, of each row, the columns 2t and 2t+1
+//! of every n8 tile (t = lane%4): the row max needs the 4 lanes of a quad (two `shfl.bfly`; the row
+//! offset may differ between them, so each lane's max is scaled and offset first), the row sum is kept
+//! per thread and reduced once at the end (every lane of a quad scales it by the same factor).
 //!
 //! With `lazy` (the caller's choice, a constant where it is called) the running max moves only when
 //! a block raises some row of the warp by more than `RESCALE_SLACK` (2^8 in probability): until then
@@ -21,6 +22,7 @@
 //! = the sink, sum = 1, held by lane t = 0 of each quad), so the normaliser and the LSE include it and
 //! nothing else changes.
 
+use crate::attn::stage::Logits;
 use crate::frag::AccFrag;
 use crate::ptx::math::{exp2, fma, log2, recip};
 use crate::ptx::warp::{self, shfl_xor_f32};
@@ -56,19 +58,20 @@ impl<const MT: usize> OnlineSoftmax<MT> {
         OnlineSoftmax { max: [[sink_log2; 2]; MT], sum: [[sum; 2]; MT] }
     }
 
-    /// Takes in one block of scores `s` (masked entries `-inf`) whose logits are `factor · s` (`factor`
-    /// > 0): replaces them by the unnormalised probabilities exp2(factor · s − new max), and rescales
-    /// the accumulator `o` by exp2(old max − new max).
+    /// Takes in one block of scores `s` (masked entries `-inf`) whose logits are `factor · s + row
+    /// offset` (`logits`; `factor` > 0): replaces them by the unnormalised probabilities exp2(logit −
+    /// new max), and rescales the accumulator `o` by exp2(old max − new max).
     /// `lazy`: rescale only when the warp's max grows by more than `RESCALE_SLACK` (module docs).
     #[inline(always)]
     pub fn update<const NN: usize, const ND: usize>(
         &mut self,
         s: &mut AccFrag<MT, NN>,
         o: &mut AccFrag<MT, ND>,
-        factor: f32,
+        logits: Logits<MT>,
         lazy: bool,
     ) {
         let (s, o) = (&mut s.0, &mut o.0);
+        let (factor, offset) = (logits.factor, logits.row_offset);
         let mut new_max = [[f32::NEG_INFINITY; 2]; MT];
         let mut grows = false;
         for m in 0..MT {
@@ -77,9 +80,11 @@ impl<const MT: usize> OnlineSoftmax<MT> {
                 for tile in s[m].iter() {
                     block_max = block_max.max(tile[2 * r]).max(tile[2 * r + 1]);
                 }
+                // A `-0.0` offset folds away (x + -0.0 is x).
+                block_max = block_max * factor + offset[m][r];
                 block_max = block_max.max(shfl_xor_f32(block_max, 1));
                 block_max = block_max.max(shfl_xor_f32(block_max, 2));
-                new_max[m][r] = self.max[m][r].max(block_max * factor);
+                new_max[m][r] = self.max[m][r].max(block_max);
                 // The first visible key of a row (max -inf) always counts as growth.
                 grows |= new_max[m][r] > self.max[m][r] + if lazy { RESCALE_SLACK } else { 0.0 };
             }
@@ -99,11 +104,11 @@ impl<const MT: usize> OnlineSoftmax<MT> {
         }
         for m in 0..MT {
             for r in 0..2 {
-                let base = finite_or_zero(self.max[m][r]);
+                let base = offset[m][r] - finite_or_zero(self.max[m][r]);
                 let mut block_sum = 0.0;
                 for tile in s[m].iter_mut() {
-                    tile[2 * r] = exp2(fma(tile[2 * r], factor, -base));
-                    tile[2 * r + 1] = exp2(fma(tile[2 * r + 1], factor, -base));
+                    tile[2 * r] = exp2(fma(tile[2 * r], factor, base));
+                    tile[2 * r + 1] = exp2(fma(tile[2 * r + 1], factor, base));
                     block_sum += tile[2 * r] + tile[2 * r + 1];
                 }
                 self.sum[m][r] += block_sum;
