@@ -6,21 +6,24 @@
 //! - Sliding window: B = 1, N = 32K, window (4096, 0) against dense causal; TFLOP/s on the visible
 //!   (computed) pairs, 4·H·D per pair (×2.5 for the backward).
 //!
-//! `cargo run --release --example score_timing` (prints markdown tables for docs/perf.md). Warm-up calls,
-//! then the median of back-to-back event-timed calls (`bench::timing::time_calls`); inputs random.
+//! `cargo run --release --example score_timing` (prints markdown tables for docs/perf.md). The options
+//! of one table row group are timed in turns, `ROUNDS` times over, so that a drift of the clocks during
+//! the run moves them alike; each turn is a warm-up call and `REPS` back-to-back event-timed calls
+//! (`bench::timing::time_calls`), and each figure the median of its `ROUNDS · REPS` samples. Inputs
+//! random.
 
 mod common;
 
 use half::bf16;
-use ironflash::gpu::{self, DeviceTensor};
+use ironflash::gpu::{self, DeviceTensor, GpuForwardOutput};
 use ironflash::{AttnOptions, AttnProblem, Device, HostTensor, PerHead};
 use ironflash_cli::bench::timing::time_calls;
 
-const WARMUP: usize = 3;
-const REPS: usize = 15;
+const ROUNDS: usize = 5;
+const REPS: usize = 7;
 
-fn median(v: Vec<f64>) -> f64 {
-    let mut v = v;
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -32,18 +35,22 @@ struct Inputs {
     d_o: DeviceTensor<bf16>,
 }
 
-/// Median forward and backward ms of one option set.
-fn time(dev: &Device, x: &Inputs, opts: &AttnOptions) -> ironflash::Result<(f64, f64)> {
-    let fwd = gpu::flash_forward(dev, &x.q, &x.k, &x.v, opts)?;
-    for _ in 0..WARMUP {
-        gpu::flash_forward(dev, &x.q, &x.k, &x.v, opts)?;
-        gpu::flash_backward(dev, &x.q, &x.k, &x.v, &fwd.o, &fwd.lse, &x.d_o, opts)?;
+/// Median forward and backward ms of each option set, timed in turns (module docs).
+fn time(dev: &Device, x: &Inputs, options: &[AttnOptions]) -> ironflash::Result<Vec<(f64, f64)>> {
+    let fwd: Vec<GpuForwardOutput<bf16>> =
+        options.iter().map(|o| gpu::flash_forward(dev, &x.q, &x.k, &x.v, o)).collect::<Result<_, _>>()?;
+    let mut samples = vec![(Vec::new(), Vec::new()); options.len()];
+    for _ in 0..ROUNDS {
+        for ((opts, out), (f, b)) in options.iter().zip(&fwd).zip(samples.iter_mut()) {
+            gpu::flash_forward(dev, &x.q, &x.k, &x.v, opts)?;
+            f.extend(time_calls(dev, REPS, |_| gpu::flash_forward(dev, &x.q, &x.k, &x.v, opts).map(drop))?);
+            gpu::flash_backward(dev, &x.q, &x.k, &x.v, &out.o, &out.lse, &x.d_o, opts)?;
+            b.extend(time_calls(dev, REPS, |_| {
+                gpu::flash_backward(dev, &x.q, &x.k, &x.v, &out.o, &out.lse, &x.d_o, opts).map(drop)
+            })?);
+        }
     }
-    let f = median(time_calls(dev, REPS, |_| gpu::flash_forward(dev, &x.q, &x.k, &x.v, opts).map(drop))?);
-    let b = median(time_calls(dev, REPS, |_| {
-        gpu::flash_backward(dev, &x.q, &x.k, &x.v, &fwd.o, &fwd.lse, &x.d_o, opts).map(drop)
-    })?);
-    Ok((f, b))
+    Ok(samples.iter().map(|(f, b)| (median(f), median(b))).collect())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -75,12 +82,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ),
             ];
             let flops = AttnProblem::contiguous([b, n, n, h, h, d], &plain)?.forward_flops();
-            let mut base = (0.0, 0.0);
-            for (name, opts) in variants {
-                let (f, bw) = time(&dev, &x, &opts)?;
-                if name == "plain" {
-                    base = (f, bw);
-                }
+            let times = time(&dev, &x, &variants.map(|(_, o)| o))?;
+            let base = times[0];
+            for ((name, _), (f, bw)) in variants.iter().zip(times) {
                 println!(
                     "| {n} | {b} | {causal} | {name} | {f:.3} | {:.1} | {:+.1}% | {bw:.3} | {:.1} | {:+.1}% |",
                     flops / f / 1e9,
@@ -97,13 +101,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n = 32768;
     let shape = [1, n, h, d];
     let x = Inputs { q: upload(shape)?, k: upload(shape)?, v: upload(shape)?, d_o: upload(shape)? };
-    for (name, opts) in
-        [("dense causal", AttnOptions::causal()), ("(4096, 0)", AttnOptions::causal().with_window(Some(4096), Some(0)))]
-    {
-        let p = AttnProblem::contiguous([1, n, n, h, h, d], &opts)?;
+    let windows = [
+        ("dense causal", AttnOptions::causal()),
+        ("(4096, 0)", AttnOptions::causal().with_window(Some(4096), Some(0))),
+    ];
+    let times = time(&dev, &x, &windows.map(|(_, o)| o))?;
+    for ((name, opts), (f, bw)) in windows.iter().zip(times) {
+        let p = AttnProblem::contiguous([1, n, n, h, h, d], opts)?;
         // Visible pairs for both rows, so that the rates compare work done.
         let flops = 4.0 * (h * d) as f64 * p.visible_pairs() as f64;
-        let (f, bw) = time(&dev, &x, &opts)?;
         println!("| {n} | {name} | {f:.3} | {:.1} | {bw:.3} | {:.1} |", flops / f / 1e9, 2.5 * flops / bw / 1e9);
     }
     Ok(())
