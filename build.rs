@@ -1,10 +1,16 @@
-//! Builds the GPU kernels (`kernels-gpu/`, no_std Rust) to PTX, once per architecture, with the pinned
-//! nightly toolchain, and leaves them in OUT_DIR for `host/modules.rs` to embed.
+//! Builds the GPU kernels (the `ironflash-kernels` crate, `kernels-gpu/` in the repository; no_std
+//! Rust) to PTX, once per architecture, with the pinned nightly, and leaves them in OUT_DIR for
+//! `host/modules.rs` to embed.
 //!
 //! Why this way: rustc's own LLVM emits PTX for `nvptx64-nvidia-cuda`, but the registry has no prebuilt
 //! `core` for that target and no bitcode linker. So `core` is built from rust-src (`-Zbuild-std=core`),
 //! the kernel crate is a fat-LTO cdylib (one LLVM module holding everything it calls), and the PTX is
 //! that module's `--emit=asm`. The final link step is replaced by `true`: nothing needs linking.
+//!
+//! Where from: the kernels crate is a build-dependency, and says where its source is
+//! (`ironflash_kernels::SOURCE_DIR`: the path checkout, or the unpacked package of a registry
+//! consumer). It is compiled from a copy in OUT_DIR, a workspace of its own, so that neither a read-only
+//! source directory nor the repository's workspace gets in the way.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,14 +20,11 @@ const NIGHTLY: &str = "nightly-2026-05-20";
 const ARCHES: [(&str, &str); 2] = [("sm80", "sm_80"), ("sm90a", "sm_90a")];
 
 fn main() {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let kernels = root.join("kernels-gpu");
+    let source = PathBuf::from(ironflash_kernels::SOURCE_DIR);
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
 
-    for f in ["Cargo.toml", "rust-toolchain.toml"] {
-        println!("cargo:rerun-if-changed={}", kernels.join(f).display());
-    }
-    watch_sources(&kernels.join("src"));
+    println!("cargo:rerun-if-changed={}", source.join("Cargo.toml").display());
+    watch_sources(&source.join("src"));
     println!("cargo:rerun-if-env-changed=IRONFLASH_KERNEL_LLVM_ARGS");
     println!("cargo:rerun-if-env-changed=DOCS_RS");
 
@@ -39,6 +42,10 @@ fn main() {
     }
 
     ensure_toolchain();
+    let kernels = out.join("kernels-src");
+    if let Err(e) = copy_kernels(&source, &kernels) {
+        fail(&format!("copying the kernels' source from {} to {}: {e}", source.display(), kernels.display()));
+    }
 
     // Both architectures build in parallel, each in its own target dir (core is built per target-cpu).
     let handles: Vec<_> = ARCHES
@@ -60,6 +67,30 @@ fn main() {
 fn fail(msg: &str) -> ! {
     eprintln!("error: {msg}");
     std::process::exit(1)
+}
+
+/// The kernels crate's manifest and `src/` into `to` (replaced), the manifest made a workspace root.
+fn copy_kernels(from: &Path, to: &Path) -> std::io::Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to)?;
+    }
+    copy_dir(&from.join("src"), &to.join("src"))?;
+    let manifest = std::fs::read_to_string(from.join("Cargo.toml"))?;
+    std::fs::write(to.join("Cargo.toml"), format!("{manifest}\n[workspace]\n"))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let path = entry?.path();
+        let dest = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &dest)?;
+        } else {
+            std::fs::copy(&path, &dest)?;
+        }
+    }
+    Ok(())
 }
 
 fn watch_sources(dir: &Path) {
@@ -158,7 +189,7 @@ fn build_arch(kernels: &Path, out: &Path, stem: &str, cpu: &str) -> Result<(), S
     }
     let output = cmd.output().map_err(|e| format!("could not run rustup/cargo for the kernels: {e}"))?;
     if !output.status.success() {
-        return Err(format!("building kernels-gpu for {cpu} failed:\n{}", String::from_utf8_lossy(&output.stderr)));
+        return Err(format!("building the kernels for {cpu} failed:\n{}", String::from_utf8_lossy(&output.stderr)));
     }
     let asm = target_dir.join("nvptx64-nvidia-cuda/release/deps/ironflash_kernels.s");
     let ptx = std::fs::read_to_string(&asm).map_err(|e| format!("reading {}: {e}", asm.display()))?;

@@ -7,6 +7,11 @@
 #![no_std]
 #![cfg_attr(target_arch = "nvptx64", feature(abi_ptx, asm_experimental_arch))]
 
+/// Where this crate's source lives (its manifest's directory, a path checkout or the unpacked package):
+/// `ironflash`'s build script, which has this crate as a build-dependency, compiles the kernels to PTX
+/// from a copy of it, so the kernels travel with the published crate.
+pub const SOURCE_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
 pub mod abi;
 pub mod attn;
 pub mod tiles;
