@@ -42,8 +42,12 @@ impl DeviceInfo {
 
 /// Whether a CUDA driver can be loaded on this machine (never panics).
 pub fn driver_available() -> bool {
-    // SAFETY: only tries to dlopen libcuda; no driver function is called.
-    unsafe { cudarc::driver::sys::is_culib_present() }
+    // Our own dlopen rather than cudarc's `is_culib_present`, which exists only in cudarc's
+    // dynamic-loading mode: a program that also uses candle's CUDA backend builds cudarc in its
+    // dynamic-linking mode (see the `fallback-dynamic-loading` feature in Cargo.toml).
+    let names: &[&str] = if cfg!(windows) { &["nvcuda.dll"] } else { &["libcuda.so.1", "libcuda.so"] };
+    // SAFETY: loading libcuda runs only its initialisers; no driver function is called.
+    names.iter().any(|&name| unsafe { libloading::Library::new(name) }.is_ok())
 }
 
 pub struct Device {
@@ -77,6 +81,22 @@ impl Device {
             return Err(Error::NoDriver(format!("device {ordinal} requested, the driver sees {count}")));
         }
         let ctx = CudaContext::new(ordinal).during("creating the CUDA context")?;
+        let stream = ctx.default_stream();
+        Self::with_stream(ctx, stream)
+    }
+
+    /// A device over a context and stream another library created (candle's CUDA device, for one):
+    /// the kernels launch on `stream`, so they are ordered with that library's work without a
+    /// synchronisation. Each `Device` loads the kernels' modules on first use: keep one per stream.
+    pub fn on_stream(stream: Arc<CudaStream>) -> Result<Device> {
+        if crate::modules::PTX_SM80.is_empty() {
+            return Err(Error::NoDriver("ironflash was built without its `gpu` feature (no kernels)".into()));
+        }
+        Self::with_stream(stream.context().clone(), stream)
+    }
+
+    fn with_stream(ctx: Arc<CudaContext>, stream: Arc<CudaStream>) -> Result<Device> {
+        let ordinal = ctx.ordinal();
         let attr = |a| ctx.attribute(a).during("reading a device attribute");
         let compute_capability = ctx.compute_capability().during("reading the compute capability")?;
         if compute_capability.0 < 8 {
@@ -96,7 +116,6 @@ impl Device {
             total_mem: ctx.total_mem().during("reading total memory")?,
             driver_version,
         };
-        let stream = ctx.default_stream();
         let modules = ModuleCache::new(info.arch());
         Ok(Device { ctx, stream, info, modules, blas: OnceLock::new() })
     }

@@ -39,6 +39,10 @@ impl<T: Element> DeviceTensor<T> {
     pub fn buffer(&self) -> &CudaSlice<T> {
         &self.buf
     }
+    /// The buffer back, the tensor taken apart (the counterpart of `Device::wrap`).
+    pub fn into_buffer(self) -> CudaSlice<T> {
+        self.buf
+    }
     pub(crate) fn check_on(&self, dev: &Device, arg: Arg) -> Result<()> {
         if self.ordinal != dev.info().ordinal {
             return Err(Error::DeviceMismatch { arg, got: self.ordinal, expected: dev.info().ordinal });
@@ -58,11 +62,24 @@ impl Device {
     /// filled, or one of another library on the same context). `arg` names the tensor in errors: the
     /// buffer must belong to this device and `layout` must fit it (`Layout::validate`).
     pub fn wrap<T: Element>(&self, arg: Arg, buf: CudaSlice<T>, layout: Layout) -> Result<DeviceTensor<T>> {
+        self.try_wrap(arg, buf, layout).map_err(|b| b.0)
+    }
+
+    /// As [`Device::wrap`], giving the buffer back with the error (boxed with it): for a buffer the
+    /// caller must not drop (one lent from another library's memory, which dropping would free).
+    pub fn try_wrap<T: Element>(
+        &self,
+        arg: Arg,
+        buf: CudaSlice<T>,
+        layout: Layout,
+    ) -> std::result::Result<DeviceTensor<T>, Box<(Error, CudaSlice<T>)>> {
         let ordinal = buf.stream().context().ordinal();
         if ordinal != self.info().ordinal {
-            return Err(Error::DeviceMismatch { arg, got: ordinal, expected: self.info().ordinal });
+            return Err(Box::new((Error::DeviceMismatch { arg, got: ordinal, expected: self.info().ordinal }, buf)));
         }
-        layout.validate(arg, buf.len())?;
+        if let Err(e) = layout.validate(arg, buf.len()) {
+            return Err(Box::new((e, buf)));
+        }
         Ok(DeviceTensor { buf, layout, ordinal })
     }
 
