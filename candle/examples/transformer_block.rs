@@ -1,0 +1,118 @@
+//! A small transformer block trained for a few steps in candle (`Var`s, `backward`), its attention by
+//! ironflash or by candle's own matmul-softmax-matmul: prints the time of a forward + backward step
+//! and the device memory the step holds, for both, and how far apart their losses and gradients are.
+//!
+//! `cargo run --release --example transformer_block [-- SEQ]` (in `candle/`; needs a CUDA device).
+//! Block: x → QKV projection → causal attention (16 heads of 128, bf16) → output projection → residual
+//! → MLP (4× width, GELU) → residual; loss = mean of the output squared. Batch 2, hidden 2048, SEQ
+//! 2048 by default.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use std::time::Instant;
+
+const HEADS: usize = 16;
+const HEAD_DIM: usize = 128;
+const HIDDEN: usize = HEADS * HEAD_DIM;
+
+struct Block {
+    w_qkv: Var,
+    w_o: Var,
+    w_up: Var,
+    w_down: Var,
+}
+
+impl Block {
+    fn new(dev: &Device) -> Result<Self> {
+        let w = |i: usize, o: usize| Var::randn(0f32, (1.0 / i as f64).sqrt() as f32, (i, o), dev);
+        Ok(Block {
+            w_qkv: w(HIDDEN, 3 * HIDDEN)?,
+            w_o: w(HIDDEN, HIDDEN)?,
+            w_up: w(HIDDEN, 4 * HIDDEN)?,
+            w_down: w(4 * HIDDEN, HIDDEN)?,
+        })
+    }
+
+    fn vars(&self) -> [&Var; 4] {
+        [&self.w_qkv, &self.w_o, &self.w_up, &self.w_down]
+    }
+
+    /// The block's loss on `x` (batch, seq, hidden), attention by ironflash or by candle's ops.
+    fn loss(&self, x: &Tensor, ironflash: bool) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let bf = |w: &Var| w.to_dtype(DType::BF16);
+        let qkv = x.broadcast_matmul(&bf(&self.w_qkv)?)?.reshape((b, s, 3, HEADS, HEAD_DIM))?;
+        let (q, k, v) =
+            (qkv.narrow(2, 0, 1)?.squeeze(2)?, qkv.narrow(2, 1, 1)?.squeeze(2)?, qkv.narrow(2, 2, 1)?.squeeze(2)?);
+        let scale = (HEAD_DIM as f32).powf(-0.5);
+        let attn = if ironflash {
+            ironflash_candle::flash_attn(&q, &k, &v, scale, true)?
+        } else {
+            let spec = common::Spec {
+                softmax_scale: scale,
+                window_left: None,
+                window_right: Some(0),
+                alibi: None,
+                softcap: None,
+            };
+            common::naive_attention(&q, &k, &v, &spec)?.to_dtype(DType::BF16)?
+        };
+        let h = (x + attn.reshape((b, s, HIDDEN))?.broadcast_matmul(&bf(&self.w_o)?)?)?;
+        let mlp = h.broadcast_matmul(&bf(&self.w_up)?)?.gelu()?.broadcast_matmul(&bf(&self.w_down)?)?;
+        let out = (h + mlp)?.to_dtype(DType::F32)?;
+        out.sqr()?.mean_all()
+    }
+}
+
+fn used_bytes(dev: &Device) -> Result<usize> {
+    let (free, total) =
+        dev.as_cuda_device()?.cuda_stream().context().mem_get_info().map_err(candle_core::Error::wrap)?;
+    Ok(total - free)
+}
+
+fn main() -> Result<()> {
+    let seq: usize = std::env::args().nth(1).map_or(2048, |s| s.parse().expect("SEQ: a number"));
+    let dev = Device::new_cuda(0)?;
+    let block = Block::new(&dev)?;
+    let x = Tensor::randn(0f32, 1.0, (2, seq, HIDDEN), &dev)?.to_dtype(DType::BF16)?;
+    println!("transformer block: batch 2, seq {seq}, hidden {HIDDEN} ({HEADS} heads of {HEAD_DIM}), causal, bf16");
+
+    let mut results = Vec::new();
+    for (name, ironflash) in [("ironflash", true), ("candle matmul-softmax-matmul", false)] {
+        let step = || -> Result<(f32, Vec<Tensor>)> {
+            let loss = block.loss(&x, ironflash)?;
+            let grads = loss.backward()?;
+            let g = block.vars().iter().map(|v| grads.get(v).cloned().expect("a gradient per weight")).collect();
+            Ok((loss.to_scalar::<f32>()?, g))
+        };
+        step()?; // warm-up
+        dev.synchronize()?;
+        let base = used_bytes(&dev)?;
+        // Memory held between the forward and the backward: the activations the backward needs.
+        let loss = block.loss(&x, ironflash)?;
+        dev.synchronize()?;
+        let held = used_bytes(&dev)?.saturating_sub(base);
+        drop(loss);
+        let reps = 5;
+        let t = Instant::now();
+        let mut last = None;
+        for _ in 0..reps {
+            last = Some(step()?);
+        }
+        dev.synchronize()?;
+        let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        println!(
+            "{name:>30}: {ms:8.2} ms per forward + backward, {:7.1} MiB held after the forward",
+            held as f64 / 1048576.0
+        );
+        results.push((ms, held, last.expect("ran")));
+    }
+    let (a, b) = (&results[0], &results[1]);
+    println!("speed-up {:.2}x, memory held {:.2}x less", b.0 / a.0, b.1 as f64 / a.1.max(1) as f64);
+    let grad_err = a.2 .1.iter().zip(&b.2 .1).map(|(x, y)| common::rel_l2(x, y)).collect::<Result<Vec<_>>>()?;
+    let grad_err: Vec<String> = grad_err.iter().map(|e| format!("{e:.2e}")).collect();
+    println!("loss {:.6} vs {:.6}; weight gradients, relative L2: {}", a.2 .0, b.2 .0, grad_err.join(", "));
+    Ok(())
+}
