@@ -1,6 +1,8 @@
 //! A small transformer block trained for a few steps in candle (`Var`s, `backward`), its attention by
-//! ironflash or by candle's own matmul-softmax-matmul: prints the time of a forward + backward step
-//! and the device memory the step holds, for both, and how far apart their losses and gradients are.
+//! ironflash or by candle's own ops as a model without a fused kernel runs it (bf16 matmuls, the
+//! softmax in f32, the N×N scores materialised): prints the time of a forward + backward step and the
+//! device memory the step holds after its forward, for both, and how far apart their losses and
+//! gradients are.
 //!
 //! `cargo run --release --example transformer_block [-- SEQ]` (in `candle/`; needs a CUDA device).
 //! Block: x → QKV projection → causal attention (16 heads of 128, bf16) → output projection → residual
@@ -50,20 +52,28 @@ impl Block {
         let attn = if ironflash {
             ironflash_candle::flash_attn(&q, &k, &v, scale, true)?
         } else {
-            let spec = common::Spec {
-                softmax_scale: scale,
-                window_left: None,
-                window_right: Some(0),
-                alibi: None,
-                softcap: None,
-            };
-            common::naive_attention(&q, &k, &v, &spec)?.to_dtype(DType::BF16)?
+            unfused_attention(&q, &k, &v, scale)?
         };
         let h = (x + attn.reshape((b, s, HIDDEN))?.broadcast_matmul(&bf(&self.w_o)?)?)?;
         let mlp = h.broadcast_matmul(&bf(&self.w_up)?)?.gelu()?.broadcast_matmul(&bf(&self.w_down)?)?;
         let out = (h + mlp)?.to_dtype(DType::F32)?;
         out.sqr()?.mean_all()
     }
+}
+
+/// Causal attention as candle models run it without a fused kernel: scores and P·V as bf16 matmuls
+/// (heads first), the mask and softmax in f32.
+fn unfused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    let (_, s, _, _) = q.dims4()?;
+    let heads_first = |t: &Tensor| t.transpose(1, 2)?.contiguous();
+    let (q, k, v) = (heads_first(q)?, heads_first(k)?, heads_first(v)?);
+    let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale as f64)?;
+    let mask: Vec<f32> = (0..s * s).map(|x| if x % s <= x / s { 0.0 } else { f32::NEG_INFINITY }).collect();
+    let scores = scores.broadcast_add(&Tensor::from_vec(mask, (s, s), q.device())?)?;
+    let max = scores.max_keepdim(candle_core::D::Minus1)?;
+    let e = scores.broadcast_sub(&max)?.exp()?;
+    let p = e.broadcast_div(&e.sum_keepdim(candle_core::D::Minus1)?)?.to_dtype(DType::BF16)?;
+    p.matmul(&v)?.transpose(1, 2)
 }
 
 fn used_bytes(dev: &Device) -> Result<usize> {
@@ -80,7 +90,7 @@ fn main() -> Result<()> {
     println!("transformer block: batch 2, seq {seq}, hidden {HIDDEN} ({HEADS} heads of {HEAD_DIM}), causal, bf16");
 
     let mut results = Vec::new();
-    for (name, ironflash) in [("ironflash", true), ("candle matmul-softmax-matmul", false)] {
+    for (name, ironflash) in [("ironflash", true), ("candle, unfused", false)] {
         let step = || -> Result<(f32, Vec<Tensor>)> {
             let loss = block.loss(&x, ironflash)?;
             let grads = loss.backward()?;

@@ -170,6 +170,9 @@ impl CustomOp3 for FlashAttn {
         v: &CudaStorage,
         v_l: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
+        if !matches!(q.dtype(), DType::BF16 | DType::F16) {
+            return Err(candle_core::Error::UnsupportedDTypeForOp(q.dtype(), "ironflash-flash-attn (bf16 or f16)"));
+        }
         for (other, name) in [(k, "k"), (v, "v")] {
             if other.dtype() != q.dtype() {
                 return Err(candle_core::Error::UnexpectedDType { msg: name, expected: q.dtype(), got: other.dtype() });

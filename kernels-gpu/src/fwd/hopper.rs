@@ -301,13 +301,23 @@ pub unsafe fn attn_fwd_wgmma<
         let mut o_frag = AccFrag::<1, ND>::from_wgmma(&o);
         let at = FragPos { row_g, col0: (blocks.first + j) * BN as u32, t };
         let masked = blocks.needs_mask(blocks.first + j);
-        // Lazy rescaling where O is wide (measured: docs/perf.md). The softmax in each branch, so that
-        // the plain one's row offsets stay constants.
-        if mods {
-            let logits = stage::logits_by_query::<1, NN, true>(&p.score, || slope, &mut s_frag, at, masked);
-            softmax.update(&mut s_frag, &mut o_frag, logits, D >= 96);
+        // Lazy rescaling where O is wide (measured: docs/perf.md). At head dim 256 the softmax goes in
+        // each branch, so that the plain one's row offsets stay constants (one softmax after both
+        // spilled there); elsewhere one softmax follows both (two copies cost 1-4% at head dim 64).
+        if D >= 256 {
+            if mods {
+                let logits = stage::logits_by_query::<1, NN, true>(&p.score, || slope, &mut s_frag, at, masked);
+                softmax.update(&mut s_frag, &mut o_frag, logits, D >= 96);
+            } else {
+                let logits = stage::logits_by_query::<1, NN, false>(&p.score, || slope, &mut s_frag, at, masked);
+                softmax.update(&mut s_frag, &mut o_frag, logits, D >= 96);
+            }
         } else {
-            let logits = stage::logits_by_query::<1, NN, false>(&p.score, || slope, &mut s_frag, at, masked);
+            let logits = if mods {
+                stage::logits_by_query::<1, NN, true>(&p.score, || slope, &mut s_frag, at, masked)
+            } else {
+                stage::logits_by_query::<1, NN, false>(&p.score, || slope, &mut s_frag, at, masked)
+            };
             softmax.update(&mut s_frag, &mut o_frag, logits, D >= 96);
         }
         o_frag.to_wgmma(&mut o);
