@@ -237,10 +237,11 @@ unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTA
         let slope_log2 = alibi_slope();
         // The slope in units of the factor.
         let slope = if BY_KEY || factor == 1.0 { slope_log2 } else { slope_log2 * recip(factor) };
-        let offset = mask(p).offset();
+        let mask = mask(p);
+        let offset = mask.offset();
         // Forward: where the warp's tile lies on one side of the diagonal, |i + offset − j| is linear
         // in j there, and its per-row part goes to the row offset: one multiply-add per element.
-        let side = if BY_KEY { 0.0 } else { diagonal_side::<MT, NN>(at, offset) };
+        let side = if BY_KEY { 0.0 } else { diagonal_side::<MT, NN>(at, &mask) };
         if side != 0.0 {
             alibi_one_side::<MT, NN>(s, at, offset, slope, slope_log2, side, &mut out.row_offset);
         } else {
@@ -254,12 +255,20 @@ unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTA
     out
 }
 
-/// Forward orientation: `1.0` where every key of the warp's tile is at or before the diagonal of every
-/// row of it (`j <= i + offset`), `-1.0` where every key is at or after it, `0.0` where the diagonal
-/// crosses the tile. Uniform across the warp.
+/// Forward orientation: `1.0` where every visible key of the warp's tile is at or before the diagonal
+/// of its row (`j <= i + offset`), `-1.0` where every visible key is at or after it, `0.0` where the
+/// diagonal crosses the tile. Causal attention (no key after the diagonal is visible) is `1.0`
+/// everywhere, a left window of 0 is `-1.0`: the keys on the other side are masked to `-inf` after the
+/// bias (a tile that holds any is a masked tile). Uniform across the warp.
 #[inline(always)]
-fn diagonal_side<const MT: usize, const NN: usize>(at: FragPos, offset: i32) -> f32 {
-    let first_diagonal = at.warp_row0() + offset;
+fn diagonal_side<const MT: usize, const NN: usize>(at: FragPos, mask: &Mask) -> f32 {
+    if mask.right == 0 {
+        return 1.0;
+    }
+    if mask.left == 0 {
+        return -1.0;
+    }
+    let first_diagonal = at.warp_row0() + mask.offset();
     let last_diagonal = first_diagonal + (16 * MT) as i32 - 1;
     let (first_key, last_key) = (at.col0 as i32, (at.col0 as usize + 8 * NN - 1) as i32);
     if last_key <= first_diagonal {
