@@ -13,7 +13,9 @@ use ironflash::{Arg, Device, Element};
 use std::sync::{Arc, Mutex};
 
 /// The ironflash device for a candle stream: created once per stream (each loads the kernels' modules on
-/// first use), launching on that stream, so ironflash's kernels are ordered with candle's work.
+/// first use), launching on that stream, so ironflash's kernels are ordered with candle's work. The
+/// cache holds each stream for the life of the program, so a stream's handle, its key here, is never
+/// reused by another.
 pub fn device_for(stream: &Arc<CudaStream>) -> Result<Arc<Device>> {
     static DEVICES: Mutex<Vec<(usize, Arc<Device>)>> = Mutex::new(Vec::new());
     let key = stream.cu_stream() as usize;
