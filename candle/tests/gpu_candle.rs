@@ -146,7 +146,8 @@ fn strided_q() {
     assert!(e < 1e-2, "{e}");
 }
 
-/// Wrong dtype, rank, mixed dtypes, bad slopes, bad head dim and CPU tensors: candle errors, no panic.
+/// Wrong dtype, rank, mixed dtypes, bad slopes, bad head dim, a strided head dim and CPU tensors:
+/// candle errors, no panic.
 fn bad_input_is_an_error() {
     let Some(dev) = cuda() else { return };
     let t = |shape: (usize, usize, usize, usize), dt| Tensor::zeros(shape, dt, &dev).unwrap();
@@ -172,6 +173,10 @@ fn bad_input_is_an_error() {
             fa::flash_attn_alibi(&q, &k, &k, &Tensor::zeros(3, DType::F32, &dev).unwrap(), 1.0, false),
         ),
         ("softcap 0", fa::flash_attn_alibi_windowed_softcap(&q, &k, &k, None, 1.0, None, None, 0.0)),
+        ("head dim not contiguous", {
+            let q = t((1, 64, 64, 2), DType::BF16).transpose(2, 3).unwrap();
+            fa::flash_attn(&q, &k, &k, 1.0, false)
+        }),
         ("cpu tensors", {
             let c = Tensor::zeros((1, 64, 2, 64), DType::BF16, &Device::Cpu).unwrap();
             fa::flash_attn(&c, &c, &c, 1.0, false)
