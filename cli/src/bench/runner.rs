@@ -114,42 +114,11 @@ fn run_gpu_typed<T: Element>(dev: &Device, imp: Impl, case: &Case, policy: &RepP
     };
 
     // First call alone: it loads modules, and it is where the peak memory is read.
-    let watermark = PoolWatermark::new(dev);
-    let measured = (|| -> Result<Option<u64>> {
-        dev.synchronize()?;
-        let before = match &watermark {
-            Some(w) => {
-                w.reset()?;
-                Some(w.used()?)
-            }
-            None => None,
-        };
-        drop(run(0)?);
-        dev.synchronize()?;
-        Ok(match (&watermark, before) {
-            (Some(w), Some(before)) => Some(w.high()?.saturating_sub(before)),
-            _ => None,
-        })
-    })();
-    let mut record = Record::new(imp.name(), case, Status::Ok);
-    match measured {
-        Ok(Some(bytes)) => {
-            record.extra_mem_bytes = Some(bytes);
-            record.mem_method = MemMethod::PoolHighWater;
-        }
-        Ok(None) => {
-            record.extra_mem_bytes = Some(computed_extra_bytes(imp, case));
-            record.mem_method = MemMethod::Computed;
-        }
+    let mut record = match first_call_memory(dev, || run(0).map(drop)) {
+        Ok(bytes) => with_memory(Record::new(imp.name(), case, Status::Ok), bytes, || computed_extra_bytes(imp, case)),
         Err(e) => return failed(imp, case, &e),
-    }
-
-    let timed = (|| -> Result<Vec<f64>> {
-        let warm = time_calls(dev, policy.warmup.max(1), |i| run(i + 1).map(drop))?;
-        let one_ms = warm.last().copied().unwrap_or(0.0);
-        time_calls(dev, policy.reps_for(one_ms), |i| run(i).map(drop))
-    })();
-    match timed {
+    };
+    match time_rotated(dev, policy, run) {
         Ok(times) => record.set_timing(&times),
         Err(e) => return failed(imp, case, &e),
     }
@@ -244,12 +213,7 @@ fn run_gpu_backward<T: Element>(dev: &Device, imp: Impl, case: &Case, policy: &R
         }
         Err(e) => return failed(imp, case, &e),
     };
-    let timed = (|| -> Result<Vec<f64>> {
-        let warm = time_calls(dev, policy.warmup.max(1), |i| run(i + 1).map(drop))?;
-        let one_ms = warm.last().copied().unwrap_or(0.0);
-        time_calls(dev, policy.reps_for(one_ms), |i| run(i).map(drop))
-    })();
-    match timed {
+    match time_rotated(dev, policy, run) {
         Ok(times) => record.set_timing(&times),
         Err(e) => return failed(imp, case, &e),
     }
@@ -264,6 +228,15 @@ fn run_gpu_backward<T: Element>(dev: &Device, imp: Impl, case: &Case, policy: &R
     }
     record.note = notes.join("; ");
     record
+}
+
+/// The timed calls of a GPU case: a warm-up (at least one call; the last one's time sizes the
+/// repetitions), then the policy's repetitions; `run(i)` calls with input set `i` (rotated by the
+/// caller; the warm-up from set 1 on).
+fn time_rotated<R>(dev: &Device, policy: &RepPolicy, run: impl Fn(usize) -> Result<R>) -> Result<Vec<f64>> {
+    let warm = time_calls(dev, policy.warmup.max(1), |i| run(i + 1).map(drop))?;
+    let one_ms = warm.last().copied().unwrap_or(0.0);
+    time_calls(dev, policy.reps_for(one_ms), |i| run(i).map(drop))
 }
 
 /// Runs `call` once, alone, and returns the pool's high-water mark during it over what was in use
