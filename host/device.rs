@@ -50,6 +50,14 @@ pub fn driver_available() -> bool {
     names.iter().any(|&name| unsafe { libloading::Library::new(name) }.is_ok())
 }
 
+/// `NoDriver` when the library was built without its `gpu` feature (no kernels embedded).
+fn kernels_embedded() -> Result<()> {
+    if crate::modules::PTX_SM80.is_empty() {
+        return Err(Error::NoDriver("ironflash was built without its `gpu` feature (no kernels)".into()));
+    }
+    Ok(())
+}
+
 pub struct Device {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
@@ -69,9 +77,7 @@ impl Device {
     /// Open device `ordinal`. Fails with `NoDriver` when libcuda cannot be loaded or has no device, or
     /// when the library was built without its `gpu` feature (no kernels embedded).
     pub fn open(ordinal: usize) -> Result<Device> {
-        if crate::modules::PTX_SM80.is_empty() {
-            return Err(Error::NoDriver("ironflash was built without its `gpu` feature (no kernels)".into()));
-        }
+        kernels_embedded()?;
         if !driver_available() {
             return Err(Error::NoDriver("libcuda could not be loaded (no NVIDIA driver on this machine)".into()));
         }
@@ -89,9 +95,7 @@ impl Device {
     /// the kernels launch on `stream`, so they are ordered with that library's work without a
     /// synchronisation. Each `Device` loads the kernels' modules on first use: keep one per stream.
     pub fn on_stream(stream: Arc<CudaStream>) -> Result<Device> {
-        if crate::modules::PTX_SM80.is_empty() {
-            return Err(Error::NoDriver("ironflash was built without its `gpu` feature (no kernels)".into()));
-        }
+        kernels_embedded()?;
         Self::with_stream(stream.context().clone(), stream)
     }
 
