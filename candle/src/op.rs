@@ -3,9 +3,9 @@
 
 use crate::{adopt, borrow};
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::CudaSlice;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
 use candle_core::cuda_backend::{CudaDType, CudaStorage};
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, StorageRef, Tensor};
 use ironflash::{bf16, f16, gpu, Arg, AttnOptions, Element, PerHead};
 use std::sync::{Arc, Mutex};
 
@@ -51,6 +51,15 @@ impl FlashAttn {
         opts
     }
 
+    /// The ALiBi slopes, if any, lent from candle, with the read guard of their storage, which must be
+    /// held while they are in use.
+    fn lent_slopes(&self, stream: &Arc<CudaStream>) -> Result<Option<(borrow::LentSlice, StorageRef<'_>)>> {
+        let Some(t) = &self.alibi_slopes else { return Ok(None) };
+        let (guard, layout) = t.storage_and_layout();
+        let lent = slope_values(stream, &guard, layout)?;
+        Ok(Some((lent, guard)))
+    }
+
     fn forward<T: Element + CudaDType>(
         &self,
         (q, q_l): (&CudaStorage, &Layout),
@@ -60,11 +69,7 @@ impl FlashAttn {
         let device = q.device().clone();
         let stream = device.cuda_stream();
         let dev = borrow::device_for(&stream)?;
-        let slopes = self.alibi_slopes.as_ref().map(|t| t.storage_and_layout());
-        let slopes = match &slopes {
-            Some((s, l)) => Some(slope_values(&stream, s, l)?),
-            None => None,
-        };
+        let slopes = self.lent_slopes(&stream)?;
         // SAFETY: the storages are borrowed for this call (candle holds their read guards around it).
         let (q, k, v) = unsafe {
             (
@@ -73,8 +78,8 @@ impl FlashAttn {
                 borrow::tensor(&dev, Arg::V, v.as_cuda_slice::<T>()?, v_l)?,
             )
         };
-        let out =
-            gpu::flash_forward(&dev, &q, &k, &v, &self.options(slopes.as_deref())).map_err(candle_core::Error::wrap)?;
+        let out = gpu::flash_forward(&dev, &q, &k, &v, &self.options(slopes.as_ref().map(|(lent, _)| &**lent)))
+            .map_err(candle_core::Error::wrap)?;
         *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Some(out.lse);
         let shape = Shape::from(out.o.shape().to_vec());
         Ok((CudaStorage::wrap_cuda_slice(out.o.into_buffer(), device), shape))
@@ -95,11 +100,7 @@ impl FlashAttn {
             }
             let stream = parts[0].0.device().cuda_stream();
             let dev = borrow::device_for(&stream)?;
-            let slopes = self.alibi_slopes.as_ref().map(|t| t.storage_and_layout());
-            let slopes = match &slopes {
-                Some((s, l)) => Some(slope_values(&stream, s, l)?),
-                None => None,
-            };
+            let slopes = self.lent_slopes(&stream)?;
             let lse = self.lse.lock().unwrap_or_else(|e| e.into_inner());
             let Some(lse) = lse.as_ref() else { candle_core::bail!("ironflash: the backward ran before the forward") };
             let args = [Arg::Q, Arg::K, Arg::V, Arg::O, Arg::DO];
@@ -116,7 +117,7 @@ impl FlashAttn {
                 &lent[3],
                 lse,
                 &lent[4],
-                &self.options(slopes.as_deref()),
+                &self.options(slopes.as_ref().map(|(lent, _)| &**lent)),
             )
             .map_err(candle_core::Error::wrap)?
         };
@@ -128,11 +129,7 @@ impl FlashAttn {
 }
 
 /// The ALiBi slopes' storage lent as f32 values: one per query head, or per (batch, query head).
-fn slope_values(
-    stream: &Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
-    storage: &Storage,
-    layout: &Layout,
-) -> Result<borrow::LentSlice> {
+fn slope_values(stream: &Arc<CudaStream>, storage: &Storage, layout: &Layout) -> Result<borrow::LentSlice> {
     let Storage::Cuda(c) = storage else { candle_core::bail!("ironflash: alibi_slopes must be on the CUDA device") };
     if c.dtype() != DType::F32 {
         return Err(candle_core::Error::UnexpectedDType { msg: "alibi_slopes", expected: DType::F32, got: c.dtype() });
@@ -140,7 +137,7 @@ fn slope_values(
     if !layout.is_contiguous() || layout.dims().len() > 2 {
         candle_core::bail!("ironflash: alibi_slopes must be contiguous, (num_heads) or (batch, num_heads)")
     }
-    // SAFETY: the caller holds the slopes' read guard for the call.
+    // SAFETY: the caller keeps the slopes' read guard with the lent slice (`FlashAttn::lent_slopes`).
     unsafe { borrow::values(stream, c.as_cuda_slice::<f32>()?, layout.start_offset()) }
 }
 
