@@ -131,6 +131,11 @@ impl FlashAttn {
 /// The ALiBi slopes' storage lent as f32 values: one per query head, or per (batch, query head).
 fn slope_values(stream: &Arc<CudaStream>, storage: &Storage, layout: &Layout) -> Result<borrow::LentSlice> {
     let Storage::Cuda(c) = storage else { candle_core::bail!("ironflash: alibi_slopes must be on the CUDA device") };
+    // Lent on q's stream, so ironflash's own device check would pass a buffer of another device.
+    let (got, expected) = (c.device().cuda_stream().context().ordinal(), stream.context().ordinal());
+    if got != expected {
+        candle_core::bail!("ironflash: alibi_slopes are on CUDA device {got}, q on device {expected}");
+    }
     if c.dtype() != DType::F32 {
         return Err(candle_core::Error::UnexpectedDType { msg: "alibi_slopes", expected: DType::F32, got: c.dtype() });
     }
