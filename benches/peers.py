@@ -2,7 +2,7 @@
 """PyTorch peers for the ironflash benchmark suite.
 
 Reads the suite's cases (JSON lines, one `Case` each: grid, pass, b, h, h_kv, n_q, n_k, d, causal,
-dtype), times `torch.nn.functional.scaled_dot_product_attention` with each backend forced through
+dtype, and optionally d_v, V's head dim when it differs from d), times `torch.nn.functional.scaled_dot_product_attention` with each backend forced through
 `torch.nn.attention.sdpa_kernel` (FLASH_ATTENTION, CUDNN_ATTENTION, EFFICIENT_ATTENTION) and a naive
 matmul-softmax-matmul, and prints one JSON line per (case, implementation) with the suite's columns.
 With `--impls ...,fa3`, FlashAttention-3 too, through JAX and the `flash_attn3_jax` wheel (head dims up to
@@ -45,11 +45,17 @@ def emit(rec):
     print(json.dumps(rec), flush=True)
 
 
+def head_dim_v(case):
+    return case.get("d_v", case["d"])
+
+
 def flops(case):
-    f = 4.0 * case["b"] * case["h"] * case["n_q"] * case["n_k"] * case["d"]
-    if case["causal"]:
-        f /= 2.0
-    return f * (2.5 if case["pass"] == "bwd" else 1.0)
+    """The suite's count (`AttnProblem::{forward,backward}_flops`): 2·(D + D_v) per pair forward,
+    2·(3·D + 2·D_v) backward (2.5x the forward's when D_v = D), halved when causal."""
+    d, dv = case["d"], head_dim_v(case)
+    per_pair = 2.0 * (3 * d + 2 * dv) if case["pass"] == "bwd" else 2.0 * (d + dv)
+    f = per_pair * case["b"] * case["h"] * case["n_q"] * case["n_k"]
+    return f / 2.0 if case["causal"] else f
 
 
 def impl_name(name):
@@ -59,6 +65,8 @@ def impl_name(name):
 def record(name, case, status, note=""):
     rec = {"impl": impl_name(name)}
     rec.update({k: case[k] for k in ("grid", "pass", "b", "h", "h_kv", "n_q", "n_k", "d", "causal", "dtype")})
+    if head_dim_v(case) != case["d"]:
+        rec["d_v"] = head_dim_v(case)
     rec.update(
         status=status, ms=None, ms_min=None, ms_max=None, reps=0, tflops=None, peak_frac=None, gb_s=None,
         extra_mem_bytes=None, mem_method="torch_peak", note=note,
@@ -109,7 +117,8 @@ def main():
     def make_sets(case):
         dtype = {"bf16": torch.bfloat16, "f16": torch.float16}[case["dtype"]]
         b, h, hk, nq, nk, d = (case[k] for k in ("b", "h", "h_kv", "n_q", "n_k", "d"))
-        one = 2 * d * b * (nq * h + 2 * nk * hk)
+        dv = head_dim_v(case)
+        one = 2 * b * (d * nq * h + (d + dv) * nk * hk)
         free, _ = torch.cuda.mem_get_info()
         count = max(1, min(64, math.ceil(2 * l2 / one), free // 4 // one))
 
@@ -118,7 +127,7 @@ def main():
             # KV cache does not need temporaries of its size.
             return torch.empty(shape, device="cuda", dtype=dtype).uniform_(-1.0, 1.0).transpose(1, 2)
 
-        return [(rand((b, nq, h, d)), rand((b, nk, hk, d)), rand((b, nk, hk, d))) for _ in range(count)]
+        return [(rand((b, nq, h, d)), rand((b, nk, hk, d)), rand((b, nk, hk, dv))) for _ in range(count)]
 
     def sdpa_fn(case):
         nq, nk, causal = case["n_q"], case["n_k"], case["causal"]
@@ -162,7 +171,8 @@ def main():
         what autograd saved (for the naive path the N x N scores and probabilities)."""
         dtype = {"bf16": torch.bfloat16, "f16": torch.float16}[case["dtype"]]
         b, h, hk, nq, nk, d = (case[k] for k in ("b", "h", "h_kv", "n_q", "n_k", "d"))
-        one = 2 * d * b * (3 * nq * h + 2 * nk * hk) + 6 * b * h * nq * nk
+        dv = head_dim_v(case)
+        one = 2 * b * ((d + 2 * dv) * nq * h + 2 * (d + dv) * nk * hk) + 6 * b * h * nq * nk
         free, _ = torch.cuda.mem_get_info()
         count = max(1, min(64, math.ceil(2 * l2 / one), free // 4 // one))
 
@@ -171,7 +181,7 @@ def main():
 
         sets = []
         for _ in range(count):
-            leaves = (leaf((b, nq, h, d)), leaf((b, nk, hk, d)), leaf((b, nk, hk, d)))
+            leaves = (leaf((b, nq, h, d)), leaf((b, nk, hk, d)), leaf((b, nk, hk, dv)))
             out = fn(*(t.transpose(1, 2) for t in leaves))
             sets.append((leaves, out, torch.empty_like(out).uniform_(-1.0, 1.0)))
         return sets

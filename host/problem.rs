@@ -6,8 +6,28 @@ use crate::layout::Layout;
 use crate::options::{AttnOptions, PerHead};
 use ironflash_kernels::attn::score::{Mask, MAX_TOTAL_SEQLEN};
 
-/// Head dims the kernels are compiled for (and the CPU path accepts).
+/// Head dims the kernels are compiled for (and the CPU path accepts), of Q and K; V takes the same
+/// head dim, or one of `supported_head_dims_v`.
 pub const SUPPORTED_HEAD_DIMS: &[usize] = &[32, 64, 96, 128, 192, 256];
+
+/// The head dims V (and so O, dO, dV) may have when Q and K have `head_dim`: the same, and at 192 also
+/// 128 (DeepSeek-V2/V3's attention: 128 "nope" plus 64 rotary dims per query and key, 128 per value).
+pub fn supported_head_dims_v(head_dim: usize) -> &'static [usize] {
+    match head_dim {
+        32 => &[32],
+        64 => &[64],
+        96 => &[96],
+        128 => &[128],
+        192 => &[192, 128],
+        256 => &[256],
+        _ => &[],
+    }
+}
+
+/// Every supported pair of head dims `(Q and K, V)`.
+pub fn supported_head_dim_pairs() -> impl Iterator<Item = (usize, usize)> {
+    SUPPORTED_HEAD_DIMS.iter().flat_map(|&d| supported_head_dims_v(d).iter().map(move |&dv| (d, dv)))
+}
 
 /// A validated attention problem.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,7 +37,10 @@ pub struct AttnProblem {
     pub seqlen_k: usize,
     pub heads_q: usize,
     pub heads_kv: usize,
+    /// Head dim of Q and K.
     pub head_dim: usize,
+    /// Head dim of V, O and their gradients (`supported_head_dims_v`).
+    pub head_dim_v: usize,
     pub causal: bool,
     /// Which (query, key) pairs are visible: causality and the window, one rule (`attn::score`).
     pub mask: Mask,
@@ -47,10 +70,16 @@ impl AttnProblem {
         (0..self.seqlen_q).map(|i| self.key_range(i).len() as u64).sum()
     }
 
-    /// Forward FLOPs as the FlashAttention papers count them: 4·B·H·Nq·Nk·D, halved when causal; with a
-    /// sliding window, 4·B·H·D per visible (computed) pair.
+    /// Whether V (and O) have a head dim of their own (`head_dim_v != head_dim`).
+    pub fn has_own_head_dim_v(&self) -> bool {
+        self.head_dim_v != self.head_dim
+    }
+
+    /// Forward FLOPs as the FlashAttention papers count them: 4·B·H·Nq·Nk·D, halved when causal
+    /// (2·D for S = QKᵀ, 2·D_v for PV when V has a head dim of its own); with a sliding window, per
+    /// visible (computed) pair.
     pub fn forward_flops(&self) -> f64 {
-        let per_pair = 4.0 * (self.batch * self.heads_q) as f64 * self.head_dim as f64;
+        let per_pair = 2.0 * (self.batch * self.heads_q) as f64 * (self.head_dim + self.head_dim_v) as f64;
         if self.mask.is_windowed() {
             return per_pair * self.visible_pairs() as f64;
         }
@@ -60,6 +89,14 @@ impl AttnProblem {
         } else {
             f
         }
+    }
+
+    /// Backward FLOPs in the same count: the five products per visible pair, S = QKᵀ again, dP = dO Vᵀ,
+    /// dV = Pᵀ dO, dK = dSᵀ Q and dQ = dS K, so 2·(3·D + 2·D_v) per pair: 2.5x the forward's when
+    /// `D_v = D`.
+    pub fn backward_flops(&self) -> f64 {
+        let (d, dv) = (self.head_dim as f64, self.head_dim_v as f64);
+        self.forward_flops() * (3.0 * d + 2.0 * dv) / (d + dv)
     }
 
     /// Validate q, k, v layouts (with their buffer lengths) and the options.
@@ -74,7 +111,12 @@ impl AttnProblem {
         }
         for (arg, l) in [(Arg::K, kl), (Arg::V, vl)] {
             same(arg, "batch", l.batch(), ql.batch(), "k and v share q's batch")?;
-            same(arg, "head_dim", l.head_dim(), head_dim, "q, k and v share one head_dim")?;
+        }
+        same(Arg::K, "head_dim", kl.head_dim(), head_dim, "q and k share one head_dim")?;
+        let head_dim_v = vl.head_dim();
+        let supported_v = supported_head_dims_v(head_dim);
+        if !supported_v.contains(&head_dim_v) {
+            return Err(Error::UnsupportedHeadDim { arg: Arg::V, head_dim: head_dim_v, supported: supported_v });
         }
         same(Arg::V, "seqlen", vl.seqlen(), kl.seqlen(), "v has one row per key")?;
         same(Arg::V, "heads", vl.heads(), kl.heads(), "k and v have the same number of heads")?;
@@ -127,6 +169,7 @@ impl AttnProblem {
             heads_q,
             heads_kv: kl.heads(),
             head_dim,
+            head_dim_v,
             causal: opts.causal,
             mask,
             softmax_scale,
@@ -153,27 +196,59 @@ impl AttnProblem {
     /// The problem of contiguous tensors of these sizes: `[batch, seqlen_q, heads_q, head_dim]` queries,
     /// `[batch, seqlen_k, heads_kv, head_dim]` keys and values (what a planner or a benchmark needs
     /// without tensors at hand).
-    pub fn contiguous(
+    pub fn contiguous(shape: [usize; 6], opts: &AttnOptions) -> Result<Self> {
+        Self::contiguous_with_head_dim_v(shape, shape[5], opts)
+    }
+
+    /// As `contiguous`, with values `[batch, seqlen_k, heads_kv, head_dim_v]`.
+    pub fn contiguous_with_head_dim_v(
         [batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim]: [usize; 6],
+        head_dim_v: usize,
         opts: &AttnOptions,
     ) -> Result<Self> {
         let q = Layout::contiguous([batch, seqlen_q, heads_q, head_dim]);
-        let kv = Layout::contiguous([batch, seqlen_k, heads_kv, head_dim]);
-        AttnProblem::new((&q, q.numel()), (&kv, kv.numel()), (&kv, kv.numel()), opts)
+        let k = Layout::contiguous([batch, seqlen_k, heads_kv, head_dim]);
+        let v = Layout::contiguous([batch, seqlen_k, heads_kv, head_dim_v]);
+        AttnProblem::new((&q, q.numel()), (&k, k.numel()), (&v, v.numel()), opts)
     }
 
-    /// The layout every output shaped like q (O, dQ) must have: q's shape.
+    /// The layout every output shaped like q (dQ) must have: q's shape.
     pub fn check_like_q(&self, arg: Arg, l: &Layout, len: usize) -> Result<()> {
         l.validate_output(arg, len)?;
         let want = [self.batch, self.seqlen_q, self.heads_q, self.head_dim];
         check_shape(arg, l, want, "shaped like q")
     }
 
-    /// The layout every output shaped like k (dK, dV) must have.
+    /// O's shape: q's batch, rows and heads, v's head dim.
+    pub fn o_shape(&self) -> [usize; 4] {
+        [self.batch, self.seqlen_q, self.heads_q, self.head_dim_v]
+    }
+
+    /// The layout an output shaped like O must have.
+    pub fn check_like_o(&self, arg: Arg, l: &Layout, len: usize) -> Result<()> {
+        l.validate_output(arg, len)?;
+        check_shape(arg, l, self.o_shape(), LIKE_O)
+    }
+
+    /// The layout an input shaped like O (the backward's O and dO) must have: validated as an input, so
+    /// overlapping strides (a broadcast dO) are fine.
+    pub fn check_input_like_o(&self, arg: Arg, l: &Layout, len: usize) -> Result<()> {
+        l.validate(arg, len)?;
+        check_shape(arg, l, self.o_shape(), LIKE_O)
+    }
+
+    /// The layout every output shaped like k (dK) must have.
     pub fn check_like_k(&self, arg: Arg, l: &Layout, len: usize) -> Result<()> {
         l.validate_output(arg, len)?;
         let want = [self.batch, self.seqlen_k, self.heads_kv, self.head_dim];
         check_shape(arg, l, want, "shaped like k")
+    }
+
+    /// The layout every output shaped like v (dV) must have.
+    pub fn check_like_v(&self, arg: Arg, l: &Layout, len: usize) -> Result<()> {
+        l.validate_output(arg, len)?;
+        let want = [self.batch, self.seqlen_k, self.heads_kv, self.head_dim_v];
+        check_shape(arg, l, want, "shaped like v")
     }
 
     /// Number of f32 log-sum-exp values: one per (batch, head, query row), laid out `[batch, heads_q, seqlen_q]`.
@@ -181,6 +256,8 @@ impl AttnProblem {
         self.batch * self.heads_q * self.seqlen_q
     }
 }
+
+const LIKE_O: &str = "shaped like o: q's batch, seqlen and heads, v's head_dim";
 
 /// The per-head options' host slices: `(alibi_slopes, sinks)`.
 pub type HostPerHead<'a> = (Option<&'a [f32]>, Option<&'a [f32]>);
@@ -260,6 +337,29 @@ mod tests {
         assert_eq!(new(&AttnOptions::default().with_alibi(PerHead::Host(&eight))).unwrap().alibi_per_batch, Some(true));
         // A window that hides every key is legal.
         assert!(new(&AttnOptions::default().with_window(Some(0), Some(0))).is_ok());
+    }
+
+    #[test]
+    fn value_head_dim_of_its_own() {
+        let p = AttnProblem::contiguous_with_head_dim_v([1, 8, 8, 2, 2, 192], 128, &AttnOptions::default()).unwrap();
+        assert_eq!((p.head_dim, p.head_dim_v), (192, 128));
+        assert!(p.has_own_head_dim_v());
+        // The default scale follows the query/key head dim.
+        assert_eq!(p.softmax_scale, 1.0 / 192f32.sqrt());
+        assert_eq!(p.forward_flops(), 2.0 * 2.0 * (192.0 + 128.0) * 64.0);
+        assert_eq!(p.backward_flops(), 2.0 * 2.0 * (3.0 * 192.0 + 2.0 * 128.0) * 64.0);
+        let same = AttnProblem::contiguous([1, 8, 8, 2, 2, 128], &AttnOptions::default()).unwrap();
+        assert_eq!(same.backward_flops(), 2.5 * same.forward_flops());
+        for (d, dv) in [(128, 64), (192, 64), (256, 128), (64, 128)] {
+            let e =
+                AttnProblem::contiguous_with_head_dim_v([1, 8, 8, 2, 2, d], dv, &AttnOptions::default()).unwrap_err();
+            assert!(matches!(e, Error::UnsupportedHeadDim { arg: Arg::V, head_dim, .. } if head_dim == dv), "{e}");
+        }
+        // K keeps q's head dim.
+        let q = Layout::contiguous([1, 8, 2, 192]);
+        let k = Layout::contiguous([1, 8, 2, 128]);
+        let e = AttnProblem::new((&q, q.numel()), (&k, k.numel()), (&k, k.numel()), &AttnOptions::default());
+        assert!(matches!(e, Err(Error::ShapeMismatch { arg: Arg::K, what: "head_dim", .. })));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The tiled f32 CPU forward against the exact f64 reference, on random problems: GQA/MQA, unequal
-//! sequence lengths, every supported head dim, causal or not, sliding windows (some hiding every key
+//! sequence lengths, every supported head dim (and V's own head dim where one is supported: 192 with
+//! 128, DeepSeek-V3's), causal or not, sliding windows (some hiding every key
 //! of many rows), softcap, ALiBi (per head or per batch and head) and sinks, crossed at random, random
 //! softmax scales, padded and head-major strides, in bf16, f16 and f32.
 //!
@@ -21,6 +22,7 @@ mod common;
 use common::{check_lse, rel_l2};
 use half::{bf16, f16};
 use ironflash::cpu::{forward, forward_into, reference_forward, ForwardOutput};
+use ironflash::problem::supported_head_dim_pairs;
 use ironflash::{AttnOptions, DType, Element, Error, HostTensor, Layout, PerHead, Window};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -78,6 +80,8 @@ struct Case {
     seqlen_q: usize,
     seqlen_k: usize,
     head_dim: usize,
+    /// Head dim of V and O.
+    head_dim_v: usize,
     causal: bool,
     window: Window,
     softcap: Option<f32>,
@@ -133,6 +137,11 @@ fn modifiers() -> impl Strategy<Value = ModifierChoice> {
         })
 }
 
+/// Every supported (head_dim, head_dim_v) pair.
+fn head_dims() -> impl Strategy<Value = (usize, usize)> {
+    proptest::sample::select(supported_head_dim_pairs().collect::<Vec<_>>())
+}
+
 fn case() -> impl Strategy<Value = Case> {
     let heads = (1usize..=4).prop_flat_map(|hq| {
         let divisors: Vec<usize> = (1..=hq).filter(|g| hq % g == 0).collect();
@@ -143,7 +152,7 @@ fn case() -> impl Strategy<Value = Case> {
         heads,
         1usize..=300,
         1usize..=300,
-        proptest::sample::select(vec![32usize, 64, 96, 128, 192, 256]),
+        head_dims(),
         modifiers(),
         proptest::option::weighted(0.75, 0.25f32..4.0),
         0.5f32..4.0,
@@ -156,7 +165,7 @@ fn case() -> impl Strategy<Value = Case> {
                 (heads_q, heads_kv),
                 seqlen_q,
                 seqlen_k,
-                head_dim,
+                (head_dim, head_dim_v),
                 m,
                 scale_factor,
                 q_amplitude,
@@ -177,6 +186,7 @@ fn case() -> impl Strategy<Value = Case> {
                     seqlen_q,
                     seqlen_k,
                     head_dim,
+                    head_dim_v,
                     causal: m.causal,
                     window: m.window,
                     softcap: m.softcap,
@@ -211,13 +221,19 @@ impl Case {
     fn inputs<T: Element>(&self) -> [HostTensor<T>; 3] {
         let mut rng = StdRng::seed_from_u64(self.seed);
         let q_shape = [self.batch, self.seqlen_q, self.heads_q, self.head_dim];
-        let kv_shape = [self.batch, self.seqlen_k, self.heads_kv, self.head_dim];
+        let k_shape = [self.batch, self.seqlen_k, self.heads_kv, self.head_dim];
+        let v_shape = [self.batch, self.seqlen_k, self.heads_kv, self.head_dim_v];
         let [pq, pk, pv] = self.placements;
         [
             HostTensor::random_with_layout(layout(q_shape, pq), self.q_amplitude, &mut rng),
-            HostTensor::random_with_layout(layout(kv_shape, pk), 1.0, &mut rng),
-            HostTensor::random_with_layout(layout(kv_shape, pv), 1.0, &mut rng),
+            HostTensor::random_with_layout(layout(k_shape, pk), 1.0, &mut rng),
+            HostTensor::random_with_layout(layout(v_shape, pv), 1.0, &mut rng),
         ]
+    }
+
+    /// O's shape: q's rows and heads, v's head dim.
+    fn o_shape(&self) -> [usize; 4] {
+        [self.batch, self.seqlen_q, self.heads_q, self.head_dim_v]
     }
 }
 
@@ -228,8 +244,8 @@ fn compare<T: Element>(case: &Case) -> Result<(f64, f64), String> {
     let opts = case.options();
     let got = forward(&q, &k, &v, &opts).map_err(|e| e.to_string())?;
     let want = reference_forward(&q, &k, &v, &opts).map_err(|e| e.to_string())?;
-    if got.o.layout != Layout::contiguous(q.shape()) {
-        return Err(format!("O layout {:?} is not contiguous in q's shape", got.o.layout));
+    if got.o.layout != Layout::contiguous(case.o_shape()) {
+        return Err(format!("O layout {:?} is not contiguous in O's shape {:?}", got.o.layout, case.o_shape()));
     }
     check_fully_masked_rows(case, &got)?;
     let err = rel_l2(&got.o.to_f64_contiguous(), &want.o);
@@ -253,7 +269,7 @@ fn check_fully_masked_rows<T: Element>(case: &Case, got: &ForwardOutput<T>) -> R
                 if lse != want {
                     return Err(format!("fully masked row ({b}, {h}, {i}): LSE {lse}, want {want} ({opts:?})"));
                 }
-                if (0..case.head_dim).any(|d| got.o.get(b, i, h, d).to_f32() != 0.0) {
+                if (0..case.head_dim_v).any(|d| got.o.get(b, i, h, d).to_f32() != 0.0) {
                     return Err(format!("fully masked row ({b}, {h}, {i}): O is not 0"));
                 }
             }
@@ -277,7 +293,7 @@ fn compare_forward_into<T: Element>(case: &Case, placement: Placement) -> Result
     let [q, k, v] = case.inputs::<T>();
     let opts = case.options();
     let want = forward(&q, &k, &v, &opts).map_err(|e| e.to_string())?;
-    let o_layout = layout(q.shape(), placement);
+    let o_layout = layout(case.o_shape(), placement);
     let mut o = HostTensor { data: vec![T::from_f32(f32::NAN); o_layout.span()], layout: o_layout };
     let mut lse = vec![f32::NAN; want.lse.len()];
     forward_into(&q, &k, &v, &opts, &mut o, &mut lse).map_err(|e| e.to_string())?;
@@ -343,6 +359,7 @@ fn fixed_case(seqlen_q: usize, seqlen_k: usize, causal: bool) -> Case {
         seqlen_q,
         seqlen_k,
         head_dim: 64,
+        head_dim_v: 64,
         causal,
         window: Window::default(),
         softcap: None,
@@ -366,7 +383,7 @@ fn fully_masked_rows_give_zero_output_and_minus_infinity_lse() {
         for h in 0..case.heads_q {
             for i in 0..case.seqlen_q {
                 let lse = out.lse[(b * case.heads_q + h) * case.seqlen_q + i];
-                let row: Vec<f32> = (0..case.head_dim).map(|d| out.o.get(b, i, h, d)).collect();
+                let row: Vec<f32> = (0..case.head_dim_v).map(|d| out.o.get(b, i, h, d)).collect();
                 if i < 60 {
                     assert_eq!(lse, f32::NEG_INFINITY, "row {i}");
                     assert!(row.iter().all(|&x| x == 0.0), "row {i}");
@@ -458,7 +475,7 @@ fn forward_into_strided_output_matches_forward() {
     let want = forward(&q, &k, &v, &opts).unwrap();
     for placement in [Placement::Contiguous, Placement::Padded, Placement::HeadMajor] {
         let mut rng = StdRng::seed_from_u64(1);
-        let mut o = HostTensor::<f16>::random_with_layout(layout(q.shape(), placement), 1.0, &mut rng);
+        let mut o = HostTensor::<f16>::random_with_layout(layout(case.o_shape(), placement), 1.0, &mut rng);
         let mut lse: Vec<f32> = (0..want.lse.len()).map(|_| rng.random()).collect();
         forward_into(&q, &k, &v, &opts, &mut o, &mut lse).unwrap();
         assert_eq!(o.to_f64_contiguous(), want.o.to_f64_contiguous(), "{placement:?}");
@@ -470,8 +487,47 @@ fn forward_into_strided_output_matches_forward() {
 fn forward_into_rejects_a_short_lse() {
     let case = fixed_case(5, 5, false);
     let [q, k, v] = case.inputs::<f32>();
-    let mut o = HostTensor::filled(q.shape(), 0.0f32);
+    let mut o = HostTensor::filled(case.o_shape(), 0.0f32);
     let mut lse = vec![0.0f32; 2 * 4 * 5 - 1];
     let err = forward_into(&q, &k, &v, &case.options(), &mut o, &mut lse).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { arg: ironflash::Arg::Lse, .. }), "{err:?}");
+}
+
+/// DeepSeek-V3's head dims: Q and K 192, V (and so O) 128. GQA, strided inputs and every mask: dense
+/// rows crossing several key blocks, causal with fewer keys than queries (fully masked rows), a
+/// window's left edge moving through the key blocks, and a two-sided window with every modifier.
+#[test]
+fn value_head_dim_of_its_own() {
+    let deepseek = |seqlen_q, seqlen_k, causal| Case {
+        head_dim: 192,
+        head_dim_v: 128,
+        placements: [Placement::HeadMajor, Placement::Padded, Placement::Padded],
+        ..fixed_case(seqlen_q, seqlen_k, causal)
+    };
+    let slopes: Vec<f32> = (0..4).map(|i| 0.5f32.powi(i)).collect();
+    let cases = [
+        deepseek(150, 200, false),
+        deepseek(130, 70, true),
+        Case { window: Window { left: Some(100), right: None }, ..deepseek(257, 257, true) },
+        Case {
+            window: Window { left: Some(70), right: Some(5) },
+            softcap: Some(5.0),
+            alibi_slopes: Some(slopes),
+            sinks: Some(vec![1.0, -2.0, 0.5, 4.0]),
+            q_amplitude: 3.0,
+            ..deepseek(130, 300, false)
+        },
+    ];
+    for case in cases {
+        for (dtype, (err, lse_err)) in [
+            (DType::F32, compare::<f32>(&case).unwrap()),
+            (DType::BF16, compare::<bf16>(&case).unwrap()),
+            (DType::F16, compare::<f16>(&case).unwrap()),
+        ] {
+            println!("head dims 192/128 {dtype} rel_l2 {err:.2e} lse {lse_err:.2e}");
+        }
+        for placement in [Placement::Contiguous, Placement::Padded, Placement::HeadMajor] {
+            compare_forward_into::<bf16>(&case, placement).unwrap();
+        }
+    }
 }

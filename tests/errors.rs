@@ -1,8 +1,8 @@
 //! Every invalid input gets its typed error naming the argument, never a panic: through
 //! `cpu::forward`, `cpu::forward_into`, the reference, `AttnProblem::new` and the layout checks.
 
-use ironflash::cpu::{forward, forward_into, reference_backward, reference_forward};
-use ironflash::problem::SUPPORTED_HEAD_DIMS;
+use ironflash::cpu::{forward, forward_into, reference_backward, reference_backward_given_o, reference_forward};
+use ironflash::problem::{supported_head_dims_v, SUPPORTED_HEAD_DIMS};
 use ironflash::{Arg, AttnOptions, AttnProblem, Error, HostTensor, Layout, Result};
 
 fn tensor(shape: [usize; 4]) -> HostTensor<f32> {
@@ -70,12 +70,11 @@ fn zero_sized_dims() {
 fn k_or_v_not_matching_q() {
     let opts = AttnOptions::default();
     let q = tensor(Q);
-    // batch of k, batch of v, head_dim of k, head_dim of v
-    let cases: [(Arg, [usize; 4], [usize; 4], &str); 6] = [
+    // batch of k, batch of v, head_dim of k, seqlen and heads of v (v's head_dim: `v_head_dim_unsupported`)
+    let cases: [(Arg, [usize; 4], [usize; 4], &str); 5] = [
         (Arg::K, [1, 7, 2, 64], KV, "batch"),
         (Arg::V, KV, [3, 7, 2, 64], "batch"),
         (Arg::K, [2, 7, 2, 128], KV, "head_dim"),
-        (Arg::V, KV, [2, 7, 2, 32], "head_dim"),
         (Arg::V, KV, [2, 8, 2, 64], "seqlen"),
         (Arg::V, KV, [2, 7, 1, 64], "heads"),
     ];
@@ -83,6 +82,59 @@ fn k_or_v_not_matching_q() {
         let (k, v) = (tensor(k_shape), tensor(v_shape));
         assert_all!(all_paths(&q, &k, &v, &opts), Error::ShapeMismatch { arg: a, what: w, .. } if a == arg && w == what);
     }
+}
+
+#[test]
+fn v_head_dim_unsupported() {
+    // V may have a head dim of its own only where one is supported (192 with 128); elsewhere it is q's.
+    let q = tensor([1, 5, 2, 128]);
+    let k = tensor([1, 7, 1, 128]);
+    let v = tensor([1, 7, 1, 64]);
+    assert_all!(
+        all_paths(&q, &k, &v, &AttnOptions::default()),
+        Error::UnsupportedHeadDim { arg: Arg::V, head_dim: 64, supported } if supported == supported_head_dims_v(128)
+    );
+    let q = tensor([1, 5, 2, 192]);
+    let k = tensor([1, 7, 1, 192]);
+    for d_v in [64, 256] {
+        assert_all!(
+            all_paths(&q, &k, &tensor([1, 7, 1, d_v]), &AttnOptions::default()),
+            Error::UnsupportedHeadDim { arg: Arg::V, head_dim, supported } if head_dim == d_v && supported == supported_head_dims_v(192)
+        );
+    }
+}
+
+#[test]
+fn k_head_dim_follows_q_where_v_has_its_own() {
+    // V's head dim of its own does not free K's: q and k share one.
+    let (q, k, v) = (tensor([1, 5, 2, 192]), tensor([1, 7, 1, 128]), tensor([1, 7, 1, 128]));
+    assert_all!(
+        all_paths(&q, &k, &v, &AttnOptions::default()),
+        Error::ShapeMismatch { arg: Arg::K, what: "head_dim", got: 128, expected: 192, .. }
+    );
+}
+
+#[test]
+fn outputs_shaped_with_q_head_dim_where_v_has_its_own() {
+    // Q and K 192, V 128: O and dO are [.., 128], so the q-shaped ones are refused, naming the head dim.
+    let (q, k, v) = (tensor([1, 5, 2, 192]), tensor([1, 7, 1, 192]), tensor([1, 7, 1, 128]));
+    let opts = AttnOptions::causal();
+    let mut lse = vec![0.0; 2 * 5];
+    let mut o = tensor([1, 5, 2, 192]);
+    let e = forward_into(&q, &k, &v, &opts, &mut o, &mut lse).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { arg: Arg::O, what: "head_dim", got: 192, expected: 128, .. }), "{e:?}");
+    let e = reference_backward(&q, &k, &v, &tensor([1, 5, 2, 192]), &opts).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { arg: Arg::DO, what: "head_dim", got: 192, expected: 128, .. }), "{e:?}");
+    let e =
+        reference_backward_given_o(&q, &k, &v, &tensor([1, 5, 2, 192]), &tensor([1, 5, 2, 128]), &opts).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { arg: Arg::O, what: "head_dim", got: 192, expected: 128, .. }), "{e:?}");
+
+    // Shaped like O, the same calls succeed; O and the gradients come back in their own shapes.
+    let mut o = tensor([1, 5, 2, 128]);
+    forward_into(&q, &k, &v, &opts, &mut o, &mut lse).unwrap();
+    assert_eq!(forward(&q, &k, &v, &opts).unwrap().o.shape(), [1, 5, 2, 128]);
+    let grads = reference_backward(&q, &k, &v, &tensor([1, 5, 2, 128]), &opts).unwrap();
+    assert_eq!((grads.dq.len(), grads.dk.len(), grads.dv.len()), (5 * 2 * 192, 7 * 192, 7 * 128));
 }
 
 #[test]
@@ -190,7 +242,7 @@ fn overlapping_output_strides() {
             &AttnOptions::default(),
         )
         .unwrap();
-        let e = p.check_like_q(Arg::O, &layout, len).unwrap_err();
+        let e = p.check_like_o(Arg::O, &layout, len).unwrap_err();
         assert!(matches!(e, Error::OverlappingOutput { arg: Arg::O, .. }), "{strides:?}: {e:?}");
         let mut o = with_layout(layout, len);
         let mut lse = vec![0.0; p.lse_len()];
@@ -204,7 +256,7 @@ fn overlapping_output_strides() {
 }
 
 #[test]
-fn output_shaped_unlike_q() {
+fn output_shaped_unlike_o() {
     let (q, k, v) = (tensor(Q), tensor(KV), tensor(KV));
     let mut o = tensor([2, 5, 2, 64]);
     let mut lse = vec![0.0; 2 * 5 * 4];
@@ -213,7 +265,7 @@ fn output_shaped_unlike_q() {
 }
 
 #[test]
-fn d_o_shaped_unlike_q() {
+fn d_o_shaped_unlike_o() {
     let (q, k, v) = (tensor(Q), tensor(KV), tensor(KV));
     let d_o = tensor([2, 6, 4, 64]);
     let e = reference_backward(&q, &k, &v, &d_o, &AttnOptions::default()).unwrap_err();

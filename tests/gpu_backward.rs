@@ -47,6 +47,8 @@ struct Case {
     heads_kv: usize,
     group: usize,
     head_dim: usize,
+    /// V's (O's, dO's, dV's) head dim.
+    head_dim_v: usize,
     causal: bool,
     /// Padded strides on every input and on the gradient buffers.
     strided: bool,
@@ -54,10 +56,21 @@ struct Case {
 }
 
 impl Case {
+    /// Shapes of q, k, v and of O (and dO).
+    fn shapes(&self) -> [[usize; 4]; 4] {
+        let (hq, d, dv) = (self.heads_kv * self.group, self.head_dim, self.head_dim_v);
+        [
+            [self.batch, self.seqlen_q, hq, d],
+            [self.batch, self.seqlen_k, self.heads_kv, d],
+            [self.batch, self.seqlen_k, self.heads_kv, dv],
+            [self.batch, self.seqlen_q, hq, dv],
+        ]
+    }
+
     fn name<T: Element>(&self) -> String {
         let c = self;
         format!(
-            "{} b{} sq{} sk{} hq{} hkv{} d{} causal={} strided={} det={}",
+            "{} b{} sq{} sk{} hq{} hkv{} d{} dv{} causal={} strided={} det={}",
             T::DTYPE,
             c.batch,
             c.seqlen_q,
@@ -65,12 +78,16 @@ impl Case {
             c.heads_kv * c.group,
             c.heads_kv,
             c.head_dim,
+            c.head_dim_v,
             c.causal,
             c.strided,
             c.deterministic
         )
     }
 }
+
+/// Head dims of Q/K and of V: equal, and DeepSeek-V3's 192 / 128.
+const HEAD_DIMS: [(usize, usize); 7] = [(32, 32), (64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128)];
 
 /// A layout for `shape`, contiguous or with every stride padded (multiples of 8 elements).
 fn layout(shape: [usize; 4], strided: bool) -> Layout {
@@ -111,13 +128,11 @@ struct Inputs<T> {
 
 fn inputs<T: Element>(c: &Case, seed: u64) -> Inputs<T> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let hq = c.heads_kv * c.group;
-    let qs = [c.batch, c.seqlen_q, hq, c.head_dim];
-    let ks = [c.batch, c.seqlen_k, c.heads_kv, c.head_dim];
+    let [qs, ks, vs, os] = c.shapes();
     let q = HostTensor::<T>::random_with_layout(layout(qs, c.strided), 1.0, &mut rng);
     let k = HostTensor::<T>::random_with_layout(layout(ks, c.strided), 1.0, &mut rng);
-    let v = HostTensor::<T>::random_with_layout(layout(ks, c.strided), 1.0, &mut rng);
-    let d_o = HostTensor::<T>::random_with_layout(layout(qs, c.strided), 1.0, &mut rng);
+    let v = HostTensor::<T>::random_with_layout(layout(vs, c.strided), 1.0, &mut rng);
+    let d_o = HostTensor::<T>::random_with_layout(layout(os, c.strided), 1.0, &mut rng);
     // Scales around 1/sqrt(d) and above it, so that some rows have peaked softmaxes.
     let scale = rng.random_range(0.5..3.0) / (c.head_dim as f32).sqrt();
     let opts = AttnOptions {
@@ -146,9 +161,7 @@ fn run_gpu_tile<T: Element>(
     fwd: &cpu::ReferenceForward,
     tile: Option<&BackwardTile>,
 ) -> Result<GpuGradients<T>, Error> {
-    let hq = c.heads_kv * c.group;
-    let qs = [c.batch, c.seqlen_q, hq, c.head_dim];
-    let ks = [c.batch, c.seqlen_k, c.heads_kv, c.head_dim];
+    let [qs, ks, vs, _] = c.shapes();
     let o = rounded_o::<T>(c, fwd);
     let lse: Vec<f32> = fwd.lse.iter().map(|&l| l as f32).collect();
     let lse: CudaSlice<f32> = dev.stream().clone_htod(&lse).unwrap();
@@ -160,7 +173,7 @@ fn run_gpu_tile<T: Element>(
             layout: layout(shape, c.strided),
         })
     };
-    let mut grads = GpuGradients { dq: poisoned(qs)?, dk: poisoned(ks)?, dv: poisoned(ks)?, d_sinks: None };
+    let mut grads = GpuGradients { dq: poisoned(qs)?, dk: poisoned(ks)?, dv: poisoned(vs)?, d_sinks: None };
     match tile {
         None => gpu::flash_backward_into(dev, &q, &k, &v, &o, &lse, &d_o, &mut grads, &x.opts)?,
         Some(t) => gpu::flash_backward_with_tile(dev, &q, &k, &v, &o, &lse, &d_o, &mut grads, &x.opts, t)?,
@@ -170,7 +183,7 @@ fn run_gpu_tile<T: Element>(
 
 /// The reference O in the element type, as the backward is handed it.
 fn rounded_o<T: Element>(c: &Case, fwd: &cpu::ReferenceForward) -> HostTensor<T> {
-    from_f64::<T>(&fwd.o, layout([c.batch, c.seqlen_q, c.heads_kv * c.group, c.head_dim], c.strided))
+    from_f64::<T>(&fwd.o, layout(c.shapes()[3], c.strided))
 }
 
 fn download<T: Element>(dev: &Device, g: &GpuGradients<T>) -> [Vec<f64>; 3] {
@@ -217,22 +230,27 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         prop_oneof![1usize..=48, 49usize..=300],
         1usize..=2,
         prop_oneof![Just(1usize), Just(2), Just(3)],
-        prop_oneof![Just(32usize), Just(64), Just(96), Just(128), Just(192), Just(256)],
+        prop::sample::select(HEAD_DIMS.to_vec()),
         any::<bool>(),
         any::<bool>(),
         prop::bool::weighted(0.25),
     )
-        .prop_map(|(batch, seqlen_q, seqlen_k, heads_kv, group, head_dim, causal, strided, deterministic)| Case {
-            batch,
-            seqlen_q,
-            seqlen_k,
-            heads_kv,
-            group,
-            head_dim,
-            causal,
-            strided,
-            deterministic,
-        })
+        .prop_map(
+            |(batch, seqlen_q, seqlen_k, heads_kv, group, (head_dim, head_dim_v), causal, strided, deterministic)| {
+                Case {
+                    batch,
+                    seqlen_q,
+                    seqlen_k,
+                    heads_kv,
+                    group,
+                    head_dim,
+                    head_dim_v,
+                    causal,
+                    strided,
+                    deterministic,
+                }
+            },
+        )
 }
 
 /// 24 random cases (`IRONFLASH_PROPTEST_CASES` overrides) of `case_strategy` with a fresh seed each.
@@ -263,6 +281,7 @@ const fn case(b: usize, sq: usize, sk: usize, hkv: usize, group: usize, d: usize
         heads_kv: hkv,
         group,
         head_dim: d,
+        head_dim_v: d,
         causal,
         strided: false,
         deterministic: false,
@@ -272,10 +291,11 @@ const fn case(b: usize, sq: usize, sk: usize, hkv: usize, group: usize, d: usize
 /// Every head dim, both masks, GQA and MQA, tails on both sides, fully masked rows (causal, sq > sk).
 fn fixed_cases_every_head_dim() {
     let mut cases = Vec::new();
-    for d in [32, 64, 96, 128, 192, 256] {
-        cases.push(case(1, 130, 200, 2, 2, d, false));
-        cases.push(case(2, 200, 77, 1, 3, d, true)); // MQA, rows 0..122 fully masked
-        cases.push(Case { strided: true, ..case(1, 64, 64, 2, 1, d, true) });
+    for (d, dv) in HEAD_DIMS {
+        let with_dv = |c: Case| Case { head_dim_v: dv, ..c };
+        cases.push(with_dv(case(1, 130, 200, 2, 2, d, false)));
+        cases.push(with_dv(case(2, 200, 77, 1, 3, d, true))); // MQA, rows 0..122 fully masked
+        cases.push(with_dv(Case { strided: true, ..case(1, 64, 64, 2, 1, d, true) }));
     }
     for (i, c) in cases.into_iter().enumerate() {
         check_case::<bf16>(c, 100 + i as u64).unwrap();
@@ -396,10 +416,10 @@ fn every_compiled_tile() {
             println!("{}: needs compute capability 9.0, skipped on {}", tile.symbols[0], dev.info().name);
             continue;
         }
-        let d = tile.head_dim;
-        let c = case(1, 150, 170, 1, 2, d, true);
+        let (d, head_dim_v) = (tile.head_dim, tile.head_dim_v);
+        let c = Case { head_dim_v, ..case(1, 150, 170, 1, 2, d, true) };
         check_case_tile::<bf16>(c, 500 + i as u64, Some(tile)).unwrap();
-        let c = Case { deterministic: true, strided: true, ..case(1, 97, 80, 2, 1, d, false) };
+        let c = Case { deterministic: true, strided: true, head_dim_v, ..case(1, 97, 80, 2, 1, d, false) };
         check_case_tile::<f16>(c, 600 + i as u64, Some(tile)).unwrap();
     }
 }

@@ -16,7 +16,8 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use rand::SeedableRng;
 use std::sync::Mutex;
 
-const HEAD_DIMS: [usize; 6] = [32, 64, 96, 128, 192, 256];
+/// Head dims of Q/K and of V: equal, and DeepSeek-V3's 192 / 128.
+const HEAD_DIMS: [(usize, usize); 7] = [(32, 32), (64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128)];
 
 /// One random problem. Paddings are in elements (multiples of 8): `[head, seq, batch]` extra stride.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ struct Case {
     heads_kv: usize,
     group: usize,
     head_dim: usize,
+    /// V's (and O's) head dim.
+    head_dim_v: usize,
     causal: bool,
     scale: f32,
     amplitude: f32,
@@ -79,7 +82,7 @@ fn case(large_scores: bool) -> impl Strategy<Value = Case> {
     )
         .prop_map(
             move |(
-                (batch, seqlen_q, seqlen_k, heads_kv, group, head_dim),
+                (batch, seqlen_q, seqlen_k, heads_kv, group, (head_dim, head_dim_v)),
                 (causal, scale, negative, pad_q, pad_kv, pad_o, small_tile, seed),
             )| {
                 let (scale, amplitude) = if large_scores { (scale * 10.0, 4.0) } else { (scale, 1.0) };
@@ -90,6 +93,7 @@ fn case(large_scores: bool) -> impl Strategy<Value = Case> {
                     heads_kv,
                     group,
                     head_dim,
+                    head_dim_v,
                     causal,
                     // A negative scale is valid too: the kernel takes the max after scaling.
                     scale: if negative && !large_scores { -scale } else { scale },
@@ -113,11 +117,11 @@ fn split_case() -> impl Strategy<Value = Case> {
 
 /// One of the table's rows for a head dim other than the chooser's pick that fit this device (picked by
 /// `seed`), so that every compiled variant is exercised on the GPU at hand.
-fn other_tile(dev: &Device, head_dim: usize, chosen: &FwdTile, seed: u64) -> Option<FwdTile> {
+fn other_tile(dev: &Device, dims: (usize, usize), chosen: &FwdTile, seed: u64) -> Option<FwdTile> {
     let info = dev.info();
     let others: Vec<FwdTile> = tiles::FWD_TILES
         .iter()
-        .filter(|t| t.head_dim == head_dim && *t != chosen && t.smem_bytes(2) <= info.smem_per_block_optin)
+        .filter(|t| (t.head_dim, t.head_dim_v) == dims && *t != chosen && t.smem_bytes(2) <= info.smem_per_block_optin)
         // Hopper rows run only on compute capability 9.0.
         .filter(|t| !t.wgmma || info.runs_wgmma())
         .copied()
@@ -136,42 +140,52 @@ struct Worst {
 
 fn run_case<T: Element>(dev: &Device, c: &Case, worst: &Mutex<Worst>) -> Result<(), String> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(c.seed);
-    let (hq, d) = (c.heads_kv * c.group, c.head_dim);
+    let (hq, d, dv) = (c.heads_kv * c.group, c.head_dim, c.head_dim_v);
     let q = HostTensor::<T>::random_with_layout(padded([c.batch, c.seqlen_q, hq, d], c.pad_q), c.amplitude, &mut rng);
     let k = HostTensor::<T>::random_with_layout(
         padded([c.batch, c.seqlen_k, c.heads_kv, d], c.pad_kv),
         c.amplitude,
         &mut rng,
     );
-    let v = HostTensor::<T>::random_with_layout(padded([c.batch, c.seqlen_k, c.heads_kv, d], c.pad_kv), 1.0, &mut rng);
+    let v = HostTensor::<T>::random_with_layout(padded([c.batch, c.seqlen_k, c.heads_kv, dv], c.pad_kv), 1.0, &mut rng);
     let opts = AttnOptions { causal: c.causal, softmax_scale: Some(c.scale), ..Default::default() };
     let reference = cpu::reference_forward(&q, &k, &v, &opts).map_err(|e| e.to_string())?;
-    let (dq, dk, dv) = (dev.upload(&q).unwrap(), dev.upload(&k).unwrap(), dev.upload(&v).unwrap());
+    let (q_dev, k_dev, v_dev) = (dev.upload(&q).unwrap(), dev.upload(&k).unwrap(), dev.upload(&v).unwrap());
 
-    let chosen = gpu::forward_tile(dev.info(), d, T::DTYPE, c.causal).map_err(|e| e.to_string())?;
-    let small = if c.small_tile { other_tile(dev, d, &chosen, c.seed >> 7) } else { None };
+    let chosen = gpu::forward_tile(dev.info(), (d, dv), T::DTYPE, c.causal).map_err(|e| e.to_string())?;
+    let small = if c.small_tile { other_tile(dev, (d, dv), &chosen, c.seed >> 7) } else { None };
     let (o, lse) = match (c.pad_o, small) {
         _ if c.splits.is_some() => {
-            let layout = padded([c.batch, c.seqlen_q, hq, d], c.pad_o.unwrap_or([0; 3]));
+            let layout = padded([c.batch, c.seqlen_q, hq, dv], c.pad_o.unwrap_or([0; 3]));
             let mut o = dev.upload(&HostTensor { data: vec![T::poison(); layout.span()], layout }).unwrap();
             let mut lse = dev.poisoned_f32(reference.lse.len()).unwrap();
-            gpu::flash_forward_with_splits(dev, &dq, &dk, &dv, &mut o, &mut lse, &opts, None, c.splits.unwrap())
-                .map_err(|e| e.to_string())?;
+            gpu::flash_forward_with_splits(
+                dev,
+                &q_dev,
+                &k_dev,
+                &v_dev,
+                &mut o,
+                &mut lse,
+                &opts,
+                None,
+                c.splits.unwrap(),
+            )
+            .map_err(|e| e.to_string())?;
             (dev.download(&o).unwrap(), dev.download_f32(&lse).unwrap())
         }
         (_, Some(tile)) => {
-            let mut o = dev.poisoned::<T>([c.batch, c.seqlen_q, hq, d]).unwrap();
+            let mut o = dev.poisoned::<T>([c.batch, c.seqlen_q, hq, dv]).unwrap();
             let mut lse = dev.poisoned_f32(reference.lse.len()).unwrap();
-            gpu::flash_forward_with_tile(dev, &dq, &dk, &dv, &mut o, &mut lse, &opts, &tile)
+            gpu::flash_forward_with_tile(dev, &q_dev, &k_dev, &v_dev, &mut o, &mut lse, &opts, &tile)
                 .map_err(|e| e.to_string())?;
             (dev.download(&o).unwrap(), dev.download_f32(&lse).unwrap())
         }
         (Some(pad_o), None) => {
-            let layout = padded([c.batch, c.seqlen_q, hq, d], pad_o);
+            let layout = padded([c.batch, c.seqlen_q, hq, dv], pad_o);
             let poisoned = HostTensor { data: vec![T::poison(); layout.span()], layout };
             let mut o = dev.upload(&poisoned).unwrap();
             let mut lse = dev.poisoned_f32(reference.lse.len() + 3).unwrap();
-            gpu::flash_forward_into(dev, &dq, &dk, &dv, &mut o, &mut lse, &opts).map_err(|e| e.to_string())?;
+            gpu::flash_forward_into(dev, &q_dev, &k_dev, &v_dev, &mut o, &mut lse, &opts).map_err(|e| e.to_string())?;
             let o = dev.download(&o).unwrap();
             let lse = dev.download_f32(&lse).unwrap();
             // Nothing outside the logical elements (padding, the LSE's spare tail) may be written.
@@ -179,7 +193,7 @@ fn run_case<T: Element>(dev: &Device, c: &Case, worst: &Mutex<Worst>) -> Result<
             let [b, s, h, _] = o.layout.shape;
             for (bi, si, hi) in (0..b).flat_map(|bi| (0..s).flat_map(move |si| (0..h).map(move |hi| (bi, si, hi)))) {
                 let base = o.layout.offset(bi, si, hi, 0);
-                touched[base..base + d].iter_mut().for_each(|x| *x = true);
+                touched[base..base + dv].iter_mut().for_each(|x| *x = true);
             }
             if o.data.iter().zip(&touched).any(|(x, &t)| !t && !x.to_f32().is_nan()) {
                 return Err("O padding was overwritten".into());
@@ -190,9 +204,9 @@ fn run_case<T: Element>(dev: &Device, c: &Case, worst: &Mutex<Worst>) -> Result<
             (o, lse[..reference.lse.len()].to_vec())
         }
         (None, None) => {
-            let mut o = dev.poisoned::<T>([c.batch, c.seqlen_q, hq, d]).unwrap();
+            let mut o = dev.poisoned::<T>([c.batch, c.seqlen_q, hq, dv]).unwrap();
             let mut lse = dev.poisoned_f32(reference.lse.len()).unwrap();
-            gpu::flash_forward_into(dev, &dq, &dk, &dv, &mut o, &mut lse, &opts).map_err(|e| e.to_string())?;
+            gpu::flash_forward_into(dev, &q_dev, &k_dev, &v_dev, &mut o, &mut lse, &opts).map_err(|e| e.to_string())?;
             (dev.download(&o).unwrap(), dev.download_f32(&lse).unwrap())
         }
     };
@@ -250,12 +264,12 @@ fn forward_large_scores_f16() {
 }
 
 /// Every head dim with the chooser's tile only: on compute capability 9.0 the `wgmma` kernels
-/// (`HD32_WGMMA` .. `HD256_WGMMA`), over the same axes as above (tails around the
+/// (`HD32_WGMMA` .. `HD256_WGMMA`, `HD192_V128_WGMMA`), over the same axes as above (tails around the
 /// 128-row and key blocks, causal with fully masked rows, GQA, padded strides, negative and large
 /// scales).
 fn hopper_case(large_scores: bool) -> BoxedStrategy<Case> {
-    (case(large_scores), prop::sample::select(vec![32usize, 64, 96, 128, 192, 256]))
-        .prop_map(|(c, head_dim)| Case { head_dim, small_tile: false, ..c })
+    (case(large_scores), prop::sample::select(HEAD_DIMS.to_vec()))
+        .prop_map(|(c, (head_dim, head_dim_v))| Case { head_dim, head_dim_v, small_tile: false, ..c })
         .boxed()
 }
 
@@ -340,6 +354,7 @@ fn fixed_case<T: Element>(dev: &Device, dims: [usize; 6], causal: bool, seed: u6
         heads_kv,
         group,
         head_dim,
+        head_dim_v: head_dim,
         causal,
         scale: 1.0 / (head_dim as f32).sqrt(),
         amplitude: 1.0,
@@ -362,7 +377,7 @@ fn decode_case<T: Element>(dev: &Device, dims: [usize; 6], causal: bool, pad_o: 
     let opts = AttnOptions { causal, ..Default::default() };
     let dims = [batch, seqlen_q, seqlen_k, heads_kv * group, heads_kv, head_dim];
     let p = ironflash::AttnProblem::contiguous(dims, &opts).unwrap();
-    let tile = gpu::forward_tile(dev.info(), head_dim, T::DTYPE, causal).unwrap();
+    let tile = gpu::forward_tile(dev.info(), (head_dim, head_dim), T::DTYPE, causal).unwrap();
     let (_, splits) = gpu::forward_launch_plan(dev.info(), &p, &tile, T::DTYPE);
     let c = Case {
         batch,
@@ -371,6 +386,7 @@ fn decode_case<T: Element>(dev: &Device, dims: [usize; 6], causal: bool, pad_o: 
         heads_kv,
         group,
         head_dim,
+        head_dim_v: head_dim,
         causal,
         scale: 1.0 / (head_dim as f32).sqrt(),
         amplitude: 1.0,
@@ -431,6 +447,7 @@ fn split_kv_fully_masked_rows_and_empty_splits() {
             heads_kv,
             group,
             head_dim,
+            head_dim_v: head_dim,
             causal: true,
             scale: 0.1,
             amplitude: 1.0,

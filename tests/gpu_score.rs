@@ -27,7 +27,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rand::{Rng, SeedableRng};
 
-const HEAD_DIMS: [usize; 6] = [32, 64, 96, 128, 192, 256];
+/// Head dims of Q/K and of V: equal, and DeepSeek-V3's 192 / 128.
+const HEAD_DIMS: [(usize, usize); 7] = [(32, 32), (64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128)];
 
 /// Which kernels run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,6 +49,8 @@ struct Case {
     heads_kv: usize,
     group: usize,
     head_dim: usize,
+    /// V's (O's) head dim.
+    head_dim_v: usize,
     causal: bool,
     window: (Option<usize>, Option<usize>),
     softcap: Option<f32>,
@@ -76,21 +79,24 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         (kernels, any::<u64>()),
     )
         .prop_map(
-            |((batch, sq, sk), (hkv, group, d), (causal, window, softcap), (alibi, sinks, det), (k, seed))| Case {
-                batch,
-                seqlen_q: sq,
-                seqlen_k: sk,
-                heads_kv: hkv,
-                group,
-                head_dim: d,
-                causal,
-                window,
-                softcap,
-                alibi,
-                sinks,
-                deterministic: det,
-                kernels: k,
-                seed,
+            |((batch, sq, sk), (hkv, group, (d, dv)), (causal, window, softcap), (alibi, sinks, det), (k, seed))| {
+                Case {
+                    batch,
+                    seqlen_q: sq,
+                    seqlen_k: sk,
+                    heads_kv: hkv,
+                    group,
+                    head_dim: d,
+                    head_dim_v: dv,
+                    causal,
+                    window,
+                    softcap,
+                    alibi,
+                    sinks,
+                    deterministic: det,
+                    kernels: k,
+                    seed,
+                }
             },
         )
 }
@@ -111,10 +117,12 @@ fn inputs<T: Element>(c: &Case) -> Inputs<T> {
     let hq = c.heads_kv * c.group;
     let qs = [c.batch, c.seqlen_q, hq, c.head_dim];
     let ks = [c.batch, c.seqlen_k, c.heads_kv, c.head_dim];
+    let vs = [c.batch, c.seqlen_k, c.heads_kv, c.head_dim_v];
+    let os = [c.batch, c.seqlen_q, hq, c.head_dim_v];
     let q = HostTensor::<T>::random(qs, 1.0, &mut rng);
     let k = HostTensor::<T>::random(ks, 1.0, &mut rng);
-    let v = HostTensor::<T>::random(ks, 1.0, &mut rng);
-    let d_o = HostTensor::<T>::random(qs, 1.0, &mut rng);
+    let v = HostTensor::<T>::random(vs, 1.0, &mut rng);
+    let d_o = HostTensor::<T>::random(os, 1.0, &mut rng);
     // Scales from 1/sqrt(d) to 3/sqrt(d): some rows peaked, and softcaps of 2 saturate.
     let scale = rng.random_range(1.0..3.0) / (c.head_dim as f32).sqrt();
     let n_slopes = if c.alibi == Some(true) { c.batch * hq } else { hq };
@@ -152,7 +160,7 @@ fn bounds(dtype: DType) -> (f64, f64) {
 /// Per query head, `Σ_{b,i} exp(sink − LSE)·‖dO‖·‖O‖` over its rows (reference values): what the
 /// sinks' gradient's terms add up to in size (each |delta| is at most ‖dO‖·‖O‖).
 fn d_sinks_scale(c: &Case, sinks: &[f32], o: &[f64], lse: &[f64], d_o: &[f64]) -> Vec<f64> {
-    let (hq, d) = (c.heads_kv * c.group, c.head_dim);
+    let (hq, d) = (c.heads_kv * c.group, c.head_dim_v);
     let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
     (0..hq)
         .map(|h| {
@@ -186,10 +194,10 @@ fn run_case<T: Element>(dev: &Device, c: &Case) -> Result<(f64, f64), String> {
         dev.upload(&x.v).map_err(err)?,
         dev.upload(&x.d_o).map_err(err)?,
     );
-    let mut o = dev.poisoned::<T>(x.q.shape()).map_err(err)?;
+    let mut o = dev.poisoned::<T>(x.d_o.shape()).map_err(err)?;
     let mut lse = dev.poisoned_f32(want_fwd.lse.len()).map_err(err)?;
-    let d = c.head_dim;
-    let mma_fwd = tiles::FWD_TILES.iter().find(|t| t.head_dim == d && !t.wgmma).unwrap();
+    let dims = (c.head_dim, c.head_dim_v);
+    let mma_fwd = tiles::FWD_TILES.iter().find(|t| (t.head_dim, t.head_dim_v) == dims && !t.wgmma).unwrap();
     match c.kernels {
         Kernels::Chosen => gpu::flash_forward_into(dev, &q, &k, &v, &mut o, &mut lse, &opts),
         Kernels::MmaSync => gpu::flash_forward_with_tile(dev, &q, &k, &v, &mut o, &mut lse, &opts, mma_fwd),
@@ -215,10 +223,10 @@ fn run_case<T: Element>(dev: &Device, c: &Case) -> Result<(f64, f64), String> {
     let mut grads = GpuGradients {
         dq: dev.poisoned::<T>(x.q.shape()).map_err(err)?,
         dk: dev.poisoned::<T>(x.k.shape()).map_err(err)?,
-        dv: dev.poisoned::<T>(x.k.shape()).map_err(err)?,
+        dv: dev.poisoned::<T>(x.v.shape()).map_err(err)?,
         d_sinks: if c.sinks { Some(dev.poisoned_f32(x.sinks.len()).map_err(err)?) } else { None },
     };
-    let mma_bwd = tiles_bwd::BWD_TILES.iter().find(|t| t.head_dim == d && !t.wgmma).unwrap();
+    let mma_bwd = tiles_bwd::BWD_TILES.iter().find(|t| (t.head_dim, t.head_dim_v) == dims && !t.wgmma).unwrap();
     match c.kernels {
         Kernels::MmaSync => gpu::flash_backward_with_tile(dev, &q, &k, &v, &o, &lse, &d_o, &mut grads, &opts, mma_bwd),
         _ => gpu::flash_backward_into(dev, &q, &k, &v, &o, &lse, &d_o, &mut grads, &opts),
@@ -296,6 +304,7 @@ fn base(head_dim: usize, sq: usize, sk: usize) -> Case {
         heads_kv: 2,
         group: 2,
         head_dim,
+        head_dim_v: head_dim,
         causal: false,
         window: (None, None),
         softcap: None,
@@ -308,7 +317,8 @@ fn base(head_dim: usize, sq: usize, sk: usize) -> Case {
 }
 
 /// Each option alone and all together at head dim 128 (the Hopper kernels on an H100) over several
-/// blocks, on both kernel families, and a window that hides whole blocks on both sides.
+/// blocks, on both kernel families, and a window that hides whole blocks on both sides; all together
+/// at head dims 192 / 128 too.
 fn each_option_at_head_dim_128_on_both_kernel_families() {
     for kernels in [Kernels::Chosen, Kernels::MmaSync] {
         let b = Case { kernels, ..base(128, 700, 900) };
@@ -322,7 +332,9 @@ fn each_option_at_head_dim_128_on_both_kernel_families() {
         let all =
             Case { causal: true, window: (Some(300), None), softcap: Some(20.0), alibi: Some(false), sinks: true, ..b };
         fixed(all.clone());
-        fixed(Case { deterministic: true, ..all });
+        fixed(Case { deterministic: true, ..all.clone() });
+        // Every option with V of head dim 128 under Q and K of 192 (DeepSeek-V3).
+        fixed(Case { head_dim: 192, head_dim_v: 128, kernels, ..all });
     }
 }
 
@@ -454,11 +466,11 @@ fn typed_errors() {
 }
 
 /// A small sample covering every option on both kernel families (forward, split forward, backward,
-/// deterministic backward): what the sanitizer runs take (`compute-sanitizer --tool memcheck|racecheck|
-/// synccheck ... --test gpu_score sanitizer_sample`).
+/// deterministic backward) at head dims 64, 128 and 192 / 128: what the sanitizer runs take
+/// (`compute-sanitizer --tool memcheck|racecheck|synccheck ... --test gpu_score sanitizer_sample`).
 fn sanitizer_sample() {
     let Some(dev) = device_or_skip("sanitizer_sample") else { return };
-    for d in [64, 128] {
+    for (d, dv) in [(64, 64), (128, 128), (192, 128)] {
         for kernels in [Kernels::Chosen, Kernels::MmaSync, Kernels::Split(3)] {
             let c = Case {
                 kernels,
@@ -469,6 +481,7 @@ fn sanitizer_sample() {
                 sinks: true,
                 deterministic: kernels == Kernels::MmaSync,
                 batch: 2,
+                head_dim_v: dv,
                 ..base(d, 260, 300)
             };
             run_case::<bf16>(dev, &c).unwrap();

@@ -14,6 +14,11 @@ use rand::{Rng, SeedableRng};
 type Dims = [usize; 6];
 
 fn run_case<T: Element>(dims: Dims, causal: bool, seed: u64) {
+    run_case_with_head_dim_v::<T>(dims, dims[5], causal, seed)
+}
+
+/// As `run_case`, with V (and O) of head dim `dv`.
+fn run_case_with_head_dim_v<T: Element>(dims: Dims, dv: usize, causal: bool, seed: u64) {
     let [b, sq, sk, hq, hkv, d] = dims;
     let Some(dev) = device_or_skip("gpu_standard") else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -21,15 +26,15 @@ fn run_case<T: Element>(dims: Dims, causal: bool, seed: u64) {
     let q_layout = Layout { shape: [b, sq, hq, d], strides: [sq * hq * (d + 8), hq * (d + 8), d + 8, 1] };
     let q = HostTensor::<T>::random_with_layout(q_layout, 1.0, &mut rng);
     let k = HostTensor::<T>::random([b, sk, hkv, d], 1.0, &mut rng);
-    let v = HostTensor::<T>::random([b, sk, hkv, d], 1.0, &mut rng);
+    let v = HostTensor::<T>::random([b, sk, hkv, dv], 1.0, &mut rng);
     let opts = AttnOptions { causal, softmax_scale: Some(rng.random_range(0.05..0.3)), ..Default::default() };
     let reference = cpu::reference_forward(&q, &k, &v, &opts).unwrap();
-    let (dq, dk, dv) = (dev.upload(&q).unwrap(), dev.upload(&k).unwrap(), dev.upload(&v).unwrap());
-    let out = gpu::standard_forward(dev, &dq, &dk, &dv, &opts).unwrap();
+    let (q_dev, k_dev, v_dev) = (dev.upload(&q).unwrap(), dev.upload(&k).unwrap(), dev.upload(&v).unwrap());
+    let out = gpu::standard_forward(dev, &q_dev, &k_dev, &v_dev, &opts).unwrap();
     let o = dev.download(&out.o).unwrap().to_f64_contiguous();
     let lse = dev.download_f32(&out.lse).unwrap();
     let err = rel_l2(&o, &reference.o);
-    let case = format!("{} b{b} sq{sq} sk{sk} hq{hq} hkv{hkv} d{d} causal={causal}", T::DTYPE);
+    let case = format!("{} b{b} sq{sq} sk{sk} hq{hq} hkv{hkv} d{d} dv{dv} causal={causal}", T::DTYPE);
     println!("{case}: rel_l2 {err:.2e}, max_abs {:.2e}", max_abs(&o, &reference.o));
     // The baseline rounds S and P to the element type, so its error is a few times the output rounding.
     assert!(err < 2.0 * output_tolerance(T::DTYPE), "{case}: rel_l2 {err}");
@@ -41,6 +46,7 @@ fn standard_matches_reference_bf16() {
     run_case::<bf16>([2, 100, 77, 4, 4, 64], false, 1);
     run_case::<bf16>([1, 130, 130, 2, 2, 128], true, 2);
     run_case::<bf16>([1, 200, 64, 6, 2, 96], true, 3); // GQA, more queries than keys: fully masked rows
+    run_case_with_head_dim_v::<bf16>([1, 150, 170, 4, 2, 192], 128, true, 6); // DeepSeek-V3's head dims
 }
 
 fn standard_matches_reference_f16() {
@@ -75,14 +81,19 @@ fn padded(shape: [usize; 4]) -> Layout {
 }
 
 fn run_backward_case<T: Element>(dims: Dims, causal: bool, seed: u64) {
+    run_backward_case_with_head_dim_v::<T>(dims, dims[5], causal, seed)
+}
+
+/// As `run_backward_case`, with V (and O, dO, dV) of head dim `dv`.
+fn run_backward_case_with_head_dim_v<T: Element>(dims: Dims, dv: usize, causal: bool, seed: u64) {
     let [b, sq, sk, hq, hkv, d] = dims;
     let Some(dev) = device_or_skip("gpu_standard backward") else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let (qs, ks) = ([b, sq, hq, d], [b, sk, hkv, d]);
+    let (qs, ks, vs, os) = ([b, sq, hq, d], [b, sk, hkv, d], [b, sk, hkv, dv], [b, sq, hq, dv]);
     let q = HostTensor::<T>::random_with_layout(padded(qs), 1.0, &mut rng);
     let k = HostTensor::<T>::random_with_layout(padded(ks), 1.0, &mut rng);
-    let v = HostTensor::<T>::random([b, sk, hkv, d], 1.0, &mut rng);
-    let d_o = HostTensor::<T>::random_with_layout(padded(qs), 1.0, &mut rng);
+    let v = HostTensor::<T>::random(vs, 1.0, &mut rng);
+    let d_o = HostTensor::<T>::random_with_layout(padded(os), 1.0, &mut rng);
     let scale = rng.random_range(0.5..3.0) / (d as f32).sqrt();
     let opts = AttnOptions { causal, softmax_scale: Some(scale), ..Default::default() };
     let want = cpu::reference_backward(&q, &k, &v, &d_o, &opts).unwrap();
@@ -92,10 +103,10 @@ fn run_backward_case<T: Element>(dims: Dims, causal: bool, seed: u64) {
     let poisoned = |shape| {
         dev.upload(&HostTensor::<T> { data: vec![T::poison(); padded(shape).span()], layout: padded(shape) }).unwrap()
     };
-    let mut grads = GpuGradients { dq: poisoned(qs), dk: poisoned(ks), dv: poisoned(ks), d_sinks: None };
+    let mut grads = GpuGradients { dq: poisoned(qs), dk: poisoned(ks), dv: poisoned(vs), d_sinks: None };
     gpu::standard_backward_into(dev, &gq, &gk, &gv, &fwd.o, &fwd.probs, &gdo, &mut grads, &opts).unwrap();
     let got = [&grads.dq, &grads.dk, &grads.dv].map(|t| dev.download(t).unwrap().to_f64_contiguous());
-    let case = format!("{} b{b} sq{sq} sk{sk} hq{hq} hkv{hkv} d{d} causal={causal}", T::DTYPE);
+    let case = format!("{} b{b} sq{sq} sk{sk} hq{hq} hkv{hkv} d{d} dv{dv} causal={causal}", T::DTYPE);
     let tol = standard_grad_tolerance(T::DTYPE);
     let errs: Vec<(&str, f64)> = [("dq", &got[0], &want.dq), ("dk", &got[1], &want.dk), ("dv", &got[2], &want.dv)]
         .into_iter()
@@ -116,6 +127,8 @@ fn standard_backward_matches_reference_bf16() {
     run_backward_case::<bf16>([2, 100, 77, 4, 4, 64], false, 11);
     run_backward_case::<bf16>([1, 130, 130, 4, 2, 128], true, 12); // GQA
     run_backward_case::<bf16>([1, 200, 64, 6, 2, 96], true, 13); // GQA, fully masked rows
+    run_backward_case_with_head_dim_v::<bf16>([1, 150, 170, 4, 2, 192], 128, true, 16);
+    // DeepSeek-V3's head dims
 }
 
 fn standard_backward_matches_reference_f16() {

@@ -44,11 +44,26 @@ fn compare(analytic: f64, numeric: f64, what: impl FnOnce() -> String) -> f64 {
 /// Checks every element of dQ, dK and dV (and d_sinks, with sinks) for one problem; returns the
 /// worst error seen.
 fn check(q_shape: [usize; 4], kv_shape: [usize; 4], opts: AttnOptions, seed: u64) -> f64 {
+    check_with_head_dim_v(q_shape, kv_shape, kv_shape[3], opts, seed)
+}
+
+/// As `check`, with V (and so O, W = dL/dO and dV) of head dim `head_dim_v`.
+fn check_with_head_dim_v(
+    q_shape: [usize; 4],
+    kv_shape: [usize; 4],
+    head_dim_v: usize,
+    opts: AttnOptions,
+    seed: u64,
+) -> f64 {
+    let [batch, seqlen_q, heads_q, _] = q_shape;
+    let [_, seqlen_k, heads_kv, _] = kv_shape;
+    let v_shape = [batch, seqlen_k, heads_kv, head_dim_v];
+    let o_shape = [batch, seqlen_q, heads_q, head_dim_v];
     let mut rng = StdRng::seed_from_u64(seed);
     let q = HostTensor::<f32>::random(q_shape, 1.0, &mut rng);
     let k = HostTensor::<f32>::random(kv_shape, 1.0, &mut rng);
-    let v = HostTensor::<f32>::random(kv_shape, 1.0, &mut rng);
-    let w = HostTensor::<f32>::random(q_shape, 1.0, &mut rng);
+    let v = HostTensor::<f32>::random(v_shape, 1.0, &mut rng);
+    let w = HostTensor::<f32>::random(o_shape, 1.0, &mut rng);
     let w64 = w.to_f64_contiguous();
     let grads = reference_backward(&q, &k, &v, &w, &opts).unwrap();
 
@@ -76,7 +91,9 @@ fn check(q_shape: [usize; 4], kv_shape: [usize; 4], opts: AttnOptions, seed: u64
                             }
                         });
                         let err = compare(analytic[index], numeric, || {
-                            format!("d{input:?}[{b},{s},{h},{d}] (q {q_shape:?}, kv {kv_shape:?}, {opts:?})")
+                            format!(
+                                "d{input:?}[{b},{s},{h},{d}] (q {q_shape:?}, k {kv_shape:?}, v {v_shape:?}, {opts:?})"
+                            )
                         });
                         worst = worst.max(err);
                         index += 1;
@@ -97,8 +114,9 @@ fn check(q_shape: [usize; 4], kv_shape: [usize; 4], opts: AttnOptions, seed: u64
                     moved[h] = value;
                     loss(&q, &k, &v, &w64, &AttnOptions { sinks: Some(PerHead::Host(&moved)), ..opts })
                 });
-                let err =
-                    compare(analytic, numeric, || format!("d_sinks[{h}] (q {q_shape:?}, kv {kv_shape:?}, {opts:?})"));
+                let err = compare(analytic, numeric, || {
+                    format!("d_sinks[{h}] (q {q_shape:?}, k {kv_shape:?}, v {v_shape:?}, {opts:?})")
+                });
                 worst = worst.max(err);
             }
         }
@@ -254,9 +272,29 @@ fn every_option_two_sided_window_more_queries_than_keys() {
     println!("worst relative error {worst:.2e}");
 }
 
+// V with a head dim of its own (DeepSeek-V3's: Q and K 192, V 128): dQ and dK have 192 columns, dV,
+// O and dO 128, and delta = rowsum(dO ∘ O) runs over V's. Few rows keep the 192-wide differences quick.
+
+#[test]
+fn value_head_dim_of_its_own_causal_gqa() {
+    // Two query heads share the kv head; more keys than queries.
+    let worst = check_with_head_dim_v([1, 2, 2, 192], [1, 3, 1, 192], 128, AttnOptions::causal(), 19);
+    println!("worst relative error {worst:.2e}");
+}
+
+#[test]
+fn value_head_dim_of_its_own_with_sinks_and_a_window() {
+    // The sinks' gradient is made of delta; row 0 sees no key (window of one key before the diagonal,
+    // none after, diagonals at keys -1..=1).
+    let sinks = [0.6f32];
+    let opts = AttnOptions::default().with_window(Some(1), Some(0)).with_sinks(PerHead::Host(&sinks));
+    let worst = check_with_head_dim_v([1, 3, 1, 192], [1, 2, 1, 192], 128, opts, 20);
+    println!("worst relative error {worst:.2e}");
+}
+
 /// `reference_backward_given_o` with the forward's own O is `reference_backward` (to f64 rounding of
 /// the f32 round trip), with an O moved by δ only rowsum(dO ∘ O) moves, by exactly dO·δ per row; an O
-/// not shaped like q is a typed error naming `o`.
+/// not shaped like O is a typed error naming `o`.
 #[test]
 fn given_o_only_changes_the_delta() {
     let sinks = [0.4f32, -0.7];

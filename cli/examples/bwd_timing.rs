@@ -2,11 +2,13 @@
 //! D = 128 (or the head dims of `--dims`), N in {1K, 4K, 16K}, causal off/on, fast and deterministic
 //! modes, for the device's tile and (where that is a Hopper kernel) the head dim's `mma.sync` tile too;
 //! O and LSE come from the fused forward. TFLOP/s = 2.5 · 4·B·H·N²·D / t (halved when causal),
-//! FlashAttention's convention.
+//! FlashAttention's convention (`AttnProblem::backward_flops`, which counts V's head dim where it
+//! differs).
 //!
 //! ```text
 //! cargo run --release --example bwd_timing                     # markdown table for docs/perf.md
 //! cargo run --release --example bwd_timing -- --dims 32,64,128
+//! cargo run --release --example bwd_timing -- --dims 192v128   # V (and dO, dV) of head dim 128
 //! cargo run --release --example bwd_timing -- --all           # every compiled row that runs here
 //! ```
 
@@ -22,11 +24,14 @@ use std::time::Instant;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let all = args.iter().any(|a| a == "--all");
-    let dims: Vec<usize> = match args.iter().position(|a| a == "--dims") {
-        Some(i) => {
-            args.get(i + 1).ok_or("--dims needs a list")?.split(',').map(str::parse).collect::<Result<_, _>>()?
-        }
-        None => vec![128],
+    let dims: Vec<(usize, usize)> = match args.iter().position(|a| a == "--dims") {
+        Some(i) => args
+            .get(i + 1)
+            .ok_or("--dims needs a list")?
+            .split(',')
+            .map(common::parse_dims)
+            .collect::<Result<_, _>>()?,
+        None => vec![(128, 128)],
     };
     let Some(dev) = common::device_or_skip()? else { return Ok(()) };
     let info = dev.info();
@@ -41,13 +46,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// The table's rows for head dim `d`: the chooser's tile and, where that is a Hopper kernel, the
 /// `mma.sync` row this device would otherwise run; with `all`, every compiled row that runs here.
-fn time_head_dim(dev: &Device, d: usize, all: bool) -> ironflash::Result<()> {
+fn time_head_dim(dev: &Device, (d, dv): (usize, usize), all: bool) -> ironflash::Result<()> {
     let info = dev.info();
     let h = 2048 / d;
     let runs = |t: &&BackwardTile| {
-        t.head_dim == d && t.smem_bytes(2) <= info.smem_per_block_optin && (!t.wgmma || info.runs_wgmma())
+        (t.head_dim, t.head_dim_v) == (d, dv)
+            && t.smem_bytes(2) <= info.smem_per_block_optin
+            && (!t.wgmma || info.runs_wgmma())
     };
-    let chosen = gpu::backward_tile(info, d, ironflash::DType::BF16)?;
+    let chosen = gpu::backward_tile(info, (d, dv), ironflash::DType::BF16)?;
     let mut tiles = vec![chosen];
     if all {
         tiles.extend(BWD_TILES.iter().filter(runs).filter(|t| **t != chosen));
@@ -59,9 +66,8 @@ fn time_head_dim(dev: &Device, d: usize, all: bool) -> ironflash::Result<()> {
     let mut rng = rand::rng();
     for n in [1024usize, 4096, 16384] {
         let b = 16384 / n;
-        let shape = [b, n, h, d];
-        let mut t = || dev.upload(&HostTensor::<bf16>::random(shape, 1.0, &mut rng));
-        let (q, k, v, d_o) = (t()?, t()?, t()?, t()?);
+        let mut t = |d| dev.upload(&HostTensor::<bf16>::random([b, n, h, d], 1.0, &mut rng));
+        let (q, k, v, d_o) = (t(d)?, t(d)?, t(dv)?, t(dv)?);
         for causal in [false, true] {
             for deterministic in [false, true] {
                 let opts = AttnOptions { causal, deterministic, ..Default::default() };
@@ -74,7 +80,7 @@ fn time_head_dim(dev: &Device, d: usize, all: bool) -> ironflash::Result<()> {
                 )?;
                 for tile in &tiles {
                     let t = time_backward(dev, [&q, &k, &v, &fwd.o, &d_o], &fwd.lse, &opts, tile)?;
-                    let tflops = 2.5 * p.forward_flops() / t / 1e12;
+                    let tflops = p.backward_flops() / t / 1e12;
                     let mode = if deterministic { "deterministic" } else { "fast" };
                     let name = tile.symbols[0].trim_end_matches("_bf16");
                     println!("| {n} | {b} | {h} | {d} | {causal} | {mode} | {name} | {:.3} | {tflops:.1} |", t * 1e3);

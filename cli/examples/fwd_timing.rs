@@ -1,5 +1,6 @@
 //! Times the fused forward kernel with CUDA events: B·N = 16K tokens, hidden 2048 (H = 2048/D), bf16,
-//! N in {1K, 4K, 8K}, D in {64, 128}, causal off and on. TFLOP/s = 4·B·H·N²·D / t, halved for causal.
+//! N in {1K, 4K, 8K}, D in {64, 128}, causal off and on. TFLOP/s = 2·B·H·N²·(D + D_v) / t (D_v = V's head
+//! dim, D unless given), halved for causal.
 //! Then decode shapes (B in {1, 8}, H = 16, one query, 8K and 64K keys, D = 128), unsplit and with the
 //! split-KV count the heuristic picks; GB/s = K and V bytes / t (decode reads each key once).
 //!
@@ -7,6 +8,7 @@
 //! cargo run --release --example fwd_timing              # the chooser's tile
 //! cargo run --release --example fwd_timing -- --all     # every compiled tile of each head dim that fits
 //! cargo run --release --example fwd_timing -- --dims 64,128,256
+//! cargo run --release --example fwd_timing -- --dims 192v128    # V (and O) of head dim 128
 //! cargo run --release --example fwd_timing -- --decode-only --splits 8,32,64   # extra split counts
 //! ```
 //! Warm-up launches first, then the median of per-launch event timings. Inputs are random (never zeros).
@@ -24,11 +26,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let all = args.iter().any(|a| a == "--all");
     let decode_only = args.iter().any(|a| a == "--decode-only");
-    let dims: Vec<usize> = match args.iter().position(|a| a == "--dims") {
-        Some(i) => {
-            args.get(i + 1).ok_or("--dims needs a list")?.split(',').map(str::parse).collect::<Result<_, _>>()?
-        }
-        None => vec![64, 128],
+    let dims: Vec<(usize, usize)> = match args.iter().position(|a| a == "--dims") {
+        Some(i) => args
+            .get(i + 1)
+            .ok_or("--dims needs a list")?
+            .split(',')
+            .map(common::parse_dims)
+            .collect::<Result<_, _>>()?,
+        None => vec![(64, 64), (128, 128)],
     };
     let Some(dev) = common::device_or_skip()? else { return Ok(()) };
     let info = dev.info().clone();
@@ -41,21 +46,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "N", "D", "H", "B", "causal", "tile", "median ms", "TFLOP/s"
     );
     let mut rng = rand::rng();
-    for d in if decode_only { vec![] } else { dims } {
+    for (d, dv) in if decode_only { vec![] } else { dims } {
         for n in [1024usize, 4096, 8192] {
             let (h, b) = (2048 / d, 16 * 1024 / n);
             let q = dev.upload(&HostTensor::<bf16>::random([b, n, h, d], 1.0, &mut rng))?;
             let k = dev.upload(&HostTensor::<bf16>::random([b, n, h, d], 1.0, &mut rng))?;
-            let v = dev.upload(&HostTensor::<bf16>::random([b, n, h, d], 1.0, &mut rng))?;
-            let mut o = dev.poisoned::<bf16>([b, n, h, d])?;
+            let v = dev.upload(&HostTensor::<bf16>::random([b, n, h, dv], 1.0, &mut rng))?;
+            let mut o = dev.poisoned::<bf16>([b, n, h, dv])?;
             let mut lse = dev.poisoned_f32(b * h * n)?;
             for causal in [false, true] {
                 let opts = AttnOptions { causal, ..AttnOptions::default() };
-                let chosen = gpu::forward_tile(&info, d, ironflash::DType::BF16, causal)?;
+                let chosen = gpu::forward_tile(&info, (d, dv), ironflash::DType::BF16, causal)?;
                 let tiles: Vec<FwdTile> = if all {
                     FWD_TILES
                         .iter()
-                        .filter(|t| t.head_dim == d && t.smem_bytes(2) <= info.smem_per_block_optin)
+                        .filter(|t| {
+                            (t.head_dim, t.head_dim_v) == (d, dv) && t.smem_bytes(2) <= info.smem_per_block_optin
+                        })
                         .filter(|t| !t.wgmma || info.runs_wgmma())
                         .copied()
                         .collect()
@@ -66,7 +73,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let median = median_ms(&dev, || {
                         gpu::flash_forward_with_tile(&dev, &q, &k, &v, &mut o, &mut lse, &opts, &tile)
                     })?;
-                    let flops = 4.0 * (b * h) as f64 * (n * n) as f64 * d as f64 / if causal { 2.0 } else { 1.0 };
+                    let flops =
+                        2.0 * (b * h) as f64 * (n * n) as f64 * (d + dv) as f64 / if causal { 2.0 } else { 1.0 };
                     let name = tile.symbol(false).trim_end_matches("_bf16");
                     println!(
                         "{n:>6} {d:>4} {h:>4} {b:>3} {causal:>7} {name:<30} {median:>10.3} {:>9.1}",
@@ -121,7 +129,7 @@ fn decode(dev: &Device, extra_splits: &[usize]) -> Result<(), Box<dyn std::error
             let mut o = dev.poisoned::<bf16>([b, 1, h, d])?;
             let mut lse = dev.poisoned_f32(b * h)?;
             let opts = AttnOptions::default();
-            let tile = gpu::forward_tile(&info, d, ironflash::DType::BF16, false)?;
+            let tile = gpu::forward_tile(&info, (d, d), ironflash::DType::BF16, false)?;
             let problem = ironflash::AttnProblem::contiguous([b, 1, n, h, h, d], &opts)?;
             let (_, chosen) = gpu::forward_launch_plan(&info, &problem, &tile, ironflash::DType::BF16);
             let kv_bytes = (2 * b * n * h * d * 2) as f64;

@@ -8,28 +8,29 @@ use crate::dtype::Element;
 use crate::tensor::HostTensor;
 use rayon::prelude::*;
 
-/// K and V of one (batch, kv head) in f32.
+/// K and V of one (batch, kv head) in f32. V may have a head dim of its own (`head_dim_v`).
 pub struct PackedKv {
     head_dim: usize,
+    head_dim_v: usize,
     /// Kᵀ by key tile: `[tiles, head_dim, BLOCK_K]`; columns past the last key are 0.
     kt: Vec<f32>,
-    /// `[seqlen_k, head_dim]`.
+    /// `[seqlen_k, head_dim_v]`.
     v: Vec<f32>,
 }
 
 impl PackedKv {
     pub fn new<T: Element>(k: &HostTensor<T>, v: &HostTensor<T>, b: usize, h: usize) -> Self {
-        let (seqlen_k, d) = (k.layout.seqlen(), k.layout.head_dim());
+        let (seqlen_k, d, d_v) = (k.layout.seqlen(), k.layout.head_dim(), v.layout.head_dim());
         let mut kt = vec![0.0f32; seqlen_k.div_ceil(BLOCK_K) * d * BLOCK_K];
         kt.par_chunks_mut(d * BLOCK_K).enumerate().for_each(|(tile, kt_tile)| {
             let first = tile * BLOCK_K;
             fill_transposed(kt_tile, k, b, h, first, BLOCK_K.min(seqlen_k - first));
         });
-        let mut v_rows = vec![0.0f32; seqlen_k * d];
-        v_rows.par_chunks_mut(BLOCK_K * d).enumerate().for_each(|(tile, v_tile)| {
+        let mut v_rows = vec![0.0f32; seqlen_k * d_v];
+        v_rows.par_chunks_mut(BLOCK_K * d_v).enumerate().for_each(|(tile, v_tile)| {
             fill_rows(v_tile, v, b, h, tile * BLOCK_K);
         });
-        PackedKv { head_dim: d, kt, v: v_rows }
+        PackedKv { head_dim: d, head_dim_v: d_v, kt, v: v_rows }
     }
 
     /// Kᵀ `[head_dim, BLOCK_K]` of the keys from `first_key` (a multiple of `BLOCK_K`).
@@ -38,9 +39,9 @@ impl PackedKv {
         &self.kt[first_key / BLOCK_K * size..][..size]
     }
 
-    /// V `[keys, head_dim]` of the keys from `first_key`.
+    /// V `[keys, head_dim_v]` of the keys from `first_key`.
     pub fn v_rows(&self, first_key: usize, keys: usize) -> &[f32] {
-        &self.v[first_key * self.head_dim..][..keys * self.head_dim]
+        &self.v[first_key * self.head_dim_v..][..keys * self.head_dim_v]
     }
 }
 

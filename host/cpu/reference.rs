@@ -15,14 +15,14 @@ use rayon::prelude::*;
 #[derive(Debug, Clone)]
 pub struct ReferenceForward {
     pub problem: AttnProblem,
-    /// `[batch, seqlen_q, heads_q, head_dim]`, contiguous.
+    /// `[batch, seqlen_q, heads_q, head_dim_v]`, contiguous.
     pub o: Vec<f64>,
     /// `[batch, heads_q, seqlen_q]`, natural log, sink included; a row that sees no key has `-inf`
     /// without sinks and its sink logit with them.
     pub lse: Vec<f64>,
 }
 
-/// Exact gradients in f64, each contiguous in the shape of its input.
+/// Exact gradients in f64, each contiguous in the shape of its input (dV in v's, with v's head dim).
 #[derive(Debug, Clone)]
 pub struct ReferenceBackward {
     pub dq: Vec<f64>,
@@ -43,16 +43,16 @@ pub fn reference_forward<T: Element>(
 ) -> Result<ReferenceForward> {
     let x = Inputs::new(q, k, v, opts)?;
     let p = x.problem;
-    let d = p.head_dim;
+    let head_dim_v = p.head_dim_v;
     // One task per (batch, q head), split further by query row; each returns its O rows
-    // `[seqlen_q, d]` and its LSE row.
+    // `[seqlen_q, head_dim_v]` and its LSE row.
     let per_head: Vec<(Vec<f64>, Vec<f64>)> = (0..p.batch * p.heads_q)
         .into_par_iter()
         .map(|bh| {
             let (b, h) = (bh / p.heads_q, bh % p.heads_q);
-            let mut o = vec![0.0; p.seqlen_q * d];
+            let mut o = vec![0.0; p.seqlen_q * head_dim_v];
             let mut lse = vec![f64::NEG_INFINITY; p.seqlen_q];
-            o.par_chunks_mut(d).zip(lse.par_iter_mut()).enumerate().for_each_init(
+            o.par_chunks_mut(head_dim_v).zip(lse.par_iter_mut()).enumerate().for_each_init(
                 || Vec::with_capacity(p.seqlen_k),
                 |weights, (i, (o_row, lse_i))| {
                     *lse_i = x.row_softmax(b, h, i, weights);
@@ -65,20 +65,20 @@ pub fn reference_forward<T: Element>(
         })
         .collect();
 
-    let mut o = vec![0.0; p.batch * p.seqlen_q * p.heads_q * d];
+    let mut o = vec![0.0; p.batch * p.seqlen_q * p.heads_q * head_dim_v];
     let mut lse = Vec::with_capacity(p.lse_len());
     for (bh, (o_head, lse_head)) in per_head.into_iter().enumerate() {
         let (b, h) = (bh / p.heads_q, bh % p.heads_q);
         for i in 0..p.seqlen_q {
-            let dst = ((b * p.seqlen_q + i) * p.heads_q + h) * d;
-            o[dst..dst + d].copy_from_slice(&o_head[i * d..(i + 1) * d]);
+            let dst = x.o_offset(b, i, h);
+            o[dst..dst + head_dim_v].copy_from_slice(&o_head[i * head_dim_v..(i + 1) * head_dim_v]);
         }
         lse.extend(lse_head);
     }
     Ok(ReferenceForward { problem: p, o, lse })
 }
 
-/// Exact gradients of the forward above for the upstream gradient `d_o` (shaped like q):
+/// Exact gradients of the forward above for the upstream gradient `d_o` (shaped like O):
 /// dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP − rowsum(dO ∘ O)) taken through the softcap's tanh′,
 /// dQ = scale·dS K, dK = scale·dSᵀ Q, with dK and dV summed over the query heads that share a K/V
 /// head; d_sink_h = −Σ_{b,i} exp(sink_h − LSE_i) · rowsum(dO ∘ O)_i. ALiBi slopes are constants.
@@ -92,10 +92,10 @@ pub fn reference_backward<T: Element>(
     backward(q, k, v, None, d_o, opts)
 }
 
-/// The gradients above with rowsum(dO ∘ O) taken from a given O (shaped like q): what a backward that
-/// is handed the forward's output in the element type computes (FlashAttention's contract, and the
-/// GPU backward's), exactly. Where dP − rowsum(dO ∘ O) cancels (a row whose probability sits on one
-/// key), the rounding of O decides dS; this reference shares it with the kernel.
+/// The gradients above with rowsum(dO ∘ O) taken from a given O: what a backward that is handed the
+/// forward's output in the element type computes (FlashAttention's contract, and the GPU backward's),
+/// exactly. Where dP − rowsum(dO ∘ O) cancels (a row whose probability sits on one key), the rounding
+/// of O decides dS; this reference shares it with the kernel.
 pub fn reference_backward_given_o<T: Element>(
     q: &HostTensor<T>,
     k: &HostTensor<T>,
@@ -117,31 +117,32 @@ fn backward<T: Element>(
 ) -> Result<ReferenceBackward> {
     let x = Inputs::new(q, k, v, opts)?;
     let p = x.problem;
-    let like_q = |t: &HostTensor<T>, arg: Arg, why: &'static str| -> Result<Vec<f64>> {
-        t.layout.validate(arg, t.data.len())?;
-        crate::problem::check_shape(arg, &t.layout, q.shape(), why)?;
+    let like_o = |t: &HostTensor<T>, arg: Arg| -> Result<Vec<f64>> {
+        p.check_input_like_o(arg, &t.layout, t.data.len())?;
         Ok(t.to_f64_contiguous())
     };
-    let d_o = like_q(d_o, Arg::DO, "d_o is shaped like q")?;
-    let given_o = o.map(|o| like_q(o, Arg::O, "o is shaped like q")).transpose()?;
-    let (d, group) = (p.head_dim, p.group_size());
+    let d_o = like_o(d_o, Arg::DO)?;
+    let given_o = o.map(|o| like_o(o, Arg::O)).transpose()?;
+    // Q, K and their gradients have `head_dim`; V, O, dO and dV have `head_dim_v`.
+    let (head_dim, head_dim_v, group) = (p.head_dim, p.head_dim_v, p.group_size());
     let scale = p.softmax_scale as f64;
 
     // One task per (batch, kv head), looping over its query heads, so that dK and dV are summed
-    // without sharing between threads. Each returns dQ rows `[group, seqlen_q, d]`, dK and dV
-    // `[seqlen_k, d]`, and its query heads' sink gradients `[group]`.
+    // without sharing between threads. Each returns dQ rows `[group, seqlen_q, head_dim]`, dK rows
+    // `[seqlen_k, head_dim]`, dV rows `[seqlen_k, head_dim_v]`, and its query heads' sink gradients
+    // `[group]`.
     let per_head: Vec<HeadGradients> = (0..p.batch * p.heads_kv)
         .into_par_iter()
         .map(|bh| {
             let (b, hkv) = (bh / p.heads_kv, bh % p.heads_kv);
             let mut grads = HeadGradients {
-                dq: vec![0.0; group * p.seqlen_q * d],
-                dk: vec![0.0; p.seqlen_k * d],
-                dv: vec![0.0; p.seqlen_k * d],
+                dq: vec![0.0; group * p.seqlen_q * head_dim],
+                dk: vec![0.0; p.seqlen_k * head_dim],
+                dv: vec![0.0; p.seqlen_k * head_dim_v],
                 d_sinks: vec![0.0; group],
             };
             let mut weights = Vec::with_capacity(p.seqlen_k);
-            let mut o_row = vec![0.0; d];
+            let mut o_row = vec![0.0; head_dim_v];
             for g in 0..group {
                 let h = hkv * group + g;
                 for i in 0..p.seqlen_q {
@@ -150,18 +151,18 @@ fn backward<T: Element>(
                     for w in &weights {
                         axpy(&mut o_row, w.prob, x.v_row(b, w.key, hkv));
                     }
-                    let at = x.q_offset(b, i, h);
-                    let do_row = &d_o[at..][..d];
-                    let delta = dot(do_row, given_o.as_ref().map_or(&o_row[..], |o| &o[at..][..d]));
-                    let dq_row = &mut grads.dq[(g * p.seqlen_q + i) * d..][..d];
+                    let o_at = x.o_offset(b, i, h);
+                    let do_row = &d_o[o_at..][..head_dim_v];
+                    let delta = dot(do_row, given_o.as_ref().map_or(&o_row[..], |o| &o[o_at..][..head_dim_v]));
+                    let dq_row = &mut grads.dq[(g * p.seqlen_q + i) * head_dim..][..head_dim];
                     for w in &weights {
                         let j = w.key;
                         let dp = dot(do_row, x.v_row(b, j, hkv));
                         // dL/d(scale · q·k): the softmax's gradient, then the softcap's chain factor.
                         let ds = w.prob * (dp - delta) * w.score_slope;
                         axpy(dq_row, scale * ds, x.k_row(b, j, hkv));
-                        axpy(&mut grads.dk[j * d..(j + 1) * d], scale * ds, x.q_row(b, i, h));
-                        axpy(&mut grads.dv[j * d..(j + 1) * d], w.prob, do_row);
+                        axpy(&mut grads.dk[j * head_dim..][..head_dim], scale * ds, x.q_row(b, i, h));
+                        axpy(&mut grads.dv[j * head_dim_v..][..head_dim_v], w.prob, do_row);
                     }
                     if let Some(sinks) = &x.sinks {
                         // The sink's probability is exp(sink − LSE), and O depends on the sink only
@@ -174,31 +175,31 @@ fn backward<T: Element>(
         })
         .collect();
 
-    let mut dq = vec![0.0; p.batch * p.seqlen_q * p.heads_q * d];
-    let mut dk = vec![0.0; p.batch * p.seqlen_k * p.heads_kv * d];
-    let mut dv = vec![0.0; p.batch * p.seqlen_k * p.heads_kv * d];
+    let mut dq = vec![0.0; x.q.len()];
+    let mut dk = vec![0.0; x.k.len()];
+    let mut dv = vec![0.0; x.v.len()];
     let mut d_sinks = vec![0.0; p.heads_q];
     for (bh, head) in per_head.into_iter().enumerate() {
         let (b, hkv) = (bh / p.heads_kv, bh % p.heads_kv);
         for g in 0..group {
             for i in 0..p.seqlen_q {
                 let dst = x.q_offset(b, i, hkv * group + g);
-                dq[dst..dst + d].copy_from_slice(&head.dq[(g * p.seqlen_q + i) * d..][..d]);
+                dq[dst..][..head_dim].copy_from_slice(&head.dq[(g * p.seqlen_q + i) * head_dim..][..head_dim]);
             }
             d_sinks[hkv * group + g] += head.d_sinks[g];
         }
         for j in 0..p.seqlen_k {
-            let dst = x.kv_offset(b, j, hkv);
-            dk[dst..dst + d].copy_from_slice(&head.dk[j * d..(j + 1) * d]);
-            dv[dst..dst + d].copy_from_slice(&head.dv[j * d..(j + 1) * d]);
+            dk[x.k_offset(b, j, hkv)..][..head_dim].copy_from_slice(&head.dk[j * head_dim..][..head_dim]);
+            dv[x.v_offset(b, j, hkv)..][..head_dim_v].copy_from_slice(&head.dv[j * head_dim_v..][..head_dim_v]);
         }
     }
     let d_sinks = p.sinks.then_some(d_sinks);
     Ok(ReferenceBackward { dq, dk, dv, d_sinks })
 }
 
-/// One backward task's gradients: dQ of its query heads `[group, seqlen_q, d]`, dK and dV of its kv
-/// head `[seqlen_k, d]`, and the sink gradients of its query heads `[group]`.
+/// One backward task's gradients: dQ of its query heads `[group, seqlen_q, head_dim]`, dK
+/// `[seqlen_k, head_dim]` and dV `[seqlen_k, head_dim_v]` of its kv head, and the sink gradients of its
+/// query heads `[group]`.
 struct HeadGradients {
     dq: Vec<f64>,
     dk: Vec<f64>,
@@ -250,22 +251,32 @@ impl Inputs {
         })
     }
 
+    /// Offsets of a row in the contiguous tensors: Q (and dQ), O (and dO) by query row `i` and q head
+    /// `h`; K (and dK), V (and dV) by key `j` and kv head `h`.
     fn q_offset(&self, b: usize, i: usize, h: usize) -> usize {
         let p = &self.problem;
         ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim
     }
-    fn kv_offset(&self, b: usize, j: usize, h: usize) -> usize {
+    fn o_offset(&self, b: usize, i: usize, h: usize) -> usize {
+        let p = &self.problem;
+        ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim_v
+    }
+    fn k_offset(&self, b: usize, j: usize, h: usize) -> usize {
         let p = &self.problem;
         ((b * p.seqlen_k + j) * p.heads_kv + h) * p.head_dim
+    }
+    fn v_offset(&self, b: usize, j: usize, h: usize) -> usize {
+        let p = &self.problem;
+        ((b * p.seqlen_k + j) * p.heads_kv + h) * p.head_dim_v
     }
     fn q_row(&self, b: usize, i: usize, h: usize) -> &[f64] {
         &self.q[self.q_offset(b, i, h)..][..self.problem.head_dim]
     }
     fn k_row(&self, b: usize, j: usize, h: usize) -> &[f64] {
-        &self.k[self.kv_offset(b, j, h)..][..self.problem.head_dim]
+        &self.k[self.k_offset(b, j, h)..][..self.problem.head_dim]
     }
     fn v_row(&self, b: usize, j: usize, h: usize) -> &[f64] {
-        &self.v[self.kv_offset(b, j, h)..][..self.problem.head_dim]
+        &self.v[self.v_offset(b, j, h)..][..self.problem.head_dim_v]
     }
 
     /// Signed distance from query row `i`'s diagonal (key `i + seqlen_k − seqlen_q`) to key `j`;

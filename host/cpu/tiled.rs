@@ -30,7 +30,8 @@ use std::ops::Range;
 /// and V tiles at head_dim 256 are 192 KiB of f32, about an L2's share.
 pub const BLOCK_Q: usize = 64;
 
-/// Output of a forward call: O shaped like q, and the f32 LSE `[batch, heads_q, seqlen_q]`.
+/// Output of a forward call: O `[batch, seqlen_q, heads_q, head_dim_v]` (q's rows and heads, v's head
+/// dim), and the f32 LSE `[batch, heads_q, seqlen_q]`.
 #[derive(Debug, Clone)]
 pub struct ForwardOutput<T> {
     pub o: HostTensor<T>,
@@ -38,8 +39,8 @@ pub struct ForwardOutput<T> {
 }
 
 /// softmax(scale · Q Kᵀ) V under the options' mask and score modifiers (see `AttnOptions`; ALiBi
-/// slopes and sinks must be `PerHead::Host`). O comes back contiguous in q's shape; a row that sees
-/// no key gets O = 0 and LSE = -inf, or its sink logit with sinks.
+/// slopes and sinks must be `PerHead::Host`). O comes back contiguous, `[batch, seqlen_q, heads_q,
+/// head_dim_v]`; a row that sees no key gets O = 0 and LSE = -inf, or its sink logit with sinks.
 pub fn forward<T: Element>(
     q: &HostTensor<T>,
     k: &HostTensor<T>,
@@ -47,15 +48,16 @@ pub fn forward<T: Element>(
     opts: &AttnOptions,
 ) -> Result<ForwardOutput<T>> {
     let (problem, modifiers) = validate(q, k, v, opts)?;
-    let mut o = HostTensor::filled(q.shape(), T::default());
+    let o_shape = problem.o_shape();
+    let mut o = HostTensor::filled(o_shape, T::default());
     let mut lse = vec![0.0; problem.lse_len()];
     let o_by_head = attention_by_head(&problem, &modifiers, q, k, v, &mut lse);
     store_contiguous(&problem, &o_by_head, &mut o.data);
     Ok(ForwardOutput { o, lse })
 }
 
-/// Like [`forward`], into caller-provided O (any non-overlapping strides, shaped like q) and LSE
-/// (`batch · heads_q · seqlen_q` values).
+/// Like [`forward`], into caller-provided O (any non-overlapping strides, shaped like O: q's batch,
+/// seqlen and heads, v's head dim) and LSE (`batch · heads_q · seqlen_q` values).
 pub fn forward_into<T: Element>(
     q: &HostTensor<T>,
     k: &HostTensor<T>,
@@ -65,7 +67,7 @@ pub fn forward_into<T: Element>(
     lse: &mut [f32],
 ) -> Result<()> {
     let (problem, modifiers) = validate(q, k, v, opts)?;
-    problem.check_like_q(Arg::O, &o.layout, o.data.len())?;
+    problem.check_like_o(Arg::O, &o.layout, o.data.len())?;
     if lse.len() != problem.lse_len() {
         return Err(Error::ShapeMismatch {
             arg: Arg::Lse,
@@ -105,7 +107,7 @@ struct Modifiers<'a> {
     sinks: Option<&'a [f32]>,
 }
 
-/// Runs every query block; returns O in f32 ordered `[batch, heads_q, seqlen_q, head_dim]`, so that
+/// Runs every query block; returns O in f32 ordered `[batch, heads_q, seqlen_q, head_dim_v]`, so that
 /// each task owns one contiguous piece, and writes the LSE. The query heads sharing a kv head are
 /// consecutive in that order, so one task per (batch, kv head) packs K and V for all of them.
 fn attention_by_head<T: Element>(
@@ -116,15 +118,15 @@ fn attention_by_head<T: Element>(
     v: &HostTensor<T>,
     lse: &mut [f32],
 ) -> Vec<f32> {
-    let (d, group) = (p.head_dim, p.group_size());
-    let mut o = vec![0.0f32; p.batch * p.heads_q * p.seqlen_q * d];
-    let o_groups = o.par_chunks_mut(group * p.seqlen_q * d);
+    let (d_v, group) = (p.head_dim_v, p.group_size());
+    let mut o = vec![0.0f32; p.batch * p.heads_q * p.seqlen_q * d_v];
+    let o_groups = o.par_chunks_mut(group * p.seqlen_q * d_v);
     o_groups.zip(lse.par_chunks_mut(group * p.seqlen_q)).enumerate().for_each(|(bkv, (o_group, lse_group))| {
         let (b, hkv) = (bkv / p.heads_kv, bkv % p.heads_kv);
         let kv = PackedKv::new(k, v, b, hkv);
-        let heads = o_group.par_chunks_mut(p.seqlen_q * d).zip(lse_group.par_chunks_mut(p.seqlen_q));
+        let heads = o_group.par_chunks_mut(p.seqlen_q * d_v).zip(lse_group.par_chunks_mut(p.seqlen_q));
         heads.enumerate().for_each(|(g, (o_head, lse_head))| {
-            let blocks = o_head.par_chunks_mut(BLOCK_Q * d).zip(lse_head.par_chunks_mut(BLOCK_Q));
+            let blocks = o_head.par_chunks_mut(BLOCK_Q * d_v).zip(lse_head.par_chunks_mut(BLOCK_Q));
             blocks.enumerate().for_each(|(block, (o_rows, lse_rows))| {
                 let rows = QueryBlock { p, modifiers, b, h: hkv * group + g, first_row: block * BLOCK_Q };
                 rows.run(q, &kv, o_rows, lse_rows);
@@ -144,9 +146,10 @@ struct QueryBlock<'a> {
 }
 
 impl QueryBlock<'_> {
-    /// Online softmax over the key blocks; `o_rows` must come in zeroed, `[rows, head_dim]`.
+    /// Online softmax over the key blocks; `o_rows` must come in zeroed, `[rows, head_dim_v]`.
     fn run<T: Element>(&self, q: &HostTensor<T>, kv: &PackedKv, o_rows: &mut [f32], lse_rows: &mut [f32]) {
-        let (p, d, rows) = (self.p, self.p.head_dim, lse_rows.len());
+        let (p, rows) = (self.p, lse_rows.len());
+        let (d, d_v) = (p.head_dim, p.head_dim_v);
         let q_tile = load_rows(q, self.b, self.h, self.first_row, rows);
         // Scores, turned into probabilities in place.
         let mut s_tile = vec![0.0f32; rows * BLOCK_K];
@@ -184,10 +187,10 @@ impl QueryBlock<'_> {
                 }
                 let rescale = softmax_step(s_row, visible, &mut row_max[r], &mut row_sum[r]);
                 if rescale != 1.0 {
-                    scale_in_place(&mut o_rows[r * d..][..d], rescale);
+                    scale_in_place(&mut o_rows[r * d_v..][..d_v], rescale);
                 }
             }
-            accumulate_pv(&s_tile, kv.v_rows(first_key, keys), o_rows, d, keys);
+            accumulate_pv(&s_tile, kv.v_rows(first_key, keys), o_rows, d_v, keys);
         }
 
         for r in 0..rows {
@@ -195,7 +198,7 @@ impl QueryBlock<'_> {
                 // No visible key and no sink: O stays 0, as FlashAttention leaves it.
                 lse_rows[r] = f32::NEG_INFINITY;
             } else {
-                scale_in_place(&mut o_rows[r * d..][..d], 1.0 / row_sum[r]);
+                scale_in_place(&mut o_rows[r * d_v..][..d_v], 1.0 / row_sum[r]);
                 lse_rows[r] = row_max[r] + row_sum[r].ln();
             }
         }
@@ -244,13 +247,13 @@ fn softmax_step(s_row: &mut [f32], visible: Range<usize>, running_max: &mut f32,
     rescale
 }
 
-/// Head-major f32 O into a contiguous `[batch, seqlen_q, heads_q, head_dim]` buffer, rounding once.
+/// Head-major f32 O into a contiguous `[batch, seqlen_q, heads_q, head_dim_v]` buffer, rounding once.
 fn store_contiguous<T: Element>(p: &AttnProblem, o_by_head: &[f32], out: &mut [T]) {
-    let d = p.head_dim;
-    out.par_chunks_mut(p.heads_q * d).enumerate().for_each(|(bs, out_row)| {
+    let d_v = p.head_dim_v;
+    out.par_chunks_mut(p.heads_q * d_v).enumerate().for_each(|(bs, out_row)| {
         let (b, s) = (bs / p.seqlen_q, bs % p.seqlen_q);
-        for (h, dst) in out_row.chunks_exact_mut(d).enumerate() {
-            let src = &o_by_head[((b * p.heads_q + h) * p.seqlen_q + s) * d..][..d];
+        for (h, dst) in out_row.chunks_exact_mut(d_v).enumerate() {
+            let src = &o_by_head[((b * p.heads_q + h) * p.seqlen_q + s) * d_v..][..d_v];
             for (x, &y) in dst.iter_mut().zip(src) {
                 *x = T::from_f32(y);
             }
@@ -260,13 +263,13 @@ fn store_contiguous<T: Element>(p: &AttnProblem, o_by_head: &[f32], out: &mut [T
 
 /// The same into any validated (non-overlapping) strides; sequential, as it is a small fraction of the work.
 fn store_strided<T: Element>(p: &AttnProblem, o_by_head: &[f32], out: &mut HostTensor<T>) {
-    let d = p.head_dim;
+    let d_v = p.head_dim_v;
     for b in 0..p.batch {
         for h in 0..p.heads_q {
             for s in 0..p.seqlen_q {
-                let src = &o_by_head[((b * p.heads_q + h) * p.seqlen_q + s) * d..][..d];
+                let src = &o_by_head[((b * p.heads_q + h) * p.seqlen_q + s) * d_v..][..d_v];
                 let start = out.layout.offset(b, s, h, 0);
-                for (x, &y) in out.data[start..start + d].iter_mut().zip(src) {
+                for (x, &y) in out.data[start..start + d_v].iter_mut().zip(src) {
                     *x = T::from_f32(y);
                 }
             }

@@ -47,7 +47,7 @@ pub struct GpuGradients<T> {
 }
 
 impl<T: Element> GpuGradients<T> {
-    /// Contiguous dQ (shaped like q) and dK, dV (shaped like k), uninitialised.
+    /// Contiguous dQ, dK, dV (shaped like q, k, v), uninitialised.
     ///
     /// # Safety
     /// The caller must write every element before any is read.
@@ -55,30 +55,32 @@ impl<T: Element> GpuGradients<T> {
         let ordinal = dev.info().ordinal;
         let stream = dev.stream();
         let dq_layout = Layout::contiguous([p.batch, p.seqlen_q, p.heads_q, p.head_dim]);
-        let kv_layout = Layout::contiguous([p.batch, p.seqlen_k, p.heads_kv, p.head_dim]);
+        let dk_layout = Layout::contiguous([p.batch, p.seqlen_k, p.heads_kv, p.head_dim]);
+        let dv_layout = Layout::contiguous([p.batch, p.seqlen_k, p.heads_kv, p.head_dim_v]);
         let dq = unsafe { stream.alloc::<T>(dq_layout.numel()) }.during("allocating dQ")?;
-        let dk = unsafe { stream.alloc::<T>(kv_layout.numel()) }.during("allocating dK")?;
-        let dv = unsafe { stream.alloc::<T>(kv_layout.numel()) }.during("allocating dV")?;
+        let dk = unsafe { stream.alloc::<T>(dk_layout.numel()) }.during("allocating dK")?;
+        let dv = unsafe { stream.alloc::<T>(dv_layout.numel()) }.during("allocating dV")?;
         let d_sinks =
             if p.sinks { Some(unsafe { stream.alloc::<f32>(p.heads_q) }.during("allocating d_sinks")?) } else { None };
         Ok(GpuGradients {
             dq: DeviceTensor { buf: dq, layout: dq_layout, ordinal },
-            dk: DeviceTensor { buf: dk, layout: kv_layout, ordinal },
-            dv: DeviceTensor { buf: dv, layout: kv_layout, ordinal },
+            dk: DeviceTensor { buf: dk, layout: dk_layout, ordinal },
+            dv: DeviceTensor { buf: dv, layout: dv_layout, ordinal },
             d_sinks,
         })
     }
 }
 
-/// The tile the fused backward uses on a device for a head dim and element type.
-pub fn backward_tile(info: &DeviceInfo, head_dim: usize, dtype: DType) -> Result<BwdTile> {
+/// The tile the fused backward uses on a device for the head dims of Q/K and of V, and an element type.
+pub fn backward_tile(info: &DeviceInfo, (head_dim, head_dim_v): (usize, usize), dtype: DType) -> Result<BwdTile> {
     if dtype == DType::F32 {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype, path: "the fused backward kernel" });
     }
     let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
-    tiles_bwd::choose_bwd(head_dim, dtype.size_bytes(), optin, per_sm, info.runs_wgmma()).copied().ok_or_else(|| {
+    let sm90a = info.runs_wgmma();
+    tiles_bwd::choose_bwd(head_dim, head_dim_v, dtype.size_bytes(), optin, per_sm, sm90a).copied().ok_or_else(|| {
         Error::NoTileConfig(format!(
-            "head_dim {head_dim} {dtype}: no compiled backward tile fits {} B of shared memory per block \
+            "head_dim {head_dim}, head_dim_v {head_dim_v}, {dtype}: no compiled backward tile fits {} B of shared memory per block \
                  ({} B per SM) on {}",
             info.smem_per_block_optin, info.smem_per_sm, info.name
         ))
@@ -88,8 +90,9 @@ pub fn backward_tile(info: &DeviceInfo, head_dim: usize, dtype: DType) -> Result
 /// Fused attention backward: dQ, dK, dV (contiguous, shaped like q, k, v) for the upstream gradient
 /// `d_o`, from the forward's inputs, its output `o` and its f32 `lse` (`[batch, heads_q, seqlen_q]`,
 /// natural log, `-inf` for rows that see no key; a longer buffer is fine, as `flash_forward_into`
-/// accepts), as [`flash_forward`](crate::gpu::flash_forward) returns them. `o` and `d_o` are shaped like q with any strides (multiples of 8 elements, last dim
-/// contiguous). With GQA/MQA, dK and dV are summed over the query heads of each group.
+/// accepts), as [`flash_forward`](crate::gpu::flash_forward) returns them. `o` and `d_o` are shaped
+/// like O (q's batch, seqlen and heads, v's head dim) with any strides (multiples of 8 elements, last
+/// dim contiguous). With GQA/MQA, dK and dV are summed over the query heads of each group.
 /// `opts` must be the forward's (causality, scale); `opts.deterministic` makes the gradients bitwise
 /// reproducible run to run (dQ contributions added in a fixed order) at some cost in speed.
 #[allow(clippy::too_many_arguments)]
@@ -148,11 +151,13 @@ pub fn flash_backward_with_tile<T: Element>(
     backward_into(dev, q, k, v, o, lse, d_o, grads, opts, Some(tile))
 }
 
-/// `NoTileConfig` unless `tile` is a compiled backward row for `head_dim` that fits the device and
-/// exists in its PTX (the Hopper rows only in the sm_90a one).
-fn check_forced_backward_tile(tile: &BwdTile, head_dim: usize, dtype: DType, info: &DeviceInfo) -> Result<()> {
-    let compiled = tiles_bwd::BWD_TILES.contains(tile) && tile.head_dim == head_dim;
-    check_forced_tile(tile, compiled, tile.wgmma, tile.smem_bytes(dtype.size_bytes()), "backward", head_dim, info)
+/// `NoTileConfig` unless `tile` is a compiled backward row for the problem's head dims that fits the
+/// device and exists in its PTX (the Hopper rows only in the sm_90a one).
+fn check_forced_backward_tile(tile: &BwdTile, p: &AttnProblem, dtype: DType, info: &DeviceInfo) -> Result<()> {
+    let dims = (p.head_dim, p.head_dim_v);
+    let compiled = tiles_bwd::BWD_TILES.contains(tile) && (tile.head_dim, tile.head_dim_v) == dims;
+    let dims = format!("head_dim {}, head_dim_v {}", dims.0, dims.1);
+    check_forced_tile(tile, compiled, tile.wgmma, tile.smem_bytes(dtype.size_bytes()), "backward", &dims, info)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -172,16 +177,16 @@ fn backward_into<T: Element>(
     let tile = match tile {
         None => chosen,
         Some(t) => {
-            check_forced_backward_tile(t, p.head_dim, T::DTYPE, dev.info())?;
+            check_forced_backward_tile(t, &p, T::DTYPE, dev.info())?;
             *t
         }
     };
     for (arg, t) in [(Arg::DQ, &grads.dq), (Arg::DK, &grads.dk), (Arg::DV, &grads.dv)] {
         t.check_on(dev, arg)?;
-        if arg == Arg::DQ {
-            p.check_like_q(arg, &t.layout, t.buf.len())?;
-        } else {
-            p.check_like_k(arg, &t.layout, t.buf.len())?;
+        match arg {
+            Arg::DQ => p.check_like_q(arg, &t.layout, t.buf.len())?,
+            Arg::DK => p.check_like_k(arg, &t.layout, t.buf.len())?,
+            _ => p.check_like_v(arg, &t.layout, t.buf.len())?,
         }
         check_vector_strides(arg, &t.layout)?;
     }
@@ -269,6 +274,7 @@ fn backward_into<T: Element>(
             heads_q: p.heads_q as u32,
             group: p.group_size() as u32,
             head_dim: p.head_dim as u32,
+            head_dim_v: p.head_dim_v as u32,
             scale: p.softmax_scale,
             deterministic: opts.deterministic as u32,
         };
@@ -343,13 +349,7 @@ fn plan<T: Element>(
     let p = AttnProblem::new((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
     check_per_head(dev, opts)?;
     for (arg, t) in [(Arg::O, o), (Arg::DO, d_o)] {
-        t.layout.validate(arg, t.buf.len())?;
-        for (dim, (&got, &expected)) in t.layout.shape.iter().zip(&q.layout.shape).enumerate() {
-            if got != expected {
-                let what = crate::layout::DIM_NAMES[dim];
-                return Err(Error::ShapeMismatch { arg, what, got, expected, why: "shaped like q" });
-            }
-        }
+        p.check_input_like_o(arg, &t.layout, t.buf.len())?;
     }
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v), (Arg::O, o), (Arg::DO, d_o)] {
         check_vector_strides(arg, &t.layout)?;
@@ -366,14 +366,14 @@ fn plan<T: Element>(
     if elems / 8 > i32::MAX as usize || p.batch * p.heads_q > u32::MAX as usize {
         return Err(Error::TooLarge { arg: Arg::Q, what: "batch·heads_q·seqlen_q·head_dim", value: elems });
     }
-    let tile = backward_tile(dev.info(), p.head_dim, T::DTYPE)?;
+    let tile = backward_tile(dev.info(), (p.head_dim, p.head_dim_v), T::DTYPE)?;
     Ok((p, tile))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ironflash_kernels::tiles_bwd::{BWD_HD128_M32, BWD_HD128_WGMMA};
+    use ironflash_kernels::tiles_bwd::{BWD_HD128_M32, BWD_HD128_WGMMA, BWD_HD192, BWD_HD192_V128};
 
     fn info(cc: (i32, i32), smem_optin_kib: usize, smem_sm_kib: usize) -> DeviceInfo {
         DeviceInfo {
@@ -394,14 +394,21 @@ mod tests {
         let h100 = info((9, 0), 227, 228);
         let a100 = info((8, 0), 163, 164);
         let l40 = info((8, 9), 99, 100);
-        assert_eq!(backward_tile(&h100, 128, DType::BF16).unwrap(), BWD_HD128_WGMMA);
-        assert_eq!(backward_tile(&a100, 128, DType::BF16).unwrap(), BWD_HD128_M32);
-        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, 128, DType::BF16, &h100).is_ok());
-        assert!(check_forced_backward_tile(&BWD_HD128_M32, 128, DType::F16, &h100).is_ok());
+        let problem = |d, dv| AttnProblem::contiguous_with_head_dim_v([1, 8, 8, 1, 1, d], dv, &Default::default());
+        let (p128, p64) = (problem(128, 128).unwrap(), problem(64, 64).unwrap());
+        assert_eq!(backward_tile(&h100, (128, 128), DType::BF16).unwrap(), BWD_HD128_WGMMA);
+        assert_eq!(backward_tile(&a100, (128, 128), DType::BF16).unwrap(), BWD_HD128_M32);
+        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, &p128, DType::BF16, &h100).is_ok());
+        assert!(check_forced_backward_tile(&BWD_HD128_M32, &p128, DType::F16, &h100).is_ok());
         for other in [&a100, &l40] {
-            let e = check_forced_backward_tile(&BWD_HD128_WGMMA, 128, DType::BF16, other).unwrap_err();
+            let e = check_forced_backward_tile(&BWD_HD128_WGMMA, &p128, DType::BF16, other).unwrap_err();
             assert!(matches!(e, Error::NoTileConfig(_)), "{e}");
         }
-        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, 64, DType::BF16, &h100).is_err());
+        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, &p64, DType::BF16, &h100).is_err());
+        // A value head dim of its own runs the `mma.sync` row made for it, on Hopper too.
+        assert_eq!(backward_tile(&h100, (192, 128), DType::BF16).unwrap(), BWD_HD192_V128);
+        let p192 = problem(192, 128).unwrap();
+        assert!(check_forced_backward_tile(&BWD_HD192_V128, &p192, DType::BF16, &h100).is_ok());
+        assert!(check_forced_backward_tile(&BWD_HD192, &p192, DType::BF16, &h100).is_err());
     }
 }

@@ -53,25 +53,31 @@ pub fn forward_num_splits(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile) ->
 }
 
 /// f32 elements of the split-KV workspace for `splits` (0 when unsplit): partial O
-/// `[splits, batch, heads_q, seqlen_q, head_dim]` and partial LSE `[splits, batch, heads_q, seqlen_q]`.
+/// `[splits, batch, heads_q, seqlen_q, head_dim_v]` and partial LSE `[splits, batch, heads_q, seqlen_q]`.
 pub fn forward_workspace_f32(p: &AttnProblem, splits: usize) -> (usize, usize) {
     if splits <= 1 {
         return (0, 0);
     }
-    (splits * p.lse_len() * p.head_dim, splits * p.lse_len())
+    (splits * p.lse_len() * p.head_dim_v, splits * p.lse_len())
 }
 
-/// The tile the fused forward uses on a device for a head dim, element type and causality (what
-/// `ironflash info` prints).
-pub fn forward_tile(info: &DeviceInfo, head_dim: usize, dtype: DType, causal: bool) -> Result<FwdTile> {
+/// The tile the fused forward uses on a device for the head dims of Q/K and of V, element type and
+/// causality (what `ironflash info` prints).
+pub fn forward_tile(
+    info: &DeviceInfo,
+    (head_dim, head_dim_v): (usize, usize),
+    dtype: DType,
+    causal: bool,
+) -> Result<FwdTile> {
     if dtype == DType::F32 {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype, path: "the fused forward kernel" });
     }
     let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
-    tiles::choose_fwd(head_dim, dtype.size_bytes(), causal, optin, per_sm, info.runs_wgmma()).copied().ok_or_else(
+    let sm90a = info.runs_wgmma();
+    tiles::choose_fwd(head_dim, head_dim_v, dtype.size_bytes(), causal, optin, per_sm, sm90a).copied().ok_or_else(
         || {
             Error::NoTileConfig(format!(
-                "head_dim {head_dim} {dtype}: no compiled forward tile fits {} B of shared memory per block \
+                "head_dim {head_dim}, head_dim_v {head_dim_v}, {dtype}: no compiled forward tile fits {} B of shared memory per block \
                  ({} B per SM) on {}",
                 info.smem_per_block_optin, info.smem_per_sm, info.name
             ))
@@ -98,29 +104,31 @@ pub fn forward_launch_plan(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile, d
 /// The chooser's tile among the rows that have split-KV kernels (the `mma.sync` ones).
 fn split_kv_tile(info: &DeviceInfo, p: &AttnProblem, dtype: DType) -> Option<FwdTile> {
     let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
-    tiles::choose_fwd(p.head_dim, dtype.size_bytes(), p.causal, optin, per_sm, false).copied()
+    tiles::choose_fwd(p.head_dim, p.head_dim_v, dtype.size_bytes(), p.causal, optin, per_sm, false).copied()
 }
 
-/// `NoTileConfig` unless a forced forward tile is a compiled row for the head dim that fits the device,
+/// `NoTileConfig` unless a forced forward tile is a compiled row for the head dims that fits the device,
 /// runs on it (Hopper rows need compute capability 9.0) and, when split, has a split-KV kernel.
 fn check_forced_forward_tile(
     tile: &FwdTile,
-    head_dim: usize,
+    p: &AttnProblem,
     dtype: DType,
     info: &DeviceInfo,
     splits: usize,
 ) -> Result<()> {
-    let has_kernel = !tile.wgmma || splits <= 1;
-    let compiled = tiles::FWD_TILES.contains(tile) && tile.head_dim == head_dim && has_kernel;
-    check_forced_tile(tile, compiled, tile.wgmma, tile.smem_bytes(dtype.size_bytes()), "forward", head_dim, info)
+    let (head_dim, has_kernel) = (p.head_dim, !tile.wgmma || splits <= 1);
+    let compiled =
+        tiles::FWD_TILES.contains(tile) && (tile.head_dim, tile.head_dim_v) == (head_dim, p.head_dim_v) && has_kernel;
+    let dims = format!("head_dim {head_dim}, head_dim_v {}", p.head_dim_v);
+    check_forced_tile(tile, compiled, tile.wgmma, tile.smem_bytes(dtype.size_bytes()), "forward", &dims, info)
 }
 
-/// Fused attention forward: O (contiguous, shaped like q) and the f32 LSE `[batch, heads_q, seqlen_q]`
+/// Fused attention forward: O (contiguous, shaped like q but with v's head dim) and the f32 LSE `[batch, heads_q, seqlen_q]`
 /// (natural log; `-inf` and O = 0 for rows that see no key).
 ///
 /// When query blocks × heads × batch would leave most of the device idle (decode, small batches), the
 /// key range is split ([`forward_num_splits`]) and a combine kernel merges the partial results; that
-/// takes a temporary f32 workspace of `splits · batch · heads_q · seqlen_q · (head_dim + 1)` elements
+/// takes a temporary f32 workspace of `splits · batch · heads_q · seqlen_q · (head_dim_v + 1)` elements
 /// ([`forward_workspace_f32`]; independent of seqlen_k, at most 128 splits), allocated and freed on the
 /// device's stream. Results are bitwise reproducible either way.
 pub fn flash_forward<T: Element>(
@@ -131,7 +139,7 @@ pub fn flash_forward<T: Element>(
     opts: &AttnOptions,
 ) -> Result<GpuForwardOutput<T>> {
     let (p, tile) = plan(dev, q, k, v, opts)?;
-    let o_layout = Layout::contiguous([p.batch, p.seqlen_q, p.heads_q, p.head_dim]);
+    let o_layout = Layout::contiguous(p.o_shape());
     // SAFETY: the kernel writes every element of O and of the LSE (fully masked rows included).
     let mut o = unsafe { dev.stream.alloc::<T>(o_layout.numel()) }.during("allocating O")?;
     let mut lse = unsafe { dev.stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
@@ -222,12 +230,12 @@ fn forward_into<T: Element>(
         (None, Some(n)) => (chosen, n),
         (Some(t), n) => {
             let splits = n.unwrap_or_else(|| if t.wgmma { 1 } else { forward_num_splits(dev.info(), &p, t) });
-            check_forced_forward_tile(t, p.head_dim, T::DTYPE, dev.info(), splits)?;
+            check_forced_forward_tile(t, &p, T::DTYPE, dev.info(), splits)?;
             (*t, splits)
         }
     };
     o.check_on(dev, Arg::O)?;
-    p.check_like_q(Arg::O, &o.layout, o.buf.len())?;
+    p.check_like_o(Arg::O, &o.layout, o.buf.len())?;
     check_vector_strides(Arg::O, &o.layout)?;
     check_f32_buffer(dev, Arg::Lse, lse, p.lse_len(), "one f32 per (batch, head_q, query row)")?;
     let o_layout = o.layout;
@@ -261,7 +269,7 @@ fn plan<T: Element>(
     if p.batch * p.heads_q > u32::MAX as usize || p.lse_len() > i64::MAX as usize {
         return Err(Error::TooLarge { arg: Arg::Q, what: "batch·heads_q", value: p.batch * p.heads_q });
     }
-    let tile = forward_tile(dev.info(), p.head_dim, T::DTYPE, p.causal)?;
+    let tile = forward_tile(dev.info(), (p.head_dim, p.head_dim_v), T::DTYPE, p.causal)?;
     Ok((p, tile))
 }
 
@@ -346,7 +354,7 @@ fn launch<T: Element>(
         rows: rows as u32,
         seqlen_q: p.seqlen_q as u32,
         heads_q: p.heads_q as u32,
-        head_dim: p.head_dim as u32,
+        head_dim_v: p.head_dim_v as u32,
         num_splits: num_splits as u32,
         sinks: score.params.sinks,
     };

@@ -31,7 +31,8 @@ pub(crate) fn gpu_dtype<T: Element>(arg: Arg) -> Result<(blas_sys::cudaDataType_
     }
 }
 
-/// Standard attention: O (contiguous, shaped like q) and the f32 LSE `[batch, heads_q, seqlen_q]`.
+/// Standard attention: O (contiguous, `[batch, seqlen_q, heads_q, head_dim_v]`: q's rows and heads,
+/// v's head dim) and the f32 LSE `[batch, heads_q, seqlen_q]`.
 pub fn standard_forward<T: Element>(
     dev: &Device,
     q: &DeviceTensor<T>,
@@ -66,7 +67,8 @@ pub fn standard_forward_train<T: Element>(
     }
     let p = AttnProblem::new((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
     p.require_mask_only("the standard baseline")?;
-    let (nq, nk, d) = (p.seqlen_q, p.seqlen_k, p.head_dim);
+    // S = QKᵀ reduces over q's and k's head dim, O = PV produces v's.
+    let (nq, nk, d, d_v) = (p.seqlen_q, p.seqlen_k, p.head_dim, p.head_dim_v);
     for (what, value) in [("seqlen_q", nq), ("seqlen_k", nk)] {
         if value > i32::MAX as usize {
             return Err(Error::TooLarge { arg: Arg::Q, what, value });
@@ -74,7 +76,7 @@ pub fn standard_forward_train<T: Element>(
     }
 
     let stream = dev.stream();
-    let o_layout = Layout::contiguous([p.batch, nq, p.heads_q, d]);
+    let o_layout = Layout::contiguous([p.batch, nq, p.heads_q, d_v]);
     // SAFETY: every element of `o`, `scores` and `lse` is written below before it is read.
     let mut o = unsafe { stream.alloc::<T>(o_layout.numel()) }.during("allocating O")?;
     let mut scores =
@@ -150,12 +152,12 @@ pub fn standard_forward_train<T: Element>(
         for b in 0..p.batch {
             for c in 0..calls_per_batch {
                 let h0 = c * heads_per_call;
-                // Column-major view: Oᵀ (d x nq) = Vᵀ (d x nk) · Pᵀ (nk x nq).
+                // Column-major view: Oᵀ (d_v x nq) = Vᵀ (d_v x nk) · Pᵀ (nk x nq).
                 gemm(
                     blas,
                     data_type,
                     (false, false),
-                    (d, nq, nk),
+                    (d_v, nq, nk),
                     Operand {
                         ptr: v_ptr + elem * v.layout.offset(b, 0, h0 / group, 0) as u64,
                         ld: v.layout.strides[1],

@@ -12,7 +12,7 @@ use crate::gpu::backward::GpuGradients;
 use crate::gpu::gemm::{gemm, Operand};
 use crate::gpu::standard::{gpu_dtype, SOFTMAX_WARPS_PER_BLOCK};
 use crate::gpu::tensor::{strides3, DeviceTensor};
-use crate::layout::{Layout, DIM_NAMES};
+use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -27,8 +27,9 @@ pub fn standard_backward_extra_bytes(p: &AttnProblem, dtype: DType) -> usize {
 /// Standard-attention backward: dQ, dK, dV (contiguous, shaped like q, k, v) for the upstream gradient
 /// `d_o`, from the forward's inputs, its output `o` and its probabilities `probs`, as
 /// [`standard_forward_train`](crate::gpu::standard_forward_train) returns them (`o` and `d_o` shaped like
-/// q, any strides with the last dim contiguous). With GQA/MQA, dK and dV are summed over the query heads
-/// of each group. `opts` must be the forward's (causality is already in P; the scale is applied to dS).
+/// O: q's batch, seqlen and heads, v's head dim; any strides with the last dim contiguous). With GQA/MQA,
+/// dK and dV are summed over the query heads of each group. `opts` must be the forward's (causality is
+/// already in P; the scale is applied to dS).
 #[allow(clippy::too_many_arguments)]
 pub fn standard_backward<T: Element>(
     dev: &Device,
@@ -48,8 +49,8 @@ pub fn standard_backward<T: Element>(
     Ok(grads)
 }
 
-/// As [`standard_backward`], into caller-provided gradients: `grads.dq` shaped like q, `grads.dk` and
-/// `grads.dv` shaped like k, each with any non-overlapping strides (last dim contiguous). Every element of
+/// As [`standard_backward`], into caller-provided gradients: `grads.dq` shaped like q, `grads.dk` like k
+/// and `grads.dv` like v, each with any non-overlapping strides (last dim contiguous). Every element of
 /// the three is overwritten.
 #[allow(clippy::too_many_arguments)]
 pub fn standard_backward_into<T: Element>(
@@ -67,16 +68,17 @@ pub fn standard_backward_into<T: Element>(
     let p = plan(dev, q, k, v, o, probs, d_o, opts)?;
     for (arg, t) in [(Arg::DQ, &grads.dq), (Arg::DK, &grads.dk), (Arg::DV, &grads.dv)] {
         t.check_on(dev, arg)?;
-        if arg == Arg::DQ {
-            p.check_like_q(arg, &t.layout, t.buf.len())?;
-        } else {
-            p.check_like_k(arg, &t.layout, t.buf.len())?;
+        match arg {
+            Arg::DQ => p.check_like_q(arg, &t.layout, t.buf.len())?,
+            Arg::DK => p.check_like_k(arg, &t.layout, t.buf.len())?,
+            _ => p.check_like_v(arg, &t.layout, t.buf.len())?,
         }
         if t.layout.strides[1] > i32::MAX as usize {
             return Err(Error::TooLarge { arg, what: "sequence stride", value: t.layout.strides[1] });
         }
     }
-    let (nq, nk, d) = (p.seqlen_q, p.seqlen_k, p.head_dim);
+    // Q, K, dQ and dK have `head_dim`; V, O, dO and dV have `head_dim_v`.
+    let (nq, nk, head_dim, head_dim_v) = (p.seqlen_q, p.seqlen_k, p.head_dim, p.head_dim_v);
     let (group, hq, hkv) = (p.group_size(), p.heads_q, p.heads_kv);
     let stream = dev.stream();
     let (dq_layout, dk_layout, dv_layout) = (grads.dq.layout, grads.dk.layout, grads.dv.layout);
@@ -109,12 +111,12 @@ pub fn standard_backward_into<T: Element>(
         for b in 0..p.batch {
             for c in 0..calls_per_batch {
                 let h0 = c * heads_per_call;
-                // Column-major: dPᵀ (nk x nq) = V (Vᵀ stored, transposed) · dOᵀ.
+                // Column-major: dPᵀ (nk x nq) = V (Vᵀ stored, transposed) · dOᵀ, over v's head dim.
                 gemm(
                     blas,
                     data_type,
                     (true, false),
-                    (nk, nq, d),
+                    (nk, nq, head_dim_v),
                     Operand {
                         ptr: at(v_ptr, &v.layout, b, h0 / group),
                         ld: v.layout.strides[1],
@@ -137,14 +139,17 @@ pub fn standard_backward_into<T: Element>(
         // group) over the K/V heads, the group's members after the first adding into the result (beta 1).
         let reduce_into_kv =
             |a_base: u64, a_layout: &Layout, square_base: u64, c_base: u64, c_layout: &Layout, what| -> Result<()> {
+                // The result's head dim, as validated above: v's for dV, k's for dK.
+                let result_head_dim = c_layout.head_dim();
                 for b in 0..p.batch {
                     for g in 0..group {
-                        // Column-major: dVᵀ (d x nk) = dOᵀ · P (Pᵀ stored, transposed); dK likewise from Q, dS.
+                        // Column-major: dVᵀ (d_v x nk) = dOᵀ · P (Pᵀ stored, transposed); dKᵀ (d x nk)
+                        // likewise from Q, dS.
                         gemm(
                             blas,
                             data_type,
                             (false, true),
-                            (d, nk, nq),
+                            (result_head_dim, nk, nq),
                             Operand {
                                 ptr: at(a_base, a_layout, b, g),
                                 ld: a_layout.strides[1],
@@ -180,7 +185,8 @@ pub fn standard_backward_into<T: Element>(
             cols: nk as u32,
             seqlen_q: nq as u32,
             heads_q: hq as u32,
-            head_dim: d as u32,
+            // The kernel's head dim is the length of its rowsum(dO ∘ O): O's.
+            head_dim: head_dim_v as u32,
             scale: p.softmax_scale,
         };
         let cfg = LaunchConfig {
@@ -202,7 +208,7 @@ pub fn standard_backward_into<T: Element>(
                     blas,
                     data_type,
                     (false, false),
-                    (d, nq, nk),
+                    (head_dim, nq, nk),
                     Operand {
                         ptr: at(k_ptr, &k.layout, b, h0 / group),
                         ld: k.layout.strides[1],
@@ -255,12 +261,7 @@ fn plan<T: Element>(
     let p = AttnProblem::new((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
     p.require_mask_only("the standard baseline")?;
     for (arg, t) in [(Arg::O, o), (Arg::DO, d_o)] {
-        t.layout.validate(arg, t.buf.len())?;
-        for (dim, (&got, &expected)) in t.layout.shape.iter().zip(&q.layout.shape).enumerate() {
-            if got != expected {
-                return Err(Error::ShapeMismatch { arg, what: DIM_NAMES[dim], got, expected, why: "shaped like q" });
-            }
-        }
+        p.check_input_like_o(arg, &t.layout, t.buf.len())?;
     }
     let square = p.batch * p.heads_q * p.seqlen_q * p.seqlen_k;
     if probs.len() < square {

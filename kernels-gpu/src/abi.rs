@@ -58,7 +58,8 @@ pub const ROW_SOFTMAX_BWD_F16: &str = "row_softmax_bwd_f16";
 /// The fused forward kernels (`fwd/`): O = softmax(scale·QKᵀ + mask)·V and the LSE of each row.
 ///
 /// Tensors are `[batch, seqlen, heads, head_dim]` with the element strides below (head_dim contiguous;
-/// every stride a multiple of 8 elements and every base 16-byte aligned, for 16-byte vector access).
+/// every stride a multiple of 8 elements and every base 16-byte aligned, for 16-byte vector access);
+/// V and O have the kernel's `head_dim_v` (`tiles::FwdTile`), Q and K its `head_dim`.
 /// Launch: grid `(ceil(seqlen_q / block_m) · num_splits, heads_q, batch)`, `warps · 32` threads, the
 /// tile's dynamic shared memory (`tiles::FwdTile::smem_bytes`).
 ///
@@ -89,7 +90,7 @@ pub struct FwdParams {
     pub group: u32,
     /// Key-range splits per (query block, head, batch); 1: no split, O and LSE written directly.
     pub num_splits: u32,
-    /// f32 `[num_splits, batch, heads_q, seqlen_q, head_dim]`, contiguous; used only when split.
+    /// f32 `[num_splits, batch, heads_q, seqlen_q, head_dim_v]`, contiguous; used only when split.
     pub o_accum: u64,
     /// f32 `[num_splits, batch, heads_q, seqlen_q]`, contiguous, natural log; used only when split.
     pub lse_accum: u64,
@@ -107,7 +108,7 @@ pub struct FwdCombineParams {
     /// As `FwdParams::o_accum` / `lse_accum`.
     pub o_accum: u64,
     pub lse_accum: u64,
-    /// O in the element type, `[batch, seqlen_q, heads_q, head_dim]` with `o_strides` (multiples of 8).
+    /// O in the element type, `[batch, seqlen_q, heads_q, head_dim_v]` with `o_strides` (multiples of 8).
     pub o: u64,
     /// f32 `[batch, heads_q, seqlen_q]`, contiguous.
     pub lse: u64,
@@ -116,8 +117,8 @@ pub struct FwdCombineParams {
     pub rows: u32,
     pub seqlen_q: u32,
     pub heads_q: u32,
-    /// A multiple of 32, at most 256.
-    pub head_dim: u32,
+    /// O's (V's) head dim: a multiple of 32, at most 256.
+    pub head_dim_v: u32,
     pub num_splits: u32,
     /// f32 `[heads_q]` sink logits, 0 when absent.
     pub sinks: u64,
@@ -143,7 +144,8 @@ pub const FWD_COMBINE_F16: &str = "attn_fwd_combine_f16";
 /// which also chains dS through the tanh.
 ///
 /// Element tensors are `[batch, seqlen, heads, head_dim]` with the element strides below (head_dim
-/// contiguous, strides multiples of 8 elements, bases 16-byte aligned).
+/// contiguous, strides multiples of 8 elements, bases 16-byte aligned); V, O, dO and dV have
+/// `head_dim_v`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct BwdParams {
@@ -185,7 +187,9 @@ pub struct BwdParams {
     pub heads_q: u32,
     /// Query heads per K/V head (MQA/GQA): query head h uses K/V head h / group.
     pub group: u32,
+    /// Head dims of Q, K (dQ, dK) and of V, O (dO, dV).
     pub head_dim: u32,
+    pub head_dim_v: u32,
     /// softmax_scale (applied to dK in the main kernel and to dQ in the convert kernel).
     pub scale: f32,
     /// 1: add the dQ contributions of the key blocks in key-block order (bitwise reproducible).

@@ -11,7 +11,10 @@
 /// One compiled forward-kernel variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FwdTile {
+    /// Head dim of Q and K.
     pub head_dim: usize,
+    /// Head dim of V and O: `head_dim`, or less in the rows for a value head dim of its own (192 / 128).
+    pub head_dim_v: usize,
     /// Query rows per CTA: `warps · 16 · m_tiles`, each warp owning `16 · m_tiles` consecutive rows.
     pub block_m: usize,
     /// Keys per K/V block streamed through shared memory.
@@ -62,22 +65,27 @@ impl FwdTile {
     pub const fn smem_row(&self) -> usize {
         self.head_dim + 8
     }
+    /// Elements per shared-memory row of a V tile (padded as `smem_row`).
+    pub const fn smem_row_v(&self) -> usize {
+        self.head_dim_v + 8
+    }
     /// Dynamic shared memory of one CTA, in bytes.
     pub const fn smem_bytes(&self, elem_bytes: usize) -> usize {
         if self.wgmma {
             return self.wgmma_smem_layout(elem_bytes)[2] + 1024;
         }
-        (self.block_m + 2 * self.stages * self.block_n) * self.smem_row() * elem_bytes
+        (self.block_m * self.smem_row() + self.stages * self.block_n * (self.smem_row() + self.smem_row_v()))
+            * elem_bytes
     }
     /// Byte offsets of the Hopper kernel's shared memory from its 1024-byte aligned base:
     /// `[q, kv (stages x (K, V)), end]`; swizzled tiles of whole 64-column blocks (`ptx::wgmma`), so
     /// head dims 32 and 96 take the room of 64 and 128. The size adds 1024 bytes of slack for the
     /// alignment.
     pub const fn wgmma_smem_layout(&self, elem_bytes: usize) -> [usize; 3] {
-        let stored = swizzled_cols(self.head_dim);
+        let (stored, stored_v) = (swizzled_cols(self.head_dim), swizzled_cols(self.head_dim_v));
         let q = 0;
         let kv = q + self.block_m * stored * elem_bytes;
-        [q, kv, kv + 2 * self.stages * self.block_n * stored * elem_bytes]
+        [q, kv, kv + self.stages * self.block_n * (stored + stored_v) * elem_bytes]
     }
     /// CTAs that fit in one SM's shared memory.
     pub const fn ctas_per_sm_by_smem(&self, elem_bytes: usize, smem_per_sm: usize) -> usize {
@@ -93,13 +101,18 @@ impl FwdTile {
     }
     /// Whether the row is well formed (checked at compile time for every instantiated kernel).
     pub const fn is_valid(&self) -> bool {
-        let d = self.head_dim;
+        let (d, dv) = (self.head_dim, self.head_dim_v);
+        // O is staged in the Q tile's rows on its way out: V's head dim may not exceed Q's.
+        if dv > d || !dv.is_multiple_of(32) {
+            return false;
+        }
         if self.wgmma {
             // The shapes `fwd/hopper.rs` implements: two compute warpgroups of 64 rows, one loader, 64-column
             // blocks of the 128-byte swizzle, an S product (m64n64..m64n128) and a P·V product
             // (m64n`d`) that `ptx::wgmma` has. Ping-pong needs two more named barriers: FULL (2 per
             // stage), EMPTY (1 per stage), 2.
             return matches!(d, 32 | 64 | 96 | 128 | 192 | 256)
+                && matches!(dv, 32 | 64 | 96 | 128 | 192 | 256)
                 && self.block_m == 128
                 && self.block_n.is_multiple_of(16)
                 && self.block_n >= 64
@@ -119,13 +132,18 @@ impl FwdTile {
             // cp.async work divides evenly among the threads (no partial last round).
             && (self.block_m * d / 8).is_multiple_of(self.threads())
             && (self.block_n * d / 8).is_multiple_of(self.threads())
+            && (self.block_n * dv / 8).is_multiple_of(self.threads())
     }
 }
 
 macro_rules! tile {
     ($d:literal, $m:literal, $n:literal, $w:literal, $s:literal, $qreg:literal, $ctas:literal) => {
+        tile!($d, $d, concat!("hd", $d), $m, $n, $w, $s, $qreg, $ctas)
+    };
+    ($d:literal, $dv:literal, $dims:expr, $m:literal, $n:literal, $w:literal, $s:literal, $qreg:literal, $ctas:literal) => {
         FwdTile {
             head_dim: $d,
+            head_dim_v: $dv,
             block_m: $m,
             block_n: $n,
             warps: $w,
@@ -133,12 +151,12 @@ macro_rules! tile {
             q_in_regs: $qreg,
             ctas_per_sm: $ctas,
             symbols: [
-                concat!("attn_fwd_hd", $d, "_m", $m, "n", $n, "w", $w, "_bf16"),
-                concat!("attn_fwd_hd", $d, "_m", $m, "n", $n, "w", $w, "_f16"),
+                concat!("attn_fwd_", $dims, "_m", $m, "n", $n, "w", $w, "_bf16"),
+                concat!("attn_fwd_", $dims, "_m", $m, "n", $n, "w", $w, "_f16"),
             ],
             split_symbols: [
-                concat!("attn_fwd_split_hd", $d, "_m", $m, "n", $n, "w", $w, "_bf16"),
-                concat!("attn_fwd_split_hd", $d, "_m", $m, "n", $n, "w", $w, "_f16"),
+                concat!("attn_fwd_split_", $dims, "_m", $m, "n", $n, "w", $w, "_bf16"),
+                concat!("attn_fwd_split_", $dims, "_m", $m, "n", $n, "w", $w, "_f16"),
             ],
             wgmma: false,
             pingpong: false,
@@ -182,10 +200,22 @@ pub const HD256: FwdTile = tile!(256, 64, 32, 4, 2, false, 2);
 /// 132 KiB: where two `HD256` CTAs do not fit (A100), one CTA of 8 warps instead of 4.
 pub const HD256_W8: FwdTile = tile!(256, 128, 32, 8, 2, false, 1);
 
+// Q and K of head dim 192, V and O of 128 (DeepSeek-V3): the `HD192` rows with narrower V tiles and
+// O accumulators.
+
+/// 134 KiB: `HD192`'s grid (O is 64 per m16 tile; Q from smem as there).
+pub const HD192_V128: FwdTile = tile!(192, 128, "hd192v128", 128, 64, 8, 2, false, 1);
+/// 67 KiB, for ~100 KiB devices.
+pub const HD192_V128_SMALL: FwdTile = tile!(192, 128, "hd192v128", 64, 32, 4, 2, false, 2);
+
 macro_rules! wgmma_tile {
     ($d:literal, $n:literal, $s:literal, $pingpong:literal) => {
+        wgmma_tile!($d, $d, concat!("hd", $d), $n, $s, $pingpong)
+    };
+    ($d:literal, $dv:literal, $dims:expr, $n:literal, $s:literal, $pingpong:literal) => {
         FwdTile {
             head_dim: $d,
+            head_dim_v: $dv,
             block_m: 128,
             block_n: $n,
             warps: 12,
@@ -193,8 +223,8 @@ macro_rules! wgmma_tile {
             q_in_regs: false,
             ctas_per_sm: 1,
             symbols: [
-                concat!("attn_fwd_hd", $d, "_m128n", $n, "_wgmma_bf16"),
-                concat!("attn_fwd_hd", $d, "_m128n", $n, "_wgmma_f16"),
+                concat!("attn_fwd_", $dims, "_m128n", $n, "_wgmma_bf16"),
+                concat!("attn_fwd_", $dims, "_m128n", $n, "_wgmma_f16"),
             ],
             split_symbols: ["", ""],
             wgmma: true,
@@ -222,6 +252,9 @@ pub const HD192_WGMMA: FwdTile = wgmma_tile!(192, 96, 2, true);
 /// slower non-causal and -2..+2% causal on an H200 (measured without spills; each block's softmax is
 /// short against its products here, so taking turns only adds waits).
 pub const HD256_WGMMA: FwdTile = wgmma_tile!(256, 64, 2, false);
+/// 209 KiB: Q and K of head dim 192, V of 128; 128-key blocks in two stages (O 64 + S 64 + P 32
+/// registers, D = 128's), ping-pong.
+pub const HD192_V128_WGMMA: FwdTile = wgmma_tile!(192, 128, "hd192v128", 128, 2, true);
 
 /// Every compiled variant, in order of preference within a head dim.
 pub const FWD_TILES: &[FwdTile] = &[
@@ -243,9 +276,12 @@ pub const FWD_TILES: &[FwdTile] = &[
     HD256_WGMMA,
     HD256,
     HD256_W8,
+    HD192_V128_WGMMA,
+    HD192_V128,
+    HD192_V128_SMALL,
 ];
 
-/// The forward tile for a problem on a device: the first row for `head_dim` (in table order) whose
+/// The forward tile for a problem on a device: the first row for `head_dim` and `head_dim_v` (in table order) whose
 /// designed CTAs per SM (`ctas_per_sm`) fit the SM's shared memory, each within the per-block opt-in
 /// limit; failing that, the first row of which one CTA fits. `None` when no compiled row fits (the host
 /// turns that into `Error::NoTileConfig`).
@@ -256,6 +292,7 @@ pub const FWD_TILES: &[FwdTile] = &[
 /// capability 9.0: the sm_90a PTX).
 pub fn choose_fwd(
     head_dim: usize,
+    head_dim_v: usize,
     elem_bytes: usize,
     causal: bool,
     smem_per_block_optin: usize,
@@ -268,7 +305,10 @@ pub fn choose_fwd(
     }
     let rows = || {
         FWD_TILES.iter().filter(move |t| {
-            t.head_dim == head_dim && (sm90a || !t.wgmma) && t.smem_bytes(elem_bytes) <= smem_per_block_optin
+            t.head_dim == head_dim
+                && t.head_dim_v == head_dim_v
+                && (sm90a || !t.wgmma)
+                && t.smem_bytes(elem_bytes) <= smem_per_block_optin
         })
     };
     rows()
@@ -311,7 +351,7 @@ mod tests {
     const HEAD_DIMS: [usize; 6] = [32, 64, 96, 128, 192, 256];
 
     fn pick(d: usize, dev: (usize, usize)) -> Option<FwdTile> {
-        choose_fwd(d, 2, false, dev.0, dev.1, false).copied()
+        choose_fwd(d, d, 2, false, dev.0, dev.1, false).copied()
     }
 
     #[test]
@@ -333,7 +373,7 @@ mod tests {
         let want = [HD32, HD64, HD96, HD128, HD192, HD256];
         for (d, w) in HEAD_DIMS.iter().zip(want) {
             assert_eq!(pick(*d, H100), Some(w), "d={d}");
-            assert_eq!(choose_fwd(*d, 2, true, H100.0, H100.1, false), Some(&w), "d={d} causal");
+            assert_eq!(choose_fwd(*d, *d, 2, true, H100.0, H100.1, false), Some(&w), "d={d} causal");
             assert!(w.ctas_per_sm_by_smem(2, H100.1) >= w.ctas_per_sm, "d={d}");
         }
     }
@@ -376,15 +416,15 @@ mod tests {
 
     #[test]
     fn unsupported_inputs_get_none() {
-        assert_eq!(choose_fwd(80, 2, false, H100.0, H100.1, true), None);
-        assert_eq!(choose_fwd(128, 4, false, H100.0, H100.1, true), None);
-        assert_eq!(choose_fwd(128, 2, false, 0, 0, true), None);
+        assert_eq!(choose_fwd(80, 80, 2, false, H100.0, H100.1, true), None);
+        assert_eq!(choose_fwd(128, 128, 4, false, H100.0, H100.1, true), None);
+        assert_eq!(choose_fwd(128, 128, 2, false, 0, 0, true), None);
     }
 
     #[test]
     fn hopper_gets_a_wgmma_row_at_every_head_dim() {
         for d in HEAD_DIMS {
-            let t = choose_fwd(d, 2, false, H100.0, H100.1, true).unwrap();
+            let t = choose_fwd(d, d, 2, false, H100.0, H100.1, true).unwrap();
             assert!(t.wgmma, "d={d}");
         }
         let rows = [
@@ -396,7 +436,7 @@ mod tests {
             (256, HD256_WGMMA),
         ];
         for (d, t) in rows {
-            assert_eq!(choose_fwd(d, 2, true, H100.0, H100.1, true), Some(&t));
+            assert_eq!(choose_fwd(d, d, 2, true, H100.0, H100.1, true), Some(&t));
             let l = t.wgmma_smem_layout(2);
             assert!(l[1].is_multiple_of(1024) && l[2].is_multiple_of(1024) && t.smem_bytes(2) <= H100.0, "{t:?}");
         }
@@ -410,6 +450,23 @@ mod tests {
         assert_eq!(HD96_WGMMA.smem_bytes(2), HD128_WGMMA.smem_bytes(2));
         assert_eq!(HD32_WGMMA.smem_bytes(2), HD64_WGMMA.smem_bytes(2));
         assert!(HD128_WGMMA.smem_bytes(2) <= H100.0);
+    }
+
+    #[test]
+    fn value_head_dim_of_its_own() {
+        let pick_v = |dev: (usize, usize), sm90a| choose_fwd(192, 128, 2, false, dev.0, dev.1, sm90a).copied();
+        assert_eq!(pick_v(H100, true), Some(HD192_V128_WGMMA));
+        assert_eq!(pick_v(H100, false), Some(HD192_V128));
+        assert_eq!(pick_v(A100, false), Some(HD192_V128));
+        assert_eq!(pick_v((99 * KIB, 100 * KIB), false), Some(HD192_V128_SMALL));
+        assert_eq!(pick_v(SMALL, false), None);
+        assert_eq!(choose_fwd(128, 64, 2, false, H100.0, H100.1, true), None);
+        // K and V tiles of their own widths.
+        assert_eq!(HD192_V128.smem_bytes(2), (128 * 200 + 2 * 64 * (200 + 136)) * 2);
+        assert_eq!(HD192_V128_WGMMA.smem_bytes(2), 128 * 192 * 2 + 2 * 128 * (192 + 128) * 2 + 1024);
+        assert!(HD192_V128_WGMMA.smem_bytes(2) <= H100.0);
+        // V wider than Q has no room to stage O.
+        assert!(!FwdTile { head_dim_v: 256, ..HD192 }.is_valid());
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! 1. Sᵀ = K Qᵀ and dPᵀ = V dOᵀ (`[block_n, block_m]`): warps `sdp_warps_n` along keys × the rest along
 //!    queries. P = exp2(scale·log2e·S − log2e·LSE) and dS = P ∘ (dP − delta) go to shared memory in the
 //!    element type (transposed, `[key][query]`).
-//! 2. dV += Pᵀ dO and dK += dSᵀ Q (`[block_n, head_dim]`): warps `dkv_warps_n` along keys × the rest
-//!    along head_dim. These accumulators are the persistent registers: `2·block_n·head_dim / threads`.
+//! 2. dV += Pᵀ dO and dK += dSᵀ Q (`[block_n, head_dim_v]` and `[block_n, head_dim]`): warps
+//!    `dkv_warps_n` along keys × the rest along the head dims. These accumulators are the persistent
+//!    registers: `block_n·(head_dim + head_dim_v) / threads`.
 //! 3. dQ_partial = dS K (`[block_m, head_dim]`): warps `dq_warps_m` along queries × the rest along
 //!    head_dim, added to the f32 dQ accumulator in global memory.
 //!
@@ -24,7 +25,10 @@ pub const BWD_CONSTS_BYTES: usize = 96;
 /// One compiled backward-kernel variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BwdTile {
+    /// Head dim of Q and K (dQ, dK).
     pub head_dim: usize,
+    /// Head dim of V and dO (dV): `head_dim`, or less in the rows for a value head dim of its own.
+    pub head_dim_v: usize,
     /// Query rows per step of the query loop.
     pub block_m: usize,
     /// Keys per CTA.
@@ -66,6 +70,10 @@ impl BwdTile {
     pub const fn dkv_n_tiles(&self) -> usize {
         self.head_dim / (self.warps / self.dkv_warps_n) / 8
     }
+    /// Phase 2: n8 tiles of dV (`head_dim_v`) per warp.
+    pub const fn dv_n_tiles(&self) -> usize {
+        self.head_dim_v / (self.warps / self.dkv_warps_n) / 8
+    }
     /// Phase 3: m16 tiles (queries) and n8 tiles (head_dim) per warp.
     pub const fn dq_m_tiles(&self) -> usize {
         self.block_m / self.dq_warps_m / 16
@@ -73,9 +81,13 @@ impl BwdTile {
     pub const fn dq_n_tiles(&self) -> usize {
         self.head_dim / (self.warps / self.dq_warps_m) / 8
     }
-    /// Elements per shared-memory row of K, V, Q, dO (16 bytes of padding: conflict-free ldmatrix).
+    /// Elements per shared-memory row of K and Q (16 bytes of padding: conflict-free ldmatrix).
     pub const fn smem_row(&self) -> usize {
         self.head_dim + 8
+    }
+    /// Elements per shared-memory row of V and dO.
+    pub const fn smem_row_v(&self) -> usize {
+        self.head_dim_v + 8
     }
     /// Elements per shared-memory row of Pᵀ and dSᵀ.
     pub const fn p_row(&self) -> usize {
@@ -84,15 +96,15 @@ impl BwdTile {
     /// Byte offsets of the shared-memory regions: `[k, v, q, d_o, p, ds, lse, delta, consts, end]`
     /// (`consts`: the CTA's loop-invariant addresses and strides, `BWD_CONSTS_BYTES`).
     pub const fn smem_layout(&self, elem_bytes: usize) -> [usize; 10] {
-        let kv = self.block_n * self.smem_row() * elem_bytes;
-        let q = self.q_stages * self.block_m * self.smem_row() * elem_bytes;
+        let (row, row_v) = (self.smem_row() * elem_bytes, self.smem_row_v() * elem_bytes);
+        let q_rows = self.q_stages * self.block_m;
         let p = self.block_n * self.p_row() * elem_bytes;
         let f = self.q_stages * self.block_m * 4;
         let k = 0;
-        let v = k + kv;
-        let qo = v + kv;
-        let d_o = qo + q;
-        let pp = d_o + q;
+        let v = k + self.block_n * row;
+        let qo = v + self.block_n * row_v;
+        let d_o = qo + q_rows * row;
+        let pp = d_o + q_rows * row_v;
         let ds = pp + p;
         let lse = ds + p;
         let delta = lse + f;
@@ -169,13 +181,14 @@ impl BwdTile {
     }
     /// Whether the row is well formed (checked at compile time for every instantiated kernel).
     pub const fn is_valid(&self) -> bool {
-        let (d, w) = (self.head_dim, self.warps);
+        let (d, dv, w) = (self.head_dim, self.head_dim_v, self.warps);
         if self.wgmma {
             // The shapes `bwd/hopper.rs` implements: each compute warpgroup owns 64 keys; with 64-row
             // query blocks the warpgroups split dQ's columns (`wgmma_dq_split`), with 128-row blocks its
             // rows. dK, dV, Sᵀ and dPᵀ in registers: head_dim + block_m f32 per thread of the 240 at
             // most 192.
             return matches!(d, 32 | 64 | 96 | 128)
+                && dv == d
                 && (self.block_m == 64 || self.block_m == 128)
                 && d + self.block_m <= 192
                 && self.block_n == 128
@@ -183,6 +196,7 @@ impl BwdTile {
                 && self.q_stages == 2;
         }
         d.is_multiple_of(32)
+            && dv.is_multiple_of(32)
             && (w == 4 || w == 8)
             && (self.q_stages == 1 || self.q_stages == 2)
             && self.block_m.is_multiple_of(16)
@@ -201,6 +215,9 @@ impl BwdTile {
             && self.dkv_n_tiles() >= 2
             && self.dkv_n_tiles().is_multiple_of(2)
             && self.dkv_n_tiles() * 8 * (w / self.dkv_warps_n) == d
+            && self.dv_n_tiles() >= 2
+            && self.dv_n_tiles().is_multiple_of(2)
+            && self.dv_n_tiles() * 8 * (w / self.dkv_warps_n) == dv
             && self.dq_m_tiles() >= 1
             && self.dq_m_tiles() * 16 * self.dq_warps_m == self.block_m
             && self.dq_n_tiles() >= 2
@@ -213,8 +230,12 @@ impl BwdTile {
 
 macro_rules! tile {
     ($d:literal, $m:literal, $n:literal, $w:literal, $s:literal, $wn1:literal, $wn2:literal, $wm3:literal) => {
+        tile!($d, $d, concat!("hd", $d), $m, $n, $w, $s, $wn1, $wn2, $wm3)
+    };
+    ($d:literal, $dv:literal, $dims:expr, $m:literal, $n:literal, $w:literal, $s:literal, $wn1:literal, $wn2:literal, $wm3:literal) => {
         BwdTile {
             head_dim: $d,
+            head_dim_v: $dv,
             block_m: $m,
             block_n: $n,
             warps: $w,
@@ -224,12 +245,12 @@ macro_rules! tile {
             dq_warps_m: $wm3,
             wgmma: false,
             symbols: [
-                concat!("attn_bwd_hd", $d, "_m", $m, "n", $n, "s", $s, "_bf16"),
-                concat!("attn_bwd_hd", $d, "_m", $m, "n", $n, "s", $s, "_f16"),
+                concat!("attn_bwd_", $dims, "_m", $m, "n", $n, "s", $s, "_bf16"),
+                concat!("attn_bwd_", $dims, "_m", $m, "n", $n, "s", $s, "_f16"),
             ],
             softcap_symbols: [
-                concat!("attn_bwd_softcap_hd", $d, "_m", $m, "n", $n, "s", $s, "_bf16"),
-                concat!("attn_bwd_softcap_hd", $d, "_m", $m, "n", $n, "s", $s, "_f16"),
+                concat!("attn_bwd_softcap_", $dims, "_m", $m, "n", $n, "s", $s, "_bf16"),
+                concat!("attn_bwd_softcap_", $dims, "_m", $m, "n", $n, "s", $s, "_f16"),
             ],
         }
     };
@@ -258,11 +279,14 @@ pub const BWD_HD192: BwdTile = tile!(192, 64, 64, 8, 2, 4, 4, 2);
 pub const BWD_HD192_M32: BwdTile = tile!(192, 32, 64, 8, 2, 4, 4, 2);
 /// 151 KiB; dK+dV 128, 32-row query blocks keep phase 3 (dQ) at 32 f32/thread.
 pub const BWD_HD256: BwdTile = tile!(256, 32, 64, 8, 2, 4, 4, 1);
+/// 145 KiB (A100 too): `BWD_HD192`'s grid with V and dO rows of head dim 128 (dK+dV 80).
+pub const BWD_HD192_V128: BwdTile = tile!(192, 128, "hd192v128", 64, 64, 8, 2, 4, 4, 2);
 
 macro_rules! wgmma_bwd_tile {
     ($d:literal, $m:literal) => {
         BwdTile {
             head_dim: $d,
+            head_dim_v: $d,
             block_m: $m,
             block_n: 128,
             warps: 12,
@@ -309,13 +333,15 @@ pub const BWD_TILES: &[BwdTile] = &[
     BWD_HD192,
     BWD_HD192_M32,
     BWD_HD256,
+    BWD_HD192_V128,
 ];
 
-/// The backward tile for a problem on a device: the first compiled row for `head_dim` whose shared
+/// The backward tile for a problem on a device: the first compiled row for `head_dim` and `head_dim_v` whose shared
 /// memory fits one block's opt-in limit and one SM, Hopper rows only where `sm90a` (compute
 /// capability 9.0). `None` when none fits.
 pub fn choose_bwd(
     head_dim: usize,
+    head_dim_v: usize,
     elem_bytes: usize,
     smem_per_block_optin: usize,
     smem_per_sm: usize,
@@ -326,7 +352,7 @@ pub fn choose_bwd(
     }
     BWD_TILES
         .iter()
-        .filter(|t| t.head_dim == head_dim && (sm90a || !t.wgmma))
+        .filter(|t| t.head_dim == head_dim && t.head_dim_v == head_dim_v && (sm90a || !t.wgmma))
         .find(|t| crate::tiles::fits_smem(t.smem_bytes(elem_bytes), smem_per_block_optin, smem_per_sm))
 }
 
@@ -354,21 +380,36 @@ mod tests {
     fn every_head_dim_fits_h100_and_a100() {
         for d in [32, 64, 96, 128, 192, 256] {
             for sm90a in [false, true] {
-                let h = choose_bwd(d, 2, H100.0, H100.1, sm90a).unwrap();
+                let h = choose_bwd(d, d, 2, H100.0, H100.1, sm90a).unwrap();
                 assert_eq!(h.q_stages, 2, "d={d}");
                 assert!(h.smem_bytes(2) <= H100.0, "d={d}");
                 assert_eq!(h.wgmma, sm90a && matches!(d, 32 | 64 | 96 | 128), "d={d}");
             }
-            let a = choose_bwd(d, 2, A100.0, A100.1, false).unwrap();
+            let a = choose_bwd(d, d, 2, A100.0, A100.1, false).unwrap();
             assert!(a.smem_bytes(2) <= A100.0, "d={d}");
         }
-        assert_eq!(choose_bwd(128, 2, H100.0, H100.1, true), Some(&BWD_HD128_WGMMA));
-        assert_eq!(choose_bwd(128, 2, H100.0, H100.1, false), Some(&BWD_HD128_M32));
-        assert_eq!(choose_bwd(128, 2, A100.0, A100.1, false), Some(&BWD_HD128_M32));
-        assert_eq!(choose_bwd(192, 2, A100.0, A100.1, false), Some(&BWD_HD192_M32));
-        assert_eq!(choose_bwd(80, 2, H100.0, H100.1, true), None);
-        assert_eq!(choose_bwd(128, 4, H100.0, H100.1, true), None);
-        assert_eq!(choose_bwd(128, 2, 48 * KIB, 48 * KIB, true), None);
+        assert_eq!(choose_bwd(128, 128, 2, H100.0, H100.1, true), Some(&BWD_HD128_WGMMA));
+        assert_eq!(choose_bwd(128, 128, 2, H100.0, H100.1, false), Some(&BWD_HD128_M32));
+        assert_eq!(choose_bwd(128, 128, 2, A100.0, A100.1, false), Some(&BWD_HD128_M32));
+        assert_eq!(choose_bwd(192, 192, 2, A100.0, A100.1, false), Some(&BWD_HD192_M32));
+        assert_eq!(choose_bwd(80, 80, 2, H100.0, H100.1, true), None);
+        assert_eq!(choose_bwd(128, 128, 4, H100.0, H100.1, true), None);
+        assert_eq!(choose_bwd(128, 128, 2, 48 * KIB, 48 * KIB, true), None);
+    }
+
+    #[test]
+    fn value_head_dim_of_its_own() {
+        for (dev, sm90a) in [(H100, true), (H100, false), (A100, false)] {
+            assert_eq!(choose_bwd(192, 128, 2, dev.0, dev.1, sm90a), Some(&BWD_HD192_V128));
+        }
+        assert_eq!(choose_bwd(128, 64, 2, H100.0, H100.1, true), None);
+        let l = BWD_HD192_V128.smem_layout(2);
+        // K, V, two stages of Q, two of dO: V and dO rows are 136 elements.
+        assert_eq!(l[1], 64 * 200 * 2);
+        assert_eq!(l[2] - l[1], 64 * 136 * 2);
+        assert_eq!(l[4] - l[3], 2 * 64 * 136 * 2);
+        assert_eq!((BWD_HD192_V128.dkv_n_tiles(), BWD_HD192_V128.dv_n_tiles()), (12, 8));
+        assert!(!BwdTile { head_dim_v: 64, ..BWD_HD128_WGMMA }.is_valid());
     }
 
     #[test]

@@ -14,3 +14,12 @@ pub fn device_or_skip() -> Result<Option<Device>, ironflash::Error> {
         Err(e) => Err(e),
     }
 }
+
+/// `"128"` → (128, 128); `"192v128"` → (192, 128): the head dims of Q/K and of V, as `--dims` takes them.
+#[allow(dead_code)] // `score_timing` has no `--dims`.
+pub fn parse_dims(s: &str) -> Result<(usize, usize), std::num::ParseIntError> {
+    match s.split_once('v') {
+        Some((d, dv)) => Ok((d.parse()?, dv.parse()?)),
+        None => s.parse().map(|d| (d, d)),
+    }
+}

@@ -8,6 +8,7 @@ use ironflash::device::Device;
 use ironflash::dtype::{DType, Element};
 use ironflash::error::{Error, Result};
 use ironflash::options::AttnOptions;
+use ironflash::problem::supported_head_dim_pairs;
 use ironflash::tensor::HostTensor;
 use rand::SeedableRng;
 
@@ -20,6 +21,8 @@ pub struct CheckShape {
     pub h: usize,
     pub h_kv: usize,
     pub d: usize,
+    /// V's (and O's) head dim.
+    pub d_v: usize,
     pub causal: bool,
     pub dtype: DTypeName,
 }
@@ -29,7 +32,8 @@ impl std::fmt::Display for CheckShape {
         let heads = if self.h == self.h_kv { self.h.to_string() } else { format!("{}/{}", self.h, self.h_kv) };
         let n = if self.n_q == self.n_k { self.n_q.to_string() } else { format!("{}/{}", self.n_q, self.n_k) };
         let mask = if self.causal { " causal" } else { "" };
-        write!(f, "B={} H={heads} N={n} D={}{mask} {}", self.b, self.d, self.dtype.name())
+        let d = if self.d_v == self.d { self.d.to_string() } else { format!("{}/{}", self.d, self.d_v) };
+        write!(f, "B={} H={heads} N={n} D={d}{mask} {}", self.b, self.dtype.name())
     }
 }
 
@@ -123,7 +127,7 @@ fn check_typed<T: Element>(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let q = HostTensor::<T>::random([shape.b, shape.n_q, shape.h, shape.d], 1.0, &mut rng);
     let k = HostTensor::<T>::random([shape.b, shape.n_k, shape.h_kv, shape.d], 1.0, &mut rng);
-    let v = HostTensor::<T>::random([shape.b, shape.n_k, shape.h_kv, shape.d], 1.0, &mut rng);
+    let v = HostTensor::<T>::random([shape.b, shape.n_k, shape.h_kv, shape.d_v], 1.0, &mut rng);
     let opts = AttnOptions { causal: shape.causal, ..AttnOptions::default() };
     let reference = ironflash::cpu::reference_forward(&q, &k, &v, &opts)?;
 
@@ -135,11 +139,11 @@ fn check_typed<T: Element>(
             (Impl::Cpu, _) => ironflash::cpu::forward(&q, &k, &v, &opts).map(|o| (o.o.to_f64_contiguous(), o.lse)),
             // The forward has no deterministic mode: fused-det checks the same forward as fused.
             (Impl::Fused | Impl::FusedDet | Impl::Standard, Some(dev)) => (|| {
-                let (dq, dk, dv) = (dev.upload(&q)?, dev.upload(&k)?, dev.upload(&v)?);
+                let (q, k, v) = (dev.upload(&q)?, dev.upload(&k)?, dev.upload(&v)?);
                 let o = if imp != Impl::Standard {
-                    ironflash::gpu::flash_forward(dev, &dq, &dk, &dv, &opts)?
+                    ironflash::gpu::flash_forward(dev, &q, &k, &v, &opts)?
                 } else {
-                    ironflash::gpu::standard_forward(dev, &dq, &dk, &dv, &opts)?
+                    ironflash::gpu::standard_forward(dev, &q, &k, &v, &opts)?
                 };
                 Ok((dev.download(&o.o)?.to_f64_contiguous(), dev.download_f32(&o.lse)?))
             })(),
@@ -175,23 +179,34 @@ fn check_typed<T: Element>(
 
 /// The main job's few shapes: MHA causal, GQA with N_q != N_k, MQA decode-like with head dim 256.
 pub fn quick_shapes() -> Vec<CheckShape> {
-    let s = |b, n_q, n_k, h, h_kv, d, causal| CheckShape { b, n_q, n_k, h, h_kv, d, causal, dtype: DTypeName::Bf16 };
+    let s = |b, n_q, n_k, h, h_kv, d, causal| CheckShape {
+        b,
+        n_q,
+        n_k,
+        h,
+        h_kv,
+        d,
+        d_v: d,
+        causal,
+        dtype: DTypeName::Bf16,
+    };
     vec![s(1, 128, 128, 4, 4, 64, true), s(2, 100, 77, 4, 2, 128, false), s(1, 16, 300, 4, 1, 256, true)]
 }
 
-/// The `check` sweep: every supported head dim, both masks, both dtypes, over shapes that hit the edge
-/// cases (partial blocks, N_q > N_k with fully masked rows, GQA/MQA, a single query row).
+/// The `check` sweep: every supported pair of head dims (Q/K, V), both masks, both dtypes, over shapes
+/// that hit the edge cases (partial blocks, N_q > N_k with fully masked rows, GQA/MQA, a single query
+/// row).
 pub fn sweep_shapes(dtypes: &[DTypeName], max_len: usize) -> Vec<CheckShape> {
     // [b, n_q, n_k, h, h_kv]
     const BASE: &[[usize; 5]] =
         &[[1, 128, 128, 4, 4], [2, 100, 77, 4, 2], [1, 1, 300, 8, 1], [1, 257, 513, 2, 2], [2, 300, 100, 2, 1]];
     let mut out = Vec::new();
     for &dtype in dtypes {
-        for &d in ironflash::problem::SUPPORTED_HEAD_DIMS {
+        for (d, d_v) in supported_head_dim_pairs() {
             for causal in [false, true] {
                 for &[b, n_q, n_k, h, h_kv] in BASE {
                     let (n_q, n_k) = (n_q.min(max_len), n_k.min(max_len));
-                    out.push(CheckShape { b, n_q, n_k, h, h_kv, d, causal, dtype });
+                    out.push(CheckShape { b, n_q, n_k, h, h_kv, d, d_v, causal, dtype });
                 }
             }
         }
@@ -216,7 +231,8 @@ mod tests {
     #[test]
     fn sweep_covers_every_head_dim_mask_and_dtype() {
         let s = sweep_shapes(&[DTypeName::Bf16, DTypeName::F16], 512);
-        assert_eq!(s.len(), 2 * ironflash::problem::SUPPORTED_HEAD_DIMS.len() * 2 * 5);
+        assert_eq!(s.len(), 2 * supported_head_dim_pairs().count() * 2 * 5);
+        assert!(s.iter().any(|x| (x.d, x.d_v) == (192, 128)));
         assert!(s.iter().any(|x| x.causal && x.n_q > x.n_k), "fully masked rows");
         assert!(s.iter().any(|x| x.n_q == 1));
         assert!(sweep_shapes(&[DTypeName::Bf16], 64).iter().all(|x| x.n_q <= 64 && x.n_k <= 64));
@@ -225,7 +241,8 @@ mod tests {
 
     #[test]
     fn gpu_paths_without_a_device_are_unavailable() {
-        let shape = CheckShape { b: 1, n_q: 8, n_k: 8, h: 1, h_kv: 1, d: 32, causal: false, dtype: DTypeName::Bf16 };
+        let shape =
+            CheckShape { b: 1, n_q: 8, n_k: 8, h: 1, h_kv: 1, d: 32, d_v: 32, causal: false, dtype: DTypeName::Bf16 };
         let r = check_paths(None, &[Impl::Fused, Impl::Standard], &shape, 1).unwrap();
         assert_eq!(r.len(), 2);
         assert!(r.iter().all(|x| matches!(x.verdict, Verdict::Unavailable(_))));

@@ -127,12 +127,12 @@ impl Case {
     }
 
     /// FLOPs as the FlashAttention papers count them: forward 4·B·H·Nq·Nk·D (halved when causal), backward
-    /// 2.5x that.
+    /// 2.5x that (`AttnProblem::{forward,backward}_flops`).
     pub fn flops(&self) -> f64 {
-        let fwd = self.problem().forward_flops();
+        let p = self.problem();
         match self.pass {
-            Pass::Fwd => fwd,
-            Pass::Bwd => 2.5 * fwd,
+            Pass::Fwd => p.forward_flops(),
+            Pass::Bwd => p.backward_flops(),
         }
     }
 

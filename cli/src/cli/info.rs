@@ -2,7 +2,7 @@
 
 use super::summary::device_line;
 use super::{open_device, JobResult};
-use ironflash::problem::SUPPORTED_HEAD_DIMS;
+use ironflash::problem::supported_head_dim_pairs;
 use ironflash::DType;
 use ironflash_kernels::tiles::{choose_fwd, FwdTile, FWD_TILES, SMEM_RESERVED_PER_CTA};
 use std::process::ExitCode;
@@ -30,7 +30,7 @@ pub fn run(ordinal: usize) -> JobResult {
             println!("  L2 cache              {} MiB", i.l2_bytes >> 20);
             println!("  memory                {:.1} GiB", i.total_mem as f64 / (1u64 << 30) as f64);
             println!("\nforward tiles on this device (bf16/f16; what the fused forward launches):");
-            let launcher = |d, causal| ironflash::gpu::flash::forward_tile(i, d, DType::BF16, causal).ok();
+            let launcher = |dims, causal| ironflash::gpu::flash::forward_tile(i, dims, DType::BF16, causal).ok();
             print_tiles(i.smem_per_block_optin, i.smem_per_sm, launcher);
         }
         None => {
@@ -41,7 +41,9 @@ pub fn run(ordinal: usize) -> JobResult {
                 ("48 KiB device", 48 * KIB, 48 * KIB, false),
             ] {
                 println!("\n{name} ({} KiB per block, {} KiB per SM):", optin / KIB, per_sm / KIB);
-                print_tiles(optin, per_sm, |d, causal| choose_fwd(d, 2, causal, optin, per_sm, sm90a).copied());
+                print_tiles(optin, per_sm, |(d, dv), causal| {
+                    choose_fwd(d, dv, 2, causal, optin, per_sm, sm90a).copied()
+                });
             }
         }
     }
@@ -67,12 +69,12 @@ fn describe(t: &FwdTile) -> String {
 
 /// Per head dim: the chosen row, its shared memory and occupancy by shared memory, and why the rows
 /// before it (the chooser takes the first that fits) were passed over.
-fn print_tiles(optin: usize, per_sm: usize, choose: impl Fn(usize, bool) -> Option<FwdTile>) {
-    for &d in SUPPORTED_HEAD_DIMS {
-        let chosen = choose(d, false);
+fn print_tiles(optin: usize, per_sm: usize, choose: impl Fn((usize, usize), bool) -> Option<FwdTile>) {
+    for (d, dv) in supported_head_dim_pairs() {
+        let chosen = choose((d, dv), false);
         let chosen = chosen.as_ref();
         let mut why = Vec::new();
-        for t in FWD_TILES.iter().filter(|t| t.head_dim == d) {
+        for t in FWD_TILES.iter().filter(|t| (t.head_dim, t.head_dim_v) == (d, dv)) {
             if Some(t) == chosen {
                 break;
             }
@@ -89,11 +91,12 @@ fn print_tiles(optin: usize, per_sm: usize, choose: impl Fn(usize, bool) -> Opti
                 ));
             }
         }
+        let label = if dv == d { format!("D={d}") } else { format!("D={d}/{dv}") };
         match chosen {
             Some(t) => {
                 let bytes = t.smem_bytes(2);
                 println!(
-                    "  D={d:<3} {}  {:>3} KiB smem, {} CTA/SM by smem, {}",
+                    "  {label:<9} {}  {:>3} KiB smem, {} CTA/SM by smem, {}",
                     describe(t),
                     bytes.div_ceil(KIB),
                     t.ctas_per_sm_by_smem(2, per_sm),
@@ -104,10 +107,13 @@ fn print_tiles(optin: usize, per_sm: usize, choose: impl Fn(usize, bool) -> Opti
                     }
                 );
             }
-            None => println!("  D={d:<3} none fits: {}", why.join("; ")),
+            None => println!("  {label:<9} none fits: {}", why.join("; ")),
         }
-        if choose(d, true).as_ref() != chosen {
-            println!("        causal: {}", choose(d, true).map(|t| describe(&t)).unwrap_or_else(|| "none fits".into()));
+        if choose((d, dv), true).as_ref() != chosen {
+            println!(
+                "        causal: {}",
+                choose((d, dv), true).map(|t| describe(&t)).unwrap_or_else(|| "none fits".into())
+            );
         }
     }
 }

@@ -77,7 +77,7 @@ struct Shape<const D: usize, const BM: usize>;
 
 impl<const D: usize, const BM: usize> Shape<D, BM> {
     /// The tile row for (`D`, `BM`).
-    const TILE: BwdTile = BwdTile { head_dim: D, block_m: BM, ..T };
+    const TILE: BwdTile = BwdTile { head_dim: D, head_dim_v: D, block_m: BM, ..T };
     /// `[k, v, q, d_o, ds, dq (two staging buffers), lse, delta, consts, end]` from the 1024-byte
     /// aligned base.
     const L: [usize; 10] = Self::TILE.wgmma_smem_layout(2);
@@ -222,7 +222,7 @@ pub unsafe fn attn_bwd_wgmma<
     let sw = RowLayout::Swizzled128;
     if tid < COMPUTE_THREADS_U32 {
         let (k_dst, v_dst) = (base + l[0] as u32, base + l[1] as u32);
-        load_key_block::<BN, D>(p, sw, (b, hkv, n0), k_dst, v_dst, tid, COMPUTE_THREADS);
+        load_key_block::<BN, D, D>(p, sw, (b, hkv, n0), k_dst, v_dst, tid, COMPUTE_THREADS);
         if Shape::<D, BM>::K_PAST_HEAD_DIM {
             // Zeros in the 16-byte chunks of K's last column block past the head dim, so that whatever
             // the memory held stays out of the dQ columns warpgroup 1 drops (its stores are fenced for
@@ -246,7 +246,7 @@ pub unsafe fn attn_bwd_wgmma<
     setmaxnreg::inc::<COMPUTE_REGS>();
     if total > 0 {
         let dst = [base + l[2] as u32, base + l[3] as u32, base + l[6] as u32, base + l[7] as u32];
-        load_query_block::<BM, D>(sw, consts, h_first, m_end - 1, sq, dst, tid, COMPUTE_THREADS);
+        load_query_block::<BM, D, D>(sw, consts, h_first, m_end - 1, sq, dst, tid, COMPUTE_THREADS);
     }
     cp_async::commit();
 
@@ -287,7 +287,7 @@ pub unsafe fn attn_bwd_wgmma<
                 base + l[6] as u32 + sn * stage_f,
                 base + l[7] as u32 + sn * stage_f,
             ];
-            load_query_block::<BM, D>(sw, consts, hn, mn, sq, dst, tid, COMPUTE_THREADS);
+            load_query_block::<BM, D, D>(sw, consts, hn, mn, sq, dst, tid, COMPUTE_THREADS);
         }
         cp_async::commit();
 

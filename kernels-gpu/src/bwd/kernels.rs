@@ -15,6 +15,7 @@ macro_rules! bwd_kernel {
         attn_bwd::<
             $elem,
             { T.head_dim },
+            { T.head_dim_v },
             { T.block_m },
             { T.block_n },
             { T.warps },
@@ -25,6 +26,7 @@ macro_rules! bwd_kernel {
             { T.dkv_warps_n },
             { T.dkv_m_tiles() },
             { T.dkv_n_tiles() },
+            { T.dv_n_tiles() },
             { T.dq_warps_m },
             { T.dq_m_tiles() },
             { T.dq_n_tiles() },
@@ -81,6 +83,7 @@ bwd_kernels! {
     tiles_bwd::BWD_HD192 => attn_bwd_hd192_m64n64s2_bf16, attn_bwd_hd192_m64n64s2_f16, attn_bwd_softcap_hd192_m64n64s2_bf16, attn_bwd_softcap_hd192_m64n64s2_f16;
     tiles_bwd::BWD_HD192_M32 => attn_bwd_hd192_m32n64s2_bf16, attn_bwd_hd192_m32n64s2_f16, attn_bwd_softcap_hd192_m32n64s2_bf16, attn_bwd_softcap_hd192_m32n64s2_f16;
     tiles_bwd::BWD_HD256 => attn_bwd_hd256_m32n64s2_bf16, attn_bwd_hd256_m32n64s2_f16, attn_bwd_softcap_hd256_m32n64s2_bf16, attn_bwd_softcap_hd256_m32n64s2_f16;
+    tiles_bwd::BWD_HD192_V128 => attn_bwd_hd192v128_m64n64s2_bf16, attn_bwd_hd192v128_m64n64s2_f16, attn_bwd_softcap_hd192v128_m64n64s2_bf16, attn_bwd_softcap_hd192v128_m64n64s2_f16;
 }
 
 /// The Hopper kernels (`hopper.rs`), in the sm_90a PTX only: one per `wgmma` row of the table.

@@ -9,7 +9,7 @@
 //!   kept packed in registers and stored (Pᵀ) to shared memory;
 //! - phase 1b: dPᵀ = V dOᵀ; dS = P ∘ (dP − delta) (times the softcap's 1 − tanh² in the `SOFTCAP`
 //!   instantiation) stored (dSᵀ) to shared memory; barrier;
-//! - phase 2: dV += Pᵀ dO, dK += dSᵀ Q (registers);
+//! - phase 2: dV += Pᵀ dO, dK += dSᵀ Q (registers; V and dO may have a head dim `DV` of their own);
 //! - phase 3: dS K added to the f32 dQ accumulator (`red.global.add.f32`, regrouped by shuffles into
 //!   row-contiguous reductions), in key-block order when deterministic.
 //!
@@ -109,10 +109,11 @@ pub(super) unsafe fn turn_counter<const BM: usize>(p: &BwdParams, batch_counters
     (batch_counters as *mut u32).add(h as usize * turn_counters_per_head::<BM>(p) as usize + m as usize)
 }
 
-/// Issues the copies of query block `m` of query head `h` (Q, dO, LSE, delta) into one stage.
+/// Issues the copies of query block `m` of query head `h` (Q, dO, LSE, delta) into one stage; Q rows are
+/// `D` wide, dO rows `DV`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) unsafe fn load_query_block<const BM: usize, const D: usize>(
+pub(super) unsafe fn load_query_block<const BM: usize, const D: usize, const DV: usize>(
     layout: RowLayout,
     consts: u32,
     h: u32,
@@ -131,7 +132,7 @@ pub(super) unsafe fn load_query_block<const BM: usize, const D: usize>(
     let q = (q as *const u16).add(m0u * qs1 as usize + h * qs2 as usize);
     load_rows::<BM, D>(layout, dst[0], q, qs1 as usize, rows, tid, threads);
     let d_o = (d_o as *const u16).add(m0u * dos1 as usize + h * dos2 as usize);
-    load_rows::<BM, D>(layout, dst[1], d_o, dos1 as usize, rows, tid, threads);
+    load_rows::<BM, DV>(layout, dst[1], d_o, dos1 as usize, rows, tid, threads);
     if (tid as usize) < BM {
         let (lse, delta) = consts_pair(consts + C_LSE);
         let (lse, delta) = (lse as *const f32, delta as *const f32);
@@ -177,11 +178,11 @@ pub(super) fn dq_turn<const BM: usize, const BN: usize>(p: &BwdParams, nb: u32, 
     nb - p.score.mask.key_blocks(m0, rows, BN as u32).first
 }
 
-/// Issues the copies of the CTA's `BN` K and V rows from key `n0` (zero past the end of the keys) into
-/// `k_dst` and `v_dst`, laid out as `layout`.
+/// Issues the copies of the CTA's `BN` K and V rows (`D` and `DV` wide) from key `n0` (zero past the end
+/// of the keys) into `k_dst` and `v_dst`, laid out as `layout`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) unsafe fn load_key_block<const BN: usize, const D: usize>(
+pub(super) unsafe fn load_key_block<const BN: usize, const D: usize, const DV: usize>(
     p: &BwdParams,
     layout: RowLayout,
     (b, hkv, n0): (usize, usize, u32),
@@ -195,11 +196,12 @@ pub(super) unsafe fn load_key_block<const BN: usize, const D: usize>(
     let k_g = (p.k as *const u16).add(b * ks[0] + n0 as usize * ks[1] + hkv * ks[2]);
     let v_g = (p.v as *const u16).add(b * vs[0] + n0 as usize * vs[1] + hkv * vs[2]);
     load_rows::<BN, D>(layout, k_dst, k_g, ks[1], kv_rows, tid, threads);
-    load_rows::<BN, D>(layout, v_dst, v_g, vs[1], kv_rows, tid, threads);
+    load_rows::<BN, DV>(layout, v_dst, v_g, vs[1], kv_rows, tid, threads);
 }
 
-/// The backward main kernel body. `MT*`/`NT*`/`ND*` are the per-warp tile counts of the three phases
-/// (`tiles_bwd::BwdTile::{sdp,dkv,dq}_{m,n}_tiles`); `SOFTCAP`: the instantiation for calls with a
+/// The backward main kernel body for head dims `D` (Q, K) and `DV` (V, dO). `MT*`/`NT*`/`ND*` are the
+/// per-warp tile counts of the three phases (`tiles_bwd::BwdTile::{sdp,dkv,dq}_{m,n}_tiles`, `ND2V`:
+/// `dv_n_tiles`); `SOFTCAP`: the instantiation for calls with a
 /// softcap (dS chained through the tanh; a separate kernel, so that the plain one keeps its registers).
 ///
 /// # Safety
@@ -208,6 +210,7 @@ pub(super) unsafe fn load_key_block<const BN: usize, const D: usize>(
 pub unsafe fn attn_bwd<
     E: MmaElem,
     const D: usize,
+    const DV: usize,
     const BM: usize,
     const BN: usize,
     const W: usize,
@@ -218,6 +221,7 @@ pub unsafe fn attn_bwd<
     const WN2: usize,
     const MT2: usize,
     const ND2: usize,
+    const ND2V: usize,
     const WM3: usize,
     const MT3: usize,
     const ND3: usize,
@@ -229,15 +233,17 @@ pub unsafe fn attn_bwd<
     let tid = sreg::thread_x();
     let (sq, sk) = (p.score.mask.seqlen_q, p.score.mask.seqlen_k);
 
-    // Shared memory (tiles_bwd::BwdTile::smem_layout).
+    // Shared memory (tiles_bwd::BwdTile::smem_layout): K and Q rows of `D`, V and dO rows of `DV`.
     let row_b = ((D + 8) * 2) as u32;
+    let row_bv = ((DV + 8) * 2) as u32;
     let prow_b = ((BM + 8) * 2) as u32;
     let stage_b = BM as u32 * row_b;
+    let stage_bv = BM as u32 * row_bv;
     let stage_f = (BM * 4) as u32;
     let off_v = BN as u32 * row_b;
-    let off_q = 2 * off_v;
+    let off_q = off_v + BN as u32 * row_bv;
     let off_do = off_q + QS as u32 * stage_b;
-    let off_p = off_do + QS as u32 * stage_b;
+    let off_p = off_do + QS as u32 * stage_bv;
     let off_ds = off_p + BN as u32 * prow_b;
     let off_lse = off_ds + BN as u32 * prow_b;
     let off_dl = off_lse + QS as u32 * stage_f;
@@ -249,7 +255,7 @@ pub unsafe fn attn_bwd<
     let KeyBlockWork { n0, m_end, per_head, total, h_first } = key_block_work::<BM, BN>(p, nb, hkv);
 
     // K and V of this CTA's keys.
-    load_key_block::<BN, D>(p, RowLayout::Padded, (b, hkv, n0), base, base + off_v, tid, threads);
+    load_key_block::<BN, D, DV>(p, RowLayout::Padded, (b, hkv, n0), base, base + off_v, tid, threads);
 
     // The per-CTA constants (see `C_Q`); visible to every thread after the first barrier of the loop.
     let consts = base + off_consts;
@@ -267,7 +273,7 @@ pub unsafe fn attn_bwd<
         let q = (p.q as *const u16).add(b * qs[0] + m0 * qs[1] + h * qs[2]);
         load_rows::<BM, D>(RowLayout::Padded, base + off_q, q, qs[1], rows, tid, threads);
         let d_o = (p.d_o as *const u16).add(b * os[0] + m0 * os[1] + h * os[2]);
-        load_rows::<BM, D>(RowLayout::Padded, base + off_do, d_o, os[1], rows, tid, threads);
+        load_rows::<BM, DV>(RowLayout::Padded, base + off_do, d_o, os[1], rows, tid, threads);
         if (tid as usize) < BM {
             let valid = tid < rows;
             let row = rows_b + h * sq as usize + m0 + tid as usize;
@@ -280,7 +286,7 @@ pub unsafe fn attn_bwd<
     cp_async::commit();
 
     let mut dk = [[[0f32; 4]; ND2]; MT2];
-    let mut dv = [[[0f32; 4]; ND2]; MT2];
+    let mut dv = [[[0f32; 4]; ND2V]; MT2];
 
     let mut it = 0u32;
     while it < total {
@@ -296,14 +302,14 @@ pub unsafe fn attn_bwd<
         let consts = base + off_consts;
         // Warp grids of the three phases.
         let (key1, qry1) = ((warp % WN1) * MT1 * 16, (warp / WN1) * NT1 * 8);
-        let (key2, col2) = ((warp % WN2) * MT2 * 16, (warp / WN2) * ND2 * 8);
+        let (key2, col2, col2v) = ((warp % WN2) * MT2 * 16, (warp / WN2) * ND2 * 8, (warp / WN2) * ND2V * 8);
         let (qry3, col3) = ((warp % WM3) * MT3 * 16, (warp / WM3) * ND3 * 8);
 
         let h = h_first + it / per_head;
         let m = m_end - 1 - it % per_head;
         let m0 = m * BM as u32;
         let stage = if QS == 2 { it % 2 } else { 0 };
-        let (q_s, do_s) = (base + off_q + stage * stage_b, base + off_do + stage * stage_b);
+        let (q_s, do_s) = (base + off_q + stage * stage_b, base + off_do + stage * stage_bv);
         let (lse_s, dl_s) = (base + off_lse + stage * stage_f, base + off_dl + stage * stage_f);
 
         cp_async::wait::<0>();
@@ -314,11 +320,11 @@ pub unsafe fn attn_bwd<
                 let sn = 1 - stage;
                 let dst = [
                     base + off_q + sn * stage_b,
-                    base + off_do + sn * stage_b,
+                    base + off_do + sn * stage_bv,
                     base + off_lse + sn * stage_f,
                     base + off_dl + sn * stage_f,
                 ];
-                load_query_block::<BM, D>(RowLayout::Padded, consts, hn, mn, sq, dst, tid, threads);
+                load_query_block::<BM, D, DV>(RowLayout::Padded, consts, hn, mn, sq, dst, tid, threads);
             }
             cp_async::commit();
         }
@@ -381,17 +387,19 @@ pub unsafe fn attn_bwd<
             }
         }
 
-        // Phase 1b: dPᵀ = V dOᵀ, then dS = P ∘ (dP − delta), stored to shared memory.
+        // Phase 1b: dPᵀ = V dOᵀ (over `DV`), then dS = P ∘ (dP − delta), stored to shared memory.
         let mut dp = [[[0f32; 4]; NT1]; MT1];
         {
+            let a_lane = ((key1 + lane % 16) as u32) * row_bv + ((lane / 16) * 16) as u32;
+            let b_lane = ((qry1 + lane % 8 + (lane / 16) * 8) as u32) * row_bv + (((lane / 8) % 2) * 16) as u32;
             let (v_a, do_b) = (opaque(v_s + a_lane), opaque(do_s + b_lane));
-            for kk in 0..D / 16 {
+            for kk in 0..DV / 16 {
                 let mut av = [[0u32; 4]; MT1];
                 for mt in 0..MT1 {
-                    av[mt] = ldmatrix::x4(v_a + (mt * 16) as u32 * row_b + (kk * 32) as u32);
+                    av[mt] = ldmatrix::x4(v_a + (mt * 16) as u32 * row_bv + (kk * 32) as u32);
                 }
                 for np in 0..NT1 / 2 {
-                    let bo = ldmatrix::x4(do_b + (np * 16) as u32 * row_b + (kk * 32) as u32);
+                    let bo = ldmatrix::x4(do_b + (np * 16) as u32 * row_bv + (kk * 32) as u32);
                     for mt in 0..MT1 {
                         E::mma(&mut dp[mt][2 * np], &av[mt], &[bo[0], bo[1]]);
                         E::mma(&mut dp[mt][2 * np + 1], &av[mt], &[bo[2], bo[3]]);
@@ -421,8 +429,9 @@ pub unsafe fn attn_bwd<
         // Phase 2: dV += Pᵀ dO, dK += dSᵀ Q.
         let a_lane = ((key2 + lane % 16) as u32) * prow_b + ((lane / 16) * 16) as u32;
         let b_lane = ((lane % 16) as u32) * row_b + ((col2 + (lane / 16) * 8) * 2) as u32;
+        let b_lane_v = ((lane % 16) as u32) * row_bv + ((col2v + (lane / 16) * 8) * 2) as u32;
         let (p_a, ds_a) = (opaque(p_s + a_lane), opaque(ds_s + a_lane));
-        let (do_t, q_t) = (opaque(do_s + b_lane), opaque(q_s + b_lane));
+        let (do_t, q_t) = (opaque(do_s + b_lane_v), opaque(q_s + b_lane));
         for kk in 0..BM / 16 {
             let mut ap = [[0u32; 4]; MT2];
             let mut ads = [[0u32; 4]; MT2];
@@ -431,15 +440,22 @@ pub unsafe fn attn_bwd<
                 ap[mt] = ldmatrix::x4(p_a + off);
                 ads[mt] = ldmatrix::x4(ds_a + off);
             }
-            for np in 0..ND2 / 2 {
-                let off = (kk * 16) as u32 * row_b + (np * 32) as u32;
-                let bo = ldmatrix::x4_trans(do_t + off);
-                let bq = ldmatrix::x4_trans(q_t + off);
-                for mt in 0..MT2 {
-                    E::mma(&mut dv[mt][2 * np], &ap[mt], &[bo[0], bo[1]]);
-                    E::mma(&mut dv[mt][2 * np + 1], &ap[mt], &[bo[2], bo[3]]);
-                    E::mma(&mut dk[mt][2 * np], &ads[mt], &[bq[0], bq[1]]);
-                    E::mma(&mut dk[mt][2 * np + 1], &ads[mt], &[bq[2], bq[3]]);
+            // One unrolled loop over both products' column pairs (the bounds are constants, so with
+            // `DV == D` each step is the same fused pair as ever, and past `ND2V` only dK is left).
+            for np in 0..ND2.max(ND2V) / 2 {
+                if np < ND2V / 2 {
+                    let bo = ldmatrix::x4_trans(do_t + (kk * 16) as u32 * row_bv + (np * 32) as u32);
+                    for mt in 0..MT2 {
+                        E::mma(&mut dv[mt][2 * np], &ap[mt], &[bo[0], bo[1]]);
+                        E::mma(&mut dv[mt][2 * np + 1], &ap[mt], &[bo[2], bo[3]]);
+                    }
+                }
+                if np < ND2 / 2 {
+                    let bq = ldmatrix::x4_trans(q_t + (kk * 16) as u32 * row_b + (np * 32) as u32);
+                    for mt in 0..MT2 {
+                        E::mma(&mut dk[mt][2 * np], &ads[mt], &[bq[0], bq[1]]);
+                        E::mma(&mut dk[mt][2 * np + 1], &ads[mt], &[bq[2], bq[3]]);
+                    }
                 }
             }
         }
@@ -516,7 +532,7 @@ pub unsafe fn attn_bwd<
             if it + 1 < total {
                 let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
                 let dst = [base + off_q, base + off_do, base + off_lse, base + off_dl];
-                load_query_block::<BM, D>(RowLayout::Padded, consts, hn, mn, sq, dst, tid, threads);
+                load_query_block::<BM, D, DV>(RowLayout::Padded, consts, hn, mn, sq, dst, tid, threads);
             }
             cp_async::commit();
         }
@@ -526,7 +542,7 @@ pub unsafe fn attn_bwd<
     // dK (scaled) and dV of this CTA's keys.
     let (lane, warp) = ((tid % 32) as usize, (tid / 32) as usize);
     let (g, t) = (lane / 4, lane % 4);
-    let (key2, col2) = ((warp % WN2) * MT2 * 16, (warp / WN2) * ND2 * 8);
+    let (key2, col2, col2v) = ((warp % WN2) * MT2 * 16, (warp / WN2) * ND2 * 8, (warp / WN2) * ND2V * 8);
     let scale = p.scale;
     let (dks, dvs) = (strides(p.dk_strides), strides(p.dv_strides));
     let dk_g = (p.dk as *mut u16).add(b * dks[0] + hkv * dks[2]);
@@ -536,11 +552,12 @@ pub unsafe fn attn_bwd<
             let key = n0 as usize + key2 + mt * 16 + g + 8 * rr;
             if key < sk as usize {
                 for nd in 0..ND2 {
-                    let col = col2 + nd * 8 + 2 * t;
                     let k_val = E::pack2(dk[mt][nd][2 * rr] * scale, dk[mt][nd][2 * rr + 1] * scale);
+                    *(dk_g.add(key * dks[1] + col2 + nd * 8 + 2 * t) as *mut u32) = k_val;
+                }
+                for nd in 0..ND2V {
                     let v_val = E::pack2(dv[mt][nd][2 * rr], dv[mt][nd][2 * rr + 1]);
-                    *(dk_g.add(key * dks[1] + col) as *mut u32) = k_val;
-                    *(dv_g.add(key * dvs[1] + col) as *mut u32) = v_val;
+                    *(dv_g.add(key * dvs[1] + col2v + nd * 8 + 2 * t) as *mut u32) = v_val;
                 }
             }
         }

@@ -26,7 +26,7 @@ fn halves<E: Elem16>(x: u32) -> (f32, f32) {
     (E::to_f32(x as u16), E::to_f32((x >> 16) as u16))
 }
 
-/// `delta[b, h, i] = Σ_d dO·O` for the row `(b, h, i)` of this warp (rows in `[b, h, i]` order).
+/// `delta[b, h, i] = Σ_d dO·O` (over V's head dim) for the row `(b, h, i)` of this warp (rows in `[b, h, i]` order).
 ///
 /// # Safety
 /// Launched as `abi::BwdParams` documents for `attn_bwd_delta_*`.
@@ -43,7 +43,7 @@ pub unsafe fn delta<E: Elem16>(p: &BwdParams) {
         .add(b * p.o_strides[0] as usize + i * p.o_strides[1] as usize + h * p.o_strides[2] as usize);
     let d_o = (p.d_o as *const u16)
         .add(b * p.d_o_strides[0] as usize + i * p.d_o_strides[1] as usize + h * p.d_o_strides[2] as usize);
-    let chunks = p.head_dim as usize / 8;
+    let chunks = p.head_dim_v as usize / 8;
     let mut acc = 0.0f32;
     let mut c = lane;
     while c < chunks {

@@ -21,7 +21,7 @@ unsafe fn combine<E: Elem16>(p: &FwdCombineParams) {
         return;
     }
     let lane = sreg::lane() as usize;
-    let (rows, d, splits) = (p.rows as usize, p.head_dim as usize, p.num_splits as usize);
+    let (rows, d, splits) = (p.rows as usize, p.head_dim_v as usize, p.num_splits as usize);
     let lse_of = |s: usize| *(p.lse_accum as *const f32).add(s * rows + row as usize);
 
     let (sq, hq) = (p.seqlen_q, p.heads_q);

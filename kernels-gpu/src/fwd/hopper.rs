@@ -6,7 +6,7 @@
 //!   S = Q Kᵀ (`wgmma` m64n`BN`, both operands K-major from shared memory), the online softmax in
 //!   registers (`softmax.rs`, the same code as the `mma.sync` kernel's: the `wgmma` accumulator of a
 //!   warp is the `mma.sync` layout of its 16 rows), and O += P V (m64n`D`) with P straight from
-//!   registers as the A operand (V read MN-major). The product of block j+1's scores is issued while
+//!   registers as the A operand (V read MN-major; V and O may have a head dim `DV` below Q and K's). The product of block j+1's scores is issued while
 //!   block j's PV may still run: one wait covers both.
 //! - warpgroup 2 loads: Q once, then K and V blocks into a ring of `STAGES` stages (`cp.async`, 128-byte
 //!   swizzle), `STAGES - 1` blocks of copies in flight (one with two stages, where a block
@@ -56,16 +56,17 @@ const fn empty(stages: u32) -> u32 {
     FULL + 2 * stages
 }
 
-/// The shape of one instantiation, from its tile row; `D`, `BN`, `STAGES` and the register arrays'
-/// lengths are the kernel's const parameters, checked against each other here.
-struct Shape<const D: usize, const BN: usize, const STAGES: u32>;
+/// The shape of one instantiation, from its tile row; `D` (Q and K), `DV` (V and O), `BN`, `STAGES` and
+/// the register arrays' lengths are the kernel's const parameters, checked against each other here.
+struct Shape<const D: usize, const DV: usize, const BN: usize, const STAGES: u32>;
 
-impl<const D: usize, const BN: usize, const STAGES: u32> Shape<D, BN, STAGES> {
-    /// Columns per stored row (`tiles::swizzled_cols`).
+impl<const D: usize, const DV: usize, const BN: usize, const STAGES: u32> Shape<D, DV, BN, STAGES> {
+    /// Columns per stored row of Q and K, and of V (`tiles::swizzled_cols`).
     const DP: usize = crate::tiles::swizzled_cols(D);
-    /// One K or V tile, and one stage (K then V).
-    const KV_TILE_BYTES: u32 = (BN * Self::DP * 2) as u32;
-    const STAGE_BYTES: u32 = 2 * Self::KV_TILE_BYTES;
+    const DVP: usize = crate::tiles::swizzled_cols(DV);
+    /// One K tile, and one stage (K then V).
+    const K_TILE_BYTES: u32 = (BN * Self::DP * 2) as u32;
+    const STAGE_BYTES: u32 = Self::K_TILE_BYTES + (BN * Self::DVP * 2) as u32;
     /// Q, then the stages, from the 1024-byte aligned base.
     const Q: u32 = 0;
     const KV: u32 = (BM * Self::DP * 2) as u32;
@@ -76,6 +77,8 @@ impl<const D: usize, const BN: usize, const STAGES: u32> Shape<D, BN, STAGES> {
     const OK: () = assert!(
         D % 32 == 0
             && D <= 256
+            && DV % 32 == 0
+            && DV <= D
             && BN % 16 == 0
             && STAGES >= 2
             && empty(STAGES) + STAGES + 2 <= 16
@@ -86,7 +89,7 @@ impl<const D: usize, const BN: usize, const STAGES: u32> Shape<D, BN, STAGES> {
 /// The loader warpgroup: Q, then the CTA's `n_blocks` K/V blocks in key order from block `first`, step j
 /// into stage `j % STAGES`.
 #[inline(always)]
-unsafe fn loader<const D: usize, const BN: usize, const STAGES: u32>(
+unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES: u32>(
     p: &FwdParams,
     base: u32,
     m0: u32,
@@ -98,7 +101,7 @@ unsafe fn loader<const D: usize, const BN: usize, const STAGES: u32>(
     let kv_head = head / p.group as u64;
     let q =
         (p.q as *const u16).add((batch * p.q_strides[0] + m0 as u64 * p.q_strides[1] + head * p.q_strides[2]) as usize);
-    copy_tile::<BM, D>(base + Shape::<D, BN, STAGES>::Q, q, p.q_strides[1] as usize, rows, tid);
+    copy_tile::<BM, D>(base + Shape::<D, DV, BN, STAGES>::Q, q, p.q_strides[1] as usize, rows, tid);
     let mut j = 0u32;
     while j < n_blocks {
         let s = j % STAGES;
@@ -110,17 +113,17 @@ unsafe fn loader<const D: usize, const BN: usize, const STAGES: u32>(
                 hand_over::<STAGES>(j - 1);
             }
             // Both compute warpgroups are done with block j - STAGES.
-            sync::named_at::<384>(Shape::<D, BN, STAGES>::EMPTY + s);
+            sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + s);
         }
         let n0 = (first + j) * BN as u32;
-        let dst = base + Shape::<D, BN, STAGES>::KV + s * Shape::<D, BN, STAGES>::STAGE_BYTES;
+        let dst = base + Shape::<D, DV, BN, STAGES>::KV + s * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
         let k = (p.k as *const u16)
             .add((batch * p.k_strides[0] + n0 as u64 * p.k_strides[1] + kv_head * p.k_strides[2]) as usize);
         let v = (p.v as *const u16)
             .add((batch * p.v_strides[0] + n0 as u64 * p.v_strides[1] + kv_head * p.v_strides[2]) as usize);
         let valid = p.score.mask.seqlen_k - n0;
         copy_tile::<BN, D>(dst, k, p.k_strides[1] as usize, valid, tid);
-        copy_tile::<BN, D>(dst + Shape::<D, BN, STAGES>::KV_TILE_BYTES, v, p.v_strides[1] as usize, valid, tid);
+        copy_tile::<BN, DV>(dst + Shape::<D, DV, BN, STAGES>::K_TILE_BYTES, v, p.v_strides[1] as usize, valid, tid);
         cp_async::commit();
         if j >= 1 && !(STAGES == 2 && j >= STAGES) {
             // Block j - 1 (and Q with block 0) has landed: visible to the tensor cores' proxy, handed on.
@@ -196,8 +199,9 @@ unsafe fn issue_s<E: WgmmaElem, const D: usize, const BN: usize, const SR: usize
     wgmma::commit();
 }
 
-/// The kernel body for head dim `D`, `BN`-key blocks in `STAGES` stages; `SR = BN/2` and `OR = D/2`
-/// are the registers of the S and O accumulators, `NN = BN/8` and `ND = D/8` their n8 tiles, `KS =
+/// The kernel body for head dims `D` (Q, K) and `DV` (V, O), `BN`-key blocks in `STAGES` stages;
+/// `SR = BN/2` and `OR = DV/2` are the registers of the S and O accumulators, `NN = BN/8` and
+/// `ND = DV/8` their n8 tiles, `KS =
 /// BN/16` the k16 steps of P·V.
 ///
 /// # Safety
@@ -207,6 +211,7 @@ unsafe fn issue_s<E: WgmmaElem, const D: usize, const BN: usize, const SR: usize
 pub unsafe fn attn_fwd_wgmma<
     E: WgmmaElem,
     const D: usize,
+    const DV: usize,
     const BN: usize,
     const STAGES: u32,
     const SR: usize,
@@ -218,9 +223,9 @@ pub unsafe fn attn_fwd_wgmma<
 >(
     p: &FwdParams,
 ) {
-    const { assert!(SR == BN / 2 && OR == D / 2 && NN == BN / 8 && ND == D / 8 && KS == BN / 16) };
+    const { assert!(SR == BN / 2 && OR == DV / 2 && NN == BN / 8 && ND == DV / 8 && KS == BN / 16) };
     #[allow(clippy::let_unit_value)]
-    let () = Shape::<D, BN, STAGES>::OK;
+    let () = Shape::<D, DV, BN, STAGES>::OK;
     let tid = sreg::thread_x();
     // The longest causal rows (highest query block) start first, as in `mainloop.rs`.
     let m_block = sreg::grid_dim_x() - 1 - sreg::block_x();
@@ -245,7 +250,7 @@ pub unsafe fn attn_fwd_wgmma<
     if n_blocks == 0 {
         if tid < COMPUTE_THREADS {
             let (o_g, lse_g) = out();
-            store_empty::<D>(o_g, o_stride, lse_g, sink * core::f32::consts::LN_2, rows, COMPUTE_THREADS, tid);
+            store_empty::<DV>(o_g, o_stride, lse_g, sink * core::f32::consts::LN_2, rows, COMPUTE_THREADS, tid);
         }
         return;
     }
@@ -254,7 +259,7 @@ pub unsafe fn attn_fwd_wgmma<
     let base = (smem::base() + 1023) & !1023;
     if tid >= COMPUTE_THREADS {
         setmaxnreg::dec::<LOADER_REGS>();
-        loader::<D, BN, STAGES>(p, base, m0, rows, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
+        loader::<D, DV, BN, STAGES>(p, base, m0, rows, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
         return;
     }
     setmaxnreg::inc::<COMPUTE_REGS>();
@@ -262,8 +267,8 @@ pub unsafe fn attn_fwd_wgmma<
     let lane = tid % 32;
     let (wg, warp) = (tid / 128, (tid / 32) % 4);
     let (g, t) = (lane / 4, lane % 4);
-    let q_s = base + Shape::<D, BN, STAGES>::Q;
-    let kv_s = base + Shape::<D, BN, STAGES>::KV;
+    let q_s = base + Shape::<D, DV, BN, STAGES>::Q;
+    let kv_s = base + Shape::<D, DV, BN, STAGES>::KV;
     let row_g = m0 + 64 * wg + 16 * warp + g;
 
     let mut softmax = OnlineSoftmax::<1>::new(sink, t);
@@ -274,27 +279,27 @@ pub unsafe fn attn_fwd_wgmma<
     let mut o = [0f32; OR];
     if PINGPONG && wg == 1 {
         // Warpgroup 0 takes the first turn.
-        sync::arrive_at::<256>(Shape::<D, BN, STAGES>::SCHED);
+        sync::arrive_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED);
     }
     let mut j = 0u32;
     while j < n_blocks {
-        let k_s = kv_s + (j % STAGES) * Shape::<D, BN, STAGES>::STAGE_BYTES;
+        let k_s = kv_s + (j % STAGES) * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
         sync::named_at::<256>(FULL + 2 * (j % STAGES) + wg);
         if PINGPONG {
             // This warpgroup's turn to issue; the other's products then run during this one's softmax.
-            sync::named_at::<256>(Shape::<D, BN, STAGES>::SCHED + wg);
+            sync::named_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED + wg);
         }
         let mut sc = [0f32; SR];
         issue_s::<E, D, BN, SR>(&mut sc, q_s + wg * 64 * 128, k_s);
         if PINGPONG {
-            sync::arrive_at::<256>(Shape::<D, BN, STAGES>::SCHED + 1 - wg);
+            sync::arrive_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED + 1 - wg);
         }
         // Also the previous block's PV: its stage may be refilled once both warpgroups are past here.
         wgmma::wait::<0>();
         wgmma::pin_all(&mut sc);
         wgmma::pin_all(&mut o);
         if j >= 1 && j - 1 + STAGES < n_blocks {
-            sync::arrive_at::<384>(Shape::<D, BN, STAGES>::EMPTY + (j - 1) % STAGES);
+            sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + (j - 1) % STAGES);
         }
 
         let mut s_frag = AccFrag::<1, NN>::from_wgmma(&sc);
@@ -307,10 +312,10 @@ pub unsafe fn attn_fwd_wgmma<
         if D >= 256 {
             if mods {
                 let logits = stage::logits_by_query::<1, NN, true>(&p.score, || slope, &mut s_frag, at, masked);
-                softmax.update(&mut s_frag, &mut o_frag, logits, D >= 96);
+                softmax.update(&mut s_frag, &mut o_frag, logits, DV >= 96);
             } else {
                 let logits = stage::logits_by_query::<1, NN, false>(&p.score, || slope, &mut s_frag, at, masked);
-                softmax.update(&mut s_frag, &mut o_frag, logits, D >= 96);
+                softmax.update(&mut s_frag, &mut o_frag, logits, DV >= 96);
             }
         } else {
             let logits = if mods {
@@ -318,7 +323,7 @@ pub unsafe fn attn_fwd_wgmma<
             } else {
                 stage::logits_by_query::<1, NN, false>(&p.score, || slope, &mut s_frag, at, masked)
             };
-            softmax.update(&mut s_frag, &mut o_frag, logits, D >= 96);
+            softmax.update(&mut s_frag, &mut o_frag, logits, DV >= 96);
         }
         o_frag.to_wgmma(&mut o);
 
@@ -329,7 +334,7 @@ pub unsafe fn attn_fwd_wgmma<
             *a = [E::pack2(lo[0], lo[1]), E::pack2(lo[2], lo[3]), E::pack2(hi[0], hi[1]), E::pack2(hi[2], hi[3])];
         }
         wgmma::fence();
-        let v_s = k_s + Shape::<D, BN, STAGES>::KV_TILE_BYTES;
+        let v_s = k_s + Shape::<D, DV, BN, STAGES>::K_TILE_BYTES;
         for (kk, a) in pk.iter().enumerate() {
             let b = desc_sw128(v_s + kk as u32 * K16_ROWS, (BN * 128) as u32, SBO);
             E::rs::<OR, 1>(&mut o, a, b, true);
@@ -339,20 +344,20 @@ pub unsafe fn attn_fwd_wgmma<
     }
     if PINGPONG && wg == 0 {
         // Warpgroup 1's arrival after its last turn, which nothing else waits for.
-        sync::named_at::<256>(Shape::<D, BN, STAGES>::SCHED);
+        sync::named_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED);
     }
     wgmma::wait::<0>();
     wgmma::pin_all(&mut o);
 
-    // O · inv, rounded, into this warp's 16 rows of the Q tile (swizzled; the warpgroup's products are
-    // done with Q), then out in 16-byte rows: each warp reads back only what it wrote, so a warp barrier
+    // O · inv, rounded, into this warp's 16 rows of the Q tile (swizzled, `DV <= D` columns; the
+    // warpgroup's products are done with Q), then out in 16-byte rows: each warp reads back only what it wrote, so a warp barrier
     // orders it.
     let (inv, lse) = softmax.finish();
     let (o_g, lse_g) = out();
     let row0 = 64 * wg + 16 * warp;
     for rr in 0..2usize {
         let row = row0 + g + 8 * rr as u32;
-        for i in 0..D / 8 {
+        for i in 0..DV / 8 {
             let (x, y) = (o[4 * i + 2 * rr] * inv[0][rr], o[4 * i + 2 * rr + 1] * inv[0][rr]);
             smem::store_u32(q_s + sw128_offset(BM as u32, row, (8 * i) as u32 + 2 * t), E::pack2(x, y));
         }
@@ -361,7 +366,7 @@ pub unsafe fn attn_fwd_wgmma<
         }
     }
     sync::warp();
-    let chunks = (D / 8) as u32;
+    let chunks = (DV / 8) as u32;
     for i in 0..(16 * chunks / 32) {
         let idx = lane + 32 * i;
         let row = row0 + idx / chunks;

@@ -14,8 +14,9 @@ macro_rules! fwd_kernel {
         attn_fwd::<
             $elem,
             { T.head_dim },
+            { T.head_dim_v },
             { T.head_dim / 16 },
-            { T.head_dim / 8 },
+            { T.head_dim_v / 8 },
             { T.block_n },
             { T.block_n / 8 },
             { T.block_n / 16 },
@@ -81,6 +82,8 @@ fwd_kernels! {
     tiles::HD192_SMALL => attn_fwd_hd192_m64n32w4_bf16, attn_fwd_hd192_m64n32w4_f16, attn_fwd_split_hd192_m64n32w4_bf16, attn_fwd_split_hd192_m64n32w4_f16;
     tiles::HD256 => attn_fwd_hd256_m64n32w4_bf16, attn_fwd_hd256_m64n32w4_f16, attn_fwd_split_hd256_m64n32w4_bf16, attn_fwd_split_hd256_m64n32w4_f16;
     tiles::HD256_W8 => attn_fwd_hd256_m128n32w8_bf16, attn_fwd_hd256_m128n32w8_f16, attn_fwd_split_hd256_m128n32w8_bf16, attn_fwd_split_hd256_m128n32w8_f16;
+    tiles::HD192_V128 => attn_fwd_hd192v128_m128n64w8_bf16, attn_fwd_hd192v128_m128n64w8_f16, attn_fwd_split_hd192v128_m128n64w8_bf16, attn_fwd_split_hd192v128_m128n64w8_f16;
+    tiles::HD192_V128_SMALL => attn_fwd_hd192v128_m64n32w4_bf16, attn_fwd_hd192v128_m64n32w4_f16, attn_fwd_split_hd192v128_m64n32w4_bf16, attn_fwd_split_hd192v128_m64n32w4_f16;
 }
 
 /// The Hopper kernels (`hopper.rs`), in the sm_90a PTX only; no split-KV instantiation (the host splits
@@ -98,12 +101,13 @@ mod wgmma_entry {
             attn_fwd_wgmma::<
                 $elem,
                 { T.head_dim },
+                { T.head_dim_v },
                 { T.block_n },
                 { T.stages as u32 },
                 { T.block_n / 2 },
-                { T.head_dim / 2 },
+                { T.head_dim_v / 2 },
                 { T.block_n / 8 },
-                { T.head_dim / 8 },
+                { T.head_dim_v / 8 },
                 { T.block_n / 16 },
                 { T.pingpong },
             >($p)
@@ -149,5 +153,6 @@ mod wgmma_entry {
         tiles::HD128_WGMMA => attn_fwd_hd128_m128n128_wgmma_bf16, attn_fwd_hd128_m128n128_wgmma_f16;
         tiles::HD192_WGMMA => attn_fwd_hd192_m128n96_wgmma_bf16, attn_fwd_hd192_m128n96_wgmma_f16;
         tiles::HD256_WGMMA => attn_fwd_hd256_m128n64_wgmma_bf16, attn_fwd_hd256_m128n64_wgmma_f16;
+        tiles::HD192_V128_WGMMA => attn_fwd_hd192v128_m128n128_wgmma_bf16, attn_fwd_hd192v128_m128n128_wgmma_f16;
     }
 }

@@ -17,7 +17,8 @@ use crate::frag::AccFrag;
 use crate::ptx::mma::MmaElem;
 use crate::ptx::{cp_async, ldmatrix, opaque, smem, sreg, sync};
 
-/// Shape parameters, all compile-time. `KD = D/16` (k-steps of QKᵀ), `ND = D/8` (n8 tiles of O),
+/// Shape parameters, all compile-time. `D` and `DV` the head dims of Q/K and of V/O, `KD = D/16` (k-steps
+/// of QKᵀ), `ND = DV/8` (n8 tiles of O),
 /// `NN = BN/8` (n8 tiles of S), `KN = BN/16` (k-steps of PV), `MT` m16 tiles per warp; `SPLIT`: the
 /// split-KV instantiation (this CTA's split of the key blocks, f32 partial output). The derived
 /// sizes are separate parameters because array lengths cannot be computed from generic constants on
@@ -31,6 +32,7 @@ use crate::ptx::{cp_async, ldmatrix, opaque, smem, sreg, sync};
 pub unsafe fn attn_fwd<
     E: MmaElem,
     const D: usize,
+    const DV: usize,
     const KD: usize,
     const ND: usize,
     const BN: usize,
@@ -45,11 +47,12 @@ pub unsafe fn attn_fwd<
     p: &FwdParams,
 ) {
     const {
-        assert!(KD * 16 == D && ND * 8 == D && NN * 8 == BN && KN * 16 == BN && STAGES >= 2 && STAGES <= 4);
+        assert!(KD * 16 == D && ND * 8 == DV && DV <= D && NN * 8 == BN && KN * 16 == BN && STAGES >= 2 && STAGES <= 4);
     }
     let block_m = 16 * MT * WARPS;
     let threads = 32 * WARPS;
     let row_bytes = smem_row_bytes::<D>();
+    let row_bytes_v = smem_row_bytes::<DV>();
 
     let tid = sreg::thread_x();
     let (warp, lane) = (tid / 32, tid % 32);
@@ -108,15 +111,15 @@ pub unsafe fn attn_fwd<
         } else {
             let (o_rows, lse_rows, o_stride) = out_rows(batch, head);
             let lse = sink * core::f32::consts::LN_2;
-            epilogue::store_empty::<D>(o_rows, o_stride, lse_rows, lse, rows, threads as u32, tid);
+            epilogue::store_empty::<DV>(o_rows, o_stride, lse_rows, lse, rows, threads as u32, tid);
         }
         return;
     }
 
-    // Shared memory: Q (block_m rows), then STAGES x (K block, V block).
+    // Shared memory: Q (block_m rows), then STAGES x (K block, V block); V rows are `DV` wide.
     let q_smem = smem::base();
     let kv_smem = q_smem + (block_m * row_bytes) as u32;
-    let stage_bytes = (2 * BN * row_bytes) as u32;
+    let stage_bytes = (BN * (row_bytes + row_bytes_v)) as u32;
     let v_offset = (BN * row_bytes) as u32;
 
     // K/V addresses are re-derived from the parameters at each block (through `opaque`), so that
@@ -131,7 +134,7 @@ pub unsafe fn attn_fwd<
         let v_rows = (p.v as *const u16).add((batch * p.v_strides[0] + kv_head * p.v_strides[2]) as usize);
         let (k_stride, v_stride) = (p.k_strides[1] as usize, p.v_strides[1] as usize);
         load_tile::<D>(k_smem, k_rows.add(n0 as usize * k_stride), k_stride, valid, BN, threads, tid);
-        load_tile::<D>(k_smem + v_offset, v_rows.add(n0 as usize * v_stride), v_stride, valid, BN, threads, tid);
+        load_tile::<DV>(k_smem + v_offset, v_rows.add(n0 as usize * v_stride), v_stride, valid, BN, threads, tid);
     };
 
     // Prologue: Q with the first block in the first group, then the next STAGES-2 blocks, one group
@@ -152,6 +155,7 @@ pub unsafe fn attn_fwd<
     // (keys 0-7, d 0-7), (keys 0-7, d 8-15), (keys 8-15, d 0-7), (keys 8-15, d 8-15).
     let lane_a = (((lane & 7) + ((lane >> 3) & 1) * 8) * row_bytes as u32) + (lane >> 4) * 16;
     let lane_k = (((lane & 7) + (lane >> 4) * 8) * row_bytes as u32) + ((lane >> 3) & 1) * 16;
+    let lane_v = (((lane & 7) + ((lane >> 3) & 1) * 8) * row_bytes_v as u32) + (lane >> 4) * 16;
     let warp_row0 = warp * (16 * MT) as u32;
     let q_warp = q_smem + warp_row0 * row_bytes as u32;
 
@@ -191,7 +195,7 @@ pub unsafe fn attn_fwd<
 
                 // Fresh bases each block: fragment addresses are base + immediate (see ptx/opaque.rs).
                 let k_smem = opaque::u32(kv_smem + compute_stage * stage_bytes + lane_k);
-                let v_smem = opaque::u32(kv_smem + compute_stage * stage_bytes + v_offset + lane_a);
+                let v_smem = opaque::u32(kv_smem + compute_stage * stage_bytes + v_offset + lane_v);
                 let q_lane = opaque::u32(q_warp + lane_a);
 
                 let n0 = block * BN as u32;
@@ -201,7 +205,7 @@ pub unsafe fn attn_fwd<
                 let slope = || stage::alibi_slope_log2(&p.score, sreg::fresh::block_z(), sreg::fresh::block_y());
                 let logits = stage::logits_by_query::<MT, NN, $mods>(&p.score, slope, &mut acc_s, at, $masked);
                 softmax.update(&mut acc_s, &mut acc_o, logits, false);
-                accumulate_pv::<E, D, ND, NN, KN, MT>(&mut acc_o.0, &acc_s.0, v_smem);
+                accumulate_pv::<E, DV, ND, NN, KN, MT>(&mut acc_o.0, &acc_s.0, v_smem);
 
                 block += 1;
                 compute_stage = if compute_stage + 1 == STAGES as u32 { 0 } else { compute_stage + 1 };
@@ -230,8 +234,8 @@ pub unsafe fn attn_fwd<
     let (inv, lse) = softmax.finish();
     if split_mode {
         let at = accum_row(sreg::fresh::block_z(), sreg::fresh::block_y()) + warp_row0 as usize;
-        let (o, lse_out) = ((p.o_accum as *mut f32).add(at * D), (p.lse_accum as *mut f32).add(at));
-        epilogue::store_split::<D, ND, MT>(&acc_o.0, &inv, &lse, o, lse_out, rows as i32 - warp_row0 as i32, lane);
+        let (o, lse_out) = ((p.o_accum as *mut f32).add(at * DV), (p.lse_accum as *mut f32).add(at));
+        epilogue::store_split::<DV, ND, MT>(&acc_o.0, &inv, &lse, o, lse_out, rows as i32 - warp_row0 as i32, lane);
         return;
     }
     let (o_rows, lse_rows, o_stride) = out_rows(sreg::fresh::block_z(), sreg::fresh::block_y());
@@ -242,7 +246,8 @@ pub unsafe fn attn_fwd<
         valid_rows: rows as i32 - warp_row0 as i32,
         staging: q_warp,
     };
-    epilogue::store::<E, D, ND, MT>(&acc_o.0, &inv, &lse, &out, lane);
+    // O rows are `DV` wide in the staging rows: within the warp's Q rows, as `DV <= D`.
+    epilogue::store::<E, DV, ND, MT>(&acc_o.0, &inv, &lse, &out, lane);
 }
 
 /// S = Q Kᵀ for the warp's `16·MT` rows and the `BN` keys of the block in shared memory.
@@ -274,7 +279,7 @@ unsafe fn scores<E: MmaElem, const D: usize, const KD: usize, const NN: usize, c
     acc_s
 }
 
-/// O += P V. The S accumulator of n8 tiles 2kn and 2kn+1 is, rounded to 16 bits, exactly the A
+/// O += P V (`D` here is V's head dim). The S accumulator of n8 tiles 2kn and 2kn+1 is, rounded to 16 bits, exactly the A
 /// fragment of k-step kn (rows g/g+8, keys 2t,2t+1 and 2t+8,2t+9): P never leaves the registers.
 /// `v_smem` is this lane's ldmatrix.trans row address of key 0, column 0.
 #[inline(always)]
