@@ -1,6 +1,8 @@
 //! Builds the GPU kernels (the `ironflash-kernels` crate, `kernels-gpu/` in the repository; no_std
 //! Rust) to PTX, once per architecture, with the pinned nightly, and leaves them in OUT_DIR for
-//! `host/modules.rs` to embed.
+//! `host/modules.rs` to embed: per architecture the PTX laid out as a common part followed by the
+//! kernel entries, and an index of the entries (`ironflash_{arch}_entries.rs`), so that the host loads
+//! one small module per kernel it uses.
 //!
 //! Why this way: rustc's own LLVM emits PTX for `nvptx64-nvidia-cuda`, but the registry has no prebuilt
 //! `core` for that target and no bitcode linker. So `core` is built from rust-src (`-Zbuild-std=core`),
@@ -33,9 +35,8 @@ fn main() {
         // CPU-only consumer turns the `gpu` feature off: empty PTX stands in (`Device::open` then
         // answers `Error::NoDriver`).
         for (stem, _) in ARCHES {
-            let path = out.join(format!("ironflash_{stem}.ptx"));
-            if let Err(e) = std::fs::write(&path, "") {
-                fail(&format!("writing {}: {e}", path.display()));
+            if let Err(msg) = write_modules(&out, stem, "", &[]) {
+                fail(&msg);
             }
         }
         return;
@@ -195,9 +196,40 @@ fn build_arch(kernels: &Path, out: &Path, stem: &str, cpu: &str) -> Result<(), S
     let ptx = std::fs::read_to_string(&asm).map_err(|e| format!("reading {}: {e}", asm.display()))?;
     check_complete(&ptx, cpu)?;
     let ptx = apply_launch_bounds(&ptx, cpu)?;
-    let dest = out.join(format!("ironflash_{stem}.ptx"));
-    std::fs::write(&dest, ptx).map_err(|e| format!("writing {}: {e}", dest.display()))?;
-    Ok(())
+    let entries: Vec<(&str, std::ops::Range<usize>)> = ironflash_kernels::ptx_split::entries(&ptx).collect();
+    let defined = ptx.matches("\n.visible .entry ").count();
+    if entries.len() != defined {
+        return Err(format!("the {cpu} PTX defines {defined} kernels, {} of them found whole", entries.len()));
+    }
+    write_modules(out, stem, &ptx, &entries)
+}
+
+/// Writes `ironflash_{stem}.ptx`, the common part of `ptx` (everything but the kernel entries) followed
+/// by the entries, and `ironflash_{stem}_entries.rs`, the index the host reads: `COMMON_LEN`, and per
+/// kernel its name and byte range in that file. The common part plus one entry is a complete module.
+fn write_modules(out: &Path, stem: &str, ptx: &str, entries: &[(&str, std::ops::Range<usize>)]) -> Result<(), String> {
+    let mut laid_out = String::with_capacity(ptx.len());
+    let mut last = 0;
+    for (_, r) in entries {
+        laid_out.push_str(&ptx[last..r.start]);
+        last = r.end;
+    }
+    laid_out.push_str(&ptx[last..]);
+    let common_len = laid_out.len();
+    let mut index =
+        format!("pub const COMMON_LEN: usize = {common_len};\npub const ENTRIES: &[(&str, usize, usize)] = &[\n");
+    for (name, r) in entries {
+        let start = laid_out.len();
+        laid_out.push_str(&ptx[r.clone()]);
+        index.push_str(&format!("    (\"{name}\", {start}, {}),\n", laid_out.len()));
+    }
+    index.push_str("];\n");
+    let write = |file: String, text: &str| {
+        let path = out.join(file);
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+    };
+    write(format!("ironflash_{stem}.ptx"), &laid_out)?;
+    write(format!("ironflash_{stem}_entries.rs"), &index)
 }
 
 /// Rust has no launch-bounds attribute for `ptx-kernel` functions; a kernel asks for them with a

@@ -121,6 +121,10 @@ pub enum Error {
         #[source]
         source: cudarc::driver::DriverError,
     },
+
+    /// The embedded PTX of this architecture has no kernel of this name (a build without it).
+    #[error("kernel {kernel} is not in the embedded {arch} PTX")]
+    KernelMissing { kernel: String, arch: &'static str },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,16 +1,27 @@
-//! The PTX that build.rs produced, embedded in the library, and a per-device cache of loaded modules
-//! and kernel functions: the PTX is JIT-compiled by the driver once per process, on first use.
+//! The PTX that build.rs produced, embedded in the library, and a per-device cache of kernel functions.
+//! Each kernel is its own module (the PTX's common part plus its entry, `ironflash_kernels::ptx_split`),
+//! JIT-compiled by the driver the first time a call needs it: a process compiles only the kernels it
+//! uses (the driver's JIT cache keeps them for the next process).
 
-use crate::error::{DriverContext, Error, Result};
+use crate::error::{Error, Result};
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
-/// PTX for Ampere and Ada (and any newer GPU through the driver's JIT).
+/// PTX for Ampere and Ada (and any newer GPU through the driver's JIT): the common part, then every
+/// kernel entry (a complete module with all the kernels).
 pub const PTX_SM80: &str = include_str!(concat!(env!("OUT_DIR"), "/ironflash_sm80.ptx"));
-/// PTX for Hopper (`sm_90a`: may use wgmma, setmaxnreg).
+/// PTX for Hopper (`sm_90a`: may use wgmma, setmaxnreg), laid out as `PTX_SM80`.
 pub const PTX_SM90A: &str = include_str!(concat!(env!("OUT_DIR"), "/ironflash_sm90a.ptx"));
+
+/// Where the common part ends and each kernel entry sits in the PTX, per architecture (build.rs).
+mod sm80 {
+    include!(concat!(env!("OUT_DIR"), "/ironflash_sm80_entries.rs"));
+}
+mod sm90a {
+    include!(concat!(env!("OUT_DIR"), "/ironflash_sm90a_entries.rs"));
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Arch {
@@ -31,27 +42,49 @@ impl Arch {
             Arch::Sm90a => "sm_90a",
         }
     }
+    fn index(self) -> (usize, &'static [(&'static str, usize, usize)]) {
+        match self {
+            Arch::Sm80 => (sm80::COMMON_LEN, sm80::ENTRIES),
+            Arch::Sm90a => (sm90a::COMMON_LEN, sm90a::ENTRIES),
+        }
+    }
+    /// The kernels of this architecture's PTX, in PTX order.
+    pub fn kernels(self) -> impl Iterator<Item = &'static str> {
+        self.index().1.iter().map(|e| e.0)
+    }
+    /// The module of one kernel: the PTX's common part and the kernel's entry; `None` when this
+    /// architecture's PTX has no kernel of that name.
+    pub fn kernel_module(self, name: &str) -> Option<String> {
+        let (common_len, entries) = self.index();
+        let &(_, start, end) = entries.iter().find(|e| e.0 == name)?;
+        let ptx = self.ptx();
+        Some([&ptx[..common_len], &ptx[start..end]].concat())
+    }
 }
 
 pub(crate) struct ModuleCache {
     arch: Arch,
-    module: OnceLock<Arc<CudaModule>>,
+    /// Loaded kernels by name (each holds its module).
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
 }
 
 impl ModuleCache {
     pub(crate) fn new(arch: Arch) -> Self {
-        ModuleCache { arch, module: OnceLock::new(), functions: Mutex::new(HashMap::new()) }
+        ModuleCache { arch, functions: Mutex::new(HashMap::new()) }
     }
 
-    fn module(&self, ctx: &Arc<CudaContext>) -> Result<&Arc<CudaModule>> {
-        if let Some(m) = self.module.get() {
-            return Ok(m);
-        }
-        let m = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_src(self.arch.ptx()))
-            .during("loading the ironflash PTX module")?;
-        Ok(self.module.get_or_init(|| m))
+    /// Loads (JIT-compiles) the module of kernel `name`.
+    fn load(&self, ctx: &Arc<CudaContext>, name: &'static str) -> Result<CudaFunction> {
+        let Some(ptx) = self.arch.kernel_module(name) else {
+            return Err(Error::KernelMissing { kernel: name.into(), arch: self.arch.name() });
+        };
+        let module: Arc<CudaModule> = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|source| {
+            Error::Launch { kernel: format!("{name} (loading its {} module)", self.arch.name()), source }
+        })?;
+        module.load_function(name).map_err(|source| Error::Launch {
+            kernel: format!("{name} (not found in its {} module)", self.arch.name()),
+            source,
+        })
     }
 
     /// The kernel `name`, with its dynamic shared-memory limit raised to `smem_bytes` (needed above 48 KiB).
@@ -68,10 +101,7 @@ impl ModuleCache {
             }
             return Ok(f.clone());
         }
-        let f = self.module(ctx)?.load_function(name).map_err(|source| Error::Launch {
-            kernel: format!("{name} (not found in the {} PTX)", self.arch.name()),
-            source,
-        })?;
+        let f = self.load(ctx, name)?;
         if smem_bytes > 48 * 1024 {
             raise_smem(&f, name, smem_bytes)?;
         }

@@ -613,17 +613,21 @@ fn split_heuristic() {
 }
 
 fn ptx_defines_every_forward_kernel() {
-    // Host-only (no GPU): every symbol of the tile table, and the combine, is an entry of both PTX modules.
+    // Host-only (no GPU): every symbol of the tile table, and the combine, has a module of its own in both
+    // architectures' PTX (the index `Device` loads kernels through), which defines it.
+    use ironflash::modules::Arch;
     let combine = [ironflash_kernels::abi::FWD_COMBINE_BF16, ironflash_kernels::abi::FWD_COMBINE_F16];
     for t in tiles::FWD_TILES {
         for s in t.symbols.into_iter().chain(t.split_symbols).chain(combine).filter(|s| !s.is_empty()) {
-            for (arch, ptx) in [("sm_80", ironflash::modules::PTX_SM80), ("sm_90a", ironflash::modules::PTX_SM90A)] {
+            for arch in [Arch::Sm80, Arch::Sm90a] {
+                let module = arch.kernel_module(s);
                 // Hopper rows exist only in the sm_90a PTX.
-                if t.wgmma && arch == "sm_80" && t.symbols.contains(&s) {
-                    assert!(!ptx.contains(&format!(".entry {s}(")), "{s} in the {arch} PTX");
+                if t.wgmma && arch == Arch::Sm80 && t.symbols.contains(&s) {
+                    assert!(module.is_none(), "{s} in the {} PTX", arch.name());
                     continue;
                 }
-                assert!(ptx.contains(&format!(".entry {s}(")), "{s} missing from the {arch} PTX");
+                let module = module.unwrap_or_else(|| panic!("{s} missing from the {} PTX", arch.name()));
+                assert!(module.contains(&format!(".entry {s}(")) && module.matches(".entry ").count() == 1);
             }
         }
     }

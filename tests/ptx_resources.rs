@@ -1,11 +1,14 @@
-//! Assembles the embedded PTX with `ptxas` for sm_80 and sm_90a: proves the PTX is complete (every
-//! function it calls is defined), that no kernel spills registers or uses a local-memory stack, and that
-//! ptxas does not serialise a `wgmma` pipeline.
+//! Assembles the module of every embedded kernel (the PTX's common part plus its entry, as `Device`
+//! loads it) with `ptxas` for sm_80 and sm_90a: proves each module is complete (every function it calls
+//! is defined), that no kernel spills registers or uses a local-memory stack, and that ptxas does not
+//! serialise a `wgmma` pipeline.
 //! Prints one resource line per kernel. Without ptxas (CI installs it: PyPI `nvidia-cuda-nvcc`) it
 //! prints one `skipped:` line and the test is reported as ignored.
 
-use std::path::PathBuf;
+use ironflash::modules::Arch;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn find_ptxas() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("PTXAS") {
@@ -70,38 +73,66 @@ fn main() -> std::process::ExitCode {
 fn ptx_assembles_without_spills(ptxas: PathBuf) {
     let dir = std::env::temp_dir().join(format!("ironflash-ptx-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // Every kernel's own module, as `Device` loads it (the PTX's common part plus the kernel's entry),
+    // a few ptxas processes at a time.
+    let jobs: Vec<(Arch, &str)> =
+        [Arch::Sm80, Arch::Sm90a].into_iter().flat_map(|arch| arch.kernels().map(move |k| (arch, k))).collect();
+    assert!(jobs.len() > 100, "only {} kernels in the embedded PTX", jobs.len());
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let reports: Vec<(Arch, &str, String)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    while let Some(&(arch, kernel)) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        done.push((arch, kernel, assemble(&ptxas, &dir, arch, kernel)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    std::fs::remove_dir_all(&dir).ok();
+
     let mut problems = Vec::new();
-    for (arch, ptx) in [("sm_80", ironflash::modules::PTX_SM80), ("sm_90a", ironflash::modules::PTX_SM90A)] {
-        let file = dir.join(format!("{arch}.ptx"));
-        std::fs::write(&file, ptx).unwrap();
-        let out = Command::new(&ptxas)
-            .args([&format!("-arch={arch}"), "-v", "-o"])
-            .arg(dir.join(format!("{arch}.cubin")))
-            .arg(&file)
-            .output()
-            .expect("running ptxas");
-        let report = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "ptxas rejected the {arch} PTX:\n{report}");
+    let mut rows = Vec::new();
+    for (arch, kernel, report) in &reports {
+        let arch = arch.name();
         // ptxas serialises a wgmma pipeline whose accumulators are touched while products are in flight
         // (correct, but the Hopper kernels' overlap would be gone): a defect, as a spill is.
         for line in report.lines().filter(|l| l.contains("wgmma") && l.to_lowercase().contains("serializ")) {
             problems.push(format!("{arch}: {line}"));
         }
-        let kernels = parse(&report);
-        assert!(!kernels.is_empty(), "no kernels in the {arch} report:\n{report}");
-        for k in &kernels {
-            println!(
-                "{arch} {:<40} registers {:>3}  stack {:>4} B  spill stores {:>4} B  spill loads {:>4} B",
-                k.name, k.registers, k.stack, k.spill_stores, k.spill_loads
-            );
-            if k.stack > 0 || k.spill_stores > 0 || k.spill_loads > 0 {
-                problems.push(format!(
-                    "{arch} {}: stack {} B, spills {}/{} B",
-                    k.name, k.stack, k.spill_stores, k.spill_loads
-                ));
-            }
+        let kernels = parse(report);
+        assert!(kernels.len() == 1 && kernels[0].name == *kernel, "{arch} {kernel}: ptxas reported {kernels:?}");
+        let k = &kernels[0];
+        rows.push(format!(
+            "{arch} {:<40} registers {:>3}  stack {:>4} B  spill stores {:>4} B  spill loads {:>4} B",
+            k.name, k.registers, k.stack, k.spill_stores, k.spill_loads
+        ));
+        if k.stack > 0 || k.spill_stores > 0 || k.spill_loads > 0 {
+            problems
+                .push(format!("{arch} {}: stack {} B, spills {}/{} B", k.name, k.stack, k.spill_stores, k.spill_loads));
         }
     }
-    std::fs::remove_dir_all(&dir).ok();
+    rows.sort();
+    println!("{}", rows.join("\n"));
     assert!(problems.is_empty(), "kernels use local memory:\n{}", problems.join("\n"));
+}
+
+/// ptxas's report on the module of one kernel; a module ptxas rejects fails the test.
+fn assemble(ptxas: &Path, dir: &Path, arch: Arch, kernel: &str) -> String {
+    let file = dir.join(format!("{kernel}.{}.ptx", arch.name()));
+    std::fs::write(&file, arch.kernel_module(kernel).unwrap()).unwrap();
+    let out = Command::new(ptxas)
+        .args([&format!("-arch={}", arch.name()), "-v", "-o"])
+        .arg(file.with_extension("cubin"))
+        .arg(&file)
+        .output()
+        .expect("running ptxas");
+    let report = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "ptxas rejected the {} module of {kernel}:\n{report}", arch.name());
+    report
 }
