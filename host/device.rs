@@ -4,7 +4,7 @@
 use crate::error::{DriverContext, Error, Result};
 use crate::modules::{Arch, ModuleCache};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::sys::CUdevice_attribute as Attr;
+use cudarc::driver::sys::{self, CUdevice_attribute as Attr};
 use cudarc::driver::{CudaContext, CudaStream};
 use std::sync::{Arc, OnceLock};
 
@@ -62,7 +62,8 @@ pub struct Device {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     info: DeviceInfo,
-    pub(crate) modules: ModuleCache,
+    /// Shared by the `Device`s of one context made with `for_stream`: each kernel is compiled once.
+    pub(crate) modules: Arc<ModuleCache>,
     /// Created on first use: creating and destroying a handle per call costs a synchronisation each.
     blas: OnceLock<CudaBlas>,
 }
@@ -88,15 +89,78 @@ impl Device {
         }
         let ctx = CudaContext::new(ordinal).during("creating the CUDA context")?;
         let stream = ctx.default_stream();
-        Self::with_stream(ctx, stream)
+        let dev = Self::with_stream(ctx, stream)?;
+        // The stream-ordered pool keeps what earlier calls freed for the next ones, as a caching
+        // allocator does, instead of giving it back to the driver at every synchronisation (which made
+        // a synchronised allocating call pay for its allocations again; docs/perf.md).
+        dev.set_pool_release_threshold(u64::MAX)?;
+        Ok(dev)
     }
 
     /// A device over a context and stream another library created (candle's CUDA device, for one):
     /// the kernels launch on `stream`, so they are ordered with that library's work without a
-    /// synchronisation. Each `Device` loads the kernels' modules on first use: keep one per stream.
+    /// synchronisation. Each `Device` made this way loads the kernels' modules on first use: keep one
+    /// per context and make the others with `for_stream`. The memory pool's settings are left as the
+    /// other library chose them.
     pub fn on_stream(stream: Arc<CudaStream>) -> Result<Device> {
         kernels_embedded()?;
         Self::with_stream(stream.context().clone(), stream)
+    }
+
+    /// This device on another stream of its context, sharing the loaded kernels: for several host
+    /// threads (one stream each; `Device` is `Send` and `Sync`) or for capturing ironflash's calls in a
+    /// CUDA graph, which the legacy default stream of `Device::open` cannot do.
+    ///
+    /// Stream capture refuses the events cudarc records and waits on around each buffer once a context
+    /// has several streams (its event tracking); for a capture, turn that off
+    /// (`CudaContext::disable_event_tracking`) before allocating the buffers, and order work across
+    /// streams with events of your own, as in CUDA.
+    pub fn for_stream(&self, stream: Arc<CudaStream>) -> Result<Device> {
+        if stream.context().as_ref() != self.ctx.as_ref() {
+            return Err(Error::ForeignStream);
+        }
+        Ok(Device {
+            ctx: self.ctx.clone(),
+            stream,
+            info: self.info.clone(),
+            modules: self.modules.clone(),
+            blas: OnceLock::new(),
+        })
+    }
+
+    /// How much memory the device's stream-ordered pool keeps after a synchronisation, in bytes, for
+    /// the next allocations (`cuMemPoolSetAttribute`, `CU_MEMPOOL_ATTR_RELEASE_THRESHOLD`, on the
+    /// device's default pool, which every user of the device shares). `Device::open` sets `u64::MAX`
+    /// (keep everything); 0 returns all free memory to the driver at each synchronisation (the
+    /// driver's default).
+    pub fn set_pool_release_threshold(&self, bytes: u64) -> Result<()> {
+        let mut pool = std::ptr::null_mut();
+        let mut value = bytes;
+        // SAFETY: the pool handle is written by the driver for this context's device, and the
+        // attribute takes a pointer to a u64.
+        unsafe {
+            sys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device())
+                .result()
+                .during("reading the device's memory pool")?;
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut value as *mut u64).cast(),
+            )
+            .result()
+            .during("setting the memory pool's release threshold")
+        }
+    }
+
+    /// `AllocatesDuringCapture` when this device's stream is capturing a CUDA graph: a call that
+    /// allocates its outputs would leave allocations the graph never frees, so that it could not be
+    /// launched twice; the `_into` calls, with the caller's outputs, are the ones to capture.
+    pub(crate) fn refuse_capture(&self, call: &'static str) -> Result<()> {
+        let status = self.stream.capture_status().during("reading the stream's capture status")?;
+        if status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+            return Err(Error::AllocatesDuringCapture { call });
+        }
+        Ok(())
     }
 
     fn with_stream(ctx: Arc<CudaContext>, stream: Arc<CudaStream>) -> Result<Device> {
@@ -120,7 +184,7 @@ impl Device {
             total_mem: ctx.total_mem().during("reading total memory")?,
             driver_version,
         };
-        let modules = ModuleCache::new(info.arch());
+        let modules = Arc::new(ModuleCache::new(info.arch()));
         Ok(Device { ctx, stream, info, modules, blas: OnceLock::new() })
     }
 

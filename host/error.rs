@@ -122,6 +122,14 @@ pub enum Error {
         source: cudarc::driver::DriverError,
     },
 
+    /// A call that allocates its outputs on a stream that is capturing a CUDA graph.
+    #[error("{call} allocates its outputs, which a CUDA graph capture cannot replay; capture the `_into` call with preallocated outputs")]
+    AllocatesDuringCapture { call: &'static str },
+
+    /// `Device::for_stream` with a stream of another CUDA context.
+    #[error("the stream belongs to another CUDA context than the device's")]
+    ForeignStream,
+
     /// The embedded PTX of this architecture has no kernel of this name (a build without it).
     #[error("kernel {kernel} is not in the embedded {arch} PTX")]
     KernelMissing { kernel: String, arch: &'static str },

@@ -52,6 +52,7 @@ impl<T: Element> GpuGradients<T> {
     /// # Safety
     /// The caller must write every element before any is read.
     pub(crate) unsafe fn alloc_uninit(dev: &Device, p: &AttnProblem) -> Result<Self> {
+        dev.refuse_capture("the allocating backward")?;
         let ordinal = dev.info().ordinal;
         let stream = dev.stream();
         let dq_layout = Layout::contiguous([p.batch, p.seqlen_q, p.heads_q, p.head_dim]);

@@ -139,6 +139,7 @@ pub fn flash_forward<T: Element>(
     opts: &AttnOptions,
 ) -> Result<GpuForwardOutput<T>> {
     let (p, tile) = plan(dev, q, k, v, opts)?;
+    dev.refuse_capture("flash_forward")?;
     let o_layout = Layout::contiguous(p.o_shape());
     // SAFETY: the kernel writes every element of O and of the LSE (fully masked rows included).
     let mut o = unsafe { dev.stream.alloc::<T>(o_layout.numel()) }.during("allocating O")?;

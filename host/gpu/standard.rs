@@ -67,6 +67,7 @@ pub fn standard_forward_train<T: Element>(
     }
     let p = AttnProblem::new((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
     p.require_mask_only("the standard baseline")?;
+    dev.refuse_capture("the standard forward")?;
     // S = QKᵀ reduces over q's and k's head dim, O = PV produces v's.
     let (nq, nk, d, d_v) = (p.seqlen_q, p.seqlen_k, p.head_dim, p.head_dim_v);
     for (what, value) in [("seqlen_q", nq), ("seqlen_k", nk)] {

@@ -1,0 +1,198 @@
+//! The host runtime on the GPU: calls captured in a CUDA graph and replayed (a training step's forward
+//! and backward, and a split-KV decode step) give bitwise the eager results; an allocating call during
+//! a capture is a typed error that leaves the capture intact; one `Device` shared by several host
+//! threads, each on its own stream. Skips with one line without a CUDA driver.
+
+mod common;
+
+use common::device_or_skip;
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::CudaSlice;
+use half::bf16;
+use ironflash::gpu::{self, DeviceTensor, GpuGradients};
+use ironflash::{Arg, AttnOptions, Device, Element, Error, HostTensor, Layout};
+use std::sync::Once;
+
+/// Stream capture refuses cudarc's event tracking (see `Device::for_stream`): every test here turns it
+/// off for the shared context before allocating anything, and orders its work on one stream.
+fn capture_ready(base: &'static Device) -> Device {
+    static OFF: Once = Once::new();
+    // SAFETY: every buffer of this test binary is used on the stream it was made on.
+    OFF.call_once(|| unsafe { base.context().disable_event_tracking() });
+    base.for_stream(base.context().new_stream().unwrap()).unwrap()
+}
+
+/// Overwrites a tensor's buffer with NaN in place (the captured graph holds its address).
+fn poison<T: Element>(dev: &Device, t: DeviceTensor<T>, arg: Arg) -> DeviceTensor<T> {
+    let layout = *t.layout();
+    let mut buf = t.into_buffer();
+    dev.stream().memcpy_htod(&vec![T::poison(); buf.len()], &mut buf).unwrap();
+    dev.wrap(arg, buf, layout).unwrap()
+}
+
+fn poison_f32(dev: &Device, buf: &mut CudaSlice<f32>) {
+    dev.stream().memcpy_htod(&vec![f32::NAN; buf.len()], buf).unwrap();
+}
+
+fn bits<T: Element>(dev: &Device, t: &DeviceTensor<T>) -> Vec<f32> {
+    dev.download(t).unwrap().data.iter().map(|x| x.to_f32()).collect()
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+struct Step {
+    q: DeviceTensor<bf16>,
+    k: DeviceTensor<bf16>,
+    v: DeviceTensor<bf16>,
+    d_o: DeviceTensor<bf16>,
+    o: DeviceTensor<bf16>,
+    lse: CudaSlice<f32>,
+    grads: GpuGradients<bf16>,
+}
+
+impl Step {
+    fn new(dev: &Device, [b, sq, sk, hq, hkv, d]: [usize; 6], seed: u64) -> Step {
+        let up = |shape, s| dev.upload(&HostTensor::<bf16>::random_seeded(shape, 1.0, seed + s)).unwrap();
+        let (q, k, v, d_o) =
+            (up([b, sq, hq, d], 0), up([b, sk, hkv, d], 1), up([b, sk, hkv, d], 2), up([b, sq, hq, d], 3));
+        let grads = GpuGradients {
+            dq: dev.poisoned([b, sq, hq, d]).unwrap(),
+            dk: dev.poisoned([b, sk, hkv, d]).unwrap(),
+            dv: dev.poisoned([b, sk, hkv, d]).unwrap(),
+            d_sinks: None,
+        };
+        let (o, lse) = (dev.poisoned([b, sq, hq, d]).unwrap(), dev.poisoned_f32(b * hq * sq).unwrap());
+        Step { q, k, v, d_o, o, lse, grads }
+    }
+
+    /// Forward, then (with `backward`) the backward, all into the preallocated outputs.
+    fn run(&mut self, dev: &Device, opts: &AttnOptions, backward: bool) -> ironflash::Result<()> {
+        gpu::flash_forward_into(dev, &self.q, &self.k, &self.v, &mut self.o, &mut self.lse, opts)?;
+        if backward {
+            let (q, k, v, o, lse, d_o) = (&self.q, &self.k, &self.v, &self.o, &self.lse, &self.d_o);
+            gpu::flash_backward_into(dev, q, k, v, o, lse, d_o, &mut self.grads, opts)?;
+        }
+        Ok(())
+    }
+
+    fn outputs(&self, dev: &Device) -> Vec<Vec<f32>> {
+        let g = &self.grads;
+        vec![
+            bits(dev, &self.o),
+            dev.download_f32(&self.lse).unwrap(),
+            bits(dev, &g.dq),
+            bits(dev, &g.dk),
+            bits(dev, &g.dv),
+        ]
+    }
+
+    fn poison(&mut self, dev: &Device) {
+        let take = |t: &mut DeviceTensor<bf16>, arg| {
+            let placeholder = dev.poisoned::<bf16>([1, 1, 1, 8]).unwrap();
+            let old = std::mem::replace(t, placeholder);
+            *t = poison(dev, old, arg);
+        };
+        take(&mut self.o, Arg::O);
+        take(&mut self.grads.dq, Arg::DQ);
+        take(&mut self.grads.dk, Arg::DK);
+        take(&mut self.grads.dv, Arg::DV);
+        poison_f32(dev, &mut self.lse);
+    }
+}
+
+/// Captures `step` (eager once first: the kernels load outside the capture), checks that an allocating
+/// call inside the capture is refused without breaking it, and replays the graph twice on poisoned
+/// outputs: bitwise the eager results each time.
+fn capture_and_replay(dev: &Device, mut step: Step, opts: &AttnOptions, backward: bool) {
+    step.run(dev, opts, backward).unwrap();
+    dev.synchronize().unwrap();
+    let eager = step.outputs(dev);
+    step.poison(dev);
+    dev.synchronize().unwrap();
+
+    let stream = dev.stream().clone();
+    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).unwrap();
+    step.run(dev, opts, backward).unwrap();
+    let refused = gpu::flash_forward(dev, &step.q, &step.k, &step.v, opts).unwrap_err();
+    assert!(matches!(refused, Error::AllocatesDuringCapture { .. }), "{refused}");
+    let graph = stream.end_capture(CUgraphInstantiate_flags(0)).unwrap().expect("a captured graph");
+    for replay in 0..2 {
+        graph.launch().unwrap();
+        dev.synchronize().unwrap();
+        let got = step.outputs(dev);
+        for (i, (g, e)) in got.iter().zip(&eager).enumerate() {
+            assert!(same_bits(g, e), "replay {replay}: output {i} differs from the eager call");
+        }
+        step.poison(dev);
+        dev.synchronize().unwrap();
+    }
+}
+
+fn graph_replays_a_training_step_bitwise() {
+    let Some(base) = device_or_skip("graph_replays_a_training_step_bitwise") else { return };
+    let dev = capture_ready(base);
+    // Deterministic: the fast backward's dQ adds in a run-dependent order.
+    let opts = AttnOptions { causal: true, deterministic: true, ..AttnOptions::default() };
+    capture_and_replay(&dev, Step::new(&dev, [2, 333, 333, 8, 2, 128], 10), &opts, true);
+    let windowed = AttnOptions { window: ironflash::Window { left: Some(64), right: Some(0) }, ..opts };
+    capture_and_replay(&dev, Step::new(&dev, [1, 200, 260, 4, 4, 64], 20), &windowed, true);
+}
+
+fn graph_replays_a_decode_step_bitwise() {
+    let Some(base) = device_or_skip("graph_replays_a_decode_step_bitwise") else { return };
+    let dev = capture_ready(base);
+    // One query row per sequence against 8K keys: the split-KV forward and its combine (their f32
+    // workspace is allocated and freed inside the graph).
+    let dims = [2, 1, 8192, 16, 4, 128];
+    let p = ironflash::AttnProblem::contiguous(dims, &AttnOptions::default()).unwrap();
+    let tile = gpu::forward_tile(dev.info(), (128, 128), ironflash::DType::BF16, false).unwrap();
+    assert!(gpu::forward_launch_plan(dev.info(), &p, &tile, ironflash::DType::BF16).1 > 1, "not split");
+    capture_and_replay(&dev, Step::new(&dev, dims, 30), &AttnOptions::default(), false);
+}
+
+/// Four host threads share one `Device` (each through `for_stream`, on a stream of its own) and run
+/// forward and backward at once: each gets bitwise what the same call gives alone.
+fn threads_share_a_device() {
+    let Some(base) = device_or_skip("threads_share_a_device") else { return };
+    let main = capture_ready(base);
+    let opts = AttnOptions { causal: true, deterministic: true, ..AttnOptions::default() };
+    let dims = |t: usize| [1, 257 + 64 * t, 257 + 64 * t, 4, 2, [64, 128, 192, 256][t]];
+    let alone: Vec<Vec<Vec<f32>>> = (0..4)
+        .map(|t| {
+            let mut s = Step::new(&main, dims(t), 40 + t as u64);
+            s.run(&main, &opts, true).unwrap();
+            s.outputs(&main)
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for (t, want) in alone.iter().enumerate() {
+            let dev = main.for_stream(main.context().new_stream().unwrap()).unwrap();
+            let opts = &opts;
+            scope.spawn(move || {
+                for _ in 0..3 {
+                    let mut s = Step::new(&dev, dims(t), 40 + t as u64);
+                    s.run(&dev, opts, true).unwrap();
+                    dev.synchronize().unwrap();
+                    let got = s.outputs(&dev);
+                    assert!(got.iter().zip(want).all(|(g, w)| same_bits(g, w)), "thread {t} differs");
+                }
+            });
+        }
+    });
+}
+
+/// Host-only: `Device` can be shared across threads.
+fn device_is_send_and_sync() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Device>();
+    let _ = Layout::contiguous([1, 1, 1, 1]);
+}
+
+fn main() -> std::process::ExitCode {
+    common::gpu_main(
+        gpu_tests![graph_replays_a_training_step_bitwise, graph_replays_a_decode_step_bitwise, threads_share_a_device],
+        gpu_tests![device_is_send_and_sync],
+    )
+}
