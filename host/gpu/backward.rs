@@ -208,13 +208,14 @@ fn backward_into<T: Element>(
     let (dq_layout, dk_layout, dv_layout) = (grads.dq.layout, grads.dk.layout, grads.dv.layout);
     let (dq, dk, dv) = (&mut grads.dq.buf, &mut grads.dk.buf, &mut grads.dv.buf);
     let mut d_sinks = grads.d_sinks.as_mut().filter(|_| p.sinks);
-    // SAFETY: the delta kernel writes one value per query row before the main kernel reads it.
-    let mut delta = unsafe { stream.alloc::<f32>(p.lse_len()) }.during("allocating delta")?;
-    let mut dq_accum = stream.alloc_zeros::<f32>(p.lse_len() * p.head_dim).during("allocating the dQ accumulator")?;
     // Deterministic mode: one turn counter per (batch, query head, query block), then the work-item
     // ticket counter.
     let sem_len = if opts.deterministic { p.batch * p.heads_q * tile.m_blocks(p.seqlen_q) + 1 } else { 1 };
-    let mut sem = stream.alloc_zeros::<u32>(sem_len).during("allocating the dQ turn counters")?;
+    let layout = Workspace::new(&p, sem_len);
+    // One allocation for delta, the dQ accumulator and the counters (one driver call, and none in a
+    // capture that a pool hit would not make). SAFETY: the delta kernel writes delta and zeroes the
+    // accumulator and the counters before the main kernel reads any of them.
+    let mut workspace = unsafe { stream.alloc::<u32>(layout.words) }.during("allocating the backward's workspace")?;
 
     let f16 = T::DTYPE == DType::F16;
     let (delta_name, dq_name) =
@@ -237,9 +238,8 @@ fn backward_into<T: Element>(
         let (dq_ptr, _dq_sync) = dq.device_ptr_mut(stream);
         let (dk_ptr, _dk_sync) = dk.device_ptr_mut(stream);
         let (dv_ptr, _dv_sync) = dv.device_ptr_mut(stream);
-        let (delta_ptr, _delta_sync) = delta.device_ptr_mut(stream);
-        let (acc_ptr, _acc_sync) = dq_accum.device_ptr_mut(stream);
-        let (sem_ptr, _sem_sync) = sem.device_ptr_mut(stream);
+        let (workspace_ptr, _workspace_sync) = workspace.device_ptr_mut(stream);
+        let [delta_ptr, acc_ptr, sem_ptr] = layout.offsets.map(|words| workspace_ptr + 4 * words as u64);
         let (d_sinks_ptr, _d_sinks_sync) = match d_sinks.as_mut() {
             Some(s) => {
                 let (ptr, sync) = s.device_ptr_mut(stream);
@@ -278,6 +278,7 @@ fn backward_into<T: Element>(
             head_dim_v: p.head_dim_v as u32,
             scale: p.softmax_scale,
             deterministic: opts.deterministic as u32,
+            dq_counters: sem_len as u32,
         };
         let arg = KernelParams(params);
         let rows = p.lse_len();
@@ -327,6 +328,25 @@ fn backward_into<T: Element>(
         }
     }
     Ok(())
+}
+
+/// Where the backward's scratch lives in its one allocation, in u32 words: delta (one f32 per query
+/// row), the f32 dQ accumulator (`[batch, heads_q, seqlen_q, head_dim]`) and the `sem_len` dQ
+/// counters, each part starting on a 256-byte boundary (the accumulator's 16-byte vector stores and
+/// bulk reductions need 16).
+struct Workspace {
+    offsets: [usize; 3],
+    words: usize,
+}
+
+impl Workspace {
+    fn new(p: &AttnProblem, sem_len: usize) -> Workspace {
+        let part = |words: usize| words.next_multiple_of(64);
+        let delta = 0;
+        let acc = delta + part(p.lse_len());
+        let sem = acc + part(p.lse_len() * p.head_dim);
+        Workspace { offsets: [delta, acc, sem], words: sem + part(sem_len) }
+    }
 }
 
 /// Everything checked before a launch: dtype, devices, shapes and strides, LSE length, index limits.

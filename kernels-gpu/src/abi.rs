@@ -129,8 +129,9 @@ pub const FWD_COMBINE_BF16: &str = "attn_fwd_combine_bf16";
 pub const FWD_COMBINE_F16: &str = "attn_fwd_combine_f16";
 
 /// The fused backward kernels (`bwd/`), one struct for the three launches of one backward call:
-/// 1. `attn_bwd_delta_*`: `delta[b, h, i] = Σ_d dO[b, i, h, d]·O[b, i, h, d]` (f32). Grid
-///    `(ceil(batch·heads_q·seqlen_q / 8))`, 256 threads (one warp per query row).
+/// 1. `attn_bwd_delta_*`: `delta[b, h, i] = Σ_d dO[b, i, h, d]·O[b, i, h, d]` (f32), and zeros in
+///    `dq_accum` and in the `dq_counters` counters from `dq_semaphore` (so that the call needs no
+///    memset). Grid `(ceil(batch·heads_q·seqlen_q / 8))`, 256 threads (one warp per query row).
 /// 2. `attn_bwd_hd*` (the main kernel, one per `tiles_bwd::BWD_TILES` row): grid
 ///    `(ceil(seqlen_k / block_n), heads_kv, batch)`, `warps · 32` threads, the tile's dynamic shared
 ///    memory. Each CTA owns `block_n` keys of one K/V head, loops over the query heads of its group and
@@ -161,12 +162,12 @@ pub struct BwdParams {
     pub lse: u64,
     /// f32 `[batch, heads_q, seqlen_q]`: rowsum(dO ∘ O), written by the delta kernel.
     pub delta: u64,
-    /// f32 `[batch, heads_q, seqlen_q, head_dim]`, zeroed before the main kernel.
+    /// f32 `[batch, heads_q, seqlen_q, head_dim]`, 16-byte aligned; zeroed by the delta kernel.
     pub dq_accum: u64,
-    /// u32 `[batch, heads_q, ceil(seqlen_q / block_m)]`, zeroed before the main kernel; used only when
+    /// u32 `[batch, heads_q, ceil(seqlen_q / block_m)]`, zeroed by the delta kernel; used only when
     /// `deterministic` (the per-query-block turn counters that order the dQ additions).
     pub dq_semaphore: u64,
-    /// u32, zeroed before the main kernel; used only when `deterministic`: each CTA takes its work
+    /// u32, zeroed by the delta kernel; used only when `deterministic`: each CTA takes its work
     /// item (key block, K/V head, batch) from this counter, so that a CTA only ever waits for the turn
     /// of a CTA that started before it.
     pub dq_ticket: u64,
@@ -194,6 +195,8 @@ pub struct BwdParams {
     pub scale: f32,
     /// 1: add the dQ contributions of the key blocks in key-block order (bitwise reproducible).
     pub deterministic: u32,
+    /// The u32 counters from `dq_semaphore` through `dq_ticket`, which the delta kernel zeroes.
+    pub dq_counters: u32,
 }
 
 /// Symbols of the backward's delta and dQ-convert kernels, per element type.

@@ -26,18 +26,32 @@ fn halves<E: Elem16>(x: u32) -> (f32, f32) {
     (E::to_f32(x as u16), E::to_f32((x >> 16) as u16))
 }
 
-/// `delta[b, h, i] = Σ_d dO·O` (over V's head dim) for the row `(b, h, i)` of this warp (rows in `[b, h, i]` order).
+/// `delta[b, h, i] = Σ_d dO·O` (over V's head dim) for the row `(b, h, i)` of this warp (rows in
+/// `[b, h, i]` order), and zeros in the row's `dq_accum` and in the dQ counters: the main kernel's
+/// starting state, here rather than in memsets of their own (each a driver call on the host).
 ///
 /// # Safety
 /// Launched as `abi::BwdParams` documents for `attn_bwd_delta_*`.
 #[inline(always)]
 pub unsafe fn delta<E: Elem16>(p: &BwdParams) {
+    let threads = sreg::grid_dim_x() * DELTA_WARPS * 32;
+    let mut counter = sreg::block_x() * DELTA_WARPS * 32 + sreg::thread_x();
+    while counter < p.dq_counters {
+        *(p.dq_semaphore as *mut u32).add(counter as usize) = 0;
+        counter += threads;
+    }
     let row = (sreg::block_x() * DELTA_WARPS + sreg::warp()) as usize;
     let (sq, hq) = (p.score.mask.seqlen_q as usize, p.heads_q as usize);
     if row >= p.batch as usize * hq * sq {
         return;
     }
     let lane = sreg::lane() as usize;
+    let acc_row = (p.dq_accum as *mut [u32; 4]).add(row * p.head_dim as usize / 4);
+    let mut c = lane;
+    while c < p.head_dim as usize / 4 {
+        gmem::store_v4(acc_row.add(c) as *mut u16, [0; 4]);
+        c += 32;
+    }
     let (i, h, b) = (row % sq, (row / sq) % hq, row / sq / hq);
     let o = (p.o as *const u16)
         .add(b * p.o_strides[0] as usize + i * p.o_strides[1] as usize + h * p.o_strides[2] as usize);
