@@ -26,15 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let all = args.iter().any(|a| a == "--all");
     let decode_only = args.iter().any(|a| a == "--decode-only");
-    let dims: Vec<(usize, usize)> = match args.iter().position(|a| a == "--dims") {
-        Some(i) => args
-            .get(i + 1)
-            .ok_or("--dims needs a list")?
-            .split(',')
-            .map(common::parse_dims)
-            .collect::<Result<_, _>>()?,
-        None => vec![(64, 64), (128, 128)],
-    };
+    let dims = common::dims_arg(&args, &[(64, 64), (128, 128)])?;
     let Some(dev) = common::device_or_skip()? else { return Ok(()) };
     let info = dev.info().clone();
     println!(

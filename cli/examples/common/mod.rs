@@ -15,6 +15,20 @@ pub fn device_or_skip() -> Result<Option<Device>, ironflash::Error> {
     }
 }
 
+/// The head dims `--dims` lists (comma-separated, `parse_dims` each), or `default` without the flag.
+#[allow(dead_code)] // Not every example takes `--dims`.
+pub fn dims_arg(
+    args: &[String],
+    default: &[(usize, usize)],
+) -> Result<Vec<(usize, usize)>, Box<dyn std::error::Error>> {
+    match args.iter().position(|a| a == "--dims") {
+        Some(i) => {
+            Ok(args.get(i + 1).ok_or("--dims needs a list")?.split(',').map(parse_dims).collect::<Result<_, _>>()?)
+        }
+        None => Ok(default.to_vec()),
+    }
+}
+
 /// `"128"` → (128, 128); `"192v128"` → (192, 128): the head dims of Q/K and of V, as `--dims` takes them.
 #[allow(dead_code)] // `score_timing` has no `--dims`.
 pub fn parse_dims(s: &str) -> Result<(usize, usize), std::num::ParseIntError> {
