@@ -65,7 +65,7 @@ impl Arch {
 pub(crate) struct ModuleCache {
     arch: Arch,
     /// Loaded kernels by name (each holds its module).
-    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    functions: Mutex<HashMap<&'static str, Loaded>>,
 }
 
 impl ModuleCache {
@@ -87,7 +87,8 @@ impl ModuleCache {
         })
     }
 
-    /// The kernel `name`, with its dynamic shared-memory limit raised to `smem_bytes` (needed above 48 KiB).
+    /// The kernel `name`, with its dynamic shared-memory limit raised to `smem_bytes` (needed above 48 KiB;
+    /// a driver call made once per kernel and size, not per launch).
     pub(crate) fn function(
         &self,
         ctx: &Arc<CudaContext>,
@@ -95,19 +96,22 @@ impl ModuleCache {
         smem_bytes: usize,
     ) -> Result<CudaFunction> {
         let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = functions.get(name) {
-            if smem_bytes > 48 * 1024 {
-                raise_smem(f, name, smem_bytes)?;
-            }
-            return Ok(f.clone());
+        let loaded = match functions.get_mut(name) {
+            Some(loaded) => loaded,
+            None => functions.entry(name).or_insert(Loaded { function: self.load(ctx, name)?, smem_limit: 48 * 1024 }),
+        };
+        if smem_bytes > loaded.smem_limit {
+            raise_smem(&loaded.function, name, smem_bytes)?;
+            loaded.smem_limit = smem_bytes;
         }
-        let f = self.load(ctx, name)?;
-        if smem_bytes > 48 * 1024 {
-            raise_smem(&f, name, smem_bytes)?;
-        }
-        functions.insert(name, f.clone());
-        Ok(f)
+        Ok(loaded.function.clone())
     }
+}
+
+/// A loaded kernel and the dynamic shared memory its launches may use so far.
+struct Loaded {
+    function: CudaFunction,
+    smem_limit: usize,
 }
 
 fn raise_smem(f: &CudaFunction, name: &str, smem_bytes: usize) -> Result<()> {

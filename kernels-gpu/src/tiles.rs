@@ -253,7 +253,8 @@ pub const HD192_WGMMA: FwdTile = wgmma_tile!(192, 96, 2, true);
 /// short against its products here, so taking turns only adds waits).
 pub const HD256_WGMMA: FwdTile = wgmma_tile!(256, 64, 2, false);
 /// 209 KiB: Q and K of head dim 192, V of 128; 128-key blocks in two stages (O 64 + S 64 + P 32
-/// registers, D = 128's), ping-pong.
+/// registers, D = 128's), ping-pong. Measured against 96 x 2, 80 x 3 and 112 x 2 (docs/perf.md):
+/// fastest from 4K; 80 x 3 was 5-7% faster at 1K and up to 14% slower at 8K causal.
 pub const HD192_V128_WGMMA: FwdTile = wgmma_tile!(192, 128, "hd192v128", 128, 2, true);
 
 /// Every compiled variant, in order of preference within a head dim.
