@@ -77,6 +77,12 @@ impl std::fmt::Debug for Device {
 impl Device {
     /// Open device `ordinal`. Fails with `NoDriver` when libcuda cannot be loaded or has no device, or
     /// when the library was built without its `gpu` feature (no kernels embedded).
+    ///
+    /// It sets the device's default memory pool to keep freed memory for later allocations
+    /// ([`Device::set_pool_release_threshold`] with `u64::MAX`), as a caching allocator does. That pool
+    /// is the whole process's on this device: another library's stream-ordered allocations keep their
+    /// freed memory too, and memory the pool holds is not free for allocators outside it; set the
+    /// threshold back (0 is the driver's default) where that matters.
     pub fn open(ordinal: usize) -> Result<Device> {
         kernels_embedded()?;
         if !driver_available() {
@@ -90,10 +96,13 @@ impl Device {
         let ctx = CudaContext::new(ordinal).during("creating the CUDA context")?;
         let stream = ctx.default_stream();
         let dev = Self::with_stream(ctx, stream)?;
-        // The stream-ordered pool keeps what earlier calls freed for the next ones, as a caching
-        // allocator does, instead of giving it back to the driver at every synchronisation (which made
-        // a synchronised allocating call pay for its allocations again; docs/perf.md).
-        dev.set_pool_release_threshold(u64::MAX)?;
+        // The stream-ordered pool keeps what earlier calls freed for the next ones, instead of giving
+        // it back to the driver at every synchronisation (which made a synchronised allocating call
+        // pay for its allocations again; docs/perf.md). A device without memory pools allocates
+        // through cuMemAlloc (cudarc's fallback): nothing to set there.
+        if dev.ctx.has_async_alloc() {
+            dev.set_pool_release_threshold(u64::MAX)?;
+        }
         Ok(dev)
     }
 

@@ -95,11 +95,16 @@ impl ModuleCache {
         name: &'static str,
         smem_bytes: usize,
     ) -> Result<CudaFunction> {
-        let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        let loaded = match functions.get_mut(name) {
-            Some(loaded) => loaded,
-            None => functions.entry(name).or_insert(Loaded { function: self.load(ctx, name)?, smem_limit: 48 * 1024 }),
-        };
+        let lock = || self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        // The lock is not held while the driver compiles a kernel (a fraction of a second): other
+        // threads' calls go on meanwhile. Two threads that both miss compile it twice; the first
+        // insert stays.
+        if !lock().contains_key(name) {
+            let function = self.load(ctx, name)?;
+            lock().entry(name).or_insert(Loaded { function, smem_limit: 48 * 1024 });
+        }
+        let mut functions = lock();
+        let loaded = functions.get_mut(name).expect("inserted above");
         if smem_bytes > loaded.smem_limit {
             raise_smem(&loaded.function, name, smem_bytes)?;
             loaded.smem_limit = smem_bytes;

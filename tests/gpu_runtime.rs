@@ -10,14 +10,16 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 use ironflash::gpu::{self, DeviceTensor, GpuGradients};
-use ironflash::{Arg, AttnOptions, Device, Element, Error, HostTensor, Layout};
+use ironflash::{Arg, AttnOptions, Device, Element, Error, HostTensor};
 use std::sync::Once;
 
 /// Stream capture refuses cudarc's event tracking (see `Device::for_stream`): every test here turns it
 /// off for the shared context before allocating anything, and orders its work on one stream.
 fn capture_ready(base: &'static Device) -> Device {
     static OFF: Once = Once::new();
-    // SAFETY: every buffer of this test binary is used on the stream it was made on.
+    // SAFETY: without event tracking, work on one buffer from several streams must be ordered by the
+    // caller; here no buffer crosses streams (each `Step` is made, used and dropped on one stream, and
+    // each thread of `threads_share_a_device` has its own).
     OFF.call_once(|| unsafe { base.context().disable_event_tracking() });
     base.for_stream(base.context().new_stream().unwrap()).unwrap()
 }
@@ -53,17 +55,19 @@ struct Step {
 }
 
 impl Step {
-    fn new(dev: &Device, [b, sq, sk, hq, hkv, d]: [usize; 6], seed: u64) -> Step {
+    /// Inputs and poisoned outputs of `[batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim]`, V of
+    /// head dim `dv`.
+    fn new(dev: &Device, [b, sq, sk, hq, hkv, d]: [usize; 6], dv: usize, seed: u64) -> Step {
         let up = |shape, s| dev.upload(&HostTensor::<bf16>::random_seeded(shape, 1.0, seed + s)).unwrap();
-        let (q, k, v, d_o) =
-            (up([b, sq, hq, d], 0), up([b, sk, hkv, d], 1), up([b, sk, hkv, d], 2), up([b, sq, hq, d], 3));
+        let (q, k) = (up([b, sq, hq, d], 0), up([b, sk, hkv, d], 1));
+        let (v, d_o) = (up([b, sk, hkv, dv], 2), up([b, sq, hq, dv], 3));
         let grads = GpuGradients {
             dq: dev.poisoned([b, sq, hq, d]).unwrap(),
             dk: dev.poisoned([b, sk, hkv, d]).unwrap(),
-            dv: dev.poisoned([b, sk, hkv, d]).unwrap(),
+            dv: dev.poisoned([b, sk, hkv, dv]).unwrap(),
             d_sinks: None,
         };
-        let (o, lse) = (dev.poisoned([b, sq, hq, d]).unwrap(), dev.poisoned_f32(b * hq * sq).unwrap());
+        let (o, lse) = (dev.poisoned([b, sq, hq, dv]).unwrap(), dev.poisoned_f32(b * hq * sq).unwrap());
         Step { q, k, v, d_o, o, lse, grads }
     }
 
@@ -135,9 +139,11 @@ fn graph_replays_a_training_step_bitwise() {
     let dev = capture_ready(base);
     // Deterministic: the fast backward's dQ adds in a run-dependent order.
     let opts = AttnOptions { causal: true, deterministic: true, ..AttnOptions::default() };
-    capture_and_replay(&dev, Step::new(&dev, [2, 333, 333, 8, 2, 128], 10), &opts, true);
+    capture_and_replay(&dev, Step::new(&dev, [2, 333, 333, 8, 2, 128], 128, 10), &opts, true);
     let windowed = AttnOptions { window: ironflash::Window { left: Some(64), right: Some(0) }, ..opts };
-    capture_and_replay(&dev, Step::new(&dev, [1, 200, 260, 4, 4, 64], 20), &windowed, true);
+    capture_and_replay(&dev, Step::new(&dev, [1, 200, 260, 4, 4, 64], 64, 20), &windowed, true);
+    // V of head dim 128 under Q and K of 192.
+    capture_and_replay(&dev, Step::new(&dev, [1, 150, 170, 4, 2, 192], 128, 25), &opts, true);
 }
 
 fn graph_replays_a_decode_step_bitwise() {
@@ -149,11 +155,12 @@ fn graph_replays_a_decode_step_bitwise() {
     let p = ironflash::AttnProblem::contiguous(dims, &AttnOptions::default()).unwrap();
     let tile = gpu::forward_tile(dev.info(), (128, 128), ironflash::DType::BF16, false).unwrap();
     assert!(gpu::forward_launch_plan(dev.info(), &p, &tile, ironflash::DType::BF16).1 > 1, "not split");
-    capture_and_replay(&dev, Step::new(&dev, dims, 30), &AttnOptions::default(), false);
+    capture_and_replay(&dev, Step::new(&dev, dims, 128, 30), &AttnOptions::default(), false);
 }
 
 /// Four host threads share one `Device` (each through `for_stream`, on a stream of its own) and run
-/// forward and backward at once: each gets bitwise what the same call gives alone.
+/// forward and backward at once: each gets bitwise what the same call gives alone. The shared `Device`
+/// starts with no kernel loaded, so the threads also load kernels at the same time.
 fn threads_share_a_device() {
     let Some(base) = device_or_skip("threads_share_a_device") else { return };
     let main = capture_ready(base);
@@ -161,18 +168,20 @@ fn threads_share_a_device() {
     let dims = |t: usize| [1, 257 + 64 * t, 257 + 64 * t, 4, 2, [64, 128, 192, 256][t]];
     let alone: Vec<Vec<Vec<f32>>> = (0..4)
         .map(|t| {
-            let mut s = Step::new(&main, dims(t), 40 + t as u64);
+            let mut s = Step::new(&main, dims(t), dims(t)[5], 40 + t as u64);
             s.run(&main, &opts, true).unwrap();
             s.outputs(&main)
         })
         .collect();
+    // A device of its own on this context with no kernel loaded: the threads compile kernels at once.
+    let cold = Device::on_stream(main.context().new_stream().unwrap()).unwrap();
     std::thread::scope(|scope| {
         for (t, want) in alone.iter().enumerate() {
-            let dev = main.for_stream(main.context().new_stream().unwrap()).unwrap();
+            let dev = cold.for_stream(cold.context().new_stream().unwrap()).unwrap();
             let opts = &opts;
             scope.spawn(move || {
                 for _ in 0..3 {
-                    let mut s = Step::new(&dev, dims(t), 40 + t as u64);
+                    let mut s = Step::new(&dev, dims(t), dims(t)[5], 40 + t as u64);
                     s.run(&dev, opts, true).unwrap();
                     dev.synchronize().unwrap();
                     let got = s.outputs(&dev);
@@ -187,7 +196,6 @@ fn threads_share_a_device() {
 fn device_is_send_and_sync() {
     fn shared<T: Send + Sync>() {}
     shared::<Device>();
-    let _ = Layout::contiguous([1, 1, 1, 1]);
 }
 
 fn main() -> std::process::ExitCode {

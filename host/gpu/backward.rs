@@ -51,8 +51,8 @@ impl<T: Element> GpuGradients<T> {
     ///
     /// # Safety
     /// The caller must write every element before any is read.
-    pub(crate) unsafe fn alloc_uninit(dev: &Device, p: &AttnProblem) -> Result<Self> {
-        dev.refuse_capture("the allocating backward")?;
+    pub(crate) unsafe fn alloc_uninit(dev: &Device, p: &AttnProblem, call: &'static str) -> Result<Self> {
+        dev.refuse_capture(call)?;
         let ordinal = dev.info().ordinal;
         let stream = dev.stream();
         let dq_layout = Layout::contiguous([p.batch, p.seqlen_q, p.heads_q, p.head_dim]);
@@ -110,13 +110,13 @@ pub fn flash_backward<T: Element>(
     let (p, _) = plan(dev, q, k, v, o, lse, d_o, opts)?;
     // SAFETY: the dQ kernel writes every element of dq, the main kernel every row of dk and dv (every
     // key block has a CTA, and a CTA whose keys no query sees writes zeros).
-    let mut grads = unsafe { GpuGradients::alloc_uninit(dev, &p) }?;
+    let mut grads = unsafe { GpuGradients::alloc_uninit(dev, &p, "flash_backward") }?;
     flash_backward_into(dev, q, k, v, o, lse, d_o, &mut grads, opts)?;
     Ok(grads)
 }
 
-/// As [`flash_backward`], into caller-provided gradients: `grads.dq` shaped like q, `grads.dk` and
-/// `grads.dv` shaped like k, each with any non-overlapping strides (multiples of 8 elements, last dim
+/// As [`flash_backward`], into caller-provided gradients: `grads.dq`, `grads.dk` and `grads.dv`
+/// shaped like q, k and v, each with any non-overlapping strides (multiples of 8 elements, last dim
 /// contiguous). Every element of the three is overwritten.
 #[allow(clippy::too_many_arguments)]
 pub fn flash_backward_into<T: Element>(
@@ -211,10 +211,15 @@ fn backward_into<T: Element>(
     // Deterministic mode: one turn counter per (batch, query head, query block), then the work-item
     // ticket counter.
     let sem_len = if opts.deterministic { p.batch * p.heads_q * tile.m_blocks(p.seqlen_q) + 1 } else { 1 };
+    let dq_counters = u32::try_from(sem_len).map_err(|_| Error::TooLarge {
+        arg: Arg::Q,
+        what: "the dQ turn counters",
+        value: sem_len,
+    })?;
     let layout = Workspace::new(&p, sem_len);
-    // One allocation for delta, the dQ accumulator and the counters (one driver call, and none in a
-    // capture that a pool hit would not make). SAFETY: the delta kernel writes delta and zeroes the
-    // accumulator and the counters before the main kernel reads any of them.
+    // One allocation for delta, the dQ accumulator and the counters: one driver call per backward.
+    // SAFETY: the delta kernel writes delta and zeroes the accumulator and the counters before the
+    // main kernel reads any of them.
     let mut workspace = unsafe { stream.alloc::<u32>(layout.words) }.during("allocating the backward's workspace")?;
 
     let f16 = T::DTYPE == DType::F16;
@@ -278,7 +283,7 @@ fn backward_into<T: Element>(
             head_dim_v: p.head_dim_v as u32,
             scale: p.softmax_scale,
             deterministic: opts.deterministic as u32,
-            dq_counters: sem_len as u32,
+            dq_counters,
         };
         let arg = KernelParams(params);
         let rows = p.lse_len();
@@ -322,7 +327,7 @@ fn backward_into<T: Element>(
         for (f, name, cfg) in launches.into_iter().chain(dsink_launch) {
             // SAFETY: `plan` validated every layout against its buffer, the strides' alignment, the
             // LSE length and the index limits; every pointer is live for the launches (their sync
-            // guards outlive them on this stream), and the three kernels run in stream order.
+            // guards outlive them on this stream), and the kernels run in stream order.
             unsafe { stream.launch_builder(f).arg(&arg).launch(cfg) }
                 .map_err(|source| Error::Launch { kernel: name.into(), source })?;
         }

@@ -149,7 +149,8 @@ pub fn flash_forward<T: Element>(
     Ok(GpuForwardOutput { o: DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal }, lse })
 }
 
-/// As [`flash_forward`], into caller-provided buffers: `o` shaped like q with any non-overlapping
+/// As [`flash_forward`], into caller-provided buffers: `o` shaped like O (q's batch, rows and heads,
+/// v's head dim) with any non-overlapping
 /// strides (multiples of 8 elements, last dim contiguous), `lse` at least `batch·heads_q·seqlen_q` f32,
 /// written contiguously as `[batch, heads_q, seqlen_q]`.
 pub fn flash_forward_into<T: Element>(
@@ -165,7 +166,7 @@ pub fn flash_forward_into<T: Element>(
 }
 
 /// As [`flash_forward_into`] with an explicit tile instead of the chooser's: for tests and tile
-/// benchmarks. `tile` must be a row of `ironflash_kernels::tiles::FWD_TILES` for q's head dim whose
+/// benchmarks. `tile` must be a row of `ironflash_kernels::tiles::FWD_TILES` for the problem's head dims (`head_dim`, `head_dim_v`) whose
 /// shared memory fits this device (else `Error::NoTileConfig`).
 #[allow(clippy::too_many_arguments)]
 pub fn flash_forward_with_tile<T: Element>(
@@ -221,8 +222,9 @@ fn forward_into<T: Element>(
         (None, Some(n)) if chosen.wgmma && n > 1 => {
             let base = split_kv_tile(dev.info(), &p, T::DTYPE).ok_or_else(|| {
                 Error::NoTileConfig(format!(
-                    "head_dim {}: no split-KV forward tile fits {}",
+                    "head_dim {}, head_dim_v {}: no split-KV forward tile fits {}",
                     p.head_dim,
+                    p.head_dim_v,
                     dev.info().name
                 ))
             })?;

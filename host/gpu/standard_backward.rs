@@ -44,7 +44,7 @@ pub fn standard_backward<T: Element>(
     gpu_dtype::<T>(Arg::Q)?;
     let p = plan(dev, q, k, v, o, probs, d_o, opts)?;
     // SAFETY: standard_backward_into writes every element (beta = 0 GEMMs first).
-    let mut grads = unsafe { GpuGradients::alloc_uninit(dev, &p) }?;
+    let mut grads = unsafe { GpuGradients::alloc_uninit(dev, &p, "standard_backward") }?;
     standard_backward_into(dev, q, k, v, o, probs, d_o, &mut grads, opts)?;
     Ok(grads)
 }

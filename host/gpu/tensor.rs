@@ -19,7 +19,7 @@ impl<T> std::fmt::Debug for DeviceTensor<T> {
     }
 }
 
-/// What a GPU forward call returns: O shaped like q, and the f32 LSE `[batch, heads_q, seqlen_q]`.
+/// What a GPU forward call returns: O (q's batch, rows and heads, v's head dim), and the f32 LSE `[batch, heads_q, seqlen_q]`.
 #[derive(Debug)]
 pub struct GpuForwardOutput<T> {
     pub o: DeviceTensor<T>,

@@ -37,7 +37,8 @@ pub struct RowSoftmaxBwdParams {
     pub dp: u64,
     /// Output dS, same element type and layout (may equal `dp`).
     pub ds: u64,
-    /// O and dO, `[batch, seqlen_q, heads_q, head_dim]` with the element strides below (head_dim contiguous).
+    /// O and dO, `[batch, seqlen_q, heads_q, head_dim]` with the element strides below (head_dim contiguous;
+    /// `head_dim` is O's, which is V's).
     pub o: u64,
     pub d_o: u64,
     pub o_strides: [u64; 3],

@@ -10,8 +10,9 @@ use core::ops::Range;
 
 /// The kernel entries of `ptx` in order: each entry's name and the byte range of its definition, from
 /// its `.visible .entry` line (LLVM starts top-level items in column 0) through its body's closing
-/// brace and newline. The body is matched by counting braces, which inline assembly, call sequences and
-/// vector operands all keep balanced (a `}` in column 0 may close an inline-assembly block). An entry
+/// brace and newline. The body is matched by counting braces outside `//` comments, which inline
+/// assembly, call sequences and vector operands all keep balanced (a `}` in column 0 may close an
+/// inline-assembly block). An entry
 /// whose body never closes ends the iteration (the caller then finds fewer entries than it expects).
 pub fn entries(ptx: &str) -> impl Iterator<Item = (&str, Range<usize>)> + '_ {
     let mut at = 0;
@@ -20,20 +21,35 @@ pub fn entries(ptx: &str) -> impl Iterator<Item = (&str, Range<usize>)> + '_ {
         let name_start = start + ".visible .entry ".len();
         let name_end = name_start + ptx[name_start..].find('(')?;
         let open = name_end + find_line_starting(&ptx[name_end..], "{")?;
-        let mut depth = 0usize;
-        let close = open
-            + ptx[open..].bytes().position(|b| {
-                match b {
-                    b'{' => depth += 1,
-                    b'}' => depth -= 1,
-                    _ => {}
-                }
-                depth == 0
-            })?;
+        let close = open + matching_brace(&ptx[open..])?;
         let end = if ptx[close + 1..].starts_with('\n') { close + 2 } else { close + 1 };
         at = end;
         Some((&ptx[name_start..name_end], start..end))
     })
+}
+
+/// The offset of the `}` that closes the `{` at the start of `text`, braces in `//` comments aside.
+fn matching_brace(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let (mut depth, mut i) = (0usize, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                i += text[i..].find('\n')?;
+                continue;
+            }
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// The offset of the first line of `text` that starts with `prefix`.
@@ -55,7 +71,7 @@ mod tests {
         .extern .shared .align 128 .b8 SMEM[];\n.func helper\n(\n)\n;\n\
         .global .align 1 .b8 msg[2] = {104, 105};\n\n\
         \t// .globl\tfirst\n.visible .entry first(\n\t.param .u64 first_param_0\n)\n.maxntid 128, 1, 1\n{\n\
-        \t{ // callseq 0, 0\n\tcall helper, ();\n\t}\n\t// begin inline asm\n{\n.reg .pred p;\n}\n\t// end inline asm\n\
+        \t{ // callseq 0, 0\n\tcall helper, ();\n\t}\n\t// begin inline asm\n{\n.reg .pred p;\n}\n\t// end inline asm }\n\
         \tmov.b32 {%r1, %r2}, %rd1;\n\tret;\n\n}\n\
         \t// .globl\tsecond\n.visible .entry second(\n)\n{\n\tret;\n}\n\
         .func helper\n(\n)\n{\n\ttrap;\n}\n";

@@ -34,10 +34,11 @@ fn halves<E: Elem16>(x: u32) -> (f32, f32) {
 /// Launched as `abi::BwdParams` documents for `attn_bwd_delta_*`.
 #[inline(always)]
 pub unsafe fn delta<E: Elem16>(p: &BwdParams) {
-    let threads = sreg::grid_dim_x() * DELTA_WARPS * 32;
-    let mut counter = sreg::block_x() * DELTA_WARPS * 32 + sreg::thread_x();
-    while counter < p.dq_counters {
-        *(p.dq_semaphore as *mut u32).add(counter as usize) = 0;
+    // In 64 bits: the grid's thread count can pass 2^32 (rows are limited by `rows·head_dim/8`).
+    let threads = sreg::grid_dim_x() as usize * (DELTA_WARPS * 32) as usize;
+    let mut counter = sreg::block_x() as usize * (DELTA_WARPS * 32) as usize + sreg::thread_x() as usize;
+    while counter < p.dq_counters as usize {
+        *(p.dq_semaphore as *mut u32).add(counter) = 0;
         counter += threads;
     }
     let row = (sreg::block_x() * DELTA_WARPS + sreg::warp()) as usize;

@@ -279,13 +279,13 @@ unsafe fn scores<E: MmaElem, const D: usize, const KD: usize, const NN: usize, c
     acc_s
 }
 
-/// O += P V (`D` here is V's head dim). The S accumulator of n8 tiles 2kn and 2kn+1 is, rounded to 16 bits, exactly the A
+/// O += P V, for V's head dim `DV`. The S accumulator of n8 tiles 2kn and 2kn+1 is, rounded to 16 bits, exactly the A
 /// fragment of k-step kn (rows g/g+8, keys 2t,2t+1 and 2t+8,2t+9): P never leaves the registers.
 /// `v_smem` is this lane's ldmatrix.trans row address of key 0, column 0.
 #[inline(always)]
 unsafe fn accumulate_pv<
     E: MmaElem,
-    const D: usize,
+    const DV: usize,
     const ND: usize,
     const NN: usize,
     const KN: usize,
@@ -295,7 +295,7 @@ unsafe fn accumulate_pv<
     acc_s: &[[[f32; 4]; NN]; MT],
     v_smem: u32,
 ) {
-    let row_bytes = smem_row_bytes::<D>();
+    let row_bytes = smem_row_bytes::<DV>();
     for kn in 0..KN {
         let mut a = [[0u32; 4]; MT];
         for m in 0..MT {
