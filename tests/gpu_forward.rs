@@ -390,7 +390,8 @@ fn decode_case<T: Element>(dev: &Device, dims: [usize; 6], causal: bool, pad_o: 
         causal,
         scale: 1.0 / (head_dim as f32).sqrt(),
         amplitude: 1.0,
-        pad_q: [0; 3],
+        // q padded as O: a single-row GQA decode runs its query heads as rows, a strided view of both.
+        pad_q: pad_o,
         pad_kv: [8, 0, 0],
         pad_o: Some(pad_o),
         small_tile: false,
@@ -410,7 +411,7 @@ fn split_kv_decode() {
     // [batch, seqlen_q, seqlen_k, heads_kv, group, head_dim]: seqlen_q 1..16, tails of seqlen_k, GQA,
     // every head dim, both dtypes, causal on and off (with seqlen_q > 1 causal rows see different key
     // ranges, and the last split of the shortest rows is partly masked).
-    let shapes: [([usize; 6], bool); 12] = [
+    let shapes: [([usize; 6], bool); 14] = [
         ([1, 1, 65536, 2, 8, 128], false),
         ([1, 1, 65536 - 37, 1, 4, 128], true),
         ([4, 1, 8192 + 5, 2, 2, 64], false),
@@ -423,6 +424,9 @@ fn split_kv_decode() {
         ([4, 1, 2048 + 63, 1, 1, 32], false),
         ([1, 5, 30001, 2, 1, 64], true),
         ([2, 1, 10000, 1, 4, 96], true),
+        // Llama-style GQA decode (32 query heads on 8), and MQA with 16 query heads per K/V head.
+        ([3, 1, 9000, 8, 4, 128], true),
+        ([2, 1, 7000, 1, 16, 64], false),
     ];
     for (i, (dims, causal)) in shapes.into_iter().enumerate() {
         let pad_o = [[0, 0, 0], [8, 24, 0], [24, 8, 8]][i % 3];

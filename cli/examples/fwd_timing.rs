@@ -1,8 +1,9 @@
 //! Times the fused forward kernel with CUDA events: B·N = 16K tokens, hidden 2048 (H = 2048/D), bf16,
 //! N in {1K, 4K, 8K}, D in {64, 128}, causal off and on. TFLOP/s = 2·B·H·N²·(D + D_v) / t (D_v = V's head
 //! dim, D unless given), halved for causal.
-//! Then decode shapes (B in {1, 8}, H = 16, one query, 8K and 64K keys, D = 128), unsplit and with the
-//! split-KV count the heuristic picks; GB/s = K and V bytes / t (decode reads each key once).
+//! Then decode shapes (B in {1, 8}, H = 16 on 16 K/V heads and 32 on 8, one query, 8K and 64K keys,
+//! D = 128), with the library's split-KV choice and unsplit; GB/s = K and V bytes / t (decode reads
+//! each key once).
 //!
 //! ```text
 //! cargo run --release --example fwd_timing              # the chooser's tile
@@ -105,37 +106,42 @@ fn median_ms(dev: &Device, mut run: impl FnMut() -> ironflash::Result<()>) -> Re
     Ok(ms[REPS / 2])
 }
 
-/// Decode: one query row per (batch, head), non-causal (bottom-right causal is the same for one row).
+/// Decode: one query row per (batch, head), non-causal (bottom-right causal is the same for one row),
+/// with H = 16 query heads on 16 K/V heads, and with 32 on 8 (GQA, whose query heads of one K/V head
+/// the library runs as that head's rows: `pack_query_heads` in `host/gpu/flash.rs`).
 fn decode(dev: &Device, extra_splits: &[usize]) -> Result<(), Box<dyn std::error::Error>> {
-    let info = dev.info().clone();
-    println!("decode (bf16, D = 128, H = 16, seqlen_q = 1)");
-    println!("{:>3} {:>6} {:>7} {:>10} {:>8}", "B", "keys", "splits", "median ms", "GB/s");
-    println!("(* the heuristic's count; 1 is the unsplit kernel)");
-    let (h, d) = (16, 128);
+    println!("decode (bf16, D = 128, seqlen_q = 1)");
+    println!("{:>3} {:>7} {:>6} {:>7} {:>10} {:>8}", "B", "Hq/Hkv", "keys", "splits", "median ms", "GB/s");
+    println!("(auto: the library's choice; a number: that many splits forced)");
+    let d = 128;
     let mut rng = rand::rng();
-    for b in [1usize, 8] {
-        for n in [8192usize, 65536] {
-            let q = dev.upload(&HostTensor::<bf16>::random([b, 1, h, d], 1.0, &mut rng))?;
-            let k = dev.upload(&HostTensor::<bf16>::random([b, n, h, d], 1.0, &mut rng))?;
-            let v = dev.upload(&HostTensor::<bf16>::random([b, n, h, d], 1.0, &mut rng))?;
-            let mut o = dev.poisoned::<bf16>([b, 1, h, d])?;
-            let mut lse = dev.poisoned_f32(b * h)?;
-            let opts = AttnOptions::default();
-            let tile = gpu::forward_tile(&info, (d, d), ironflash::DType::BF16, false)?;
-            let problem = ironflash::AttnProblem::contiguous([b, 1, n, h, h, d], &opts)?;
-            let (_, chosen) = gpu::forward_launch_plan(&info, &problem, &tile, ironflash::DType::BF16);
-            let kv_bytes = (2 * b * n * h * d * 2) as f64;
-            let mut counts = vec![1, chosen];
-            counts.extend(extra_splits.iter().filter(|&&s| s != 1 && s != chosen));
-            for splits in counts {
-                let median = median_ms(dev, || {
-                    gpu::flash_forward_with_splits(dev, &q, &k, &v, &mut o, &mut lse, &opts, None, splits)
-                })?;
-                let mark = if splits == chosen { "*" } else { "" };
-                println!("{b:>3} {n:>6} {splits:>6}{mark:1} {median:>10.3} {:>8.0}", kv_bytes / (median * 1e-3) / 1e9);
+    for (h, h_kv) in [(16usize, 16usize), (32, 8)] {
+        for b in [1usize, 8] {
+            for n in [8192usize, 65536] {
+                let q = dev.upload(&HostTensor::<bf16>::random([b, 1, h, d], 1.0, &mut rng))?;
+                let k = dev.upload(&HostTensor::<bf16>::random([b, n, h_kv, d], 1.0, &mut rng))?;
+                let v = dev.upload(&HostTensor::<bf16>::random([b, n, h_kv, d], 1.0, &mut rng))?;
+                let mut o = dev.poisoned::<bf16>([b, 1, h, d])?;
+                let mut lse = dev.poisoned_f32(b * h)?;
+                let opts = AttnOptions::default();
+                let kv_bytes = (2 * b * n * h_kv * d * 2) as f64;
+                let mut counts = vec![None, Some(1)];
+                counts.extend(extra_splits.iter().filter(|&&s| s != 1).map(|&s| Some(s)));
+                for splits in counts {
+                    let median = median_ms(dev, || match splits {
+                        None => gpu::flash_forward_into(dev, &q, &k, &v, &mut o, &mut lse, &opts),
+                        Some(n) => gpu::flash_forward_with_splits(dev, &q, &k, &v, &mut o, &mut lse, &opts, None, n),
+                    })?;
+                    let label = splits.map_or("auto".to_string(), |s| s.to_string());
+                    let heads = format!("{h}/{h_kv}");
+                    println!(
+                        "{b:>3} {heads:>7} {n:>6} {label:>7} {median:>10.3} {:>8.0}",
+                        kv_bytes / (median * 1e-3) / 1e9
+                    );
+                }
+                let host = dev.download(&o)?;
+                assert!(host.data.iter().all(|x| x.is_finite()), "O has unwritten or non-finite elements");
             }
-            let host = dev.download(&o)?;
-            assert!(host.data.iter().all(|x| x.is_finite()), "O has unwritten or non-finite elements");
         }
     }
     Ok(())

@@ -144,8 +144,9 @@ pub fn flash_forward<T: Element>(
     // SAFETY: the kernel writes every element of O and of the LSE (fully masked rows included).
     let mut o = unsafe { dev.stream.alloc::<T>(o_layout.numel()) }.during("allocating O")?;
     let mut lse = unsafe { dev.stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
-    let (tile, splits) = forward_launch_plan(dev.info(), &p, &tile, T::DTYPE);
-    launch(dev, &p, opts, &tile, splits, q, k, v, (&mut o, &o_layout), &mut lse)?;
+    let (run, q_layout, run_o_layout) = pack_query_heads(&p, opts, &q.layout, &o_layout);
+    let (tile, splits) = forward_launch_plan(dev.info(), &run, &tile, T::DTYPE);
+    launch(dev, &run, opts, &tile, splits, (&q.buf, &q_layout), k, v, (&mut o, &run_o_layout), &mut lse)?;
     Ok(GpuForwardOutput { o: DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal }, lse })
 }
 
@@ -216,6 +217,11 @@ fn forward_into<T: Element>(
     num_splits: Option<usize>,
 ) -> Result<()> {
     let (p, chosen) = plan(dev, q, k, v, opts)?;
+    o.check_on(dev, Arg::O)?;
+    p.check_like_o(Arg::O, &o.layout, o.buf.len())?;
+    check_vector_strides(Arg::O, &o.layout)?;
+    check_f32_buffer(dev, Arg::Lse, lse, p.lse_len(), "one f32 per (batch, head_q, query row)")?;
+    let (p, q_layout, o_layout) = pack_query_heads(&p, opts, &q.layout, &o.layout);
     let (tile, splits) = match (tile, num_splits) {
         (None, None) => forward_launch_plan(dev.info(), &p, &chosen, T::DTYPE),
         // A forced split count needs a split kernel: the `mma.sync` row for this head dim.
@@ -237,12 +243,35 @@ fn forward_into<T: Element>(
             (*t, splits)
         }
     };
-    o.check_on(dev, Arg::O)?;
-    p.check_like_o(Arg::O, &o.layout, o.buf.len())?;
-    check_vector_strides(Arg::O, &o.layout)?;
-    check_f32_buffer(dev, Arg::Lse, lse, p.lse_len(), "one f32 per (batch, head_q, query row)")?;
-    let o_layout = o.layout;
-    launch(dev, &p, opts, &tile, splits, q, k, v, (&mut o.buf, &o_layout), lse)
+    launch(dev, &p, opts, &tile, splits, (&q.buf, &q_layout), k, v, (&mut o.buf, &o_layout), lse)
+}
+
+/// Decode with grouped query heads (GQA/MQA): with one query row per sequence, the query heads that
+/// share a K/V head become that head's query rows (q `[b, 1, heads_q, d]` seen as
+/// `[b, group, heads_kv, d]`, a strided view, and O likewise), so that one CTA (per split) reads each
+/// K/V head once for its whole group instead of once per query head. The LSE `[b, heads_q, 1]` is the
+/// same memory as `[b, heads_kv, group]`. Exact: the single row sees every key, causal or not, so the
+/// packed rows run unmasked. Only where the mask and the score modifiers do not depend on the row or
+/// the query head (no window, ALiBi or sinks); otherwise, and without grouping, the problem as given.
+fn pack_query_heads(p: &AttnProblem, opts: &AttnOptions, q: &Layout, o: &Layout) -> (AttnProblem, Layout, Layout) {
+    let group = p.group_size();
+    let row_independent = !p.mask.is_windowed() && opts.alibi_slopes.is_none() && opts.sinks.is_none();
+    if p.seqlen_q != 1 || group == 1 || !row_independent {
+        return (*p, *q, *o);
+    }
+    let heads_as_rows = |l: &Layout| {
+        let [b, _, _, d] = l.shape;
+        let [sb, _, sh, _] = l.strides;
+        Layout { shape: [b, group, p.heads_kv, d], strides: [sb, sh, group * sh, 1] }
+    };
+    let packed = AttnProblem {
+        seqlen_q: group,
+        heads_q: p.heads_kv,
+        causal: false,
+        mask: ironflash_kernels::attn::score::Mask::new(group as u32, p.seqlen_k as u32, false, None, None),
+        ..*p
+    };
+    (packed, heads_as_rows(q), heads_as_rows(o))
 }
 
 /// Everything checked before a launch: dtype, devices, shapes and strides, kernel index limits, tile.
@@ -283,7 +312,7 @@ fn launch<T: Element>(
     opts: &AttnOptions,
     tile: &FwdTile,
     num_splits: usize,
-    q: &DeviceTensor<T>,
+    (q, q_layout): (&CudaSlice<T>, &Layout),
     k: &DeviceTensor<T>,
     v: &DeviceTensor<T>,
     o: (&mut CudaSlice<T>, &Layout),
@@ -294,7 +323,7 @@ fn launch<T: Element>(
     let smem = tile.smem_bytes(T::DTYPE.size_bytes());
     let f = dev.modules.function(&dev.ctx, name, smem)?;
     let stream = dev.stream();
-    let (q_ptr, _q_sync) = q.buf.device_ptr(stream);
+    let (q_ptr, _q_sync) = q.device_ptr(stream);
     let (k_ptr, _k_sync) = k.buf.device_ptr(stream);
     let (v_ptr, _v_sync) = v.buf.device_ptr(stream);
     let (o_buf, o_layout) = o;
@@ -320,7 +349,7 @@ fn launch<T: Element>(
         v: v_ptr,
         o: o_ptr,
         lse: lse_ptr,
-        q_strides: strides3(&q.layout),
+        q_strides: strides3(q_layout),
         k_strides: strides3(&k.layout),
         v_strides: strides3(&v.layout),
         o_strides: strides3(o_layout),
