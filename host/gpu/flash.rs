@@ -406,3 +406,63 @@ fn launch<T: Element>(
 
 /// Rows per CTA of the combine kernel (one warp each; `fwd/combine.rs`).
 const COMBINE_ROWS_PER_CTA: usize = 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Window;
+
+    fn padded(shape: [usize; 4]) -> Layout {
+        let [_, s, h, d] = shape;
+        let (hs, ss) = (d + 8, h * (d + 8) + 24);
+        Layout { shape, strides: [s * ss + 16, ss, hs, 1] }
+    }
+
+    #[test]
+    fn query_heads_pack_into_rows_of_their_kv_head() {
+        let (b, hq, hkv, d) = (3, 8, 2, 64);
+        let (q, o) = (padded([b, 1, hq, d]), padded([b, 1, hq, d]));
+        let kv = Layout::contiguous([b, 500, hkv, d]);
+        let v = kv;
+        let opts = AttnOptions::causal();
+        let p = AttnProblem::new((&q, q.span()), (&kv, kv.span()), (&v, v.span()), &opts).unwrap();
+        let (packed, pq, po) = pack_query_heads(&p, &opts, &q, &o);
+        let group = hq / hkv;
+        assert_eq!((packed.seqlen_q, packed.heads_q, packed.group_size(), packed.causal), (group, hkv, 1, false));
+        // Row i of K/V head h is query head h·group + i; every row sees every key.
+        for (l, pl) in [(q, pq), (o, po)] {
+            for bi in 0..b {
+                for h in 0..hkv {
+                    for i in 0..group {
+                        assert_eq!(pl.offset(bi, i, h, 5), l.offset(bi, 0, h * group + i, 5));
+                    }
+                }
+            }
+        }
+        for i in 0..group {
+            assert_eq!(packed.key_range(i), 0..500);
+        }
+        // The LSE's rows are the same memory: [b, heads_q, 1] and [b, heads_kv, group].
+        assert_eq!(packed.lse_len(), p.lse_len());
+        // The same (query head, key) pairs, each once.
+        assert_eq!(packed.visible_pairs() * packed.heads_q as u64, p.visible_pairs() * p.heads_q as u64);
+    }
+
+    #[test]
+    fn rows_that_differ_are_not_packed() {
+        let q = Layout::contiguous([1, 1, 8, 64]);
+        let kv = Layout::contiguous([1, 300, 2, 64]);
+        let new = |opts: &AttnOptions| AttnProblem::new((&q, q.span()), (&kv, kv.span()), (&kv, kv.span()), opts);
+        let windowed = AttnOptions { window: Window { left: Some(16), right: None }, ..AttnOptions::default() };
+        let sinks = [0.5f32; 8];
+        let with_sinks = AttnOptions::default().with_sinks(crate::options::PerHead::Host(&sinks));
+        for opts in [windowed, with_sinks] {
+            let p = new(&opts).unwrap();
+            assert_eq!(pack_query_heads(&p, &opts, &q, &q).0, p);
+        }
+        // Two query rows, or one query head per K/V head: as given.
+        let mha = Layout::contiguous([1, 1, 2, 64]);
+        let p = AttnProblem::new((&mha, mha.span()), (&kv, kv.span()), (&kv, kv.span()), &AttnOptions::default());
+        assert_eq!(pack_query_heads(&p.unwrap(), &AttnOptions::default(), &mha, &mha).0.seqlen_q, 1);
+    }
+}
