@@ -59,6 +59,12 @@ pub enum Error {
     #[error("{arg}: head_dim {head_dim} is not supported; supported head dims are {supported:?}")]
     UnsupportedHeadDim { arg: Arg, head_dim: usize, supported: &'static [usize] },
 
+    /// V's head dim is not one the kernels pair with q's and k's (`problem::supported_head_dims_v`).
+    #[error(
+        "v: head_dim {head_dim_v} is not supported with q's and k's head_dim {head_dim}; v's may be {supported:?}"
+    )]
+    UnsupportedHeadDimV { head_dim: usize, head_dim_v: usize, supported: &'static [usize] },
+
     #[error("{arg}: dtype {dtype} is not supported by {path}; use bf16 or f16")]
     UnsupportedDtype { arg: Arg, dtype: DType, path: &'static str },
 

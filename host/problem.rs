@@ -116,7 +116,7 @@ impl AttnProblem {
         let head_dim_v = vl.head_dim();
         let supported_v = supported_head_dims_v(head_dim);
         if !supported_v.contains(&head_dim_v) {
-            return Err(Error::UnsupportedHeadDim { arg: Arg::V, head_dim: head_dim_v, supported: supported_v });
+            return Err(Error::UnsupportedHeadDimV { head_dim, head_dim_v, supported: supported_v });
         }
         same(Arg::V, "seqlen", vl.seqlen(), kl.seqlen(), "v has one row per key")?;
         same(Arg::V, "heads", vl.heads(), kl.heads(), "k and v have the same number of heads")?;
@@ -353,7 +353,7 @@ mod tests {
         for (d, dv) in [(128, 64), (192, 64), (256, 128), (64, 128)] {
             let e =
                 AttnProblem::contiguous_with_head_dim_v([1, 8, 8, 2, 2, d], dv, &AttnOptions::default()).unwrap_err();
-            assert!(matches!(e, Error::UnsupportedHeadDim { arg: Arg::V, head_dim, .. } if head_dim == dv), "{e}");
+            assert!(matches!(e, Error::UnsupportedHeadDimV { head_dim_v, .. } if head_dim_v == dv), "{e}");
         }
         // K keeps q's head dim.
         let q = Layout::contiguous([1, 8, 2, 192]);

@@ -92,14 +92,14 @@ fn v_head_dim_unsupported() {
     let v = tensor([1, 7, 1, 64]);
     assert_all!(
         all_paths(&q, &k, &v, &AttnOptions::default()),
-        Error::UnsupportedHeadDim { arg: Arg::V, head_dim: 64, supported } if supported == supported_head_dims_v(128)
+        Error::UnsupportedHeadDimV { head_dim: 128, head_dim_v: 64, supported } if supported == supported_head_dims_v(128)
     );
     let q = tensor([1, 5, 2, 192]);
     let k = tensor([1, 7, 1, 192]);
     for d_v in [64, 256] {
         assert_all!(
             all_paths(&q, &k, &tensor([1, 7, 1, d_v]), &AttnOptions::default()),
-            Error::UnsupportedHeadDim { arg: Arg::V, head_dim, supported } if head_dim == d_v && supported == supported_head_dims_v(192)
+            Error::UnsupportedHeadDimV { head_dim: 192, head_dim_v, supported } if head_dim_v == d_v && supported == supported_head_dims_v(192)
         );
     }
 }
