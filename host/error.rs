@@ -19,6 +19,10 @@ pub enum Arg {
     Sinks,
     DSinks,
     Softcap,
+    /// A packed (varlen) batch's query offsets.
+    CuSeqlensQ,
+    /// A packed (varlen) batch's key offsets.
+    CuSeqlensK,
 }
 
 impl std::fmt::Display for Arg {
@@ -37,6 +41,8 @@ impl std::fmt::Display for Arg {
             Arg::Sinks => "sinks",
             Arg::DSinks => "d_sinks",
             Arg::Softcap => "softcap",
+            Arg::CuSeqlensQ => "cu_seqlens_q",
+            Arg::CuSeqlensK => "cu_seqlens_k",
         };
         f.write_str(name)
     }
@@ -58,6 +64,10 @@ pub enum Error {
 
     #[error("{arg}: head_dim {head_dim} is not supported; supported head dims are {supported:?}")]
     UnsupportedHeadDim { arg: Arg, head_dim: usize, supported: &'static [usize] },
+
+    /// Sequence offsets of a packed batch that do not describe its tensors (`cpu::varlen::Varlen`).
+    #[error("{arg}: {why}")]
+    BadSeqlenOffsets { arg: Arg, why: String },
 
     /// V's head dim is not one the kernels pair with q's and k's (`problem::supported_head_dims_v`).
     #[error(

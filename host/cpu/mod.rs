@@ -5,6 +5,7 @@ mod microkernel;
 mod packing;
 pub mod reference;
 pub mod tiled;
+pub mod varlen;
 mod vecops;
 
 pub use reference::{

@@ -1,0 +1,233 @@
+//! Variable-length batches (FlashAttention's `varlen`) in the f64 reference: sequences of different
+//! lengths packed along the token dimension, each attended on its own (its causal diagonal and windows
+//! aligned bottom-right within the sequence, as FlashAttention does). Every sequence goes through the
+//! dense reference (`reference.rs`), so the score rules stay in one place.
+
+use super::reference::{reference_backward_given_o, reference_forward};
+use crate::dtype::Element;
+use crate::error::{Arg, Error, Result};
+use crate::options::{AttnOptions, PerHead};
+use crate::problem::{host_per_head, AttnProblem};
+use crate::tensor::HostTensor;
+use std::ops::Range;
+
+/// The sequences of a packed batch: sequence b's queries are the tokens `cu_seqlens_q[b] ..
+/// cu_seqlens_q[b + 1]` of q (and O, dO), its keys the tokens `cu_seqlens_k[b] .. cu_seqlens_k[b + 1]`
+/// of k and v. Both hold batch + 1 offsets that start at 0, never decrease and end at their tensors'
+/// token counts; a sequence may be empty. Tensors are `[1, tokens, heads, head_dim]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Varlen<'a> {
+    pub cu_seqlens_q: &'a [i32],
+    pub cu_seqlens_k: &'a [i32],
+}
+
+impl Varlen<'_> {
+    /// The number of sequences, after checking both offset lists against the token counts.
+    pub fn batch(&self, tokens_q: usize, tokens_k: usize) -> Result<usize> {
+        check_offsets(Arg::CuSeqlensQ, self.cu_seqlens_q, tokens_q)?;
+        check_offsets(Arg::CuSeqlensK, self.cu_seqlens_k, tokens_k)?;
+        if self.cu_seqlens_q.len() != self.cu_seqlens_k.len() {
+            return Err(Error::ShapeMismatch {
+                arg: Arg::CuSeqlensK,
+                what: "length",
+                got: self.cu_seqlens_k.len(),
+                expected: self.cu_seqlens_q.len(),
+                why: "one offset per sequence and one more, as cu_seqlens_q",
+            });
+        }
+        Ok(self.cu_seqlens_q.len() - 1)
+    }
+
+    /// Sequence b's query and key tokens.
+    fn tokens(&self, b: usize) -> (Range<usize>, Range<usize>) {
+        let range = |cu: &[i32]| cu[b] as usize..cu[b + 1] as usize;
+        (range(self.cu_seqlens_q), range(self.cu_seqlens_k))
+    }
+}
+
+fn check_offsets(arg: Arg, cu: &[i32], tokens: usize) -> Result<()> {
+    let bad = |why: String| Err(Error::BadSeqlenOffsets { arg, why });
+    if cu.len() < 2 {
+        return bad(format!("{} offsets; a batch of b sequences has b + 1", cu.len()));
+    }
+    if cu[0] != 0 {
+        return bad(format!("starts at {}, not 0", cu[0]));
+    }
+    if let Some(i) = cu.windows(2).position(|w| w[1] < w[0]) {
+        return bad(format!("decreases from {} to {} at index {}", cu[i], cu[i + 1], i + 1));
+    }
+    if cu[cu.len() - 1] as usize != tokens {
+        return bad(format!("ends at {}, but the tensor holds {tokens} tokens", cu[cu.len() - 1]));
+    }
+    Ok(())
+}
+
+/// Exact varlen forward: O `[1, tokens_q, heads_q, head_dim_v]` contiguous and the LSE
+/// `[heads_q, tokens_q]` (FlashAttention's varlen layout), per sequence as `reference_forward` gives
+/// them; a sequence without keys gives O = 0 and LSE = −inf (its sink logit with sinks).
+#[derive(Debug, Clone)]
+pub struct VarlenReferenceForward {
+    pub o: Vec<f64>,
+    pub lse: Vec<f64>,
+}
+
+/// Exact varlen gradients: dQ `[1, tokens_q, heads_q, head_dim]`, dK `[1, tokens_k, heads_kv,
+/// head_dim]`, dV `[1, tokens_k, heads_kv, head_dim_v]`, contiguous; sink gradients summed over the
+/// sequences.
+#[derive(Debug, Clone)]
+pub struct VarlenReferenceBackward {
+    pub dq: Vec<f64>,
+    pub dk: Vec<f64>,
+    pub dv: Vec<f64>,
+    pub d_sinks: Option<Vec<f64>>,
+}
+
+/// The varlen forward in f64. ALiBi slopes are `[heads_q]` or `[batch, heads_q]` (one row per
+/// sequence); sinks `[heads_q]`.
+pub fn reference_forward_varlen<T: Element>(
+    q: &HostTensor<T>,
+    k: &HostTensor<T>,
+    v: &HostTensor<T>,
+    seqs: &Varlen,
+    opts: &AttnOptions,
+) -> Result<VarlenReferenceForward> {
+    let batch = check_packed(q, k, v, seqs, opts)?;
+    let [_, tokens_q, heads_q, _] = q.shape();
+    let head_dim_v = v.shape()[3];
+    let mut o = vec![0.0; tokens_q * heads_q * head_dim_v];
+    let mut lse = vec![f64::NEG_INFINITY; heads_q * tokens_q];
+    let (slopes, sinks) = host_per_head(opts)?;
+    for b in 0..batch {
+        let (qs, ks) = seqs.tokens(b);
+        if qs.is_empty() {
+            continue;
+        }
+        if ks.is_empty() {
+            // No key: O stays 0, the LSE is the sink's logit (all the probability) or −inf.
+            for h in 0..heads_q {
+                let sink = sinks.map_or(f64::NEG_INFINITY, |s| s[h] as f64);
+                lse[h * tokens_q + qs.start..h * tokens_q + qs.end].fill(sink);
+            }
+            continue;
+        }
+        let slopes_b = sequence_slopes(slopes, b, heads_q);
+        let opts_b = AttnOptions { alibi_slopes: slopes_b.map(PerHead::Host), ..*opts };
+        let r = reference_forward(&rows(q, qs.clone()), &rows(k, ks.clone()), &rows(v, ks), &opts_b)?;
+        let width = heads_q * head_dim_v;
+        o[qs.start * width..qs.end * width].copy_from_slice(&r.o);
+        for h in 0..heads_q {
+            let n = qs.len();
+            lse[h * tokens_q + qs.start..h * tokens_q + qs.end].copy_from_slice(&r.lse[h * n..(h + 1) * n]);
+        }
+    }
+    Ok(VarlenReferenceForward { o, lse })
+}
+
+/// The varlen gradients in f64 for the upstream gradient `d_o` (shaped like O), with rowsum(dO ∘ O)
+/// taken from the given `o`, as `reference_backward_given_o` does per sequence.
+pub fn reference_backward_varlen<T: Element>(
+    q: &HostTensor<T>,
+    k: &HostTensor<T>,
+    v: &HostTensor<T>,
+    o: &HostTensor<T>,
+    d_o: &HostTensor<T>,
+    seqs: &Varlen,
+    opts: &AttnOptions,
+) -> Result<VarlenReferenceBackward> {
+    let batch = check_packed(q, k, v, seqs, opts)?;
+    let [_, tokens_q, heads_q, head_dim] = q.shape();
+    let [_, tokens_k, heads_kv, head_dim_v] = v.shape();
+    for (arg, t) in [(Arg::O, o), (Arg::DO, d_o)] {
+        if t.shape() != [1, tokens_q, heads_q, head_dim_v] {
+            return Err(Error::ShapeMismatch {
+                arg,
+                what: "shape",
+                got: t.shape().iter().product(),
+                expected: tokens_q * heads_q * head_dim_v,
+                why: "shaped like O: [1, tokens_q, heads_q, v's head_dim]",
+            });
+        }
+    }
+    let mut dq = vec![0.0; tokens_q * heads_q * head_dim];
+    let mut dk = vec![0.0; tokens_k * heads_kv * head_dim];
+    let mut dv = vec![0.0; tokens_k * heads_kv * head_dim_v];
+    let (slopes, sinks) = host_per_head(opts)?;
+    let mut d_sinks = sinks.map(|_| vec![0.0; heads_q]);
+    for b in 0..batch {
+        let (qs, ks) = seqs.tokens(b);
+        // A sequence without queries or without keys adds nothing: its dQ rows, dK and dV rows and
+        // the sinks' share (O = 0 there, so rowsum(dO ∘ O) = 0) are all zero.
+        if qs.is_empty() || ks.is_empty() {
+            continue;
+        }
+        let slopes_b = sequence_slopes(slopes, b, heads_q);
+        let opts_b = AttnOptions { alibi_slopes: slopes_b.map(PerHead::Host), ..*opts };
+        let (qb, kb, vb) = (rows(q, qs.clone()), rows(k, ks.clone()), rows(v, ks.clone()));
+        let r = reference_backward_given_o(&qb, &kb, &vb, &rows(o, qs.clone()), &rows(d_o, qs.clone()), &opts_b)?;
+        dq[qs.start * heads_q * head_dim..qs.end * heads_q * head_dim].copy_from_slice(&r.dq);
+        dk[ks.start * heads_kv * head_dim..ks.end * heads_kv * head_dim].copy_from_slice(&r.dk);
+        dv[ks.start * heads_kv * head_dim_v..ks.end * heads_kv * head_dim_v].copy_from_slice(&r.dv);
+        if let (Some(total), Some(part)) = (d_sinks.as_mut(), r.d_sinks) {
+            total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
+        }
+    }
+    Ok(VarlenReferenceBackward { dq, dk, dv, d_sinks })
+}
+
+/// The packed tensors (shapes, strides and options as the dense call checks them, batch dims 1), the
+/// sequences and the ALiBi slopes' length, checked; the number of sequences.
+fn check_packed<T: Element>(
+    q: &HostTensor<T>,
+    k: &HostTensor<T>,
+    v: &HostTensor<T>,
+    seqs: &Varlen,
+    opts: &AttnOptions,
+) -> Result<usize> {
+    for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
+        if t.shape()[0] != 1 {
+            return Err(Error::ShapeMismatch {
+                arg,
+                what: "batch",
+                got: t.shape()[0],
+                expected: 1,
+                why: "a packed batch holds its sequences along the token dimension",
+            });
+        }
+    }
+    // The slopes may have a row per sequence, which the dense check (one batch) would refuse.
+    let dense = AttnOptions { alibi_slopes: None, ..*opts };
+    AttnProblem::new((&q.layout, q.data.len()), (&k.layout, k.data.len()), (&v.layout, v.data.len()), &dense)?;
+    let batch = seqs.batch(q.shape()[1], k.shape()[1])?;
+    let heads_q = q.shape()[2];
+    if let Some(s) = host_per_head(opts)?.0 {
+        if s.len() != heads_q && s.len() != batch * heads_q {
+            return Err(Error::ShapeMismatch {
+                arg: Arg::AlibiSlopes,
+                what: "length",
+                got: s.len(),
+                expected: heads_q,
+                why: "one f32 slope per query head ([heads_q]) or per (sequence, query head) ([batch, heads_q])",
+            });
+        }
+    }
+    Ok(batch)
+}
+
+/// Sequence b's ALiBi slopes: `[heads_q]` as given, or row b of `[batch, heads_q]`.
+fn sequence_slopes(slopes: Option<&[f32]>, b: usize, heads_q: usize) -> Option<&[f32]> {
+    slopes.map(|s| if s.len() == heads_q { s } else { &s[b * heads_q..(b + 1) * heads_q] })
+}
+
+/// Tokens `range` of a packed tensor, as a contiguous `[1, range.len(), heads, head_dim]` tensor.
+fn rows<T: Element>(t: &HostTensor<T>, range: Range<usize>) -> HostTensor<T> {
+    let [_, _, heads, dim] = t.shape();
+    let mut out = HostTensor::filled([1, range.len(), heads, dim], T::from_f32(0.0));
+    for (s, token) in range.enumerate() {
+        for h in 0..heads {
+            for d in 0..dim {
+                out.set(0, s, h, d, t.get(0, token, h, d));
+            }
+        }
+    }
+    out
+}
