@@ -23,6 +23,10 @@ pub enum Arg {
     CuSeqlensQ,
     /// A packed (varlen) batch's key offsets.
     CuSeqlensK,
+    /// A paged cache's block table.
+    BlockTable,
+    /// A paged cache's cached lengths.
+    CacheSeqlens,
 }
 
 impl std::fmt::Display for Arg {
@@ -43,6 +47,8 @@ impl std::fmt::Display for Arg {
             Arg::Softcap => "softcap",
             Arg::CuSeqlensQ => "cu_seqlens_q",
             Arg::CuSeqlensK => "cu_seqlens_k",
+            Arg::BlockTable => "block_table",
+            Arg::CacheSeqlens => "cache_seqlens",
         };
         f.write_str(name)
     }
@@ -64,6 +70,10 @@ pub enum Error {
 
     #[error("{arg}: head_dim {head_dim} is not supported; supported head dims are {supported:?}")]
     UnsupportedHeadDim { arg: Arg, head_dim: usize, supported: &'static [usize] },
+
+    /// A paged cache whose table or lengths do not fit its pages (`cpu::paged::PagedKv`).
+    #[error("{arg}: {why}")]
+    BadPagedCache { arg: Arg, why: String },
 
     /// Sequence offsets of a packed batch that do not describe its tensors (`cpu::varlen::Varlen`).
     #[error("{arg}: {why}")]

@@ -3,6 +3,7 @@
 
 mod microkernel;
 mod packing;
+pub mod paged;
 pub mod reference;
 pub mod tiled;
 pub mod varlen;

@@ -214,20 +214,26 @@ fn check_packed<T: Element>(
 }
 
 /// Sequence b's ALiBi slopes: `[heads_q]` as given, or row b of `[batch, heads_q]`.
-fn sequence_slopes(slopes: Option<&[f32]>, b: usize, heads_q: usize) -> Option<&[f32]> {
+pub(super) fn sequence_slopes(slopes: Option<&[f32]>, b: usize, heads_q: usize) -> Option<&[f32]> {
     slopes.map(|s| if s.len() == heads_q { s } else { &s[b * heads_q..(b + 1) * heads_q] })
 }
 
-/// Tokens `range` of a packed tensor, as a contiguous `[1, range.len(), heads, head_dim]` tensor.
-fn rows<T: Element>(t: &HostTensor<T>, range: Range<usize>) -> HostTensor<T> {
+/// Tokens `range` of batch row `b` of a `[batch, tokens, heads, head_dim]` tensor, as a contiguous
+/// `[1, range.len(), heads, head_dim]` tensor.
+pub(super) fn tokens<T: Element>(t: &HostTensor<T>, b: usize, range: Range<usize>) -> HostTensor<T> {
     let [_, _, heads, dim] = t.shape();
     let mut out = HostTensor::filled([1, range.len(), heads, dim], T::from_f32(0.0));
     for (s, token) in range.enumerate() {
         for h in 0..heads {
             for d in 0..dim {
-                out.set(0, s, h, d, t.get(0, token, h, d));
+                out.set(0, s, h, d, t.get(b, token, h, d));
             }
         }
     }
     out
+}
+
+/// Packed-batch tokens (batch row 0).
+fn rows<T: Element>(t: &HostTensor<T>, range: Range<usize>) -> HostTensor<T> {
+    tokens(t, 0, range)
 }

@@ -1,0 +1,182 @@
+//! A paged KV cache (vLLM-style block tables) in the f64 reference, with FlashAttention's
+//! `flash_attn_with_kvcache` semantics: sequence b's keys are its first `cache_seqlens[b]` cache
+//! tokens, found through its row of the block table (token t lives in page `block_table[b][t /
+//! page_size]` at slot `t % page_size`), followed by the call's new keys, which the call also writes
+//! into the cache after the old ones. Queries are aligned with the end of those keys (bottom-right), as
+//! in the dense call. Each sequence then goes through the dense reference (`reference.rs`).
+
+use super::reference::reference_forward;
+use super::varlen::{sequence_slopes, tokens};
+use crate::dtype::Element;
+use crate::error::{Arg, Error, Result};
+use crate::options::{AttnOptions, PerHead};
+use crate::problem::host_per_head;
+use crate::tensor::HostTensor;
+
+/// Exact attention over a paged cache: O `[batch, seqlen_q, heads_q, head_dim_v]` contiguous and the
+/// LSE `[batch, heads_q, seqlen_q]`, as the dense call lays them out.
+#[derive(Debug, Clone)]
+pub struct PagedReferenceForward {
+    pub o: Vec<f64>,
+    pub lse: Vec<f64>,
+}
+
+/// A paged cache: K and V pages `[num_pages, page_size, heads_kv, head_dim]` (V with its own head
+/// dim), the block table `[batch, pages_per_seq]` (row-major, page indices) and the cached length of
+/// each sequence.
+pub struct PagedKv<'a, T> {
+    pub k_pages: &'a mut HostTensor<T>,
+    pub v_pages: &'a mut HostTensor<T>,
+    pub block_table: &'a [i32],
+    pub cache_seqlens: &'a [i32],
+}
+
+/// The call's new keys and values, `[batch, seqlen_new, heads_kv, head_dim]`: appended to each
+/// sequence's cache at `cache_seqlens[b]` (and written into its pages), then attended to.
+pub struct KvAppend<'a, T> {
+    pub k: &'a HostTensor<T>,
+    pub v: &'a HostTensor<T>,
+}
+
+impl<T: Element> PagedKv<'_, T> {
+    fn page_size(&self) -> usize {
+        self.k_pages.shape()[1]
+    }
+
+    fn pages_per_seq(&self, batch: usize) -> usize {
+        self.block_table.len() / batch
+    }
+
+    /// The page and slot of token `t` of sequence `b`; the caller has checked the table.
+    fn slot(&self, b: usize, t: usize, batch: usize) -> (usize, usize) {
+        let page = self.block_table[b * self.pages_per_seq(batch) + t / self.page_size()];
+        (page as usize, t % self.page_size())
+    }
+
+    /// Checks the pages, the table and the lengths (with `new` tokens to append) for `batch` sequences.
+    fn check(&self, batch: usize, heads_kv: usize, new: usize) -> Result<()> {
+        let [num_pages, page_size, hk, _] = self.k_pages.shape();
+        let [vp, vs, vh, _] = self.v_pages.shape();
+        let mismatch = |arg, what, got, expected, why| Err(Error::ShapeMismatch { arg, what, got, expected, why });
+        if (vp, vs, vh) != (num_pages, page_size, hk) {
+            return mismatch(Arg::V, "pages", vp * vs * vh, num_pages * page_size * hk, "v's pages match k's");
+        }
+        if hk != heads_kv {
+            return mismatch(Arg::K, "heads", hk, heads_kv, "the cache has the call's K/V heads");
+        }
+        if self.cache_seqlens.len() != batch {
+            return mismatch(Arg::CacheSeqlens, "length", self.cache_seqlens.len(), batch, "one length per sequence");
+        }
+        if self.block_table.is_empty() || self.block_table.len() % batch != 0 {
+            let why = "a row of page indices per sequence, [batch, pages_per_seq]";
+            return mismatch(Arg::BlockTable, "length", self.block_table.len(), batch, why);
+        }
+        let capacity = self.pages_per_seq(batch) * page_size;
+        let bad = |arg, why: String| Err(Error::BadPagedCache { arg, why });
+        for (b, &len) in self.cache_seqlens.iter().enumerate() {
+            if len < 0 || len as usize + new > capacity {
+                let why = format!("sequence {b} holds {len} tokens plus {new} new; its pages hold {capacity}");
+                return bad(Arg::CacheSeqlens, why);
+            }
+            let used = (len as usize + new).div_ceil(page_size);
+            let row = &self.block_table[b * self.pages_per_seq(batch)..][..used];
+            if let Some(&page) = row.iter().find(|&&p| p < 0 || p as usize >= num_pages) {
+                return bad(Arg::BlockTable, format!("sequence {b} names page {page}; the cache has {num_pages}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Exact attention of `q` (`[batch, seqlen_q, heads_q, head_dim]`) over a paged cache, after
+/// appending `append` to it (the cache's pages and not its lengths change: the caller advances
+/// `cache_seqlens` for the next step, as with FlashAttention). O and the LSE as `reference_forward`
+/// gives them for the dense problem of each sequence's keys; a sequence whose cache and append are
+/// empty gives O = 0 and LSE = −inf (its sink logit with sinks). ALiBi slopes are `[heads_q]` or
+/// `[batch, heads_q]`.
+pub fn reference_forward_paged<T: Element>(
+    q: &HostTensor<T>,
+    cache: PagedKv<'_, T>,
+    append: Option<KvAppend<'_, T>>,
+    opts: &AttnOptions,
+) -> Result<PagedReferenceForward> {
+    // Dimensions of at least 1 (the sequences are counted from q's batch).
+    q.layout.validate(Arg::Q, q.data.len())?;
+    let [batch, seqlen_q, heads_q, head_dim] = q.shape();
+    let [_, _, heads_kv, _] = cache.k_pages.shape();
+    let head_dim_v = cache.v_pages.shape()[3];
+    let new = match &append {
+        None => 0,
+        Some(a) => {
+            for (arg, t, d) in [(Arg::K, a.k, head_dim), (Arg::V, a.v, head_dim_v)] {
+                if t.shape()[0] != batch || t.shape()[2] != heads_kv || t.shape()[3] != d {
+                    let why = "new keys and values are [batch, seqlen_new, heads_kv, head_dim]";
+                    return Err(Error::ShapeMismatch { arg, what: "shape", got: t.shape()[0], expected: batch, why });
+                }
+            }
+            a.k.shape()[1]
+        }
+    };
+    cache.check(batch, heads_kv, new)?;
+    let (slopes, sinks) = host_per_head(opts)?;
+    if let Some(s) = slopes {
+        if s.len() != heads_q && s.len() != batch * heads_q {
+            let why = "one f32 slope per query head ([heads_q]) or per (sequence, query head) ([batch, heads_q])";
+            return Err(Error::ShapeMismatch {
+                arg: Arg::AlibiSlopes,
+                what: "length",
+                got: s.len(),
+                expected: heads_q,
+                why,
+            });
+        }
+    }
+    let mut o = Vec::with_capacity(batch * seqlen_q * heads_q * head_dim_v);
+    let mut lse = Vec::with_capacity(batch * heads_q * seqlen_q);
+    for b in 0..batch {
+        let cached = cache.cache_seqlens[b] as usize;
+        // Append: new token j of sequence b goes to cache token cached + j.
+        if let Some(a) = &append {
+            for j in 0..new {
+                let (page, slot) = cache.slot(b, cached + j, batch);
+                for h in 0..heads_kv {
+                    for d in 0..head_dim {
+                        cache.k_pages.set(page, slot, h, d, a.k.get(b, j, h, d));
+                    }
+                    for d in 0..head_dim_v {
+                        cache.v_pages.set(page, slot, h, d, a.v.get(b, j, h, d));
+                    }
+                }
+            }
+        }
+        let keys = cached + new;
+        if keys == 0 {
+            // No key: O is 0, the LSE the sink's logit (all the probability) or −inf.
+            o.extend(std::iter::repeat_n(0.0, seqlen_q * heads_q * head_dim_v));
+            for h in 0..heads_q {
+                let sink = sinks.map_or(f64::NEG_INFINITY, |s| s[h] as f64);
+                lse.extend(std::iter::repeat_n(sink, seqlen_q));
+            }
+            continue;
+        }
+        let gather = |pages: &HostTensor<T>| {
+            let [_, _, h, d] = pages.shape();
+            let mut out = HostTensor::filled([1, keys, h, d], T::from_f32(0.0));
+            for t in 0..keys {
+                let (page, slot) = cache.slot(b, t, batch);
+                for hh in 0..h {
+                    for dd in 0..d {
+                        out.set(0, t, hh, dd, pages.get(page, slot, hh, dd));
+                    }
+                }
+            }
+            out
+        };
+        let opts_b = AttnOptions { alibi_slopes: sequence_slopes(slopes, b, heads_q).map(PerHead::Host), ..*opts };
+        let q_b = tokens(q, b, 0..seqlen_q);
+        let r = reference_forward(&q_b, &gather(cache.k_pages), &gather(cache.v_pages), &opts_b)?;
+        o.extend_from_slice(&r.o);
+        lse.extend_from_slice(&r.lse);
+    }
+    Ok(PagedReferenceForward { o, lse })
+}
