@@ -27,6 +27,8 @@ pub enum Arg {
     BlockTable,
     /// A paged cache's cached lengths.
     CacheSeqlens,
+    /// The rotary embedding tables of a paged call.
+    Rotary,
 }
 
 impl std::fmt::Display for Arg {
@@ -49,6 +51,7 @@ impl std::fmt::Display for Arg {
             Arg::CuSeqlensK => "cu_seqlens_k",
             Arg::BlockTable => "block_table",
             Arg::CacheSeqlens => "cache_seqlens",
+            Arg::Rotary => "rotary",
         };
         f.write_str(name)
     }

@@ -1,10 +1,11 @@
 //! The f64 reference over a paged KV cache (`cpu::paged`): gathering through a shuffled block table
 //! gives the dense reference on each sequence's contiguous keys, for page sizes 1, 7 and 16; appended
-//! keys land in the pages (across page boundaries) and are attended to; a bad table or bad lengths are
-//! typed errors.
+//! keys land in the pages (across page boundaries) and are attended to; rotary embeddings rotate the new
+//! keys at their cache positions and the queries where FlashAttention places them; a bad table, bad
+//! lengths or bad rotary tables are typed errors.
 
 use half::bf16;
-use ironflash::cpu::paged::{reference_forward_paged, KvAppend, PagedKv};
+use ironflash::cpu::paged::{reference_forward_paged, KvAppend, PagedKv, Rotary};
 use ironflash::cpu::reference_forward;
 use ironflash::{Arg, AttnOptions, Error, HostTensor, PerHead};
 use rand::seq::SliceRandom;
@@ -108,7 +109,7 @@ fn gather_through_a_shuffled_table() {
                 block_table: &f.table,
                 cache_seqlens: &seqlens,
             };
-            let got = reference_forward_paged(&q, cache, None, &opts).unwrap();
+            let got = reference_forward_paged(&q, cache, None, None, &opts).unwrap();
             let dense = |b: usize| (join(&f.keys[b], lens[b], None), join(&f.values[b], lens[b], None));
             check_against_dense(&got, &q, dense, &opts);
         }
@@ -128,7 +129,7 @@ fn appended_keys_cross_pages_and_are_attended() {
     let opts = AttnOptions::causal();
     let cache =
         PagedKv { k_pages: &mut f.k_pages, v_pages: &mut f.v_pages, block_table: &f.table, cache_seqlens: &seqlens };
-    let got = reference_forward_paged(&q, cache, Some(KvAppend { k: &k_new, v: &v_new }), &opts).unwrap();
+    let got = reference_forward_paged(&q, cache, Some(KvAppend { k: &k_new, v: &v_new }), None, &opts).unwrap();
     let dense =
         |b: usize| (join(&f.keys[b], lens[b], Some((&k_new, b))), join(&f.values[b], lens[b], Some((&v_new, b))));
     check_against_dense(&got, &q, dense, &opts);
@@ -151,7 +152,7 @@ fn a_sequence_without_keys_sees_only_its_sink() {
     let opts = AttnOptions::default().with_sinks(PerHead::Host(&sinks));
     let cache =
         PagedKv { k_pages: &mut f.k_pages, v_pages: &mut f.v_pages, block_table: &f.table, cache_seqlens: &[0, 2] };
-    let got = reference_forward_paged(&q, cache, None, &opts).unwrap();
+    let got = reference_forward_paged(&q, cache, None, None, &opts).unwrap();
     assert!(got.o[..HEADS_Q * D].iter().all(|&x| x == 0.0));
     assert_eq!(&got.lse[..HEADS_Q], &sinks.map(|s| s as f64)[..]);
 }
@@ -173,11 +174,128 @@ fn bad_tables_and_lengths_are_typed_errors() {
     for (table, seqlens, arg) in cases {
         let cache =
             PagedKv { k_pages: &mut f.k_pages, v_pages: &mut f.v_pages, block_table: &table, cache_seqlens: &seqlens };
-        let e = reference_forward_paged(&q, cache, None, &AttnOptions::default()).unwrap_err();
+        let e = reference_forward_paged(&q, cache, None, None, &AttnOptions::default()).unwrap_err();
         let named = match &e {
             Error::BadPagedCache { arg: a, .. } | Error::ShapeMismatch { arg: a, .. } => *a == arg,
             _ => false,
         };
         assert!(named, "{table:?} {seqlens:?}: {e}");
+    }
+}
+
+/// GPT-NeoX or GPT-J rotation of one head vector at `position` (θ_i = 10000^(−2i/rotary_dim)), in f64
+/// from the element values, rounded: what the reference must write.
+fn rotated(x: &[f32], position: usize, rotary_dim: usize, interleaved: bool) -> Vec<bf16> {
+    let half = rotary_dim / 2;
+    let mut out: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    for i in 0..half {
+        let angle = position as f32 * 10000f32.powf(-2.0 * i as f32 / rotary_dim as f32);
+        let (cos, sin) = (angle.cos() as f64, angle.sin() as f64);
+        let (d1, d2) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+        let (x1, x2) = (x[d1] as f64, x[d2] as f64);
+        out[d1] = x1 * cos - x2 * sin;
+        out[d2] = x1 * sin + x2 * cos;
+    }
+    out.iter().map(|&v| bf16::from_f32(v as f32)).collect()
+}
+
+fn tables(positions: usize, rotary_dim: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = rotary_dim / 2;
+    let angle = |p: usize, i: usize| p as f32 * 10000f32.powf(-2.0 * i as f32 / rotary_dim as f32);
+    let cos = (0..positions).flat_map(|p| (0..half).map(move |i| angle(p, i).cos())).collect();
+    let sin = (0..positions).flat_map(|p| (0..half).map(move |i| angle(p, i).sin())).collect();
+    (cos, sin)
+}
+
+#[test]
+fn rotary_rotates_new_keys_and_queries_at_their_positions() {
+    let (page_size, pages_per_seq) = (4usize, 4usize);
+    let lens = [5usize, 2];
+    let (new, sq, rotary_dim) = (3usize, 2usize, 16usize);
+    let (cos, sin) = tables(32, rotary_dim);
+    for interleaved in [false, true] {
+        for opts in [AttnOptions::causal(), AttnOptions::default()] {
+            let mut f = fixture(&lens, page_size, pages_per_seq, 21);
+            let k_new = HostTensor::<bf16>::random_seeded([lens.len(), new, HEADS_KV, D], 1.0, 22);
+            let v_new = HostTensor::<bf16>::random_seeded([lens.len(), new, HEADS_KV, D], 1.0, 23);
+            let q = HostTensor::<bf16>::random_seeded([lens.len(), sq, HEADS_Q, D], 1.0, 24);
+            let seqlens: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
+            let rotary = Rotary { cos: &cos, sin: &sin, rotary_dim, interleaved };
+            let cache = PagedKv {
+                k_pages: &mut f.k_pages,
+                v_pages: &mut f.v_pages,
+                block_table: &f.table,
+                cache_seqlens: &seqlens,
+            };
+            let append = Some(KvAppend { k: &k_new, v: &v_new });
+            let got = reference_forward_paged(&q, cache, append, Some(rotary), &opts).unwrap();
+            let head = |t: &HostTensor<bf16>, b: usize, s: usize, h: usize| -> Vec<f32> {
+                (0..D).map(|d| t.get(b, s, h, d).to_f32()).collect()
+            };
+            for (b, &len) in lens.iter().enumerate() {
+                // The cache holds each new key rotated at its position len + j.
+                for j in 0..new {
+                    let t = len + j;
+                    let page = f.table[b * pages_per_seq + t / page_size] as usize;
+                    for h in 0..HEADS_KV {
+                        let want = rotated(&head(&k_new, b, j, h), t, rotary_dim, interleaved);
+                        let got_k: Vec<bf16> = (0..D).map(|d| f.k_pages.get(page, t % page_size, h, d)).collect();
+                        assert_eq!(got_k, want, "sequence {b} key {t}");
+                    }
+                }
+                // O: the dense reference on the rotated queries and the cache's keys.
+                let mut q_rot = HostTensor::<bf16>::filled([1, sq, HEADS_Q, D], bf16::ZERO);
+                for i in 0..sq {
+                    let position = len + if opts.causal { i } else { 0 };
+                    for h in 0..HEADS_Q {
+                        for (d, v) in
+                            rotated(&head(&q, b, i, h), position, rotary_dim, interleaved).into_iter().enumerate()
+                        {
+                            q_rot.set(0, i, h, d, v);
+                        }
+                    }
+                }
+                // The keys as the cache holds them after the call: the cached ones, then the new ones
+                // rotated.
+                let total = len + new;
+                let gather = |pages: &HostTensor<bf16>| {
+                    let mut out = HostTensor::<bf16>::filled([1, total, HEADS_KV, D], bf16::ZERO);
+                    for t in 0..total {
+                        let page = f.table[b * pages_per_seq + t / page_size] as usize;
+                        for (h, d) in (0..HEADS_KV).flat_map(|h| (0..D).map(move |d| (h, d))) {
+                            out.set(0, t, h, d, pages.get(page, t % page_size, h, d));
+                        }
+                    }
+                    out
+                };
+                let (k_all, v_all) = (gather(&f.k_pages), gather(&f.v_pages));
+                let want = reference_forward(&q_rot, &k_all, &v_all, &opts).unwrap();
+                let rows = sq * HEADS_Q * D;
+                assert_eq!(&got.o[b * rows..(b + 1) * rows], &want.o[..], "sequence {b}: O");
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_rotary_tables_are_typed_errors() {
+    let mut f = fixture(&[3], 4, 2, 30);
+    let q = HostTensor::<bf16>::random_seeded([1, 1, HEADS_Q, D], 1.0, 31);
+    let (cos, sin) = tables(4, 16);
+    // Odd rotary dim, one wider than the head, tables too short for position 3 + 0.. , cos/sin of
+    // different lengths.
+    let cases: [(usize, &[f32], &[f32]); 4] =
+        [(15, &cos, &sin), (2 * D, &cos, &sin), (16, &cos[..8 * 3], &sin[..8 * 3]), (16, &cos, &sin[..8])];
+    for (rotary_dim, c, s) in cases {
+        let cache =
+            PagedKv { k_pages: &mut f.k_pages, v_pages: &mut f.v_pages, block_table: &f.table, cache_seqlens: &[3] };
+        let rotary = Rotary { cos: c, sin: s, rotary_dim, interleaved: false };
+        let e = reference_forward_paged(&q, cache, None, Some(rotary), &AttnOptions::default()).unwrap_err();
+        assert!(
+            matches!(e, Error::BadPagedCache { arg: Arg::Rotary, .. }),
+            "{rotary_dim} {} {}: {e}",
+            c.len(),
+            s.len()
+        );
     }
 }

@@ -38,6 +38,75 @@ pub struct KvAppend<'a, T> {
     pub v: &'a HostTensor<T>,
 }
 
+/// Rotary position embeddings applied in the call (FlashAttention's `rotary_cos` / `rotary_sin`):
+/// `cos` and `sin` are `[positions, rotary_dim / 2]` row-major; the first `rotary_dim` dims of each new
+/// key at position p (its place in its sequence's cache) and of each query are rotated, pairs
+/// `(x_i, x_{i + rotary_dim/2})` (GPT-NeoX) or, `interleaved`, `(x_{2i}, x_{2i+1})` (GPT-J). Query row i
+/// of sequence b sits at `cache_seqlens[b] + i` when the call is causal or windowed, else every query
+/// row at `cache_seqlens[b]`, as FlashAttention places them. Rotated values are rounded to the element
+/// type (the cache holds them).
+#[derive(Debug, Clone, Copy)]
+pub struct Rotary<'a> {
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+    pub rotary_dim: usize,
+    pub interleaved: bool,
+}
+
+impl Rotary<'_> {
+    fn positions(&self) -> usize {
+        self.cos.len() / (self.rotary_dim / 2).max(1)
+    }
+
+    fn check(&self, head_dim: usize, last_position: usize) -> Result<()> {
+        let bad = |why: String| Err(Error::BadPagedCache { arg: Arg::Rotary, why });
+        if self.rotary_dim == 0 || self.rotary_dim % 2 != 0 || self.rotary_dim > head_dim {
+            return bad(format!(
+                "rotary_dim {} must be even, positive and at most head_dim {head_dim}",
+                self.rotary_dim
+            ));
+        }
+        if self.cos.len() != self.sin.len() || self.cos.len() % (self.rotary_dim / 2) != 0 {
+            return bad(format!(
+                "cos and sin hold {} and {} values; both must be [positions, {}]",
+                self.cos.len(),
+                self.sin.len(),
+                self.rotary_dim / 2
+            ));
+        }
+        if last_position >= self.positions() {
+            return bad(format!("position {last_position} is used, the tables hold {}", self.positions()));
+        }
+        Ok(())
+    }
+
+    /// Token `s` of batch row `b` of `t`, rotated at `position`, into token `to` of batch row `b_to` of `out`.
+    fn rotate<T: Element>(
+        &self,
+        t: &HostTensor<T>,
+        (b, s): (usize, usize),
+        position: usize,
+        out: &mut HostTensor<T>,
+        (b_to, to): (usize, usize),
+    ) {
+        let [_, _, heads, dim] = t.shape();
+        let half = self.rotary_dim / 2;
+        for h in 0..heads {
+            let x = |d: usize| t.get(b, s, h, d).to_f32() as f64;
+            for d in self.rotary_dim..dim {
+                out.set(b_to, to, h, d, t.get(b, s, h, d));
+            }
+            for i in 0..half {
+                let (cos, sin) = (self.cos[position * half + i] as f64, self.sin[position * half + i] as f64);
+                let (d1, d2) = if self.interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+                let (x1, x2) = (x(d1), x(d2));
+                out.set(b_to, to, h, d1, T::from_f32((x1 * cos - x2 * sin) as f32));
+                out.set(b_to, to, h, d2, T::from_f32((x1 * sin + x2 * cos) as f32));
+            }
+        }
+    }
+}
+
 impl<T: Element> PagedKv<'_, T> {
     fn page_size(&self) -> usize {
         self.k_pages.shape()[1]
@@ -98,6 +167,7 @@ pub fn reference_forward_paged<T: Element>(
     q: &HostTensor<T>,
     cache: PagedKv<'_, T>,
     append: Option<KvAppend<'_, T>>,
+    rotary: Option<Rotary<'_>>,
     opts: &AttnOptions,
 ) -> Result<PagedReferenceForward> {
     // Dimensions of at least 1 (the sequences are counted from q's batch).
@@ -114,10 +184,27 @@ pub fn reference_forward_paged<T: Element>(
                     return Err(Error::ShapeMismatch { arg, what: "shape", got: t.shape()[0], expected: batch, why });
                 }
             }
+            if a.v.shape()[1] != a.k.shape()[1] {
+                let why = "one new value per new key";
+                return Err(Error::ShapeMismatch {
+                    arg: Arg::V,
+                    what: "seqlen",
+                    got: a.v.shape()[1],
+                    expected: a.k.shape()[1],
+                    why,
+                });
+            }
             a.k.shape()[1]
         }
     };
     cache.check(batch, heads_kv, new)?;
+    // Query rows at their own positions when the mask depends on them, else all at the cache's end.
+    let rows_move = opts.causal || opts.window.left.is_some() || opts.window.right.is_some();
+    if let Some(r) = &rotary {
+        let longest = cache.cache_seqlens.iter().map(|&l| l as usize).max().unwrap_or(0);
+        let last = longest + new.max(if rows_move { seqlen_q } else { 1 }).saturating_sub(1);
+        r.check(head_dim, last)?;
+    }
     let (slopes, sinks) = host_per_head(opts)?;
     if let Some(s) = slopes {
         if s.len() != heads_q && s.len() != batch * heads_q {
@@ -135,7 +222,7 @@ pub fn reference_forward_paged<T: Element>(
     let mut lse = Vec::with_capacity(batch * heads_q * seqlen_q);
     for b in 0..batch {
         let cached = cache.cache_seqlens[b] as usize;
-        // Append: new token j of sequence b goes to cache token cached + j.
+        // Append: new token j of sequence b goes to cache token cached + j (its key rotated there).
         if let Some(a) = &append {
             for j in 0..new {
                 let (page, slot) = cache.slot(b, cached + j, batch);
@@ -146,6 +233,9 @@ pub fn reference_forward_paged<T: Element>(
                     for d in 0..head_dim_v {
                         cache.v_pages.set(page, slot, h, d, a.v.get(b, j, h, d));
                     }
+                }
+                if let Some(r) = &rotary {
+                    r.rotate(a.k, (b, j), cached + j, cache.k_pages, (page, slot));
                 }
             }
         }
@@ -173,7 +263,13 @@ pub fn reference_forward_paged<T: Element>(
             out
         };
         let opts_b = AttnOptions { alibi_slopes: sequence_slopes(slopes, b, heads_q).map(PerHead::Host), ..*opts };
-        let q_b = tokens(q, b, 0..seqlen_q);
+        let mut q_b = tokens(q, b, 0..seqlen_q);
+        if let Some(r) = &rotary {
+            for i in 0..seqlen_q {
+                let position = cached + if rows_move { i } else { 0 };
+                r.rotate(q, (b, i), position, &mut q_b, (0, i));
+            }
+        }
         let r = reference_forward(&q_b, &gather(cache.k_pages), &gather(cache.v_pages), &opts_b)?;
         o.extend_from_slice(&r.o);
         lse.extend_from_slice(&r.lse);
