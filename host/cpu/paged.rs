@@ -6,7 +6,7 @@
 //! in the dense call. Each sequence then goes through the dense reference (`reference.rs`).
 
 use super::reference::reference_forward;
-use super::varlen::{sequence_slopes, tokens};
+use super::varlen::{check_sequence_slopes, sequence_slopes, tokens};
 use crate::dtype::Element;
 use crate::error::{Arg, Error, Result};
 use crate::options::{AttnOptions, PerHead};
@@ -206,18 +206,7 @@ pub fn reference_forward_paged<T: Element>(
         r.check(head_dim, last)?;
     }
     let (slopes, sinks) = host_per_head(opts)?;
-    if let Some(s) = slopes {
-        if s.len() != heads_q && s.len() != batch * heads_q {
-            let why = "one f32 slope per query head ([heads_q]) or per (sequence, query head) ([batch, heads_q])";
-            return Err(Error::ShapeMismatch {
-                arg: Arg::AlibiSlopes,
-                what: "length",
-                got: s.len(),
-                expected: heads_q,
-                why,
-            });
-        }
-    }
+    check_sequence_slopes(slopes, heads_q, batch)?;
     let mut o = Vec::with_capacity(batch * seqlen_q * heads_q * head_dim_v);
     let mut lse = Vec::with_capacity(batch * heads_q * seqlen_q);
     for b in 0..batch {

@@ -198,19 +198,22 @@ fn check_packed<T: Element>(
     let dense = AttnOptions { alibi_slopes: None, ..*opts };
     AttnProblem::new((&q.layout, q.data.len()), (&k.layout, k.data.len()), (&v.layout, v.data.len()), &dense)?;
     let batch = seqs.batch(q.shape()[1], k.shape()[1])?;
-    let heads_q = q.shape()[2];
-    if let Some(s) = host_per_head(opts)?.0 {
-        if s.len() != heads_q && s.len() != batch * heads_q {
-            return Err(Error::ShapeMismatch {
-                arg: Arg::AlibiSlopes,
-                what: "length",
-                got: s.len(),
-                expected: heads_q,
-                why: "one f32 slope per query head ([heads_q]) or per (sequence, query head) ([batch, heads_q])",
-            });
-        }
-    }
+    check_sequence_slopes(host_per_head(opts)?.0, q.shape()[2], batch)?;
     Ok(batch)
+}
+
+/// ALiBi slopes of a call over several sequences: `[heads_q]`, or one row per sequence.
+pub(super) fn check_sequence_slopes(slopes: Option<&[f32]>, heads_q: usize, batch: usize) -> Result<()> {
+    match slopes {
+        Some(s) if s.len() != heads_q && s.len() != batch * heads_q => Err(Error::ShapeMismatch {
+            arg: Arg::AlibiSlopes,
+            what: "length",
+            got: s.len(),
+            expected: heads_q,
+            why: "one f32 slope per query head ([heads_q]) or per (sequence, query head) ([batch, heads_q])",
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Sequence b's ALiBi slopes: `[heads_q]` as given, or row b of `[batch, heads_q]`.
