@@ -23,9 +23,9 @@ fn default_job_checks_and_times_the_available_paths() {
         assert!(stdout.contains("device 0:"), "{stdout}");
     } else {
         assert!(stdout.contains("no GPU:") && stdout.contains("running the CPU path"), "{stdout}");
-        assert!(stdout.contains("3 of 3 checks passed") && stdout.contains("CPU path only"), "{stdout}");
+        assert!(stdout.contains("4 of 4 checks passed") && stdout.contains("CPU path only"), "{stdout}");
         let cpu_rows = stdout.lines().filter(|l| l.starts_with("ironflash-cpu") && l.contains("pass")).count();
-        assert_eq!(cpu_rows, 3, "{stdout}");
+        assert_eq!(cpu_rows, 4, "{stdout}");
     }
 }
 

@@ -177,7 +177,8 @@ fn check_typed<T: Element>(
     Ok(out)
 }
 
-/// The main job's few shapes: MHA causal, GQA with N_q != N_k, MQA decode-like with head dim 256.
+/// The main job's few shapes: MHA causal, GQA with N_q != N_k, MQA decode-like with head dim 256, and
+/// GQA causal with V's head dim below Q's and K's (192 / 128).
 pub fn quick_shapes() -> Vec<CheckShape> {
     let s = |b, n_q, n_k, h, h_kv, d, causal| CheckShape {
         b,
@@ -190,7 +191,12 @@ pub fn quick_shapes() -> Vec<CheckShape> {
         causal,
         dtype: DTypeName::Bf16,
     };
-    vec![s(1, 128, 128, 4, 4, 64, true), s(2, 100, 77, 4, 2, 128, false), s(1, 16, 300, 4, 1, 256, true)]
+    vec![
+        s(1, 128, 128, 4, 4, 64, true),
+        s(2, 100, 77, 4, 2, 128, false),
+        s(1, 16, 300, 4, 1, 256, true),
+        CheckShape { d_v: 128, ..s(1, 90, 130, 4, 2, 192, true) },
+    ]
 }
 
 /// The `check` sweep: every supported pair of head dims (Q/K, V), both masks, both dtypes, over shapes

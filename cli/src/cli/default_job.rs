@@ -61,7 +61,7 @@ pub fn run(ordinal: usize) -> JobResult {
 }
 
 pub fn print_check_header() {
-    println!("{:<20} {:<36} {:>9} {:>9}  result", "path", "shape", "O err", "LSE err");
+    println!("{:<20} {:<41} {:>9} {:>9}  result", "path", "shape", "O err", "LSE err");
 }
 
 pub fn print_check_row(r: &CheckResult) {
@@ -71,7 +71,7 @@ pub fn print_check_row(r: &CheckResult) {
         Verdict::Fail(why) => format!("FAIL: {why}"),
         Verdict::Unavailable(why) => format!("not available: {why}"),
     };
-    println!("{:<20} {:<36} {:>9} {:>9}  {verdict}", r.imp.name(), r.shape.to_string(), num(r.rel_l2), num(r.lse_err));
+    println!("{:<20} {:<41} {:>9} {:>9}  {verdict}", r.imp.name(), r.shape.to_string(), num(r.rel_l2), num(r.lse_err));
 }
 
 fn print_timing_row(r: &Record) {
