@@ -96,20 +96,15 @@ impl ModuleCache {
         smem_bytes: usize,
     ) -> Result<CudaFunction> {
         let lock = || self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        // A loaded kernel (every call but the first): one lock.
+        if let Some(loaded) = lock().get_mut(name) {
+            return loaded.with_smem(name, smem_bytes);
+        }
         // The lock is not held while the driver compiles a kernel (a fraction of a second): other
         // threads' calls go on meanwhile. Two threads that both miss compile it twice; the first
         // insert stays.
-        if !lock().contains_key(name) {
-            let function = self.load(ctx, name)?;
-            lock().entry(name).or_insert(Loaded { function, smem_limit: 48 * 1024 });
-        }
-        let mut functions = lock();
-        let loaded = functions.get_mut(name).expect("inserted above");
-        if smem_bytes > loaded.smem_limit {
-            raise_smem(&loaded.function, name, smem_bytes)?;
-            loaded.smem_limit = smem_bytes;
-        }
-        Ok(loaded.function.clone())
+        let function = self.load(ctx, name)?;
+        lock().entry(name).or_insert(Loaded { function, smem_limit: 48 * 1024 }).with_smem(name, smem_bytes)
     }
 }
 
@@ -117,6 +112,17 @@ impl ModuleCache {
 struct Loaded {
     function: CudaFunction,
     smem_limit: usize,
+}
+
+impl Loaded {
+    /// The kernel, its limit raised to `smem_bytes` first where that is more than so far.
+    fn with_smem(&mut self, name: &str, smem_bytes: usize) -> Result<CudaFunction> {
+        if smem_bytes > self.smem_limit {
+            raise_smem(&self.function, name, smem_bytes)?;
+            self.smem_limit = smem_bytes;
+        }
+        Ok(self.function.clone())
+    }
 }
 
 fn raise_smem(f: &CudaFunction, name: &str, smem_bytes: usize) -> Result<()> {
