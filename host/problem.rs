@@ -70,11 +70,6 @@ impl AttnProblem {
         (0..self.seqlen_q).map(|i| self.key_range(i).len() as u64).sum()
     }
 
-    /// Whether V (and O) have a head dim of their own (`head_dim_v != head_dim`).
-    pub fn has_own_head_dim_v(&self) -> bool {
-        self.head_dim_v != self.head_dim
-    }
-
     /// Forward FLOPs as the FlashAttention papers count them: 4·B·H·Nq·Nk·D, halved when causal
     /// (2·D for S = QKᵀ, 2·D_v for PV when V has a head dim of its own); with a sliding window, per
     /// visible (computed) pair.
@@ -343,7 +338,6 @@ mod tests {
     fn value_head_dim_of_its_own() {
         let p = AttnProblem::contiguous_with_head_dim_v([1, 8, 8, 2, 2, 192], 128, &AttnOptions::default()).unwrap();
         assert_eq!((p.head_dim, p.head_dim_v), (192, 128));
-        assert!(p.has_own_head_dim_v());
         // The default scale follows the query/key head dim.
         assert_eq!(p.softmax_scale, 1.0 / 192f32.sqrt());
         assert_eq!(p.forward_flops(), 2.0 * 2.0 * (192.0 + 128.0) * 64.0);

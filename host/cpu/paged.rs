@@ -6,7 +6,7 @@
 //! in the dense call. Each sequence then goes through the dense reference (`reference.rs`).
 
 use super::reference::reference_forward;
-use super::varlen::{check_sequence_slopes, sequence_slopes, tokens};
+use super::varlen::{check_sequence_slopes, copy_token, keyless_lse, sequence_slopes, tokens};
 use crate::dtype::Element;
 use crate::error::{Arg, Error, Result};
 use crate::options::{AttnOptions, PerHead};
@@ -215,17 +215,11 @@ pub fn reference_forward_paged<T: Element>(
         if let Some(a) = &append {
             for j in 0..new {
                 let (page, slot) = cache.slot(b, cached + j, batch);
-                for h in 0..heads_kv {
-                    for d in 0..head_dim {
-                        cache.k_pages.set(page, slot, h, d, a.k.get(b, j, h, d));
-                    }
-                    for d in 0..head_dim_v {
-                        cache.v_pages.set(page, slot, h, d, a.v.get(b, j, h, d));
-                    }
+                match &rotary {
+                    Some(r) => r.rotate(a.k, (b, j), cached + j, cache.k_pages, (page, slot)),
+                    None => copy_token(a.k, (b, j), cache.k_pages, (page, slot)),
                 }
-                if let Some(r) = &rotary {
-                    r.rotate(a.k, (b, j), cached + j, cache.k_pages, (page, slot));
-                }
+                copy_token(a.v, (b, j), cache.v_pages, (page, slot));
             }
         }
         let keys = cached + new;
@@ -233,8 +227,7 @@ pub fn reference_forward_paged<T: Element>(
             // No key: O is 0, the LSE the sink's logit (all the probability) or −inf.
             o.extend(std::iter::repeat_n(0.0, seqlen_q * heads_q * head_dim_v));
             for h in 0..heads_q {
-                let sink = sinks.map_or(f64::NEG_INFINITY, |s| s[h] as f64);
-                lse.extend(std::iter::repeat_n(sink, seqlen_q));
+                lse.extend(std::iter::repeat_n(keyless_lse(sinks, h), seqlen_q));
             }
             continue;
         }
@@ -242,12 +235,7 @@ pub fn reference_forward_paged<T: Element>(
             let [_, _, h, d] = pages.shape();
             let mut out = HostTensor::filled([1, keys, h, d], T::from_f32(0.0));
             for t in 0..keys {
-                let (page, slot) = cache.slot(b, t, batch);
-                for hh in 0..h {
-                    for dd in 0..d {
-                        out.set(0, t, hh, dd, pages.get(page, slot, hh, dd));
-                    }
-                }
+                copy_token(pages, cache.slot(b, t, batch), &mut out, (0, t));
             }
             out
         };

@@ -105,14 +105,13 @@ pub fn reference_forward_varlen<T: Element>(
         if ks.is_empty() {
             // No key: O stays 0, the LSE is the sink's logit (all the probability) or −inf.
             for h in 0..heads_q {
-                let sink = sinks.map_or(f64::NEG_INFINITY, |s| s[h] as f64);
-                lse[h * tokens_q + qs.start..h * tokens_q + qs.end].fill(sink);
+                lse[h * tokens_q + qs.start..h * tokens_q + qs.end].fill(keyless_lse(sinks, h));
             }
             continue;
         }
         let slopes_b = sequence_slopes(slopes, b, heads_q);
         let opts_b = AttnOptions { alibi_slopes: slopes_b.map(PerHead::Host), ..*opts };
-        let r = reference_forward(&rows(q, qs.clone()), &rows(k, ks.clone()), &rows(v, ks), &opts_b)?;
+        let r = reference_forward(&tokens(q, 0, qs.clone()), &tokens(k, 0, ks.clone()), &tokens(v, 0, ks), &opts_b)?;
         let width = heads_q * head_dim_v;
         o[qs.start * width..qs.end * width].copy_from_slice(&r.o);
         for h in 0..heads_q {
@@ -162,8 +161,9 @@ pub fn reference_backward_varlen<T: Element>(
         }
         let slopes_b = sequence_slopes(slopes, b, heads_q);
         let opts_b = AttnOptions { alibi_slopes: slopes_b.map(PerHead::Host), ..*opts };
-        let (qb, kb, vb) = (rows(q, qs.clone()), rows(k, ks.clone()), rows(v, ks.clone()));
-        let r = reference_backward_given_o(&qb, &kb, &vb, &rows(o, qs.clone()), &rows(d_o, qs.clone()), &opts_b)?;
+        let (qb, kb, vb) = (tokens(q, 0, qs.clone()), tokens(k, 0, ks.clone()), tokens(v, 0, ks.clone()));
+        let r =
+            reference_backward_given_o(&qb, &kb, &vb, &tokens(o, 0, qs.clone()), &tokens(d_o, 0, qs.clone()), &opts_b)?;
         dq[qs.start * heads_q * head_dim..qs.end * heads_q * head_dim].copy_from_slice(&r.dq);
         dk[ks.start * heads_kv * head_dim..ks.end * heads_kv * head_dim].copy_from_slice(&r.dk);
         dv[ks.start * heads_kv * head_dim_v..ks.end * heads_kv * head_dim_v].copy_from_slice(&r.dv);
@@ -221,22 +221,33 @@ pub(super) fn sequence_slopes(slopes: Option<&[f32]>, b: usize, heads_q: usize) 
     slopes.map(|s| if s.len() == heads_q { s } else { &s[b * heads_q..(b + 1) * heads_q] })
 }
 
+/// The LSE of a query row of head `h` that sees no key: its sink's logit (all the probability) or −inf.
+pub(super) fn keyless_lse(sinks: Option<&[f32]>, h: usize) -> f64 {
+    sinks.map_or(f64::NEG_INFINITY, |s| s[h] as f64)
+}
+
+/// Every head of token `from` (batch row, token) of `t` into token `to` of `out`.
+pub(super) fn copy_token<T: Element>(
+    t: &HostTensor<T>,
+    from: (usize, usize),
+    out: &mut HostTensor<T>,
+    to: (usize, usize),
+) {
+    let [_, _, heads, dim] = t.shape();
+    for h in 0..heads {
+        for d in 0..dim {
+            out.set(to.0, to.1, h, d, t.get(from.0, from.1, h, d));
+        }
+    }
+}
+
 /// Tokens `range` of batch row `b` of a `[batch, tokens, heads, head_dim]` tensor, as a contiguous
 /// `[1, range.len(), heads, head_dim]` tensor.
 pub(super) fn tokens<T: Element>(t: &HostTensor<T>, b: usize, range: Range<usize>) -> HostTensor<T> {
     let [_, _, heads, dim] = t.shape();
     let mut out = HostTensor::filled([1, range.len(), heads, dim], T::from_f32(0.0));
     for (s, token) in range.enumerate() {
-        for h in 0..heads {
-            for d in 0..dim {
-                out.set(0, s, h, d, t.get(b, token, h, d));
-            }
-        }
+        copy_token(t, (b, token), &mut out, (0, s));
     }
     out
-}
-
-/// Packed-batch tokens (batch row 0).
-fn rows<T: Element>(t: &HostTensor<T>, range: Range<usize>) -> HostTensor<T> {
-    tokens(t, 0, range)
 }
