@@ -55,10 +55,16 @@ pub fn forward_num_splits(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile) ->
 /// f32 elements of the split-KV workspace for `splits` (0 when unsplit): partial O
 /// `[splits, batch, heads_q, seqlen_q, head_dim_v]` and partial LSE `[splits, batch, heads_q, seqlen_q]`.
 pub fn forward_workspace_f32(p: &AttnProblem, splits: usize) -> (usize, usize) {
+    split_workspace_f32(p.lse_len(), p.head_dim_v, splits)
+}
+
+/// The split-KV workspace for `lse_rows` rows of the LSE layout: `splits` partial LSE layouts, and as
+/// many partial O rows of `head_dim_v`.
+fn split_workspace_f32(lse_rows: usize, head_dim_v: usize, splits: usize) -> (usize, usize) {
     if splits <= 1 {
         return (0, 0);
     }
-    (splits * p.lse_len() * p.head_dim_v, splits * p.lse_len())
+    (splits * lse_rows * head_dim_v, splits * lse_rows)
 }
 
 /// The tile the fused forward uses on a device for the head dims of Q/K and of V, element type and
@@ -101,6 +107,16 @@ pub fn forward_launch_plan(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile, d
     (*tile, 1)
 }
 
+/// [`split_kv_tile`], or `NoTileConfig` for a forced split count where no row fits.
+pub(crate) fn split_kv_tile_or_error(info: &DeviceInfo, p: &AttnProblem, dtype: DType) -> Result<FwdTile> {
+    split_kv_tile(info, p, dtype).ok_or_else(|| {
+        Error::NoTileConfig(format!(
+            "head_dim {}, head_dim_v {}: no split-KV forward tile fits {}",
+            p.head_dim, p.head_dim_v, info.name
+        ))
+    })
+}
+
 /// The chooser's tile among the rows that have split-KV kernels (the `mma.sync` ones).
 fn split_kv_tile(info: &DeviceInfo, p: &AttnProblem, dtype: DType) -> Option<FwdTile> {
     let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
@@ -109,7 +125,7 @@ fn split_kv_tile(info: &DeviceInfo, p: &AttnProblem, dtype: DType) -> Option<Fwd
 
 /// `NoTileConfig` unless a forced forward tile is a compiled row for the head dims that fits the device,
 /// runs on it (Hopper rows need compute capability 9.0) and, when split, has a split-KV kernel.
-fn check_forced_forward_tile(
+pub(crate) fn check_forced_forward_tile(
     tile: &FwdTile,
     p: &AttnProblem,
     dtype: DType,
@@ -146,7 +162,7 @@ pub fn flash_forward<T: Element>(
     let mut lse = unsafe { dev.stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
     let (run, q_layout, run_o_layout) = pack_query_heads(&p, opts, &q.layout, &o_layout);
     let (tile, splits) = forward_launch_plan(dev.info(), &run, &tile, T::DTYPE);
-    launch(dev, &run, opts, &tile, splits, (&q.buf, &q_layout), k, v, (&mut o, &run_o_layout), &mut lse)?;
+    launch(dev, &run, opts, None, &tile, splits, (&q.buf, &q_layout), k, v, (&mut o, &run_o_layout), &mut lse)?;
     Ok(GpuForwardOutput { o: DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal }, lse })
 }
 
@@ -225,17 +241,7 @@ fn forward_into<T: Element>(
     let (tile, splits) = match (tile, num_splits) {
         (None, None) => forward_launch_plan(dev.info(), &p, &chosen, T::DTYPE),
         // A forced split count needs a split kernel: the `mma.sync` row for this head dim.
-        (None, Some(n)) if chosen.wgmma && n > 1 => {
-            let base = split_kv_tile(dev.info(), &p, T::DTYPE).ok_or_else(|| {
-                Error::NoTileConfig(format!(
-                    "head_dim {}, head_dim_v {}: no split-KV forward tile fits {}",
-                    p.head_dim,
-                    p.head_dim_v,
-                    dev.info().name
-                ))
-            })?;
-            (base, n)
-        }
+        (None, Some(n)) if chosen.wgmma && n > 1 => (split_kv_tile_or_error(dev.info(), &p, T::DTYPE)?, n),
         (None, Some(n)) => (chosen, n),
         (Some(t), n) => {
             let splits = n.unwrap_or_else(|| if t.wgmma { 1 } else { forward_num_splits(dev.info(), &p, t) });
@@ -243,7 +249,7 @@ fn forward_into<T: Element>(
             (*t, splits)
         }
     };
-    launch(dev, &p, opts, &tile, splits, (&q.buf, &q_layout), k, v, (&mut o.buf, &o_layout), lse)
+    launch(dev, &p, opts, None, &tile, splits, (&q.buf, &q_layout), k, v, (&mut o.buf, &o_layout), lse)
 }
 
 /// Decode with grouped query heads (GQA/MQA): with one query row per sequence, the query heads that
@@ -305,11 +311,22 @@ fn plan<T: Element>(
     Ok((p, tile))
 }
 
+/// A packed batch at launch (`gpu::varlen`): the device addresses of its offsets and the token count of
+/// q, which sets the LSE layout `[heads_q, tokens_q]`. `p` then has one batch entry per sequence and the
+/// longest sequences' lengths (the grid), and the mask over the token counts (`ScoreParams::cu_seqlens_q`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PackedLaunch {
+    pub cu_seqlens_q: u64,
+    pub cu_seqlens_k: u64,
+    pub tokens_q: usize,
+}
+
 #[allow(clippy::too_many_arguments)]
-fn launch<T: Element>(
+pub(crate) fn launch<T: Element>(
     dev: &Device,
     p: &AttnProblem,
     opts: &AttnOptions,
+    packed: Option<PackedLaunch>,
     tile: &FwdTile,
     num_splits: usize,
     (q, q_layout): (&CudaSlice<T>, &Layout),
@@ -319,7 +336,7 @@ fn launch<T: Element>(
     lse: &mut CudaSlice<f32>,
 ) -> Result<()> {
     let f16 = T::DTYPE == DType::F16;
-    let name = if num_splits > 1 { tile.split_symbol(f16) } else { tile.symbol(f16) };
+    let name = tile.kernel_symbol(f16, num_splits > 1, packed.is_some());
     let smem = tile.smem_bytes(T::DTYPE.size_bytes());
     let f = dev.modules.function(&dev.ctx, name, smem)?;
     let stream = dev.stream();
@@ -329,9 +346,18 @@ fn launch<T: Element>(
     let (o_buf, o_layout) = o;
     let (o_ptr, _o_sync) = o_buf.device_ptr_mut(stream);
     let (lse_ptr, _lse_sync) = lse.device_ptr_mut(stream);
-    let score = ScoreArgs::new(dev, p, opts)?;
+    let mut score = ScoreArgs::new(dev, p, opts)?;
+    // The LSE layout's rows: `[batch, heads_q, seqlen_q]`, or `[heads_q, tokens_q]` when packed.
+    let (lse_rows, rows_per_head) = match packed {
+        None => (p.lse_len(), p.seqlen_q),
+        Some(pk) => {
+            score.params.cu_seqlens_q = pk.cu_seqlens_q;
+            score.params.cu_seqlens_k = pk.cu_seqlens_k;
+            (p.heads_q * pk.tokens_q, pk.tokens_q)
+        }
+    };
     // Split-KV workspace, stream-ordered: freed (asynchronously, after the kernels) when this returns.
-    let (o_accum_len, lse_accum_len) = forward_workspace_f32(p, num_splits);
+    let (o_accum_len, lse_accum_len) = split_workspace_f32(lse_rows, p.head_dim_v, num_splits);
     let mut workspace = None;
     let (mut o_accum_ptr, mut lse_accum_ptr) = (0, 0);
     if num_splits > 1 {
@@ -376,7 +402,7 @@ fn launch<T: Element>(
 
     let name = if f16 { abi::FWD_COMBINE_F16 } else { abi::FWD_COMBINE_BF16 };
     let f = dev.modules.function(&dev.ctx, name, 0)?;
-    let rows = p.lse_len();
+    let rows = lse_rows;
     let params = FwdCombineParams {
         o_accum: o_accum_ptr,
         lse_accum: lse_accum_ptr,
@@ -384,7 +410,7 @@ fn launch<T: Element>(
         lse: lse_ptr,
         o_strides: strides3(o_layout),
         rows: rows as u32,
-        seqlen_q: p.seqlen_q as u32,
+        seqlen_q: rows_per_head as u32,
         heads_q: p.heads_q as u32,
         head_dim_v: p.head_dim_v as u32,
         num_splits: num_splits as u32,

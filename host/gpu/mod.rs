@@ -9,6 +9,7 @@ mod score;
 pub mod standard;
 pub mod standard_backward;
 pub mod tensor;
+pub mod varlen;
 
 pub use backward::{
     backward_tile, flash_backward, flash_backward_into, flash_backward_with_tile, BackwardTile, GpuGradients,
@@ -20,3 +21,6 @@ pub use flash::{
 pub use standard::{standard_forward, standard_forward_train, StandardTrainOutput};
 pub use standard_backward::{standard_backward, standard_backward_into};
 pub use tensor::{DeviceTensor, GpuForwardOutput};
+pub use varlen::{
+    flash_forward_varlen, flash_forward_varlen_into, flash_forward_varlen_with_splits, DeviceVarlen, VarlenOffsets,
+};

@@ -69,6 +69,9 @@ impl<'a> ScoreArgs<'a> {
             alibi_batch_stride: if p.alibi_per_batch == Some(true) { p.heads_q as u32 } else { 0 },
             alibi_slopes,
             sinks,
+            // A packed batch's launch sets its offsets (`gpu::varlen`).
+            cu_seqlens_q: 0,
+            cu_seqlens_k: 0,
         };
         Ok(ScoreArgs { params, _guards: guards })
     }

@@ -33,6 +33,11 @@ pub struct FwdTile {
     /// kernels, so that the unsplit kernels stay exactly as they were (no run-time split branches).
     /// Empty for the `wgmma` rows, which have no split-KV kernel (the host splits with an `mma.sync` row).
     pub split_symbols: [&'static str; 2],
+    /// Symbols of the instantiations for packed variable-length batches (`ScoreParams::cu_seqlens_q`),
+    /// unsplit and split-KV (empty for the `wgmma` rows, as `split_symbols`): `[bf16, f16]`. Separate
+    /// kernels, so that the dense ones keep their registers.
+    pub packed_symbols: [&'static str; 2],
+    pub packed_split_symbols: [&'static str; 2],
     /// A Hopper row (`fwd/hopper.rs`, sm_90a PTX only: `wgmma`, warp-specialised K/V loads, 128-byte
     /// swizzled shared memory); chosen only on compute capability 9.0.
     pub wgmma: bool,
@@ -99,6 +104,17 @@ impl FwdTile {
     pub const fn split_symbol(&self, f16: bool) -> &'static str {
         self.split_symbols[f16 as usize]
     }
+    /// The symbol of the kernel for a launch: element size class (bf16 = 0, f16 = 1), split-KV or not,
+    /// packed batch or dense.
+    pub const fn kernel_symbol(&self, f16: bool, split: bool, packed: bool) -> &'static str {
+        let names = match (split, packed) {
+            (false, false) => &self.symbols,
+            (true, false) => &self.split_symbols,
+            (false, true) => &self.packed_symbols,
+            (true, true) => &self.packed_split_symbols,
+        };
+        names[f16 as usize]
+    }
     /// Whether the row is well formed (checked at compile time for every instantiated kernel).
     pub const fn is_valid(&self) -> bool {
         let (d, dv) = (self.head_dim, self.head_dim_v);
@@ -157,6 +173,14 @@ macro_rules! tile {
             split_symbols: [
                 concat!("attn_fwd_split_", $dims, "_m", $m, "n", $n, "w", $w, "_bf16"),
                 concat!("attn_fwd_split_", $dims, "_m", $m, "n", $n, "w", $w, "_f16"),
+            ],
+            packed_symbols: [
+                concat!("attn_fwd_varlen_", $dims, "_m", $m, "n", $n, "w", $w, "_bf16"),
+                concat!("attn_fwd_varlen_", $dims, "_m", $m, "n", $n, "w", $w, "_f16"),
+            ],
+            packed_split_symbols: [
+                concat!("attn_fwd_varlen_split_", $dims, "_m", $m, "n", $n, "w", $w, "_bf16"),
+                concat!("attn_fwd_varlen_split_", $dims, "_m", $m, "n", $n, "w", $w, "_f16"),
             ],
             wgmma: false,
             pingpong: false,
@@ -227,6 +251,11 @@ macro_rules! wgmma_tile {
                 concat!("attn_fwd_", $dims, "_m128n", $n, "_wgmma_f16"),
             ],
             split_symbols: ["", ""],
+            packed_symbols: [
+                concat!("attn_fwd_varlen_", $dims, "_m128n", $n, "_wgmma_bf16"),
+                concat!("attn_fwd_varlen_", $dims, "_m128n", $n, "_wgmma_f16"),
+            ],
+            packed_split_symbols: ["", ""],
             wgmma: true,
             pingpong: $pingpong,
         }

@@ -72,6 +72,14 @@ impl Mask {
         Mask { seqlen_q, seqlen_k, left, right }
     }
 
+    /// The mask of one sequence of a packed batch whose call mask is `self` (built over the batch's
+    /// token counts, so that its window bounds are at least any sequence's): the same rule over the
+    /// sequence's own lengths, the window clamped to them as [`Mask::new`] clamps it.
+    #[inline(always)]
+    pub fn of_sequence(&self, seqlen_q: u32, seqlen_k: u32) -> Mask {
+        Mask { seqlen_q, seqlen_k, left: self.left.min(seqlen_k), right: self.right.min(seqlen_q) }
+    }
+
     /// `seqlen_k − seqlen_q`: key `i + offset` is on query i's diagonal.
     #[inline(always)]
     pub fn offset(&self) -> i32 {
@@ -208,6 +216,23 @@ pub struct ScoreParams {
     pub alibi_slopes: u64,
     /// f32 `[heads_q]` sink logits (natural units), 0 when absent.
     pub sinks: u64,
+    /// Packed variable-length batches: i32 `[batch + 1]` token offsets of the sequences in Q (and O) and
+    /// in K/V (`cu_seqlens`), 0 for a dense batch. When set, `mask` is built over the token counts
+    /// (`seqlen_q`, `seqlen_k`: the tensors' rows) and each sequence's own mask comes from
+    /// [`Mask::of_sequence`] with its lengths ([`packed_tokens`]).
+    pub cu_seqlens_q: u64,
+    pub cu_seqlens_k: u64,
+}
+
+/// The tokens `[start, end)` of one sequence of a packed batch, from its offsets `cu[b]` and `cu[b + 1]`
+/// as stored (i32), clamped into the tensor's `tokens` rows and to a non-negative length: offsets the
+/// host could not check (device data) can then only give wrong sequences, never an access outside the
+/// tensors.
+#[inline(always)]
+pub fn packed_tokens(start: i32, end: i32, tokens: u32) -> (u32, u32) {
+    let start = (start.max(0) as u32).min(tokens);
+    let end = (end.max(0) as u32).min(tokens).max(start);
+    (start, end)
 }
 
 impl ScoreParams {
@@ -223,6 +248,11 @@ impl ScoreParams {
     #[inline(always)]
     pub fn has_modifiers(&self) -> bool {
         self.has_softcap() || self.has_alibi()
+    }
+    /// Whether the batch is packed (variable-length sequences along the token dimension).
+    #[inline(always)]
+    pub fn is_packed(&self) -> bool {
+        self.cu_seqlens_q != 0
     }
 }
 
@@ -364,6 +394,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_sequence_mask_is_the_mask_of_its_lengths() {
+        for causal in [false, true] {
+            for left in [None, Some(0), Some(5), Some(100)] {
+                for right in [None, Some(0), Some(3), Some(70)] {
+                    let call = Mask::new(900, 1200, causal, left, right);
+                    for &(sq, sk) in &SHAPES {
+                        assert_eq!(call.of_sequence(sq, sk), Mask::new(sq, sk, causal, left, right));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packed_tokens_stay_inside_the_tensor() {
+        assert_eq!(packed_tokens(3, 10, 20), (3, 10));
+        assert_eq!(packed_tokens(3, 30, 20), (3, 20));
+        assert_eq!(packed_tokens(25, 30, 20), (20, 20));
+        assert_eq!(packed_tokens(10, 3, 20), (10, 10));
+        assert_eq!(packed_tokens(-5, 4, 20), (0, 4));
+        assert_eq!(packed_tokens(i32::MIN, i32::MAX, 20), (0, 20));
     }
 
     #[test]

@@ -9,10 +9,10 @@
 //! loops); the ALiBi slope comes from the kernel (`alibi_slope_log2`: loaded per block where registers
 //! bind, once before the loop where they do not).
 
-use crate::attn::score::{Mask, ScoreParams};
+use crate::attn::score::{packed_tokens, Mask, ScoreParams};
 use crate::frag::AccFrag;
 use crate::ptx::math::{fma, recip, tanh};
-use crate::ptx::opaque;
+use crate::ptx::{opaque, smem, sync};
 use core::f32::consts::LOG2_E;
 
 /// Where a fragment sits: this thread's first row (`row0 + g` of the tile, g = lane/4), the first column
@@ -47,7 +47,7 @@ impl FragPos {
 /// it (block ranges, row limits) is then recomputed in the loop from the parameter space, which costs
 /// no register, instead of being hoisted out and held in registers the accumulators need.
 #[inline(always)]
-pub fn mask(p: &ScoreParams) -> Mask {
+fn call_mask(p: &ScoreParams) -> Mask {
     let m = &p.mask;
     Mask {
         seqlen_q: opaque::u32(m.seqlen_q),
@@ -55,6 +55,129 @@ pub fn mask(p: &ScoreParams) -> Mask {
         left: opaque::u32(m.left),
         right: opaque::u32(m.right),
     }
+}
+
+/// One sequence of a call, as a kernel finds it: the mask over its own lengths, its first query and
+/// key token in the tensors, and the batch row of the tensors (and of the LSE and split layouts) that
+/// holds it. A dense batch's sequence b is batch row b from token 0 under the call's mask; a packed
+/// batch's is tokens `cu_seqlens[b]..cu_seqlens[b + 1]` of batch row 0 (`ScoreParams::cu_seqlens_q`),
+/// whose LSE rows are `[heads_q, tokens_q]`, the dense layout of one batch row of `tokens_q` queries.
+#[derive(Clone, Copy)]
+pub struct Sequence {
+    pub mask: Mask,
+    pub q0: u32,
+    pub k0: u32,
+    pub row: u32,
+}
+
+impl Sequence {
+    /// Row `i` of the sequence's queries of head `head` in the `[batch, heads_q, rows_per_head]` layout
+    /// of the LSE (and of the split-KV and backward f32 buffers), `rows_per_head` the call mask's
+    /// `seqlen_q` (the tensor's rows).
+    #[inline(always)]
+    pub fn lse_row(&self, p: &ScoreParams, heads_q: u32, head: u32, i: u32) -> u64 {
+        (self.row as u64 * heads_q as u64 + head as u64) * p.mask.seqlen_q as u64 + (self.q0 + i) as u64
+    }
+}
+
+/// Sequence `b` of the call (see [`Sequence`]), at the start of a kernel: every thread of the CTA
+/// calls it with its `tid`, in uniform control flow. `PACKED`: the kernel's instantiation
+/// for packed batches (separate kernels, so that the dense ones carry no trace of it and keep their
+/// registers), where thread 0 reads two offsets of each `cu_seqlens` (global memory), clamps them into
+/// the tensors ([`packed_tokens`]) and keeps the sequence in the CTA's shared slot
+/// (`ptx::smem::store_cta_slot`); after a CTA barrier every thread reads it from there, as the loops
+/// do ([`parked`], [`sequence_mask`]): a packed batch's lengths are not parameters, and neither holding
+/// them in registers nor re-reading the offsets (64-bit addresses) fits the kernels' register budgets.
+///
+/// # Safety
+/// `PACKED` only for a packed call, whose `cu_seqlens_q`/`cu_seqlens_k` hold at least `b + 2` i32
+/// values; then the kernel uses no CTA barrier 0 of its own at the same time.
+#[inline(always)]
+pub unsafe fn enter<const PACKED: bool>(p: &ScoreParams, b: u32, tid: u32) -> Sequence {
+    if !PACKED {
+        return resolve::<false>(p, b, p.mask);
+    }
+    if tid == 0 {
+        let seq = resolve::<true>(p, b, p.mask);
+        let m = &seq.mask;
+        smem::store_cta_slot([m.seqlen_q, m.seqlen_k, m.left, m.right, seq.q0, seq.k0]);
+    }
+    sync::block();
+    parked::<true>(p, b)
+}
+
+/// The CTA's sequence where a loop needs it: a dense kernel's from the parameters (batch row `b`), a
+/// packed kernel's from its shared slot ([`enter`]).
+///
+/// # Safety
+/// A packed kernel's threads have passed [`enter`].
+#[inline(always)]
+pub unsafe fn parked<const PACKED: bool>(p: &ScoreParams, b: u32) -> Sequence {
+    if !PACKED {
+        return resolve::<false>(p, b, p.mask);
+    }
+    let [q0, k0] = smem::load_cta_slot_v2();
+    Sequence { mask: parked_mask(), q0, k0, row: 0 }
+}
+
+/// The batch row, first key and key count of the CTA's sequence (`Sequence::row`, `k0`,
+/// `mask.seqlen_k`) as [`parked`] gives them, a packed kernel's in two registers: what a loader needs
+/// per block.
+///
+/// # Safety
+/// As [`parked`].
+#[inline(always)]
+pub unsafe fn parked_keys<const PACKED: bool>(p: &ScoreParams, b: u32) -> (u32, u32, u32) {
+    if !PACKED {
+        return (b, 0, p.mask.seqlen_k);
+    }
+    (0, smem::load_cta_slot_word::<5>(), smem::load_cta_slot_word::<1>())
+}
+
+/// The batch row and first query of the CTA's sequence (`Sequence::row`, `q0`) as [`parked`] gives
+/// them, a packed kernel's in one register.
+///
+/// # Safety
+/// As [`parked`].
+#[inline(always)]
+pub unsafe fn parked_queries<const PACKED: bool>(b: u32) -> (u32, u32) {
+    if !PACKED {
+        return (b, 0);
+    }
+    (0, smem::load_cta_slot_word::<4>())
+}
+
+#[inline(always)]
+unsafe fn parked_mask() -> Mask {
+    let [seqlen_q, seqlen_k, left, right] = smem::load_cta_slot_v4();
+    Mask { seqlen_q, seqlen_k, left, right }
+}
+
+/// The sequence's mask as the score stage reads it inside a block loop: from the parameter space
+/// through `ptx::opaque` ([`call_mask`]), or a packed kernel's from its shared slot ([`parked`]), so
+/// that none of it is held in registers through the loop.
+///
+/// # Safety
+/// As [`parked`].
+#[inline(always)]
+pub unsafe fn sequence_mask<const PACKED: bool>(p: &ScoreParams) -> Mask {
+    if !PACKED {
+        return call_mask(p);
+    }
+    parked_mask()
+}
+
+#[inline(always)]
+unsafe fn resolve<const PACKED: bool>(p: &ScoreParams, b: u32, call: Mask) -> Sequence {
+    if !PACKED {
+        return Sequence { mask: call, q0: 0, k0: 0, row: b };
+    }
+    let offsets = |cu: u64| (*(cu as *const i32).add(b as usize), *(cu as *const i32).add(b as usize + 1));
+    let (q_start, q_end) = offsets(p.cu_seqlens_q);
+    let (k_start, k_end) = offsets(p.cu_seqlens_k);
+    let (q0, q1) = packed_tokens(q_start, q_end, call.seqlen_q);
+    let (k0, k1) = packed_tokens(k_start, k_end, call.seqlen_k);
+    Sequence { mask: call.of_sequence(q1 - q0, k1 - k0), q0, k0, row: 0 }
 }
 
 /// What the forward's stage leaves for the online softmax: the logit of element `x` of row half `r` of
@@ -93,15 +216,16 @@ impl<const MT: usize> Logits<MT> {
 #[inline(always)]
 pub unsafe fn logits_by_query<const MT: usize, const NN: usize, const MODS: bool>(
     p: &ScoreParams,
+    mask: impl Fn() -> Mask,
     alibi_slope: impl Fn() -> f32,
     s: &mut AccFrag<MT, NN>,
     at: FragPos,
     masked: bool,
 ) -> Logits<MT> {
     if MODS {
-        logits::<MT, NN, false, false>(p, alibi_slope, s, at, masked, |_, _, _, _| {})
+        logits::<MT, NN, false, false>(p, mask, alibi_slope, s, at, masked, |_, _, _, _| {})
     } else {
-        Logits::factor_only(mask_raw::<MT, NN>(p, s, at, masked))
+        Logits::factor_only(mask_raw::<MT, NN>(p, mask, s, at, masked))
     }
 }
 
@@ -111,13 +235,14 @@ pub unsafe fn logits_by_query<const MT: usize, const NN: usize, const MODS: bool
 #[inline(always)]
 fn mask_raw<const MT: usize, const NN: usize>(
     p: &ScoreParams,
+    mask: impl Fn() -> Mask,
     s: &mut AccFrag<MT, NN>,
     at: FragPos,
     masked: bool,
 ) -> f32 {
     let factor = raw_or_scaled(p, s);
     if masked {
-        apply_mask::<MT, NN, false>(p, s, at);
+        apply_mask::<MT, NN, false>(&mask(), s, at);
     }
     factor
 }
@@ -159,6 +284,7 @@ fn scale<const MT: usize, const NN: usize>(p: &ScoreParams, s: &mut AccFrag<MT, 
 #[inline(always)]
 pub unsafe fn logits_by_key<const MT: usize, const NN: usize, const DTANH: bool>(
     p: &ScoreParams,
+    mask: impl Fn() -> Mask,
     alibi_slope: impl Fn() -> f32,
     s: &mut AccFrag<MT, NN>,
     at: FragPos,
@@ -166,7 +292,7 @@ pub unsafe fn logits_by_key<const MT: usize, const NN: usize, const DTANH: bool>
     dtanh: impl FnMut(usize, usize, usize, [f32; 2]),
 ) {
     // The backward's logits are formed here (factor 1, no row offsets).
-    let _ = logits::<MT, NN, true, DTANH>(p, alibi_slope, s, at, masked, dtanh);
+    let _ = logits::<MT, NN, true, DTANH>(p, mask, alibi_slope, s, at, masked, dtanh);
 }
 
 /// The ALiBi slope of query head `head` of batch `batch` in base-2 units.
@@ -196,6 +322,7 @@ pub unsafe fn sink_log2(p: &ScoreParams, head: u32) -> f32 {
 #[inline(always)]
 unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTANH: bool>(
     p: &ScoreParams,
+    mask: impl Fn() -> Mask,
     alibi_slope: impl Fn() -> f32,
     s: &mut AccFrag<MT, NN>,
     at: FragPos,
@@ -237,11 +364,11 @@ unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTA
         let slope_log2 = alibi_slope();
         // The slope in units of the factor.
         let slope = if BY_KEY || factor == 1.0 { slope_log2 } else { slope_log2 * recip(factor) };
-        let mask = mask(p);
-        let offset = mask.offset();
+        let seq_mask = mask();
+        let offset = seq_mask.offset();
         // Forward: where the warp's tile lies on one side of the diagonal, |i + offset − j| is linear
         // in j there, and its per-row part goes to the row offset: one multiply-add per element.
-        let side = if BY_KEY { 0.0 } else { diagonal_side::<MT, NN>(at, &mask) };
+        let side = if BY_KEY { 0.0 } else { diagonal_side::<MT, NN>(at, &seq_mask) };
         if side != 0.0 {
             alibi_one_side::<MT, NN>(s, at, offset, slope, slope_log2, side, &mut out.row_offset);
         } else {
@@ -250,7 +377,7 @@ unsafe fn logits<const MT: usize, const NN: usize, const BY_KEY: bool, const DTA
     }
 
     if masked {
-        apply_mask::<MT, NN, BY_KEY>(p, s, at);
+        apply_mask::<MT, NN, BY_KEY>(&mask(), s, at);
     }
     out
 }
@@ -336,12 +463,7 @@ fn alibi_straddling<const MT: usize, const NN: usize, const BY_KEY: bool>(
 
 /// Invisible pairs to `-inf`, rows being queries (`!BY_KEY`) or keys.
 #[inline(always)]
-fn apply_mask<const MT: usize, const NN: usize, const BY_KEY: bool>(
-    p: &ScoreParams,
-    s: &mut AccFrag<MT, NN>,
-    at: FragPos,
-) {
-    let mask = mask(p);
+fn apply_mask<const MT: usize, const NN: usize, const BY_KEY: bool>(mask: &Mask, s: &mut AccFrag<MT, NN>, at: FragPos) {
     for m in 0..MT {
         for r in 0..2 {
             let (lo, hi) = if BY_KEY { mask.query_limits(at.row(m, r)) } else { mask.key_limits(at.row(m, r)) };

@@ -328,8 +328,9 @@ pub unsafe fn attn_bwd_wgmma<
             |_, i: usize, rr: usize, d: [f32; 2]| smem::store_u32(ds_at(i as u32, rr as u32), E::pack2(d[0], d[1]));
         let mut s_frag = AccFrag::<1, NT>::from_wgmma(&s);
         let at = FragPos { row_g: n0 + key_w + warp * 16 + g, col0: m0, t };
+        let mask = || stage::sequence_mask::<false>(&p.score);
         let slope = || stage::alibi_slope_log2(&p.score, b as u32, h_first + it / per_head);
-        stage::logits_by_key::<1, NT, SOFTCAP>(&p.score, slope, &mut s_frag, at, need_mask, park);
+        stage::logits_by_key::<1, NT, SOFTCAP>(&p.score, mask, slope, &mut s_frag, at, need_mask, park);
         let x = &s_frag.0[0];
         let mut pk = [0u32; PK];
         for i in 0..NT {

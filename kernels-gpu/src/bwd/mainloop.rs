@@ -361,8 +361,9 @@ pub unsafe fn attn_bwd<
         // this step); held in registers, it would push this kernel's registers into spills.
         let st_off = |mt: usize, nt: usize, rr: usize| (mt * 16 + 8 * rr) as u32 * prow_b + (nt * 16) as u32;
         let park = |mt, nt, rr, d: [f32; 2]| smem::store_u32(ds_s + st_lane + st_off(mt, nt, rr), E::pack2(d[0], d[1]));
+        let mask = || stage::sequence_mask::<false>(&p.score);
         let slope = || stage::alibi_slope_log2(&p.score, b as u32, h);
-        stage::logits_by_key::<MT1, NT1, SOFTCAP>(&p.score, slope, &mut s, at, need_mask, park);
+        stage::logits_by_key::<MT1, NT1, SOFTCAP>(&p.score, mask, slope, &mut s, at, need_mask, park);
         let s = s.0;
         let mut pk = [[[0u32; 2]; NT1]; MT1];
         let p_st = opaque(p_s + st_lane);

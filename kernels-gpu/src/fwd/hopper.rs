@@ -89,7 +89,7 @@ impl<const D: usize, const DV: usize, const BN: usize, const STAGES: u32> Shape<
 /// The loader warpgroup: Q, then the CTA's `n_blocks` K/V blocks in key order from block `first`, step j
 /// into stage `j % STAGES`.
 #[inline(always)]
-unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES: u32>(
+unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES: u32, const PACKED: bool>(
     p: &FwdParams,
     base: u32,
     m0: u32,
@@ -97,10 +97,11 @@ unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES:
     (first, n_blocks): (u32, u32),
     tid: u32,
 ) {
-    let (head, batch) = (sreg::block_y() as u64, sreg::block_z() as u64);
+    let (head, batch) = (sreg::block_y() as u64, sreg::block_z());
     let kv_head = head / p.group as u64;
-    let q =
-        (p.q as *const u16).add((batch * p.q_strides[0] + m0 as u64 * p.q_strides[1] + head * p.q_strides[2]) as usize);
+    let (row, q0) = stage::parked_queries::<PACKED>(batch);
+    let q = (p.q as *const u16)
+        .add((row as u64 * p.q_strides[0] + (q0 + m0) as u64 * p.q_strides[1] + head * p.q_strides[2]) as usize);
     copy_tile::<BM, D>(base + Shape::<D, DV, BN, STAGES>::Q, q, p.q_strides[1] as usize, rows, tid);
     let mut j = 0u32;
     while j < n_blocks {
@@ -117,13 +118,20 @@ unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES:
         }
         let n0 = (first + j) * BN as u32;
         let dst = base + Shape::<D, DV, BN, STAGES>::KV + s * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
-        let k = (p.k as *const u16)
-            .add((batch * p.k_strides[0] + n0 as u64 * p.k_strides[1] + kv_head * p.k_strides[2]) as usize);
-        let v = (p.v as *const u16)
-            .add((batch * p.v_strides[0] + n0 as u64 * p.v_strides[1] + kv_head * p.v_strides[2]) as usize);
-        let valid = p.score.mask.seqlen_k - n0;
-        copy_tile::<BN, D>(dst, k, p.k_strides[1] as usize, valid, tid);
-        copy_tile::<BN, DV>(dst + Shape::<D, DV, BN, STAGES>::K_TILE_BYTES, v, p.v_strides[1] as usize, valid, tid);
+        // The sequence's keys again for each tile (parameters, or the CTA's shared slot when packed)
+        // rather than held in the loader's few registers.
+        let rows_at = |strides: [u64; 3]| {
+            let (row, k0, seqlen_k) = stage::parked_keys::<PACKED>(&p.score, batch);
+            // A packed loader needs those two registers: it takes the K/V head afresh instead.
+            let kv_head = if PACKED { (sreg::fresh::block_y() / p.group) as u64 } else { kv_head };
+            let at = row as u64 * strides[0] + (k0 + n0) as u64 * strides[1] + kv_head * strides[2];
+            (at as usize, seqlen_k - n0)
+        };
+        let (k, valid) = rows_at(p.k_strides);
+        copy_tile::<BN, D>(dst, (p.k as *const u16).add(k), p.k_strides[1] as usize, valid, tid);
+        let (v, valid) = rows_at(p.v_strides);
+        let v_dst = dst + Shape::<D, DV, BN, STAGES>::K_TILE_BYTES;
+        copy_tile::<BN, DV>(v_dst, (p.v as *const u16).add(v), p.v_strides[1] as usize, valid, tid);
         cp_async::commit();
         if j >= 1 && !(STAGES == 2 && j >= STAGES) {
             // Block j - 1 (and Q with block 0) has landed: visible to the tensor cores' proxy, handed on.
@@ -220,6 +228,7 @@ pub unsafe fn attn_fwd_wgmma<
     const ND: usize,
     const KS: usize,
     const PINGPONG: bool,
+    const PACKED: bool,
 >(
     p: &FwdParams,
 ) {
@@ -230,10 +239,15 @@ pub unsafe fn attn_fwd_wgmma<
     // The longest causal rows (highest query block) start first, as in `mainloop.rs`.
     let m_block = sreg::grid_dim_x() - 1 - sreg::block_x();
     let (head, batch) = (sreg::block_y(), sreg::block_z());
-    let sq = p.score.mask.seqlen_q;
+    let seq = stage::enter::<PACKED>(&p.score, batch, tid);
+    let sq = seq.mask.seqlen_q;
     let m0 = m_block * BM as u32;
+    if PACKED && m0 >= sq {
+        // A packed batch's grid covers its longest sequence: this sequence has no such rows.
+        return;
+    }
     let rows = (sq - m0).min(BM as u32);
-    let blocks = p.score.mask.key_blocks(m0, rows, BN as u32);
+    let blocks = seq.mask.key_blocks(m0, rows, BN as u32);
     let n_blocks = blocks.len();
     let sink = stage::sink_log2(&p.score, head);
 
@@ -241,9 +255,12 @@ pub unsafe fn attn_fwd_wgmma<
     // the block indices, so that no register holds them through the loop.
     let out = || {
         let (head, batch) = (sreg::fresh::block_y(), sreg::fresh::block_z());
-        let o_g = (p.o as *mut u16)
-            .add((batch as u64 * p.o_strides[0] + m0 as u64 * p.o_strides[1] + head as u64 * p.o_strides[2]) as usize);
-        let lse_g = (p.lse as *mut f32).add(((batch * p.heads_q + head) as u64 * sq as u64 + m0 as u64) as usize);
+        let seq = stage::parked::<PACKED>(&p.score, batch);
+        let o_g = (p.o as *mut u16).add(
+            (seq.row as u64 * p.o_strides[0] + (seq.q0 + m0) as u64 * p.o_strides[1] + head as u64 * p.o_strides[2])
+                as usize,
+        );
+        let lse_g = (p.lse as *mut f32).add(seq.lse_row(&p.score, p.heads_q, head, m0) as usize);
         (o_g, lse_g)
     };
     let o_stride = p.o_strides[1] as usize;
@@ -259,7 +276,7 @@ pub unsafe fn attn_fwd_wgmma<
     let base = (smem::base() + 1023) & !1023;
     if tid >= COMPUTE_THREADS {
         setmaxnreg::dec::<LOADER_REGS>();
-        loader::<D, DV, BN, STAGES>(p, base, m0, rows, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
+        loader::<D, DV, BN, STAGES, PACKED>(p, base, m0, rows, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
         return;
     }
     setmaxnreg::inc::<COMPUTE_REGS>();
@@ -306,22 +323,23 @@ pub unsafe fn attn_fwd_wgmma<
         let mut o_frag = AccFrag::<1, ND>::from_wgmma(&o);
         let at = FragPos { row_g, col0: (blocks.first + j) * BN as u32, t };
         let masked = blocks.needs_mask(blocks.first + j);
+        let mask = || stage::sequence_mask::<PACKED>(&p.score);
         // Lazy rescaling where O is wide (measured: docs/perf.md). At head dim 256 the softmax goes in
         // each branch, so that the plain one's row offsets stay constants (one softmax after both
         // spilled there); elsewhere one softmax follows both (two copies cost 1-4% at head dim 64).
         if D >= 256 {
             if mods {
-                let logits = stage::logits_by_query::<1, NN, true>(&p.score, || slope, &mut s_frag, at, masked);
+                let logits = stage::logits_by_query::<1, NN, true>(&p.score, mask, || slope, &mut s_frag, at, masked);
                 softmax.update(&mut s_frag, &mut o_frag, logits, DV >= 96);
             } else {
-                let logits = stage::logits_by_query::<1, NN, false>(&p.score, || slope, &mut s_frag, at, masked);
+                let logits = stage::logits_by_query::<1, NN, false>(&p.score, mask, || slope, &mut s_frag, at, masked);
                 softmax.update(&mut s_frag, &mut o_frag, logits, DV >= 96);
             }
         } else {
             let logits = if mods {
-                stage::logits_by_query::<1, NN, true>(&p.score, || slope, &mut s_frag, at, masked)
+                stage::logits_by_query::<1, NN, true>(&p.score, mask, || slope, &mut s_frag, at, masked)
             } else {
-                stage::logits_by_query::<1, NN, false>(&p.score, || slope, &mut s_frag, at, masked)
+                stage::logits_by_query::<1, NN, false>(&p.score, mask, || slope, &mut s_frag, at, masked)
             };
             softmax.update(&mut s_frag, &mut o_frag, logits, DV >= 96);
         }
@@ -354,6 +372,8 @@ pub unsafe fn attn_fwd_wgmma<
     // orders it.
     let (inv, lse) = softmax.finish();
     let (o_g, lse_g) = out();
+    // A packed batch's rows again rather than held through the loop (its lengths are not parameters).
+    let rows = if PACKED { (stage::parked::<PACKED>(&p.score, 0).mask.seqlen_q - m0).min(BM as u32) } else { rows };
     let row0 = 64 * wg + 16 * warp;
     for rr in 0..2usize {
         let row = row0 + g + 8 * rr as u32;

@@ -9,7 +9,7 @@ use crate::ptx::elem::{Bf16, F16};
 use crate::tiles::{self, str_eq};
 
 macro_rules! fwd_kernel {
-    ($tile:path, $elem:ty, $split:literal, $p:expr) => {{
+    ($tile:path, $elem:ty, $split:literal, $packed:literal, $p:expr) => {{
         const T: tiles::FwdTile = $tile;
         attn_fwd::<
             $elem,
@@ -25,6 +25,7 @@ macro_rules! fwd_kernel {
             { T.stages },
             { T.q_in_regs },
             $split,
+            $packed,
         >($p)
     }};
 }
@@ -39,34 +40,38 @@ macro_rules! fwd_kernels {
             assert!(str_eq(T.split_symbols[1], stringify!($split_f16)));
         };
 
-        /// # Safety
-        /// Launched as `abi::FwdParams` and the tile row document.
-        #[no_mangle]
-        pub unsafe extern "ptx-kernel" fn $bf16(p: FwdParams) {
-            fwd_kernel!($tile, Bf16, false, &p)
-        }
-
-        /// # Safety
-        /// Launched as `abi::FwdParams` and the tile row document.
-        #[no_mangle]
-        pub unsafe extern "ptx-kernel" fn $f16(p: FwdParams) {
-            fwd_kernel!($tile, F16, false, &p)
-        }
-
-        /// # Safety
-        /// Launched as `abi::FwdParams` (split-KV, `num_splits > 1`) and the tile row document.
-        #[no_mangle]
-        pub unsafe extern "ptx-kernel" fn $split_bf16(p: FwdParams) {
-            fwd_kernel!($tile, Bf16, true, &p)
-        }
-
-        /// # Safety
-        /// Launched as `abi::FwdParams` (split-KV, `num_splits > 1`) and the tile row document.
-        #[no_mangle]
-        pub unsafe extern "ptx-kernel" fn $split_f16(p: FwdParams) {
-            fwd_kernel!($tile, F16, true, &p)
-        }
+        fwd_entry!($tile, $bf16, Bf16, false, false, "(unsplit)");
+        fwd_entry!($tile, $f16, F16, false, false, "(unsplit)");
+        fwd_entry!($tile, $split_bf16, Bf16, true, false, "(split-KV, `num_splits > 1`)");
+        fwd_entry!($tile, $split_f16, F16, true, false, "(split-KV, `num_splits > 1`)");
     )*};
+}
+
+/// The packed-batch instantiations (`ScoreParams::cu_seqlens_q` set) of the same rows.
+macro_rules! fwd_packed_kernels {
+    ($($tile:path => $bf16:ident, $f16:ident, $split_bf16:ident, $split_f16:ident;)*) => {$(
+        const _: () = {
+            const T: tiles::FwdTile = $tile;
+            assert!(str_eq(T.packed_symbols[0], stringify!($bf16)) && str_eq(T.packed_symbols[1], stringify!($f16)));
+            assert!(str_eq(T.packed_split_symbols[0], stringify!($split_bf16)));
+            assert!(str_eq(T.packed_split_symbols[1], stringify!($split_f16)));
+        };
+
+        fwd_entry!($tile, $bf16, Bf16, false, true, "(unsplit, packed batch)");
+        fwd_entry!($tile, $f16, F16, false, true, "(unsplit, packed batch)");
+        fwd_entry!($tile, $split_bf16, Bf16, true, true, "(split-KV, packed batch)");
+        fwd_entry!($tile, $split_f16, F16, true, true, "(split-KV, packed batch)");
+    )*};
+}
+
+macro_rules! fwd_entry {
+    ($tile:path, $name:ident, $elem:ident, $split:literal, $packed:literal, $what:literal) => {
+        #[doc = concat!("# Safety\nLaunched as `abi::FwdParams` ", $what, " and the tile row document.")]
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $name(p: FwdParams) {
+            fwd_kernel!($tile, $elem, $split, $packed, &p)
+        }
+    };
 }
 
 fwd_kernels! {
@@ -86,6 +91,34 @@ fwd_kernels! {
     tiles::HD192_V128_SMALL => attn_fwd_hd192v128_m64n32w4_bf16, attn_fwd_hd192v128_m64n32w4_f16, attn_fwd_split_hd192v128_m64n32w4_bf16, attn_fwd_split_hd192v128_m64n32w4_f16;
 }
 
+fwd_packed_kernels! {
+    tiles::HD32 => attn_fwd_varlen_hd32_m128n64w4_bf16, attn_fwd_varlen_hd32_m128n64w4_f16, attn_fwd_varlen_split_hd32_m128n64w4_bf16, attn_fwd_varlen_split_hd32_m128n64w4_f16;
+    tiles::HD64 => attn_fwd_varlen_hd64_m128n64w4_bf16, attn_fwd_varlen_hd64_m128n64w4_f16, attn_fwd_varlen_split_hd64_m128n64w4_bf16, attn_fwd_varlen_split_hd64_m128n64w4_f16;
+    tiles::HD64_SMALL => attn_fwd_varlen_hd64_m64n64w4_bf16, attn_fwd_varlen_hd64_m64n64w4_f16, attn_fwd_varlen_split_hd64_m64n64w4_bf16, attn_fwd_varlen_split_hd64_m64n64w4_f16;
+    tiles::HD96 => attn_fwd_varlen_hd96_m128n32w4_bf16, attn_fwd_varlen_hd96_m128n32w4_f16, attn_fwd_varlen_split_hd96_m128n32w4_bf16, attn_fwd_varlen_split_hd96_m128n32w4_f16;
+    tiles::HD96_SMALL => attn_fwd_varlen_hd96_m64n32w4_bf16, attn_fwd_varlen_hd96_m64n32w4_f16, attn_fwd_varlen_split_hd96_m64n32w4_bf16, attn_fwd_varlen_split_hd96_m64n32w4_f16;
+    tiles::HD128 => attn_fwd_varlen_hd128_m64n64w4_bf16, attn_fwd_varlen_hd128_m64n64w4_f16, attn_fwd_varlen_split_hd128_m64n64w4_bf16, attn_fwd_varlen_split_hd128_m64n64w4_f16;
+    tiles::HD128_SMALL => attn_fwd_varlen_hd128_m64n16w4_bf16, attn_fwd_varlen_hd128_m64n16w4_f16, attn_fwd_varlen_split_hd128_m64n16w4_bf16, attn_fwd_varlen_split_hd128_m64n16w4_f16;
+    tiles::HD192 => attn_fwd_varlen_hd192_m128n64w8_bf16, attn_fwd_varlen_hd192_m128n64w8_f16, attn_fwd_varlen_split_hd192_m128n64w8_bf16, attn_fwd_varlen_split_hd192_m128n64w8_f16;
+    tiles::HD192_SMALL => attn_fwd_varlen_hd192_m64n32w4_bf16, attn_fwd_varlen_hd192_m64n32w4_f16, attn_fwd_varlen_split_hd192_m64n32w4_bf16, attn_fwd_varlen_split_hd192_m64n32w4_f16;
+    tiles::HD256 => attn_fwd_varlen_hd256_m64n32w4_bf16, attn_fwd_varlen_hd256_m64n32w4_f16, attn_fwd_varlen_split_hd256_m64n32w4_bf16, attn_fwd_varlen_split_hd256_m64n32w4_f16;
+    tiles::HD256_W8 => attn_fwd_varlen_hd256_m128n32w8_bf16, attn_fwd_varlen_hd256_m128n32w8_f16, attn_fwd_varlen_split_hd256_m128n32w8_bf16, attn_fwd_varlen_split_hd256_m128n32w8_f16;
+    tiles::HD192_V128 => attn_fwd_varlen_hd192v128_m128n64w8_bf16, attn_fwd_varlen_hd192v128_m128n64w8_f16, attn_fwd_varlen_split_hd192v128_m128n64w8_bf16, attn_fwd_varlen_split_hd192v128_m128n64w8_f16;
+    tiles::HD192_V128_SMALL => attn_fwd_varlen_hd192v128_m64n32w4_bf16, attn_fwd_varlen_hd192v128_m64n32w4_f16, attn_fwd_varlen_split_hd192v128_m64n32w4_bf16, attn_fwd_varlen_split_hd192v128_m64n32w4_f16;
+}
+
+/// `HD128_N32`'s packed kernels, in the sm_80 PTX only: on compute capability 9.0 the chooser takes the
+/// Hopper row (and `HD128` to split), and in the sm_90a PTX this row's packed instantiation, at the
+/// 255-register limit, spills 8 bytes. A packed call forced onto it there gets `Error::KernelMissing`.
+#[cfg(not(target_feature = "sm_90a"))]
+mod packed_sm80 {
+    use super::*;
+
+    fwd_packed_kernels! {
+        tiles::HD128_N32 => attn_fwd_varlen_hd128_m128n32w4_bf16, attn_fwd_varlen_hd128_m128n32w4_f16, attn_fwd_varlen_split_hd128_m128n32w4_bf16, attn_fwd_varlen_split_hd128_m128n32w4_f16;
+    }
+}
+
 /// The Hopper kernels (`hopper.rs`), in the sm_90a PTX only; no split-KV instantiation (the host splits
 /// with an `mma.sync` row).
 #[cfg(target_feature = "sm_90a")]
@@ -96,7 +129,7 @@ mod wgmma_entry {
     use crate::tiles::{self, str_eq};
 
     macro_rules! wgmma_kernel {
-        ($tile:path, $elem:ty, $p:expr) => {{
+        ($tile:path, $elem:ty, $packed:literal, $p:expr) => {{
             const T: tiles::FwdTile = $tile;
             attn_fwd_wgmma::<
                 $elem,
@@ -110,49 +143,51 @@ mod wgmma_entry {
                 { T.head_dim_v / 8 },
                 { T.block_n / 16 },
                 { T.pingpong },
+                $packed,
             >($p)
         }};
     }
 
     macro_rules! wgmma_kernels {
-        ($($tile:path => $bf16:ident, $f16:ident;)*) => {$(
+        ($($tile:path => $bf16:ident, $f16:ident, $packed_bf16:ident, $packed_f16:ident;)*) => {$(
             const _: () = {
                 const T: tiles::FwdTile = $tile;
                 assert!(T.is_valid() && T.wgmma && T.threads() == 384);
                 assert!(str_eq(T.symbols[0], stringify!($bf16)) && str_eq(T.symbols[1], stringify!($f16)));
+                assert!(str_eq(T.packed_symbols[0], stringify!($packed_bf16)));
+                assert!(str_eq(T.packed_symbols[1], stringify!($packed_f16)));
             };
 
-            // Launch bounds (build.rs writes them into the PTX): one CTA of 12 warps per SM, 168
-            // registers per thread at launch, which `setmaxnreg` redistributes (see `hopper.rs`).
-            core::arch::global_asm!(
-                concat!("// ironflash-launch-bounds ", stringify!($bf16), " 384 1"),
-                concat!("// ironflash-launch-bounds ", stringify!($f16), " 384 1"),
-            );
-
-            /// # Safety
-            /// Launched as `abi::FwdParams` (unsplit) and the tile row document, on a compute
-            /// capability 9.0 device.
-            #[no_mangle]
-            pub unsafe extern "ptx-kernel" fn $bf16(p: FwdParams) {
-                wgmma_kernel!($tile, Bf16, &p)
-            }
-
-            /// # Safety
-            /// As the bf16 kernel.
-            #[no_mangle]
-            pub unsafe extern "ptx-kernel" fn $f16(p: FwdParams) {
-                wgmma_kernel!($tile, F16, &p)
-            }
+            wgmma_entry!($tile, $bf16, Bf16, false);
+            wgmma_entry!($tile, $f16, F16, false);
+            wgmma_entry!($tile, $packed_bf16, Bf16, true);
+            wgmma_entry!($tile, $packed_f16, F16, true);
         )*};
     }
 
+    macro_rules! wgmma_entry {
+        ($tile:path, $name:ident, $elem:ident, $packed:literal) => {
+            // Launch bounds (build.rs writes them into the PTX): one CTA of 12 warps per SM, 168
+            // registers per thread at launch, which `setmaxnreg` redistributes (see `hopper.rs`).
+            core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
+
+            /// # Safety
+            /// Launched as `abi::FwdParams` (unsplit; packed batch when the symbol says `varlen`) and
+            /// the tile row document, on a compute capability 9.0 device.
+            #[no_mangle]
+            pub unsafe extern "ptx-kernel" fn $name(p: FwdParams) {
+                wgmma_kernel!($tile, $elem, $packed, &p)
+            }
+        };
+    }
+
     wgmma_kernels! {
-        tiles::HD32_WGMMA => attn_fwd_hd32_m128n128_wgmma_bf16, attn_fwd_hd32_m128n128_wgmma_f16;
-        tiles::HD64_WGMMA => attn_fwd_hd64_m128n128_wgmma_bf16, attn_fwd_hd64_m128n128_wgmma_f16;
-        tiles::HD96_WGMMA => attn_fwd_hd96_m128n128_wgmma_bf16, attn_fwd_hd96_m128n128_wgmma_f16;
-        tiles::HD128_WGMMA => attn_fwd_hd128_m128n128_wgmma_bf16, attn_fwd_hd128_m128n128_wgmma_f16;
-        tiles::HD192_WGMMA => attn_fwd_hd192_m128n96_wgmma_bf16, attn_fwd_hd192_m128n96_wgmma_f16;
-        tiles::HD256_WGMMA => attn_fwd_hd256_m128n64_wgmma_bf16, attn_fwd_hd256_m128n64_wgmma_f16;
-        tiles::HD192_V128_WGMMA => attn_fwd_hd192v128_m128n128_wgmma_bf16, attn_fwd_hd192v128_m128n128_wgmma_f16;
+        tiles::HD32_WGMMA => attn_fwd_hd32_m128n128_wgmma_bf16, attn_fwd_hd32_m128n128_wgmma_f16, attn_fwd_varlen_hd32_m128n128_wgmma_bf16, attn_fwd_varlen_hd32_m128n128_wgmma_f16;
+        tiles::HD64_WGMMA => attn_fwd_hd64_m128n128_wgmma_bf16, attn_fwd_hd64_m128n128_wgmma_f16, attn_fwd_varlen_hd64_m128n128_wgmma_bf16, attn_fwd_varlen_hd64_m128n128_wgmma_f16;
+        tiles::HD96_WGMMA => attn_fwd_hd96_m128n128_wgmma_bf16, attn_fwd_hd96_m128n128_wgmma_f16, attn_fwd_varlen_hd96_m128n128_wgmma_bf16, attn_fwd_varlen_hd96_m128n128_wgmma_f16;
+        tiles::HD128_WGMMA => attn_fwd_hd128_m128n128_wgmma_bf16, attn_fwd_hd128_m128n128_wgmma_f16, attn_fwd_varlen_hd128_m128n128_wgmma_bf16, attn_fwd_varlen_hd128_m128n128_wgmma_f16;
+        tiles::HD192_WGMMA => attn_fwd_hd192_m128n96_wgmma_bf16, attn_fwd_hd192_m128n96_wgmma_f16, attn_fwd_varlen_hd192_m128n96_wgmma_bf16, attn_fwd_varlen_hd192_m128n96_wgmma_f16;
+        tiles::HD256_WGMMA => attn_fwd_hd256_m128n64_wgmma_bf16, attn_fwd_hd256_m128n64_wgmma_f16, attn_fwd_varlen_hd256_m128n64_wgmma_bf16, attn_fwd_varlen_hd256_m128n64_wgmma_f16;
+        tiles::HD192_V128_WGMMA => attn_fwd_hd192v128_m128n128_wgmma_bf16, attn_fwd_hd192v128_m128n128_wgmma_f16, attn_fwd_varlen_hd192v128_m128n128_wgmma_bf16, attn_fwd_varlen_hd192v128_m128n128_wgmma_f16;
     }
 }

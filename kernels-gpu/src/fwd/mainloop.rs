@@ -20,7 +20,8 @@ use crate::ptx::{cp_async, ldmatrix, opaque, smem, sreg, sync};
 /// Shape parameters, all compile-time. `D` and `DV` the head dims of Q/K and of V/O, `KD = D/16` (k-steps
 /// of QKᵀ), `ND = DV/8` (n8 tiles of O),
 /// `NN = BN/8` (n8 tiles of S), `KN = BN/16` (k-steps of PV), `MT` m16 tiles per warp; `SPLIT`: the
-/// split-KV instantiation (this CTA's split of the key blocks, f32 partial output). The derived
+/// split-KV instantiation (this CTA's split of the key blocks, f32 partial output); `PACKED`: the
+/// instantiation for packed variable-length batches (`stage::enter`). The derived
 /// sizes are separate parameters because array lengths cannot be computed from generic constants on
 /// stable Rust; `kernels.rs` passes them from one `tiles::FwdTile` row and the assert below ties them.
 ///
@@ -43,6 +44,7 @@ pub unsafe fn attn_fwd<
     const STAGES: usize,
     const QREG: bool,
     const SPLIT: bool,
+    const PACKED: bool,
 >(
     p: &FwdParams,
 ) {
@@ -67,33 +69,45 @@ pub unsafe fn attn_fwd<
         (sreg::grid_dim_x() - 1 - sreg::block_x(), 0)
     };
     let (head, batch) = (sreg::block_y(), sreg::block_z());
-    let (seqlen_q, seqlen_k) = (p.score.mask.seqlen_q, p.score.mask.seqlen_k);
+    let seq = stage::enter::<PACKED>(&p.score, batch, tid);
+    let seqlen_q = seq.mask.seqlen_q;
     let kv_head = head / p.group;
     let m0 = m_block * block_m as u32;
+    if PACKED && m0 >= seqlen_q {
+        // A packed batch's grid covers its longest sequence: this sequence has no such rows.
+        return;
+    }
     let rows = (seqlen_q - m0).min(block_m as u32);
 
-    let q_rows = (p.q as *const u16)
-        .add((batch as u64 * p.q_strides[0] + m0 as u64 * p.q_strides[1] + head as u64 * p.q_strides[2]) as usize);
+    let q_rows = (p.q as *const u16).add(
+        (seq.row as u64 * p.q_strides[0] + (seq.q0 + m0) as u64 * p.q_strides[1] + head as u64 * p.q_strides[2])
+            as usize,
+    );
     let q_stride = p.q_strides[1] as usize;
     // Where this CTA's O rows and LSE values go; called after the block loop so that none of it is
     // live (in registers) during the loop.
     let out_rows = |batch: u32, head: u32| {
-        let o = (p.o as *mut u16)
-            .add((batch as u64 * p.o_strides[0] + m0 as u64 * p.o_strides[1] + head as u64 * p.o_strides[2]) as usize);
-        let lse = (p.lse as *mut f32).add(((batch * p.heads_q + head) as u64 * seqlen_q as u64 + m0 as u64) as usize);
+        let seq = stage::parked::<PACKED>(&p.score, batch);
+        let o = (p.o as *mut u16).add(
+            (seq.row as u64 * p.o_strides[0] + (seq.q0 + m0) as u64 * p.o_strides[1] + head as u64 * p.o_strides[2])
+                as usize,
+        );
+        let lse = (p.lse as *mut f32).add(seq.lse_row(&p.score, p.heads_q, head, m0) as usize);
         (o, lse, p.o_strides[1] as usize)
     };
 
-    // Where a split's rows go in the f32 workspace: row (split, batch, head, m0) onwards.
+    // Where a split's rows go in the f32 workspace: row (split, batch row, head, m0) onwards, each split
+    // one LSE layout (`[batch, heads_q, rows]`; one batch row when packed).
     let accum_row = |batch: u32, head: u32| {
-        ((split as u64 * p.heads_q as u64 * sreg::grid_dim_z() as u64 + (batch * p.heads_q + head) as u64)
-            * seqlen_q as u64
-            + m0 as u64) as usize
+        let seq = stage::parked::<PACKED>(&p.score, batch);
+        let batch_rows = if PACKED { 1 } else { sreg::grid_dim_z() as u64 };
+        let per_split = batch_rows * p.heads_q as u64 * p.score.mask.seqlen_q as u64;
+        (split as u64 * per_split + seq.lse_row(&p.score, p.heads_q, head, m0)) as usize
     };
 
     // The key blocks this CTA's rows see, `[first, n_end)` in key order (a split's share of them when
     // split), and the unmasked ones among them, `[full_first, full_end)`.
-    let blocks = p.score.mask.key_blocks(m0, rows, BN as u32);
+    let blocks = seq.mask.key_blocks(m0, rows, BN as u32);
     let (first, n_end) = if split_mode {
         let per_split = blocks.len().div_ceil(p.num_splits);
         let first = (blocks.first + split * per_split).min(blocks.end);
@@ -122,19 +136,25 @@ pub unsafe fn attn_fwd<
     let stage_bytes = (BN * (row_bytes + row_bytes_v)) as u32;
     let v_offset = (BN * row_bytes) as u32;
 
-    // K/V addresses are re-derived from the parameters at each block (through `opaque`), so that
-    // neither they nor the per-chunk offsets are hoisted out of the loop into registers of their own
-    // (see ptx/opaque.rs); parameters are read from the constant bank and cost no register.
+    // K/V addresses are re-derived from the parameters (a packed kernel's from its shared slot) at each
+    // block (through `opaque`), so that neither they nor the per-chunk offsets are hoisted out of the
+    // loop into registers of their own (see ptx/opaque.rs); parameters are read from the constant bank
+    // and cost no register.
     let load_kv = |block: u32, stage: u32| {
         let n0 = block * BN as u32;
-        let valid = seqlen_k - n0;
         let k_smem = kv_smem + stage * stage_bytes;
-        let (batch, kv_head) = (opaque::u32(batch) as u64, opaque::u32(kv_head) as u64);
-        let k_rows = (p.k as *const u16).add((batch * p.k_strides[0] + kv_head * p.k_strides[2]) as usize);
-        let v_rows = (p.v as *const u16).add((batch * p.v_strides[0] + kv_head * p.v_strides[2]) as usize);
+        // The sequence's keys for each tile (parameters, or the CTA's shared slot when packed).
+        let rows_at = |strides: [u64; 3]| {
+            let (row, k0, seqlen_k) = stage::parked_keys::<PACKED>(&p.score, opaque::u32(batch));
+            let kv_head = opaque::u32(kv_head) as u64;
+            let at = row as u64 * strides[0] + k0 as u64 * strides[1] + kv_head * strides[2];
+            (at as usize + n0 as usize * strides[1] as usize, seqlen_k - n0)
+        };
         let (k_stride, v_stride) = (p.k_strides[1] as usize, p.v_strides[1] as usize);
-        load_tile::<D>(k_smem, k_rows.add(n0 as usize * k_stride), k_stride, valid, BN, threads, tid);
-        load_tile::<DV>(k_smem + v_offset, v_rows.add(n0 as usize * v_stride), v_stride, valid, BN, threads, tid);
+        let (k, valid) = rows_at(p.k_strides);
+        load_tile::<D>(k_smem, (p.k as *const u16).add(k), k_stride, valid, BN, threads, tid);
+        let (v, valid) = rows_at(p.v_strides);
+        load_tile::<DV>(k_smem + v_offset, (p.v as *const u16).add(v), v_stride, valid, BN, threads, tid);
     };
 
     // Prologue: Q with the first block in the first group, then the next STAGES-2 blocks, one group
@@ -203,7 +223,8 @@ pub unsafe fn attn_fwd<
                 // To base-2 logits, masked where this block needs it.
                 let at = FragPos { row_g: m0 + warp_row0 + g, col0: n0, t };
                 let slope = || stage::alibi_slope_log2(&p.score, sreg::fresh::block_z(), sreg::fresh::block_y());
-                let logits = stage::logits_by_query::<MT, NN, $mods>(&p.score, slope, &mut acc_s, at, $masked);
+                let mask = || stage::sequence_mask::<PACKED>(&p.score);
+                let logits = stage::logits_by_query::<MT, NN, $mods>(&p.score, mask, slope, &mut acc_s, at, $masked);
                 softmax.update(&mut acc_s, &mut acc_o, logits, false);
                 accumulate_pv::<E, DV, ND, NN, KN, MT>(&mut acc_o.0, &acc_s.0, v_smem);
 

@@ -64,3 +64,61 @@ pub unsafe fn load_u32(addr: u32) -> u32 {
     core::arch::asm!("ld.shared.b32 {0}, [{1}];", out(reg32) v, in(reg32) addr, options(nostack, readonly));
     v
 }
+
+// The CTA's 32-byte slot of static shared memory (PTX ISA §5.1.5: a module-scope `.shared` variable;
+// ptxas gives it only to the kernels that use it, at an address the instructions take as an immediate,
+// so reading it costs no address register).
+core::arch::global_asm!(".shared .align 16 .b8 IRONFLASH_CTA_SLOT[32];");
+
+/// Stores six words in the CTA slot (`st.shared.v4` and `.v2`).
+///
+/// # Safety
+/// One thread stores, and a barrier orders the store before every other thread's loads.
+#[inline(always)]
+pub unsafe fn store_cta_slot(v: [u32; 6]) {
+    core::arch::asm!(
+        "st.shared.v4.b32 [IRONFLASH_CTA_SLOT], {{{0}, {1}, {2}, {3}}};",
+        "st.shared.v2.b32 [IRONFLASH_CTA_SLOT+16], {{{4}, {5}}};",
+        in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3], in(reg32) v[4], in(reg32) v[5],
+        options(nostack)
+    );
+}
+
+/// Words 0-3 of the CTA slot. Not `pure`: a read inside a loop stays there (see `ptx::opaque`), rather
+/// than being hoisted and held in registers.
+///
+/// # Safety
+/// [`store_cta_slot`] wrote the slot before a barrier this thread has passed.
+#[inline(always)]
+pub unsafe fn load_cta_slot_v4() -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    core::arch::asm!(
+        "ld.shared.v4.b32 {{{0}, {1}, {2}, {3}}}, [IRONFLASH_CTA_SLOT];",
+        out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d,
+        options(nostack)
+    );
+    [a, b, c, d]
+}
+
+/// Words 4 and 5 of the CTA slot, as [`load_cta_slot_v4`].
+///
+/// # Safety
+/// As [`load_cta_slot_v4`].
+#[inline(always)]
+pub unsafe fn load_cta_slot_v2() -> [u32; 2] {
+    let (a, b): (u32, u32);
+    core::arch::asm!("ld.shared.v2.b32 {{{0}, {1}}}, [IRONFLASH_CTA_SLOT+16];", out(reg32) a, out(reg32) b, options(nostack));
+    [a, b]
+}
+
+/// Word `W` (0-5) of the CTA slot, as [`load_cta_slot_v4`].
+///
+/// # Safety
+/// As [`load_cta_slot_v4`].
+#[inline(always)]
+pub unsafe fn load_cta_slot_word<const W: u32>() -> u32 {
+    const { assert!(W < 6) };
+    let v: u32;
+    core::arch::asm!("ld.shared.b32 {0}, [IRONFLASH_CTA_SLOT+{1}];", out(reg32) v, const 4 * W, options(nostack));
+    v
+}

@@ -1,0 +1,288 @@
+//! Packed variable-length batches on the GPU (FlashAttention's `varlen`): sequences of different
+//! lengths laid end to end along the token dimension of one batch row, each attended on its own (its
+//! causal diagonal and windows aligned bottom-right within the sequence), with the same fused forward
+//! kernels as the dense call in their packed instantiation (`ScoreParams::cu_seqlens_q`). The f64
+//! reference is `cpu::reference_forward_varlen`.
+
+use crate::cpu::varlen::Varlen;
+use crate::device::Device;
+use crate::dtype::{DType, Element};
+use crate::error::{Arg, DriverContext, Error, Result};
+use crate::gpu::flash::{self, PackedLaunch};
+use crate::gpu::score::check_per_head;
+use crate::gpu::tensor::{check_f32_buffer, check_vector_strides, DeviceTensor, GpuForwardOutput};
+use crate::layout::Layout;
+use crate::options::AttnOptions;
+use crate::problem::AttnProblem;
+use cudarc::driver::{CudaSlice, DevicePtr};
+use ironflash_kernels::tiles::FwdTile;
+
+/// Grid z (sequences) and y (heads) are limited to 65535 by the hardware.
+const GRID_YZ_MAX: usize = 65535;
+
+/// A packed batch's sequences on the device: sequence b's queries are tokens `cu_seqlens_q[b] ..
+/// cu_seqlens_q[b + 1]` of q (and O), its keys tokens `cu_seqlens_k[b] .. cu_seqlens_k[b + 1]` of k and
+/// v (i32, batch + 1 offsets each, starting at 0, never decreasing, ending at the token counts), and
+/// no sequence is longer than `max_seqlen_q` queries or `max_seqlen_k` keys.
+///
+/// The offsets live on the device, so a call cannot check them without a synchronisation: it checks
+/// their buffers' lengths and device, and the kernels clamp every sequence into the tensors, so that
+/// wrong offsets or maxima give wrong results for the sequences concerned, never an access outside the
+/// buffers. [`Device::upload_varlen`] checks host offsets before they go up and derives the maxima.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceVarlen<'a> {
+    pub cu_seqlens_q: &'a CudaSlice<i32>,
+    pub cu_seqlens_k: &'a CudaSlice<i32>,
+    pub max_seqlen_q: usize,
+    pub max_seqlen_k: usize,
+}
+
+/// Offsets uploaded by [`Device::upload_varlen`], with their maxima; [`VarlenOffsets::view`] lends
+/// them to the calls.
+#[derive(Debug)]
+pub struct VarlenOffsets {
+    pub cu_seqlens_q: CudaSlice<i32>,
+    pub cu_seqlens_k: CudaSlice<i32>,
+    pub max_seqlen_q: usize,
+    pub max_seqlen_k: usize,
+}
+
+impl VarlenOffsets {
+    pub fn view(&self) -> DeviceVarlen<'_> {
+        DeviceVarlen {
+            cu_seqlens_q: &self.cu_seqlens_q,
+            cu_seqlens_k: &self.cu_seqlens_k,
+            max_seqlen_q: self.max_seqlen_q,
+            max_seqlen_k: self.max_seqlen_k,
+        }
+    }
+}
+
+impl Device {
+    /// Checks host offsets against the token counts of q and k (`tokens_q`, `tokens_k`) as the CPU path
+    /// does, and copies them to the device with the longest sequences' lengths.
+    pub fn upload_varlen(&self, seqs: &Varlen, tokens_q: usize, tokens_k: usize) -> Result<VarlenOffsets> {
+        seqs.batch(tokens_q, tokens_k)?;
+        let longest = |cu: &[i32]| cu.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+        let upload = |cu: &[i32]| self.stream.clone_htod(cu).during("copying sequence offsets to the device");
+        Ok(VarlenOffsets {
+            cu_seqlens_q: upload(seqs.cu_seqlens_q)?,
+            cu_seqlens_k: upload(seqs.cu_seqlens_k)?,
+            max_seqlen_q: longest(seqs.cu_seqlens_q),
+            max_seqlen_k: longest(seqs.cu_seqlens_k),
+        })
+    }
+}
+
+/// The varlen forward: O `[1, tokens_q, heads_q, head_dim_v]` (contiguous) and the f32 LSE
+/// `[heads_q, tokens_q]` (natural log; `-inf` and O = 0 for rows that see no key, such as the queries
+/// of a sequence without keys). Q, K and V are `[1, tokens, heads, head_dim]` with free strides (as the
+/// dense call's); every option of the dense call applies to each sequence, ALiBi slopes `[heads_q]` or
+/// one row per sequence (`[batch, heads_q]`).
+pub fn flash_forward_varlen<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    seqs: &DeviceVarlen,
+    opts: &AttnOptions,
+) -> Result<GpuForwardOutput<T>> {
+    let plan = plan(dev, q, k, v, seqs, opts)?;
+    dev.refuse_capture("flash_forward_varlen")?;
+    let o_layout = Layout::contiguous(plan.tokens.o_shape());
+    // SAFETY: the kernels write every element of O and of the LSE that belongs to a sequence; with
+    // offsets that cover the tokens (as documented), that is all of them.
+    let mut o = unsafe { dev.stream.alloc::<T>(o_layout.numel()) }.during("allocating O")?;
+    let mut lse = unsafe { dev.stream.alloc::<f32>(plan.lse_len()) }.during("allocating the LSE")?;
+    run(dev, &plan, seqs, opts, None, None, q, k, v, (&mut o, &o_layout), &mut lse)?;
+    Ok(GpuForwardOutput { o: DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal }, lse })
+}
+
+/// As [`flash_forward_varlen`], into caller-provided buffers: `o` shaped like O with any
+/// non-overlapping strides (multiples of 8 elements, last dim contiguous), `lse` at least
+/// `heads_q · tokens_q` f32, written as `[heads_q, tokens_q]`.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_forward_varlen_into<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    seqs: &DeviceVarlen,
+    o: &mut DeviceTensor<T>,
+    lse: &mut CudaSlice<f32>,
+    opts: &AttnOptions,
+) -> Result<()> {
+    flash_forward_varlen_with_splits(dev, q, k, v, seqs, o, lse, opts, None, None)
+}
+
+/// As [`flash_forward_varlen_into`] with an optional explicit tile and split-KV count, as
+/// `gpu::flash_forward_with_splits` takes them: for tests and benchmarks.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_forward_varlen_with_splits<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    seqs: &DeviceVarlen,
+    o: &mut DeviceTensor<T>,
+    lse: &mut CudaSlice<f32>,
+    opts: &AttnOptions,
+    tile: Option<&FwdTile>,
+    num_splits: Option<usize>,
+) -> Result<()> {
+    if let Some(n) = num_splits {
+        if !(1..=flash::MAX_SPLITS).contains(&n) {
+            return Err(Error::TooLarge { arg: Arg::Q, what: "num_splits (1..=128)", value: n });
+        }
+    }
+    let plan = plan(dev, q, k, v, seqs, opts)?;
+    o.check_on(dev, Arg::O)?;
+    plan.tokens.check_like_o(Arg::O, &o.layout, o.buf.len())?;
+    check_vector_strides(Arg::O, &o.layout)?;
+    check_f32_buffer(dev, Arg::Lse, lse, plan.lse_len(), "one f32 per (head_q, query token)")?;
+    let o_layout = o.layout;
+    run(dev, &plan, seqs, opts, tile, num_splits, q, k, v, (&mut o.buf, &o_layout), lse)
+}
+
+/// A validated varlen call: the problem over the token counts (shapes, strides, options) and the
+/// problem the kernels' grid and tile plan see (one batch entry per sequence, the longest lengths).
+struct Plan {
+    tokens: AttnProblem,
+    grid: AttnProblem,
+    tile: FwdTile,
+}
+
+impl Plan {
+    fn lse_len(&self) -> usize {
+        self.tokens.heads_q * self.tokens.seqlen_q
+    }
+}
+
+fn plan<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    seqs: &DeviceVarlen,
+    opts: &AttnOptions,
+) -> Result<Plan> {
+    if T::DTYPE == DType::F32 {
+        return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype: T::DTYPE, path: "the fused forward kernel" });
+    }
+    for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
+        t.check_on(dev, arg)?;
+        if t.layout.batch() != 1 {
+            return Err(Error::ShapeMismatch {
+                arg,
+                what: "batch",
+                got: t.layout.batch(),
+                expected: 1,
+                why: "a packed batch holds its sequences along the token dimension",
+            });
+        }
+    }
+    // The slopes may have a row per sequence, which the check of one batch row would refuse.
+    let one_row = AttnOptions { alibi_slopes: None, ..*opts };
+    let tokens =
+        AttnProblem::new((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), &one_row)?;
+    check_per_head(dev, opts)?;
+    for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
+        check_vector_strides(arg, &t.layout)?;
+    }
+    let batch = check_offsets(dev, seqs, &tokens)?;
+    let alibi_per_batch = match opts.alibi_slopes {
+        None => None,
+        Some(s) if s.len() == tokens.heads_q => Some(false),
+        Some(s) if s.len() == batch * tokens.heads_q => Some(true),
+        Some(s) => {
+            return Err(Error::ShapeMismatch {
+                arg: Arg::AlibiSlopes,
+                what: "length",
+                got: s.len(),
+                expected: tokens.heads_q,
+                why: "one f32 slope per query head ([heads_q]) or per (sequence, query head) ([batch, heads_q])",
+            })
+        }
+    };
+    for (what, value) in [("heads_q", tokens.heads_q), ("batch (sequences)", batch)] {
+        if value > GRID_YZ_MAX {
+            return Err(Error::TooLarge { arg: Arg::Q, what, value });
+        }
+    }
+    let grid =
+        AttnProblem { batch, seqlen_q: seqs.max_seqlen_q, seqlen_k: seqs.max_seqlen_k, alibi_per_batch, ..tokens };
+    let tokens = AttnProblem { alibi_per_batch, ..tokens };
+    let tile = flash::forward_tile(dev.info(), (tokens.head_dim, tokens.head_dim_v), T::DTYPE, tokens.causal)?;
+    Ok(Plan { tokens, grid, tile })
+}
+
+/// The offsets' buffers (device, equal lengths of at least 2) and the maxima (within the token counts);
+/// the number of sequences.
+fn check_offsets(dev: &Device, seqs: &DeviceVarlen, tokens: &AttnProblem) -> Result<usize> {
+    let ordinal = dev.info().ordinal;
+    for (arg, cu) in [(Arg::CuSeqlensQ, seqs.cu_seqlens_q), (Arg::CuSeqlensK, seqs.cu_seqlens_k)] {
+        if cu.ordinal() != ordinal {
+            return Err(Error::DeviceMismatch { arg, got: cu.ordinal(), expected: ordinal });
+        }
+        if cu.len() < 2 {
+            let why = format!("{} offsets; a batch of b sequences has b + 1", cu.len());
+            return Err(Error::BadSeqlenOffsets { arg, why });
+        }
+    }
+    let (len_q, len_k) = (seqs.cu_seqlens_q.len(), seqs.cu_seqlens_k.len());
+    if len_q != len_k {
+        return Err(Error::ShapeMismatch {
+            arg: Arg::CuSeqlensK,
+            what: "length",
+            got: len_k,
+            expected: len_q,
+            why: "one offset per sequence and one more, as cu_seqlens_q",
+        });
+    }
+    for (arg, max, count, what) in [
+        (Arg::CuSeqlensQ, seqs.max_seqlen_q, tokens.seqlen_q, "q"),
+        (Arg::CuSeqlensK, seqs.max_seqlen_k, tokens.seqlen_k, "k"),
+    ] {
+        if max > count {
+            let why = format!("max_seqlen {max} exceeds the {count} tokens of {what}");
+            return Err(Error::BadSeqlenOffsets { arg, why });
+        }
+    }
+    Ok(len_q - 1)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run<T: Element>(
+    dev: &Device,
+    plan: &Plan,
+    seqs: &DeviceVarlen,
+    opts: &AttnOptions,
+    tile: Option<&FwdTile>,
+    num_splits: Option<usize>,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    o: (&mut CudaSlice<T>, &Layout),
+    lse: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let grid = &plan.grid;
+    if grid.seqlen_q == 0 {
+        // No sequence has a query: nothing to write.
+        return Ok(());
+    }
+    let (tile, splits) = match (tile, num_splits) {
+        (None, None) => flash::forward_launch_plan(dev.info(), grid, &plan.tile, T::DTYPE),
+        (None, Some(n)) if plan.tile.wgmma && n > 1 => (flash::split_kv_tile_or_error(dev.info(), grid, T::DTYPE)?, n),
+        (None, Some(n)) => (plan.tile, n),
+        (Some(t), n) => {
+            let splits = n.unwrap_or(1);
+            flash::check_forced_forward_tile(t, grid, T::DTYPE, dev.info(), splits)?;
+            (*t, splits)
+        }
+    };
+    let stream = dev.stream();
+    let (cu_q, _cu_q_sync) = seqs.cu_seqlens_q.device_ptr(stream);
+    let (cu_k, _cu_k_sync) = seqs.cu_seqlens_k.device_ptr(stream);
+    let packed = PackedLaunch { cu_seqlens_q: cu_q, cu_seqlens_k: cu_k, tokens_q: plan.tokens.seqlen_q };
+    flash::launch(dev, grid, opts, Some(packed), &tile, splits, (&q.buf, &q.layout), k, v, o, lse)
+}

@@ -1,0 +1,430 @@
+//! Packed variable-length batches on the GPU (`gpu::flash_forward_varlen`): random mixes of sequence
+//! lengths (0 and 1 included, queries and keys of their own lengths), crossed with causality, windows,
+//! softcap, ALiBi (per head or per sequence), sinks, GQA, every head dim and both dtypes, on the chosen
+//! kernels (Hopper's on compute capability 9.0), the `mma.sync` rows forced and split-KV forced, against
+//! the f64 varlen reference (`cpu::reference_forward_varlen`) on fresh random inputs, outputs poisoned.
+//! Each sequence's result is also bitwise the dense call's on that sequence alone (same kernel row),
+//! and repeated calls are bitwise equal. Skips with one line without a CUDA driver.
+//!
+//! Bounds: as `gpu_forward` (O relative L2 bf16 1e-2, f16 5e-3; LSE absolute 2e-3 of its magnitude).
+
+mod common;
+
+use common::{check_lse, device_or_skip, max_abs, rel_l2};
+use half::{bf16, f16};
+use ironflash::cpu::varlen::{reference_forward_varlen, Varlen};
+use ironflash::gpu::{self, DeviceVarlen};
+use ironflash::{Arg, AttnOptions, DType, Device, Element, Error, HostTensor, Layout, PerHead};
+use ironflash_kernels::tiles::{self, FwdTile};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use rand::{Rng, SeedableRng};
+
+const HEAD_DIMS: [(usize, usize); 7] = [(32, 32), (64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128)];
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kernels {
+    Chosen,
+    MmaSync,
+    Split(usize),
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    /// Query and key lengths per sequence.
+    lens: Vec<(usize, usize)>,
+    heads_kv: usize,
+    group: usize,
+    head_dim: usize,
+    head_dim_v: usize,
+    causal: bool,
+    window: (Option<usize>, Option<usize>),
+    softcap: Option<f32>,
+    /// Some(per_sequence): ALiBi slopes `[heads_q]` or `[batch, heads_q]`.
+    alibi: Option<bool>,
+    sinks: bool,
+    /// Token and head strides padded (not contiguous).
+    padded: bool,
+    kernels: Kernels,
+    seed: u64,
+}
+
+fn length() -> impl Strategy<Value = usize> {
+    prop_oneof![1 => Just(0usize), 1 => Just(1usize), 3 => 2usize..=70, 2 => 100usize..=300]
+}
+
+fn case_strategy() -> impl Strategy<Value = Case> {
+    let window = prop_oneof![
+        3 => Just((None, None)),
+        1 => (0usize..40).prop_map(|l| (Some(l), None)),
+        1 => (0usize..200, 0usize..60).prop_map(|(l, r)| (Some(l), Some(r))),
+    ];
+    let kernels =
+        prop_oneof![3 => Just(Kernels::Chosen), 2 => Just(Kernels::MmaSync), 1 => (2usize..6).prop_map(Kernels::Split)];
+    // Self-attention (equal lengths) half the time, else each side its own.
+    // A tensor has at least one token (the library's shapes have no empty dimension): a draw whose
+    // sequences hold no query (or no key) at all gets one in its first sequence.
+    let lens = prop::collection::vec((length(), length(), any::<bool>()), 1..=6).prop_map(|v| {
+        let mut lens: Vec<(usize, usize)> = v.into_iter().map(|(q, k, same)| (q, if same { q } else { k })).collect();
+        if lens.iter().all(|l| l.0 == 0) {
+            lens[0].0 = 1;
+        }
+        if lens.iter().all(|l| l.1 == 0) {
+            lens[0].1 = 1;
+        }
+        lens
+    });
+    (
+        (lens, 1usize..=2, prop::sample::select(vec![1usize, 2, 4, 8]), prop::sample::select(HEAD_DIMS.to_vec())),
+        (any::<bool>(), window, prop::option::weighted(0.3, prop::sample::select(vec![2.0f32, 8.0, 30.0]))),
+        (prop::option::weighted(0.3, any::<bool>()), prop::bool::weighted(0.3), prop::bool::weighted(0.3)),
+        (kernels, any::<u64>()),
+    )
+        .prop_map(|((lens, hkv, group, (d, dv)), (causal, window, softcap), (alibi, sinks, padded), (k, seed))| {
+            Case {
+                lens,
+                heads_kv: hkv,
+                group,
+                head_dim: d,
+                head_dim_v: dv,
+                causal,
+                window,
+                softcap,
+                alibi,
+                sinks,
+                padded,
+                kernels: k,
+                seed,
+            }
+        })
+}
+
+struct Inputs<T> {
+    q: HostTensor<T>,
+    k: HostTensor<T>,
+    v: HostTensor<T>,
+    cu_q: Vec<i32>,
+    cu_k: Vec<i32>,
+    scale: f32,
+    slopes: Vec<f32>,
+    sinks: Vec<f32>,
+}
+
+fn offsets(lens: impl Iterator<Item = usize>) -> Vec<i32> {
+    let mut cu = vec![0i32];
+    for l in lens {
+        cu.push(cu.last().unwrap() + l as i32);
+    }
+    cu
+}
+
+/// `[1, tokens, heads, dim]`, contiguous or with padded token and head strides.
+fn layout(tokens: usize, heads: usize, dim: usize, padded: bool) -> Layout {
+    if !padded {
+        return Layout::contiguous([1, tokens, heads, dim]);
+    }
+    let (hs, ts) = (dim + 8, heads * (dim + 8) + 16);
+    Layout { shape: [1, tokens, heads, dim], strides: [tokens * ts, ts, hs, 1] }
+}
+
+fn inputs<T: Element>(c: &Case) -> Inputs<T> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(c.seed);
+    let (cu_q, cu_k) = (offsets(c.lens.iter().map(|l| l.0)), offsets(c.lens.iter().map(|l| l.1)));
+    let (tq, tk) = (*cu_q.last().unwrap() as usize, *cu_k.last().unwrap() as usize);
+    let hq = c.heads_kv * c.group;
+    let q = HostTensor::<T>::random_with_layout(layout(tq, hq, c.head_dim, c.padded), 1.0, &mut rng);
+    let k = HostTensor::<T>::random_with_layout(layout(tk, c.heads_kv, c.head_dim, c.padded), 1.0, &mut rng);
+    let v = HostTensor::<T>::random_with_layout(layout(tk, c.heads_kv, c.head_dim_v, c.padded), 1.0, &mut rng);
+    let scale = rng.random_range(1.0..3.0) / (c.head_dim as f32).sqrt();
+    let n_slopes = if c.alibi == Some(true) { c.lens.len() * hq } else { hq };
+    let slopes = (0..n_slopes).map(|_| 2f32.powf(-rng.random_range(0.0..8.0))).collect();
+    let sinks = (0..hq).map(|_| rng.random_range(-3.0..3.0)).collect();
+    Inputs { q, k, v, cu_q, cu_k, scale, slopes, sinks }
+}
+
+fn options<'a>(c: &Case, scale: f32, slopes: PerHead<'a>, sinks: PerHead<'a>) -> AttnOptions<'a> {
+    let mut o = AttnOptions { causal: c.causal, softmax_scale: Some(scale), ..AttnOptions::default() }
+        .with_window(c.window.0, c.window.1);
+    o.softcap = c.softcap;
+    if c.alibi.is_some() {
+        o.alibi_slopes = Some(slopes);
+    }
+    if c.sinks {
+        o.sinks = Some(sinks);
+    }
+    o
+}
+
+fn mma_sync_tile(c: &Case) -> &'static FwdTile {
+    let dims = (c.head_dim, c.head_dim_v);
+    tiles::FWD_TILES.iter().find(|t| (t.head_dim, t.head_dim_v) == dims && !t.wgmma).unwrap()
+}
+
+/// The varlen call of a case into poisoned O and LSE; their contents.
+fn gpu_varlen<T: Element>(dev: &Device, c: &Case, x: &Inputs<T>) -> Result<(HostTensor<T>, Vec<f32>), Error> {
+    let slopes = dev.stream().clone_htod(&x.slopes).unwrap();
+    let sinks = dev.stream().clone_htod(&x.sinks).unwrap();
+    let opts = options(c, x.scale, PerHead::Device(&slopes), PerHead::Device(&sinks));
+    let (q, k, v) = (dev.upload(&x.q)?, dev.upload(&x.k)?, dev.upload(&x.v)?);
+    let seqs = Varlen { cu_seqlens_q: &x.cu_q, cu_seqlens_k: &x.cu_k };
+    let offsets = dev.upload_varlen(&seqs, x.q.shape()[1], x.k.shape()[1])?;
+    let [_, tq, hq, _] = x.q.shape();
+    let mut o = dev.poisoned::<T>([1, tq, hq, c.head_dim_v])?;
+    let mut lse = dev.poisoned_f32(hq * tq)?;
+    let view = offsets.view();
+    match c.kernels {
+        Kernels::Chosen => gpu::flash_forward_varlen_into(dev, &q, &k, &v, &view, &mut o, &mut lse, &opts),
+        Kernels::MmaSync => gpu::flash_forward_varlen_with_splits(
+            dev,
+            &q,
+            &k,
+            &v,
+            &view,
+            &mut o,
+            &mut lse,
+            &opts,
+            Some(mma_sync_tile(c)),
+            None,
+        ),
+        Kernels::Split(n) => {
+            gpu::flash_forward_varlen_with_splits(dev, &q, &k, &v, &view, &mut o, &mut lse, &opts, None, Some(n))
+        }
+    }?;
+    Ok((dev.download(&o)?, dev.download_f32(&lse)?))
+}
+
+fn bounds(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => 5e-3,
+        _ => 1e-2,
+    }
+}
+
+fn run_case<T: Element>(dev: &Device, c: &Case) -> Result<f64, String> {
+    let name = format!("{} {c:?}", T::DTYPE);
+    let x = inputs::<T>(c);
+    let seqs = Varlen { cu_seqlens_q: &x.cu_q, cu_seqlens_k: &x.cu_k };
+    let host_opts = options(c, x.scale, PerHead::Host(&x.slopes), PerHead::Host(&x.sinks));
+    let want = reference_forward_varlen(&x.q, &x.k, &x.v, &seqs, &host_opts).map_err(|e| e.to_string())?;
+    let (o, lse) = gpu_varlen(dev, c, &x).map_err(|e| format!("{name}: {e}"))?;
+    let got_o = o.to_f64_contiguous();
+    let tol = bounds(T::DTYPE);
+    let err = rel_l2(&got_o, &want.o);
+    // A batch whose queries all see no key has O = 0 in full: then every value must be 0.
+    let all_zero = want.o.iter().all(|&w| w == 0.0);
+    if (all_zero && got_o.iter().any(|&g| g != 0.0)) || (!all_zero && (err.is_nan() || err >= tol)) {
+        return Err(format!("{name}: O error {err:.3e} > {tol} (max_abs {:.2e})", max_abs(&got_o, &want.o)));
+    }
+    let lse_scale = want.lse.iter().filter(|l| l.is_finite()).fold(1.0f64, |m, l| m.max(l.abs()));
+    check_lse(&lse, &want.lse, 2e-3 * lse_scale).map_err(|e| format!("{name}: {e}"))?;
+    Ok(if all_zero { 0.0 } else { err })
+}
+
+/// `IRONFLASH_PROPTEST_CASES` overrides the number of cases (e.g. small under compute-sanitizer).
+fn property<T: Element>(test: &str, cases: u32) {
+    let Some(dev) = device_or_skip(test) else { return };
+    let cases = std::env::var("IRONFLASH_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let worst = std::sync::Mutex::new(0.0f64);
+    runner
+        .run(&case_strategy(), |c| {
+            let e = run_case::<T>(dev, &c).map_err(TestCaseError::fail)?;
+            let mut w = worst.lock().unwrap();
+            *w = w.max(e);
+            Ok(())
+        })
+        .unwrap();
+    println!("{test}: worst O {:.2e}", *worst.lock().unwrap());
+}
+
+fn varlen_forward_matches_reference_bf16() {
+    property::<bf16>("varlen_forward_matches_reference_bf16", 96);
+}
+
+fn varlen_forward_matches_reference_f16() {
+    property::<f16>("varlen_forward_matches_reference_f16", 64);
+}
+
+fn base(head_dim: usize, lens: &[(usize, usize)]) -> Case {
+    Case {
+        lens: lens.to_vec(),
+        heads_kv: 2,
+        group: 4,
+        head_dim,
+        head_dim_v: head_dim,
+        causal: false,
+        window: (None, None),
+        softcap: None,
+        alibi: None,
+        sinks: false,
+        padded: false,
+        kernels: Kernels::Chosen,
+        seed: 5,
+    }
+}
+
+/// Long sequences (several query and key blocks each, beside empty and one-token ones) with every
+/// option, on each kernel family and split, at every head dim.
+fn long_sequences_every_option_every_head_dim() {
+    let Some(dev) = device_or_skip("long_sequences_every_option_every_head_dim") else { return };
+    let lens = [(700, 900), (0, 5), (1, 1), (333, 333), (5, 0), (1, 1000)];
+    for (d, dv) in HEAD_DIMS {
+        for kernels in [Kernels::Chosen, Kernels::MmaSync, Kernels::Split(3)] {
+            let b = Case { head_dim: d, head_dim_v: dv, kernels, padded: true, ..base(d, &lens) };
+            let all = Case {
+                causal: true,
+                window: (Some(300), None),
+                softcap: Some(20.0),
+                alibi: Some(true),
+                sinks: true,
+                ..b.clone()
+            };
+            for c in [b, all] {
+                run_case::<bf16>(dev, &c).unwrap();
+                run_case::<f16>(dev, &Case { seed: c.seed + 1, ..c }).unwrap();
+            }
+        }
+    }
+}
+
+/// Each sequence of a packed call is bitwise the dense call on that sequence alone with the same kernel
+/// row (the same arithmetic in the same order), and repeated packed calls are bitwise equal.
+fn each_sequence_is_bitwise_the_dense_call() {
+    let Some(dev) = device_or_skip("each_sequence_is_bitwise_the_dense_call") else { return };
+    for (d, kernels) in
+        [(128, Kernels::Chosen), (128, Kernels::MmaSync), (64, Kernels::Chosen), (256, Kernels::MmaSync)]
+    {
+        let c = Case {
+            causal: true,
+            window: (Some(200), None),
+            softcap: Some(10.0),
+            sinks: true,
+            kernels,
+            ..base(d, &[(300, 500), (129, 129), (0, 3), (64, 1), (1, 700)])
+        };
+        let x = inputs::<bf16>(&c);
+        let (o, lse) = gpu_varlen(dev, &c, &x).unwrap();
+        let (o2, lse2) = gpu_varlen(dev, &c, &x).unwrap();
+        assert!(o.data == o2.data && lse.iter().map(|l| l.to_bits()).eq(lse2.iter().map(|l| l.to_bits())));
+        let hq = c.heads_kv * c.group;
+        let tq = x.q.shape()[1];
+        let sinks = dev.stream().clone_htod(&x.sinks).unwrap();
+        let opts = options(&c, x.scale, PerHead::Host(&[]), PerHead::Device(&sinks));
+        let tile = match kernels {
+            Kernels::MmaSync => *mma_sync_tile(&c),
+            _ => gpu::forward_tile(dev.info(), (d, d), DType::BF16, true).unwrap(),
+        };
+        for (b, &(lq, lk)) in c.lens.iter().enumerate() {
+            if lq == 0 || lk == 0 {
+                continue;
+            }
+            let (q0, k0) = (x.cu_q[b] as usize, x.cu_k[b] as usize);
+            let slice = |t: &HostTensor<bf16>, from: usize, n: usize| {
+                let [_, _, h, dim] = t.shape();
+                let mut out = HostTensor::filled([1, n, h, dim], bf16::ZERO);
+                for s in 0..n {
+                    for hh in 0..h {
+                        for e in 0..dim {
+                            out.set(0, s, hh, e, t.get(0, from + s, hh, e));
+                        }
+                    }
+                }
+                dev.upload(&out).unwrap()
+            };
+            let (q, k, v) = (slice(&x.q, q0, lq), slice(&x.k, k0, lk), slice(&x.v, k0, lk));
+            let mut od = dev.poisoned::<bf16>([1, lq, hq, d]).unwrap();
+            let mut lsed = dev.poisoned_f32(hq * lq).unwrap();
+            gpu::flash_forward_with_splits(dev, &q, &k, &v, &mut od, &mut lsed, &opts, Some(&tile), 1).unwrap();
+            let (od, lsed) = (dev.download(&od).unwrap(), dev.download_f32(&lsed).unwrap());
+            for h in 0..hq {
+                for i in 0..lq {
+                    assert_eq!(lse[h * tq + q0 + i].to_bits(), lsed[h * lq + i].to_bits(), "seq {b} head {h} row {i}");
+                    for e in 0..d {
+                        assert_eq!(o.get(0, q0 + i, h, e), od.get(0, i, h, e), "seq {b} head {h} row {i} col {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bad packed input: typed errors naming the argument, no launch.
+fn bad_varlen_input_gives_typed_errors() {
+    let Some(dev) = device_or_skip("bad_varlen_input_gives_typed_errors") else { return };
+    let up = |shape| dev.upload(&HostTensor::<bf16>::random_seeded(shape, 1.0, 3)).unwrap();
+    let (q, k, v) = (up([1, 10, 4, 64]), up([1, 12, 2, 64]), up([1, 12, 2, 64]));
+    let opts = AttnOptions::default();
+    let good = dev.upload_varlen(&Varlen { cu_seqlens_q: &[0, 4, 10], cu_seqlens_k: &[0, 6, 12] }, 10, 12).unwrap();
+    assert_eq!((good.max_seqlen_q, good.max_seqlen_k), (6, 6));
+    gpu::flash_forward_varlen(dev, &q, &k, &v, &good.view(), &opts).unwrap();
+
+    let bad_upload = dev.upload_varlen(&Varlen { cu_seqlens_q: &[0, 6, 4, 10], cu_seqlens_k: &[0, 2, 6, 12] }, 10, 12);
+    assert!(matches!(bad_upload, Err(Error::BadSeqlenOffsets { arg: Arg::CuSeqlensQ, .. })), "{bad_upload:?}");
+    let short = dev.upload_varlen(&Varlen { cu_seqlens_q: &[0, 4], cu_seqlens_k: &[0, 12] }, 10, 12);
+    assert!(matches!(short, Err(Error::BadSeqlenOffsets { arg: Arg::CuSeqlensQ, .. })), "{short:?}");
+
+    let batched = up([2, 5, 4, 64]);
+    let e = gpu::flash_forward_varlen(dev, &batched, &k, &v, &good.view(), &opts).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { arg: Arg::Q, what: "batch", .. }), "{e:?}");
+
+    let three = dev.stream().clone_htod(&[0i32, 2, 6, 12]).unwrap();
+    let mismatched = DeviceVarlen { cu_seqlens_k: &three, ..good.view() };
+    let e = gpu::flash_forward_varlen(dev, &q, &k, &v, &mismatched, &opts).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { arg: Arg::CuSeqlensK, what: "length", .. }), "{e:?}");
+
+    let one = dev.stream().clone_htod(&[0i32]).unwrap();
+    let lonely = DeviceVarlen { cu_seqlens_q: &one, cu_seqlens_k: &one, ..good.view() };
+    let e = gpu::flash_forward_varlen(dev, &q, &k, &v, &lonely, &opts).unwrap_err();
+    assert!(matches!(e, Error::BadSeqlenOffsets { arg: Arg::CuSeqlensQ, .. }), "{e:?}");
+
+    let too_long = DeviceVarlen { max_seqlen_k: 13, ..good.view() };
+    let e = gpu::flash_forward_varlen(dev, &q, &k, &v, &too_long, &opts).unwrap_err();
+    assert!(matches!(e, Error::BadSeqlenOffsets { arg: Arg::CuSeqlensK, .. }), "{e:?}");
+
+    let slopes = dev.stream().clone_htod(&[0.5f32; 3]).unwrap();
+    let alibi = AttnOptions::default().with_alibi(PerHead::Device(&slopes));
+    let e = gpu::flash_forward_varlen(dev, &q, &k, &v, &good.view(), &alibi).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { arg: Arg::AlibiSlopes, .. }), "{e:?}");
+    // One slope row per sequence is fine.
+    let per_seq = dev.stream().clone_htod(&[0.5f32; 8]).unwrap();
+    let alibi = AttnOptions::default().with_alibi(PerHead::Device(&per_seq));
+    gpu::flash_forward_varlen(dev, &q, &k, &v, &good.view(), &alibi).unwrap();
+
+    let mut o = dev.poisoned::<bf16>([1, 10, 4, 64]).unwrap();
+    let mut short_lse = dev.poisoned_f32(39).unwrap();
+    let e = gpu::flash_forward_varlen_into(dev, &q, &k, &v, &good.view(), &mut o, &mut short_lse, &opts).unwrap_err();
+    assert!(
+        matches!(e, Error::ShapeMismatch { arg: Arg::Lse, .. } | Error::BufferTooSmall { arg: Arg::Lse, .. }),
+        "{e:?}"
+    );
+}
+
+/// Offsets the host cannot check (device data) that run past the tensors: clamped into them by the
+/// kernels, so the call completes (compute-sanitizer's memcheck sample includes this test).
+fn offsets_past_the_tensors_stay_inside() {
+    let Some(dev) = device_or_skip("offsets_past_the_tensors_stay_inside") else { return };
+    let up = |shape| dev.upload(&HostTensor::<bf16>::random_seeded(shape, 1.0, 4)).unwrap();
+    let (q, k, v) = (up([1, 130, 4, 128]), up([1, 200, 2, 128]), up([1, 200, 2, 128]));
+    let cu_q = dev.stream().clone_htod(&[0i32, 100, 1000, -7]).unwrap();
+    let cu_k = dev.stream().clone_htod(&[0i32, 150, 5000, 3]).unwrap();
+    let seqs = DeviceVarlen { cu_seqlens_q: &cu_q, cu_seqlens_k: &cu_k, max_seqlen_q: 130, max_seqlen_k: 200 };
+    for causal in [false, true] {
+        let opts = AttnOptions { causal, ..AttnOptions::default() };
+        gpu::flash_forward_varlen(dev, &q, &k, &v, &seqs, &opts).unwrap();
+    }
+    dev.stream().synchronize().unwrap();
+}
+
+fn main() -> std::process::ExitCode {
+    common::gpu_main(
+        gpu_tests![
+            varlen_forward_matches_reference_bf16,
+            varlen_forward_matches_reference_f16,
+            long_sequences_every_option_every_head_dim,
+            each_sequence_is_bitwise_the_dense_call,
+            bad_varlen_input_gives_typed_errors,
+            offsets_past_the_tensors_stay_inside,
+        ],
+        &[],
+    )
+}
