@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{device_or_skip, grad_error, grad_error_summed, max_abs};
+use common::{device_or_skip, grad_error, grad_error_summed, max_abs, HEAD_DIM_PAIRS};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use ironflash::gpu::{self, BackwardTile, GpuGradients};
@@ -85,9 +85,6 @@ impl Case {
         )
     }
 }
-
-/// Head dims of Q/K and of V: equal, and DeepSeek-V3's 192 / 128.
-const HEAD_DIMS: [(usize, usize); 7] = [(32, 32), (64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128)];
 
 /// A layout for `shape`, contiguous or with every stride padded (multiples of 8 elements).
 fn layout(shape: [usize; 4], strided: bool) -> Layout {
@@ -230,7 +227,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         prop_oneof![1usize..=48, 49usize..=300],
         1usize..=2,
         prop_oneof![Just(1usize), Just(2), Just(3)],
-        prop::sample::select(HEAD_DIMS.to_vec()),
+        prop::sample::select(HEAD_DIM_PAIRS.to_vec()),
         any::<bool>(),
         any::<bool>(),
         prop::bool::weighted(0.25),
@@ -291,7 +288,7 @@ const fn case(b: usize, sq: usize, sk: usize, hkv: usize, group: usize, d: usize
 /// Every head dim, both masks, GQA and MQA, tails on both sides, fully masked rows (causal, sq > sk).
 fn fixed_cases_every_head_dim() {
     let mut cases = Vec::new();
-    for (d, dv) in HEAD_DIMS {
+    for (d, dv) in HEAD_DIM_PAIRS {
         let with_dv = |c: Case| Case { head_dim_v: dv, ..c };
         cases.push(with_dv(case(1, 130, 200, 2, 2, d, false)));
         cases.push(with_dv(case(2, 200, 77, 1, 3, d, true))); // MQA, rows 0..122 fully masked

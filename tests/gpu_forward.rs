@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{check_lse, device_or_skip, max_abs, output_tolerance, rel_l2};
+use common::{check_lse, device_or_skip, max_abs, output_tolerance, rel_l2, HEAD_DIM_PAIRS};
 use half::{bf16, f16};
 use ironflash::{cpu, gpu, AttnOptions, Device, Element, Error, HostTensor, Layout};
 use ironflash_kernels::tiles::{self, FwdTile};
@@ -15,9 +15,6 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use rand::SeedableRng;
 use std::sync::Mutex;
-
-/// Head dims of Q/K and of V: equal, and DeepSeek-V3's 192 / 128.
-const HEAD_DIMS: [(usize, usize); 7] = [(32, 32), (64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128)];
 
 /// One random problem. Paddings are in elements (multiples of 8): `[head, seq, batch]` extra stride.
 #[derive(Debug, Clone)]
@@ -67,7 +64,7 @@ fn case(large_scores: bool) -> impl Strategy<Value = Case> {
             seqlen(),
             1usize..=2,
             prop::sample::select(vec![1usize, 2, 3]),
-            prop::sample::select(HEAD_DIMS.to_vec()),
+            prop::sample::select(HEAD_DIM_PAIRS.to_vec()),
         ),
         (
             any::<bool>(),
@@ -268,7 +265,7 @@ fn forward_large_scores_f16() {
 /// 128-row and key blocks, causal with fully masked rows, GQA, padded strides, negative and large
 /// scales).
 fn hopper_case(large_scores: bool) -> BoxedStrategy<Case> {
-    (case(large_scores), prop::sample::select(HEAD_DIMS.to_vec()))
+    (case(large_scores), prop::sample::select(HEAD_DIM_PAIRS.to_vec()))
         .prop_map(|(c, (head_dim, head_dim_v))| Case { head_dim, head_dim_v, small_tile: false, ..c })
         .boxed()
 }

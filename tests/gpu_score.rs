@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{check_lse, device_or_skip, grad_error_summed, max_abs, rel_l2};
+use common::{check_lse, device_or_skip, grad_error_summed, max_abs, rel_l2, Kernels, HEAD_DIM_PAIRS};
 use half::{bf16, f16};
 use ironflash::gpu::{self, GpuGradients};
 use ironflash::{cpu, Arg, AttnOptions, DType, Device, Element, Error, HostTensor, Layout, PerHead};
@@ -26,20 +26,6 @@ use ironflash_kernels::{tiles, tiles_bwd};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rand::{Rng, SeedableRng};
-
-/// Head dims of Q/K and of V: equal, and DeepSeek-V3's 192 / 128.
-const HEAD_DIMS: [(usize, usize); 7] = [(32, 32), (64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128)];
-
-/// Which kernels run.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kernels {
-    /// The chooser's (Hopper's at D=128 on compute capability 9.0).
-    Chosen,
-    /// The `mma.sync` rows forced (the same as chosen except at D=128 on Hopper).
-    MmaSync,
-    /// The forward split over this many key ranges (the backward as chosen).
-    Split(usize),
-}
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -73,7 +59,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         prop_oneof![3 => Just(Kernels::Chosen), 2 => Just(Kernels::MmaSync), 1 => (2usize..6).prop_map(Kernels::Split)];
     (
         (1usize..=2, prop_oneof![1usize..=70, 100usize..=300], prop_oneof![1usize..=70, 100usize..=300]),
-        (1usize..=2, prop::sample::select(vec![1usize, 2, 4]), prop::sample::select(HEAD_DIMS.to_vec())),
+        (1usize..=2, prop::sample::select(vec![1usize, 2, 4]), prop::sample::select(HEAD_DIM_PAIRS.to_vec())),
         (any::<bool>(), window, prop::option::weighted(0.4, prop::sample::select(vec![2.0f32, 8.0, 30.0]))),
         (prop::option::weighted(0.4, any::<bool>()), prop::bool::weighted(0.4), any::<bool>()),
         (kernels, any::<u64>()),

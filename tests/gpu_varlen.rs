@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{check_lse, device_or_skip, max_abs, rel_l2};
+use common::{check_lse, device_or_skip, max_abs, rel_l2, Kernels, HEAD_DIM_PAIRS};
 use half::{bf16, f16};
 use ironflash::cpu::varlen::{reference_forward_varlen, Varlen};
 use ironflash::gpu::{self, DeviceVarlen};
@@ -19,15 +19,6 @@ use ironflash_kernels::tiles::{self, FwdTile};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rand::{Rng, SeedableRng};
-
-const HEAD_DIMS: [(usize, usize); 7] = [(32, 32), (64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128)];
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kernels {
-    Chosen,
-    MmaSync,
-    Split(usize),
-}
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -75,7 +66,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         lens
     });
     (
-        (lens, 1usize..=2, prop::sample::select(vec![1usize, 2, 4, 8]), prop::sample::select(HEAD_DIMS.to_vec())),
+        (lens, 1usize..=2, prop::sample::select(vec![1usize, 2, 4, 8]), prop::sample::select(HEAD_DIM_PAIRS.to_vec())),
         (any::<bool>(), window, prop::option::weighted(0.3, prop::sample::select(vec![2.0f32, 8.0, 30.0]))),
         (prop::option::weighted(0.3, any::<bool>()), prop::bool::weighted(0.3), prop::bool::weighted(0.3)),
         (kernels, any::<u64>()),
@@ -268,7 +259,7 @@ fn base(head_dim: usize, lens: &[(usize, usize)]) -> Case {
 fn long_sequences_every_option_every_head_dim() {
     let Some(dev) = device_or_skip("long_sequences_every_option_every_head_dim") else { return };
     let lens = [(700, 900), (0, 5), (1, 1), (333, 333), (5, 0), (1, 1000)];
-    for (d, dv) in HEAD_DIMS {
+    for (d, dv) in HEAD_DIM_PAIRS {
         for kernels in [Kernels::Chosen, Kernels::MmaSync, Kernels::Split(3)] {
             let b = Case { head_dim: d, head_dim_v: dv, kernels, padded: true, ..base(d, &lens) };
             let all = Case {

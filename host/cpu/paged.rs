@@ -6,7 +6,7 @@
 //! in the dense call. Each sequence then goes through the dense reference (`reference.rs`).
 
 use super::reference::reference_forward;
-use super::varlen::{check_sequence_slopes, copy_token, keyless_lse, sequence_slopes, tokens};
+use super::varlen::{alibi_rows, copy_token, keyless_lse, sequence_slopes, tokens};
 use crate::dtype::Element;
 use crate::error::{Arg, Error, Result};
 use crate::options::{AttnOptions, PerHead};
@@ -206,7 +206,7 @@ pub fn reference_forward_paged<T: Element>(
         r.check(head_dim, last)?;
     }
     let (slopes, sinks) = host_per_head(opts)?;
-    check_sequence_slopes(slopes, heads_q, batch)?;
+    alibi_rows(slopes.map(<[f32]>::len), heads_q, batch)?;
     let mut o = Vec::with_capacity(batch * seqlen_q * heads_q * head_dim_v);
     let mut lse = Vec::with_capacity(batch * heads_q * seqlen_q);
     for b in 0..batch {

@@ -6,6 +6,7 @@
 use super::reference::{reference_backward_given_o, reference_forward};
 use crate::dtype::Element;
 use crate::error::{Arg, Error, Result};
+use crate::layout::Layout;
 use crate::options::{AttnOptions, PerHead};
 use crate::problem::{host_per_head, AttnProblem};
 use crate::tensor::HostTensor;
@@ -183,36 +184,49 @@ fn check_packed<T: Element>(
     seqs: &Varlen,
     opts: &AttnOptions,
 ) -> Result<usize> {
-    for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
-        if t.shape()[0] != 1 {
+    let tokens = packed_problem((&q.layout, q.data.len()), (&k.layout, k.data.len()), (&v.layout, v.data.len()), opts)?;
+    let batch = seqs.batch(tokens.seqlen_q, tokens.seqlen_k)?;
+    alibi_rows(opts.alibi_slopes.map(|s| s.len()), tokens.heads_q, batch)?;
+    Ok(batch)
+}
+
+/// The problem of packed tensors over their token counts: batch dims 1 (a packed batch holds its
+/// sequences along the token dimension), then everything the dense call checks except the ALiBi slopes'
+/// length, which may have a row per sequence ([`alibi_rows`]). The CPU and GPU varlen calls share it.
+pub(crate) fn packed_problem(
+    q: (&Layout, usize),
+    k: (&Layout, usize),
+    v: (&Layout, usize),
+    opts: &AttnOptions,
+) -> Result<AttnProblem> {
+    for (arg, l) in [(Arg::Q, q.0), (Arg::K, k.0), (Arg::V, v.0)] {
+        if l.batch() != 1 {
             return Err(Error::ShapeMismatch {
                 arg,
                 what: "batch",
-                got: t.shape()[0],
+                got: l.batch(),
                 expected: 1,
                 why: "a packed batch holds its sequences along the token dimension",
             });
         }
     }
-    // The slopes may have a row per sequence, which the dense check (one batch) would refuse.
-    let dense = AttnOptions { alibi_slopes: None, ..*opts };
-    AttnProblem::new((&q.layout, q.data.len()), (&k.layout, k.data.len()), (&v.layout, v.data.len()), &dense)?;
-    let batch = seqs.batch(q.shape()[1], k.shape()[1])?;
-    check_sequence_slopes(host_per_head(opts)?.0, q.shape()[2], batch)?;
-    Ok(batch)
+    AttnProblem::new(q, k, v, &AttnOptions { alibi_slopes: None, ..*opts })
 }
 
-/// ALiBi slopes of a call over several sequences: `[heads_q]`, or one row per sequence.
-pub(super) fn check_sequence_slopes(slopes: Option<&[f32]>, heads_q: usize, batch: usize) -> Result<()> {
-    match slopes {
-        Some(s) if s.len() != heads_q && s.len() != batch * heads_q => Err(Error::ShapeMismatch {
+/// ALiBi slopes of a call over `batch` sequences, of length `len`: `None` without, `Some(false)` for
+/// `[heads_q]`, `Some(true)` for one row per sequence (`[batch, heads_q]`); any other length is an error.
+pub(crate) fn alibi_rows(len: Option<usize>, heads_q: usize, batch: usize) -> Result<Option<bool>> {
+    match len {
+        None => Ok(None),
+        Some(n) if n == heads_q => Ok(Some(false)),
+        Some(n) if n == batch * heads_q => Ok(Some(true)),
+        Some(n) => Err(Error::ShapeMismatch {
             arg: Arg::AlibiSlopes,
             what: "length",
-            got: s.len(),
+            got: n,
             expected: heads_q,
             why: "one f32 slope per query head ([heads_q]) or per (sequence, query head) ([batch, heads_q])",
         }),
-        _ => Ok(()),
     }
 }
 

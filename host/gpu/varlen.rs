@@ -4,7 +4,7 @@
 //! kernels as the dense call in their packed instantiation (`ScoreParams::cu_seqlens_q`). The f64
 //! reference is `cpu::reference_forward_varlen`.
 
-use crate::cpu::varlen::Varlen;
+use crate::cpu::varlen::{alibi_rows, packed_problem, Varlen};
 use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
@@ -171,39 +171,14 @@ fn plan<T: Element>(
     }
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
         t.check_on(dev, arg)?;
-        if t.layout.batch() != 1 {
-            return Err(Error::ShapeMismatch {
-                arg,
-                what: "batch",
-                got: t.layout.batch(),
-                expected: 1,
-                why: "a packed batch holds its sequences along the token dimension",
-            });
-        }
     }
-    // The slopes may have a row per sequence, which the check of one batch row would refuse.
-    let one_row = AttnOptions { alibi_slopes: None, ..*opts };
-    let tokens =
-        AttnProblem::new((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), &one_row)?;
+    let tokens = packed_problem((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
     check_per_head(dev, opts)?;
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
         check_vector_strides(arg, &t.layout)?;
     }
     let batch = check_offsets(dev, seqs, &tokens)?;
-    let alibi_per_batch = match opts.alibi_slopes {
-        None => None,
-        Some(s) if s.len() == tokens.heads_q => Some(false),
-        Some(s) if s.len() == batch * tokens.heads_q => Some(true),
-        Some(s) => {
-            return Err(Error::ShapeMismatch {
-                arg: Arg::AlibiSlopes,
-                what: "length",
-                got: s.len(),
-                expected: tokens.heads_q,
-                why: "one f32 slope per query head ([heads_q]) or per (sequence, query head) ([batch, heads_q])",
-            })
-        }
-    };
+    let alibi_per_batch = alibi_rows(opts.alibi_slopes.map(|s| s.len()), tokens.heads_q, batch)?;
     for (what, value) in [("heads_q", tokens.heads_q), ("batch (sequences)", batch)] {
         if value > GRID_YZ_MAX {
             return Err(Error::TooLarge { arg: Arg::Q, what, value });

@@ -137,3 +137,18 @@ pub fn grad_error_summed(got: &[f64], want: &[f64], terms: usize) -> f64 {
     let floor_rms = 1e-3 * ((terms as f64).sqrt() / 8.0).max(1.0);
     num / den.max(floor_rms * (want.len() as f64).sqrt())
 }
+
+/// Head dims of Q/K and of V the GPU property tests draw: equal, and DeepSeek-V3's 192 / 128.
+pub const HEAD_DIM_PAIRS: [(usize, usize); 7] =
+    [(32, 32), (64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (192, 128)];
+
+/// Which forward kernels a GPU test case runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kernels {
+    /// The chooser's (Hopper's on compute capability 9.0).
+    Chosen,
+    /// The `mma.sync` rows forced (the same as chosen below compute capability 9.0).
+    MmaSync,
+    /// The forward split over this many key ranges (a backward as chosen).
+    Split(usize),
+}
