@@ -11,6 +11,7 @@
 //! cargo run --release --example fwd_timing -- --dims 64,128,256
 //! cargo run --release --example fwd_timing -- --dims 192v128    # V (and O) of head dim 128
 //! cargo run --release --example fwd_timing -- --decode-only --splits 8,32,64   # extra split counts
+//! cargo run --release --example fwd_timing -- --decode-only --decode-grid      # B 1/8/64, 4K-64K keys
 //! ```
 //! Warm-up launches first, then the median of per-launch event timings. Inputs are random (never zeros).
 
@@ -86,6 +87,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         None => vec![],
     };
+    if args.iter().any(|a| a == "--decode-grid") {
+        return decode_grid(&dev);
+    }
     decode(&dev, &extra_splits)
 }
 
@@ -144,5 +148,59 @@ fn decode(dev: &Device, extra_splits: &[usize]) -> Result<(), Box<dyn std::error
             }
         }
     }
+    Ok(())
+}
+
+/// The serving decode grid: B in {1, 8, 64} sequences of one query row, 4K / 16K / 64K keys, 32 query
+/// heads on 8 K/V heads, D = 128, bf16 (inputs filled on the device: up to 17 GB of K and V). GB/s =
+/// bytes of K and V / time; beside it the device's copy bandwidth (read + write bytes of a 4 GiB
+/// device-to-device copy / time). Writes `decode_grid_cases.jsonl` for `benches/peers.py` (SDPA on the
+/// same dense cache).
+fn decode_grid(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
+    use ironflash::error::DriverContext;
+    use ironflash::{Arg, Layout};
+    use ironflash_cli::bench::timing::RandomSource;
+    let (h, h_kv, d) = (32usize, 8usize, 128usize);
+    let source = RandomSource::<bf16>::new(dev, &mut rand::rng())?;
+    let copy_len = 1usize << 31;
+    let src = source.buffer(dev, copy_len, 99)?;
+    // SAFETY: written by the copies before anything reads it.
+    let mut dst = unsafe { dev.stream().alloc::<bf16>(copy_len) }?;
+    let copy_ms = median_ms(dev, || dev.stream().memcpy_dtod(&src, &mut dst).during("timing a device copy"))?;
+    drop((src, dst));
+    println!("device copy: {:.0} GB/s (read + write of 4 GiB)", (2 * 2 * copy_len) as f64 / (copy_ms * 1e-3) / 1e9);
+    println!("decode grid (bf16, D = 128, Hq/Hkv = 32/8, seqlen_q = 1)");
+    println!("{:>3} {:>6} {:>7} {:>10} {:>8}", "B", "keys", "splits", "median ms", "GB/s");
+    let mut cases = Vec::new();
+    for b in [1usize, 8, 64] {
+        for n in [4096usize, 16384, 65536] {
+            let salt = (b * n) as u64;
+            let kv = |salt| -> ironflash::Result<_> {
+                let l = Layout::contiguous([b, n, h_kv, d]);
+                dev.wrap(Arg::K, source.buffer(dev, l.numel(), salt)?, l)
+            };
+            let (k, v) = (kv(salt)?, kv(salt + 1)?);
+            let ql = Layout::contiguous([b, 1, h, d]);
+            let q = dev.wrap(Arg::Q, source.buffer(dev, ql.numel(), salt + 2)?, ql)?;
+            let mut o = dev.poisoned::<bf16>([b, 1, h, d])?;
+            let mut lse = dev.poisoned_f32(b * h)?;
+            let opts = AttnOptions::default();
+            let kv_bytes = (2 * b * n * h_kv * d * 2) as f64;
+            for splits in [None, Some(1)] {
+                let median = median_ms(dev, || match splits {
+                    None => gpu::flash_forward_into(dev, &q, &k, &v, &mut o, &mut lse, &opts),
+                    Some(s) => gpu::flash_forward_with_splits(dev, &q, &k, &v, &mut o, &mut lse, &opts, None, s),
+                })?;
+                let label = splits.map_or("auto".to_string(), |s| s.to_string());
+                println!("{b:>3} {n:>6} {label:>7} {median:>10.3} {:>8.0}", kv_bytes / (median * 1e-3) / 1e9);
+            }
+            let host = dev.download(&o)?;
+            assert!(host.data.iter().all(|x| x.is_finite()), "O has unwritten or non-finite elements");
+            cases.push(format!(
+                r#"{{"grid": "decode", "pass": "fwd", "b": {b}, "h": {h}, "h_kv": {h_kv}, "n_q": 1, "n_k": {n}, "d": {d}, "causal": false, "dtype": "bf16"}}"#
+            ));
+        }
+    }
+    std::fs::write("decode_grid_cases.jsonl", cases.join("\n") + "\n")?;
     Ok(())
 }
