@@ -598,18 +598,21 @@ fn typed_errors() {
 
 fn split_heuristic() {
     // Host-only. B=1, H=16, one query block on 132 SMs x 2 CTAs: one wave as full as it gets (16
-    // splits: 256 of 264 slots) at 64K keys (1024 blocks of 64); at 8K keys (128 blocks) at least 16
-    // blocks per split. B=8: 128 CTAs, 2 splits.
-    assert_eq!(gpu::num_splits_heuristic(16, 264, 1024), 16);
-    assert_eq!(gpu::num_splits_heuristic(16, 264, 128), 8);
-    assert_eq!(gpu::num_splits_heuristic(128, 264, 1024), 2);
+    // splits: 256 of 264 slots) at 64K keys (1024 blocks of 64); at 8K keys (128 blocks) at least 8
+    // blocks per split. 128 CTAs that need every slot: 2 splits; 128 bandwidth-bound ones (one per
+    // SM is enough): none.
+    assert_eq!(gpu::num_splits_heuristic(16, 264, 264, 1024), 16);
+    assert_eq!(gpu::num_splits_heuristic(16, 264, 132, 128), 16);
+    assert_eq!(gpu::num_splits_heuristic(8, 264, 132, 128), 16);
+    assert_eq!(gpu::num_splits_heuristic(128, 264, 264, 1024), 2);
+    assert_eq!(gpu::num_splits_heuristic(128, 264, 132, 1024), 1);
     // A grid that fills 80% of a wave is not split; nor is one with too few key blocks.
-    assert_eq!(gpu::num_splits_heuristic(212, 264, 1024), 1);
-    assert_eq!(gpu::num_splits_heuristic(16, 264, 7), 1);
-    // Never more than MAX_SPLITS or one wave, nor fewer than 16 blocks per split.
+    assert_eq!(gpu::num_splits_heuristic(212, 264, 264, 1024), 1);
+    assert_eq!(gpu::num_splits_heuristic(16, 264, 264, 7), 1);
+    // Never more than MAX_SPLITS or one wave, nor fewer than 8 blocks per split.
     for (ctas, blocks) in [(1, 100_000), (2, 64), (3, 1000), (100, 1 << 20)] {
-        let s = gpu::num_splits_heuristic(ctas, 264, blocks);
-        assert!(s <= gpu::MAX_SPLITS && ctas * s <= 264 && (s == 1 || blocks / s >= 16), "{ctas} {blocks}: {s}");
+        let s = gpu::num_splits_heuristic(ctas, 264, 132, blocks);
+        assert!(s <= gpu::MAX_SPLITS && ctas * s <= 264 && (s == 1 || blocks / s >= 8), "{ctas} {blocks}: {s}");
     }
 }
 

@@ -23,33 +23,43 @@ const GRID_YZ_MAX: usize = 65535;
 /// combine's work per row.
 pub const MAX_SPLITS: usize = 128;
 /// Fewest key blocks per split: each split pays a prologue (Q load, pipeline fill), an f32 partial
-/// output and its share of the combine. Measured on H100 (docs/perf.md, "Split-KV decode"): at 8K keys
-/// (128 blocks of 64) 8 splits of 16 blocks beat 16 splits of 8.
-const MIN_BLOCKS_PER_SPLIT: usize = 16;
+/// output and its share of the combine. Measured on H100 (docs/perf.md, "The serving decode grid"): at
+/// 8K keys (128 blocks of 64), B = 1, 16 splits of 8 blocks took 0.033 ms with 32 query heads on 8 K/V
+/// heads against 0.043 ms for 8 of 16, and 0.044 against 0.046 ms with 16 heads on 16.
+const MIN_BLOCKS_PER_SPLIT: usize = 8;
 /// The grid fills the device well enough unsplit from this fraction of one wave on (FA2's 0.8).
 const FULL_WAVE_FRACTION: f64 = 0.8;
 
 /// Split-KV count for a grid of `ctas` CTAs (query blocks × heads × batch) on a device with `slots`
-/// resident CTAs (SMs × CTAs per SM), each CTA visiting up to `n_blocks` key blocks. 1 (no split) when
-/// the grid already fills `FULL_WAVE_FRACTION` of a wave.
+/// resident CTAs (SMs × CTAs per SM), each CTA visiting up to `n_blocks` key blocks, where `busy` CTAs
+/// already keep the device busy unsplit. 1 (no split) when the grid fills `FULL_WAVE_FRACTION` of
+/// `busy`.
 ///
 /// Otherwise the most splits that still fit in one wave (`ctas·s <= slots`), within `MAX_SPLITS` and
 /// `MIN_BLOCKS_PER_SPLIT`. FA2's heuristic instead takes the first count within 85% of the best wave
 /// efficiency over any number of waves; on H100 at B=1, H=16, 64K keys that is 14 splits (224 of 264
 /// slots, 0.26 ms) where 16 (256 slots) measured 0.23 ms and every count past one wave was slower: a
 /// decode CTA is bandwidth-bound, so one full wave of concurrent streams is what counts.
-pub fn num_splits_heuristic(ctas: usize, slots: usize, n_blocks: usize) -> usize {
-    if ctas == 0 || ctas as f64 >= FULL_WAVE_FRACTION * slots as f64 {
+pub fn num_splits_heuristic(ctas: usize, slots: usize, busy: usize, n_blocks: usize) -> usize {
+    if ctas == 0 || ctas as f64 >= FULL_WAVE_FRACTION * busy as f64 {
         return 1;
     }
     (slots / ctas).min(n_blocks / MIN_BLOCKS_PER_SPLIT).clamp(1, MAX_SPLITS)
 }
 
 /// The split count the fused forward uses for a problem with a tile on a device (1: no split).
+///
+/// A CTA whose query rows fill at most an eighth of its tile (decode: one row, or a GQA group's query
+/// heads packed as rows) reads K/V with cheap products: one such CTA per SM keeps the memory busy, and
+/// splitting a grid that has them costs the partial outputs and the combine for nothing (H100, 8
+/// sequences, 16 heads: unsplit 0.184 ms at 8K keys and 1.396 ms at 64K against 0.206 and 1.529 ms
+/// split in two). Any other CTA wants every resident slot.
 pub fn forward_num_splits(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile) -> usize {
     let ctas = p.seqlen_q.div_ceil(tile.block_m) * p.heads_q * p.batch;
     let slots = info.sm_count as usize * tile.ctas_per_sm;
-    num_splits_heuristic(ctas, slots, p.seqlen_k.div_ceil(tile.block_n))
+    let bandwidth_bound = p.seqlen_q * 8 <= tile.block_m;
+    let busy = if bandwidth_bound { info.sm_count as usize } else { slots };
+    num_splits_heuristic(ctas, slots, busy, p.seqlen_k.div_ceil(tile.block_n))
 }
 
 /// f32 elements of the split-KV workspace for `splits` (0 when unsplit): partial O
