@@ -164,14 +164,7 @@ fn check_typed<T: Element>(
                 continue;
             }
         };
-        let err_o = rel_l2(&o, &reference.o);
-        let verdict = match lse_error(&lse, &reference.lse) {
-            Err(why) => Verdict::Fail(why),
-            Ok(_) if err_o.is_nan() || err_o > tol.0 => Verdict::Fail(format!("O rel L2 {err_o:.2e} > {:.0e}", tol.0)),
-            Ok(e) if e > tol.1 => Verdict::Fail(format!("LSE max |diff| {e:.2e} > {:.0e}", tol.1)),
-            Ok(_) => Verdict::Pass,
-        };
-        let lse_err = lse_error(&lse, &reference.lse).ok();
+        let (err_o, lse_err, verdict) = judge(&o, &lse, (&reference.o, &reference.lse), tol);
         out.push(result(Some(err_o), lse_err, verdict));
     }
     Ok(out)
@@ -218,6 +211,45 @@ pub fn sweep_shapes(dtypes: &[DTypeName], max_len: usize) -> Vec<CheckShape> {
         }
     }
     out
+}
+
+/// The main job's packed-batch check: three sequences of their own lengths (one of them without
+/// queries) in one `gpu::flash_forward_varlen` call, GQA 4/2, D = 128, causal, bf16, against the f64
+/// varlen reference. `Unavailable` without a GPU. The shape reads `B=3 N=tokens_q/tokens_k`.
+pub fn check_varlen(dev: Option<&Device>, seed: u64) -> Result<CheckResult> {
+    use ironflash::cpu::varlen::{reference_forward_varlen, Varlen};
+    let (cu_q, cu_k) = ([0i32, 100, 100, 157], [0i32, 130, 139, 196]);
+    let shape =
+        CheckShape { b: 3, n_q: 157, n_k: 196, h: 4, h_kv: 2, d: 128, d_v: 128, causal: true, dtype: DTypeName::Bf16 };
+    let tol = tolerances(Impl::Fused, DType::BF16);
+    let result = |rel_l2, lse_err, verdict| CheckResult { imp: Impl::Fused, shape, rel_l2, lse_err, tol, verdict };
+    let Some(dev) = dev else { return Ok(result(None, None, Verdict::Unavailable("no GPU".into()))) };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let q = HostTensor::<bf16>::random([1, shape.n_q, shape.h, shape.d], 1.0, &mut rng);
+    let k = HostTensor::<bf16>::random([1, shape.n_k, shape.h_kv, shape.d], 1.0, &mut rng);
+    let v = HostTensor::<bf16>::random([1, shape.n_k, shape.h_kv, shape.d_v], 1.0, &mut rng);
+    let seqs = Varlen { cu_seqlens_q: &cu_q, cu_seqlens_k: &cu_k };
+    let opts = AttnOptions::causal();
+    let reference = reference_forward_varlen(&q, &k, &v, &seqs, &opts)?;
+    let offsets = dev.upload_varlen(&seqs, shape.n_q, shape.n_k)?;
+    let (q, k, v) = (dev.upload(&q)?, dev.upload(&k)?, dev.upload(&v)?);
+    let out = ironflash::gpu::flash_forward_varlen(dev, &q, &k, &v, &offsets.view(), &opts)?;
+    let (o, lse) = (dev.download(&out.o)?.to_f64_contiguous(), dev.download_f32(&out.lse)?);
+    let (err_o, lse_err, verdict) = judge(&o, &lse, (&reference.o, &reference.lse), tol);
+    Ok(result(Some(err_o), lse_err, verdict))
+}
+
+/// O's relative L2 error, the LSE's max |diff| (when comparable) and the verdict against `tol` (O, LSE).
+fn judge(o: &[f64], lse: &[f32], (want_o, want_lse): (&[f64], &[f64]), tol: (f64, f64)) -> (f64, Option<f64>, Verdict) {
+    let err_o = rel_l2(o, want_o);
+    let lse_err = lse_error(lse, want_lse);
+    let verdict = match &lse_err {
+        Err(why) => Verdict::Fail(why.clone()),
+        Ok(_) if err_o.is_nan() || err_o > tol.0 => Verdict::Fail(format!("O rel L2 {err_o:.2e} > {:.0e}", tol.0)),
+        Ok(e) if *e > tol.1 => Verdict::Fail(format!("LSE max |diff| {e:.2e} > {:.0e}", tol.1)),
+        Ok(_) => Verdict::Pass,
+    };
+    (err_o, lse_err.ok(), verdict)
 }
 
 #[cfg(test)]

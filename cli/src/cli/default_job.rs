@@ -3,7 +3,7 @@
 
 use super::summary::device_line;
 use super::{open_device, JobResult};
-use ironflash_cli::bench::accuracy::{check_paths, quick_shapes, CheckResult, Verdict};
+use ironflash_cli::bench::accuracy::{check_paths, check_varlen, quick_shapes, CheckResult, Verdict};
 use ironflash_cli::bench::case::{Case, DTypeName, GridName, Impl, Record};
 use ironflash_cli::bench::report::format_bytes;
 use ironflash_cli::bench::runner::{run_cpu_case, run_gpu_case, RepPolicy};
@@ -25,6 +25,12 @@ pub fn run(ordinal: usize) -> JobResult {
             print_check_row(&r);
             results.push(r);
         }
+    }
+    if dev.is_some() {
+        // Three sequences of their own lengths packed in one call (`gpu::flash_forward_varlen`).
+        let r = check_varlen(dev.as_ref(), 7)?;
+        print_check_row_named("fused (varlen)", &r);
+        results.push(r);
     }
 
     println!("\ntiming (median; GPU: CUDA events around each call, CPU: wall clock)");
@@ -65,13 +71,18 @@ pub fn print_check_header() {
 }
 
 pub fn print_check_row(r: &CheckResult) {
+    print_check_row_named(r.imp.name(), r);
+}
+
+/// As [`print_check_row`], under another path name.
+pub fn print_check_row_named(path: &str, r: &CheckResult) {
     let num = |x: Option<f64>| x.map(|v| format!("{v:.1e}")).unwrap_or_else(|| "-".into());
     let verdict = match &r.verdict {
         Verdict::Pass => format!("pass (bounds {:.0e}, {:.0e})", r.tol.0, r.tol.1),
         Verdict::Fail(why) => format!("FAIL: {why}"),
         Verdict::Unavailable(why) => format!("not available: {why}"),
     };
-    println!("{:<20} {:<41} {:>9} {:>9}  {verdict}", r.imp.name(), r.shape.to_string(), num(r.rel_l2), num(r.lse_err));
+    println!("{:<20} {:<41} {:>9} {:>9}  {verdict}", path, r.shape.to_string(), num(r.rel_l2), num(r.lse_err));
 }
 
 fn print_timing_row(r: &Record) {
