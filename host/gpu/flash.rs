@@ -118,7 +118,7 @@ pub fn forward_launch_plan(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile, d
 }
 
 /// [`split_kv_tile`], or `NoTileConfig` for a forced split count where no row fits.
-pub(crate) fn split_kv_tile_or_error(info: &DeviceInfo, p: &AttnProblem, dtype: DType) -> Result<FwdTile> {
+fn split_kv_tile_or_error(info: &DeviceInfo, p: &AttnProblem, dtype: DType) -> Result<FwdTile> {
     split_kv_tile(info, p, dtype).ok_or_else(|| {
         Error::NoTileConfig(format!(
             "head_dim {}, head_dim_v {}: no split-KV forward tile fits {}",
@@ -135,7 +135,7 @@ fn split_kv_tile(info: &DeviceInfo, p: &AttnProblem, dtype: DType) -> Option<Fwd
 
 /// `NoTileConfig` unless a forced forward tile is a compiled row for the head dims that fits the device,
 /// runs on it (Hopper rows need compute capability 9.0) and, when split, has a split-KV kernel.
-pub(crate) fn check_forced_forward_tile(
+fn check_forced_forward_tile(
     tile: &FwdTile,
     p: &AttnProblem,
     dtype: DType,
@@ -224,10 +224,40 @@ pub fn flash_forward_with_splits<T: Element>(
     tile: Option<&FwdTile>,
     num_splits: usize,
 ) -> Result<()> {
+    check_num_splits(num_splits)?;
+    forward_into(dev, q, k, v, o, lse, opts, tile, Some(num_splits))
+}
+
+/// `TooLarge` unless a forced split count is in `1..=MAX_SPLITS`.
+pub(crate) fn check_num_splits(num_splits: usize) -> Result<()> {
     if !(1..=MAX_SPLITS).contains(&num_splits) {
         return Err(Error::TooLarge { arg: Arg::Q, what: "num_splits (1..=128)", value: num_splits });
     }
-    forward_into(dev, q, k, v, o, lse, opts, tile, Some(num_splits))
+    Ok(())
+}
+
+/// The kernel row and split count of a launch: the launch plan from the chooser's tile `chosen`
+/// ([`forward_launch_plan`]), or a forced tile (checked; its split count from the heuristic unless
+/// forced too) or a forced split count (on the `mma.sync` row where the chosen one cannot split).
+pub(crate) fn launch_choice(
+    info: &DeviceInfo,
+    p: &AttnProblem,
+    chosen: &FwdTile,
+    tile: Option<&FwdTile>,
+    num_splits: Option<usize>,
+    dtype: DType,
+) -> Result<(FwdTile, usize)> {
+    Ok(match (tile, num_splits) {
+        (None, None) => forward_launch_plan(info, p, chosen, dtype),
+        // A forced split count needs a split kernel: the `mma.sync` row for this head dim.
+        (None, Some(n)) if chosen.wgmma && n > 1 => (split_kv_tile_or_error(info, p, dtype)?, n),
+        (None, Some(n)) => (*chosen, n),
+        (Some(t), n) => {
+            let splits = n.unwrap_or_else(|| if t.wgmma { 1 } else { forward_num_splits(info, p, t) });
+            check_forced_forward_tile(t, p, dtype, info, splits)?;
+            (*t, splits)
+        }
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -248,17 +278,7 @@ fn forward_into<T: Element>(
     check_vector_strides(Arg::O, &o.layout)?;
     check_f32_buffer(dev, Arg::Lse, lse, p.lse_len(), "one f32 per (batch, head_q, query row)")?;
     let (p, q_layout, o_layout) = pack_query_heads(&p, opts, &q.layout, &o.layout);
-    let (tile, splits) = match (tile, num_splits) {
-        (None, None) => forward_launch_plan(dev.info(), &p, &chosen, T::DTYPE),
-        // A forced split count needs a split kernel: the `mma.sync` row for this head dim.
-        (None, Some(n)) if chosen.wgmma && n > 1 => (split_kv_tile_or_error(dev.info(), &p, T::DTYPE)?, n),
-        (None, Some(n)) => (chosen, n),
-        (Some(t), n) => {
-            let splits = n.unwrap_or_else(|| if t.wgmma { 1 } else { forward_num_splits(dev.info(), &p, t) });
-            check_forced_forward_tile(t, &p, T::DTYPE, dev.info(), splits)?;
-            (*t, splits)
-        }
-    };
+    let (tile, splits) = launch_choice(dev.info(), &p, &chosen, tile, num_splits, T::DTYPE)?;
     launch(dev, &p, opts, None, &tile, splits, (&q.buf, &q_layout), k, v, (&mut o.buf, &o_layout), lse)
 }
 
@@ -309,16 +329,23 @@ fn plan<T: Element>(
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
         check_vector_strides(arg, &t.layout)?;
     }
-    for (what, value) in [("heads_q", p.heads_q), ("batch", p.batch)] {
+    check_grid(p.heads_q, p.batch, p.lse_len())?;
+    let tile = forward_tile(dev.info(), (p.head_dim, p.head_dim_v), T::DTYPE, p.causal)?;
+    Ok((p, tile))
+}
+
+/// The kernels' grid limits: heads (grid y) and batch entries (grid z) within the hardware's 65535,
+/// and their LSE rows' indices within the kernels' integer types.
+pub(crate) fn check_grid(heads_q: usize, batch: usize, lse_len: usize) -> Result<()> {
+    for (what, value) in [("heads_q", heads_q), ("batch", batch)] {
         if value > GRID_YZ_MAX {
             return Err(Error::TooLarge { arg: Arg::Q, what, value });
         }
     }
-    if p.batch * p.heads_q > u32::MAX as usize || p.lse_len() > i64::MAX as usize {
-        return Err(Error::TooLarge { arg: Arg::Q, what: "batch·heads_q", value: p.batch * p.heads_q });
+    if batch * heads_q > u32::MAX as usize || lse_len > i64::MAX as usize {
+        return Err(Error::TooLarge { arg: Arg::Q, what: "batch·heads_q", value: batch * heads_q });
     }
-    let tile = forward_tile(dev.info(), (p.head_dim, p.head_dim_v), T::DTYPE, p.causal)?;
-    Ok((p, tile))
+    Ok(())
 }
 
 /// A packed batch at launch (`gpu::varlen`): the device addresses of its offsets and the token count of

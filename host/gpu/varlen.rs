@@ -17,9 +17,6 @@ use crate::problem::AttnProblem;
 use cudarc::driver::{CudaSlice, DevicePtr};
 use ironflash_kernels::tiles::FwdTile;
 
-/// Grid z (sequences) and y (heads) are limited to 65535 by the hardware.
-const GRID_YZ_MAX: usize = 65535;
-
 /// A packed batch's sequences on the device: sequence b's queries are tokens `cu_seqlens_q[b] ..
 /// cu_seqlens_q[b + 1]` of q (and O), its keys tokens `cu_seqlens_k[b] .. cu_seqlens_k[b + 1]` of k and
 /// v (i32, batch + 1 offsets each, starting at 0, never decreasing, ending at the token counts), and
@@ -115,8 +112,9 @@ pub fn flash_forward_varlen_into<T: Element>(
     flash_forward_varlen_with_splits(dev, q, k, v, seqs, o, lse, opts, None, None)
 }
 
-/// As [`flash_forward_varlen_into`] with an optional explicit tile and split-KV count, as
-/// `gpu::flash_forward_with_splits` takes them: for tests and benchmarks.
+/// As [`flash_forward_varlen_into`] with an optional explicit tile and split-KV count, as the dense
+/// `gpu::flash_forward_with_tile` / `flash_forward_with_splits` take them (a tile alone gets the
+/// heuristic's split count for it): for tests and benchmarks.
 #[allow(clippy::too_many_arguments)]
 pub fn flash_forward_varlen_with_splits<T: Element>(
     dev: &Device,
@@ -131,9 +129,7 @@ pub fn flash_forward_varlen_with_splits<T: Element>(
     num_splits: Option<usize>,
 ) -> Result<()> {
     if let Some(n) = num_splits {
-        if !(1..=flash::MAX_SPLITS).contains(&n) {
-            return Err(Error::TooLarge { arg: Arg::Q, what: "num_splits (1..=128)", value: n });
-        }
+        flash::check_num_splits(n)?;
     }
     let plan = plan(dev, q, k, v, seqs, opts)?;
     o.check_on(dev, Arg::O)?;
@@ -179,11 +175,7 @@ fn plan<T: Element>(
     }
     let batch = check_offsets(dev, seqs, &tokens)?;
     let alibi_per_batch = alibi_rows(opts.alibi_slopes.map(|s| s.len()), tokens.heads_q, batch)?;
-    for (what, value) in [("heads_q", tokens.heads_q), ("batch (sequences)", batch)] {
-        if value > GRID_YZ_MAX {
-            return Err(Error::TooLarge { arg: Arg::Q, what, value });
-        }
-    }
+    flash::check_grid(tokens.heads_q, batch, tokens.heads_q * tokens.seqlen_q)?;
     let grid =
         AttnProblem { batch, seqlen_q: seqs.max_seqlen_q, seqlen_k: seqs.max_seqlen_k, alibi_per_batch, ..tokens };
     let tokens = AttnProblem { alibi_per_batch, ..tokens };
@@ -245,16 +237,7 @@ fn run<T: Element>(
         // No sequence has a query: nothing to write.
         return Ok(());
     }
-    let (tile, splits) = match (tile, num_splits) {
-        (None, None) => flash::forward_launch_plan(dev.info(), grid, &plan.tile, T::DTYPE),
-        (None, Some(n)) if plan.tile.wgmma && n > 1 => (flash::split_kv_tile_or_error(dev.info(), grid, T::DTYPE)?, n),
-        (None, Some(n)) => (plan.tile, n),
-        (Some(t), n) => {
-            let splits = n.unwrap_or(1);
-            flash::check_forced_forward_tile(t, grid, T::DTYPE, dev.info(), splits)?;
-            (*t, splits)
-        }
-    };
+    let (tile, splits) = flash::launch_choice(dev.info(), grid, &plan.tile, tile, num_splits, T::DTYPE)?;
     let stream = dev.stream();
     let (cu_q, _cu_q_sync) = seqs.cu_seqlens_q.device_ptr(stream);
     let (cu_k, _cu_k_sync) = seqs.cu_seqlens_k.device_ptr(stream);

@@ -80,6 +80,13 @@ impl Sequence {
     }
 }
 
+/// The words of a packed kernel's shared slot (`ptx::smem::store_cta_slot`): the sequence's mask
+/// (`seqlen_q`, `seqlen_k`, `left`, `right`, words 0-3, the order of [`Mask`]'s fields), then its first
+/// query and key token.
+const SLOT_SEQLEN_K: u32 = 1;
+const SLOT_Q0: u32 = 4;
+const SLOT_K0: u32 = 5;
+
 /// Sequence `b` of the call (see [`Sequence`]), at the start of a kernel: every thread of the CTA
 /// calls it with its `tid`, in uniform control flow. `PACKED`: the kernel's instantiation
 /// for packed batches (separate kernels, so that the dense ones carry no trace of it and keep their
@@ -131,7 +138,7 @@ pub unsafe fn parked_keys<const PACKED: bool>(p: &ScoreParams, b: u32) -> (u32, 
     if !PACKED {
         return (b, 0, p.mask.seqlen_k);
     }
-    (0, smem::load_cta_slot_word::<5>(), smem::load_cta_slot_word::<1>())
+    (0, smem::load_cta_slot_word::<SLOT_K0>(), smem::load_cta_slot_word::<SLOT_SEQLEN_K>())
 }
 
 /// The batch row and first query of the CTA's sequence (`Sequence::row`, `q0`) as [`parked`] gives
@@ -144,7 +151,7 @@ pub unsafe fn parked_queries<const PACKED: bool>(b: u32) -> (u32, u32) {
     if !PACKED {
         return (b, 0);
     }
-    (0, smem::load_cta_slot_word::<4>())
+    (0, smem::load_cta_slot_word::<SLOT_Q0>())
 }
 
 #[inline(always)]
