@@ -1,21 +1,27 @@
-//! Packed variable-length batches on the GPU (`gpu::flash_forward_varlen`): random mixes of sequence
-//! lengths (0 and 1 included, queries and keys of their own lengths), crossed with causality, windows,
-//! softcap, ALiBi (per head or per sequence), sinks, GQA, every head dim and both dtypes, on the chosen
-//! kernels (Hopper's on compute capability 9.0), the `mma.sync` rows forced and split-KV forced, against
-//! the f64 varlen reference (`cpu::reference_forward_varlen`) on fresh random inputs, outputs poisoned.
-//! Each sequence's result is also bitwise the dense call's on that sequence alone (same kernel row),
-//! and repeated calls are bitwise equal. Skips with one line without a CUDA driver.
+//! Packed variable-length batches on the GPU (`gpu::flash_forward_varlen`, `gpu::flash_backward_varlen`):
+//! random mixes of sequence lengths (0 and 1 included, queries and keys of their own lengths), crossed
+//! with causality, windows, softcap, ALiBi (per head or per sequence), sinks, GQA, every head dim and
+//! both dtypes, on the chosen kernels (Hopper's on compute capability 9.0), the `mma.sync` rows forced
+//! and split-KV forced, against the f64 varlen references (`cpu::reference_forward_varlen`,
+//! `cpu::reference_backward_varlen`) on fresh random inputs, outputs and gradients poisoned. The
+//! backward runs on the packed forward's O and LSE (a training step end to end), fast or deterministic.
+//! Each sequence's result is also bitwise the dense call's on that sequence alone (same kernel row;
+//! the backward's in deterministic mode), and repeated calls are bitwise equal. Skips with one line
+//! without a CUDA driver.
 //!
-//! Bounds: as `gpu_forward` (O relative L2 bf16 1e-2, f16 5e-3; LSE absolute 2e-3 of its magnitude).
+//! Bounds: as `gpu_forward` (O relative L2 bf16 1e-2, f16 5e-3; LSE absolute 2e-3 of its magnitude) and
+//! `gpu_score` (gradients bf16 1.5e-2, f16 2e-3, against the exact gradients given the O the backward is
+//! handed; the sinks' gradient against the size of its terms).
 
 mod common;
 
-use common::{check_lse, device_or_skip, max_abs, rel_l2, Kernels, HEAD_DIM_PAIRS};
+use common::{check_lse, device_or_skip, grad_error_summed, max_abs, rel_l2, Kernels, HEAD_DIM_PAIRS};
 use half::{bf16, f16};
-use ironflash::cpu::varlen::{reference_forward_varlen, Varlen};
-use ironflash::gpu::{self, DeviceVarlen};
+use ironflash::cpu::varlen::{reference_backward_varlen, reference_forward_varlen, Varlen};
+use ironflash::gpu::{self, DeviceVarlen, GpuGradients};
 use ironflash::{Arg, AttnOptions, DType, Device, Element, Error, HostTensor, Layout, PerHead};
 use ironflash_kernels::tiles::{self, FwdTile};
+use ironflash_kernels::tiles_bwd::{self, BwdTile};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rand::{Rng, SeedableRng};
@@ -37,6 +43,8 @@ struct Case {
     /// Token and head strides padded (not contiguous).
     padded: bool,
     kernels: Kernels,
+    /// The backward's deterministic mode.
+    deterministic: bool,
     seed: u64,
 }
 
@@ -69,10 +77,10 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         (lens, 1usize..=2, prop::sample::select(vec![1usize, 2, 4, 8]), prop::sample::select(HEAD_DIM_PAIRS.to_vec())),
         (any::<bool>(), window, prop::option::weighted(0.3, prop::sample::select(vec![2.0f32, 8.0, 30.0]))),
         (prop::option::weighted(0.3, any::<bool>()), prop::bool::weighted(0.3), prop::bool::weighted(0.3)),
-        (kernels, any::<u64>()),
+        (kernels, prop::bool::weighted(0.3), any::<u64>()),
     )
-        .prop_map(|((lens, hkv, group, (d, dv)), (causal, window, softcap), (alibi, sinks, padded), (k, seed))| {
-            Case {
+        .prop_map(
+            |((lens, hkv, group, (d, dv)), (causal, window, softcap), (alibi, sinks, padded), (k, det, seed))| Case {
                 lens,
                 heads_kv: hkv,
                 group,
@@ -85,9 +93,10 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                 sinks,
                 padded,
                 kernels: k,
+                deterministic: det,
                 seed,
-            }
-        })
+            },
+        )
 }
 
 struct Inputs<T> {
@@ -99,6 +108,8 @@ struct Inputs<T> {
     scale: f32,
     slopes: Vec<f32>,
     sinks: Vec<f32>,
+    /// The upstream gradient, shaped like O.
+    d_o: HostTensor<T>,
 }
 
 fn offsets(lens: impl Iterator<Item = usize>) -> Vec<i32> {
@@ -130,12 +141,18 @@ fn inputs<T: Element>(c: &Case) -> Inputs<T> {
     let n_slopes = if c.alibi == Some(true) { c.lens.len() * hq } else { hq };
     let slopes = (0..n_slopes).map(|_| 2f32.powf(-rng.random_range(0.0..8.0))).collect();
     let sinks = (0..hq).map(|_| rng.random_range(-3.0..3.0)).collect();
-    Inputs { q, k, v, cu_q, cu_k, scale, slopes, sinks }
+    let d_o = HostTensor::<T>::random_with_layout(layout(tq, hq, c.head_dim_v, c.padded), 1.0, &mut rng);
+    Inputs { q, k, v, cu_q, cu_k, scale, slopes, sinks, d_o }
 }
 
 fn options<'a>(c: &Case, scale: f32, slopes: PerHead<'a>, sinks: PerHead<'a>) -> AttnOptions<'a> {
-    let mut o = AttnOptions { causal: c.causal, softmax_scale: Some(scale), ..AttnOptions::default() }
-        .with_window(c.window.0, c.window.1);
+    let mut o = AttnOptions {
+        causal: c.causal,
+        softmax_scale: Some(scale),
+        deterministic: c.deterministic,
+        ..AttnOptions::default()
+    }
+    .with_window(c.window.0, c.window.1);
     o.softcap = c.softcap;
     if c.alibi.is_some() {
         o.alibi_slopes = Some(slopes);
@@ -250,6 +267,7 @@ fn base(head_dim: usize, lens: &[(usize, usize)]) -> Case {
         sinks: false,
         padded: false,
         kernels: Kernels::Chosen,
+        deterministic: false,
         seed: 5,
     }
 }
@@ -390,8 +408,10 @@ fn bad_varlen_input_gives_typed_errors() {
     );
 }
 
-/// Offsets the host cannot check (device data) that run past the tensors: clamped into them by the
-/// kernels, so the call completes (compute-sanitizer's memcheck sample includes this test).
+/// Offsets the host cannot check (device data) that run past the tensors, and maxima below the
+/// sequences' lengths: clamped by the kernels, so the forward and the backward (fast and deterministic:
+/// no wait for a turn that never comes) complete (compute-sanitizer's memcheck sample includes this
+/// test).
 fn offsets_past_the_tensors_stay_inside() {
     let Some(dev) = device_or_skip("offsets_past_the_tensors_stay_inside") else { return };
     let up = |shape| dev.upload(&HostTensor::<bf16>::random_seeded(shape, 1.0, 4)).unwrap();
@@ -399,11 +419,323 @@ fn offsets_past_the_tensors_stay_inside() {
     let cu_q = dev.stream().clone_htod(&[0i32, 100, 1000, -7]).unwrap();
     let cu_k = dev.stream().clone_htod(&[0i32, 150, 5000, 3]).unwrap();
     let seqs = DeviceVarlen { cu_seqlens_q: &cu_q, cu_seqlens_k: &cu_k, max_seqlen_q: 130, max_seqlen_k: 200 };
-    for causal in [false, true] {
-        let opts = AttnOptions { causal, ..AttnOptions::default() };
-        gpu::flash_forward_varlen(dev, &q, &k, &v, &seqs, &opts).unwrap();
+    let d_o = up([1, 130, 4, 128]);
+    for (causal, deterministic) in [(false, false), (true, false), (true, true)] {
+        let opts = AttnOptions { causal, deterministic, ..AttnOptions::default() };
+        let out = gpu::flash_forward_varlen(dev, &q, &k, &v, &seqs, &opts).unwrap();
+        gpu::flash_backward_varlen(dev, &q, &k, &v, &out.o, &out.lse, &d_o, &seqs, &opts).unwrap();
     }
+    // Maxima below the sequences' lengths: the longer sequences are cut to them.
+    let short = DeviceVarlen { max_seqlen_q: 70, max_seqlen_k: 90, ..seqs };
+    let opts = AttnOptions { causal: true, deterministic: true, ..AttnOptions::default() };
+    let out = gpu::flash_forward_varlen(dev, &q, &k, &v, &short, &opts).unwrap();
+    gpu::flash_backward_varlen(dev, &q, &k, &v, &out.o, &out.lse, &d_o, &short, &opts).unwrap();
     dev.stream().synchronize().unwrap();
+}
+
+fn mma_sync_bwd_tile(c: &Case) -> &'static BwdTile {
+    let dims = (c.head_dim, c.head_dim_v);
+    tiles_bwd::BWD_TILES.iter().find(|t| (t.head_dim, t.head_dim_v) == dims && !t.wgmma).unwrap()
+}
+
+/// Gradients downloaded: dQ, dK, dV (contiguous) and the sinks' gradient.
+struct Grads<T> {
+    dq: HostTensor<T>,
+    dk: HostTensor<T>,
+    dv: HostTensor<T>,
+    d_sinks: Option<Vec<f32>>,
+}
+
+/// The packed backward of a case on the given O and LSE, into poisoned gradients: the `mma.sync` row
+/// forced for `Kernels::MmaSync`, else the chosen one.
+fn gpu_backward<T: Element>(
+    dev: &Device,
+    c: &Case,
+    x: &Inputs<T>,
+    o: &HostTensor<T>,
+    lse: &[f32],
+) -> Result<Grads<T>, Error> {
+    let slopes = dev.stream().clone_htod(&x.slopes).unwrap();
+    let sinks = dev.stream().clone_htod(&x.sinks).unwrap();
+    let opts = options(c, x.scale, PerHead::Device(&slopes), PerHead::Device(&sinks));
+    let (q, k, v) = (dev.upload(&x.q)?, dev.upload(&x.k)?, dev.upload(&x.v)?);
+    let (o, d_o) = (dev.upload(o)?, dev.upload(&x.d_o)?);
+    let lse = dev.stream().clone_htod(lse).unwrap();
+    let seqs = Varlen { cu_seqlens_q: &x.cu_q, cu_seqlens_k: &x.cu_k };
+    let offsets = dev.upload_varlen(&seqs, x.q.shape()[1], x.k.shape()[1])?;
+    let mut grads = GpuGradients {
+        dq: dev.poisoned::<T>(x.q.shape())?,
+        dk: dev.poisoned::<T>(x.k.shape())?,
+        dv: dev.poisoned::<T>(x.v.shape())?,
+        d_sinks: if c.sinks { Some(dev.poisoned_f32(x.sinks.len())?) } else { None },
+    };
+    let view = offsets.view();
+    match c.kernels {
+        Kernels::MmaSync => gpu::flash_backward_varlen_with_tile(
+            dev,
+            &q,
+            &k,
+            &v,
+            &o,
+            &lse,
+            &d_o,
+            &view,
+            &mut grads,
+            &opts,
+            mma_sync_bwd_tile(c),
+        ),
+        _ => gpu::flash_backward_varlen_into(dev, &q, &k, &v, &o, &lse, &d_o, &view, &mut grads, &opts),
+    }?;
+    Ok(Grads {
+        dq: dev.download(&grads.dq)?,
+        dk: dev.download(&grads.dk)?,
+        dv: dev.download(&grads.dv)?,
+        d_sinks: grads.d_sinks.as_ref().map(|s| dev.download_f32(s)).transpose()?,
+    })
+}
+
+/// Per query head, `Σ_i exp(sink − LSE_i)·‖dO_i‖·‖O_i‖` over its query tokens: the size of the terms the
+/// sinks' gradient sums (each |delta| is at most ‖dO‖·‖O‖).
+fn d_sinks_scale<T: Element>(x: &Inputs<T>, o: &HostTensor<T>, lse: &[f32]) -> Vec<f64> {
+    let [_, tq, hq, dv] = o.shape();
+    let norm = |t: &HostTensor<T>, i, h| (0..dv).map(|e| t.get(0, i, h, e).to_f64().powi(2)).sum::<f64>().sqrt();
+    (0..hq)
+        .map(|h| {
+            (0..tq)
+                .map(|i| (x.sinks[h] as f64 - lse[h * tq + i] as f64).exp() * norm(o, i, h) * norm(&x.d_o, i, h))
+                .sum()
+        })
+        .collect()
+}
+
+/// Gradient bounds (relative L2; see the module docs).
+fn grad_bounds(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => 2e-3,
+        _ => 1.5e-2,
+    }
+}
+
+/// A training step of one case (the packed forward, then the packed backward on its O and LSE) against
+/// the exact gradients given that O; the worst gradient error.
+fn run_backward_case<T: Element>(dev: &Device, c: &Case) -> Result<f64, String> {
+    let name = format!("{} {c:?}", T::DTYPE);
+    let x = inputs::<T>(c);
+    let seqs = Varlen { cu_seqlens_q: &x.cu_q, cu_seqlens_k: &x.cu_k };
+    let host_opts = options(c, x.scale, PerHead::Host(&x.slopes), PerHead::Host(&x.sinks));
+    let (o, lse) = gpu_varlen(dev, c, &x).map_err(|e| format!("{name}: forward: {e}"))?;
+    let want = reference_backward_varlen(&x.q, &x.k, &x.v, &o, &x.d_o, &seqs, &host_opts).map_err(|e| e.to_string())?;
+    let got = gpu_backward(dev, c, &x, &o, &lse).map_err(|e| format!("{name}: {e}"))?;
+    let tol = grad_bounds(T::DTYPE);
+    let (keys, queries) = (c.lens.iter().map(|l| l.1).max().unwrap(), c.lens.iter().map(|l| l.0).max().unwrap());
+    let mut worst = 0.0f64;
+    let mut report = Vec::new();
+    for (g, t, w, terms) in [
+        ("dq", &got.dq, &want.dq, keys),
+        ("dk", &got.dk, &want.dk, queries * c.group),
+        ("dv", &got.dv, &want.dv, queries * c.group),
+    ] {
+        let e = grad_error_summed(&t.to_f64_contiguous(), w, terms);
+        report.push(format!("{g} {e:.2e}"));
+        if e.is_nan() || e >= tol {
+            return Err(format!("{name}: {g} error {e:.3e} > {tol} [{}]", report.join(", ")));
+        }
+        worst = worst.max(e);
+    }
+    if let (Some(got), Some(want)) = (&got.d_sinks, &want.d_sinks) {
+        let scale = d_sinks_scale(&x, &o, &lse);
+        let e = got
+            .iter()
+            .zip(want)
+            .zip(&scale)
+            .map(|((&g, w), s)| if g.is_nan() { f64::NAN } else { (g as f64 - w).abs() / s.max(1e-30) })
+            .fold(0.0, f64::max);
+        report.push(format!("d_sinks {e:.2e}"));
+        if e.is_nan() || e >= tol {
+            return Err(format!("{name}: d_sinks error {e:.3e} > {tol}: {got:?} vs {want:?}"));
+        }
+        worst = worst.max(e);
+    }
+    Ok(worst)
+}
+
+fn backward_property<T: Element>(test: &str, cases: u32) {
+    let Some(dev) = device_or_skip(test) else { return };
+    let cases = std::env::var("IRONFLASH_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let worst = std::sync::Mutex::new(0.0f64);
+    runner
+        .run(&case_strategy(), |c| {
+            let e = run_backward_case::<T>(dev, &c).map_err(TestCaseError::fail)?;
+            let mut w = worst.lock().unwrap();
+            *w = w.max(e);
+            Ok(())
+        })
+        .unwrap();
+    println!("{test}: worst gradient {:.2e}", *worst.lock().unwrap());
+}
+
+fn varlen_backward_matches_reference_bf16() {
+    backward_property::<bf16>("varlen_backward_matches_reference_bf16", 64);
+}
+
+fn varlen_backward_matches_reference_f16() {
+    backward_property::<f16>("varlen_backward_matches_reference_f16", 48);
+}
+
+/// The backward of long sequences beside empty and one-token ones, with every option, on both kernel
+/// families, fast and deterministic, at every head dim.
+fn backward_long_sequences_every_option_every_head_dim() {
+    let Some(dev) = device_or_skip("backward_long_sequences_every_option_every_head_dim") else { return };
+    let lens = [(700, 900), (0, 5), (1, 1), (333, 333), (5, 0), (1, 1000)];
+    for (d, dv) in HEAD_DIM_PAIRS {
+        for (kernels, deterministic) in [(Kernels::Chosen, false), (Kernels::MmaSync, true)] {
+            let b = Case { head_dim: d, head_dim_v: dv, kernels, deterministic, padded: true, ..base(d, &lens) };
+            let all = Case {
+                causal: true,
+                window: (Some(300), None),
+                softcap: Some(20.0),
+                alibi: Some(true),
+                sinks: true,
+                ..b.clone()
+            };
+            for c in [b, all] {
+                run_backward_case::<bf16>(dev, &c).unwrap();
+                run_backward_case::<f16>(dev, &Case { seed: c.seed + 1, ..c }).unwrap();
+            }
+        }
+    }
+}
+
+/// `rows` consecutive tokens of a `[1, tokens, heads, dim]` tensor from token `from`, as a contiguous
+/// host tensor.
+fn token_rows<T: Element>(t: &HostTensor<T>, from: usize, rows: usize) -> HostTensor<T> {
+    let [_, _, h, dim] = t.shape();
+    let mut out = HostTensor::filled([1, rows, h, dim], T::from_f32(0.0));
+    for s in 0..rows {
+        for hh in 0..h {
+            for e in 0..dim {
+                out.set(0, s, hh, e, t.get(0, from + s, hh, e));
+            }
+        }
+    }
+    out
+}
+
+/// Deterministic mode: each sequence's gradients are bitwise the dense deterministic backward's on that
+/// sequence alone with the same kernel row (the same products, the dQ parts added in the same key-block
+/// order), the rows of empty sequences are zero, and repeated calls are bitwise equal.
+fn deterministic_backward_is_bitwise_the_dense_call() {
+    let Some(dev) = device_or_skip("deterministic_backward_is_bitwise_the_dense_call") else { return };
+    let rows = [(128, Kernels::Chosen), (128, Kernels::MmaSync), (64, Kernels::Chosen), (96, Kernels::Chosen)];
+    for (d, kernels) in rows.into_iter().chain([(256, Kernels::MmaSync)]) {
+        let c = Case {
+            causal: true,
+            window: (Some(200), None),
+            softcap: Some(10.0),
+            alibi: Some(false),
+            sinks: true,
+            kernels,
+            deterministic: true,
+            ..base(d, &[(300, 500), (129, 129), (0, 3), (64, 1), (1, 700), (40, 0)])
+        };
+        let x = inputs::<bf16>(&c);
+        let (o, lse) = gpu_varlen(dev, &c, &x).unwrap();
+        let g = gpu_backward(dev, &c, &x, &o, &lse).unwrap();
+        let again = gpu_backward(dev, &c, &x, &o, &lse).unwrap();
+        assert!(g.dq.data == again.dq.data && g.dk.data == again.dk.data && g.dv.data == again.dv.data);
+        let hq = c.heads_kv * c.group;
+        let tq = x.q.shape()[1];
+        let slopes = dev.stream().clone_htod(&x.slopes).unwrap();
+        let sinks = dev.stream().clone_htod(&x.sinks).unwrap();
+        let opts = options(&c, x.scale, PerHead::Device(&slopes), PerHead::Device(&sinks));
+        let tile = match kernels {
+            Kernels::MmaSync => *mma_sync_bwd_tile(&c),
+            _ => gpu::backward_tile(dev.info(), (d, d), DType::BF16).unwrap(),
+        };
+        for (b, &(lq, lk)) in c.lens.iter().enumerate() {
+            let (q0, k0) = (x.cu_q[b] as usize, x.cu_k[b] as usize);
+            let rows_equal = |got: &HostTensor<bf16>, first: usize, rows: usize, want: Option<&HostTensor<bf16>>| {
+                let [_, _, h, dim] = got.shape();
+                for s in 0..rows {
+                    for hh in 0..h {
+                        for e in 0..dim {
+                            let w = want.map_or(bf16::ZERO, |w| w.get(0, s, hh, e));
+                            let got = got.get(0, first + s, hh, e);
+                            assert_eq!(got.to_bits(), w.to_bits(), "seq {b} row {s} head {hh} col {e}");
+                        }
+                    }
+                }
+            };
+            if lq == 0 || lk == 0 {
+                // Nothing attends: the sequence's dQ rows (no keys) and dK, dV rows (no queries) are 0.
+                rows_equal(&g.dq, q0, lq, None);
+                rows_equal(&g.dk, k0, lk, None);
+                rows_equal(&g.dv, k0, lk, None);
+                continue;
+            }
+            let up = |t: &HostTensor<bf16>, from, n| dev.upload(&token_rows(t, from, n)).unwrap();
+            let (q, k, v) = (up(&x.q, q0, lq), up(&x.k, k0, lk), up(&x.v, k0, lk));
+            let (od, d_o) = (up(&o, q0, lq), up(&x.d_o, q0, lq));
+            let lse_seq: Vec<f32> = (0..hq).flat_map(|h| lse[h * tq + q0..h * tq + q0 + lq].to_vec()).collect();
+            let lse_seq = dev.stream().clone_htod(&lse_seq).unwrap();
+            let mut dense = GpuGradients {
+                dq: dev.poisoned::<bf16>([1, lq, hq, d]).unwrap(),
+                dk: dev.poisoned::<bf16>([1, lk, c.heads_kv, d]).unwrap(),
+                dv: dev.poisoned::<bf16>([1, lk, c.heads_kv, d]).unwrap(),
+                d_sinks: Some(dev.poisoned_f32(hq).unwrap()),
+            };
+            gpu::flash_backward_with_tile(dev, &q, &k, &v, &od, &lse_seq, &d_o, &mut dense, &opts, &tile).unwrap();
+            rows_equal(&g.dq, q0, lq, Some(&dev.download(&dense.dq).unwrap()));
+            rows_equal(&g.dk, k0, lk, Some(&dev.download(&dense.dk).unwrap()));
+            rows_equal(&g.dv, k0, lk, Some(&dev.download(&dense.dv).unwrap()));
+        }
+    }
+}
+
+/// Bad input to the packed backward: typed errors naming the argument, no launch.
+fn bad_varlen_backward_input_gives_typed_errors() {
+    let Some(dev) = device_or_skip("bad_varlen_backward_input_gives_typed_errors") else { return };
+    let up = |shape| dev.upload(&HostTensor::<bf16>::random_seeded(shape, 1.0, 3)).unwrap();
+    let (q, k, v) = (up([1, 10, 4, 64]), up([1, 12, 2, 64]), up([1, 12, 2, 64]));
+    let (o, d_o) = (up([1, 10, 4, 64]), up([1, 10, 4, 64]));
+    let opts = AttnOptions::default();
+    let good = dev.upload_varlen(&Varlen { cu_seqlens_q: &[0, 4, 10], cu_seqlens_k: &[0, 6, 12] }, 10, 12).unwrap();
+    let lse = gpu::flash_forward_varlen(dev, &q, &k, &v, &good.view(), &opts).unwrap().lse;
+    let view = good.view();
+    let backward = |q, k, v, o, lse, d_o, seqs: &DeviceVarlen, opts: &AttnOptions| {
+        gpu::flash_backward_varlen(dev, q, k, v, o, lse, d_o, seqs, opts).map(|_| ())
+    };
+    backward(&q, &k, &v, &o, &lse, &d_o, &view, &opts).unwrap();
+
+    let short_lse = dev.poisoned_f32(39).unwrap();
+    let e = backward(&q, &k, &v, &o, &short_lse, &d_o, &view, &opts).unwrap_err();
+    assert!(
+        matches!(e, Error::ShapeMismatch { arg: Arg::Lse, .. } | Error::BufferTooSmall { arg: Arg::Lse, .. }),
+        "{e:?}"
+    );
+    let batched = up([2, 5, 4, 64]);
+    let e = backward(&batched, &k, &v, &batched, &lse, &batched, &view, &opts).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { arg: Arg::Q, what: "batch", .. }), "{e:?}");
+    let three = dev.stream().clone_htod(&[0i32, 2, 6, 12]).unwrap();
+    let mismatched = DeviceVarlen { cu_seqlens_k: &three, ..view };
+    let e = backward(&q, &k, &v, &o, &lse, &d_o, &mismatched, &opts).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { arg: Arg::CuSeqlensK, what: "length", .. }), "{e:?}");
+    let too_long = DeviceVarlen { max_seqlen_q: 11, ..view };
+    let e = backward(&q, &k, &v, &o, &lse, &d_o, &too_long, &opts).unwrap_err();
+    assert!(matches!(e, Error::BadSeqlenOffsets { arg: Arg::CuSeqlensQ, .. }), "{e:?}");
+    let wrong_d_o = up([1, 9, 4, 64]);
+    let e = backward(&q, &k, &v, &o, &lse, &wrong_d_o, &view, &opts).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { arg: Arg::DO, .. }), "{e:?}");
+    let slopes = dev.stream().clone_htod(&[0.5f32; 3]).unwrap();
+    let alibi = AttnOptions::default().with_alibi(PerHead::Device(&slopes));
+    let e = backward(&q, &k, &v, &o, &lse, &d_o, &view, &alibi).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { arg: Arg::AlibiSlopes, .. }), "{e:?}");
+    let wrong_tile = tiles_bwd::BWD_TILES.iter().find(|t| t.head_dim == 128).unwrap();
+    let mut grads = gpu::flash_backward_varlen(dev, &q, &k, &v, &o, &lse, &d_o, &view, &opts).unwrap();
+    let e = gpu::flash_backward_varlen_with_tile(dev, &q, &k, &v, &o, &lse, &d_o, &view, &mut grads, &opts, wrong_tile)
+        .unwrap_err();
+    assert!(matches!(e, Error::NoTileConfig(_)), "{e:?}");
 }
 
 fn main() -> std::process::ExitCode {
@@ -415,6 +747,11 @@ fn main() -> std::process::ExitCode {
             each_sequence_is_bitwise_the_dense_call,
             bad_varlen_input_gives_typed_errors,
             offsets_past_the_tensors_stay_inside,
+            varlen_backward_matches_reference_bf16,
+            varlen_backward_matches_reference_f16,
+            backward_long_sequences_every_option_every_head_dim,
+            deterministic_backward_is_bitwise_the_dense_call,
+            bad_varlen_backward_input_gives_typed_errors,
         ],
         &[],
     )

@@ -17,6 +17,7 @@ use crate::gpu::forced_tile::check_forced_tile;
 use crate::gpu::launch::KernelParams;
 use crate::gpu::score::{check_per_head, ScoreArgs};
 use crate::gpu::tensor::{check_f32_buffer, check_vector_strides, strides3, DeviceTensor};
+use crate::gpu::varlen::{self, DeviceVarlen};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
@@ -107,10 +108,10 @@ pub fn flash_backward<T: Element>(
     d_o: &DeviceTensor<T>,
     opts: &AttnOptions,
 ) -> Result<GpuGradients<T>> {
-    let (p, _) = plan(dev, q, k, v, o, lse, d_o, opts)?;
+    let plan = plan(dev, (q, k, v, o, lse, d_o), opts, None)?;
     // SAFETY: the dQ kernel writes every element of dq, the main kernel every row of dk and dv (every
     // key block has a CTA, and a CTA whose keys no query sees writes zeros).
-    let mut grads = unsafe { GpuGradients::alloc_uninit(dev, &p, "flash_backward") }?;
+    let mut grads = unsafe { GpuGradients::alloc_uninit(dev, &plan.p, "flash_backward") }?;
     flash_backward_into(dev, q, k, v, o, lse, d_o, &mut grads, opts)?;
     Ok(grads)
 }
@@ -130,7 +131,7 @@ pub fn flash_backward_into<T: Element>(
     grads: &mut GpuGradients<T>,
     opts: &AttnOptions,
 ) -> Result<()> {
-    backward_into(dev, q, k, v, o, lse, d_o, grads, opts, None)
+    backward_into(dev, (q, k, v, o, lse, d_o), None, grads, opts, None)
 }
 
 /// As [`flash_backward_into`] with a given tile instead of the chooser's (benchmarks and tests of the
@@ -149,7 +150,7 @@ pub fn flash_backward_with_tile<T: Element>(
     opts: &AttnOptions,
     tile: &BwdTile,
 ) -> Result<()> {
-    backward_into(dev, q, k, v, o, lse, d_o, grads, opts, Some(tile))
+    backward_into(dev, (q, k, v, o, lse, d_o), None, grads, opts, Some(tile))
 }
 
 /// `NoTileConfig` unless `tile` is a compiled backward row for the problem's head dims that fits the
@@ -161,20 +162,28 @@ fn check_forced_backward_tile(tile: &BwdTile, p: &AttnProblem, dtype: DType, inf
     check_forced_tile(tile, compiled, tile.wgmma, tile.smem_bytes(dtype.size_bytes()), "backward", &dims, info)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn backward_into<T: Element>(
+/// The backward's inputs: q, k, v, the forward's O and LSE, and dO.
+pub(crate) type BackwardInputs<'a, T> = (
+    &'a DeviceTensor<T>,
+    &'a DeviceTensor<T>,
+    &'a DeviceTensor<T>,
+    &'a DeviceTensor<T>,
+    &'a CudaSlice<f32>,
+    &'a DeviceTensor<T>,
+);
+
+/// The one launch path of the fused backward, for a dense batch or a packed one (`seqs`: the
+/// sequences of a packed batch, whose tensors are `[1, tokens, heads, head_dim]`; `gpu::varlen`).
+pub(crate) fn backward_into<T: Element>(
     dev: &Device,
-    q: &DeviceTensor<T>,
-    k: &DeviceTensor<T>,
-    v: &DeviceTensor<T>,
-    o: &DeviceTensor<T>,
-    lse: &CudaSlice<f32>,
-    d_o: &DeviceTensor<T>,
+    inputs: BackwardInputs<'_, T>,
+    seqs: Option<&DeviceVarlen>,
     grads: &mut GpuGradients<T>,
     opts: &AttnOptions,
     tile: Option<&BwdTile>,
 ) -> Result<()> {
-    let (p, chosen) = plan(dev, q, k, v, o, lse, d_o, opts)?;
+    let (q, k, v, o, lse, d_o) = inputs;
+    let Plan { p, tile: chosen, sequences } = plan(dev, inputs, opts, seqs)?;
     let tile = match tile {
         None => chosen,
         Some(t) => {
@@ -204,13 +213,30 @@ fn backward_into<T: Element>(
         check_f32_buffer(dev, Arg::DSinks, d_sinks, p.heads_q, "one f32 per query head")?;
     }
     let stream = dev.stream();
-    let score = ScoreArgs::new(dev, &p, opts)?;
+    let mut score = ScoreArgs::new(dev, &p, opts)?;
+    // The main kernel's grid: (key blocks, K/V heads, sequences), a packed batch's sized by its longest
+    // sequence; and its sequences' query blocks (each has as many turn counters).
+    let (grid_keys, grid_batch, batch_queries) = match sequences {
+        None => (p.seqlen_k, p.batch, p.seqlen_q),
+        Some(batch) => (seqs.map_or(0, |s| s.max_seqlen_k), batch, seqs.map_or(0, |s| s.max_seqlen_q)),
+    };
+    let offsets = match seqs {
+        Some(s) => {
+            let (cu_q, cu_q_sync) = s.cu_seqlens_q.device_ptr(stream);
+            let (cu_k, cu_k_sync) = s.cu_seqlens_k.device_ptr(stream);
+            score.params.cu_seqlens_q = cu_q;
+            score.params.cu_seqlens_k = cu_k;
+            (score.params.max_seqlen_q, score.params.max_seqlen_k) = (s.max_seqlen_q as u32, s.max_seqlen_k as u32);
+            Some((cu_q_sync, cu_k_sync))
+        }
+        None => None,
+    };
     let (dq_layout, dk_layout, dv_layout) = (grads.dq.layout, grads.dk.layout, grads.dv.layout);
     let (dq, dk, dv) = (&mut grads.dq.buf, &mut grads.dk.buf, &mut grads.dv.buf);
     let mut d_sinks = grads.d_sinks.as_mut().filter(|_| p.sinks);
-    // Deterministic mode: one turn counter per (batch, query head, query block), then the work-item
+    // Deterministic mode: one turn counter per (sequence, query head, query block), then the work-item
     // ticket counter.
-    let sem_len = if opts.deterministic { p.batch * p.heads_q * tile.m_blocks(p.seqlen_q) + 1 } else { 1 };
+    let sem_len = if opts.deterministic { grid_batch * p.heads_q * tile.m_blocks(batch_queries) + 1 } else { 1 };
     let dq_counters = u32::try_from(sem_len).map_err(|_| Error::TooLarge {
         arg: Arg::Q,
         what: "the dQ turn counters",
@@ -225,7 +251,7 @@ fn backward_into<T: Element>(
     let f16 = T::DTYPE == DType::F16;
     let (delta_name, dq_name) =
         if f16 { (abi::BWD_DELTA_F16, abi::BWD_DQ_F16) } else { (abi::BWD_DELTA_BF16, abi::BWD_DQ_BF16) };
-    let main_name = tile.symbol(f16, p.softcap.is_some());
+    let main_name = tile.symbol(f16, p.softcap.is_some(), seqs.is_some());
     let smem = tile.smem_bytes(T::DTYPE.size_bytes());
     let f_delta = dev.modules.function(&dev.ctx, delta_name, 0)?;
     let f_main = dev.modules.function(&dev.ctx, main_name, smem)?;
@@ -301,7 +327,7 @@ fn backward_into<T: Element>(
                 &f_main,
                 main_name,
                 LaunchConfig {
-                    grid_dim: (p.seqlen_k.div_ceil(tile.block_n) as u32, p.heads_kv as u32, p.batch as u32),
+                    grid_dim: (grid_keys.div_ceil(tile.block_n) as u32, p.heads_kv as u32, grid_batch as u32),
                     block_dim: (tile.threads() as u32, 1, 1),
                     shared_mem_bytes: smem as u32,
                 },
@@ -324,7 +350,9 @@ fn backward_into<T: Element>(
             };
             (f, abi::BWD_DSINK, cfg)
         });
-        for (f, name, cfg) in launches.into_iter().chain(dsink_launch) {
+        // A packed batch without keys has no key block (dQ is then zero, from the accumulator's zeros).
+        let launches = launches.into_iter().filter(|(_, _, cfg)| cfg.grid_dim.0 > 0);
+        for (f, name, cfg) in launches.chain(dsink_launch) {
             // SAFETY: `plan` validated every layout against its buffer, the strides' alignment, the
             // LSE length and the index limits; every pointer is live for the launches (their sync
             // guards outlive them on this stream), and the kernels run in stream order.
@@ -332,6 +360,7 @@ fn backward_into<T: Element>(
                 .map_err(|source| Error::Launch { kernel: name.into(), source })?;
         }
     }
+    drop(offsets);
     Ok(())
 }
 
@@ -354,25 +383,36 @@ impl Workspace {
     }
 }
 
-/// Everything checked before a launch: dtype, devices, shapes and strides, LSE length, index limits.
-#[allow(clippy::too_many_arguments)]
+/// A validated backward call: the problem (a packed batch's over its token counts, batch 1), the tile,
+/// and a packed batch's number of sequences.
+struct Plan {
+    p: AttnProblem,
+    tile: BwdTile,
+    sequences: Option<usize>,
+}
+
+/// Everything checked before a launch: dtype, devices, shapes and strides, LSE length, index limits,
+/// and a packed batch's offsets (as the varlen forward checks them).
 fn plan<T: Element>(
     dev: &Device,
-    q: &DeviceTensor<T>,
-    k: &DeviceTensor<T>,
-    v: &DeviceTensor<T>,
-    o: &DeviceTensor<T>,
-    lse: &CudaSlice<f32>,
-    d_o: &DeviceTensor<T>,
+    (q, k, v, o, lse, d_o): BackwardInputs<'_, T>,
     opts: &AttnOptions,
-) -> Result<(AttnProblem, BwdTile)> {
+    seqs: Option<&DeviceVarlen>,
+) -> Result<Plan> {
     if T::DTYPE == DType::F32 {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype: T::DTYPE, path: "the fused backward kernel" });
     }
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v), (Arg::O, o), (Arg::DO, d_o)] {
         t.check_on(dev, arg)?;
     }
-    let p = AttnProblem::new((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
+    let layouts = [(&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len())];
+    let (p, sequences) = match seqs {
+        None => (AttnProblem::new(layouts[0], layouts[1], layouts[2], opts)?, None),
+        Some(seqs) => {
+            let (p, batch) = varlen::packed_plan(dev, layouts, seqs, opts)?;
+            (p, Some(batch))
+        }
+    };
     check_per_head(dev, opts)?;
     for (arg, t) in [(Arg::O, o), (Arg::DO, d_o)] {
         p.check_input_like_o(arg, &t.layout, t.buf.len())?;
@@ -380,9 +420,13 @@ fn plan<T: Element>(
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v), (Arg::O, o), (Arg::DO, d_o)] {
         check_vector_strides(arg, &t.layout)?;
     }
-    let why = "at least one f32 per (batch, head_q, query row), [batch, heads_q, seqlen_q]";
+    let why = if sequences.is_some() {
+        "at least one f32 per (head_q, query token), [heads_q, tokens_q]"
+    } else {
+        "at least one f32 per (batch, head_q, query row), [batch, heads_q, seqlen_q]"
+    };
     check_f32_buffer(dev, Arg::Lse, lse, p.lse_len(), why)?;
-    for (what, value) in [("heads_kv", p.heads_kv), ("batch", p.batch)] {
+    for (what, value) in [("heads_kv", p.heads_kv), ("batch", sequences.unwrap_or(p.batch))] {
         if value > GRID_YZ_MAX {
             return Err(Error::TooLarge { arg: Arg::K, what, value });
         }
@@ -393,7 +437,7 @@ fn plan<T: Element>(
         return Err(Error::TooLarge { arg: Arg::Q, what: "batch·heads_q·seqlen_q·head_dim", value: elems });
     }
     let tile = backward_tile(dev.info(), (p.head_dim, p.head_dim_v), T::DTYPE)?;
-    Ok((p, tile))
+    Ok(Plan { p, tile, sequences })
 }
 
 #[cfg(test)]

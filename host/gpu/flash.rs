@@ -390,6 +390,7 @@ pub(crate) fn launch<T: Element>(
         Some(pk) => {
             score.params.cu_seqlens_q = pk.cu_seqlens_q;
             score.params.cu_seqlens_k = pk.cu_seqlens_k;
+            (score.params.max_seqlen_q, score.params.max_seqlen_k) = (p.seqlen_q as u32, p.seqlen_k as u32);
             (p.heads_q * pk.tokens_q, pk.tokens_q)
         }
     };

@@ -22,5 +22,6 @@ pub use standard::{standard_forward, standard_forward_train, StandardTrainOutput
 pub use standard_backward::{standard_backward, standard_backward_into};
 pub use tensor::{DeviceTensor, GpuForwardOutput};
 pub use varlen::{
-    flash_forward_varlen, flash_forward_varlen_into, flash_forward_varlen_with_splits, DeviceVarlen, VarlenOffsets,
+    flash_backward_varlen, flash_backward_varlen_into, flash_backward_varlen_with_tile, flash_forward_varlen,
+    flash_forward_varlen_into, flash_forward_varlen_with_splits, DeviceVarlen, VarlenOffsets,
 };

@@ -72,6 +72,8 @@ impl<'a> ScoreArgs<'a> {
             // A packed batch's launch sets its offsets (`gpu::varlen`).
             cu_seqlens_q: 0,
             cu_seqlens_k: 0,
+            max_seqlen_q: 0,
+            max_seqlen_k: 0,
         };
         Ok(ScoreArgs { params, _guards: guards })
     }

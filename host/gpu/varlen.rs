@@ -1,13 +1,14 @@
 //! Packed variable-length batches on the GPU (FlashAttention's `varlen`): sequences of different
 //! lengths laid end to end along the token dimension of one batch row, each attended on its own (its
 //! causal diagonal and windows aligned bottom-right within the sequence), with the same fused forward
-//! kernels as the dense call in their packed instantiation (`ScoreParams::cu_seqlens_q`). The f64
-//! reference is `cpu::reference_forward_varlen`.
+//! kernels as the dense call in their packed instantiation (`ScoreParams::cu_seqlens_q`), forward and
+//! backward. The f64 references are `cpu::reference_forward_varlen` and `cpu::reference_backward_varlen`.
 
 use crate::cpu::varlen::{alibi_rows, packed_problem, Varlen};
 use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
+use crate::gpu::backward::{self, GpuGradients};
 use crate::gpu::flash::{self, PackedLaunch};
 use crate::gpu::score::check_per_head;
 use crate::gpu::tensor::{check_f32_buffer, check_vector_strides, DeviceTensor, GpuForwardOutput};
@@ -16,6 +17,7 @@ use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaSlice, DevicePtr};
 use ironflash_kernels::tiles::FwdTile;
+use ironflash_kernels::tiles_bwd::BwdTile;
 
 /// A packed batch's sequences on the device: sequence b's queries are tokens `cu_seqlens_q[b] ..
 /// cu_seqlens_q[b + 1]` of q (and O), its keys tokens `cu_seqlens_k[b] .. cu_seqlens_k[b + 1]` of k and
@@ -140,6 +142,73 @@ pub fn flash_forward_varlen_with_splits<T: Element>(
     run(dev, &plan, seqs, opts, tile, num_splits, q, k, v, (&mut o.buf, &o_layout), lse)
 }
 
+/// The varlen backward: dQ `[1, tokens_q, heads_q, head_dim]`, dK `[1, tokens_k, heads_kv, head_dim]`,
+/// dV `[1, tokens_k, heads_kv, head_dim_v]` (contiguous) and, with sinks, their gradient summed over the
+/// sequences, for the upstream gradient `d_o` (shaped like O), from the varlen forward's inputs, its O
+/// and its LSE (`[heads_q, tokens_q]`), as [`flash_forward_varlen`] returns them. `opts` must be the
+/// forward's; `opts.deterministic` as the dense [`flash_backward`](crate::gpu::flash_backward). The same
+/// fused kernels as the dense call, in their packed instantiation: each sequence's gradients are the
+/// dense call's on that sequence alone (dQ of queries without keys and dK, dV of keys no query sees
+/// are 0).
+#[allow(clippy::too_many_arguments)]
+pub fn flash_backward_varlen<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    o: &DeviceTensor<T>,
+    lse: &CudaSlice<f32>,
+    d_o: &DeviceTensor<T>,
+    seqs: &DeviceVarlen,
+    opts: &AttnOptions,
+) -> Result<GpuGradients<T>> {
+    let tokens = packed_problem((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
+    // SAFETY: the dQ kernel writes every element of dq; the main kernel every key row of dk and dv that
+    // belongs to a sequence (a CTA whose keys no query sees writes zeros), which with offsets that
+    // cover the tokens (as documented) is all of them.
+    let mut grads = unsafe { GpuGradients::alloc_uninit(dev, &tokens, "flash_backward_varlen") }?;
+    backward::backward_into(dev, (q, k, v, o, lse, d_o), Some(seqs), &mut grads, opts, None)?;
+    Ok(grads)
+}
+
+/// As [`flash_backward_varlen`], into caller-provided gradients shaped like q, k and v (any
+/// non-overlapping strides, multiples of 8 elements, last dim contiguous), as
+/// [`flash_backward_into`](crate::gpu::flash_backward_into) takes them.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_backward_varlen_into<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    o: &DeviceTensor<T>,
+    lse: &CudaSlice<f32>,
+    d_o: &DeviceTensor<T>,
+    seqs: &DeviceVarlen,
+    grads: &mut GpuGradients<T>,
+    opts: &AttnOptions,
+) -> Result<()> {
+    backward::backward_into(dev, (q, k, v, o, lse, d_o), Some(seqs), grads, opts, None)
+}
+
+/// As [`flash_backward_varlen_into`] with a given tile instead of the chooser's (tests and benchmarks),
+/// as [`flash_backward_with_tile`](crate::gpu::flash_backward_with_tile).
+#[allow(clippy::too_many_arguments)]
+pub fn flash_backward_varlen_with_tile<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    o: &DeviceTensor<T>,
+    lse: &CudaSlice<f32>,
+    d_o: &DeviceTensor<T>,
+    seqs: &DeviceVarlen,
+    grads: &mut GpuGradients<T>,
+    opts: &AttnOptions,
+    tile: &BwdTile,
+) -> Result<()> {
+    backward::backward_into(dev, (q, k, v, o, lse, d_o), Some(seqs), grads, opts, Some(tile))
+}
+
 /// A validated varlen call: the problem over the token counts (shapes, strides, options) and the
 /// problem the kernels' grid and tile plan see (one batch entry per sequence, the longest lengths).
 struct Plan {
@@ -168,19 +237,30 @@ fn plan<T: Element>(
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
         t.check_on(dev, arg)?;
     }
-    let tokens = packed_problem((&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len()), opts)?;
+    let layouts = [(&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len())];
+    let (tokens, batch) = packed_plan(dev, layouts, seqs, opts)?;
     check_per_head(dev, opts)?;
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
         check_vector_strides(arg, &t.layout)?;
     }
-    let batch = check_offsets(dev, seqs, &tokens)?;
-    let alibi_per_batch = alibi_rows(opts.alibi_slopes.map(|s| s.len()), tokens.heads_q, batch)?;
     flash::check_grid(tokens.heads_q, batch, tokens.heads_q * tokens.seqlen_q)?;
-    let grid =
-        AttnProblem { batch, seqlen_q: seqs.max_seqlen_q, seqlen_k: seqs.max_seqlen_k, alibi_per_batch, ..tokens };
-    let tokens = AttnProblem { alibi_per_batch, ..tokens };
+    let grid = AttnProblem { batch, seqlen_q: seqs.max_seqlen_q, seqlen_k: seqs.max_seqlen_k, ..tokens };
     let tile = flash::forward_tile(dev.info(), (tokens.head_dim, tokens.head_dim_v), T::DTYPE, tokens.causal)?;
     Ok(Plan { tokens, grid, tile })
+}
+
+/// The problem of a packed call over its token counts (`packed_problem`, with the ALiBi slopes' rows)
+/// and its number of sequences, after checking the offsets: what the forward and the backward share.
+pub(crate) fn packed_plan(
+    dev: &Device,
+    [q, k, v]: [(&Layout, usize); 3],
+    seqs: &DeviceVarlen,
+    opts: &AttnOptions,
+) -> Result<(AttnProblem, usize)> {
+    let tokens = packed_problem(q, k, v, opts)?;
+    let batch = check_offsets(dev, seqs, &tokens)?;
+    let alibi_per_batch = alibi_rows(opts.alibi_slopes.map(|s| s.len()), tokens.heads_q, batch)?;
+    Ok((AttnProblem { alibi_per_batch, ..tokens }, batch))
 }
 
 /// The offsets' buffers (device, equal lengths of at least 2) and the maxima (within the token counts);

@@ -50,6 +50,10 @@ pub struct BwdTile {
     /// Symbols of the softcap instantiation (dS chained through the tanh): `[bf16, f16]`. Separate
     /// kernels, so that the plain ones keep their registers.
     pub softcap_symbols: [&'static str; 2],
+    /// Symbols of the instantiations for packed variable-length batches (`ScoreParams::cu_seqlens_q`),
+    /// without and with a softcap: `[bf16, f16]` each.
+    pub packed_symbols: [&'static str; 2],
+    pub packed_softcap_symbols: [&'static str; 2],
 }
 
 impl BwdTile {
@@ -171,13 +175,16 @@ impl BwdTile {
     pub const fn m_blocks(&self, seqlen_q: usize) -> usize {
         seqlen_q.div_ceil(self.block_m)
     }
-    /// The kernel for an element size class (bf16 = 0, f16 = 1), with or without a softcap.
-    pub const fn symbol(&self, f16: bool, softcap: bool) -> &'static str {
-        if softcap {
-            self.softcap_symbols[f16 as usize]
-        } else {
-            self.symbols[f16 as usize]
-        }
+    /// The kernel for an element size class (bf16 = 0, f16 = 1), with or without a softcap, for a dense
+    /// or a packed batch.
+    pub const fn symbol(&self, f16: bool, softcap: bool, packed: bool) -> &'static str {
+        let symbols = match (softcap, packed) {
+            (false, false) => &self.symbols,
+            (true, false) => &self.softcap_symbols,
+            (false, true) => &self.packed_symbols,
+            (true, true) => &self.packed_softcap_symbols,
+        };
+        symbols[f16 as usize]
     }
     /// Whether the row is well formed (checked at compile time for every instantiated kernel).
     pub const fn is_valid(&self) -> bool {
@@ -252,6 +259,14 @@ macro_rules! tile {
                 concat!("attn_bwd_softcap_", $dims, "_m", $m, "n", $n, "s", $s, "_bf16"),
                 concat!("attn_bwd_softcap_", $dims, "_m", $m, "n", $n, "s", $s, "_f16"),
             ],
+            packed_symbols: [
+                concat!("attn_bwd_varlen_", $dims, "_m", $m, "n", $n, "s", $s, "_bf16"),
+                concat!("attn_bwd_varlen_", $dims, "_m", $m, "n", $n, "s", $s, "_f16"),
+            ],
+            packed_softcap_symbols: [
+                concat!("attn_bwd_varlen_softcap_", $dims, "_m", $m, "n", $n, "s", $s, "_bf16"),
+                concat!("attn_bwd_varlen_softcap_", $dims, "_m", $m, "n", $n, "s", $s, "_f16"),
+            ],
         }
     };
 }
@@ -302,6 +317,14 @@ macro_rules! wgmma_bwd_tile {
             softcap_symbols: [
                 concat!("attn_bwd_softcap_hd", $d, "_m", $m, "n128_wgmma_bf16"),
                 concat!("attn_bwd_softcap_hd", $d, "_m", $m, "n128_wgmma_f16"),
+            ],
+            packed_symbols: [
+                concat!("attn_bwd_varlen_hd", $d, "_m", $m, "n128_wgmma_bf16"),
+                concat!("attn_bwd_varlen_hd", $d, "_m", $m, "n128_wgmma_f16"),
+            ],
+            packed_softcap_symbols: [
+                concat!("attn_bwd_varlen_softcap_hd", $d, "_m", $m, "n128_wgmma_bf16"),
+                concat!("attn_bwd_varlen_softcap_hd", $d, "_m", $m, "n128_wgmma_f16"),
             ],
         }
     };
@@ -372,6 +395,8 @@ mod tests {
             for u in &BWD_TILES[i + 1..] {
                 assert_ne!(t.symbols, u.symbols);
                 assert_ne!(t.softcap_symbols, u.softcap_symbols);
+                assert_ne!(t.packed_symbols, u.packed_symbols);
+                assert_ne!(t.packed_softcap_symbols, u.packed_softcap_symbols);
             }
         }
     }

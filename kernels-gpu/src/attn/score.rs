@@ -222,16 +222,21 @@ pub struct ScoreParams {
     /// [`Mask::of_sequence`] with its lengths ([`packed_tokens`]).
     pub cu_seqlens_q: u64,
     pub cu_seqlens_k: u64,
+    /// Packed batches: the longest sequence's queries and keys, as the call states them (the grid and
+    /// the backward's per-sequence turn counters are sized by them); a longer sequence is cut to them.
+    /// 0 for a dense batch.
+    pub max_seqlen_q: u32,
+    pub max_seqlen_k: u32,
 }
 
 /// The tokens `[start, end)` of one sequence of a packed batch, from its offsets `cu[b]` and `cu[b + 1]`
-/// as stored (i32), clamped into the tensor's `tokens` rows and to a non-negative length: offsets the
-/// host could not check (device data) can then only give wrong sequences, never an access outside the
-/// tensors.
+/// as stored (i32), clamped into the tensor's `tokens` rows and to a length in `[0, longest]` (the
+/// call's `max_seqlen`): offsets or maxima the host could not check (device data) can then only give
+/// wrong sequences, never an access outside the tensors or the buffers sized by the maxima.
 #[inline(always)]
-pub fn packed_tokens(start: i32, end: i32, tokens: u32) -> (u32, u32) {
+pub fn packed_tokens(start: i32, end: i32, tokens: u32, longest: u32) -> (u32, u32) {
     let start = (start.max(0) as u32).min(tokens);
-    let end = (end.max(0) as u32).min(tokens).max(start);
+    let end = (end.max(0) as u32).min(tokens).max(start).min(start + longest.min(tokens - start));
     (start, end)
 }
 
@@ -412,12 +417,17 @@ mod tests {
 
     #[test]
     fn packed_tokens_stay_inside_the_tensor() {
-        assert_eq!(packed_tokens(3, 10, 20), (3, 10));
-        assert_eq!(packed_tokens(3, 30, 20), (3, 20));
-        assert_eq!(packed_tokens(25, 30, 20), (20, 20));
-        assert_eq!(packed_tokens(10, 3, 20), (10, 10));
-        assert_eq!(packed_tokens(-5, 4, 20), (0, 4));
-        assert_eq!(packed_tokens(i32::MIN, i32::MAX, 20), (0, 20));
+        assert_eq!(packed_tokens(3, 10, 20, 20), (3, 10));
+        assert_eq!(packed_tokens(3, 30, 20, 20), (3, 20));
+        assert_eq!(packed_tokens(25, 30, 20, 20), (20, 20));
+        assert_eq!(packed_tokens(10, 3, 20, 20), (10, 10));
+        assert_eq!(packed_tokens(-5, 4, 20, 20), (0, 4));
+        assert_eq!(packed_tokens(i32::MIN, i32::MAX, 20, 20), (0, 20));
+        // Cut to the stated longest sequence, and never past the tokens whatever it says.
+        assert_eq!(packed_tokens(3, 10, 20, 4), (3, 7));
+        assert_eq!(packed_tokens(3, 10, 20, 0), (3, 3));
+        assert_eq!(packed_tokens(3, 30, 20, u32::MAX), (3, 20));
+        assert_eq!(packed_tokens(20, 20, 20, 5), (20, 20));
     }
 
     #[test]

@@ -182,8 +182,8 @@ unsafe fn resolve<const PACKED: bool>(p: &ScoreParams, b: u32, call: Mask) -> Se
     let offsets = |cu: u64| (*(cu as *const i32).add(b as usize), *(cu as *const i32).add(b as usize + 1));
     let (q_start, q_end) = offsets(p.cu_seqlens_q);
     let (k_start, k_end) = offsets(p.cu_seqlens_k);
-    let (q0, q1) = packed_tokens(q_start, q_end, call.seqlen_q);
-    let (k0, k1) = packed_tokens(k_start, k_end, call.seqlen_k);
+    let (q0, q1) = packed_tokens(q_start, q_end, call.seqlen_q, p.max_seqlen_q);
+    let (k0, k1) = packed_tokens(k_start, k_end, call.seqlen_k, p.max_seqlen_k);
     Sequence { mask: call.of_sequence(q1 - q0, k1 - k0), q0, k0, row: 0 }
 }
 

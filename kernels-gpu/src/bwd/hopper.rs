@@ -38,8 +38,8 @@
 
 use super::dq_accum_col;
 use super::mainloop::{
-    consts_pair, dq_turn, key_block_work, load_key_block, load_query_block, store_consts, strides, turn_counter,
-    work_item, KeyBlockWork, C_ACC,
+    consts_pair, dq_turn, key_block_work, load_key_block, load_query_block, loop_mask, store_consts, strides,
+    turn_counter, work_item, KeyBlockWork, C_ACC,
 };
 use crate::abi::BwdParams;
 use crate::attn::stage::{self, FragPos};
@@ -130,7 +130,7 @@ const K16_ROWS: u32 = 16 * 128;
 /// reduction, in key-block order when deterministic, and frees the buffer once the reduction has read
 /// it.
 #[inline(always)]
-unsafe fn dq_writer<const D: usize, const BM: usize>(
+unsafe fn dq_writer<const D: usize, const BM: usize, const PACKED: bool>(
     p: &BwdParams,
     consts: u32,
     h_first: u32,
@@ -140,6 +140,7 @@ unsafe fn dq_writer<const D: usize, const BM: usize>(
 ) {
     let l = Shape::<D, BM>::L;
     let lane0 = sreg::thread_x() % 32 == 0;
+    // The LSE layout's rows per head (see `mainloop::attn_bwd`).
     let sq = p.score.mask.seqlen_q;
     let deterministic = p.deterministic != 0;
     let mut it = 0u32;
@@ -149,12 +150,12 @@ unsafe fn dq_writer<const D: usize, const BM: usize>(
         sync::named_at::<ALL_THREADS_U32>(BAR_FULL + s);
         if lane0 {
             let m0 = m * BM as u32;
-            let bytes = (sq - m0).min(BM as u32) * (D * 4) as u32;
+            let bytes = (loop_mask::<PACKED>(p).seqlen_q - m0).min(BM as u32) * (D * 4) as u32;
             let staged = opaque(consts) - l[8] as u32 + l[5] as u32 + s * Shape::<D, BM>::DQ_STAGE_BYTES;
             let (acc, sem) = consts_pair(consts + C_ACC);
             let acc = (acc as *mut f32).add((h as usize * sq as usize + m0 as usize) * D);
             if deterministic {
-                let sem = turn_counter::<BM>(p, sem, h, m);
+                let sem = turn_counter::<BM, PACKED>(p, sem, h, m);
                 // The compute warps worked the turn out (`DQ_TURN`): the writer's 24 registers do not
                 // hold the block-range arithmetic.
                 let turn = smem::load_u32(opaque(consts) + DQ_TURN + 4 * s);
@@ -184,11 +185,12 @@ unsafe fn dq_writer<const D: usize, const BM: usize>(
 
 /// The kernel body for head dim `D` and query blocks of `BM` rows. Register arrays: `DR = D/2` (dK, dV),
 /// `SR = BM/2` (Sᵀ, dPᵀ), `PK = BM/4` (Pᵀ and dSᵀ packed), `NT = BM/8` (n8 tiles of Sᵀ), `QR =
-/// DQ_COLS/2` (dQ). `SOFTCAP`: the instantiation for calls with a softcap (dS chained through the tanh).
+/// DQ_COLS/2` (dQ). `SOFTCAP`: the instantiation for calls with a softcap (dS chained through the tanh);
+/// `PACKED`: the one for packed variable-length batches (as `mainloop::attn_bwd`'s).
 ///
 /// # Safety
 /// Launched as `abi::BwdParams` documents, with 384 threads (`T.threads()`) and `T.smem_bytes(2)`
-/// bytes of dynamic shared memory, on an sm_90a device.
+/// bytes of dynamic shared memory, on an sm_90a device; `PACKED` exactly for a packed call.
 #[inline(always)]
 pub unsafe fn attn_bwd_wgmma<
     E: WgmmaElem,
@@ -200,6 +202,7 @@ pub unsafe fn attn_bwd_wgmma<
     const NT: usize,
     const QR: usize,
     const SOFTCAP: bool,
+    const PACKED: bool,
 >(
     p: &BwdParams,
 ) {
@@ -208,21 +211,23 @@ pub unsafe fn attn_bwd_wgmma<
     let () = Shape::<D, BM>::OK;
     let l = Shape::<D, BM>::L;
     let tid = sreg::thread_x();
-    let (sq, sk) = (p.score.mask.seqlen_q, p.score.mask.seqlen_k);
+    // The LSE layout's rows per head: a dense call's queries, a packed call's tokens.
+    let sq = p.score.mask.seqlen_q;
     // The swizzle pattern repeats every 1024 bytes of the shared window: tiles start on that boundary.
     let base = (smem::base() + 1023) & !1023;
     let (nb, hkv, b) = work_item(p, base + l[8] as u32 + 80, tid);
+    let seq = stage::enter::<PACKED>(&p.score, b as u32, tid);
 
-    let KeyBlockWork { n0, m_end, per_head, total, h_first } = key_block_work::<BM, BN>(p, nb, hkv);
+    let KeyBlockWork { n0, m_end, per_head, total, h_first } = key_block_work::<BM, BN, PACKED>(p, &seq.mask, nb, hkv);
 
     let consts = base + l[8] as u32;
     if tid == 0 {
-        store_consts::<BM>(consts, p, b);
+        store_consts::<BM, PACKED>(consts, p, b, &seq);
     }
     let sw = RowLayout::Swizzled128;
     if tid < COMPUTE_THREADS_U32 {
         let (k_dst, v_dst) = (base + l[0] as u32, base + l[1] as u32);
-        load_key_block::<BN, D, D>(p, sw, (b, hkv, n0), k_dst, v_dst, tid, COMPUTE_THREADS);
+        load_key_block::<BN, D, D, PACKED>(p, sw, &seq, (hkv, n0), k_dst, v_dst, tid, COMPUTE_THREADS);
         if Shape::<D, BM>::K_PAST_HEAD_DIM {
             // Zeros in the 16-byte chunks of K's last column block past the head dim, so that whatever
             // the memory held stays out of the dQ columns warpgroup 1 drops (its stores are fenced for
@@ -239,14 +244,15 @@ pub unsafe fn attn_bwd_wgmma<
     if tid >= COMPUTE_THREADS_U32 {
         setmaxnreg::dec::<WRITER_REGS>();
         if tid < ALL_THREADS_U32 {
-            dq_writer::<D, BM>(p, consts, h_first, m_end, per_head, total);
+            dq_writer::<D, BM, PACKED>(p, consts, h_first, m_end, per_head, total);
         }
         return;
     }
     setmaxnreg::inc::<COMPUTE_REGS>();
     if total > 0 {
         let dst = [base + l[2] as u32, base + l[3] as u32, base + l[6] as u32, base + l[7] as u32];
-        load_query_block::<BM, D, D>(sw, consts, h_first, m_end - 1, sq, dst, tid, COMPUTE_THREADS);
+        let queries = (seq.mask.seqlen_q, sq);
+        load_query_block::<BM, D, D>(sw, consts, h_first, m_end - 1, queries, dst, tid, COMPUTE_THREADS);
     }
     cp_async::commit();
 
@@ -287,7 +293,8 @@ pub unsafe fn attn_bwd_wgmma<
                 base + l[6] as u32 + sn * stage_f,
                 base + l[7] as u32 + sn * stage_f,
             ];
-            load_query_block::<BM, D, D>(sw, consts, hn, mn, sq, dst, tid, COMPUTE_THREADS);
+            let queries = (loop_mask::<PACKED>(p).seqlen_q, sq);
+            load_query_block::<BM, D, D>(sw, consts, hn, mn, queries, dst, tid, COMPUTE_THREADS);
         }
         cp_async::commit();
 
@@ -314,7 +321,7 @@ pub unsafe fn attn_bwd_wgmma<
 
         // 2. Pᵀ from the score stage's logits (masked where the tile needs it), packed: register 2i+rr
         // holds row g+8rr, columns 8i+2t and 8i+2t+1.
-        let need_mask = p.score.mask.needs_mask(m0, BM as u32, n0, BN as u32);
+        let need_mask = loop_mask::<PACKED>(p).needs_mask(m0, BM as u32, n0, BN as u32);
         wgmma::wait::<1>();
         wgmma::pin_all(&mut s);
         // With a softcap, dS takes the tanh's derivative: it waits for dP in the dSᵀ tile, rounded to the
@@ -328,7 +335,7 @@ pub unsafe fn attn_bwd_wgmma<
             |_, i: usize, rr: usize, d: [f32; 2]| smem::store_u32(ds_at(i as u32, rr as u32), E::pack2(d[0], d[1]));
         let mut s_frag = AccFrag::<1, NT>::from_wgmma(&s);
         let at = FragPos { row_g: n0 + key_w + warp * 16 + g, col0: m0, t };
-        let mask = || stage::sequence_mask::<false>(&p.score);
+        let mask = || stage::sequence_mask::<PACKED>(&p.score);
         let slope = || stage::alibi_slope_log2(&p.score, b as u32, h_first + it / per_head);
         stage::logits_by_key::<1, NT, SOFTCAP>(&p.score, mask, slope, &mut s_frag, at, need_mask, park);
         let x = &s_frag.0[0];
@@ -410,6 +417,7 @@ pub unsafe fn attn_bwd_wgmma<
             sync::named_at::<ALL_THREADS_U32>(BAR_EMPTY + stage);
         }
         let (row0, col0) = if BM == 128 { (64 * wg, 0) } else { (0, wg * Shape::<D, BM>::DQ_SPLIT as u32) };
+        let q0 = stage::parked_queries::<PACKED>(b as u32).1;
         for i in 0..(QR / 4) as u32 {
             for rr in 0..2u32 {
                 let row = row0 + warp * 16 + g + 8 * rr;
@@ -419,12 +427,13 @@ pub unsafe fn attn_bwd_wgmma<
                 // shape computes columns past the head dim, and its check folds away.
                 if !Shape::<D, BM>::K_PAST_HEAD_DIM || col < D as u32 {
                     // Permuted as the accumulator's rows are (conflict-free across a store's 8 rows).
-                    shared_f32::store_v2(dq_s + (row * D as u32 + dq_accum_col(row, col)) * 4, [dq[idx], dq[idx + 1]]);
+                    let at = row * D as u32 + dq_accum_col(q0 + row, col);
+                    shared_f32::store_v2(dq_s + at * 4, [dq[idx], dq[idx + 1]]);
                 }
             }
         }
         if tid == 0 && p.deterministic != 0 {
-            smem::store_u32(consts + DQ_TURN + 4 * stage, dq_turn::<BM, BN>(p, nb, m));
+            smem::store_u32(consts + DQ_TURN + 4 * stage, dq_turn::<BM, BN>(&loop_mask::<PACKED>(p), nb, m));
         }
         bulk::shared_async();
         sync::arrive_at::<ALL_THREADS_U32>(BAR_FULL + stage);
@@ -436,9 +445,11 @@ pub unsafe fn attn_bwd_wgmma<
     let (wg, warp) = (tid / 128, (tid / 32) % 4);
     let (g, t) = (lane / 4, lane % 4);
     let scale = p.scale;
+    let (row, k0, sk) = stage::parked_keys::<PACKED>(&p.score, b as u32);
     let (dks, dvs) = (strides(p.dk_strides), strides(p.dv_strides));
-    let dk_g = (p.dk as *mut u16).add(b * dks[0] + hkv * dks[2]);
-    let dv_g = (p.dv as *mut u16).add(b * dvs[0] + hkv * dvs[2]);
+    let (row, k0) = (row as usize, k0 as usize);
+    let dk_g = (p.dk as *mut u16).add(row * dks[0] + k0 * dks[1] + hkv * dks[2]);
+    let dv_g = (p.dv as *mut u16).add(row * dvs[0] + k0 * dvs[1] + hkv * dvs[2]);
     for rr in 0..2 {
         let key = (n0 + wg * 64 + warp * 16 + g + 8 * rr) as usize;
         if key < sk as usize {

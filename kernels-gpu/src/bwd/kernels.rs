@@ -10,7 +10,7 @@ use crate::tiles::str_eq;
 use crate::tiles_bwd::{self, BwdTile};
 
 macro_rules! bwd_kernel {
-    ($tile:path, $elem:ty, $softcap:literal, $p:expr) => {{
+    ($tile:path, $elem:ty, $softcap:literal, $packed:literal, $p:expr) => {{
         const T: BwdTile = $tile;
         attn_bwd::<
             $elem,
@@ -31,59 +31,69 @@ macro_rules! bwd_kernel {
             { T.dq_m_tiles() },
             { T.dq_n_tiles() },
             $softcap,
+            $packed,
         >($p)
     }};
 }
 
+/// One row's eight kernels: bf16 and f16, without and with a softcap, dense and packed (the symbols in
+/// the row's order: `symbols`, `softcap_symbols`, `packed_symbols`, `packed_softcap_symbols`).
 macro_rules! bwd_kernels {
-    ($($tile:path => $bf16:ident, $f16:ident, $cap_bf16:ident, $cap_f16:ident;)*) => {$(
+    ($($tile:path => [$($name:ident),*];)*) => {$(
+        bwd_kernels!(@row $tile, [$($name),*]);
+    )*};
+    (@row $tile:path, [$bf16:ident, $f16:ident, $cap_bf16:ident, $cap_f16:ident,
+                       $var_bf16:ident, $var_f16:ident, $var_cap_bf16:ident, $var_cap_f16:ident]) => {
         const _: () = {
             const T: BwdTile = $tile;
             assert!(T.is_valid());
             assert!(str_eq(T.symbols[0], stringify!($bf16)) && str_eq(T.symbols[1], stringify!($f16)));
             assert!(str_eq(T.softcap_symbols[0], stringify!($cap_bf16)));
             assert!(str_eq(T.softcap_symbols[1], stringify!($cap_f16)));
+            assert!(str_eq(T.packed_symbols[0], stringify!($var_bf16)));
+            assert!(str_eq(T.packed_symbols[1], stringify!($var_f16)));
+            assert!(str_eq(T.packed_softcap_symbols[0], stringify!($var_cap_bf16)));
+            assert!(str_eq(T.packed_softcap_symbols[1], stringify!($var_cap_f16)));
         };
+        bwd_entry!($tile, Bf16, false, false, $bf16, "Launched as `abi::BwdParams` and the tile row document.");
+        bwd_entry!($tile, F16, false, false, $f16, "As the bf16 kernel.");
+        bwd_entry!($tile, Bf16, true, false, $cap_bf16, "As the bf16 kernel, with a softcap.");
+        bwd_entry!($tile, F16, true, false, $cap_f16, "As the bf16 kernel, with a softcap.");
+        bwd_entry!($tile, Bf16, false, true, $var_bf16, "As the bf16 kernel, for a packed batch.");
+        bwd_entry!($tile, F16, false, true, $var_f16, "As the bf16 kernel, for a packed batch.");
+        bwd_entry!($tile, Bf16, true, true, $var_cap_bf16, "As the bf16 kernel, for a packed batch with a softcap.");
+        bwd_entry!($tile, F16, true, true, $var_cap_f16, "As the bf16 kernel, for a packed batch with a softcap.");
+    };
+}
 
+macro_rules! bwd_entry {
+    ($tile:path, $elem:ty, $softcap:literal, $packed:literal, $name:ident, $safety:literal) => {
         /// # Safety
-        /// Launched as `abi::BwdParams` and the tile row document.
+        #[doc = $safety]
         #[no_mangle]
-        pub unsafe extern "ptx-kernel" fn $bf16(p: BwdParams) {
-            bwd_kernel!($tile, Bf16, false, &p)
+        pub unsafe extern "ptx-kernel" fn $name(p: BwdParams) {
+            bwd_kernel!($tile, $elem, $softcap, $packed, &p)
         }
-
-        /// # Safety
-        /// Launched as `abi::BwdParams` and the tile row document.
-        #[no_mangle]
-        pub unsafe extern "ptx-kernel" fn $f16(p: BwdParams) {
-            bwd_kernel!($tile, F16, false, &p)
-        }
-
-        /// # Safety
-        /// Launched as `abi::BwdParams` (with a softcap) and the tile row document.
-        #[no_mangle]
-        pub unsafe extern "ptx-kernel" fn $cap_bf16(p: BwdParams) {
-            bwd_kernel!($tile, Bf16, true, &p)
-        }
-
-        /// # Safety
-        /// Launched as `abi::BwdParams` (with a softcap) and the tile row document.
-        #[no_mangle]
-        pub unsafe extern "ptx-kernel" fn $cap_f16(p: BwdParams) {
-            bwd_kernel!($tile, F16, true, &p)
-        }
-    )*};
+    };
 }
 
 bwd_kernels! {
-    tiles_bwd::BWD_HD32 => attn_bwd_hd32_m64n128s2_bf16, attn_bwd_hd32_m64n128s2_f16, attn_bwd_softcap_hd32_m64n128s2_bf16, attn_bwd_softcap_hd32_m64n128s2_f16;
-    tiles_bwd::BWD_HD64 => attn_bwd_hd64_m64n128s2_bf16, attn_bwd_hd64_m64n128s2_f16, attn_bwd_softcap_hd64_m64n128s2_bf16, attn_bwd_softcap_hd64_m64n128s2_f16;
-    tiles_bwd::BWD_HD96 => attn_bwd_hd96_m64n128s2_bf16, attn_bwd_hd96_m64n128s2_f16, attn_bwd_softcap_hd96_m64n128s2_bf16, attn_bwd_softcap_hd96_m64n128s2_f16;
-    tiles_bwd::BWD_HD128_M32 => attn_bwd_hd128_m32n128s2_bf16, attn_bwd_hd128_m32n128s2_f16, attn_bwd_softcap_hd128_m32n128s2_bf16, attn_bwd_softcap_hd128_m32n128s2_f16;
-    tiles_bwd::BWD_HD192 => attn_bwd_hd192_m64n64s2_bf16, attn_bwd_hd192_m64n64s2_f16, attn_bwd_softcap_hd192_m64n64s2_bf16, attn_bwd_softcap_hd192_m64n64s2_f16;
-    tiles_bwd::BWD_HD192_M32 => attn_bwd_hd192_m32n64s2_bf16, attn_bwd_hd192_m32n64s2_f16, attn_bwd_softcap_hd192_m32n64s2_bf16, attn_bwd_softcap_hd192_m32n64s2_f16;
-    tiles_bwd::BWD_HD256 => attn_bwd_hd256_m32n64s2_bf16, attn_bwd_hd256_m32n64s2_f16, attn_bwd_softcap_hd256_m32n64s2_bf16, attn_bwd_softcap_hd256_m32n64s2_f16;
-    tiles_bwd::BWD_HD192_V128 => attn_bwd_hd192v128_m64n64s2_bf16, attn_bwd_hd192v128_m64n64s2_f16, attn_bwd_softcap_hd192v128_m64n64s2_bf16, attn_bwd_softcap_hd192v128_m64n64s2_f16;
+    tiles_bwd::BWD_HD32 => [attn_bwd_hd32_m64n128s2_bf16, attn_bwd_hd32_m64n128s2_f16, attn_bwd_softcap_hd32_m64n128s2_bf16, attn_bwd_softcap_hd32_m64n128s2_f16,
+        attn_bwd_varlen_hd32_m64n128s2_bf16, attn_bwd_varlen_hd32_m64n128s2_f16, attn_bwd_varlen_softcap_hd32_m64n128s2_bf16, attn_bwd_varlen_softcap_hd32_m64n128s2_f16];
+    tiles_bwd::BWD_HD64 => [attn_bwd_hd64_m64n128s2_bf16, attn_bwd_hd64_m64n128s2_f16, attn_bwd_softcap_hd64_m64n128s2_bf16, attn_bwd_softcap_hd64_m64n128s2_f16,
+        attn_bwd_varlen_hd64_m64n128s2_bf16, attn_bwd_varlen_hd64_m64n128s2_f16, attn_bwd_varlen_softcap_hd64_m64n128s2_bf16, attn_bwd_varlen_softcap_hd64_m64n128s2_f16];
+    tiles_bwd::BWD_HD96 => [attn_bwd_hd96_m64n128s2_bf16, attn_bwd_hd96_m64n128s2_f16, attn_bwd_softcap_hd96_m64n128s2_bf16, attn_bwd_softcap_hd96_m64n128s2_f16,
+        attn_bwd_varlen_hd96_m64n128s2_bf16, attn_bwd_varlen_hd96_m64n128s2_f16, attn_bwd_varlen_softcap_hd96_m64n128s2_bf16, attn_bwd_varlen_softcap_hd96_m64n128s2_f16];
+    tiles_bwd::BWD_HD128_M32 => [attn_bwd_hd128_m32n128s2_bf16, attn_bwd_hd128_m32n128s2_f16, attn_bwd_softcap_hd128_m32n128s2_bf16, attn_bwd_softcap_hd128_m32n128s2_f16,
+        attn_bwd_varlen_hd128_m32n128s2_bf16, attn_bwd_varlen_hd128_m32n128s2_f16, attn_bwd_varlen_softcap_hd128_m32n128s2_bf16, attn_bwd_varlen_softcap_hd128_m32n128s2_f16];
+    tiles_bwd::BWD_HD192 => [attn_bwd_hd192_m64n64s2_bf16, attn_bwd_hd192_m64n64s2_f16, attn_bwd_softcap_hd192_m64n64s2_bf16, attn_bwd_softcap_hd192_m64n64s2_f16,
+        attn_bwd_varlen_hd192_m64n64s2_bf16, attn_bwd_varlen_hd192_m64n64s2_f16, attn_bwd_varlen_softcap_hd192_m64n64s2_bf16, attn_bwd_varlen_softcap_hd192_m64n64s2_f16];
+    tiles_bwd::BWD_HD192_M32 => [attn_bwd_hd192_m32n64s2_bf16, attn_bwd_hd192_m32n64s2_f16, attn_bwd_softcap_hd192_m32n64s2_bf16, attn_bwd_softcap_hd192_m32n64s2_f16,
+        attn_bwd_varlen_hd192_m32n64s2_bf16, attn_bwd_varlen_hd192_m32n64s2_f16, attn_bwd_varlen_softcap_hd192_m32n64s2_bf16, attn_bwd_varlen_softcap_hd192_m32n64s2_f16];
+    tiles_bwd::BWD_HD256 => [attn_bwd_hd256_m32n64s2_bf16, attn_bwd_hd256_m32n64s2_f16, attn_bwd_softcap_hd256_m32n64s2_bf16, attn_bwd_softcap_hd256_m32n64s2_f16,
+        attn_bwd_varlen_hd256_m32n64s2_bf16, attn_bwd_varlen_hd256_m32n64s2_f16, attn_bwd_varlen_softcap_hd256_m32n64s2_bf16, attn_bwd_varlen_softcap_hd256_m32n64s2_f16];
+    tiles_bwd::BWD_HD192_V128 => [attn_bwd_hd192v128_m64n64s2_bf16, attn_bwd_hd192v128_m64n64s2_f16, attn_bwd_softcap_hd192v128_m64n64s2_bf16, attn_bwd_softcap_hd192v128_m64n64s2_f16,
+        attn_bwd_varlen_hd192v128_m64n64s2_bf16, attn_bwd_varlen_hd192v128_m64n64s2_f16, attn_bwd_varlen_softcap_hd192v128_m64n64s2_bf16, attn_bwd_varlen_softcap_hd192v128_m64n64s2_f16];
 }
 
 /// The Hopper kernels (`hopper.rs`), in the sm_90a PTX only: one per `wgmma` row of the table.
@@ -96,7 +106,7 @@ mod wgmma_entry {
     use crate::tiles_bwd::{self, BwdTile};
 
     macro_rules! wgmma_kernel {
-        ($tile:path, $elem:ty, $softcap:literal, $p:expr) => {{
+        ($tile:path, $elem:ty, $softcap:literal, $packed:literal, $p:expr) => {{
             const T: BwdTile = $tile;
             attn_bwd_wgmma::<
                 $elem,
@@ -108,66 +118,65 @@ mod wgmma_entry {
                 { T.block_m / 8 },
                 { T.wgmma_dq_cols() / 2 },
                 $softcap,
+                $packed,
             >($p)
         }};
     }
 
+    /// One row's eight kernels, as `bwd_kernels!` (the same order of symbols).
     macro_rules! wgmma_kernels {
-        ($($tile:path => $bf16:ident, $f16:ident, $cap_bf16:ident, $cap_f16:ident;)*) => {$(
+        ($($tile:path => [$($name:ident),*];)*) => {$(
+            wgmma_kernels!(@row $tile, [$($name),*]);
+        )*};
+        (@row $tile:path, [$bf16:ident, $f16:ident, $cap_bf16:ident, $cap_f16:ident,
+                           $var_bf16:ident, $var_f16:ident, $var_cap_bf16:ident, $var_cap_f16:ident]) => {
             const _: () = {
                 const T: BwdTile = $tile;
                 assert!(T.is_valid() && T.wgmma && T.threads() == 384);
                 assert!(str_eq(T.symbols[0], stringify!($bf16)) && str_eq(T.symbols[1], stringify!($f16)));
                 assert!(str_eq(T.softcap_symbols[0], stringify!($cap_bf16)));
                 assert!(str_eq(T.softcap_symbols[1], stringify!($cap_f16)));
+                assert!(str_eq(T.packed_symbols[0], stringify!($var_bf16)));
+                assert!(str_eq(T.packed_symbols[1], stringify!($var_f16)));
+                assert!(str_eq(T.packed_softcap_symbols[0], stringify!($var_cap_bf16)));
+                assert!(str_eq(T.packed_softcap_symbols[1], stringify!($var_cap_f16)));
             };
+            wgmma_entry!($tile, Bf16, false, false, $bf16, "Launched as `abi::BwdParams` and the tile row document, on a compute capability 9.0 device.");
+            wgmma_entry!($tile, F16, false, false, $f16, "As the bf16 kernel.");
+            wgmma_entry!($tile, Bf16, true, false, $cap_bf16, "As the bf16 kernel, with a softcap.");
+            wgmma_entry!($tile, F16, true, false, $cap_f16, "As the bf16 kernel, with a softcap.");
+            wgmma_entry!($tile, Bf16, false, true, $var_bf16, "As the bf16 kernel, for a packed batch.");
+            wgmma_entry!($tile, F16, false, true, $var_f16, "As the bf16 kernel, for a packed batch.");
+            wgmma_entry!($tile, Bf16, true, true, $var_cap_bf16, "As the bf16 kernel, for a packed batch with a softcap.");
+            wgmma_entry!($tile, F16, true, true, $var_cap_f16, "As the bf16 kernel, for a packed batch with a softcap.");
+        };
+    }
 
-            // Launch bounds (build.rs turns these into `.maxntid 384, 1, 1` and `.minnctapersm 1`):
-            // ptxas then compiles for one CTA of 12 warps per SM (168 registers per thread at launch),
-            // which `setmaxnreg` redistributes to the compute warpgroups (see `hopper.rs`).
-            core::arch::global_asm!(
-                concat!("// ironflash-launch-bounds ", stringify!($bf16), " 384 1"),
-                concat!("// ironflash-launch-bounds ", stringify!($f16), " 384 1"),
-                concat!("// ironflash-launch-bounds ", stringify!($cap_bf16), " 384 1"),
-                concat!("// ironflash-launch-bounds ", stringify!($cap_f16), " 384 1"),
-            );
-
-            /// # Safety
-            /// Launched as `abi::BwdParams` and the tile row document, on a compute capability 9.0
-            /// device.
-            #[no_mangle]
-            pub unsafe extern "ptx-kernel" fn $bf16(p: BwdParams) {
-                wgmma_kernel!($tile, Bf16, false, &p)
-            }
-
-            /// # Safety
-            /// As the bf16 kernel.
-            #[no_mangle]
-            pub unsafe extern "ptx-kernel" fn $f16(p: BwdParams) {
-                wgmma_kernel!($tile, F16, false, &p)
-            }
+    /// Launch bounds (build.rs turns the marker into `.maxntid 384, 1, 1` and `.minnctapersm 1`): ptxas
+    /// then compiles for one CTA of 12 warps per SM (168 registers per thread at launch), which
+    /// `setmaxnreg` redistributes to the compute warpgroups (see `hopper.rs`).
+    macro_rules! wgmma_entry {
+        ($tile:path, $elem:ty, $softcap:literal, $packed:literal, $name:ident, $safety:literal) => {
+            core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
 
             /// # Safety
-            /// As the bf16 kernel, with a softcap.
+            #[doc = $safety]
             #[no_mangle]
-            pub unsafe extern "ptx-kernel" fn $cap_bf16(p: BwdParams) {
-                wgmma_kernel!($tile, Bf16, true, &p)
+            pub unsafe extern "ptx-kernel" fn $name(p: BwdParams) {
+                wgmma_kernel!($tile, $elem, $softcap, $packed, &p)
             }
-
-            /// # Safety
-            /// As the bf16 kernel, with a softcap.
-            #[no_mangle]
-            pub unsafe extern "ptx-kernel" fn $cap_f16(p: BwdParams) {
-                wgmma_kernel!($tile, F16, true, &p)
-            }
-        )*};
+        };
     }
 
     wgmma_kernels! {
-        tiles_bwd::BWD_HD32_WGMMA => attn_bwd_hd32_m128n128_wgmma_bf16, attn_bwd_hd32_m128n128_wgmma_f16, attn_bwd_softcap_hd32_m128n128_wgmma_bf16, attn_bwd_softcap_hd32_m128n128_wgmma_f16;
-        tiles_bwd::BWD_HD64_WGMMA => attn_bwd_hd64_m128n128_wgmma_bf16, attn_bwd_hd64_m128n128_wgmma_f16, attn_bwd_softcap_hd64_m128n128_wgmma_bf16, attn_bwd_softcap_hd64_m128n128_wgmma_f16;
-        tiles_bwd::BWD_HD96_WGMMA => attn_bwd_hd96_m64n128_wgmma_bf16, attn_bwd_hd96_m64n128_wgmma_f16, attn_bwd_softcap_hd96_m64n128_wgmma_bf16, attn_bwd_softcap_hd96_m64n128_wgmma_f16;
-        tiles_bwd::BWD_HD128_WGMMA => attn_bwd_hd128_m64n128_wgmma_bf16, attn_bwd_hd128_m64n128_wgmma_f16, attn_bwd_softcap_hd128_m64n128_wgmma_bf16, attn_bwd_softcap_hd128_m64n128_wgmma_f16;
+        tiles_bwd::BWD_HD32_WGMMA => [attn_bwd_hd32_m128n128_wgmma_bf16, attn_bwd_hd32_m128n128_wgmma_f16, attn_bwd_softcap_hd32_m128n128_wgmma_bf16, attn_bwd_softcap_hd32_m128n128_wgmma_f16,
+            attn_bwd_varlen_hd32_m128n128_wgmma_bf16, attn_bwd_varlen_hd32_m128n128_wgmma_f16, attn_bwd_varlen_softcap_hd32_m128n128_wgmma_bf16, attn_bwd_varlen_softcap_hd32_m128n128_wgmma_f16];
+        tiles_bwd::BWD_HD64_WGMMA => [attn_bwd_hd64_m128n128_wgmma_bf16, attn_bwd_hd64_m128n128_wgmma_f16, attn_bwd_softcap_hd64_m128n128_wgmma_bf16, attn_bwd_softcap_hd64_m128n128_wgmma_f16,
+            attn_bwd_varlen_hd64_m128n128_wgmma_bf16, attn_bwd_varlen_hd64_m128n128_wgmma_f16, attn_bwd_varlen_softcap_hd64_m128n128_wgmma_bf16, attn_bwd_varlen_softcap_hd64_m128n128_wgmma_f16];
+        tiles_bwd::BWD_HD96_WGMMA => [attn_bwd_hd96_m64n128_wgmma_bf16, attn_bwd_hd96_m64n128_wgmma_f16, attn_bwd_softcap_hd96_m64n128_wgmma_bf16, attn_bwd_softcap_hd96_m64n128_wgmma_f16,
+            attn_bwd_varlen_hd96_m64n128_wgmma_bf16, attn_bwd_varlen_hd96_m64n128_wgmma_f16, attn_bwd_varlen_softcap_hd96_m64n128_wgmma_bf16, attn_bwd_varlen_softcap_hd96_m64n128_wgmma_f16];
+        tiles_bwd::BWD_HD128_WGMMA => [attn_bwd_hd128_m64n128_wgmma_bf16, attn_bwd_hd128_m64n128_wgmma_f16, attn_bwd_softcap_hd128_m64n128_wgmma_bf16, attn_bwd_softcap_hd128_m64n128_wgmma_f16,
+            attn_bwd_varlen_hd128_m64n128_wgmma_bf16, attn_bwd_varlen_hd128_m64n128_wgmma_f16, attn_bwd_varlen_softcap_hd128_m64n128_wgmma_bf16, attn_bwd_varlen_softcap_hd128_m64n128_wgmma_f16];
     }
 }
 

@@ -26,7 +26,8 @@
 
 use super::dq_accum_col;
 use crate::abi::BwdParams;
-use crate::attn::stage::{self, FragPos};
+use crate::attn::score::Mask;
+use crate::attn::stage::{self, FragPos, Sequence};
 use crate::frag::AccFrag;
 use crate::ptx::math::exp2;
 use crate::ptx::mma::MmaElem;
@@ -77,40 +78,67 @@ pub(super) unsafe fn work_item(p: &BwdParams, slot: u32, tid: u32) -> (u32, usiz
     }
 }
 
-/// Writes the CTA's constants (see `C_Q`) for batch `b`.
+/// Writes the CTA's constants (see `C_Q`) for sequence `b` (`seq`: its batch row and first query).
 #[inline(always)]
-pub(super) unsafe fn store_consts<const BM: usize>(consts: u32, p: &BwdParams, b: usize) {
+pub(super) unsafe fn store_consts<const BM: usize, const PACKED: bool>(
+    consts: u32,
+    p: &BwdParams,
+    b: usize,
+    seq: &Sequence,
+) {
     let (qs, os) = (p.q_strides, p.d_o_strides);
-    let rows_b = (b * p.heads_q as usize * p.score.mask.seqlen_q as usize) as u64;
-    consts_store(consts, 0, p.q + 2 * b as u64 * qs[0]);
+    let (row, q0) = (seq.row as u64, seq.q0 as u64);
+    let rows_b = row * p.heads_q as u64 * p.score.mask.seqlen_q as u64 + q0;
+    consts_store(consts, 0, p.q + 2 * (row * qs[0] + q0 * qs[1]));
     consts_store(consts, 1, qs[1]);
     consts_store(consts, 2, qs[2]);
-    consts_store(consts, 3, p.d_o + 2 * b as u64 * os[0]);
+    consts_store(consts, 3, p.d_o + 2 * (row * os[0] + q0 * os[1]));
     consts_store(consts, 4, os[1]);
     consts_store(consts, 5, os[2]);
     consts_store(consts, 6, p.lse + 4 * rows_b);
     consts_store(consts, 7, p.delta + 4 * rows_b);
     consts_store(consts, 8, p.dq_accum + 4 * rows_b * p.head_dim as u64);
-    let m_blocks = turn_counters_per_head::<BM>(p) as u64;
+    let m_blocks = turn_counters_per_head::<BM, PACKED>(p) as u64;
     consts_store(consts, 9, p.dq_semaphore + 4 * b as u64 * p.heads_q as u64 * m_blocks);
 }
 
 /// Deterministic mode's turn counters: one per query block of `block_m` rows, all of them, whatever
-/// blocks a CTA visits.
+/// blocks a CTA visits; for every sequence of a packed batch as many as its longest has.
 #[inline(always)]
-fn turn_counters_per_head<const BM: usize>(p: &BwdParams) -> u32 {
-    p.score.mask.seqlen_q.div_ceil(BM as u32)
+fn turn_counters_per_head<const BM: usize, const PACKED: bool>(p: &BwdParams) -> u32 {
+    let rows = if PACKED { p.score.max_seqlen_q } else { p.score.mask.seqlen_q };
+    rows.div_ceil(BM as u32)
 }
 
-/// The turn counter of query head `h`'s query block `m`, from the batch's counters at `batch_counters`
-/// (the constants' slot, see `C_ACC`).
+/// The turn counter of query head `h`'s query block `m`, from the sequence's counters at
+/// `batch_counters` (the constants' slot, see `C_ACC`).
 #[inline(always)]
-pub(super) unsafe fn turn_counter<const BM: usize>(p: &BwdParams, batch_counters: u64, h: u32, m: u32) -> *mut u32 {
-    (batch_counters as *mut u32).add(h as usize * turn_counters_per_head::<BM>(p) as usize + m as usize)
+pub(super) unsafe fn turn_counter<const BM: usize, const PACKED: bool>(
+    p: &BwdParams,
+    batch_counters: u64,
+    h: u32,
+    m: u32,
+) -> *mut u32 {
+    (batch_counters as *mut u32).add(h as usize * turn_counters_per_head::<BM, PACKED>(p) as usize + m as usize)
+}
+
+/// The CTA's sequence's mask inside the query loop: a dense call's from the parameters, a packed one's
+/// from the CTA's shared slot (`attn::stage::enter`).
+///
+/// # Safety
+/// A packed kernel's threads have passed `attn::stage::enter`.
+#[inline(always)]
+pub(super) unsafe fn loop_mask<const PACKED: bool>(p: &BwdParams) -> Mask {
+    if PACKED {
+        stage::sequence_mask::<true>(&p.score)
+    } else {
+        p.score.mask
+    }
 }
 
 /// Issues the copies of query block `m` of query head `h` (Q, dO, LSE, delta) into one stage; Q rows are
-/// `D` wide, dO rows `DV`.
+/// `D` wide, dO rows `DV`. `(seqlen_q, rows_per_head)`: the sequence's queries, and the rows per head
+/// of the LSE layout (a dense call's `seqlen_q`, a packed one's token count).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) unsafe fn load_query_block<const BM: usize, const D: usize, const DV: usize>(
@@ -118,7 +146,7 @@ pub(super) unsafe fn load_query_block<const BM: usize, const D: usize, const DV:
     consts: u32,
     h: u32,
     m: u32,
-    seqlen_q: u32,
+    (seqlen_q, rows_per_head): (u32, u32),
     dst: [u32; 4],
     tid: u32,
     threads: usize,
@@ -137,7 +165,7 @@ pub(super) unsafe fn load_query_block<const BM: usize, const D: usize, const DV:
         let (lse, delta) = consts_pair(consts + C_LSE);
         let (lse, delta) = (lse as *const f32, delta as *const f32);
         let valid = tid < rows;
-        let row = h * seqlen_q as usize + m0u + tid as usize;
+        let row = h * rows_per_head as usize + m0u + tid as usize;
         let (lse, delta) = if valid { (lse.add(row), delta.add(row)) } else { (lse, delta) };
         shared_f32::copy4_or_zero(dst[2] + tid * 4, lse, valid);
         shared_f32::copy4_or_zero(dst[3] + tid * 4, delta, valid);
@@ -159,42 +187,53 @@ pub(super) struct KeyBlockWork {
     pub h_first: u32,
 }
 
+/// `mask`: the CTA's sequence's. A packed batch's CTA may start past its sequence's keys (the grid is
+/// sized by the longest): it has no work.
 #[inline(always)]
-pub(super) fn key_block_work<const BM: usize, const BN: usize>(p: &BwdParams, nb: u32, hkv: usize) -> KeyBlockWork {
+pub(super) fn key_block_work<const BM: usize, const BN: usize, const PACKED: bool>(
+    p: &BwdParams,
+    mask: &Mask,
+    nb: u32,
+    hkv: usize,
+) -> KeyBlockWork {
     let n0 = nb * BN as u32;
-    let (m_first, m_end) = p.score.mask.query_blocks(n0, BN as u32, BM as u32);
+    let (m_first, m_end) =
+        if PACKED && n0 >= mask.seqlen_k { (0, 0) } else { mask.query_blocks(n0, BN as u32, BM as u32) };
     let per_head = m_end - m_first;
     KeyBlockWork { n0, m_end, per_head, total: per_head * p.group, h_first: hkv as u32 * p.group }
 }
 
-/// The turn of key block `nb` at query block `m` in deterministic mode: the key blocks that visit a
-/// query block form one contiguous range (`attn::score`), and they add their dQ parts in key order, so
-/// the turn is the block's place in that range. Every block before it took its work-item ticket earlier
-/// (see `work_item`), so the wait ends.
+/// The turn of key block `nb` at query block `m` in deterministic mode (`mask`: the sequence's): the key
+/// blocks that visit a query block form one contiguous range (`attn::score`), and they add their dQ
+/// parts in key order, so the turn is the block's place in that range. Every block before it took its
+/// work-item ticket earlier (see `work_item`), so the wait ends.
 #[inline(always)]
-pub(super) fn dq_turn<const BM: usize, const BN: usize>(p: &BwdParams, nb: u32, m: u32) -> u32 {
+pub(super) fn dq_turn<const BM: usize, const BN: usize>(mask: &Mask, nb: u32, m: u32) -> u32 {
     let m0 = m * BM as u32;
-    let rows = (p.score.mask.seqlen_q - m0).min(BM as u32);
-    nb - p.score.mask.key_blocks(m0, rows, BN as u32).first
+    let rows = (mask.seqlen_q - m0).min(BM as u32);
+    nb - mask.key_blocks(m0, rows, BN as u32).first
 }
 
-/// Issues the copies of the CTA's `BN` K and V rows (`D` and `DV` wide) from key `n0` (zero past the end
-/// of the keys) into `k_dst` and `v_dst`, laid out as `layout`.
+/// Issues the copies of the CTA's `BN` K and V rows (`D` and `DV` wide) from key `n0` of its sequence
+/// (`seq`; zero past the end of its keys) into `k_dst` and `v_dst`, laid out as `layout`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) unsafe fn load_key_block<const BN: usize, const D: usize, const DV: usize>(
+pub(super) unsafe fn load_key_block<const BN: usize, const D: usize, const DV: usize, const PACKED: bool>(
     p: &BwdParams,
     layout: RowLayout,
-    (b, hkv, n0): (usize, usize, u32),
+    seq: &Sequence,
+    (hkv, n0): (usize, u32),
     k_dst: u32,
     v_dst: u32,
     tid: u32,
     threads: usize,
 ) {
-    let kv_rows = (p.score.mask.seqlen_k - n0).min(BN as u32);
+    let seqlen_k = seq.mask.seqlen_k;
+    let kv_rows = if PACKED { seqlen_k.max(n0) - n0 } else { seqlen_k - n0 }.min(BN as u32);
     let (ks, vs) = (strides(p.k_strides), strides(p.v_strides));
-    let k_g = (p.k as *const u16).add(b * ks[0] + n0 as usize * ks[1] + hkv * ks[2]);
-    let v_g = (p.v as *const u16).add(b * vs[0] + n0 as usize * vs[1] + hkv * vs[2]);
+    let (b, key) = (seq.row as usize, (seq.k0 + n0) as usize);
+    let k_g = (p.k as *const u16).add(b * ks[0] + key * ks[1] + hkv * ks[2]);
+    let v_g = (p.v as *const u16).add(b * vs[0] + key * vs[1] + hkv * vs[2]);
     load_rows::<BN, D>(layout, k_dst, k_g, ks[1], kv_rows, tid, threads);
     load_rows::<BN, DV>(layout, v_dst, v_g, vs[1], kv_rows, tid, threads);
 }
@@ -202,10 +241,13 @@ pub(super) unsafe fn load_key_block<const BN: usize, const D: usize, const DV: u
 /// The backward main kernel body for head dims `D` (Q, K) and `DV` (V, dO). `MT*`/`NT*`/`ND*` are the
 /// per-warp tile counts of the three phases (`tiles_bwd::BwdTile::{sdp,dkv,dq}_{m,n}_tiles`, `ND2V`:
 /// `dv_n_tiles`); `SOFTCAP`: the instantiation for calls with a
-/// softcap (dS chained through the tanh; a separate kernel, so that the plain one keeps its registers).
+/// softcap (dS chained through the tanh; a separate kernel, so that the plain one keeps its registers);
+/// `PACKED`: the one for packed variable-length batches (grid z: the sequences; each CTA finds its
+/// sequence with `attn::stage::enter`).
 ///
 /// # Safety
-/// Launched as `abi::BwdParams` documents, with `W·32` threads and the tile's shared memory.
+/// Launched as `abi::BwdParams` documents, with `W·32` threads and the tile's shared memory; `PACKED`
+/// exactly for a packed call.
 #[inline(always)]
 pub unsafe fn attn_bwd<
     E: MmaElem,
@@ -226,12 +268,14 @@ pub unsafe fn attn_bwd<
     const MT3: usize,
     const ND3: usize,
     const SOFTCAP: bool,
+    const PACKED: bool,
 >(
     p: &BwdParams,
 ) {
     let threads = W * 32;
     let tid = sreg::thread_x();
-    let (sq, sk) = (p.score.mask.seqlen_q, p.score.mask.seqlen_k);
+    // The LSE layout's rows per head: a dense call's queries, a packed call's tokens.
+    let sq = p.score.mask.seqlen_q;
 
     // Shared memory (tiles_bwd::BwdTile::smem_layout): K and Q rows of `D`, V and dO rows of `DV`.
     let row_b = ((D + 8) * 2) as u32;
@@ -251,28 +295,29 @@ pub unsafe fn attn_bwd<
     let base = smem::base();
 
     let (nb, hkv, b) = work_item(p, base + off_consts + 80, tid);
+    let seq = stage::enter::<PACKED>(&p.score, b as u32, tid);
 
-    let KeyBlockWork { n0, m_end, per_head, total, h_first } = key_block_work::<BM, BN>(p, nb, hkv);
+    let KeyBlockWork { n0, m_end, per_head, total, h_first } = key_block_work::<BM, BN, PACKED>(p, &seq.mask, nb, hkv);
 
     // K and V of this CTA's keys.
-    load_key_block::<BN, D, DV>(p, RowLayout::Padded, (b, hkv, n0), base, base + off_v, tid, threads);
+    load_key_block::<BN, D, DV, PACKED>(p, RowLayout::Padded, &seq, (hkv, n0), base, base + off_v, tid, threads);
 
     // The per-CTA constants (see `C_Q`); visible to every thread after the first barrier of the loop.
     let consts = base + off_consts;
-    let rows_b = b * p.heads_q as usize * sq as usize;
+    let rows_b = (seq.row as usize * p.heads_q as usize) * sq as usize + seq.q0 as usize;
     if tid == 0 {
-        store_consts::<BM>(consts, p, b);
+        store_consts::<BM, PACKED>(consts, p, b, &seq);
     }
     if total > 0 {
         // The first block's copies read the values themselves (the constants are not visible yet).
         let m = m_end - 1;
         let m0 = (m * BM as u32) as usize;
-        let rows = (sq - m * BM as u32).min(BM as u32);
+        let rows = (seq.mask.seqlen_q - m * BM as u32).min(BM as u32);
         let (qs, os) = (strides(p.q_strides), strides(p.d_o_strides));
-        let h = h_first as usize;
-        let q = (p.q as *const u16).add(b * qs[0] + m0 * qs[1] + h * qs[2]);
+        let (h, row, first) = (h_first as usize, seq.row as usize, seq.q0 as usize + m0);
+        let q = (p.q as *const u16).add(row * qs[0] + first * qs[1] + h * qs[2]);
         load_rows::<BM, D>(RowLayout::Padded, base + off_q, q, qs[1], rows, tid, threads);
-        let d_o = (p.d_o as *const u16).add(b * os[0] + m0 * os[1] + h * os[2]);
+        let d_o = (p.d_o as *const u16).add(row * os[0] + first * os[1] + h * os[2]);
         load_rows::<BM, DV>(RowLayout::Padded, base + off_do, d_o, os[1], rows, tid, threads);
         if (tid as usize) < BM {
             let valid = tid < rows;
@@ -324,7 +369,8 @@ pub unsafe fn attn_bwd<
                     base + off_lse + sn * stage_f,
                     base + off_dl + sn * stage_f,
                 ];
-                load_query_block::<BM, D, DV>(RowLayout::Padded, consts, hn, mn, sq, dst, tid, threads);
+                let seq_q = loop_mask::<PACKED>(p).seqlen_q;
+                load_query_block::<BM, D, DV>(RowLayout::Padded, consts, hn, mn, (seq_q, sq), dst, tid, threads);
             }
             cp_async::commit();
         }
@@ -353,7 +399,7 @@ pub unsafe fn attn_bwd<
         }
         // The score stage: logits of query head h, masked (−inf, so P = 0 by the exponent, never by a
         // multiply: a masked exponent may overflow to +inf) where the tile needs it.
-        let need_mask = p.score.mask.needs_mask(m0, BM as u32, n0, BN as u32);
+        let need_mask = loop_mask::<PACKED>(p).needs_mask(m0, BM as u32, n0, BN as u32);
         let mut s = AccFrag(s);
         let at = FragPos { row_g: n0 + (key1 + g) as u32, col0: m0 + qry1 as u32, t: t as u32 };
         // With a softcap, dS takes the tanh's derivative: it waits for dP in the dSᵀ tile, rounded to the
@@ -361,7 +407,7 @@ pub unsafe fn attn_bwd<
         // this step); held in registers, it would push this kernel's registers into spills.
         let st_off = |mt: usize, nt: usize, rr: usize| (mt * 16 + 8 * rr) as u32 * prow_b + (nt * 16) as u32;
         let park = |mt, nt, rr, d: [f32; 2]| smem::store_u32(ds_s + st_lane + st_off(mt, nt, rr), E::pack2(d[0], d[1]));
-        let mask = || stage::sequence_mask::<false>(&p.score);
+        let mask = || stage::sequence_mask::<PACKED>(&p.score);
         let slope = || stage::alibi_slope_log2(&p.score, b as u32, h);
         stage::logits_by_key::<MT1, NT1, SOFTCAP>(&p.score, mask, slope, &mut s, at, need_mask, park);
         let s = s.0;
@@ -487,10 +533,10 @@ pub unsafe fn attn_bwd<
         // CTAs of a head move in step, each one turn behind the previous, instead of the later key
         // blocks of a causal head waiting for key block 0 to reach their first query block.
         let (acc, sem) = consts_pair(consts + C_ACC);
-        let sem = turn_counter::<BM>(p, sem, h, m);
+        let sem = turn_counter::<BM, PACKED>(p, sem, h, m);
         if deterministic {
             if tid == 0 {
-                let turn = dq_turn::<BM, BN>(p, nb, m);
+                let turn = dq_turn::<BM, BN>(&loop_mask::<PACKED>(p), nb, m);
                 while atomic::load_acquire_u32(sem) != turn {}
             }
             sync::block();
@@ -500,6 +546,8 @@ pub unsafe fn attn_bwd<
         // each half used. Two shuffles per value regroup them so that one `red` covers 4 rows x 8
         // consecutive columns (4 full sectors), halving the L2's atomic work.
         let acc = (acc as *mut f32).add((h as usize * sq as usize + m0 as usize) * D);
+        let seq_q = loop_mask::<PACKED>(p).seqlen_q;
+        let q0 = stage::parked_queries::<PACKED>(b as u32).1;
         let (r_in_quad, c8) = (lane / 8, lane % 8);
         for mt in 0..MT3 {
             for hh in 0..2 {
@@ -507,14 +555,14 @@ pub unsafe fn attn_bwd<
                     let r8 = quad * 4 + r_in_quad;
                     let src = (r8 * 4 + c8 / 2) as u32;
                     let row = qry3 + mt * 16 + 8 * hh + r8;
-                    let valid = m0 + (row as u32) < sq;
+                    let valid = m0 + (row as u32) < seq_q;
                     for nd in 0..ND3 {
                         let lo = shfl_idx_f32(dq[mt][nd][2 * hh], src);
                         let hi = shfl_idx_f32(dq[mt][nd][2 * hh + 1], src);
                         if valid {
                             let value = if c8 % 2 == 1 { hi } else { lo };
                             // The permutation keeps a group of 8 columns in its 32-byte sector.
-                            let col = dq_accum_col(row as u32, (col3 + nd * 8 + c8) as u32) as usize;
+                            let col = dq_accum_col(q0 + row as u32, (col3 + nd * 8 + c8) as u32) as usize;
                             atomic::red_add_f32(acc.add(row * D + col), value);
                         }
                     }
@@ -533,7 +581,8 @@ pub unsafe fn attn_bwd<
             if it + 1 < total {
                 let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
                 let dst = [base + off_q, base + off_do, base + off_lse, base + off_dl];
-                load_query_block::<BM, D, DV>(RowLayout::Padded, consts, hn, mn, sq, dst, tid, threads);
+                let seq_q = loop_mask::<PACKED>(p).seqlen_q;
+                load_query_block::<BM, D, DV>(RowLayout::Padded, consts, hn, mn, (seq_q, sq), dst, tid, threads);
             }
             cp_async::commit();
         }
@@ -545,9 +594,11 @@ pub unsafe fn attn_bwd<
     let (g, t) = (lane / 4, lane % 4);
     let (key2, col2, col2v) = ((warp % WN2) * MT2 * 16, (warp / WN2) * ND2 * 8, (warp / WN2) * ND2V * 8);
     let scale = p.scale;
+    let (row, k0, sk) = stage::parked_keys::<PACKED>(&p.score, b as u32);
     let (dks, dvs) = (strides(p.dk_strides), strides(p.dv_strides));
-    let dk_g = (p.dk as *mut u16).add(b * dks[0] + hkv * dks[2]);
-    let dv_g = (p.dv as *mut u16).add(b * dvs[0] + hkv * dvs[2]);
+    let (row, k0) = (row as usize, k0 as usize);
+    let dk_g = (p.dk as *mut u16).add(row * dks[0] + k0 * dks[1] + hkv * dks[2]);
+    let dv_g = (p.dv as *mut u16).add(row * dvs[0] + k0 * dvs[1] + hkv * dvs[2]);
     for mt in 0..MT2 {
         for rr in 0..2 {
             let key = n0 as usize + key2 + mt * 16 + g + 8 * rr;

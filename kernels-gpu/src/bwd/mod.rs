@@ -16,8 +16,10 @@ mod prep;
 /// chunks are permuted by the row (chunk c at c ^ (row % 8)), so that the Hopper kernel's staging, one
 /// store of which covers 8 consecutive rows, spreads them over the shared-memory banks, and the staged
 /// block still goes out as one contiguous bulk reduction. Every writer of the accumulator and the
-/// conversion that reads it use this one rule (head dims ≥ 32: 8 chunks or more per row). Rows of one
-/// query block start at a multiple of 8, so a block's local row gives the same permutation.
+/// conversion that reads it use this one rule (head dims ≥ 32: 8 chunks or more per row). `row` is the
+/// accumulator's row within its head (the query token): a block's rows start at a multiple of 8 from
+/// the first query of its sequence, which in a packed batch is any token, so the main kernels key the
+/// permutation by that first query plus the row in the block.
 #[inline(always)]
 pub(crate) const fn dq_accum_col(row: u32, col: u32) -> u32 {
     (((col / 4) ^ (row % 8)) * 4) | (col % 4)
