@@ -154,8 +154,9 @@ fn decode(dev: &Device, extra_splits: &[usize]) -> Result<(), Box<dyn std::error
 /// The serving decode grid: B in {1, 8, 64} sequences of one query row, 4K / 16K / 64K keys, 32 query
 /// heads on 8 K/V heads, D = 128, bf16 (inputs filled on the device: up to 17 GB of K and V). GB/s =
 /// bytes of K and V / time; beside it the device's copy bandwidth (read + write bytes of a 4 GiB
-/// device-to-device copy / time). Writes `decode_grid_cases.jsonl` for `benches/peers.py` (SDPA on the
-/// same dense cache).
+/// device-to-device copy / time); after each dense pair, the same keys in a paged cache of 16, 64 and
+/// 256 tokens per page (`paged_rows`). Writes `decode_grid_cases.jsonl` for `benches/peers.py` (SDPA on
+/// the same dense cache).
 fn decode_grid(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     use ironflash::error::DriverContext;
     use ironflash::{Arg, Layout};
@@ -196,11 +197,60 @@ fn decode_grid(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
             }
             let host = dev.download(&o)?;
             assert!(host.data.iter().all(|x| x.is_finite()), "O has unwritten or non-finite elements");
+            drop((k, v));
+            paged_rows(dev, &source, (b, n, salt), &q, (&mut o, &mut lse), kv_bytes)?;
             cases.push(format!(
                 r#"{{"grid": "decode", "pass": "fwd", "b": {b}, "h": {h}, "h_kv": {h_kv}, "n_q": 1, "n_k": {n}, "d": {d}, "causal": false, "dtype": "bf16"}}"#
             ));
         }
     }
     std::fs::write("decode_grid_cases.jsonl", cases.join("\n") + "\n")?;
+    Ok(())
+}
+
+/// The decode grid's paged rows: the same sequences' keys in a paged cache (`gpu::flash_forward_paged_into`)
+/// of 16, 64 and 256 tokens per page, the pages in a shuffled order, every sequence `n` keys long.
+fn paged_rows(
+    dev: &Device,
+    source: &ironflash_cli::bench::timing::RandomSource<bf16>,
+    (b, n, salt): (usize, usize, u64),
+    q: &gpu::DeviceTensor<bf16>,
+    (o, lse): (&mut gpu::DeviceTensor<bf16>, &mut cudarc::driver::CudaSlice<f32>),
+    kv_bytes: f64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use ironflash::{Arg, Layout};
+    use rand::seq::SliceRandom;
+    let (h_kv, d) = (8usize, 128usize);
+    let lens = dev.stream().clone_htod(&vec![n as i32; b])?;
+    let mut errors = gpu::PagedErrors::new(dev)?;
+    let (mut k_buf, mut v_buf) =
+        (Some(source.buffer(dev, b * n * h_kv * d, salt)?), Some(source.buffer(dev, b * n * h_kv * d, salt + 1)?));
+    for page_size in [16usize, 64, 256] {
+        let pages = b * n / page_size;
+        let mut order: Vec<i32> = (0..pages as i32).collect();
+        order.shuffle(&mut rand::rng());
+        let table = dev.stream().clone_htod(&order)?;
+        let l = Layout::contiguous([pages, page_size, h_kv, d]);
+        let mut k = dev.wrap(Arg::K, k_buf.take().unwrap(), l)?;
+        let mut v = dev.wrap(Arg::V, v_buf.take().unwrap(), l)?;
+        let opts = AttnOptions::default();
+        let median = median_ms(dev, || {
+            let mut cache = gpu::DevicePagedKv {
+                k_pages: &mut k,
+                v_pages: &mut v,
+                block_table: &table,
+                cache_seqlens: &lens,
+                errors: &mut errors,
+            };
+            gpu::flash_forward_paged_into(dev, q, &mut cache, None, None, o, lse, &opts, None, None)
+        })?;
+        println!(
+            "{b:>3} {n:>6} {:>7} {median:>10.3} {:>8.0}",
+            format!("page{page_size}"),
+            kv_bytes / (median * 1e-3) / 1e9
+        );
+        errors.check(dev)?;
+        (k_buf, v_buf) = (Some(k.into_buffer()), Some(v.into_buffer()));
+    }
     Ok(())
 }

@@ -12,8 +12,8 @@ use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-use ironflash_kernels::abi::{self, FwdCombineParams, FwdParams};
-use ironflash_kernels::tiles::{self, FwdTile};
+use ironflash_kernels::abi::{self, FwdCombineParams, FwdParams, PageTable};
+use ironflash_kernels::tiles::{self, BatchLayout, FwdTile};
 
 pub use ironflash_kernels::tiles::FwdTile as ForwardTile;
 
@@ -117,6 +117,21 @@ pub fn forward_launch_plan(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile, d
     (*tile, 1)
 }
 
+/// The tile of a call over a paged cache (`gpu::paged`): the chooser's among the rows with paged
+/// kernels (the `mma.sync` rows).
+pub(crate) fn paged_tile(info: &DeviceInfo, p: &AttnProblem, dtype: DType) -> Result<FwdTile> {
+    let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
+    let paged = |t: &FwdTile| !t.kernel_symbol(false, false, BatchLayout::Paged).is_empty();
+    tiles::choose_fwd_among(p.head_dim, p.head_dim_v, dtype.size_bytes(), optin, per_sm, paged).copied().ok_or_else(
+        || {
+            Error::NoTileConfig(format!(
+                "head_dim {}, head_dim_v {}: no paged-cache forward tile fits {}",
+                p.head_dim, p.head_dim_v, info.name
+            ))
+        },
+    )
+}
+
 /// [`split_kv_tile`], or `NoTileConfig` for a forced split count where no row fits.
 fn split_kv_tile_or_error(info: &DeviceInfo, p: &AttnProblem, dtype: DType) -> Result<FwdTile> {
     split_kv_tile(info, p, dtype).ok_or_else(|| {
@@ -172,7 +187,19 @@ pub fn flash_forward<T: Element>(
     let mut lse = unsafe { dev.stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
     let (run, q_layout, run_o_layout) = pack_query_heads(&p, opts, &q.layout, &o_layout);
     let (tile, splits) = forward_launch_plan(dev.info(), &run, &tile, T::DTYPE);
-    launch(dev, &run, opts, None, &tile, splits, (&q.buf, &q_layout), k, v, (&mut o, &run_o_layout), &mut lse)?;
+    launch(
+        dev,
+        &run,
+        opts,
+        BatchLaunch::Dense,
+        &tile,
+        splits,
+        (&q.buf, &q_layout),
+        k,
+        v,
+        (&mut o, &run_o_layout),
+        &mut lse,
+    )?;
     Ok(GpuForwardOutput { o: DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal }, lse })
 }
 
@@ -279,7 +306,7 @@ fn forward_into<T: Element>(
     check_f32_buffer(dev, Arg::Lse, lse, p.lse_len(), "one f32 per (batch, head_q, query row)")?;
     let (p, q_layout, o_layout) = pack_query_heads(&p, opts, &q.layout, &o.layout);
     let (tile, splits) = launch_choice(dev.info(), &p, &chosen, tile, num_splits, T::DTYPE)?;
-    launch(dev, &p, opts, None, &tile, splits, (&q.buf, &q_layout), k, v, (&mut o.buf, &o_layout), lse)
+    launch(dev, &p, opts, BatchLaunch::Dense, &tile, splits, (&q.buf, &q_layout), k, v, (&mut o.buf, &o_layout), lse)
 }
 
 /// Decode with grouped query heads (GQA/MQA): with one query row per sequence, the query heads that
@@ -289,7 +316,12 @@ fn forward_into<T: Element>(
 /// same memory as `[b, heads_kv, group]`. Exact: the single row sees every key, causal or not, so the
 /// packed rows run unmasked. Only where the mask and the score modifiers do not depend on the row or
 /// the query head (no window, ALiBi or sinks); otherwise, and without grouping, the problem as given.
-fn pack_query_heads(p: &AttnProblem, opts: &AttnOptions, q: &Layout, o: &Layout) -> (AttnProblem, Layout, Layout) {
+pub(crate) fn pack_query_heads(
+    p: &AttnProblem,
+    opts: &AttnOptions,
+    q: &Layout,
+    o: &Layout,
+) -> (AttnProblem, Layout, Layout) {
     let group = p.group_size();
     let row_independent = !p.mask.is_windowed() && opts.alibi_slopes.is_none() && opts.sinks.is_none();
     if p.seqlen_q != 1 || group == 1 || !row_independent {
@@ -358,12 +390,29 @@ pub(crate) struct PackedLaunch {
     pub tokens_q: usize,
 }
 
+/// K/V in a paged cache at launch (`gpu::paged`): its pages are `k` and `v` (strides `[page, token,
+/// head]`), its block table and error bits, and each sequence's key count (`ScoreParams::seqused_k`,
+/// written by the paged step before). `p` is the dense problem over the cache's capacity per sequence.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PagedLaunch {
+    pub pages: PageTable,
+    pub seqused_k: u64,
+}
+
+/// How a launch's batch lies in memory.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BatchLaunch {
+    Dense,
+    Packed(PackedLaunch),
+    Paged(PagedLaunch),
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch<T: Element>(
     dev: &Device,
     p: &AttnProblem,
     opts: &AttnOptions,
-    packed: Option<PackedLaunch>,
+    batch: BatchLaunch,
     tile: &FwdTile,
     num_splits: usize,
     (q, q_layout): (&CudaSlice<T>, &Layout),
@@ -373,7 +422,12 @@ pub(crate) fn launch<T: Element>(
     lse: &mut CudaSlice<f32>,
 ) -> Result<()> {
     let f16 = T::DTYPE == DType::F16;
-    let name = tile.kernel_symbol(f16, num_splits > 1, packed.is_some());
+    let layout = match batch {
+        BatchLaunch::Dense => BatchLayout::Dense,
+        BatchLaunch::Packed(_) => BatchLayout::Packed,
+        BatchLaunch::Paged(_) => BatchLayout::Paged,
+    };
+    let name = tile.kernel_symbol(f16, num_splits > 1, layout);
     let smem = tile.smem_bytes(T::DTYPE.size_bytes());
     let f = dev.modules.function(&dev.ctx, name, smem)?;
     let stream = dev.stream();
@@ -385,9 +439,15 @@ pub(crate) fn launch<T: Element>(
     let (lse_ptr, _lse_sync) = lse.device_ptr_mut(stream);
     let mut score = ScoreArgs::new(dev, p, opts)?;
     // The LSE layout's rows: `[batch, heads_q, seqlen_q]`, or `[heads_q, tokens_q]` when packed.
-    let (lse_rows, rows_per_head) = match packed {
-        None => (p.lse_len(), p.seqlen_q),
-        Some(pk) => {
+    let mut pages = PageTable::default();
+    let (lse_rows, rows_per_head) = match batch {
+        BatchLaunch::Dense => (p.lse_len(), p.seqlen_q),
+        BatchLaunch::Paged(pg) => {
+            score.params.seqused_k = pg.seqused_k;
+            pages = pg.pages;
+            (p.lse_len(), p.seqlen_q)
+        }
+        BatchLaunch::Packed(pk) => {
             score.params.cu_seqlens_q = pk.cu_seqlens_q;
             score.params.cu_seqlens_k = pk.cu_seqlens_k;
             (score.params.max_seqlen_q, score.params.max_seqlen_k) = (p.seqlen_q as u32, p.seqlen_k as u32);
@@ -423,6 +483,7 @@ pub(crate) fn launch<T: Element>(
         num_splits: num_splits as u32,
         o_accum: o_accum_ptr,
         lse_accum: lse_accum_ptr,
+        pages,
     };
     let cfg = LaunchConfig {
         grid_dim: ((p.seqlen_q.div_ceil(tile.block_m) * num_splits) as u32, p.heads_q as u32, p.batch as u32),

@@ -5,6 +5,7 @@ pub mod flash;
 mod forced_tile;
 mod gemm;
 mod launch;
+pub mod paged;
 mod score;
 pub mod standard;
 pub mod standard_backward;
@@ -17,6 +18,9 @@ pub use backward::{
 pub use flash::{
     flash_forward, flash_forward_into, flash_forward_with_splits, flash_forward_with_tile, forward_launch_plan,
     forward_num_splits, forward_tile, forward_workspace_f32, num_splits_heuristic, ForwardTile, MAX_SPLITS,
+};
+pub use paged::{
+    flash_forward_paged, flash_forward_paged_into, DeviceKvAppend, DevicePagedKv, DeviceRotary, PagedErrors,
 };
 pub use standard::{standard_forward, standard_forward_train, StandardTrainOutput};
 pub use standard_backward::{standard_backward, standard_backward_into};

@@ -74,6 +74,7 @@ impl<'a> ScoreArgs<'a> {
             cu_seqlens_k: 0,
             max_seqlen_q: 0,
             max_seqlen_k: 0,
+            seqused_k: 0,
         };
         Ok(ScoreArgs { params, _guards: guards })
     }

@@ -9,7 +9,7 @@ use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::backward::{self, GpuGradients};
-use crate::gpu::flash::{self, PackedLaunch};
+use crate::gpu::flash::{self, BatchLaunch, PackedLaunch};
 use crate::gpu::score::check_per_head;
 use crate::gpu::tensor::{check_f32_buffer, check_vector_strides, DeviceTensor, GpuForwardOutput};
 use crate::layout::Layout;
@@ -322,5 +322,5 @@ fn run<T: Element>(
     let (cu_q, _cu_q_sync) = seqs.cu_seqlens_q.device_ptr(stream);
     let (cu_k, _cu_k_sync) = seqs.cu_seqlens_k.device_ptr(stream);
     let packed = PackedLaunch { cu_seqlens_q: cu_q, cu_seqlens_k: cu_k, tokens_q: plan.tokens.seqlen_q };
-    flash::launch(dev, grid, opts, Some(packed), &tile, splits, (&q.buf, &q.layout), k, v, o, lse)
+    flash::launch(dev, grid, opts, BatchLaunch::Packed(packed), &tile, splits, (&q.buf, &q.layout), k, v, o, lse)
 }

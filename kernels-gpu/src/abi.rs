@@ -91,11 +91,95 @@ pub struct FwdParams {
     pub group: u32,
     /// Key-range splits per (query block, head, batch); 1: no split, O and LSE written directly.
     pub num_splits: u32,
+    /// A paged KV cache (the `paged` kernels; zeros otherwise): K and V are its pages.
+    pub pages: PageTable,
     /// f32 `[num_splits, batch, heads_q, seqlen_q, head_dim_v]`, contiguous; used only when split.
     pub o_accum: u64,
     /// f32 `[num_splits, batch, heads_q, seqlen_q]`, contiguous, natural log; used only when split.
     pub lse_accum: u64,
 }
+
+/// A paged KV cache as the kernels read it (vLLM-style block tables): K and V are pages
+/// `[num_pages, page_size, heads_kv, head_dim]` (strides `[page, token, head]` in `FwdParams::k_strides`
+/// and `v_strides`); key t of sequence b lives in page `block_table[b · pages_per_seq + t / page_size]`
+/// at slot `t % page_size`. Sequence b's keys are its first `score.seqused_k[b]` (at most
+/// `pages_per_seq · page_size`, the call mask's `seqlen_k`). A page index outside `[0, num_pages)` is
+/// never read: its keys are taken as zeros and bit `PAGED_BAD_PAGE` is set in `errors`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PageTable {
+    /// i32 `[batch, pages_per_seq]`.
+    pub block_table: u64,
+    /// u32 error bits (`PAGED_*`), or'ed in by the kernels; the host reads and clears them.
+    pub errors: u64,
+    pub pages_per_seq: u32,
+    pub page_size: u32,
+    pub num_pages: u32,
+}
+
+/// Error bits of a paged call (`PageTable::errors`): a block-table entry outside `[0, num_pages)`; a cache
+/// length that is negative or, with the call's new tokens, beyond the sequence's pages; a rotary position
+/// beyond the cos/sin tables.
+pub const PAGED_BAD_PAGE: u32 = 1;
+pub const PAGED_BAD_LENGTH: u32 = 2;
+pub const PAGED_BAD_POSITION: u32 = 4;
+
+/// The step before attention over a paged cache (`fwd/paged.rs`), one launch over a flat index space:
+/// 1. `seqused_k[b] = cache_seqlens[b] + seqlen_new` (clamped into `[0, pages_per_seq · page_size]`,
+///    `PAGED_BAD_LENGTH` when clamped);
+/// 2. with new keys and values, new token j of sequence b written into the cache at token
+///    `cache_seqlens[b] + j` (its key rotated at that position when `rotary_dim > 0`); a token past the
+///    sequence's pages or on a bad page is not written;
+/// 3. with rotary, query row i of sequence b rotated at position `cache_seqlens[b] + i` (or
+///    `cache_seqlens[b]` for every row unless `rows_move`) into `q_rotated` `[batch, seqlen_q, heads_q,
+///    head_dim]`, contiguous.
+///
+/// Rotation (FlashAttention's `rotary_cos` / `rotary_sin`): `cos`, `sin` f32 `[positions, rotary_dim /
+/// 2]`; pairs `(x_i, x_{i + rotary_dim/2})`, or `(x_{2i}, x_{2i+1})` when `interleaved`; dims past
+/// `rotary_dim` copied. Grid-stride loop, any grid; 256 threads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PagedPrepParams {
+    pub pages: PageTable,
+    /// i32 `[batch]`, read only.
+    pub cache_seqlens: u64,
+    /// i32 `[batch]`, written.
+    pub seqused_k: u64,
+    /// The cache's pages and their strides `[page, token, head]` (elements).
+    pub k_pages: u64,
+    pub v_pages: u64,
+    pub k_page_strides: [u64; 3],
+    pub v_page_strides: [u64; 3],
+    /// New keys and values `[batch, seqlen_new, heads_kv, head_dim]` with strides `[batch, token, head]`;
+    /// unused when `seqlen_new` is 0.
+    pub k_new: u64,
+    pub v_new: u64,
+    pub k_new_strides: [u64; 3],
+    pub v_new_strides: [u64; 3],
+    /// Queries `[batch, seqlen_q, heads_q, head_dim]` and their rotated copy (contiguous); unused
+    /// without rotary.
+    pub q: u64,
+    pub q_strides: [u64; 3],
+    pub q_rotated: u64,
+    pub cos: u64,
+    pub sin: u64,
+    pub positions: u32,
+    /// 0: no rotary.
+    pub rotary_dim: u32,
+    pub interleaved: u32,
+    pub rows_move: u32,
+    pub batch: u32,
+    pub seqlen_q: u32,
+    pub seqlen_new: u32,
+    pub heads_q: u32,
+    pub heads_kv: u32,
+    pub head_dim: u32,
+    pub head_dim_v: u32,
+}
+
+/// Symbols of the paged step's kernel, per element type.
+pub const PAGED_PREP_BF16: &str = "attn_paged_prep_bf16";
+pub const PAGED_PREP_F16: &str = "attn_paged_prep_f16";
 
 /// The split-KV combine (`fwd/combine.rs`): for each row `r` of `[batch, heads_q, seqlen_q]`,
 /// `lse[r] = log(exp(sink[h]) + Σ_s exp(lse_accum[s, r]))` and

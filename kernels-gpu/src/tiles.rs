@@ -38,12 +38,26 @@ pub struct FwdTile {
     /// kernels, so that the dense ones keep their registers.
     pub packed_symbols: [&'static str; 2],
     pub packed_split_symbols: [&'static str; 2],
+    /// Symbols of the instantiations over a paged KV cache (`abi::PageTable`), unsplit and split-KV:
+    /// `[bf16, f16]`; empty for the `wgmma` rows and `HD128_N32` (a paged call runs the other `mma.sync` rows).
+    pub paged_symbols: [&'static str; 2],
+    pub paged_split_symbols: [&'static str; 2],
     /// A Hopper row (`fwd/hopper.rs`, sm_90a PTX only: `wgmma`, warp-specialised K/V loads, 128-byte
     /// swizzled shared memory); chosen only on compute capability 9.0.
     pub wgmma: bool,
     /// Hopper rows: the two compute warpgroups take turns issuing their products (ping-pong), so that
     /// one's softmax runs while the other's products hold the tensor cores.
     pub pingpong: bool,
+}
+
+/// How a call's batch lies in memory, which selects a row's kernel (`FwdTile::kernel_symbol`): dense
+/// `[batch, seqlen, heads, head_dim]` tensors, a packed variable-length batch (`ScoreParams::cu_seqlens_q`),
+/// or K/V in a paged cache (`abi::PageTable`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchLayout {
+    Dense,
+    Packed,
+    Paged,
 }
 
 /// Shared memory the driver reserves per resident CTA on sm_80 and newer (CUDA programming guide,
@@ -105,13 +119,15 @@ impl FwdTile {
         self.split_symbols[f16 as usize]
     }
     /// The symbol of the kernel for a launch: element size class (bf16 = 0, f16 = 1), split-KV or not,
-    /// packed batch or dense.
-    pub const fn kernel_symbol(&self, f16: bool, split: bool, packed: bool) -> &'static str {
-        let names = match (split, packed) {
-            (false, false) => &self.symbols,
-            (true, false) => &self.split_symbols,
-            (false, true) => &self.packed_symbols,
-            (true, true) => &self.packed_split_symbols,
+    /// and the batch's layout; empty where the row has no such kernel.
+    pub const fn kernel_symbol(&self, f16: bool, split: bool, batch: BatchLayout) -> &'static str {
+        let names = match (split, batch) {
+            (false, BatchLayout::Dense) => &self.symbols,
+            (true, BatchLayout::Dense) => &self.split_symbols,
+            (false, BatchLayout::Packed) => &self.packed_symbols,
+            (true, BatchLayout::Packed) => &self.packed_split_symbols,
+            (false, BatchLayout::Paged) => &self.paged_symbols,
+            (true, BatchLayout::Paged) => &self.paged_split_symbols,
         };
         names[f16 as usize]
     }
@@ -182,6 +198,14 @@ macro_rules! tile {
                 concat!("attn_fwd_varlen_split_", $dims, "_m", $m, "n", $n, "w", $w, "_bf16"),
                 concat!("attn_fwd_varlen_split_", $dims, "_m", $m, "n", $n, "w", $w, "_f16"),
             ],
+            paged_symbols: [
+                concat!("attn_fwd_paged_", $dims, "_m", $m, "n", $n, "w", $w, "_bf16"),
+                concat!("attn_fwd_paged_", $dims, "_m", $m, "n", $n, "w", $w, "_f16"),
+            ],
+            paged_split_symbols: [
+                concat!("attn_fwd_paged_split_", $dims, "_m", $m, "n", $n, "w", $w, "_bf16"),
+                concat!("attn_fwd_paged_split_", $dims, "_m", $m, "n", $n, "w", $w, "_f16"),
+            ],
             wgmma: false,
             pingpong: false,
         }
@@ -210,7 +234,8 @@ pub const HD96_SMALL: FwdTile = tile!(96, 64, 32, 4, 2, true, 3);
 /// stage's modifiers (softcap, ALiBi, windows) pushed into spills.
 pub const HD128: FwdTile = tile!(128, 64, 64, 4, 2, true, 2);
 /// 68 KiB: where two `HD128` CTAs do not fit one SM (A100: 164 KiB), 32-key blocks keep two CTAs.
-pub const HD128_N32: FwdTile = tile!(128, 128, 32, 4, 2, false, 2);
+pub const HD128_N32: FwdTile =
+    FwdTile { paged_symbols: ["", ""], paged_split_symbols: ["", ""], ..tile!(128, 128, 32, 4, 2, false, 2) };
 /// 34 KiB, for 48 KiB devices (64-key blocks need 102 KiB, 32-key blocks 51 KiB).
 pub const HD128_SMALL: FwdTile = tile!(128, 64, 16, 4, 2, true, 3);
 /// 150 KiB. Smem binds: one 8-warp CTA per SM (A100 and H100); 8 warps of 16 rows, since O (96 per
@@ -256,6 +281,8 @@ macro_rules! wgmma_tile {
                 concat!("attn_fwd_varlen_", $dims, "_m128n", $n, "_wgmma_f16"),
             ],
             packed_split_symbols: ["", ""],
+            paged_symbols: ["", ""],
+            paged_split_symbols: ["", ""],
             wgmma: true,
             pingpong: $pingpong,
         }
@@ -330,14 +357,26 @@ pub fn choose_fwd(
     sm90a: bool,
 ) -> Option<&'static FwdTile> {
     let _ = causal;
+    choose_fwd_among(head_dim, head_dim_v, elem_bytes, smem_per_block_optin, smem_per_sm, |t| sm90a || !t.wgmma)
+}
+
+/// As [`choose_fwd`] among the rows `accept` takes (a paged-cache call: the rows with paged kernels).
+pub fn choose_fwd_among(
+    head_dim: usize,
+    head_dim_v: usize,
+    elem_bytes: usize,
+    smem_per_block_optin: usize,
+    smem_per_sm: usize,
+    accept: impl Fn(&FwdTile) -> bool,
+) -> Option<&'static FwdTile> {
     if elem_bytes != 2 {
         return None;
     }
     let rows = || {
-        FWD_TILES.iter().filter(move |t| {
+        FWD_TILES.iter().filter(|t| {
             t.head_dim == head_dim
                 && t.head_dim_v == head_dim_v
-                && (sm90a || !t.wgmma)
+                && accept(t)
                 && t.smem_bytes(elem_bytes) <= smem_per_block_optin
         })
     };

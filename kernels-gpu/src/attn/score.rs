@@ -227,6 +227,11 @@ pub struct ScoreParams {
     /// 0 for a dense batch.
     pub max_seqlen_q: u32,
     pub max_seqlen_k: u32,
+    /// Batches whose sequences use a prefix of their keys (a paged KV cache): i32 `[batch]`, sequence b's
+    /// keys are its first `seqused_k[b]` (clamped into `[0, mask.seqlen_k]`), its mask the call's over
+    /// those (`Mask::of_sequence`, aligned bottom-right); 0 when not so. Read in the kernels' packed
+    /// instantiation (`attn::stage::enter`), as the offsets of a packed batch are.
+    pub seqused_k: u64,
 }
 
 /// The tokens `[start, end)` of one sequence of a packed batch, from its offsets `cu[b]` and `cu[b + 1]`

@@ -82,23 +82,26 @@ impl Sequence {
 
 /// The words of a packed kernel's shared slot (`ptx::smem::store_cta_slot`): the sequence's mask
 /// (`seqlen_q`, `seqlen_k`, `left`, `right`, words 0-3, the order of [`Mask`]'s fields), then its first
-/// query and key token.
+/// query and key token and its batch row.
 const SLOT_SEQLEN_K: u32 = 1;
 const SLOT_Q0: u32 = 4;
 const SLOT_K0: u32 = 5;
+const SLOT_ROW: u32 = 6;
 
 /// Sequence `b` of the call (see [`Sequence`]), at the start of a kernel: every thread of the CTA
 /// calls it with its `tid`, in uniform control flow. `PACKED`: the kernel's instantiation
-/// for packed batches (separate kernels, so that the dense ones carry no trace of it and keep their
-/// registers), where thread 0 reads two offsets of each `cu_seqlens` (global memory), clamps them into
-/// the tensors ([`packed_tokens`]) and keeps the sequence in the CTA's shared slot
+/// for sequences found in device memory (separate kernels, so that the dense ones carry no trace of it
+/// and keep their registers): a packed batch's, where thread 0 reads two offsets of each `cu_seqlens`
+/// (global memory) and clamps them into the tensors ([`packed_tokens`]), or a paged cache's (batch row
+/// b, its keys the first `seqused_k[b]`); thread 0 keeps the sequence in the CTA's shared slot
 /// (`ptx::smem::store_cta_slot`); after a CTA barrier every thread reads it from there, as the loops
 /// do ([`parked`], [`sequence_mask`]): a packed batch's lengths are not parameters, and neither holding
 /// them in registers nor re-reading the offsets (64-bit addresses) fits the kernels' register budgets.
 ///
 /// # Safety
 /// `PACKED` only for a packed call, whose `cu_seqlens_q`/`cu_seqlens_k` hold at least `b + 2` i32
-/// values; then the kernel uses no CTA barrier 0 of its own at the same time.
+/// values, or one with `seqused_k` holding at least `b + 1`; then the kernel uses no CTA barrier 0 of
+/// its own at the same time.
 #[inline(always)]
 pub unsafe fn enter<const PACKED: bool>(p: &ScoreParams, b: u32, tid: u32) -> Sequence {
     if !PACKED {
@@ -107,7 +110,7 @@ pub unsafe fn enter<const PACKED: bool>(p: &ScoreParams, b: u32, tid: u32) -> Se
     if tid == 0 {
         let seq = resolve::<true>(p, b, p.mask);
         let m = &seq.mask;
-        smem::store_cta_slot([m.seqlen_q, m.seqlen_k, m.left, m.right, seq.q0, seq.k0]);
+        smem::store_cta_slot([m.seqlen_q, m.seqlen_k, m.left, m.right, seq.q0, seq.k0, seq.row, 0]);
     }
     sync::block();
     parked::<true>(p, b)
@@ -124,12 +127,13 @@ pub unsafe fn parked<const PACKED: bool>(p: &ScoreParams, b: u32) -> Sequence {
         return resolve::<false>(p, b, p.mask);
     }
     let [q0, k0] = smem::load_cta_slot_v2();
-    Sequence { mask: parked_mask(), q0, k0, row: 0 }
+    Sequence { mask: parked_mask(), q0, k0, row: smem::load_cta_slot_word::<SLOT_ROW>() }
 }
 
 /// The batch row, first key and key count of the CTA's sequence (`Sequence::row`, `k0`,
-/// `mask.seqlen_k`) as [`parked`] gives them, a packed kernel's in two registers: what a loader needs
-/// per block.
+/// `mask.seqlen_k`) as [`parked`] gives them, a packed kernel's in two registers (its batch row is 0):
+/// what a loader needs per block. Packed batches only: a paged cache's keys are found through its
+/// block table.
 ///
 /// # Safety
 /// As [`parked`].
@@ -141,8 +145,18 @@ pub unsafe fn parked_keys<const PACKED: bool>(p: &ScoreParams, b: u32) -> (u32, 
     (0, smem::load_cta_slot_word::<SLOT_K0>(), smem::load_cta_slot_word::<SLOT_SEQLEN_K>())
 }
 
+/// The key count of the CTA's sequence (`mask.seqlen_k`) from a packed kernel's shared slot, in one
+/// register: what a paged cache's loader needs per block.
+///
+/// # Safety
+/// As [`parked`], in a packed kernel.
+#[inline(always)]
+pub unsafe fn parked_seqlen_k() -> u32 {
+    smem::load_cta_slot_word::<SLOT_SEQLEN_K>()
+}
+
 /// The batch row and first query of the CTA's sequence (`Sequence::row`, `q0`) as [`parked`] gives
-/// them, a packed kernel's in one register.
+/// them, a packed kernel's in one register (its batch row is 0). Packed batches only.
 ///
 /// # Safety
 /// As [`parked`].
@@ -178,6 +192,11 @@ pub unsafe fn sequence_mask<const PACKED: bool>(p: &ScoreParams) -> Mask {
 unsafe fn resolve<const PACKED: bool>(p: &ScoreParams, b: u32, call: Mask) -> Sequence {
     if !PACKED {
         return Sequence { mask: call, q0: 0, k0: 0, row: b };
+    }
+    if p.seqused_k != 0 {
+        // A batch row that uses a prefix of its keys (a paged cache).
+        let used = (*(p.seqused_k as *const i32).add(b as usize)).max(0) as u32;
+        return Sequence { mask: call.of_sequence(call.seqlen_q, used.min(call.seqlen_k)), q0: 0, k0: 0, row: b };
     }
     let offsets = |cu: u64| (*(cu as *const i32).add(b as usize), *(cu as *const i32).add(b as usize + 1));
     let (q_start, q_end) = offsets(p.cu_seqlens_q);

@@ -5,7 +5,8 @@
 //! are written as zeros and not read: a K or V tail row must be 0, not garbage, because the masked
 //! probability (0) times a NaN would still be NaN.
 
-use crate::ptx::cp_async;
+use crate::abi::{PageTable, PAGED_BAD_PAGE};
+use crate::ptx::{atomic, cp_async};
 
 /// Bytes per shared-memory row of a `D`-wide tile.
 #[inline(always)]
@@ -57,5 +58,59 @@ pub unsafe fn load_tile<const D: usize>(
             let at = if valid { src.add(row * row_stride + chunk * 8) } else { src };
             cp_async::copy16_or_zero(dst + (row * smem_row_bytes::<D>() + chunk * 16) as u32, at, valid);
         }
+    }
+}
+
+/// Where a tile's keys lie in a paged cache (`abi::PageTable`): the sequence's row of the block table,
+/// the first key of the tile and the K/V head.
+#[derive(Clone, Copy)]
+pub struct PagedRows {
+    pub seq: u32,
+    pub n0: u32,
+    pub kv_head: u32,
+}
+
+/// As [`load_tile`] for keys `n0..` of a sequence of a paged cache: each row's address goes through the
+/// block table (`abi::PageTable`), so that rows of one tile may lie in different pages (any page size).
+/// A row whose page index is outside `[0, num_pages)` is written as zeros, never read, and raises
+/// `abi::PAGED_BAD_PAGE`. Tried and not kept (docs/perf.md, the paged decode grid): reading every table
+/// entry of a thread's steps before issuing the copies (up to 8 entries held in registers through the
+/// copies put the kernels at the register limit into local memory), and a shift and a mask for
+/// power-of-two pages (no faster; it spilled the 255-register rows).
+///
+/// # Safety
+/// `pages` describes valid buffers; `src` is the cache's pages (16-byte aligned, `strides` `[page,
+/// token, head]` in elements, multiples of 8); rows `0..min(valid_rows, rows)` are keys of the
+/// sequence, within its row of the block table. `ROWS` rows, `WARPS · 32` threads.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub unsafe fn load_tile_paged<const D: usize, const ROWS: usize, const WARPS: usize>(
+    dst: u32,
+    src: *const u16,
+    strides: [u64; 3],
+    pages: &PageTable,
+    at: PagedRows,
+    valid_rows: u32,
+    tid: u32,
+) {
+    let (chunks_per_row, threads) = (D / 8, WARPS * 32);
+    // Exact: tiles::FwdTile::is_valid.
+    let steps = const { ROWS * (D / 8) / (WARPS * 32) };
+    let table = (pages.block_table as *const i32).add((at.seq * pages.pages_per_seq) as usize);
+    for i in 0..steps {
+        let idx = tid as usize + i * threads;
+        let (row, chunk) = (idx / chunks_per_row, idx % chunks_per_row);
+        let mut valid = (row as u32) < valid_rows;
+        let key = at.n0 + row as u32;
+        let (page_of_key, slot) = (key / pages.page_size, key % pages.page_size);
+        let page = if valid { *table.add(page_of_key as usize) } else { 0 };
+        if valid && page as u32 >= pages.num_pages {
+            atomic::red_or_u32(pages.errors as *mut u32, PAGED_BAD_PAGE);
+            valid = false;
+        }
+        let offset = page as u64 * strides[0] + slot as u64 * strides[1] + at.kv_head as u64 * strides[2];
+        // An invalid row keeps `src` (the first page, always readable) as its address; nothing is read.
+        let from = if valid { src.add(offset as usize + chunk * 8) } else { src };
+        cp_async::copy16_or_zero(dst + (row * smem_row_bytes::<D>() + chunk * 16) as u32, from, valid);
     }
 }

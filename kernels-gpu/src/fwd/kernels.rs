@@ -9,7 +9,7 @@ use crate::ptx::elem::{Bf16, F16};
 use crate::tiles::{self, str_eq};
 
 macro_rules! fwd_kernel {
-    ($tile:path, $elem:ty, $split:literal, $packed:literal, $p:expr) => {{
+    ($tile:path, $elem:ty, $split:literal, $packed:literal, $paged:literal, $p:expr) => {{
         const T: tiles::FwdTile = $tile;
         attn_fwd::<
             $elem,
@@ -26,6 +26,7 @@ macro_rules! fwd_kernel {
             { T.q_in_regs },
             $split,
             $packed,
+            $paged,
         >($p)
     }};
 }
@@ -40,10 +41,10 @@ macro_rules! fwd_kernels {
             assert!(str_eq(T.split_symbols[1], stringify!($split_f16)));
         };
 
-        fwd_entry!($tile, $bf16, Bf16, false, false, "(unsplit)");
-        fwd_entry!($tile, $f16, F16, false, false, "(unsplit)");
-        fwd_entry!($tile, $split_bf16, Bf16, true, false, "(split-KV, `num_splits > 1`)");
-        fwd_entry!($tile, $split_f16, F16, true, false, "(split-KV, `num_splits > 1`)");
+        fwd_entry!($tile, $bf16, Bf16, false, false, false, "(unsplit)");
+        fwd_entry!($tile, $f16, F16, false, false, false, "(unsplit)");
+        fwd_entry!($tile, $split_bf16, Bf16, true, false, false, "(split-KV, `num_splits > 1`)");
+        fwd_entry!($tile, $split_f16, F16, true, false, false, "(split-KV, `num_splits > 1`)");
     )*};
 }
 
@@ -57,19 +58,37 @@ macro_rules! fwd_packed_kernels {
             assert!(str_eq(T.packed_split_symbols[1], stringify!($split_f16)));
         };
 
-        fwd_entry!($tile, $bf16, Bf16, false, true, "(unsplit, packed batch)");
-        fwd_entry!($tile, $f16, F16, false, true, "(unsplit, packed batch)");
-        fwd_entry!($tile, $split_bf16, Bf16, true, true, "(split-KV, packed batch)");
-        fwd_entry!($tile, $split_f16, F16, true, true, "(split-KV, packed batch)");
+        fwd_entry!($tile, $bf16, Bf16, false, true, false, "(unsplit, packed batch)");
+        fwd_entry!($tile, $f16, F16, false, true, false, "(unsplit, packed batch)");
+        fwd_entry!($tile, $split_bf16, Bf16, true, true, false, "(split-KV, packed batch)");
+        fwd_entry!($tile, $split_f16, F16, true, true, false, "(split-KV, packed batch)");
+    )*};
+}
+
+/// The paged-cache instantiations (`FwdParams::pages`, `ScoreParams::seqused_k` set) of the same rows;
+/// their symbols are the row's `paged_symbols` and `paged_split_symbols`.
+macro_rules! fwd_paged_kernels {
+    ($($tile:path => $bf16:ident, $f16:ident, $split_bf16:ident, $split_f16:ident;)*) => {$(
+        const _: () = {
+            const T: tiles::FwdTile = $tile;
+            assert!(str_eq(T.paged_symbols[0], stringify!($bf16)) && str_eq(T.paged_symbols[1], stringify!($f16)));
+            assert!(str_eq(T.paged_split_symbols[0], stringify!($split_bf16)));
+            assert!(str_eq(T.paged_split_symbols[1], stringify!($split_f16)));
+        };
+
+        fwd_entry!($tile, $bf16, Bf16, false, true, true, "(unsplit, paged cache)");
+        fwd_entry!($tile, $f16, F16, false, true, true, "(unsplit, paged cache)");
+        fwd_entry!($tile, $split_bf16, Bf16, true, true, true, "(split-KV, paged cache)");
+        fwd_entry!($tile, $split_f16, F16, true, true, true, "(split-KV, paged cache)");
     )*};
 }
 
 macro_rules! fwd_entry {
-    ($tile:path, $name:ident, $elem:ident, $split:literal, $packed:literal, $what:literal) => {
+    ($tile:path, $name:ident, $elem:ident, $split:literal, $packed:literal, $paged:literal, $what:literal) => {
         #[doc = concat!("# Safety\nLaunched as `abi::FwdParams` ", $what, " and the tile row document.")]
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $name(p: FwdParams) {
-            fwd_kernel!($tile, $elem, $split, $packed, &p)
+            fwd_kernel!($tile, $elem, $split, $packed, $paged, &p)
         }
     };
 }
@@ -105,6 +124,22 @@ fwd_packed_kernels! {
     tiles::HD256_W8 => attn_fwd_varlen_hd256_m128n32w8_bf16, attn_fwd_varlen_hd256_m128n32w8_f16, attn_fwd_varlen_split_hd256_m128n32w8_bf16, attn_fwd_varlen_split_hd256_m128n32w8_f16;
     tiles::HD192_V128 => attn_fwd_varlen_hd192v128_m128n64w8_bf16, attn_fwd_varlen_hd192v128_m128n64w8_f16, attn_fwd_varlen_split_hd192v128_m128n64w8_bf16, attn_fwd_varlen_split_hd192v128_m128n64w8_f16;
     tiles::HD192_V128_SMALL => attn_fwd_varlen_hd192v128_m64n32w4_bf16, attn_fwd_varlen_hd192v128_m64n32w4_f16, attn_fwd_varlen_split_hd192v128_m64n32w4_bf16, attn_fwd_varlen_split_hd192v128_m64n32w4_f16;
+}
+
+fwd_paged_kernels! {
+    tiles::HD32 => attn_fwd_paged_hd32_m128n64w4_bf16, attn_fwd_paged_hd32_m128n64w4_f16, attn_fwd_paged_split_hd32_m128n64w4_bf16, attn_fwd_paged_split_hd32_m128n64w4_f16;
+    tiles::HD64 => attn_fwd_paged_hd64_m128n64w4_bf16, attn_fwd_paged_hd64_m128n64w4_f16, attn_fwd_paged_split_hd64_m128n64w4_bf16, attn_fwd_paged_split_hd64_m128n64w4_f16;
+    tiles::HD64_SMALL => attn_fwd_paged_hd64_m64n64w4_bf16, attn_fwd_paged_hd64_m64n64w4_f16, attn_fwd_paged_split_hd64_m64n64w4_bf16, attn_fwd_paged_split_hd64_m64n64w4_f16;
+    tiles::HD96 => attn_fwd_paged_hd96_m128n32w4_bf16, attn_fwd_paged_hd96_m128n32w4_f16, attn_fwd_paged_split_hd96_m128n32w4_bf16, attn_fwd_paged_split_hd96_m128n32w4_f16;
+    tiles::HD96_SMALL => attn_fwd_paged_hd96_m64n32w4_bf16, attn_fwd_paged_hd96_m64n32w4_f16, attn_fwd_paged_split_hd96_m64n32w4_bf16, attn_fwd_paged_split_hd96_m64n32w4_f16;
+    tiles::HD128 => attn_fwd_paged_hd128_m64n64w4_bf16, attn_fwd_paged_hd128_m64n64w4_f16, attn_fwd_paged_split_hd128_m64n64w4_bf16, attn_fwd_paged_split_hd128_m64n64w4_f16;
+    tiles::HD128_SMALL => attn_fwd_paged_hd128_m64n16w4_bf16, attn_fwd_paged_hd128_m64n16w4_f16, attn_fwd_paged_split_hd128_m64n16w4_bf16, attn_fwd_paged_split_hd128_m64n16w4_f16;
+    tiles::HD192 => attn_fwd_paged_hd192_m128n64w8_bf16, attn_fwd_paged_hd192_m128n64w8_f16, attn_fwd_paged_split_hd192_m128n64w8_bf16, attn_fwd_paged_split_hd192_m128n64w8_f16;
+    tiles::HD192_SMALL => attn_fwd_paged_hd192_m64n32w4_bf16, attn_fwd_paged_hd192_m64n32w4_f16, attn_fwd_paged_split_hd192_m64n32w4_bf16, attn_fwd_paged_split_hd192_m64n32w4_f16;
+    tiles::HD256 => attn_fwd_paged_hd256_m64n32w4_bf16, attn_fwd_paged_hd256_m64n32w4_f16, attn_fwd_paged_split_hd256_m64n32w4_bf16, attn_fwd_paged_split_hd256_m64n32w4_f16;
+    tiles::HD256_W8 => attn_fwd_paged_hd256_m128n32w8_bf16, attn_fwd_paged_hd256_m128n32w8_f16, attn_fwd_paged_split_hd256_m128n32w8_bf16, attn_fwd_paged_split_hd256_m128n32w8_f16;
+    tiles::HD192_V128 => attn_fwd_paged_hd192v128_m128n64w8_bf16, attn_fwd_paged_hd192v128_m128n64w8_f16, attn_fwd_paged_split_hd192v128_m128n64w8_bf16, attn_fwd_paged_split_hd192v128_m128n64w8_f16;
+    tiles::HD192_V128_SMALL => attn_fwd_paged_hd192v128_m64n32w4_bf16, attn_fwd_paged_hd192v128_m64n32w4_f16, attn_fwd_paged_split_hd192v128_m64n32w4_bf16, attn_fwd_paged_split_hd192v128_m64n32w4_f16;
 }
 
 /// `HD128_N32`'s packed kernels, in the sm_80 PTX only: on compute capability 9.0 the chooser takes the

@@ -9,7 +9,7 @@
 //! of many more kernels.
 
 use super::epilogue::{self, OutRows};
-use super::io::{load_tile, smem_row_bytes};
+use super::io::{load_tile, load_tile_paged, smem_row_bytes, PagedRows};
 use super::softmax::OnlineSoftmax;
 use crate::abi::FwdParams;
 use crate::attn::stage::{self, FragPos};
@@ -21,7 +21,8 @@ use crate::ptx::{cp_async, ldmatrix, opaque, smem, sreg, sync};
 /// of QKᵀ), `ND = DV/8` (n8 tiles of O),
 /// `NN = BN/8` (n8 tiles of S), `KN = BN/16` (k-steps of PV), `MT` m16 tiles per warp; `SPLIT`: the
 /// split-KV instantiation (this CTA's split of the key blocks, f32 partial output); `PACKED`: the
-/// instantiation for packed variable-length batches (`stage::enter`). The derived
+/// instantiation for sequences found in device memory (`stage::enter`: packed variable-length batches,
+/// or with `PAGED` a paged KV cache's, whose K/V rows go through its block table). The derived
 /// sizes are separate parameters because array lengths cannot be computed from generic constants on
 /// stable Rust; `kernels.rs` passes them from one `tiles::FwdTile` row and the assert below ties them.
 ///
@@ -45,11 +46,13 @@ pub unsafe fn attn_fwd<
     const QREG: bool,
     const SPLIT: bool,
     const PACKED: bool,
+    const PAGED: bool,
 >(
     p: &FwdParams,
 ) {
     const {
         assert!(KD * 16 == D && ND * 8 == DV && DV <= D && NN * 8 == BN && KN * 16 == BN && STAGES >= 2 && STAGES <= 4);
+        assert!(PACKED || !PAGED);
     }
     let block_m = 16 * MT * WARPS;
     let threads = 32 * WARPS;
@@ -100,7 +103,8 @@ pub unsafe fn attn_fwd<
     // one LSE layout (`[batch, heads_q, rows]`; one batch row when packed).
     let accum_row = |batch: u32, head: u32| {
         let seq = stage::parked::<PACKED>(&p.score, batch);
-        let batch_rows = if PACKED { 1 } else { sreg::grid_dim_z() as u64 };
+        // A packed batch is one batch row of its tokens; a paged cache's batch is dense.
+        let batch_rows = if PACKED && !PAGED { 1 } else { sreg::grid_dim_z() as u64 };
         let per_split = batch_rows * p.heads_q as u64 * p.score.mask.seqlen_q as u64;
         (split as u64 * per_split + seq.lse_row(&p.score, p.heads_q, head, m0)) as usize
     };
@@ -143,6 +147,14 @@ pub unsafe fn attn_fwd<
     let load_kv = |block: u32, stage: u32| {
         let n0 = block * BN as u32;
         let k_smem = kv_smem + stage * stage_bytes;
+        if PAGED {
+            let seqlen_k = stage::parked_seqlen_k();
+            let at = PagedRows { seq: opaque::u32(batch), n0, kv_head: opaque::u32(kv_head) };
+            let (k, v) = (p.k as *const u16, p.v as *const u16);
+            load_tile_paged::<D, BN, WARPS>(k_smem, k, p.k_strides, &p.pages, at, seqlen_k - n0, tid);
+            load_tile_paged::<DV, BN, WARPS>(k_smem + v_offset, v, p.v_strides, &p.pages, at, seqlen_k - n0, tid);
+            return;
+        }
         // The sequence's keys for each tile (parameters, or the CTA's shared slot when packed).
         let rows_at = |strides: [u64; 3]| {
             let (row, k0, seqlen_k) = stage::parked_keys::<PACKED>(&p.score, opaque::u32(batch));

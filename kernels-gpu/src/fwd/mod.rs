@@ -13,6 +13,7 @@
 //! - `hopper.rs`: the kernel on Hopper's `wgmma` (sm_90a PTX only), head dim 128, warp-specialised.
 //! - `kernels.rs`: the entry points, one per row of `tiles::FWD_TILES` and element type.
 //! - `combine.rs`: the split-KV (FlashDecoding) combine of per-split partial outputs.
+//! - `paged.rs`: the step before attention over a paged KV cache (lengths, append, rotary).
 //!
 //! Split-KV: when the grid would leave most SMs idle (decode: few query blocks × heads × batch), each
 //! CTA's key blocks are divided among `num_splits` CTAs; each writes an f32 partial O and its LSE, and
@@ -25,4 +26,5 @@ mod hopper;
 mod io;
 mod kernels;
 mod mainloop;
+mod paged;
 mod softmax;

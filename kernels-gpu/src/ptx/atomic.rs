@@ -38,6 +38,15 @@ pub unsafe fn release_add_u32(addr: *mut u32, value: u32) {
     );
 }
 
+/// `red.global.or.b32`: `*addr |= bits`, atomically (error flags).
+///
+/// # Safety
+/// `addr` is a 4-byte aligned global address of a writable u32.
+#[inline(always)]
+pub unsafe fn red_or_u32(addr: *mut u32, bits: u32) {
+    core::arch::asm!("red.global.or.b32 [{0}], {1};", in(reg64) addr, in(reg32) bits, options(nostack));
+}
+
 /// `atom.global.add.u32`: adds `value` and returns the old value.
 ///
 /// # Safety

@@ -70,16 +70,17 @@ pub unsafe fn load_u32(addr: u32) -> u32 {
 // so reading it costs no address register).
 core::arch::global_asm!(".shared .align 16 .b8 IRONFLASH_CTA_SLOT[32];");
 
-/// Stores six words in the CTA slot (`st.shared.v4` and `.v2`).
+/// Stores the eight words of the CTA slot (two `st.shared.v4`).
 ///
 /// # Safety
 /// One thread stores, and a barrier orders the store before every other thread's loads.
 #[inline(always)]
-pub unsafe fn store_cta_slot(v: [u32; 6]) {
+pub unsafe fn store_cta_slot(v: [u32; 8]) {
     core::arch::asm!(
         "st.shared.v4.b32 [IRONFLASH_CTA_SLOT], {{{0}, {1}, {2}, {3}}};",
-        "st.shared.v2.b32 [IRONFLASH_CTA_SLOT+16], {{{4}, {5}}};",
-        in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3], in(reg32) v[4], in(reg32) v[5],
+        "st.shared.v4.b32 [IRONFLASH_CTA_SLOT+16], {{{4}, {5}, {6}, {7}}};",
+        in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3],
+        in(reg32) v[4], in(reg32) v[5], in(reg32) v[6], in(reg32) v[7],
         options(nostack)
     );
 }
@@ -111,13 +112,13 @@ pub unsafe fn load_cta_slot_v2() -> [u32; 2] {
     [a, b]
 }
 
-/// Word `W` (0-5) of the CTA slot, as [`load_cta_slot_v4`].
+/// Word `W` (0-7) of the CTA slot, as [`load_cta_slot_v4`].
 ///
 /// # Safety
 /// As [`load_cta_slot_v4`].
 #[inline(always)]
 pub unsafe fn load_cta_slot_word<const W: u32>() -> u32 {
-    const { assert!(W < 6) };
+    const { assert!(W < 8) };
     let v: u32;
     core::arch::asm!("ld.shared.b32 {0}, [IRONFLASH_CTA_SLOT+{1}];", out(reg32) v, const 4 * W, options(nostack));
     v
