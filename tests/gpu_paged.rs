@@ -20,7 +20,6 @@ use ironflash::gpu::{self, DeviceKvAppend, DevicePagedKv, DeviceRotary, PagedErr
 use ironflash::{Arg, AttnOptions, DType, Device, Element, Error, HostTensor, PerHead};
 use ironflash_kernels::tiles;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
@@ -244,21 +243,8 @@ fn run_case<T: Element>(dev: &Device, c: &Case) -> Result<f64, String> {
     Ok(if all_zero { 0.0 } else { err })
 }
 
-/// `IRONFLASH_PROPTEST_CASES` overrides the number of cases (e.g. small under compute-sanitizer).
 fn property<T: Element>(test: &str, cases: u32) {
-    let Some(dev) = device_or_skip(test) else { return };
-    let cases = std::env::var("IRONFLASH_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
-    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
-    let worst = std::sync::Mutex::new(0.0f64);
-    runner
-        .run(&case_strategy(), |c| {
-            let e = run_case::<T>(dev, &c).map_err(TestCaseError::fail)?;
-            let mut w = worst.lock().unwrap();
-            *w = w.max(e);
-            Ok(())
-        })
-        .unwrap();
-    println!("{test}: worst O {:.2e}", *worst.lock().unwrap());
+    common::run_property(test, cases, case_strategy(), "O", |dev, c| run_case::<T>(dev, c));
 }
 
 fn paged_matches_reference_bf16() {

@@ -23,7 +23,6 @@ use ironflash::{Arg, AttnOptions, DType, Device, Element, Error, HostTensor, Lay
 use ironflash_kernels::tiles::{self, FwdTile};
 use ironflash_kernels::tiles_bwd::{self, BwdTile};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 use rand::{Rng, SeedableRng};
 
 #[derive(Debug, Clone)]
@@ -228,21 +227,8 @@ fn run_case<T: Element>(dev: &Device, c: &Case) -> Result<f64, String> {
     Ok(if all_zero { 0.0 } else { err })
 }
 
-/// `IRONFLASH_PROPTEST_CASES` overrides the number of cases (e.g. small under compute-sanitizer).
 fn property<T: Element>(test: &str, cases: u32) {
-    let Some(dev) = device_or_skip(test) else { return };
-    let cases = std::env::var("IRONFLASH_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
-    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
-    let worst = std::sync::Mutex::new(0.0f64);
-    runner
-        .run(&case_strategy(), |c| {
-            let e = run_case::<T>(dev, &c).map_err(TestCaseError::fail)?;
-            let mut w = worst.lock().unwrap();
-            *w = w.max(e);
-            Ok(())
-        })
-        .unwrap();
-    println!("{test}: worst O {:.2e}", *worst.lock().unwrap());
+    common::run_property(test, cases, case_strategy(), "O", |dev, c| run_case::<T>(dev, c));
 }
 
 fn varlen_forward_matches_reference_bf16() {
@@ -560,19 +546,7 @@ fn run_backward_case<T: Element>(dev: &Device, c: &Case) -> Result<f64, String> 
 }
 
 fn backward_property<T: Element>(test: &str, cases: u32) {
-    let Some(dev) = device_or_skip(test) else { return };
-    let cases = std::env::var("IRONFLASH_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
-    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
-    let worst = std::sync::Mutex::new(0.0f64);
-    runner
-        .run(&case_strategy(), |c| {
-            let e = run_backward_case::<T>(dev, &c).map_err(TestCaseError::fail)?;
-            let mut w = worst.lock().unwrap();
-            *w = w.max(e);
-            Ok(())
-        })
-        .unwrap();
-    println!("{test}: worst gradient {:.2e}", *worst.lock().unwrap());
+    common::run_property(test, cases, case_strategy(), "gradient", |dev, c| run_backward_case::<T>(dev, c));
 }
 
 fn varlen_backward_matches_reference_bf16() {

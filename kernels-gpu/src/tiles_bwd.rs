@@ -186,6 +186,28 @@ impl BwdTile {
         };
         symbols[f16 as usize]
     }
+    /// Whether the row's eight symbols are `names`, in the order of `symbols`, `softcap_symbols`,
+    /// `packed_symbols`, `packed_softcap_symbols` (bf16, then f16): ties the entry points to the table.
+    pub const fn names_are(&self, names: [&str; 8]) -> bool {
+        let mine = [
+            self.symbols[0],
+            self.symbols[1],
+            self.softcap_symbols[0],
+            self.softcap_symbols[1],
+            self.packed_symbols[0],
+            self.packed_symbols[1],
+            self.packed_softcap_symbols[0],
+            self.packed_softcap_symbols[1],
+        ];
+        let mut i = 0;
+        while i < 8 {
+            if !crate::tiles::str_eq(mine[i], names[i]) {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
     /// Whether the row is well formed (checked at compile time for every instantiated kernel).
     pub const fn is_valid(&self) -> bool {
         let (d, dv, w) = (self.head_dim, self.head_dim_v, self.warps);

@@ -152,3 +152,29 @@ pub enum Kernels {
     /// The forward split over this many key ranges (a backward as chosen).
     Split(usize),
 }
+
+/// A GPU property test: `check` on `cases` fresh draws of `strategy` (`IRONFLASH_PROPTEST_CASES`
+/// overrides the count, e.g. small under compute-sanitizer; proptest shrinks a failure), then one line
+/// with the worst error `check` returned, labelled `what`. Skips as `device_or_skip` does.
+pub fn run_property<C: std::fmt::Debug + Clone>(
+    test: &str,
+    cases: u32,
+    strategy: impl proptest::strategy::Strategy<Value = C>,
+    what: &str,
+    check: impl Fn(&'static Device, &C) -> Result<f64, String>,
+) {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let Some(dev) = device_or_skip(test) else { return };
+    let cases = std::env::var("IRONFLASH_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let worst = std::sync::Mutex::new(0.0f64);
+    runner
+        .run(&strategy, |c| {
+            let e = check(dev, &c).map_err(TestCaseError::fail)?;
+            let mut w = worst.lock().unwrap();
+            *w = w.max(e);
+            Ok(())
+        })
+        .unwrap();
+    println!("{test}: worst {what} {:.2e}", *worst.lock().unwrap());
+}

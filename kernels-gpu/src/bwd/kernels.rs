@@ -47,13 +47,10 @@ macro_rules! bwd_kernels {
         const _: () = {
             const T: BwdTile = $tile;
             assert!(T.is_valid());
-            assert!(str_eq(T.symbols[0], stringify!($bf16)) && str_eq(T.symbols[1], stringify!($f16)));
-            assert!(str_eq(T.softcap_symbols[0], stringify!($cap_bf16)));
-            assert!(str_eq(T.softcap_symbols[1], stringify!($cap_f16)));
-            assert!(str_eq(T.packed_symbols[0], stringify!($var_bf16)));
-            assert!(str_eq(T.packed_symbols[1], stringify!($var_f16)));
-            assert!(str_eq(T.packed_softcap_symbols[0], stringify!($var_cap_bf16)));
-            assert!(str_eq(T.packed_softcap_symbols[1], stringify!($var_cap_f16)));
+            assert!(T.names_are([
+                stringify!($bf16), stringify!($f16), stringify!($cap_bf16), stringify!($cap_f16),
+                stringify!($var_bf16), stringify!($var_f16), stringify!($var_cap_bf16), stringify!($var_cap_f16),
+            ]));
         };
         bwd_entry!($tile, Bf16, false, false, $bf16, "Launched as `abi::BwdParams` and the tile row document.");
         bwd_entry!($tile, F16, false, false, $f16, "As the bf16 kernel.");
@@ -102,7 +99,6 @@ mod wgmma_entry {
     use super::super::hopper::attn_bwd_wgmma;
     use crate::abi::BwdParams;
     use crate::ptx::elem::{Bf16, F16};
-    use crate::tiles::str_eq;
     use crate::tiles_bwd::{self, BwdTile};
 
     macro_rules! wgmma_kernel {
@@ -133,13 +129,10 @@ mod wgmma_entry {
             const _: () = {
                 const T: BwdTile = $tile;
                 assert!(T.is_valid() && T.wgmma && T.threads() == 384);
-                assert!(str_eq(T.symbols[0], stringify!($bf16)) && str_eq(T.symbols[1], stringify!($f16)));
-                assert!(str_eq(T.softcap_symbols[0], stringify!($cap_bf16)));
-                assert!(str_eq(T.softcap_symbols[1], stringify!($cap_f16)));
-                assert!(str_eq(T.packed_symbols[0], stringify!($var_bf16)));
-                assert!(str_eq(T.packed_symbols[1], stringify!($var_f16)));
-                assert!(str_eq(T.packed_softcap_symbols[0], stringify!($var_cap_bf16)));
-                assert!(str_eq(T.packed_softcap_symbols[1], stringify!($var_cap_f16)));
+                assert!(T.names_are([
+                    stringify!($bf16), stringify!($f16), stringify!($cap_bf16), stringify!($cap_f16),
+                    stringify!($var_bf16), stringify!($var_f16), stringify!($var_cap_bf16), stringify!($var_cap_f16),
+                ]));
             };
             wgmma_entry!($tile, Bf16, false, false, $bf16, "Launched as `abi::BwdParams` and the tile row document, on a compute capability 9.0 device.");
             wgmma_entry!($tile, F16, false, false, $f16, "As the bf16 kernel.");
