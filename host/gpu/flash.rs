@@ -544,6 +544,33 @@ mod tests {
     }
 
     #[test]
+    fn paged_calls_take_a_row_with_paged_kernels() {
+        for (cc, optin, per_sm) in [((9, 0), 227, 228), ((8, 0), 163, 164), ((8, 9), 99, 100)] {
+            let info = DeviceInfo {
+                ordinal: 0,
+                name: "test".into(),
+                compute_capability: cc,
+                sm_count: 108,
+                smem_per_block_optin: optin * 1024,
+                smem_per_sm: per_sm * 1024,
+                l2_bytes: 40 << 20,
+                total_mem: 80 << 30,
+                driver_version: 13000,
+            };
+            for (d, dv) in crate::problem::SUPPORTED_HEAD_DIMS
+                .iter()
+                .flat_map(|&d| crate::problem::supported_head_dims_v(d).iter().map(move |&dv| (d, dv)))
+            {
+                let p =
+                    AttnProblem::contiguous_with_head_dim_v([2, 1, 4096, 8, 2, d], dv, &AttnOptions::causal()).unwrap();
+                let t = paged_tile(&info, &p, DType::BF16).unwrap();
+                assert!(!t.wgmma && (t.head_dim, t.head_dim_v) == (d, dv), "{t:?}");
+                assert!(!t.kernel_symbol(true, true, BatchLayout::Paged).is_empty(), "{t:?}");
+            }
+        }
+    }
+
+    #[test]
     fn query_heads_pack_into_rows_of_their_kv_head() {
         let (b, hq, hkv, d) = (3, 8, 2, 64);
         let (q, o) = (padded([b, 1, hq, d]), padded([b, 1, hq, d]));

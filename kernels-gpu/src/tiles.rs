@@ -428,10 +428,18 @@ mod tests {
         for (i, t) in FWD_TILES.iter().enumerate() {
             assert!(t.is_valid(), "{t:?}");
             assert_eq!(t.split_symbols[0].is_empty(), t.wgmma, "{t:?}");
+            // Paged kernels on every `mma.sync` row but the A100 row at head dim 128.
+            assert_eq!(t.paged_symbols[0].is_empty(), t.wgmma || *t == HD128_N32, "{t:?}");
+            assert_eq!(t.paged_symbols[0].is_empty(), t.paged_split_symbols[0].is_empty(), "{t:?}");
             for u in &FWD_TILES[i + 1..] {
                 assert_ne!(t.symbols, u.symbols);
                 if !t.wgmma {
                     assert_ne!(t.split_symbols, u.split_symbols);
+                    assert_ne!(t.packed_symbols, u.packed_symbols);
+                }
+                if !t.paged_symbols[0].is_empty() {
+                    assert_ne!(t.paged_symbols, u.paged_symbols);
+                    assert_ne!(t.paged_split_symbols, u.paged_split_symbols);
                 }
             }
         }
