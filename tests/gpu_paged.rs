@@ -2,7 +2,7 @@
 //! up, shuffled non-contiguous block tables, page sizes 1, 7, 16, 64 and 256, spare pages), queries
 //! 1..N tokens per sequence, new keys and values appended across page boundaries, rotary embeddings
 //! (interleaved or not) on the new keys and the queries, crossed with causality, windows, softcap, ALiBi,
-//! sinks, GQA up to 8:1, every head dim and both dtypes, split-KV forced or not, against the f64
+//! sinks, GQA up to 32:1, every head dim and both dtypes, split-KV forced or not, against the f64
 //! reference (`cpu::reference_forward_paged`) on fresh random inputs, O and LSE poisoned. The cache's
 //! pages after the call are bitwise the reference's (the append and its rotation), and no error bit is
 //! raised. Bad device data (a page index outside the cache, a length beyond the pages) completes and is
@@ -60,7 +60,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
     let rotary = prop::option::weighted(0.4, (prop::sample::select(vec![0.5f64, 1.0]), any::<bool>()));
     (
         (lens, seqlen_q, new, prop::sample::select(vec![1usize, 7, 16, 64, 256]), 0usize..=2),
-        (1usize..=2, prop::sample::select(vec![1usize, 2, 4, 8]), prop::sample::select(HEAD_DIM_PAIRS.to_vec())),
+        (1usize..=2, prop::sample::select(vec![1usize, 2, 4, 8, 32]), prop::sample::select(HEAD_DIM_PAIRS.to_vec())),
         (any::<bool>(), window, prop::option::weighted(0.3, prop::sample::select(vec![5.0f32, 30.0]))),
         (prop::option::weighted(0.3, any::<bool>()), prop::bool::weighted(0.3), rotary),
         (prop::option::weighted(0.3, 2usize..=5), any::<u64>()),

@@ -1,7 +1,7 @@
 //! Packed variable-length batches on the GPU (`gpu::flash_forward_varlen`, `gpu::flash_backward_varlen`):
 //! random mixes of sequence lengths (0 and 1 included, queries and keys of their own lengths), crossed
-//! with causality, windows, softcap, ALiBi (per head or per sequence), sinks, GQA, every head dim and
-//! both dtypes, on the chosen kernels (Hopper's on compute capability 9.0), the `mma.sync` rows forced
+//! with causality, windows, softcap, ALiBi (per head or per sequence), sinks, GQA up to 32:1, every head
+//! dim and both dtypes, on the chosen kernels (Hopper's on compute capability 9.0), the `mma.sync` rows forced
 //! and split-KV forced, against the f64 varlen references (`cpu::reference_forward_varlen`,
 //! `cpu::reference_backward_varlen`) on fresh random inputs, outputs and gradients poisoned. The
 //! backward runs on the packed forward's O and LSE (a training step end to end), fast or deterministic.
@@ -73,7 +73,12 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         lens
     });
     (
-        (lens, 1usize..=2, prop::sample::select(vec![1usize, 2, 4, 8]), prop::sample::select(HEAD_DIM_PAIRS.to_vec())),
+        (
+            lens,
+            1usize..=2,
+            prop::sample::select(vec![1usize, 2, 4, 8, 32]),
+            prop::sample::select(HEAD_DIM_PAIRS.to_vec()),
+        ),
         (any::<bool>(), window, prop::option::weighted(0.3, prop::sample::select(vec![2.0f32, 8.0, 30.0]))),
         (prop::option::weighted(0.3, any::<bool>()), prop::bool::weighted(0.3), prop::bool::weighted(0.3)),
         (kernels, prop::bool::weighted(0.3), any::<u64>()),
