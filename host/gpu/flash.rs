@@ -300,13 +300,25 @@ fn forward_into<T: Element>(
     num_splits: Option<usize>,
 ) -> Result<()> {
     let (p, chosen) = plan(dev, q, k, v, opts)?;
-    o.check_on(dev, Arg::O)?;
-    p.check_like_o(Arg::O, &o.layout, o.buf.len())?;
-    check_vector_strides(Arg::O, &o.layout)?;
-    check_f32_buffer(dev, Arg::Lse, lse, p.lse_len(), "one f32 per (batch, head_q, query row)")?;
+    check_outputs(dev, &p, o, lse, "one f32 per (batch, head_q, query row)")?;
     let (p, q_layout, o_layout) = pack_query_heads(&p, opts, &q.layout, &o.layout);
     let (tile, splits) = launch_choice(dev.info(), &p, &chosen, tile, num_splits, T::DTYPE)?;
     launch(dev, &p, opts, BatchLaunch::Dense, &tile, splits, (&q.buf, &q_layout), k, v, (&mut o.buf, &o_layout), lse)
+}
+
+/// Caller-provided O and LSE of a forward: O on the device, shaped like the problem's O with vector
+/// strides, and at least `p.lse_len()` f32 of LSE (`lse_why`: its layout, for the error).
+pub(crate) fn check_outputs<T: Element>(
+    dev: &Device,
+    p: &AttnProblem,
+    o: &DeviceTensor<T>,
+    lse: &CudaSlice<f32>,
+    lse_why: &'static str,
+) -> Result<()> {
+    o.check_on(dev, Arg::O)?;
+    p.check_like_o(Arg::O, &o.layout, o.buf.len())?;
+    check_vector_strides(Arg::O, &o.layout)?;
+    check_f32_buffer(dev, Arg::Lse, lse, p.lse_len(), lse_why)
 }
 
 /// Decode with grouped query heads (GQA/MQA): with one query row per sequence, the query heads that

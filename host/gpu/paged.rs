@@ -17,7 +17,7 @@ use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::flash::{self, BatchLaunch, PagedLaunch};
 use crate::gpu::launch::KernelParams;
 use crate::gpu::score::check_per_head;
-use crate::gpu::tensor::{check_f32_buffer, check_vector_strides, strides3, DeviceTensor, GpuForwardOutput};
+use crate::gpu::tensor::{check_vector_strides, strides3, DeviceTensor, GpuForwardOutput};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
@@ -140,10 +140,7 @@ pub fn flash_forward_paged_into<T: Element>(
         flash::check_num_splits(n)?;
     }
     let plan = plan(dev, q, cache, append.as_ref(), rotary.as_ref(), opts)?;
-    o.check_on(dev, Arg::O)?;
-    plan.p.check_like_o(Arg::O, &o.layout, o.buf.len())?;
-    check_vector_strides(Arg::O, &o.layout)?;
-    check_f32_buffer(dev, Arg::Lse, lse, plan.p.lse_len(), "one f32 per (batch, head_q, query row)")?;
+    flash::check_outputs(dev, &plan.p, o, lse, "one f32 per (batch, head_q, query row)")?;
     if let Some(t) = tile {
         if t.kernel_symbol(false, false, BatchLayout::Paged).is_empty() || (t.head_dim, t.head_dim_v) != plan.dims() {
             return Err(Error::NoTileConfig(format!(

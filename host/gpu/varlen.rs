@@ -11,7 +11,7 @@ use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::backward::{self, GpuGradients};
 use crate::gpu::flash::{self, BatchLaunch, PackedLaunch};
 use crate::gpu::score::check_per_head;
-use crate::gpu::tensor::{check_f32_buffer, check_vector_strides, DeviceTensor, GpuForwardOutput};
+use crate::gpu::tensor::{check_vector_strides, DeviceTensor, GpuForwardOutput};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
@@ -134,10 +134,8 @@ pub fn flash_forward_varlen_with_splits<T: Element>(
         flash::check_num_splits(n)?;
     }
     let plan = plan(dev, q, k, v, seqs, opts)?;
-    o.check_on(dev, Arg::O)?;
-    plan.tokens.check_like_o(Arg::O, &o.layout, o.buf.len())?;
-    check_vector_strides(Arg::O, &o.layout)?;
-    check_f32_buffer(dev, Arg::Lse, lse, plan.lse_len(), "one f32 per (head_q, query token)")?;
+    // The token problem's LSE rows are `[heads_q, tokens_q]` (one batch row).
+    flash::check_outputs(dev, &plan.tokens, o, lse, "one f32 per (head_q, query token)")?;
     let o_layout = o.layout;
     run(dev, &plan, seqs, opts, tile, num_splits, q, k, v, (&mut o.buf, &o_layout), lse)
 }
