@@ -107,6 +107,13 @@ impl Rotary<'_> {
     }
 }
 
+/// Whether rotary embeddings place query row i at `cache_seqlens[b] + i` (when the mask depends on the
+/// row: causal or windowed) rather than every row at `cache_seqlens[b]`, as FlashAttention places them.
+/// The reference and the GPU's paged step share this rule.
+pub(crate) fn queries_move(opts: &AttnOptions) -> bool {
+    opts.causal || opts.window.left.is_some() || opts.window.right.is_some()
+}
+
 impl<T: Element> PagedKv<'_, T> {
     fn page_size(&self) -> usize {
         self.k_pages.shape()[1]
@@ -198,8 +205,7 @@ pub fn reference_forward_paged<T: Element>(
         }
     };
     cache.check(batch, heads_kv, new)?;
-    // Query rows at their own positions when the mask depends on them, else all at the cache's end.
-    let rows_move = opts.causal || opts.window.left.is_some() || opts.window.right.is_some();
+    let rows_move = queries_move(opts);
     if let Some(r) = &rotary {
         let longest = cache.cache_seqlens.iter().map(|&l| l as usize).max().unwrap_or(0);
         let last = longest + new.max(if rows_move { seqlen_q } else { 1 }).saturating_sub(1);

@@ -183,7 +183,7 @@ pub(crate) fn backward_into<T: Element>(
     tile: Option<&BwdTile>,
 ) -> Result<()> {
     let (q, k, v, o, lse, d_o) = inputs;
-    let Plan { p, tile: chosen, sequences } = plan(dev, inputs, opts, seqs)?;
+    let Plan { p, tile: chosen, grid_batch } = plan(dev, inputs, opts, seqs)?;
     let tile = match tile {
         None => chosen,
         Some(t) => {
@@ -215,21 +215,17 @@ pub(crate) fn backward_into<T: Element>(
     let stream = dev.stream();
     let mut score = ScoreArgs::new(dev, &p, opts)?;
     // The main kernel's grid: (key blocks, K/V heads, sequences), a packed batch's sized by its longest
-    // sequence; and its sequences' query blocks (each has as many turn counters).
-    let (grid_keys, grid_batch, batch_queries) = match sequences {
-        None => (p.seqlen_k, p.batch, p.seqlen_q),
-        Some(batch) => (seqs.map_or(0, |s| s.max_seqlen_k), batch, seqs.map_or(0, |s| s.max_seqlen_q)),
-    };
-    let offsets = match seqs {
+    // sequence; and the sequences' query rows (each sequence has as many turn counters).
+    let (grid_keys, batch_queries, offsets) = match seqs {
+        None => (p.seqlen_k, p.seqlen_q, None),
         Some(s) => {
             let (cu_q, cu_q_sync) = s.cu_seqlens_q.device_ptr(stream);
             let (cu_k, cu_k_sync) = s.cu_seqlens_k.device_ptr(stream);
             score.params.cu_seqlens_q = cu_q;
             score.params.cu_seqlens_k = cu_k;
             (score.params.max_seqlen_q, score.params.max_seqlen_k) = (s.max_seqlen_q as u32, s.max_seqlen_k as u32);
-            Some((cu_q_sync, cu_k_sync))
+            (s.max_seqlen_k, s.max_seqlen_q, Some((cu_q_sync, cu_k_sync)))
         }
-        None => None,
     };
     let (dq_layout, dk_layout, dv_layout) = (grads.dq.layout, grads.dk.layout, grads.dv.layout);
     let (dq, dk, dv) = (&mut grads.dq.buf, &mut grads.dk.buf, &mut grads.dv.buf);
@@ -384,11 +380,11 @@ impl Workspace {
 }
 
 /// A validated backward call: the problem (a packed batch's over its token counts, batch 1), the tile,
-/// and a packed batch's number of sequences.
+/// and the main kernel's batch of sequences (a packed batch's number of sequences).
 struct Plan {
     p: AttnProblem,
     tile: BwdTile,
-    sequences: Option<usize>,
+    grid_batch: usize,
 }
 
 /// Everything checked before a launch: dtype, devices, shapes and strides, LSE length, index limits,
@@ -420,13 +416,14 @@ fn plan<T: Element>(
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v), (Arg::O, o), (Arg::DO, d_o)] {
         check_vector_strides(arg, &t.layout)?;
     }
-    let why = if sequences.is_some() {
+    let why = if seqs.is_some() {
         "at least one f32 per (head_q, query token), [heads_q, tokens_q]"
     } else {
         "at least one f32 per (batch, head_q, query row), [batch, heads_q, seqlen_q]"
     };
     check_f32_buffer(dev, Arg::Lse, lse, p.lse_len(), why)?;
-    for (what, value) in [("heads_kv", p.heads_kv), ("batch", sequences.unwrap_or(p.batch))] {
+    let grid_batch = sequences.unwrap_or(p.batch);
+    for (what, value) in [("heads_kv", p.heads_kv), ("batch", grid_batch)] {
         if value > GRID_YZ_MAX {
             return Err(Error::TooLarge { arg: Arg::K, what, value });
         }
@@ -437,7 +434,7 @@ fn plan<T: Element>(
         return Err(Error::TooLarge { arg: Arg::Q, what: "batch·heads_q·seqlen_q·head_dim", value: elems });
     }
     let tile = backward_tile(dev.info(), (p.head_dim, p.head_dim_v), T::DTYPE)?;
-    Ok(Plan { p, tile, sequences })
+    Ok(Plan { p, tile, grid_batch })
 }
 
 #[cfg(test)]

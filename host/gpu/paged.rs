@@ -11,6 +11,7 @@
 //! positions) never addresses outside the buffers: bad entries are skipped and raise error bits in the
 //! cache's [`PagedErrors`], which [`PagedErrors::check`] turns into a typed error.
 
+use crate::cpu::paged::queries_move;
 use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
@@ -113,11 +114,10 @@ pub fn flash_forward_paged<T: Element>(
     let o_layout = Layout::contiguous(plan.p.o_shape());
     // SAFETY: the forward writes every element of O and of the LSE.
     let o = unsafe { dev.stream.alloc::<T>(o_layout.numel()) }.during("allocating O")?;
-    let lse = unsafe { dev.stream.alloc::<f32>(plan.p.lse_len()) }.during("allocating the LSE")?;
+    let mut lse = unsafe { dev.stream.alloc::<f32>(plan.p.lse_len()) }.during("allocating the LSE")?;
     let mut o = DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal };
-    let mut out_lse = lse;
-    run(dev, &plan, q, cache, append.as_ref(), rotary.as_ref(), opts, (&mut o, &mut out_lse), None, None)?;
-    Ok(GpuForwardOutput { o, lse: out_lse })
+    run(dev, &plan, q, cache, append.as_ref(), rotary.as_ref(), opts, (&mut o, &mut lse), None, None)?;
+    Ok(GpuForwardOutput { o, lse })
 }
 
 /// As [`flash_forward_paged`], into caller-provided O (any non-overlapping strides, multiples of 8
@@ -339,8 +339,7 @@ fn run<T: Element>(
             positions: rotary.map_or(0, |r| (r.cos.len() / half) as u32),
             rotary_dim: rotary.map_or(0, |r| r.rotary_dim as u32),
             interleaved: rotary.is_some_and(|r| r.interleaved) as u32,
-            // Query rows at their own positions where the mask depends on them (FlashAttention's rule).
-            rows_move: (opts.causal || opts.window.left.is_some() || opts.window.right.is_some()) as u32,
+            rows_move: queries_move(opts) as u32,
             batch: p.batch as u32,
             seqlen_q: p.seqlen_q as u32,
             seqlen_new: plan.seqlen_new as u32,
