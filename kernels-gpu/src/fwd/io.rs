@@ -6,7 +6,7 @@
 //! probability (0) times a NaN would still be NaN.
 
 use crate::abi::{PageTable, PAGED_BAD_PAGE};
-use crate::ptx::{atomic, cp_async};
+use crate::ptx::{atomic, cp_async, smem};
 
 /// Bytes per shared-memory row of a `D`-wide tile.
 #[inline(always)]
@@ -70,9 +70,52 @@ pub struct PagedRows {
     pub kv_head: u32,
 }
 
+/// Where [`stage_page_entries`] left a tile's block-table entries: entry i at `slot + i · row_bytes`
+/// (the K tile's rows, whatever the width of the tile loaded with them).
+#[derive(Clone, Copy)]
+pub struct StagedPages {
+    pub slot: u32,
+    pub row_bytes: u32,
+}
+
+/// Issues (does not commit) the copies of the block-table entries of one `ROWS`-key tile, keys
+/// `n0..min(n0 + ROWS, seqlen_k)` of sequence `seq`, into the padding of a `D`-wide tile's rows from
+/// `slot` on: entry i (the tile's i-th page; at most `ROWS` of them, at page size 1) at `slot + i ·
+/// smem_row_bytes::<D>()`, a word of row i's 16 padding bytes, which neither [`load_tile`] nor ldmatrix
+/// touch, so it costs no shared memory. The loads of that tile read them there ([`load_tile_paged`]
+/// with `staged`) instead of reading the table in global memory just before their copies, a round trip
+/// that stalls every warp once per tile (docs/perf.md, the paged decode grid). Nothing when the tile
+/// holds no key.
+///
+/// # Safety
+/// `slot` is the shared address of row 0's padding (the tile's base + `2·D`) of a `ROWS`-row tile;
+/// `pages` describes valid buffers and `seqlen_k` is at most the sequence's `pages_per_seq · page_size`
+/// keys. `ROWS <= threads`.
+#[inline(always)]
+pub unsafe fn stage_page_entries<const D: usize, const ROWS: usize>(
+    slot: u32,
+    pages: &PageTable,
+    seq: u32,
+    n0: u32,
+    seqlen_k: u32,
+    tid: u32,
+) {
+    if n0 >= seqlen_k {
+        return;
+    }
+    let first = n0 / pages.page_size;
+    let count = ((n0 + ROWS as u32).min(seqlen_k) - 1) / pages.page_size - first + 1;
+    if tid < count {
+        let entry = (pages.block_table as *const u32).add((seq * pages.pages_per_seq + first + tid) as usize);
+        cp_async::copy4(slot + tid * smem_row_bytes::<D>() as u32, entry);
+    }
+}
+
 /// As [`load_tile`] for keys `n0..` of a sequence of a paged cache: each row's address goes through the
 /// block table (`abi::PageTable`), so that rows of one tile may lie in different pages (any page size).
-/// A row whose page index is outside `[0, num_pages)` is written as zeros, never read, and raises
+/// The table entries come from `staged`, the padding slot where [`stage_page_entries`] copied the tile's
+/// entries (landed and visible), or else from the table itself (a pipeline's first tiles). A row whose
+/// page index is outside `[0, num_pages)` is written as zeros, never read, and raises
 /// `abi::PAGED_BAD_PAGE`. Tried and not kept (docs/perf.md, the paged decode grid): reading every table
 /// entry of a thread's steps before issuing the copies (up to 8 entries held in registers through the
 /// copies put the kernels at the register limit into local memory), and a shift and a mask for
@@ -81,7 +124,8 @@ pub struct PagedRows {
 /// # Safety
 /// `pages` describes valid buffers; `src` is the cache's pages (16-byte aligned, `strides` `[page,
 /// token, head]` in elements, multiples of 8); rows `0..min(valid_rows, rows)` are keys of the
-/// sequence, within its row of the block table. `ROWS` rows, `WARPS · 32` threads.
+/// sequence, within its row of the block table; `staged`, when given, holds this tile's entries.
+/// `ROWS` rows, `WARPS · 32` threads.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub unsafe fn load_tile_paged<const D: usize, const ROWS: usize, const WARPS: usize>(
@@ -90,6 +134,7 @@ pub unsafe fn load_tile_paged<const D: usize, const ROWS: usize, const WARPS: us
     strides: [u64; 3],
     pages: &PageTable,
     at: PagedRows,
+    staged: Option<StagedPages>,
     valid_rows: u32,
     tid: u32,
 ) {
@@ -97,13 +142,18 @@ pub unsafe fn load_tile_paged<const D: usize, const ROWS: usize, const WARPS: us
     // Exact: tiles::FwdTile::is_valid.
     let steps = const { ROWS * (D / 8) / (WARPS * 32) };
     let table = (pages.block_table as *const i32).add((at.seq * pages.pages_per_seq) as usize);
+    let first_page = at.n0 / pages.page_size;
     for i in 0..steps {
         let idx = tid as usize + i * threads;
         let (row, chunk) = (idx / chunks_per_row, idx % chunks_per_row);
         let mut valid = (row as u32) < valid_rows;
         let key = at.n0 + row as u32;
         let (page_of_key, slot) = (key / pages.page_size, key % pages.page_size);
-        let page = if valid { *table.add(page_of_key as usize) } else { 0 };
+        let page = match (valid, staged) {
+            (false, _) => 0,
+            (true, Some(at)) => smem::load_u32(at.slot + (page_of_key - first_page) * at.row_bytes) as i32,
+            (true, None) => *table.add(page_of_key as usize),
+        };
         if valid && page as u32 >= pages.num_pages {
             atomic::red_or_u32(pages.errors as *mut u32, PAGED_BAD_PAGE);
             valid = false;

@@ -9,7 +9,7 @@
 //! of many more kernels.
 
 use super::epilogue::{self, OutRows};
-use super::io::{load_tile, load_tile_paged, smem_row_bytes, PagedRows};
+use super::io::{load_tile, load_tile_paged, smem_row_bytes, stage_page_entries, PagedRows, StagedPages};
 use super::softmax::OnlineSoftmax;
 use crate::abi::FwdParams;
 use crate::attn::stage::{self, FragPos};
@@ -53,6 +53,7 @@ pub unsafe fn attn_fwd<
     const {
         assert!(KD * 16 == D && ND * 8 == DV && DV <= D && NN * 8 == BN && KN * 16 == BN && STAGES >= 2 && STAGES <= 4);
         assert!(PACKED || !PAGED);
+        assert!(!PAGED || BN <= 32 * WARPS); // stage_page_entries: one entry per thread
     }
     let block_m = 16 * MT * WARPS;
     let threads = 32 * WARPS;
@@ -144,15 +145,31 @@ pub unsafe fn attn_fwd<
     // block (through `opaque`), so that neither they nor the per-chunk offsets are hoisted out of the
     // loop into registers of their own (see ptx/opaque.rs); parameters are read from the constant bank
     // and cost no register.
-    let load_kv = |block: u32, stage: u32| {
+    // A paged cache's block-table entries of block X are staged in the padding of the K rows of the
+    // stage X loads into (`stage_page_entries`: entry i in row i's padding, which neither the copies nor
+    // ldmatrix touch), copied one pipeline round ahead, in the group of block X - (STAGES - 1), which has
+    // landed when X's copies are issued. The slot's previous entries (block X - STAGES) were read an
+    // iteration earlier, before a barrier.
+    let table_slot = |stage: u32| kv_smem + stage * stage_bytes + (D * 2) as u32;
+    let stage_pages = |block: u32, stage: u32| {
+        if PAGED && block < n_end {
+            let seqlen_k = stage::parked_seqlen_k();
+            let n0 = block * BN as u32;
+            stage_page_entries::<D, BN>(table_slot(stage), &p.pages, opaque::u32(batch), n0, seqlen_k, tid);
+        }
+    };
+    // `staged`: the block's table entries are in its stage's slot (every block the loop loads).
+    let load_kv = |block: u32, stage: u32, staged: bool| {
         let n0 = block * BN as u32;
         let k_smem = kv_smem + stage * stage_bytes;
         if PAGED {
             let seqlen_k = stage::parked_seqlen_k();
             let at = PagedRows { seq: opaque::u32(batch), n0, kv_head: opaque::u32(kv_head) };
+            let entries = staged.then(|| StagedPages { slot: table_slot(stage), row_bytes: row_bytes as u32 });
             let (k, v) = (p.k as *const u16, p.v as *const u16);
-            load_tile_paged::<D, BN, WARPS>(k_smem, k, p.k_strides, &p.pages, at, seqlen_k - n0, tid);
-            load_tile_paged::<DV, BN, WARPS>(k_smem + v_offset, v, p.v_strides, &p.pages, at, seqlen_k - n0, tid);
+            load_tile_paged::<D, BN, WARPS>(k_smem, k, p.k_strides, &p.pages, at, entries, seqlen_k - n0, tid);
+            let v_smem = k_smem + v_offset;
+            load_tile_paged::<DV, BN, WARPS>(v_smem, v, p.v_strides, &p.pages, at, entries, seqlen_k - n0, tid);
             return;
         }
         // The sequence's keys for each tile (parameters, or the CTA's shared slot when packed).
@@ -170,14 +187,16 @@ pub unsafe fn attn_fwd<
     };
 
     // Prologue: Q with the first block in the first group, then the next STAGES-2 blocks, one group
-    // each.
+    // each (a paged cache's with the table entries of the block STAGES - 1 later).
     load_tile::<D>(q_smem, q_rows, q_stride, rows, block_m, threads, tid);
-    load_kv(first, 0);
+    load_kv(first, 0, false);
+    stage_pages(first + (STAGES - 1) as u32, (STAGES - 1) as u32);
     cp_async::commit();
     for s in 1..STAGES - 1 {
         if first + (s as u32) < n_end {
-            load_kv(first + s as u32, s as u32);
+            load_kv(first + s as u32, s as u32, false);
         }
+        stage_pages(first + (s + STAGES - 1) as u32, ((s + STAGES - 1) % STAGES) as u32);
         cp_async::commit();
     }
 
@@ -221,8 +240,11 @@ pub unsafe fn attn_fwd<
                 // the barrier that ended the previous iteration.
                 let ahead = block + (STAGES - 1) as u32;
                 if ahead < n_end {
-                    load_kv(ahead, load_stage);
+                    load_kv(ahead, load_stage, true);
                 }
+                // The entries of block ahead + STAGES - 1, whose stage is the one before load_stage.
+                let table_stage = if load_stage == 0 { (STAGES - 1) as u32 } else { load_stage - 1 };
+                stage_pages(ahead + (STAGES - 1) as u32, table_stage);
                 cp_async::commit();
 
                 // Fresh bases each block: fragment addresses are base + immediate (see ptx/opaque.rs).

@@ -20,6 +20,21 @@ pub unsafe fn copy16_or_zero(dst: u32, src: *const u16, valid: bool) {
     );
 }
 
+/// Copies 4 bytes from `src` to `dst` (`.ca`: through L1, the only cache mode for copies under 16
+/// bytes); small bookkeeping data such as a paged cache's block-table entries.
+///
+/// # Safety
+/// `dst` is a 4-byte aligned shared-window address inside the dynamic shared memory; `src` a 4-byte
+/// aligned global address of 4 readable bytes.
+#[inline(always)]
+pub unsafe fn copy4(dst: u32, src: *const u32) {
+    core::arch::asm!(
+        "cp.async.ca.shared.global [{0}], [{1}], 4;",
+        in(reg32) dst, in(reg64) src,
+        options(nostack)
+    );
+}
+
 /// Closes the group of copies issued by this thread since the last commit.
 #[inline(always)]
 pub fn commit() {
