@@ -164,3 +164,69 @@ pub unsafe fn load_tile_paged<const D: usize, const ROWS: usize, const WARPS: us
         cp_async::copy16_or_zero(dst + (row * smem_row_bytes::<D>() + chunk * 16) as u32, from, valid);
     }
 }
+
+/// A paged cache's K and V tiles of one block, `ROWS` keys from `at.n0` (K rows `D` wide into `dst[0]`,
+/// V rows `DV` wide into `dst[1]`), as two [`load_tile_paged`] calls would load them. Where K and V rows
+/// are alike and a row's chunks divide the threads, a thread copies the same chunk of rows `row0 + i ·
+/// rows_per_step` of both: one block-table lookup and one page/slot per row serve K and V, and the
+/// page/slot pair advances by `rows_per_step` keys per step (a compare and a subtraction for pages of
+/// at least `rows_per_step` keys) instead of a division per copy. The address arithmetic, not the
+/// bytes, bound the paged decode loop (docs/perf.md, the paged decode grid).
+///
+/// # Safety
+/// As [`load_tile_paged`] for each of K (`src[0]`, `strides[0]`) and V (`src[1]`, `strides[1]`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub unsafe fn load_kv_paged<const D: usize, const DV: usize, const ROWS: usize, const WARPS: usize>(
+    dst: [u32; 2],
+    src: [*const u16; 2],
+    strides: [[u64; 3]; 2],
+    pages: &PageTable,
+    at: PagedRows,
+    staged: Option<StagedPages>,
+    valid_rows: u32,
+    tid: u32,
+) {
+    let (chunks_per_row, threads) = (D / 8, WARPS * 32);
+    if D != DV || threads % chunks_per_row != 0 {
+        load_tile_paged::<D, ROWS, WARPS>(dst[0], src[0], strides[0], pages, at, staged, valid_rows, tid);
+        load_tile_paged::<DV, ROWS, WARPS>(dst[1], src[1], strides[1], pages, at, staged, valid_rows, tid);
+        return;
+    }
+    let rows_per_step = threads / chunks_per_row;
+    // Exact: tiles::FwdTile::is_valid.
+    let steps = const { ROWS * (D / 8) / (WARPS * 32) };
+    let (row0, chunk) = (tid as usize / chunks_per_row, tid as usize % chunks_per_row);
+    let table = (pages.block_table as *const i32).add((at.seq * pages.pages_per_seq) as usize);
+    let page_size = pages.page_size;
+    let first_page = at.n0 / page_size;
+    let key0 = at.n0 + row0 as u32;
+    let (mut page_of_key, mut slot) = (key0 / page_size, key0 % page_size);
+    let rows_left = valid_rows as i32 - row0 as i32;
+    let to = (row0 * smem_row_bytes::<D>() + chunk * 16) as u32;
+    for i in 0..steps {
+        let mut valid = ((i * rows_per_step) as i32) < rows_left;
+        let page = match (valid, staged) {
+            (false, _) => 0,
+            (true, Some(at)) => smem::load_u32(at.slot + (page_of_key - first_page) * at.row_bytes) as i32,
+            (true, None) => *table.add(page_of_key as usize),
+        };
+        if valid && page as u32 >= pages.num_pages {
+            atomic::red_or_u32(pages.errors as *mut u32, PAGED_BAD_PAGE);
+            valid = false;
+        }
+        let step_to = to + (i * rows_per_step * smem_row_bytes::<D>()) as u32;
+        for t in 0..2 {
+            let s = strides[t];
+            let offset = page as u64 * s[0] + slot as u64 * s[1] + at.kv_head as u64 * s[2] + chunk as u64 * 8;
+            // An invalid row keeps `src` (the first page, always readable) as its address; nothing is read.
+            let from = if valid { src[t].add(offset as usize) } else { src[t] };
+            cp_async::copy16_or_zero(dst[t] + step_to, from, valid);
+        }
+        slot += rows_per_step as u32;
+        while slot >= page_size {
+            slot -= page_size;
+            page_of_key += 1;
+        }
+    }
+}

@@ -9,7 +9,7 @@
 //! of many more kernels.
 
 use super::epilogue::{self, OutRows};
-use super::io::{load_tile, load_tile_paged, smem_row_bytes, stage_page_entries, PagedRows, StagedPages};
+use super::io::{load_kv_paged, load_tile, smem_row_bytes, stage_page_entries, PagedRows, StagedPages};
 use super::softmax::OnlineSoftmax;
 use crate::abi::FwdParams;
 use crate::attn::stage::{self, FragPos};
@@ -166,10 +166,9 @@ pub unsafe fn attn_fwd<
             let seqlen_k = stage::parked_seqlen_k();
             let at = PagedRows { seq: opaque::u32(batch), n0, kv_head: opaque::u32(kv_head) };
             let entries = staged.then(|| StagedPages { slot: table_slot(stage), row_bytes: row_bytes as u32 });
-            let (k, v) = (p.k as *const u16, p.v as *const u16);
-            load_tile_paged::<D, BN, WARPS>(k_smem, k, p.k_strides, &p.pages, at, entries, seqlen_k - n0, tid);
-            let v_smem = k_smem + v_offset;
-            load_tile_paged::<DV, BN, WARPS>(v_smem, v, p.v_strides, &p.pages, at, entries, seqlen_k - n0, tid);
+            let (dst, src) = ([k_smem, k_smem + v_offset], [p.k as *const u16, p.v as *const u16]);
+            let strides = [p.k_strides, p.v_strides];
+            load_kv_paged::<D, DV, BN, WARPS>(dst, src, strides, &p.pages, at, entries, seqlen_k - n0, tid);
             return;
         }
         // The sequence's keys for each tile (parameters, or the CTA's shared slot when packed).
