@@ -168,9 +168,10 @@ pub unsafe fn load_tile_paged<const D: usize, const ROWS: usize, const WARPS: us
 /// A paged cache's K and V tiles of one block, `ROWS` keys from `at.n0` (K rows `D` wide into `dst[0]`,
 /// V rows `DV` wide into `dst[1]`), as two [`load_tile_paged`] calls would load them. Where K and V rows
 /// are alike and a row's chunks divide the threads, a thread copies the same chunk of rows `row0 + i ·
-/// rows_per_step` of both: one block-table lookup and one page/slot per row serve K and V, and the
-/// page/slot pair advances by `rows_per_step` keys per step (a compare and a subtraction for pages of
-/// at least `rows_per_step` keys) instead of a division per copy. The address arithmetic, not the
+/// rows_per_step` of both: one block-table lookup serves K and V, the page/slot pair advances by
+/// `rows_per_step` keys per step (a compare and a subtraction for pages of at least `rows_per_step`
+/// keys) instead of a division per copy, and a row's offsets are recomputed only where the rows enter
+/// another page (one table lookup per page a thread's rows touch). The address arithmetic, not the
 /// bytes, bound the paged decode loop (docs/perf.md, the paged decode grid).
 ///
 /// # Safety
@@ -204,29 +205,42 @@ pub unsafe fn load_kv_paged<const D: usize, const DV: usize, const ROWS: usize, 
     let (mut page_of_key, mut slot) = (key0 / page_size, key0 % page_size);
     let rows_left = valid_rows as i32 - row0 as i32;
     let to = (row0 * smem_row_bytes::<D>() + chunk * 16) as u32;
+    // The current row's element offsets in K and V; recomputed where the rows enter a page, else
+    // advanced by `rows_per_step` tokens.
+    let (mut row_at, mut page_ok, mut new_page) = ([0u64; 2], false, true);
     for i in 0..steps {
-        let mut valid = ((i * rows_per_step) as i32) < rows_left;
-        let page = match (valid, staged) {
-            (false, _) => 0,
-            (true, Some(at)) => smem::load_u32(at.slot + (page_of_key - first_page) * at.row_bytes) as i32,
-            (true, None) => *table.add(page_of_key as usize),
-        };
-        if valid && page as u32 >= pages.num_pages {
-            atomic::red_or_u32(pages.errors as *mut u32, PAGED_BAD_PAGE);
-            valid = false;
+        let row_valid = ((i * rows_per_step) as i32) < rows_left;
+        if new_page && row_valid {
+            let page = match staged {
+                Some(at) => smem::load_u32(at.slot + (page_of_key - first_page) * at.row_bytes) as i32,
+                None => *table.add(page_of_key as usize),
+            };
+            page_ok = (page as u32) < pages.num_pages;
+            if !page_ok {
+                atomic::red_or_u32(pages.errors as *mut u32, PAGED_BAD_PAGE);
+            }
+            for t in 0..2 {
+                let s = strides[t];
+                row_at[t] = page as u64 * s[0] + slot as u64 * s[1] + at.kv_head as u64 * s[2] + chunk as u64 * 8;
+            }
+        } else {
+            for t in 0..2 {
+                row_at[t] += rows_per_step as u64 * strides[t][1];
+            }
         }
+        let valid = row_valid && page_ok;
         let step_to = to + (i * rows_per_step * smem_row_bytes::<D>()) as u32;
         for t in 0..2 {
-            let s = strides[t];
-            let offset = page as u64 * s[0] + slot as u64 * s[1] + at.kv_head as u64 * s[2] + chunk as u64 * 8;
             // An invalid row keeps `src` (the first page, always readable) as its address; nothing is read.
-            let from = if valid { src[t].add(offset as usize) } else { src[t] };
+            let from = if valid { src[t].add(row_at[t] as usize) } else { src[t] };
             cp_async::copy16_or_zero(dst[t] + step_to, from, valid);
         }
         slot += rows_per_step as u32;
+        new_page = false;
         while slot >= page_size {
             slot -= page_size;
             page_of_key += 1;
+            new_page = true;
         }
     }
 }
