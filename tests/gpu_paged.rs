@@ -308,27 +308,30 @@ fn decode_and_prefill_every_head_dim_and_page_size() {
 /// this test) and are reported by `PagedErrors::check`, once.
 fn bad_device_data_raises_error_bits() {
     let Some(dev) = device_or_skip("bad_device_data_raises_error_bits") else { return };
-    let c = Case { lens: vec![40, 50], seqlen_q: 3, new: 2, spare_pages: 0, ..base(64) };
-    let x = inputs::<bf16>(&c);
-    let pages_per_seq = x.table.len() / 2;
-    for (bad_table, bad_lens, want) in [
-        (Some((1, 100_000)), None, Arg::BlockTable),
-        (Some((pages_per_seq + 1, -3)), None, Arg::BlockTable),
-        (None, Some([40, 1_000]), Arg::CacheSeqlens),
-        (None, Some([-5, 50]), Arg::CacheSeqlens),
-    ] {
-        let mut x = inputs::<bf16>(&c);
-        if let Some((at, page)) = bad_table {
-            x.table[at] = page;
+    // With new tokens (the paged step checks the lengths) and without (the forward does).
+    for new in [2, 0] {
+        let c = Case { lens: vec![40, 50], seqlen_q: 3, new, spare_pages: 0, ..base(64) };
+        let x = inputs::<bf16>(&c);
+        let pages_per_seq = x.table.len() / 2;
+        for (bad_table, bad_lens, want) in [
+            (Some((1, 100_000)), None, Arg::BlockTable),
+            (Some((pages_per_seq + 1, -3)), None, Arg::BlockTable),
+            (None, Some([40, 1_000]), Arg::CacheSeqlens),
+            (None, Some([-5, 50]), Arg::CacheSeqlens),
+        ] {
+            let mut x = inputs::<bf16>(&c);
+            if let Some((at, page)) = bad_table {
+                x.table[at] = page;
+            }
+            if let Some(lens) = bad_lens {
+                x.lens = lens.to_vec();
+            }
+            let e = gpu_paged(dev, &c, &x).map(|_| ()).unwrap_err();
+            assert!(matches!(&e, Error::BadPagedCache { arg, .. } if *arg == want), "new {new}: {e:?}");
         }
-        if let Some(lens) = bad_lens {
-            x.lens = lens.to_vec();
-        }
-        let e = gpu_paged(dev, &c, &x).map(|_| ()).unwrap_err();
-        assert!(matches!(&e, Error::BadPagedCache { arg, .. } if *arg == want), "{e:?}");
+        // The bits were cleared: a good call after them checks clean.
+        gpu_paged(dev, &c, &x).unwrap();
     }
-    // The bits were cleared: a good call after them checks clean.
-    gpu_paged(dev, &c, &x).unwrap();
 }
 
 /// Bad host input: typed errors naming the argument, no launch.

@@ -209,7 +209,9 @@ fn decode_grid(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The decode grid's paged rows: the same sequences' keys in a paged cache (`gpu::flash_forward_paged_into`)
-/// of 16, 64 and 256 tokens per page, the pages in a shuffled order, every sequence `n` keys long.
+/// of 16, 64 and 256 tokens per page, the pages in a shuffled order, every sequence `n` keys long; then
+/// 16 tokens per page in order (`pg16ord`: each sequence's pages consecutive, as the dense cache lies),
+/// which separates what the scattered pages cost from what the loader's table lookups cost.
 fn paged_rows(
     dev: &Device,
     source: &ironflash_cli::bench::timing::RandomSource<bf16>,
@@ -225,10 +227,12 @@ fn paged_rows(
     let mut errors = gpu::PagedErrors::new(dev)?;
     let (mut k_buf, mut v_buf) =
         (Some(source.buffer(dev, b * n * h_kv * d, salt)?), Some(source.buffer(dev, b * n * h_kv * d, salt + 1)?));
-    for page_size in [16usize, 64, 256] {
+    for (page_size, shuffled) in [(16usize, true), (64, true), (256, true), (16, false)] {
         let pages = b * n / page_size;
         let mut order: Vec<i32> = (0..pages as i32).collect();
-        order.shuffle(&mut rand::rng());
+        if shuffled {
+            order.shuffle(&mut rand::rng());
+        }
         let table = dev.stream().clone_htod(&order)?;
         let l = Layout::contiguous([pages, page_size, h_kv, d]);
         let mut k = dev.wrap(Arg::K, k_buf.take().unwrap(), l)?;
@@ -244,11 +248,8 @@ fn paged_rows(
             };
             gpu::flash_forward_paged_into(dev, q, &mut cache, None, None, o, lse, &opts, None, None)
         })?;
-        println!(
-            "{b:>3} {n:>6} {:>7} {median:>10.3} {:>8.0}",
-            format!("page{page_size}"),
-            kv_bytes / (median * 1e-3) / 1e9
-        );
+        let label = if shuffled { format!("page{page_size}") } else { format!("pg{page_size}ord") };
+        println!("{b:>3} {n:>6} {label:>7} {median:>10.3} {:>8.0}", kv_bytes / (median * 1e-3) / 1e9);
         errors.check(dev)?;
         (k_buf, v_buf) = (Some(k.into_buffer()), Some(v.into_buffer()));
     }

@@ -291,9 +291,16 @@ fn run<T: Element>(
 ) -> Result<()> {
     let p = &plan.p;
     let stream = dev.stream();
+    // The paged step runs only where there is something to write before attention: new tokens or
+    // rotated queries. Without, the forward takes the cached lengths as its key counts (clamping them
+    // into the pages and raising `PAGED_BAD_LENGTH` itself, `fwd::io::check_paged_length`): one launch.
+    let prep = append.is_some() || rotary.is_some();
     // Workspace, stream-ordered: each sequence's key count, and the rotated queries.
     // SAFETY: the paged step writes every element of both before the forward reads them.
-    let mut seqused = unsafe { stream.alloc::<i32>(p.batch) }.during("allocating the sequences' key counts")?;
+    let mut seqused = match prep {
+        true => Some(unsafe { stream.alloc::<i32>(p.batch) }.during("allocating the sequences' key counts")?),
+        false => None,
+    };
     let q_rot_layout = Layout::contiguous(q.layout.shape);
     let mut q_rot = match rotary {
         Some(_) => Some(unsafe { stream.alloc::<T>(q_rot_layout.numel()) }.during("allocating the rotated queries")?),
@@ -310,7 +317,7 @@ fn run<T: Element>(
         page_size: plan.page_size as u32,
         num_pages: plan.num_pages as u32,
     };
-    {
+    if let Some(seqused) = seqused.as_mut() {
         let (seqused_ptr, _seqused_sync) = seqused.device_ptr_mut(stream);
         let (k_pages_ptr, _kp_sync) = cache.k_pages.buf.device_ptr_mut(stream);
         let (v_pages_ptr, _vp_sync) = cache.v_pages.buf.device_ptr_mut(stream);
@@ -364,8 +371,9 @@ fn run<T: Element>(
             .map_err(|source| Error::Launch { kernel: name.into(), source })?;
     }
 
-    let (seqused_ptr, _seqused_sync) = seqused.device_ptr(stream);
-    let batch = BatchLaunch::Paged(PagedLaunch { pages, seqused_k: seqused_ptr });
+    let seqused_ptr = seqused.as_ref().map(|s| s.device_ptr(stream));
+    let seqused_k = seqused_ptr.as_ref().map_or(lens_ptr, |(ptr, _sync)| *ptr);
+    let batch = BatchLaunch::Paged(PagedLaunch { pages, seqused_k });
     let (q_buf, q_layout) = match &q_rot {
         Some(b) => (b, q_rot_layout),
         None => (&q.buf, q.layout),

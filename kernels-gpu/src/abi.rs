@@ -102,9 +102,11 @@ pub struct FwdParams {
 /// A paged KV cache as the kernels read it (vLLM-style block tables): K and V are pages
 /// `[num_pages, page_size, heads_kv, head_dim]` (strides `[page, token, head]` in `FwdParams::k_strides`
 /// and `v_strides`); key t of sequence b lives in page `block_table[b · pages_per_seq + t / page_size]`
-/// at slot `t % page_size`. Sequence b's keys are its first `score.seqused_k[b]` (at most
-/// `pages_per_seq · page_size`, the call mask's `seqlen_k`). A page index outside `[0, num_pages)` is
-/// never read: its keys are taken as zeros and bit `PAGED_BAD_PAGE` is set in `errors`.
+/// at slot `t % page_size`. Sequence b's keys are its first `score.seqused_k[b]`, clamped into `[0,
+/// pages_per_seq · page_size]` (the call mask's `seqlen_k`; a count outside it sets `PAGED_BAD_LENGTH`:
+/// the counts are the paged step's, or the cached lengths themselves in a call without one). A page
+/// index outside `[0, num_pages)` is never read: its keys are taken as zeros and bit `PAGED_BAD_PAGE`
+/// is set in `errors`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PageTable {
@@ -124,7 +126,8 @@ pub const PAGED_BAD_PAGE: u32 = 1;
 pub const PAGED_BAD_LENGTH: u32 = 2;
 pub const PAGED_BAD_POSITION: u32 = 4;
 
-/// The step before attention over a paged cache (`fwd/paged.rs`), one launch over a flat index space:
+/// The step before attention over a paged cache (`fwd/paged.rs`) of a call with new tokens or rotary (a
+/// call with neither has none), one launch over a flat index space:
 /// 1. `seqused_k[b] = cache_seqlens[b] + seqlen_new` (clamped into `[0, pages_per_seq · page_size]`,
 ///    `PAGED_BAD_LENGTH` when clamped);
 /// 2. with new keys and values, new token j of sequence b written into the cache at token

@@ -5,7 +5,7 @@
 //! are written as zeros and not read: a K or V tail row must be 0, not garbage, because the masked
 //! probability (0) times a NaN would still be NaN.
 
-use crate::abi::{PageTable, PAGED_BAD_PAGE};
+use crate::abi::{PageTable, PAGED_BAD_LENGTH, PAGED_BAD_PAGE};
 use crate::ptx::{atomic, cp_async, smem};
 
 /// Bytes per shared-memory row of a `D`-wide tile.
@@ -68,6 +68,22 @@ pub struct PagedRows {
     pub seq: u32,
     pub n0: u32,
     pub kv_head: u32,
+}
+
+/// Raises `abi::PAGED_BAD_LENGTH` when sequence `seq`'s key count (`ScoreParams::seqused_k`) lies outside
+/// `[0, capacity]`. A call with neither new tokens nor rotary has no paged step (`fwd/paged.rs`) to clamp
+/// and check the cached lengths, and passes them as they are: the score stage clamps them
+/// (`attn::stage::enter`), this reports them. After a paged step the count is in range and nothing
+/// is raised. One thread per CTA.
+///
+/// # Safety
+/// `seqused_k` holds at least `seq + 1` values; `pages.errors` is valid.
+#[inline(always)]
+pub unsafe fn check_paged_length(pages: &PageTable, seqused_k: u64, seq: u32, capacity: u32) {
+    let used = *(seqused_k as *const i32).add(seq as usize);
+    if used < 0 || used as u32 > capacity {
+        atomic::red_or_u32(pages.errors as *mut u32, PAGED_BAD_LENGTH);
+    }
 }
 
 /// Where [`stage_page_entries`] left a tile's block-table entries: entry i at `slot + i · row_bytes`

@@ -9,7 +9,9 @@
 //! of many more kernels.
 
 use super::epilogue::{self, OutRows};
-use super::io::{load_kv_paged, load_tile, smem_row_bytes, stage_page_entries, PagedRows, StagedPages};
+use super::io::{
+    check_paged_length, load_kv_paged, load_tile, smem_row_bytes, stage_page_entries, PagedRows, StagedPages,
+};
 use super::softmax::OnlineSoftmax;
 use crate::abi::FwdParams;
 use crate::attn::stage::{self, FragPos};
@@ -74,6 +76,9 @@ pub unsafe fn attn_fwd<
     };
     let (head, batch) = (sreg::block_y(), sreg::block_z());
     let seq = stage::enter::<PACKED>(&p.score, batch, tid);
+    if PAGED && tid == 0 {
+        check_paged_length(&p.pages, p.score.seqused_k, batch, p.score.mask.seqlen_k);
+    }
     let seqlen_q = seq.mask.seqlen_q;
     let kv_head = head / p.group;
     let m0 = m_block * block_m as u32;
