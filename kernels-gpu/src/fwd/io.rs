@@ -62,12 +62,16 @@ pub unsafe fn load_tile<const D: usize>(
 }
 
 /// Where a tile's keys lie in a paged cache (`abi::PageTable`): the sequence's row of the block table,
-/// the first key of the tile and the K/V head.
+/// the first key of the tile, the K/V head, how many of the tile's rows are keys (rows at or past
+/// `valid_rows` are written as zeros), and where [`stage_page_entries`] left the tile's table entries
+/// (landed and visible; `None`: read the block table itself, as a pipeline's first tiles do).
 #[derive(Clone, Copy)]
 pub struct PagedRows {
     pub seq: u32,
     pub n0: u32,
     pub kv_head: u32,
+    pub valid_rows: u32,
+    pub staged: Option<StagedPages>,
 }
 
 /// Raises `abi::PAGED_BAD_LENGTH` when sequence `seq`'s key count (`ScoreParams::seqused_k`) lies outside
@@ -127,10 +131,33 @@ pub unsafe fn stage_page_entries<const D: usize, const ROWS: usize>(
     }
 }
 
+/// The cache page of a tile's `i`-th page (the sequence's `page_of_key`-th): from the tile's staged
+/// entries ([`stage_page_entries`]) or from the sequence's row of the block table, `table`. An index
+/// outside `[0, num_pages)` raises `abi::PAGED_BAD_PAGE`; the caller reads nothing from it.
+///
+/// # Safety
+/// `staged`, when given, holds the tile's entries, else `table` has `page_of_key + 1` readable entries.
+#[inline(always)]
+unsafe fn lookup_page(
+    pages: &PageTable,
+    table: *const i32,
+    staged: Option<StagedPages>,
+    i: u32,
+    page_of_key: u32,
+) -> u32 {
+    let page = match staged {
+        Some(at) => smem::load_u32(at.slot + i * at.row_bytes),
+        None => *table.add(page_of_key as usize) as u32,
+    };
+    if page >= pages.num_pages {
+        atomic::red_or_u32(pages.errors as *mut u32, PAGED_BAD_PAGE);
+    }
+    page
+}
+
 /// As [`load_tile`] for keys `n0..` of a sequence of a paged cache: each row's address goes through the
 /// block table (`abi::PageTable`), so that rows of one tile may lie in different pages (any page size).
-/// The table entries come from `staged`, the padding slot where [`stage_page_entries`] copied the tile's
-/// entries (landed and visible), or else from the table itself (a pipeline's first tiles). A row whose
+/// The table entries come from `at.staged`, or else from the table itself. A row whose
 /// page index is outside `[0, num_pages)` is written as zeros, never read, and raises
 /// `abi::PAGED_BAD_PAGE`. Tried and not kept (docs/perf.md, the paged decode grid): reading every table
 /// entry of a thread's steps before issuing the copies (up to 8 entries held in registers through the
@@ -139,10 +166,9 @@ pub unsafe fn stage_page_entries<const D: usize, const ROWS: usize>(
 ///
 /// # Safety
 /// `pages` describes valid buffers; `src` is the cache's pages (16-byte aligned, `strides` `[page,
-/// token, head]` in elements, multiples of 8); rows `0..min(valid_rows, rows)` are keys of the
-/// sequence, within its row of the block table; `staged`, when given, holds this tile's entries.
+/// token, head]` in elements, multiples of 8); rows `0..min(at.valid_rows, rows)` are keys of the
+/// sequence, within its row of the block table; `at.staged`, when given, holds this tile's entries.
 /// `ROWS` rows, `WARPS · 32` threads.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub unsafe fn load_tile_paged<const D: usize, const ROWS: usize, const WARPS: usize>(
     dst: u32,
@@ -150,10 +176,9 @@ pub unsafe fn load_tile_paged<const D: usize, const ROWS: usize, const WARPS: us
     strides: [u64; 3],
     pages: &PageTable,
     at: PagedRows,
-    staged: Option<StagedPages>,
-    valid_rows: u32,
     tid: u32,
 ) {
+    let (staged, valid_rows) = (at.staged, at.valid_rows);
     let (chunks_per_row, threads) = (D / 8, WARPS * 32);
     // Exact: tiles::FwdTile::is_valid.
     let steps = const { ROWS * (D / 8) / (WARPS * 32) };
@@ -165,13 +190,8 @@ pub unsafe fn load_tile_paged<const D: usize, const ROWS: usize, const WARPS: us
         let mut valid = (row as u32) < valid_rows;
         let key = at.n0 + row as u32;
         let (page_of_key, slot) = (key / pages.page_size, key % pages.page_size);
-        let page = match (valid, staged) {
-            (false, _) => 0,
-            (true, Some(at)) => smem::load_u32(at.slot + (page_of_key - first_page) * at.row_bytes) as i32,
-            (true, None) => *table.add(page_of_key as usize),
-        };
-        if valid && page as u32 >= pages.num_pages {
-            atomic::red_or_u32(pages.errors as *mut u32, PAGED_BAD_PAGE);
+        let page = if valid { lookup_page(pages, table, staged, page_of_key - first_page, page_of_key) } else { 0 };
+        if valid && page >= pages.num_pages {
             valid = false;
         }
         let offset = page as u64 * strides[0] + slot as u64 * strides[1] + at.kv_head as u64 * strides[2];
@@ -192,7 +212,6 @@ pub unsafe fn load_tile_paged<const D: usize, const ROWS: usize, const WARPS: us
 ///
 /// # Safety
 /// As [`load_tile_paged`] for each of K (`src[0]`, `strides[0]`) and V (`src[1]`, `strides[1]`).
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub unsafe fn load_kv_paged<const D: usize, const DV: usize, const ROWS: usize, const WARPS: usize>(
     dst: [u32; 2],
@@ -200,16 +219,15 @@ pub unsafe fn load_kv_paged<const D: usize, const DV: usize, const ROWS: usize, 
     strides: [[u64; 3]; 2],
     pages: &PageTable,
     at: PagedRows,
-    staged: Option<StagedPages>,
-    valid_rows: u32,
     tid: u32,
 ) {
     let (chunks_per_row, threads) = (D / 8, WARPS * 32);
     if D != DV || threads % chunks_per_row != 0 {
-        load_tile_paged::<D, ROWS, WARPS>(dst[0], src[0], strides[0], pages, at, staged, valid_rows, tid);
-        load_tile_paged::<DV, ROWS, WARPS>(dst[1], src[1], strides[1], pages, at, staged, valid_rows, tid);
+        load_tile_paged::<D, ROWS, WARPS>(dst[0], src[0], strides[0], pages, at, tid);
+        load_tile_paged::<DV, ROWS, WARPS>(dst[1], src[1], strides[1], pages, at, tid);
         return;
     }
+    let (staged, valid_rows) = (at.staged, at.valid_rows);
     let rows_per_step = threads / chunks_per_row;
     // Exact: tiles::FwdTile::is_valid.
     let steps = const { ROWS * (D / 8) / (WARPS * 32) };
@@ -227,14 +245,8 @@ pub unsafe fn load_kv_paged<const D: usize, const DV: usize, const ROWS: usize, 
     for i in 0..steps {
         let row_valid = ((i * rows_per_step) as i32) < rows_left;
         if new_page && row_valid {
-            let page = match staged {
-                Some(at) => smem::load_u32(at.slot + (page_of_key - first_page) * at.row_bytes) as i32,
-                None => *table.add(page_of_key as usize),
-            };
-            page_ok = (page as u32) < pages.num_pages;
-            if !page_ok {
-                atomic::red_or_u32(pages.errors as *mut u32, PAGED_BAD_PAGE);
-            }
+            let page = lookup_page(pages, table, staged, page_of_key - first_page, page_of_key);
+            page_ok = page < pages.num_pages;
             for t in 0..2 {
                 let s = strides[t];
                 row_at[t] = page as u64 * s[0] + slot as u64 * s[1] + at.kv_head as u64 * s[2] + chunk as u64 * 8;

@@ -169,11 +169,11 @@ pub unsafe fn attn_fwd<
         let k_smem = kv_smem + stage * stage_bytes;
         if PAGED {
             let seqlen_k = stage::parked_seqlen_k();
-            let at = PagedRows { seq: opaque::u32(batch), n0, kv_head: opaque::u32(kv_head) };
             let entries = staged.then(|| StagedPages { slot: table_slot(stage), row_bytes: row_bytes as u32 });
+            let (seq, kv_head) = (opaque::u32(batch), opaque::u32(kv_head));
+            let at = PagedRows { seq, n0, kv_head, valid_rows: seqlen_k - n0, staged: entries };
             let (dst, src) = ([k_smem, k_smem + v_offset], [p.k as *const u16, p.v as *const u16]);
-            let strides = [p.k_strides, p.v_strides];
-            load_kv_paged::<D, DV, BN, WARPS>(dst, src, strides, &p.pages, at, entries, seqlen_k - n0, tid);
+            load_kv_paged::<D, DV, BN, WARPS>(dst, src, [p.k_strides, p.v_strides], &p.pages, at, tid);
             return;
         }
         // The sequence's keys for each tile (parameters, or the CTA's shared slot when packed).
