@@ -154,8 +154,9 @@ fn decode(dev: &Device, extra_splits: &[usize]) -> Result<(), Box<dyn std::error
 /// The serving decode grid: B in {1, 8, 64} sequences of one query row, 4K / 16K / 64K keys, 32 query
 /// heads on 8 K/V heads, D = 128, bf16 (inputs filled on the device: up to 17 GB of K and V). GB/s =
 /// bytes of K and V / time; beside it the device's copy bandwidth (read + write bytes of a 4 GiB
-/// device-to-device copy / time); after each dense pair, the same keys in a paged cache of 16, 64 and
-/// 256 tokens per page (`paged_rows`). Writes `decode_grid_cases.jsonl` for `benches/peers.py` (SDPA on
+/// device-to-device copy / time); after the dense rows (the library's choice, one split, and the
+/// `mma.sync` row that paged calls run), the same keys in a paged cache of 16, 64 and 256 tokens per
+/// page (`paged_rows`). Writes `decode_grid_cases.jsonl` for `benches/peers.py` (SDPA on
 /// the same dense cache).
 fn decode_grid(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     use ironflash::error::DriverContext;
@@ -187,12 +188,15 @@ fn decode_grid(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
             let mut lse = dev.poisoned_f32(b * h)?;
             let opts = AttnOptions::default();
             let kv_bytes = (2 * b * n * h_kv * d * 2) as f64;
-            for splits in [None, Some(1)] {
-                let median = median_ms(dev, || match splits {
-                    None => gpu::flash_forward_into(dev, &q, &k, &v, &mut o, &mut lse, &opts),
-                    Some(s) => gpu::flash_forward_with_splits(dev, &q, &k, &v, &mut o, &mut lse, &opts, None, s),
+            // "auto" and "1" as the library picks them (an unsplit call runs the Hopper kernel on
+            // sm_90); "mma": the `mma.sync` row the paged rows run, its own split count.
+            let mma = ironflash_kernels::tiles::HD128;
+            for (label, splits, tile) in [("auto", None, None), ("1", Some(1), None), ("mma", None, Some(&mma))] {
+                let median = median_ms(dev, || match (splits, tile) {
+                    (None, None) => gpu::flash_forward_into(dev, &q, &k, &v, &mut o, &mut lse, &opts),
+                    (None, Some(t)) => gpu::flash_forward_with_tile(dev, &q, &k, &v, &mut o, &mut lse, &opts, t),
+                    (Some(s), t) => gpu::flash_forward_with_splits(dev, &q, &k, &v, &mut o, &mut lse, &opts, t, s),
                 })?;
-                let label = splits.map_or("auto".to_string(), |s| s.to_string());
                 println!("{b:>3} {n:>6} {label:>7} {median:>10.3} {:>8.0}", kv_bytes / (median * 1e-3) / 1e9);
             }
             let host = dev.download(&o)?;
