@@ -1,9 +1,11 @@
-//! Variable-length batches (FlashAttention's `varlen`) in the f64 reference: sequences of different
-//! lengths packed along the token dimension, each attended on its own (its causal diagonal and windows
-//! aligned bottom-right within the sequence, as FlashAttention does). Every sequence goes through the
-//! dense reference (`reference.rs`), so the score rules stay in one place.
+//! Variable-length batches (FlashAttention's `varlen`) on the CPU: sequences of different lengths
+//! packed along the token dimension, each attended on its own (its causal diagonal and windows aligned
+//! bottom-right within the sequence, as FlashAttention does). Every sequence goes through a dense
+//! call, the f64 reference (`reference.rs`) or the tiled path (`tiled.rs`), so the score rules stay in
+//! one place.
 
 use super::reference::{reference_backward_given_o, reference_forward};
+use super::tiled::{self, ForwardOutput};
 use crate::dtype::Element;
 use crate::error::{Arg, Error, Result};
 use crate::layout::Layout;
@@ -92,11 +94,53 @@ pub fn reference_forward_varlen<T: Element>(
     seqs: &Varlen,
     opts: &AttnOptions,
 ) -> Result<VarlenReferenceForward> {
+    let (o, lse) = each_sequence(q, k, v, seqs, opts, (0.0, |x| x), |q, k, v, opts| {
+        let r = reference_forward(q, k, v, opts)?;
+        Ok((r.o, r.lse))
+    })?;
+    Ok(VarlenReferenceForward { o, lse })
+}
+
+/// The varlen forward on the CPU's tiled path (`tiled::forward`, f32, multithreaded), in the layouts of
+/// the GPU's `flash_forward_varlen`: O `[1, tokens_q, heads_q, head_dim_v]` contiguous and the f32 LSE
+/// `[heads_q, tokens_q]` (a `ForwardOutput` of one batch row); a sequence without keys gives O = 0 and
+/// LSE = −inf (its sink logit with sinks). Options as [`reference_forward_varlen`] takes them.
+pub fn forward_varlen<T: Element>(
+    q: &HostTensor<T>,
+    k: &HostTensor<T>,
+    v: &HostTensor<T>,
+    seqs: &Varlen,
+    opts: &AttnOptions,
+) -> Result<ForwardOutput<T>> {
+    let keyless = |x: f64| x as f32;
+    let (o, lse) = each_sequence(q, k, v, seqs, opts, (T::from_f32(0.0), keyless), |q, k, v, opts| {
+        let r = tiled::forward(q, k, v, opts)?;
+        Ok((r.o.data, r.lse))
+    })?;
+    let [_, tokens_q, heads_q, _] = q.shape();
+    let o = HostTensor { data: o, layout: Layout::contiguous([1, tokens_q, heads_q, v.shape()[3]]) };
+    Ok(ForwardOutput { o, lse })
+}
+
+/// One forward per sequence of a packed batch, its tokens copied out and its ALiBi row taken
+/// (`attend` gives contiguous O `[1, n, heads_q, head_dim_v]` and the LSE `[heads_q, n]`), gathered into
+/// O `[tokens_q, heads_q, head_dim_v]` and the LSE `[heads_q, tokens_q]`. A sequence without keys gets
+/// O = `zero` and its keyless LSE (`lse_of` of the f64 value): the score rules stay in `attend`.
+#[allow(clippy::type_complexity)]
+fn each_sequence<T: Element, O: Copy, L: Copy>(
+    q: &HostTensor<T>,
+    k: &HostTensor<T>,
+    v: &HostTensor<T>,
+    seqs: &Varlen,
+    opts: &AttnOptions,
+    (zero, lse_of): (O, fn(f64) -> L),
+    mut attend: impl FnMut(&HostTensor<T>, &HostTensor<T>, &HostTensor<T>, &AttnOptions) -> Result<(Vec<O>, Vec<L>)>,
+) -> Result<(Vec<O>, Vec<L>)> {
     let batch = check_packed(q, k, v, seqs, opts)?;
     let [_, tokens_q, heads_q, _] = q.shape();
     let head_dim_v = v.shape()[3];
-    let mut o = vec![0.0; tokens_q * heads_q * head_dim_v];
-    let mut lse = vec![f64::NEG_INFINITY; heads_q * tokens_q];
+    let mut o = vec![zero; tokens_q * heads_q * head_dim_v];
+    let mut lse = vec![lse_of(f64::NEG_INFINITY); heads_q * tokens_q];
     let (slopes, sinks) = host_per_head(opts)?;
     for b in 0..batch {
         let (qs, ks) = seqs.tokens(b);
@@ -106,21 +150,21 @@ pub fn reference_forward_varlen<T: Element>(
         if ks.is_empty() {
             // No key: O stays 0, the LSE is the sink's logit (all the probability) or −inf.
             for h in 0..heads_q {
-                lse[h * tokens_q + qs.start..h * tokens_q + qs.end].fill(keyless_lse(sinks, h));
+                lse[h * tokens_q + qs.start..h * tokens_q + qs.end].fill(lse_of(keyless_lse(sinks, h)));
             }
             continue;
         }
         let slopes_b = sequence_slopes(slopes, b, heads_q);
         let opts_b = AttnOptions { alibi_slopes: slopes_b.map(PerHead::Host), ..*opts };
-        let r = reference_forward(&tokens(q, 0, qs.clone()), &tokens(k, 0, ks.clone()), &tokens(v, 0, ks), &opts_b)?;
+        let (o_b, lse_b) = attend(&tokens(q, 0, qs.clone()), &tokens(k, 0, ks.clone()), &tokens(v, 0, ks), &opts_b)?;
         let width = heads_q * head_dim_v;
-        o[qs.start * width..qs.end * width].copy_from_slice(&r.o);
+        o[qs.start * width..qs.end * width].copy_from_slice(&o_b);
         for h in 0..heads_q {
             let n = qs.len();
-            lse[h * tokens_q + qs.start..h * tokens_q + qs.end].copy_from_slice(&r.lse[h * n..(h + 1) * n]);
+            lse[h * tokens_q + qs.start..h * tokens_q + qs.end].copy_from_slice(&lse_b[h * n..(h + 1) * n]);
         }
     }
-    Ok(VarlenReferenceForward { o, lse })
+    Ok((o, lse))
 }
 
 /// The varlen gradients in f64 for the upstream gradient `d_o` (shaped like O), with rowsum(dO ∘ O)
