@@ -2,10 +2,11 @@
 //! gives the dense reference on each sequence's contiguous keys, for page sizes 1, 7 and 16; appended
 //! keys land in the pages (across page boundaries) and are attended to; rotary embeddings rotate the new
 //! keys at their cache positions and the queries where FlashAttention places them; a bad table, bad
-//! lengths or bad rotary tables are typed errors.
+//! lengths or bad rotary tables are typed errors. The CPU's tiled paged forward
+//! (`cpu::paged::forward_paged`) matches the reference and writes the same pages.
 
 use half::bf16;
-use ironflash::cpu::paged::{reference_forward_paged, KvAppend, PagedKv, Rotary};
+use ironflash::cpu::paged::{forward_paged, reference_forward_paged, KvAppend, PagedKv, Rotary};
 use ironflash::cpu::reference_forward;
 use ironflash::{Arg, AttnOptions, Error, HostTensor, PerHead};
 use rand::seq::SliceRandom;
@@ -297,5 +298,61 @@ fn bad_rotary_tables_are_typed_errors() {
             c.len(),
             s.len()
         );
+    }
+}
+
+/// The tiled path over a shuffled cache with an append crossing pages, rotary on half the head dim,
+/// ALiBi per sequence, sinks and softcap: O within the tiled path's bf16 bound of the reference
+/// (relative L2), the LSE within 4e-6 of its scale, and the pages after the call bitwise the
+/// reference's.
+#[test]
+fn tiled_path_matches_the_reference() {
+    let (page_size, pages_per_seq) = (7usize, 12usize);
+    let lens = [40usize, 0, 13, 64];
+    let new = 5;
+    let k_new = HostTensor::<bf16>::random_seeded([lens.len(), new, HEADS_KV, D], 1.0, 21);
+    let v_new = HostTensor::<bf16>::random_seeded([lens.len(), new, HEADS_KV, D], 1.0, 22);
+    let q = HostTensor::<bf16>::random_seeded([lens.len(), 3, HEADS_Q, D], 1.0, 23);
+    let seqlens: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
+    let half = D / 4;
+    let cos: Vec<f32> = (0..80 * half).map(|i| (i as f32 * 0.01).cos()).collect();
+    let sin: Vec<f32> = (0..80 * half).map(|i| (i as f32 * 0.01).sin()).collect();
+    let rotary = || Some(Rotary { cos: &cos, sin: &sin, rotary_dim: D / 2, interleaved: false });
+    let slopes: Vec<f32> = (0..lens.len() * HEADS_Q).map(|i| 0.02 * (i + 1) as f32).collect();
+    let sinks = [0.2f32, -0.4, 1.0, 0.0];
+    let options = [
+        AttnOptions::causal().with_sinks(PerHead::Host(&sinks)),
+        AttnOptions::causal().with_softcap(3.0).with_alibi(PerHead::Host(&slopes)),
+    ];
+    for opts in options {
+        let (mut f, mut g) =
+            (fixture(&lens, page_size, pages_per_seq, 24), fixture(&lens, page_size, pages_per_seq, 24));
+        let append = || Some(KvAppend { k: &k_new, v: &v_new });
+        let cache = PagedKv {
+            k_pages: &mut f.k_pages,
+            v_pages: &mut f.v_pages,
+            block_table: &f.table,
+            cache_seqlens: &seqlens,
+        };
+        let want = reference_forward_paged(&q, cache, append(), rotary(), &opts).unwrap();
+        let cache = PagedKv {
+            k_pages: &mut g.k_pages,
+            v_pages: &mut g.v_pages,
+            block_table: &g.table,
+            cache_seqlens: &seqlens,
+        };
+        let got = forward_paged(&q, cache, append(), rotary(), &opts).unwrap();
+        assert_eq!(got.o.layout, ironflash::Layout::contiguous([lens.len(), 3, HEADS_Q, D]));
+        let o = got.o.to_f64_contiguous();
+        let num: f64 = o.iter().zip(&want.o).map(|(x, y)| (x - y) * (x - y)).sum();
+        let den: f64 = want.o.iter().map(|y| y * y).sum();
+        let err = (num / den).sqrt();
+        assert!(err < 4.0 * 2f64.powi(-9) + 1e-5, "{opts:?}: O relative L2 {err:.3e}");
+        let scale = want.lse.iter().filter(|x| x.is_finite()).fold(1.0f64, |m, x| m.max(x.abs()));
+        for (i, (&gl, &w)) in got.lse.iter().zip(&want.lse).enumerate() {
+            assert!((gl as f64 - w).abs() <= 4e-6 * scale, "{opts:?}: lse[{i}] {gl} against {w}");
+        }
+        assert_eq!(f.k_pages.data, g.k_pages.data, "{opts:?}: K pages after the append");
+        assert_eq!(f.v_pages.data, g.v_pages.data, "{opts:?}: V pages after the append");
     }
 }

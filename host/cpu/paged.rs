@@ -1,14 +1,17 @@
-//! A paged KV cache (vLLM-style block tables) in the f64 reference, with FlashAttention's
-//! `flash_attn_with_kvcache` semantics: sequence b's keys are its first `cache_seqlens[b]` cache
-//! tokens, found through its row of the block table (token t lives in page `block_table[b][t /
-//! page_size]` at slot `t % page_size`), followed by the call's new keys, which the call also writes
-//! into the cache after the old ones. Queries are aligned with the end of those keys (bottom-right), as
-//! in the dense call. Each sequence then goes through the dense reference (`reference.rs`).
+//! A paged KV cache (vLLM-style block tables) on the CPU, in the f64 reference and on the tiled path,
+//! with FlashAttention's `flash_attn_with_kvcache` semantics: sequence b's keys are its first
+//! `cache_seqlens[b]` cache tokens, found through its row of the block table (token t lives in page
+//! `block_table[b][t / page_size]` at slot `t % page_size`), followed by the call's new keys, which the
+//! call also writes into the cache after the old ones. Queries are aligned with the end of those keys
+//! (bottom-right), as in the dense call. Each sequence then goes through a dense call: the reference
+//! (`reference.rs`) or the tiled path (`tiled.rs`, [`forward_paged`]).
 
 use super::reference::reference_forward;
+use super::tiled::{self, ForwardOutput};
 use super::varlen::{alibi_rows, copy_token, keyless_lse, sequence_slopes, tokens};
 use crate::dtype::Element;
 use crate::error::{Arg, Error, Result};
+use crate::layout::Layout;
 use crate::options::{AttnOptions, PerHead};
 use crate::problem::host_per_head;
 use crate::tensor::HostTensor;
@@ -177,6 +180,50 @@ pub fn reference_forward_paged<T: Element>(
     rotary: Option<Rotary<'_>>,
     opts: &AttnOptions,
 ) -> Result<PagedReferenceForward> {
+    let (o, lse) = each_sequence(q, cache, append, rotary, opts, (0.0, |x| x), |q, k, v, opts| {
+        let r = reference_forward(q, k, v, opts)?;
+        Ok((r.o, r.lse))
+    })?;
+    Ok(PagedReferenceForward { o, lse })
+}
+
+/// As [`reference_forward_paged`] on the CPU's tiled path (`tiled::forward`, f32, multithreaded), with
+/// the dense call's outputs: O `[batch, seqlen_q, heads_q, head_dim_v]` contiguous and the f32 LSE
+/// `[batch, heads_q, seqlen_q]`; the append (and its rotation) as the reference writes it.
+pub fn forward_paged<T: Element>(
+    q: &HostTensor<T>,
+    cache: PagedKv<'_, T>,
+    append: Option<KvAppend<'_, T>>,
+    rotary: Option<Rotary<'_>>,
+    opts: &AttnOptions,
+) -> Result<ForwardOutput<T>> {
+    let keyless = |x: f64| x as f32;
+    let head_dim_v = cache.v_pages.shape()[3];
+    let (o, lse) = each_sequence(q, cache, append, rotary, opts, (T::from_f32(0.0), keyless), |q, k, v, opts| {
+        let r = tiled::forward(q, k, v, opts)?;
+        Ok((r.o.data, r.lse))
+    })?;
+    let [batch, seqlen_q, heads_q, _] = q.shape();
+    Ok(ForwardOutput {
+        o: HostTensor { data: o, layout: Layout::contiguous([batch, seqlen_q, heads_q, head_dim_v]) },
+        lse,
+    })
+}
+
+/// The append, then one forward per sequence over its keys gathered through the block table (its
+/// queries rotated, its ALiBi row taken): `attend` gives contiguous O `[1, seqlen_q, heads_q,
+/// head_dim_v]` and the LSE `[heads_q, seqlen_q]`, gathered in batch order. A sequence without keys gets
+/// O = `zero` and its keyless LSE (`lse_of` of the f64 value): the score rules stay in `attend`.
+#[allow(clippy::type_complexity)]
+fn each_sequence<T: Element, O: Copy, L: Copy>(
+    q: &HostTensor<T>,
+    cache: PagedKv<'_, T>,
+    append: Option<KvAppend<'_, T>>,
+    rotary: Option<Rotary<'_>>,
+    opts: &AttnOptions,
+    (zero, lse_of): (O, fn(f64) -> L),
+    mut attend: impl FnMut(&HostTensor<T>, &HostTensor<T>, &HostTensor<T>, &AttnOptions) -> Result<(Vec<O>, Vec<L>)>,
+) -> Result<(Vec<O>, Vec<L>)> {
     // Dimensions of at least 1 (the sequences are counted from q's batch).
     q.layout.validate(Arg::Q, q.data.len())?;
     let [batch, seqlen_q, heads_q, head_dim] = q.shape();
@@ -231,9 +278,9 @@ pub fn reference_forward_paged<T: Element>(
         let keys = cached + new;
         if keys == 0 {
             // No key: O is 0, the LSE the sink's logit (all the probability) or −inf.
-            o.extend(std::iter::repeat_n(0.0, seqlen_q * heads_q * head_dim_v));
+            o.extend(std::iter::repeat_n(zero, seqlen_q * heads_q * head_dim_v));
             for h in 0..heads_q {
-                lse.extend(std::iter::repeat_n(keyless_lse(sinks, h), seqlen_q));
+                lse.extend(std::iter::repeat_n(lse_of(keyless_lse(sinks, h)), seqlen_q));
             }
             continue;
         }
@@ -253,9 +300,9 @@ pub fn reference_forward_paged<T: Element>(
                 r.rotate(q, (b, i), position, &mut q_b, (0, i));
             }
         }
-        let r = reference_forward(&q_b, &gather(cache.k_pages), &gather(cache.v_pages), &opts_b)?;
-        o.extend_from_slice(&r.o);
-        lse.extend_from_slice(&r.lse);
+        let (o_b, lse_b) = attend(&q_b, &gather(cache.k_pages), &gather(cache.v_pages), &opts_b)?;
+        o.extend_from_slice(&o_b);
+        lse.extend_from_slice(&lse_b);
     }
-    Ok(PagedReferenceForward { o, lse })
+    Ok((o, lse))
 }
