@@ -97,6 +97,17 @@ pub fn output_tolerance(dtype: DType) -> f64 {
     }
 }
 
+/// O against the f64 reference: relative L2 below `tol`, or, where the reference is 0 everywhere (every
+/// query sees no key), exactly 0 in full. The error (0 in that case), or what failed.
+pub fn check_o(got: &[f64], want: &[f64], tol: f64) -> Result<f64, String> {
+    let err = rel_l2(got, want);
+    let all_zero = want.iter().all(|&w| w == 0.0);
+    if (all_zero && got.iter().any(|&g| g != 0.0)) || (!all_zero && (err.is_nan() || err >= tol)) {
+        return Err(format!("O rel_l2 {err:.3e} (bound {tol:.0e}), max_abs {:.3e}", max_abs(got, want)));
+    }
+    Ok(if all_zero { 0.0 } else { err })
+}
+
 /// LSE values (finite ones) compared by max absolute difference; -inf must match -inf exactly.
 pub fn check_lse(got: &[f32], want: &[f64], tol: f64) -> Result<f64, String> {
     let mut worst = 0.0f64;
