@@ -7,7 +7,8 @@
 //! Per query block (`BM` rows of one query head of the group), with Q, dO, K, V in shared memory in the
 //! 128-byte swizzled layout (`ptx::wgmma`), each warpgroup:
 //! 1. Sᵀ = K_w Qᵀ and dPᵀ = V_w dOᵀ (`[64 keys, BM queries]`, both operands K-major from shared
-//!    memory), issued back to back as two asynchronous groups;
+//!    memory), issued back to back as two asynchronous groups, then (fast mode; the deterministic
+//!    mode before them) the copies of the next query block into the other stage;
 //! 2. when Sᵀ lands: Pᵀ = exp2(scale·log2e·S − log2e·LSE) (masked where needed), rounded to the element
 //!    type and kept in registers, which are directly the A fragments of dV += Pᵀ dO (`[64 keys, D]`,
 //!    dO read MN-major), issued at once;
@@ -284,19 +285,30 @@ pub unsafe fn attn_bwd_wgmma<
         cp_async::wait::<0>();
         bulk::shared_async();
         sync::named::<BAR_COMPUTE, COMPUTE_THREADS_U32>();
-        if it + 1 < total {
-            let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
-            let sn = 1 - stage;
-            let dst = [
-                base + l[2] as u32 + sn * stage_b,
-                base + l[3] as u32 + sn * stage_b,
-                base + l[6] as u32 + sn * stage_f,
-                base + l[7] as u32 + sn * stage_f,
-            ];
-            let queries = (loop_mask::<PACKED>(p).seqlen_q, sq);
-            load_query_block::<BM, D, D>(sw, consts, hn, mn, queries, dst, tid, COMPUTE_THREADS);
+
+        // The next query block's copies, into the other stage (free since the barrier above). The fast
+        // mode issues them once this block's Sᵀ and dPᵀ are under way: issued first, they kept the
+        // tensor cores idle for their issue time (+2-9% at every head dim, docs/perf.md). The
+        // deterministic mode keeps them first: after the products it measured 3-18% slower, for a
+        // reason not yet found.
+        let load_next = || {
+            if it + 1 < total {
+                let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
+                let sn = 1 - stage;
+                let dst = [
+                    base + l[2] as u32 + sn * stage_b,
+                    base + l[3] as u32 + sn * stage_b,
+                    base + l[6] as u32 + sn * stage_f,
+                    base + l[7] as u32 + sn * stage_f,
+                ];
+                let queries = (loop_mask::<PACKED>(p).seqlen_q, sq);
+                load_query_block::<BM, D, D>(sw, consts, hn, mn, queries, dst, tid, COMPUTE_THREADS);
+            }
+            cp_async::commit();
+        };
+        if p.deterministic != 0 {
+            load_next();
         }
-        cp_async::commit();
 
         // 1. Sᵀ = K_w Qᵀ and dPᵀ = V_w dOᵀ: K-major operands, k16 steps of 32 bytes inside a 64-column
         // block.
@@ -318,6 +330,9 @@ pub unsafe fn attn_bwd_wgmma<
             E::ss::<SR, 0, 0>(&mut dp, a, bo, kk > 0);
         }
         wgmma::commit();
+        if p.deterministic == 0 {
+            load_next();
+        }
 
         // 2. Pᵀ from the score stage's logits (masked where the tile needs it), packed: register 2i+rr
         // holds row g+8rr, columns 8i+2t and 8i+2t+1.
