@@ -1,11 +1,12 @@
 //! The CPU side: an exact f64 reference (the oracle every kernel is checked against) and a tiled,
-//! multithreaded online-softmax implementation (the library's CPU fallback).
+//! multithreaded online-softmax forward and backward (the library's CPU fallback).
 
 mod microkernel;
 mod packing;
 pub mod paged;
 pub mod reference;
 pub mod tiled;
+pub mod tiled_bwd;
 pub mod varlen;
 mod vecops;
 
@@ -13,3 +14,4 @@ pub use reference::{
     reference_backward, reference_backward_given_o, reference_forward, ReferenceBackward, ReferenceForward,
 };
 pub use tiled::{forward, forward_into, ForwardOutput};
+pub use tiled_bwd::{backward, BackwardOutput};

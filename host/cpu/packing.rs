@@ -16,6 +16,10 @@ pub struct PackedKv {
     kt: Vec<f32>,
     /// `[seqlen_k, head_dim_v]`.
     v: Vec<f32>,
+    /// For the backward (`for_backward`), else empty: Vᵀ by key tile `[tiles, head_dim_v, BLOCK_K]`
+    /// (dP = dO Vᵀ) and K's rows `[seqlen_k, head_dim]` (dQ = dS K).
+    vt: Vec<f32>,
+    k: Vec<f32>,
 }
 
 impl PackedKv {
@@ -30,7 +34,25 @@ impl PackedKv {
         v_rows.par_chunks_mut(BLOCK_K * d_v).enumerate().for_each(|(tile, v_tile)| {
             fill_rows(v_tile, v, b, h, tile * BLOCK_K);
         });
-        PackedKv { head_dim: d, head_dim_v: d_v, kt, v: v_rows }
+        PackedKv { head_dim: d, head_dim_v: d_v, kt, v: v_rows, vt: Vec::new(), k: Vec::new() }
+    }
+
+    /// As `new`, with Vᵀ tiles and K's rows too, which the backward's products read.
+    pub fn for_backward<T: Element>(k: &HostTensor<T>, v: &HostTensor<T>, b: usize, h: usize) -> Self {
+        let mut packed = Self::new(k, v, b, h);
+        let (seqlen_k, d, d_v) = (k.layout.seqlen(), packed.head_dim, packed.head_dim_v);
+        let mut vt = vec![0.0f32; seqlen_k.div_ceil(BLOCK_K) * d_v * BLOCK_K];
+        vt.par_chunks_mut(d_v * BLOCK_K).enumerate().for_each(|(tile, vt_tile)| {
+            let first = tile * BLOCK_K;
+            fill_transposed(vt_tile, v, b, h, first, BLOCK_K.min(seqlen_k - first));
+        });
+        let mut k_rows = vec![0.0f32; seqlen_k * d];
+        k_rows.par_chunks_mut(BLOCK_K * d).enumerate().for_each(|(tile, k_tile)| {
+            fill_rows(k_tile, k, b, h, tile * BLOCK_K);
+        });
+        packed.vt = vt;
+        packed.k = k_rows;
+        packed
     }
 
     /// Kᵀ `[head_dim, BLOCK_K]` of the keys from `first_key` (a multiple of `BLOCK_K`).
@@ -42,6 +64,17 @@ impl PackedKv {
     /// V `[keys, head_dim_v]` of the keys from `first_key`.
     pub fn v_rows(&self, first_key: usize, keys: usize) -> &[f32] {
         &self.v[first_key * self.head_dim_v..][..keys * self.head_dim_v]
+    }
+
+    /// Vᵀ `[head_dim_v, BLOCK_K]` of the keys from `first_key` (packed `for_backward`).
+    pub fn vt_tile(&self, first_key: usize) -> &[f32] {
+        let size = self.head_dim_v * BLOCK_K;
+        &self.vt[first_key / BLOCK_K * size..][..size]
+    }
+
+    /// K `[keys, head_dim]` of the keys from `first_key` (packed `for_backward`).
+    pub fn k_rows(&self, first_key: usize, keys: usize) -> &[f32] {
+        &self.k[first_key * self.head_dim..][..keys * self.head_dim]
     }
 }
 

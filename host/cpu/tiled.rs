@@ -86,7 +86,8 @@ pub fn forward_into<T: Element>(
     Ok(())
 }
 
-fn validate<'a, T: Element>(
+/// The call's problem and its score modifiers (shared with the tiled backward).
+pub(super) fn validate<'a, T: Element>(
     q: &HostTensor<T>,
     k: &HostTensor<T>,
     v: &HostTensor<T>,
@@ -99,12 +100,34 @@ fn validate<'a, T: Element>(
 }
 
 /// The per-element score modifiers of a call, with their per-head values on the host.
-struct Modifiers<'a> {
-    softcap: Option<f32>,
+pub(super) struct Modifiers<'a> {
+    pub softcap: Option<f32>,
     /// `[heads_q]` or `[batch, heads_q]` (the problem's `alibi_per_batch` says which).
-    alibi_slopes: Option<&'a [f32]>,
+    pub alibi_slopes: Option<&'a [f32]>,
     /// `[heads_q]` natural-log logits.
-    sinks: Option<&'a [f32]>,
+    pub sinks: Option<&'a [f32]>,
+}
+
+impl Modifiers<'_> {
+    /// The ALiBi slope of (batch `b`, query head `h`), if the call has ALiBi.
+    pub fn alibi_slope(&self, p: &AttnProblem, b: usize, h: usize) -> Option<f32> {
+        let slopes = self.alibi_slopes?;
+        let per_batch = p.alibi_per_batch == Some(true);
+        Some(if per_batch { slopes[b * p.heads_q + h] } else { slopes[h] })
+    }
+
+    /// The scale the score microkernel applies: with a softcap, the tanh's argument scale `scale / cap`.
+    pub fn score_scale(&self, p: &AttnProblem) -> f32 {
+        self.softcap.map_or(p.softmax_scale, |cap| p.softmax_scale / cap)
+    }
+}
+
+/// ALiBi's bias on the scores `s` of query row `i` for keys `first_key..`: −slope · |key − diagonal|.
+pub(super) fn add_alibi(p: &AttnProblem, s: &mut [f32], i: usize, first_key: usize, slope: f32) {
+    let diagonal = (i + p.seqlen_k) as i64 - p.seqlen_q as i64;
+    for (j, x) in (first_key..).zip(s.iter_mut()) {
+        *x -= slope * (j as i64 - diagonal).unsigned_abs() as f32;
+    }
 }
 
 /// Runs every query block; returns O in f32 ordered `[batch, heads_q, seqlen_q, head_dim_v]`, so that
@@ -168,9 +191,8 @@ impl QueryBlock<'_> {
         let seen = key_ranges.iter().filter(|range| !range.is_empty());
         let keys_start = seen.clone().map(|range| range.start).min().unwrap_or(0);
         let keys_end = seen.map(|range| range.end).max().unwrap_or(0);
-        // With a softcap the microkernel's scale is the tanh's argument scale, `scale / cap`.
-        let score_scale = self.modifiers.softcap.map_or(p.softmax_scale, |cap| p.softmax_scale / cap);
-        let alibi_slope = self.alibi_slope();
+        let score_scale = self.modifiers.score_scale(p);
+        let alibi_slope = self.modifiers.alibi_slope(p, self.b, self.h);
         let modified = self.modifiers.softcap.is_some() || alibi_slope.is_some();
         for first_key in (keys_start / BLOCK_K * BLOCK_K..keys_end).step_by(BLOCK_K) {
             let keys = BLOCK_K.min(keys_end - first_key);
@@ -204,13 +226,6 @@ impl QueryBlock<'_> {
         }
     }
 
-    /// The ALiBi slope of this block's (batch, head), if the call has ALiBi.
-    fn alibi_slope(&self) -> Option<f32> {
-        let slopes = self.modifiers.alibi_slopes?;
-        let per_batch = self.p.alibi_per_batch == Some(true);
-        Some(if per_batch { slopes[self.b * self.p.heads_q + self.h] } else { slopes[self.h] })
-    }
-
     /// Softcap then ALiBi on the visible scores of query row `i` for keys `first_key..`; with a softcap
     /// the scores come in as `scale · q·k / cap`.
     fn modify_scores(&self, s: &mut [f32], i: usize, first_key: usize, alibi_slope: Option<f32>) {
@@ -218,10 +233,7 @@ impl QueryBlock<'_> {
             softcap_in_place(s, cap);
         }
         if let Some(slope) = alibi_slope {
-            let diagonal = (i + self.p.seqlen_k) as i64 - self.p.seqlen_q as i64;
-            for (j, x) in (first_key..).zip(s.iter_mut()) {
-                *x -= slope * (j as i64 - diagonal).unsigned_abs() as f32;
-            }
+            add_alibi(self.p, s, i, first_key, slope);
         }
     }
 }
