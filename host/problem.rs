@@ -250,6 +250,20 @@ impl AttnProblem {
     pub fn lse_len(&self) -> usize {
         self.batch * self.heads_q * self.seqlen_q
     }
+
+    /// A host LSE buffer of `len` values must hold exactly `lse_len`.
+    pub fn check_lse_len(&self, len: usize) -> Result<()> {
+        if len == self.lse_len() {
+            return Ok(());
+        }
+        Err(Error::ShapeMismatch {
+            arg: Arg::Lse,
+            what: "length",
+            got: len,
+            expected: self.lse_len(),
+            why: "one value per (batch, q head, query row)",
+        })
+    }
 }
 
 const LIKE_O: &str = "shaped like o: q's batch, seqlen and heads, v's head_dim";

@@ -24,35 +24,14 @@ pub struct PackedKv {
 
 impl PackedKv {
     pub fn new<T: Element>(k: &HostTensor<T>, v: &HostTensor<T>, b: usize, h: usize) -> Self {
-        let (seqlen_k, d, d_v) = (k.layout.seqlen(), k.layout.head_dim(), v.layout.head_dim());
-        let mut kt = vec![0.0f32; seqlen_k.div_ceil(BLOCK_K) * d * BLOCK_K];
-        kt.par_chunks_mut(d * BLOCK_K).enumerate().for_each(|(tile, kt_tile)| {
-            let first = tile * BLOCK_K;
-            fill_transposed(kt_tile, k, b, h, first, BLOCK_K.min(seqlen_k - first));
-        });
-        let mut v_rows = vec![0.0f32; seqlen_k * d_v];
-        v_rows.par_chunks_mut(BLOCK_K * d_v).enumerate().for_each(|(tile, v_tile)| {
-            fill_rows(v_tile, v, b, h, tile * BLOCK_K);
-        });
-        PackedKv { head_dim: d, head_dim_v: d_v, kt, v: v_rows, vt: Vec::new(), k: Vec::new() }
+        let (d, d_v) = (k.layout.head_dim(), v.layout.head_dim());
+        let (kt, v) = (transposed_tiles(k, b, h), rows(v, b, h));
+        PackedKv { head_dim: d, head_dim_v: d_v, kt, v, vt: Vec::new(), k: Vec::new() }
     }
 
     /// As `new`, with Vᵀ tiles and K's rows too, which the backward's products read.
     pub fn for_backward<T: Element>(k: &HostTensor<T>, v: &HostTensor<T>, b: usize, h: usize) -> Self {
-        let mut packed = Self::new(k, v, b, h);
-        let (seqlen_k, d, d_v) = (k.layout.seqlen(), packed.head_dim, packed.head_dim_v);
-        let mut vt = vec![0.0f32; seqlen_k.div_ceil(BLOCK_K) * d_v * BLOCK_K];
-        vt.par_chunks_mut(d_v * BLOCK_K).enumerate().for_each(|(tile, vt_tile)| {
-            let first = tile * BLOCK_K;
-            fill_transposed(vt_tile, v, b, h, first, BLOCK_K.min(seqlen_k - first));
-        });
-        let mut k_rows = vec![0.0f32; seqlen_k * d];
-        k_rows.par_chunks_mut(BLOCK_K * d).enumerate().for_each(|(tile, k_tile)| {
-            fill_rows(k_tile, k, b, h, tile * BLOCK_K);
-        });
-        packed.vt = vt;
-        packed.k = k_rows;
-        packed
+        PackedKv { vt: transposed_tiles(v, b, h), k: rows(k, b, h), ..Self::new(k, v, b, h) }
     }
 
     /// Kᵀ `[head_dim, BLOCK_K]` of the keys from `first_key` (a multiple of `BLOCK_K`).
@@ -76,6 +55,26 @@ impl PackedKv {
     pub fn k_rows(&self, first_key: usize, keys: usize) -> &[f32] {
         &self.k[first_key * self.head_dim..][..keys * self.head_dim]
     }
+}
+
+/// Every sequence row of head `h` in batch `b`, transposed by key tile: `[tiles, head_dim, BLOCK_K]`,
+/// columns past the last row 0.
+fn transposed_tiles<T: Element>(t: &HostTensor<T>, b: usize, h: usize) -> Vec<f32> {
+    let (seqlen, d) = (t.layout.seqlen(), t.layout.head_dim());
+    let mut tiles = vec![0.0f32; seqlen.div_ceil(BLOCK_K) * d * BLOCK_K];
+    tiles.par_chunks_mut(d * BLOCK_K).enumerate().for_each(|(tile, out)| {
+        let first = tile * BLOCK_K;
+        fill_transposed(out, t, b, h, first, BLOCK_K.min(seqlen - first));
+    });
+    tiles
+}
+
+/// Every sequence row of head `h` in batch `b`, `[seqlen, head_dim]`.
+fn rows<T: Element>(t: &HostTensor<T>, b: usize, h: usize) -> Vec<f32> {
+    let (seqlen, d) = (t.layout.seqlen(), t.layout.head_dim());
+    let mut rows = vec![0.0f32; seqlen * d];
+    rows.par_chunks_mut(BLOCK_K * d).enumerate().for_each(|(tile, out)| fill_rows(out, t, b, h, tile * BLOCK_K));
+    rows
 }
 
 /// `rows` consecutive sequence rows of head `h` in batch `b`, as contiguous f32 `[rows, head_dim]`.

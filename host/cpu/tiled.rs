@@ -17,7 +17,7 @@ use super::microkernel::{accumulate_pv, scores, BLOCK_K};
 use super::packing::{load_rows, PackedKv};
 use super::vecops::{exp_shifted_sum, max_of, scale_in_place, softcap_in_place};
 use crate::dtype::Element;
-use crate::error::{Arg, Error, Result};
+use crate::error::{Arg, Result};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::{host_per_head, AttnProblem};
@@ -68,15 +68,7 @@ pub fn forward_into<T: Element>(
 ) -> Result<()> {
     let (problem, modifiers) = validate(q, k, v, opts)?;
     problem.check_like_o(Arg::O, &o.layout, o.data.len())?;
-    if lse.len() != problem.lse_len() {
-        return Err(Error::ShapeMismatch {
-            arg: Arg::Lse,
-            what: "length",
-            got: lse.len(),
-            expected: problem.lse_len(),
-            why: "one value per (batch, q head, query row)",
-        });
-    }
+    problem.check_lse_len(lse.len())?;
     let o_by_head = attention_by_head(&problem, &modifiers, q, k, v, lse);
     if o.layout == Layout::contiguous(o.shape()) {
         store_contiguous(&problem, &o_by_head, &mut o.data);

@@ -19,7 +19,7 @@ use super::packing::{load_rows, PackedKv};
 use super::tiled::{add_alibi, validate, Modifiers, BLOCK_Q};
 use super::vecops::softcap_in_place;
 use crate::dtype::Element;
-use crate::error::{Arg, Error, Result};
+use crate::error::{Arg, Result};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
@@ -56,15 +56,7 @@ pub fn backward<T: Element>(
     let (p, modifiers) = validate(q, k, v, opts)?;
     p.check_input_like_o(Arg::O, &o.layout, o.data.len())?;
     p.check_input_like_o(Arg::DO, &d_o.layout, d_o.data.len())?;
-    if lse.len() != p.lse_len() {
-        return Err(Error::ShapeMismatch {
-            arg: Arg::Lse,
-            what: "length",
-            got: lse.len(),
-            expected: p.lse_len(),
-            why: "one value per (batch, q head, query row)",
-        });
-    }
+    p.check_lse_len(lse.len())?;
     let delta = row_deltas(&p, o, d_o);
     let packed: Vec<PackedKv> = (0..p.batch * p.heads_kv)
         .into_par_iter()
