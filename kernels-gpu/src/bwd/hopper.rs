@@ -12,8 +12,8 @@
 //! 2. when Sᵀ lands: Pᵀ = exp2(scale·log2e·S − log2e·LSE) (masked where needed), rounded to the element
 //!    type and kept in registers, which are directly the A fragments of dV += Pᵀ dO (`[64 keys, D]`,
 //!    dO read MN-major), issued at once;
-//! 3. when dPᵀ lands (dV still running): dSᵀ = Pᵀ ∘ (dPᵀ − delta), issued as dK += dSᵀ Q the same way,
-//!    and stored to shared memory (`[128 keys, BM queries]`, swizzled);
+//! 3. when dPᵀ lands (dV still running): dSᵀ = Pᵀ ∘ (dPᵀ − delta), kept packed in registers (the A
+//!    fragments of dK += dSᵀ Q) and stored to shared memory (`[128 keys, BM queries]`, swizzled);
 //! 4. after a CTA barrier: dQ = dS K, both MN-major from shared memory, each warpgroup 64 rows ×
 //!    `Shape::DQ_COLS` columns of it: with 64-row blocks the warpgroups split the columns (warpgroup 1's
 //!    K operand starts D/2 columns in, for D < 128 inside a swizzled 128-byte row, as a K-major k-step
@@ -21,7 +21,8 @@
 //!    which it keeps 32), with 128-row blocks the rows. Staged in shared memory as f32 rows (two buffers,
 //!    alternating) and added to the global f32 accumulator by one bulk reduction
 //!    (`cp.reduce.async.bulk .add.f32`, performed by the TMA unit) issued by the dQ writer: the first
-//!    warp of a third warpgroup, which does nothing else.
+//!    warp of a third warpgroup, which does nothing else. dK += dSᵀ Q is issued right after dQ's
+//!    product, so that it runs while dQ is staged.
 //!
 //! Deterministic mode adds the key blocks' parts in key-block order (turn counters, as `mainloop.rs`):
 //! waiting for the turn, for the reduction to complete and handing the turn on take the writer about
@@ -396,13 +397,6 @@ pub unsafe fn attn_bwd_wgmma<
                 dsk[2 * i + rr] = E::pack2(ds0, ds1);
             }
         }
-        wgmma::fence();
-        for kk in 0..BM / 16 {
-            let a = [dsk[4 * kk], dsk[4 * kk + 1], dsk[4 * kk + 2], dsk[4 * kk + 3]];
-            let bq = desc_sw128(q_s + kk as u32 * K16_ROWS, col_block(BM), SBO);
-            E::rs::<DR, 1>(&mut dk, &a, bq, true);
-        }
-        wgmma::commit();
         // dSᵀ to shared memory (`[128 keys][BM queries]`, swizzled column blocks of 64 queries).
         for i in 0..NT as u32 {
             for rr in 0..2u32 {
@@ -422,9 +416,16 @@ pub unsafe fn attn_bwd_wgmma<
             E::ss::<QR, 1, 1>(&mut dq, a, bk, kk > 0);
         }
         wgmma::commit();
-        wgmma::wait::<0>();
+        // dK += dSᵀ Q after dQ, so that it runs while dQ is staged (issued before the barrier, it ran
+        // under the dSᵀ stores, and the tensor cores sat idle through the staging).
+        for kk in 0..BM / 16 {
+            let a = [dsk[4 * kk], dsk[4 * kk + 1], dsk[4 * kk + 2], dsk[4 * kk + 3]];
+            let bq = desc_sw128(q_s + kk as u32 * K16_ROWS, col_block(BM), SBO);
+            E::rs::<DR, 1>(&mut dk, &a, bq, true);
+        }
+        wgmma::commit();
+        wgmma::wait::<1>();
         wgmma::pin_all(&mut dq);
-        wgmma::pin_all(&mut dk);
         wgmma::pin_all(&mut dv);
         // Staged as f32 rows `[BM][D]` in the accumulator's own layout (`dq_accum_col`), for one
         // contiguous reduction, once the writer's reduction of two steps ago has read this buffer.
@@ -452,6 +453,10 @@ pub unsafe fn attn_bwd_wgmma<
         }
         bulk::shared_async();
         sync::arrive_at::<ALL_THREADS_U32>(BAR_FULL + stage);
+        // dK has read this stage's Q before any thread passes the next step's barrier and copies into
+        // it.
+        wgmma::wait::<0>();
+        wgmma::pin_all(&mut dk);
         it += 1;
     }
 
