@@ -114,6 +114,14 @@ impl Modifiers<'_> {
     }
 }
 
+/// The keys some row of a query block sees, from the rows' visible ranges: one range, as both edges of
+/// a row's range grow with the row (empty, `0..0`, when no row sees a key).
+pub(super) fn union_of_rows(key_ranges: &[Range<usize>]) -> Range<usize> {
+    let seen = key_ranges.iter().filter(|range| !range.is_empty());
+    let start = seen.clone().map(|range| range.start).min().unwrap_or(0);
+    start..seen.map(|range| range.end).max().unwrap_or(0)
+}
+
 /// ALiBi's bias on the scores `s` of query row `i` for keys `first_key..`: −slope · |key − diagonal|.
 pub(super) fn add_alibi(p: &AttnProblem, s: &mut [f32], i: usize, first_key: usize, slope: f32) {
     let diagonal = (i + p.seqlen_k) as i64 - p.seqlen_q as i64;
@@ -180,9 +188,7 @@ impl QueryBlock<'_> {
         let key_ranges: Vec<Range<usize>> = (0..rows).map(|r| p.key_range(self.first_row + r)).collect();
         // Both edges of the visible range grow with the row, so the union of the rows' ranges is one
         // range: key blocks outside it (before a window's left edge, past the diagonal) are never visited.
-        let seen = key_ranges.iter().filter(|range| !range.is_empty());
-        let keys_start = seen.clone().map(|range| range.start).min().unwrap_or(0);
-        let keys_end = seen.map(|range| range.end).max().unwrap_or(0);
+        let Range { start: keys_start, end: keys_end } = union_of_rows(&key_ranges);
         let score_scale = self.modifiers.score_scale(p);
         let alibi_slope = self.modifiers.alibi_slope(p, self.b, self.h);
         let modified = self.modifiers.softcap.is_some() || alibi_slope.is_some();

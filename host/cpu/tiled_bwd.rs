@@ -16,7 +16,7 @@
 
 use super::microkernel::{accumulate_pv, scores, BLOCK_K};
 use super::packing::{load_rows, PackedKv};
-use super::tiled::{add_alibi, validate, Modifiers, BLOCK_Q};
+use super::tiled::{add_alibi, union_of_rows, validate, Modifiers, BLOCK_Q};
 use super::vecops::softcap_in_place;
 use crate::dtype::Element;
 use crate::error::{Arg, Result};
@@ -114,6 +114,7 @@ struct QueryRows {
 }
 
 /// P and dS of one tile, `[rows, BLOCK_K]` (0 where a row does not see a key).
+#[derive(Default)]
 struct Tile {
     p: Vec<f32>,
     ds: Vec<f32>,
@@ -133,24 +134,23 @@ impl<T: Element> Context<'_, T> {
         }
     }
 
-    /// The keys some row of the query block from `first_row` sees: one range, as both edges of a row's
-    /// visible range grow with the row.
+    /// The keys some row of the query block from `first_row` sees (`tiled::union_of_rows`).
     fn block_keys(&self, first_row: usize) -> Range<usize> {
         let rows = first_row..(first_row + BLOCK_Q).min(self.p.seqlen_q);
-        let seen: Vec<Range<usize>> = rows.map(|i| self.p.key_range(i)).filter(|r| !r.is_empty()).collect();
-        let start = seen.iter().map(|r| r.start).min().unwrap_or(0);
-        let end = seen.iter().map(|r| r.end).max().unwrap_or(0);
-        start..end.max(start)
+        union_of_rows(&rows.map(|i| self.p.key_range(i)).collect::<Vec<_>>())
     }
 
-    /// P and dS of the tile (query rows `x` of head `h` in batch `b`, the `keys` keys from `first_key`).
-    fn tile(&self, b: usize, h: usize, x: &QueryRows, kv: &PackedKv, first_key: usize, keys: usize) -> Tile {
+    /// P and dS of the tile (query rows `x` of head `h` in batch `b`, the `keys` keys from `first_key`),
+    /// into `tile`, a task's buffers reused from tile to tile (every element is written).
+    #[allow(clippy::too_many_arguments)]
+    fn tile(&self, b: usize, h: usize, x: &QueryRows, kv: &PackedKv, first_key: usize, keys: usize, tile: &mut Tile) {
         let (p, m) = (self.p, self.modifiers);
         let rows = x.lse.len();
-        let mut s = vec![0.0f32; rows * BLOCK_K];
-        let mut dp = vec![0.0f32; rows * BLOCK_K];
-        scores(&x.q, kv.kt_tile(first_key), &mut s, p.head_dim, keys, m.score_scale(p));
-        scores(&x.d_o, kv.vt_tile(first_key), &mut dp, p.head_dim_v, keys, 1.0);
+        let (s, dp) = (&mut tile.p, &mut tile.ds);
+        s.resize(rows * BLOCK_K, 0.0);
+        dp.resize(rows * BLOCK_K, 0.0);
+        scores(&x.q, kv.kt_tile(first_key), s, p.head_dim, keys, m.score_scale(p));
+        scores(&x.d_o, kv.vt_tile(first_key), dp, p.head_dim_v, keys, 1.0);
         let alibi_slope = m.alibi_slope(p, b, h);
         for r in 0..rows {
             let i = x.first_row + r;
@@ -186,7 +186,6 @@ impl<T: Element> Context<'_, T> {
             dp_row[..seen.start].fill(0.0);
             dp_row[seen.end..].fill(0.0);
         }
-        Tile { p: s, ds: dp }
     }
 
     /// dK and dV, `[batch, seqlen_k, heads_kv, head_dim(_v)]` in f32: one task per (batch, kv head, key
@@ -205,14 +204,14 @@ impl<T: Element> Context<'_, T> {
                 let (first_key, kv) = (kb * BLOCK_K, &self.packed[bkv]);
                 let keys = BLOCK_K.min(p.seqlen_k - first_key);
                 let (mut dk, mut dv) = (vec![0.0f32; keys * d], vec![0.0f32; keys * d_v]);
-                let mut transposed = vec![0.0f32; keys * BLOCK_K];
+                let (mut transposed, mut tile) = (vec![0.0f32; keys * BLOCK_K], Tile::default());
                 for h in hkv * group..(hkv + 1) * group {
                     for (first_row, seen) in &query_blocks {
                         if seen.end <= first_key || first_key + keys <= seen.start {
                             continue;
                         }
                         let x = self.query_rows(b, h, *first_row);
-                        let tile = self.tile(b, h, &x, kv, first_key, keys);
+                        self.tile(b, h, &x, kv, first_key, keys, &mut tile);
                         let rows = x.lse.len();
                         transpose(&tile.p, rows, keys, &mut transposed);
                         accumulate_pv(&transposed, &x.d_o, &mut dv, d_v, rows);
@@ -252,10 +251,10 @@ impl<T: Element> Context<'_, T> {
                 let kv = &self.packed[b * p.heads_kv + h / group];
                 let x = self.query_rows(b, h, qb * BLOCK_Q);
                 let mut dq = vec![0.0f32; x.lse.len() * d];
-                let seen = self.block_keys(x.first_row);
+                let (seen, mut tile) = (self.block_keys(x.first_row), Tile::default());
                 for first_key in (seen.start / BLOCK_K * BLOCK_K..seen.end).step_by(BLOCK_K) {
                     let keys = BLOCK_K.min(p.seqlen_k - first_key);
-                    let tile = self.tile(b, h, &x, kv, first_key, keys);
+                    self.tile(b, h, &x, kv, first_key, keys, &mut tile);
                     accumulate_pv(&tile.ds, kv.k_rows(first_key, keys), &mut dq, d, keys);
                 }
                 dq.iter_mut().for_each(|g| *g *= p.softmax_scale);
