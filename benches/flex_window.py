@@ -2,17 +2,22 @@
 """PyTorch peers for a sliding window, the case `cli/examples/score_timing.rs` measures for ironflash:
 B = 1, H = 16, N = 32K, D = 128, bf16, causal with a window of 4096 keys to the left (key j visible to
 query i iff i - 4096 <= j <= i). SDPA has no window; FlexAttention does (a block mask skips the blocks
-outside it). Prints one markdown table: FlexAttention with the window and dense causal (FlexAttention,
-SDPA's flash and cuDNN backends), forward and backward (the backward call alone, `torch.autograd.grad`),
-TFLOP/s on the visible (computed) pairs, 4·H·D per pair (x2.5 for the backward).
+outside it), and so does FlashAttention-3 (`window_size`; the `flash_attn3_jax` wheel, through JAX,
+when it is importable). Prints one markdown table: FlexAttention and FlashAttention-3 with the window
+and dense causal, SDPA's flash and cuDNN backends dense causal, forward and backward (the backward
+call alone: `torch.autograd.grad`, or the jitted `jax.vjp` pullback), TFLOP/s on the visible (computed)
+pairs, 4·H·D per pair (x2.5 for the backward).
 
-Inputs uniform in [-1, 1) (never zeros); warm-up calls, then the median of CUDA-event-timed calls.
+Inputs uniform in [-1, 1) (never zeros); warm-up calls, then the median of CUDA-event-timed calls (JAX:
+the median over rounds of `--reps` back-to-back calls timed on the host around `block_until_ready`).
 
     python3 benches/flex_window.py [--n 32768] [--window 4096]
 """
 
 import argparse
+import os
 import sys
+import time
 
 
 def main():
@@ -90,6 +95,44 @@ def main():
                 lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
                 "causal",
             )
+    fa3_rows(b, h, n, d, w, pairs, args.reps)
+
+
+def fa3_rows(b, h, n, d, w, pairs, reps):
+    """FlashAttention-3 (the JAX wheel) with the window and dense causal, one table row each."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    try:
+        import jax
+        import jax.numpy as jnp
+        from flash_attn3_jax import flash_mha
+    except ImportError as e:
+        print(f"(FlashAttention-3 rows skipped: {e})")
+        return
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    q, k, v, d_o = (jax.random.uniform(kk, (b, n, h, d), jnp.bfloat16, -1.0, 1.0) for kk in keys)
+
+    def host_timed(call):
+        jax.block_until_ready(call())
+        rounds = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            jax.block_until_ready([call() for _ in range(reps)])
+            rounds.append((time.perf_counter() - t0) * 1e3 / reps)
+        rounds.sort()
+        return rounds[len(rounds) // 2]
+
+    for name, kind, window in [(f"FlashAttention-3, window ({w}, 0)", "window", (w, 0)),
+                               ("FlashAttention-3, dense causal", "causal", (-1, -1))]:
+        def attn(q, k, v, window=window):
+            return flash_mha(q, k, v, is_causal=True, window_size=window)
+
+        fwd = jax.jit(attn)
+        _, pull = jax.vjp(attn, q, k, v)
+        bwd = jax.jit(lambda pull, d_o: pull(d_o))
+        f = host_timed(lambda: fwd(q, k, v))
+        bw = host_timed(lambda: bwd(pull, d_o))
+        flops = 4 * h * d * pairs[kind] * b
+        print(f"| {name} | {f:.3f} | {flops / f / 1e9:.1f} | {bw:.3f} | {2.5 * flops / bw / 1e9:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

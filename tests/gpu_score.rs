@@ -45,6 +45,9 @@ struct Case {
     sinks: bool,
     deterministic: bool,
     kernels: Kernels,
+    /// Scores far beyond a softcap at both ends: keys share one direction, each query row points along
+    /// it or against it, the scale is 10x; sinks beyond the cap on either side.
+    saturating: bool,
     seed: u64,
 }
 
@@ -81,6 +84,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                     sinks,
                     deterministic: det,
                     kernels: k,
+                    saturating: false,
                     seed,
                 }
             },
@@ -105,16 +109,36 @@ fn inputs<T: Element>(c: &Case) -> Inputs<T> {
     let ks = [c.batch, c.seqlen_k, c.heads_kv, c.head_dim];
     let vs = [c.batch, c.seqlen_k, c.heads_kv, c.head_dim_v];
     let os = [c.batch, c.seqlen_q, hq, c.head_dim_v];
-    let q = HostTensor::<T>::random(qs, 1.0, &mut rng);
-    let k = HostTensor::<T>::random(ks, 1.0, &mut rng);
+    let mut q = HostTensor::<T>::random(qs, 1.0, &mut rng);
+    let mut k = HostTensor::<T>::random(ks, 1.0, &mut rng);
     let v = HostTensor::<T>::random(vs, 1.0, &mut rng);
     let d_o = HostTensor::<T>::random(os, 1.0, &mut rng);
     // Scales from 1/sqrt(d) to 3/sqrt(d): some rows peaked, and softcaps of 2 saturate.
-    let scale = rng.random_range(1.0..3.0) / (c.head_dim as f32).sqrt();
+    let mut scale = rng.random_range(1.0..3.0) / (c.head_dim as f32).sqrt();
+    if c.saturating {
+        // q·k ≈ ±0.5·d for every key of a row: scores of ±5·sqrt(d)·(1 to 3) after the scale.
+        let u: Vec<f32> = (0..c.head_dim).map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 }).collect();
+        let along = |x: &mut HostTensor<T>, sign: &mut dyn FnMut() -> f32| {
+            let [batch, seq, heads, d] = x.shape();
+            for (b, i, h) in (0..batch).flat_map(|b| (0..seq).flat_map(move |i| (0..heads).map(move |h| (b, i, h)))) {
+                let s = sign();
+                for (e, u) in u.iter().enumerate().take(d) {
+                    x.set(b, i, h, e, T::from_f32(0.5 * s * u + 0.5 * x.get(b, i, h, e).to_f32()));
+                }
+            }
+        };
+        along(&mut k, &mut || 1.0);
+        along(&mut q, &mut || if rng.random::<bool>() { 1.0 } else { -1.0 });
+        scale *= 10.0;
+    }
     let n_slopes = if c.alibi == Some(true) { c.batch * hq } else { hq };
     // BLOOM's slopes run from 2^-1 to 2^-8; a few larger ones make the bias dominate.
     let slopes = (0..n_slopes).map(|_| 2f32.powf(-rng.random_range(0.0..8.0))).collect();
-    let sinks = (0..hq).map(|_| rng.random_range(-3.0..3.0)).collect();
+    let sink_range = match c.softcap {
+        Some(cap) if c.saturating => 1.5 * cap,
+        _ => 3.0,
+    };
+    let sinks = (0..hq).map(|_| rng.random_range(-sink_range..sink_range)).collect();
     Inputs { q, k, v, d_o, scale, slopes, sinks }
 }
 
@@ -298,6 +322,7 @@ fn base(head_dim: usize, sq: usize, sk: usize) -> Case {
         sinks: false,
         deterministic: false,
         kernels: Kernels::Chosen,
+        saturating: false,
         seed: 7,
     }
 }
@@ -321,6 +346,22 @@ fn each_option_at_head_dim_128_on_both_kernel_families() {
         fixed(Case { deterministic: true, ..all.clone() });
         // Every option with V of head dim 128 under Q and K of 192 (DeepSeek-V3).
         fixed(Case { head_dim: 192, head_dim_v: 128, kernels, ..all });
+    }
+}
+
+/// Softcaps whose scores saturate at both ends, every row at +cap or at −cap (its probabilities all
+/// alike), with sinks beyond the cap on either side: Gemma-2's 50, Grok-1's 30, 60 and 2, windows and
+/// the deterministic backward among them; both kernel families.
+fn saturated_softcaps() {
+    for kernels in [Kernels::Chosen, Kernels::MmaSync] {
+        for d in [64, 128] {
+            let b = Case { kernels, saturating: true, sinks: true, ..base(d, 300, 333) };
+            fixed(Case { softcap: Some(50.0), ..b.clone() });
+            fixed(Case { softcap: Some(30.0), causal: true, group: 4, heads_kv: 1, ..b.clone() });
+            fixed(Case { softcap: Some(60.0), ..b.clone() });
+            fixed(Case { softcap: Some(2.0), window: (Some(100), Some(20)), deterministic: true, ..b.clone() });
+            fixed(Case { softcap: Some(30.0), sinks: false, batch: 2, ..b });
+        }
     }
 }
 
@@ -482,6 +523,7 @@ fn main() -> std::process::ExitCode {
             every_option_matches_reference_bf16,
             every_option_matches_reference_f16,
             each_option_at_head_dim_128_on_both_kernel_families,
+            saturated_softcaps,
             rows_without_keys,
             single_key_gradients_cancel,
             deterministic_backward_with_windows_is_bitwise_stable,
