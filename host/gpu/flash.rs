@@ -5,10 +5,11 @@ use crate::device::{Device, DeviceInfo};
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::forced_tile::check_forced_tile;
-use crate::gpu::launch::KernelParams;
+use crate::gpu::launch::{launch_dependent, KernelParams};
 use crate::gpu::score::{check_per_head, ScoreArgs};
 use crate::gpu::tensor::{check_f32_buffer, check_vector_strides, strides3, DeviceTensor, GpuForwardOutput};
 use crate::layout::Layout;
+use crate::modules::Arch;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -533,9 +534,13 @@ pub(crate) fn launch<T: Element>(
         shared_mem_bytes: 0,
     };
     let arg = KernelParams(params);
+    // On Hopper the combine is the split kernel's programmatic dependent: its launch overlaps the
+    // split kernel's tail, and it waits for the partial results itself.
+    let programmatic = dev.info().arch() == Arch::Sm90a;
     // SAFETY: as above; the workspace was written by the launch before, on this stream, and is freed
-    // only after this launch in stream order.
-    unsafe { stream.launch_builder(&f).arg(&arg).launch(cfg) }
+    // only after this launch in stream order; with `programmatic` the split kernel (the launch before)
+    // lets dependents start and the combine waits for its grid before reading the workspace.
+    unsafe { launch_dependent(stream, &f, cfg, &arg, programmatic) }
         .map_err(|source| Error::Launch { kernel: name.into(), source })?;
     drop(workspace);
     Ok(())

@@ -4,11 +4,14 @@
 //! One warp per row; every lane walks the same splits in the same order (the max, then the sum, then
 //! the weighted O), so the result does not depend on scheduling. A lane owns the column pairs
 //! `2·lane + 64·j`: 8-byte f32 reads and 4-byte element writes, contiguous across the warp.
+//!
+//! On Hopper the host launches it as a programmatic dependent of the split kernel (`ptx::griddep`), so
+//! that its launch overlaps the split kernel's tail; it waits for the split kernel's results first.
 
 use crate::abi::FwdCombineParams;
 use crate::ptx::elem::{Bf16, Elem16, F16};
 use crate::ptx::math::{exp2, log2};
-use crate::ptx::sreg;
+use crate::ptx::{griddep, sreg};
 
 const WARPS_PER_BLOCK: u32 = 8;
 /// Column pairs per lane at the largest head dim (256 = 64 columns per pass · 4).
@@ -16,6 +19,9 @@ const PAIRS: usize = 4;
 
 #[inline(always)]
 unsafe fn combine<E: Elem16>(p: &FwdCombineParams) {
+    // Launched as the split kernel's dependent on Hopper (`griddep`): its partial outputs are complete
+    // and visible past this.
+    griddep::wait();
     let row = sreg::block_x() * WARPS_PER_BLOCK + sreg::warp();
     if row >= p.rows {
         return;

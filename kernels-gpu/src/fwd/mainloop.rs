@@ -17,7 +17,7 @@ use crate::abi::FwdParams;
 use crate::attn::stage::{self, FragPos};
 use crate::frag::AccFrag;
 use crate::ptx::mma::MmaElem;
-use crate::ptx::{cp_async, ldmatrix, opaque, smem, sreg, sync};
+use crate::ptx::{cp_async, griddep, ldmatrix, opaque, smem, sreg, sync};
 
 /// Shape parameters, all compile-time. `D` and `DV` the head dims of Q/K and of V/O, `KD = D/16` (k-steps
 /// of QKᵀ), `ND = DV/8` (n8 tiles of O),
@@ -68,6 +68,11 @@ pub unsafe fn attn_fwd<
     // start first: the tail of the grid is then short CTAs.
     // Split mode is a compile-time parameter: the unsplit kernels keep no trace of it.
     let split_mode = SPLIT;
+    if SPLIT {
+        // The combine kernel, launched as this grid's dependent on Hopper, may be scheduled now: it
+        // waits for this grid's results itself (`ptx::griddep`).
+        griddep::launch_dependents();
+    }
     let (m_block, split) = if SPLIT {
         let num_splits = p.num_splits;
         (sreg::grid_dim_x() / num_splits - 1 - sreg::block_x() / num_splits, sreg::block_x() % num_splits)

@@ -7,6 +7,7 @@ pub mod bulk;
 pub mod cp_async;
 pub mod elem;
 pub mod gmem;
+pub mod griddep;
 pub mod ldmatrix;
 pub mod math;
 pub mod mma;
