@@ -185,6 +185,41 @@ unsafe fn dq_writer<const D: usize, const BM: usize, const PACKED: bool>(
     }
 }
 
+/// Issues `acc = A_w Bᵀ` as one committed group: `[64 keys, BM queries]` from the warpgroup's 64 rows
+/// of a key-side tile at `a_w` (K or V, `BN` rows) and a query-side tile at `b` (Q or dO, `BM` rows),
+/// both K-major over the head dim in k16 steps of 32 bytes inside each 64-column block (Sᵀ = K Qᵀ,
+/// dPᵀ = V dOᵀ).
+#[inline(always)]
+unsafe fn issue_by_key<E: WgmmaElem, const D: usize, const BM: usize, const SR: usize>(
+    acc: &mut [f32; SR],
+    a_w: u32,
+    b: u32,
+) {
+    for kk in 0..D / 16 {
+        let a = desc_sw128(a_w + ((kk / 4) * BN * 128 + (kk % 4) * 32) as u32, 16, SBO);
+        let b = desc_sw128(b + ((kk / 4) * BM * 128 + (kk % 4) * 32) as u32, 16, SBO);
+        E::ss::<SR, 0, 0>(acc, a, b, kk > 0);
+    }
+    wgmma::commit();
+}
+
+/// Issues `acc += Aᵀ B` as one committed group, summed over the block's `BM` queries: A is a packed
+/// `[64 keys, BM queries]` register tile (Pᵀ or dSᵀ; the A fragment of k16 step kk is its column blocks
+/// 2kk and 2kk+1), B the query-side tile at `b` read MN-major (dO for dV, Q for dK).
+#[inline(always)]
+unsafe fn accumulate_by_query<E: WgmmaElem, const BM: usize, const DR: usize, const PK: usize>(
+    acc: &mut [f32; DR],
+    a: &[u32; PK],
+    b: u32,
+) {
+    for kk in 0..BM / 16 {
+        let frag = [a[4 * kk], a[4 * kk + 1], a[4 * kk + 2], a[4 * kk + 3]];
+        let b = desc_sw128(b + kk as u32 * K16_ROWS, col_block(BM), SBO);
+        E::rs::<DR, 1>(acc, &frag, b, true);
+    }
+    wgmma::commit();
+}
+
 /// The kernel body for head dim `D` and query blocks of `BM` rows. Register arrays: `DR = D/2` (dK, dV),
 /// `SR = BM/2` (Sᵀ, dPᵀ), `PK = BM/4` (Pᵀ and dSᵀ packed), `NT = BM/8` (n8 tiles of Sᵀ), `QR =
 /// DQ_COLS/2` (dQ). `SOFTCAP`: the instantiation for calls with a softcap (dS chained through the tanh);
@@ -317,20 +352,8 @@ pub unsafe fn attn_bwd_wgmma<
         let mut s = [0f32; SR];
         let mut dp = [0f32; SR];
         wgmma::fence();
-        for kk in 0..D / 16 {
-            let inner = ((kk / 4) * BN * 128 + (kk % 4) * 32) as u32;
-            let a = desc_sw128(k_s + inner + key_w * 128, 16, SBO);
-            let bq = desc_sw128(q_s + ((kk / 4) * BM * 128 + (kk % 4) * 32) as u32, 16, SBO);
-            E::ss::<SR, 0, 0>(&mut s, a, bq, kk > 0);
-        }
-        wgmma::commit();
-        for kk in 0..D / 16 {
-            let inner = ((kk / 4) * BN * 128 + (kk % 4) * 32) as u32;
-            let a = desc_sw128(v_s + inner + key_w * 128, 16, SBO);
-            let bo = desc_sw128(do_s + ((kk / 4) * BM * 128 + (kk % 4) * 32) as u32, 16, SBO);
-            E::ss::<SR, 0, 0>(&mut dp, a, bo, kk > 0);
-        }
-        wgmma::commit();
+        issue_by_key::<E, D, BM, SR>(&mut s, k_s + key_w * 128, q_s);
+        issue_by_key::<E, D, BM, SR>(&mut dp, v_s + key_w * 128, do_s);
         if p.deterministic == 0 {
             load_next();
         }
@@ -371,12 +394,7 @@ pub unsafe fn attn_bwd_wgmma<
         }
         // dV += Pᵀ dO: the A fragment of k16 step kk is column blocks 2kk and 2kk+1 of Pᵀ.
         wgmma::fence();
-        for kk in 0..BM / 16 {
-            let a = [pk[4 * kk], pk[4 * kk + 1], pk[4 * kk + 2], pk[4 * kk + 3]];
-            let bo = desc_sw128(do_s + kk as u32 * K16_ROWS, col_block(BM), SBO);
-            E::rs::<DR, 1>(&mut dv, &a, bo, true);
-        }
-        wgmma::commit();
+        accumulate_by_query::<E, BM, DR, PK>(&mut dv, &pk, do_s);
 
         // 3. dSᵀ = Pᵀ ∘ (dPᵀ − delta) (dV may still be running).
         wgmma::wait::<1>();
@@ -418,12 +436,7 @@ pub unsafe fn attn_bwd_wgmma<
         wgmma::commit();
         // dK += dSᵀ Q after dQ, so that it runs while dQ is staged (issued before the barrier, it ran
         // under the dSᵀ stores, and the tensor cores sat idle through the staging).
-        for kk in 0..BM / 16 {
-            let a = [dsk[4 * kk], dsk[4 * kk + 1], dsk[4 * kk + 2], dsk[4 * kk + 3]];
-            let bq = desc_sw128(q_s + kk as u32 * K16_ROWS, col_block(BM), SBO);
-            E::rs::<DR, 1>(&mut dk, &a, bq, true);
-        }
-        wgmma::commit();
+        accumulate_by_query::<E, BM, DR, PK>(&mut dk, &dsk, q_s);
         wgmma::wait::<1>();
         wgmma::pin_all(&mut dq);
         wgmma::pin_all(&mut dv);
