@@ -365,6 +365,28 @@ fn saturated_softcaps() {
     }
 }
 
+/// Decode (one query row) with grouped query heads, which the library runs as their K/V head's rows
+/// (`pack_query_heads` in `host/gpu/flash.rs`): left windows (K and V read from the window's first key
+/// on; windows of 0, inside and wider than the keys, with a right edge that hides nothing), sinks (the
+/// split path adds them per query head; unsplit, the rows stay as given), causal or not, 4 and 8 query
+/// heads per K/V head, the library's split choice, 3 splits forced and unsplit forced; both dtypes.
+fn grouped_decode_rows() {
+    let windows = [(None, None), (Some(0), None), (Some(16), None), (Some(16), Some(3)), (Some(5000), None)];
+    for d in [64, 128] {
+        for (heads_kv, group) in [(2, 4), (1, 8)] {
+            for sk in [1, 77, 3000] {
+                for (w, window) in windows.into_iter().enumerate() {
+                    for kernels in [Kernels::Chosen, Kernels::Split(3), Kernels::Split(1)] {
+                        let sinks = (w + sk) % 2 == 0;
+                        let causal = w % 2 == 1;
+                        fixed(Case { heads_kv, group, window, sinks, causal, kernels, batch: 2, ..base(d, 1, sk) });
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Rows with no visible key (causal with more queries than keys, narrow windows) keep O = 0 and get
 /// LSE = -inf, or the sink with sinks; whole query blocks of them too.
 fn rows_without_keys() {
@@ -524,6 +546,7 @@ fn main() -> std::process::ExitCode {
             every_option_matches_reference_f16,
             each_option_at_head_dim_128_on_both_kernel_families,
             saturated_softcaps,
+            grouped_decode_rows,
             rows_without_keys,
             single_key_gradients_cancel,
             deterministic_backward_with_windows_is_bitwise_stable,

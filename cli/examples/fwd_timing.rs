@@ -12,7 +12,9 @@
 //! cargo run --release --example fwd_timing -- --dims 192v128    # V (and O) of head dim 128
 //! cargo run --release --example fwd_timing -- --decode-only --splits 8,32,64   # extra split counts
 //! cargo run --release --example fwd_timing -- --decode-only --decode-grid      # B 1/8/64, 4K-64K keys
+//! cargo run --release --example fwd_timing -- --decode-only --sinks --window 4096  # decode options
 //! ```
+//! With `--window L` the decode rows' GB/s count the bytes of the `L + 1` keys the row sees.
 //! Warm-up launches first, then the median of per-launch event timings. Inputs are random (never zeros).
 
 mod common;
@@ -90,7 +92,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.iter().any(|a| a == "--decode-grid") {
         return decode_grid(&dev);
     }
-    decode(&dev, &extra_splits)
+    let sinks = args.iter().any(|a| a == "--sinks");
+    let window = match args.iter().position(|a| a == "--window") {
+        Some(i) => Some(args.get(i + 1).ok_or("--window needs a key count")?.parse::<usize>()?),
+        None => None,
+    };
+    decode(&dev, &extra_splits, sinks, window)
 }
 
 /// Median over `REPS` launches (after `WARMUP`) of the CUDA-event time of one call of `run`.
@@ -112,9 +119,15 @@ fn median_ms(dev: &Device, mut run: impl FnMut() -> ironflash::Result<()>) -> Re
 
 /// Decode: one query row per (batch, head), non-causal (bottom-right causal is the same for one row),
 /// with H = 16 query heads on 16 K/V heads, and with 32 on 8 (GQA, whose query heads of one K/V head
-/// the library runs as that head's rows: `pack_query_heads` in `host/gpu/flash.rs`).
-fn decode(dev: &Device, extra_splits: &[usize]) -> Result<(), Box<dyn std::error::Error>> {
-    println!("decode (bf16, D = 128, seqlen_q = 1)");
+/// the library runs as that head's rows: `pack_query_heads` in `host/gpu/flash.rs`); with `sinks`, one
+/// sink logit per query head, with `window`, a left window of that many keys.
+fn decode(
+    dev: &Device,
+    extra_splits: &[usize],
+    sinks: bool,
+    window: Option<usize>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    println!("decode (bf16, D = 128, seqlen_q = 1, sinks: {sinks}, left window: {window:?})");
     println!("{:>3} {:>7} {:>6} {:>7} {:>10} {:>8}", "B", "Hq/Hkv", "keys", "splits", "median ms", "GB/s");
     println!("(auto: the library's choice; a number: that many splits forced)");
     let d = 128;
@@ -127,8 +140,13 @@ fn decode(dev: &Device, extra_splits: &[usize]) -> Result<(), Box<dyn std::error
                 let v = dev.upload(&HostTensor::<bf16>::random([b, n, h_kv, d], 1.0, &mut rng))?;
                 let mut o = dev.poisoned::<bf16>([b, 1, h, d])?;
                 let mut lse = dev.poisoned_f32(b * h)?;
-                let opts = AttnOptions::default();
-                let kv_bytes = (2 * b * n * h_kv * d * 2) as f64;
+                let sink_logits = dev.stream().clone_htod(&vec![0.25f32; h])?;
+                let mut opts = AttnOptions::default().with_window(window, None);
+                if sinks {
+                    opts = opts.with_sinks(ironflash::PerHead::Device(&sink_logits));
+                }
+                let keys = window.map_or(n, |w| n.min(w + 1));
+                let kv_bytes = (2 * b * keys * h_kv * d * 2) as f64;
                 let mut counts = vec![None, Some(1)];
                 counts.extend(extra_splits.iter().filter(|&&s| s != 1).map(|&s| Some(s)));
                 for splits in counts {

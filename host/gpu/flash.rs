@@ -186,19 +186,24 @@ pub fn flash_forward<T: Element>(
     // SAFETY: the kernel writes every element of O and of the LSE (fully masked rows included).
     let mut o = unsafe { dev.stream.alloc::<T>(o_layout.numel()) }.during("allocating O")?;
     let mut lse = unsafe { dev.stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
-    let (run, q_layout, run_o_layout) = pack_query_heads(&p, opts, &q.layout, &o_layout);
-    let (tile, splits) = forward_launch_plan(dev.info(), &run, &tile, T::DTYPE);
+    let plan_for = |run: &AttnProblem| Ok(forward_launch_plan(dev.info(), run, &tile, T::DTYPE));
+    let (rows, tile, splits) = plan_rows(&p, opts, (&q.layout, &o_layout), true, plan_for)?;
+    let (run, q_layout, run_o_layout) = match &rows {
+        Some(r) => (&r.run, &r.q, &r.o),
+        None => (&p, &q.layout, &o_layout),
+    };
     launch(
         dev,
-        &run,
+        run,
         opts,
         BatchLaunch::Dense,
+        rows.as_ref(),
         &tile,
         splits,
-        (&q.buf, &q_layout),
+        (&q.buf, q_layout),
         k,
         v,
-        (&mut o, &run_o_layout),
+        (&mut o, run_o_layout),
         &mut lse,
     )?;
     Ok(GpuForwardOutput { o: DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal }, lse })
@@ -302,9 +307,14 @@ fn forward_into<T: Element>(
 ) -> Result<()> {
     let (p, chosen) = plan(dev, q, k, v, opts)?;
     check_outputs(dev, &p, o, lse, "one f32 per (batch, head_q, query row)")?;
-    let (p, q_layout, o_layout) = pack_query_heads(&p, opts, &q.layout, &o.layout);
-    let (tile, splits) = launch_choice(dev.info(), &p, &chosen, tile, num_splits, T::DTYPE)?;
-    launch(dev, &p, opts, BatchLaunch::Dense, &tile, splits, (&q.buf, &q_layout), k, v, (&mut o.buf, &o_layout), lse)
+    let plan_for = |run: &AttnProblem| launch_choice(dev.info(), run, &chosen, tile, num_splits, T::DTYPE);
+    let (rows, tile, splits) = plan_rows(&p, opts, (&q.layout, &o.layout), true, plan_for)?;
+    let (run, q_layout, o_layout) = match &rows {
+        Some(r) => (&r.run, r.q, r.o),
+        None => (&p, q.layout, o.layout),
+    };
+    let o_run = (&mut o.buf, &o_layout);
+    launch(dev, run, opts, BatchLaunch::Dense, rows.as_ref(), &tile, splits, (&q.buf, &q_layout), k, v, o_run, lse)
 }
 
 /// Caller-provided O and LSE of a forward: O on the device, shaped like the problem's O with vector
@@ -326,33 +336,90 @@ pub(crate) fn check_outputs<T: Element>(
 /// share a K/V head become that head's query rows (q `[b, 1, heads_q, d]` seen as
 /// `[b, group, heads_kv, d]`, a strided view, and O likewise), so that one CTA (per split) reads each
 /// K/V head once for its whole group instead of once per query head. The LSE `[b, heads_q, 1]` is the
-/// same memory as `[b, heads_kv, group]`. Exact: the single row sees every key, causal or not, so the
-/// packed rows run unmasked. Only where the mask and the score modifiers do not depend on the row or
-/// the query head (no window, ALiBi or sinks); otherwise, and without grouping, the problem as given.
+/// same memory as `[b, heads_kv, group]`. Exact: the single row sees one range of keys, the same for
+/// every query head, so the packed rows run unmasked over it:
+/// - a window's left edge: the row sees keys `seqlen_k - 1 - left ..= seqlen_k - 1` (its right edge
+///   hides nothing, the row being the last): the launch reads K and V from `first_key` on, over
+///   `seqlen_k - first_key` keys (`slice_keys`; a paged cache's pages cannot be cut so, and keep the
+///   row as given);
+/// - sinks (one per query head) only where the key range is split: the split kernels leave the sink
+///   to the combine, which runs over the call's own rows (`call_heads_q`, `call_o`), query head by
+///   query head ([`HeadsAsRows::needs_split`]).
+///
+/// ALiBi depends on the query head in the kernels, so it keeps the problem as given, as do calls
+/// with more than one query row or without grouping (`None`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct HeadsAsRows {
+    /// What the kernels run: `group` rows per K/V head over the keys from `first_key`, no mask.
+    pub run: AttnProblem,
+    pub q: Layout,
+    pub o: Layout,
+    /// The single row's first visible key: K and V are read from there.
+    pub first_key: usize,
+    /// The call's query heads and O: where the combine writes each query head's row and adds its sink.
+    pub call_heads_q: usize,
+    pub call_o: Layout,
+    /// The call has sinks: runnable only split (the unsplit kernels take one sink per CTA).
+    pub needs_split: bool,
+}
+
 pub(crate) fn pack_query_heads(
     p: &AttnProblem,
     opts: &AttnOptions,
     q: &Layout,
     o: &Layout,
-) -> (AttnProblem, Layout, Layout) {
+    slice_keys: bool,
+) -> Option<HeadsAsRows> {
     let group = p.group_size();
-    let row_independent = !p.mask.is_windowed() && opts.alibi_slopes.is_none() && opts.sinks.is_none();
-    if p.seqlen_q != 1 || group == 1 || !row_independent {
-        return (*p, *q, *o);
+    // With one row, only a left window edge hides keys (`Mask::is_windowed`).
+    let windowed = p.mask.is_windowed();
+    if p.seqlen_q != 1 || group == 1 || opts.alibi_slopes.is_some() || (windowed && !slice_keys) {
+        return None;
     }
+    let first_key = if windowed { p.seqlen_k - 1 - p.mask.left as usize } else { 0 };
     let heads_as_rows = |l: &Layout| {
         let [b, _, _, d] = l.shape;
         let [sb, _, sh, _] = l.strides;
         Layout { shape: [b, group, p.heads_kv, d], strides: [sb, sh, group * sh, 1] }
     };
-    let packed = AttnProblem {
+    let seqlen_k = p.seqlen_k - first_key;
+    let run = AttnProblem {
         seqlen_q: group,
+        seqlen_k,
         heads_q: p.heads_kv,
         causal: false,
-        mask: ironflash_kernels::attn::score::Mask::new(group as u32, p.seqlen_k as u32, false, None, None),
+        mask: ironflash_kernels::attn::score::Mask::new(group as u32, seqlen_k as u32, false, None, None),
         ..*p
     };
-    (packed, heads_as_rows(q), heads_as_rows(o))
+    Some(HeadsAsRows {
+        run,
+        q: heads_as_rows(q),
+        o: heads_as_rows(o),
+        first_key,
+        call_heads_q: p.heads_q,
+        call_o: *o,
+        needs_split: opts.sinks.is_some(),
+    })
+}
+
+/// The launch of a call whose query heads may run as rows ([`pack_query_heads`]): the packed problem and
+/// its plan (`plan_for`: tile and split count), or the problem as given where it does not pack or would
+/// run unsplit with sinks.
+pub(crate) fn plan_rows(
+    p: &AttnProblem,
+    opts: &AttnOptions,
+    (q, o): (&Layout, &Layout),
+    slice_keys: bool,
+    plan_for: impl Fn(&AttnProblem) -> Result<(FwdTile, usize)>,
+) -> Result<(Option<HeadsAsRows>, FwdTile, usize)> {
+    if let Some(rows) = pack_query_heads(p, opts, q, o, slice_keys) {
+        let (tile, splits) = plan_for(&rows.run)?;
+        if splits > 1 || !rows.needs_split {
+            return Ok((Some(rows), tile, splits));
+        }
+    }
+    let (tile, splits) = plan_for(p)?;
+    Ok((None, tile, splits))
 }
 
 /// Everything checked before a launch: dtype, devices, shapes and strides, kernel index limits, tile.
@@ -426,6 +493,7 @@ pub(crate) fn launch<T: Element>(
     p: &AttnProblem,
     opts: &AttnOptions,
     batch: BatchLaunch,
+    rows: Option<&HeadsAsRows>,
     tile: &FwdTile,
     num_splits: usize,
     (q, q_layout): (&CudaSlice<T>, &Layout),
@@ -444,9 +512,13 @@ pub(crate) fn launch<T: Element>(
     let smem = tile.smem_bytes(T::DTYPE.size_bytes());
     let f = dev.modules.function(&dev.ctx, name, smem)?;
     let stream = dev.stream();
+    debug_assert!(rows.is_none_or(|r| num_splits > 1 || !r.needs_split), "packed sinks need the split path");
     let (q_ptr, _q_sync) = q.device_ptr(stream);
     let (k_ptr, _k_sync) = k.buf.device_ptr(stream);
     let (v_ptr, _v_sync) = v.buf.device_ptr(stream);
+    // Packed decode rows read the keys of their window only (`HeadsAsRows::first_key`; dense K/V).
+    let first_key = |strides: [usize; 4]| (rows.map_or(0, |r| r.first_key) * strides[1] * size_of::<T>()) as u64;
+    let (k_ptr, v_ptr) = (k_ptr + first_key(k.layout.strides), v_ptr + first_key(v.layout.strides));
     let (o_buf, o_layout) = o;
     let (o_ptr, _o_sync) = o_buf.device_ptr_mut(stream);
     let (lse_ptr, _lse_sync) = lse.device_ptr_mut(stream);
@@ -514,6 +586,11 @@ pub(crate) fn launch<T: Element>(
 
     let name = if f16 { abi::FWD_COMBINE_F16 } else { abi::FWD_COMBINE_BF16 };
     let f = dev.modules.function(&dev.ctx, name, 0)?;
+    // Packed decode rows are combined as the call's rows (one per query head), whose sinks it adds.
+    let (heads_q, rows_per_head, o_layout) = match rows {
+        Some(r) => (r.call_heads_q, 1, &r.call_o),
+        None => (p.heads_q, rows_per_head, o_layout),
+    };
     let rows = lse_rows;
     let params = FwdCombineParams {
         o_accum: o_accum_ptr,
@@ -523,7 +600,7 @@ pub(crate) fn launch<T: Element>(
         o_strides: strides3(o_layout),
         rows: rows as u32,
         seqlen_q: rows_per_head as u32,
-        heads_q: p.heads_q as u32,
+        heads_q: heads_q as u32,
         head_dim_v: p.head_dim_v as u32,
         num_splits: num_splits as u32,
         sinks: score.params.sinks,
@@ -595,7 +672,9 @@ mod tests {
         let v = kv;
         let opts = AttnOptions::causal();
         let p = AttnProblem::new((&q, q.span()), (&kv, kv.span()), (&v, v.span()), &opts).unwrap();
-        let (packed, pq, po) = pack_query_heads(&p, &opts, &q, &o);
+        let rows = pack_query_heads(&p, &opts, &q, &o, true).unwrap();
+        let (packed, pq, po) = (rows.run, rows.q, rows.o);
+        assert_eq!((rows.first_key, rows.call_heads_q, rows.call_o, rows.needs_split), (0, hq, o, false));
         let group = hq / hkv;
         assert_eq!((packed.seqlen_q, packed.heads_q, packed.group_size(), packed.causal), (group, hkv, 1, false));
         // Row i of K/V head h is query head h·group + i; every row sees every key.
@@ -618,20 +697,52 @@ mod tests {
     }
 
     #[test]
-    fn rows_that_differ_are_not_packed() {
+    fn windows_and_sinks_pack_where_the_row_allows() {
         let q = Layout::contiguous([1, 1, 8, 64]);
         let kv = Layout::contiguous([1, 300, 2, 64]);
         let new = |opts: &AttnOptions| AttnProblem::new((&q, q.span()), (&kv, kv.span()), (&kv, kv.span()), opts);
-        let windowed = AttnOptions { window: Window { left: Some(16), right: None }, ..AttnOptions::default() };
+        // A left window: the single row sees keys 283..=299, the packed rows exactly those.
+        for causal in [false, true] {
+            let opts = AttnOptions { causal, window: Window { left: Some(16), right: Some(5) }, ..Default::default() };
+            let p = new(&opts).unwrap();
+            assert_eq!(p.key_range(0), 283..300);
+            let rows = pack_query_heads(&p, &opts, &q, &q, true).unwrap();
+            assert_eq!((rows.first_key, rows.run.seqlen_k, rows.needs_split), (283, 17, false));
+            for i in 0..4 {
+                assert_eq!(rows.run.key_range(i), 0..17);
+            }
+            // A paged cache cannot start at key 283: as given.
+            assert_eq!(pack_query_heads(&p, &opts, &q, &q, false), None);
+        }
+        // A window wider than the keys hides nothing.
+        let wide = AttnOptions { window: Window { left: Some(400), right: None }, ..AttnOptions::default() };
+        assert_eq!(pack_query_heads(&new(&wide).unwrap(), &wide, &q, &q, false).unwrap().first_key, 0);
+        // Sinks: packed, for the split path only.
         let sinks = [0.5f32; 8];
         let with_sinks = AttnOptions::default().with_sinks(crate::options::PerHead::Host(&sinks));
-        for opts in [windowed, with_sinks] {
-            let p = new(&opts).unwrap();
-            assert_eq!(pack_query_heads(&p, &opts, &q, &q).0, p);
-        }
+        let p = new(&with_sinks).unwrap();
+        assert!(pack_query_heads(&p, &with_sinks, &q, &q, false).unwrap().needs_split);
+        let split = |r: &AttnProblem| Ok((tiles::HD64, if r.seqlen_q == 1 { 1 } else { 4 }));
+        let unsplit = |_: &AttnProblem| Ok((tiles::HD64, 1));
+        assert!(plan_rows(&p, &with_sinks, (&q, &q), true, split).unwrap().0.is_some());
+        let (rows, _, splits) = plan_rows(&p, &with_sinks, (&q, &q), true, unsplit).unwrap();
+        assert_eq!((rows, splits), (None, 1));
+    }
+
+    #[test]
+    fn rows_that_differ_are_not_packed() {
+        let q = Layout::contiguous([1, 1, 8, 64]);
+        let kv = Layout::contiguous([1, 300, 2, 64]);
+        let slopes = [0.5f32; 8];
+        let alibi = AttnOptions::default().with_alibi(crate::options::PerHead::Host(&slopes));
+        let p = AttnProblem::new((&q, q.span()), (&kv, kv.span()), (&kv, kv.span()), &alibi).unwrap();
+        assert_eq!(pack_query_heads(&p, &alibi, &q, &q, true), None);
         // Two query rows, or one query head per K/V head: as given.
         let mha = Layout::contiguous([1, 1, 2, 64]);
         let p = AttnProblem::new((&mha, mha.span()), (&kv, kv.span()), (&kv, kv.span()), &AttnOptions::default());
-        assert_eq!(pack_query_heads(&p.unwrap(), &AttnOptions::default(), &mha, &mha).0.seqlen_q, 1);
+        assert_eq!(pack_query_heads(&p.unwrap(), &AttnOptions::default(), &mha, &mha, true), None);
+        let two = Layout::contiguous([1, 2, 8, 64]);
+        let p = AttnProblem::new((&two, two.span()), (&kv, kv.span()), (&kv, kv.span()), &AttnOptions::default());
+        assert_eq!(pack_query_heads(&p.unwrap(), &AttnOptions::default(), &two, &two, true), None);
     }
 }

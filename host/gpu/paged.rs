@@ -378,8 +378,14 @@ fn run<T: Element>(
         Some(b) => (b, q_rot_layout),
         None => (&q.buf, q.layout),
     };
-    let (gp, q_layout, o_layout) = flash::pack_query_heads(p, opts, &q_layout, &o.layout);
-    let (tile, splits) = flash::launch_choice(dev.info(), &gp, &plan.tile, tile, num_splits, T::DTYPE)?;
+    let plan_for = |run: &AttnProblem| flash::launch_choice(dev.info(), run, &plan.tile, tile, num_splits, T::DTYPE);
+    // Pages cannot be cut at a window's first key: windowed rows stay as given.
+    let (rows, tile, splits) = flash::plan_rows(p, opts, (&q_layout, &o.layout), false, plan_for)?;
+    let (gp, q_layout, o_layout) = match &rows {
+        Some(r) => (&r.run, r.q, r.o),
+        None => (p, q_layout, o.layout),
+    };
     let (k, v) = (&*cache.k_pages, &*cache.v_pages);
-    flash::launch(dev, &gp, opts, batch, &tile, splits, (q_buf, &q_layout), k, v, (&mut o.buf, &o_layout), lse)
+    let o_run = (&mut o.buf, &o_layout);
+    flash::launch(dev, gp, opts, batch, rows.as_ref(), &tile, splits, (q_buf, &q_layout), k, v, o_run, lse)
 }
