@@ -367,9 +367,10 @@ fn saturated_softcaps() {
 
 /// Decode (one query row) with grouped query heads, which the library runs as their K/V head's rows
 /// (`pack_query_heads` in `host/gpu/flash.rs`): left windows (K and V read from the window's first key
-/// on; windows of 0, inside and wider than the keys, with a right edge that hides nothing), sinks (the
-/// split path adds them per query head; unsplit, the rows stay as given), causal or not, 4 and 8 query
-/// heads per K/V head, the library's split choice, 3 splits forced and unsplit forced; both dtypes.
+/// on; windows of 0, inside and wider than the keys, with a right edge that hides nothing), sinks (each
+/// row its own query head's: the unsplit kernels per row, the split path in the combine), causal or
+/// not, 4 and 8 query heads per K/V head, the library's split choice, 3 splits forced and unsplit
+/// forced; both dtypes.
 fn grouped_decode_rows() {
     let windows = [(None, None), (Some(0), None), (Some(16), None), (Some(16), Some(3)), (Some(5000), None)];
     for d in [64, 128] {

@@ -13,6 +13,7 @@
 //! cargo run --release --example fwd_timing -- --decode-only --splits 8,32,64   # extra split counts
 //! cargo run --release --example fwd_timing -- --decode-only --decode-grid      # B 1/8/64, 4K-64K keys
 //! cargo run --release --example fwd_timing -- --decode-only --sinks --window 4096  # decode options
+//! cargo run --release --example fwd_timing -- --decode-only --decode-grid --sinks  # the grid with sinks
 //! ```
 //! With `--window L` the decode rows' GB/s count the bytes of the `L + 1` keys the row sees.
 //! Warm-up launches first, then the median of per-launch event timings. Inputs are random (never zeros).
@@ -89,10 +90,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         None => vec![],
     };
-    if args.iter().any(|a| a == "--decode-grid") {
-        return decode_grid(&dev);
-    }
     let sinks = args.iter().any(|a| a == "--sinks");
+    if args.iter().any(|a| a == "--decode-grid") {
+        return decode_grid(&dev, sinks);
+    }
     let window = match args.iter().position(|a| a == "--window") {
         Some(i) => Some(args.get(i + 1).ok_or("--window needs a key count")?.parse::<usize>()?),
         None => None,
@@ -175,8 +176,8 @@ fn decode(
 /// device-to-device copy / time); after the dense rows (the library's choice, one split, and the
 /// `mma.sync` row that paged calls run), the same keys in a paged cache of 16, 64 and 256 tokens per
 /// page (`paged_rows`). Writes `decode_grid_cases.jsonl` for `benches/peers.py` (SDPA on
-/// the same dense cache).
-fn decode_grid(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
+/// the same dense cache). With `sinks`, the dense rows have one sink logit per query head.
+fn decode_grid(dev: &Device, sinks: bool) -> Result<(), Box<dyn std::error::Error>> {
     use ironflash::error::DriverContext;
     use ironflash::{Arg, Layout};
     use ironflash_cli::bench::timing::RandomSource;
@@ -189,7 +190,8 @@ fn decode_grid(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let copy_ms = median_ms(dev, || dev.stream().memcpy_dtod(&src, &mut dst).during("timing a device copy"))?;
     drop((src, dst));
     println!("device copy: {:.0} GB/s (read + write of 4 GiB)", (2 * 2 * copy_len) as f64 / (copy_ms * 1e-3) / 1e9);
-    println!("decode grid (bf16, D = 128, Hq/Hkv = 32/8, seqlen_q = 1)");
+    println!("decode grid (bf16, D = 128, Hq/Hkv = 32/8, seqlen_q = 1, sinks on the dense rows: {sinks})");
+    let sink_logits = dev.stream().clone_htod(&vec![0.25f32; h])?;
     println!("{:>3} {:>6} {:>7} {:>10} {:>8}", "B", "keys", "splits", "median ms", "GB/s");
     let mut cases = Vec::new();
     for b in [1usize, 8, 64] {
@@ -204,7 +206,10 @@ fn decode_grid(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
             let q = dev.wrap(Arg::Q, source.buffer(dev, ql.numel(), salt + 2)?, ql)?;
             let mut o = dev.poisoned::<bf16>([b, 1, h, d])?;
             let mut lse = dev.poisoned_f32(b * h)?;
-            let opts = AttnOptions::default();
+            let mut opts = AttnOptions::default();
+            if sinks {
+                opts = opts.with_sinks(ironflash::PerHead::Device(&sink_logits));
+            }
             let kv_bytes = (2 * b * n * h_kv * d * 2) as f64;
             // "auto" and "1" as the library picks them (an unsplit call runs the Hopper kernel on
             // sm_90); "mma": the `mma.sync` row the paged rows run, its own split count.

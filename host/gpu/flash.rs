@@ -342,12 +342,12 @@ pub(crate) fn check_outputs<T: Element>(
 ///   hides nothing, the row being the last): the launch reads K and V from `first_key` on, over
 ///   `seqlen_k - first_key` keys (`slice_keys`; a paged cache's pages cannot be cut so, and keep the
 ///   row as given);
-/// - sinks (one per query head) only where the key range is split: the split kernels leave the sink
-///   to the combine, which runs over the call's own rows (`call_heads_q`, `call_o`), query head by
-///   query head ([`HeadsAsRows::needs_split`]).
+/// - sinks (one per query head): the unsplit kernels give each row its own query head's
+///   (`FwdParams::sinks_by_row`); the split kernels leave them to the combine, which runs over the
+///   call's own rows (`call_heads_q`, `call_o`), query head by query head.
 ///
 /// ALiBi depends on the query head in the kernels, so it keeps the problem as given, as do calls
-/// with more than one query row or without grouping (`None`).
+/// with more than one query row, without grouping or without keys (`None`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct HeadsAsRows {
     /// What the kernels run: `group` rows per K/V head over the keys from `first_key`, no mask.
@@ -359,8 +359,6 @@ pub(crate) struct HeadsAsRows {
     /// The call's query heads and O: where the combine writes each query head's row and adds its sink.
     pub call_heads_q: usize,
     pub call_o: Layout,
-    /// The call has sinks: runnable only split (the unsplit kernels take one sink per CTA).
-    pub needs_split: bool,
 }
 
 pub(crate) fn pack_query_heads(
@@ -373,7 +371,8 @@ pub(crate) fn pack_query_heads(
     let group = p.group_size();
     // With one row, only a left window edge hides keys (`Mask::is_windowed`).
     let windowed = p.mask.is_windowed();
-    if p.seqlen_q != 1 || group == 1 || opts.alibi_slopes.is_some() || (windowed && !slice_keys) {
+    let no_keys = p.seqlen_k == 0;
+    if p.seqlen_q != 1 || group == 1 || no_keys || opts.alibi_slopes.is_some() || (windowed && !slice_keys) {
         return None;
     }
     let first_key = if windowed { p.seqlen_k - 1 - p.mask.left as usize } else { 0 };
@@ -391,20 +390,12 @@ pub(crate) fn pack_query_heads(
         mask: ironflash_kernels::attn::score::Mask::new(group as u32, seqlen_k as u32, false, None, None),
         ..*p
     };
-    Some(HeadsAsRows {
-        run,
-        q: heads_as_rows(q),
-        o: heads_as_rows(o),
-        first_key,
-        call_heads_q: p.heads_q,
-        call_o: *o,
-        needs_split: opts.sinks.is_some(),
-    })
+    Some(HeadsAsRows { run, q: heads_as_rows(q), o: heads_as_rows(o), first_key, call_heads_q: p.heads_q, call_o: *o })
 }
 
 /// The launch of a call whose query heads may run as rows ([`pack_query_heads`]): the packed problem and
-/// its plan (`plan_for`: tile and split count), or the problem as given where it does not pack or would
-/// run unsplit with sinks.
+/// its plan (`plan_for`: tile and split count), or the problem as given and its plan where it does not
+/// pack.
 pub(crate) fn plan_rows(
     p: &AttnProblem,
     opts: &AttnOptions,
@@ -412,14 +403,9 @@ pub(crate) fn plan_rows(
     slice_keys: bool,
     plan_for: impl Fn(&AttnProblem) -> Result<(FwdTile, usize)>,
 ) -> Result<(Option<HeadsAsRows>, FwdTile, usize)> {
-    if let Some(rows) = pack_query_heads(p, opts, q, o, slice_keys) {
-        let (tile, splits) = plan_for(&rows.run)?;
-        if splits > 1 || !rows.needs_split {
-            return Ok((Some(rows), tile, splits));
-        }
-    }
-    let (tile, splits) = plan_for(p)?;
-    Ok((None, tile, splits))
+    let rows = pack_query_heads(p, opts, q, o, slice_keys);
+    let (tile, splits) = plan_for(rows.as_ref().map_or(p, |r| &r.run))?;
+    Ok((rows, tile, splits))
 }
 
 /// Everything checked before a launch: dtype, devices, shapes and strides, kernel index limits, tile.
@@ -512,7 +498,6 @@ pub(crate) fn launch<T: Element>(
     let smem = tile.smem_bytes(T::DTYPE.size_bytes());
     let f = dev.modules.function(&dev.ctx, name, smem)?;
     let stream = dev.stream();
-    debug_assert!(rows.is_none_or(|r| num_splits > 1 || !r.needs_split), "packed sinks need the split path");
     let (q_ptr, _q_sync) = q.device_ptr(stream);
     let (k_ptr, _k_sync) = k.buf.device_ptr(stream);
     let (v_ptr, _v_sync) = v.buf.device_ptr(stream);
@@ -566,6 +551,8 @@ pub(crate) fn launch<T: Element>(
         heads_q: p.heads_q as u32,
         group: p.group_size() as u32,
         num_splits: num_splits as u32,
+        // Packed decode rows are query heads, each with its own sink.
+        sinks_by_row: rows.is_some() as u32,
         o_accum: o_accum_ptr,
         lse_accum: lse_accum_ptr,
         pages,
@@ -674,7 +661,7 @@ mod tests {
         let p = AttnProblem::new((&q, q.span()), (&kv, kv.span()), (&v, v.span()), &opts).unwrap();
         let rows = pack_query_heads(&p, &opts, &q, &o, true).unwrap();
         let (packed, pq, po) = (rows.run, rows.q, rows.o);
-        assert_eq!((rows.first_key, rows.call_heads_q, rows.call_o, rows.needs_split), (0, hq, o, false));
+        assert_eq!((rows.first_key, rows.call_heads_q, rows.call_o), (0, hq, o));
         let group = hq / hkv;
         assert_eq!((packed.seqlen_q, packed.heads_q, packed.group_size(), packed.causal), (group, hkv, 1, false));
         // Row i of K/V head h is query head h·group + i; every row sees every key.
@@ -707,7 +694,7 @@ mod tests {
             let p = new(&opts).unwrap();
             assert_eq!(p.key_range(0), 283..300);
             let rows = pack_query_heads(&p, &opts, &q, &q, true).unwrap();
-            assert_eq!((rows.first_key, rows.run.seqlen_k, rows.needs_split), (283, 17, false));
+            assert_eq!((rows.first_key, rows.run.seqlen_k), (283, 17));
             for i in 0..4 {
                 assert_eq!(rows.run.key_range(i), 0..17);
             }
@@ -717,16 +704,16 @@ mod tests {
         // A window wider than the keys hides nothing.
         let wide = AttnOptions { window: Window { left: Some(400), right: None }, ..AttnOptions::default() };
         assert_eq!(pack_query_heads(&new(&wide).unwrap(), &wide, &q, &q, false).unwrap().first_key, 0);
-        // Sinks: packed, for the split path only.
+        // Sinks: packed (each row takes its own query head's sink in the kernels).
         let sinks = [0.5f32; 8];
         let with_sinks = AttnOptions::default().with_sinks(crate::options::PerHead::Host(&sinks));
         let p = new(&with_sinks).unwrap();
-        assert!(pack_query_heads(&p, &with_sinks, &q, &q, false).unwrap().needs_split);
-        let split = |r: &AttnProblem| Ok((tiles::HD64, if r.seqlen_q == 1 { 1 } else { 4 }));
-        let unsplit = |_: &AttnProblem| Ok((tiles::HD64, 1));
-        assert!(plan_rows(&p, &with_sinks, (&q, &q), true, split).unwrap().0.is_some());
-        let (rows, _, splits) = plan_rows(&p, &with_sinks, (&q, &q), true, unsplit).unwrap();
-        assert_eq!((rows, splits), (None, 1));
+        let plan_for = |r: &AttnProblem| Ok((tiles::HD64, r.seqlen_q));
+        let (rows, _, planned_rows) = plan_rows(&p, &with_sinks, (&q, &q), false, plan_for).unwrap();
+        assert_eq!(
+            (rows.map(|r| r.run), planned_rows),
+            (pack_query_heads(&p, &with_sinks, &q, &q, false).map(|r| r.run), 4)
+        );
     }
 
     #[test]
@@ -741,6 +728,10 @@ mod tests {
         let mha = Layout::contiguous([1, 1, 2, 64]);
         let p = AttnProblem::new((&mha, mha.span()), (&kv, kv.span()), (&kv, kv.span()), &AttnOptions::default());
         assert_eq!(pack_query_heads(&p.unwrap(), &AttnOptions::default(), &mha, &mha, true), None);
+        // No keys: as given (the rows' sinks are then the kernels' empty-block case, one per head).
+        let none = Layout::contiguous([1, 0, 2, 64]);
+        let p = AttnProblem::new((&q, q.span()), (&none, 0), (&none, 0), &AttnOptions::default()).unwrap();
+        assert_eq!(pack_query_heads(&p, &AttnOptions::default(), &q, &q, true), None);
         let two = Layout::contiguous([1, 2, 8, 64]);
         let p = AttnProblem::new((&two, two.span()), (&kv, kv.span()), (&kv, kv.span()), &AttnOptions::default());
         assert_eq!(pack_query_heads(&p.unwrap(), &AttnOptions::default(), &two, &two, true), None);

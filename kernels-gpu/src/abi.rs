@@ -91,6 +91,11 @@ pub struct FwdParams {
     pub group: u32,
     /// Key-range splits per (query block, head, batch); 1: no split, O and LSE written directly.
     pub num_splits: u32,
+    /// 1 when the rows of a head are query heads (decode with grouped query heads run as their K/V
+    /// head's `seqlen_q` rows, `gpu::flash`'s `pack_query_heads`): row i of head h takes the sink of
+    /// query head `h·seqlen_q + i` (`attn::stage::row_sinks_log2`); 0: every row of head h takes sink h.
+    /// (In the padding before `pages`: no other field moves.)
+    pub sinks_by_row: u32,
     /// A paged KV cache (the `paged` kernels; zeros otherwise): K and V are its pages.
     pub pages: PageTable,
     /// f32 `[num_splits, batch, heads_q, seqlen_q, head_dim_v]`, contiguous; used only when split.

@@ -331,6 +331,28 @@ pub unsafe fn alibi_slope_log2(p: &ScoreParams, batch: u32, head: u32) -> f32 {
     *(p.alibi_slopes as *const f32).add(opaque::u32(at) as usize) * LOG2_E
 }
 
+/// The sink logits (base 2) of a thread's rows `rows[m][r]` (m16 tile m, half r; rows of the
+/// sequence) of head `head`: the head's sink, or with `by_row` (the forward's `FwdParams::sinks_by_row`:
+/// the rows are query heads) each row's own query head's, `head·seqlen_q + row`; `-inf` without sinks
+/// (the online softmax's initial running max; see `fwd/softmax.rs`).
+///
+/// # Safety
+/// As [`sink_log2`]; with `by_row`, `head·seqlen_q + row` is a query head of the call for every row
+/// below `seqlen_q` (rows past it are clamped to the last).
+#[inline(always)]
+pub unsafe fn row_sinks_log2<const MT: usize>(
+    p: &ScoreParams,
+    by_row: bool,
+    head: u32,
+    rows: [[u32; 2]; MT],
+) -> [[f32; 2]; MT] {
+    if !by_row {
+        return [[sink_log2(p, head); 2]; MT];
+    }
+    let rows_per_head = p.mask.seqlen_q;
+    rows.map(|pair| pair.map(|row| sink_log2(p, head * rows_per_head + row.min(rows_per_head - 1))))
+}
+
 /// The sink logit of query head `head` in base-2 units, `-inf` without sinks (the online softmax's
 /// initial running max; see `fwd/softmax.rs`).
 ///

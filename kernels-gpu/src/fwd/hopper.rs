@@ -288,7 +288,10 @@ pub unsafe fn attn_fwd_wgmma<
     let kv_s = base + Shape::<D, DV, BN, STAGES>::KV;
     let row_g = m0 + 64 * wg + 16 * warp + g;
 
-    let mut softmax = OnlineSoftmax::<1>::new(sink, t);
+    let mut softmax = OnlineSoftmax::<1>::new(
+        stage::row_sinks_log2::<1>(&p.score, p.sinks_by_row != 0, head, [[row_g, row_g + 8]]),
+        t,
+    );
     // Loaded once: the compute warpgroups have registers to spare, and a load in the loop would stall
     // each block's softmax on its latency.
     let slope = if p.score.has_alibi() { stage::alibi_slope_log2(&p.score, batch, head) } else { 0.0 };

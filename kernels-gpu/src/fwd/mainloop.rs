@@ -221,7 +221,14 @@ pub unsafe fn attn_fwd<
 
     let (g, t) = (lane / 4, lane % 4);
 
-    let mut softmax = OnlineSoftmax::<MT>::new(sink, t);
+    // Each row's sink (split kernels: none, the combine adds them).
+    let sinks = if SPLIT {
+        [[f32::NEG_INFINITY; 2]; MT]
+    } else {
+        let my_rows = core::array::from_fn(|m| [0, 1].map(|r| m0 + warp_row0 + g + (16 * m + 8 * r) as u32));
+        stage::row_sinks_log2::<MT>(&p.score, p.sinks_by_row != 0, head, my_rows)
+    };
+    let mut softmax = OnlineSoftmax::<MT>::new(sinks, t);
     let mut acc_o = AccFrag::<MT, ND>::zeros();
     let mut q_frag = [[[0u32; 4]; KD]; MT];
 

@@ -20,7 +20,8 @@
 //!
 //! An attention sink is one more logit of the row with no value: the state starts from it (running max
 //! = the sink, sum = 1, held by lane t = 0 of each quad), so the normaliser and the LSE include it and
-//! nothing else changes.
+//! nothing else changes. Each row has its own (`attn::stage::row_sinks_log2`: rows that are query
+//! heads take their head's).
 
 use crate::attn::stage::Logits;
 use crate::frag::AccFrag;
@@ -50,12 +51,12 @@ fn finite_or_zero(max: f32) -> f32 {
 }
 
 impl<const MT: usize> OnlineSoftmax<MT> {
-    /// The state before any key: `sink_log2` is the row's sink logit in base-2 units (`-inf`: none),
+    /// The state before any key: `sinks_log2` are the rows' sink logits in base-2 units (`-inf`: none),
     /// `t` this lane's index in its quad.
     #[inline(always)]
-    pub fn new(sink_log2: f32, t: u32) -> Self {
-        let sum = if t == 0 && sink_log2 != f32::NEG_INFINITY { 1.0 } else { 0.0 };
-        OnlineSoftmax { max: [[sink_log2; 2]; MT], sum: [[sum; 2]; MT] }
+    pub fn new(sinks_log2: [[f32; 2]; MT], t: u32) -> Self {
+        let sum = sinks_log2.map(|pair| pair.map(|s| if t == 0 && s != f32::NEG_INFINITY { 1.0 } else { 0.0 }));
+        OnlineSoftmax { max: sinks_log2, sum }
     }
 
     /// Takes in one block of scores `s` (masked entries `-inf`) whose logits are `factor · s + row
