@@ -340,14 +340,16 @@ pub(crate) fn check_outputs<T: Element>(
 /// every query head, so the packed rows run unmasked over it:
 /// - a window's left edge: the row sees keys `seqlen_k - 1 - left ..= seqlen_k - 1` (its right edge
 ///   hides nothing, the row being the last): the launch reads K and V from `first_key` on, over
-///   `seqlen_k - first_key` keys (`slice_keys`; a paged cache's pages cannot be cut so, and keep the
-///   row as given);
+///   `seqlen_k - first_key` keys;
 /// - sinks (one per query head): the unsplit kernels give each row its own query head's
 ///   (`FwdParams::sinks_by_row`); the split kernels leave them to the combine, which runs over the
 ///   call's own rows (`call_heads_q`, `call_o`), query head by query head.
 ///
-/// ALiBi depends on the query head in the kernels, so it keeps the problem as given, as do calls
-/// with more than one query row, without grouping or without keys (`None`).
+/// Both only with `dense_kv` (K and V dense tensors, every sequence with `seqlen_k ≥ 1` keys): a paged
+/// cache's pages cannot be cut at a window's first key, and a paged sequence may hold no key, whose
+/// rows the kernels give one sink per head; paged rows with a window or sinks stay as given. ALiBi
+/// depends on the query head in the kernels, so it keeps the problem as given, as do calls with more
+/// than one query row or without grouping (`None`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct HeadsAsRows {
     /// What the kernels run: `group` rows per K/V head over the keys from `first_key`, no mask.
@@ -366,13 +368,13 @@ pub(crate) fn pack_query_heads(
     opts: &AttnOptions,
     q: &Layout,
     o: &Layout,
-    slice_keys: bool,
+    dense_kv: bool,
 ) -> Option<HeadsAsRows> {
     let group = p.group_size();
     // With one row, only a left window edge hides keys (`Mask::is_windowed`).
     let windowed = p.mask.is_windowed();
-    let no_keys = p.seqlen_k == 0;
-    if p.seqlen_q != 1 || group == 1 || no_keys || opts.alibi_slopes.is_some() || (windowed && !slice_keys) {
+    let dense_only = windowed || opts.sinks.is_some();
+    if p.seqlen_q != 1 || group == 1 || opts.alibi_slopes.is_some() || (dense_only && !dense_kv) {
         return None;
     }
     let first_key = if windowed { p.seqlen_k - 1 - p.mask.left as usize } else { 0 };
@@ -400,10 +402,10 @@ pub(crate) fn plan_rows(
     p: &AttnProblem,
     opts: &AttnOptions,
     (q, o): (&Layout, &Layout),
-    slice_keys: bool,
+    dense_kv: bool,
     plan_for: impl Fn(&AttnProblem) -> Result<(FwdTile, usize)>,
 ) -> Result<(Option<HeadsAsRows>, FwdTile, usize)> {
-    let rows = pack_query_heads(p, opts, q, o, slice_keys);
+    let rows = pack_query_heads(p, opts, q, o, dense_kv);
     let (tile, splits) = plan_for(rows.as_ref().map_or(p, |r| &r.run))?;
     Ok((rows, tile, splits))
 }
@@ -709,11 +711,13 @@ mod tests {
         let with_sinks = AttnOptions::default().with_sinks(crate::options::PerHead::Host(&sinks));
         let p = new(&with_sinks).unwrap();
         let plan_for = |r: &AttnProblem| Ok((tiles::HD64, r.seqlen_q));
-        let (rows, _, planned_rows) = plan_rows(&p, &with_sinks, (&q, &q), false, plan_for).unwrap();
+        let (rows, _, planned_rows) = plan_rows(&p, &with_sinks, (&q, &q), true, plan_for).unwrap();
         assert_eq!(
             (rows.map(|r| r.run), planned_rows),
-            (pack_query_heads(&p, &with_sinks, &q, &q, false).map(|r| r.run), 4)
+            (pack_query_heads(&p, &with_sinks, &q, &q, true).map(|r| r.run), 4)
         );
+        // Over a paged cache (whose sequences may hold no key): as given.
+        assert_eq!(plan_rows(&p, &with_sinks, (&q, &q), false, plan_for).unwrap().0, None);
     }
 
     #[test]
@@ -728,10 +732,6 @@ mod tests {
         let mha = Layout::contiguous([1, 1, 2, 64]);
         let p = AttnProblem::new((&mha, mha.span()), (&kv, kv.span()), (&kv, kv.span()), &AttnOptions::default());
         assert_eq!(pack_query_heads(&p.unwrap(), &AttnOptions::default(), &mha, &mha, true), None);
-        // No keys: as given (the rows' sinks are then the kernels' empty-block case, one per head).
-        let none = Layout::contiguous([1, 0, 2, 64]);
-        let p = AttnProblem::new((&q, q.span()), (&none, 0), (&none, 0), &AttnOptions::default()).unwrap();
-        assert_eq!(pack_query_heads(&p, &AttnOptions::default(), &q, &q, true), None);
         let two = Layout::contiguous([1, 2, 8, 64]);
         let p = AttnProblem::new((&two, two.span()), (&kv, kv.span()), (&kv, kv.span()), &AttnOptions::default());
         assert_eq!(pack_query_heads(&p.unwrap(), &AttnOptions::default(), &two, &two, true), None);

@@ -379,7 +379,8 @@ fn run<T: Element>(
         None => (&q.buf, q.layout),
     };
     let plan_for = |run: &AttnProblem| flash::launch_choice(dev.info(), run, &plan.tile, tile, num_splits, T::DTYPE);
-    // Pages cannot be cut at a window's first key: windowed rows stay as given.
+    // Pages cannot be cut at a window's first key, and a sequence may hold no key: windowed rows and
+    // rows with sinks stay as given (`flash::pack_query_heads`).
     let (rows, tile, splits) = flash::plan_rows(p, opts, (&q_layout, &o.layout), false, plan_for)?;
     let (gp, q_layout, o_layout) = match &rows {
         Some(r) => (&r.run, r.q, r.o),
