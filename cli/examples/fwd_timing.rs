@@ -134,6 +134,7 @@ fn decode(
     let d = 128;
     let mut rng = rand::rng();
     for (h, h_kv) in [(16usize, 16usize), (32, 8)] {
+        let sink_logits = dev.stream().clone_htod(&vec![0.25f32; h])?;
         for b in [1usize, 8] {
             for n in [8192usize, 65536] {
                 let q = dev.upload(&HostTensor::<bf16>::random([b, 1, h, d], 1.0, &mut rng))?;
@@ -141,7 +142,6 @@ fn decode(
                 let v = dev.upload(&HostTensor::<bf16>::random([b, n, h_kv, d], 1.0, &mut rng))?;
                 let mut o = dev.poisoned::<bf16>([b, 1, h, d])?;
                 let mut lse = dev.poisoned_f32(b * h)?;
-                let sink_logits = dev.stream().clone_htod(&vec![0.25f32; h])?;
                 let mut opts = AttnOptions::default().with_window(window, None);
                 if sinks {
                     opts = opts.with_sinks(ironflash::PerHead::Device(&sink_logits));

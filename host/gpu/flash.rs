@@ -188,10 +188,7 @@ pub fn flash_forward<T: Element>(
     let mut lse = unsafe { dev.stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
     let plan_for = |run: &AttnProblem| Ok(forward_launch_plan(dev.info(), run, &tile, T::DTYPE));
     let (rows, tile, splits) = plan_rows(&p, opts, (&q.layout, &o_layout), true, plan_for)?;
-    let (run, q_layout, run_o_layout) = match &rows {
-        Some(r) => (&r.run, &r.q, &r.o),
-        None => (&p, &q.layout, &o_layout),
-    };
+    let (run, q_layout, run_o_layout) = run_view(rows.as_ref(), &p, q.layout, o_layout);
     launch(
         dev,
         run,
@@ -200,10 +197,10 @@ pub fn flash_forward<T: Element>(
         rows.as_ref(),
         &tile,
         splits,
-        (&q.buf, q_layout),
+        (&q.buf, &q_layout),
         k,
         v,
-        (&mut o, run_o_layout),
+        (&mut o, &run_o_layout),
         &mut lse,
     )?;
     Ok(GpuForwardOutput { o: DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal }, lse })
@@ -309,10 +306,7 @@ fn forward_into<T: Element>(
     check_outputs(dev, &p, o, lse, "one f32 per (batch, head_q, query row)")?;
     let plan_for = |run: &AttnProblem| launch_choice(dev.info(), run, &chosen, tile, num_splits, T::DTYPE);
     let (rows, tile, splits) = plan_rows(&p, opts, (&q.layout, &o.layout), true, plan_for)?;
-    let (run, q_layout, o_layout) = match &rows {
-        Some(r) => (&r.run, r.q, r.o),
-        None => (&p, q.layout, o.layout),
-    };
+    let (run, q_layout, o_layout) = run_view(rows.as_ref(), &p, q.layout, o.layout);
     let o_run = (&mut o.buf, &o_layout);
     launch(dev, run, opts, BatchLaunch::Dense, rows.as_ref(), &tile, splits, (&q.buf, &q_layout), k, v, o_run, lse)
 }
@@ -408,6 +402,20 @@ pub(crate) fn plan_rows(
     let rows = pack_query_heads(p, opts, q, o, dense_kv);
     let (tile, splits) = plan_for(rows.as_ref().map_or(p, |r| &r.run))?;
     Ok((rows, tile, splits))
+}
+
+/// The problem and the q and O layouts a launch runs: the packed rows' ([`HeadsAsRows`]), or the call's
+/// own (`p`, `q`, `o`).
+pub(crate) fn run_view<'a>(
+    rows: Option<&'a HeadsAsRows>,
+    p: &'a AttnProblem,
+    q: Layout,
+    o: Layout,
+) -> (&'a AttnProblem, Layout, Layout) {
+    match rows {
+        Some(r) => (&r.run, r.q, r.o),
+        None => (p, q, o),
+    }
 }
 
 /// Everything checked before a launch: dtype, devices, shapes and strides, kernel index limits, tile.

@@ -382,10 +382,7 @@ fn run<T: Element>(
     // Pages cannot be cut at a window's first key, and a sequence may hold no key: windowed rows and
     // rows with sinks stay as given (`flash::pack_query_heads`).
     let (rows, tile, splits) = flash::plan_rows(p, opts, (&q_layout, &o.layout), false, plan_for)?;
-    let (gp, q_layout, o_layout) = match &rows {
-        Some(r) => (&r.run, r.q, r.o),
-        None => (p, q_layout, o.layout),
-    };
+    let (gp, q_layout, o_layout) = flash::run_view(rows.as_ref(), p, q_layout, o.layout);
     let (k, v) = (&*cache.k_pages, &*cache.v_pages);
     let o_run = (&mut o.buf, &o_layout);
     flash::launch(dev, gp, opts, batch, rows.as_ref(), &tile, splits, (q_buf, &q_layout), k, v, o_run, lse)
