@@ -10,6 +10,7 @@
 //! cargo run --release --example fwd_timing -- --all     # every compiled tile of each head dim that fits
 //! cargo run --release --example fwd_timing -- --dims 64,128,256
 //! cargo run --release --example fwd_timing -- --dims 192v128    # V (and O) of head dim 128
+//! cargo run --release --example fwd_timing -- --dims 64,128 --softcap 30  # each row plain, then softcapped
 //! cargo run --release --example fwd_timing -- --decode-only --splits 8,32,64   # extra split counts
 //! cargo run --release --example fwd_timing -- --decode-only --decode-grid      # B 1/8/64, 4K-64K keys
 //! cargo run --release --example fwd_timing -- --decode-only --sinks --window 4096  # decode options
@@ -32,6 +33,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let all = args.iter().any(|a| a == "--all");
     let decode_only = args.iter().any(|a| a == "--decode-only");
     let dims = common::dims_arg(&args, &[(64, 64), (128, 128)])?;
+    let softcap = match args.iter().position(|a| a == "--softcap") {
+        Some(i) => Some(args.get(i + 1).ok_or("--softcap needs a cap")?.parse::<f32>()?),
+        None => None,
+    };
     let Some(dev) = common::device_or_skip()? else { return Ok(()) };
     let info = dev.info().clone();
     println!(
@@ -66,17 +71,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 } else {
                     vec![chosen]
                 };
+                // Plain, then (with `--softcap`) the same tile softcapped, one after the other.
+                let option_sets = [Some((opts, "")), softcap.map(|c| (opts.with_softcap(c), " +softcap"))];
                 for tile in tiles {
-                    let median = median_ms(&dev, || {
-                        gpu::flash_forward_with_tile(&dev, &q, &k, &v, &mut o, &mut lse, &opts, &tile)
-                    })?;
-                    let flops =
-                        2.0 * (b * h) as f64 * (n * n) as f64 * (d + dv) as f64 / if causal { 2.0 } else { 1.0 };
-                    let name = tile.symbol(false).trim_end_matches("_bf16");
-                    println!(
-                        "{n:>6} {d:>4} {h:>4} {b:>3} {causal:>7} {name:<30} {median:>10.3} {:>9.1}",
-                        flops / (median * 1e-3) / 1e12
-                    );
+                    for (opts, label) in option_sets.iter().flatten() {
+                        let median = median_ms(&dev, || {
+                            gpu::flash_forward_with_tile(&dev, &q, &k, &v, &mut o, &mut lse, opts, &tile)
+                        })?;
+                        let flops =
+                            2.0 * (b * h) as f64 * (n * n) as f64 * (d + dv) as f64 / if causal { 2.0 } else { 1.0 };
+                        let name = format!("{}{label}", tile.symbol(false).trim_end_matches("_bf16"));
+                        println!(
+                            "{n:>6} {d:>4} {h:>4} {b:>3} {causal:>7} {name:<30} {median:>10.3} {:>9.1}",
+                            flops / (median * 1e-3) / 1e12
+                        );
+                    }
                 }
             }
             // Every element written (no NaN left from the poison) on the last configuration.

@@ -48,6 +48,11 @@ pub struct FwdTile {
     /// Hopper rows: the two compute warpgroups take turns issuing their products (ping-pong), so that
     /// one's softmax runs while the other's products hold the tensor cores.
     pub pingpong: bool,
+    /// Hopper rows: of the `block_n / 8` n8 tiles of each score row, how many take their exponentials on
+    /// the FMA pipe (a polynomial) instead of the MUFU unit, which the softmax's `ex2` (and a softcap's
+    /// `tanh`) share; 0 elsewhere. Worth it only where a score carries few FLOPs of products (head dims
+    /// 32 and 64; docs/perf.md).
+    pub fma_exp2_tiles: usize,
 }
 
 /// How a call's batch lies in memory, which selects a row's kernel (`FwdTile::kernel_symbol`): dense
@@ -152,9 +157,11 @@ impl FwdTile {
                 && self.warps == 12
                 && self.stages >= 2
                 && self.stages <= 4
-                && 1 + 3 * self.stages + 2 * self.pingpong as usize <= 16;
+                && 1 + 3 * self.stages + 2 * self.pingpong as usize <= 16
+                && self.fma_exp2_tiles <= self.block_n / 8;
         }
-        d.is_multiple_of(32)
+        self.fma_exp2_tiles == 0
+            && d.is_multiple_of(32)
             && (self.warps == 4 || self.warps == 8)
             && self.block_m.is_multiple_of(16 * self.warps)
             && self.m_tiles() >= 1
@@ -208,6 +215,7 @@ macro_rules! tile {
             ],
             wgmma: false,
             pingpong: false,
+            fma_exp2_tiles: 0,
         }
     };
 }
@@ -285,6 +293,7 @@ macro_rules! wgmma_tile {
             paged_split_symbols: ["", ""],
             wgmma: true,
             pingpong: $pingpong,
+            fma_exp2_tiles: 0,
         }
     };
 }
@@ -294,9 +303,13 @@ macro_rules! wgmma_tile {
 // as the 227 KiB of shared memory and the compute warpgroups' 208 registers (O: head_dim/2, S:
 // block_n/2, P: block_n/4) allow.
 
-/// 145 KiB (stored as head dim 64): 128-key blocks in four stages, ping-pong.
-pub const HD32_WGMMA: FwdTile = wgmma_tile!(32, 128, 4, true);
-/// 145 KiB: 128-key blocks in four stages (three blocks of copies in flight), ping-pong.
+/// 145 KiB (stored as head dim 64): 128-key blocks in four stages, ping-pong; a quarter of the
+/// exponentials on the FMA pipe (a score's products are 128 FLOPs against one `ex2`): +1-9% plain,
+/// +2-4% softcapped on an H100.
+pub const HD32_WGMMA: FwdTile = FwdTile { fma_exp2_tiles: 4, ..wgmma_tile!(32, 128, 4, true) };
+/// 145 KiB: 128-key blocks in four stages (three blocks of copies in flight), ping-pong. With an
+/// eighth of the exponentials on the FMA pipe the softcap gained 1-10% and plain lost up to 5% (H100):
+/// all on the MUFU unit.
 pub const HD64_WGMMA: FwdTile = wgmma_tile!(64, 128, 4, true);
 /// 225 KiB (stored as head dim 128): 128-key blocks in three stages, ping-pong.
 pub const HD96_WGMMA: FwdTile = wgmma_tile!(96, 128, 3, true);

@@ -19,6 +19,9 @@
 //!   products hold the tensor cores (FlashAttention-3, Shah et al. 2024, §3.1). Without it they only
 //!   drift apart. FlashAttention-3's intra-warpgroup overlap (S of block j issued with P·V of block j-1,
 //!   the softmax of block j while that P·V runs) measured slower here at every head dim (docs/perf.md).
+//! - `FMA_EXP2` (the tile row's `fma_exp2_tiles`): that many n8 tiles of each row's scores take their
+//!   exponentials on the FMA pipe (`ptx::math::exp2_fma`) instead of the MUFU unit, where one `ex2` per
+//!   score is more MUFU time than the score's products take on the tensor cores (head dim 32).
 //!
 //! `setmaxnreg` gives the compute warpgroups 224 registers per thread and the loader 56 (the launch
 //! bounds in `kernels.rs` give 168 each: 2·128·224 + 128·56 = 384·168). At head dim 256 the O
@@ -228,6 +231,7 @@ pub unsafe fn attn_fwd_wgmma<
     const ND: usize,
     const KS: usize,
     const PINGPONG: bool,
+    const FMA_EXP2: usize,
     const PACKED: bool,
 >(
     p: &FwdParams,
@@ -333,10 +337,10 @@ pub unsafe fn attn_fwd_wgmma<
         if D >= 256 {
             if mods {
                 let logits = stage::logits_by_query::<1, NN, true>(&p.score, mask, || slope, &mut s_frag, at, masked);
-                softmax.update(&mut s_frag, &mut o_frag, logits, DV >= 96);
+                softmax.update(&mut s_frag, &mut o_frag, logits, DV >= 96, FMA_EXP2);
             } else {
                 let logits = stage::logits_by_query::<1, NN, false>(&p.score, mask, || slope, &mut s_frag, at, masked);
-                softmax.update(&mut s_frag, &mut o_frag, logits, DV >= 96);
+                softmax.update(&mut s_frag, &mut o_frag, logits, DV >= 96, FMA_EXP2);
             }
         } else {
             let logits = if mods {
@@ -344,7 +348,7 @@ pub unsafe fn attn_fwd_wgmma<
             } else {
                 stage::logits_by_query::<1, NN, false>(&p.score, mask, || slope, &mut s_frag, at, masked)
             };
-            softmax.update(&mut s_frag, &mut o_frag, logits, DV >= 96);
+            softmax.update(&mut s_frag, &mut o_frag, logits, DV >= 96, FMA_EXP2);
         }
         o_frag.to_wgmma(&mut o);
 

@@ -178,6 +178,7 @@ mod wgmma_entry {
                 { T.head_dim_v / 8 },
                 { T.block_n / 16 },
                 { T.pingpong },
+                { T.fma_exp2_tiles },
                 $packed,
             >($p)
         }};

@@ -275,7 +275,7 @@ pub unsafe fn attn_fwd<
                 let slope = || stage::alibi_slope_log2(&p.score, sreg::fresh::block_z(), sreg::fresh::block_y());
                 let mask = || stage::sequence_mask::<PACKED>(&p.score);
                 let logits = stage::logits_by_query::<MT, NN, $mods>(&p.score, mask, slope, &mut acc_s, at, $masked);
-                softmax.update(&mut acc_s, &mut acc_o, logits, false);
+                softmax.update(&mut acc_s, &mut acc_o, logits, false, 0);
                 accumulate_pv::<E, DV, ND, NN, KN, MT>(&mut acc_o.0, &acc_s.0, v_smem);
 
                 block += 1;

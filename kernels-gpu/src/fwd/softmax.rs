@@ -25,7 +25,7 @@
 
 use crate::attn::stage::Logits;
 use crate::frag::AccFrag;
-use crate::ptx::math::{exp2, fma, log2, recip};
+use crate::ptx::math::{exp2, exp2_fma, fma, log2, recip};
 use crate::ptx::warp::{self, shfl_xor_f32};
 
 /// How far (base-2 units) a block may raise a row's max before the warp rescales: probabilities stay
@@ -50,6 +50,13 @@ fn finite_or_zero(max: f32) -> f32 {
     }
 }
 
+/// Whether n8 tile `tile` of a row's `nn` takes its exponentials on the FMA pipe when `fma_tiles` of
+/// them do: spread evenly over the row, so that the MUFU and FMA work interleave in the schedule.
+#[inline(always)]
+const fn exp2_on_fma(tile: usize, fma_tiles: usize, nn: usize) -> bool {
+    (tile + 1) * fma_tiles / nn != tile * fma_tiles / nn
+}
+
 impl<const MT: usize> OnlineSoftmax<MT> {
     /// The state before any key: `sinks_log2` are the rows' sink logits in base-2 units (`-inf`: none),
     /// `t` this lane's index in its quad.
@@ -63,6 +70,8 @@ impl<const MT: usize> OnlineSoftmax<MT> {
     /// offset` (`logits`; `factor` > 0): replaces them by the unnormalised probabilities exp2(logit −
     /// new max), and rescales the accumulator `o` by exp2(old max − new max).
     /// `lazy`: rescale only when the warp's max grows by more than `RESCALE_SLACK` (module docs).
+    /// `fma_tiles` of each row's `NN` n8 tiles take their exponentials on the FMA pipe
+    /// (`math::exp2_fma`), the rest on the MUFU unit (a constant where it is called: `exp2_on_fma`).
     #[inline(always)]
     pub fn update<const NN: usize, const ND: usize>(
         &mut self,
@@ -70,6 +79,7 @@ impl<const MT: usize> OnlineSoftmax<MT> {
         o: &mut AccFrag<MT, ND>,
         logits: Logits<MT>,
         lazy: bool,
+        fma_tiles: usize,
     ) {
         let (s, o) = (&mut s.0, &mut o.0);
         let (factor, offset) = (logits.factor, logits.row_offset);
@@ -107,9 +117,10 @@ impl<const MT: usize> OnlineSoftmax<MT> {
             for r in 0..2 {
                 let base = offset[m][r] - finite_or_zero(self.max[m][r]);
                 let mut block_sum = 0.0;
-                for tile in s[m].iter_mut() {
-                    tile[2 * r] = exp2(fma(tile[2 * r], factor, base));
-                    tile[2 * r + 1] = exp2(fma(tile[2 * r + 1], factor, base));
+                for (n, tile) in s[m].iter_mut().enumerate() {
+                    let e = if exp2_on_fma(n, fma_tiles, NN) { exp2_fma } else { exp2 };
+                    tile[2 * r] = e(fma(tile[2 * r], factor, base));
+                    tile[2 * r + 1] = e(fma(tile[2 * r + 1], factor, base));
                     block_sum += tile[2 * r] + tile[2 * r + 1];
                 }
                 self.sum[m][r] += block_sum;
