@@ -275,7 +275,11 @@ fn long_sequences_every_option_every_head_dim() {
 }
 
 /// Each sequence of a packed call is bitwise the dense call on that sequence alone with the same kernel
-/// row (the same arithmetic in the same order), and repeated packed calls are bitwise equal.
+/// row (the same arithmetic in the same order), and repeated packed calls are bitwise equal. One
+/// exception: a dense call of one query row whose window cuts keys off, with grouped query heads, runs
+/// them as rows over the window's keys only (`flash::pack_query_heads`), so its key blocks start at
+/// the window's first key, where the packed call's start at a multiple of the block: the same sums in
+/// another grouping, equal up to rounding (LSE within 1e-6 relative, O within 2^-7 of its row's size).
 fn each_sequence_is_bitwise_the_dense_call() {
     let Some(dev) = device_or_skip("each_sequence_is_bitwise_the_dense_call") else { return };
     for (d, kernels) in
@@ -323,11 +327,28 @@ fn each_sequence_is_bitwise_the_dense_call() {
             let mut lsed = dev.poisoned_f32(hq * lq).unwrap();
             gpu::flash_forward_with_splits(dev, &q, &k, &v, &mut od, &mut lsed, &opts, Some(&tile), 1).unwrap();
             let (od, lsed) = (dev.download(&od).unwrap(), dev.download_f32(&lsed).unwrap());
+            let window_cut = c.window.0.is_some_and(|left| lk > left + 1);
+            let regrouped = lq == 1 && c.group > 1 && window_cut;
             for h in 0..hq {
                 for i in 0..lq {
-                    assert_eq!(lse[h * tq + q0 + i].to_bits(), lsed[h * lq + i].to_bits(), "seq {b} head {h} row {i}");
+                    let at = || format!("d {d} {kernels:?} seq {b} head {h} row {i}");
+                    let (packed, dense) = (lse[h * tq + q0 + i], lsed[h * lq + i]);
+                    if regrouped {
+                        assert!((packed - dense).abs() <= 1e-6 * packed.abs().max(1.0), "{}: {packed} {dense}", at());
+                    } else {
+                        assert_eq!(packed.to_bits(), dense.to_bits(), "{}", at());
+                    }
+                    // P is rounded to bf16 against another running max there: within 2^-7 of the row's
+                    // largest |O| (a wrong key range moves O by its own size).
+                    let row_max = (0..d).map(|e| o.get(0, q0 + i, h, e).to_f32().abs()).fold(0.0, f32::max);
                     for e in 0..d {
-                        assert_eq!(o.get(0, q0 + i, h, e), od.get(0, i, h, e), "seq {b} head {h} row {i} col {e}");
+                        let (packed, dense) = (o.get(0, q0 + i, h, e), od.get(0, i, h, e));
+                        if regrouped {
+                            let (p, q) = (packed.to_f32(), dense.to_f32());
+                            assert!((p - q).abs() <= row_max / 128.0, "{} col {e}: {p} {q} (row max {row_max})", at());
+                        } else {
+                            assert_eq!(packed, dense, "{} col {e}", at());
+                        }
                     }
                 }
             }
