@@ -33,10 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let all = args.iter().any(|a| a == "--all");
     let decode_only = args.iter().any(|a| a == "--decode-only");
     let dims = common::dims_arg(&args, &[(64, 64), (128, 128)])?;
-    let softcap = match args.iter().position(|a| a == "--softcap") {
-        Some(i) => Some(args.get(i + 1).ok_or("--softcap needs a cap")?.parse::<f32>()?),
-        None => None,
-    };
+    let softcap = common::flag_value(&args, "--softcap")?.map(str::parse::<f32>).transpose()?;
     let Some(dev) = common::device_or_skip()? else { return Ok(()) };
     let info = dev.info().clone();
     println!(
@@ -93,20 +90,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             assert!(host.data.iter().all(|x| x.is_finite()), "O has unwritten or non-finite elements");
         }
     }
-    let extra_splits: Vec<usize> = match args.iter().position(|a| a == "--splits") {
-        Some(i) => {
-            args.get(i + 1).ok_or("--splits needs a list")?.split(',').map(str::parse).collect::<Result<_, _>>()?
-        }
+    let extra_splits: Vec<usize> = match common::flag_value(&args, "--splits")? {
+        Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
         None => vec![],
     };
     let sinks = args.iter().any(|a| a == "--sinks");
     if args.iter().any(|a| a == "--decode-grid") {
         return decode_grid(&dev, sinks);
     }
-    let window = match args.iter().position(|a| a == "--window") {
-        Some(i) => Some(args.get(i + 1).ok_or("--window needs a key count")?.parse::<usize>()?),
-        None => None,
-    };
+    let window = common::flag_value(&args, "--window")?.map(str::parse::<usize>).transpose()?;
     decode(&dev, &extra_splits, sinks, window)
 }
 

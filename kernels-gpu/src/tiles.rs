@@ -50,8 +50,8 @@ pub struct FwdTile {
     pub pingpong: bool,
     /// Hopper rows: of the `block_n / 8` n8 tiles of each score row, how many take their exponentials on
     /// the FMA pipe (a polynomial) instead of the MUFU unit, which the softmax's `ex2` (and a softcap's
-    /// `tanh`) share; 0 elsewhere. Worth it only where a score carries few FLOPs of products (head dims
-    /// 32 and 64; docs/perf.md).
+    /// `tanh`) share; 0 elsewhere. Worth it only where a score carries few FLOPs of products (head dim
+    /// 32; measured to cost from 64 up: docs/perf.md).
     pub fma_exp2_tiles: usize,
 }
 

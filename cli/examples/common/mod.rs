@@ -15,16 +15,23 @@ pub fn device_or_skip() -> Result<Option<Device>, ironflash::Error> {
     }
 }
 
+/// The word after `flag` on the command line (`None` without the flag; an error when nothing follows it).
+#[allow(dead_code)] // Not every example takes a flag with a value.
+pub fn flag_value<'a>(args: &'a [String], flag: &str) -> Result<Option<&'a str>, String> {
+    match args.iter().position(|a| a == flag) {
+        Some(i) => args.get(i + 1).map(|v| Some(v.as_str())).ok_or_else(|| format!("{flag} needs a value")),
+        None => Ok(None),
+    }
+}
+
 /// The head dims `--dims` lists (comma-separated, `parse_dims` each), or `default` without the flag.
 #[allow(dead_code)] // Not every example takes `--dims`.
 pub fn dims_arg(
     args: &[String],
     default: &[(usize, usize)],
 ) -> Result<Vec<(usize, usize)>, Box<dyn std::error::Error>> {
-    match args.iter().position(|a| a == "--dims") {
-        Some(i) => {
-            Ok(args.get(i + 1).ok_or("--dims needs a list")?.split(',').map(parse_dims).collect::<Result<_, _>>()?)
-        }
+    match flag_value(args, "--dims")? {
+        Some(list) => Ok(list.split(',').map(parse_dims).collect::<Result<_, _>>()?),
         None => Ok(default.to_vec()),
     }
 }

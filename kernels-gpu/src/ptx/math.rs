@@ -16,9 +16,9 @@ pub fn exp2(x: f32) -> f32 {
 /// with j = floor(x) (one add rounded toward -inf against 1.5·2^23, whose low mantissa bits then hold
 /// j), 2^f on [0, 1) by a degree-3 polynomial with p(0) = 1 exactly (a minimax fit of the relative
 /// error: at most 8.6e-5, below bf16's and f16's rounding of P), and j added to its exponent field.
-/// Eight FMA/ALU instructions against one MUFU operation: a kernel whose MUFU work matches its tensor
-/// work per score (the softmax at head dim ≤ 64, the softcap's `tanh` plus `ex2`) sends part of its
-/// exponentials here.
+/// Eight FMA/ALU instructions against one MUFU operation: measured to pay where a score's products are
+/// short against its `ex2` (the Hopper forward at head dim 32), and to cost from head dim 64 up, softcap
+/// included (docs/perf.md, "Exponentials on the FMA pipe").
 ///
 /// Defined for x ≤ 2^22; x ≤ -127 (and -inf) gives +0 exactly: x is raised to -127, so f = 0, p = 1.0
 /// and the exponent field becomes 127 - 127 = 0 with a zero mantissa. Between -127 and -126 the result
