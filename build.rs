@@ -196,6 +196,7 @@ fn build_arch(kernels: &Path, out: &Path, stem: &str, cpu: &str) -> Result<(), S
     let ptx = std::fs::read_to_string(&asm).map_err(|e| format!("reading {}: {e}", asm.display()))?;
     check_complete(&ptx, cpu)?;
     let ptx = apply_launch_bounds(&ptx, cpu)?;
+    let ptx = apply_param_align(&ptx, cpu)?;
     let entries: Vec<(&str, std::ops::Range<usize>)> = ironflash_kernels::ptx_split::entries(&ptx).collect();
     let defined = ptx.matches("\n.visible .entry ").count();
     if entries.len() != defined {
@@ -256,6 +257,29 @@ fn apply_launch_bounds(ptx: &str, cpu: &str) -> Result<String, String> {
         let close = out[start..].find("\n)\n").ok_or_else(|| format!("{cpu} PTX: no parameter list for {symbol}"))?;
         let at = start + close + 3;
         out.insert_str(at, &format!(".maxntid {threads}, 1, 1\n.minnctapersm {min_ctas}\n"));
+    }
+    Ok(out)
+}
+
+/// rustc declares a by-value kernel parameter with its type's alignment, at most 16 bytes (a larger one
+/// is a compiler error), but TMA tensor maps must sit 64-byte aligned; a kernel that takes them as
+/// parameter `INDEX` says so with a module-level comment `// ironflash-param-align SYMBOL INDEX 64`, and
+/// this rewrites that parameter's `.align 16` to `.align 64` (ptxas then places it on a 64-byte boundary
+/// of the parameter bank, as for CUDA C++'s `__grid_constant__ const CUtensorMap`). A comment whose
+/// parameter is not declared `.align 16` fails the build.
+fn apply_param_align(ptx: &str, cpu: &str) -> Result<String, String> {
+    let mut out = ptx.to_string();
+    for line in ptx.lines() {
+        let Some(spec) = line.trim().strip_prefix("// ironflash-param-align ") else { continue };
+        let fields: Vec<&str> = spec.split_whitespace().collect();
+        let [symbol, index, align] = fields[..] else {
+            return Err(format!("{cpu} PTX: malformed param-align comment: {line}"));
+        };
+        let declared = format!(".param .align 16 .b8 {symbol}_param_{index}[");
+        let at = out
+            .find(&declared)
+            .ok_or_else(|| format!("{cpu} PTX: no 16-byte aligned parameter {index} of {symbol}"))?;
+        out.replace_range(at..at + declared.len(), &format!(".param .align {align} .b8 {symbol}_param_{index}["));
     }
     Ok(out)
 }

@@ -8,12 +8,13 @@ use crate::gpu::forced_tile::check_forced_tile;
 use crate::gpu::launch::{launch_dependent, KernelParams};
 use crate::gpu::score::{check_per_head, ScoreArgs};
 use crate::gpu::tensor::{check_f32_buffer, check_vector_strides, strides3, DeviceTensor, GpuForwardOutput};
+use crate::gpu::tma;
 use crate::layout::Layout;
 use crate::modules::Arch;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-use ironflash_kernels::abi::{self, FwdCombineParams, FwdParams, PageTable};
+use ironflash_kernels::abi::{self, FwdCombineParams, FwdParams, FwdTensorMaps, PageTable};
 use ironflash_kernels::tiles::{self, BatchLayout, FwdTile};
 
 pub use ironflash_kernels::tiles::FwdTile as ForwardTile;
@@ -505,6 +506,10 @@ pub(crate) fn launch<T: Element>(
         BatchLaunch::Paged(_) => BatchLayout::Paged,
     };
     let name = tile.kernel_symbol(f16, num_splits > 1, layout);
+    if name.is_empty() {
+        // A forced row without this batch layout's kernel (the TMA rows are dense only).
+        return Err(Error::NoTileConfig(format!("{tile:?} has no {layout:?} kernel with {num_splits} split(s)")));
+    }
     let smem = tile.smem_bytes(T::DTYPE.size_bytes());
     let f = dev.modules.function(&dev.ctx, name, smem)?;
     let stream = dev.stream();
@@ -573,6 +578,22 @@ pub(crate) fn launch<T: Element>(
         shared_mem_bytes: smem as u32,
     };
     let arg = KernelParams(params);
+    if tile.tma {
+        // The TMA rows read Q, K and V through tensor maps of the tensors as this launch sees them
+        // (decode rows' views and window offset included), passed as a second parameter.
+        let map = |ptr, dims, strides: [usize; 4], box_rows| {
+            tma::tensor_map(T::DTYPE, ptr, dims, [strides[0], strides[1], strides[2]], box_rows)
+        };
+        let maps = KernelParams(FwdTensorMaps {
+            q: map(q_ptr, [p.batch, p.seqlen_q, p.heads_q, p.head_dim], q_layout.strides, tile.block_m)?,
+            k: map(k_ptr, [p.batch, p.seqlen_k, p.heads_kv, p.head_dim], k.layout.strides, tile.block_n)?,
+            v: map(v_ptr, [p.batch, p.seqlen_k, p.heads_kv, p.head_dim_v], v.layout.strides, tile.block_n)?,
+        });
+        // SAFETY: as below; the maps describe the same live buffers within the validated layouts.
+        unsafe { stream.launch_builder(&f).arg(&arg).arg(&maps).launch(cfg) }
+            .map_err(|source| Error::Launch { kernel: name.into(), source })?;
+        return Ok(());
+    }
     // SAFETY: `plan` validated every layout against its buffer, the strides' alignment and the index
     // limits; the pointers are live for the launch (their sync guards outlive it on this stream).
     unsafe { stream.launch_builder(&f).arg(&arg).launch(cfg) }

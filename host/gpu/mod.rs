@@ -10,6 +10,7 @@ mod score;
 pub mod standard;
 pub mod standard_backward;
 pub mod tensor;
+mod tma;
 pub mod varlen;
 
 pub use backward::{

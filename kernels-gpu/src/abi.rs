@@ -104,6 +104,21 @@ pub struct FwdParams {
     pub lse_accum: u64,
 }
 
+/// TMA tensor maps (`CUtensorMap`, 128 opaque bytes each, built by the host with
+/// `cuTensorMapEncodeTiled`) of Q, K and V for the Hopper forward's TMA rows (`tiles::FwdTile::tma`): the
+/// kernel's second parameter, after `FwdParams`. Each map sees its tensor as 4-D `[head_dim, seqlen,
+/// heads, batch]` (innermost first) with the tensor's strides, in boxes of 64 elements × the tile's rows
+/// (`block_m` for Q, `block_n` for K and V) × 1 × 1, 128-byte swizzled (the `wgmma` layout), zeros
+/// outside the tensor. The kernel reads them from the parameter space (64-byte aligned there:
+/// build.rs's `ironflash-param-align`).
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FwdTensorMaps {
+    pub q: [u64; 16],
+    pub k: [u64; 16],
+    pub v: [u64; 16],
+}
+
 /// A paged KV cache as the kernels read it (vLLM-style block tables): K and V are pages
 /// `[num_pages, page_size, heads_kv, head_dim]` (strides `[page, token, head]` in `FwdParams::k_strides`
 /// and `v_strides`); key t of sequence b lives in page `block_table[b · pages_per_seq + t / page_size]`

@@ -53,7 +53,15 @@ pub struct FwdTile {
     /// `tanh`) share; 0 elsewhere. Worth it only where a score carries few FLOPs of products (head dim
     /// 32; measured to cost from 64 up: docs/perf.md).
     pub fma_exp2_tiles: usize,
+    /// Hopper rows: Q, K and V come by TMA (`cp.async.bulk.tensor`, one instruction per 64-column box,
+    /// completion counted in bytes on an `mbarrier` per stage; the kernel takes `abi::FwdTensorMaps` as a
+    /// second parameter) instead of the loader warpgroup's `cp.async`; dense batches only, head dims that
+    /// are multiples of 64.
+    pub tma: bool,
 }
+
+/// Bytes of the TMA rows' `mbarrier`s after the stages: Q's and one per stage (at most four), 8 each.
+pub const TMA_BARRIER_BYTES: usize = 64;
 
 /// How a call's batch lies in memory, which selects a row's kernel (`FwdTile::kernel_symbol`): dense
 /// `[batch, seqlen, heads, head_dim]` tensors, a packed variable-length batch (`ScoreParams::cu_seqlens_q`),
@@ -96,7 +104,7 @@ impl FwdTile {
     /// Dynamic shared memory of one CTA, in bytes.
     pub const fn smem_bytes(&self, elem_bytes: usize) -> usize {
         if self.wgmma {
-            return self.wgmma_smem_layout(elem_bytes)[2] + 1024;
+            return self.wgmma_smem_layout(elem_bytes)[2] + if self.tma { TMA_BARRIER_BYTES } else { 0 } + 1024;
         }
         (self.block_m * self.smem_row() + self.stages * self.block_n * (self.smem_row() + self.smem_row_v()))
             * elem_bytes
@@ -158,9 +166,12 @@ impl FwdTile {
                 && self.stages >= 2
                 && self.stages <= 4
                 && 1 + 3 * self.stages + 2 * self.pingpong as usize <= 16
-                && self.fma_exp2_tiles <= self.block_n / 8;
+                && self.fma_exp2_tiles <= self.block_n / 8
+                // TMA boxes of 64 columns (128 bytes, the swizzle's span) and at most 256 rows.
+                && (!self.tma || (d.is_multiple_of(64) && dv.is_multiple_of(64) && self.packed_symbols[0].is_empty()));
         }
         self.fma_exp2_tiles == 0
+            && !self.tma
             && d.is_multiple_of(32)
             && (self.warps == 4 || self.warps == 8)
             && self.block_m.is_multiple_of(16 * self.warps)
@@ -216,6 +227,7 @@ macro_rules! tile {
             wgmma: false,
             pingpong: false,
             fma_exp2_tiles: 0,
+            tma: false,
         }
     };
 }
@@ -294,6 +306,7 @@ macro_rules! wgmma_tile {
             wgmma: true,
             pingpong: $pingpong,
             fma_exp2_tiles: 0,
+            tma: false,
         }
     };
 }
@@ -315,6 +328,13 @@ pub const HD64_WGMMA: FwdTile = wgmma_tile!(64, 128, 4, true);
 pub const HD96_WGMMA: FwdTile = wgmma_tile!(96, 128, 3, true);
 /// 225 KiB: 128-key blocks in three stages, ping-pong.
 pub const HD128_WGMMA: FwdTile = wgmma_tile!(128, 128, 3, true);
+/// `HD128_WGMMA` with its Q, K and V loads by TMA (dense batches); after it in preference until measured.
+pub const HD128_WGMMA_TMA: FwdTile = FwdTile {
+    tma: true,
+    symbols: ["attn_fwd_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_hd128_m128n128_wgmma_tma_f16"],
+    packed_symbols: ["", ""],
+    ..HD128_WGMMA
+};
 /// 193 KiB: 96-key blocks in two stages (O 96 + S 48 + P 24 registers), ping-pong.
 pub const HD192_WGMMA: FwdTile = wgmma_tile!(192, 96, 2, true);
 /// 193 KiB: 64-key blocks in two stages (O alone is 128 registers). Without ping-pong: with it, 4-6%
@@ -337,6 +357,7 @@ pub const FWD_TILES: &[FwdTile] = &[
     HD96,
     HD96_SMALL,
     HD128_WGMMA,
+    HD128_WGMMA_TMA,
     HD128,
     HD128_N32,
     HD128_SMALL,

@@ -19,6 +19,10 @@
 //!   products hold the tensor cores (FlashAttention-3, Shah et al. 2024, §3.1). Without it they only
 //!   drift apart. FlashAttention-3's intra-warpgroup overlap (S of block j issued with P·V of block j-1,
 //!   the softmax of block j while that P·V runs) measured slower here at every head dim (docs/perf.md).
+//! - `TMA` (the tile row's `tma`, dense batches, head dims that are multiples of 64): the loader's first
+//!   thread issues Q, K and V as TMA boxes (`ptx::tma`, the tensor maps the host built, passed as the
+//!   kernel's second parameter) against one `mbarrier` per stage, which the compute warpgroups wait on
+//!   instead of `FULL`; the TMA unit swizzles and zero-fills, and nothing is handed over by hand.
 //! - `FMA_EXP2` (the tile row's `fma_exp2_tiles`): that many n8 tiles of each row's scores take their
 //!   exponentials on the FMA pipe (`ptx::math::exp2_fma`) instead of the MUFU unit, where one `ex2` per
 //!   score is more MUFU time than the score's products take on the tensor cores (head dim 32).
@@ -37,7 +41,7 @@ use crate::abi::FwdParams;
 use crate::attn::stage::{self, FragPos};
 use crate::frag::AccFrag;
 use crate::ptx::wgmma::{self, desc_sw128, sw128_offset, WgmmaElem};
-use crate::ptx::{bulk, cp_async, gmem, opaque, setmaxnreg, smem, sreg, sync};
+use crate::ptx::{bulk, cp_async, gmem, mbarrier, opaque, setmaxnreg, smem, sreg, sync, tma};
 use crate::smem_tile::RowLayout;
 
 const BM: usize = 128;
@@ -77,6 +81,13 @@ impl<const D: usize, const DV: usize, const BN: usize, const STAGES: u32> Shape<
     /// `SCHED + w`: warpgroup w's turn to issue its products (ping-pong): its 128 threads wait, the
     /// other warpgroup's 128 arrive once it has issued its own.
     const SCHED: u32 = empty(STAGES) + STAGES;
+    /// The TMA rows' `mbarrier`s, after the stages: Q's, then stage s's at `BARS + 8 + 8s` (the loader's
+    /// one arrival with the stage's bytes completes each phase).
+    const BARS: u32 = Self::KV + STAGES * Self::STAGE_BYTES;
+    const Q_TMA_BYTES: u32 = (BM * Self::DP * 2) as u32;
+    const fn full_bar(base: u32, s: u32) -> u32 {
+        base + Self::BARS + 8 + 8 * s
+    }
     const OK: () = assert!(
         D % 32 == 0
             && D <= 256
@@ -86,6 +97,7 @@ impl<const D: usize, const DV: usize, const BN: usize, const STAGES: u32> Shape<
             && STAGES >= 2
             && empty(STAGES) + STAGES + 2 <= 16
             && (Self::KV as usize + STAGES as usize * Self::STAGE_BYTES as usize) % 1024 == 0
+            && 8 * (1 + STAGES as usize) <= crate::tiles::TMA_BARRIER_BYTES
     );
 }
 
@@ -145,6 +157,55 @@ unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES:
     }
     cp_async::wait::<0>();
     hand_over::<STAGES>(n_blocks - 1);
+}
+
+/// The loader warpgroup of the TMA rows: its first thread issues Q's boxes, then each block's K and V
+/// boxes into stage `j % STAGES` against that stage's `mbarrier` (the TMA unit completes the phase when
+/// the bytes have landed, zero-filled past the tensor's rows: no hand-over by the loader); all 128
+/// threads wait on `EMPTY` before a stage is refilled, as the `cp.async` loader does. `maps` is the
+/// generic address of the call's `abi::FwdTensorMaps`.
+#[inline(always)]
+unsafe fn loader_tma<const D: usize, const DV: usize, const BN: usize, const STAGES: u32>(
+    maps: u64,
+    p: &FwdParams,
+    base: u32,
+    m0: u32,
+    (first, n_blocks): (u32, u32),
+    tid: u32,
+) {
+    let (head, batch) = (sreg::block_y(), sreg::block_z());
+    let kv_head = head / p.group;
+    let (q_map, k_map, v_map) = (maps, maps + 128, maps + 256);
+    if tid == 0 {
+        let q_bar = base + Shape::<D, DV, BN, STAGES>::BARS;
+        mbarrier::arrive_expect_tx(q_bar, Shape::<D, DV, BN, STAGES>::Q_TMA_BYTES);
+        for cb in 0..D / 64 {
+            let dst = base + Shape::<D, DV, BN, STAGES>::Q + (cb * BM * 128) as u32;
+            tma::load_4d(dst, q_map, [64 * cb as u32, m0, head, batch], q_bar);
+        }
+    }
+    let mut j = 0u32;
+    while j < n_blocks {
+        let s = j % STAGES;
+        if j >= STAGES {
+            // Both compute warpgroups are done with block j - STAGES.
+            sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + s);
+        }
+        if tid == 0 {
+            let bar = Shape::<D, DV, BN, STAGES>::full_bar(base, s);
+            let n0 = (first + j) * BN as u32;
+            let dst = base + Shape::<D, DV, BN, STAGES>::KV + s * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
+            mbarrier::arrive_expect_tx(bar, Shape::<D, DV, BN, STAGES>::STAGE_BYTES);
+            for cb in 0..D / 64 {
+                tma::load_4d(dst + (cb * BN * 128) as u32, k_map, [64 * cb as u32, n0, kv_head, batch], bar);
+            }
+            let v_dst = dst + Shape::<D, DV, BN, STAGES>::K_TILE_BYTES;
+            for cb in 0..DV / 64 {
+                tma::load_4d(v_dst + (cb * BN * 128) as u32, v_map, [64 * cb as u32, n0, kv_head, batch], bar);
+            }
+        }
+        j += 1;
+    }
 }
 
 /// Issues the copies of one `ROWS x D` tile into swizzled shared memory (`ptx::wgmma` layout) with the
@@ -232,11 +293,14 @@ pub unsafe fn attn_fwd_wgmma<
     const KS: usize,
     const PINGPONG: bool,
     const FMA_EXP2: usize,
+    const TMA: bool,
     const PACKED: bool,
 >(
     p: &FwdParams,
+    maps: u64,
 ) {
     const { assert!(SR == BN / 2 && OR == DV / 2 && NN == BN / 8 && ND == DV / 8 && KS == BN / 16) };
+    const { assert!(!(TMA && PACKED) && (!TMA || (D % 64 == 0 && DV % 64 == 0))) };
     #[allow(clippy::let_unit_value)]
     let () = Shape::<D, DV, BN, STAGES>::OK;
     let tid = sreg::thread_x();
@@ -278,9 +342,24 @@ pub unsafe fn attn_fwd_wgmma<
 
     // The swizzle pattern repeats every 1024 bytes of the shared window: tiles start on that boundary.
     let base = (smem::base() + 1023) & !1023;
+    if TMA {
+        // The barriers exist before anyone arrives at or waits on them.
+        if tid == 0 {
+            mbarrier::init(base + Shape::<D, DV, BN, STAGES>::BARS, 1);
+            for s in 0..STAGES {
+                mbarrier::init(Shape::<D, DV, BN, STAGES>::full_bar(base, s), 1);
+            }
+            mbarrier::fence_init();
+        }
+        sync::block();
+    }
     if tid >= COMPUTE_THREADS {
         setmaxnreg::dec::<LOADER_REGS>();
-        loader::<D, DV, BN, STAGES, PACKED>(p, base, m0, rows, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
+        if TMA {
+            loader_tma::<D, DV, BN, STAGES>(maps, p, base, m0, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
+        } else {
+            loader::<D, DV, BN, STAGES, PACKED>(p, base, m0, rows, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
+        }
         return;
     }
     setmaxnreg::inc::<COMPUTE_REGS>();
@@ -305,10 +384,18 @@ pub unsafe fn attn_fwd_wgmma<
         // Warpgroup 0 takes the first turn.
         sync::arrive_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED);
     }
+    if TMA {
+        mbarrier::wait(base + Shape::<D, DV, BN, STAGES>::BARS, 0);
+    }
     let mut j = 0u32;
     while j < n_blocks {
         let k_s = kv_s + (j % STAGES) * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
-        sync::named_at::<256>(FULL + 2 * (j % STAGES) + wg);
+        if TMA {
+            // Stage j % STAGES's fill number j / STAGES has landed.
+            mbarrier::wait(Shape::<D, DV, BN, STAGES>::full_bar(base, j % STAGES), (j / STAGES) & 1);
+        } else {
+            sync::named_at::<256>(FULL + 2 * (j % STAGES) + wg);
+        }
         if PINGPONG {
             // This warpgroup's turn to issue; the other's products then run during this one's softmax.
             sync::named_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED + wg);

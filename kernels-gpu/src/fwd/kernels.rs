@@ -159,12 +159,15 @@ mod packed_sm80 {
 #[cfg(target_feature = "sm_90a")]
 mod wgmma_entry {
     use super::super::hopper::attn_fwd_wgmma;
-    use crate::abi::FwdParams;
+    use crate::abi::{FwdParams, FwdTensorMaps};
     use crate::ptx::elem::{Bf16, F16};
     use crate::tiles::{self, str_eq};
 
     macro_rules! wgmma_kernel {
-        ($tile:path, $elem:ty, $packed:literal, $p:expr) => {{
+        ($tile:path, $elem:ty, $packed:literal, $p:expr) => {
+            wgmma_kernel!($tile, $elem, $packed, $p, 0)
+        };
+        ($tile:path, $elem:ty, $packed:literal, $p:expr, $maps:expr) => {{
             const T: tiles::FwdTile = $tile;
             attn_fwd_wgmma::<
                 $elem,
@@ -179,8 +182,9 @@ mod wgmma_entry {
                 { T.block_n / 16 },
                 { T.pingpong },
                 { T.fma_exp2_tiles },
+                { T.tma },
                 $packed,
-            >($p)
+            >($p, $maps)
         }};
     }
 
@@ -215,6 +219,49 @@ mod wgmma_entry {
                 wgmma_kernel!($tile, $elem, $packed, &p)
             }
         };
+    }
+
+    /// The TMA rows (dense only): a second parameter, the tensor maps, whose parameter-space address the
+    /// kernel converts to a generic one for the TMA unit (64-byte aligned by build.rs).
+    macro_rules! wgmma_tma_kernels {
+        ($($tile:path => $bf16:ident, $f16:ident;)*) => {$(
+            const _: () = {
+                const T: tiles::FwdTile = $tile;
+                assert!(T.is_valid() && T.wgmma && T.tma && T.threads() == 384);
+                assert!(str_eq(T.symbols[0], stringify!($bf16)) && str_eq(T.symbols[1], stringify!($f16)));
+            };
+
+            wgmma_tma_entry!($tile, $bf16, Bf16);
+            wgmma_tma_entry!($tile, $f16, F16);
+        )*};
+    }
+
+    macro_rules! wgmma_tma_entry {
+        ($tile:path, $name:ident, $elem:ident) => {
+            core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
+            core::arch::global_asm!(concat!("// ironflash-param-align ", stringify!($name), " 1 64"));
+
+            /// # Safety
+            /// Launched as `abi::FwdParams` (unsplit, dense) and the tile row document, with `maps` the
+            /// tensor maps of the call's Q, K and V, on a compute capability 9.0 device.
+            #[no_mangle]
+            pub unsafe extern "ptx-kernel" fn $name(p: FwdParams, _maps: FwdTensorMaps) {
+                let maps: u64;
+                // The parameter's address in the parameter space, made generic (PTX ISA §9.7.9.21 `cvta`),
+                // which is where TMA reads a kernel parameter's tensor map.
+                core::arch::asm!(
+                    concat!("mov.u64 {0}, ", stringify!($name), "_param_1;"),
+                    "cvta.param.u64 {0}, {0};",
+                    out(reg64) maps,
+                    options(pure, nomem, nostack)
+                );
+                wgmma_kernel!($tile, $elem, false, &p, maps)
+            }
+        };
+    }
+
+    wgmma_tma_kernels! {
+        tiles::HD128_WGMMA_TMA => attn_fwd_hd128_m128n128_wgmma_tma_bf16, attn_fwd_hd128_m128n128_wgmma_tma_f16;
     }
 
     wgmma_kernels! {

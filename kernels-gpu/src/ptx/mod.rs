@@ -10,6 +10,8 @@ pub mod gmem;
 pub mod griddep;
 pub mod ldmatrix;
 pub mod math;
+#[cfg(target_feature = "sm_90a")]
+pub mod mbarrier;
 pub mod mma;
 pub mod opaque;
 #[cfg(target_feature = "sm_90a")]
@@ -19,6 +21,8 @@ pub mod shfl_idx;
 pub mod smem;
 pub mod sreg;
 pub mod sync;
+#[cfg(target_feature = "sm_90a")]
+pub mod tma;
 pub mod warp;
 #[cfg(target_feature = "sm_90a")]
 pub mod wgmma;

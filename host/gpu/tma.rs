@@ -1,0 +1,53 @@
+//! TMA tensor maps for the Hopper forward's TMA rows (`FwdTile::tma`): each of Q, K and V described to
+//! the TMA unit (`cuTensorMapEncodeTiled`) as the kernel reads it (`abi::FwdTensorMaps`).
+
+use crate::dtype::DType;
+use crate::error::{DriverContext, Result};
+use cudarc::driver::sys;
+
+/// The 4-D map of one `[batch, rows, heads, dim]` tensor at device address `ptr` with element strides
+/// `strides` (`[batch, row, head]`; the head dim contiguous) of `dtype` (2 bytes): dims innermost first
+/// (`[dim, rows, heads, batch]`), boxes of 64 elements × `box_rows` × 1 × 1, 128-byte swizzle (the
+/// `wgmma` operand layout), zeros outside the tensor.
+pub(crate) fn tensor_map(
+    dtype: DType,
+    ptr: u64,
+    [batch, rows, heads, dim]: [usize; 4],
+    [batch_stride, row_stride, head_stride]: [usize; 3],
+    box_rows: usize,
+) -> Result<[u64; 16]> {
+    let elem = dtype.size_bytes();
+    let dims = [dim, rows, heads, batch].map(|d| d as u64);
+    // A dimension of extent 1 is only read at index 0: its stride, which may be 0 or anything in a view,
+    // is given as the smallest the encoder accepts (a multiple of 16 bytes).
+    let stride = |s: usize, extent: usize| if extent == 1 { 16 } else { (s * elem) as u64 };
+    let strides = [stride(row_stride, rows), stride(head_stride, heads), stride(batch_stride, batch)];
+    let boxes = [64u32, box_rows as u32, 1, 1];
+    let element_strides = [1u32; 4];
+    let data_type = match dtype {
+        DType::F16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+        _ => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+    };
+    let mut map = sys::CUtensorMap { opaque: [0; 16] };
+    // SAFETY: every array has the rank's length (4 dims, 3 strides above the innermost); the encoder
+    // only reads them and writes `map`, checking the address, strides and box against its limits.
+    unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map,
+            data_type,
+            4,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            element_strides.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+        .result()
+        .during("encoding a TMA tensor map")?;
+    }
+    Ok(map.opaque)
+}

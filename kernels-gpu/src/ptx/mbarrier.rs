@@ -1,0 +1,55 @@
+//! Shared-memory barriers that count arrivals and bytes (PTX ISA §9.7.13.15 `mbarrier`): the hand-off of
+//! TMA copies, whose completion the copy engine reports on the barrier in bytes. Only in the `sm_90a`
+//! build.
+//!
+//! A barrier object is 8 bytes of shared memory. Each phase completes once its expected arrivals have
+//! arrived and its expected bytes have landed; waiters name the phase by its parity.
+
+/// `mbarrier.init.shared::cta.b64`: `count` arrivals complete a phase.
+///
+/// # Safety
+/// `bar` is an 8-byte aligned shared address no thread uses as a barrier yet; one thread initialises it,
+/// and `fence_init` plus a CTA barrier separate the initialisation from every other use.
+#[inline(always)]
+pub unsafe fn init(bar: u32, count: u32) {
+    core::arch::asm!("mbarrier.init.shared::cta.b64 [{0}], {1};", in(reg32) bar, in(reg32) count, options(nostack));
+}
+
+/// `fence.mbarrier_init.release.cluster`: this thread's barrier initialisations become visible to the
+/// async proxy (the TMA unit's completions) before anything after the fence.
+#[inline(always)]
+pub fn fence_init() {
+    // SAFETY: an ordering instruction.
+    unsafe { core::arch::asm!("fence.mbarrier_init.release.cluster;", options(nostack)) };
+}
+
+/// `mbarrier.arrive.expect_tx.shared::cta.b64`: this thread's arrival, and `bytes` more to land in the
+/// current phase (the TMA copies issued after it complete them).
+///
+/// # Safety
+/// `bar` is an initialised barrier; the copies issued against it bring exactly `bytes`.
+#[inline(always)]
+pub unsafe fn arrive_expect_tx(bar: u32, bytes: u32) {
+    core::arch::asm!("mbarrier.arrive.expect_tx.shared::cta.b64 _, [{0}], {1};", in(reg32) bar, in(reg32) bytes, options(nostack));
+}
+
+/// Waits until the phase of parity `phase` (0 or 1) of `bar` has completed (`mbarrier.try_wait.parity`,
+/// which suspends the thread for a time-limited while, in a loop); the memory it hands over is then
+/// visible to this thread, and to its `wgmma` reads.
+///
+/// # Safety
+/// `bar` is an initialised barrier whose phase `phase` will complete.
+#[inline(always)]
+pub unsafe fn wait(bar: u32, phase: u32) {
+    loop {
+        let done: u32;
+        core::arch::asm!(
+            "{{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [{1}], {2}; selp.u32 {0}, 1, 0, p; }}",
+            out(reg32) done, in(reg32) bar, in(reg32) phase,
+            options(nostack)
+        );
+        if done != 0 {
+            return;
+        }
+    }
+}

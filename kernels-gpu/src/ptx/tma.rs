@@ -1,0 +1,31 @@
+//! TMA tensor copies (PTX ISA §9.7.9.25.5.1 `cp.async.bulk.tensor`, §9.7.9.26 `prefetch.tensormap`): one
+//! instruction moves a box of a tensor described by a tensor map (`abi::FwdTensorMaps`) into shared
+//! memory, swizzled as the map says, zero-filling what lies outside the tensor, and reports its bytes on
+//! an `mbarrier`. Only in the `sm_90a` build.
+
+/// `prefetch.tensormap`: brings the tensor map at generic address `map` into the TMA unit's cache.
+///
+/// # Safety
+/// `map` is the generic address of a tensor map in the parameter, constant or global space.
+#[inline(always)]
+pub unsafe fn prefetch_map(map: u64) {
+    core::arch::asm!("prefetch.tensormap [{0}];", in(reg64) map, options(nostack));
+}
+
+/// `cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes`: the box of the 4-D
+/// tensor map `map` at element coordinates `c` (innermost first) into shared memory at `dst`; its bytes
+/// (the whole box, zero-filled parts included) complete on barrier `bar`.
+///
+/// # Safety
+/// `map` as in `prefetch_map`; `dst` is a shared address aligned as the map's swizzle requires (1024
+/// bytes for the 128-byte swizzle) with room for the box; `bar` is an initialised barrier whose
+/// current phase expects these bytes (`mbarrier::arrive_expect_tx`); nothing reads `dst` before the
+/// phase completes or writes it while the copy runs.
+#[inline(always)]
+pub unsafe fn load_4d(dst: u32, map: u64, c: [u32; 4], bar: u32) {
+    core::arch::asm!(
+        "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [{0}], [{1}, {{{2}, {3}, {4}, {5}}}], [{6}];",
+        in(reg32) dst, in(reg64) map, in(reg32) c[0], in(reg32) c[1], in(reg32) c[2], in(reg32) c[3], in(reg32) bar,
+        options(nostack)
+    );
+}
