@@ -324,23 +324,33 @@ pub const HD32_WGMMA: FwdTile = FwdTile { fma_exp2_tiles: 4, ..wgmma_tile!(32, 1
 /// eighth of the exponentials on the FMA pipe the softcap gained 1-10% and plain lost up to 5% (H100):
 /// all on the MUFU unit.
 pub const HD64_WGMMA: FwdTile = wgmma_tile!(64, 128, 4, true);
+/// `HD64_WGMMA` with TMA loads.
+pub const HD64_WGMMA_TMA: FwdTile =
+    tma_row(HD64_WGMMA, ["attn_fwd_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_hd64_m128n128_wgmma_tma_f16"]);
 /// 225 KiB (stored as head dim 128): 128-key blocks in three stages, ping-pong.
 pub const HD96_WGMMA: FwdTile = wgmma_tile!(96, 128, 3, true);
 /// 225 KiB: 128-key blocks in three stages, ping-pong.
 pub const HD128_WGMMA: FwdTile = wgmma_tile!(128, 128, 3, true);
 /// `HD128_WGMMA` with its Q, K and V loads by TMA (dense batches); after it in preference until measured.
-pub const HD128_WGMMA_TMA: FwdTile = FwdTile {
-    tma: true,
-    symbols: ["attn_fwd_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_hd128_m128n128_wgmma_tma_f16"],
-    packed_symbols: ["", ""],
-    ..HD128_WGMMA
-};
+pub const HD128_WGMMA_TMA: FwdTile =
+    tma_row(HD128_WGMMA, ["attn_fwd_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_hd128_m128n128_wgmma_tma_f16"]);
+
+/// A Hopper row with its loads by TMA (`FwdTile::tma`): dense batches only, so no packed kernels.
+const fn tma_row(row: FwdTile, symbols: [&'static str; 2]) -> FwdTile {
+    FwdTile { tma: true, symbols, packed_symbols: ["", ""], ..row }
+}
 /// 193 KiB: 96-key blocks in two stages (O 96 + S 48 + P 24 registers), ping-pong.
 pub const HD192_WGMMA: FwdTile = wgmma_tile!(192, 96, 2, true);
+/// `HD192_WGMMA` with TMA loads.
+pub const HD192_WGMMA_TMA: FwdTile =
+    tma_row(HD192_WGMMA, ["attn_fwd_hd192_m128n96_wgmma_tma_bf16", "attn_fwd_hd192_m128n96_wgmma_tma_f16"]);
 /// 193 KiB: 64-key blocks in two stages (O alone is 128 registers). Without ping-pong: with it, 4-6%
 /// slower non-causal and -2..+2% causal on an H200 (measured without spills; each block's softmax is
 /// short against its products here, so taking turns only adds waits).
 pub const HD256_WGMMA: FwdTile = wgmma_tile!(256, 64, 2, false);
+/// `HD256_WGMMA` with TMA loads (two stages of 64 keys wait on their loads there: docs/perf.md).
+pub const HD256_WGMMA_TMA: FwdTile =
+    tma_row(HD256_WGMMA, ["attn_fwd_hd256_m128n64_wgmma_tma_bf16", "attn_fwd_hd256_m128n64_wgmma_tma_f16"]);
 /// 209 KiB: Q and K of head dim 192, V of 128; 128-key blocks in two stages (O 64 + S 64 + P 32
 /// registers, D = 128's), ping-pong. Measured against 96 x 2, 80 x 3 and 112 x 2 (docs/perf.md):
 /// fastest from 4K; 80 x 3 was 5-7% faster at 1K and up to 14% slower at 8K causal.
@@ -351,6 +361,7 @@ pub const FWD_TILES: &[FwdTile] = &[
     HD32_WGMMA,
     HD32,
     HD64_WGMMA,
+    HD64_WGMMA_TMA,
     HD64,
     HD64_SMALL,
     HD96_WGMMA,
@@ -362,9 +373,11 @@ pub const FWD_TILES: &[FwdTile] = &[
     HD128_N32,
     HD128_SMALL,
     HD192_WGMMA,
+    HD192_WGMMA_TMA,
     HD192,
     HD192_SMALL,
     HD256_WGMMA,
+    HD256_WGMMA_TMA,
     HD256,
     HD256_W8,
     HD192_V128_WGMMA,

@@ -261,7 +261,10 @@ mod wgmma_entry {
     }
 
     wgmma_tma_kernels! {
+        tiles::HD64_WGMMA_TMA => attn_fwd_hd64_m128n128_wgmma_tma_bf16, attn_fwd_hd64_m128n128_wgmma_tma_f16;
         tiles::HD128_WGMMA_TMA => attn_fwd_hd128_m128n128_wgmma_tma_bf16, attn_fwd_hd128_m128n128_wgmma_tma_f16;
+        tiles::HD192_WGMMA_TMA => attn_fwd_hd192_m128n96_wgmma_tma_bf16, attn_fwd_hd192_m128n96_wgmma_tma_f16;
+        tiles::HD256_WGMMA_TMA => attn_fwd_hd256_m128n64_wgmma_tma_bf16, attn_fwd_hd256_m128n64_wgmma_tma_f16;
     }
 
     wgmma_kernels! {
