@@ -241,15 +241,10 @@ fn write_modules(out: &Path, stem: &str, ptx: &str, entries: &[(&str, std::ops::
 /// build.
 fn apply_launch_bounds(ptx: &str, cpu: &str) -> Result<String, String> {
     let mut out = ptx.to_string();
-    for line in ptx.lines() {
-        let Some(spec) = line.trim().strip_prefix("// ironflash-launch-bounds ") else { continue };
-        let fields: Vec<&str> = spec.split_whitespace().collect();
-        let [symbol, threads, min_ctas] = fields[..] else {
-            return Err(format!("{cpu} PTX: malformed launch-bounds comment: {line}"));
-        };
+    for [symbol, threads, min_ctas] in directives(ptx, cpu, "launch-bounds")? {
         let (threads, min_ctas): (u32, u32) = match (threads.parse(), min_ctas.parse()) {
             (Ok(t), Ok(m)) => (t, m),
-            _ => return Err(format!("{cpu} PTX: malformed launch-bounds comment: {line}")),
+            _ => return Err(format!("{cpu} PTX: malformed launch-bounds comment for {symbol}")),
         };
         let header = format!(".entry {symbol}(");
         let start = out.find(&header).ok_or_else(|| format!("{cpu} PTX: launch bounds for {symbol}, no such entry"))?;
@@ -269,12 +264,7 @@ fn apply_launch_bounds(ptx: &str, cpu: &str) -> Result<String, String> {
 /// parameter is not declared `.align 16` fails the build.
 fn apply_param_align(ptx: &str, cpu: &str) -> Result<String, String> {
     let mut out = ptx.to_string();
-    for line in ptx.lines() {
-        let Some(spec) = line.trim().strip_prefix("// ironflash-param-align ") else { continue };
-        let fields: Vec<&str> = spec.split_whitespace().collect();
-        let [symbol, index, align] = fields[..] else {
-            return Err(format!("{cpu} PTX: malformed param-align comment: {line}"));
-        };
+    for [symbol, index, align] in directives(ptx, cpu, "param-align")? {
         let declared = format!(".param .align 16 .b8 {symbol}_param_{index}[");
         let at = out
             .find(&declared)
@@ -282,6 +272,20 @@ fn apply_param_align(ptx: &str, cpu: &str) -> Result<String, String> {
         out.replace_range(at..at + declared.len(), &format!(".param .align {align} .b8 {symbol}_param_{index}["));
     }
     Ok(out)
+}
+
+/// The three fields of every `// ironflash-NAME A B C` comment of the PTX (the kernels' requests to this
+/// script), or an error naming a malformed one.
+fn directives<'a>(ptx: &'a str, cpu: &str, name: &str) -> Result<Vec<[&'a str; 3]>, String> {
+    let prefix = format!("// ironflash-{name} ");
+    let mut found = Vec::new();
+    for line in ptx.lines() {
+        let Some(spec) = line.trim().strip_prefix(prefix.as_str()) else { continue };
+        let fields: Vec<&str> = spec.split_whitespace().collect();
+        let [a, b, c] = fields[..] else { return Err(format!("{cpu} PTX: malformed {name} comment: {line}")) };
+        found.push([a, b, c]);
+    }
+    Ok(found)
 }
 
 /// A PTX that declares but does not define a function would fail at module load on the user's GPU;
