@@ -36,6 +36,8 @@ struct Case {
     pad_o: Option<[usize; 3]>,
     /// Force the table's other (smaller) row for this head dim, when it has one.
     small_tile: bool,
+    /// Force this row (ahead of `small_tile`).
+    tile: Option<FwdTile>,
     /// Some: force this split-KV count (through `flash_forward_with_splits`, O padded by `pad_o`).
     splits: Option<usize>,
     seed: u64,
@@ -99,6 +101,7 @@ fn case(large_scores: bool) -> impl Strategy<Value = Case> {
                     pad_kv,
                     pad_o,
                     small_tile,
+                    tile: None,
                     splits: None,
                     seed,
                 }
@@ -150,7 +153,7 @@ fn run_case<T: Element>(dev: &Device, c: &Case, worst: &Mutex<Worst>) -> Result<
     let (q_dev, k_dev, v_dev) = (dev.upload(&q).unwrap(), dev.upload(&k).unwrap(), dev.upload(&v).unwrap());
 
     let chosen = gpu::forward_tile(dev.info(), (d, dv), T::DTYPE, c.causal).map_err(|e| e.to_string())?;
-    let small = if c.small_tile { other_tile(dev, (d, dv), &chosen, c.seed >> 7) } else { None };
+    let small = c.tile.or_else(|| c.small_tile.then(|| other_tile(dev, (d, dv), &chosen, c.seed >> 7)).flatten());
     let (o, lse) = match (c.pad_o, small) {
         _ if c.splits.is_some() => {
             let layout = padded([c.batch, c.seqlen_q, hq, dv], c.pad_o.unwrap_or([0; 3]));
@@ -282,6 +285,33 @@ fn forced_splits_match_reference_f16() {
     property::<f16>("forced_splits_match_reference_f16", 32, false, true);
 }
 
+/// Every TMA row (`FwdTile::tma`) the device runs, forced, over random problems of its head dims: tails
+/// of the 128-row and key blocks (the boxes' zero fill past the tensors), causal with fully masked rows,
+/// GQA, seqlen_q != seqlen_k, padded strides of Q, K and V (the maps' strides), negative and large scales.
+fn tma_rows_match_reference() {
+    let Some(dev) = device_or_skip("tma_rows_match_reference") else { return };
+    let rows: Vec<FwdTile> = tiles::FWD_TILES
+        .iter()
+        .filter(|t| t.tma && t.smem_bytes(2) <= dev.info().smem_per_block_optin && dev.info().runs_wgmma())
+        .copied()
+        .collect();
+    if rows.is_empty() {
+        println!("tma_rows_match_reference: no TMA row runs on this device, skipped");
+        return;
+    }
+    for tile in rows {
+        let strategy = (case(false), any::<bool>())
+            .prop_map(move |(c, large)| {
+                let (scale, amplitude) = if large { (c.scale * 10.0, 4.0) } else { (c.scale, 1.0) };
+                Case { head_dim: tile.head_dim, head_dim_v: tile.head_dim_v, tile: Some(tile), scale, amplitude, ..c }
+            })
+            .boxed();
+        let name = format!("tma_rows_match_reference {}", tile.symbol(false));
+        property_of::<bf16>(&name, 24, strategy.clone());
+        property_of::<f16>(&name, 8, strategy);
+    }
+}
+
 /// Long sequences: the GPU computes everything, the reference a few windows of query rows (for a window
 /// [r0, r0+n) the rows see exactly the keys [0, r0 + n + seqlen_k - seqlen_q) when causal).
 fn long_case<T: Element>(name: &str, seqlen: usize, causal: bool, seed: u64) {
@@ -354,6 +384,7 @@ fn fixed_case<T: Element>(dev: &Device, dims: [usize; 6], causal: bool, seed: u6
         pad_kv: [0; 3],
         pad_o: None,
         small_tile: false,
+        tile: None,
         splits: None,
         seed,
     };
@@ -387,6 +418,7 @@ fn decode_case<T: Element>(dev: &Device, dims: [usize; 6], causal: bool, pad_o: 
         pad_kv: [8, 0, 0],
         pad_o: Some(pad_o),
         small_tile: false,
+        tile: None,
         splits: None,
         seed,
     };
@@ -451,6 +483,7 @@ fn split_kv_fully_masked_rows_and_empty_splits() {
             pad_kv: [0; 3],
             pad_o: Some([8, 0, 0]),
             small_tile: false,
+            tile: None,
             splits: Some(splits),
             seed: 50,
         };
@@ -641,6 +674,7 @@ fn main() -> std::process::ExitCode {
             forward_large_scores_f16,
             hopper_head_dims_chosen_tile_bf16,
             hopper_head_dims_chosen_tile_f16,
+            tma_rows_match_reference,
             forced_splits_match_reference_bf16,
             forced_splits_match_reference_f16,
             long_sequence_16k,
