@@ -80,27 +80,35 @@ fn split_workspace_f32(lse_rows: usize, head_dim_v: usize, splits: usize) -> (us
 }
 
 /// The tile the fused forward uses on a device for the head dims of Q/K and of V, element type and
-/// causality (what `ironflash info` prints).
-pub fn forward_tile(
+/// causality (what `ironflash info` prints): the tile of a dense batch.
+pub fn forward_tile(info: &DeviceInfo, head_dims: (usize, usize), dtype: DType, causal: bool) -> Result<FwdTile> {
+    layout_tile(info, head_dims, dtype, causal, BatchLayout::Dense)
+}
+
+/// The chooser's tile among the rows with an unsplit kernel for a batch layout that run on this device:
+/// the TMA rows have dense kernels only, the `mma.sync` rows alone paged ones, so a packed or paged call
+/// takes a later row of the table than a dense one may.
+pub(crate) fn layout_tile(
     info: &DeviceInfo,
     (head_dim, head_dim_v): (usize, usize),
     dtype: DType,
     causal: bool,
+    layout: BatchLayout,
 ) -> Result<FwdTile> {
     if dtype == DType::F32 {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype, path: "the fused forward kernel" });
     }
+    let _ = causal;
     let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
     let sm90a = info.runs_wgmma();
-    tiles::choose_fwd(head_dim, head_dim_v, dtype.size_bytes(), causal, optin, per_sm, sm90a).copied().ok_or_else(
-        || {
-            Error::NoTileConfig(format!(
-                "head_dim {head_dim}, head_dim_v {head_dim_v}, {dtype}: no compiled forward tile fits {} B of shared memory per block \
-                 ({} B per SM) on {}",
-                info.smem_per_block_optin, info.smem_per_sm, info.name
-            ))
-        },
-    )
+    let runs = |t: &FwdTile| (sm90a || !t.wgmma) && !t.kernel_symbol(false, false, layout).is_empty();
+    tiles::choose_fwd_among(head_dim, head_dim_v, dtype.size_bytes(), optin, per_sm, runs).copied().ok_or_else(|| {
+        Error::NoTileConfig(format!(
+            "head_dim {head_dim}, head_dim_v {head_dim_v}, {dtype}: no compiled {layout:?} forward tile fits {} B of shared \
+             memory per block ({} B per SM) on {}",
+            info.smem_per_block_optin, info.smem_per_sm, info.name
+        ))
+    })
 }
 
 /// The kernel and split count for a problem, starting from the chooser's tile: a Hopper (`wgmma`) row has
@@ -122,16 +130,7 @@ pub fn forward_launch_plan(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile, d
 /// The tile of a call over a paged cache (`gpu::paged`): the chooser's among the rows with paged
 /// kernels (the `mma.sync` rows).
 pub(crate) fn paged_tile(info: &DeviceInfo, p: &AttnProblem, dtype: DType) -> Result<FwdTile> {
-    let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
-    let paged = |t: &FwdTile| !t.kernel_symbol(false, false, BatchLayout::Paged).is_empty();
-    tiles::choose_fwd_among(p.head_dim, p.head_dim_v, dtype.size_bytes(), optin, per_sm, paged).copied().ok_or_else(
-        || {
-            Error::NoTileConfig(format!(
-                "head_dim {}, head_dim_v {}: no paged-cache forward tile fits {}",
-                p.head_dim, p.head_dim_v, info.name
-            ))
-        },
-    )
+    layout_tile(info, (p.head_dim, p.head_dim_v), dtype, p.causal, BatchLayout::Paged)
 }
 
 /// [`split_kv_tile`], or `NoTileConfig` for a forced split count where no row fits.

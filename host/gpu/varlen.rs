@@ -16,6 +16,7 @@ use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaSlice, DevicePtr};
+use ironflash_kernels::tiles::BatchLayout;
 use ironflash_kernels::tiles::FwdTile;
 use ironflash_kernels::tiles_bwd::BwdTile;
 
@@ -243,7 +244,8 @@ fn plan<T: Element>(
     }
     flash::check_grid(tokens.heads_q, batch, tokens.heads_q * tokens.seqlen_q)?;
     let grid = AttnProblem { batch, seqlen_q: seqs.max_seqlen_q, seqlen_k: seqs.max_seqlen_k, ..tokens };
-    let tile = flash::forward_tile(dev.info(), (tokens.head_dim, tokens.head_dim_v), T::DTYPE, tokens.causal)?;
+    let dims = (tokens.head_dim, tokens.head_dim_v);
+    let tile = flash::layout_tile(dev.info(), dims, T::DTYPE, tokens.causal, BatchLayout::Packed)?;
     Ok(Plan { tokens, grid, tile })
 }
 

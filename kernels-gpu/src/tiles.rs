@@ -324,14 +324,16 @@ pub const HD32_WGMMA: FwdTile = FwdTile { fma_exp2_tiles: 4, ..wgmma_tile!(32, 1
 /// eighth of the exponentials on the FMA pipe the softcap gained 1-10% and plain lost up to 5% (H100):
 /// all on the MUFU unit.
 pub const HD64_WGMMA: FwdTile = wgmma_tile!(64, 128, 4, true);
-/// `HD64_WGMMA` with TMA loads.
+/// `HD64_WGMMA` with TMA loads: 1-7% slower on an H100 (its short stages gain less than the hand-over
+/// through the loader costs per block), so after it.
 pub const HD64_WGMMA_TMA: FwdTile =
     tma_row(HD64_WGMMA, ["attn_fwd_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_hd64_m128n128_wgmma_tma_f16"]);
 /// 225 KiB (stored as head dim 128): 128-key blocks in three stages, ping-pong.
 pub const HD96_WGMMA: FwdTile = wgmma_tile!(96, 128, 3, true);
 /// 225 KiB: 128-key blocks in three stages, ping-pong.
 pub const HD128_WGMMA: FwdTile = wgmma_tile!(128, 128, 3, true);
-/// `HD128_WGMMA` with its Q, K and V loads by TMA (dense batches); after it in preference until measured.
+/// `HD128_WGMMA` with its Q, K and V loads by TMA, first for dense batches (packed ones take
+/// `HD128_WGMMA`): +2% at 1K, +6-9% at 4K, +1-6% at 8K against it on an H100 (docs/perf.md).
 pub const HD128_WGMMA_TMA: FwdTile =
     tma_row(HD128_WGMMA, ["attn_fwd_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_hd128_m128n128_wgmma_tma_f16"]);
 
@@ -341,14 +343,14 @@ const fn tma_row(row: FwdTile, symbols: [&'static str; 2]) -> FwdTile {
 }
 /// 193 KiB: 96-key blocks in two stages (O 96 + S 48 + P 24 registers), ping-pong.
 pub const HD192_WGMMA: FwdTile = wgmma_tile!(192, 96, 2, true);
-/// `HD192_WGMMA` with TMA loads.
+/// `HD192_WGMMA` with TMA loads, first for dense batches: +0-2% at 1K, +3-6% at 4K on an H100.
 pub const HD192_WGMMA_TMA: FwdTile =
     tma_row(HD192_WGMMA, ["attn_fwd_hd192_m128n96_wgmma_tma_bf16", "attn_fwd_hd192_m128n96_wgmma_tma_f16"]);
 /// 193 KiB: 64-key blocks in two stages (O alone is 128 registers). Without ping-pong: with it, 4-6%
 /// slower non-causal and -2..+2% causal on an H200 (measured without spills; each block's softmax is
 /// short against its products here, so taking turns only adds waits).
 pub const HD256_WGMMA: FwdTile = wgmma_tile!(256, 64, 2, false);
-/// `HD256_WGMMA` with TMA loads (two stages of 64 keys wait on their loads there: docs/perf.md).
+/// `HD256_WGMMA` with TMA loads, first for dense batches: +1% at 1K, +4-6% at 4K on an H100.
 pub const HD256_WGMMA_TMA: FwdTile =
     tma_row(HD256_WGMMA, ["attn_fwd_hd256_m128n64_wgmma_tma_bf16", "attn_fwd_hd256_m128n64_wgmma_tma_f16"]);
 /// 209 KiB: Q and K of head dim 192, V of 128; 128-key blocks in two stages (O 64 + S 64 + P 32
@@ -367,17 +369,17 @@ pub const FWD_TILES: &[FwdTile] = &[
     HD96_WGMMA,
     HD96,
     HD96_SMALL,
-    HD128_WGMMA,
     HD128_WGMMA_TMA,
+    HD128_WGMMA,
     HD128,
     HD128_N32,
     HD128_SMALL,
-    HD192_WGMMA,
     HD192_WGMMA_TMA,
+    HD192_WGMMA,
     HD192,
     HD192_SMALL,
-    HD256_WGMMA,
     HD256_WGMMA_TMA,
+    HD256_WGMMA,
     HD256,
     HD256_W8,
     HD192_V128_WGMMA,
@@ -551,18 +553,24 @@ mod tests {
             let t = choose_fwd(d, d, 2, false, H100.0, H100.1, true).unwrap();
             assert!(t.wgmma, "d={d}");
         }
+        // Dense batches: the TMA rows where they exist; packed ones (no TMA kernels): the cp.async rows.
         let rows = [
-            (32, HD32_WGMMA),
-            (64, HD64_WGMMA),
-            (96, HD96_WGMMA),
-            (128, HD128_WGMMA),
-            (192, HD192_WGMMA),
-            (256, HD256_WGMMA),
+            (32, HD32_WGMMA, HD32_WGMMA),
+            (64, HD64_WGMMA, HD64_WGMMA),
+            (96, HD96_WGMMA, HD96_WGMMA),
+            (128, HD128_WGMMA_TMA, HD128_WGMMA),
+            (192, HD192_WGMMA_TMA, HD192_WGMMA),
+            (256, HD256_WGMMA_TMA, HD256_WGMMA),
         ];
-        for (d, t) in rows {
-            assert_eq!(choose_fwd(d, d, 2, true, H100.0, H100.1, true), Some(&t));
-            let l = t.wgmma_smem_layout(2);
-            assert!(l[1].is_multiple_of(1024) && l[2].is_multiple_of(1024) && t.smem_bytes(2) <= H100.0, "{t:?}");
+        for (d, dense, packed) in rows {
+            assert_eq!(choose_fwd(d, d, 2, true, H100.0, H100.1, true), Some(&dense));
+            let has_packed = |t: &FwdTile| !t.kernel_symbol(false, false, BatchLayout::Packed).is_empty();
+            assert_eq!(choose_fwd_among(d, d, 2, H100.0, H100.1, has_packed), Some(&packed));
+            for t in [dense, packed] {
+                let l = t.wgmma_smem_layout(2);
+                assert!(l[1].is_multiple_of(1024) && l[2].is_multiple_of(1024) && t.smem_bytes(2) <= H100.0, "{t:?}");
+                assert!(t.ctas_per_sm_by_smem(2, H100.1) >= 1, "{t:?}");
+            }
         }
         // Not on A100 (164 KiB would fit one CTA, but there is no sm_90a there).
         assert_eq!(pick(128, A100), Some(HD128_N32));

@@ -21,8 +21,9 @@
 //!   the softmax of block j while that P·V runs) measured slower here at every head dim (docs/perf.md).
 //! - `TMA` (the tile row's `tma`, dense batches, head dims that are multiples of 64): the loader's first
 //!   thread issues Q, K and V as TMA boxes (`ptx::tma`, the tensor maps the host built, passed as the
-//!   kernel's second parameter) against one `mbarrier` per stage, which the compute warpgroups wait on
-//!   instead of `FULL`; the TMA unit swizzles and zero-fills, and nothing is handed over by hand.
+//!   kernel's second parameter) against one `mbarrier` per stage; the TMA unit swizzles and zero-fills.
+//!   The loader warpgroup waits on each stage's `mbarrier` and hands the block on through `FULL` as the
+//!   `cp.async` loader does (the compute warpgroups polling the `mbarrier`s measured slower).
 //! - `FMA_EXP2` (the tile row's `fma_exp2_tiles`): that many n8 tiles of each row's scores take their
 //!   exponentials on the FMA pipe (`ptx::math::exp2_fma`) instead of the MUFU unit, where one `ex2` per
 //!   score is more MUFU time than the score's products take on the tensor cores (head dim 32).
@@ -159,11 +160,13 @@ unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES:
     hand_over::<STAGES>(n_blocks - 1);
 }
 
-/// The loader warpgroup of the TMA rows: its first thread issues Q's boxes, then each block's K and V
-/// boxes into stage `j % STAGES` against that stage's `mbarrier` (the TMA unit completes the phase when
-/// the bytes have landed, zero-filled past the tensor's rows: no hand-over by the loader); all 128
-/// threads wait on `EMPTY` before a stage is refilled, as the `cp.async` loader does. `maps` is the
-/// generic address of the call's `abi::FwdTensorMaps`.
+/// The loader warpgroup of the TMA rows: its first thread (`leader`) issues Q's boxes, then each block's
+/// K and V boxes into stage `j % STAGES` against that stage's `mbarrier`, whose phase the TMA unit
+/// completes once the bytes have landed (zero-filled past the tensor's rows). The whole loader
+/// warpgroup waits on that phase and hands the block over through `FULL`, in the `cp.async` loader's
+/// order, so that the compute warpgroups wait on named barriers only: with the 256 compute threads
+/// polling the `mbarrier`s themselves, the head dim 128 row ran 5-20% slower (docs/perf.md).
+/// `maps` is the generic address of the call's `abi::FwdTensorMaps`.
 #[inline(always)]
 unsafe fn loader_tma<const D: usize, const DV: usize, const BN: usize, const STAGES: u32>(
     maps: u64,
@@ -176,36 +179,54 @@ unsafe fn loader_tma<const D: usize, const DV: usize, const BN: usize, const STA
     let (head, batch) = (sreg::block_y(), sreg::block_z());
     let kv_head = head / p.group;
     let (q_map, k_map, v_map) = (maps, maps + 128, maps + 256);
-    if tid == 0 {
-        let q_bar = base + Shape::<D, DV, BN, STAGES>::BARS;
-        mbarrier::arrive_expect_tx(q_bar, Shape::<D, DV, BN, STAGES>::Q_TMA_BYTES);
-        for cb in 0..D / 64 {
-            let dst = base + Shape::<D, DV, BN, STAGES>::Q + (cb * BM * 128) as u32;
-            tma::load_4d(dst, q_map, [64 * cb as u32, m0, head, batch], q_bar);
-        }
+    // Every loader thread runs the same instructions, the copies predicated on `leader`: a branch of
+    // the first thread's own would let the compiler move the `EMPTY` barriers into diverged paths.
+    let leader = tid == 0;
+    for map in [q_map, k_map, v_map] {
+        tma::prefetch_map(leader, map);
     }
+    let q_bar = base + Shape::<D, DV, BN, STAGES>::BARS;
+    mbarrier::arrive_expect_tx(leader, q_bar, Shape::<D, DV, BN, STAGES>::Q_TMA_BYTES);
+    for cb in 0..D / 64 {
+        let dst = base + Shape::<D, DV, BN, STAGES>::Q + (cb * BM * 128) as u32;
+        tma::load_4d(leader, dst, q_map, [64 * cb as u32, m0, head, batch], q_bar);
+    }
+    // Block i (and Q with block 0) has landed: handed to the compute warpgroups.
+    let hand_over_landed = |i: u32| {
+        if i == 0 {
+            mbarrier::wait(q_bar, 0);
+        }
+        mbarrier::wait(Shape::<D, DV, BN, STAGES>::full_bar(base, i % STAGES), (i / STAGES) & 1);
+        hand_over::<STAGES>(i);
+    };
     let mut j = 0u32;
     while j < n_blocks {
         let s = j % STAGES;
         if j >= STAGES {
+            if STAGES == 2 {
+                // As the `cp.async` loader: block j - 1 first, which frees block j - 2's stage.
+                hand_over_landed(j - 1);
+            }
             // Both compute warpgroups are done with block j - STAGES.
             sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + s);
         }
-        if tid == 0 {
-            let bar = Shape::<D, DV, BN, STAGES>::full_bar(base, s);
-            let n0 = (first + j) * BN as u32;
-            let dst = base + Shape::<D, DV, BN, STAGES>::KV + s * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
-            mbarrier::arrive_expect_tx(bar, Shape::<D, DV, BN, STAGES>::STAGE_BYTES);
-            for cb in 0..D / 64 {
-                tma::load_4d(dst + (cb * BN * 128) as u32, k_map, [64 * cb as u32, n0, kv_head, batch], bar);
-            }
-            let v_dst = dst + Shape::<D, DV, BN, STAGES>::K_TILE_BYTES;
-            for cb in 0..DV / 64 {
-                tma::load_4d(v_dst + (cb * BN * 128) as u32, v_map, [64 * cb as u32, n0, kv_head, batch], bar);
-            }
+        let bar = Shape::<D, DV, BN, STAGES>::full_bar(base, s);
+        let n0 = (first + j) * BN as u32;
+        let dst = base + Shape::<D, DV, BN, STAGES>::KV + s * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
+        mbarrier::arrive_expect_tx(leader, bar, Shape::<D, DV, BN, STAGES>::STAGE_BYTES);
+        for cb in 0..D / 64 {
+            tma::load_4d(leader, dst + (cb * BN * 128) as u32, k_map, [64 * cb as u32, n0, kv_head, batch], bar);
+        }
+        let v_dst = dst + Shape::<D, DV, BN, STAGES>::K_TILE_BYTES;
+        for cb in 0..DV / 64 {
+            tma::load_4d(leader, v_dst + (cb * BN * 128) as u32, v_map, [64 * cb as u32, n0, kv_head, batch], bar);
+        }
+        if j >= 1 && !(STAGES == 2 && j >= STAGES) {
+            hand_over_landed(j - 1);
         }
         j += 1;
     }
+    hand_over_landed(n_blocks - 1);
 }
 
 /// Issues the copies of one `ROWS x D` tile into swizzled shared memory (`ptx::wgmma` layout) with the
@@ -344,13 +365,12 @@ pub unsafe fn attn_fwd_wgmma<
     let base = (smem::base() + 1023) & !1023;
     if TMA {
         // The barriers exist before anyone arrives at or waits on them.
-        if tid == 0 {
-            mbarrier::init(base + Shape::<D, DV, BN, STAGES>::BARS, 1);
-            for s in 0..STAGES {
-                mbarrier::init(Shape::<D, DV, BN, STAGES>::full_bar(base, s), 1);
-            }
-            mbarrier::fence_init();
+        // By thread 0, predicated rather than branched (as the loader's copies).
+        mbarrier::init(tid == 0, base + Shape::<D, DV, BN, STAGES>::BARS, 1);
+        for s in 0..STAGES {
+            mbarrier::init(tid == 0, Shape::<D, DV, BN, STAGES>::full_bar(base, s), 1);
         }
+        mbarrier::fence_init();
         sync::block();
     }
     if tid >= COMPUTE_THREADS {
@@ -384,18 +404,10 @@ pub unsafe fn attn_fwd_wgmma<
         // Warpgroup 0 takes the first turn.
         sync::arrive_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED);
     }
-    if TMA {
-        mbarrier::wait(base + Shape::<D, DV, BN, STAGES>::BARS, 0);
-    }
     let mut j = 0u32;
     while j < n_blocks {
         let k_s = kv_s + (j % STAGES) * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
-        if TMA {
-            // Stage j % STAGES's fill number j / STAGES has landed.
-            mbarrier::wait(Shape::<D, DV, BN, STAGES>::full_bar(base, j % STAGES), (j / STAGES) & 1);
-        } else {
-            sync::named_at::<256>(FULL + 2 * (j % STAGES) + wg);
-        }
+        sync::named_at::<256>(FULL + 2 * (j % STAGES) + wg);
         if PINGPONG {
             // This warpgroup's turn to issue; the other's products then run during this one's softmax.
             sync::named_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED + wg);

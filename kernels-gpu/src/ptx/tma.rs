@@ -3,18 +3,25 @@
 //! memory, swizzled as the map says, zero-filling what lies outside the tensor, and reports its bytes on
 //! an `mbarrier`. Only in the `sm_90a` build.
 
-/// `prefetch.tensormap`: brings the tensor map at generic address `map` into the TMA unit's cache.
+/// `prefetch.tensormap` by the threads with `leader` set (predicated, as `load_4d`): brings the tensor
+/// map at generic address `map` into the TMA unit's cache before the first copy needs it.
 ///
 /// # Safety
 /// `map` is the generic address of a tensor map in the parameter, constant or global space.
 #[inline(always)]
-pub unsafe fn prefetch_map(map: u64) {
-    core::arch::asm!("prefetch.tensormap [{0}];", in(reg64) map, options(nostack));
+pub unsafe fn prefetch_map(leader: bool, map: u64) {
+    core::arch::asm!(
+        "{{ .reg .pred p; setp.ne.u32 p, {0}, 0; @p prefetch.tensormap [{1}]; }}",
+        in(reg32) leader as u32, in(reg64) map,
+        options(nostack)
+    );
 }
 
-/// `cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes`: the box of the 4-D
-/// tensor map `map` at element coordinates `c` (innermost first) into shared memory at `dst`; its bytes
-/// (the whole box, zero-filled parts included) complete on barrier `bar`.
+/// `cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes` by the threads with
+/// `leader` set (predicated inside the instruction, as `mbarrier::init`, so that the issuing thread
+/// takes no branch of its own): the box of the 4-D tensor map `map` at element coordinates `c`
+/// (innermost first) into shared memory at `dst`; its bytes (the whole box, zero-filled parts included)
+/// complete on barrier `bar`.
 ///
 /// # Safety
 /// `map` as in `prefetch_map`; `dst` is a shared address aligned as the map's swizzle requires (1024
@@ -22,10 +29,11 @@ pub unsafe fn prefetch_map(map: u64) {
 /// current phase expects these bytes (`mbarrier::arrive_expect_tx`); nothing reads `dst` before the
 /// phase completes or writes it while the copy runs.
 #[inline(always)]
-pub unsafe fn load_4d(dst: u32, map: u64, c: [u32; 4], bar: u32) {
+pub unsafe fn load_4d(leader: bool, dst: u32, map: u64, c: [u32; 4], bar: u32) {
     core::arch::asm!(
-        "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [{0}], [{1}, {{{2}, {3}, {4}, {5}}}], [{6}];",
-        in(reg32) dst, in(reg64) map, in(reg32) c[0], in(reg32) c[1], in(reg32) c[2], in(reg32) c[3], in(reg32) bar,
+        "{{ .reg .pred p; setp.ne.u32 p, {0}, 0;",
+        "@p cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [{1}], [{2}, {{{3}, {4}, {5}, {6}}}], [{7}]; }}",
+        in(reg32) leader as u32, in(reg32) dst, in(reg64) map, in(reg32) c[0], in(reg32) c[1], in(reg32) c[2], in(reg32) c[3], in(reg32) bar,
         options(nostack)
     );
 }
