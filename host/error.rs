@@ -103,6 +103,9 @@ pub enum Error {
     #[error("{arg}: strides {strides:?} must be multiples of {multiple} elements (16 bytes) for the fused kernels' vector loads and stores")]
     MisalignedStrides { arg: Arg, strides: [usize; 4], multiple: usize },
 
+    #[error("{arg}: the buffer starts at device address {address:#x}, not a multiple of 16 bytes, which the kernels' vector loads and TMA copies need")]
+    MisalignedBuffer { arg: Arg, address: u64 },
+
     #[error("{arg}: {what} = {value} exceeds the kernel's 32-bit index range")]
     TooLarge { arg: Arg, what: &'static str, value: usize },
 

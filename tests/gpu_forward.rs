@@ -8,6 +8,7 @@
 mod common;
 
 use common::{check_lse, check_o, device_or_skip, max_abs, output_tolerance, rel_l2, HEAD_DIM_PAIRS};
+use cudarc::driver::DevicePtr;
 use half::{bf16, f16};
 use ironflash::{cpu, gpu, AttnOptions, Device, Element, Error, HostTensor, Layout};
 use ironflash_kernels::tiles::{self, FwdTile};
@@ -530,6 +531,25 @@ fn wrapped_buffers() {
             assert!(matches!(e, Error::BufferTooSmall { arg: ironflash::Arg::K, needed: 8960, len: 100, .. }), "{e}")
         }
         Ok(_) => panic!("a 100-element buffer took a [1, 70, 2, 64] layout"),
+    }
+
+    // A view one element into a buffer (as a candle tensor at an odd offset is lent): not 16-byte aligned.
+    let whole = dev.stream().clone_htod(&host[0].data).unwrap();
+    let at = whole.device_ptr(dev.stream()).0 + 2;
+    // SAFETY: a second handle over `whole`'s memory from element 1, given up with `leak` below and never
+    // used after `whole` is dropped.
+    let view = unsafe { dev.stream().upgrade_device_ptr::<bf16>(at, whole.len() - 1) };
+    let layout = Layout { shape: [1, 69, 2, 64], strides: [69 * 128, 128, 64, 1] };
+    match dev.try_wrap(ironflash::Arg::V, view, layout) {
+        Err(lent_back) => {
+            let (e, view) = *lent_back;
+            let _ = view.leak();
+            assert!(matches!(e, Error::MisalignedBuffer { arg: ironflash::Arg::V, .. }), "{e}");
+        }
+        Ok(t) => {
+            let _ = t.into_buffer().leak();
+            panic!("a buffer 2 bytes past an allocation was wrapped");
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use crate::dtype::Element;
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::layout::Layout;
 use crate::tensor::HostTensor;
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DevicePtr};
 
 pub struct DeviceTensor<T> {
     pub(crate) buf: CudaSlice<T>,
@@ -60,7 +60,8 @@ impl Device {
 
     /// A device tensor over a buffer already on this device, without a copy (a buffer the caller
     /// filled, or one of another library on the same context). `arg` names the tensor in errors: the
-    /// buffer must belong to this device and `layout` must fit it (`Layout::validate`).
+    /// buffer must belong to this device, start 16-byte aligned and `layout` must fit it
+    /// (`Layout::validate`).
     pub fn wrap<T: Element>(&self, arg: Arg, buf: CudaSlice<T>, layout: Layout) -> Result<DeviceTensor<T>> {
         self.try_wrap(arg, buf, layout).map_err(|b| b.0)
     }
@@ -79,6 +80,12 @@ impl Device {
         }
         if let Err(e) = layout.validate(arg, buf.len()) {
             return Err(Box::new((e, buf)));
+        }
+        // Buffers ironflash allocates start on the allocator's (256-byte) boundaries; a wrapped one (a
+        // view at an element offset) may not, and a misaligned vector access would fault the context.
+        let address = buf.device_ptr(buf.stream()).0;
+        if address % 16 != 0 {
+            return Err(Box::new((Error::MisalignedBuffer { arg, address }, buf)));
         }
         Ok(DeviceTensor { buf, layout, ordinal })
     }
