@@ -655,7 +655,7 @@ mod tests {
     }
 
     #[test]
-    fn paged_calls_take_a_row_with_paged_kernels() {
+    fn each_batch_layout_takes_a_row_with_its_kernel() {
         for (cc, optin, per_sm) in [((9, 0), 227, 228), ((8, 0), 163, 164), ((8, 9), 99, 100)] {
             let info = DeviceInfo {
                 ordinal: 0,
@@ -677,6 +677,19 @@ mod tests {
                 let t = paged_tile(&info, &p, DType::BF16).unwrap();
                 assert!(!t.wgmma && (t.head_dim, t.head_dim_v) == (d, dv), "{t:?}");
                 assert!(!t.kernel_symbol(true, true, BatchLayout::Paged).is_empty(), "{t:?}");
+                // Dense and packed batches: a row with their kernel; on compute capability 9.0 a Hopper
+                // row, TMA-fed for dense batches at 128, 192 and 256, the cp.async row when packed.
+                for layout in [BatchLayout::Dense, BatchLayout::Packed] {
+                    let t = layout_tile(&info, (d, dv), DType::F16, true, layout).unwrap();
+                    assert!((t.head_dim, t.head_dim_v) == (d, dv) && t.wgmma == (cc == (9, 0)), "{t:?}");
+                    assert!(!t.kernel_symbol(true, false, layout).is_empty(), "{t:?}");
+                    let tma = cc == (9, 0) && layout == BatchLayout::Dense && d == dv && matches!(d, 128 | 192 | 256);
+                    assert_eq!(t.tma, tma, "{layout:?} {t:?}");
+                }
+                assert_eq!(
+                    layout_tile(&info, (d, dv), DType::BF16, false, BatchLayout::Dense).unwrap(),
+                    forward_tile(&info, (d, dv), DType::BF16, false).unwrap()
+                );
             }
         }
     }
