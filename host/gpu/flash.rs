@@ -82,7 +82,8 @@ fn split_workspace_f32(lse_rows: usize, head_dim_v: usize, splits: usize) -> (us
 /// The tile the fused forward uses on a device for the head dims of Q/K and of V, element type and
 /// causality (what `ironflash info` prints): the tile of a dense batch.
 pub fn forward_tile(info: &DeviceInfo, head_dims: (usize, usize), dtype: DType, causal: bool) -> Result<FwdTile> {
-    layout_tile(info, head_dims, dtype, causal, BatchLayout::Dense)
+    let _ = causal;
+    layout_tile(info, head_dims, dtype, BatchLayout::Dense)
 }
 
 /// The chooser's tile among the rows with an unsplit kernel for a batch layout that run on this device:
@@ -92,13 +93,11 @@ pub(crate) fn layout_tile(
     info: &DeviceInfo,
     (head_dim, head_dim_v): (usize, usize),
     dtype: DType,
-    causal: bool,
     layout: BatchLayout,
 ) -> Result<FwdTile> {
     if dtype == DType::F32 {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype, path: "the fused forward kernel" });
     }
-    let _ = causal;
     let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
     let sm90a = info.runs_wgmma();
     let runs = |t: &FwdTile| (sm90a || !t.wgmma) && !t.kernel_symbol(false, false, layout).is_empty();
@@ -130,7 +129,7 @@ pub fn forward_launch_plan(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile, d
 /// The tile of a call over a paged cache (`gpu::paged`): the chooser's among the rows with paged
 /// kernels (the `mma.sync` rows).
 pub(crate) fn paged_tile(info: &DeviceInfo, p: &AttnProblem, dtype: DType) -> Result<FwdTile> {
-    layout_tile(info, (p.head_dim, p.head_dim_v), dtype, p.causal, BatchLayout::Paged)
+    layout_tile(info, (p.head_dim, p.head_dim_v), dtype, BatchLayout::Paged)
 }
 
 /// [`split_kv_tile`], or `NoTileConfig` for a forced split count where no row fits.
@@ -577,26 +576,29 @@ pub(crate) fn launch<T: Element>(
         shared_mem_bytes: smem as u32,
     };
     let arg = KernelParams(params);
-    if tile.tma {
-        // The TMA rows read Q, K and V through tensor maps of the tensors as this launch sees them
-        // (decode rows' views and window offset included), passed as a second parameter.
+    // The TMA rows read Q, K and V through tensor maps of the tensors as this launch sees them (decode
+    // rows' views and window offset included), passed as a second parameter.
+    let maps = if tile.tma {
         let map = |ptr, dims, strides: [usize; 4], box_rows| {
             tma::tensor_map(T::DTYPE, ptr, dims, [strides[0], strides[1], strides[2]], box_rows)
         };
-        let maps = KernelParams(FwdTensorMaps {
+        Some(KernelParams(FwdTensorMaps {
             q: map(q_ptr, [p.batch, p.seqlen_q, p.heads_q, p.head_dim], q_layout.strides, tile.block_m)?,
             k: map(k_ptr, [p.batch, p.seqlen_k, p.heads_kv, p.head_dim], k.layout.strides, tile.block_n)?,
             v: map(v_ptr, [p.batch, p.seqlen_k, p.heads_kv, p.head_dim_v], v.layout.strides, tile.block_n)?,
-        });
-        // SAFETY: as below; the maps describe the same live buffers within the validated layouts.
-        unsafe { stream.launch_builder(&f).arg(&arg).arg(&maps).launch(cfg) }
-            .map_err(|source| Error::Launch { kernel: name.into(), source })?;
-        return Ok(());
+        }))
+    } else {
+        None
+    };
+    let mut builder = stream.launch_builder(&f);
+    builder.arg(&arg);
+    if let Some(maps) = &maps {
+        builder.arg(maps);
     }
     // SAFETY: `plan` validated every layout against its buffer, the strides' alignment and the index
-    // limits; the pointers are live for the launch (their sync guards outlive it on this stream).
-    unsafe { stream.launch_builder(&f).arg(&arg).launch(cfg) }
-        .map_err(|source| Error::Launch { kernel: name.into(), source })?;
+    // limits; the pointers are live for the launch (their sync guards outlive it on this stream), and
+    // the maps describe the same buffers within those layouts.
+    unsafe { builder.launch(cfg) }.map_err(|source| Error::Launch { kernel: name.into(), source })?;
     if workspace.is_none() {
         return Ok(());
     }
@@ -680,14 +682,14 @@ mod tests {
                 // Dense and packed batches: a row with their kernel; on compute capability 9.0 a Hopper
                 // row, TMA-fed for dense batches at 128, 192 and 256, the cp.async row when packed.
                 for layout in [BatchLayout::Dense, BatchLayout::Packed] {
-                    let t = layout_tile(&info, (d, dv), DType::F16, true, layout).unwrap();
+                    let t = layout_tile(&info, (d, dv), DType::F16, layout).unwrap();
                     assert!((t.head_dim, t.head_dim_v) == (d, dv) && t.wgmma == (cc == (9, 0)), "{t:?}");
                     assert!(!t.kernel_symbol(true, false, layout).is_empty(), "{t:?}");
                     let tma = cc == (9, 0) && layout == BatchLayout::Dense && d == dv && matches!(d, 128 | 192 | 256);
                     assert_eq!(t.tma, tma, "{layout:?} {t:?}");
                 }
                 assert_eq!(
-                    layout_tile(&info, (d, dv), DType::BF16, false, BatchLayout::Dense).unwrap(),
+                    layout_tile(&info, (d, dv), DType::BF16, BatchLayout::Dense).unwrap(),
                     forward_tile(&info, (d, dv), DType::BF16, false).unwrap()
                 );
             }
