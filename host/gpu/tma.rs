@@ -1,15 +1,53 @@
-//! TMA tensor maps for the Hopper forward's TMA rows (`FwdTile::tma`): each of Q, K and V described to
-//! the TMA unit (`cuTensorMapEncodeTiled`) as the kernel reads it (`abi::FwdTensorMaps`).
+//! TMA tensor maps for the Hopper kernels' TMA rows (`FwdTile::tma`, `BwdTile::tma`): each tensor they
+//! load described to the TMA unit (`cuTensorMapEncodeTiled`) as the kernel reads it
+//! (`abi::FwdTensorMaps`, `abi::BwdTensorMaps`).
 
 use crate::dtype::DType;
 use crate::error::{DriverContext, Result};
 use cudarc::driver::sys;
+use std::sync::Mutex;
+
+/// Everything a map is encoded from: equal keys give equal maps (the map holds the address, not the data).
+type MapKey = (DType, u64, [usize; 4], [usize; 3], usize);
+
+/// Maps kept: a forward call encodes three (Q, K, V), a backward two (Q, dO).
+const RECENT_MAPS: usize = 32;
+
+/// The last maps encoded, reused round-robin: a call on the same buffers and layouts as a recent one
+/// (a training step's layers, a decode loop) skips the driver's encoder (a few microseconds per map).
+static RECENT: Mutex<Recent> = Mutex::new(Recent { maps: [None; RECENT_MAPS], next: 0 });
+
+struct Recent {
+    maps: [Option<(MapKey, [u64; 16])>; RECENT_MAPS],
+    next: usize,
+}
+
+/// [`encode`]'s map for these arguments, from the recent maps when one matches.
+pub(crate) fn tensor_map(
+    dtype: DType,
+    ptr: u64,
+    dims: [usize; 4],
+    strides: [usize; 3],
+    box_rows: usize,
+) -> Result<[u64; 16]> {
+    let key = (dtype, ptr, dims, strides, box_rows);
+    // A poisoned lock only means another thread panicked between two plain stores: the table is whole.
+    let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, map)) = recent.maps.iter().flatten().find(|(k, _)| *k == key) {
+        return Ok(*map);
+    }
+    let map = encode(dtype, ptr, dims, strides, box_rows)?;
+    let slot = recent.next;
+    recent.maps[slot] = Some((key, map));
+    recent.next = (slot + 1) % RECENT_MAPS;
+    Ok(map)
+}
 
 /// The 4-D map of one `[batch, rows, heads, dim]` tensor at device address `ptr` with element strides
 /// `strides` (`[batch, row, head]`; the head dim contiguous) of `dtype` (2 bytes): dims innermost first
 /// (`[dim, rows, heads, batch]`), boxes of 64 elements × `box_rows` × 1 × 1, 128-byte swizzle (the
 /// `wgmma` operand layout), zeros outside the tensor.
-pub(crate) fn tensor_map(
+fn encode(
     dtype: DType,
     ptr: u64,
     [batch, rows, heads, dim]: [usize; 4],
