@@ -17,12 +17,13 @@ use crate::gpu::forced_tile::check_forced_tile;
 use crate::gpu::launch::KernelParams;
 use crate::gpu::score::{check_per_head, ScoreArgs};
 use crate::gpu::tensor::{check_f32_buffer, check_vector_strides, strides3, DeviceTensor};
+use crate::gpu::tma;
 use crate::gpu::varlen::{self, DeviceVarlen};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-use ironflash_kernels::abi::{self, BwdParams};
+use ironflash_kernels::abi::{self, BwdParams, BwdTensorMaps};
 use ironflash_kernels::tiles_bwd::{self, BwdTile};
 
 pub use ironflash_kernels::tiles_bwd::BwdTile as BackwardTile;
@@ -73,14 +74,25 @@ impl<T: Element> GpuGradients<T> {
     }
 }
 
-/// The tile the fused backward uses on a device for the head dims of Q/K and of V, and an element type.
-pub fn backward_tile(info: &DeviceInfo, (head_dim, head_dim_v): (usize, usize), dtype: DType) -> Result<BwdTile> {
+/// The tile the fused backward uses on a device for the head dims of Q/K and of V, and an element type
+/// (a dense batch's; a packed batch takes the first row with packed kernels).
+pub fn backward_tile(info: &DeviceInfo, head_dims: (usize, usize), dtype: DType) -> Result<BwdTile> {
+    layout_backward_tile(info, head_dims, dtype, false)
+}
+
+/// The backward tile for a dense batch or, with `packed`, a packed one (whose rows have no TMA kernels).
+fn layout_backward_tile(
+    info: &DeviceInfo,
+    (head_dim, head_dim_v): (usize, usize),
+    dtype: DType,
+    packed: bool,
+) -> Result<BwdTile> {
     if dtype == DType::F32 {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype, path: "the fused backward kernel" });
     }
     let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
     let sm90a = info.runs_wgmma();
-    tiles_bwd::choose_bwd(head_dim, head_dim_v, dtype.size_bytes(), optin, per_sm, sm90a).copied().ok_or_else(|| {
+    tiles_bwd::choose_bwd(head_dim, head_dim_v, dtype.size_bytes(), optin, per_sm, sm90a, packed).copied().ok_or_else(|| {
         Error::NoTileConfig(format!(
             "head_dim {head_dim}, head_dim_v {head_dim_v}, {dtype}: no compiled backward tile fits {} B of shared memory per block \
                  ({} B per SM) on {}",
@@ -153,11 +165,19 @@ pub fn flash_backward_with_tile<T: Element>(
     backward_into(dev, (q, k, v, o, lse, d_o), None, grads, opts, Some(tile))
 }
 
-/// `NoTileConfig` unless `tile` is a compiled backward row for the problem's head dims that fits the
-/// device and exists in its PTX (the Hopper rows only in the sm_90a one).
-fn check_forced_backward_tile(tile: &BwdTile, p: &AttnProblem, dtype: DType, info: &DeviceInfo) -> Result<()> {
+/// `NoTileConfig` unless `tile` is a compiled backward row for the problem's head dims and batch layout
+/// (`packed`: no TMA row) that fits the device and exists in its PTX (the Hopper rows only in the
+/// sm_90a one).
+fn check_forced_backward_tile(
+    tile: &BwdTile,
+    p: &AttnProblem,
+    dtype: DType,
+    info: &DeviceInfo,
+    packed: bool,
+) -> Result<()> {
     let dims = (p.head_dim, p.head_dim_v);
-    let compiled = tiles_bwd::BWD_TILES.contains(tile) && (tile.head_dim, tile.head_dim_v) == dims;
+    let compiled =
+        tiles_bwd::BWD_TILES.contains(tile) && (tile.head_dim, tile.head_dim_v) == dims && !(packed && tile.tma);
     let dims = format!("head_dim {}, head_dim_v {}", dims.0, dims.1);
     check_forced_tile(tile, compiled, tile.wgmma, tile.smem_bytes(dtype.size_bytes()), "backward", &dims, info)
 }
@@ -187,7 +207,7 @@ pub(crate) fn backward_into<T: Element>(
     let tile = match tile {
         None => chosen,
         Some(t) => {
-            check_forced_backward_tile(t, &p, T::DTYPE, dev.info())?;
+            check_forced_backward_tile(t, &p, T::DTYPE, dev.info(), seqs.is_some())?;
             *t
         }
     };
@@ -309,10 +329,25 @@ pub(crate) fn backward_into<T: Element>(
         };
         let arg = KernelParams(params);
         let rows = p.lse_len();
+        // The TMA rows (dense calls) read Q and dO through tensor maps, passed to the main kernel as a
+        // second parameter.
+        let maps = if tile.tma {
+            let map = |ptr, dims, layout: &Layout| {
+                let s = layout.strides;
+                tma::tensor_map(T::DTYPE, ptr, dims, [s[0], s[1], s[2]], tile.block_m)
+            };
+            Some(KernelParams(BwdTensorMaps {
+                q: map(q_ptr, [p.batch, p.seqlen_q, p.heads_q, p.head_dim], &q.layout)?,
+                d_o: map(do_ptr, [p.batch, p.seqlen_q, p.heads_q, p.head_dim_v], &d_o.layout)?,
+            }))
+        } else {
+            None
+        };
         let launches = [
             (
                 &f_delta,
                 delta_name,
+                None,
                 LaunchConfig {
                     grid_dim: (rows.div_ceil(DELTA_ROWS_PER_BLOCK) as u32, 1, 1),
                     block_dim: (DELTA_ROWS_PER_BLOCK as u32 * 32, 1, 1),
@@ -322,6 +357,7 @@ pub(crate) fn backward_into<T: Element>(
             (
                 &f_main,
                 main_name,
+                maps.as_ref(),
                 LaunchConfig {
                     grid_dim: (grid_keys.div_ceil(tile.block_n) as u32, p.heads_kv as u32, grid_batch as u32),
                     block_dim: (tile.threads() as u32, 1, 1),
@@ -331,6 +367,7 @@ pub(crate) fn backward_into<T: Element>(
             (
                 &f_dq,
                 dq_name,
+                None,
                 LaunchConfig {
                     grid_dim: ((rows * p.head_dim / 8).div_ceil(DQ_THREADS) as u32, 1, 1),
                     block_dim: (DQ_THREADS as u32, 1, 1),
@@ -344,16 +381,21 @@ pub(crate) fn backward_into<T: Element>(
                 block_dim: (DSINK_THREADS, 1, 1),
                 shared_mem_bytes: DSINK_SMEM_BYTES,
             };
-            (f, abi::BWD_DSINK, cfg)
+            (f, abi::BWD_DSINK, None, cfg)
         });
         // A packed batch without keys has no key block (dQ is then zero, from the accumulator's zeros).
-        let launches = launches.into_iter().filter(|(_, _, cfg)| cfg.grid_dim.0 > 0);
-        for (f, name, cfg) in launches.chain(dsink_launch) {
+        let launches = launches.into_iter().filter(|(_, _, _, cfg)| cfg.grid_dim.0 > 0);
+        for (f, name, maps, cfg) in launches.chain(dsink_launch) {
+            let mut builder = stream.launch_builder(f);
+            builder.arg(&arg);
+            if let Some(maps) = maps {
+                builder.arg(maps);
+            }
             // SAFETY: `plan` validated every layout against its buffer, the strides' alignment, the
             // LSE length and the index limits; every pointer is live for the launches (their sync
-            // guards outlive them on this stream), and the kernels run in stream order.
-            unsafe { stream.launch_builder(f).arg(&arg).launch(cfg) }
-                .map_err(|source| Error::Launch { kernel: name.into(), source })?;
+            // guards outlive them on this stream), the maps describe the same buffers within those
+            // layouts, and the kernels run in stream order.
+            unsafe { builder.launch(cfg) }.map_err(|source| Error::Launch { kernel: name.into(), source })?;
         }
     }
     drop(offsets);
@@ -433,14 +475,16 @@ fn plan<T: Element>(
     if elems / 8 > i32::MAX as usize || p.batch * p.heads_q > u32::MAX as usize {
         return Err(Error::TooLarge { arg: Arg::Q, what: "batch·heads_q·seqlen_q·head_dim", value: elems });
     }
-    let tile = backward_tile(dev.info(), (p.head_dim, p.head_dim_v), T::DTYPE)?;
+    let tile = layout_backward_tile(dev.info(), (p.head_dim, p.head_dim_v), T::DTYPE, seqs.is_some())?;
     Ok(Plan { p, tile, grid_batch })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ironflash_kernels::tiles_bwd::{BWD_HD128_M32, BWD_HD128_WGMMA, BWD_HD192, BWD_HD192_V128};
+    use ironflash_kernels::tiles_bwd::{
+        BWD_HD128_M32, BWD_HD128_WGMMA, BWD_HD128_WGMMA_TMA, BWD_HD192, BWD_HD192_V128,
+    };
 
     fn info(cc: (i32, i32), smem_optin_kib: usize, smem_sm_kib: usize) -> DeviceInfo {
         DeviceInfo {
@@ -463,19 +507,23 @@ mod tests {
         let l40 = info((8, 9), 99, 100);
         let problem = |d, dv| AttnProblem::contiguous_with_head_dim_v([1, 8, 8, 1, 1, d], dv, &Default::default());
         let (p128, p64) = (problem(128, 128).unwrap(), problem(64, 64).unwrap());
-        assert_eq!(backward_tile(&h100, (128, 128), DType::BF16).unwrap(), BWD_HD128_WGMMA);
+        assert_eq!(backward_tile(&h100, (128, 128), DType::BF16).unwrap(), BWD_HD128_WGMMA_TMA);
         assert_eq!(backward_tile(&a100, (128, 128), DType::BF16).unwrap(), BWD_HD128_M32);
-        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, &p128, DType::BF16, &h100).is_ok());
-        assert!(check_forced_backward_tile(&BWD_HD128_M32, &p128, DType::F16, &h100).is_ok());
+        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, &p128, DType::BF16, &h100, false).is_ok());
+        assert!(check_forced_backward_tile(&BWD_HD128_M32, &p128, DType::F16, &h100, false).is_ok());
         for other in [&a100, &l40] {
-            let e = check_forced_backward_tile(&BWD_HD128_WGMMA, &p128, DType::BF16, other).unwrap_err();
+            let e = check_forced_backward_tile(&BWD_HD128_WGMMA, &p128, DType::BF16, other, false).unwrap_err();
             assert!(matches!(e, Error::NoTileConfig(_)), "{e}");
         }
-        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, &p64, DType::BF16, &h100).is_err());
+        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, &p64, DType::BF16, &h100, false).is_err());
         // A value head dim of its own runs the `mma.sync` row made for it, on Hopper too.
         assert_eq!(backward_tile(&h100, (192, 128), DType::BF16).unwrap(), BWD_HD192_V128);
         let p192 = problem(192, 128).unwrap();
-        assert!(check_forced_backward_tile(&BWD_HD192_V128, &p192, DType::BF16, &h100).is_ok());
-        assert!(check_forced_backward_tile(&BWD_HD192, &p192, DType::BF16, &h100).is_err());
+        assert!(check_forced_backward_tile(&BWD_HD192_V128, &p192, DType::BF16, &h100, false).is_ok());
+        assert!(check_forced_backward_tile(&BWD_HD192, &p192, DType::BF16, &h100, false).is_err());
+        // The TMA rows run dense batches only.
+        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA_TMA, &p128, DType::BF16, &h100, false).is_ok());
+        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA_TMA, &p128, DType::BF16, &h100, true).is_err());
+        assert!(!layout_backward_tile(&h100, (128, 128), DType::BF16, true).unwrap().tma);
     }
 }

@@ -307,6 +307,17 @@ pub struct BwdParams {
     pub dq_counters: u32,
 }
 
+/// TMA tensor maps of Q and dO for the Hopper backward's TMA rows (`tiles_bwd::BwdTile::tma`, dense
+/// batches): the kernel's second parameter, after `BwdParams`, each as `FwdTensorMaps::q` sees Q (4-D,
+/// boxes of 64 elements × `block_m` rows, 128-byte swizzled, zeros past the rows), 64-byte aligned in the
+/// parameter space as the forward's.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BwdTensorMaps {
+    pub q: [u64; 16],
+    pub d_o: [u64; 16],
+}
+
 /// Symbols of the backward's delta and dQ-convert kernels, per element type.
 pub const BWD_DELTA_BF16: &str = "attn_bwd_delta_bf16";
 pub const BWD_DELTA_F16: &str = "attn_bwd_delta_f16";

@@ -19,8 +19,8 @@
 
 /// Bytes of shared memory holding a CTA's loop-invariant addresses and strides (10 u64) and, in
 /// deterministic mode, its work-item ticket (one u32 at byte 80) and the Hopper kernel's two dQ turns
-/// (bytes 88..96).
-pub const BWD_CONSTS_BYTES: usize = 96;
+/// (bytes 88..96); then the Hopper TMA rows' two `mbarrier`s, one per query stage (bytes 96..112).
+pub const BWD_CONSTS_BYTES: usize = 112;
 
 /// One compiled backward-kernel variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +45,10 @@ pub struct BwdTile {
     /// The Hopper kernel (`bwd/hopper.rs`: `wgmma`, bulk reductions; only in the sm_90a PTX, so only
     /// for compute capability 9.0). Its warp-grid fields are unused.
     pub wgmma: bool,
+    /// A Hopper row whose Q, dO, LSE and delta come by TMA (`cp.async.bulk.tensor`, tensor maps the host
+    /// builds: `abi::BwdTensorMaps`, the kernel's second parameter) from a loader warp, against one
+    /// `mbarrier` per query stage. Dense batches only: the row has no packed kernels.
+    pub tma: bool,
     /// Kernel symbols: `[bf16, f16]`.
     pub symbols: [&'static str; 2],
     /// Symbols of the softcap instantiation (dS chained through the tanh): `[bf16, f16]`. Separate
@@ -222,7 +226,9 @@ impl BwdTile {
                 && d + self.block_m <= 192
                 && self.block_n == 128
                 && w == 12
-                && self.q_stages == 2;
+                && self.q_stages == 2
+                // TMA boxes are whole 64-column blocks of the swizzle.
+                && (!self.tma || d % 64 == 0);
         }
         d.is_multiple_of(32)
             && dv.is_multiple_of(32)
@@ -273,6 +279,7 @@ macro_rules! tile {
             dkv_warps_n: $wn2,
             dq_warps_m: $wm3,
             wgmma: false,
+            tma: false,
             symbols: [
                 concat!("attn_bwd_", $dims, "_m", $m, "n", $n, "s", $s, "_bf16"),
                 concat!("attn_bwd_", $dims, "_m", $m, "n", $n, "s", $s, "_f16"),
@@ -332,6 +339,7 @@ macro_rules! wgmma_bwd_tile {
             dkv_warps_n: 2,
             dq_warps_m: 1,
             wgmma: true,
+            tma: false,
             symbols: [
                 concat!("attn_bwd_hd", $d, "_m", $m, "n128_wgmma_bf16"),
                 concat!("attn_bwd_hd", $d, "_m", $m, "n128_wgmma_f16"),
@@ -365,14 +373,34 @@ pub const BWD_HD96_WGMMA: BwdTile = wgmma_bwd_tile!(96, 64);
 /// 210 KiB, 64-row query blocks (dK and dV alone are 128 registers).
 pub const BWD_HD128_WGMMA: BwdTile = wgmma_bwd_tile!(128, 64);
 
+/// A Hopper row with its Q, dO, LSE and delta loads by TMA (`BwdTile::tma`): dense batches only.
+const fn tma_row(row: BwdTile, symbols: [&'static str; 2], softcap_symbols: [&'static str; 2]) -> BwdTile {
+    BwdTile { tma: true, symbols, softcap_symbols, packed_symbols: ["", ""], packed_softcap_symbols: ["", ""], ..row }
+}
+/// `BWD_HD64_WGMMA` with its Q and dO by TMA, first for dense batches (packed ones take
+/// `BWD_HD64_WGMMA`).
+pub const BWD_HD64_WGMMA_TMA: BwdTile = tma_row(
+    BWD_HD64_WGMMA,
+    ["attn_bwd_hd64_m128n128_wgmma_tma_bf16", "attn_bwd_hd64_m128n128_wgmma_tma_f16"],
+    ["attn_bwd_softcap_hd64_m128n128_wgmma_tma_bf16", "attn_bwd_softcap_hd64_m128n128_wgmma_tma_f16"],
+);
+/// `BWD_HD128_WGMMA` with its Q and dO by TMA, first for dense batches.
+pub const BWD_HD128_WGMMA_TMA: BwdTile = tma_row(
+    BWD_HD128_WGMMA,
+    ["attn_bwd_hd128_m64n128_wgmma_tma_bf16", "attn_bwd_hd128_m64n128_wgmma_tma_f16"],
+    ["attn_bwd_softcap_hd128_m64n128_wgmma_tma_bf16", "attn_bwd_softcap_hd128_m64n128_wgmma_tma_f16"],
+);
+
 /// Every compiled variant, in order of preference within a head dim.
 pub const BWD_TILES: &[BwdTile] = &[
     BWD_HD32_WGMMA,
     BWD_HD32,
+    BWD_HD64_WGMMA_TMA,
     BWD_HD64_WGMMA,
     BWD_HD64,
     BWD_HD96_WGMMA,
     BWD_HD96,
+    BWD_HD128_WGMMA_TMA,
     BWD_HD128_WGMMA,
     BWD_HD128_M32,
     BWD_HD192,
@@ -383,7 +411,7 @@ pub const BWD_TILES: &[BwdTile] = &[
 
 /// The backward tile for a problem on a device: the first compiled row for `head_dim` and `head_dim_v` whose shared
 /// memory fits one block's opt-in limit and one SM, Hopper rows only where `sm90a` (compute
-/// capability 9.0). `None` when none fits.
+/// capability 9.0), TMA rows only for a dense batch (`packed` false). `None` when none fits.
 pub fn choose_bwd(
     head_dim: usize,
     head_dim_v: usize,
@@ -391,13 +419,14 @@ pub fn choose_bwd(
     smem_per_block_optin: usize,
     smem_per_sm: usize,
     sm90a: bool,
+    packed: bool,
 ) -> Option<&'static BwdTile> {
     if elem_bytes != 2 {
         return None;
     }
     BWD_TILES
         .iter()
-        .filter(|t| t.head_dim == head_dim && t.head_dim_v == head_dim_v && (sm90a || !t.wgmma))
+        .filter(|t| t.head_dim == head_dim && t.head_dim_v == head_dim_v && (sm90a || !t.wgmma) && !(packed && t.tma))
         .find(|t| crate::tiles::fits_smem(t.smem_bytes(elem_bytes), smem_per_block_optin, smem_per_sm))
 }
 
@@ -417,8 +446,10 @@ mod tests {
             for u in &BWD_TILES[i + 1..] {
                 assert_ne!(t.symbols, u.symbols);
                 assert_ne!(t.softcap_symbols, u.softcap_symbols);
-                assert_ne!(t.packed_symbols, u.packed_symbols);
-                assert_ne!(t.packed_softcap_symbols, u.packed_softcap_symbols);
+                if !t.tma && !u.tma {
+                    assert_ne!(t.packed_symbols, u.packed_symbols);
+                    assert_ne!(t.packed_softcap_symbols, u.packed_softcap_symbols);
+                }
             }
         }
     }
@@ -427,29 +458,43 @@ mod tests {
     fn every_head_dim_fits_h100_and_a100() {
         for d in [32, 64, 96, 128, 192, 256] {
             for sm90a in [false, true] {
-                let h = choose_bwd(d, d, 2, H100.0, H100.1, sm90a).unwrap();
+                let h = choose_bwd(d, d, 2, H100.0, H100.1, sm90a, false).unwrap();
                 assert_eq!(h.q_stages, 2, "d={d}");
                 assert!(h.smem_bytes(2) <= H100.0, "d={d}");
                 assert_eq!(h.wgmma, sm90a && matches!(d, 32 | 64 | 96 | 128), "d={d}");
             }
-            let a = choose_bwd(d, d, 2, A100.0, A100.1, false).unwrap();
+            let a = choose_bwd(d, d, 2, A100.0, A100.1, false, false).unwrap();
             assert!(a.smem_bytes(2) <= A100.0, "d={d}");
         }
-        assert_eq!(choose_bwd(128, 128, 2, H100.0, H100.1, true), Some(&BWD_HD128_WGMMA));
-        assert_eq!(choose_bwd(128, 128, 2, H100.0, H100.1, false), Some(&BWD_HD128_M32));
-        assert_eq!(choose_bwd(128, 128, 2, A100.0, A100.1, false), Some(&BWD_HD128_M32));
-        assert_eq!(choose_bwd(192, 192, 2, A100.0, A100.1, false), Some(&BWD_HD192_M32));
-        assert_eq!(choose_bwd(80, 80, 2, H100.0, H100.1, true), None);
-        assert_eq!(choose_bwd(128, 128, 4, H100.0, H100.1, true), None);
-        assert_eq!(choose_bwd(128, 128, 2, 48 * KIB, 48 * KIB, true), None);
+        assert_eq!(choose_bwd(128, 128, 2, H100.0, H100.1, true, false), Some(&BWD_HD128_WGMMA_TMA));
+        assert_eq!(choose_bwd(128, 128, 2, H100.0, H100.1, true, true), Some(&BWD_HD128_WGMMA));
+        assert_eq!(choose_bwd(64, 64, 2, H100.0, H100.1, true, false), Some(&BWD_HD64_WGMMA_TMA));
+        assert_eq!(choose_bwd(128, 128, 2, H100.0, H100.1, false, false), Some(&BWD_HD128_M32));
+        assert_eq!(choose_bwd(128, 128, 2, A100.0, A100.1, false, false), Some(&BWD_HD128_M32));
+        assert_eq!(choose_bwd(192, 192, 2, A100.0, A100.1, false, false), Some(&BWD_HD192_M32));
+        assert_eq!(choose_bwd(80, 80, 2, H100.0, H100.1, true, false), None);
+        assert_eq!(choose_bwd(128, 128, 4, H100.0, H100.1, true, false), None);
+        assert_eq!(choose_bwd(128, 128, 2, 48 * KIB, 48 * KIB, true, false), None);
+    }
+
+    #[test]
+    fn tma_rows_only_for_dense_batches() {
+        for (d, plain, tma) in [(64, BWD_HD64_WGMMA, BWD_HD64_WGMMA_TMA), (128, BWD_HD128_WGMMA, BWD_HD128_WGMMA_TMA)] {
+            assert_eq!(BwdTile { tma: false, ..tma }.smem_bytes(2), plain.smem_bytes(2));
+            assert_eq!((tma.block_m, tma.head_dim), (plain.block_m, d));
+            let packed = choose_bwd(d, d, 2, H100.0, H100.1, true, true).unwrap();
+            assert!(!packed.tma && packed.wgmma, "d={d}");
+            assert_ne!(tma.symbol(false, true, false), "");
+        }
+        assert!(!BwdTile { head_dim: 96, head_dim_v: 96, block_m: 64, ..BWD_HD128_WGMMA_TMA }.is_valid());
     }
 
     #[test]
     fn value_head_dim_of_its_own() {
         for (dev, sm90a) in [(H100, true), (H100, false), (A100, false)] {
-            assert_eq!(choose_bwd(192, 128, 2, dev.0, dev.1, sm90a), Some(&BWD_HD192_V128));
+            assert_eq!(choose_bwd(192, 128, 2, dev.0, dev.1, sm90a, false), Some(&BWD_HD192_V128));
         }
-        assert_eq!(choose_bwd(128, 64, 2, H100.0, H100.1, true), None);
+        assert_eq!(choose_bwd(128, 64, 2, H100.0, H100.1, true, false), None);
         let l = BWD_HD192_V128.smem_layout(2);
         // K, V, two stages of Q, two of dO: V and dO rows are 136 elements.
         assert_eq!(l[1], 64 * 200 * 2);
@@ -463,7 +508,7 @@ mod tests {
     fn smem_arithmetic() {
         let l = BWD_HD128_M32.smem_layout(2);
         assert_eq!(l[1], 128 * 136 * 2);
-        assert_eq!(l[9], 2 * 128 * 136 * 2 + 2 * 2 * 32 * 136 * 2 + 2 * 128 * 40 * 2 + 2 * 2 * 32 * 4 + 96);
+        assert_eq!(l[9], 2 * 128 * 136 * 2 + 2 * 2 * 32 * 136 * 2 + 2 * 128 * 40 * 2 + 2 * 2 * 32 * 4 + 112);
         for t in BWD_TILES {
             for off in t.smem_layout(2) {
                 assert_eq!(off % 16, 0, "{t:?}");
@@ -475,7 +520,7 @@ mod tests {
             assert_eq!(off % 1024, 0, "{w:?}");
         }
         assert_eq!(w[8] % 16, 0);
-        assert_eq!(BWD_HD128_WGMMA.smem_bytes(2), 214_112 + 1024);
+        assert_eq!(BWD_HD128_WGMMA.smem_bytes(2), 214_128 + 1024);
         // Head dim 32 stores its element tiles as 64 columns; its dQ staging is 32 f32 wide.
         let (w32, w64) = (BWD_HD32_WGMMA.wgmma_smem_layout(2), BWD_HD64_WGMMA.wgmma_smem_layout(2));
         assert_eq!(w32[..6], w64[..6]);

@@ -30,18 +30,24 @@
 //! (measured 19-24% of the time, 17% when overlapped with the dQ product); the writer warp takes them
 //! off the compute warps' path, which only wait for a staging buffer to be free again.
 //!
+//! TMA rows (`TMA`, dense calls, head dims 64 and 128): the query blocks after the first come as TMA
+//! boxes of Q and dO from a loader warp (the writer warpgroup's second, `loader_tma`), a stage ahead;
+//! the compute threads copy only the next block's LSE and delta. Measured +11-22% (fast) at head dim 128
+//! over the `cp.async` rows (docs/perf.md).
+//!
 //! Barriers: 0 (all 384 threads) for the set-up; `BAR_COMPUTE` among the 256 compute threads twice
-//! a step; `BAR_FULL + s` (compute threads arrive after filling staging buffer s, the writer waits)
-//! and `BAR_EMPTY + s` (the writer arrives once its reduction has read buffer s, the compute threads
-//! wait before refilling it).
+//! a step (the TMA rows: once, and `BAR_QFULL + s` with the loader at the start of a step, `BAR_QEMPTY
+//! + s` to free stage s); `BAR_FULL + s` (compute threads arrive after filling staging buffer s, the
+//! writer waits) and `BAR_EMPTY + s` (the writer arrives once its reduction has read buffer s, the
+//! compute threads wait before refilling it).
 //!
 //! dK and dV (D/2 + D/2 f32 per thread) stay in registers for the whole loop. Registers bind, so the
 //! loop-invariant addresses live in shared memory as in the `mma.sync` kernel (`mainloop.rs`).
 
 use super::dq_accum_col;
 use super::mainloop::{
-    consts_pair, dq_turn, key_block_work, load_key_block, load_query_block, loop_mask, store_consts, strides,
-    turn_counter, work_item, KeyBlockWork, C_ACC,
+    consts_pair, dq_turn, key_block_work, load_key_block, load_query_block, load_query_stats, loop_mask, store_consts,
+    strides, turn_counter, work_item, KeyBlockWork, C_ACC,
 };
 use crate::abi::BwdParams;
 use crate::attn::stage::{self, FragPos};
@@ -49,7 +55,7 @@ use crate::frag::AccFrag;
 use crate::ptx::math::exp2;
 use crate::ptx::opaque::u32 as opaque;
 use crate::ptx::wgmma::{self, desc_sw128, WgmmaElem};
-use crate::ptx::{atomic, bulk, cp_async, setmaxnreg, shared_f32, smem, sreg, sync};
+use crate::ptx::{atomic, bulk, cp_async, mbarrier, setmaxnreg, shared_f32, smem, sreg, sync, tma};
 use crate::smem_tile::RowLayout;
 use crate::tiles_bwd::{BwdTile, BWD_HD128_WGMMA};
 
@@ -60,8 +66,8 @@ const BN: usize = T.block_n;
 /// The two warpgroups that compute.
 const COMPUTE_THREADS: usize = 256;
 const COMPUTE_THREADS_U32: u32 = COMPUTE_THREADS as u32;
-/// Compute threads and the dQ-writer warp (the other three warps of the writer's warpgroup exit at
-/// once): the participants of the staging hand-off barriers.
+/// Compute threads and one warp of the third warpgroup (the dQ writer, or the TMA rows' loader; the
+/// other warps of that warpgroup exit at once): the participants of the hand-off barriers.
 const ALL_THREADS_U32: u32 = (COMPUTE_THREADS + 32) as u32;
 /// Registers per thread after the split (`setmaxnreg`): the CTA launches with 168 per thread (384
 /// threads, the launch bounds in `kernels.rs`); 2·128·240 + 128·24 = 384·168 = 64512.
@@ -99,6 +105,8 @@ impl<const D: usize, const BM: usize> Shape<D, BM> {
     /// Warpgroup 1 reads K past the head dim (head dim 96: its 64 columns from 64 end at the stored
     /// 128), which the kernel then fills with zeros.
     const K_PAST_HEAD_DIM: bool = BM == 64 && Self::DQ_SPLIT + Self::DQ_COLS > D;
+    /// The TMA rows: bytes of one query block's Q and dO tiles, which complete its stage's `mbarrier`.
+    const STAGE_TX_BYTES: u32 = (2 * BM * D * 2) as u32;
     const OK: () = assert!(
         Self::TILE.is_valid()
             && Self::DQ_COLS % 16 == 0
@@ -112,6 +120,15 @@ const BAR_COMPUTE: u32 = 1;
 const BAR_FULL: u32 = 2;
 /// Staging buffer s is free: 4 + s.
 const BAR_EMPTY: u32 = 4;
+/// The TMA rows: query stage s has landed (the loader arrives once the stage's `mbarrier` has completed,
+/// the compute threads wait): 6 + s.
+const BAR_QFULL: u32 = 6;
+/// The TMA rows: query stage s is free (the compute threads arrive once their products have read it,
+/// the loader waits before refilling it): 8 + s.
+const BAR_QEMPTY: u32 = 8;
+/// The TMA rows' `mbarrier`s, one per query stage, at `consts + QBARS + 8s`.
+const QBARS: u32 = 96;
+const _: () = assert!(QBARS + 16 <= crate::tiles_bwd::BWD_CONSTS_BYTES as u32 && QBARS >= DQ_TURN + 8);
 
 /// Deterministic mode: the dQ turn (`mainloop::dq_turn`) of the step staged in buffer s, at
 /// `consts + DQ_TURN + 4s` (after the constants and the work-item ticket), written by compute thread 0
@@ -185,6 +202,76 @@ unsafe fn dq_writer<const D: usize, const BM: usize, const PACKED: bool>(
     }
 }
 
+/// The TMA rows' loader (one warp, the second of the third warpgroup; its first lane issues): the query
+/// blocks of the CTA's steps after the first (which the compute threads copy themselves), in the compute
+/// warps' order, two stages ahead: Q and dO as swizzled TMA tiles (`abi::BwdTensorMaps`) against the
+/// stage's `mbarrier`. (The LSE and delta stay with the compute threads' `cp.async`: a TMA box must start
+/// 16-byte aligned in memory, which row `(b·heads_q + h)·seqlen_q + m0` is not for every `seqlen_q` (such
+/// boxes faulted), and per-lane copies here spilled the loader's 24 registers.) The
+/// warp waits on that `mbarrier` and hands the stage over through `BAR_QFULL`, so that the compute
+/// warps wait on named barriers only (in the forward, compute warpgroups polling the `mbarrier`s
+/// measured 5-20% slower); the compute warps free a stage through `BAR_QEMPTY`. `b`: the CTA's batch
+/// row; `maps`: the generic address of the call's tensor maps. Every lane runs the same instructions,
+/// the copies predicated on the first (no branch of one thread next to the named barriers).
+///
+/// # Safety
+/// In a dense call of a TMA row, with `maps` the tensor maps of its Q, dO, LSE and delta, the stage
+/// `mbarrier`s initialised and the compute warps running the same steps.
+#[inline(always)]
+unsafe fn loader_tma<const D: usize, const BM: usize>(
+    p: &BwdParams,
+    maps: u64,
+    base: u32,
+    b: u32,
+    (h_first, m_end, per_head, total): (u32, u32, u32, u32),
+) {
+    let l = Shape::<D, BM>::L;
+    let leader = sreg::thread_x() % 32 == 0;
+    let (q_map, do_map) = (maps, maps + 128);
+    for map in [q_map, do_map] {
+        tma::prefetch_map(leader, map);
+    }
+    let bars = base + l[8] as u32 + QBARS;
+    let issue = |it: u32| {
+        let s = it % 2;
+        let (h, m) = (h_first + it / per_head, m_end - 1 - it % per_head);
+        let m0 = m * BM as u32;
+        let bar = bars + 8 * s;
+        let tile_b = (BM * D * 2) as u32;
+        mbarrier::arrive_expect_tx(leader, bar, Shape::<D, BM>::STAGE_TX_BYTES);
+        tma::load_tile::<BM, D>(leader, base + l[2] as u32 + s * tile_b, q_map, [m0, h, b], bar);
+        tma::load_tile::<BM, D>(leader, base + l[3] as u32 + s * tile_b, do_map, [m0, h, b], bar);
+    };
+    // Block it >= 1 is stage it % 2's ((it + it % 2) / 2 - 1)-th load (stage 1 from block 1, stage 0
+    // from block 2): the parity of that phase.
+    let hand_over = |it: u32| {
+        let s = it % 2;
+        mbarrier::wait(bars + 8 * s, ((it + s) / 2 + 1) & 1);
+        sync::arrive_at::<ALL_THREADS_U32>(BAR_QFULL + s);
+    };
+    if total == 0 {
+        return;
+    }
+    if total > 1 {
+        issue(1);
+    }
+    // Block 0: the compute threads' own copies, which they have waited for.
+    sync::arrive_at::<ALL_THREADS_U32>(BAR_QFULL);
+    let mut it = 0u32;
+    while it < total {
+        // Step it + 1's block is handed over while the compute warps work on step it; step it + 2's is
+        // issued into step it's stage once they are done with it (they free every step's).
+        if it + 1 < total {
+            hand_over(it + 1);
+        }
+        sync::named_at::<ALL_THREADS_U32>(BAR_QEMPTY + it % 2);
+        if it + 2 < total {
+            issue(it + 2);
+        }
+        it += 1;
+    }
+}
+
 /// Issues `acc = A_w Bᵀ` as one committed group: `[64 keys, BM queries]` from the warpgroup's 64 rows
 /// of a key-side tile at `a_w` (K or V, `BN` rows) and a query-side tile at `b` (Q or dO, `BM` rows),
 /// both K-major over the head dim in k16 steps of 32 bytes inside each 64-column block (Sᵀ = K Qᵀ,
@@ -223,11 +310,14 @@ unsafe fn accumulate_by_query<E: WgmmaElem, const BM: usize, const DR: usize, co
 /// The kernel body for head dim `D` and query blocks of `BM` rows. Register arrays: `DR = D/2` (dK, dV),
 /// `SR = BM/2` (Sᵀ, dPᵀ), `PK = BM/4` (Pᵀ and dSᵀ packed), `NT = BM/8` (n8 tiles of Sᵀ), `QR =
 /// DQ_COLS/2` (dQ). `SOFTCAP`: the instantiation for calls with a softcap (dS chained through the tanh);
-/// `PACKED`: the one for packed variable-length batches (as `mainloop::attn_bwd`'s).
+/// `PACKED`: the one for packed variable-length batches (as `mainloop::attn_bwd`'s); `TMA`: the query
+/// blocks come by TMA from a loader warp (`loader_tma`, dense calls), `maps` being the generic address
+/// of the call's `abi::BwdTensorMaps` (unused without).
 ///
 /// # Safety
 /// Launched as `abi::BwdParams` documents, with 384 threads (`T.threads()`) and `T.smem_bytes(2)`
-/// bytes of dynamic shared memory, on an sm_90a device; `PACKED` exactly for a packed call.
+/// bytes of dynamic shared memory, on an sm_90a device; `PACKED` exactly for a packed call; with `TMA`,
+/// `maps` as above.
 #[inline(always)]
 pub unsafe fn attn_bwd_wgmma<
     E: WgmmaElem,
@@ -240,10 +330,13 @@ pub unsafe fn attn_bwd_wgmma<
     const QR: usize,
     const SOFTCAP: bool,
     const PACKED: bool,
+    const TMA: bool,
 >(
     p: &BwdParams,
+    maps: u64,
 ) {
     const { assert!(DR == D / 2 && SR == BM / 2 && PK == BM / 4 && NT == BM / 8 && QR == Shape::<D, BM>::DQ_COLS / 2) };
+    const { assert!(!(TMA && PACKED) && (!TMA || D % 64 == 0)) };
     #[allow(clippy::let_unit_value)]
     let () = Shape::<D, BM>::OK;
     let l = Shape::<D, BM>::L;
@@ -260,6 +353,12 @@ pub unsafe fn attn_bwd_wgmma<
     let consts = base + l[8] as u32;
     if tid == 0 {
         store_consts::<BM, PACKED>(consts, p, b, &seq);
+    }
+    if TMA {
+        for s in 0..2 {
+            mbarrier::init(tid == 0, consts + QBARS + 8 * s, 1);
+        }
+        mbarrier::fence_init();
     }
     let sw = RowLayout::Swizzled128;
     if tid < COMPUTE_THREADS_U32 {
@@ -282,16 +381,27 @@ pub unsafe fn attn_bwd_wgmma<
         setmaxnreg::dec::<WRITER_REGS>();
         if tid < ALL_THREADS_U32 {
             dq_writer::<D, BM, PACKED>(p, consts, h_first, m_end, per_head, total);
+        } else if TMA && tid < ALL_THREADS_U32 + 32 {
+            loader_tma::<D, BM>(p, maps, base, b as u32, (h_first, m_end, per_head, total));
         }
         return;
     }
     setmaxnreg::inc::<COMPUTE_REGS>();
+    // The first query block by the compute threads' own copies (the TMA rows' loader brings the
+    // others): it is needed at once either way, and without these copies before the loop ptxas
+    // serialised every `wgmma` of the TMA kernels (C7512, 400 bytes of stack).
     if total > 0 {
         let dst = [base + l[2] as u32, base + l[3] as u32, base + l[6] as u32, base + l[7] as u32];
         let queries = (seq.mask.seqlen_q, sq);
         load_query_block::<BM, D, D>(sw, consts, h_first, m_end - 1, queries, dst, tid, COMPUTE_THREADS);
     }
     cp_async::commit();
+    if TMA {
+        // Visible to the tensor cores' proxy; the loader's hand-over of block 0 (`BAR_QFULL`) makes
+        // every thread's copies visible to all.
+        cp_async::wait::<0>();
+        bulk::shared_async();
+    }
 
     let mut dk = [0f32; DR];
     let mut dv = [0f32; DR];
@@ -317,10 +427,18 @@ pub unsafe fn attn_bwd_wgmma<
 
         // This block's copies landed; make them visible to the tensor cores' (async) proxy and to every
         // compute thread. Every product of the previous step has completed (each thread waited for
-        // them), so the other stage is free for the next block's copies.
-        cp_async::wait::<0>();
-        bulk::shared_async();
-        sync::named::<BAR_COMPUTE, COMPUTE_THREADS_U32>();
+        // them), so the other stage is free for the next block's copies, and dSᵀ for this step's. The
+        // TMA rows' loader hands the block over once its `mbarrier` has completed, with every compute
+        // thread meeting there as at `BAR_COMPUTE`.
+        if TMA {
+            // This thread's LSE and delta copies (`load_next`) landed; the barrier publishes them.
+            cp_async::wait::<0>();
+            sync::named_at::<ALL_THREADS_U32>(BAR_QFULL + stage);
+        } else {
+            cp_async::wait::<0>();
+            bulk::shared_async();
+            sync::named::<BAR_COMPUTE, COMPUTE_THREADS_U32>();
+        }
 
         // The next query block's copies, into the other stage (free since the barrier above). The fast
         // mode issues them once this block's Sᵀ and dPᵀ are under way: issued first, they kept the
@@ -328,6 +446,18 @@ pub unsafe fn attn_bwd_wgmma<
         // deterministic mode keeps them first: after the products it measured 3-18% slower, for a
         // reason not yet found.
         let load_next = || {
+            if TMA {
+                // The LSE and delta only (the loader brings Q and dO): into the other stage, whose
+                // last readers finished before this step's barrier.
+                if it + 1 < total {
+                    let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
+                    let sn = 1 - stage;
+                    let dst = [base + l[6] as u32 + sn * stage_f, base + l[7] as u32 + sn * stage_f];
+                    load_query_stats::<BM>(consts, hn, mn, (loop_mask::<PACKED>(p).seqlen_q, sq), dst, tid);
+                }
+                cp_async::commit();
+                return;
+            }
             if it + 1 < total {
                 let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
                 let sn = 1 - stage;
@@ -467,9 +597,14 @@ pub unsafe fn attn_bwd_wgmma<
         bulk::shared_async();
         sync::arrive_at::<ALL_THREADS_U32>(BAR_FULL + stage);
         // dK has read this stage's Q before any thread passes the next step's barrier and copies into
-        // it.
+        // it (or, with TMA, frees the stage for the loader).
         wgmma::wait::<0>();
         wgmma::pin_all(&mut dk);
+        if TMA {
+            // Every step, the last two included (the loader waits for each): a branch here, after the
+            // products' wait, made ptxas serialise every `wgmma` of the kernel (C7512).
+            sync::arrive_at::<ALL_THREADS_U32>(BAR_QEMPTY + stage);
+        }
         it += 1;
     }
 

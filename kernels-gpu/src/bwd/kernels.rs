@@ -97,12 +97,12 @@ bwd_kernels! {
 #[cfg(target_feature = "sm_90a")]
 mod wgmma_entry {
     use super::super::hopper::attn_bwd_wgmma;
-    use crate::abi::BwdParams;
+    use crate::abi::{BwdParams, BwdTensorMaps};
     use crate::ptx::elem::{Bf16, F16};
     use crate::tiles_bwd::{self, BwdTile};
 
     macro_rules! wgmma_kernel {
-        ($tile:path, $elem:ty, $softcap:literal, $packed:literal, $p:expr) => {{
+        ($tile:path, $elem:ty, $softcap:literal, $packed:literal, $p:expr, $maps:expr) => {{
             const T: BwdTile = $tile;
             attn_bwd_wgmma::<
                 $elem,
@@ -115,7 +115,8 @@ mod wgmma_entry {
                 { T.wgmma_dq_cols() / 2 },
                 $softcap,
                 $packed,
-            >($p)
+                { T.tma },
+            >($p, $maps)
         }};
     }
 
@@ -128,7 +129,7 @@ mod wgmma_entry {
                            $var_bf16:ident, $var_f16:ident, $var_cap_bf16:ident, $var_cap_f16:ident]) => {
             const _: () = {
                 const T: BwdTile = $tile;
-                assert!(T.is_valid() && T.wgmma && T.threads() == 384);
+                assert!(T.is_valid() && T.wgmma && !T.tma && T.threads() == 384);
                 assert!(T.names_are([
                     stringify!($bf16), stringify!($f16), stringify!($cap_bf16), stringify!($cap_f16),
                     stringify!($var_bf16), stringify!($var_f16), stringify!($var_cap_bf16), stringify!($var_cap_f16),
@@ -156,7 +157,50 @@ mod wgmma_entry {
             #[doc = $safety]
             #[no_mangle]
             pub unsafe extern "ptx-kernel" fn $name(p: BwdParams) {
-                wgmma_kernel!($tile, $elem, $softcap, $packed, &p)
+                wgmma_kernel!($tile, $elem, $softcap, $packed, &p, 0)
+            }
+        };
+    }
+
+    /// The TMA rows (dense only): bf16 and f16, without and with a softcap, each with a second
+    /// parameter, the tensor maps, whose parameter-space address the kernel hands to the TMA unit (as
+    /// the forward's TMA rows).
+    macro_rules! wgmma_tma_kernels {
+        ($($tile:path => [$bf16:ident, $f16:ident, $cap_bf16:ident, $cap_f16:ident];)*) => {$(
+            const _: () = {
+                const T: BwdTile = $tile;
+                assert!(T.is_valid() && T.wgmma && T.tma && T.threads() == 384);
+                assert!(T.names_are([
+                    stringify!($bf16), stringify!($f16), stringify!($cap_bf16), stringify!($cap_f16), "", "", "", "",
+                ]));
+            };
+            wgmma_tma_entry!($tile, Bf16, false, $bf16);
+            wgmma_tma_entry!($tile, F16, false, $f16);
+            wgmma_tma_entry!($tile, Bf16, true, $cap_bf16);
+            wgmma_tma_entry!($tile, F16, true, $cap_f16);
+        )*};
+    }
+
+    macro_rules! wgmma_tma_entry {
+        ($tile:path, $elem:ty, $softcap:literal, $name:ident) => {
+            core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
+            core::arch::global_asm!(concat!("// ironflash-param-align ", stringify!($name), " 1 64"));
+
+            /// # Safety
+            /// Launched as `abi::BwdParams` (dense) and the tile row document, with `maps` the tensor maps
+            /// of the call's Q, dO, LSE and delta, on a compute capability 9.0 device.
+            #[no_mangle]
+            pub unsafe extern "ptx-kernel" fn $name(p: BwdParams, _maps: BwdTensorMaps) {
+                let maps: u64;
+                // The parameter's address in the parameter space, made generic (PTX ISA §9.7.9.21 `cvta`),
+                // which is where TMA reads a kernel parameter's tensor map.
+                core::arch::asm!(
+                    concat!("mov.u64 {0}, ", stringify!($name), "_param_1;"),
+                    "cvta.param.u64 {0}, {0};",
+                    out(reg64) maps,
+                    options(pure, nomem, nostack)
+                );
+                wgmma_kernel!($tile, $elem, $softcap, false, &p, maps)
             }
         };
     }
@@ -170,6 +214,13 @@ mod wgmma_entry {
             attn_bwd_varlen_hd96_m64n128_wgmma_bf16, attn_bwd_varlen_hd96_m64n128_wgmma_f16, attn_bwd_varlen_softcap_hd96_m64n128_wgmma_bf16, attn_bwd_varlen_softcap_hd96_m64n128_wgmma_f16];
         tiles_bwd::BWD_HD128_WGMMA => [attn_bwd_hd128_m64n128_wgmma_bf16, attn_bwd_hd128_m64n128_wgmma_f16, attn_bwd_softcap_hd128_m64n128_wgmma_bf16, attn_bwd_softcap_hd128_m64n128_wgmma_f16,
             attn_bwd_varlen_hd128_m64n128_wgmma_bf16, attn_bwd_varlen_hd128_m64n128_wgmma_f16, attn_bwd_varlen_softcap_hd128_m64n128_wgmma_bf16, attn_bwd_varlen_softcap_hd128_m64n128_wgmma_f16];
+    }
+
+    wgmma_tma_kernels! {
+        tiles_bwd::BWD_HD64_WGMMA_TMA => [attn_bwd_hd64_m128n128_wgmma_tma_bf16, attn_bwd_hd64_m128n128_wgmma_tma_f16,
+            attn_bwd_softcap_hd64_m128n128_wgmma_tma_bf16, attn_bwd_softcap_hd64_m128n128_wgmma_tma_f16];
+        tiles_bwd::BWD_HD128_WGMMA_TMA => [attn_bwd_hd128_m64n128_wgmma_tma_bf16, attn_bwd_hd128_m64n128_wgmma_tma_f16,
+            attn_bwd_softcap_hd128_m64n128_wgmma_tma_bf16, attn_bwd_softcap_hd128_m64n128_wgmma_tma_f16];
     }
 }
 

@@ -161,14 +161,30 @@ pub(super) unsafe fn load_query_block<const BM: usize, const D: usize, const DV:
     load_rows::<BM, D>(layout, dst[0], q, qs1 as usize, rows, tid, threads);
     let d_o = (d_o as *const u16).add(m0u * dos1 as usize + h * dos2 as usize);
     load_rows::<BM, DV>(layout, dst[1], d_o, dos1 as usize, rows, tid, threads);
+    load_query_stats::<BM>(consts, h as u32, m, (seqlen_q, rows_per_head), [dst[2], dst[3]], tid);
+}
+
+/// Issues the copies of the LSE and delta of query block `m` of query head `h` (zeros past the
+/// sequence) by the first `BM` threads: `load_query_block`'s last part, which the Hopper kernel's TMA
+/// rows run alone (their Q and dO come by TMA).
+#[inline(always)]
+pub(super) unsafe fn load_query_stats<const BM: usize>(
+    consts: u32,
+    h: u32,
+    m: u32,
+    (seqlen_q, rows_per_head): (u32, u32),
+    dst: [u32; 2],
+    tid: u32,
+) {
     if (tid as usize) < BM {
+        let m0 = m * BM as u32;
         let (lse, delta) = consts_pair(consts + C_LSE);
         let (lse, delta) = (lse as *const f32, delta as *const f32);
-        let valid = tid < rows;
-        let row = h * rows_per_head as usize + m0u + tid as usize;
+        let valid = tid < (seqlen_q - m0).min(BM as u32);
+        let row = h as usize * rows_per_head as usize + m0 as usize + tid as usize;
         let (lse, delta) = if valid { (lse.add(row), delta.add(row)) } else { (lse, delta) };
-        shared_f32::copy4_or_zero(dst[2] + tid * 4, lse, valid);
-        shared_f32::copy4_or_zero(dst[3] + tid * 4, delta, valid);
+        shared_f32::copy4_or_zero(dst[0] + tid * 4, lse, valid);
+        shared_f32::copy4_or_zero(dst[1] + tid * 4, delta, valid);
     }
 }
 

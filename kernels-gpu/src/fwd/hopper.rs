@@ -187,7 +187,7 @@ unsafe fn loader_tma<const D: usize, const DV: usize, const BN: usize, const STA
     }
     let q_bar = base + Shape::<D, DV, BN, STAGES>::BARS;
     mbarrier::arrive_expect_tx(leader, q_bar, Shape::<D, DV, BN, STAGES>::Q_TMA_BYTES);
-    load_tile::<BM, D>(leader, base + Shape::<D, DV, BN, STAGES>::Q, q_map, [m0, head, batch], q_bar);
+    tma::load_tile::<BM, D>(leader, base + Shape::<D, DV, BN, STAGES>::Q, q_map, [m0, head, batch], q_bar);
     // Block i (and Q with block 0) has landed: handed to the compute warpgroups.
     let hand_over_landed = |i: u32| {
         if i == 0 {
@@ -211,34 +211,15 @@ unsafe fn loader_tma<const D: usize, const DV: usize, const BN: usize, const STA
         let n0 = (first + j) * BN as u32;
         let dst = base + Shape::<D, DV, BN, STAGES>::KV + s * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
         mbarrier::arrive_expect_tx(leader, bar, Shape::<D, DV, BN, STAGES>::STAGE_BYTES);
-        load_tile::<BN, D>(leader, dst, k_map, [n0, kv_head, batch], bar);
+        tma::load_tile::<BN, D>(leader, dst, k_map, [n0, kv_head, batch], bar);
         let v_dst = dst + Shape::<D, DV, BN, STAGES>::K_TILE_BYTES;
-        load_tile::<BN, DV>(leader, v_dst, v_map, [n0, kv_head, batch], bar);
+        tma::load_tile::<BN, DV>(leader, v_dst, v_map, [n0, kv_head, batch], bar);
         if j >= 1 && !(STAGES == 2 && j >= STAGES) {
             hand_over_landed(j - 1);
         }
         j += 1;
     }
     hand_over_landed(n_blocks - 1);
-}
-
-/// The TMA counterpart of `copy_tile`: the `ROWS x COLS` tile of `map` from row `row0` of `head` in
-/// `batch` into swizzled shared memory at `dst`, one 64-column box after the other (each `ROWS · 128`
-/// bytes), issued by the `leader` thread against barrier `bar`.
-///
-/// # Safety
-/// As `tma::load_4d` for each box; `bar`'s current phase expects the tile's bytes among others.
-#[inline(always)]
-unsafe fn load_tile<const ROWS: usize, const COLS: usize>(
-    leader: bool,
-    dst: u32,
-    map: u64,
-    [row0, head, batch]: [u32; 3],
-    bar: u32,
-) {
-    for cb in 0..COLS / 64 {
-        tma::load_4d(leader, dst + (cb * ROWS * 128) as u32, map, [64 * cb as u32, row0, head, batch], bar);
-    }
 }
 
 /// Issues the copies of one `ROWS x D` tile into swizzled shared memory (`ptx::wgmma` layout) with the
