@@ -226,9 +226,7 @@ impl BwdTile {
                 && d + self.block_m <= 192
                 && self.block_n == 128
                 && w == 12
-                && self.q_stages == 2
-                // TMA boxes are whole 64-column blocks of the swizzle.
-                && (!self.tma || d % 64 == 0);
+                && self.q_stages == 2;
         }
         d.is_multiple_of(32)
             && dv.is_multiple_of(32)
@@ -377,6 +375,20 @@ pub const BWD_HD128_WGMMA: BwdTile = wgmma_bwd_tile!(128, 64);
 const fn tma_row(row: BwdTile, symbols: [&'static str; 2], softcap_symbols: [&'static str; 2]) -> BwdTile {
     BwdTile { tma: true, symbols, softcap_symbols, packed_symbols: ["", ""], packed_softcap_symbols: ["", ""], ..row }
 }
+/// `BWD_HD32_WGMMA` with its Q and dO by TMA (one 64-column box per tile, columns 32-63 zero-filled),
+/// first for dense batches.
+pub const BWD_HD32_WGMMA_TMA: BwdTile = tma_row(
+    BWD_HD32_WGMMA,
+    ["attn_bwd_hd32_m128n128_wgmma_tma_bf16", "attn_bwd_hd32_m128n128_wgmma_tma_f16"],
+    ["attn_bwd_softcap_hd32_m128n128_wgmma_tma_bf16", "attn_bwd_softcap_hd32_m128n128_wgmma_tma_f16"],
+);
+/// `BWD_HD96_WGMMA` with its Q and dO by TMA (two 64-column boxes per tile, columns 96-127
+/// zero-filled), first for dense batches.
+pub const BWD_HD96_WGMMA_TMA: BwdTile = tma_row(
+    BWD_HD96_WGMMA,
+    ["attn_bwd_hd96_m64n128_wgmma_tma_bf16", "attn_bwd_hd96_m64n128_wgmma_tma_f16"],
+    ["attn_bwd_softcap_hd96_m64n128_wgmma_tma_bf16", "attn_bwd_softcap_hd96_m64n128_wgmma_tma_f16"],
+);
 /// `BWD_HD64_WGMMA` with its Q and dO by TMA, first for dense batches (packed ones take
 /// `BWD_HD64_WGMMA`).
 pub const BWD_HD64_WGMMA_TMA: BwdTile = tma_row(
@@ -393,11 +405,13 @@ pub const BWD_HD128_WGMMA_TMA: BwdTile = tma_row(
 
 /// Every compiled variant, in order of preference within a head dim.
 pub const BWD_TILES: &[BwdTile] = &[
+    BWD_HD32_WGMMA_TMA,
     BWD_HD32_WGMMA,
     BWD_HD32,
     BWD_HD64_WGMMA_TMA,
     BWD_HD64_WGMMA,
     BWD_HD64,
+    BWD_HD96_WGMMA_TMA,
     BWD_HD96_WGMMA,
     BWD_HD96,
     BWD_HD128_WGMMA_TMA,
@@ -486,7 +500,10 @@ mod tests {
             assert!(!packed.tma && packed.wgmma, "d={d}");
             assert_ne!(tma.symbol(false, true, false), "");
         }
-        assert!(!BwdTile { head_dim: 96, head_dim_v: 96, block_m: 64, ..BWD_HD128_WGMMA_TMA }.is_valid());
+        for t in BWD_TILES.iter().filter(|t| t.wgmma) {
+            // Every Hopper head dim has its TMA row first for dense batches.
+            assert_eq!(choose_bwd(t.head_dim, t.head_dim, 2, H100.0, H100.1, true, false).map(|t| t.tma), Some(true));
+        }
     }
 
     #[test]

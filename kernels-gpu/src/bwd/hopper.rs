@@ -30,7 +30,7 @@
 //! (measured 19-24% of the time, 17% when overlapped with the dQ product); the writer warp takes them
 //! off the compute warps' path, which only wait for a staging buffer to be free again.
 //!
-//! TMA rows (`TMA`, dense calls, head dims 64 and 128): the query blocks after the first come as TMA
+//! TMA rows (`TMA`, dense calls, every head dim here): the query blocks after the first come as TMA
 //! boxes of Q and dO from a loader warp (the writer warpgroup's second, `loader_tma`), a stage ahead;
 //! the compute threads copy only the next block's LSE and delta. Measured +11-22% (fast) at head dim 128
 //! over the `cp.async` rows (docs/perf.md).
@@ -106,7 +106,9 @@ impl<const D: usize, const BM: usize> Shape<D, BM> {
     /// 128), which the kernel then fills with zeros.
     const K_PAST_HEAD_DIM: bool = BM == 64 && Self::DQ_SPLIT + Self::DQ_COLS > D;
     /// The TMA rows: bytes of one query block's Q and dO tiles, which complete its stage's `mbarrier`.
-    const STAGE_TX_BYTES: u32 = (2 * BM * D * 2) as u32;
+    const STAGE_TX_BYTES: u32 = (2 * BM * Self::STORED * 2) as u32;
+    /// Columns of the element tiles in shared memory (whole 64-column blocks of the swizzle).
+    const STORED: usize = crate::tiles::swizzled_cols(D);
     const OK: () = assert!(
         Self::TILE.is_valid()
             && Self::DQ_COLS % 16 == 0
@@ -237,7 +239,7 @@ unsafe fn loader_tma<const D: usize, const BM: usize>(
         let (h, m) = (h_first + it / per_head, m_end - 1 - it % per_head);
         let m0 = m * BM as u32;
         let bar = bars + 8 * s;
-        let tile_b = (BM * D * 2) as u32;
+        let tile_b = (BM * Shape::<D, BM>::STORED * 2) as u32;
         mbarrier::arrive_expect_tx(leader, bar, Shape::<D, BM>::STAGE_TX_BYTES);
         tma::load_tile::<BM, D>(leader, base + l[2] as u32 + s * tile_b, q_map, [m0, h, b], bar);
         tma::load_tile::<BM, D>(leader, base + l[3] as u32 + s * tile_b, do_map, [m0, h, b], bar);
@@ -336,7 +338,7 @@ pub unsafe fn attn_bwd_wgmma<
     maps: u64,
 ) {
     const { assert!(DR == D / 2 && SR == BM / 2 && PK == BM / 4 && NT == BM / 8 && QR == Shape::<D, BM>::DQ_COLS / 2) };
-    const { assert!(!(TMA && PACKED) && (!TMA || D % 64 == 0)) };
+    const { assert!(!(TMA && PACKED)) };
     #[allow(clippy::let_unit_value)]
     let () = Shape::<D, BM>::OK;
     let l = Shape::<D, BM>::L;

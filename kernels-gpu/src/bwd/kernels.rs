@@ -217,6 +217,10 @@ mod wgmma_entry {
     }
 
     wgmma_tma_kernels! {
+        tiles_bwd::BWD_HD32_WGMMA_TMA => [attn_bwd_hd32_m128n128_wgmma_tma_bf16, attn_bwd_hd32_m128n128_wgmma_tma_f16,
+            attn_bwd_softcap_hd32_m128n128_wgmma_tma_bf16, attn_bwd_softcap_hd32_m128n128_wgmma_tma_f16];
+        tiles_bwd::BWD_HD96_WGMMA_TMA => [attn_bwd_hd96_m64n128_wgmma_tma_bf16, attn_bwd_hd96_m64n128_wgmma_tma_f16,
+            attn_bwd_softcap_hd96_m64n128_wgmma_tma_bf16, attn_bwd_softcap_hd96_m64n128_wgmma_tma_f16];
         tiles_bwd::BWD_HD64_WGMMA_TMA => [attn_bwd_hd64_m128n128_wgmma_tma_bf16, attn_bwd_hd64_m128n128_wgmma_tma_f16,
             attn_bwd_softcap_hd64_m128n128_wgmma_tma_bf16, attn_bwd_softcap_hd64_m128n128_wgmma_tma_f16];
         tiles_bwd::BWD_HD128_WGMMA_TMA => [attn_bwd_hd128_m64n128_wgmma_tma_bf16, attn_bwd_hd128_m64n128_wgmma_tma_f16,

@@ -41,7 +41,8 @@ pub unsafe fn load_4d(leader: bool, dst: u32, map: u64, c: [u32; 4], bar: u32) {
 /// One `ROWS x COLS` tile of the 4-D map `map` (`[dim, rows, heads, batch]`, boxes of 64 elements ×
 /// `ROWS`, 128-byte swizzled), from row `row0` of `head` in `batch`, into shared memory at `dst` in the
 /// `wgmma` layout: one box per 64-column block, each `ROWS · 128` bytes after the last, issued by the
-/// `leader` thread against barrier `bar`.
+/// `leader` thread against barrier `bar`. A `COLS` that is not a multiple of 64 (head dims 32 and 96)
+/// takes whole boxes, the columns past the tensor's filled with zeros.
 ///
 /// # Safety
 /// As `load_4d` for each box; `bar`'s current phase expects the tile's bytes among others.
@@ -53,7 +54,7 @@ pub unsafe fn load_tile<const ROWS: usize, const COLS: usize>(
     [row0, head, batch]: [u32; 3],
     bar: u32,
 ) {
-    for cb in 0..COLS / 64 {
+    for cb in 0..COLS.div_ceil(64) {
         load_4d(leader, dst + (cb * ROWS * 128) as u32, map, [64 * cb as u32, row0, head, batch], bar);
     }
 }
