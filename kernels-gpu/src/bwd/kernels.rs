@@ -188,18 +188,10 @@ mod wgmma_entry {
 
             /// # Safety
             /// Launched as `abi::BwdParams` (dense) and the tile row document, with `maps` the tensor maps
-            /// of the call's Q, dO, LSE and delta, on a compute capability 9.0 device.
+            /// of the call's Q and dO, on a compute capability 9.0 device.
             #[no_mangle]
             pub unsafe extern "ptx-kernel" fn $name(p: BwdParams, _maps: BwdTensorMaps) {
-                let maps: u64;
-                // The parameter's address in the parameter space, made generic (PTX ISA §9.7.9.21 `cvta`),
-                // which is where TMA reads a kernel parameter's tensor map.
-                core::arch::asm!(
-                    concat!("mov.u64 {0}, ", stringify!($name), "_param_1;"),
-                    "cvta.param.u64 {0}, {0};",
-                    out(reg64) maps,
-                    options(pure, nomem, nostack)
-                );
+                let maps = crate::ptx::tma::maps_param_address!($name);
                 wgmma_kernel!($tile, $elem, $softcap, false, &p, maps)
             }
         };

@@ -246,15 +246,7 @@ mod wgmma_entry {
             /// tensor maps of the call's Q, K and V, on a compute capability 9.0 device.
             #[no_mangle]
             pub unsafe extern "ptx-kernel" fn $name(p: FwdParams, _maps: FwdTensorMaps) {
-                let maps: u64;
-                // The parameter's address in the parameter space, made generic (PTX ISA §9.7.9.21 `cvta`),
-                // which is where TMA reads a kernel parameter's tensor map.
-                core::arch::asm!(
-                    concat!("mov.u64 {0}, ", stringify!($name), "_param_1;"),
-                    "cvta.param.u64 {0}, {0};",
-                    out(reg64) maps,
-                    options(pure, nomem, nostack)
-                );
+                let maps = crate::ptx::tma::maps_param_address!($name);
                 wgmma_kernel!($tile, $elem, false, &p, maps)
             }
         };

@@ -58,3 +58,24 @@ pub unsafe fn load_tile<const ROWS: usize, const COLS: usize>(
         load_4d(leader, dst + (cb * ROWS * 128) as u32, map, [64 * cb as u32, row0, head, batch], bar);
     }
 }
+
+/// The generic address of kernel `$entry`'s second parameter (its tensor maps), which is where TMA reads
+/// a kernel parameter's tensor map: the parameter's address in the parameter space, made generic (PTX ISA
+/// §9.7.9.21 `cvta`). Used inside `$entry`, whose build.rs `ironflash-param-align` comment puts that
+/// parameter on a 64-byte boundary.
+macro_rules! maps_param_address {
+    ($entry:ident) => {{
+        let maps: u64;
+        // SAFETY: reads no memory; names a parameter of the kernel it is expanded in.
+        unsafe {
+            core::arch::asm!(
+                concat!("mov.u64 {0}, ", stringify!($entry), "_param_1;"),
+                "cvta.param.u64 {0}, {0};",
+                out(reg64) maps,
+                options(pure, nomem, nostack)
+            )
+        };
+        maps
+    }};
+}
+pub(crate) use maps_param_address;
