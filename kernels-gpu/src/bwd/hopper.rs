@@ -217,8 +217,8 @@ unsafe fn dq_writer<const D: usize, const BM: usize, const PACKED: bool>(
 /// the copies predicated on the first (no branch of one thread next to the named barriers).
 ///
 /// # Safety
-/// In a dense call of a TMA row, with `maps` the tensor maps of its Q, dO, LSE and delta, the stage
-/// `mbarrier`s initialised and the compute warps running the same steps.
+/// In a dense call of a TMA row, with `maps` the tensor maps of its Q and dO, the stage `mbarrier`s
+/// initialised and the compute warps running the same steps.
 #[inline(always)]
 unsafe fn loader_tma<const D: usize, const BM: usize>(
     p: &BwdParams,
@@ -244,8 +244,8 @@ unsafe fn loader_tma<const D: usize, const BM: usize>(
         tma::load_tile::<BM, D>(leader, base + l[2] as u32 + s * tile_b, q_map, [m0, h, b], bar);
         tma::load_tile::<BM, D>(leader, base + l[3] as u32 + s * tile_b, do_map, [m0, h, b], bar);
     };
-    // Block it >= 1 is stage it % 2's ((it + it % 2) / 2 - 1)-th load (stage 1 from block 1, stage 0
-    // from block 2): the parity of that phase.
+    // Block it >= 1 is stage s = it % 2's ((it + s) / 2 - 1)-th load (stage 1 loads blocks 1, 3, ...,
+    // stage 0 blocks 2, 4, ...): its phase's parity.
     let hand_over = |it: u32| {
         let s = it % 2;
         mbarrier::wait(bars + 8 * s, ((it + s) / 2 + 1) & 1);
