@@ -448,29 +448,19 @@ pub unsafe fn attn_bwd_wgmma<
         // deterministic mode keeps them first: after the products it measured 3-18% slower, for a
         // reason not yet found.
         let load_next = || {
-            if TMA {
-                // The LSE and delta only (the loader brings Q and dO): into the other stage, whose
-                // last readers finished before this step's barrier.
-                if it + 1 < total {
-                    let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
-                    let sn = 1 - stage;
-                    let dst = [base + l[6] as u32 + sn * stage_f, base + l[7] as u32 + sn * stage_f];
-                    load_query_stats::<BM>(consts, hn, mn, (loop_mask::<PACKED>(p).seqlen_q, sq), dst, tid);
-                }
-                cp_async::commit();
-                return;
-            }
             if it + 1 < total {
                 let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
                 let sn = 1 - stage;
-                let dst = [
-                    base + l[2] as u32 + sn * stage_b,
-                    base + l[3] as u32 + sn * stage_b,
-                    base + l[6] as u32 + sn * stage_f,
-                    base + l[7] as u32 + sn * stage_f,
-                ];
+                let (lse, delta) = (base + l[6] as u32 + sn * stage_f, base + l[7] as u32 + sn * stage_f);
                 let queries = (loop_mask::<PACKED>(p).seqlen_q, sq);
-                load_query_block::<BM, D, D>(sw, consts, hn, mn, queries, dst, tid, COMPUTE_THREADS);
+                if TMA {
+                    // The LSE and delta only (the loader brings Q and dO).
+                    load_query_stats::<BM>(consts, hn, mn, queries, [lse, delta], tid);
+                } else {
+                    let (q, d_o) = (base + l[2] as u32 + sn * stage_b, base + l[3] as u32 + sn * stage_b);
+                    let dst = [q, d_o, lse, delta];
+                    load_query_block::<BM, D, D>(sw, consts, hn, mn, queries, dst, tid, COMPUTE_THREADS);
+                }
             }
             cp_async::commit();
         };
@@ -603,8 +593,7 @@ pub unsafe fn attn_bwd_wgmma<
         wgmma::wait::<0>();
         wgmma::pin_all(&mut dk);
         if TMA {
-            // Every step, the last two included (the loader waits for each): a branch here, after the
-            // products' wait, made ptxas serialise every `wgmma` of the kernel (C7512).
+            // Every step, the last two included: the loader waits for each.
             sync::arrive_at::<ALL_THREADS_U32>(BAR_QEMPTY + stage);
         }
         it += 1;
