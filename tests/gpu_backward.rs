@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{device_or_skip, grad_error, grad_error_summed, max_abs, HEAD_DIM_PAIRS};
+use common::{device_or_skip, grad_error, grad_error_summed, max_abs, run_property, HEAD_DIM_PAIRS};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use ironflash::gpu::{self, BackwardTile, GpuGradients};
@@ -262,34 +262,28 @@ fn property<T: Element>(name: &str) {
     }
 }
 
-/// Each TMA row (`BwdTile::tma`: Q, dO, LSE and delta by TMA from a loader warp) forced over random
-/// shapes of its head dim: tails (the boxes' zero fill past a sequence, LSE boxes running into the next
-/// head's rows), GQA, strides, causal, deterministic; bf16 and f16.
+/// Each TMA row (`BwdTile::tma`: Q and dO by TMA from a loader warp) forced over random shapes of its
+/// head dim: tails (the boxes' zero fill past a sequence), GQA, strides, causal, deterministic; bf16
+/// and f16.
 fn tma_rows_match_reference() {
     let Some(dev) = device_or_skip("tma_rows_match_reference") else { return };
-    let rows: Vec<&BackwardTile> = BWD_TILES.iter().filter(|t| t.tma).collect();
     if !dev.info().runs_wgmma() {
         println!("tma_rows_match_reference: the TMA rows need compute capability 9.0, skipped on {}", dev.info().name);
         return;
     }
-    for tile in rows {
-        let cases = std::env::var("IRONFLASH_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
-        let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    for tile in BWD_TILES.iter().filter(|t| t.tma) {
         let strategy = (case_strategy(), any::<u64>(), any::<bool>())
             .prop_map(|(c, seed, f16)| (Case { head_dim: tile.head_dim, head_dim_v: tile.head_dim_v, ..c }, seed, f16));
-        let result = runner.run(&strategy, |(c, seed, f16)| {
+        let name = format!("tma_rows_match_reference {}", tile.symbols[0]);
+        run_property(&name, 16, strategy, "gradient error", |_, &(c, seed, f16)| {
             // Named before it runs: a kernel fault poisons the context for every later case.
-            eprintln!("tma_rows_match_reference {}: {c:?} f16={f16}", tile.symbols[0]);
-            let r = if f16 {
+            eprintln!("{name}: {c:?} f16={f16}");
+            if f16 {
                 check_case_tile::<f16>(c, seed, Some(tile))
             } else {
                 check_case_tile::<bf16>(c, seed, Some(tile))
-            };
-            r.map(|_| ()).map_err(TestCaseError::fail)
+            }
         });
-        if let Err(e) = result {
-            panic!("tma_rows_match_reference {}: {e}", tile.symbols[0]);
-        }
     }
 }
 
