@@ -483,7 +483,7 @@ fn plan<T: Element>(
 mod tests {
     use super::*;
     use ironflash_kernels::tiles_bwd::{
-        BWD_HD128_M32, BWD_HD128_WGMMA, BWD_HD128_WGMMA_TMA, BWD_HD192, BWD_HD192_V128,
+        BWD_HD128_M32, BWD_HD128_M80_WGMMA_TMA, BWD_HD128_WGMMA, BWD_HD128_WGMMA_TMA, BWD_HD192, BWD_HD192_V128,
     };
 
     fn info(cc: (i32, i32), smem_optin_kib: usize, smem_sm_kib: usize) -> DeviceInfo {
@@ -507,7 +507,7 @@ mod tests {
         let l40 = info((8, 9), 99, 100);
         let problem = |d, dv| AttnProblem::contiguous_with_head_dim_v([1, 8, 8, 1, 1, d], dv, &Default::default());
         let (p128, p64) = (problem(128, 128).unwrap(), problem(64, 64).unwrap());
-        assert_eq!(backward_tile(&h100, (128, 128), DType::BF16).unwrap(), BWD_HD128_WGMMA_TMA);
+        assert_eq!(backward_tile(&h100, (128, 128), DType::BF16).unwrap(), BWD_HD128_M80_WGMMA_TMA);
         assert_eq!(backward_tile(&a100, (128, 128), DType::BF16).unwrap(), BWD_HD128_M32);
         assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, &p128, DType::BF16, &h100, false).is_ok());
         assert!(check_forced_backward_tile(&BWD_HD128_M32, &p128, DType::F16, &h100, false).is_ok());
@@ -524,6 +524,7 @@ mod tests {
         // The TMA rows run dense batches only.
         assert!(check_forced_backward_tile(&BWD_HD128_WGMMA_TMA, &p128, DType::BF16, &h100, false).is_ok());
         assert!(check_forced_backward_tile(&BWD_HD128_WGMMA_TMA, &p128, DType::BF16, &h100, true).is_err());
+        assert!(check_forced_backward_tile(&BWD_HD128_M80_WGMMA_TMA, &p128, DType::BF16, &h100, true).is_err());
         assert!(!layout_backward_tile(&h100, (128, 128), DType::BF16, true).unwrap().tma);
     }
 }

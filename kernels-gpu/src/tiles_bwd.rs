@@ -144,12 +144,38 @@ impl BwdTile {
             }
         }
     }
+    /// Hopper rows: whether the warpgroups compute dQ transposed, dQᵀ = Kᵀ dSᵀ (`[head_dim, block_m]`,
+    /// each warpgroup 64 of the head dim's rows): the query blocks whose rows are no multiple of
+    /// `wgmma`'s 64 (80 at head dim 128: Sᵀ and dPᵀ one n80 product each, as FlashAttention-3's
+    /// non-causal backward), whose dQ no warpgroup could own in 64-row parts.
+    pub const fn wgmma_dq_transposed(&self) -> bool {
+        !self.block_m.is_multiple_of(64)
+    }
+    /// Hopper rows: the f32 registers per thread of a warpgroup's part of dQ (or dQᵀ).
+    pub const fn wgmma_dq_regs(&self) -> usize {
+        if self.wgmma_dq_transposed() {
+            self.block_m / 2
+        } else {
+            self.wgmma_dq_cols() / 2
+        }
+    }
+    /// Hopper rows: dQ staging buffers, two (one step's reduction reads one while the next step fills
+    /// the other) where they fit; one for 80-row blocks, whose second would take the shared memory past
+    /// an H100's 227 KiB (the writer frees it once its reduction has read it, long before the next step
+    /// stages).
+    pub const fn wgmma_dq_stages(&self) -> usize {
+        if self.wgmma_dq_transposed() {
+            1
+        } else {
+            2
+        }
+    }
     /// Byte offsets of the Hopper kernel's shared-memory regions from a 1024-byte aligned base:
     /// `[k, v, q, d_o, ds, dq, lse, delta, consts, end]`. K, V (`block_n` rows), `q_stages` buffers of Q
     /// and dO (`block_m` rows) and dSᵀ (`block_n` rows of `block_m`) are 128-byte swizzled element tiles
-    /// (`ptx::wgmma`), each starting on a 1024-byte boundary; dq holds two f32 `[block_m, head_dim]`
-    /// staging buffers of the dQ reductions (one step's reduction reads one while the next step fills
-    /// the other).
+    /// (`ptx::wgmma`), each starting on a 1024-byte boundary (dS untransposed, `block_m` rows of
+    /// `block_n`, where dQ is computed transposed); dq holds `wgmma_dq_stages` f32 `[block_m, head_dim]`
+    /// staging buffers of the dQ reductions.
     pub const fn wgmma_smem_layout(&self, elem_bytes: usize) -> [usize; 10] {
         let stored = crate::tiles::swizzled_cols(self.head_dim);
         let kv = self.block_n * stored * elem_bytes;
@@ -161,7 +187,7 @@ impl BwdTile {
         let d_o = qo + q;
         let ds = d_o + q;
         let dq = ds + self.block_n * self.block_m * elem_bytes;
-        let lse = dq + 2 * self.block_m * self.head_dim * 4;
+        let lse = dq + self.wgmma_dq_stages() * self.block_m * self.head_dim * 4;
         let delta = lse + f;
         let consts = delta + f;
         [k, v, qo, d_o, ds, dq, lse, delta, consts, consts + BWD_CONSTS_BYTES]
@@ -218,12 +244,12 @@ impl BwdTile {
         if self.wgmma {
             // The shapes `bwd/hopper.rs` implements: each compute warpgroup owns 64 keys; with 64-row
             // query blocks the warpgroups split dQ's columns (`wgmma_dq_split`), with 128-row blocks its
-            // rows. dK, dV, Sᵀ and dPᵀ in registers: head_dim + block_m f32 per thread of the 240 at
-            // most 192.
+            // rows, with 80-row blocks (head dim 128) the rows of dQᵀ (`wgmma_dq_transposed`). dK, dV,
+            // Sᵀ and dPᵀ in registers: head_dim + block_m f32 per thread of the 240 at most 208.
             return matches!(d, 32 | 64 | 96 | 128)
                 && dv == d
-                && (self.block_m == 64 || self.block_m == 128)
-                && d + self.block_m <= 192
+                && (self.block_m == 64 || self.block_m == 128 || (self.block_m == 80 && d == 128))
+                && d + self.block_m <= 208
                 && self.block_n == 128
                 && w == 12
                 && self.q_stages == 2;
@@ -396,11 +422,19 @@ pub const BWD_HD64_WGMMA_TMA: BwdTile = tma_row(
     ["attn_bwd_hd64_m128n128_wgmma_tma_bf16", "attn_bwd_hd64_m128n128_wgmma_tma_f16"],
     ["attn_bwd_softcap_hd64_m128n128_wgmma_tma_bf16", "attn_bwd_softcap_hd64_m128n128_wgmma_tma_f16"],
 );
-/// `BWD_HD128_WGMMA` with its Q and dO by TMA, first for dense batches.
+/// `BWD_HD128_WGMMA` with its Q and dO by TMA (second to the 80-row one).
 pub const BWD_HD128_WGMMA_TMA: BwdTile = tma_row(
     BWD_HD128_WGMMA,
     ["attn_bwd_hd128_m64n128_wgmma_tma_bf16", "attn_bwd_hd128_m64n128_wgmma_tma_f16"],
     ["attn_bwd_softcap_hd128_m64n128_wgmma_tma_bf16", "attn_bwd_softcap_hd128_m64n128_wgmma_tma_f16"],
+);
+/// 80-row query blocks by TMA (205 KiB with one dQ staging buffer): Sᵀ and dPᵀ as n80 products, dQ
+/// computed transposed (`BwdTile::wgmma_dq_transposed`); first for dense batches (on an H100 1.04-1.08×
+/// the 64-row row's rate at N ≥ 4K, deterministic 1.11-1.14×, docs/perf.md).
+pub const BWD_HD128_M80_WGMMA_TMA: BwdTile = tma_row(
+    wgmma_bwd_tile!(128, 80),
+    ["attn_bwd_hd128_m80n128_wgmma_tma_bf16", "attn_bwd_hd128_m80n128_wgmma_tma_f16"],
+    ["attn_bwd_softcap_hd128_m80n128_wgmma_tma_bf16", "attn_bwd_softcap_hd128_m80n128_wgmma_tma_f16"],
 );
 
 /// Every compiled variant, in order of preference within a head dim.
@@ -414,6 +448,7 @@ pub const BWD_TILES: &[BwdTile] = &[
     BWD_HD96_WGMMA_TMA,
     BWD_HD96_WGMMA,
     BWD_HD96,
+    BWD_HD128_M80_WGMMA_TMA,
     BWD_HD128_WGMMA_TMA,
     BWD_HD128_WGMMA,
     BWD_HD128_M32,
@@ -480,7 +515,7 @@ mod tests {
             let a = choose_bwd(d, d, 2, A100.0, A100.1, false, false).unwrap();
             assert!(a.smem_bytes(2) <= A100.0, "d={d}");
         }
-        assert_eq!(choose_bwd(128, 128, 2, H100.0, H100.1, true, false), Some(&BWD_HD128_WGMMA_TMA));
+        assert_eq!(choose_bwd(128, 128, 2, H100.0, H100.1, true, false), Some(&BWD_HD128_M80_WGMMA_TMA));
         assert_eq!(choose_bwd(128, 128, 2, H100.0, H100.1, true, true), Some(&BWD_HD128_WGMMA));
         assert_eq!(choose_bwd(64, 64, 2, H100.0, H100.1, true, false), Some(&BWD_HD64_WGMMA_TMA));
         assert_eq!(choose_bwd(128, 128, 2, H100.0, H100.1, false, false), Some(&BWD_HD128_M32));
@@ -547,6 +582,16 @@ mod tests {
             assert!(t.smem_bytes(2) <= H100.0, "{t:?}");
         }
         assert_eq!(BWD_HD96_WGMMA.smem_bytes(2), BWD_HD128_WGMMA.smem_bytes(2) - 2 * 64 * 32 * 4);
+        // 80-row blocks: dQ transposed, one staging buffer, dS untransposed (80 rows of 128 keys).
+        let m80 = BWD_HD128_M80_WGMMA_TMA;
+        assert!(m80.wgmma_dq_transposed() && !BWD_HD128_WGMMA.wgmma_dq_transposed());
+        assert_eq!((m80.wgmma_dq_stages(), m80.wgmma_dq_regs(), BWD_HD128_WGMMA.wgmma_dq_regs()), (1, 40, 32));
+        let w80 = m80.wgmma_smem_layout(2);
+        assert_eq!((w80[5] - w80[4], w80[6] - w80[5]), (80 * 128 * 2, 80 * 128 * 4));
+        for off in &w80[..6] {
+            assert_eq!(off % 1024, 0, "{w80:?}");
+        }
+        assert!(m80.smem_bytes(2) <= H100.0 && !BwdTile { block_m: 80, ..BWD_HD64_WGMMA }.is_valid());
         // dQ's column parts: halves, but 64 + 32 at head dim 96; rows at 128-row blocks.
         let parts = |t: BwdTile| (t.wgmma_dq_split(), t.wgmma_dq_cols());
         assert_eq!(parts(BWD_HD128_WGMMA), (64, 64));

@@ -1,5 +1,5 @@
 //! The backward main kernel on Hopper's warpgroup tensor cores (`sm_90a`: `wgmma`, bulk reductions),
-//! generic over the head dim `D` (32, 64, 96, 128) and the query block `BM` (64 or 128 rows; the
+//! generic over the head dim `D` (32, 64, 96, 128) and the query block `BM` (64, 80 or 128 rows; the
 //! `wgmma` rows of `tiles_bwd`): one CTA per (128 keys, K/V head, batch), two warpgroups of 4 warps,
 //! warpgroup w owning keys 64w..64w+63 of the block. Head dims 32 and 96 are stored in whole 64-column
 //! blocks of the swizzle.
@@ -23,8 +23,16 @@
 //!    (`cp.reduce.async.bulk .add.f32`, performed by the TMA unit) issued by the dQ writer: the first
 //!    warp of a third warpgroup, which does nothing else. dK += dSᵀ Q is issued right after dQ's
 //!    product, so that it runs while dQ is staged.
+//!    With 80-row blocks (head dim 128, `BwdTile::wgmma_dq_transposed`) no warpgroup can own 64-row
+//!    parts of dQ, so each computes 64 head-dim rows of dQᵀ = Kᵀ dSᵀ (`[128, 80]`: K read MN-major, dS
+//!    K-major over the keys), dS stored untransposed (`[80 queries][128 keys]`, each 8x8 block of the
+//!    register dSᵀ transposed on its way by `stmatrix .trans`), and dQ staged through one buffer.
+//!    80 rows are FlashAttention-3's non-causal choice: the n80 products Sᵀ and dPᵀ read 4.5 KiB of
+//!    shared memory per 160 KFLOP where n64 ones read 4 KiB per 128 KFLOP, and the per-step costs
+//!    (barriers, LSE/delta, hand-overs) spread over a quarter more work.
 //!
-//! Deterministic mode adds the key blocks' parts in key-block order (turn counters, as `mainloop.rs`):
+//! Deterministic mode adds the key blocks' parts in key-block order, from the last key block down, each
+//! CTA walking its query blocks up (turn counters and order as `mainloop.rs`):
 //! waiting for the turn, for the reduction to complete and handing the turn on take the writer about
 //! a microsecond per step. Done by a compute thread they stalled the whole CTA at its next barrier
 //! (measured 19-24% of the time, 17% when overlapped with the dQ product); the writer warp takes them
@@ -55,7 +63,7 @@ use crate::frag::AccFrag;
 use crate::ptx::math::exp2;
 use crate::ptx::opaque::u32 as opaque;
 use crate::ptx::wgmma::{self, desc_sw128, WgmmaElem};
-use crate::ptx::{atomic, bulk, cp_async, mbarrier, setmaxnreg, shared_f32, smem, sreg, sync, tma};
+use crate::ptx::{atomic, bulk, cp_async, ldmatrix, mbarrier, setmaxnreg, shared_f32, smem, sreg, stmatrix, sync, tma};
 use crate::smem_tile::RowLayout;
 use crate::tiles_bwd::{BwdTile, BWD_HD128_WGMMA};
 
@@ -109,11 +117,24 @@ impl<const D: usize, const BM: usize> Shape<D, BM> {
     const STAGE_TX_BYTES: u32 = (2 * BM * Self::STORED * 2) as u32;
     /// Columns of the element tiles in shared memory (whole 64-column blocks of the swizzle).
     const STORED: usize = crate::tiles::swizzled_cols(D);
+    /// dQ computed transposed (`BwdTile::wgmma_dq_transposed`): warpgroup w's dQᵀ rows are head-dim
+    /// columns 64w..64w+63, K's column block w read MN-major; dS is stored untransposed.
+    const DQ_T: bool = Self::TILE.wgmma_dq_transposed();
+    /// dQ staging buffers (`BwdTile::wgmma_dq_stages`).
+    const DQ_STAGES: u32 = Self::TILE.wgmma_dq_stages() as u32;
+    /// Whether dPᵀ's product is issued once Pᵀ is formed (not with Sᵀ's), and dSᵀ waits for dV's
+    /// product, which frees Pᵀ's registers (dV's A operand) for it: with a softcap at 80-row blocks,
+    /// whose registers do not hold Sᵀ, dPᵀ and the tanh's work, nor Pᵀ, dSᵀ, dPᵀ and the tanh's
+    /// derivatives, beside dK and dV (8-28 bytes of spills with either overlap).
+    const fn serial_softcap(softcap: bool) -> bool {
+        softcap && Self::DQ_T
+    }
     const OK: () = assert!(
         Self::TILE.is_valid()
             && Self::DQ_COLS % 16 == 0
             && (!Self::K_PAST_HEAD_DIM || D % 64 == 32)
             && (BM == 128 || Self::DQ_SPLIT % 64 + Self::DQ_COLS <= 64 || Self::DQ_SPLIT % 64 == 0)
+            && (!Self::DQ_T || (D == 128 && Self::DQ_SPLIT == 64 && BM % 16 == 0 && BM / 8 % 2 == 0))
     );
 }
 
@@ -147,54 +168,52 @@ const SBO: u32 = 1024;
 const K16_ROWS: u32 = 16 * 128;
 
 /// The dQ writer (one warp, lane 0 acting): per step, once the compute warps have staged the step's
-/// dQ part in buffer `it % 2`, adds it to the accumulator rows of its (head, query block) with one bulk
-/// reduction, in key-block order when deterministic, and frees the buffer once the reduction has read
-/// it.
+/// dQ part in buffer `it % DQ_STAGES`, adds it to the accumulator rows of its (head, query block) with
+/// one bulk reduction, in key-block order when deterministic, and frees the buffer once the reduction
+/// has read it (before, when deterministic, waiting for it to complete and handing the turn on).
 #[inline(always)]
 unsafe fn dq_writer<const D: usize, const BM: usize, const PACKED: bool>(
     p: &BwdParams,
     consts: u32,
-    h_first: u32,
-    m_end: u32,
-    per_head: u32,
-    total: u32,
+    work: KeyBlockWork,
 ) {
     let l = Shape::<D, BM>::L;
     let lane0 = sreg::thread_x() % 32 == 0;
     // The LSE layout's rows per head (see `mainloop::attn_bwd`).
     let sq = p.score.mask.seqlen_q;
     let deterministic = p.deterministic != 0;
+    let stages = Shape::<D, BM>::DQ_STAGES;
     let mut it = 0u32;
-    while it < total {
-        let s = it % 2;
-        let (h, m) = (h_first + it / per_head, m_end - 1 - it % per_head);
+    while it < work.total {
+        let s = it % stages;
+        let (h, m) = work.block(it, p);
         sync::named_at::<ALL_THREADS_U32>(BAR_FULL + s);
         if lane0 {
             let m0 = m * BM as u32;
             let bytes = (loop_mask::<PACKED>(p).seqlen_q - m0).min(BM as u32) * (D * 4) as u32;
             let staged = opaque(consts) - l[8] as u32 + l[5] as u32 + s * Shape::<D, BM>::DQ_STAGE_BYTES;
-            let (acc, sem) = consts_pair(consts + C_ACC);
+            let (acc, _) = consts_pair(consts + C_ACC);
             let acc = (acc as *mut f32).add((h as usize * sq as usize + m0 as usize) * D);
             if deterministic {
-                let sem = turn_counter::<BM, PACKED>(p, sem, h, m);
                 // The compute warps worked the turn out (`DQ_TURN`): the writer's 24 registers do not
                 // hold the block-range arithmetic.
                 let turn = smem::load_u32(opaque(consts) + DQ_TURN + 4 * s);
-                while atomic::load_acquire_u32(sem) != turn {}
+                while atomic::load_acquire_u32(dq_turn_counter::<BM, PACKED>(p, consts, h, m)) != turn {}
                 bulk::global_async();
-                bulk::reduce_add_f32(acc, staged, bytes);
-                bulk::wait_done::<0>();
-                bulk::global_async();
-                atomic::release_add_u32(sem, 1);
-            } else {
-                bulk::reduce_add_f32(acc, staged, bytes);
-                bulk::wait_read::<0>();
             }
+            bulk::reduce_add_f32(acc, staged, bytes);
+            bulk::wait_read::<0>();
         }
-        // The compute warps wait for this buffer only before their step it + 2.
-        if it + 2 < total {
+        // The compute warps wait for this buffer only before their step it + DQ_STAGES.
+        if it + stages < work.total {
             sync::warp();
             sync::arrive_at::<ALL_THREADS_U32>(BAR_EMPTY + s);
+        }
+        if lane0 && deterministic {
+            // The next key block's turn once this part is in the accumulator.
+            bulk::wait_done::<0>();
+            bulk::global_async();
+            atomic::release_add_u32(dq_turn_counter::<BM, PACKED>(p, consts, h, m), 1);
         }
         it += 1;
     }
@@ -202,6 +221,15 @@ unsafe fn dq_writer<const D: usize, const BM: usize, const PACKED: bool>(
         // The shared memory stays allocated until the last reduction has completed.
         bulk::wait_done::<0>();
     }
+}
+
+/// The deterministic mode's turn counter of query head `h`'s query block `m` (`mainloop::turn_counter`).
+///
+/// # Safety
+/// In deterministic mode, with the CTA's constants stored at `consts`.
+#[inline(always)]
+unsafe fn dq_turn_counter<const BM: usize, const PACKED: bool>(p: &BwdParams, consts: u32, h: u32, m: u32) -> *mut u32 {
+    turn_counter::<BM, PACKED>(p, consts_pair(consts + C_ACC).1, h, m)
 }
 
 /// The TMA rows' loader (one warp, the second of the third warpgroup; its first lane issues): the query
@@ -220,13 +248,7 @@ unsafe fn dq_writer<const D: usize, const BM: usize, const PACKED: bool>(
 /// In a dense call of a TMA row, with `maps` the tensor maps of its Q and dO, the stage `mbarrier`s
 /// initialised and the compute warps running the same steps.
 #[inline(always)]
-unsafe fn loader_tma<const D: usize, const BM: usize>(
-    p: &BwdParams,
-    maps: u64,
-    base: u32,
-    b: u32,
-    (h_first, m_end, per_head, total): (u32, u32, u32, u32),
-) {
+unsafe fn loader_tma<const D: usize, const BM: usize>(p: &BwdParams, maps: u64, base: u32, b: u32, work: KeyBlockWork) {
     let l = Shape::<D, BM>::L;
     let leader = sreg::thread_x() % 32 == 0;
     let (q_map, do_map) = (maps, maps + 128);
@@ -236,7 +258,7 @@ unsafe fn loader_tma<const D: usize, const BM: usize>(
     let bars = base + l[8] as u32 + QBARS;
     let issue = |it: u32| {
         let s = it % 2;
-        let (h, m) = (h_first + it / per_head, m_end - 1 - it % per_head);
+        let (h, m) = work.block(it, p);
         let m0 = m * BM as u32;
         let bar = bars + 8 * s;
         let tile_b = (BM * Shape::<D, BM>::STORED * 2) as u32;
@@ -251,6 +273,7 @@ unsafe fn loader_tma<const D: usize, const BM: usize>(
         mbarrier::wait(bars + 8 * s, ((it + s) / 2 + 1) & 1);
         sync::arrive_at::<ALL_THREADS_U32>(BAR_QFULL + s);
     };
+    let total = work.total;
     if total == 0 {
         return;
     }
@@ -310,8 +333,8 @@ unsafe fn accumulate_by_query<E: WgmmaElem, const BM: usize, const DR: usize, co
 }
 
 /// The kernel body for head dim `D` and query blocks of `BM` rows. Register arrays: `DR = D/2` (dK, dV),
-/// `SR = BM/2` (Sᵀ, dPᵀ), `PK = BM/4` (Pᵀ and dSᵀ packed), `NT = BM/8` (n8 tiles of Sᵀ), `QR =
-/// DQ_COLS/2` (dQ). `SOFTCAP`: the instantiation for calls with a softcap (dS chained through the tanh);
+/// `SR = BM/2` (Sᵀ, dPᵀ), `PK = BM/4` (Pᵀ and dSᵀ packed), `NT = BM/8` (n8 tiles of Sᵀ), `QR`
+/// (dQ's part, `BwdTile::wgmma_dq_regs`). `SOFTCAP`: the instantiation for calls with a softcap (dS chained through the tanh);
 /// `PACKED`: the one for packed variable-length batches (as `mainloop::attn_bwd`'s); `TMA`: the query
 /// blocks come by TMA from a loader warp (`loader_tma`, dense calls), `maps` being the generic address
 /// of the call's `abi::BwdTensorMaps` (unused without).
@@ -337,7 +360,11 @@ pub unsafe fn attn_bwd_wgmma<
     p: &BwdParams,
     maps: u64,
 ) {
-    const { assert!(DR == D / 2 && SR == BM / 2 && PK == BM / 4 && NT == BM / 8 && QR == Shape::<D, BM>::DQ_COLS / 2) };
+    const {
+        assert!(
+            DR == D / 2 && SR == BM / 2 && PK == BM / 4 && NT == BM / 8 && QR == Shape::<D, BM>::TILE.wgmma_dq_regs()
+        )
+    };
     const { assert!(!(TMA && PACKED)) };
     #[allow(clippy::let_unit_value)]
     let () = Shape::<D, BM>::OK;
@@ -350,7 +377,8 @@ pub unsafe fn attn_bwd_wgmma<
     let (nb, hkv, b) = work_item(p, base + l[8] as u32 + 80, tid);
     let seq = stage::enter::<PACKED>(&p.score, b as u32, tid);
 
-    let KeyBlockWork { n0, m_end, per_head, total, h_first } = key_block_work::<BM, BN, PACKED>(p, &seq.mask, nb, hkv);
+    let work = key_block_work::<BM, BN, PACKED>(p, &seq.mask, nb, hkv);
+    let KeyBlockWork { n0, total, .. } = work;
 
     let consts = base + l[8] as u32;
     if tid == 0 {
@@ -382,9 +410,9 @@ pub unsafe fn attn_bwd_wgmma<
     if tid >= COMPUTE_THREADS_U32 {
         setmaxnreg::dec::<WRITER_REGS>();
         if tid < ALL_THREADS_U32 {
-            dq_writer::<D, BM, PACKED>(p, consts, h_first, m_end, per_head, total);
+            dq_writer::<D, BM, PACKED>(p, consts, work);
         } else if TMA && tid < ALL_THREADS_U32 + 32 {
-            loader_tma::<D, BM>(p, maps, base, b as u32, (h_first, m_end, per_head, total));
+            loader_tma::<D, BM>(p, maps, base, b as u32, work);
         }
         return;
     }
@@ -395,7 +423,8 @@ pub unsafe fn attn_bwd_wgmma<
     if total > 0 {
         let dst = [base + l[2] as u32, base + l[3] as u32, base + l[6] as u32, base + l[7] as u32];
         let queries = (seq.mask.seqlen_q, sq);
-        load_query_block::<BM, D, D>(sw, consts, h_first, m_end - 1, queries, dst, tid, COMPUTE_THREADS);
+        let (h, m) = work.block(0, p);
+        load_query_block::<BM, D, D>(sw, consts, h, m, queries, dst, tid, COMPUTE_THREADS);
     }
     cp_async::commit();
     if TMA {
@@ -420,10 +449,11 @@ pub unsafe fn attn_bwd_wgmma<
         let consts = base + l[8] as u32;
         let (k_s, v_s, ds_s) = (base + l[0] as u32, base + l[1] as u32, base + l[4] as u32);
 
-        let m = m_end - 1 - it % per_head;
+        let (h, m) = work.block(it, p);
         let m0 = m * BM as u32;
         let stage = it % 2;
-        let dq_s = base + l[5] as u32 + stage * Shape::<D, BM>::DQ_STAGE_BYTES;
+        let dq_stage = it % Shape::<D, BM>::DQ_STAGES;
+        let dq_s = base + l[5] as u32 + dq_stage * Shape::<D, BM>::DQ_STAGE_BYTES;
         let (q_s, do_s) = (base + l[2] as u32 + stage * stage_b, base + l[3] as u32 + stage * stage_b);
         let (lse_s, dl_s) = (base + l[6] as u32 + stage * stage_f, base + l[7] as u32 + stage * stage_f);
 
@@ -449,7 +479,7 @@ pub unsafe fn attn_bwd_wgmma<
         // reason not yet found.
         let load_next = || {
             if it + 1 < total {
-                let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
+                let (hn, mn) = work.block(it + 1, p);
                 let sn = 1 - stage;
                 let (lse, delta) = (base + l[6] as u32 + sn * stage_f, base + l[7] as u32 + sn * stage_f);
                 let queries = (loop_mask::<PACKED>(p).seqlen_q, sq);
@@ -475,7 +505,9 @@ pub unsafe fn attn_bwd_wgmma<
         let mut dp = [0f32; SR];
         wgmma::fence();
         issue_by_key::<E, D, BM, SR>(&mut s, k_s + key_w * 128, q_s);
-        issue_by_key::<E, D, BM, SR>(&mut dp, v_s + key_w * 128, do_s);
+        if !Shape::<D, BM>::serial_softcap(SOFTCAP) {
+            issue_by_key::<E, D, BM, SR>(&mut dp, v_s + key_w * 128, do_s);
+        }
         if p.deterministic == 0 {
             load_next();
         }
@@ -483,21 +515,42 @@ pub unsafe fn attn_bwd_wgmma<
         // 2. Pᵀ from the score stage's logits (masked where the tile needs it), packed: register 2i+rr
         // holds row g+8rr, columns 8i+2t and 8i+2t+1.
         let need_mask = loop_mask::<PACKED>(p).needs_mask(m0, BM as u32, n0, BN as u32);
-        wgmma::wait::<1>();
+        if Shape::<D, BM>::serial_softcap(SOFTCAP) {
+            wgmma::wait::<0>();
+        } else {
+            wgmma::wait::<1>();
+        }
         wgmma::pin_all(&mut s);
-        // With a softcap, dS takes the tanh's derivative: it waits for dP in the dSᵀ tile, rounded to the
-        // element type, where this thread writes dS (free since the barrier that began this step); held
+        // With a softcap, dS takes the tanh's derivative: it waits for dP in the dS tile, rounded to the
+        // element type, where this warp writes dS (free since the barrier that began this step); held
         // in registers, it would push the compute warpgroups' registers into spills.
+        // dSᵀ's packed block (i, rr) (this thread's keys `key_w + 16·warp + 8rr + g`, queries `8i + 2t`,
+        // `+ 1`): this thread's word of the dSᵀ tile.
         let ds_at = |i: u32, rr: u32| {
             let row = key_w + warp * 16 + g + 8 * rr;
             ds_s + (i / 8) * col_block(BN) + row * 128 + (((i % 8) ^ (row % 8)) * 16) + 4 * t
         };
-        let park =
-            |_, i: usize, rr: usize, d: [f32; 2]| smem::store_u32(ds_at(i as u32, rr as u32), E::pack2(d[0], d[1]));
+        // Transposed dQ: the 16-byte row of the dS tile that this lane addresses for `stmatrix` /
+        // `ldmatrix` of the 8x8 blocks (i, 0), (i, 1), (i + 1, 0), (i + 1, 1) (`.x4`, matrix lane / 8)
+        // or of block (i, rr) (`.x1`, lanes 0-7): query `8i + lane % 8` (+ 8), the 8 keys of the
+        // block's chunk of the warpgroup's column block.
+        let ds_row = |i: u32, rr: u32| {
+            let q = 8 * i + lane % 8;
+            ds_s + wg * (BM * 128) as u32 + q * 128 + (((2 * warp + rr) ^ (q % 8)) * 16)
+        };
+        let ds_rows4 = |i: u32| ds_row(i + (lane / 16), (lane / 8) % 2);
+        let park = |_, i: usize, rr: usize, d: [f32; 2]| {
+            let v = E::pack2(d[0], d[1]);
+            if Shape::<D, BM>::DQ_T {
+                stmatrix::x1_trans(ds_row(i as u32, rr as u32), v);
+            } else {
+                smem::store_u32(ds_at(i as u32, rr as u32), v);
+            }
+        };
         let mut s_frag = AccFrag::<1, NT>::from_wgmma(&s);
         let at = FragPos { row_g: n0 + key_w + warp * 16 + g, col0: m0, t };
         let mask = || stage::sequence_mask::<PACKED>(&p.score);
-        let slope = || stage::alibi_slope_log2(&p.score, b as u32, h_first + it / per_head);
+        let slope = || stage::alibi_slope_log2(&p.score, b as u32, h);
         stage::logits_by_key::<1, NT, SOFTCAP>(&p.score, mask, slope, &mut s_frag, at, need_mask, park);
         let x = &s_frag.0[0];
         let mut pk = [0u32; PK];
@@ -516,44 +569,85 @@ pub unsafe fn attn_bwd_wgmma<
         }
         // dV += Pᵀ dO: the A fragment of k16 step kk is column blocks 2kk and 2kk+1 of Pᵀ.
         wgmma::fence();
+        if Shape::<D, BM>::serial_softcap(SOFTCAP) {
+            issue_by_key::<E, D, BM, SR>(&mut dp, v_s + key_w * 128, do_s);
+        }
         accumulate_by_query::<E, BM, DR, PK>(&mut dv, &pk, do_s);
 
-        // 3. dSᵀ = Pᵀ ∘ (dPᵀ − delta) (dV may still be running).
-        wgmma::wait::<1>();
+        // 3. dSᵀ = Pᵀ ∘ (dPᵀ − delta) (dV may still be running, but for `Shape::serial_softcap`), two
+        // column blocks of 8 at a time.
+        if Shape::<D, BM>::serial_softcap(SOFTCAP) {
+            wgmma::wait::<0>();
+            wgmma::pin_all(&mut dv);
+        } else {
+            wgmma::wait::<1>();
+        }
         wgmma::pin_all(&mut dp);
         let mut dsk = [0u32; PK];
-        for i in 0..NT {
-            let c = 8 * i as u32 + 2 * t;
-            let delta = shared_f32::load_v2(dl_s + c * 4);
-            for rr in 0..2 {
-                let pr = pk[2 * i + rr];
-                let (mut p0, mut p1) = (E::to_f32(pr as u16), E::to_f32((pr >> 16) as u16));
-                if SOFTCAP {
-                    let d = smem::load_u32(ds_at(i as u32, rr as u32));
-                    (p0, p1) = (p0 * E::to_f32(d as u16), p1 * E::to_f32((d >> 16) as u16));
+        if SOFTCAP && Shape::<D, BM>::DQ_T {
+            // The warp's parked blocks are read back by other lanes than wrote them.
+            sync::warp();
+        }
+        for i2 in (0..NT).step_by(2) {
+            // Transposed dQ: the pair's four parked blocks, read back by `ldmatrix .trans`.
+            let parked4 =
+                if SOFTCAP && Shape::<D, BM>::DQ_T { ldmatrix::x4_trans(ds_rows4(i2 as u32)) } else { [0; 4] };
+            for i in i2..i2 + 2 {
+                let c = 8 * i as u32 + 2 * t;
+                let delta = shared_f32::load_v2(dl_s + c * 4);
+                for rr in 0..2 {
+                    let pr = pk[2 * i + rr];
+                    let (mut p0, mut p1) = (E::to_f32(pr as u16), E::to_f32((pr >> 16) as u16));
+                    if SOFTCAP {
+                        let d = if Shape::<D, BM>::DQ_T {
+                            parked4[2 * (i - i2) + rr]
+                        } else {
+                            smem::load_u32(ds_at(i as u32, rr as u32))
+                        };
+                        (p0, p1) = (p0 * E::to_f32(d as u16), p1 * E::to_f32((d >> 16) as u16));
+                    }
+                    let ds0 = p0 * (dp[4 * i + 2 * rr] - delta[0]);
+                    let ds1 = p1 * (dp[4 * i + 2 * rr + 1] - delta[1]);
+                    dsk[2 * i + rr] = E::pack2(ds0, ds1);
                 }
-                let ds0 = p0 * (dp[4 * i + 2 * rr] - delta[0]);
-                let ds1 = p1 * (dp[4 * i + 2 * rr + 1] - delta[1]);
-                dsk[2 * i + rr] = E::pack2(ds0, ds1);
             }
         }
-        // dSᵀ to shared memory (`[128 keys][BM queries]`, swizzled column blocks of 64 queries).
-        for i in 0..NT as u32 {
-            for rr in 0..2u32 {
-                smem::store_u32(ds_at(i, rr), dsk[(2 * i + rr) as usize]);
+        if Shape::<D, BM>::DQ_T {
+            // dS to shared memory untransposed (`[BM queries][128 keys]`, swizzled column blocks of 64
+            // keys, the warpgroup's block w), four 8x8 blocks of dSᵀ per `stmatrix .trans` (over the
+            // parked ones, which the whole warp has read).
+            if SOFTCAP {
+                sync::warp();
+            }
+            for i2 in (0..NT).step_by(2) {
+                let blocks = [dsk[2 * i2], dsk[2 * i2 + 1], dsk[2 * i2 + 2], dsk[2 * i2 + 3]];
+                stmatrix::x4_trans(ds_rows4(i2 as u32), blocks);
+            }
+        } else {
+            // dSᵀ to shared memory (`[128 keys][BM queries]`, swizzled column blocks of 64 queries).
+            for i in 0..NT as u32 {
+                for rr in 0..2u32 {
+                    smem::store_u32(ds_at(i, rr), dsk[(2 * i + rr) as usize]);
+                }
             }
         }
         bulk::shared_async();
         sync::named::<BAR_COMPUTE, COMPUTE_THREADS_U32>();
 
         // 4. This warpgroup's part of dQ = dS K (`Shape::DQ_COLS`): both MN-major (dS from dSᵀ, K along
-        // its rows).
+        // its rows); transposed, dQᵀ = Kᵀ dSᵀ: K's column block w MN-major, dS K-major over the keys.
         let mut dq = [0f32; QR];
         wgmma::fence();
         for kk in 0..BN / 16 {
-            let a = desc_sw128(ds_s + wg * Shape::<D, BM>::DQ_DS_OFFSET + kk as u32 * K16_ROWS, col_block(BN), SBO);
-            let bk = desc_sw128(k_s + wg * Shape::<D, BM>::DQ_K_OFFSET + kk as u32 * K16_ROWS, col_block(BN), SBO);
-            E::ss::<QR, 1, 1>(&mut dq, a, bk, kk > 0);
+            let kk = kk as u32;
+            let k_rows = desc_sw128(k_s + wg * Shape::<D, BM>::DQ_K_OFFSET + kk * K16_ROWS, col_block(BN), SBO);
+            if Shape::<D, BM>::DQ_T {
+                let ds = desc_sw128(ds_s + (kk / 4) * (BM * 128) as u32 + (kk % 4) * 32, 16, SBO);
+                E::ss::<QR, 1, 0>(&mut dq, k_rows, ds, kk > 0);
+            } else {
+                let a = desc_sw128(ds_s + wg * Shape::<D, BM>::DQ_DS_OFFSET + kk * K16_ROWS, col_block(BN), SBO);
+                E::ss::<QR, 1, 1>(&mut dq, a, k_rows, kk > 0);
+            }
         }
         wgmma::commit();
         // dK += dSᵀ Q after dQ, so that it runs while dQ is staged (issued before the barrier, it ran
@@ -563,31 +657,47 @@ pub unsafe fn attn_bwd_wgmma<
         wgmma::pin_all(&mut dq);
         wgmma::pin_all(&mut dv);
         // Staged as f32 rows `[BM][D]` in the accumulator's own layout (`dq_accum_col`), for one
-        // contiguous reduction, once the writer's reduction of two steps ago has read this buffer.
-        if it >= 2 {
-            sync::named_at::<ALL_THREADS_U32>(BAR_EMPTY + stage);
+        // contiguous reduction, once the writer's reduction of `DQ_STAGES` steps ago has read this
+        // buffer.
+        if it >= Shape::<D, BM>::DQ_STAGES {
+            sync::named_at::<ALL_THREADS_U32>(BAR_EMPTY + dq_stage);
         }
         let (row0, col0) = if BM == 128 { (64 * wg, 0) } else { (0, wg * Shape::<D, BM>::DQ_SPLIT as u32) };
         let q0 = stage::parked_queries::<PACKED>(b as u32).1;
-        for i in 0..(QR / 4) as u32 {
-            for rr in 0..2u32 {
-                let row = row0 + warp * 16 + g + 8 * rr;
-                let col = col0 + 8 * i + 2 * t;
-                let idx = (4 * i + 2 * rr) as usize;
-                // At head dim 96 warpgroup 1's columns past 95 (from K's zeros) are dropped; no other
-                // shape computes columns past the head dim, and its check folds away.
-                if !Shape::<D, BM>::K_PAST_HEAD_DIM || col < D as u32 {
-                    // Permuted as the accumulator's rows are (conflict-free across a store's 8 rows).
-                    let at = row * D as u32 + dq_accum_col(q0 + row, col);
-                    shared_f32::store_v2(dq_s + at * 4, [dq[idx], dq[idx + 1]]);
+        if Shape::<D, BM>::DQ_T {
+            // Register 4i + 2rr + e holds dQᵀ's head-dim row `col0 + 16·warp + g + 8rr`, query `8i + 2t
+            // + e`: one word per store, conflict-free through the permutation (the 8 rows g and the
+            // 4 query pairs t of a store fall in 32 distinct banks).
+            for i in 0..(QR / 4) as u32 {
+                for rr in 0..2u32 {
+                    for e in 0..2u32 {
+                        let (row, col) = (8 * i + 2 * t + e, col0 + warp * 16 + g + 8 * rr);
+                        let at = row * D as u32 + dq_accum_col(q0 + row, col);
+                        smem::store_u32(dq_s + at * 4, dq[(4 * i + 2 * rr + e) as usize].to_bits());
+                    }
+                }
+            }
+        } else {
+            for i in 0..(QR / 4) as u32 {
+                for rr in 0..2u32 {
+                    let row = row0 + warp * 16 + g + 8 * rr;
+                    let col = col0 + 8 * i + 2 * t;
+                    let idx = (4 * i + 2 * rr) as usize;
+                    // At head dim 96 warpgroup 1's columns past 95 (from K's zeros) are dropped; no
+                    // other shape computes columns past the head dim, and its check folds away.
+                    if !Shape::<D, BM>::K_PAST_HEAD_DIM || col < D as u32 {
+                        // Permuted as the accumulator's rows are (conflict-free across a store's 8 rows).
+                        let at = row * D as u32 + dq_accum_col(q0 + row, col);
+                        shared_f32::store_v2(dq_s + at * 4, [dq[idx], dq[idx + 1]]);
+                    }
                 }
             }
         }
         if tid == 0 && p.deterministic != 0 {
-            smem::store_u32(consts + DQ_TURN + 4 * stage, dq_turn::<BM, BN>(&loop_mask::<PACKED>(p), nb, m));
+            smem::store_u32(consts + DQ_TURN + 4 * dq_stage, dq_turn::<BM, BN>(&loop_mask::<PACKED>(p), nb, m));
         }
         bulk::shared_async();
-        sync::arrive_at::<ALL_THREADS_U32>(BAR_FULL + stage);
+        sync::arrive_at::<ALL_THREADS_U32>(BAR_FULL + dq_stage);
         // dK has read this stage's Q before any thread passes the next step's barrier and copies into
         // it (or, with TMA, frees the stage for the loader).
         wgmma::wait::<0>();

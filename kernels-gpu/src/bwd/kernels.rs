@@ -112,7 +112,7 @@ mod wgmma_entry {
                 { T.block_m / 2 },
                 { T.block_m / 4 },
                 { T.block_m / 8 },
-                { T.wgmma_dq_cols() / 2 },
+                { T.wgmma_dq_regs() },
                 $softcap,
                 $packed,
                 { T.tma },
@@ -217,6 +217,8 @@ mod wgmma_entry {
             attn_bwd_softcap_hd64_m128n128_wgmma_tma_bf16, attn_bwd_softcap_hd64_m128n128_wgmma_tma_f16];
         tiles_bwd::BWD_HD128_WGMMA_TMA => [attn_bwd_hd128_m64n128_wgmma_tma_bf16, attn_bwd_hd128_m64n128_wgmma_tma_f16,
             attn_bwd_softcap_hd128_m64n128_wgmma_tma_bf16, attn_bwd_softcap_hd128_m64n128_wgmma_tma_f16];
+        tiles_bwd::BWD_HD128_M80_WGMMA_TMA => [attn_bwd_hd128_m80n128_wgmma_tma_bf16, attn_bwd_hd128_m80n128_wgmma_tma_f16,
+            attn_bwd_softcap_hd128_m80n128_wgmma_tma_bf16, attn_bwd_softcap_hd128_m80n128_wgmma_tma_f16];
     }
 }
 

@@ -59,10 +59,10 @@ pub(super) unsafe fn consts_store(consts: u32, slot: u32, value: u64) {
 }
 
 /// The CTA's work item `(key block, K/V head, batch)`. Deterministic mode takes it from a global ticket
-/// counter in grid order (key block fastest) rather than from the block index: a CTA then only ever
-/// waits for the dQ turn of a key block whose CTA took its ticket earlier, hence is running or done,
-/// whatever order the hardware dispatches blocks in. `slot`: 16 bytes of 16-byte aligned shared
-/// memory. Contains a CTA barrier in deterministic mode.
+/// counter in grid order (key block fastest, from the last one down) rather than from the block index:
+/// a CTA then only ever waits for the dQ turn of a later key block (`dq_turn`), whose CTA took its ticket
+/// earlier, hence is running or done, whatever order the hardware dispatches blocks in. `slot`: 16 bytes
+/// of 16-byte aligned shared memory. Contains a CTA barrier in deterministic mode.
 #[inline(always)]
 pub(super) unsafe fn work_item(p: &BwdParams, slot: u32, tid: u32) -> (u32, usize, usize) {
     if p.deterministic != 0 {
@@ -72,7 +72,7 @@ pub(super) unsafe fn work_item(p: &BwdParams, slot: u32, tid: u32) -> (u32, usiz
         sync::block();
         let ticket = smem::load_v4(slot)[0];
         let (gx, gy) = (sreg::grid_dim_x(), p.heads_q / p.group);
-        (ticket % gx, ((ticket / gx) % gy) as usize, (ticket / gx / gy) as usize)
+        (gx - 1 - ticket % gx, ((ticket / gx) % gy) as usize, (ticket / gx / gy) as usize)
     } else {
         (sreg::block_x(), sreg::block_y() as usize, sreg::block_z() as usize)
     }
@@ -194,13 +194,30 @@ pub(super) fn strides(s: [u64; 3]) -> [usize; 3] {
 }
 
 /// What one CTA does: its first key `n0`, and the query blocks it visits, `[m_end - per_head, m_end)` of
-/// each of the group's query heads from `h_first` on (`total` steps), the same for both main kernels.
+/// each of the group's query heads from `h_first` on (`total` steps), in the order of `block`, the same
+/// for both main kernels.
+#[derive(Clone, Copy)]
 pub(super) struct KeyBlockWork {
     pub n0: u32,
     pub m_end: u32,
     pub per_head: u32,
     pub total: u32,
     pub h_first: u32,
+}
+
+impl KeyBlockWork {
+    /// The query head and query block of step `it` of a call in mode `p.deterministic`. Deterministic
+    /// mode goes up from the key block's first query block, so that where the key blocks' ranges are
+    /// staggered (causal, windows), the later key blocks, whose turns come first (`dq_turn`), reach
+    /// each query block a step or more before the next earlier one, instead of every key block of a
+    /// head reaching it at the same step and waiting for the turns of all the others. The fast mode
+    /// (no turns) goes down. (The mode is read from the parameters at each use, not held in a register
+    /// through the loop.)
+    #[inline(always)]
+    pub fn block(&self, it: u32, p: &BwdParams) -> (u32, u32) {
+        let (h, i) = (self.h_first + it / self.per_head, it % self.per_head);
+        (h, if p.deterministic != 0 { self.m_end - self.per_head + i } else { self.m_end - 1 - i })
+    }
 }
 
 /// `mask`: the CTA's sequence's. A packed batch's CTA may start past its sequence's keys (the grid is
@@ -221,13 +238,13 @@ pub(super) fn key_block_work<const BM: usize, const BN: usize, const PACKED: boo
 
 /// The turn of key block `nb` at query block `m` in deterministic mode (`mask`: the sequence's): the key
 /// blocks that visit a query block form one contiguous range (`attn::score`), and they add their dQ
-/// parts in key order, so the turn is the block's place in that range. Every block before it took its
-/// work-item ticket earlier (see `work_item`), so the wait ends.
+/// parts from the last key block down, so the turn is the block's place in that range counted from its
+/// end. Every block before it took its work-item ticket earlier (see `work_item`), so the wait ends.
 #[inline(always)]
 pub(super) fn dq_turn<const BM: usize, const BN: usize>(mask: &Mask, nb: u32, m: u32) -> u32 {
     let m0 = m * BM as u32;
     let rows = (mask.seqlen_q - m0).min(BM as u32);
-    nb - mask.key_blocks(m0, rows, BN as u32).first
+    mask.key_blocks(m0, rows, BN as u32).end - 1 - nb
 }
 
 /// Issues the copies of the CTA's `BN` K and V rows (`D` and `DV` wide) from key `n0` of its sequence
@@ -313,7 +330,8 @@ pub unsafe fn attn_bwd<
     let (nb, hkv, b) = work_item(p, base + off_consts + 80, tid);
     let seq = stage::enter::<PACKED>(&p.score, b as u32, tid);
 
-    let KeyBlockWork { n0, m_end, per_head, total, h_first } = key_block_work::<BM, BN, PACKED>(p, &seq.mask, nb, hkv);
+    let work = key_block_work::<BM, BN, PACKED>(p, &seq.mask, nb, hkv);
+    let KeyBlockWork { n0, total, .. } = work;
 
     // K and V of this CTA's keys.
     load_key_block::<BN, D, DV, PACKED>(p, RowLayout::Padded, &seq, (hkv, n0), base, base + off_v, tid, threads);
@@ -326,11 +344,11 @@ pub unsafe fn attn_bwd<
     }
     if total > 0 {
         // The first block's copies read the values themselves (the constants are not visible yet).
-        let m = m_end - 1;
+        let (h, m) = work.block(0, p);
         let m0 = (m * BM as u32) as usize;
         let rows = (seq.mask.seqlen_q - m * BM as u32).min(BM as u32);
         let (qs, os) = (strides(p.q_strides), strides(p.d_o_strides));
-        let (h, row, first) = (h_first as usize, seq.row as usize, seq.q0 as usize + m0);
+        let (h, row, first) = (h as usize, seq.row as usize, seq.q0 as usize + m0);
         let q = (p.q as *const u16).add(row * qs[0] + first * qs[1] + h * qs[2]);
         load_rows::<BM, D>(RowLayout::Padded, base + off_q, q, qs[1], rows, tid, threads);
         let d_o = (p.d_o as *const u16).add(row * os[0] + first * os[1] + h * os[2]);
@@ -366,8 +384,7 @@ pub unsafe fn attn_bwd<
         let (key2, col2, col2v) = ((warp % WN2) * MT2 * 16, (warp / WN2) * ND2 * 8, (warp / WN2) * ND2V * 8);
         let (qry3, col3) = ((warp % WM3) * MT3 * 16, (warp / WM3) * ND3 * 8);
 
-        let h = h_first + it / per_head;
-        let m = m_end - 1 - it % per_head;
+        let (h, m) = work.block(it, p);
         let m0 = m * BM as u32;
         let stage = if QS == 2 { it % 2 } else { 0 };
         let (q_s, do_s) = (base + off_q + stage * stage_b, base + off_do + stage * stage_bv);
@@ -377,7 +394,7 @@ pub unsafe fn attn_bwd<
         sync::block();
         if QS == 2 {
             if it + 1 < total {
-                let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
+                let (hn, mn) = work.block(it + 1, p);
                 let sn = 1 - stage;
                 let dst = [
                     base + off_q + sn * stage_b,
@@ -544,10 +561,10 @@ pub unsafe fn attn_bwd<
             }
         }
         let deterministic = p.deterministic != 0;
-        // Deterministic mode: the key blocks of one (batch, head, query block) add their dQ parts in
-        // key-block order (`dq_turn`). Every CTA walks its query blocks from the last one down, so the
-        // CTAs of a head move in step, each one turn behind the previous, instead of the later key
-        // blocks of a causal head waiting for key block 0 to reach their first query block.
+        // Deterministic mode: the key blocks of one (batch, head, query block) add their dQ parts from
+        // the last key block down (`dq_turn`), each CTA walking its query blocks up
+        // (`KeyBlockWork::block`), so that where the key blocks' ranges are staggered each CTA reaches a
+        // query block after the key blocks whose turns come before its own.
         let (acc, sem) = consts_pair(consts + C_ACC);
         let sem = turn_counter::<BM, PACKED>(p, sem, h, m);
         if deterministic {
@@ -595,7 +612,7 @@ pub unsafe fn attn_bwd<
         if QS == 1 {
             sync::block();
             if it + 1 < total {
-                let (hn, mn) = (h_first + (it + 1) / per_head, m_end - 1 - (it + 1) % per_head);
+                let (hn, mn) = work.block(it + 1, p);
                 let dst = [base + off_q, base + off_do, base + off_lse, base + off_dl];
                 let seq_q = loop_mask::<PACKED>(p).seqlen_q;
                 load_query_block::<BM, D, DV>(RowLayout::Padded, consts, hn, mn, (seq_q, sq), dst, tid, threads);

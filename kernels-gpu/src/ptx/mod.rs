@@ -20,6 +20,8 @@ pub mod shared_f32;
 pub mod shfl_idx;
 pub mod smem;
 pub mod sreg;
+#[cfg(target_feature = "sm_90a")]
+pub mod stmatrix;
 pub mod sync;
 #[cfg(target_feature = "sm_90a")]
 pub mod tma;
