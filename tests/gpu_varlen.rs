@@ -103,6 +103,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         )
 }
 
+#[derive(Clone)]
 struct Inputs<T> {
     q: HostTensor<T>,
     k: HostTensor<T>,
@@ -454,6 +455,26 @@ fn gpu_backward<T: Element>(
     o: &HostTensor<T>,
     lse: &[f32],
 ) -> Result<Grads<T>, Error> {
+    gpu_backward_tile(dev, c, x, o, lse, forced_bwd_tile(c))
+}
+
+/// The backward row a case forces: the `mma.sync` one for `Kernels::MmaSync`, else none.
+fn forced_bwd_tile(c: &Case) -> Option<&'static BwdTile> {
+    match c.kernels {
+        Kernels::MmaSync => Some(mma_sync_bwd_tile(c)),
+        _ => None,
+    }
+}
+
+/// As [`gpu_backward`], on `tile` where given, else the chosen row.
+fn gpu_backward_tile<T: Element>(
+    dev: &Device,
+    c: &Case,
+    x: &Inputs<T>,
+    o: &HostTensor<T>,
+    lse: &[f32],
+    tile: Option<&BwdTile>,
+) -> Result<Grads<T>, Error> {
     let slopes = dev.stream().clone_htod(&x.slopes).unwrap();
     let sinks = dev.stream().clone_htod(&x.sinks).unwrap();
     let opts = options(c, x.scale, PerHead::Device(&slopes), PerHead::Device(&sinks));
@@ -469,21 +490,9 @@ fn gpu_backward<T: Element>(
         d_sinks: if c.sinks { Some(dev.poisoned_f32(x.sinks.len())?) } else { None },
     };
     let view = offsets.view();
-    match c.kernels {
-        Kernels::MmaSync => gpu::flash_backward_varlen_with_tile(
-            dev,
-            &q,
-            &k,
-            &v,
-            &o,
-            &lse,
-            &d_o,
-            &view,
-            &mut grads,
-            &opts,
-            mma_sync_bwd_tile(c),
-        ),
-        _ => gpu::flash_backward_varlen_into(dev, &q, &k, &v, &o, &lse, &d_o, &view, &mut grads, &opts),
+    match tile {
+        Some(t) => gpu::flash_backward_varlen_with_tile(dev, &q, &k, &v, &o, &lse, &d_o, &view, &mut grads, &opts, t),
+        None => gpu::flash_backward_varlen_into(dev, &q, &k, &v, &o, &lse, &d_o, &view, &mut grads, &opts),
     }?;
     Ok(Grads {
         dq: dev.download(&grads.dq)?,
@@ -518,13 +527,18 @@ fn grad_bounds(dtype: DType) -> f64 {
 /// A training step of one case (the packed forward, then the packed backward on its O and LSE) against
 /// the exact gradients given that O; the worst gradient error.
 fn run_backward_case<T: Element>(dev: &Device, c: &Case) -> Result<f64, String> {
+    run_backward_case_tile::<T>(dev, c, forced_bwd_tile(c))
+}
+
+/// As [`run_backward_case`], the backward on `tile` where given.
+fn run_backward_case_tile<T: Element>(dev: &Device, c: &Case, tile: Option<&BwdTile>) -> Result<f64, String> {
     let name = format!("{} {c:?}", T::DTYPE);
     let x = inputs::<T>(c);
     let seqs = Varlen { cu_seqlens_q: &x.cu_q, cu_seqlens_k: &x.cu_k };
     let host_opts = options(c, x.scale, PerHead::Host(&x.slopes), PerHead::Host(&x.sinks));
     let (o, lse) = gpu_varlen(dev, c, &x).map_err(|e| format!("{name}: forward: {e}"))?;
     let want = reference_backward_varlen(&x.q, &x.k, &x.v, &o, &x.d_o, &seqs, &host_opts).map_err(|e| e.to_string())?;
-    let got = gpu_backward(dev, c, &x, &o, &lse).map_err(|e| format!("{name}: {e}"))?;
+    let got = gpu_backward_tile(dev, c, &x, &o, &lse, tile).map_err(|e| format!("{name}: {e}"))?;
     let tol = grad_bounds(T::DTYPE);
     let (keys, queries) = (c.lens.iter().map(|l| l.1).max().unwrap(), c.lens.iter().map(|l| l.0).max().unwrap());
     let mut worst = 0.0f64;
@@ -591,6 +605,55 @@ fn backward_long_sequences_every_option_every_head_dim() {
                 run_backward_case::<f16>(dev, &Case { seed: c.seed + 1, ..c }).unwrap();
             }
         }
+    }
+}
+
+/// Every Hopper backward row on packed batches, forced (the chooser takes the TMA rows), fast and
+/// deterministic, against the reference, with sequences whose last query block ends inside the next
+/// sequence's rows. Then, on each TMA row (whose last box of a sequence reads those rows), a sequence's
+/// gradients are bitwise the same when every later sequence's Q and dO rows hold NaN.
+fn packed_backward_every_hopper_row() {
+    let Some(dev) = device_or_skip("packed_backward_every_hopper_row") else { return };
+    if !dev.info().runs_wgmma() {
+        println!("packed_backward_every_hopper_row: needs compute capability 9.0, skipped on {}", dev.info().name);
+        return;
+    }
+    let lens = [(150, 170), (37, 90), (0, 3), (81, 81), (200, 130)];
+    for tile in tiles_bwd::BWD_TILES.iter().filter(|t| t.wgmma) {
+        let d = tile.head_dim;
+        for deterministic in [false, true] {
+            let c = Case { causal: true, deterministic, ..base(d, &lens) };
+            let e = run_backward_case_tile::<bf16>(dev, &c, Some(tile)).unwrap();
+            println!("packed_backward_every_hopper_row {} deterministic {deterministic}: {e:.2e}", tile.symbols[0]);
+        }
+        if !tile.tma {
+            continue;
+        }
+        let c = Case { seed: 9, ..base(d, &lens) };
+        let x = inputs::<bf16>(&c);
+        let (o, lse) = gpu_varlen(dev, &c, &x).unwrap();
+        let clean = gpu_backward_tile(dev, &c, &x, &o, &lse, Some(tile)).unwrap();
+        let mut poisoned = x.clone();
+        let [_, tq, hq, dim] = x.q.shape();
+        let first = lens[0].0;
+        for i in first..tq {
+            for h in 0..hq {
+                for e in 0..dim {
+                    poisoned.q.set(0, i, h, e, bf16::NAN);
+                    poisoned.d_o.set(0, i, h, e, bf16::NAN);
+                }
+            }
+        }
+        let got = gpu_backward_tile(dev, &c, &poisoned, &o, &lse, Some(tile)).unwrap();
+        let bits = |t: &HostTensor<bf16>, rows: usize| {
+            (0..rows)
+                .flat_map(|i| (0..t.shape()[2]).flat_map(move |h| (0..dim).map(move |e| (i, h, e))))
+                .map(|(i, h, e)| t.get(0, i, h, e).to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert!(bits(&got.dq, first) == bits(&clean.dq, first), "{}: dq of sequence 0", tile.symbols[0]);
+        assert!(bits(&got.dk, lens[0].1) == bits(&clean.dk, lens[0].1), "{}: dk of sequence 0", tile.symbols[0]);
+        assert!(bits(&got.dv, lens[0].1) == bits(&clean.dv, lens[0].1), "{}: dv of sequence 0", tile.symbols[0]);
     }
 }
 
@@ -739,6 +802,7 @@ fn main() -> std::process::ExitCode {
             backward_long_sequences_every_option_every_head_dim,
             deterministic_backward_is_bitwise_the_dense_call,
             bad_varlen_backward_input_gives_typed_errors,
+            packed_backward_every_hopper_row,
         ],
         &[],
     )

@@ -75,24 +75,14 @@ impl<T: Element> GpuGradients<T> {
 }
 
 /// The tile the fused backward uses on a device for the head dims of Q/K and of V, and an element type
-/// (a dense batch's; a packed batch takes the first row with packed kernels).
-pub fn backward_tile(info: &DeviceInfo, head_dims: (usize, usize), dtype: DType) -> Result<BwdTile> {
-    layout_backward_tile(info, head_dims, dtype, false)
-}
-
-/// The backward tile for a dense batch or, with `packed`, a packed one (whose rows have no TMA kernels).
-fn layout_backward_tile(
-    info: &DeviceInfo,
-    (head_dim, head_dim_v): (usize, usize),
-    dtype: DType,
-    packed: bool,
-) -> Result<BwdTile> {
+/// (dense and packed batches alike).
+pub fn backward_tile(info: &DeviceInfo, (head_dim, head_dim_v): (usize, usize), dtype: DType) -> Result<BwdTile> {
     if dtype == DType::F32 {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype, path: "the fused backward kernel" });
     }
     let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
     let sm90a = info.runs_wgmma();
-    tiles_bwd::choose_bwd(head_dim, head_dim_v, dtype.size_bytes(), optin, per_sm, sm90a, packed).copied().ok_or_else(|| {
+    tiles_bwd::choose_bwd(head_dim, head_dim_v, dtype.size_bytes(), optin, per_sm, sm90a).copied().ok_or_else(|| {
         Error::NoTileConfig(format!(
             "head_dim {head_dim}, head_dim_v {head_dim_v}, {dtype}: no compiled backward tile fits {} B of shared memory per block \
                  ({} B per SM) on {}",
@@ -165,19 +155,11 @@ pub fn flash_backward_with_tile<T: Element>(
     backward_into(dev, (q, k, v, o, lse, d_o), None, grads, opts, Some(tile))
 }
 
-/// `NoTileConfig` unless `tile` is a compiled backward row for the problem's head dims and batch layout
-/// (`packed`: no TMA row) that fits the device and exists in its PTX (the Hopper rows only in the
-/// sm_90a one).
-fn check_forced_backward_tile(
-    tile: &BwdTile,
-    p: &AttnProblem,
-    dtype: DType,
-    info: &DeviceInfo,
-    packed: bool,
-) -> Result<()> {
+/// `NoTileConfig` unless `tile` is a compiled backward row for the problem's head dims that fits the
+/// device and exists in its PTX (the Hopper rows only in the sm_90a one).
+fn check_forced_backward_tile(tile: &BwdTile, p: &AttnProblem, dtype: DType, info: &DeviceInfo) -> Result<()> {
     let dims = (p.head_dim, p.head_dim_v);
-    let compiled =
-        tiles_bwd::BWD_TILES.contains(tile) && (tile.head_dim, tile.head_dim_v) == dims && !(packed && tile.tma);
+    let compiled = tiles_bwd::BWD_TILES.contains(tile) && (tile.head_dim, tile.head_dim_v) == dims;
     let dims = format!("head_dim {}, head_dim_v {}", dims.0, dims.1);
     check_forced_tile(tile, compiled, tile.wgmma, tile.smem_bytes(dtype.size_bytes()), "backward", &dims, info)
 }
@@ -207,7 +189,7 @@ pub(crate) fn backward_into<T: Element>(
     let tile = match tile {
         None => chosen,
         Some(t) => {
-            check_forced_backward_tile(t, &p, T::DTYPE, dev.info(), seqs.is_some())?;
+            check_forced_backward_tile(t, &p, T::DTYPE, dev.info())?;
             *t
         }
     };
@@ -329,8 +311,8 @@ pub(crate) fn backward_into<T: Element>(
         };
         let arg = KernelParams(params);
         let rows = p.lse_len();
-        // The TMA rows (dense calls) read Q and dO through tensor maps, passed to the main kernel as a
-        // second parameter.
+        // The TMA rows read Q and dO through tensor maps (a packed batch's over its tokens: `p` is then
+        // the token problem, batch 1), passed to the main kernel as a second parameter.
         let maps = if tile.tma {
             let map = |ptr, dims, layout: &Layout| {
                 let s = layout.strides;
@@ -475,7 +457,7 @@ fn plan<T: Element>(
     if elems / 8 > i32::MAX as usize || p.batch * p.heads_q > u32::MAX as usize {
         return Err(Error::TooLarge { arg: Arg::Q, what: "batch·heads_q·seqlen_q·head_dim", value: elems });
     }
-    let tile = layout_backward_tile(dev.info(), (p.head_dim, p.head_dim_v), T::DTYPE, seqs.is_some())?;
+    let tile = backward_tile(dev.info(), (p.head_dim, p.head_dim_v), T::DTYPE)?;
     Ok(Plan { p, tile, grid_batch })
 }
 
@@ -509,22 +491,19 @@ mod tests {
         let (p128, p64) = (problem(128, 128).unwrap(), problem(64, 64).unwrap());
         assert_eq!(backward_tile(&h100, (128, 128), DType::BF16).unwrap(), BWD_HD128_M80_WGMMA_TMA);
         assert_eq!(backward_tile(&a100, (128, 128), DType::BF16).unwrap(), BWD_HD128_M32);
-        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, &p128, DType::BF16, &h100, false).is_ok());
-        assert!(check_forced_backward_tile(&BWD_HD128_M32, &p128, DType::F16, &h100, false).is_ok());
+        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, &p128, DType::BF16, &h100).is_ok());
+        assert!(check_forced_backward_tile(&BWD_HD128_M32, &p128, DType::F16, &h100).is_ok());
         for other in [&a100, &l40] {
-            let e = check_forced_backward_tile(&BWD_HD128_WGMMA, &p128, DType::BF16, other, false).unwrap_err();
+            let e = check_forced_backward_tile(&BWD_HD128_WGMMA, &p128, DType::BF16, other).unwrap_err();
             assert!(matches!(e, Error::NoTileConfig(_)), "{e}");
         }
-        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, &p64, DType::BF16, &h100, false).is_err());
+        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, &p64, DType::BF16, &h100).is_err());
         // A value head dim of its own runs the `mma.sync` row made for it, on Hopper too.
         assert_eq!(backward_tile(&h100, (192, 128), DType::BF16).unwrap(), BWD_HD192_V128);
         let p192 = problem(192, 128).unwrap();
-        assert!(check_forced_backward_tile(&BWD_HD192_V128, &p192, DType::BF16, &h100, false).is_ok());
-        assert!(check_forced_backward_tile(&BWD_HD192, &p192, DType::BF16, &h100, false).is_err());
-        // The TMA rows run dense batches only.
-        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA_TMA, &p128, DType::BF16, &h100, false).is_ok());
-        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA_TMA, &p128, DType::BF16, &h100, true).is_err());
-        assert!(check_forced_backward_tile(&BWD_HD128_M80_WGMMA_TMA, &p128, DType::BF16, &h100, true).is_err());
-        assert!(!layout_backward_tile(&h100, (128, 128), DType::BF16, true).unwrap().tma);
+        assert!(check_forced_backward_tile(&BWD_HD192_V128, &p192, DType::BF16, &h100).is_ok());
+        assert!(check_forced_backward_tile(&BWD_HD192, &p192, DType::BF16, &h100).is_err());
+        assert!(check_forced_backward_tile(&BWD_HD128_WGMMA_TMA, &p128, DType::BF16, &h100).is_ok());
+        assert!(check_forced_backward_tile(&BWD_HD128_M80_WGMMA_TMA, &p64, DType::BF16, &h100).is_err());
     }
 }

@@ -45,9 +45,9 @@ pub struct BwdTile {
     /// The Hopper kernel (`bwd/hopper.rs`: `wgmma`, bulk reductions; only in the sm_90a PTX, so only
     /// for compute capability 9.0). Its warp-grid fields are unused.
     pub wgmma: bool,
-    /// A Hopper row whose Q, dO, LSE and delta come by TMA (`cp.async.bulk.tensor`, tensor maps the host
-    /// builds: `abi::BwdTensorMaps`, the kernel's second parameter) from a loader warp, against one
-    /// `mbarrier` per query stage. Dense batches only: the row has no packed kernels.
+    /// A Hopper row whose Q and dO come by TMA (`cp.async.bulk.tensor`, tensor maps the host builds:
+    /// `abi::BwdTensorMaps`, the kernel's second parameter) from a loader warp, against one `mbarrier`
+    /// per query stage; dense and packed batches.
     pub tma: bool,
     /// Kernel symbols: `[bf16, f16]`.
     pub symbols: [&'static str; 2],
@@ -397,44 +397,67 @@ pub const BWD_HD96_WGMMA: BwdTile = wgmma_bwd_tile!(96, 64);
 /// 210 KiB, 64-row query blocks (dK and dV alone are 128 registers).
 pub const BWD_HD128_WGMMA: BwdTile = wgmma_bwd_tile!(128, 64);
 
-/// A Hopper row with its Q, dO, LSE and delta loads by TMA (`BwdTile::tma`): dense batches only.
-const fn tma_row(row: BwdTile, symbols: [&'static str; 2], softcap_symbols: [&'static str; 2]) -> BwdTile {
-    BwdTile { tma: true, symbols, softcap_symbols, packed_symbols: ["", ""], packed_softcap_symbols: ["", ""], ..row }
+/// A Hopper row with its Q and dO loads by TMA (`BwdTile::tma`): `[dense, softcap, packed, packed with a
+/// softcap]` symbols, bf16 then f16 each.
+const fn tma_row(
+    row: BwdTile,
+    [symbols, softcap_symbols, packed_symbols, packed_softcap_symbols]: [[&'static str; 2]; 4],
+) -> BwdTile {
+    BwdTile { tma: true, symbols, softcap_symbols, packed_symbols, packed_softcap_symbols, ..row }
 }
 /// `BWD_HD32_WGMMA` with its Q and dO by TMA (one 64-column box per tile, columns 32-63 zero-filled),
-/// first for dense batches.
+/// first.
 pub const BWD_HD32_WGMMA_TMA: BwdTile = tma_row(
     BWD_HD32_WGMMA,
-    ["attn_bwd_hd32_m128n128_wgmma_tma_bf16", "attn_bwd_hd32_m128n128_wgmma_tma_f16"],
-    ["attn_bwd_softcap_hd32_m128n128_wgmma_tma_bf16", "attn_bwd_softcap_hd32_m128n128_wgmma_tma_f16"],
+    [
+        ["attn_bwd_hd32_m128n128_wgmma_tma_bf16", "attn_bwd_hd32_m128n128_wgmma_tma_f16"],
+        ["attn_bwd_softcap_hd32_m128n128_wgmma_tma_bf16", "attn_bwd_softcap_hd32_m128n128_wgmma_tma_f16"],
+        ["attn_bwd_varlen_hd32_m128n128_wgmma_tma_bf16", "attn_bwd_varlen_hd32_m128n128_wgmma_tma_f16"],
+        ["attn_bwd_varlen_softcap_hd32_m128n128_wgmma_tma_bf16", "attn_bwd_varlen_softcap_hd32_m128n128_wgmma_tma_f16"],
+    ],
 );
 /// `BWD_HD96_WGMMA` with its Q and dO by TMA (two 64-column boxes per tile, columns 96-127
-/// zero-filled), first for dense batches.
+/// zero-filled), first.
 pub const BWD_HD96_WGMMA_TMA: BwdTile = tma_row(
     BWD_HD96_WGMMA,
-    ["attn_bwd_hd96_m64n128_wgmma_tma_bf16", "attn_bwd_hd96_m64n128_wgmma_tma_f16"],
-    ["attn_bwd_softcap_hd96_m64n128_wgmma_tma_bf16", "attn_bwd_softcap_hd96_m64n128_wgmma_tma_f16"],
+    [
+        ["attn_bwd_hd96_m64n128_wgmma_tma_bf16", "attn_bwd_hd96_m64n128_wgmma_tma_f16"],
+        ["attn_bwd_softcap_hd96_m64n128_wgmma_tma_bf16", "attn_bwd_softcap_hd96_m64n128_wgmma_tma_f16"],
+        ["attn_bwd_varlen_hd96_m64n128_wgmma_tma_bf16", "attn_bwd_varlen_hd96_m64n128_wgmma_tma_f16"],
+        ["attn_bwd_varlen_softcap_hd96_m64n128_wgmma_tma_bf16", "attn_bwd_varlen_softcap_hd96_m64n128_wgmma_tma_f16"],
+    ],
 );
-/// `BWD_HD64_WGMMA` with its Q and dO by TMA, first for dense batches (packed ones take
-/// `BWD_HD64_WGMMA`).
+/// `BWD_HD64_WGMMA` with its Q and dO by TMA, first.
 pub const BWD_HD64_WGMMA_TMA: BwdTile = tma_row(
     BWD_HD64_WGMMA,
-    ["attn_bwd_hd64_m128n128_wgmma_tma_bf16", "attn_bwd_hd64_m128n128_wgmma_tma_f16"],
-    ["attn_bwd_softcap_hd64_m128n128_wgmma_tma_bf16", "attn_bwd_softcap_hd64_m128n128_wgmma_tma_f16"],
+    [
+        ["attn_bwd_hd64_m128n128_wgmma_tma_bf16", "attn_bwd_hd64_m128n128_wgmma_tma_f16"],
+        ["attn_bwd_softcap_hd64_m128n128_wgmma_tma_bf16", "attn_bwd_softcap_hd64_m128n128_wgmma_tma_f16"],
+        ["attn_bwd_varlen_hd64_m128n128_wgmma_tma_bf16", "attn_bwd_varlen_hd64_m128n128_wgmma_tma_f16"],
+        ["attn_bwd_varlen_softcap_hd64_m128n128_wgmma_tma_bf16", "attn_bwd_varlen_softcap_hd64_m128n128_wgmma_tma_f16"],
+    ],
 );
 /// `BWD_HD128_WGMMA` with its Q and dO by TMA (second to the 80-row one).
 pub const BWD_HD128_WGMMA_TMA: BwdTile = tma_row(
     BWD_HD128_WGMMA,
-    ["attn_bwd_hd128_m64n128_wgmma_tma_bf16", "attn_bwd_hd128_m64n128_wgmma_tma_f16"],
-    ["attn_bwd_softcap_hd128_m64n128_wgmma_tma_bf16", "attn_bwd_softcap_hd128_m64n128_wgmma_tma_f16"],
+    [
+        ["attn_bwd_hd128_m64n128_wgmma_tma_bf16", "attn_bwd_hd128_m64n128_wgmma_tma_f16"],
+        ["attn_bwd_softcap_hd128_m64n128_wgmma_tma_bf16", "attn_bwd_softcap_hd128_m64n128_wgmma_tma_f16"],
+        ["attn_bwd_varlen_hd128_m64n128_wgmma_tma_bf16", "attn_bwd_varlen_hd128_m64n128_wgmma_tma_f16"],
+        ["attn_bwd_varlen_softcap_hd128_m64n128_wgmma_tma_bf16", "attn_bwd_varlen_softcap_hd128_m64n128_wgmma_tma_f16"],
+    ],
 );
 /// 80-row query blocks by TMA (205 KiB with one dQ staging buffer): Sᵀ and dPᵀ as n80 products, dQ
-/// computed transposed (`BwdTile::wgmma_dq_transposed`); first for dense batches (on an H100 1.04-1.08×
+/// computed transposed (`BwdTile::wgmma_dq_transposed`); first (on an H100 1.04-1.08×
 /// the 64-row row's rate at N ≥ 4K, deterministic 1.11-1.14×, docs/perf.md).
 pub const BWD_HD128_M80_WGMMA_TMA: BwdTile = tma_row(
     wgmma_bwd_tile!(128, 80),
-    ["attn_bwd_hd128_m80n128_wgmma_tma_bf16", "attn_bwd_hd128_m80n128_wgmma_tma_f16"],
-    ["attn_bwd_softcap_hd128_m80n128_wgmma_tma_bf16", "attn_bwd_softcap_hd128_m80n128_wgmma_tma_f16"],
+    [
+        ["attn_bwd_hd128_m80n128_wgmma_tma_bf16", "attn_bwd_hd128_m80n128_wgmma_tma_f16"],
+        ["attn_bwd_softcap_hd128_m80n128_wgmma_tma_bf16", "attn_bwd_softcap_hd128_m80n128_wgmma_tma_f16"],
+        ["attn_bwd_varlen_hd128_m80n128_wgmma_tma_bf16", "attn_bwd_varlen_hd128_m80n128_wgmma_tma_f16"],
+        ["attn_bwd_varlen_softcap_hd128_m80n128_wgmma_tma_bf16", "attn_bwd_varlen_softcap_hd128_m80n128_wgmma_tma_f16"],
+    ],
 );
 
 /// Every compiled variant, in order of preference within a head dim.
@@ -460,7 +483,8 @@ pub const BWD_TILES: &[BwdTile] = &[
 
 /// The backward tile for a problem on a device: the first compiled row for `head_dim` and `head_dim_v` whose shared
 /// memory fits one block's opt-in limit and one SM, Hopper rows only where `sm90a` (compute
-/// capability 9.0), TMA rows only for a dense batch (`packed` false). `None` when none fits.
+/// capability 9.0), for dense and packed batches alike (every row has both kernels). `None` when none
+/// fits.
 pub fn choose_bwd(
     head_dim: usize,
     head_dim_v: usize,
@@ -468,14 +492,13 @@ pub fn choose_bwd(
     smem_per_block_optin: usize,
     smem_per_sm: usize,
     sm90a: bool,
-    packed: bool,
 ) -> Option<&'static BwdTile> {
     if elem_bytes != 2 {
         return None;
     }
     BWD_TILES
         .iter()
-        .filter(|t| t.head_dim == head_dim && t.head_dim_v == head_dim_v && (sm90a || !t.wgmma) && !(packed && t.tma))
+        .filter(|t| t.head_dim == head_dim && t.head_dim_v == head_dim_v && (sm90a || !t.wgmma))
         .find(|t| crate::tiles::fits_smem(t.smem_bytes(elem_bytes), smem_per_block_optin, smem_per_sm))
 }
 
@@ -507,46 +530,48 @@ mod tests {
     fn every_head_dim_fits_h100_and_a100() {
         for d in [32, 64, 96, 128, 192, 256] {
             for sm90a in [false, true] {
-                let h = choose_bwd(d, d, 2, H100.0, H100.1, sm90a, false).unwrap();
+                let h = choose_bwd(d, d, 2, H100.0, H100.1, sm90a).unwrap();
                 assert_eq!(h.q_stages, 2, "d={d}");
                 assert!(h.smem_bytes(2) <= H100.0, "d={d}");
                 assert_eq!(h.wgmma, sm90a && matches!(d, 32 | 64 | 96 | 128), "d={d}");
             }
-            let a = choose_bwd(d, d, 2, A100.0, A100.1, false, false).unwrap();
+            let a = choose_bwd(d, d, 2, A100.0, A100.1, false).unwrap();
             assert!(a.smem_bytes(2) <= A100.0, "d={d}");
         }
-        assert_eq!(choose_bwd(128, 128, 2, H100.0, H100.1, true, false), Some(&BWD_HD128_M80_WGMMA_TMA));
-        assert_eq!(choose_bwd(128, 128, 2, H100.0, H100.1, true, true), Some(&BWD_HD128_WGMMA));
-        assert_eq!(choose_bwd(64, 64, 2, H100.0, H100.1, true, false), Some(&BWD_HD64_WGMMA_TMA));
-        assert_eq!(choose_bwd(128, 128, 2, H100.0, H100.1, false, false), Some(&BWD_HD128_M32));
-        assert_eq!(choose_bwd(128, 128, 2, A100.0, A100.1, false, false), Some(&BWD_HD128_M32));
-        assert_eq!(choose_bwd(192, 192, 2, A100.0, A100.1, false, false), Some(&BWD_HD192_M32));
-        assert_eq!(choose_bwd(80, 80, 2, H100.0, H100.1, true, false), None);
-        assert_eq!(choose_bwd(128, 128, 4, H100.0, H100.1, true, false), None);
-        assert_eq!(choose_bwd(128, 128, 2, 48 * KIB, 48 * KIB, true, false), None);
+        assert_eq!(choose_bwd(128, 128, 2, H100.0, H100.1, true), Some(&BWD_HD128_M80_WGMMA_TMA));
+        assert_eq!(choose_bwd(64, 64, 2, H100.0, H100.1, true), Some(&BWD_HD64_WGMMA_TMA));
+        assert_eq!(choose_bwd(128, 128, 2, H100.0, H100.1, false), Some(&BWD_HD128_M32));
+        assert_eq!(choose_bwd(128, 128, 2, A100.0, A100.1, false), Some(&BWD_HD128_M32));
+        assert_eq!(choose_bwd(192, 192, 2, A100.0, A100.1, false), Some(&BWD_HD192_M32));
+        assert_eq!(choose_bwd(80, 80, 2, H100.0, H100.1, true), None);
+        assert_eq!(choose_bwd(128, 128, 4, H100.0, H100.1, true), None);
+        assert_eq!(choose_bwd(128, 128, 2, 48 * KIB, 48 * KIB, true), None);
     }
 
     #[test]
-    fn tma_rows_only_for_dense_batches() {
+    fn tma_rows_first_with_packed_kernels() {
         for (d, plain, tma) in [(64, BWD_HD64_WGMMA, BWD_HD64_WGMMA_TMA), (128, BWD_HD128_WGMMA, BWD_HD128_WGMMA_TMA)] {
             assert_eq!(BwdTile { tma: false, ..tma }.smem_bytes(2), plain.smem_bytes(2));
             assert_eq!((tma.block_m, tma.head_dim), (plain.block_m, d));
-            let packed = choose_bwd(d, d, 2, H100.0, H100.1, true, true).unwrap();
-            assert!(!packed.tma && packed.wgmma, "d={d}");
-            assert_ne!(tma.symbol(false, true, false), "");
+        }
+        for t in BWD_TILES.iter().filter(|t| t.tma) {
+            for (softcap, packed) in [(false, false), (true, false), (false, true), (true, true)] {
+                assert_ne!(t.symbol(false, softcap, packed), "", "{t:?}");
+                assert_ne!(t.symbol(true, softcap, packed), "", "{t:?}");
+            }
         }
         for t in BWD_TILES.iter().filter(|t| t.wgmma) {
-            // Every Hopper head dim has its TMA row first for dense batches.
-            assert_eq!(choose_bwd(t.head_dim, t.head_dim, 2, H100.0, H100.1, true, false).map(|t| t.tma), Some(true));
+            // Every Hopper head dim has its TMA row first.
+            assert_eq!(choose_bwd(t.head_dim, t.head_dim, 2, H100.0, H100.1, true).map(|t| t.tma), Some(true));
         }
     }
 
     #[test]
     fn value_head_dim_of_its_own() {
         for (dev, sm90a) in [(H100, true), (H100, false), (A100, false)] {
-            assert_eq!(choose_bwd(192, 128, 2, dev.0, dev.1, sm90a, false), Some(&BWD_HD192_V128));
+            assert_eq!(choose_bwd(192, 128, 2, dev.0, dev.1, sm90a), Some(&BWD_HD192_V128));
         }
-        assert_eq!(choose_bwd(128, 64, 2, H100.0, H100.1, true, false), None);
+        assert_eq!(choose_bwd(128, 64, 2, H100.0, H100.1, true), None);
         let l = BWD_HD192_V128.smem_layout(2);
         // K, V, two stages of Q, two of dO: V and dO rows are 136 elements.
         assert_eq!(l[1], 64 * 200 * 2);

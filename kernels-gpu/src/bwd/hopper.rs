@@ -38,7 +38,7 @@
 //! (measured 19-24% of the time, 17% when overlapped with the dQ product); the writer warp takes them
 //! off the compute warps' path, which only wait for a staging buffer to be free again.
 //!
-//! TMA rows (`TMA`, dense calls, every head dim here): the query blocks after the first come as TMA
+//! TMA rows (`TMA`, every head dim here): the query blocks after the first come as TMA
 //! boxes of Q and dO from a loader warp (the writer warpgroup's second, `loader_tma`), a stage ahead;
 //! the compute threads copy only the next block's LSE and delta. Measured +11-22% (fast) at head dim 128
 //! over the `cp.async` rows (docs/perf.md).
@@ -241,20 +241,33 @@ unsafe fn dq_turn_counter<const BM: usize, const PACKED: bool>(p: &BwdParams, co
 /// warp waits on that `mbarrier` and hands the stage over through `BAR_QFULL`, so that the compute
 /// warps wait on named barriers only (in the forward, compute warpgroups polling the `mbarrier`s
 /// measured 5-20% slower); the compute warps free a stage through `BAR_QEMPTY`. `b`: the CTA's batch
-/// row; `maps`: the generic address of the call's tensor maps. Every lane runs the same instructions,
-/// the copies predicated on the first (no branch of one thread next to the named barriers).
+/// row (a packed call's sequence); `maps`: the generic address of the call's tensor maps. Every lane
+/// runs the same instructions, the copies predicated on the first (no branch of one thread next to the
+/// named barriers).
+///
+/// A packed call's maps span its tokens (`[1, tokens, heads, head dim]`): a sequence's last box may run
+/// into the next sequence's rows, which the score stage masks (their Pᵀ and dSᵀ are zeros, so they add
+/// nothing to dV and dK, and the writer reduces the sequence's rows of dQ only); past the last token
+/// the TMA unit fills zeros, as past a dense batch's rows.
 ///
 /// # Safety
-/// In a dense call of a TMA row, with `maps` the tensor maps of its Q and dO, the stage `mbarrier`s
-/// initialised and the compute warps running the same steps.
+/// In a call of a TMA row (`PACKED` for a packed one, after `attn::stage::enter`), with `maps` the
+/// tensor maps of its Q and dO, the stage `mbarrier`s initialised and the compute warps running the
+/// same steps.
 #[inline(always)]
-unsafe fn loader_tma<const D: usize, const BM: usize>(p: &BwdParams, maps: u64, base: u32, b: u32, work: KeyBlockWork) {
+unsafe fn loader_tma<const D: usize, const BM: usize, const PACKED: bool>(
+    p: &BwdParams,
+    maps: u64,
+    base: u32,
+    b: u32,
+    work: KeyBlockWork,
+) {
     let l = Shape::<D, BM>::L;
     let leader = sreg::thread_x() % 32 == 0;
     let (q_map, do_map) = (maps, maps + 128);
-    for map in [q_map, do_map] {
-        tma::prefetch_map(leader, map);
-    }
+    // Two calls, not a loop over an array (which one instantiation kept in local memory).
+    tma::prefetch_map(leader, q_map);
+    tma::prefetch_map(leader, do_map);
     let bars = base + l[8] as u32 + QBARS;
     let issue = |it: u32| {
         let s = it % 2;
@@ -263,8 +276,11 @@ unsafe fn loader_tma<const D: usize, const BM: usize>(p: &BwdParams, maps: u64, 
         let bar = bars + 8 * s;
         let tile_b = (BM * Shape::<D, BM>::STORED * 2) as u32;
         mbarrier::arrive_expect_tx(leader, bar, Shape::<D, BM>::STAGE_TX_BYTES);
-        tma::load_tile::<BM, D>(leader, base + l[2] as u32 + s * tile_b, q_map, [m0, h, b], bar);
-        tma::load_tile::<BM, D>(leader, base + l[3] as u32 + s * tile_b, do_map, [m0, h, b], bar);
+        // The box's first row: the sequence's batch row and first token (a packed call's is row 0).
+        let (row, q0) = stage::parked_queries::<PACKED>(b);
+        let at = [q0 + m0, h, row];
+        tma::load_tile::<BM, D>(leader, base + l[2] as u32 + s * tile_b, q_map, at, bar);
+        tma::load_tile::<BM, D>(leader, base + l[3] as u32 + s * tile_b, do_map, at, bar);
     };
     // Block it >= 1 is stage s = it % 2's ((it + s) / 2 - 1)-th load (stage 1 loads blocks 1, 3, ...,
     // stage 0 blocks 2, 4, ...): its phase's parity.
@@ -294,6 +310,25 @@ unsafe fn loader_tma<const D: usize, const BM: usize>(p: &BwdParams, maps: u64, 
             issue(it + 2);
         }
         it += 1;
+    }
+}
+
+/// Zeros rows `rows..BM` of the Q and dO tiles of a stage (swizzled, `BM` rows of `STORED` columns),
+/// the compute threads sharing the 16-byte chunks.
+///
+/// # Safety
+/// Compute threads only (`tid < 256`), with `q_s` and `do_s` the stage's tiles, which no product reads
+/// at the time.
+#[inline(always)]
+unsafe fn zero_rows<const D: usize, const BM: usize>(q_s: u32, do_s: u32, rows: u32, tid: u32) {
+    let chunks_per_row = (Shape::<D, BM>::STORED / 8) as u32;
+    let mut i = tid;
+    while i < (BM as u32 - rows) * chunks_per_row {
+        let (row, chunk) = (rows + i / chunks_per_row, i % chunks_per_row);
+        let at = RowLayout::Swizzled128.chunk_offset::<BM, D>(row as usize, chunk as usize);
+        smem::store_v4(q_s + at, [0; 4]);
+        smem::store_v4(do_s + at, [0; 4]);
+        i += COMPUTE_THREADS_U32;
     }
 }
 
@@ -336,7 +371,7 @@ unsafe fn accumulate_by_query<E: WgmmaElem, const BM: usize, const DR: usize, co
 /// `SR = BM/2` (Sᵀ, dPᵀ), `PK = BM/4` (Pᵀ and dSᵀ packed), `NT = BM/8` (n8 tiles of Sᵀ), `QR`
 /// (dQ's part, `BwdTile::wgmma_dq_regs`). `SOFTCAP`: the instantiation for calls with a softcap (dS chained through the tanh);
 /// `PACKED`: the one for packed variable-length batches (as `mainloop::attn_bwd`'s); `TMA`: the query
-/// blocks come by TMA from a loader warp (`loader_tma`, dense calls), `maps` being the generic address
+/// blocks come by TMA from a loader warp (`loader_tma`), `maps` being the generic address
 /// of the call's `abi::BwdTensorMaps` (unused without).
 ///
 /// # Safety
@@ -365,7 +400,6 @@ pub unsafe fn attn_bwd_wgmma<
             DR == D / 2 && SR == BM / 2 && PK == BM / 4 && NT == BM / 8 && QR == Shape::<D, BM>::TILE.wgmma_dq_regs()
         )
     };
-    const { assert!(!(TMA && PACKED)) };
     #[allow(clippy::let_unit_value)]
     let () = Shape::<D, BM>::OK;
     let l = Shape::<D, BM>::L;
@@ -412,7 +446,7 @@ pub unsafe fn attn_bwd_wgmma<
         if tid < ALL_THREADS_U32 {
             dq_writer::<D, BM, PACKED>(p, consts, work);
         } else if TMA && tid < ALL_THREADS_U32 + 32 {
-            loader_tma::<D, BM>(p, maps, base, b as u32, work);
+            loader_tma::<D, BM, PACKED>(p, maps, base, b as u32, work);
         }
         return;
     }
@@ -466,6 +500,16 @@ pub unsafe fn attn_bwd_wgmma<
             // This thread's LSE and delta copies (`load_next`) landed; the barrier publishes them.
             cp_async::wait::<0>();
             sync::named_at::<ALL_THREADS_U32>(BAR_QFULL + stage);
+            let rows = loop_mask::<PACKED>(p).seqlen_q - m0;
+            if PACKED && it > 0 && rows < BM as u32 {
+                // A packed sequence's last box ran into the next sequence's rows: zeros there, as a dense
+                // call's TMA boxes and every `cp.async` copy have, so that whatever those rows hold (even
+                // a NaN) stays out of this sequence's dV and dK (its Pᵀ and dSᵀ are zeros there, but
+                // 0·NaN is not).
+                zero_rows::<D, BM>(q_s, do_s, rows, tid);
+                bulk::shared_async();
+                sync::named::<BAR_COMPUTE, COMPUTE_THREADS_U32>();
+            }
         } else {
             cp_async::wait::<0>();
             bulk::shared_async();

@@ -162,37 +162,44 @@ mod wgmma_entry {
         };
     }
 
-    /// The TMA rows (dense only): bf16 and f16, without and with a softcap, each with a second
-    /// parameter, the tensor maps, whose parameter-space address the kernel hands to the TMA unit (as
-    /// the forward's TMA rows).
+    /// The TMA rows: bf16 and f16, without and with a softcap, dense and packed (the order of
+    /// `wgmma_kernels!`), each with a second parameter, the tensor maps, whose parameter-space address
+    /// the kernel hands to the TMA unit (as the forward's TMA rows).
     macro_rules! wgmma_tma_kernels {
-        ($($tile:path => [$bf16:ident, $f16:ident, $cap_bf16:ident, $cap_f16:ident];)*) => {$(
+        ($($tile:path => [$bf16:ident, $f16:ident, $cap_bf16:ident, $cap_f16:ident,
+                          $var_bf16:ident, $var_f16:ident, $var_cap_bf16:ident, $var_cap_f16:ident];)*) => {$(
             const _: () = {
                 const T: BwdTile = $tile;
                 assert!(T.is_valid() && T.wgmma && T.tma && T.threads() == 384);
                 assert!(T.names_are([
-                    stringify!($bf16), stringify!($f16), stringify!($cap_bf16), stringify!($cap_f16), "", "", "", "",
+                    stringify!($bf16), stringify!($f16), stringify!($cap_bf16), stringify!($cap_f16),
+                    stringify!($var_bf16), stringify!($var_f16), stringify!($var_cap_bf16), stringify!($var_cap_f16),
                 ]));
             };
-            wgmma_tma_entry!($tile, Bf16, false, $bf16);
-            wgmma_tma_entry!($tile, F16, false, $f16);
-            wgmma_tma_entry!($tile, Bf16, true, $cap_bf16);
-            wgmma_tma_entry!($tile, F16, true, $cap_f16);
+            wgmma_tma_entry!($tile, Bf16, false, false, $bf16);
+            wgmma_tma_entry!($tile, F16, false, false, $f16);
+            wgmma_tma_entry!($tile, Bf16, true, false, $cap_bf16);
+            wgmma_tma_entry!($tile, F16, true, false, $cap_f16);
+            wgmma_tma_entry!($tile, Bf16, false, true, $var_bf16);
+            wgmma_tma_entry!($tile, F16, false, true, $var_f16);
+            wgmma_tma_entry!($tile, Bf16, true, true, $var_cap_bf16);
+            wgmma_tma_entry!($tile, F16, true, true, $var_cap_f16);
         )*};
     }
 
     macro_rules! wgmma_tma_entry {
-        ($tile:path, $elem:ty, $softcap:literal, $name:ident) => {
+        ($tile:path, $elem:ty, $softcap:literal, $packed:literal, $name:ident) => {
             core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
             core::arch::global_asm!(concat!("// ironflash-param-align ", stringify!($name), " 1 64"));
 
             /// # Safety
-            /// Launched as `abi::BwdParams` (dense) and the tile row document, with `maps` the tensor maps
-            /// of the call's Q and dO, on a compute capability 9.0 device.
+            /// Launched as `abi::BwdParams` (dense, or packed for the packed symbols) and the tile row
+            /// document, with `maps` the tensor maps of the call's Q and dO, on a compute capability 9.0
+            /// device.
             #[no_mangle]
             pub unsafe extern "ptx-kernel" fn $name(p: BwdParams, _maps: BwdTensorMaps) {
                 let maps = crate::ptx::tma::maps_param_address!($name);
-                wgmma_kernel!($tile, $elem, $softcap, false, &p, maps)
+                wgmma_kernel!($tile, $elem, $softcap, $packed, &p, maps)
             }
         };
     }
@@ -210,15 +217,25 @@ mod wgmma_entry {
 
     wgmma_tma_kernels! {
         tiles_bwd::BWD_HD32_WGMMA_TMA => [attn_bwd_hd32_m128n128_wgmma_tma_bf16, attn_bwd_hd32_m128n128_wgmma_tma_f16,
-            attn_bwd_softcap_hd32_m128n128_wgmma_tma_bf16, attn_bwd_softcap_hd32_m128n128_wgmma_tma_f16];
+            attn_bwd_softcap_hd32_m128n128_wgmma_tma_bf16, attn_bwd_softcap_hd32_m128n128_wgmma_tma_f16,
+            attn_bwd_varlen_hd32_m128n128_wgmma_tma_bf16, attn_bwd_varlen_hd32_m128n128_wgmma_tma_f16,
+            attn_bwd_varlen_softcap_hd32_m128n128_wgmma_tma_bf16, attn_bwd_varlen_softcap_hd32_m128n128_wgmma_tma_f16];
         tiles_bwd::BWD_HD96_WGMMA_TMA => [attn_bwd_hd96_m64n128_wgmma_tma_bf16, attn_bwd_hd96_m64n128_wgmma_tma_f16,
-            attn_bwd_softcap_hd96_m64n128_wgmma_tma_bf16, attn_bwd_softcap_hd96_m64n128_wgmma_tma_f16];
+            attn_bwd_softcap_hd96_m64n128_wgmma_tma_bf16, attn_bwd_softcap_hd96_m64n128_wgmma_tma_f16,
+            attn_bwd_varlen_hd96_m64n128_wgmma_tma_bf16, attn_bwd_varlen_hd96_m64n128_wgmma_tma_f16,
+            attn_bwd_varlen_softcap_hd96_m64n128_wgmma_tma_bf16, attn_bwd_varlen_softcap_hd96_m64n128_wgmma_tma_f16];
         tiles_bwd::BWD_HD64_WGMMA_TMA => [attn_bwd_hd64_m128n128_wgmma_tma_bf16, attn_bwd_hd64_m128n128_wgmma_tma_f16,
-            attn_bwd_softcap_hd64_m128n128_wgmma_tma_bf16, attn_bwd_softcap_hd64_m128n128_wgmma_tma_f16];
+            attn_bwd_softcap_hd64_m128n128_wgmma_tma_bf16, attn_bwd_softcap_hd64_m128n128_wgmma_tma_f16,
+            attn_bwd_varlen_hd64_m128n128_wgmma_tma_bf16, attn_bwd_varlen_hd64_m128n128_wgmma_tma_f16,
+            attn_bwd_varlen_softcap_hd64_m128n128_wgmma_tma_bf16, attn_bwd_varlen_softcap_hd64_m128n128_wgmma_tma_f16];
         tiles_bwd::BWD_HD128_WGMMA_TMA => [attn_bwd_hd128_m64n128_wgmma_tma_bf16, attn_bwd_hd128_m64n128_wgmma_tma_f16,
-            attn_bwd_softcap_hd128_m64n128_wgmma_tma_bf16, attn_bwd_softcap_hd128_m64n128_wgmma_tma_f16];
+            attn_bwd_softcap_hd128_m64n128_wgmma_tma_bf16, attn_bwd_softcap_hd128_m64n128_wgmma_tma_f16,
+            attn_bwd_varlen_hd128_m64n128_wgmma_tma_bf16, attn_bwd_varlen_hd128_m64n128_wgmma_tma_f16,
+            attn_bwd_varlen_softcap_hd128_m64n128_wgmma_tma_bf16, attn_bwd_varlen_softcap_hd128_m64n128_wgmma_tma_f16];
         tiles_bwd::BWD_HD128_M80_WGMMA_TMA => [attn_bwd_hd128_m80n128_wgmma_tma_bf16, attn_bwd_hd128_m80n128_wgmma_tma_f16,
-            attn_bwd_softcap_hd128_m80n128_wgmma_tma_bf16, attn_bwd_softcap_hd128_m80n128_wgmma_tma_f16];
+            attn_bwd_softcap_hd128_m80n128_wgmma_tma_bf16, attn_bwd_softcap_hd128_m80n128_wgmma_tma_f16,
+            attn_bwd_varlen_hd128_m80n128_wgmma_tma_bf16, attn_bwd_varlen_hd128_m80n128_wgmma_tma_f16,
+            attn_bwd_varlen_softcap_hd128_m80n128_wgmma_tma_bf16, attn_bwd_varlen_softcap_hd128_m80n128_wgmma_tma_f16];
     }
 }
 
