@@ -146,7 +146,7 @@ impl BwdTile {
     }
     /// Hopper rows: whether the warpgroups compute dQ transposed, dQᵀ = Kᵀ dSᵀ (`[head_dim, block_m]`,
     /// each warpgroup 64 of the head dim's rows): the query blocks whose rows are no multiple of
-    /// `wgmma`'s 64 (80 at head dim 128: Sᵀ and dPᵀ one n80 product each, as FlashAttention-3's
+    /// `wgmma`'s 64 (80 at head dims 96 and 128: Sᵀ and dPᵀ one n80 product each, as FlashAttention-3's
     /// non-causal backward), whose dQ no warpgroup could own in 64-row parts.
     pub const fn wgmma_dq_transposed(&self) -> bool {
         !self.block_m.is_multiple_of(64)
@@ -244,11 +244,11 @@ impl BwdTile {
         if self.wgmma {
             // The shapes `bwd/hopper.rs` implements: each compute warpgroup owns 64 keys; with 64-row
             // query blocks the warpgroups split dQ's columns (`wgmma_dq_split`), with 128-row blocks its
-            // rows, with 80-row blocks (head dim 128) the rows of dQᵀ (`wgmma_dq_transposed`). dK, dV,
+            // rows, with 80-row blocks (head dims 96, 128) the rows of dQᵀ (`wgmma_dq_transposed`). dK, dV,
             // Sᵀ and dPᵀ in registers: head_dim + block_m f32 per thread of the 240 at most 208.
             return matches!(d, 32 | 64 | 96 | 128)
                 && dv == d
-                && (self.block_m == 64 || self.block_m == 128 || (self.block_m == 80 && d == 128))
+                && (self.block_m == 64 || self.block_m == 128 || (self.block_m == 80 && (d == 96 || d == 128)))
                 && d + self.block_m <= 208
                 && self.block_n == 128
                 && w == 12
@@ -460,6 +460,17 @@ pub const BWD_HD128_M80_WGMMA_TMA: BwdTile = tma_row(
     ],
 );
 
+/// `BWD_HD128_M80_WGMMA_TMA` at head dim 96 (dQᵀ's rows 96-127 from K's zero columns dropped).
+pub const BWD_HD96_M80_WGMMA_TMA: BwdTile = tma_row(
+    wgmma_bwd_tile!(96, 80),
+    [
+        ["attn_bwd_hd96_m80n128_wgmma_tma_bf16", "attn_bwd_hd96_m80n128_wgmma_tma_f16"],
+        ["attn_bwd_softcap_hd96_m80n128_wgmma_tma_bf16", "attn_bwd_softcap_hd96_m80n128_wgmma_tma_f16"],
+        ["attn_bwd_varlen_hd96_m80n128_wgmma_tma_bf16", "attn_bwd_varlen_hd96_m80n128_wgmma_tma_f16"],
+        ["attn_bwd_varlen_softcap_hd96_m80n128_wgmma_tma_bf16", "attn_bwd_varlen_softcap_hd96_m80n128_wgmma_tma_f16"],
+    ],
+);
+
 /// Every compiled variant, in order of preference within a head dim.
 pub const BWD_TILES: &[BwdTile] = &[
     BWD_HD32_WGMMA_TMA,
@@ -468,6 +479,7 @@ pub const BWD_TILES: &[BwdTile] = &[
     BWD_HD64_WGMMA_TMA,
     BWD_HD64_WGMMA,
     BWD_HD64,
+    BWD_HD96_M80_WGMMA_TMA,
     BWD_HD96_WGMMA_TMA,
     BWD_HD96_WGMMA,
     BWD_HD96,
@@ -617,6 +629,7 @@ mod tests {
             assert_eq!(off % 1024, 0, "{w80:?}");
         }
         assert!(m80.smem_bytes(2) <= H100.0 && !BwdTile { block_m: 80, ..BWD_HD64_WGMMA }.is_valid());
+        assert_eq!(BWD_HD96_M80_WGMMA_TMA.smem_bytes(2), m80.smem_bytes(2) - 80 * 32 * 4);
         // dQ's column parts: halves, but 64 + 32 at head dim 96; rows at 128-row blocks.
         let parts = |t: BwdTile| (t.wgmma_dq_split(), t.wgmma_dq_cols());
         assert_eq!(parts(BWD_HD128_WGMMA), (64, 64));

@@ -23,8 +23,8 @@
 //!    (`cp.reduce.async.bulk .add.f32`, performed by the TMA unit) issued by the dQ writer: the first
 //!    warp of a third warpgroup, which does nothing else. dK += dSᵀ Q is issued right after dQ's
 //!    product, so that it runs while dQ is staged.
-//!    With 80-row blocks (head dim 128, `BwdTile::wgmma_dq_transposed`) no warpgroup can own 64-row
-//!    parts of dQ, so each computes 64 head-dim rows of dQᵀ = Kᵀ dSᵀ (`[128, 80]`: K read MN-major, dS
+//!    With 80-row blocks (head dims 96 and 128, `BwdTile::wgmma_dq_transposed`) no warpgroup can own
+//!    64-row parts of dQ, so each computes 64 head-dim rows of dQᵀ = Kᵀ dSᵀ (`[128, 80]`: K read MN-major, dS
 //!    K-major over the keys), dS stored untransposed (`[80 queries][128 keys]`, each 8x8 block of the
 //!    register dSᵀ transposed on its way by `stmatrix .trans`), and dQ staged through one buffer.
 //!    80 rows are FlashAttention-3's non-causal choice: the n80 products Sᵀ and dPᵀ read 4.5 KiB of
@@ -112,7 +112,7 @@ impl<const D: usize, const BM: usize> Shape<D, BM> {
         if BM == 128 { 0 } else { ((Self::DQ_SPLIT / 64) * BN * 128 + (Self::DQ_SPLIT % 64) * 2) as u32 };
     /// Warpgroup 1 reads K past the head dim (head dim 96: its 64 columns from 64 end at the stored
     /// 128), which the kernel then fills with zeros.
-    const K_PAST_HEAD_DIM: bool = BM == 64 && Self::DQ_SPLIT + Self::DQ_COLS > D;
+    const K_PAST_HEAD_DIM: bool = BM != 128 && Self::DQ_SPLIT + Self::DQ_COLS > D;
     /// The TMA rows: bytes of one query block's Q and dO tiles, which complete its stage's `mbarrier`.
     const STAGE_TX_BYTES: u32 = (2 * BM * Self::STORED * 2) as u32;
     /// Columns of the element tiles in shared memory (whole 64-column blocks of the swizzle).
@@ -134,7 +134,7 @@ impl<const D: usize, const BM: usize> Shape<D, BM> {
             && Self::DQ_COLS % 16 == 0
             && (!Self::K_PAST_HEAD_DIM || D % 64 == 32)
             && (BM == 128 || Self::DQ_SPLIT % 64 + Self::DQ_COLS <= 64 || Self::DQ_SPLIT % 64 == 0)
-            && (!Self::DQ_T || (D == 128 && Self::DQ_SPLIT == 64 && BM % 16 == 0 && BM / 8 % 2 == 0))
+            && (!Self::DQ_T || ((D == 128 || D == 96) && Self::DQ_SPLIT == 64 && BM % 16 == 0 && BM / 8 % 2 == 0))
     );
 }
 
@@ -369,10 +369,10 @@ unsafe fn accumulate_by_query<E: WgmmaElem, const BM: usize, const DR: usize, co
 
 /// The kernel body for head dim `D` and query blocks of `BM` rows. Register arrays: `DR = D/2` (dK, dV),
 /// `SR = BM/2` (Sᵀ, dPᵀ), `PK = BM/4` (Pᵀ and dSᵀ packed), `NT = BM/8` (n8 tiles of Sᵀ), `QR`
-/// (dQ's part, `BwdTile::wgmma_dq_regs`). `SOFTCAP`: the instantiation for calls with a softcap (dS chained through the tanh);
-/// `PACKED`: the one for packed variable-length batches (as `mainloop::attn_bwd`'s); `TMA`: the query
-/// blocks come by TMA from a loader warp (`loader_tma`), `maps` being the generic address
-/// of the call's `abi::BwdTensorMaps` (unused without).
+/// (dQ's part, `BwdTile::wgmma_dq_regs`). `SOFTCAP`: the instantiation for calls with a softcap (dS
+/// chained through the tanh); `PACKED`: the one for packed variable-length batches (as
+/// `mainloop::attn_bwd`'s); `TMA`: the query blocks come by TMA from a loader warp (`loader_tma`),
+/// `maps` being the generic address of the call's `abi::BwdTensorMaps` (unused without).
 ///
 /// # Safety
 /// Launched as `abi::BwdParams` documents, with 384 threads (`T.threads()`) and `T.smem_bytes(2)`
@@ -716,8 +716,11 @@ pub unsafe fn attn_bwd_wgmma<
                 for rr in 0..2u32 {
                     for e in 0..2u32 {
                         let (row, col) = (8 * i + 2 * t + e, col0 + warp * 16 + g + 8 * rr);
-                        let at = row * D as u32 + dq_accum_col(q0 + row, col);
-                        smem::store_u32(dq_s + at * 4, dq[(4 * i + 2 * rr + e) as usize].to_bits());
+                        // At head dim 96 warpgroup 1's rows past 95 (from K's zeros) are dropped.
+                        if !Shape::<D, BM>::K_PAST_HEAD_DIM || col < D as u32 {
+                            let at = row * D as u32 + dq_accum_col(q0 + row, col);
+                            smem::store_u32(dq_s + at * 4, dq[(4 * i + 2 * rr + e) as usize].to_bits());
+                        }
                     }
                 }
             }

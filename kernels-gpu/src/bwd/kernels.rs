@@ -232,6 +232,10 @@ mod wgmma_entry {
             attn_bwd_softcap_hd128_m64n128_wgmma_tma_bf16, attn_bwd_softcap_hd128_m64n128_wgmma_tma_f16,
             attn_bwd_varlen_hd128_m64n128_wgmma_tma_bf16, attn_bwd_varlen_hd128_m64n128_wgmma_tma_f16,
             attn_bwd_varlen_softcap_hd128_m64n128_wgmma_tma_bf16, attn_bwd_varlen_softcap_hd128_m64n128_wgmma_tma_f16];
+        tiles_bwd::BWD_HD96_M80_WGMMA_TMA => [attn_bwd_hd96_m80n128_wgmma_tma_bf16, attn_bwd_hd96_m80n128_wgmma_tma_f16,
+            attn_bwd_softcap_hd96_m80n128_wgmma_tma_bf16, attn_bwd_softcap_hd96_m80n128_wgmma_tma_f16,
+            attn_bwd_varlen_hd96_m80n128_wgmma_tma_bf16, attn_bwd_varlen_hd96_m80n128_wgmma_tma_f16,
+            attn_bwd_varlen_softcap_hd96_m80n128_wgmma_tma_bf16, attn_bwd_varlen_softcap_hd96_m80n128_wgmma_tma_f16];
         tiles_bwd::BWD_HD128_M80_WGMMA_TMA => [attn_bwd_hd128_m80n128_wgmma_tma_bf16, attn_bwd_hd128_m80n128_wgmma_tma_f16,
             attn_bwd_softcap_hd128_m80n128_wgmma_tma_bf16, attn_bwd_softcap_hd128_m80n128_wgmma_tma_f16,
             attn_bwd_varlen_hd128_m80n128_wgmma_tma_bf16, attn_bwd_varlen_hd128_m80n128_wgmma_tma_f16,
