@@ -10,6 +10,7 @@
 //! cargo run --release --example bwd_timing -- --dims 32,64,128
 //! cargo run --release --example bwd_timing -- --dims 192v128   # V (and dO, dV) of head dim 128
 //! cargo run --release --example bwd_timing -- --all           # every compiled row that runs here
+//! cargo run --release --example bwd_timing -- --softcap 30    # every call softcapped
 //! ```
 
 mod common;
@@ -24,6 +25,7 @@ use std::time::Instant;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let all = args.iter().any(|a| a == "--all");
+    let softcap = common::flag_value(&args, "--softcap")?.map(str::parse::<f32>).transpose()?;
     let dims = common::dims_arg(&args, &[(128, 128)])?;
     let Some(dev) = common::device_or_skip()? else { return Ok(()) };
     let info = dev.info();
@@ -31,14 +33,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| N | B | H | D | causal | mode | tile | ms | TFLOP/s |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for d in dims {
-        time_head_dim(&dev, d, all)?;
+        time_head_dim(&dev, d, all, softcap)?;
     }
     Ok(())
 }
 
 /// The table's rows for head dim `d`: the chooser's tile and, where that is a Hopper kernel, the
 /// `mma.sync` row this device would otherwise run; with `all`, every compiled row that runs here.
-fn time_head_dim(dev: &Device, (d, dv): (usize, usize), all: bool) -> ironflash::Result<()> {
+fn time_head_dim(dev: &Device, (d, dv): (usize, usize), all: bool, softcap: Option<f32>) -> ironflash::Result<()> {
     let info = dev.info();
     let h = 2048 / d;
     let runs = |t: &&BackwardTile| {
@@ -62,7 +64,7 @@ fn time_head_dim(dev: &Device, (d, dv): (usize, usize), all: bool) -> ironflash:
         let (q, k, v, d_o) = (t(d)?, t(d)?, t(dv)?, t(dv)?);
         for causal in [false, true] {
             for deterministic in [false, true] {
-                let opts = AttnOptions { causal, deterministic, ..Default::default() };
+                let opts = AttnOptions { causal, deterministic, softcap, ..Default::default() };
                 let fwd = gpu::flash_forward(dev, &q, &k, &v, &opts)?;
                 let p = AttnProblem::new(
                     (q.layout(), q.buffer().len()),
