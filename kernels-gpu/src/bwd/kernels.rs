@@ -120,29 +120,30 @@ mod wgmma_entry {
         }};
     }
 
-    /// One row's eight kernels, as `bwd_kernels!` (the same order of symbols).
+    /// One row's eight kernels, as `bwd_kernels!` (the same order of symbols), each defined by `$entry`
+    /// (`wgmma_entry`, or `wgmma_tma_entry` for the rows whose `tma` is `$tma`).
     macro_rules! wgmma_kernels {
-        ($($tile:path => [$($name:ident),*];)*) => {$(
-            wgmma_kernels!(@row $tile, [$($name),*]);
+        ($entry:ident, $tma:literal; $($tile:path => [$($name:ident),*];)*) => {$(
+            wgmma_kernels!(@row $entry, $tma, $tile, [$($name),*]);
         )*};
-        (@row $tile:path, [$bf16:ident, $f16:ident, $cap_bf16:ident, $cap_f16:ident,
+        (@row $entry:ident, $tma:literal, $tile:path, [$bf16:ident, $f16:ident, $cap_bf16:ident, $cap_f16:ident,
                            $var_bf16:ident, $var_f16:ident, $var_cap_bf16:ident, $var_cap_f16:ident]) => {
             const _: () = {
                 const T: BwdTile = $tile;
-                assert!(T.is_valid() && T.wgmma && !T.tma && T.threads() == 384);
+                assert!(T.is_valid() && T.wgmma && T.tma == $tma && T.threads() == 384);
                 assert!(T.names_are([
                     stringify!($bf16), stringify!($f16), stringify!($cap_bf16), stringify!($cap_f16),
                     stringify!($var_bf16), stringify!($var_f16), stringify!($var_cap_bf16), stringify!($var_cap_f16),
                 ]));
             };
-            wgmma_entry!($tile, Bf16, false, false, $bf16, "Launched as `abi::BwdParams` and the tile row document, on a compute capability 9.0 device.");
-            wgmma_entry!($tile, F16, false, false, $f16, "As the bf16 kernel.");
-            wgmma_entry!($tile, Bf16, true, false, $cap_bf16, "As the bf16 kernel, with a softcap.");
-            wgmma_entry!($tile, F16, true, false, $cap_f16, "As the bf16 kernel, with a softcap.");
-            wgmma_entry!($tile, Bf16, false, true, $var_bf16, "As the bf16 kernel, for a packed batch.");
-            wgmma_entry!($tile, F16, false, true, $var_f16, "As the bf16 kernel, for a packed batch.");
-            wgmma_entry!($tile, Bf16, true, true, $var_cap_bf16, "As the bf16 kernel, for a packed batch with a softcap.");
-            wgmma_entry!($tile, F16, true, true, $var_cap_f16, "As the bf16 kernel, for a packed batch with a softcap.");
+            $entry!($tile, Bf16, false, false, $bf16, "Launched as `abi::BwdParams` and the tile row document, on a compute capability 9.0 device.");
+            $entry!($tile, F16, false, false, $f16, "As the bf16 kernel.");
+            $entry!($tile, Bf16, true, false, $cap_bf16, "As the bf16 kernel, with a softcap.");
+            $entry!($tile, F16, true, false, $cap_f16, "As the bf16 kernel, with a softcap.");
+            $entry!($tile, Bf16, false, true, $var_bf16, "As the bf16 kernel, for a packed batch.");
+            $entry!($tile, F16, false, true, $var_f16, "As the bf16 kernel, for a packed batch.");
+            $entry!($tile, Bf16, true, true, $var_cap_bf16, "As the bf16 kernel, for a packed batch with a softcap.");
+            $entry!($tile, F16, true, true, $var_cap_f16, "As the bf16 kernel, for a packed batch with a softcap.");
         };
     }
 
@@ -162,40 +163,16 @@ mod wgmma_entry {
         };
     }
 
-    /// The TMA rows: bf16 and f16, without and with a softcap, dense and packed (the order of
-    /// `wgmma_kernels!`), each with a second parameter, the tensor maps, whose parameter-space address
-    /// the kernel hands to the TMA unit (as the forward's TMA rows).
-    macro_rules! wgmma_tma_kernels {
-        ($($tile:path => [$bf16:ident, $f16:ident, $cap_bf16:ident, $cap_f16:ident,
-                          $var_bf16:ident, $var_f16:ident, $var_cap_bf16:ident, $var_cap_f16:ident];)*) => {$(
-            const _: () = {
-                const T: BwdTile = $tile;
-                assert!(T.is_valid() && T.wgmma && T.tma && T.threads() == 384);
-                assert!(T.names_are([
-                    stringify!($bf16), stringify!($f16), stringify!($cap_bf16), stringify!($cap_f16),
-                    stringify!($var_bf16), stringify!($var_f16), stringify!($var_cap_bf16), stringify!($var_cap_f16),
-                ]));
-            };
-            wgmma_tma_entry!($tile, Bf16, false, false, $bf16);
-            wgmma_tma_entry!($tile, F16, false, false, $f16);
-            wgmma_tma_entry!($tile, Bf16, true, false, $cap_bf16);
-            wgmma_tma_entry!($tile, F16, true, false, $cap_f16);
-            wgmma_tma_entry!($tile, Bf16, false, true, $var_bf16);
-            wgmma_tma_entry!($tile, F16, false, true, $var_f16);
-            wgmma_tma_entry!($tile, Bf16, true, true, $var_cap_bf16);
-            wgmma_tma_entry!($tile, F16, true, true, $var_cap_f16);
-        )*};
-    }
-
+    /// A TMA row's kernel: a second parameter, the tensor maps, whose parameter-space address the kernel
+    /// hands to the TMA unit (as the forward's TMA rows).
     macro_rules! wgmma_tma_entry {
-        ($tile:path, $elem:ty, $softcap:literal, $packed:literal, $name:ident) => {
+        ($tile:path, $elem:ty, $softcap:literal, $packed:literal, $name:ident, $safety:literal) => {
             core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
             core::arch::global_asm!(concat!("// ironflash-param-align ", stringify!($name), " 1 64"));
 
             /// # Safety
-            /// Launched as `abi::BwdParams` (dense, or packed for the packed symbols) and the tile row
-            /// document, with `maps` the tensor maps of the call's Q and dO, on a compute capability 9.0
-            /// device.
+            #[doc = $safety]
+            /// With `maps` the tensor maps of the call's Q and dO.
             #[no_mangle]
             pub unsafe extern "ptx-kernel" fn $name(p: BwdParams, _maps: BwdTensorMaps) {
                 let maps = crate::ptx::tma::maps_param_address!($name);
@@ -204,7 +181,7 @@ mod wgmma_entry {
         };
     }
 
-    wgmma_kernels! {
+    wgmma_kernels! { wgmma_entry, false;
         tiles_bwd::BWD_HD32_WGMMA => [attn_bwd_hd32_m128n128_wgmma_bf16, attn_bwd_hd32_m128n128_wgmma_f16, attn_bwd_softcap_hd32_m128n128_wgmma_bf16, attn_bwd_softcap_hd32_m128n128_wgmma_f16,
             attn_bwd_varlen_hd32_m128n128_wgmma_bf16, attn_bwd_varlen_hd32_m128n128_wgmma_f16, attn_bwd_varlen_softcap_hd32_m128n128_wgmma_bf16, attn_bwd_varlen_softcap_hd32_m128n128_wgmma_f16];
         tiles_bwd::BWD_HD64_WGMMA => [attn_bwd_hd64_m128n128_wgmma_bf16, attn_bwd_hd64_m128n128_wgmma_f16, attn_bwd_softcap_hd64_m128n128_wgmma_bf16, attn_bwd_softcap_hd64_m128n128_wgmma_f16,
@@ -215,7 +192,7 @@ mod wgmma_entry {
             attn_bwd_varlen_hd128_m64n128_wgmma_bf16, attn_bwd_varlen_hd128_m64n128_wgmma_f16, attn_bwd_varlen_softcap_hd128_m64n128_wgmma_bf16, attn_bwd_varlen_softcap_hd128_m64n128_wgmma_f16];
     }
 
-    wgmma_tma_kernels! {
+    wgmma_kernels! { wgmma_tma_entry, true;
         tiles_bwd::BWD_HD32_WGMMA_TMA => [attn_bwd_hd32_m128n128_wgmma_tma_bf16, attn_bwd_hd32_m128n128_wgmma_tma_f16,
             attn_bwd_softcap_hd32_m128n128_wgmma_tma_bf16, attn_bwd_softcap_hd32_m128n128_wgmma_tma_f16,
             attn_bwd_varlen_hd32_m128n128_wgmma_tma_bf16, attn_bwd_varlen_hd32_m128n128_wgmma_tma_f16,
