@@ -332,6 +332,13 @@ unsafe fn zero_rows<const D: usize, const BM: usize>(q_s: u32, do_s: u32, rows: 
     }
 }
 
+/// The descriptor of k16 step `kk` of a K-major operand: a swizzled tile of `ROWS` rows at `tile`, 32
+/// bytes per step inside each 64-column block.
+#[inline(always)]
+fn k_major_step<const ROWS: usize>(tile: u32, kk: usize) -> u64 {
+    desc_sw128(tile + ((kk / 4) * ROWS * 128 + (kk % 4) * 32) as u32, 16, SBO)
+}
+
 /// Issues `acc = A_w Bᵀ` as one committed group: `[64 keys, BM queries]` from the warpgroup's 64 rows
 /// of a key-side tile at `a_w` (K or V, `BN` rows) and a query-side tile at `b` (Q or dO, `BM` rows),
 /// both K-major over the head dim in k16 steps of 32 bytes inside each 64-column block (Sᵀ = K Qᵀ,
@@ -343,8 +350,7 @@ unsafe fn issue_by_key<E: WgmmaElem, const D: usize, const BM: usize, const SR: 
     b: u32,
 ) {
     for kk in 0..D / 16 {
-        let a = desc_sw128(a_w + ((kk / 4) * BN * 128 + (kk % 4) * 32) as u32, 16, SBO);
-        let b = desc_sw128(b + ((kk / 4) * BM * 128 + (kk % 4) * 32) as u32, 16, SBO);
+        let (a, b) = (k_major_step::<BN>(a_w, kk), k_major_step::<BM>(b, kk));
         E::ss::<SR, 0, 0>(acc, a, b, kk > 0);
     }
     wgmma::commit();
@@ -686,7 +692,7 @@ pub unsafe fn attn_bwd_wgmma<
             let kk = kk as u32;
             let k_rows = desc_sw128(k_s + wg * Shape::<D, BM>::DQ_K_OFFSET + kk * K16_ROWS, col_block(BN), SBO);
             if Shape::<D, BM>::DQ_T {
-                let ds = desc_sw128(ds_s + (kk / 4) * (BM * 128) as u32 + (kk % 4) * 32, 16, SBO);
+                let ds = k_major_step::<BM>(ds_s, kk as usize);
                 E::ss::<QR, 1, 0>(&mut dq, k_rows, ds, kk > 0);
             } else {
                 let a = desc_sw128(ds_s + wg * Shape::<D, BM>::DQ_DS_OFFSET + kk * K16_ROWS, col_block(BN), SBO);
