@@ -611,7 +611,9 @@ fn backward_long_sequences_every_option_every_head_dim() {
 /// Every Hopper backward row on packed batches, forced (the chooser takes the TMA rows), fast and
 /// deterministic, against the reference, with sequences whose last query block ends inside the next
 /// sequence's rows. Then, on each TMA row (whose last box of a sequence reads those rows), a sequence's
-/// gradients are bitwise the same when every later sequence's Q and dO rows hold NaN.
+/// gradients are bitwise the same when every later sequence's Q and dO rows hold NaN (in deterministic
+/// mode: the fast mode adds a query block's dQ parts in a run-dependent order, which changes the
+/// rounding once three or more key blocks reach it).
 fn packed_backward_every_hopper_row() {
     let Some(dev) = device_or_skip("packed_backward_every_hopper_row") else { return };
     if !dev.info().runs_wgmma() {
@@ -629,7 +631,7 @@ fn packed_backward_every_hopper_row() {
         if !tile.tma {
             continue;
         }
-        let c = Case { seed: 9, ..base(d, &lens) };
+        let c = Case { seed: 9, deterministic: true, ..base(d, &lens) };
         let x = inputs::<bf16>(&c);
         let (o, lse) = gpu_varlen(dev, &c, &x).unwrap();
         let clean = gpu_backward_tile(dev, &c, &x, &o, &lse, Some(tile)).unwrap();

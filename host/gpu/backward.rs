@@ -466,6 +466,7 @@ mod tests {
     use super::*;
     use ironflash_kernels::tiles_bwd::{
         BWD_HD128_M32, BWD_HD128_M80_WGMMA_TMA, BWD_HD128_WGMMA, BWD_HD128_WGMMA_TMA, BWD_HD192, BWD_HD192_V128,
+        BWD_HD192_WGMMA_TMA, BWD_HD256, BWD_HD256_WGMMA_TMA,
     };
 
     fn info(cc: (i32, i32), smem_optin_kib: usize, smem_sm_kib: usize) -> DeviceInfo {
@@ -505,5 +506,14 @@ mod tests {
         assert!(check_forced_backward_tile(&BWD_HD192, &p192, DType::BF16, &h100).is_err());
         assert!(check_forced_backward_tile(&BWD_HD128_WGMMA_TMA, &p128, DType::BF16, &h100).is_ok());
         assert!(check_forced_backward_tile(&BWD_HD128_M80_WGMMA_TMA, &p64, DType::BF16, &h100).is_err());
+        // Head dims 192 and 256: the head-dim split Hopper rows, the `mma.sync` rows elsewhere.
+        assert_eq!(backward_tile(&h100, (256, 256), DType::BF16).unwrap(), BWD_HD256_WGMMA_TMA);
+        assert_eq!(backward_tile(&h100, (192, 192), DType::F16).unwrap(), BWD_HD192_WGMMA_TMA);
+        assert_eq!(backward_tile(&info((9, 0), 227, 228), (256, 256), DType::BF16).unwrap().block_n, 64);
+        assert!(!backward_tile(&l40, (256, 256), DType::BF16).is_ok_and(|t| t.wgmma));
+        assert_ne!(backward_tile(&a100, (256, 256), DType::BF16).unwrap(), BWD_HD256_WGMMA_TMA);
+        let p256 = problem(256, 256).unwrap();
+        assert!(check_forced_backward_tile(&BWD_HD256, &p256, DType::BF16, &h100).is_ok());
+        assert!(check_forced_backward_tile(&BWD_HD256_WGMMA_TMA, &p256, DType::BF16, &a100).is_err());
     }
 }

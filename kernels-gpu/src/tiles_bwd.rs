@@ -119,6 +119,34 @@ impl BwdTile {
         let consts = delta + f;
         [k, v, qo, d_o, pp, ds, lse, delta, consts, consts + BWD_CONSTS_BYTES]
     }
+    /// Hopper rows whose warpgroups split the head dim (`bwd/hopper_wide.rs`, head dim 256): each owns
+    /// every key of the block and half the head-dim columns of dK, dV and dQ, where the other rows'
+    /// warpgroups own half the keys and every column (whose dK and dV would be 256 registers here).
+    pub const fn wgmma_splits_head_dim(&self) -> bool {
+        self.wgmma && self.head_dim > 128
+    }
+    /// Head-dim split rows: the f32 registers per thread of each of dK, dV and dQ in a warpgroup's two
+    /// column parts (`bwd/hopper_wide.rs`: 128 columns at head dim 256; 64 + 32 at 192, where 96
+    /// columns from column 96 would start inside a 64-column block and run past it, which an MN-major
+    /// operand cannot).
+    pub const fn wgmma_wide_regs(&self) -> [usize; 2] {
+        if self.head_dim == 256 {
+            [64, 0]
+        } else {
+            [32, 16]
+        }
+    }
+    /// Hopper rows: bytes from one query stage's Q (and dO) tile to the next stage's. The head-dim
+    /// split rows keep a stage's Q and dO tiles adjacent, so that once a step's products have read them
+    /// the step's dQ (f32, as many bytes) is staged over both.
+    pub const fn wgmma_stage_stride(&self, elem_bytes: usize) -> usize {
+        let tile = self.block_m * crate::tiles::swizzled_cols(self.head_dim) * elem_bytes;
+        if self.wgmma_splits_head_dim() {
+            2 * tile
+        } else {
+            tile
+        }
+    }
     /// Hopper rows: the column where warpgroup 1's part of dQ starts when the warpgroups split dQ's
     /// columns (64-row query blocks): half the head dim, or 64 at head dim 96, where half (48) would
     /// start inside a 64-column block and run past it, which an MN-major operand cannot.
@@ -176,8 +204,23 @@ impl BwdTile {
     /// (`ptx::wgmma`), each starting on a 1024-byte boundary (dS untransposed, `block_m` rows of
     /// `block_n`, where dQ is computed transposed); dq holds `wgmma_dq_stages` f32 `[block_m, head_dim]`
     /// staging buffers of the dQ reductions.
+    ///
+    /// The head-dim split rows (`wgmma_splits_head_dim`): `[k, v, q, d_o, ds, p, lse, delta, consts,
+    /// end]`, stage s's Q at `q + s·wgmma_stage_stride` and its dO right after it, where the step's dQ is
+    /// staged (no staging buffers of their own); Pᵀ (`[block_n keys][block_m queries]`) in the dq slot.
     pub const fn wgmma_smem_layout(&self, elem_bytes: usize) -> [usize; 10] {
         let stored = crate::tiles::swizzled_cols(self.head_dim);
+        if self.wgmma_splits_head_dim() {
+            let kv = self.block_n * stored * elem_bytes;
+            let tile = self.block_m * stored * elem_bytes;
+            let pds = self.block_n * self.block_m * elem_bytes;
+            let f = self.q_stages * self.block_m * 4;
+            let (k, v, q) = (0, kv, 2 * kv);
+            let ds = q + self.q_stages * 2 * tile;
+            let (pp, lse) = (ds + pds, ds + 2 * pds);
+            let (delta, consts) = (lse + f, lse + 2 * f);
+            return [k, v, q, q + tile, ds, pp, lse, delta, consts, consts + BWD_CONSTS_BYTES];
+        }
         let kv = self.block_n * stored * elem_bytes;
         let q = self.q_stages * self.block_m * stored * elem_bytes;
         let f = self.q_stages * self.block_m * 4;
@@ -241,6 +284,19 @@ impl BwdTile {
     /// Whether the row is well formed (checked at compile time for every instantiated kernel).
     pub const fn is_valid(&self) -> bool {
         let (d, dv, w) = (self.head_dim, self.head_dim_v, self.warps);
+        if self.wgmma_splits_head_dim() {
+            // `bwd/hopper_wide.rs`: 64 keys and 64-row query blocks, the warpgroups splitting the head
+            // dim (`wgmma_wide_regs`); at head dim 256 dK and dV 64 + 64 f32 per thread, dQ 64 more.
+            // TMA rows only (the staged dQ goes over the stage's Q and dO, which the loader then
+            // refills).
+            return (d == 192 || d == 256)
+                && dv == d
+                && self.block_m == 64
+                && self.block_n == 64
+                && w == 12
+                && self.q_stages == 2
+                && self.tma;
+        }
         if self.wgmma {
             // The shapes `bwd/hopper.rs` implements: each compute warpgroup owns 64 keys; with 64-row
             // query blocks the warpgroups split dQ's columns (`wgmma_dq_split`), with 128-row blocks its
@@ -471,6 +527,39 @@ pub const BWD_HD96_M80_WGMMA_TMA: BwdTile = tma_row(
     ],
 );
 
+/// Head dim 256 on Hopper (`bwd/hopper_wide.rs`): 64 keys per CTA, both compute warpgroups over all of
+/// them, each owning 128 of the head dim's columns of dK, dV and dQ; Q and dO by TMA; 215 KiB. First.
+pub const BWD_HD256_WGMMA_TMA: BwdTile = BwdTile {
+    head_dim: 256,
+    head_dim_v: 256,
+    block_m: 64,
+    block_n: 64,
+    tma: true,
+    symbols: ["attn_bwd_hd256_m64n64_wgmma_tma_bf16", "attn_bwd_hd256_m64n64_wgmma_tma_f16"],
+    softcap_symbols: ["attn_bwd_softcap_hd256_m64n64_wgmma_tma_bf16", "attn_bwd_softcap_hd256_m64n64_wgmma_tma_f16"],
+    packed_symbols: ["attn_bwd_varlen_hd256_m64n64_wgmma_tma_bf16", "attn_bwd_varlen_hd256_m64n64_wgmma_tma_f16"],
+    packed_softcap_symbols: [
+        "attn_bwd_varlen_softcap_hd256_m64n64_wgmma_tma_bf16",
+        "attn_bwd_varlen_softcap_hd256_m64n64_wgmma_tma_f16",
+    ],
+    ..BWD_HD128_WGMMA
+};
+
+/// `BWD_HD256_WGMMA_TMA` at head dim 192 (each warpgroup's columns in parts of 64 and 32); 163 KiB.
+/// First.
+pub const BWD_HD192_WGMMA_TMA: BwdTile = BwdTile {
+    head_dim: 192,
+    head_dim_v: 192,
+    symbols: ["attn_bwd_hd192_m64n64_wgmma_tma_bf16", "attn_bwd_hd192_m64n64_wgmma_tma_f16"],
+    softcap_symbols: ["attn_bwd_softcap_hd192_m64n64_wgmma_tma_bf16", "attn_bwd_softcap_hd192_m64n64_wgmma_tma_f16"],
+    packed_symbols: ["attn_bwd_varlen_hd192_m64n64_wgmma_tma_bf16", "attn_bwd_varlen_hd192_m64n64_wgmma_tma_f16"],
+    packed_softcap_symbols: [
+        "attn_bwd_varlen_softcap_hd192_m64n64_wgmma_tma_bf16",
+        "attn_bwd_varlen_softcap_hd192_m64n64_wgmma_tma_f16",
+    ],
+    ..BWD_HD256_WGMMA_TMA
+};
+
 /// Every compiled variant, in order of preference within a head dim.
 pub const BWD_TILES: &[BwdTile] = &[
     BWD_HD32_WGMMA_TMA,
@@ -487,8 +576,10 @@ pub const BWD_TILES: &[BwdTile] = &[
     BWD_HD128_WGMMA_TMA,
     BWD_HD128_WGMMA,
     BWD_HD128_M32,
+    BWD_HD192_WGMMA_TMA,
     BWD_HD192,
     BWD_HD192_M32,
+    BWD_HD256_WGMMA_TMA,
     BWD_HD256,
     BWD_HD192_V128,
 ];
@@ -545,7 +636,7 @@ mod tests {
                 let h = choose_bwd(d, d, 2, H100.0, H100.1, sm90a).unwrap();
                 assert_eq!(h.q_stages, 2, "d={d}");
                 assert!(h.smem_bytes(2) <= H100.0, "d={d}");
-                assert_eq!(h.wgmma, sm90a && matches!(d, 32 | 64 | 96 | 128), "d={d}");
+                assert_eq!(h.wgmma, sm90a, "d={d}");
             }
             let a = choose_bwd(d, d, 2, A100.0, A100.1, false).unwrap();
             assert!(a.smem_bytes(2) <= A100.0, "d={d}");
@@ -636,5 +727,29 @@ mod tests {
         assert_eq!(parts(BWD_HD96_WGMMA), (64, 64));
         assert_eq!(BWD_HD64_WGMMA.wgmma_dq_cols(), 64);
         assert_eq!(BWD_HD32_WGMMA.wgmma_dq_cols(), 32);
+        // Head dim 256: a stage's Q and dO adjacent, as many bytes as its f32 dQ staged over them.
+        let wide = BWD_HD256_WGMMA_TMA;
+        let l = wide.wgmma_smem_layout(2);
+        assert!(wide.wgmma_splits_head_dim() && !BWD_HD128_M80_WGMMA_TMA.wgmma_splits_head_dim());
+        assert_eq!((l[1], l[2], l[3] - l[2]), (64 * 256 * 2, 2 * 64 * 256 * 2, 64 * 256 * 2));
+        assert_eq!(wide.wgmma_stage_stride(2), 64 * 256 * 4);
+        assert_eq!(l[4], l[2] + 2 * wide.wgmma_stage_stride(2));
+        for off in &l[..6] {
+            assert_eq!(off % 1024, 0, "{l:?}");
+        }
+        assert!(wide.smem_bytes(2) <= H100.0 && wide.smem_bytes(2) > A100.0);
+        assert!(
+            !BwdTile { tma: false, ..wide }.is_valid()
+                && !BwdTile { head_dim_v: 128, ..BWD_HD192_WGMMA_TMA }.is_valid()
+        );
+        let l192 = BWD_HD192_WGMMA_TMA.wgmma_smem_layout(2);
+        assert_eq!((l192[3] - l192[2], BWD_HD192_WGMMA_TMA.wgmma_stage_stride(2)), (64 * 192 * 2, 64 * 192 * 4));
+        for off in &l192[..6] {
+            assert_eq!(off % 1024, 0, "{l192:?}");
+        }
+        // Each warpgroup's columns: half the head dim, as registers of dK (and dV, dQ).
+        for t in [wide, BWD_HD192_WGMMA_TMA] {
+            assert_eq!(4 * (t.wgmma_wide_regs()[0] + t.wgmma_wide_regs()[1]), t.head_dim);
+        }
     }
 }

@@ -72,15 +72,18 @@ use crate::tiles_bwd::{BwdTile, BWD_HD128_WGMMA};
 const T: BwdTile = BWD_HD128_WGMMA;
 const BN: usize = T.block_n;
 /// The two warpgroups that compute.
-const COMPUTE_THREADS: usize = 256;
-const COMPUTE_THREADS_U32: u32 = COMPUTE_THREADS as u32;
+pub(super) const COMPUTE_THREADS: usize = 256;
+pub(super) const COMPUTE_THREADS_U32: u32 = COMPUTE_THREADS as u32;
 /// Compute threads and one warp of the third warpgroup (the dQ writer, or the TMA rows' loader; the
 /// other warps of that warpgroup exit at once): the participants of the hand-off barriers.
-const ALL_THREADS_U32: u32 = (COMPUTE_THREADS + 32) as u32;
+pub(super) const ALL_THREADS_U32: u32 = (COMPUTE_THREADS + 32) as u32;
+/// The dQ writer's warp and the loader's: the participants of `BAR_QEMPTY` where the writer frees the
+/// query stages (the head-dim split rows, `hopper_wide.rs`).
+const WRITER_AND_LOADER_U32: u32 = 64;
 /// Registers per thread after the split (`setmaxnreg`): the CTA launches with 168 per thread (384
 /// threads, the launch bounds in `kernels.rs`); 2·128·240 + 128·24 = 384·168 = 64512.
-const COMPUTE_REGS: u32 = 240;
-const WRITER_REGS: u32 = 24;
+pub(super) const COMPUTE_REGS: u32 = 240;
+pub(super) const WRITER_REGS: u32 = 24;
 const _: () = assert!(
     BN == 128
         && T.warps * 32 == COMPUTE_THREADS + 128
@@ -89,14 +92,21 @@ const _: () = assert!(
 );
 
 /// The constants of head dim `D` with query blocks of `BM` rows.
-struct Shape<const D: usize, const BM: usize>;
+pub(super) struct Shape<const D: usize, const BM: usize>;
 
 impl<const D: usize, const BM: usize> Shape<D, BM> {
-    /// The tile row for (`D`, `BM`).
-    const TILE: BwdTile = BwdTile { head_dim: D, head_dim_v: D, block_m: BM, ..T };
+    /// The tile row for (`D`, `BM`): past head dim 128 the head-dim split rows' 64 keys
+    /// (`hopper_wide.rs`).
+    pub(super) const TILE: BwdTile =
+        BwdTile { head_dim: D, head_dim_v: D, block_m: BM, block_n: if D > 128 { 64 } else { BN }, ..T };
+    /// Whether the warpgroups split the head dim (`BwdTile::wgmma_splits_head_dim`): the writer then
+    /// reduces dQ from the step's query stage and frees the stage for the loader.
+    const WIDE: bool = Self::TILE.wgmma_splits_head_dim();
+    /// Bytes from one query stage's Q (and dO) to the next stage's (`BwdTile::wgmma_stage_stride`).
+    pub(super) const STAGE_STRIDE: u32 = Self::TILE.wgmma_stage_stride(2) as u32;
     /// `[k, v, q, d_o, ds, dq (two staging buffers), lse, delta, consts, end]` from the 1024-byte
     /// aligned base.
-    const L: [usize; 10] = Self::TILE.wgmma_smem_layout(2);
+    pub(super) const L: [usize; 10] = Self::TILE.wgmma_smem_layout(2);
     /// One dQ staging buffer: `[BM][D]` f32.
     const DQ_STAGE_BYTES: u32 = (BM * D * 4) as u32;
     /// Each warpgroup's part of dQ is 64 query rows × `DQ_COLS` columns: with 64-row query blocks the
@@ -114,9 +124,9 @@ impl<const D: usize, const BM: usize> Shape<D, BM> {
     /// 128), which the kernel then fills with zeros.
     const K_PAST_HEAD_DIM: bool = BM != 128 && Self::DQ_SPLIT + Self::DQ_COLS > D;
     /// The TMA rows: bytes of one query block's Q and dO tiles, which complete its stage's `mbarrier`.
-    const STAGE_TX_BYTES: u32 = (2 * BM * Self::STORED * 2) as u32;
+    pub(super) const STAGE_TX_BYTES: u32 = (2 * BM * Self::STORED * 2) as u32;
     /// Columns of the element tiles in shared memory (whole 64-column blocks of the swizzle).
-    const STORED: usize = crate::tiles::swizzled_cols(D);
+    pub(super) const STORED: usize = crate::tiles::swizzled_cols(D);
     /// dQ computed transposed (`BwdTile::wgmma_dq_transposed`): warpgroup w's dQᵀ rows are head-dim
     /// columns 64w..64w+63, K's column block w read MN-major; dS is stored untransposed.
     const DQ_T: bool = Self::TILE.wgmma_dq_transposed();
@@ -138,41 +148,43 @@ impl<const D: usize, const BM: usize> Shape<D, BM> {
     );
 }
 
-const BAR_COMPUTE: u32 = 1;
+pub(super) const BAR_COMPUTE: u32 = 1;
 /// Staging buffer s is full: 2 + s.
-const BAR_FULL: u32 = 2;
+pub(super) const BAR_FULL: u32 = 2;
 /// Staging buffer s is free: 4 + s.
 const BAR_EMPTY: u32 = 4;
 /// The TMA rows: query stage s has landed (the loader arrives once the stage's `mbarrier` has completed,
 /// the compute threads wait): 6 + s.
-const BAR_QFULL: u32 = 6;
-/// The TMA rows: query stage s is free (the compute threads arrive once their products have read it,
-/// the loader waits before refilling it): 8 + s.
+pub(super) const BAR_QFULL: u32 = 6;
+/// The TMA rows: query stage s is free (the compute threads arrive once their products have read it, or
+/// in the head-dim split rows the writer once its reduction has read the dQ staged there; the loader
+/// waits before refilling it): 8 + s.
 const BAR_QEMPTY: u32 = 8;
 /// The TMA rows' `mbarrier`s, one per query stage, at `consts + QBARS + 8s`.
-const QBARS: u32 = 96;
+pub(super) const QBARS: u32 = 96;
 const _: () = assert!(QBARS + 16 <= crate::tiles_bwd::BWD_CONSTS_BYTES as u32 && QBARS >= DQ_TURN + 8);
 
 /// Deterministic mode: the dQ turn (`mainloop::dq_turn`) of the step staged in buffer s, at
 /// `consts + DQ_TURN + 4s` (after the constants and the work-item ticket), written by compute thread 0
 /// before it hands the buffer to the writer.
-const DQ_TURN: u32 = 88;
+pub(super) const DQ_TURN: u32 = 88;
 const _: () = assert!(DQ_TURN + 8 <= crate::tiles_bwd::BWD_CONSTS_BYTES as u32);
 
 /// Bytes between the two 64-column blocks of a swizzled `rows x 128` tile, and between 8-row groups.
-const fn col_block(rows: usize) -> u32 {
+pub(super) const fn col_block(rows: usize) -> u32 {
     (rows * 128) as u32
 }
-const SBO: u32 = 1024;
+pub(super) const SBO: u32 = 1024;
 /// Bytes per 16 rows of a swizzled tile: one k16 step of an MN-major operand.
-const K16_ROWS: u32 = 16 * 128;
+pub(super) const K16_ROWS: u32 = 16 * 128;
 
 /// The dQ writer (one warp, lane 0 acting): per step, once the compute warps have staged the step's
 /// dQ part in buffer `it % DQ_STAGES`, adds it to the accumulator rows of its (head, query block) with
 /// one bulk reduction, in key-block order when deterministic, and frees the buffer once the reduction
-/// has read it (before, when deterministic, waiting for it to complete and handing the turn on).
+/// has read it (before, when deterministic, waiting for it to complete and handing the turn on). In the
+/// head-dim split rows (`Shape::WIDE`) the buffer is the step's query stage, freed for the loader.
 #[inline(always)]
-unsafe fn dq_writer<const D: usize, const BM: usize, const PACKED: bool>(
+pub(super) unsafe fn dq_writer<const D: usize, const BM: usize, const PACKED: bool>(
     p: &BwdParams,
     consts: u32,
     work: KeyBlockWork,
@@ -182,7 +194,7 @@ unsafe fn dq_writer<const D: usize, const BM: usize, const PACKED: bool>(
     // The LSE layout's rows per head (see `mainloop::attn_bwd`).
     let sq = p.score.mask.seqlen_q;
     let deterministic = p.deterministic != 0;
-    let stages = Shape::<D, BM>::DQ_STAGES;
+    let stages = if Shape::<D, BM>::WIDE { 2 } else { Shape::<D, BM>::DQ_STAGES };
     let mut it = 0u32;
     while it < work.total {
         let s = it % stages;
@@ -191,7 +203,11 @@ unsafe fn dq_writer<const D: usize, const BM: usize, const PACKED: bool>(
         if lane0 {
             let m0 = m * BM as u32;
             let bytes = (loop_mask::<PACKED>(p).seqlen_q - m0).min(BM as u32) * (D * 4) as u32;
-            let staged = opaque(consts) - l[8] as u32 + l[5] as u32 + s * Shape::<D, BM>::DQ_STAGE_BYTES;
+            let staged = if Shape::<D, BM>::WIDE {
+                opaque(consts) - l[8] as u32 + l[2] as u32 + s * Shape::<D, BM>::STAGE_STRIDE
+            } else {
+                opaque(consts) - l[8] as u32 + l[5] as u32 + s * Shape::<D, BM>::DQ_STAGE_BYTES
+            };
             let (acc, _) = consts_pair(consts + C_ACC);
             let acc = (acc as *mut f32).add((h as usize * sq as usize + m0 as usize) * D);
             if deterministic {
@@ -204,10 +220,15 @@ unsafe fn dq_writer<const D: usize, const BM: usize, const PACKED: bool>(
             bulk::reduce_add_f32(acc, staged, bytes);
             bulk::wait_read::<0>();
         }
-        // The compute warps wait for this buffer only before their step it + DQ_STAGES.
+        // The compute warps wait for this buffer only before their step it + DQ_STAGES; the loader
+        // for the query stage only to load step it + 2's block into it.
         if it + stages < work.total {
             sync::warp();
-            sync::arrive_at::<ALL_THREADS_U32>(BAR_EMPTY + s);
+            if Shape::<D, BM>::WIDE {
+                sync::arrive_at::<WRITER_AND_LOADER_U32>(BAR_QEMPTY + s);
+            } else {
+                sync::arrive_at::<ALL_THREADS_U32>(BAR_EMPTY + s);
+            }
         }
         if lane0 && deterministic {
             // The next key block's turn once this part is in the accumulator.
@@ -228,7 +249,12 @@ unsafe fn dq_writer<const D: usize, const BM: usize, const PACKED: bool>(
 /// # Safety
 /// In deterministic mode, with the CTA's constants stored at `consts`.
 #[inline(always)]
-unsafe fn dq_turn_counter<const BM: usize, const PACKED: bool>(p: &BwdParams, consts: u32, h: u32, m: u32) -> *mut u32 {
+pub(super) unsafe fn dq_turn_counter<const BM: usize, const PACKED: bool>(
+    p: &BwdParams,
+    consts: u32,
+    h: u32,
+    m: u32,
+) -> *mut u32 {
     turn_counter::<BM, PACKED>(p, consts_pair(consts + C_ACC).1, h, m)
 }
 
@@ -254,8 +280,11 @@ unsafe fn dq_turn_counter<const BM: usize, const PACKED: bool>(p: &BwdParams, co
 /// In a call of a TMA row (`PACKED` for a packed one, after `attn::stage::enter`), with `maps` the
 /// tensor maps of its Q and dO, the stage `mbarrier`s initialised and the compute warps running the
 /// same steps.
+///
+/// The head-dim split rows (`Shape::WIDE`): stage s's Q and dO tiles lie `STAGE_STRIDE` apart per stage,
+/// and the writer frees a stage (`BAR_QEMPTY`) once its reduction has read the dQ staged over it.
 #[inline(always)]
-unsafe fn loader_tma<const D: usize, const BM: usize, const PACKED: bool>(
+pub(super) unsafe fn loader_tma<const D: usize, const BM: usize, const PACKED: bool>(
     p: &BwdParams,
     maps: u64,
     base: u32,
@@ -274,13 +303,13 @@ unsafe fn loader_tma<const D: usize, const BM: usize, const PACKED: bool>(
         let (h, m) = work.block(it, p);
         let m0 = m * BM as u32;
         let bar = bars + 8 * s;
-        let tile_b = (BM * Shape::<D, BM>::STORED * 2) as u32;
+        let stride = Shape::<D, BM>::STAGE_STRIDE;
         mbarrier::arrive_expect_tx(leader, bar, Shape::<D, BM>::STAGE_TX_BYTES);
         // The box's first row: the sequence's batch row and first token (a packed call's is row 0).
         let (row, q0) = stage::parked_queries::<PACKED>(b);
         let at = [q0 + m0, h, row];
-        tma::load_tile::<BM, D>(leader, base + l[2] as u32 + s * tile_b, q_map, at, bar);
-        tma::load_tile::<BM, D>(leader, base + l[3] as u32 + s * tile_b, do_map, at, bar);
+        tma::load_tile::<BM, D>(leader, base + l[2] as u32 + s * stride, q_map, at, bar);
+        tma::load_tile::<BM, D>(leader, base + l[3] as u32 + s * stride, do_map, at, bar);
     };
     // Block it >= 1 is stage s = it % 2's ((it + s) / 2 - 1)-th load (stage 1 loads blocks 1, 3, ...,
     // stage 0 blocks 2, 4, ...): its phase's parity.
@@ -305,9 +334,17 @@ unsafe fn loader_tma<const D: usize, const BM: usize, const PACKED: bool>(
         if it + 1 < total {
             hand_over(it + 1);
         }
-        sync::named_at::<ALL_THREADS_U32>(BAR_QEMPTY + it % 2);
-        if it + 2 < total {
-            issue(it + 2);
+        if Shape::<D, BM>::WIDE {
+            // The writer frees only the stages the loader refills.
+            if it + 2 < total {
+                sync::named_at::<WRITER_AND_LOADER_U32>(BAR_QEMPTY + it % 2);
+                issue(it + 2);
+            }
+        } else {
+            sync::named_at::<ALL_THREADS_U32>(BAR_QEMPTY + it % 2);
+            if it + 2 < total {
+                issue(it + 2);
+            }
         }
         it += 1;
     }
@@ -320,7 +357,7 @@ unsafe fn loader_tma<const D: usize, const BM: usize, const PACKED: bool>(
 /// Compute threads only (`tid < 256`), with `q_s` and `do_s` the stage's tiles, which no product reads
 /// at the time.
 #[inline(always)]
-unsafe fn zero_rows<const D: usize, const BM: usize>(q_s: u32, do_s: u32, rows: u32, tid: u32) {
+pub(super) unsafe fn zero_rows<const D: usize, const BM: usize>(q_s: u32, do_s: u32, rows: u32, tid: u32) {
     let chunks_per_row = (Shape::<D, BM>::STORED / 8) as u32;
     let mut i = tid;
     while i < (BM as u32 - rows) * chunks_per_row {
@@ -335,22 +372,22 @@ unsafe fn zero_rows<const D: usize, const BM: usize>(q_s: u32, do_s: u32, rows: 
 /// The descriptor of k16 step `kk` of a K-major operand: a swizzled tile of `ROWS` rows at `tile`, 32
 /// bytes per step inside each 64-column block.
 #[inline(always)]
-fn k_major_step<const ROWS: usize>(tile: u32, kk: usize) -> u64 {
+pub(super) fn k_major_step<const ROWS: usize>(tile: u32, kk: usize) -> u64 {
     desc_sw128(tile + ((kk / 4) * ROWS * 128 + (kk % 4) * 32) as u32, 16, SBO)
 }
 
-/// Issues `acc = A_w Bᵀ` as one committed group: `[64 keys, BM queries]` from the warpgroup's 64 rows
-/// of a key-side tile at `a_w` (K or V, `BN` rows) and a query-side tile at `b` (Q or dO, `BM` rows),
-/// both K-major over the head dim in k16 steps of 32 bytes inside each 64-column block (Sᵀ = K Qᵀ,
-/// dPᵀ = V dOᵀ).
+/// Issues `acc = A_w Bᵀ` as one committed group: `[64 keys, SR·2 queries]` from the warpgroup's 64 rows
+/// of a key-side tile at `a_w` (K or V, `AR` rows) and the query rows at `b` of a query-side tile (Q or
+/// dO, `BR` rows), both K-major over the head dim in k16 steps of 32 bytes inside each 64-column block
+/// (Sᵀ = K Qᵀ, dPᵀ = V dOᵀ).
 #[inline(always)]
-unsafe fn issue_by_key<E: WgmmaElem, const D: usize, const BM: usize, const SR: usize>(
+pub(super) unsafe fn issue_by_key<E: WgmmaElem, const D: usize, const AR: usize, const BR: usize, const SR: usize>(
     acc: &mut [f32; SR],
     a_w: u32,
     b: u32,
 ) {
     for kk in 0..D / 16 {
-        let (a, b) = (k_major_step::<BN>(a_w, kk), k_major_step::<BM>(b, kk));
+        let (a, b) = (k_major_step::<AR>(a_w, kk), k_major_step::<BR>(b, kk));
         E::ss::<SR, 0, 0>(acc, a, b, kk > 0);
     }
     wgmma::commit();
@@ -554,9 +591,9 @@ pub unsafe fn attn_bwd_wgmma<
         let mut s = [0f32; SR];
         let mut dp = [0f32; SR];
         wgmma::fence();
-        issue_by_key::<E, D, BM, SR>(&mut s, k_s + key_w * 128, q_s);
+        issue_by_key::<E, D, BN, BM, SR>(&mut s, k_s + key_w * 128, q_s);
         if !Shape::<D, BM>::serial_softcap(SOFTCAP) {
-            issue_by_key::<E, D, BM, SR>(&mut dp, v_s + key_w * 128, do_s);
+            issue_by_key::<E, D, BN, BM, SR>(&mut dp, v_s + key_w * 128, do_s);
         }
         if p.deterministic == 0 {
             load_next();
@@ -620,7 +657,7 @@ pub unsafe fn attn_bwd_wgmma<
         // dV += Pᵀ dO: the A fragment of k16 step kk is column blocks 2kk and 2kk+1 of Pᵀ.
         wgmma::fence();
         if Shape::<D, BM>::serial_softcap(SOFTCAP) {
-            issue_by_key::<E, D, BM, SR>(&mut dp, v_s + key_w * 128, do_s);
+            issue_by_key::<E, D, BN, BM, SR>(&mut dp, v_s + key_w * 128, do_s);
         }
         accumulate_by_query::<E, BM, DR, PK>(&mut dv, &pk, do_s);
 

@@ -97,6 +97,7 @@ bwd_kernels! {
 #[cfg(target_feature = "sm_90a")]
 mod wgmma_entry {
     use super::super::hopper::attn_bwd_wgmma;
+    use super::super::hopper_wide::attn_bwd_wgmma_wide;
     use crate::abi::{BwdParams, BwdTensorMaps};
     use crate::ptx::elem::{Bf16, F16};
     use crate::tiles_bwd::{self, BwdTile};
@@ -181,6 +182,26 @@ mod wgmma_entry {
         };
     }
 
+    /// A head-dim split row's kernel (`hopper_wide.rs`; TMA rows only), with the TMA rows' parameters.
+    macro_rules! wgmma_wide_entry {
+        ($tile:path, $elem:ty, $softcap:literal, $packed:literal, $name:ident, $safety:literal) => {
+            core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
+            core::arch::global_asm!(concat!("// ironflash-param-align ", stringify!($name), " 1 64"));
+
+            /// # Safety
+            #[doc = $safety]
+            /// With `maps` the tensor maps of the call's Q and dO.
+            #[no_mangle]
+            pub unsafe extern "ptx-kernel" fn $name(p: BwdParams, _maps: BwdTensorMaps) {
+                const T: BwdTile = $tile;
+                const { assert!(T.wgmma_splits_head_dim()) };
+                let maps = crate::ptx::tma::maps_param_address!($name);
+                const R: [usize; 2] = T.wgmma_wide_regs();
+                attn_bwd_wgmma_wide::<$elem, { T.head_dim }, { R[0] }, { R[1] }, $softcap, $packed>(&p, maps)
+            }
+        };
+    }
+
     wgmma_kernels! { wgmma_entry, false;
         tiles_bwd::BWD_HD32_WGMMA => [attn_bwd_hd32_m128n128_wgmma_bf16, attn_bwd_hd32_m128n128_wgmma_f16, attn_bwd_softcap_hd32_m128n128_wgmma_bf16, attn_bwd_softcap_hd32_m128n128_wgmma_f16,
             attn_bwd_varlen_hd32_m128n128_wgmma_bf16, attn_bwd_varlen_hd32_m128n128_wgmma_f16, attn_bwd_varlen_softcap_hd32_m128n128_wgmma_bf16, attn_bwd_varlen_softcap_hd32_m128n128_wgmma_f16];
@@ -217,6 +238,17 @@ mod wgmma_entry {
             attn_bwd_softcap_hd128_m80n128_wgmma_tma_bf16, attn_bwd_softcap_hd128_m80n128_wgmma_tma_f16,
             attn_bwd_varlen_hd128_m80n128_wgmma_tma_bf16, attn_bwd_varlen_hd128_m80n128_wgmma_tma_f16,
             attn_bwd_varlen_softcap_hd128_m80n128_wgmma_tma_bf16, attn_bwd_varlen_softcap_hd128_m80n128_wgmma_tma_f16];
+    }
+
+    wgmma_kernels! { wgmma_wide_entry, true;
+        tiles_bwd::BWD_HD192_WGMMA_TMA => [attn_bwd_hd192_m64n64_wgmma_tma_bf16, attn_bwd_hd192_m64n64_wgmma_tma_f16,
+            attn_bwd_softcap_hd192_m64n64_wgmma_tma_bf16, attn_bwd_softcap_hd192_m64n64_wgmma_tma_f16,
+            attn_bwd_varlen_hd192_m64n64_wgmma_tma_bf16, attn_bwd_varlen_hd192_m64n64_wgmma_tma_f16,
+            attn_bwd_varlen_softcap_hd192_m64n64_wgmma_tma_bf16, attn_bwd_varlen_softcap_hd192_m64n64_wgmma_tma_f16];
+        tiles_bwd::BWD_HD256_WGMMA_TMA => [attn_bwd_hd256_m64n64_wgmma_tma_bf16, attn_bwd_hd256_m64n64_wgmma_tma_f16,
+            attn_bwd_softcap_hd256_m64n64_wgmma_tma_bf16, attn_bwd_softcap_hd256_m64n64_wgmma_tma_f16,
+            attn_bwd_varlen_hd256_m64n64_wgmma_tma_bf16, attn_bwd_varlen_hd256_m64n64_wgmma_tma_f16,
+            attn_bwd_varlen_softcap_hd256_m64n64_wgmma_tma_bf16, attn_bwd_varlen_softcap_hd256_m64n64_wgmma_tma_f16];
     }
 }
 
