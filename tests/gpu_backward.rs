@@ -427,6 +427,9 @@ fn sanitizer_sample() {
     }
     check_case::<f16>(case(1, 50, 66, 1, 1, 192, false), 410).unwrap();
     check_case::<f16>(case(1, 17, 100, 1, 1, 96, true), 411).unwrap();
+    // Q/K 192 with V 128 (on an H100 the head-dim split kernel), deterministic, GQA.
+    let c = Case { head_dim_v: 128, deterministic: true, ..case(1, 70, 90, 1, 2, 192, true) };
+    check_case::<bf16>(c, 412).unwrap();
 }
 
 /// Every compiled backward tile (the A100 fallbacks too, which the H100's chooser never picks), with

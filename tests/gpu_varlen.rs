@@ -623,15 +623,16 @@ fn packed_backward_every_hopper_row() {
     let lens = [(150, 170), (37, 90), (0, 3), (81, 81), (200, 130)];
     for tile in tiles_bwd::BWD_TILES.iter().filter(|t| t.wgmma) {
         let d = tile.head_dim;
+        let tile_base = |lens: &[(usize, usize)]| Case { head_dim_v: tile.head_dim_v, ..base(d, lens) };
         for deterministic in [false, true] {
-            let c = Case { causal: true, deterministic, ..base(d, &lens) };
+            let c = Case { causal: true, deterministic, ..tile_base(&lens) };
             let e = run_backward_case_tile::<bf16>(dev, &c, Some(tile)).unwrap();
             println!("packed_backward_every_hopper_row {} deterministic {deterministic}: {e:.2e}", tile.symbols[0]);
         }
         if !tile.tma {
             continue;
         }
-        let c = Case { seed: 9, deterministic: true, ..base(d, &lens) };
+        let c = Case { seed: 9, deterministic: true, ..tile_base(&lens) };
         let x = inputs::<bf16>(&c);
         let (o, lse) = gpu_varlen(dev, &c, &x).unwrap();
         let clean = gpu_backward_tile(dev, &c, &x, &o, &lse, Some(tile)).unwrap();
@@ -642,6 +643,8 @@ fn packed_backward_every_hopper_row() {
             for h in 0..hq {
                 for e in 0..dim {
                     poisoned.q.set(0, i, h, e, bf16::NAN);
+                }
+                for e in 0..tile.head_dim_v {
                     poisoned.d_o.set(0, i, h, e, bf16::NAN);
                 }
             }
@@ -649,7 +652,7 @@ fn packed_backward_every_hopper_row() {
         let got = gpu_backward_tile(dev, &c, &poisoned, &o, &lse, Some(tile)).unwrap();
         let bits = |t: &HostTensor<bf16>, rows: usize| {
             (0..rows)
-                .flat_map(|i| (0..t.shape()[2]).flat_map(move |h| (0..dim).map(move |e| (i, h, e))))
+                .flat_map(|i| (0..t.shape()[2]).flat_map(move |h| (0..t.shape()[3]).map(move |e| (i, h, e))))
                 .map(|(i, h, e)| t.get(0, i, h, e).to_bits())
                 .collect::<Vec<_>>()
         };

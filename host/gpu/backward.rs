@@ -466,7 +466,7 @@ mod tests {
     use super::*;
     use ironflash_kernels::tiles_bwd::{
         BWD_HD128_M32, BWD_HD128_M80_WGMMA_TMA, BWD_HD128_WGMMA, BWD_HD128_WGMMA_TMA, BWD_HD192, BWD_HD192_V128,
-        BWD_HD192_WGMMA_TMA, BWD_HD256, BWD_HD256_WGMMA_TMA,
+        BWD_HD192_V128_WGMMA_TMA, BWD_HD192_WGMMA_TMA, BWD_HD256, BWD_HD256_WGMMA_TMA,
     };
 
     fn info(cc: (i32, i32), smem_optin_kib: usize, smem_sm_kib: usize) -> DeviceInfo {
@@ -499,8 +499,10 @@ mod tests {
             assert!(matches!(e, Error::NoTileConfig(_)), "{e}");
         }
         assert!(check_forced_backward_tile(&BWD_HD128_WGMMA, &p64, DType::BF16, &h100).is_err());
-        // A value head dim of its own runs the `mma.sync` row made for it, on Hopper too.
-        assert_eq!(backward_tile(&h100, (192, 128), DType::BF16).unwrap(), BWD_HD192_V128);
+        // A value head dim of its own: the head-dim split Hopper row, the `mma.sync` row made for it
+        // elsewhere (and when forced).
+        assert_eq!(backward_tile(&h100, (192, 128), DType::BF16).unwrap(), BWD_HD192_V128_WGMMA_TMA);
+        assert_eq!(backward_tile(&a100, (192, 128), DType::BF16).unwrap(), BWD_HD192_V128);
         let p192 = problem(192, 128).unwrap();
         assert!(check_forced_backward_tile(&BWD_HD192_V128, &p192, DType::BF16, &h100).is_ok());
         assert!(check_forced_backward_tile(&BWD_HD192, &p192, DType::BF16, &h100).is_err());

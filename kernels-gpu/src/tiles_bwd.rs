@@ -125,24 +125,32 @@ impl BwdTile {
     pub const fn wgmma_splits_head_dim(&self) -> bool {
         self.wgmma && self.head_dim > 128
     }
-    /// Head-dim split rows: the f32 registers per thread of each of dK, dV and dQ in a warpgroup's two
-    /// column parts (`bwd/hopper_wide.rs`: 128 columns at head dim 256; 64 + 32 at 192, where 96
-    /// columns from column 96 would start inside a 64-column block and run past it, which an MN-major
-    /// operand cannot).
+    /// Head-dim split rows: the f32 registers per thread of each of dK and dQ in a warpgroup's two
+    /// column parts (`wgmma_wide_parts` of the head dim).
     pub const fn wgmma_wide_regs(&self) -> [usize; 2] {
-        if self.head_dim == 256 {
-            [64, 0]
-        } else {
-            [32, 16]
-        }
+        let p = wgmma_wide_parts(self.head_dim, 0);
+        [p[0].1, p[1].1]
+    }
+    /// Head-dim split rows: the same for dV (`wgmma_wide_parts` of `head_dim_v`).
+    pub const fn wgmma_wide_regs_v(&self) -> [usize; 2] {
+        let p = wgmma_wide_parts(self.head_dim_v, 0);
+        [p[0].1, p[1].1]
     }
     /// Hopper rows: bytes from one query stage's Q (and dO) tile to the next stage's. The head-dim
     /// split rows keep a stage's Q and dO tiles adjacent, so that once a step's products have read them
-    /// the step's dQ (f32, as many bytes) is staged over both.
+    /// the step's dQ (f32, `block_m × head_dim`) is staged over both: the stage takes the larger of the
+    /// two (the staged dQ where dO's head dim is smaller).
     pub const fn wgmma_stage_stride(&self, elem_bytes: usize) -> usize {
-        let tile = self.block_m * crate::tiles::swizzled_cols(self.head_dim) * elem_bytes;
+        let cols = crate::tiles::swizzled_cols;
+        let tile = self.block_m * cols(self.head_dim) * elem_bytes;
         if self.wgmma_splits_head_dim() {
-            2 * tile
+            let tiles = tile + self.block_m * cols(self.head_dim_v) * elem_bytes;
+            let staged = self.block_m * self.head_dim * 4;
+            if tiles > staged {
+                tiles
+            } else {
+                staged
+            }
         } else {
             tile
         }
@@ -211,12 +219,13 @@ impl BwdTile {
     pub const fn wgmma_smem_layout(&self, elem_bytes: usize) -> [usize; 10] {
         let stored = crate::tiles::swizzled_cols(self.head_dim);
         if self.wgmma_splits_head_dim() {
-            let kv = self.block_n * stored * elem_bytes;
+            let stored_v = crate::tiles::swizzled_cols(self.head_dim_v);
+            let (k_tile, v_tile) = (self.block_n * stored * elem_bytes, self.block_n * stored_v * elem_bytes);
             let tile = self.block_m * stored * elem_bytes;
             let pds = self.block_n * self.block_m * elem_bytes;
             let f = self.q_stages * self.block_m * 4;
-            let (k, v, q) = (0, kv, 2 * kv);
-            let ds = q + self.q_stages * 2 * tile;
+            let (k, v, q) = (0, k_tile, k_tile + v_tile);
+            let ds = q + self.q_stages * self.wgmma_stage_stride(elem_bytes);
             let (pp, lse) = (ds + pds, ds + 2 * pds);
             let (delta, consts) = (lse + f, lse + 2 * f);
             return [k, v, q, q + tile, ds, pp, lse, delta, consts, consts + BWD_CONSTS_BYTES];
@@ -289,8 +298,7 @@ impl BwdTile {
             // dim (`wgmma_wide_regs`); at head dim 256 dK and dV 64 + 64 f32 per thread, dQ 64 more.
             // TMA rows only (the staged dQ goes over the stage's Q and dO, which the loader then
             // refills).
-            return (d == 192 || d == 256)
-                && dv == d
+            return matches!((d, dv), (192, 192) | (256, 256) | (192, 128))
                 && self.block_m == 64
                 && self.block_n == 64
                 && w == 12
@@ -527,6 +535,20 @@ pub const BWD_HD96_M80_WGMMA_TMA: BwdTile = tma_row(
     ],
 );
 
+/// Head-dim split rows (`bwd/hopper_wide.rs`): warpgroup `w`'s column parts of a product `cols` wide
+/// (dK and dQ: the head dim; dV: the value head dim), each `(first column, f32 registers per thread)`,
+/// a part's registers being half its columns (the second part `(0, 0)` where there is none): at 256
+/// columns 128w.., at 128 the 64-column block w, at 192 block w and 32 columns of block 2 (96 columns
+/// from column 96 would start inside a 64-column block and run past it, which an MN-major operand
+/// cannot).
+pub const fn wgmma_wide_parts(cols: usize, w: usize) -> [(usize, usize); 2] {
+    match cols {
+        256 => [(128 * w, 64), (0, 0)],
+        192 => [(64 * w, 32), (128 + 32 * w, 16)],
+        _ => [(64 * w, 32), (0, 0)],
+    }
+}
+
 /// Head dim 256 on Hopper (`bwd/hopper_wide.rs`): 64 keys per CTA, both compute warpgroups over all of
 /// them, each owning 128 of the head dim's columns of dK, dV and dQ; Q and dO by TMA; 215 KiB. First.
 pub const BWD_HD256_WGMMA_TMA: BwdTile = BwdTile {
@@ -560,6 +582,26 @@ pub const BWD_HD192_WGMMA_TMA: BwdTile = BwdTile {
     ..BWD_HD256_WGMMA_TMA
 };
 
+/// Q/K of head dim 192 with V of 128 on Hopper (the head-dim split kernel; dV's columns 64w..64w+63),
+/// first at that pair: each stage as large as its f32 dQ (48 KiB) over Q and dO (40 KiB).
+pub const BWD_HD192_V128_WGMMA_TMA: BwdTile = BwdTile {
+    head_dim_v: 128,
+    symbols: ["attn_bwd_hd192v128_m64n64_wgmma_tma_bf16", "attn_bwd_hd192v128_m64n64_wgmma_tma_f16"],
+    softcap_symbols: [
+        "attn_bwd_softcap_hd192v128_m64n64_wgmma_tma_bf16",
+        "attn_bwd_softcap_hd192v128_m64n64_wgmma_tma_f16",
+    ],
+    packed_symbols: [
+        "attn_bwd_varlen_hd192v128_m64n64_wgmma_tma_bf16",
+        "attn_bwd_varlen_hd192v128_m64n64_wgmma_tma_f16",
+    ],
+    packed_softcap_symbols: [
+        "attn_bwd_varlen_softcap_hd192v128_m64n64_wgmma_tma_bf16",
+        "attn_bwd_varlen_softcap_hd192v128_m64n64_wgmma_tma_f16",
+    ],
+    ..BWD_HD192_WGMMA_TMA
+};
+
 /// Every compiled variant, in order of preference within a head dim.
 pub const BWD_TILES: &[BwdTile] = &[
     BWD_HD32_WGMMA_TMA,
@@ -581,6 +623,7 @@ pub const BWD_TILES: &[BwdTile] = &[
     BWD_HD192_M32,
     BWD_HD256_WGMMA_TMA,
     BWD_HD256,
+    BWD_HD192_V128_WGMMA_TMA,
     BWD_HD192_V128,
 ];
 
@@ -671,9 +714,20 @@ mod tests {
 
     #[test]
     fn value_head_dim_of_its_own() {
-        for (dev, sm90a) in [(H100, true), (H100, false), (A100, false)] {
+        for (dev, sm90a) in [(H100, false), (A100, false)] {
             assert_eq!(choose_bwd(192, 128, 2, dev.0, dev.1, sm90a), Some(&BWD_HD192_V128));
         }
+        assert_eq!(choose_bwd(192, 128, 2, H100.0, H100.1, true), Some(&BWD_HD192_V128_WGMMA_TMA));
+        // The Hopper row: K then V (64 rows of 192 and 128), stages of 48 KiB (the f32 dQ) holding Q
+        // (24 KiB) and dO (16 KiB).
+        let w = BWD_HD192_V128_WGMMA_TMA.wgmma_smem_layout(2);
+        assert_eq!((w[1], w[2], w[3] - w[2]), (64 * 192 * 2, 64 * 320 * 2, 64 * 192 * 2));
+        assert_eq!(BWD_HD192_V128_WGMMA_TMA.wgmma_stage_stride(2), 64 * 192 * 4);
+        assert_eq!(w[4], w[2] + 2 * 64 * 192 * 4);
+        for off in &w[..6] {
+            assert_eq!(off % 1024, 0, "{w:?}");
+        }
+        assert_eq!(BWD_HD192_V128_WGMMA_TMA.wgmma_wide_regs_v(), [32, 0]);
         assert_eq!(choose_bwd(128, 64, 2, H100.0, H100.1, true), None);
         let l = BWD_HD192_V128.smem_layout(2);
         // K, V, two stages of Q, two of dO: V and dO rows are 136 elements.
@@ -738,10 +792,7 @@ mod tests {
             assert_eq!(off % 1024, 0, "{l:?}");
         }
         assert!(wide.smem_bytes(2) <= H100.0 && wide.smem_bytes(2) > A100.0);
-        assert!(
-            !BwdTile { tma: false, ..wide }.is_valid()
-                && !BwdTile { head_dim_v: 128, ..BWD_HD192_WGMMA_TMA }.is_valid()
-        );
+        assert!(!BwdTile { tma: false, ..wide }.is_valid() && !BwdTile { head_dim_v: 128, ..wide }.is_valid());
         let l192 = BWD_HD192_WGMMA_TMA.wgmma_smem_layout(2);
         assert_eq!((l192[3] - l192[2], BWD_HD192_WGMMA_TMA.wgmma_stage_stride(2)), (64 * 192 * 2, 64 * 192 * 4));
         for off in &l192[..6] {

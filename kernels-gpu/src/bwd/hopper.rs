@@ -91,14 +91,15 @@ const _: () = assert!(
         && 256 * COMPUTE_REGS + 128 * WRITER_REGS <= 384 * 168
 );
 
-/// The constants of head dim `D` with query blocks of `BM` rows.
-pub(super) struct Shape<const D: usize, const BM: usize>;
+/// The constants of head dims `D` (Q, K) and `DV` (V, dO; `D` but in `hopper_wide.rs`) with query
+/// blocks of `BM` rows.
+pub(super) struct Shape<const D: usize, const DV: usize, const BM: usize>;
 
-impl<const D: usize, const BM: usize> Shape<D, BM> {
-    /// The tile row for (`D`, `BM`): past head dim 128 the head-dim split rows' 64 keys
+impl<const D: usize, const DV: usize, const BM: usize> Shape<D, DV, BM> {
+    /// The tile row for (`D`, `DV`, `BM`): past head dim 128 the head-dim split rows' 64 keys
     /// (`hopper_wide.rs`).
     pub(super) const TILE: BwdTile =
-        BwdTile { head_dim: D, head_dim_v: D, block_m: BM, block_n: if D > 128 { 64 } else { BN }, ..T };
+        BwdTile { head_dim: D, head_dim_v: DV, block_m: BM, block_n: if D > 128 { 64 } else { BN }, ..T };
     /// Whether the warpgroups split the head dim (`BwdTile::wgmma_splits_head_dim`): the writer then
     /// reduces dQ from the step's query stage and frees the stage for the loader.
     const WIDE: bool = Self::TILE.wgmma_splits_head_dim();
@@ -124,9 +125,11 @@ impl<const D: usize, const BM: usize> Shape<D, BM> {
     /// 128), which the kernel then fills with zeros.
     const K_PAST_HEAD_DIM: bool = BM != 128 && Self::DQ_SPLIT + Self::DQ_COLS > D;
     /// The TMA rows: bytes of one query block's Q and dO tiles, which complete its stage's `mbarrier`.
-    pub(super) const STAGE_TX_BYTES: u32 = (2 * BM * Self::STORED * 2) as u32;
-    /// Columns of the element tiles in shared memory (whole 64-column blocks of the swizzle).
+    pub(super) const STAGE_TX_BYTES: u32 = (BM * (Self::STORED + Self::STORED_V) * 2) as u32;
+    /// Columns of the element tiles in shared memory (whole 64-column blocks of the swizzle): Q and K,
+    /// then V and dO.
     pub(super) const STORED: usize = crate::tiles::swizzled_cols(D);
+    const STORED_V: usize = crate::tiles::swizzled_cols(DV);
     /// dQ computed transposed (`BwdTile::wgmma_dq_transposed`): warpgroup w's dQᵀ rows are head-dim
     /// columns 64w..64w+63, K's column block w read MN-major; dS is stored untransposed.
     const DQ_T: bool = Self::TILE.wgmma_dq_transposed();
@@ -184,17 +187,17 @@ pub(super) const K16_ROWS: u32 = 16 * 128;
 /// has read it (before, when deterministic, waiting for it to complete and handing the turn on). In the
 /// head-dim split rows (`Shape::WIDE`) the buffer is the step's query stage, freed for the loader.
 #[inline(always)]
-pub(super) unsafe fn dq_writer<const D: usize, const BM: usize, const PACKED: bool>(
+pub(super) unsafe fn dq_writer<const D: usize, const DV: usize, const BM: usize, const PACKED: bool>(
     p: &BwdParams,
     consts: u32,
     work: KeyBlockWork,
 ) {
-    let l = Shape::<D, BM>::L;
+    let l = Shape::<D, DV, BM>::L;
     let lane0 = sreg::thread_x() % 32 == 0;
     // The LSE layout's rows per head (see `mainloop::attn_bwd`).
     let sq = p.score.mask.seqlen_q;
     let deterministic = p.deterministic != 0;
-    let stages = if Shape::<D, BM>::WIDE { 2 } else { Shape::<D, BM>::DQ_STAGES };
+    let stages = if Shape::<D, DV, BM>::WIDE { 2 } else { Shape::<D, DV, BM>::DQ_STAGES };
     let mut it = 0u32;
     while it < work.total {
         let s = it % stages;
@@ -203,10 +206,10 @@ pub(super) unsafe fn dq_writer<const D: usize, const BM: usize, const PACKED: bo
         if lane0 {
             let m0 = m * BM as u32;
             let bytes = (loop_mask::<PACKED>(p).seqlen_q - m0).min(BM as u32) * (D * 4) as u32;
-            let staged = if Shape::<D, BM>::WIDE {
-                opaque(consts) - l[8] as u32 + l[2] as u32 + s * Shape::<D, BM>::STAGE_STRIDE
+            let staged = if Shape::<D, DV, BM>::WIDE {
+                opaque(consts) - l[8] as u32 + l[2] as u32 + s * Shape::<D, DV, BM>::STAGE_STRIDE
             } else {
-                opaque(consts) - l[8] as u32 + l[5] as u32 + s * Shape::<D, BM>::DQ_STAGE_BYTES
+                opaque(consts) - l[8] as u32 + l[5] as u32 + s * Shape::<D, DV, BM>::DQ_STAGE_BYTES
             };
             let (acc, _) = consts_pair(consts + C_ACC);
             let acc = (acc as *mut f32).add((h as usize * sq as usize + m0 as usize) * D);
@@ -224,7 +227,7 @@ pub(super) unsafe fn dq_writer<const D: usize, const BM: usize, const PACKED: bo
         // for the query stage only to load step it + 2's block into it.
         if it + stages < work.total {
             sync::warp();
-            if Shape::<D, BM>::WIDE {
+            if Shape::<D, DV, BM>::WIDE {
                 sync::arrive_at::<WRITER_AND_LOADER_U32>(BAR_QEMPTY + s);
             } else {
                 sync::arrive_at::<ALL_THREADS_U32>(BAR_EMPTY + s);
@@ -284,14 +287,14 @@ pub(super) unsafe fn dq_turn_counter<const BM: usize, const PACKED: bool>(
 /// The head-dim split rows (`Shape::WIDE`): stage s's Q and dO tiles lie `STAGE_STRIDE` apart per stage,
 /// and the writer frees a stage (`BAR_QEMPTY`) once its reduction has read the dQ staged over it.
 #[inline(always)]
-pub(super) unsafe fn loader_tma<const D: usize, const BM: usize, const PACKED: bool>(
+pub(super) unsafe fn loader_tma<const D: usize, const DV: usize, const BM: usize, const PACKED: bool>(
     p: &BwdParams,
     maps: u64,
     base: u32,
     b: u32,
     work: KeyBlockWork,
 ) {
-    let l = Shape::<D, BM>::L;
+    let l = Shape::<D, DV, BM>::L;
     let leader = sreg::thread_x() % 32 == 0;
     let (q_map, do_map) = (maps, maps + 128);
     // Two calls, not a loop over an array (which one instantiation kept in local memory).
@@ -303,13 +306,13 @@ pub(super) unsafe fn loader_tma<const D: usize, const BM: usize, const PACKED: b
         let (h, m) = work.block(it, p);
         let m0 = m * BM as u32;
         let bar = bars + 8 * s;
-        let stride = Shape::<D, BM>::STAGE_STRIDE;
-        mbarrier::arrive_expect_tx(leader, bar, Shape::<D, BM>::STAGE_TX_BYTES);
+        let stride = Shape::<D, DV, BM>::STAGE_STRIDE;
+        mbarrier::arrive_expect_tx(leader, bar, Shape::<D, DV, BM>::STAGE_TX_BYTES);
         // The box's first row: the sequence's batch row and first token (a packed call's is row 0).
         let (row, q0) = stage::parked_queries::<PACKED>(b);
         let at = [q0 + m0, h, row];
         tma::load_tile::<BM, D>(leader, base + l[2] as u32 + s * stride, q_map, at, bar);
-        tma::load_tile::<BM, D>(leader, base + l[3] as u32 + s * stride, do_map, at, bar);
+        tma::load_tile::<BM, DV>(leader, base + l[3] as u32 + s * stride, do_map, at, bar);
     };
     // Block it >= 1 is stage s = it % 2's ((it + s) / 2 - 1)-th load (stage 1 loads blocks 1, 3, ...,
     // stage 0 blocks 2, 4, ...): its phase's parity.
@@ -334,7 +337,7 @@ pub(super) unsafe fn loader_tma<const D: usize, const BM: usize, const PACKED: b
         if it + 1 < total {
             hand_over(it + 1);
         }
-        if Shape::<D, BM>::WIDE {
+        if Shape::<D, DV, BM>::WIDE {
             // The writer frees only the stages the loader refills.
             if it + 2 < total {
                 sync::named_at::<WRITER_AND_LOADER_U32>(BAR_QEMPTY + it % 2);
@@ -350,21 +353,30 @@ pub(super) unsafe fn loader_tma<const D: usize, const BM: usize, const PACKED: b
     }
 }
 
-/// Zeros rows `rows..BM` of the Q and dO tiles of a stage (swizzled, `BM` rows of `STORED` columns),
-/// the compute threads sharing the 16-byte chunks.
+/// Zeros rows `rows..BM` of the Q and dO tiles of a stage (swizzled, `BM` rows of `STORED` columns, dO's
+/// of `DV`'s), the compute threads sharing the 16-byte chunks.
 ///
 /// # Safety
 /// Compute threads only (`tid < 256`), with `q_s` and `do_s` the stage's tiles, which no product reads
 /// at the time.
 #[inline(always)]
-pub(super) unsafe fn zero_rows<const D: usize, const BM: usize>(q_s: u32, do_s: u32, rows: u32, tid: u32) {
-    let chunks_per_row = (Shape::<D, BM>::STORED / 8) as u32;
+pub(super) unsafe fn zero_rows<const D: usize, const DV: usize, const BM: usize>(
+    q_s: u32,
+    do_s: u32,
+    rows: u32,
+    tid: u32,
+) {
+    let chunks_per_row = (Shape::<D, DV, BM>::STORED / 8) as u32;
+    let chunks_v = (crate::tiles::swizzled_cols(DV) / 8) as u32;
     let mut i = tid;
     while i < (BM as u32 - rows) * chunks_per_row {
         let (row, chunk) = (rows + i / chunks_per_row, i % chunks_per_row);
         let at = RowLayout::Swizzled128.chunk_offset::<BM, D>(row as usize, chunk as usize);
         smem::store_v4(q_s + at, [0; 4]);
-        smem::store_v4(do_s + at, [0; 4]);
+        // dO's rows are `DV` wide (the swizzled offset of a chunk depends on the rows only).
+        if D == DV || chunk < chunks_v {
+            smem::store_v4(do_s + at, [0; 4]);
+        }
         i += COMPUTE_THREADS_U32;
     }
 }
@@ -440,12 +452,16 @@ pub unsafe fn attn_bwd_wgmma<
 ) {
     const {
         assert!(
-            DR == D / 2 && SR == BM / 2 && PK == BM / 4 && NT == BM / 8 && QR == Shape::<D, BM>::TILE.wgmma_dq_regs()
+            DR == D / 2
+                && SR == BM / 2
+                && PK == BM / 4
+                && NT == BM / 8
+                && QR == Shape::<D, D, BM>::TILE.wgmma_dq_regs()
         )
     };
     #[allow(clippy::let_unit_value)]
-    let () = Shape::<D, BM>::OK;
-    let l = Shape::<D, BM>::L;
+    let () = Shape::<D, D, BM>::OK;
+    let l = Shape::<D, D, BM>::L;
     let tid = sreg::thread_x();
     // The LSE layout's rows per head: a dense call's queries, a packed call's tokens.
     let sq = p.score.mask.seqlen_q;
@@ -471,7 +487,7 @@ pub unsafe fn attn_bwd_wgmma<
     if tid < COMPUTE_THREADS_U32 {
         let (k_dst, v_dst) = (base + l[0] as u32, base + l[1] as u32);
         load_key_block::<BN, D, D, PACKED>(p, sw, &seq, (hkv, n0), k_dst, v_dst, tid, COMPUTE_THREADS);
-        if Shape::<D, BM>::K_PAST_HEAD_DIM {
+        if Shape::<D, D, BM>::K_PAST_HEAD_DIM {
             // Zeros in the 16-byte chunks of K's last column block past the head dim, so that whatever
             // the memory held stays out of the dQ columns warpgroup 1 drops (its stores are fenced for
             // the tensor cores with the first step's copies).
@@ -487,9 +503,9 @@ pub unsafe fn attn_bwd_wgmma<
     if tid >= COMPUTE_THREADS_U32 {
         setmaxnreg::dec::<WRITER_REGS>();
         if tid < ALL_THREADS_U32 {
-            dq_writer::<D, BM, PACKED>(p, consts, work);
+            dq_writer::<D, D, BM, PACKED>(p, consts, work);
         } else if TMA && tid < ALL_THREADS_U32 + 32 {
-            loader_tma::<D, BM, PACKED>(p, maps, base, b as u32, work);
+            loader_tma::<D, D, BM, PACKED>(p, maps, base, b as u32, work);
         }
         return;
     }
@@ -529,8 +545,8 @@ pub unsafe fn attn_bwd_wgmma<
         let (h, m) = work.block(it, p);
         let m0 = m * BM as u32;
         let stage = it % 2;
-        let dq_stage = it % Shape::<D, BM>::DQ_STAGES;
-        let dq_s = base + l[5] as u32 + dq_stage * Shape::<D, BM>::DQ_STAGE_BYTES;
+        let dq_stage = it % Shape::<D, D, BM>::DQ_STAGES;
+        let dq_s = base + l[5] as u32 + dq_stage * Shape::<D, D, BM>::DQ_STAGE_BYTES;
         let (q_s, do_s) = (base + l[2] as u32 + stage * stage_b, base + l[3] as u32 + stage * stage_b);
         let (lse_s, dl_s) = (base + l[6] as u32 + stage * stage_f, base + l[7] as u32 + stage * stage_f);
 
@@ -549,7 +565,7 @@ pub unsafe fn attn_bwd_wgmma<
                 // call's TMA boxes and every `cp.async` copy have, so that whatever those rows hold (even
                 // a NaN) stays out of this sequence's dV and dK (its Pᵀ and dSᵀ are zeros there, but
                 // 0·NaN is not).
-                zero_rows::<D, BM>(q_s, do_s, rows, tid);
+                zero_rows::<D, D, BM>(q_s, do_s, rows, tid);
                 bulk::shared_async();
                 sync::named::<BAR_COMPUTE, COMPUTE_THREADS_U32>();
             }
@@ -592,7 +608,7 @@ pub unsafe fn attn_bwd_wgmma<
         let mut dp = [0f32; SR];
         wgmma::fence();
         issue_by_key::<E, D, BN, BM, SR>(&mut s, k_s + key_w * 128, q_s);
-        if !Shape::<D, BM>::serial_softcap(SOFTCAP) {
+        if !Shape::<D, D, BM>::serial_softcap(SOFTCAP) {
             issue_by_key::<E, D, BN, BM, SR>(&mut dp, v_s + key_w * 128, do_s);
         }
         if p.deterministic == 0 {
@@ -602,7 +618,7 @@ pub unsafe fn attn_bwd_wgmma<
         // 2. Pᵀ from the score stage's logits (masked where the tile needs it), packed: register 2i+rr
         // holds row g+8rr, columns 8i+2t and 8i+2t+1.
         let need_mask = loop_mask::<PACKED>(p).needs_mask(m0, BM as u32, n0, BN as u32);
-        if Shape::<D, BM>::serial_softcap(SOFTCAP) {
+        if Shape::<D, D, BM>::serial_softcap(SOFTCAP) {
             wgmma::wait::<0>();
         } else {
             wgmma::wait::<1>();
@@ -628,7 +644,7 @@ pub unsafe fn attn_bwd_wgmma<
         let ds_rows4 = |i: u32| ds_row(i + (lane / 16), (lane / 8) % 2);
         let park = |_, i: usize, rr: usize, d: [f32; 2]| {
             let v = E::pack2(d[0], d[1]);
-            if Shape::<D, BM>::DQ_T {
+            if Shape::<D, D, BM>::DQ_T {
                 stmatrix::x1_trans(ds_row(i as u32, rr as u32), v);
             } else {
                 smem::store_u32(ds_at(i as u32, rr as u32), v);
@@ -656,14 +672,14 @@ pub unsafe fn attn_bwd_wgmma<
         }
         // dV += Pᵀ dO: the A fragment of k16 step kk is column blocks 2kk and 2kk+1 of Pᵀ.
         wgmma::fence();
-        if Shape::<D, BM>::serial_softcap(SOFTCAP) {
+        if Shape::<D, D, BM>::serial_softcap(SOFTCAP) {
             issue_by_key::<E, D, BN, BM, SR>(&mut dp, v_s + key_w * 128, do_s);
         }
         accumulate_by_query::<E, BM, DR, PK>(&mut dv, &pk, do_s);
 
         // 3. dSᵀ = Pᵀ ∘ (dPᵀ − delta) (dV may still be running, but for `Shape::serial_softcap`), two
         // column blocks of 8 at a time.
-        if Shape::<D, BM>::serial_softcap(SOFTCAP) {
+        if Shape::<D, D, BM>::serial_softcap(SOFTCAP) {
             wgmma::wait::<0>();
             wgmma::pin_all(&mut dv);
         } else {
@@ -671,14 +687,14 @@ pub unsafe fn attn_bwd_wgmma<
         }
         wgmma::pin_all(&mut dp);
         let mut dsk = [0u32; PK];
-        if SOFTCAP && Shape::<D, BM>::DQ_T {
+        if SOFTCAP && Shape::<D, D, BM>::DQ_T {
             // The warp's parked blocks are read back by other lanes than wrote them.
             sync::warp();
         }
         for i2 in (0..NT).step_by(2) {
             // Transposed dQ: the pair's four parked blocks, read back by `ldmatrix .trans`.
             let parked4 =
-                if SOFTCAP && Shape::<D, BM>::DQ_T { ldmatrix::x4_trans(ds_rows4(i2 as u32)) } else { [0; 4] };
+                if SOFTCAP && Shape::<D, D, BM>::DQ_T { ldmatrix::x4_trans(ds_rows4(i2 as u32)) } else { [0; 4] };
             for i in i2..i2 + 2 {
                 let c = 8 * i as u32 + 2 * t;
                 let delta = shared_f32::load_v2(dl_s + c * 4);
@@ -686,7 +702,7 @@ pub unsafe fn attn_bwd_wgmma<
                     let pr = pk[2 * i + rr];
                     let (mut p0, mut p1) = (E::to_f32(pr as u16), E::to_f32((pr >> 16) as u16));
                     if SOFTCAP {
-                        let d = if Shape::<D, BM>::DQ_T {
+                        let d = if Shape::<D, D, BM>::DQ_T {
                             parked4[2 * (i - i2) + rr]
                         } else {
                             smem::load_u32(ds_at(i as u32, rr as u32))
@@ -699,7 +715,7 @@ pub unsafe fn attn_bwd_wgmma<
                 }
             }
         }
-        if Shape::<D, BM>::DQ_T {
+        if Shape::<D, D, BM>::DQ_T {
             // dS to shared memory untransposed (`[BM queries][128 keys]`, swizzled column blocks of 64
             // keys, the warpgroup's block w), four 8x8 blocks of dSᵀ per `stmatrix .trans` (over the
             // parked ones, which the whole warp has read).
@@ -727,12 +743,12 @@ pub unsafe fn attn_bwd_wgmma<
         wgmma::fence();
         for kk in 0..BN / 16 {
             let kk = kk as u32;
-            let k_rows = desc_sw128(k_s + wg * Shape::<D, BM>::DQ_K_OFFSET + kk * K16_ROWS, col_block(BN), SBO);
-            if Shape::<D, BM>::DQ_T {
+            let k_rows = desc_sw128(k_s + wg * Shape::<D, D, BM>::DQ_K_OFFSET + kk * K16_ROWS, col_block(BN), SBO);
+            if Shape::<D, D, BM>::DQ_T {
                 let ds = k_major_step::<BM>(ds_s, kk as usize);
                 E::ss::<QR, 1, 0>(&mut dq, k_rows, ds, kk > 0);
             } else {
-                let a = desc_sw128(ds_s + wg * Shape::<D, BM>::DQ_DS_OFFSET + kk * K16_ROWS, col_block(BN), SBO);
+                let a = desc_sw128(ds_s + wg * Shape::<D, D, BM>::DQ_DS_OFFSET + kk * K16_ROWS, col_block(BN), SBO);
                 E::ss::<QR, 1, 1>(&mut dq, a, k_rows, kk > 0);
             }
         }
@@ -746,12 +762,12 @@ pub unsafe fn attn_bwd_wgmma<
         // Staged as f32 rows `[BM][D]` in the accumulator's own layout (`dq_accum_col`), for one
         // contiguous reduction, once the writer's reduction of `DQ_STAGES` steps ago has read this
         // buffer.
-        if it >= Shape::<D, BM>::DQ_STAGES {
+        if it >= Shape::<D, D, BM>::DQ_STAGES {
             sync::named_at::<ALL_THREADS_U32>(BAR_EMPTY + dq_stage);
         }
-        let (row0, col0) = if BM == 128 { (64 * wg, 0) } else { (0, wg * Shape::<D, BM>::DQ_SPLIT as u32) };
+        let (row0, col0) = if BM == 128 { (64 * wg, 0) } else { (0, wg * Shape::<D, D, BM>::DQ_SPLIT as u32) };
         let q0 = stage::parked_queries::<PACKED>(b as u32).1;
-        if Shape::<D, BM>::DQ_T {
+        if Shape::<D, D, BM>::DQ_T {
             // Register 4i + 2rr + e holds dQᵀ's head-dim row `col0 + 16·warp + g + 8rr`, query `8i + 2t
             // + e`: one word per store, conflict-free through the permutation (the 8 rows g and the
             // 4 query pairs t of a store fall in 32 distinct banks).
@@ -760,7 +776,7 @@ pub unsafe fn attn_bwd_wgmma<
                     for e in 0..2u32 {
                         let (row, col) = (8 * i + 2 * t + e, col0 + warp * 16 + g + 8 * rr);
                         // At head dim 96 warpgroup 1's rows past 95 (from K's zeros) are dropped.
-                        if !Shape::<D, BM>::K_PAST_HEAD_DIM || col < D as u32 {
+                        if !Shape::<D, D, BM>::K_PAST_HEAD_DIM || col < D as u32 {
                             let at = row * D as u32 + dq_accum_col(q0 + row, col);
                             smem::store_u32(dq_s + at * 4, dq[(4 * i + 2 * rr + e) as usize].to_bits());
                         }
@@ -775,7 +791,7 @@ pub unsafe fn attn_bwd_wgmma<
                     let idx = (4 * i + 2 * rr) as usize;
                     // At head dim 96 warpgroup 1's columns past 95 (from K's zeros) are dropped; no
                     // other shape computes columns past the head dim, and its check folds away.
-                    if !Shape::<D, BM>::K_PAST_HEAD_DIM || col < D as u32 {
+                    if !Shape::<D, D, BM>::K_PAST_HEAD_DIM || col < D as u32 {
                         // Permuted as the accumulator's rows are (conflict-free across a store's 8 rows).
                         let at = row * D as u32 + dq_accum_col(q0 + row, col);
                         shared_f32::store_v2(dq_s + at * 4, [dq[idx], dq[idx + 1]]);

@@ -1,4 +1,5 @@
-//! The backward main kernel on Hopper for head dims 192 and 256 (`BwdTile::wgmma_splits_head_dim`):
+//! The backward main kernel on Hopper for head dims 192 and 256, and Q/K 192 with V 128
+//! (`BwdTile::wgmma_splits_head_dim`):
 //! the two compute warpgroups split the head dim, not the keys. With `hopper.rs`'s split (each
 //! warpgroup 64 keys × the whole head dim) dK and dV alone would take 192 or 256 registers per thread
 //! here; split by columns, each warpgroup owns all 64 keys of the CTA and half the head dim's columns
@@ -50,6 +51,7 @@ use crate::ptx::opaque::u32 as opaque;
 use crate::ptx::wgmma::{self, desc_sw128, WgmmaElem};
 use crate::ptx::{bulk, cp_async, mbarrier, setmaxnreg, shared_f32, smem, sreg, sync};
 use crate::smem_tile::RowLayout;
+use crate::tiles_bwd::{wgmma_wide_parts, BwdTile};
 
 /// Keys per CTA and query rows per block.
 const BN: usize = 64;
@@ -60,29 +62,30 @@ const BM_W: usize = BM / 2;
 const SR: usize = BM_W / 2;
 const NT: usize = BM_W / 8;
 
-/// The head dim's constants.
-struct Wide<const D: usize>;
+/// The constants of head dims `D` (Q, K) and `DV` (V, dO).
+struct Wide<const D: usize, const DV: usize>;
 
-impl<const D: usize> Wide<D> {
+impl<const D: usize, const DV: usize> Wide<D, DV> {
+    const TILE: BwdTile = Shape::<D, DV, BM>::TILE;
     /// `[k, v, q, d_o, ds, p, lse, delta, consts, end]` (`BwdTile::wgmma_smem_layout`).
-    const L: [usize; 10] = Shape::<D, BM>::L;
-    /// Registers per thread of a warpgroup's two column parts of dK, dV and dQ (`columns / 2` each;
-    /// 0 for no second part; `BwdTile::wgmma_wide_regs`).
-    const REGS: [usize; 2] = Shape::<D, BM>::TILE.wgmma_wide_regs();
-    /// Warpgroup w's column parts: their first columns (the second's unused where it has no columns).
-    const fn parts(w: u32) -> [u32; 2] {
-        if D == 256 {
-            [128 * w, 0]
-        } else {
-            [64 * w, 128 + 32 * w]
-        }
+    const L: [usize; 10] = Shape::<D, DV, BM>::L;
+    /// Registers per thread of a warpgroup's two column parts of dK and dQ, and of dV (`columns / 2`
+    /// each; 0 for no second part; `BwdTile::wgmma_wide_regs`).
+    const REGS: [usize; 2] = Self::TILE.wgmma_wide_regs();
+    const REGS_V: [usize; 2] = Self::TILE.wgmma_wide_regs_v();
+    /// Warpgroup w's column parts of a product `cols` wide: their first columns (the second's unused
+    /// where it has no columns; `tiles_bwd::wgmma_wide_parts`).
+    #[inline(always)]
+    fn parts(cols: usize, w: u32) -> [u32; 2] {
+        let p = wgmma_wide_parts(cols, w as usize);
+        [p[0].0 as u32, p[1].0 as u32]
     }
     const OK: () = assert!(
-        Shape::<D, BM>::TILE.wgmma_splits_head_dim()
-            && Shape::<D, BM>::TILE.block_n == BN
-            && (D == 192 || D == 256)
+        BwdTile { tma: true, ..Self::TILE }.is_valid()
+            && Self::TILE.block_n == BN
             && 2 * (Self::REGS[0] + Self::REGS[1]) == D / 2
-            && BM * D * 4 == Shape::<D, BM>::STAGE_STRIDE as usize
+            && 2 * (Self::REGS_V[0] + Self::REGS_V[1]) == DV / 2
+            && BM * D * 4 <= Shape::<D, DV, BM>::STAGE_STRIDE as usize
             && Self::L[3] - Self::L[2] == BM * D * 2
     );
 }
@@ -130,14 +133,13 @@ unsafe fn stage_part<const D: usize, const R: usize>(dq: &[f32; R], dq_s: u32, c
     }
 }
 
-/// Writes one column part of dK (times `scale`) and dV (`R` registers from column `col0`) for the keys
-/// below `keys`, at `dk_g`/`dv_g` (the CTA's first key) with key strides `dk_row`/`dv_row`.
-#[allow(clippy::too_many_arguments)]
+/// Writes one column part of dK or dV (`R` registers from column `col0`, times `scale`) for the keys
+/// below `keys`, at `g_ptr` (the CTA's first key) with key stride `key_stride`.
 #[inline(always)]
 unsafe fn store_part<E: WgmmaElem, const R: usize>(
-    (dk, dv): (&[f32; R], &[f32; R]),
-    (dk_g, dv_g): (*mut u16, *mut u16),
-    (dk_row, dv_row): (usize, usize),
+    acc: &[f32; R],
+    g_ptr: *mut u16,
+    key_stride: usize,
     col0: u32,
     keys: u32,
     scale: f32,
@@ -149,16 +151,16 @@ unsafe fn store_part<E: WgmmaElem, const R: usize>(
             for i in 0..R / 4 {
                 let col = (col0 + 8 * i as u32 + 2 * t) as usize;
                 let idx = 4 * i + 2 * rr as usize;
-                let key = key as usize;
-                *(dk_g.add(key * dk_row + col) as *mut u32) = E::pack2(dk[idx] * scale, dk[idx + 1] * scale);
-                *(dv_g.add(key * dv_row + col) as *mut u32) = E::pack2(dv[idx], dv[idx + 1]);
+                *(g_ptr.add(key as usize * key_stride + col) as *mut u32) =
+                    E::pack2(acc[idx] * scale, acc[idx + 1] * scale);
             }
         }
     }
 }
 
-/// The kernel body for head dim `D`: `RA` and `RB` registers per thread for each of dK, dV and dQ's
-/// part in a warpgroup's two column parts (`Wide::REGS`). `SOFTCAP`, `PACKED` as
+/// The kernel body for head dims `D` (Q, K) and `DV` (V, dO): `RA` and `RB` registers per thread for
+/// each of dK and dQ's part in a warpgroup's two column parts (`Wide::REGS`), `VA` and `VB` for dV's
+/// (`Wide::REGS_V`). `SOFTCAP`, `PACKED` as
 /// `hopper::attn_bwd_wgmma`'s; the query blocks always come by TMA (`maps`: the generic address of the
 /// call's `abi::BwdTensorMaps`).
 ///
@@ -169,18 +171,28 @@ unsafe fn store_part<E: WgmmaElem, const R: usize>(
 pub unsafe fn attn_bwd_wgmma_wide<
     E: WgmmaElem,
     const D: usize,
+    const DV: usize,
     const RA: usize,
     const RB: usize,
+    const VA: usize,
+    const VB: usize,
     const SOFTCAP: bool,
     const PACKED: bool,
 >(
     p: &BwdParams,
     maps: u64,
 ) {
-    const { assert!(RA == Wide::<D>::REGS[0] && RB == Wide::<D>::REGS[1]) };
+    const {
+        assert!(
+            RA == Wide::<D, DV>::REGS[0]
+                && RB == Wide::<D, DV>::REGS[1]
+                && VA == Wide::<D, DV>::REGS_V[0]
+                && VB == Wide::<D, DV>::REGS_V[1]
+        )
+    };
     #[allow(clippy::let_unit_value)]
-    let () = Wide::<D>::OK;
-    let l = Wide::<D>::L;
+    let () = Wide::<D, DV>::OK;
+    let l = Wide::<D, DV>::L;
     let tid = sreg::thread_x();
     // The LSE layout's rows per head: a dense call's queries, a packed call's tokens.
     let sq = p.score.mask.seqlen_q;
@@ -201,15 +213,15 @@ pub unsafe fn attn_bwd_wgmma_wide<
     let sw = RowLayout::Swizzled128;
     if tid < COMPUTE_THREADS_U32 {
         let (k_dst, v_dst) = (base + l[0] as u32, base + l[1] as u32);
-        load_key_block::<BN, D, D, PACKED>(p, sw, &seq, (hkv, n0), k_dst, v_dst, tid, COMPUTE_THREADS);
+        load_key_block::<BN, D, DV, PACKED>(p, sw, &seq, (hkv, n0), k_dst, v_dst, tid, COMPUTE_THREADS);
     }
     sync::block();
     if tid >= COMPUTE_THREADS_U32 {
         setmaxnreg::dec::<WRITER_REGS>();
         if tid < ALL_THREADS_U32 {
-            dq_writer::<D, BM, PACKED>(p, consts, work);
+            dq_writer::<D, DV, BM, PACKED>(p, consts, work);
         } else if tid < ALL_THREADS_U32 + 32 {
-            loader_tma::<D, BM, PACKED>(p, maps, base, b as u32, work);
+            loader_tma::<D, DV, BM, PACKED>(p, maps, base, b as u32, work);
         }
         return;
     }
@@ -219,14 +231,14 @@ pub unsafe fn attn_bwd_wgmma_wide<
     if total > 0 {
         let dst = [base + l[2] as u32, base + l[3] as u32, base + l[6] as u32, base + l[7] as u32];
         let (h, m) = work.block(0, p);
-        load_query_block::<BM, D, D>(sw, consts, h, m, (seq.mask.seqlen_q, sq), dst, tid, COMPUTE_THREADS);
+        load_query_block::<BM, D, DV>(sw, consts, h, m, (seq.mask.seqlen_q, sq), dst, tid, COMPUTE_THREADS);
     }
     cp_async::commit();
     cp_async::wait::<0>();
     bulk::shared_async();
 
-    let (mut dk_a, mut dv_a) = ([0f32; RA], [0f32; RA]);
-    let (mut dk_b, mut dv_b) = ([0f32; RB], [0f32; RB]);
+    let (mut dk_a, mut dk_b) = ([0f32; RA], [0f32; RB]);
+    let (mut dv_a, mut dv_b) = ([0f32; VA], [0f32; VB]);
     let stage_f = (BM * 4) as u32;
 
     let mut it = 0u32;
@@ -242,7 +254,7 @@ pub unsafe fn attn_bwd_wgmma_wide<
         let (h, m) = work.block(it, p);
         let m0 = m * BM as u32;
         let stage = it % 2;
-        let q_s = base + l[2] as u32 + stage * Shape::<D, BM>::STAGE_STRIDE;
+        let q_s = base + l[2] as u32 + stage * Shape::<D, DV, BM>::STAGE_STRIDE;
         let do_s = q_s + (l[3] - l[2]) as u32;
         let (lse_s, dl_s) = (base + l[6] as u32 + stage * stage_f, base + l[7] as u32 + stage * stage_f);
 
@@ -255,7 +267,7 @@ pub unsafe fn attn_bwd_wgmma_wide<
         if PACKED && it > 0 && rows < BM as u32 {
             // A packed sequence's last box ran into the next sequence's rows: zeros there (as
             // `hopper.rs`).
-            zero_rows::<D, BM>(q_s, do_s, rows, tid);
+            zero_rows::<D, DV, BM>(q_s, do_s, rows, tid);
             bulk::shared_async();
             sync::named::<BAR_COMPUTE, COMPUTE_THREADS_U32>();
         }
@@ -276,7 +288,7 @@ pub unsafe fn attn_bwd_wgmma_wide<
         let mut dp = [0f32; SR];
         wgmma::fence();
         issue_by_key::<E, D, BN, BM, SR>(&mut s, k_s, q_s + q_w * 128);
-        issue_by_key::<E, D, BN, BM, SR>(&mut dp, v_s, do_s + q_w * 128);
+        issue_by_key::<E, DV, BN, BM, SR>(&mut dp, v_s, do_s + q_w * 128);
         load_next();
 
         // 2. Pᵀ_w, then dSᵀ_w, to shared memory: register 2i+rr of a packed tile holds key
@@ -338,14 +350,15 @@ pub unsafe fn attn_bwd_wgmma_wide<
 
         // 3. The warpgroup's column parts: dV += Pᵀ dO_w, dK += dSᵀ Q_w (Pᵀ and dSᵀ K-major over the
         // queries, dO and Q MN-major), dQ_w = dS K_w (dS MN-major from dSᵀ, K MN-major).
-        let [col_a, col_b] = Wide::<D>::parts(wg);
+        let [col_a, col_b] = Wide::<D, DV>::parts(D, wg);
+        let [col_va, col_vb] = Wide::<D, DV>::parts(DV, wg);
         let (mut dq_a, mut dq_b) = ([0f32; RA], [0f32; RB]);
         let p_steps = |kk| k_major_step::<BN>(p_s, kk);
         let ds_steps = |kk| k_major_step::<BN>(ds_s, kk);
         let ds_mn = |kk: usize| desc_sw128(ds_s + kk as u32 * K16_ROWS, col_block(BN), SBO);
         wgmma::fence();
-        issue_part::<E, RA, 0, BM>(&mut dv_a, p_steps, do_s, col_a, BM / 16, false);
-        issue_part::<E, RB, 0, BM>(&mut dv_b, p_steps, do_s, col_b, BM / 16, false);
+        issue_part::<E, VA, 0, BM>(&mut dv_a, p_steps, do_s, col_va, BM / 16, false);
+        issue_part::<E, VB, 0, BM>(&mut dv_b, p_steps, do_s, col_vb, BM / 16, false);
         wgmma::commit();
         issue_part::<E, RA, 0, BM>(&mut dk_a, ds_steps, q_s, col_a, BM / 16, false);
         issue_part::<E, RB, 0, BM>(&mut dk_b, ds_steps, q_s, col_b, BM / 16, false);
@@ -387,8 +400,11 @@ pub unsafe fn attn_bwd_wgmma_wide<
     let dk_g = (p.dk as *mut u16).add(row * dks[0] + (k0 + n0 as usize) * dks[1] + hkv * dks[2]);
     let dv_g = (p.dv as *mut u16).add(row * dvs[0] + (k0 + n0 as usize) * dvs[1] + hkv * dvs[2]);
     let keys = sk.max(n0) - n0;
-    let [col_a, col_b] = Wide::<D>::parts(wg);
-    let at = ((dk_g, dv_g), (dks[1], dvs[1]));
-    store_part::<E, RA>((&dk_a, &dv_a), at.0, at.1, col_a, keys, p.scale, [warp, g, t]);
-    store_part::<E, RB>((&dk_b, &dv_b), at.0, at.1, col_b, keys, p.scale, [warp, g, t]);
+    let lane = [warp, g, t];
+    let [col_a, col_b] = Wide::<D, DV>::parts(D, wg);
+    let [col_va, col_vb] = Wide::<D, DV>::parts(DV, wg);
+    store_part::<E, RA>(&dk_a, dk_g, dks[1], col_a, keys, p.scale, lane);
+    store_part::<E, RB>(&dk_b, dk_g, dks[1], col_b, keys, p.scale, lane);
+    store_part::<E, VA>(&dv_a, dv_g, dvs[1], col_va, keys, 1.0, lane);
+    store_part::<E, VB>(&dv_b, dv_g, dvs[1], col_vb, keys, 1.0, lane);
 }

@@ -197,7 +197,18 @@ mod wgmma_entry {
                 const { assert!(T.wgmma_splits_head_dim()) };
                 let maps = crate::ptx::tma::maps_param_address!($name);
                 const R: [usize; 2] = T.wgmma_wide_regs();
-                attn_bwd_wgmma_wide::<$elem, { T.head_dim }, { R[0] }, { R[1] }, $softcap, $packed>(&p, maps)
+                const V: [usize; 2] = T.wgmma_wide_regs_v();
+                attn_bwd_wgmma_wide::<
+                    $elem,
+                    { T.head_dim },
+                    { T.head_dim_v },
+                    { R[0] },
+                    { R[1] },
+                    { V[0] },
+                    { V[1] },
+                    $softcap,
+                    $packed,
+                >(&p, maps)
             }
         };
     }
@@ -249,6 +260,10 @@ mod wgmma_entry {
             attn_bwd_softcap_hd256_m64n64_wgmma_tma_bf16, attn_bwd_softcap_hd256_m64n64_wgmma_tma_f16,
             attn_bwd_varlen_hd256_m64n64_wgmma_tma_bf16, attn_bwd_varlen_hd256_m64n64_wgmma_tma_f16,
             attn_bwd_varlen_softcap_hd256_m64n64_wgmma_tma_bf16, attn_bwd_varlen_softcap_hd256_m64n64_wgmma_tma_f16];
+        tiles_bwd::BWD_HD192_V128_WGMMA_TMA => [attn_bwd_hd192v128_m64n64_wgmma_tma_bf16, attn_bwd_hd192v128_m64n64_wgmma_tma_f16,
+            attn_bwd_softcap_hd192v128_m64n64_wgmma_tma_bf16, attn_bwd_softcap_hd192v128_m64n64_wgmma_tma_f16,
+            attn_bwd_varlen_hd192v128_m64n64_wgmma_tma_bf16, attn_bwd_varlen_hd192v128_m64n64_wgmma_tma_f16,
+            attn_bwd_varlen_softcap_hd192v128_m64n64_wgmma_tma_bf16, attn_bwd_varlen_softcap_hd192v128_m64n64_wgmma_tma_f16];
     }
 }
 

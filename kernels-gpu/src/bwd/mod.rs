@@ -4,7 +4,8 @@
 //! - `prep.rs`: delta = rowsum(dO ∘ O) before the main kernel; dQ (f32 accumulator → element type) after.
 //! - `mainloop.rs`: the main kernel, parallel over key blocks (dK, dV on chip, dQ by f32 reductions).
 //! - `hopper.rs`: the main kernel on Hopper's `wgmma` (sm_90a PTX only), head dims 32, 64, 96, 128.
-//! - `hopper_wide.rs`: the Hopper kernel for head dims 192 and 256, its warpgroups splitting the head dim.
+//! - `hopper_wide.rs`: the Hopper kernel for head dims 192 and 256 (and Q/K 192 with V 128), its
+//!   warpgroups splitting the head dim.
 //! - `kernels.rs`: the entry points, one per row of `tiles_bwd::BWD_TILES` and element type.
 
 #[cfg(target_feature = "sm_90a")]
