@@ -193,6 +193,8 @@ pub unsafe fn attn_bwd_wgmma_wide<
     #[allow(clippy::let_unit_value)]
     let () = Wide::<D, DV>::OK;
     let l = Wide::<D, DV>::L;
+    // The set-up as `hopper::attn_bwd_wgmma`'s. (Shared as a function returning the CTA's start, it
+    // made ptxas spill 256-640 bytes in both kernels' query loops, 2026-11-27.)
     let tid = sreg::thread_x();
     // The LSE layout's rows per head: a dense call's queries, a packed call's tokens.
     let sq = p.score.mask.seqlen_q;
