@@ -122,12 +122,13 @@ mod wgmma_entry {
     }
 
     /// One row's eight kernels, as `bwd_kernels!` (the same order of symbols), each defined by `$entry`
-    /// (`wgmma_entry`, or `wgmma_tma_entry` for the rows whose `tma` is `$tma`).
+    /// (`wgmma_entry`, or `wgmma_tma_entry` for the rows whose `tma` is `$tma`) around the kernel body
+    /// `$body` (`wgmma_kernel`, or `wide_kernel` for the head-dim split rows).
     macro_rules! wgmma_kernels {
-        ($entry:ident, $tma:literal; $($tile:path => [$($name:ident),*];)*) => {$(
-            wgmma_kernels!(@row $entry, $tma, $tile, [$($name),*]);
+        ($entry:ident, $body:ident, $tma:literal; $($tile:path => [$($name:ident),*];)*) => {$(
+            wgmma_kernels!(@row $entry, $body, $tma, $tile, [$($name),*]);
         )*};
-        (@row $entry:ident, $tma:literal, $tile:path, [$bf16:ident, $f16:ident, $cap_bf16:ident, $cap_f16:ident,
+        (@row $entry:ident, $body:ident, $tma:literal, $tile:path, [$bf16:ident, $f16:ident, $cap_bf16:ident, $cap_f16:ident,
                            $var_bf16:ident, $var_f16:ident, $var_cap_bf16:ident, $var_cap_f16:ident]) => {
             const _: () = {
                 const T: BwdTile = $tile;
@@ -137,14 +138,14 @@ mod wgmma_entry {
                     stringify!($var_bf16), stringify!($var_f16), stringify!($var_cap_bf16), stringify!($var_cap_f16),
                 ]));
             };
-            $entry!($tile, Bf16, false, false, $bf16, "Launched as `abi::BwdParams` and the tile row document, on a compute capability 9.0 device.");
-            $entry!($tile, F16, false, false, $f16, "As the bf16 kernel.");
-            $entry!($tile, Bf16, true, false, $cap_bf16, "As the bf16 kernel, with a softcap.");
-            $entry!($tile, F16, true, false, $cap_f16, "As the bf16 kernel, with a softcap.");
-            $entry!($tile, Bf16, false, true, $var_bf16, "As the bf16 kernel, for a packed batch.");
-            $entry!($tile, F16, false, true, $var_f16, "As the bf16 kernel, for a packed batch.");
-            $entry!($tile, Bf16, true, true, $var_cap_bf16, "As the bf16 kernel, for a packed batch with a softcap.");
-            $entry!($tile, F16, true, true, $var_cap_f16, "As the bf16 kernel, for a packed batch with a softcap.");
+            $entry!($body, $tile, Bf16, false, false, $bf16, "Launched as `abi::BwdParams` and the tile row document, on a compute capability 9.0 device.");
+            $entry!($body, $tile, F16, false, false, $f16, "As the bf16 kernel.");
+            $entry!($body, $tile, Bf16, true, false, $cap_bf16, "As the bf16 kernel, with a softcap.");
+            $entry!($body, $tile, F16, true, false, $cap_f16, "As the bf16 kernel, with a softcap.");
+            $entry!($body, $tile, Bf16, false, true, $var_bf16, "As the bf16 kernel, for a packed batch.");
+            $entry!($body, $tile, F16, false, true, $var_f16, "As the bf16 kernel, for a packed batch.");
+            $entry!($body, $tile, Bf16, true, true, $var_cap_bf16, "As the bf16 kernel, for a packed batch with a softcap.");
+            $entry!($body, $tile, F16, true, true, $var_cap_f16, "As the bf16 kernel, for a packed batch with a softcap.");
         };
     }
 
@@ -152,14 +153,14 @@ mod wgmma_entry {
     /// then compiles for one CTA of 12 warps per SM (168 registers per thread at launch), which
     /// `setmaxnreg` redistributes to the compute warpgroups (see `hopper.rs`).
     macro_rules! wgmma_entry {
-        ($tile:path, $elem:ty, $softcap:literal, $packed:literal, $name:ident, $safety:literal) => {
+        ($body:ident, $tile:path, $elem:ty, $softcap:literal, $packed:literal, $name:ident, $safety:literal) => {
             core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
 
             /// # Safety
             #[doc = $safety]
             #[no_mangle]
             pub unsafe extern "ptx-kernel" fn $name(p: BwdParams) {
-                wgmma_kernel!($tile, $elem, $softcap, $packed, &p, 0)
+                $body!($tile, $elem, $softcap, $packed, &p, 0)
             }
         };
     }
@@ -167,7 +168,7 @@ mod wgmma_entry {
     /// A TMA row's kernel: a second parameter, the tensor maps, whose parameter-space address the kernel
     /// hands to the TMA unit (as the forward's TMA rows).
     macro_rules! wgmma_tma_entry {
-        ($tile:path, $elem:ty, $softcap:literal, $packed:literal, $name:ident, $safety:literal) => {
+        ($body:ident, $tile:path, $elem:ty, $softcap:literal, $packed:literal, $name:ident, $safety:literal) => {
             core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
             core::arch::global_asm!(concat!("// ironflash-param-align ", stringify!($name), " 1 64"));
 
@@ -177,43 +178,34 @@ mod wgmma_entry {
             #[no_mangle]
             pub unsafe extern "ptx-kernel" fn $name(p: BwdParams, _maps: BwdTensorMaps) {
                 let maps = crate::ptx::tma::maps_param_address!($name);
-                wgmma_kernel!($tile, $elem, $softcap, $packed, &p, maps)
+                $body!($tile, $elem, $softcap, $packed, &p, maps)
             }
         };
     }
 
-    /// A head-dim split row's kernel (`hopper_wide.rs`; TMA rows only), with the TMA rows' parameters.
-    macro_rules! wgmma_wide_entry {
-        ($tile:path, $elem:ty, $softcap:literal, $packed:literal, $name:ident, $safety:literal) => {
-            core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
-            core::arch::global_asm!(concat!("// ironflash-param-align ", stringify!($name), " 1 64"));
-
-            /// # Safety
-            #[doc = $safety]
-            /// With `maps` the tensor maps of the call's Q and dO.
-            #[no_mangle]
-            pub unsafe extern "ptx-kernel" fn $name(p: BwdParams, _maps: BwdTensorMaps) {
-                const T: BwdTile = $tile;
-                const { assert!(T.wgmma_splits_head_dim()) };
-                let maps = crate::ptx::tma::maps_param_address!($name);
-                const R: [usize; 2] = T.wgmma_wide_regs();
-                const V: [usize; 2] = T.wgmma_wide_regs_v();
-                attn_bwd_wgmma_wide::<
-                    $elem,
-                    { T.head_dim },
-                    { T.head_dim_v },
-                    { R[0] },
-                    { R[1] },
-                    { V[0] },
-                    { V[1] },
-                    $softcap,
-                    $packed,
-                >(&p, maps)
-            }
-        };
+    /// A head-dim split row's kernel body (`hopper_wide.rs`; TMA rows only, defined by
+    /// `wgmma_tma_entry`), as `wgmma_kernel!` is the other rows'.
+    macro_rules! wide_kernel {
+        ($tile:path, $elem:ty, $softcap:literal, $packed:literal, $p:expr, $maps:expr) => {{
+            const T: BwdTile = $tile;
+            const { assert!(T.wgmma_splits_head_dim()) };
+            const R: [usize; 2] = T.wgmma_wide_regs();
+            const V: [usize; 2] = T.wgmma_wide_regs_v();
+            attn_bwd_wgmma_wide::<
+                $elem,
+                { T.head_dim },
+                { T.head_dim_v },
+                { R[0] },
+                { R[1] },
+                { V[0] },
+                { V[1] },
+                $softcap,
+                $packed,
+            >($p, $maps)
+        }};
     }
 
-    wgmma_kernels! { wgmma_entry, false;
+    wgmma_kernels! { wgmma_entry, wgmma_kernel, false;
         tiles_bwd::BWD_HD32_WGMMA => [attn_bwd_hd32_m128n128_wgmma_bf16, attn_bwd_hd32_m128n128_wgmma_f16, attn_bwd_softcap_hd32_m128n128_wgmma_bf16, attn_bwd_softcap_hd32_m128n128_wgmma_f16,
             attn_bwd_varlen_hd32_m128n128_wgmma_bf16, attn_bwd_varlen_hd32_m128n128_wgmma_f16, attn_bwd_varlen_softcap_hd32_m128n128_wgmma_bf16, attn_bwd_varlen_softcap_hd32_m128n128_wgmma_f16];
         tiles_bwd::BWD_HD64_WGMMA => [attn_bwd_hd64_m128n128_wgmma_bf16, attn_bwd_hd64_m128n128_wgmma_f16, attn_bwd_softcap_hd64_m128n128_wgmma_bf16, attn_bwd_softcap_hd64_m128n128_wgmma_f16,
@@ -224,7 +216,7 @@ mod wgmma_entry {
             attn_bwd_varlen_hd128_m64n128_wgmma_bf16, attn_bwd_varlen_hd128_m64n128_wgmma_f16, attn_bwd_varlen_softcap_hd128_m64n128_wgmma_bf16, attn_bwd_varlen_softcap_hd128_m64n128_wgmma_f16];
     }
 
-    wgmma_kernels! { wgmma_tma_entry, true;
+    wgmma_kernels! { wgmma_tma_entry, wgmma_kernel, true;
         tiles_bwd::BWD_HD32_WGMMA_TMA => [attn_bwd_hd32_m128n128_wgmma_tma_bf16, attn_bwd_hd32_m128n128_wgmma_tma_f16,
             attn_bwd_softcap_hd32_m128n128_wgmma_tma_bf16, attn_bwd_softcap_hd32_m128n128_wgmma_tma_f16,
             attn_bwd_varlen_hd32_m128n128_wgmma_tma_bf16, attn_bwd_varlen_hd32_m128n128_wgmma_tma_f16,
@@ -251,7 +243,7 @@ mod wgmma_entry {
             attn_bwd_varlen_softcap_hd128_m80n128_wgmma_tma_bf16, attn_bwd_varlen_softcap_hd128_m80n128_wgmma_tma_f16];
     }
 
-    wgmma_kernels! { wgmma_wide_entry, true;
+    wgmma_kernels! { wgmma_tma_entry, wide_kernel, true;
         tiles_bwd::BWD_HD192_WGMMA_TMA => [attn_bwd_hd192_m64n64_wgmma_tma_bf16, attn_bwd_hd192_m64n64_wgmma_tma_f16,
             attn_bwd_softcap_hd192_m64n64_wgmma_tma_bf16, attn_bwd_softcap_hd192_m64n64_wgmma_tma_f16,
             attn_bwd_varlen_hd192_m64n64_wgmma_tma_bf16, attn_bwd_varlen_hd192_m64n64_wgmma_tma_f16,
