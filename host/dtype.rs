@@ -1,5 +1,6 @@
 //! Element types. The GPU kernels take bf16 and f16; f32 exists for the CPU path and for callers who
-//! hold f32 data, and is rejected by the GPU paths with a typed error.
+//! hold f32 data, and is rejected by the GPU paths with a typed error. [`F8E4M3`] is the FP8 forward's
+//! input type (`gpu::flash_forward_fp8`, `cpu::forward_fp8`, with descale factors: `crate::fp8`).
 
 use half::{bf16, f16};
 
@@ -8,6 +9,8 @@ pub enum DType {
     BF16,
     F16,
     F32,
+    /// FP8 e4m3 ([`F8E4M3`]).
+    F8E4M3,
 }
 
 impl DType {
@@ -15,6 +18,7 @@ impl DType {
         match self {
             DType::BF16 | DType::F16 => 2,
             DType::F32 => 4,
+            DType::F8E4M3 => 1,
         }
     }
     pub fn name(self) -> &'static str {
@@ -22,7 +26,12 @@ impl DType {
             DType::BF16 => "bf16",
             DType::F16 => "f16",
             DType::F32 => "f32",
+            DType::F8E4M3 => "e4m3",
         }
+    }
+    /// bf16 or f16: the element types of the 16-bit GPU kernels.
+    pub fn is_half(self) -> bool {
+        matches!(self, DType::BF16 | DType::F16)
     }
 }
 
@@ -37,6 +46,7 @@ mod sealed {
     impl Sealed for half::bf16 {}
     impl Sealed for half::f16 {}
     impl Sealed for f32 {}
+    impl Sealed for super::F8E4M3 {}
 }
 
 /// An attention element type.
@@ -82,5 +92,69 @@ impl Element for f32 {
     }
     fn from_f32(x: f32) -> Self {
         x
+    }
+}
+
+/// An FP8 value in the e4m3 format (OCP FP8 "E4M3FN", the format of Hopper's FP8 tensor cores): sign,
+/// 4 exponent bits (bias 7), 3 mantissa bits; no infinities, `0x7f`/`0xff` are NaN; the largest finite
+/// value is 448, the smallest subnormal 2^-9. Conversions from f32 round to nearest even and saturate
+/// to ±448 (as the GPU's `cvt.rn.satfinite`), NaN stays NaN.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[repr(transparent)]
+pub struct F8E4M3(pub u8);
+
+// SAFETY: a transparent byte, valid for every bit pattern.
+unsafe impl cudarc::driver::DeviceRepr for F8E4M3 {}
+// SAFETY: as above; all-zero bytes are the value +0.
+unsafe impl cudarc::driver::ValidAsZeroBits for F8E4M3 {}
+
+impl F8E4M3 {
+    /// The largest finite value.
+    pub const MAX: f32 = 448.0;
+    pub const NAN: F8E4M3 = F8E4M3(0x7f);
+
+    pub fn to_f32(self) -> f32 {
+        let sign = if self.0 & 0x80 != 0 { -1.0 } else { 1.0 };
+        let (exp, man) = ((self.0 >> 3) & 0xf, self.0 & 7);
+        if exp == 0xf && man == 7 {
+            return f32::NAN;
+        }
+        // Subnormals are steps of 2^-9; a normal is (8 + man) steps of 2^(exp - 7 - 3).
+        let magnitude =
+            if exp == 0 { man as f32 * (-9f32).exp2() } else { (8 + man) as f32 * (exp as f32 - 10.0).exp2() };
+        sign * magnitude
+    }
+
+    /// Round to nearest even, saturating (see the type's docs).
+    pub fn from_f32(x: f32) -> Self {
+        if x.is_nan() {
+            return Self::NAN;
+        }
+        let sign = if x.is_sign_negative() { 0x80 } else { 0 };
+        let a = x.abs();
+        if a >= Self::MAX {
+            return F8E4M3(sign | 0x7e);
+        }
+        // Below 2^-6 the steps are 2^-9 (subnormals, counted from 0); above, 2^(e-3) within [2^e,
+        // 2^(e+1)), counted from 8 at the binade's start. Both counts map to the encoding by one add,
+        // a carry into the exponent included. Scaling by powers of two is exact in f32.
+        let bits = if a < (-6f32).exp2() {
+            (a * 512.0).round_ties_even() as u8
+        } else {
+            let e = ((a.to_bits() >> 23) as i32) - 127;
+            let steps = (a * (3.0 - e as f32).exp2()).round_ties_even() as u8;
+            (((e + 7) as u8) << 3) + (steps - 8)
+        };
+        F8E4M3(sign | bits)
+    }
+}
+
+impl Element for F8E4M3 {
+    const DTYPE: DType = DType::F8E4M3;
+    fn to_f32(self) -> f32 {
+        F8E4M3::to_f32(self)
+    }
+    fn from_f32(x: f32) -> Self {
+        F8E4M3::from_f32(x)
     }
 }

@@ -112,6 +112,9 @@ pub enum Error {
     #[error("softmax_scale must be finite and non-zero, got {0}")]
     BadScale(f32),
 
+    #[error("{arg}: descale factor {index} is {value}; FP8 descale factors must be finite and positive")]
+    BadDescale { arg: Arg, index: usize, value: f32 },
+
     #[error("softcap must be finite and positive, got {0}")]
     BadSoftcap(f32),
 

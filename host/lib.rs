@@ -51,6 +51,7 @@ pub mod cpu;
 pub mod device;
 pub mod dtype;
 pub mod error;
+pub mod fp8;
 pub mod gpu;
 pub mod layout;
 pub mod modules;
@@ -59,7 +60,7 @@ pub mod problem;
 pub mod tensor;
 
 pub use device::{Device, DeviceInfo};
-pub use dtype::{DType, Element};
+pub use dtype::{DType, Element, F8E4M3};
 pub use error::{Arg, Error, Result};
 /// The 16-bit float types the tensors hold, and their crate: a program needs no `half` dependency of
 /// its own.

@@ -42,6 +42,7 @@ fn unit_roundoff(dtype: DType) -> f64 {
         DType::BF16 => 2f64.powi(-9),
         DType::F16 => 2f64.powi(-12),
         DType::F32 => 2f64.powi(-24),
+        DType::F8E4M3 => 2f64.powi(-4),
     }
 }
 

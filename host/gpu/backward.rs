@@ -77,7 +77,7 @@ impl<T: Element> GpuGradients<T> {
 /// The tile the fused backward uses on a device for the head dims of Q/K and of V, and an element type
 /// (dense and packed batches alike).
 pub fn backward_tile(info: &DeviceInfo, (head_dim, head_dim_v): (usize, usize), dtype: DType) -> Result<BwdTile> {
-    if dtype == DType::F32 {
+    if !dtype.is_half() {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype, path: "the fused backward kernel" });
     }
     let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
@@ -419,7 +419,7 @@ fn plan<T: Element>(
     opts: &AttnOptions,
     seqs: Option<&DeviceVarlen>,
 ) -> Result<Plan> {
-    if T::DTYPE == DType::F32 {
+    if !T::DTYPE.is_half() {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype: T::DTYPE, path: "the fused backward kernel" });
     }
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v), (Arg::O, o), (Arg::DO, d_o)] {

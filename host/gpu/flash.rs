@@ -95,7 +95,7 @@ pub(crate) fn layout_tile(
     dtype: DType,
     layout: BatchLayout,
 ) -> Result<FwdTile> {
-    if dtype == DType::F32 {
+    if !dtype.is_half() {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype, path: "the fused forward kernel" });
     }
     let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
@@ -425,7 +425,7 @@ fn plan<T: Element>(
     v: &DeviceTensor<T>,
     opts: &AttnOptions,
 ) -> Result<(AttnProblem, FwdTile)> {
-    if T::DTYPE == DType::F32 {
+    if !T::DTYPE.is_half() {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype: T::DTYPE, path: "the fused forward kernel" });
     }
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {

@@ -181,7 +181,7 @@ fn plan<T: Element>(
     rotary: Option<&DeviceRotary<'_>>,
     opts: &AttnOptions,
 ) -> Result<Plan> {
-    if T::DTYPE == DType::F32 {
+    if !T::DTYPE.is_half() {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype: T::DTYPE, path: "the fused forward kernel" });
     }
     let ordinal = dev.info().ordinal;

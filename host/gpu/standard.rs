@@ -27,7 +27,9 @@ pub(crate) fn gpu_dtype<T: Element>(arg: Arg) -> Result<(blas_sys::cudaDataType_
     match T::DTYPE {
         DType::BF16 => Ok((blas_sys::cudaDataType_t::CUDA_R_16BF, ROW_SOFTMAX_BF16)),
         DType::F16 => Ok((blas_sys::cudaDataType_t::CUDA_R_16F, ROW_SOFTMAX_F16)),
-        DType::F32 => Err(Error::UnsupportedDtype { arg, dtype: T::DTYPE, path: "the GPU attention paths" }),
+        DType::F32 | DType::F8E4M3 => {
+            Err(Error::UnsupportedDtype { arg, dtype: T::DTYPE, path: "the GPU attention paths" })
+        }
     }
 }
 

@@ -44,9 +44,9 @@ pub(crate) fn tensor_map(
 }
 
 /// The 4-D map of one `[batch, rows, heads, dim]` tensor at device address `ptr` with element strides
-/// `strides` (`[batch, row, head]`; the head dim contiguous) of `dtype` (2 bytes): dims innermost first
-/// (`[dim, rows, heads, batch]`), boxes of 64 elements × `box_rows` × 1 × 1, 128-byte swizzle (the
-/// `wgmma` operand layout), zeros outside the tensor.
+/// `strides` (`[batch, row, head]`; the head dim contiguous) of `dtype` (2 bytes, or FP8's 1): dims
+/// innermost first (`[dim, rows, heads, batch]`), boxes of 128 bytes (64 or 128 elements) × `box_rows`
+/// × 1 × 1, 128-byte swizzle (the `wgmma` operand layout), zeros outside the tensor.
 fn encode(
     dtype: DType,
     ptr: u64,
@@ -60,10 +60,12 @@ fn encode(
     // is given as the smallest the encoder accepts (a multiple of 16 bytes).
     let stride = |s: usize, extent: usize| if extent == 1 { 16 } else { (s * elem) as u64 };
     let strides = [stride(row_stride, rows), stride(head_stride, heads), stride(batch_stride, batch)];
-    let boxes = [64u32, box_rows as u32, 1, 1];
+    // One 128-byte row of the swizzle per box row: 64 two-byte elements or 128 FP8 ones.
+    let boxes = [(128 / elem) as u32, box_rows as u32, 1, 1];
     let element_strides = [1u32; 4];
     let data_type = match dtype {
         DType::F16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+        DType::F8E4M3 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
         _ => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
     };
     let mut map = sys::CUtensorMap { opaque: [0; 16] };

@@ -6,7 +6,7 @@
 
 use crate::cpu::varlen::{alibi_rows, packed_problem, Varlen};
 use crate::device::Device;
-use crate::dtype::{DType, Element};
+use crate::dtype::Element;
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::backward::{self, GpuGradients};
 use crate::gpu::flash::{self, BatchLaunch, PackedLaunch};
@@ -230,7 +230,7 @@ fn plan<T: Element>(
     seqs: &DeviceVarlen,
     opts: &AttnOptions,
 ) -> Result<Plan> {
-    if T::DTYPE == DType::F32 {
+    if !T::DTYPE.is_half() {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype: T::DTYPE, path: "the fused forward kernel" });
     }
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {

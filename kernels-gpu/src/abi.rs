@@ -119,6 +119,47 @@ pub struct FwdTensorMaps {
     pub v: [u64; 16],
 }
 
+/// The FP8 forward's descale factors (`tiles::Fp8FwdTile`, its kernel's third parameter): f32
+/// `[batch, heads_kv]` each, contiguous; the real values of Q, K and V of K/V head h (and its query
+/// heads) in batch b are the stored e4m3 values times `q[b·heads_kv + h]`, `k[..]`, `v[..]` (finite and
+/// positive: the host's `gpu::Fp8Tensor` checks them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Fp8Descales {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+}
+
+/// The conversion of a bf16/f16 tensor `x` `[batch, seqlen, heads, head_dim]` to e4m3 for the FP8
+/// forward, one scale per (batch, K/V head) group of `group` consecutive heads (`fp8_quant.rs`): launch
+/// `FP8_AMAX_*` then `FP8_QUANTIZE_*`, each with grid `(batch · heads_kv, shares)` of 256 threads.
+/// `head_dim` a multiple of 8; x's strides multiples of 8 elements and its base 16-byte aligned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Fp8QuantizeParams {
+    pub x: u64,
+    pub x_strides: [u64; 3],
+    /// e4m3 `[batch, seqlen, heads, head_dim]`, contiguous, written by the second launch.
+    pub out: u64,
+    /// u32 `[batch · heads_kv]`, zeroed before the first launch: the bits of each group's max |x|.
+    pub amax: u64,
+    /// f32 `[batch · heads_kv]`, written by the second launch: each group's descale factor.
+    pub descale: u64,
+    pub seqlen: u32,
+    pub heads: u32,
+    pub head_dim: u32,
+    pub heads_kv: u32,
+    /// Heads per group (`heads / heads_kv`).
+    pub group: u32,
+}
+
+/// Symbols of the FP8 conversion kernels (sm_90a PTX only), per input element type.
+pub const FP8_AMAX_BF16: &str = "fp8_amax_bf16";
+pub const FP8_AMAX_F16: &str = "fp8_amax_f16";
+pub const FP8_QUANTIZE_BF16: &str = "fp8_quantize_bf16";
+pub const FP8_QUANTIZE_F16: &str = "fp8_quantize_f16";
+
 /// A paged KV cache as the kernels read it (vLLM-style block tables): K and V are pages
 /// `[num_pages, page_size, heads_kv, head_dim]` (strides `[page, token, head]` in `FwdParams::k_strides`
 /// and `v_strides`); key t of sequence b lives in page `block_table[b · pages_per_seq + t / page_size]`

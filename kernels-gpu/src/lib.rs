@@ -37,6 +37,9 @@ mod smem_tile;
 #[cfg(target_arch = "nvptx64")]
 mod softmax_rows;
 
+#[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]
+mod fp8_quant;
+
 /// Kernels abort with `trap` on a panic: nothing of core's formatting machinery reaches the PTX.
 #[cfg(target_arch = "nvptx64")]
 #[panic_handler]

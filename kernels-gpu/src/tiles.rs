@@ -434,6 +434,69 @@ pub fn choose_fwd_among(
         .or_else(|| rows().find(|t| t.ctas_per_sm_by_smem(elem_bytes, smem_per_sm) >= 1))
 }
 
+/// One compiled FP8 (e4m3) forward kernel (`fwd/hopper_fp8.rs`, sm_90a only): `hopper.rs`'s shape (two
+/// compute warpgroups of 64 query rows, a TMA loader warpgroup, 384 threads, one CTA per SM) with
+/// one-byte Q, K and V and a transposed copy of V per stage. O is bf16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fp8FwdTile {
+    /// Head dim of Q and K, and of V and O.
+    pub head_dim: usize,
+    pub head_dim_v: usize,
+    pub block_n: usize,
+    pub stages: usize,
+    pub pingpong: bool,
+    /// The kernel's symbol (O in bf16).
+    pub symbol: &'static str,
+}
+
+impl Fp8FwdTile {
+    pub const BLOCK_M: usize = 128;
+    pub const THREADS: usize = 384;
+    /// Dynamic shared memory: Q, then per stage K, V as loaded and Vᵀ (one byte per element), the TMA
+    /// barriers, and 1024 bytes of slack for the swizzle's alignment.
+    pub const fn smem_bytes(&self) -> usize {
+        Self::BLOCK_M * self.head_dim
+            + self.stages * self.block_n * (self.head_dim + 2 * self.head_dim_v)
+            + TMA_BARRIER_BYTES
+            + 1024
+    }
+    /// Whether the row is one `fwd/hopper_fp8.rs` implements (checked at compile time for each kernel).
+    pub const fn is_valid(&self) -> bool {
+        matches!(self.head_dim, 128 | 256)
+            && self.head_dim_v == self.head_dim
+            && self.block_n == 128
+            && self.stages >= 2
+            && self.stages <= 4
+    }
+}
+
+/// 177 KiB: 128-key blocks in three stages, ping-pong (`HD128_WGMMA`'s shape).
+pub const HD128_FP8: Fp8FwdTile = Fp8FwdTile {
+    head_dim: 128,
+    head_dim_v: 128,
+    block_n: 128,
+    stages: 3,
+    pingpong: true,
+    symbol: "attn_fwd_fp8_hd128_m128n128_bf16",
+};
+
+/// Every compiled FP8 forward variant, in order of preference within a head dim.
+pub const FP8_FWD_TILES: &[Fp8FwdTile] = &[HD128_FP8];
+
+/// The FP8 forward tile for a head dim on a device: the first row for it whose shared memory fits one
+/// CTA per SM within the per-block opt-in limit, on compute capability 9.0 only (`sm90a`); `None`
+/// otherwise (the host's `Error::UnsupportedHeadDim` or `Error::UnsupportedDevice`).
+pub fn choose_fwd_fp8(
+    head_dim: usize,
+    smem_per_block_optin: usize,
+    smem_per_sm: usize,
+    sm90a: bool,
+) -> Option<&'static Fp8FwdTile> {
+    FP8_FWD_TILES
+        .iter()
+        .find(|t| sm90a && t.head_dim == head_dim && fits_smem(t.smem_bytes(), smem_per_block_optin, smem_per_sm))
+}
+
 /// Columns a row of a head-dim-wide tile takes in the Hopper kernels' shared memory: whole 64-column
 /// blocks of the 128-byte swizzle (`ptx::wgmma`), so head dims 32 and 96 take the room of 64 and 128
 /// and the last block's upper half is neither written nor read. Forward and backward layouts use it.

@@ -159,7 +159,8 @@ mod packed_sm80 {
 #[cfg(target_feature = "sm_90a")]
 mod wgmma_entry {
     use super::super::hopper::attn_fwd_wgmma;
-    use crate::abi::{FwdParams, FwdTensorMaps};
+    use super::super::hopper_fp8::attn_fwd_fp8;
+    use crate::abi::{Fp8Descales, FwdParams, FwdTensorMaps};
     use crate::ptx::elem::{Bf16, F16};
     use crate::tiles::{self, str_eq};
 
@@ -257,6 +258,46 @@ mod wgmma_entry {
         tiles::HD128_WGMMA_TMA => attn_fwd_hd128_m128n128_wgmma_tma_bf16, attn_fwd_hd128_m128n128_wgmma_tma_f16;
         tiles::HD192_WGMMA_TMA => attn_fwd_hd192_m128n96_wgmma_tma_bf16, attn_fwd_hd192_m128n96_wgmma_tma_f16;
         tiles::HD256_WGMMA_TMA => attn_fwd_hd256_m128n64_wgmma_tma_bf16, attn_fwd_hd256_m128n64_wgmma_tma_f16;
+    }
+
+    /// The FP8 rows (`tiles::FP8_FWD_TILES`): the tensor maps as the TMA rows', then the descale
+    /// factors.
+    macro_rules! fp8_kernels {
+        ($($tile:path => $name:ident;)*) => {$(
+            const _: () = {
+                const T: tiles::Fp8FwdTile = $tile;
+                assert!(T.is_valid() && str_eq(T.symbol, stringify!($name)));
+            };
+
+            core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
+            core::arch::global_asm!(concat!("// ironflash-param-align ", stringify!($name), " 1 64"));
+
+            /// # Safety
+            /// Launched as `abi::FwdParams` (unsplit, dense; Q, K and V e4m3, O bf16), with `maps` the
+            /// tensor maps of the call's Q, K and V and `descale` as `abi::Fp8Descales` document, on a
+            /// compute capability 9.0 device.
+            #[no_mangle]
+            pub unsafe extern "ptx-kernel" fn $name(p: FwdParams, _maps: FwdTensorMaps, descale: Fp8Descales) {
+                const T: tiles::Fp8FwdTile = $tile;
+                let maps = crate::ptx::tma::maps_param_address!($name);
+                attn_fwd_fp8::<
+                    { T.head_dim },
+                    { T.head_dim_v },
+                    { T.block_n },
+                    { T.stages as u32 },
+                    { T.block_n / 2 },
+                    { T.head_dim_v / 2 },
+                    { T.block_n / 8 },
+                    { T.head_dim_v / 8 },
+                    { T.block_n / 32 },
+                    { T.pingpong },
+                >(&p, maps, &descale)
+            }
+        )*};
+    }
+
+    fp8_kernels! {
+        tiles::HD128_FP8 => attn_fwd_fp8_hd128_m128n128_bf16;
     }
 
     wgmma_kernels! {

@@ -10,7 +10,8 @@
 //! - `mainloop.rs`: the kernel body: block range, pipeline, the two products.
 //! - `softmax.rs`: the online softmax state of a warp's rows.
 //! - `epilogue.rs`: O (normalised, through shared memory, 16-byte stores) and the LSE.
-//! - `hopper.rs`: the kernel on Hopper's `wgmma` (sm_90a PTX only), head dim 128, warp-specialised.
+//! - `hopper.rs`: the kernel on Hopper's `wgmma` (sm_90a PTX only), every head dim, warp-specialised.
+//! - `hopper_fp8.rs`: its FP8 (e4m3) counterpart (sm_90a PTX only), V transposed in shared memory.
 //! - `kernels.rs`: the entry points, one per row of `tiles::FWD_TILES` and element type.
 //! - `combine.rs`: the split-KV (FlashDecoding) combine of per-split partial outputs.
 //! - `paged.rs`: the step before attention over a paged KV cache (lengths, append, rotary).
@@ -23,6 +24,8 @@ mod combine;
 mod epilogue;
 #[cfg(target_feature = "sm_90a")]
 mod hopper;
+#[cfg(target_feature = "sm_90a")]
+mod hopper_fp8;
 mod io;
 mod kernels;
 mod mainloop;

@@ -32,7 +32,10 @@ use crate::ptx::warp::{self, shfl_xor_f32};
 /// below 2^8 against the stale max.
 const RESCALE_SLACK: f32 = 8.0;
 
-pub struct OnlineSoftmax<const MT: usize> {
+/// `P_LOG2`: the probabilities come out scaled by `2^P_LOG2` (the FP8 forward's, which rounds them to
+/// e4m3: its range then holds them down to 2^-17 instead of 2^-9; the sum carries the same factor, so
+/// the normaliser cancels it, and the LSE takes it out). 0 everywhere else, where it compiles away.
+pub struct OnlineSoftmax<const MT: usize, const P_LOG2: u32 = 0> {
     /// Running max of each row (base-2 units); `-inf` while the row has seen no visible key.
     max: [[f32; 2]; MT],
     /// This thread's part of each row's running sum of exp2(s − max).
@@ -57,12 +60,13 @@ const fn exp2_on_fma(tile: usize, fma_tiles: usize, nn: usize) -> bool {
     (tile + 1) * fma_tiles / nn != tile * fma_tiles / nn
 }
 
-impl<const MT: usize> OnlineSoftmax<MT> {
+impl<const MT: usize, const P_LOG2: u32> OnlineSoftmax<MT, P_LOG2> {
     /// The state before any key: `sinks_log2` are the rows' sink logits in base-2 units (`-inf`: none),
     /// `t` this lane's index in its quad.
     #[inline(always)]
     pub fn new(sinks_log2: [[f32; 2]; MT], t: u32) -> Self {
-        let sum = sinks_log2.map(|pair| pair.map(|s| if t == 0 && s != f32::NEG_INFINITY { 1.0 } else { 0.0 }));
+        let one = (1u32 << P_LOG2) as f32;
+        let sum = sinks_log2.map(|pair| pair.map(|s| if t == 0 && s != f32::NEG_INFINITY { one } else { 0.0 }));
         OnlineSoftmax { max: sinks_log2, sum }
     }
 
@@ -115,7 +119,10 @@ impl<const MT: usize> OnlineSoftmax<MT> {
         }
         for m in 0..MT {
             for r in 0..2 {
-                let base = offset[m][r] - finite_or_zero(self.max[m][r]);
+                let mut base = offset[m][r] - finite_or_zero(self.max[m][r]);
+                if P_LOG2 > 0 {
+                    base += P_LOG2 as f32;
+                }
                 let mut block_sum = 0.0;
                 for (n, tile) in s[m].iter_mut().enumerate() {
                     let e = if exp2_on_fma(n, fma_tiles, NN) { exp2_fma } else { exp2 };
@@ -141,7 +148,8 @@ impl<const MT: usize> OnlineSoftmax<MT> {
                 sum += shfl_xor_f32(sum, 2);
                 if sum > 0.0 {
                     inv[m][r] = recip(sum);
-                    lse[m][r] = (self.max[m][r] + log2(sum)) * core::f32::consts::LN_2;
+                    let log2_sum = if P_LOG2 > 0 { log2(sum) - P_LOG2 as f32 } else { log2(sum) };
+                    lse[m][r] = (self.max[m][r] + log2_sum) * core::f32::consts::LN_2;
                 }
             }
         }

@@ -18,6 +18,7 @@ sreg!(block_y, "%ctaid.y");
 sreg!(block_z, "%ctaid.z");
 sreg!(block_dim_x, "%ntid.x");
 sreg!(grid_dim_x, "%nctaid.x");
+sreg!(grid_dim_y, "%nctaid.y");
 sreg!(grid_dim_z, "%nctaid.z");
 sreg!(lane, "%laneid");
 

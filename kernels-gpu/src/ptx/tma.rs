@@ -51,11 +51,27 @@ pub unsafe fn load_tile<const ROWS: usize, const COLS: usize>(
     leader: bool,
     dst: u32,
     map: u64,
+    at: [u32; 3],
+    bar: u32,
+) {
+    load_boxes::<ROWS, COLS, 64>(leader, dst, map, at, bar);
+}
+
+/// As [`load_tile`] with boxes of `BOX` elements of 128 bytes (64 of 2 bytes; 128 of one byte: the FP8
+/// maps), one box per `BOX`-column block.
+///
+/// # Safety
+/// As [`load_tile`].
+#[inline(always)]
+pub unsafe fn load_boxes<const ROWS: usize, const COLS: usize, const BOX: usize>(
+    leader: bool,
+    dst: u32,
+    map: u64,
     [row0, head, batch]: [u32; 3],
     bar: u32,
 ) {
-    for cb in 0..COLS.div_ceil(64) {
-        load_4d(leader, dst + (cb * ROWS * 128) as u32, map, [64 * cb as u32, row0, head, batch], bar);
+    for cb in 0..COLS.div_ceil(BOX) {
+        load_4d(leader, dst + (cb * ROWS * 128) as u32, map, [(BOX * cb) as u32, row0, head, batch], bar);
     }
 }
 

@@ -224,3 +224,82 @@ macro_rules! wgmma_impl {
 
 wgmma_impl!(Bf16, "bf16");
 wgmma_impl!(F16, "f16");
+
+/// FP8 (e4m3) products, f32 accumulation: `wgmma.mma_async...m64nNk32.f32.e4m3.e4m3`. 8-bit operands
+/// have no transpose flags: both are K-major (K along the 128-byte rows of the swizzle, 32 bytes per
+/// k32 step, as a 16-bit operand's k16 step). A register A operand (`rs`) is the 8-bit fragment of
+/// `m64nNk32` (CUTLASS's `ALayout_64x32`): register `r` of lane (g, t) of warp j holds row
+/// `16j + g + 8·(r % 2)`, columns `4t + 16·(r / 2)` to `+ 3`, one byte each, lowest byte first.
+///
+/// Safety of every product: as [`WgmmaElem`]'s.
+pub mod e4m3 {
+    use super::{fit, unreachable};
+
+    /// D[64×N] (+)= A·B, both from shared memory, N = 2·R (the shapes the FP8 forward uses).
+    ///
+    /// # Safety
+    /// As [`super::WgmmaElem`]'s products.
+    #[inline(always)]
+    pub unsafe fn ss<const R: usize>(acc: &mut [f32; R], a: u64, b: u64, accumulate: bool) {
+        match R {
+            64 => ss_m64n128k32(fit(acc), a, b, accumulate),
+            _ => unreachable(),
+        }
+    }
+
+    /// D[64×N] (+)= A·B, A from registers, N = 2·R.
+    ///
+    /// # Safety
+    /// As [`super::WgmmaElem`]'s products.
+    #[inline(always)]
+    pub unsafe fn rs<const R: usize>(acc: &mut [f32; R], a: &[u32; 4], b: u64, accumulate: bool) {
+        match R {
+            64 => rs_m64n128k32(fit(acc), a, b, accumulate),
+            128 => rs_m64n256k32(fit(acc), a, b, accumulate),
+            _ => unreachable(),
+        }
+    }
+
+    macro_rules! e4m3_ss {
+        ($name:ident, $shape:literal, $r:literal, [$i0:literal $($i:literal)*], $a:literal, $b:literal, $p:literal) => {
+            #[inline(always)]
+            unsafe fn $name(acc: &mut [f32; $r], a: u64, b: u64, accumulate: bool) {
+                core::arch::asm!(
+                    "{{",
+                    ".reg .pred p;",
+                    concat!("setp.ne.b32 p, {", $p, "}, 0;"),
+                    concat!("wgmma.mma_async.sync.aligned.", $shape, ".f32.e4m3.e4m3 {{{", $i0, "}" $(, ", {", $i, "}")*,
+                        "}}, {", $a, "}, {", $b, "}, p, 1, 1;"),
+                    "}}",
+                    inout(reg32) acc[$i0], $(inout(reg32) acc[$i],)*
+                    in(reg64) a, in(reg64) b, in(reg32) accumulate as u32,
+                    options(nostack)
+                );
+            }
+        };
+    }
+
+    macro_rules! e4m3_rs {
+        ($name:ident, $shape:literal, $r:literal, [$i0:literal $($i:literal)*], $a0:literal, $a1:literal, $a2:literal, $a3:literal, $b:literal, $p:literal) => {
+            #[inline(always)]
+            unsafe fn $name(acc: &mut [f32; $r], a: &[u32; 4], b: u64, accumulate: bool) {
+                core::arch::asm!(
+                    "{{",
+                    ".reg .pred p;",
+                    concat!("setp.ne.b32 p, {", $p, "}, 0;"),
+                    concat!("wgmma.mma_async.sync.aligned.", $shape, ".f32.e4m3.e4m3 {{{", $i0, "}" $(, ", {", $i, "}")*,
+                        "}}, {{{", $a0, "}, {", $a1, "}, {", $a2, "}, {", $a3, "}}}, {", $b, "}, p, 1, 1;"),
+                    "}}",
+                    inout(reg32) acc[$i0], $(inout(reg32) acc[$i],)*
+                    in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+                    in(reg64) b, in(reg32) accumulate as u32,
+                    options(nostack)
+                );
+            }
+        };
+    }
+
+    e4m3_ss!(ss_m64n128k32, "m64n128k32", 64, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63], 64, 65, 66);
+    e4m3_rs!(rs_m64n128k32, "m64n128k32", 64, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63], 64, 65, 66, 67, 68, 69);
+    e4m3_rs!(rs_m64n256k32, "m64n256k32", 128, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111 112 113 114 115 116 117 118 119 120 121 122 123 124 125 126 127], 128, 129, 130, 131, 132, 133);
+}

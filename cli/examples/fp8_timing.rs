@@ -1,0 +1,139 @@
+//! The FP8 (e4m3) forward beside the bf16 one, same shapes, same run: B·N = 16K tokens, hidden 2048
+//! (H = 16 at head dim 128), N in {1K, 4K, 8K, 16K}, causal off and on; TFLOP/s = 4·B·H·N²·D / t,
+//! halved for causal. Each shape times bf16, FP8, bf16, FP8 (CUDA events, median of 30 launches after
+//! 5 warm-up ones; outputs preallocated) and prints both rounds. Then the conversion of one bf16 tensor
+//! to FP8 (`gpu::quantize_fp8`, with its check of the factors), and the error table: FP8 and bf16
+//! against the f64 reference on the same inputs (relative L2 of O; for FP8 also against the f64
+//! reference of its own dequantized inputs), for inputs of amplitude 1 and with 0.1% of the entries
+//! ten times larger (outliers).
+//!
+//! ```text
+//! cargo run --release --example fp8_timing
+//! ```
+
+mod common;
+
+use half::bf16;
+use ironflash::fp8::{dequantize, quantize};
+use ironflash::gpu::{self, Fp8Tensor};
+use ironflash::{cpu, Arg, AttnOptions, Device, HostTensor};
+use rand::{Rng, SeedableRng};
+
+const WARMUP: usize = 5;
+const REPS: usize = 30;
+const D: usize = 128;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let Some(dev) = common::device_or_skip()? else { return Ok(()) };
+    let info = dev.info().clone();
+    println!(
+        "device: {} (sm_{}{}, {} SMs)",
+        info.name, info.compute_capability.0, info.compute_capability.1, info.sm_count
+    );
+    println!("{:>6} {:>4} {:>3} {:>7} {:>6} {:>10} {:>9}", "N", "H", "B", "causal", "dtype", "median ms", "TFLOP/s");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let h = 2048 / D;
+    for n in [1024usize, 4096, 8192, 16384] {
+        let b = 16 * 1024 / n;
+        let host = |rng: &mut rand::rngs::StdRng| HostTensor::<bf16>::random([b, n, h, D], 1.0, rng);
+        let (q, k, v) = (dev.upload(&host(&mut rng))?, dev.upload(&host(&mut rng))?, dev.upload(&host(&mut rng))?);
+        let fp8 = |x| gpu::quantize_fp8(&dev, x, Arg::Q, h);
+        let (q8, k8, v8): (Fp8Tensor, Fp8Tensor, Fp8Tensor) = (fp8(&q)?, fp8(&k)?, fp8(&v)?);
+        let mut o = dev.poisoned::<bf16>([b, n, h, D])?;
+        let mut lse = dev.poisoned_f32(b * h * n)?;
+        for causal in [false, true] {
+            let opts = AttnOptions { causal, ..AttnOptions::default() };
+            let flops = 4.0 * (b * h) as f64 * (n * n) as f64 * D as f64 / if causal { 2.0 } else { 1.0 };
+            for _round in 0..2 {
+                let bf16_ms = median_ms(&dev, || gpu::flash_forward_into(&dev, &q, &k, &v, &mut o, &mut lse, &opts))?;
+                let fp8_ms =
+                    median_ms(&dev, || gpu::flash_forward_fp8_into(&dev, &q8, &k8, &v8, &mut o, &mut lse, &opts))?;
+                for (dtype, ms) in [("bf16", bf16_ms), ("e4m3", fp8_ms)] {
+                    println!(
+                        "{n:>6} {h:>4} {b:>3} {causal:>7} {dtype:>6} {ms:>10.3} {:>9.1}",
+                        flops / (ms * 1e-3) / 1e12
+                    );
+                }
+            }
+            let host = dev.download(&o)?;
+            assert!(host.data.iter().all(|x| x.to_f32().is_finite()), "O has unwritten or non-finite elements");
+        }
+        if n == 16384 {
+            let ms = median_ms(&dev, || fp8(&q).map(drop))?;
+            let gb = (b * n * h * D * 3) as f64 / 1e9;
+            println!(
+                "quantize_fp8 of one [{b}, {n}, {h}, {D}] bf16 tensor: {ms:.3} ms ({:.0} GB/s read + written)",
+                gb / (ms * 1e-3)
+            );
+        }
+    }
+    error_table(&dev)
+}
+
+/// O's relative L2 error against the f64 reference, FP8 and bf16, on the same inputs.
+fn error_table(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
+    println!("error of O (relative L2) against the f64 reference, B = 1, N = 1024, H = 4, D = 128:");
+    println!("{:>9} {:>7} {:>12} {:>12} {:>14}", "inputs", "causal", "bf16", "e4m3", "e4m3 vs its own");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let (b, n, h) = (1, 1024, 4);
+    for outliers in [false, true] {
+        let mut gen = || {
+            let mut t = HostTensor::<bf16>::random([b, n, h, D], 1.0, &mut rng);
+            if outliers {
+                for x in t.data.iter_mut() {
+                    if rng.random_range(0..1000) == 0 {
+                        *x = bf16::from_f32(x.to_f32() * 10.0);
+                    }
+                }
+            }
+            t
+        };
+        let (q, k, v) = (gen(), gen(), gen());
+        for causal in [false, true] {
+            let opts = AttnOptions { causal, ..AttnOptions::default() };
+            let exact = cpu::reference_forward(&q, &k, &v, &opts)?;
+            let bf = gpu::flash_forward(dev, &dev.upload(&q)?, &dev.upload(&k)?, &dev.upload(&v)?, &opts)?;
+            let bf = dev.download(&bf.o)?.to_f64_contiguous();
+            let up = |t: &HostTensor<bf16>| gpu::quantize_fp8(dev, &dev.upload(t).unwrap(), Arg::Q, h);
+            let (q8, k8, v8) = (up(&q)?, up(&k)?, up(&v)?);
+            let f8 = gpu::flash_forward_fp8(dev, &q8, &k8, &v8, &opts)?;
+            let f8 = dev.download(&f8.o)?.to_f64_contiguous();
+            let real = |t: &HostTensor<bf16>| {
+                let (x, d) = quantize(t, Arg::Q, h).unwrap();
+                dequantize(&x, Arg::Q, &d, h).unwrap()
+            };
+            let own = cpu::reference_forward(&real(&q), &real(&k), &real(&v), &opts)?;
+            println!(
+                "{:>9} {causal:>7} {:>12.3e} {:>12.3e} {:>14.3e}",
+                if outliers { "outliers" } else { "uniform" },
+                rel_l2(&bf, &exact.o),
+                rel_l2(&f8, &exact.o),
+                rel_l2(&f8, &own.o)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den).sqrt()
+}
+
+/// Median over `REPS` launches (after `WARMUP`) of the CUDA-event time of one call of `run`.
+fn median_ms(dev: &Device, mut run: impl FnMut() -> ironflash::Result<()>) -> Result<f64, Box<dyn std::error::Error>> {
+    for _ in 0..WARMUP {
+        run()?;
+    }
+    dev.synchronize()?;
+    let mut ms = Vec::with_capacity(REPS);
+    for _ in 0..REPS {
+        let start = dev.stream().record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+        run()?;
+        let end = dev.stream().record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+        ms.push(start.elapsed_ms(&end)? as f64);
+    }
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok(ms[REPS / 2])
+}

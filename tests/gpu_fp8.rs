@@ -1,0 +1,322 @@
+//! The FP8 (e4m3) forward and the conversion to FP8 on the GPU, against the f64 reference on the
+//! dequantized inputs (what the FP8 tensors hold, descale factors applied), on fresh random inputs with
+//! outputs poisoned. Skips with one line without a CUDA driver; the FP8 kernels need compute capability
+//! 9.0, elsewhere the calls must give a typed error.
+//!
+//! Bounds, and why: the scores are exact products of e4m3 values accumulated in f32, so the LSE (from
+//! f32 probabilities) is as exact as the bf16 kernels' (1e-3 absolute, with the f32 exponentials'
+//! error); O differs from the reference through P rounded to e4m3 for the P·V product: 3 mantissa bits
+//! give each probability a relative error of at most 2^-4, uniform, RMS 2^-4/√3 ≈ 0.036, independent
+//! between keys, so O's relative L2 error is about 0.036 whatever the number of keys (the error and O
+//! both scale as the root of the sum of the squared weights), plus bf16's rounding of O. Bound: 0.06.
+//! The measured worst is printed.
+
+mod common;
+
+use common::{check_lse, device_or_skip, max_abs, rel_l2};
+use half::{bf16, f16};
+use ironflash::fp8::{self, Descales};
+use ironflash::gpu::{self, Fp8Tensor};
+use ironflash::{cpu, Arg, AttnOptions, Device, Element, Error, HostTensor, PerHead, F8E4M3};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+
+/// O's relative L2 error bound (module docs).
+const O_BOUND: f64 = 0.06;
+const LSE_BOUND: f64 = 1e-3;
+
+#[derive(Debug, Clone)]
+struct Case {
+    batch: usize,
+    seqlen_q: usize,
+    seqlen_k: usize,
+    heads_kv: usize,
+    group: usize,
+    causal: bool,
+    window: (Option<usize>, Option<usize>),
+    softcap: Option<f32>,
+    alibi: bool,
+    sinks: bool,
+    /// Inputs of magnitude up to this (the quantizer's scale follows it).
+    amplitude: f32,
+    seed: u64,
+}
+
+fn case_strategy() -> impl Strategy<Value = Case> {
+    let window = prop_oneof![
+        4 => Just((None, None)),
+        1 => (0usize..300).prop_map(|l| (Some(l), None)),
+        1 => (0usize..200, 0usize..60).prop_map(|(l, r)| (Some(l), Some(r))),
+    ];
+    (
+        (1usize..=2, prop_oneof![1usize..=70, 100usize..=600], prop_oneof![1usize..=70, 100usize..=900]),
+        (1usize..=2, prop::sample::select(vec![1usize, 2, 4])),
+        (any::<bool>(), window, prop::option::weighted(0.25, prop::sample::select(vec![5.0f32, 30.0]))),
+        (prop::bool::weighted(0.25), prop::bool::weighted(0.25), prop::sample::select(vec![0.05f32, 1.0, 20.0])),
+        any::<u64>(),
+    )
+        .prop_map(|((batch, sq, sk), (hkv, group), (causal, window, softcap), (alibi, sinks, amplitude), seed)| {
+            Case {
+                batch,
+                seqlen_q: sq,
+                seqlen_k: sk,
+                heads_kv: hkv,
+                group,
+                causal,
+                window,
+                softcap,
+                alibi,
+                sinks,
+                amplitude,
+                seed,
+            }
+        })
+}
+
+/// The inputs of a case in bf16, quantized on the host (the reference) and on the device.
+struct Inputs {
+    q: HostTensor<bf16>,
+    k: HostTensor<bf16>,
+    v: HostTensor<bf16>,
+    scale: f32,
+    slopes: Vec<f32>,
+    sinks: Vec<f32>,
+}
+
+fn inputs(c: &Case) -> Inputs {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(c.seed);
+    let hq = c.heads_kv * c.group;
+    let d = 128;
+    let q = HostTensor::random([c.batch, c.seqlen_q, hq, d], c.amplitude, &mut rng);
+    let k = HostTensor::random([c.batch, c.seqlen_k, c.heads_kv, d], c.amplitude, &mut rng);
+    let v = HostTensor::random([c.batch, c.seqlen_k, c.heads_kv, d], c.amplitude, &mut rng);
+    // Scores of a few units for amplitude 1: some rows peaked.
+    let scale = rng.random_range(1.0..3.0) / (d as f32).sqrt() / c.amplitude.powi(2);
+    let slopes = (0..hq).map(|_| 2f32.powf(-rng.random_range(0.0..8.0))).collect();
+    let sinks = (0..hq).map(|_| rng.random_range(-3.0..3.0)).collect();
+    Inputs { q, k, v, scale, slopes, sinks }
+}
+
+fn options<'a>(c: &Case, x: &Inputs, slopes: Option<PerHead<'a>>, sinks: Option<PerHead<'a>>) -> AttnOptions<'a> {
+    let mut o = AttnOptions { causal: c.causal, ..AttnOptions::default() }.with_scale(x.scale);
+    o = o.with_window(c.window.0, c.window.1);
+    if let Some(cap) = c.softcap {
+        o = o.with_softcap(cap);
+    }
+    o.alibi_slopes = slopes;
+    o.sinks = sinks;
+    o
+}
+
+/// One case: quantize on the device (bitwise the host's), run the FP8 forward into poisoned outputs
+/// twice (bitwise equal), compare with the f64 reference on the dequantized inputs.
+fn check_case(dev: &'static Device, c: &Case) -> Result<f64, String> {
+    let x = inputs(c);
+    let hkv = c.heads_kv;
+    let upload = |t: &HostTensor<bf16>| dev.upload(t).unwrap();
+    let quantized = |t: &HostTensor<bf16>, arg| gpu::quantize_fp8(dev, &upload(t), arg, hkv).unwrap();
+    let (q8, k8, v8) = (quantized(&x.q, Arg::Q), quantized(&x.k, Arg::K), quantized(&x.v, Arg::V));
+    let mut host = Vec::new();
+    for (t, dt, arg) in [(&x.q, &q8, Arg::Q), (&x.k, &k8, Arg::K), (&x.v, &v8, Arg::V)] {
+        let (want, want_descale) = fp8::quantize(t, arg, hkv).unwrap();
+        let got = dev.download(dt.data()).unwrap();
+        let got_descale = dev.download_f32(dt.descale()).unwrap();
+        if got.data != want.data || got_descale != want_descale {
+            return Err(format!("{arg}: the device's quantization differs from the host's"));
+        }
+        host.push((want, want_descale));
+    }
+    let slopes_dev = dev.stream().clone_htod(&x.slopes).unwrap();
+    let sinks_dev = dev.stream().clone_htod(&x.sinks).unwrap();
+    let opts =
+        options(c, &x, c.alibi.then_some(PerHead::Device(&slopes_dev)), c.sinks.then_some(PerHead::Device(&sinks_dev)));
+    let hq = hkv * c.group;
+    let run = || {
+        let mut o = dev.poisoned::<bf16>([c.batch, c.seqlen_q, hq, 128]).unwrap();
+        let mut lse = dev.poisoned_f32(c.batch * hq * c.seqlen_q).unwrap();
+        gpu::flash_forward_fp8_into(dev, &q8, &k8, &v8, &mut o, &mut lse, &opts).map_err(|e| e.to_string())?;
+        Ok::<_, String>((dev.download(&o).unwrap(), dev.download_f32(&lse).unwrap()))
+    };
+    let (o, lse) = run()?;
+    let (o2, lse2) = run()?;
+    if o.data != o2.data || lse.iter().map(|x| x.to_bits()).ne(lse2.iter().map(|x| x.to_bits())) {
+        return Err("two runs differ".into());
+    }
+    let real = |i: usize, arg| fp8::dequantize(&host[i].0, arg, &host[i].1, hkv).unwrap();
+    let host_opts =
+        options(c, &x, c.alibi.then_some(PerHead::Host(&x.slopes)), c.sinks.then_some(PerHead::Host(&x.sinks)));
+    let r = cpu::reference_forward(&real(0, Arg::Q), &real(1, Arg::K), &real(2, Arg::V), &host_opts).unwrap();
+    let got: Vec<f64> = o.to_f64_contiguous();
+    let all_zero = r.o.iter().all(|&w| w == 0.0);
+    let err = if all_zero {
+        if got.iter().any(|&g| g != 0.0) {
+            return Err("O should be 0 (no row sees a key)".into());
+        }
+        0.0
+    } else {
+        rel_l2(&got, &r.o)
+    };
+    if err.is_nan() || err >= O_BOUND {
+        return Err(format!("O rel_l2 {err:.3e} (bound {O_BOUND}), max_abs {:.3e}", max_abs(&got, &r.o)));
+    }
+    check_lse(&lse, &r.lse, LSE_BOUND)?;
+    Ok(err)
+}
+
+/// On a device without the FP8 kernels: the typed error, and nothing else to run.
+fn sm90_or_typed_error(dev: &Device) -> bool {
+    if dev.info().compute_capability == (9, 0) {
+        return true;
+    }
+    let x = HostTensor::<bf16>::random_seeded([1, 16, 1, 128], 1.0, 1);
+    let err = gpu::quantize_fp8(dev, &dev.upload(&x).unwrap(), Arg::Q, 1).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedDtype { .. }), "{err}");
+    println!("the FP8 kernels need compute capability 9.0: only the typed error checked here");
+    false
+}
+
+fn fp8_forward_matches_reference() {
+    let Some(dev) = device_or_skip("fp8_forward_matches_reference") else { return };
+    if !sm90_or_typed_error(dev) {
+        return;
+    }
+    common::run_property("fp8_forward_matches_reference", 40, case_strategy(), "O rel_l2", check_case);
+}
+
+/// Long rows (the error stays flat in the number of keys) and a fully masked block of rows.
+fn fp8_forward_long_rows_and_empty_rows() {
+    let Some(dev) = device_or_skip("fp8_forward_long_rows_and_empty_rows") else { return };
+    if !sm90_or_typed_error(dev) {
+        return;
+    }
+    let base = Case {
+        batch: 1,
+        seqlen_q: 300,
+        seqlen_k: 4100,
+        heads_kv: 2,
+        group: 2,
+        causal: false,
+        window: (None, None),
+        softcap: None,
+        alibi: false,
+        sinks: false,
+        amplitude: 1.0,
+        seed: 11,
+    };
+    for c in [
+        base.clone(),
+        Case { causal: true, seed: 12, ..base.clone() },
+        // Rows 0..=199 see no key (a right window of 0 and a left one of 0 over sq > sk).
+        Case { seqlen_q: 400, seqlen_k: 200, causal: true, window: (Some(0), None), seed: 13, ..base.clone() },
+        Case { seqlen_q: 129, seqlen_k: 257, sinks: true, softcap: Some(5.0), alibi: true, seed: 14, ..base },
+    ] {
+        let err = check_case(dev, &c).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        println!("{c:?}: O rel_l2 {err:.3e}");
+    }
+}
+
+/// The device's conversion gives the host quantizer's bits for bf16 and f16 inputs, strided ones too,
+/// with the groups of GQA.
+fn fp8_quantize_matches_host() {
+    let Some(dev) = device_or_skip("fp8_quantize_matches_host") else { return };
+    if !sm90_or_typed_error(dev) {
+        return;
+    }
+    fn check<T: Element>(dev: &Device, shape: [usize; 4], heads_kv: usize, seed: u64) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let [b, s, h, d] = shape;
+        let layout = ironflash::Layout { shape, strides: [s * (h * d + 16) + 32, h * d + 16, d, 1] };
+        let x = HostTensor::<T>::random_with_layout(layout, 7.0, &mut rng);
+        let t = gpu::quantize_fp8(dev, &dev.upload(&x).unwrap(), Arg::K, heads_kv).unwrap();
+        let (want, descale) = fp8::quantize(&x, Arg::K, heads_kv).unwrap();
+        assert_eq!(dev.download(t.data()).unwrap().data, want.data, "{shape:?}");
+        assert_eq!(dev.download_f32(t.descale()).unwrap(), descale);
+        assert_eq!(t.data().shape(), [b, s, h, d]);
+    }
+    check::<bf16>(dev, [2, 37, 4, 128], 2, 1);
+    check::<f16>(dev, [3, 5, 6, 64], 3, 2);
+    check::<bf16>(dev, [1, 1000, 8, 256], 1, 3);
+}
+
+/// Bad input: typed errors, no launch.
+fn fp8_bad_input_is_a_typed_error() {
+    let Some(dev) = device_or_skip("fp8_bad_input_is_a_typed_error") else { return };
+    if !sm90_or_typed_error(dev) {
+        return;
+    }
+    let fp8_of = |shape: [usize; 4], hkv: usize| -> Fp8Tensor {
+        let x = HostTensor::<bf16>::random_seeded(shape, 1.0, 5);
+        gpu::quantize_fp8(dev, &dev.upload(&x).unwrap(), Arg::Q, hkv).unwrap()
+    };
+    let opts = AttnOptions::default();
+    // A head dim without an FP8 kernel.
+    let (q, k) = (fp8_of([1, 64, 2, 64], 2), fp8_of([1, 64, 2, 64], 2));
+    let err = gpu::flash_forward_fp8(dev, &q, &k, &k, &opts).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedHeadDim { head_dim: 64, .. }), "{err}");
+    // Descale groups that are not the call's K/V heads.
+    let (q, k) = (fp8_of([1, 64, 4, 128], 4), fp8_of([1, 64, 2, 128], 2));
+    let err = gpu::flash_forward_fp8(dev, &q, &k, &k, &opts).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { arg: Arg::Q, .. }), "{err}");
+    // Non-finite or non-positive factors, the wrong count of them.
+    let data = dev.upload(&HostTensor::filled([1, 8, 2, 128], F8E4M3(0x38))).unwrap();
+    let err = dev.fp8_tensor(Arg::V, data, &[1.0, f32::NAN], 2).unwrap_err();
+    assert!(matches!(err, Error::BadDescale { arg: Arg::V, index: 1, .. }), "{err}");
+    let data = dev.upload(&HostTensor::filled([1, 8, 2, 128], F8E4M3(0x38))).unwrap();
+    assert!(matches!(dev.fp8_tensor(Arg::V, data, &[1.0], 2), Err(Error::ShapeMismatch { .. })));
+    // A non-finite input: its group's factor would not be finite.
+    let mut x = HostTensor::<bf16>::random_seeded([1, 8, 2, 128], 1.0, 6);
+    x.set(0, 3, 1, 7, bf16::NAN);
+    let err = gpu::quantize_fp8(dev, &dev.upload(&x).unwrap(), Arg::K, 2).unwrap_err();
+    assert!(matches!(err, Error::BadDescale { arg: Arg::K, index: 1, .. }), "{err}");
+    // FP8 tensors to the 16-bit forward.
+    let data = dev.upload(&HostTensor::filled([1, 8, 2, 128], F8E4M3(0x38))).unwrap();
+    let err = gpu::flash_forward(dev, &data, &data, &data, &opts).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedDtype { .. }), "{err}");
+}
+
+/// The CPU path on FP8 tensors against the GPU's.
+fn fp8_cpu_path_matches_gpu() {
+    let Some(dev) = device_or_skip("fp8_cpu_path_matches_gpu") else { return };
+    if !sm90_or_typed_error(dev) {
+        return;
+    }
+    let c = Case {
+        batch: 1,
+        seqlen_q: 90,
+        seqlen_k: 300,
+        heads_kv: 1,
+        group: 2,
+        causal: true,
+        window: (None, None),
+        softcap: None,
+        alibi: false,
+        sinks: false,
+        amplitude: 1.0,
+        seed: 21,
+    };
+    let x = inputs(&c);
+    let opts = options(&c, &x, None, None);
+    let q8 = |t: &HostTensor<bf16>, arg| fp8::quantize(t, arg, 1).unwrap();
+    let ((q, qd), (k, kd), (v, vd)) = (q8(&x.q, Arg::Q), q8(&x.k, Arg::K), q8(&x.v, Arg::V));
+    let cpu_out = fp8::forward(&q, &k, &v, Descales { q: &qd, k: &kd, v: &vd }, &opts).unwrap();
+    let up = |t: &HostTensor<F8E4M3>, d: &[f32], arg| dev.fp8_tensor(arg, dev.upload(t).unwrap(), d, 1).unwrap();
+    let out =
+        gpu::flash_forward_fp8(dev, &up(&q, &qd, Arg::Q), &up(&k, &kd, Arg::K), &up(&v, &vd, Arg::V), &opts).unwrap();
+    let got = dev.download(&out.o).unwrap().to_f64_contiguous();
+    let err = rel_l2(&got, &cpu_out.o.to_f64_contiguous());
+    assert!(err < O_BOUND, "{err}");
+    println!("fp8_cpu_path_matches_gpu: O rel_l2 {err:.3e}");
+}
+
+fn main() -> std::process::ExitCode {
+    common::gpu_main(
+        gpu_tests![
+            fp8_quantize_matches_host,
+            fp8_forward_matches_reference,
+            fp8_forward_long_rows_and_empty_rows,
+            fp8_bad_input_is_a_typed_error,
+            fp8_cpu_path_matches_gpu,
+        ],
+        &[],
+    )
+}
