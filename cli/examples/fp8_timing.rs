@@ -1,14 +1,15 @@
 //! The FP8 (e4m3) forward beside the bf16 one, same shapes, same run: B·N = 16K tokens, hidden 2048
-//! (H = 16 at head dim 128), N in {1K, 4K, 8K, 16K}, causal off and on; TFLOP/s = 4·B·H·N²·D / t,
-//! halved for causal. Each shape times bf16, FP8, bf16, FP8 (CUDA events, median of 30 launches after
-//! 5 warm-up ones; outputs preallocated) and prints both rounds. Then the conversion of one bf16 tensor
+//! (H = 2048 / D), N in {1K, 4K, 8K, 16K}, causal off and on; TFLOP/s = 4·B·H·N²·D / t, halved for
+//! causal. Each shape times bf16, then each FP8 row, twice over (CUDA events, median of 30 launches
+//! after 5 warm-up ones; outputs preallocated). Then the conversion of one bf16 tensor
 //! to FP8 (`gpu::quantize_fp8`, with its check of the factors), and the error table: FP8 and bf16
 //! against the f64 reference on the same inputs (relative L2 of O; for FP8 also against the f64
 //! reference of its own dequantized inputs), for inputs of amplitude 1 and with 0.1% of the entries
 //! ten times larger (outliers).
 //!
 //! ```text
-//! cargo run --release --example fp8_timing
+//! cargo run --release --example fp8_timing                    # head dim 128, the chooser's rows
+//! cargo run --release --example fp8_timing -- --dims 128,256 --all   # every FP8 row of each head dim
 //! ```
 
 mod common;
@@ -17,54 +18,74 @@ use half::bf16;
 use ironflash::fp8::{dequantize, quantize};
 use ironflash::gpu::{self, Fp8Tensor};
 use ironflash::{cpu, Arg, AttnOptions, Device, HostTensor};
+use ironflash_kernels::tiles::{Fp8FwdTile, FP8_FWD_TILES};
 use rand::{Rng, SeedableRng};
 
 const WARMUP: usize = 5;
 const REPS: usize = 30;
+/// The error table's head dim.
 const D: usize = 128;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let all = args.iter().any(|a| a == "--all");
+    let dims = common::dims_arg(&args, &[(128, 128)])?;
     let Some(dev) = common::device_or_skip()? else { return Ok(()) };
     let info = dev.info().clone();
     println!(
         "device: {} (sm_{}{}, {} SMs)",
         info.name, info.compute_capability.0, info.compute_capability.1, info.sm_count
     );
-    println!("{:>6} {:>4} {:>3} {:>7} {:>6} {:>10} {:>9}", "N", "H", "B", "causal", "dtype", "median ms", "TFLOP/s");
+    println!(
+        "{:>6} {:>4} {:>4} {:>3} {:>7} {:<40} {:>10} {:>9}",
+        "N", "D", "H", "B", "causal", "kernel", "median ms", "TFLOP/s"
+    );
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let h = 2048 / D;
-    for n in [1024usize, 4096, 8192, 16384] {
-        let b = 16 * 1024 / n;
-        let host = |rng: &mut rand::rngs::StdRng| HostTensor::<bf16>::random([b, n, h, D], 1.0, rng);
-        let (q, k, v) = (dev.upload(&host(&mut rng))?, dev.upload(&host(&mut rng))?, dev.upload(&host(&mut rng))?);
-        let fp8 = |x| gpu::quantize_fp8(&dev, x, Arg::Q, h);
-        let (q8, k8, v8): (Fp8Tensor, Fp8Tensor, Fp8Tensor) = (fp8(&q)?, fp8(&k)?, fp8(&v)?);
-        let mut o = dev.poisoned::<bf16>([b, n, h, D])?;
-        let mut lse = dev.poisoned_f32(b * h * n)?;
-        for causal in [false, true] {
-            let opts = AttnOptions { causal, ..AttnOptions::default() };
-            let flops = 4.0 * (b * h) as f64 * (n * n) as f64 * D as f64 / if causal { 2.0 } else { 1.0 };
-            for _round in 0..2 {
-                let bf16_ms = median_ms(&dev, || gpu::flash_forward_into(&dev, &q, &k, &v, &mut o, &mut lse, &opts))?;
-                let fp8_ms =
-                    median_ms(&dev, || gpu::flash_forward_fp8_into(&dev, &q8, &k8, &v8, &mut o, &mut lse, &opts))?;
-                for (dtype, ms) in [("bf16", bf16_ms), ("e4m3", fp8_ms)] {
+    for (d, _) in dims {
+        let chosen = gpu::fp8_forward_tile(&dev, d)?;
+        let rows: Vec<Fp8FwdTile> =
+            if all { FP8_FWD_TILES.iter().filter(|t| t.head_dim == d).copied().collect() } else { vec![chosen] };
+        let h = 2048 / d;
+        for n in [1024usize, 4096, 8192, 16384] {
+            let b = 16 * 1024 / n;
+            let host = |rng: &mut rand::rngs::StdRng| HostTensor::<bf16>::random([b, n, h, d], 1.0, rng);
+            let (q, k, v) = (dev.upload(&host(&mut rng))?, dev.upload(&host(&mut rng))?, dev.upload(&host(&mut rng))?);
+            let fp8 = |x| gpu::quantize_fp8(&dev, x, Arg::Q, h);
+            let (q8, k8, v8): (Fp8Tensor, Fp8Tensor, Fp8Tensor) = (fp8(&q)?, fp8(&k)?, fp8(&v)?);
+            let mut o = dev.poisoned::<bf16>([b, n, h, d])?;
+            let mut lse = dev.poisoned_f32(b * h * n)?;
+            for causal in [false, true] {
+                let opts = AttnOptions { causal, ..AttnOptions::default() };
+                let flops = 4.0 * (b * h) as f64 * (n * n) as f64 * d as f64 / if causal { 2.0 } else { 1.0 };
+                let line = |name: &str, ms: f64| {
                     println!(
-                        "{n:>6} {h:>4} {b:>3} {causal:>7} {dtype:>6} {ms:>10.3} {:>9.1}",
+                        "{n:>6} {d:>4} {h:>4} {b:>3} {causal:>7} {name:<40} {ms:>10.3} {:>9.1}",
                         flops / (ms * 1e-3) / 1e12
+                    )
+                };
+                for _round in 0..2 {
+                    line(
+                        "bf16",
+                        median_ms(&dev, || gpu::flash_forward_into(&dev, &q, &k, &v, &mut o, &mut lse, &opts))?,
                     );
+                    for tile in &rows {
+                        let ms = median_ms(&dev, || {
+                            gpu::flash_forward_fp8_with_tile(&dev, &q8, &k8, &v8, &mut o, &mut lse, &opts, tile)
+                        })?;
+                        line(tile.symbol, ms);
+                    }
                 }
+                let host = dev.download(&o)?;
+                assert!(host.data.iter().all(|x| x.to_f32().is_finite()), "O has unwritten or non-finite elements");
             }
-            let host = dev.download(&o)?;
-            assert!(host.data.iter().all(|x| x.to_f32().is_finite()), "O has unwritten or non-finite elements");
-        }
-        if n == 16384 {
-            let ms = median_ms(&dev, || fp8(&q).map(drop))?;
-            let gb = (b * n * h * D * 3) as f64 / 1e9;
-            println!(
-                "quantize_fp8 of one [{b}, {n}, {h}, {D}] bf16 tensor: {ms:.3} ms ({:.0} GB/s read + written)",
-                gb / (ms * 1e-3)
-            );
+            if n == 16384 {
+                let ms = median_ms(&dev, || fp8(&q).map(drop))?;
+                let gb = (b * n * h * d * 3) as f64 / 1e9;
+                println!(
+                    "quantize_fp8 of one [{b}, {n}, {h}, {d}] bf16 tensor: {ms:.3} ms ({:.0} GB/s read + written)",
+                    gb / (ms * 1e-3)
+                );
+            }
         }
     }
     error_table(&dev)

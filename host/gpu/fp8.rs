@@ -19,7 +19,7 @@ use ironflash_kernels::abi::{self, Fp8Descales, Fp8QuantizeParams, FwdParams, Fw
 use ironflash_kernels::tiles::{self, Fp8FwdTile};
 
 /// Head dims with an FP8 forward kernel.
-pub const FP8_HEAD_DIMS: &[usize] = &[128];
+pub const FP8_HEAD_DIMS: &[usize] = &[64, 128, 256];
 
 /// An FP8 tensor on the device with its descale factors, f32 `[batch, heads_kv]` (`crate::fp8`).
 #[derive(Debug)]
@@ -152,7 +152,7 @@ fn check_sm90(dev: &Device) -> Result<()> {
 /// FP8 attention forward: O = softmax(scale·QKᵀ + mask)·V of the real (descaled) Q, K and V, in bf16
 /// (contiguous, shaped like q with v's head dim), and the f32 LSE `[batch, heads_q, seqlen_q]`. Every
 /// option of `AttnOptions` applies (causal, window, softcap, ALiBi, sinks; per-head buffers on the
-/// device); dense batches, head dim 128 (`FP8_HEAD_DIMS`), compute capability 9.0. P is rounded to e4m3
+/// device); dense batches, head dims 64, 128 and 256 (`FP8_HEAD_DIMS`), compute capability 9.0. P is rounded to e4m3
 /// for the P·V product (scaled by 2^8 first; `fwd/hopper_fp8.rs`).
 pub fn flash_forward_fp8(
     dev: &Device,
@@ -185,6 +185,35 @@ pub fn flash_forward_fp8_into(
     let (p, tile) = plan(dev, q, k, v, opts)?;
     check_outputs(dev, &p, o, lse, "one f32 per (batch, head_q, query row)")?;
     launch(dev, &p, opts, &tile, (q, k, v), o, lse)
+}
+
+/// As [`flash_forward_fp8_into`] with an explicit row of `tiles::FP8_FWD_TILES` instead of the
+/// chooser's: for tests and tile benchmarks. A row of another head dim, or one whose shared memory does
+/// not fit this device, is `Error::NoTileConfig`.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_forward_fp8_with_tile(
+    dev: &Device,
+    q: &Fp8Tensor,
+    k: &Fp8Tensor,
+    v: &Fp8Tensor,
+    o: &mut DeviceTensor<bf16>,
+    lse: &mut CudaSlice<f32>,
+    opts: &AttnOptions,
+    tile: &Fp8FwdTile,
+) -> Result<()> {
+    let (p, _) = plan(dev, q, k, v, opts)?;
+    check_outputs(dev, &p, o, lse, "one f32 per (batch, head_q, query row)")?;
+    let info = dev.info();
+    if !tiles::FP8_FWD_TILES.contains(tile)
+        || tile.head_dim != p.head_dim
+        || !tiles::fits_smem(tile.smem_bytes(), info.smem_per_block_optin, info.smem_per_sm)
+    {
+        return Err(Error::NoTileConfig(format!(
+            "{tile:?} is not an FP8 row for head dim {} on this device",
+            p.head_dim
+        )));
+    }
+    launch(dev, &p, opts, tile, (q, k, v), o, lse)
 }
 
 /// Everything checked before a launch: devices, shapes, descale factors' length and device, strides of

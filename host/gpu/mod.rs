@@ -21,7 +21,10 @@ pub use flash::{
     flash_forward, flash_forward_into, flash_forward_with_splits, flash_forward_with_tile, forward_launch_plan,
     forward_num_splits, forward_tile, forward_workspace_f32, num_splits_heuristic, ForwardTile, MAX_SPLITS,
 };
-pub use fp8::{flash_forward_fp8, flash_forward_fp8_into, fp8_forward_tile, quantize_fp8, Fp8Tensor, FP8_HEAD_DIMS};
+pub use fp8::{
+    flash_forward_fp8, flash_forward_fp8_into, flash_forward_fp8_with_tile, fp8_forward_tile, quantize_fp8, Fp8Tensor,
+    FP8_HEAD_DIMS,
+};
 pub use paged::{
     flash_forward_paged, flash_forward_paged_into, DeviceKvAppend, DevicePagedKv, DeviceRotary, PagedErrors,
 };

@@ -46,7 +46,8 @@ pub(crate) fn tensor_map(
 /// The 4-D map of one `[batch, rows, heads, dim]` tensor at device address `ptr` with element strides
 /// `strides` (`[batch, row, head]`; the head dim contiguous) of `dtype` (2 bytes, or FP8's 1): dims
 /// innermost first (`[dim, rows, heads, batch]`), boxes of 128 bytes (64 or 128 elements) × `box_rows`
-/// × 1 × 1, 128-byte swizzle (the `wgmma` operand layout), zeros outside the tensor.
+/// × 1 × 1, 128-byte swizzle (the `wgmma` operand layout), zeros outside the tensor; a row of 64 bytes
+/// (FP8 at head dim 64) in boxes of 64 bytes with the 64-byte swizzle.
 fn encode(
     dtype: DType,
     ptr: u64,
@@ -60,8 +61,15 @@ fn encode(
     // is given as the smallest the encoder accepts (a multiple of 16 bytes).
     let stride = |s: usize, extent: usize| if extent == 1 { 16 } else { (s * elem) as u64 };
     let strides = [stride(row_stride, rows), stride(head_stride, heads), stride(batch_stride, batch)];
-    // One 128-byte row of the swizzle per box row: 64 two-byte elements or 128 FP8 ones.
-    let boxes = [(128 / elem) as u32, box_rows as u32, 1, 1];
+    // One row of the swizzle per box row: 128 bytes (64 two-byte elements or 128 FP8 ones), or the
+    // 64-byte swizzle's 64 where the whole row is that narrow (FP8 at head dim 64).
+    let box_bytes = (dim * elem).min(128);
+    let boxes = [(box_bytes / elem) as u32, box_rows as u32, 1, 1];
+    let swizzle = if box_bytes == 128 {
+        sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B
+    } else {
+        sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B
+    };
     let element_strides = [1u32; 4];
     let data_type = match dtype {
         DType::F16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
@@ -82,7 +90,7 @@ fn encode(
             boxes.as_ptr(),
             element_strides.as_ptr(),
             sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            swizzle,
             sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
             sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
         )

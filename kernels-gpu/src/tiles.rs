@@ -445,6 +445,9 @@ pub struct Fp8FwdTile {
     pub block_n: usize,
     pub stages: usize,
     pub pingpong: bool,
+    /// Of the `block_n / 8` n8 tiles of each score row, how many take their exponentials on the FMA
+    /// pipe (as `FwdTile::fma_exp2_tiles`).
+    pub fma_exp2_tiles: usize,
     /// The kernel's symbol (O in bf16).
     pub symbol: &'static str,
 }
@@ -462,26 +465,44 @@ impl Fp8FwdTile {
     }
     /// Whether the row is one `fwd/hopper_fp8.rs` implements (checked at compile time for each kernel).
     pub const fn is_valid(&self) -> bool {
-        matches!(self.head_dim, 128 | 256)
+        matches!(self.head_dim, 64 | 128 | 256)
             && self.head_dim_v == self.head_dim
-            && self.block_n == 128
+            && matches!(self.block_n, 64 | 128)
             && self.stages >= 2
             && self.stages <= 4
+            && self.fma_exp2_tiles <= self.block_n / 8
     }
 }
 
-/// 177 KiB: 128-key blocks in three stages, ping-pong (`HD128_WGMMA`'s shape).
-pub const HD128_FP8: Fp8FwdTile = Fp8FwdTile {
-    head_dim: 128,
-    head_dim_v: 128,
-    block_n: 128,
-    stages: 3,
-    pingpong: true,
-    symbol: "attn_fwd_fp8_hd128_m128n128_bf16",
-};
+macro_rules! fp8_tile {
+    ($d:literal, $n:literal, $stages:literal, $pingpong:literal, $fma:literal, $symbol:literal) => {
+        Fp8FwdTile {
+            head_dim: $d,
+            head_dim_v: $d,
+            block_n: $n,
+            stages: $stages,
+            pingpong: $pingpong,
+            fma_exp2_tiles: $fma,
+            symbol: $symbol,
+        }
+    };
+}
+
+// Measured on an H100 (docs/perf.md, "FP8 forward"), TFLOP/s at 16K non-causal unless stated: at
+// head dim 128 four stages 762-827 against three 751-795 and two 656-759; an eighth or a quarter of the
+// exponentials on the FMA pipe 757-800 (no gain: the MUFU unit does not bind); at head dim 256
+// ping-pong 755-761 causal against 731-778 without (level non-causal).
+
+/// 105 KiB: 128-key blocks in four stages, ping-pong (64-byte rows: the 64-byte swizzle).
+pub const HD64_FP8: Fp8FwdTile = fp8_tile!(64, 128, 4, true, 0, "attn_fwd_fp8_hd64_m128n128_bf16");
+/// 209 KiB: 128-key blocks in four stages, ping-pong (`HD128_WGMMA`'s shape, one more stage).
+pub const HD128_FP8: Fp8FwdTile = fp8_tile!(128, 128, 4, true, 0, "attn_fwd_fp8_hd128_m128n128_bf16");
+/// 177 KiB: 64-key blocks in three stages (O alone is 128 registers: with 128-key blocks ptxas
+/// serialises the products), ping-pong.
+pub const HD256_FP8: Fp8FwdTile = fp8_tile!(256, 64, 3, true, 0, "attn_fwd_fp8_hd256_m128n64_bf16");
 
 /// Every compiled FP8 forward variant, in order of preference within a head dim.
-pub const FP8_FWD_TILES: &[Fp8FwdTile] = &[HD128_FP8];
+pub const FP8_FWD_TILES: &[Fp8FwdTile] = &[HD64_FP8, HD128_FP8, HD256_FP8];
 
 /// The FP8 forward tile for a head dim on a device: the first row for it whose shared memory fits one
 /// CTA per SM within the per-block opt-in limit, on compute capability 9.0 only (`sm90a`); `None`
@@ -662,6 +683,20 @@ mod tests {
         assert!(HD192_V128_WGMMA.smem_bytes(2) <= H100.0);
         // V wider than Q has no room to stage O.
         assert!(!FwdTile { head_dim_v: 256, ..HD192 }.is_valid());
+    }
+
+    #[test]
+    fn fp8_rows_fit_hopper_and_are_chosen_per_head_dim() {
+        for (i, t) in FP8_FWD_TILES.iter().enumerate() {
+            assert!(t.is_valid() && fits_smem(t.smem_bytes(), H100.0, H100.1), "{t:?}");
+            assert!(FP8_FWD_TILES[i + 1..].iter().all(|u| u.symbol != t.symbol));
+        }
+        for (d, want) in [(64, HD64_FP8), (128, HD128_FP8), (256, HD256_FP8)] {
+            assert_eq!(choose_fwd_fp8(d, H100.0, H100.1, true), Some(&want));
+            assert_eq!(choose_fwd_fp8(d, H100.0, H100.1, false), None);
+        }
+        assert_eq!(choose_fwd_fp8(96, H100.0, H100.1, true), None);
+        assert_eq!(HD128_FP8.smem_bytes(), 128 * 128 + 4 * 128 * 3 * 128 + TMA_BARRIER_BYTES + 1024);
     }
 
     #[test]

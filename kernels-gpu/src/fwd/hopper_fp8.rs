@@ -20,8 +20,8 @@
 //! - The descales: `q_descale · k_descale` joins the score scale (and the softcap's pre-scale), so the
 //!   score stage sees exactly the real scores; `v_descale` multiplies O with the normaliser.
 //!
-//! Tiles are whole 128-byte rows of the 128-byte swizzle: head dims that are multiples of 128 (one
-//! row of 128 e4m3 per column block), 128-key blocks (one Vᵀ row per head-dim column).
+//! Tiles are rows of the 128-byte swizzle (head dims that are multiples of 128: column blocks of 128
+//! e4m3) or of the 64-byte swizzle (head dim 64); Vᵀ's rows are the block's 128 or 64 keys.
 
 use super::softmax::OnlineSoftmax;
 use crate::abi::{Fp8Descales, FwdParams};
@@ -29,17 +29,13 @@ use crate::attn::score::ScoreParams;
 use crate::attn::stage::{self, FragPos};
 use crate::frag::AccFrag;
 use crate::ptx::elem::{pack4_e4m3, transpose_bytes, Bf16, Elem16};
-use crate::ptx::wgmma::{self, desc_sw128, e4m3};
+use crate::ptx::wgmma::{self, desc_kmajor, e4m3, swizzled_byte};
 use crate::ptx::{bulk, mbarrier, setmaxnreg, smem, sreg, sync, tma};
 
 const BM: usize = 128;
 const COMPUTE_THREADS: u32 = 256;
 const COMPUTE_REGS: u32 = 224;
 const LOADER_REGS: u32 = 56;
-/// Eight 128-byte rows: the stride between the swizzle's row groups.
-const SBO: u32 = 1024;
-/// Elements per TMA box: one 128-byte swizzle row of e4m3.
-const BOX: usize = 128;
 /// P is rounded to e4m3 as `P · 2^P_LOG2` (module docs).
 const P_LOG2: u32 = 8;
 // Two compute warpgroups and the loader's at the launch bounds' 168 registers per thread.
@@ -55,6 +51,11 @@ const FULL: u32 = 1;
 struct Shape<const D: usize, const DV: usize, const BN: usize, const STAGES: u32>;
 
 impl<const D: usize, const DV: usize, const BN: usize, const STAGES: u32> Shape<D, DV, BN, STAGES> {
+    /// Bytes per stored row of Q and K, and of V as loaded: the head dim in column blocks of at most
+    /// 128 bytes (the 128-byte swizzle; a head dim of 64 is one block of 64-byte rows, the 64-byte
+    /// swizzle). Vᵀ's rows are `BN` bytes.
+    const QK_ROW: usize = if D < 128 { D } else { 128 };
+    const V_ROW: usize = if DV < 128 { DV } else { 128 };
     const Q_BYTES: u32 = (BM * D) as u32;
     const K_BYTES: u32 = (BN * D) as u32;
     const V_BYTES: u32 = (BN * DV) as u32;
@@ -76,11 +77,13 @@ impl<const D: usize, const DV: usize, const BN: usize, const STAGES: u32> Shape<
         stage + Self::K_BYTES + Self::V_BYTES
     }
     const OK: () = assert!(
-        D % BOX == 0
+        D % Self::QK_ROW == 0
+            && matches!(Self::QK_ROW, 64 | 128)
             && D <= 256
-            && DV % BOX == 0
+            && DV % Self::V_ROW == 0
+            && matches!(Self::V_ROW, 64 | 128)
             && DV <= D
-            && BN == 128
+            && matches!(BN, 64 | 128)
             && STAGES >= 2
             && Self::SCHED + 2 <= 16
             && Self::Q_BYTES % 1024 == 0
@@ -116,7 +119,8 @@ unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES:
     }
     let q_bar = base + Shape::<D, DV, BN, STAGES>::BARS;
     mbarrier::arrive_expect_tx(leader, q_bar, Shape::<D, DV, BN, STAGES>::Q_BYTES);
-    tma::load_boxes::<BM, D, BOX>(leader, base + Shape::<D, DV, BN, STAGES>::Q, q_map, [m0, head, batch], q_bar);
+    let q_s = base + Shape::<D, DV, BN, STAGES>::Q;
+    tma::load_boxes_of::<BM, D>(leader, q_s, Shape::<D, DV, BN, STAGES>::QK_ROW, q_map, [m0, head, batch], q_bar);
     let stage = |i: u32| base + Shape::<D, DV, BN, STAGES>::KV + (i % STAGES) * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
     // Block i (and Q with block 0) has landed: V transposed, handed to the compute warpgroups.
     let hand_over_landed = |i: u32| {
@@ -125,7 +129,8 @@ unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES:
         }
         mbarrier::wait(Shape::<D, DV, BN, STAGES>::full_bar(base, i % STAGES), (i / STAGES) & 1);
         let s = stage(i);
-        transpose_v::<DV, BN>(Shape::<D, DV, BN, STAGES>::v_raw(s), Shape::<D, DV, BN, STAGES>::v_t(s), tid);
+        let (v_raw, v_t) = (Shape::<D, DV, BN, STAGES>::v_raw(s), Shape::<D, DV, BN, STAGES>::v_t(s));
+        transpose_v::<DV, BN>(v_raw, v_t, Shape::<D, DV, BN, STAGES>::V_ROW as u32, tid);
         // The transposed tile is read by `wgmma` (the async proxy).
         bulk::shared_async();
         sync::arrive_at::<256>(FULL + 2 * (i % STAGES));
@@ -150,10 +155,12 @@ unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES:
             bar,
             Shape::<D, DV, BN, STAGES>::K_BYTES + Shape::<D, DV, BN, STAGES>::V_BYTES,
         );
-        tma::load_boxes::<BN, D, BOX>(leader, dst, k_map, [n0, kv_head, batch], bar);
-        tma::load_boxes::<BN, DV, BOX>(
+        tma::load_boxes_of::<BN, D>(leader, dst, Shape::<D, DV, BN, STAGES>::QK_ROW, k_map, [n0, kv_head, batch], bar);
+        let v_raw = Shape::<D, DV, BN, STAGES>::v_raw(dst);
+        tma::load_boxes_of::<BN, DV>(
             leader,
-            Shape::<D, DV, BN, STAGES>::v_raw(dst),
+            v_raw,
+            Shape::<D, DV, BN, STAGES>::V_ROW,
             v_map,
             [n0, kv_head, batch],
             bar,
@@ -166,57 +173,61 @@ unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES:
     hand_over_landed(n_blocks - 1);
 }
 
-/// Byte offset of byte `col` of row `row` in a 128-byte-swizzled tile of 128-byte rows (16-byte chunk
-/// c of row r at chunk position c ^ (r % 8): `ptx::wgmma`'s layout with one-byte elements).
-#[inline(always)]
-const fn sw128_byte(row: u32, col: u32) -> u32 {
-    row * 128 + (((col / 16) ^ (row % 8)) * 16) + col % 16
-}
-
 /// Vᵀ of one block by the loader's 128 threads: `v_raw` holds `BN` keys × `DV` e4m3 as the TMA unit
-/// landed them (`DV / 128` column blocks of `BN` swizzled rows), `v_t` receives `DV` rows of `BN` keys
-/// (swizzled), key columns in the P fragment's order (module docs): lane L of each warp writes columns
-/// `4L .. 4L + 3` of every row, from keys `k_i = 32(L / 8) + 16((L / 4) % 2) + 2(L % 4) + i % 2 + 8(i / 2)`;
-/// warp w takes the 16-column chunks `w, w + 4, ...` of the head dim. Each store of a warp fills one
-/// whole 128-byte row of Vᵀ (no bank conflict); each thread's 16 bytes of four keys turn into 16 words
-/// of four keys by 4×4 byte transposes.
+/// landed them (column blocks of `v_row`-byte rows), `v_t` receives `DV` rows of `BN` keys (`BN`-byte
+/// rows, swizzled), key columns in the P fragment's order (module docs). Lane L of a warp takes key
+/// group `g = L % (BN / 4)`, the keys `k_i = 32(g / 8) + 16((g / 4) % 2) + 2(g % 4) + i % 2 + 8(i / 2)`,
+/// whose bytes go to columns `4g .. 4g + 3` of every row; the warp's `32 / (BN / 4)` lane groups and the
+/// four warps take the 16-column chunks of the head dim in turn. Each store of a lane group fills one
+/// whole row of Vᵀ; each thread's 16 bytes of four keys turn into 16 words of four keys by 4×4 byte
+/// transposes.
 ///
 /// # Safety
 /// The loader's 128 threads, converged; `v_raw` holds a landed block and nothing reads `v_t` until the
 /// hand-over that follows.
 #[inline(always)]
-unsafe fn transpose_v<const DV: usize, const BN: usize>(v_raw: u32, v_t: u32, tid: u32) {
-    const { assert!(BN == 128 && DV % 64 == 0) };
+unsafe fn transpose_v<const DV: usize, const BN: usize>(v_raw: u32, v_t: u32, v_row: u32, tid: u32) {
+    const { assert!(matches!(BN, 64 | 128) && DV % 64 == 0) };
+    let groups = (BN / 4) as u32;
     let (warp, lane) = (tid / 32, tid % 32);
-    let key0 = 32 * (lane / 8) + 16 * ((lane / 4) % 2) + 2 * (lane % 4);
+    let (g, sub) = (lane % groups, lane / groups);
+    let key0 = 32 * (g / 8) + 16 * ((g / 4) % 2) + 2 * (g % 4);
     let keys = [key0, key0 + 1, key0 + 8, key0 + 9];
-    let mut chunk = warp;
+    let per_warp = 32 / groups;
+    let mut chunk = per_warp * warp + sub;
     while chunk < (DV / 16) as u32 {
         let col = 16 * chunk;
-        let block = v_raw + (col / 128) * (BN as u32 * 128);
-        let rows = keys.map(|k| smem::load_v4(block + sw128_byte(k, col % 128)));
+        let block = v_raw + (col / v_row) * (BN as u32 * v_row);
+        let rows = keys.map(|k| smem::load_v4(block + swizzled_byte(v_row, k, col % v_row)));
         for j in 0..4 {
             let dims = transpose_bytes([rows[0][j], rows[1][j], rows[2][j], rows[3][j]]);
             for (e, word) in dims.iter().enumerate() {
                 let row = col + 4 * j as u32 + e as u32;
-                smem::store_u32(v_t + sw128_byte(row, 4 * lane), *word);
+                smem::store_u32(v_t + swizzled_byte(BN as u32, row, 4 * g), *word);
             }
         }
-        chunk += 4;
+        chunk += 4 * per_warp;
     }
 }
 
-/// Issues S = Q_w Kᵀ (e4m3, k32 steps of 32 bytes inside each 128-byte column block), one group.
+/// Issues S = Q_w Kᵀ (e4m3, k32 steps of 32 bytes inside each column block of `row`-byte rows), one
+/// group.
 ///
 /// # Safety
 /// A compute warpgroup, converged, with Q and this block's K landed at `q_w` and `k_s`.
 #[inline(always)]
-unsafe fn issue_s<const D: usize, const BN: usize, const SR: usize>(sc: &mut [f32; SR], q_w: u32, k_s: u32) {
+unsafe fn issue_s<const D: usize, const BN: usize, const SR: usize>(
+    sc: &mut [f32; SR],
+    q_w: u32,
+    k_s: u32,
+    row: usize,
+) {
     wgmma::fence();
+    let steps = row / 32;
     for kk in 0..D / 32 {
-        let inner = ((kk % 4) * 32) as u32;
-        let a = desc_sw128(q_w + ((kk / 4) * BM * 128) as u32 + inner, 16, SBO);
-        let b = desc_sw128(k_s + ((kk / 4) * BN * 128) as u32 + inner, 16, SBO);
+        let inner = ((kk % steps) * 32) as u32;
+        let a = desc_kmajor(q_w + ((kk / steps) * BM * row) as u32 + inner, row as u32);
+        let b = desc_kmajor(k_s + ((kk / steps) * BN * row) as u32 + inner, row as u32);
         e4m3::ss::<SR>(sc, a, b, kk > 0);
     }
     wgmma::commit();
@@ -224,7 +235,8 @@ unsafe fn issue_s<const D: usize, const BN: usize, const SR: usize>(sc: &mut [f3
 
 /// The kernel body for head dims `D` (Q, K) and `DV` (V, O), `BN`-key blocks in `STAGES` stages; `SR =
 /// BN/2` and `OR = DV/2` are the registers of the S and O accumulators, `NN = BN/8` and `ND = DV/8`
-/// their n8 tiles, `KS = BN/32` the k32 steps of P·V.
+/// their n8 tiles, `KS = BN/32` the k32 steps of P·V; `FMA_EXP2` of each row's n8 tiles take their
+/// exponentials on the FMA pipe (`fwd/softmax.rs`).
 ///
 /// # Safety
 /// Launched as `abi::FwdParams` documents for a dense batch (`num_splits` = 1; Q, K, V of one-byte
@@ -243,6 +255,7 @@ pub unsafe fn attn_fwd_fp8<
     const ND: usize,
     const KS: usize,
     const PINGPONG: bool,
+    const FMA_EXP2: usize,
 >(
     p: &FwdParams,
     maps: u64,
@@ -329,7 +342,8 @@ pub unsafe fn attn_fwd_fp8<
             sync::named_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED + wg);
         }
         let mut sc = [0f32; SR];
-        issue_s::<D, BN, SR>(&mut sc, q_s + wg * 64 * 128, k_s);
+        let q_w = q_s + wg * 64 * Shape::<D, DV, BN, STAGES>::QK_ROW as u32;
+        issue_s::<D, BN, SR>(&mut sc, q_w, k_s, Shape::<D, DV, BN, STAGES>::QK_ROW);
         if PINGPONG {
             sync::arrive_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED + 1 - wg);
         }
@@ -352,7 +366,7 @@ pub unsafe fn attn_fwd_fp8<
             stage::logits_by_query::<1, NN, false>(&score, mask, || slope, &mut s_frag, at, masked)
         };
         // Not lazy: P · 2^8 must stay below e4m3's 448 (module docs).
-        softmax.update(&mut s_frag, &mut o_frag, logits, false, 0);
+        softmax.update(&mut s_frag, &mut o_frag, logits, false, FMA_EXP2);
         o_frag.to_wgmma(&mut o);
 
         // O += P V: the A fragment of k32 step kk from n8 tiles 4kk .. 4kk + 3 of P, in the key order
@@ -370,7 +384,7 @@ pub unsafe fn attn_fwd_fp8<
         wgmma::fence();
         let v_t = Shape::<D, DV, BN, STAGES>::v_t(k_s);
         for (kk, a) in pk.iter().enumerate() {
-            e4m3::rs::<OR>(&mut o, a, desc_sw128(v_t + 32 * kk as u32, 16, SBO), true);
+            e4m3::rs::<OR>(&mut o, a, desc_kmajor(v_t + 32 * kk as u32, BN as u32), true);
         }
         wgmma::commit();
         j += 1;

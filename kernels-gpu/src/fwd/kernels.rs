@@ -291,13 +291,16 @@ mod wgmma_entry {
                     { T.head_dim_v / 8 },
                     { T.block_n / 32 },
                     { T.pingpong },
+                    { T.fma_exp2_tiles },
                 >(&p, maps, &descale)
             }
         )*};
     }
 
     fp8_kernels! {
+        tiles::HD64_FP8 => attn_fwd_fp8_hd64_m128n128_bf16;
         tiles::HD128_FP8 => attn_fwd_fp8_hd128_m128n128_bf16;
+        tiles::HD256_FP8 => attn_fwd_fp8_hd256_m128n64_bf16;
     }
 
     wgmma_kernels! {

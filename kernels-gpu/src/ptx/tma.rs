@@ -51,27 +51,31 @@ pub unsafe fn load_tile<const ROWS: usize, const COLS: usize>(
     leader: bool,
     dst: u32,
     map: u64,
-    at: [u32; 3],
+    [row0, head, batch]: [u32; 3],
     bar: u32,
 ) {
-    load_boxes::<ROWS, COLS, 64>(leader, dst, map, at, bar);
+    for cb in 0..COLS.div_ceil(64) {
+        load_4d(leader, dst + (cb * ROWS * 128) as u32, map, [64 * cb as u32, row0, head, batch], bar);
+    }
 }
 
-/// As [`load_tile`] with boxes of `BOX` elements of 128 bytes (64 of 2 bytes; 128 of one byte: the FP8
-/// maps), one box per `BOX`-column block.
+/// One `ROWS x COLS` tile of one-byte elements (the FP8 maps) in boxes of `box_bytes` columns (128, or
+/// 64 for a 64-wide tile: the map's swizzle span), each `ROWS · box_bytes` bytes after the last.
 ///
 /// # Safety
 /// As [`load_tile`].
 #[inline(always)]
-pub unsafe fn load_boxes<const ROWS: usize, const COLS: usize, const BOX: usize>(
+pub unsafe fn load_boxes_of<const ROWS: usize, const COLS: usize>(
     leader: bool,
     dst: u32,
+    box_bytes: usize,
     map: u64,
     [row0, head, batch]: [u32; 3],
     bar: u32,
 ) {
-    for cb in 0..COLS.div_ceil(BOX) {
-        load_4d(leader, dst + (cb * ROWS * 128) as u32, map, [(BOX * cb) as u32, row0, head, batch], bar);
+    for cb in 0..COLS / box_bytes {
+        let at = [(box_bytes * cb) as u32, row0, head, batch];
+        load_4d(leader, dst + (cb * ROWS * box_bytes) as u32, map, at, bar);
     }
 }
 

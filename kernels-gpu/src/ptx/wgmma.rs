@@ -33,6 +33,23 @@ pub const fn desc_sw128(addr: u32, lbo: u32, sbo: u32) -> u64 {
         | (1 << 62)
 }
 
+/// The descriptor of a K-major operand at `addr` whose rows are `row_bytes` bytes (128: the 128-byte
+/// swizzle; 64: the 64-byte swizzle, 16-byte chunk c of row r at chunk position c ^ ((r / 2) % 4)),
+/// eight rows per swizzle atom (SBO), inside a tile aligned to the atom (1024 or 512 bytes).
+#[inline(always)]
+pub const fn desc_kmajor(addr: u32, row_bytes: u32) -> u64 {
+    let mode: u64 = if row_bytes == 128 { 1 } else { 2 };
+    ((addr as u64 >> 4) & 0x3fff) | (1 << 16) | ((((8 * row_bytes) >> 4) & 0x3fff) as u64) << 32 | (mode << 62)
+}
+
+/// Byte offset of byte `col` of row `row` in a tile of `row_bytes`-byte rows (128 or 64) swizzled as
+/// [`desc_kmajor`] describes (one-byte elements: FP8 tiles).
+#[inline(always)]
+pub const fn swizzled_byte(row_bytes: u32, row: u32, col: u32) -> u32 {
+    let phase = if row_bytes == 128 { row % 8 } else { (row / 2) % 4 };
+    row * row_bytes + (((col / 16) ^ phase) * 16) + col % 16
+}
+
 /// Byte offset of element (row, col) in a 128-byte-swizzled tile of `rows` rows (see the module docs).
 #[inline(always)]
 pub const fn sw128_offset(rows: u32, row: u32, col: u32) -> u32 {
@@ -242,6 +259,7 @@ pub mod e4m3 {
     #[inline(always)]
     pub unsafe fn ss<const R: usize>(acc: &mut [f32; R], a: u64, b: u64, accumulate: bool) {
         match R {
+            32 => ss_m64n64k32(fit(acc), a, b, accumulate),
             64 => ss_m64n128k32(fit(acc), a, b, accumulate),
             _ => unreachable(),
         }
@@ -254,6 +272,7 @@ pub mod e4m3 {
     #[inline(always)]
     pub unsafe fn rs<const R: usize>(acc: &mut [f32; R], a: &[u32; 4], b: u64, accumulate: bool) {
         match R {
+            32 => rs_m64n64k32(fit(acc), a, b, accumulate),
             64 => rs_m64n128k32(fit(acc), a, b, accumulate),
             128 => rs_m64n256k32(fit(acc), a, b, accumulate),
             _ => unreachable(),
@@ -299,6 +318,8 @@ pub mod e4m3 {
         };
     }
 
+    e4m3_ss!(ss_m64n64k32, "m64n64k32", 32, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31], 32, 33, 34);
+    e4m3_rs!(rs_m64n64k32, "m64n64k32", 32, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31], 32, 33, 34, 35, 36, 37);
     e4m3_ss!(ss_m64n128k32, "m64n128k32", 64, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63], 64, 65, 66);
     e4m3_rs!(rs_m64n128k32, "m64n128k32", 64, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63], 64, 65, 66, 67, 68, 69);
     e4m3_rs!(rs_m64n256k32, "m64n256k32", 128, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111 112 113 114 115 116 117 118 119 120 121 122 123 124 125 126 127], 128, 129, 130, 131, 132, 133);
