@@ -4,8 +4,9 @@
 //! after 5 warm-up ones; outputs preallocated). Then the conversion of one bf16 tensor
 //! to FP8 (`gpu::quantize_fp8`, with its check of the factors), and the error table: FP8 and bf16
 //! against the f64 reference on the same inputs (relative L2 of O; for FP8 also against the f64
-//! reference of its own dequantized inputs), for inputs of amplitude 1 and with 0.1% of the entries
-//! ten times larger (outliers).
+//! reference of its own dequantized inputs), for inputs of amplitude 1, with 0.1% of the entries ten
+//! times larger (outliers), and with scores four times sharper; with `--all`, for every FP8 row of
+//! head dim 128.
 //!
 //! ```text
 //! cargo run --release --example fp8_timing                    # head dim 128, the chooser's rows
@@ -88,16 +89,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    error_table(&dev)
+    let rows: Vec<Fp8FwdTile> = if all {
+        FP8_FWD_TILES.iter().filter(|t| t.head_dim == D).copied().collect()
+    } else {
+        vec![gpu::fp8_forward_tile(&dev, D)?]
+    };
+    error_table(&dev, &rows)
 }
 
 /// O's relative L2 error against the f64 reference, FP8 and bf16, on the same inputs.
-fn error_table(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
+fn error_table(dev: &Device, rows: &[Fp8FwdTile]) -> Result<(), Box<dyn std::error::Error>> {
     println!("error of O (relative L2) against the f64 reference, B = 1, N = 1024, H = 4, D = 128:");
-    println!("{:>9} {:>7} {:>12} {:>12} {:>14}", "inputs", "causal", "bf16", "e4m3", "e4m3 vs its own");
+    println!(
+        "{:>9} {:>7} {:<40} {:>12} {:>12} {:>14}",
+        "inputs", "causal", "kernel", "bf16", "e4m3", "e4m3 vs its own"
+    );
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
     let (b, n, h) = (1, 1024, 4);
-    for outliers in [false, true] {
+    // Uniform inputs; 0.1% of the entries ten times larger (outliers); scores four times sharper
+    // (most of a row's probabilities far below its largest).
+    for (inputs, outliers, scale) in [("uniform", false, 1.0), ("outliers", true, 1.0), ("sharp", false, 4.0)] {
         let mut gen = || {
             let mut t = HostTensor::<bf16>::random([b, n, h, D], 1.0, &mut rng);
             if outliers {
@@ -111,26 +122,30 @@ fn error_table(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
         };
         let (q, k, v) = (gen(), gen(), gen());
         for causal in [false, true] {
-            let opts = AttnOptions { causal, ..AttnOptions::default() };
+            let opts = AttnOptions { causal, ..AttnOptions::default() }.with_scale(scale / (D as f32).sqrt());
             let exact = cpu::reference_forward(&q, &k, &v, &opts)?;
             let bf = gpu::flash_forward(dev, &dev.upload(&q)?, &dev.upload(&k)?, &dev.upload(&v)?, &opts)?;
             let bf = dev.download(&bf.o)?.to_f64_contiguous();
             let up = |t: &HostTensor<bf16>| gpu::quantize_fp8(dev, &dev.upload(t).unwrap(), Arg::Q, h);
             let (q8, k8, v8) = (up(&q)?, up(&k)?, up(&v)?);
-            let f8 = gpu::flash_forward_fp8(dev, &q8, &k8, &v8, &opts)?;
-            let f8 = dev.download(&f8.o)?.to_f64_contiguous();
             let real = |t: &HostTensor<bf16>| {
                 let (x, d) = quantize(t, Arg::Q, h).unwrap();
                 dequantize(&x, Arg::Q, &d, h).unwrap()
             };
             let own = cpu::reference_forward(&real(&q), &real(&k), &real(&v), &opts)?;
-            println!(
-                "{:>9} {causal:>7} {:>12.3e} {:>12.3e} {:>14.3e}",
-                if outliers { "outliers" } else { "uniform" },
-                rel_l2(&bf, &exact.o),
-                rel_l2(&f8, &exact.o),
-                rel_l2(&f8, &own.o)
-            );
+            for tile in rows {
+                let mut o = dev.poisoned::<bf16>([b, n, h, D])?;
+                let mut lse = dev.poisoned_f32(b * h * n)?;
+                gpu::flash_forward_fp8_with_tile(dev, &q8, &k8, &v8, &mut o, &mut lse, &opts, tile)?;
+                let f8 = dev.download(&o)?.to_f64_contiguous();
+                println!(
+                    "{inputs:>9} {causal:>7} {:<40} {:>12.3e} {:>12.3e} {:>14.3e}",
+                    tile.symbol,
+                    rel_l2(&bf, &exact.o),
+                    rel_l2(&f8, &exact.o),
+                    rel_l2(&f8, &own.o)
+                );
+            }
         }
     }
     Ok(())

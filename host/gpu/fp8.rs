@@ -153,7 +153,7 @@ fn check_sm90(dev: &Device) -> Result<()> {
 /// (contiguous, shaped like q with v's head dim), and the f32 LSE `[batch, heads_q, seqlen_q]`. Every
 /// option of `AttnOptions` applies (causal, window, softcap, ALiBi, sinks; per-head buffers on the
 /// device); dense batches, head dims 64, 128 and 256 (`FP8_HEAD_DIMS`), compute capability 9.0. P is rounded to e4m3
-/// for the P·V product (scaled by 2^8 first; `fwd/hopper_fp8.rs`).
+/// for the P·V product (scaled by a power of two first; `fwd/hopper_fp8.rs`).
 pub fn flash_forward_fp8(
     dev: &Device,
     q: &Fp8Tensor,

@@ -448,6 +448,9 @@ pub struct Fp8FwdTile {
     /// Of the `block_n / 8` n8 tiles of each score row, how many take their exponentials on the FMA
     /// pipe (as `FwdTile::fma_exp2_tiles`).
     pub fma_exp2_tiles: usize,
+    /// P is rounded to e4m3 as `P · 2^p_log2`; below 8 the softmax rescales lazily, letting the max go
+    /// stale by up to `8 - p_log2` (base 2), so that P · 2^p_log2 stays within 2^8 (e4m3 holds 448).
+    pub p_log2: u32,
     /// The kernel's symbol (O in bf16).
     pub symbol: &'static str,
 }
@@ -471,11 +474,15 @@ impl Fp8FwdTile {
             && self.stages >= 2
             && self.stages <= 4
             && self.fma_exp2_tiles <= self.block_n / 8
+            && self.p_log2 <= 8
     }
 }
 
 macro_rules! fp8_tile {
     ($d:literal, $n:literal, $stages:literal, $pingpong:literal, $fma:literal, $symbol:literal) => {
+        fp8_tile!($d, $n, $stages, $pingpong, $fma, 8, $symbol)
+    };
+    ($d:literal, $n:literal, $stages:literal, $pingpong:literal, $fma:literal, $p:literal, $symbol:literal) => {
         Fp8FwdTile {
             head_dim: $d,
             head_dim_v: $d,
@@ -483,23 +490,28 @@ macro_rules! fp8_tile {
             stages: $stages,
             pingpong: $pingpong,
             fma_exp2_tiles: $fma,
+            p_log2: $p,
             symbol: $symbol,
         }
     };
 }
 
-// Measured on an H100 (docs/perf.md, "FP8 forward"), TFLOP/s at 16K non-causal unless stated: at
-// head dim 128 four stages 762-827 against three 751-795 and two 656-759; an eighth or a quarter of the
-// exponentials on the FMA pipe 757-800 (no gain: the MUFU unit does not bind); at head dim 256
-// ping-pong 755-761 causal against 731-778 without (level non-causal).
+// Measured on an H100 (docs/perf.md, "FP8 (e4m3) forward"), TFLOP/s at 16K non-causal unless stated:
+// at head dim 128 four stages 762-827 against three 751-795 and two 656-759; an eighth or a quarter of
+// the exponentials on the FMA pipe 757-800 (no gain: the MUFU unit does not bind); at head dim 256
+// ping-pong 755-761 causal against 731-778 without (level non-causal). A lazy rescale with P scaled by
+// 2^6 (head dim 128) or 2^4 (256) against 2^8 rescaled every block: +7% (844 against 787) and +9%
+// (887-897 against 820-824), causal +6-11% and +9-24%, for a little more error where a row's
+// probabilities spread far below its largest (docs/perf.md).
 
 /// 105 KiB: 128-key blocks in four stages, ping-pong (64-byte rows: the 64-byte swizzle).
 pub const HD64_FP8: Fp8FwdTile = fp8_tile!(64, 128, 4, true, 0, "attn_fwd_fp8_hd64_m128n128_bf16");
-/// 209 KiB: 128-key blocks in four stages, ping-pong (`HD128_WGMMA`'s shape, one more stage).
-pub const HD128_FP8: Fp8FwdTile = fp8_tile!(128, 128, 4, true, 0, "attn_fwd_fp8_hd128_m128n128_bf16");
+/// 209 KiB: 128-key blocks in four stages, ping-pong (`HD128_WGMMA`'s shape, one more stage); P scaled
+/// by 2^6, the max left stale by up to 2^2.
+pub const HD128_FP8: Fp8FwdTile = fp8_tile!(128, 128, 4, true, 0, 6, "attn_fwd_fp8_hd128_m128n128_bf16");
 /// 177 KiB: 64-key blocks in three stages (O alone is 128 registers: with 128-key blocks ptxas
-/// serialises the products), ping-pong.
-pub const HD256_FP8: Fp8FwdTile = fp8_tile!(256, 64, 3, true, 0, "attn_fwd_fp8_hd256_m128n64_bf16");
+/// serialises the products), ping-pong; P scaled by 2^4, the max left stale by up to 2^4.
+pub const HD256_FP8: Fp8FwdTile = fp8_tile!(256, 64, 3, true, 0, 4, "attn_fwd_fp8_hd256_m128n64_bf16");
 
 /// Every compiled FP8 forward variant, in order of preference within a head dim.
 pub const FP8_FWD_TILES: &[Fp8FwdTile] = &[HD64_FP8, HD128_FP8, HD256_FP8];

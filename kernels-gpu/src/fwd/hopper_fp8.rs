@@ -13,10 +13,12 @@
 //!   16-key group of its rows where the fragment wants 4t..4t+3. Rather than moving bytes between
 //!   lanes, the transpose stores V's keys in the fragment's order: column `4t + i` of each 16-key
 //!   group of Vᵀ holds key `2t + i % 2 + 8·(i / 2)`, and the product's sum over keys is the same.
-//! - P is rounded to e4m3 scaled by 2^8 (`P_LOG2`, as FlashAttention-3): probabilities in (0, 1] would
-//!   lose everything below 2^-9 (e4m3's smallest subnormal); scaled they keep down to 2^-17 and stay
-//!   below 448 (the row max is current: no lazy rescaling, whose stale max lets P grow to 2^8 itself).
-//!   The row sum is taken in f32 on the same scaled values, so the normaliser cancels the factor.
+//! - P is rounded to e4m3 scaled by `2^P_LOG2` (FlashAttention-3 scales by 2^8): probabilities in
+//!   (0, 1] would lose everything below 2^-9 (e4m3's smallest subnormal) against the row's max; scaled,
+//!   they keep down to `2^(-9 - P_LOG2)`. Below 2^8 the softmax rescales lazily, letting the max go
+//!   stale by up to `8 - P_LOG2` (base 2), so P · 2^P_LOG2 stays within 2^8, below e4m3's 448: the
+//!   tile row trades the range of small probabilities against the rescales it saves (`tiles.rs`). The
+//!   row sum is taken in f32 on the same scaled values, so the normaliser cancels the factor.
 //! - The descales: `q_descale · k_descale` joins the score scale (and the softcap's pre-scale), so the
 //!   score stage sees exactly the real scores; `v_descale` multiplies O with the normaliser.
 //!
@@ -36,8 +38,6 @@ const BM: usize = 128;
 const COMPUTE_THREADS: u32 = 256;
 const COMPUTE_REGS: u32 = 224;
 const LOADER_REGS: u32 = 56;
-/// P is rounded to e4m3 as `P · 2^P_LOG2` (module docs).
-const P_LOG2: u32 = 8;
 // Two compute warpgroups and the loader's at the launch bounds' 168 registers per thread.
 const _: () = assert!(COMPUTE_THREADS * COMPUTE_REGS + 128 * LOADER_REGS <= 384 * 168);
 
@@ -256,6 +256,7 @@ pub unsafe fn attn_fwd_fp8<
     const KS: usize,
     const PINGPONG: bool,
     const FMA_EXP2: usize,
+    const P_LOG2: u32,
 >(
     p: &FwdParams,
     maps: u64,
@@ -365,8 +366,9 @@ pub unsafe fn attn_fwd_fp8<
         } else {
             stage::logits_by_query::<1, NN, false>(&score, mask, || slope, &mut s_frag, at, masked)
         };
-        // Not lazy: P · 2^8 must stay below e4m3's 448 (module docs).
-        softmax.update(&mut s_frag, &mut o_frag, logits, false, FMA_EXP2);
+        // Lazy below a scale of 2^8, the max left stale by at most `8 - P_LOG2` (`fwd/softmax.rs`), so
+        // that P · 2^P_LOG2 stays below e4m3's 448 (module docs).
+        softmax.update(&mut s_frag, &mut o_frag, logits, P_LOG2 < 8, FMA_EXP2);
         o_frag.to_wgmma(&mut o);
 
         // O += P V: the A fragment of k32 step kk from n8 tiles 4kk .. 4kk + 3 of P, in the key order

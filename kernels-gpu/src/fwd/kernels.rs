@@ -292,6 +292,7 @@ mod wgmma_entry {
                     { T.block_n / 32 },
                     { T.pingpong },
                     { T.fma_exp2_tiles },
+                    { T.p_log2 },
                 >(&p, maps, &descale)
             }
         )*};

@@ -101,7 +101,8 @@ impl<const MT: usize, const P_LOG2: u32> OnlineSoftmax<MT, P_LOG2> {
                 block_max = block_max.max(shfl_xor_f32(block_max, 2));
                 new_max[m][r] = self.max[m][r].max(block_max);
                 // The first visible key of a row (max -inf) always counts as growth.
-                grows |= new_max[m][r] > self.max[m][r] + if lazy { RESCALE_SLACK } else { 0.0 };
+                // Scaled probabilities (`P_LOG2`) leave that much less room under the stale max.
+                grows |= new_max[m][r] > self.max[m][r] + if lazy { RESCALE_SLACK - P_LOG2 as f32 } else { 0.0 };
             }
         }
         if !lazy || warp::any(grows) {
