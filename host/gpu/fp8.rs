@@ -182,9 +182,7 @@ pub fn flash_forward_fp8_into(
     lse: &mut CudaSlice<f32>,
     opts: &AttnOptions,
 ) -> Result<()> {
-    let (p, tile) = plan(dev, q, k, v, opts)?;
-    check_outputs(dev, &p, o, lse, "one f32 per (batch, head_q, query row)")?;
-    launch(dev, &p, opts, &tile, (q, k, v), o, lse)
+    forward_into(dev, (q, k, v), o, lse, opts, None)
 }
 
 /// As [`flash_forward_fp8_into`] with an explicit row of `tiles::FP8_FWD_TILES` instead of the
@@ -201,9 +199,22 @@ pub fn flash_forward_fp8_with_tile(
     opts: &AttnOptions,
     tile: &Fp8FwdTile,
 ) -> Result<()> {
-    let (p, _) = plan(dev, q, k, v, opts)?;
+    forward_into(dev, (q, k, v), o, lse, opts, Some(tile))
+}
+
+/// The checks and the launch of an FP8 forward into given outputs, on the chooser's row or `forced`.
+fn forward_into(
+    dev: &Device,
+    (q, k, v): (&Fp8Tensor, &Fp8Tensor, &Fp8Tensor),
+    o: &mut DeviceTensor<bf16>,
+    lse: &mut CudaSlice<f32>,
+    opts: &AttnOptions,
+    forced: Option<&Fp8FwdTile>,
+) -> Result<()> {
+    let (p, chosen) = plan(dev, q, k, v, opts)?;
     check_outputs(dev, &p, o, lse, "one f32 per (batch, head_q, query row)")?;
     let info = dev.info();
+    let tile = forced.unwrap_or(&chosen);
     if !tiles::FP8_FWD_TILES.contains(tile)
         || tile.head_dim != p.head_dim
         || !tiles::fits_smem(tile.smem_bytes(), info.smem_per_block_optin, info.smem_per_sm)

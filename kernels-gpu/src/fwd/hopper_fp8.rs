@@ -25,6 +25,7 @@
 //! Tiles are rows of the 128-byte swizzle (head dims that are multiples of 128: column blocks of 128
 //! e4m3) or of the 64-byte swizzle (head dim 64); Vᵀ's rows are the block's 128 or 64 keys.
 
+use super::hopper::ring;
 use super::softmax::OnlineSoftmax;
 use crate::abi::{Fp8Descales, FwdParams};
 use crate::attn::score::ScoreParams;
@@ -123,7 +124,7 @@ unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES:
     tma::load_boxes_of::<BM, D>(leader, q_s, Shape::<D, DV, BN, STAGES>::QK_ROW, q_map, [m0, head, batch], q_bar);
     let stage = |i: u32| base + Shape::<D, DV, BN, STAGES>::KV + (i % STAGES) * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
     // Block i (and Q with block 0) has landed: V transposed, handed to the compute warpgroups.
-    let hand_over_landed = |i: u32| {
+    let hand_over_landed = |i: u32, _in_flight: u32| {
         if i == 0 {
             mbarrier::wait(q_bar, 0);
         }
@@ -136,41 +137,20 @@ unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES:
         sync::arrive_at::<256>(FULL + 2 * (i % STAGES));
         sync::arrive_at::<256>(FULL + 2 * (i % STAGES) + 1);
     };
-    let mut j = 0u32;
-    while j < n_blocks {
-        let s = j % STAGES;
-        if j >= STAGES {
-            if STAGES == 2 {
-                // Block j - 1 first, which frees block j - 2's stage (see `hopper.rs`).
-                hand_over_landed(j - 1);
-            }
-            // Both compute warpgroups are done with block j - STAGES.
-            sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + s);
-        }
-        let bar = Shape::<D, DV, BN, STAGES>::full_bar(base, s);
+    let issue = |j: u32| {
+        let bar = Shape::<D, DV, BN, STAGES>::full_bar(base, j % STAGES);
         let n0 = (first + j) * BN as u32;
         let dst = stage(j);
-        mbarrier::arrive_expect_tx(
-            leader,
-            bar,
-            Shape::<D, DV, BN, STAGES>::K_BYTES + Shape::<D, DV, BN, STAGES>::V_BYTES,
-        );
-        tma::load_boxes_of::<BN, D>(leader, dst, Shape::<D, DV, BN, STAGES>::QK_ROW, k_map, [n0, kv_head, batch], bar);
+        let bytes = Shape::<D, DV, BN, STAGES>::K_BYTES + Shape::<D, DV, BN, STAGES>::V_BYTES;
+        mbarrier::arrive_expect_tx(leader, bar, bytes);
+        let qk_row = Shape::<D, DV, BN, STAGES>::QK_ROW;
+        tma::load_boxes_of::<BN, D>(leader, dst, qk_row, k_map, [n0, kv_head, batch], bar);
         let v_raw = Shape::<D, DV, BN, STAGES>::v_raw(dst);
-        tma::load_boxes_of::<BN, DV>(
-            leader,
-            v_raw,
-            Shape::<D, DV, BN, STAGES>::V_ROW,
-            v_map,
-            [n0, kv_head, batch],
-            bar,
-        );
-        if j >= 1 && !(STAGES == 2 && j >= STAGES) {
-            hand_over_landed(j - 1);
-        }
-        j += 1;
-    }
-    hand_over_landed(n_blocks - 1);
+        let v_row = Shape::<D, DV, BN, STAGES>::V_ROW;
+        tma::load_boxes_of::<BN, DV>(leader, v_raw, v_row, v_map, [n0, kv_head, batch], bar);
+    };
+    let wait_empty = |s: u32| sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + s);
+    ring::<STAGES>(n_blocks, issue, wait_empty, hand_over_landed);
 }
 
 /// Vᵀ of one block by the loader's 128 threads: `v_raw` holds `BN` keys × `DV` e4m3 as the TMA unit
