@@ -119,9 +119,21 @@ unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES:
     let q = (p.q as *const u16)
         .add((row as u64 * p.q_strides[0] + (q0 + m0) as u64 * p.q_strides[1] + head * p.q_strides[2]) as usize);
     copy_tile::<BM, D>(base + Shape::<D, DV, BN, STAGES>::Q, q, p.q_strides[1] as usize, rows, tid);
-    let issue = |j: u32| {
+    let mut j = 0u32;
+    while j < n_blocks {
+        let s = j % STAGES;
+        if j >= STAGES {
+            if STAGES == 2 {
+                // The compute warpgroups free block j - 2's stage once they have block j - 1: hand it
+                // over first (with two stages, one block of copies is in flight at a time).
+                cp_async::wait::<0>();
+                hand_over::<STAGES>(j - 1);
+            }
+            // Both compute warpgroups are done with block j - STAGES.
+            sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + s);
+        }
         let n0 = (first + j) * BN as u32;
-        let dst = base + Shape::<D, DV, BN, STAGES>::KV + (j % STAGES) * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
+        let dst = base + Shape::<D, DV, BN, STAGES>::KV + s * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
         // The sequence's keys again for each tile (parameters, or the CTA's shared slot when packed)
         // rather than held in the loader's few registers.
         let rows_at = |strides: [u64; 3]| {
@@ -137,48 +149,47 @@ unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES:
         let v_dst = dst + Shape::<D, DV, BN, STAGES>::K_TILE_BYTES;
         copy_tile::<BN, DV>(v_dst, (p.v as *const u16).add(v), p.v_strides[1] as usize, valid, tid);
         cp_async::commit();
-    };
-    // Block i (and Q with block 0) has landed: visible to the tensor cores' proxy, handed on.
-    let landed = |i: u32, in_flight: u32| {
-        if in_flight == 0 {
-            cp_async::wait::<0>();
-        } else {
+        if j >= 1 && !(STAGES == 2 && j >= STAGES) {
+            // Block j - 1 (and Q with block 0) has landed: visible to the tensor cores' proxy, handed on.
             cp_async::wait::<1>();
+            hand_over::<STAGES>(j - 1);
         }
-        hand_over::<STAGES>(i);
-    };
-    ring::<STAGES>(n_blocks, issue, |s| sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + s), landed);
+        j += 1;
+    }
+    cp_async::wait::<0>();
+    hand_over::<STAGES>(n_blocks - 1);
 }
 
-/// The loaders' order over the ring of `STAGES` stages (both loaders here and `hopper_fp8.rs`'s): block
+/// The TMA loaders' order over the ring of `STAGES` stages (`loader_tma` and `hopper_fp8.rs`'s; the
+/// `cp.async` loader above keeps the same order written out, which its 56 registers need: through
+/// this function ptxas spilled 8 bytes at head dims 128 and 192 / 128): block
 /// j's copies go into stage `j % STAGES` (`issue(j)`) once both compute warpgroups are done with block
 /// `j - STAGES` (`wait_empty(stage)`), and block `j - 1` is handed over after block j's copies are
-/// issued (`hand_over(j - 1, 1)`: one block of copies still in flight), the last block at the end
-/// (`hand_over(n - 1, 0)`). With two stages, block `j - 1` goes before the wait instead
-/// (`hand_over(j - 1, 0)`): the compute warpgroups free block `j - 2`'s stage only once they have
-/// block `j - 1`, so one block of copies is in flight at a time.
+/// issued (`hand_over(j - 1)`), the last block at the end. With two stages, block `j - 1` goes before
+/// the wait instead: the compute warpgroups free block `j - 2`'s stage only once they have block
+/// `j - 1`, so one block of copies is in flight at a time.
 #[inline(always)]
 pub(super) fn ring<const STAGES: u32>(
     n_blocks: u32,
     mut issue: impl FnMut(u32),
     mut wait_empty: impl FnMut(u32),
-    mut hand_over: impl FnMut(u32, u32),
+    mut hand_over: impl FnMut(u32),
 ) {
     let mut j = 0u32;
     while j < n_blocks {
         if j >= STAGES {
             if STAGES == 2 {
-                hand_over(j - 1, 0);
+                hand_over(j - 1);
             }
             wait_empty(j % STAGES);
         }
         issue(j);
         if j >= 1 && !(STAGES == 2 && j >= STAGES) {
-            hand_over(j - 1, 1);
+            hand_over(j - 1);
         }
         j += 1;
     }
-    hand_over(n_blocks - 1, 0);
+    hand_over(n_blocks - 1);
 }
 
 /// The loader warpgroup of the TMA rows: its first thread (`leader`) issues Q's boxes, then each block's
@@ -210,7 +221,7 @@ unsafe fn loader_tma<const D: usize, const DV: usize, const BN: usize, const STA
     mbarrier::arrive_expect_tx(leader, q_bar, Shape::<D, DV, BN, STAGES>::Q_TMA_BYTES);
     tma::load_tile::<BM, D>(leader, base + Shape::<D, DV, BN, STAGES>::Q, q_map, [m0, head, batch], q_bar);
     // Block i (and Q with block 0) has landed: handed to the compute warpgroups.
-    let hand_over_landed = |i: u32, _in_flight: u32| {
+    let hand_over_landed = |i: u32| {
         if i == 0 {
             mbarrier::wait(q_bar, 0);
         }

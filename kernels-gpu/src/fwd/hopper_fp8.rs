@@ -124,7 +124,7 @@ unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES:
     tma::load_boxes_of::<BM, D>(leader, q_s, Shape::<D, DV, BN, STAGES>::QK_ROW, q_map, [m0, head, batch], q_bar);
     let stage = |i: u32| base + Shape::<D, DV, BN, STAGES>::KV + (i % STAGES) * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
     // Block i (and Q with block 0) has landed: V transposed, handed to the compute warpgroups.
-    let hand_over_landed = |i: u32, _in_flight: u32| {
+    let hand_over_landed = |i: u32| {
         if i == 0 {
             mbarrier::wait(q_bar, 0);
         }
