@@ -110,7 +110,7 @@ unsafe impl cudarc::driver::ValidAsZeroBits for F8E4M3 {}
 
 impl F8E4M3 {
     /// The largest finite value.
-    pub const MAX: f32 = 448.0;
+    pub const MAX: f32 = ironflash_kernels::abi::FP8_E4M3_MAX;
     pub const NAN: F8E4M3 = F8E4M3(0x7f);
 
     pub fn to_f32(self) -> f32 {

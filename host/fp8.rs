@@ -55,14 +55,9 @@ pub fn check_descale(arg: Arg, descale: &[f32], batch: usize, heads_kv: usize) -
     }
 }
 
-/// The scale and descale of a group whose largest magnitude is `amax` (see the module docs).
-pub fn group_scales(amax: f32) -> (f32, f32) {
-    if amax == 0.0 {
-        (1.0, 1.0)
-    } else {
-        (F8E4M3::MAX / amax, amax / F8E4M3::MAX)
-    }
-}
+/// The scale and descale of a group whose largest magnitude is `amax` (see the module docs): the
+/// conversion kernels' own definition.
+pub use ironflash_kernels::abi::fp8_group_scales as group_scales;
 
 /// `x` quantized to e4m3 with one factor per (batch, group of `heads / heads_kv` heads): the tensor
 /// (contiguous) and its descale factors `[batch, heads_kv]`. Non-finite inputs are an error

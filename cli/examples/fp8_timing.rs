@@ -19,11 +19,10 @@ use half::bf16;
 use ironflash::fp8::{dequantize, quantize};
 use ironflash::gpu::{self, Fp8Tensor};
 use ironflash::{cpu, Arg, AttnOptions, Device, HostTensor};
+use ironflash_cli::bench::accuracy::rel_l2;
 use ironflash_kernels::tiles::{Fp8FwdTile, FP8_FWD_TILES};
 use rand::{Rng, SeedableRng};
 
-const WARMUP: usize = 5;
-const REPS: usize = 30;
 /// The error table's head dim.
 const D: usize = 128;
 
@@ -67,10 +66,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 for _round in 0..2 {
                     line(
                         "bf16",
-                        median_ms(&dev, || gpu::flash_forward_into(&dev, &q, &k, &v, &mut o, &mut lse, &opts))?,
+                        common::median_ms(&dev, || gpu::flash_forward_into(&dev, &q, &k, &v, &mut o, &mut lse, &opts))?,
                     );
                     for tile in &rows {
-                        let ms = median_ms(&dev, || {
+                        let ms = common::median_ms(&dev, || {
                             gpu::flash_forward_fp8_with_tile(&dev, &q8, &k8, &v8, &mut o, &mut lse, &opts, tile)
                         })?;
                         line(tile.symbol, ms);
@@ -80,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 assert!(host.data.iter().all(|x| x.to_f32().is_finite()), "O has unwritten or non-finite elements");
             }
             if n == 16384 {
-                let ms = median_ms(&dev, || fp8(&q).map(drop))?;
+                let ms = common::median_ms(&dev, || fp8(&q).map(drop))?;
                 let gb = (b * n * h * d * 3) as f64 / 1e9;
                 println!(
                     "quantize_fp8 of one [{b}, {n}, {h}, {d}] bf16 tensor: {ms:.3} ms ({:.0} GB/s read + written)",
@@ -149,27 +148,4 @@ fn error_table(dev: &Device, rows: &[Fp8FwdTile]) -> Result<(), Box<dyn std::err
         }
     }
     Ok(())
-}
-
-fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
-    let den: f64 = b.iter().map(|y| y * y).sum();
-    (num / den).sqrt()
-}
-
-/// Median over `REPS` launches (after `WARMUP`) of the CUDA-event time of one call of `run`.
-fn median_ms(dev: &Device, mut run: impl FnMut() -> ironflash::Result<()>) -> Result<f64, Box<dyn std::error::Error>> {
-    for _ in 0..WARMUP {
-        run()?;
-    }
-    dev.synchronize()?;
-    let mut ms = Vec::with_capacity(REPS);
-    for _ in 0..REPS {
-        let start = dev.stream().record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
-        run()?;
-        let end = dev.stream().record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
-        ms.push(start.elapsed_ms(&end)? as f64);
-    }
-    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    Ok(ms[REPS / 2])
 }

@@ -25,9 +25,6 @@ use half::bf16;
 use ironflash::{gpu, AttnOptions, Device, HostTensor};
 use ironflash_kernels::tiles::{FwdTile, FWD_TILES};
 
-const WARMUP: usize = 5;
-const REPS: usize = 30;
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let all = args.iter().any(|a| a == "--all");
@@ -72,7 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let option_sets = [Some((opts, "")), softcap.map(|c| (opts.with_softcap(c), " +softcap"))];
                 for tile in tiles {
                     for (opts, label) in option_sets.iter().flatten() {
-                        let median = median_ms(&dev, || {
+                        let median = common::median_ms(&dev, || {
                             gpu::flash_forward_with_tile(&dev, &q, &k, &v, &mut o, &mut lse, opts, &tile)
                         })?;
                         let flops =
@@ -100,23 +97,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let window = common::flag_value(&args, "--window")?.map(str::parse::<usize>).transpose()?;
     decode(&dev, &extra_splits, sinks, window)
-}
-
-/// Median over `REPS` launches (after `WARMUP`) of the CUDA-event time of one call of `run`.
-fn median_ms(dev: &Device, mut run: impl FnMut() -> ironflash::Result<()>) -> Result<f64, Box<dyn std::error::Error>> {
-    for _ in 0..WARMUP {
-        run()?;
-    }
-    dev.synchronize()?;
-    let mut ms = Vec::with_capacity(REPS);
-    for _ in 0..REPS {
-        let start = dev.stream().record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
-        run()?;
-        let end = dev.stream().record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
-        ms.push(start.elapsed_ms(&end)? as f64);
-    }
-    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    Ok(ms[REPS / 2])
 }
 
 /// Decode: one query row per (batch, head), non-causal (bottom-right causal is the same for one row),
@@ -152,7 +132,7 @@ fn decode(
                 let mut counts = vec![None, Some(1)];
                 counts.extend(extra_splits.iter().filter(|&&s| s != 1).map(|&s| Some(s)));
                 for splits in counts {
-                    let median = median_ms(dev, || match splits {
+                    let median = common::median_ms(dev, || match splits {
                         None => gpu::flash_forward_into(dev, &q, &k, &v, &mut o, &mut lse, &opts),
                         Some(n) => gpu::flash_forward_with_splits(dev, &q, &k, &v, &mut o, &mut lse, &opts, None, n),
                     })?;
@@ -188,7 +168,7 @@ fn decode_grid(dev: &Device, sinks: bool) -> Result<(), Box<dyn std::error::Erro
     let src = source.buffer(dev, copy_len, 99)?;
     // SAFETY: written by the copies before anything reads it.
     let mut dst = unsafe { dev.stream().alloc::<bf16>(copy_len) }?;
-    let copy_ms = median_ms(dev, || dev.stream().memcpy_dtod(&src, &mut dst).during("timing a device copy"))?;
+    let copy_ms = common::median_ms(dev, || dev.stream().memcpy_dtod(&src, &mut dst).during("timing a device copy"))?;
     drop((src, dst));
     println!("device copy: {:.0} GB/s (read + write of 4 GiB)", (2 * 2 * copy_len) as f64 / (copy_ms * 1e-3) / 1e9);
     println!("decode grid (bf16, D = 128, Hq/Hkv = 32/8, seqlen_q = 1, sinks on the dense rows: {sinks})");
@@ -216,7 +196,7 @@ fn decode_grid(dev: &Device, sinks: bool) -> Result<(), Box<dyn std::error::Erro
             // sm_90); "mma": the `mma.sync` row the paged rows run, its own split count.
             let mma = ironflash_kernels::tiles::HD128;
             for (label, splits, tile) in [("auto", None, None), ("1", Some(1), None), ("mma", None, Some(&mma))] {
-                let median = median_ms(dev, || match (splits, tile) {
+                let median = common::median_ms(dev, || match (splits, tile) {
                     (None, None) => gpu::flash_forward_into(dev, &q, &k, &v, &mut o, &mut lse, &opts),
                     (None, Some(t)) => gpu::flash_forward_with_tile(dev, &q, &k, &v, &mut o, &mut lse, &opts, t),
                     (Some(s), t) => gpu::flash_forward_with_splits(dev, &q, &k, &v, &mut o, &mut lse, &opts, t, s),
@@ -266,7 +246,7 @@ fn paged_rows(
         let mut k = dev.wrap(Arg::K, k_buf.take().unwrap(), l)?;
         let mut v = dev.wrap(Arg::V, v_buf.take().unwrap(), l)?;
         let opts = AttnOptions::default();
-        let median = median_ms(dev, || {
+        let median = common::median_ms(dev, || {
             let mut cache = gpu::DevicePagedKv {
                 k_pages: &mut k,
                 v_pages: &mut v,

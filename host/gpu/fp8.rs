@@ -8,7 +8,7 @@ use crate::error::{Arg, DriverContext, Error, Result};
 use crate::fp8::{check_descale, check_groups};
 use crate::gpu::flash::{check_grid, check_outputs};
 use crate::gpu::score::{check_per_head, ScoreArgs};
-use crate::gpu::tensor::{check_vector_strides, strides3, DeviceTensor, GpuForwardOutput};
+use crate::gpu::tensor::{check_vector_strides, check_vector_strides_of, strides3, DeviceTensor, GpuForwardOutput};
 use crate::gpu::{launch::KernelParams, tma};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
@@ -161,14 +161,15 @@ pub fn flash_forward_fp8(
     v: &Fp8Tensor,
     opts: &AttnOptions,
 ) -> Result<GpuForwardOutput<bf16>> {
-    let (p, _) = plan(dev, q, k, v, opts)?;
+    let (p, tile) = plan(dev, q, k, v, opts)?;
     dev.refuse_capture("flash_forward_fp8")?;
     let o_layout = Layout::contiguous(p.o_shape());
     // SAFETY: the kernel writes every element of O and of the LSE.
     let o = unsafe { dev.stream.alloc::<bf16>(o_layout.numel()) }.during("allocating O")?;
     let mut lse = unsafe { dev.stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
     let mut o = DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal };
-    flash_forward_fp8_into(dev, q, k, v, &mut o, &mut lse, opts)?;
+    // Outputs allocated here to the problem's shape: nothing of them to check.
+    launch(dev, &p, opts, &tile, (q, k, v), &mut o, &mut lse)?;
     Ok(GpuForwardOutput { o, lse })
 }
 
@@ -265,9 +266,7 @@ fn plan(
             });
         }
         // Rows of whole 16-byte vectors (TMA's stride unit): 16 one-byte elements.
-        if t.data.layout.strides[..3].iter().any(|s| s % 16 != 0) {
-            return Err(Error::MisalignedStrides { arg, strides: t.data.layout.strides, multiple: 16 });
-        }
+        check_vector_strides_of(arg, &t.data.layout, 16)?;
     }
     check_grid(p.heads_q, p.batch, p.lse_len())?;
     if p.head_dim_v != p.head_dim {

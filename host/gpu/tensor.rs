@@ -121,10 +121,16 @@ impl Device {
 /// sequence and head strides must be multiples of 8 (16-bit) elements.
 pub(crate) const STRIDE_MULTIPLE: usize = 8;
 
-/// `MisalignedStrides` unless the layout's batch, sequence and head strides allow 16-byte row accesses.
+/// `MisalignedStrides` unless the layout's batch, sequence and head strides allow 16-byte row accesses
+/// of 16-bit elements.
 pub(crate) fn check_vector_strides(arg: Arg, l: &Layout) -> Result<()> {
-    if l.strides[..3].iter().any(|s| s % STRIDE_MULTIPLE != 0) {
-        return Err(Error::MisalignedStrides { arg, strides: l.strides, multiple: STRIDE_MULTIPLE });
+    check_vector_strides_of(arg, l, STRIDE_MULTIPLE)
+}
+
+/// As [`check_vector_strides`] for elements of which `multiple` make 16 bytes (16 for FP8).
+pub(crate) fn check_vector_strides_of(arg: Arg, l: &Layout, multiple: usize) -> Result<()> {
+    if l.strides[..3].iter().any(|s| s % multiple != 0) {
+        return Err(Error::MisalignedStrides { arg, strides: l.strides, multiple });
     }
     Ok(())
 }

@@ -154,6 +154,21 @@ pub struct Fp8QuantizeParams {
     pub group: u32,
 }
 
+/// e4m3's largest finite value.
+pub const FP8_E4M3_MAX: f32 = 448.0;
+
+/// The scale and the descale factor of an FP8 group whose largest magnitude is `amax`: `448 / amax`
+/// and `amax / 448`, 1 and 1 for a group of zeros. One definition for the conversion kernels
+/// (`fp8_quant.rs`) and the host's reference quantizer, which give the same bits.
+#[inline(always)]
+pub fn fp8_group_scales(amax: f32) -> (f32, f32) {
+    if amax == 0.0 {
+        (1.0, 1.0)
+    } else {
+        (FP8_E4M3_MAX / amax, amax / FP8_E4M3_MAX)
+    }
+}
+
 /// Symbols of the FP8 conversion kernels (sm_90a PTX only), per input element type.
 pub const FP8_AMAX_BF16: &str = "fp8_amax_bf16";
 pub const FP8_AMAX_F16: &str = "fp8_amax_f16";

@@ -4,29 +4,16 @@
 //!
 //! The amax is kept as the bits of |x| (an unsigned maximum orders non-negative floats as their
 //! values, and puts NaN above infinity above every finite value, so a NaN or infinite input shows in
-//! the group's descale, which the host checks). The group's scale is `448 / amax` (e4m3's largest
-//! finite value), its descale `amax / 448`; a group of zeros gets 1 for both. Both are rounded f32
-//! operations, so the host's reference quantizer (`ironflash::fp8`) gives the same bits.
+//! the group's descale, which the host checks). The group's scale and descale come from
+//! `abi::fp8_group_scales`, which the host's reference quantizer (`ironflash::fp8`) calls too: the
+//! same rounded f32 operations, so the same bits.
 
-use crate::abi::Fp8QuantizeParams;
+use crate::abi::{fp8_group_scales, Fp8QuantizeParams};
 use crate::ptx::elem::{pack4_e4m3, Bf16, Elem16, F16};
 use crate::ptx::sreg;
 
-/// e4m3's largest finite value.
-const E4M3_MAX: f32 = 448.0;
 /// Elements each thread takes per step: one 16-byte load of the input.
 const VEC: u32 = 8;
-
-/// The group's scale from its amax bits: `(scale, descale)`.
-#[inline(always)]
-fn scales(amax_bits: u32) -> (f32, f32) {
-    let amax = f32::from_bits(amax_bits);
-    if amax == 0.0 {
-        (1.0, 1.0)
-    } else {
-        (E4M3_MAX / amax, amax / E4M3_MAX)
-    }
-}
 
 /// Calls `f(vector index, input address, output element offset)` for every 8-element vector of
 /// this CTA's share of its group (grid x: the group `b · heads_kv + h`, grid y: the CTA's share).
@@ -78,7 +65,7 @@ unsafe fn amax<E: Elem16>(p: &Fp8QuantizeParams) {
 #[inline(always)]
 unsafe fn quantize<E: Elem16>(p: &Fp8QuantizeParams) {
     let group = sreg::block_x();
-    let (scale, descale) = scales(*(p.amax as *const u32).add(group as usize));
+    let (scale, descale) = fp8_group_scales(f32::from_bits(*(p.amax as *const u32).add(group as usize)));
     for_each_vector(p, |x, out| {
         let v = load8::<E>(x).map(|v| v * scale);
         let packed = [pack4_e4m3([v[0], v[1], v[2], v[3]]), pack4_e4m3([v[4], v[5], v[6], v[7]])];

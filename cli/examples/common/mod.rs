@@ -1,6 +1,12 @@
 //! What the timing examples share.
 
 use ironflash::Device;
+use ironflash_cli::bench::timing::time_calls;
+
+/// Warm-up calls before the timed ones (`median_ms`).
+const WARMUP: usize = 5;
+/// Timed calls per figure (`median_ms`).
+const REPS: usize = 30;
 
 /// Device 0, or `None` after one `skipped: no CUDA driver` line on a machine without a GPU (the
 /// examples then end successfully, as the GPU tests do).
@@ -43,4 +49,20 @@ pub fn parse_dims(s: &str) -> Result<(usize, usize), std::num::ParseIntError> {
         Some((d, dv)) => Ok((d.parse()?, dv.parse()?)),
         None => s.parse().map(|d| (d, d)),
     }
+}
+
+/// The median (the upper middle of an even count) over `REPS` back-to-back event-timed calls of `run`
+/// (`bench::timing::time_calls`), after `WARMUP` untimed ones.
+#[allow(dead_code)] // Not every example times calls this way.
+pub fn median_ms(
+    dev: &Device,
+    mut run: impl FnMut() -> ironflash::Result<()>,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    for _ in 0..WARMUP {
+        run()?;
+    }
+    dev.synchronize()?;
+    let mut ms = time_calls(dev, REPS, |_| run())?;
+    ms.sort_by(f64::total_cmp);
+    Ok(ms[REPS / 2])
 }

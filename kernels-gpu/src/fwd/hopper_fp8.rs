@@ -304,7 +304,8 @@ pub unsafe fn attn_fwd_fp8<
     let row_g = m0 + 64 * wg + 16 * warp + g;
 
     // This (batch, K/V head)'s factors: Q's and K's join the score scale.
-    let qk = *(descale.q as *const f32).add(at_kv(p)) * *(descale.k as *const f32).add(at_kv(p));
+    let kv_at = at_kv(p);
+    let qk = *(descale.q as *const f32).add(kv_at) * *(descale.k as *const f32).add(kv_at);
     let score = ScoreParams { scale_log2: p.score.scale_log2 * qk, softcap_pre: p.score.softcap_pre * qk, ..p.score };
 
     let mut softmax = OnlineSoftmax::<1, P_LOG2>::new(stage::row_sinks_log2::<1>(&score, false, head, [[0, 0]]), t);
