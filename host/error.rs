@@ -115,6 +115,13 @@ pub enum Error {
     #[error("{arg}: descale factor {index} is {value}; FP8 descale factors must be finite and positive")]
     BadDescale { arg: Arg, index: usize, value: f32 },
 
+    /// FP8 inputs rotated unlike each other (`fp8::Rotation`): the scores stay what they were only
+    /// when Q and K share one rotation, and O comes out rotated when V has one.
+    #[error(
+        "FP8 inputs: Q and K must be rotated with the same seed and V not at all; got seeds Q {q:?}, K {k:?}, V {v:?}"
+    )]
+    RotationMismatch { q: Option<u32>, k: Option<u32>, v: Option<u32> },
+
     #[error("softcap must be finite and positive, got {0}")]
     BadSoftcap(f32),
 

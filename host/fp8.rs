@@ -18,6 +18,7 @@ use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::tensor::HostTensor;
 use half::bf16;
+use ironflash_kernels::rotation;
 
 /// The group of head `head` among `heads` heads of which `heads_kv` groups share a factor.
 fn group_of(head: usize, heads: usize, heads_kv: usize) -> usize {
@@ -59,19 +60,76 @@ pub fn check_descale(arg: Arg, descale: &[f32], batch: usize, heads_kv: usize) -
 /// conversion kernels' own definition.
 pub use ironflash_kernels::abi::fp8_group_scales as group_scales;
 
+/// Incoherent processing: a random-sign Hadamard rotation of each row along the head dim, drawn
+/// from `seed` (`ironflash_kernels::rotation`), applied before quantizing. Rotate Q and K with the
+/// same seed and V not at all: the rotation is orthogonal, so every score `q · k` stays what it was,
+/// while a row's few large entries spread over all of it. Head dims 8 to 256, powers of two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    pub seed: u32,
+}
+
+impl Rotation {
+    /// `HeadDim` unless the rotation serves head dim `d`.
+    pub(crate) fn check(arg: Arg, head_dim: usize) -> Result<()> {
+        if !rotation::serves(head_dim) {
+            return Err(Error::UnsupportedHeadDim { arg, head_dim, supported: rotation::ROTATION_HEAD_DIMS });
+        }
+        Ok(())
+    }
+}
+
+/// `x` as f32, each row rotated by `rotation` (the values the conversion rounds), contiguous.
+pub fn rotate<T: Element>(x: &HostTensor<T>, arg: Arg, rotation: Option<Rotation>) -> Result<HostTensor<f32>> {
+    let [b, s, h, d] = x.shape();
+    if rotation.is_some() {
+        Rotation::check(arg, d)?;
+    }
+    let mut out = HostTensor::filled([b, s, h, d], 0f32);
+    let mut row = vec![0f32; d];
+    for bi in 0..b {
+        for si in 0..s {
+            for hi in 0..h {
+                for (di, r) in row.iter_mut().enumerate() {
+                    *r = x.get(bi, si, hi, di).to_f32();
+                }
+                if let Some(r) = rotation {
+                    rotation::rotate_row(r.seed, &mut row);
+                }
+                for (di, &r) in row.iter().enumerate() {
+                    out.set(bi, si, hi, di, r);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `x` quantized to e4m3 with one factor per (batch, group of `heads / heads_kv` heads): the tensor
 /// (contiguous) and its descale factors `[batch, heads_kv]`. Non-finite inputs are an error
 /// (`Error::BadDescale`: their group's factor would not be finite).
 pub fn quantize<T: Element>(x: &HostTensor<T>, arg: Arg, heads_kv: usize) -> Result<(HostTensor<F8E4M3>, Vec<f32>)> {
+    quantize_with(x, arg, heads_kv, None)
+}
+
+/// As [`quantize`], each row rotated first when `rotation` is given (its real values are then the
+/// rotated ones: [`dequantize`] gives them back rotated).
+pub fn quantize_with<T: Element>(
+    x: &HostTensor<T>,
+    arg: Arg,
+    heads_kv: usize,
+    rotation: Option<Rotation>,
+) -> Result<(HostTensor<F8E4M3>, Vec<f32>)> {
     let [b, s, h, d] = x.shape();
     check_groups(arg, h, heads_kv)?;
+    let x = rotate(x, arg, rotation)?;
     let mut amax = vec![0f32; b * heads_kv];
     for bi in 0..b {
         for si in 0..s {
             for hi in 0..h {
                 let m = &mut amax[bi * heads_kv + group_of(hi, h, heads_kv)];
                 for di in 0..d {
-                    let v = x.get(bi, si, hi, di).to_f32().abs();
+                    let v = x.get(bi, si, hi, di).abs();
                     // NaN wins, as in the GPU's unsigned maximum of the bits.
                     if !m.is_nan() && (v.is_nan() || v > *m) {
                         *m = v;
@@ -89,7 +147,7 @@ pub fn quantize<T: Element>(x: &HostTensor<T>, arg: Arg, heads_kv: usize) -> Res
             for hi in 0..h {
                 let scale = scales[bi * heads_kv + group_of(hi, h, heads_kv)].0;
                 for di in 0..d {
-                    out.set(bi, si, hi, di, F8E4M3::from_f32(x.get(bi, si, hi, di).to_f32() * scale));
+                    out.set(bi, si, hi, di, F8E4M3::from_f32(x.get(bi, si, hi, di) * scale));
                 }
             }
         }
@@ -262,5 +320,33 @@ mod tests {
         let err = out.o.data.iter().zip(&r.o).map(|(a, b)| (a.to_f64() - b).abs()).fold(0.0, f64::max);
         assert!(err < 2e-2, "{err}");
         assert_eq!(out.o.shape(), [1, 50, 4, 128]);
+    }
+
+    /// Q and K rotated with one seed: the CPU forward on them is the forward on the inputs as they
+    /// were, within FP8's rounding (the rotation keeps every score); V is not rotated.
+    #[test]
+    fn rotated_q_and_k_keep_the_attention() {
+        let opts = AttnOptions::causal();
+        let mk = |shape, seed| HostTensor::<bf16>::random_seeded(shape, 2.0, seed);
+        let (q, k, v) = (mk([1, 40, 4, 64], 4), mk([1, 60, 2, 64], 5), mk([1, 60, 2, 64], 6));
+        let rotation = Some(Rotation { seed: 77 });
+        let (q8, qd) = quantize_with(&q, Arg::Q, 2, rotation).unwrap();
+        let (k8, kd) = quantize_with(&k, Arg::K, 2, rotation).unwrap();
+        let (v8, vd) = quantize(&v, Arg::V, 2).unwrap();
+        // The rotated values themselves differ from the inputs.
+        assert!(dequantize(&q8, Arg::Q, &qd, 2)
+            .unwrap()
+            .data
+            .iter()
+            .zip(&q.data)
+            .any(|(a, b)| (a - b.to_f32()).abs() > 0.5));
+        let out = forward(&q8, &k8, &v8, Descales { q: &qd, k: &kd, v: &vd }, &opts).unwrap();
+        let exact = crate::cpu::reference_forward(&q, &k, &v, &opts).unwrap();
+        let got: Vec<f64> = out.o.data.iter().map(|x| x.to_f64()).collect();
+        let num: f64 = got.iter().zip(&exact.o).map(|(a, b)| (a - b) * (a - b)).sum();
+        let den: f64 = exact.o.iter().map(|b| b * b).sum();
+        assert!((num / den).sqrt() < 0.06, "{}", (num / den).sqrt());
+        let err = quantize_with(&mk([1, 4, 2, 96], 7), Arg::Q, 2, rotation).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedHeadDim { head_dim: 96, .. }), "{err}");
     }
 }

@@ -43,6 +43,10 @@ struct Case {
     sinks: bool,
     /// Inputs of magnitude up to this (the quantizer's scale follows it).
     amplitude: f32,
+    /// Q and K rotated before quantizing (incoherent processing), with this seed.
+    rotation: Option<u32>,
+    /// A forced split-KV count (`None`: the heuristic's).
+    splits: Option<usize>,
     seed: u64,
 }
 
@@ -57,10 +61,16 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         (1usize..=2, prop::sample::select(vec![1usize, 2, 4]), prop::sample::select(vec![64usize, 128, 256])),
         (any::<bool>(), window, prop::option::weighted(0.25, prop::sample::select(vec![5.0f32, 30.0]))),
         (prop::bool::weighted(0.25), prop::bool::weighted(0.25), prop::sample::select(vec![0.05f32, 1.0, 20.0])),
-        any::<u64>(),
+        (any::<u64>(), prop::option::weighted(0.3, any::<u32>()), prop::option::weighted(0.25, 2usize..=9)),
     )
         .prop_map(
-            |((batch, sq, sk), (hkv, group, head_dim), (causal, window, softcap), (alibi, sinks, amplitude), seed)| {
+            |(
+                (batch, sq, sk),
+                (hkv, group, head_dim),
+                (causal, window, softcap),
+                (alibi, sinks, amplitude),
+                (seed, rotation, splits),
+            )| {
                 Case {
                     batch,
                     seqlen_q: sq,
@@ -74,6 +84,8 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                     alibi,
                     sinks,
                     amplitude,
+                    rotation,
+                    splits,
                     seed,
                 }
             },
@@ -116,16 +128,19 @@ fn options<'a>(c: &Case, x: &Inputs, slopes: Option<PerHead<'a>>, sinks: Option<
 }
 
 /// One case: quantize on the device (bitwise the host's), run the FP8 forward into poisoned outputs
-/// twice (bitwise equal), compare with the f64 reference on the dequantized inputs.
+/// twice (bitwise equal), compare with the f64 reference on the dequantized inputs (rotated Q and K
+/// when the case rotates them: the scores are the same in exact arithmetic).
 fn check_case(dev: &'static Device, c: &Case) -> Result<f64, String> {
     let x = inputs(c);
     let hkv = c.heads_kv;
     let upload = |t: &HostTensor<bf16>| dev.upload(t).unwrap();
-    let quantized = |t: &HostTensor<bf16>, arg| gpu::quantize_fp8(dev, &upload(t), arg, hkv).unwrap();
+    let rotation = |arg| c.rotation.filter(|_| arg != Arg::V).map(|seed| fp8::Rotation { seed });
+    let quantized =
+        |t: &HostTensor<bf16>, arg| gpu::quantize_fp8_with(dev, &upload(t), arg, hkv, rotation(arg)).unwrap();
     let (q8, k8, v8) = (quantized(&x.q, Arg::Q), quantized(&x.k, Arg::K), quantized(&x.v, Arg::V));
     let mut host = Vec::new();
     for (t, dt, arg) in [(&x.q, &q8, Arg::Q), (&x.k, &k8, Arg::K), (&x.v, &v8, Arg::V)] {
-        let (want, want_descale) = fp8::quantize(t, arg, hkv).unwrap();
+        let (want, want_descale) = fp8::quantize_with(t, arg, hkv, rotation(arg)).unwrap();
         let got = dev.download(dt.data()).unwrap();
         let got_descale = dev.download_f32(dt.descale()).unwrap();
         if got.data != want.data || got_descale != want_descale {
@@ -141,7 +156,11 @@ fn check_case(dev: &'static Device, c: &Case) -> Result<f64, String> {
     let run = || {
         let mut o = dev.poisoned::<bf16>([c.batch, c.seqlen_q, hq, c.head_dim]).unwrap();
         let mut lse = dev.poisoned_f32(c.batch * hq * c.seqlen_q).unwrap();
-        gpu::flash_forward_fp8_into(dev, &q8, &k8, &v8, &mut o, &mut lse, &opts).map_err(|e| e.to_string())?;
+        match c.splits {
+            None => gpu::flash_forward_fp8_into(dev, &q8, &k8, &v8, &mut o, &mut lse, &opts),
+            Some(n) => gpu::flash_forward_fp8_with_splits(dev, &q8, &k8, &v8, &mut o, &mut lse, &opts, None, n),
+        }
+        .map_err(|e| e.to_string())?;
         Ok::<_, String>((dev.download(&o).unwrap(), dev.download_f32(&lse).unwrap()))
     };
     let (o, lse) = run()?;
@@ -212,6 +231,8 @@ fn fp8_forward_long_rows_and_empty_rows() {
         alibi: false,
         sinks: false,
         amplitude: 1.0,
+        rotation: None,
+        splits: None,
         seed: 11,
     };
     for c in [
@@ -221,10 +242,72 @@ fn fp8_forward_long_rows_and_empty_rows() {
         Case { seqlen_q: 400, seqlen_k: 200, causal: true, window: (Some(0), None), seed: 13, ..base.clone() },
         Case { seqlen_q: 129, seqlen_k: 257, sinks: true, softcap: Some(5.0), alibi: true, seed: 14, ..base.clone() },
         Case { head_dim: 64, seed: 15, ..base.clone() },
-        Case { head_dim: 256, causal: true, seed: 16, ..base },
+        Case { head_dim: 256, causal: true, seed: 16, ..base.clone() },
+        Case { rotation: Some(3), seed: 17, ..base.clone() },
+        Case { head_dim: 64, causal: true, rotation: Some(4), seed: 18, ..base.clone() },
+        Case { head_dim: 256, rotation: Some(5), seed: 19, ..base },
     ] {
         let err = check_case(dev, &c).unwrap_or_else(|e| panic!("{c:?}: {e}"));
         println!("{c:?}: O rel_l2 {err:.3e}");
+    }
+}
+
+/// Decode (one query row): the query heads of a K/V head run as its rows (grouped query heads), one
+/// read of K and V per split, the splits combined; the heuristic's split count and forced ones (1: the
+/// unsplit kernel), with sinks, windows and softcap, long caches and a cache of one key. Also a forced
+/// split of a long causal block of rows (split kernels on masked rows).
+fn fp8_decode_split_kv() {
+    let Some(dev) = device_or_skip("fp8_decode_split_kv") else { return };
+    if !sm90_or_typed_error(dev) {
+        return;
+    }
+    let base = Case {
+        batch: 2,
+        seqlen_q: 1,
+        seqlen_k: 9000,
+        heads_kv: 2,
+        group: 4,
+        head_dim: 128,
+        causal: false,
+        window: (None, None),
+        softcap: None,
+        alibi: false,
+        sinks: false,
+        amplitude: 1.0,
+        rotation: None,
+        splits: None,
+        seed: 41,
+    };
+    let mut cases = Vec::new();
+    for (i, d) in [64, 128, 256].into_iter().enumerate() {
+        for splits in [None, Some(1), Some(5), Some(16)] {
+            cases.push(Case { head_dim: d, splits, seed: 42 + 4 * i as u64, ..base.clone() });
+        }
+    }
+    cases.extend([
+        Case { batch: 1, heads_kv: 1, group: 8, seqlen_k: 30000, ..base.clone() },
+        Case { group: 1, heads_kv: 4, seed: 61, ..base.clone() },
+        Case { sinks: true, seed: 62, ..base.clone() },
+        Case { sinks: true, splits: Some(1), seed: 63, ..base.clone() },
+        Case { window: (Some(700), None), sinks: true, seed: 64, ..base.clone() },
+        Case { softcap: Some(30.0), causal: true, rotation: Some(8), seed: 65, ..base.clone() },
+        Case { alibi: true, splits: Some(4), seed: 66, ..base.clone() },
+        Case { seqlen_k: 1, splits: Some(3), seed: 67, ..base.clone() },
+        Case { seqlen_k: 1, seed: 68, ..base.clone() },
+        Case { seqlen_q: 300, seqlen_k: 2000, causal: true, splits: Some(3), seed: 69, ..base.clone() },
+        Case { seqlen_q: 200, seqlen_k: 100, causal: true, splits: Some(7), seed: 70, ..base },
+    ]);
+    for c in cases {
+        let err = check_case(dev, &c).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        println!(
+            "decode d {} seqlen_q {} seqlen_k {} heads {}/{} splits {:?}: O rel_l2 {err:.3e}",
+            c.head_dim,
+            c.seqlen_q,
+            c.seqlen_k,
+            c.heads_kv * c.group,
+            c.heads_kv,
+            c.splits
+        );
     }
 }
 
@@ -235,20 +318,27 @@ fn fp8_quantize_matches_host() {
     if !sm90_or_typed_error(dev) {
         return;
     }
-    fn check<T: Element>(dev: &Device, shape: [usize; 4], heads_kv: usize, seed: u64) {
+    fn check<T: Element>(dev: &Device, shape: [usize; 4], heads_kv: usize, seed: u64, rotation: Option<fp8::Rotation>) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let [b, s, h, d] = shape;
         let layout = ironflash::Layout { shape, strides: [s * (h * d + 16) + 32, h * d + 16, d, 1] };
         let x = HostTensor::<T>::random_with_layout(layout, 7.0, &mut rng);
-        let t = gpu::quantize_fp8(dev, &dev.upload(&x).unwrap(), Arg::K, heads_kv).unwrap();
-        let (want, descale) = fp8::quantize(&x, Arg::K, heads_kv).unwrap();
-        assert_eq!(dev.download(t.data()).unwrap().data, want.data, "{shape:?}");
+        let t = gpu::quantize_fp8_with(dev, &dev.upload(&x).unwrap(), Arg::K, heads_kv, rotation).unwrap();
+        let (want, descale) = fp8::quantize_with(&x, Arg::K, heads_kv, rotation).unwrap();
+        assert_eq!(dev.download(t.data()).unwrap().data, want.data, "{shape:?} {rotation:?}");
         assert_eq!(dev.download_f32(t.descale()).unwrap(), descale);
         assert_eq!(t.data().shape(), [b, s, h, d]);
+        assert_eq!(t.rotation(), rotation);
     }
-    check::<bf16>(dev, [2, 37, 4, 128], 2, 1);
-    check::<f16>(dev, [3, 5, 6, 64], 3, 2);
-    check::<bf16>(dev, [1, 1000, 8, 256], 1, 3);
+    check::<bf16>(dev, [2, 37, 4, 128], 2, 1, None);
+    check::<f16>(dev, [3, 5, 6, 64], 3, 2, None);
+    check::<bf16>(dev, [1, 1000, 8, 256], 1, 3, None);
+    // The rotation at every head dim it serves (a row over 1 to 32 lanes), odd row counts.
+    for (i, d) in [8, 16, 32, 64, 128, 256].into_iter().enumerate() {
+        let rotation = Some(fp8::Rotation { seed: 100 + i as u32 });
+        check::<bf16>(dev, [2, 33, 3, d], 3, 4 + i as u64, rotation);
+        check::<f16>(dev, [1, 301, 4, d], 2, 10 + i as u64, rotation);
+    }
 }
 
 /// Bad input: typed errors, no launch.
@@ -281,10 +371,78 @@ fn fp8_bad_input_is_a_typed_error() {
     x.set(0, 3, 1, 7, bf16::NAN);
     let err = gpu::quantize_fp8(dev, &dev.upload(&x).unwrap(), Arg::K, 2).unwrap_err();
     assert!(matches!(err, Error::BadDescale { arg: Arg::K, index: 1, .. }), "{err}");
+    // Q and K rotated unlike each other, or V rotated; a head dim the rotation does not serve.
+    let rotated = |seed: Option<u32>, arg| {
+        let x = HostTensor::<bf16>::random_seeded([1, 64, 2, 128], 1.0, 7);
+        gpu::quantize_fp8_with(dev, &dev.upload(&x).unwrap(), arg, 2, seed.map(|seed| fp8::Rotation { seed })).unwrap()
+    };
+    for (sq, sk, sv) in
+        [(Some(1), Some(2), None), (Some(1), None, None), (None, None, Some(1)), (Some(1), Some(1), Some(1))]
+    {
+        let (q, k, v) = (rotated(sq, Arg::Q), rotated(sk, Arg::K), rotated(sv, Arg::V));
+        let err = gpu::flash_forward_fp8(dev, &q, &k, &v, &opts).unwrap_err();
+        assert!(matches!(err, Error::RotationMismatch { .. }), "{err}");
+    }
+    let x = HostTensor::<bf16>::random_seeded([1, 8, 2, 96], 1.0, 8);
+    let err =
+        gpu::quantize_fp8_with(dev, &dev.upload(&x).unwrap(), Arg::Q, 2, Some(fp8::Rotation { seed: 1 })).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedHeadDim { head_dim: 96, .. }), "{err}");
     // FP8 tensors to the 16-bit forward.
     let data = dev.upload(&HostTensor::filled([1, 8, 2, 128], F8E4M3(0x38))).unwrap();
     let err = gpu::flash_forward(dev, &data, &data, &data, &opts).unwrap_err();
     assert!(matches!(err, Error::UnsupportedDtype { .. }), "{err}");
+}
+
+/// Outliers (0.1% of the entries of Q, K and V ten times larger): O's error end to end (quantization
+/// included) against the f64 reference on the bf16 inputs, without and with the rotation of Q and K,
+/// beside the bf16 kernel's; the figures are printed. Without the rotation a large entry keeps e4m3's
+/// relative error, so its absolute error (up to 2^-4 of 10) dominates the scores it enters: the
+/// error end to end is not bounded by `O_BOUND` (8.2e-2 measured at head dim 64; at most 0.2 here,
+/// a bound against garbage). With it, the entries spread over the row: within `O_BOUND`, and below
+/// the unrotated error in every case (fixed inputs).
+fn fp8_outliers_with_and_without_rotation() {
+    let Some(dev) = device_or_skip("fp8_outliers_with_and_without_rotation") else { return };
+    if !sm90_or_typed_error(dev) {
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    for (d, causal) in [(64, false), (128, false), (128, true), (256, false)] {
+        let shape = [1, 1024, 4, d];
+        let mut gen = || {
+            let mut t = HostTensor::<bf16>::random(shape, 1.0, &mut rng);
+            for x in t.data.iter_mut() {
+                if rng.random_range(0..1000) == 0 {
+                    *x = bf16::from_f32(x.to_f32() * 10.0);
+                }
+            }
+            t
+        };
+        let (q, k, v) = (gen(), gen(), gen());
+        let opts = AttnOptions { causal, ..AttnOptions::default() };
+        let exact = cpu::reference_forward(&q, &k, &v, &opts).unwrap();
+        let up = |t: &HostTensor<bf16>| dev.upload(t).unwrap();
+        let bf = gpu::flash_forward(dev, &up(&q), &up(&k), &up(&v), &opts).unwrap();
+        let bf_err = rel_l2(&dev.download(&bf.o).unwrap().to_f64_contiguous(), &exact.o);
+        let mut errs = Vec::new();
+        for rotation in [None, Some(fp8::Rotation { seed: 9 })] {
+            let quantized = |t, arg, r| gpu::quantize_fp8_with(dev, &up(t), arg, 4, r).unwrap();
+            let (q8, k8, v8) =
+                (quantized(&q, Arg::Q, rotation), quantized(&k, Arg::K, rotation), quantized(&v, Arg::V, None));
+            let mut o = dev.poisoned::<bf16>(shape).unwrap();
+            let mut lse = dev.poisoned_f32(4 * 1024).unwrap();
+            gpu::flash_forward_fp8_into(dev, &q8, &k8, &v8, &mut o, &mut lse, &opts).unwrap();
+            let err = rel_l2(&dev.download(&o).unwrap().to_f64_contiguous(), &exact.o);
+            let bound = if rotation.is_some() { O_BOUND } else { 0.2 };
+            assert!(err < bound, "d {d} causal {causal} rotation {rotation:?}: O rel_l2 {err:.3e}");
+            errs.push(err);
+        }
+        assert!(errs[1] < errs[0], "d {d} causal {causal}: the rotation did not lower the error: {errs:?}");
+        println!(
+            "outliers, d {d}, causal {causal}: O rel_l2 against f64 on the bf16 inputs: bf16 kernel {bf_err:.3e}, \
+             e4m3 {:.3e}, e4m3 with Q and K rotated {:.3e}",
+            errs[0], errs[1]
+        );
+    }
 }
 
 /// The CPU path on FP8 tensors against the GPU's.
@@ -306,6 +464,8 @@ fn fp8_cpu_path_matches_gpu() {
         alibi: false,
         sinks: false,
         amplitude: 1.0,
+        rotation: None,
+        splits: None,
         seed: 21,
     };
     let x = inputs(&c);
@@ -328,7 +488,9 @@ fn main() -> std::process::ExitCode {
             fp8_quantize_matches_host,
             fp8_forward_matches_reference,
             fp8_forward_long_rows_and_empty_rows,
+            fp8_decode_split_kv,
             fp8_bad_input_is_a_typed_error,
+            fp8_outliers_with_and_without_rotation,
             fp8_cpu_path_matches_gpu,
         ],
         &[],

@@ -538,18 +538,8 @@ pub(crate) fn launch<T: Element>(
         }
     };
     // Split-KV workspace, stream-ordered: freed (asynchronously, after the kernels) when this returns.
-    let (o_accum_len, lse_accum_len) = split_workspace_f32(lse_rows, p.head_dim_v, num_splits);
-    let mut workspace = None;
-    let (mut o_accum_ptr, mut lse_accum_ptr) = (0, 0);
-    if num_splits > 1 {
-        // SAFETY: the forward writes every partial LSE, and every partial O row whose LSE is finite;
-        // the combine reads only those.
-        let mut o_accum = unsafe { stream.alloc::<f32>(o_accum_len) }.during("allocating the split-KV O")?;
-        let mut lse_accum = unsafe { stream.alloc::<f32>(lse_accum_len) }.during("allocating the split-KV LSE")?;
-        o_accum_ptr = o_accum.device_ptr_mut(stream).0;
-        lse_accum_ptr = lse_accum.device_ptr_mut(stream).0;
-        workspace = Some((o_accum, lse_accum));
-    }
+    let mut workspace = SplitWorkspace::new(dev, lse_rows, p.head_dim_v, num_splits)?;
+    let (o_accum_ptr, lse_accum_ptr) = workspace.ptrs(stream);
     let params = FwdParams {
         q: q_ptr,
         k: k_ptr,
@@ -599,47 +589,106 @@ pub(crate) fn launch<T: Element>(
     // limits; the pointers are live for the launch (their sync guards outlive it on this stream), and
     // the maps describe the same buffers within those layouts.
     unsafe { builder.launch(cfg) }.map_err(|source| Error::Launch { kernel: name.into(), source })?;
-    if workspace.is_none() {
-        return Ok(());
+    let combined = CombineRows { heads_q: p.heads_q, rows_per_head, o: o_layout, lse_rows, head_dim_v: p.head_dim_v };
+    // SAFETY: `o_ptr` and `lse_ptr` hold the call's O (`o_layout`, or the packed rows' call O) and LSE.
+    unsafe { workspace.combine(dev, f16, rows, combined, (o_ptr, lse_ptr), score.params.sinks) }
+}
+
+/// The split-KV workspace of a launch (nothing when unsplit): partial O and LSE in f32
+/// (`split_workspace_f32`), stream-ordered, freed (asynchronously, after the kernels) when dropped.
+pub(crate) struct SplitWorkspace {
+    accum: Option<(CudaSlice<f32>, CudaSlice<f32>)>,
+    num_splits: usize,
+}
+
+/// The rows a launch's combine writes, as the split kernel ran them: `lse_rows` rows of the LSE layout,
+/// `rows_per_head` per head of `heads_q`, O in `o`'s layout with V's head dim.
+pub(crate) struct CombineRows<'a> {
+    pub heads_q: usize,
+    pub rows_per_head: usize,
+    pub o: &'a Layout,
+    pub lse_rows: usize,
+    pub head_dim_v: usize,
+}
+
+impl SplitWorkspace {
+    pub(crate) fn new(dev: &Device, lse_rows: usize, head_dim_v: usize, num_splits: usize) -> Result<Self> {
+        if num_splits <= 1 {
+            return Ok(SplitWorkspace { accum: None, num_splits });
+        }
+        let (o_len, lse_len) = split_workspace_f32(lse_rows, head_dim_v, num_splits);
+        let stream = dev.stream();
+        // SAFETY: the split kernel writes every partial LSE, and every partial O row whose LSE is
+        // finite; the combine reads only those.
+        let o_accum = unsafe { stream.alloc::<f32>(o_len) }.during("allocating the split-KV O")?;
+        let lse_accum = unsafe { stream.alloc::<f32>(lse_len) }.during("allocating the split-KV LSE")?;
+        Ok(SplitWorkspace { accum: Some((o_accum, lse_accum)), num_splits })
     }
 
-    let name = if f16 { abi::FWD_COMBINE_F16 } else { abi::FWD_COMBINE_BF16 };
-    let f = dev.modules.function(&dev.ctx, name, 0)?;
-    // Packed decode rows are combined as the call's rows (one per query head), whose sinks it adds.
-    let (heads_q, rows_per_head, o_layout) = match rows {
-        Some(r) => (r.call_heads_q, 1, &r.call_o),
-        None => (p.heads_q, rows_per_head, o_layout),
-    };
-    let rows = lse_rows;
-    let params = FwdCombineParams {
-        o_accum: o_accum_ptr,
-        lse_accum: lse_accum_ptr,
-        o: o_ptr,
-        lse: lse_ptr,
-        o_strides: strides3(o_layout),
-        rows: rows as u32,
-        seqlen_q: rows_per_head as u32,
-        heads_q: heads_q as u32,
-        head_dim_v: p.head_dim_v as u32,
-        num_splits: num_splits as u32,
-        sinks: score.params.sinks,
-    };
-    let cfg = LaunchConfig {
-        grid_dim: (rows.div_ceil(COMBINE_ROWS_PER_CTA) as u32, 1, 1),
-        block_dim: (32 * COMBINE_ROWS_PER_CTA as u32, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let arg = KernelParams(params);
-    // On Hopper the combine is the split kernel's programmatic dependent: its launch overlaps the
-    // split kernel's tail, and it waits for the partial results itself.
-    let programmatic = dev.info().arch() == Arch::Sm90a;
-    // SAFETY: as above; the workspace was written by the launch before, on this stream, and is freed
-    // only after this launch in stream order; with `programmatic` the split kernel (the launch before)
-    // lets dependents start and the combine waits for its grid before reading the workspace.
-    unsafe { launch_dependent(stream, &f, cfg, &arg, programmatic) }
-        .map_err(|source| Error::Launch { kernel: name.into(), source })?;
-    drop(workspace);
-    Ok(())
+    /// `FwdParams::o_accum` and `lse_accum` (zeros when unsplit).
+    pub(crate) fn ptrs(&mut self, stream: &cudarc::driver::CudaStream) -> (u64, u64) {
+        match &mut self.accum {
+            Some((o, lse)) => (o.device_ptr_mut(stream).0, lse.device_ptr_mut(stream).0),
+            None => (0, 0),
+        }
+    }
+
+    /// The combine of a split launch (nothing when unsplit), on the split kernel's stream right after
+    /// it, into O and the LSE (`o_lse`); packed decode rows (`packed`) are combined as the call's rows,
+    /// one per query head, whose sinks (`sinks`, `ScoreParams::sinks`) it adds.
+    ///
+    /// # Safety
+    /// The launch before on `dev`'s stream is the split kernel that writes this workspace; `o_lse` are
+    /// the call's O (of `rows.o`'s layout, or `packed`'s call O) and LSE (`rows.lse_rows`), live until
+    /// the combine has run.
+    pub(crate) unsafe fn combine(
+        self,
+        dev: &Device,
+        f16: bool,
+        packed: Option<&HeadsAsRows>,
+        rows: CombineRows,
+        (o_ptr, lse_ptr): (u64, u64),
+        sinks: u64,
+    ) -> Result<()> {
+        let Some((mut o_accum, mut lse_accum)) = self.accum else { return Ok(()) };
+        let stream = dev.stream();
+        let name = if f16 { abi::FWD_COMBINE_F16 } else { abi::FWD_COMBINE_BF16 };
+        let f = dev.modules.function(&dev.ctx, name, 0)?;
+        let (heads_q, rows_per_head, o_layout) = match packed {
+            Some(r) => (r.call_heads_q, 1, &r.call_o),
+            None => (rows.heads_q, rows.rows_per_head, rows.o),
+        };
+        let params = FwdCombineParams {
+            o_accum: o_accum.device_ptr_mut(stream).0,
+            lse_accum: lse_accum.device_ptr_mut(stream).0,
+            o: o_ptr,
+            lse: lse_ptr,
+            o_strides: strides3(o_layout),
+            rows: rows.lse_rows as u32,
+            seqlen_q: rows_per_head as u32,
+            heads_q: heads_q as u32,
+            head_dim_v: rows.head_dim_v as u32,
+            num_splits: self.num_splits as u32,
+            sinks,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (rows.lse_rows.div_ceil(COMBINE_ROWS_PER_CTA) as u32, 1, 1),
+            block_dim: (32 * COMBINE_ROWS_PER_CTA as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let arg = KernelParams(params);
+        // On Hopper the combine is the split kernel's programmatic dependent: its launch overlaps the
+        // split kernel's tail, and it waits for the partial results itself.
+        let programmatic = dev.info().arch() == Arch::Sm90a;
+        // SAFETY: the caller's contract; the workspace was written by the launch before, on this
+        // stream, and is freed only after this launch in stream order (dropped below); with
+        // `programmatic` the split kernel lets dependents start and the combine waits for its grid
+        // before reading the workspace.
+        unsafe { launch_dependent(stream, &f, cfg, &arg, programmatic) }
+            .map_err(|source| Error::Launch { kernel: name.into(), source })?;
+        drop((o_accum, lse_accum));
+        Ok(())
+    }
 }
 
 /// Rows per CTA of the combine kernel (one warp each; `fwd/combine.rs`).

@@ -5,8 +5,11 @@
 use crate::device::Device;
 use crate::dtype::{DType, Element, F8E4M3};
 use crate::error::{Arg, DriverContext, Error, Result};
-use crate::fp8::{check_descale, check_groups};
-use crate::gpu::flash::{check_grid, check_outputs};
+use crate::fp8::{check_descale, check_groups, Rotation};
+use crate::gpu::flash::{
+    check_grid, check_num_splits, check_outputs, num_splits_heuristic, pack_query_heads, run_view, CombineRows,
+    HeadsAsRows, SplitWorkspace,
+};
 use crate::gpu::score::{check_per_head, ScoreArgs};
 use crate::gpu::tensor::{check_vector_strides, check_vector_strides_of, strides3, DeviceTensor, GpuForwardOutput};
 use crate::gpu::{launch::KernelParams, tma};
@@ -27,6 +30,8 @@ pub struct Fp8Tensor {
     pub(crate) data: DeviceTensor<F8E4M3>,
     pub(crate) descale: CudaSlice<f32>,
     pub(crate) heads_kv: usize,
+    /// The rotation its rows went through before rounding ([`quantize_fp8_with`]).
+    pub(crate) rotation: Option<Rotation>,
 }
 
 impl Fp8Tensor {
@@ -40,6 +45,11 @@ impl Fp8Tensor {
     /// How many groups of heads share a factor (the K/V heads of the call).
     pub fn heads_kv(&self) -> usize {
         self.heads_kv
+    }
+    /// The rotation its rows went through before rounding, if any: the forward takes Q and K rotated
+    /// alike and V not rotated.
+    pub fn rotation(&self) -> Option<Rotation> {
+        self.rotation
     }
 }
 
@@ -58,7 +68,7 @@ impl Device {
         check_groups(arg, heads, heads_kv)?;
         check_descale(arg, descale, batch, heads_kv)?;
         let descale = self.stream.clone_htod(descale).during("copying descale factors to the device")?;
-        Ok(Fp8Tensor { data, descale, heads_kv })
+        Ok(Fp8Tensor { data, descale, heads_kv, rotation: None })
     }
 }
 
@@ -67,6 +77,19 @@ impl Device {
 /// `batch · heads_kv` factors back to check them (a non-finite input gives a non-finite factor:
 /// `Error::BadDescale`), which waits for the conversion.
 pub fn quantize_fp8<T: Element>(dev: &Device, x: &DeviceTensor<T>, arg: Arg, heads_kv: usize) -> Result<Fp8Tensor> {
+    quantize_fp8_with(dev, x, arg, heads_kv, None)
+}
+
+/// As [`quantize_fp8`], each row rotated first when `rotation` is given (incoherent processing, as
+/// `crate::fp8::quantize_with` does on the host, the same bits): pass Q and K through it with the same
+/// rotation, V without.
+pub fn quantize_fp8_with<T: Element>(
+    dev: &Device,
+    x: &DeviceTensor<T>,
+    arg: Arg,
+    heads_kv: usize,
+    rotation: Option<Rotation>,
+) -> Result<Fp8Tensor> {
     if !T::DTYPE.is_half() {
         return Err(Error::UnsupportedDtype { arg, dtype: T::DTYPE, path: "the FP8 conversion" });
     }
@@ -75,6 +98,9 @@ pub fn quantize_fp8<T: Element>(dev: &Device, x: &DeviceTensor<T>, arg: Arg, hea
     check_vector_strides(arg, &x.layout)?;
     let [batch, seqlen, heads, head_dim] = x.shape();
     check_groups(arg, heads, heads_kv)?;
+    if rotation.is_some() {
+        Rotation::check(arg, head_dim)?;
+    }
     if head_dim % 8 != 0 || x.layout.numel() > u32::MAX as usize {
         return Err(Error::TooLarge {
             arg,
@@ -105,6 +131,8 @@ pub fn quantize_fp8<T: Element>(dev: &Device, x: &DeviceTensor<T>, arg: Arg, hea
             head_dim: head_dim as u32,
             heads_kv: heads_kv as u32,
             group: (heads / heads_kv) as u32,
+            rotate: rotation.is_some() as u32,
+            rotation_seed: rotation.map_or(0, |r| r.seed),
         });
         // Enough CTAs per group to fill the device about twice, each striding over its group.
         let vectors = seqlen * (heads / heads_kv) * head_dim / 8;
@@ -125,7 +153,7 @@ pub fn quantize_fp8<T: Element>(dev: &Device, x: &DeviceTensor<T>, arg: Arg, hea
     }
     check_descale(arg, &dev.download_f32(&descale)?, batch, heads_kv)?;
     let data = DeviceTensor { buf: out, layout, ordinal: dev.info().ordinal };
-    Ok(Fp8Tensor { data, descale, heads_kv })
+    Ok(Fp8Tensor { data, descale, heads_kv, rotation })
 }
 
 /// The FP8 forward tile for a head dim on this device (`tiles::choose_fwd_fp8`).
@@ -169,7 +197,7 @@ pub fn flash_forward_fp8(
     let mut lse = unsafe { dev.stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
     let mut o = DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal };
     // Outputs allocated here to the problem's shape: nothing of them to check.
-    launch(dev, &p, opts, &tile, (q, k, v), &mut o, &mut lse)?;
+    launch_planned(dev, &p, opts, &tile, None, (q, k, v), &mut o, &mut lse)?;
     Ok(GpuForwardOutput { o, lse })
 }
 
@@ -183,7 +211,7 @@ pub fn flash_forward_fp8_into(
     lse: &mut CudaSlice<f32>,
     opts: &AttnOptions,
 ) -> Result<()> {
-    forward_into(dev, (q, k, v), o, lse, opts, None)
+    forward_into(dev, (q, k, v), o, lse, opts, None, None)
 }
 
 /// As [`flash_forward_fp8_into`] with an explicit row of `tiles::FP8_FWD_TILES` instead of the
@@ -200,10 +228,38 @@ pub fn flash_forward_fp8_with_tile(
     opts: &AttnOptions,
     tile: &Fp8FwdTile,
 ) -> Result<()> {
-    forward_into(dev, (q, k, v), o, lse, opts, Some(tile))
+    forward_into(dev, (q, k, v), o, lse, opts, Some(tile), None)
 }
 
-/// The checks and the launch of an FP8 forward into given outputs, on the chooser's row or `forced`.
+/// As [`flash_forward_fp8_into`] with an optional explicit row (as [`flash_forward_fp8_with_tile`])
+/// and a split-KV count instead of [`fp8_num_splits`]'s: for tests and benchmarks. `num_splits` must
+/// be in `1..=MAX_SPLITS`; 1 forces the unsplit kernel.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_forward_fp8_with_splits(
+    dev: &Device,
+    q: &Fp8Tensor,
+    k: &Fp8Tensor,
+    v: &Fp8Tensor,
+    o: &mut DeviceTensor<bf16>,
+    lse: &mut CudaSlice<f32>,
+    opts: &AttnOptions,
+    tile: Option<&Fp8FwdTile>,
+    num_splits: usize,
+) -> Result<()> {
+    check_num_splits(num_splits)?;
+    forward_into(dev, (q, k, v), o, lse, opts, tile, Some(num_splits))
+}
+
+/// The split-KV count of the FP8 forward for the problem it runs (1: no split): the 16-bit forward's
+/// rule (`num_splits_heuristic`) for the FP8 rows' one CTA per SM, where one wave is every slot.
+pub fn fp8_num_splits(dev: &Device, p: &AttnProblem, tile: &Fp8FwdTile) -> usize {
+    let ctas = p.seqlen_q.div_ceil(Fp8FwdTile::BLOCK_M) * p.heads_q * p.batch;
+    let sms = dev.info().sm_count as usize;
+    num_splits_heuristic(ctas, sms, sms, p.seqlen_k.div_ceil(tile.block_n))
+}
+
+/// The checks and the launch of an FP8 forward into given outputs, on the chooser's row or `forced`,
+/// with the heuristic's split count or `splits`.
 fn forward_into(
     dev: &Device,
     (q, k, v): (&Fp8Tensor, &Fp8Tensor, &Fp8Tensor),
@@ -211,6 +267,7 @@ fn forward_into(
     lse: &mut CudaSlice<f32>,
     opts: &AttnOptions,
     forced: Option<&Fp8FwdTile>,
+    splits: Option<usize>,
 ) -> Result<()> {
     let (p, chosen) = plan(dev, q, k, v, opts)?;
     check_outputs(dev, &p, o, lse, "one f32 per (batch, head_q, query row)")?;
@@ -225,7 +282,38 @@ fn forward_into(
             p.head_dim
         )));
     }
-    launch(dev, &p, opts, tile, (q, k, v), o, lse)
+    launch_planned(dev, &p, opts, tile, splits, (q, k, v), o, lse)
+}
+
+/// The launch of a checked call: decode with grouped query heads runs them as rows of their K/V head
+/// (`pack_query_heads`, as the 16-bit forward: one read of each K/V head per split), then the kernel
+/// with `splits` or the heuristic's count, then the combine when split.
+#[allow(clippy::too_many_arguments)]
+fn launch_planned(
+    dev: &Device,
+    p: &AttnProblem,
+    opts: &AttnOptions,
+    tile: &Fp8FwdTile,
+    splits: Option<usize>,
+    inputs: (&Fp8Tensor, &Fp8Tensor, &Fp8Tensor),
+    o: &mut DeviceTensor<bf16>,
+    lse: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let packed = pack_query_heads(p, opts, &inputs.0.data.layout, &o.layout, true);
+    let (run, q_layout, o_layout) = run_view(packed.as_ref(), p, inputs.0.data.layout, o.layout);
+    let splits = splits.unwrap_or_else(|| fp8_num_splits(dev, run, tile));
+    let view = RunView { p: run, packed: packed.as_ref(), q: &q_layout, o: &o_layout, splits };
+    launch(dev, &view, opts, tile, inputs, &mut o.buf, lse)
+}
+
+/// What one launch runs: the problem (the packed rows' when `packed`), Q's and O's layouts as it sees
+/// them, and its split count.
+struct RunView<'a> {
+    p: &'a AttnProblem,
+    packed: Option<&'a HeadsAsRows>,
+    q: &'a Layout,
+    o: &'a Layout,
+    splits: usize,
 }
 
 /// Everything checked before a launch: devices, shapes, descale factors' length and device, strides of
@@ -268,6 +356,13 @@ fn plan(
         // Rows of whole 16-byte vectors (TMA's stride unit): 16 one-byte elements.
         check_vector_strides_of(arg, &t.data.layout, 16)?;
     }
+    if q.rotation != k.rotation || v.rotation.is_some() {
+        return Err(Error::RotationMismatch {
+            q: q.rotation.map(|r| r.seed),
+            k: k.rotation.map(|r| r.seed),
+            v: v.rotation.map(|r| r.seed),
+        });
+    }
     check_grid(p.heads_q, p.batch, p.lse_len())?;
     if p.head_dim_v != p.head_dim {
         return Err(Error::UnsupportedHeadDimV {
@@ -282,61 +377,79 @@ fn plan(
 
 fn launch(
     dev: &Device,
-    p: &AttnProblem,
+    run: &RunView,
     opts: &AttnOptions,
     tile: &Fp8FwdTile,
     (q, k, v): (&Fp8Tensor, &Fp8Tensor, &Fp8Tensor),
-    o: &mut DeviceTensor<bf16>,
+    o: &mut CudaSlice<bf16>,
     lse: &mut CudaSlice<f32>,
 ) -> Result<()> {
-    let f = dev.modules.function(&dev.ctx, tile.symbol, tile.smem_bytes())?;
+    let p = run.p;
+    let symbol = if run.splits > 1 { tile.split_symbol } else { tile.symbol };
+    let f = dev.modules.function(&dev.ctx, symbol, tile.smem_bytes())?;
     let stream = dev.stream();
     let (q_ptr, _q) = q.data.buf.device_ptr(stream);
     let (k_ptr, _k) = k.data.buf.device_ptr(stream);
     let (v_ptr, _v) = v.data.buf.device_ptr(stream);
+    // Packed decode rows read the keys of their window only (`HeadsAsRows::first_key`); one byte each.
+    let first_key = |l: &Layout| (run.packed.map_or(0, |r| r.first_key) * l.strides[1]) as u64;
+    let (k_ptr, v_ptr) = (k_ptr + first_key(&k.data.layout), v_ptr + first_key(&v.data.layout));
     let (qd_ptr, _qd) = q.descale.device_ptr(stream);
     let (kd_ptr, _kd) = k.descale.device_ptr(stream);
     let (vd_ptr, _vd) = v.descale.device_ptr(stream);
-    let (o_ptr, _o) = o.buf.device_ptr_mut(stream);
+    let (o_ptr, _o) = o.device_ptr_mut(stream);
     let (lse_ptr, _l) = lse.device_ptr_mut(stream);
     let score = ScoreArgs::new(dev, p, opts)?;
+    let mut workspace = SplitWorkspace::new(dev, p.lse_len(), p.head_dim_v, run.splits)?;
+    let (o_accum, lse_accum) = workspace.ptrs(stream);
     let params = KernelParams(FwdParams {
         q: q_ptr,
         k: k_ptr,
         v: v_ptr,
         o: o_ptr,
         lse: lse_ptr,
-        q_strides: strides3(&q.data.layout),
+        q_strides: strides3(run.q),
         k_strides: strides3(&k.data.layout),
         v_strides: strides3(&v.data.layout),
-        o_strides: strides3(&o.layout),
+        o_strides: strides3(run.o),
         score: score.params,
         heads_q: p.heads_q as u32,
         group: p.group_size() as u32,
-        num_splits: 1,
-        sinks_by_row: 0,
+        num_splits: run.splits as u32,
+        // Packed decode rows are query heads, each with its own sink.
+        sinks_by_row: run.packed.is_some() as u32,
         pages: PageTable::default(),
-        o_accum: 0,
-        lse_accum: 0,
+        o_accum,
+        lse_accum,
     });
-    let map = |ptr, dims, l: &Layout, rows| {
-        tma::tensor_map(DType::F8E4M3, ptr, dims, [l.strides[0], l.strides[1], l.strides[2]], rows)
+    let map = |ptr, dims, strides: [usize; 4], rows| {
+        tma::tensor_map(DType::F8E4M3, ptr, dims, [strides[0], strides[1], strides[2]], rows)
     };
     let maps = KernelParams(FwdTensorMaps {
-        q: map(q_ptr, [p.batch, p.seqlen_q, p.heads_q, p.head_dim], &q.data.layout, Fp8FwdTile::BLOCK_M)?,
-        k: map(k_ptr, [p.batch, p.seqlen_k, p.heads_kv, p.head_dim], &k.data.layout, tile.block_n)?,
-        v: map(v_ptr, [p.batch, p.seqlen_k, p.heads_kv, p.head_dim_v], &v.data.layout, tile.block_n)?,
+        q: map(q_ptr, [p.batch, p.seqlen_q, p.heads_q, p.head_dim], run.q.strides, Fp8FwdTile::BLOCK_M)?,
+        k: map(k_ptr, [p.batch, p.seqlen_k, p.heads_kv, p.head_dim], k.data.layout.strides, tile.block_n)?,
+        v: map(v_ptr, [p.batch, p.seqlen_k, p.heads_kv, p.head_dim_v], v.data.layout.strides, tile.block_n)?,
     });
     let descales = KernelParams(Fp8Descales { q: qd_ptr, k: kd_ptr, v: vd_ptr });
     let cfg = LaunchConfig {
-        grid_dim: (p.seqlen_q.div_ceil(Fp8FwdTile::BLOCK_M) as u32, p.heads_q as u32, p.batch as u32),
+        grid_dim: ((p.seqlen_q.div_ceil(Fp8FwdTile::BLOCK_M) * run.splits) as u32, p.heads_q as u32, p.batch as u32),
         block_dim: (Fp8FwdTile::THREADS as u32, 1, 1),
         shared_mem_bytes: tile.smem_bytes() as u32,
     };
     // SAFETY: `plan` validated every layout against its buffer, the strides (whole 16-byte rows), the
-    // descale buffers' lengths and the index limits; the pointers are live for the launch (their
-    // guards outlive it on this stream) and the maps describe the same buffers.
+    // descale buffers' lengths and the index limits; the packed rows' views and key offset stay within
+    // those layouts; the pointers are live for the launch (their guards outlive it on this stream) and
+    // the maps describe the same buffers.
     unsafe { stream.launch_builder(&f).arg(&params).arg(&maps).arg(&descales).launch(cfg) }
-        .map_err(|source| Error::Launch { kernel: tile.symbol.into(), source })?;
-    Ok(())
+        .map_err(|source| Error::Launch { kernel: symbol.into(), source })?;
+    let rows = CombineRows {
+        heads_q: p.heads_q,
+        rows_per_head: p.seqlen_q,
+        o: run.o,
+        lse_rows: p.lse_len(),
+        head_dim_v: p.head_dim_v,
+    };
+    // SAFETY: the launch before is the split kernel writing this workspace; `o_ptr` and `lse_ptr` hold
+    // the call's O (`run.o`, or the packed rows' call O) and LSE, live on this stream.
+    unsafe { workspace.combine(dev, false, run.packed, rows, (o_ptr, lse_ptr), score.params.sinks) }
 }

@@ -134,7 +134,8 @@ pub struct Fp8Descales {
 /// The conversion of a bf16/f16 tensor `x` `[batch, seqlen, heads, head_dim]` to e4m3 for the FP8
 /// forward, one scale per (batch, K/V head) group of `group` consecutive heads (`fp8_quant.rs`): launch
 /// `FP8_AMAX_*` then `FP8_QUANTIZE_*`, each with grid `(batch · heads_kv, shares)` of 256 threads.
-/// `head_dim` a multiple of 8; x's strides multiples of 8 elements and its base 16-byte aligned.
+/// `head_dim` a multiple of 8; x's strides multiples of 8 elements and its base 16-byte aligned. With
+/// `rotate` 1, each row is first rotated (`rotation`: `head_dim` one of `rotation::ROTATION_HEAD_DIMS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Fp8QuantizeParams {
@@ -152,6 +153,10 @@ pub struct Fp8QuantizeParams {
     pub heads_kv: u32,
     /// Heads per group (`heads / heads_kv`).
     pub group: u32,
+    /// 1: rotate each row (`rotation::rotate_row` with `rotation_seed`) before the amax and the
+    /// rounding; 0: quantize the values as they are.
+    pub rotate: u32,
+    pub rotation_seed: u32,
 }
 
 /// e4m3's largest finite value.

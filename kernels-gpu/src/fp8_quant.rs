@@ -7,18 +7,25 @@
 //! the group's descale, which the host checks). The group's scale and descale come from
 //! `abi::fp8_group_scales`, which the host's reference quantizer (`ironflash::fp8`) calls too: the
 //! same rounded f32 operations, so the same bits.
+//!
+//! With `rotate`, both passes see each row rotated (`rotation`): a thread rotates its own 8 elements,
+//! then the row's `head_dim / 8` threads, consecutive lanes of one warp, exchange values by shuffles
+//! for the wider strides. The threads of a row take their steps together: the grid's stride and every
+//! CTA's first vector are multiples of 256, which `head_dim / 8` (at most 32) divides.
 
 use crate::abi::{fp8_group_scales, Fp8QuantizeParams};
 use crate::ptx::elem::{pack4_e4m3, Bf16, Elem16, F16};
 use crate::ptx::sreg;
+use crate::rotation;
 
 /// Elements each thread takes per step: one 16-byte load of the input.
 const VEC: u32 = 8;
 
-/// Calls `f(vector index, input address, output element offset)` for every 8-element vector of
-/// this CTA's share of its group (grid x: the group `b · heads_kv + h`, grid y: the CTA's share).
+/// Calls `f(the vector's 8 values, rotated if `p.rotate`, output element offset)` for every
+/// 8-element vector of this CTA's share of its group (grid x: the group `b · heads_kv + h`, grid y: the
+/// CTA's share).
 #[inline(always)]
-unsafe fn for_each_vector(p: &Fp8QuantizeParams, mut f: impl FnMut(*const [u32; 4], usize)) {
+unsafe fn for_each_vector<E: Elem16>(p: &Fp8QuantizeParams, mut f: impl FnMut([f32; 8], usize)) {
     let group = sreg::block_x();
     let (b, kv_head) = (group / p.heads_kv, group % p.heads_kv);
     let per_row = p.group * (p.head_dim / VEC);
@@ -33,7 +40,11 @@ unsafe fn for_each_vector(p: &Fp8QuantizeParams, mut f: impl FnMut(*const [u32; 
         );
         let out = ((b as usize * p.seqlen as usize + s as usize) * p.heads as usize + h as usize) * p.head_dim as usize
             + d as usize;
-        f(x as *const [u32; 4], out);
+        let mut v = load8::<E>(x as *const [u32; 4]);
+        if p.rotate != 0 {
+            rotate(p, d, &mut v);
+        }
+        f(v, out);
         i += step;
     }
 }
@@ -45,11 +56,34 @@ unsafe fn load8<E: Elem16>(x: *const [u32; 4]) -> [f32; 8] {
     core::array::from_fn(|e| E::to_f32((w[e / 2] >> (16 * (e % 2))) as u16))
 }
 
+/// `rotation::rotate_row`'s share of this thread: the 8 elements of its row from column `first`;
+/// the row's other vectors are in the neighbouring lanes (`head_dim / 8` of them, aligned).
+#[inline(always)]
+fn rotate(p: &Fp8QuantizeParams, first: u32, v: &mut [f32; 8]) {
+    rotation::signed_hadamard8(p.rotation_seed, first, v);
+    let lanes = p.head_dim / VEC;
+    let members = if lanes == 32 { u32::MAX } else { ((1 << lanes) - 1) << (sreg::lane() & !(lanes - 1)) };
+    let mut h = 1;
+    while h < lanes {
+        let upper = sreg::lane() & h != 0;
+        for x in v.iter_mut() {
+            let theirs = shfl_xor_f32_among(*x, h, members);
+            // The pair (a, b) of lanes (lower, upper) becomes (a + b, a - b).
+            *x = if upper { rotation::butterfly(theirs, *x).1 } else { rotation::butterfly(*x, theirs).0 };
+        }
+        h *= 2;
+    }
+    let s = rotation::norm(p.head_dim);
+    for x in v.iter_mut() {
+        *x *= s;
+    }
+}
+
 #[inline(always)]
 unsafe fn amax<E: Elem16>(p: &Fp8QuantizeParams) {
     let mut m = 0u32;
-    for_each_vector(p, |x, _| {
-        for v in load8::<E>(x) {
+    for_each_vector::<E>(p, |v, _| {
+        for v in v {
             m = m.max(v.to_bits() & 0x7fff_ffff);
         }
     });
@@ -66,14 +100,25 @@ unsafe fn amax<E: Elem16>(p: &Fp8QuantizeParams) {
 unsafe fn quantize<E: Elem16>(p: &Fp8QuantizeParams) {
     let group = sreg::block_x();
     let (scale, descale) = fp8_group_scales(f32::from_bits(*(p.amax as *const u32).add(group as usize)));
-    for_each_vector(p, |x, out| {
-        let v = load8::<E>(x).map(|v| v * scale);
+    for_each_vector::<E>(p, |v, out| {
+        let v = v.map(|v| v * scale);
         let packed = [pack4_e4m3([v[0], v[1], v[2], v[3]]), pack4_e4m3([v[4], v[5], v[6], v[7]])];
         *((p.out as *mut u8).add(out) as *mut [u32; 2]) = packed;
     });
     if sreg::block_y() == 0 && sreg::thread_x() == 0 {
         *(p.descale as *mut f32).add(group as usize) = descale;
     }
+}
+
+/// `shfl.sync.bfly.b32` among the lanes of `members` (the caller's lane and its partner among them).
+#[inline(always)]
+fn shfl_xor_f32_among(x: f32, mask: u32, members: u32) -> f32 {
+    let out: f32;
+    // SAFETY: every lane of `members` runs the same call together (the lanes of one row).
+    unsafe {
+        core::arch::asm!("shfl.sync.bfly.b32 {0}, {1}, {2}, 0x1f, {3};", out(reg32) out, in(reg32) x, in(reg32) mask, in(reg32) members, options(nostack))
+    };
+    out
 }
 
 /// `shfl.sync.bfly.b32` over the full warp.

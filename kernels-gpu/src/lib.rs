@@ -3,8 +3,8 @@
 //! The crate has two faces. Built for nvptx64 (by the root `build.rs`, with the pinned nightly), it is a
 //! cdylib whose fat-LTO module is the PTX the host loads. Built for the host (as a plain dependency of
 //! `ironflash`, on stable), only the target-independent modules exist: the kernel ABI, the tile table,
-//! the integer arithmetic of masks and block ranges, and where each kernel sits in the PTX
-//! (`ptx_split`), so host, build script and kernels share one definition of each.
+//! the integer arithmetic of masks and block ranges, the FP8 inputs' rotation, and where each kernel
+//! sits in the PTX (`ptx_split`), so host, build script and kernels share one definition of each.
 #![no_std]
 #![cfg_attr(target_arch = "nvptx64", feature(abi_ptx, asm_experimental_arch))]
 
@@ -16,6 +16,7 @@ pub const SOURCE_DIR: &str = env!("CARGO_MANIFEST_DIR");
 pub mod abi;
 pub mod attn;
 pub mod ptx_split;
+pub mod rotation;
 pub mod tiles;
 pub mod tiles_bwd;
 

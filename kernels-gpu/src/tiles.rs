@@ -451,8 +451,10 @@ pub struct Fp8FwdTile {
     /// P is rounded to e4m3 as `P · 2^p_log2`; below 8 the softmax rescales lazily, letting the max go
     /// stale by up to `8 - p_log2` (base 2), so that P · 2^p_log2 stays within 2^8 (e4m3 holds 448).
     pub p_log2: u32,
-    /// The kernel's symbol (O in bf16).
+    /// The kernel's symbol (O in bf16), and its split-KV variant's (partial results to the
+    /// workspace, `abi::FwdParams`).
     pub symbol: &'static str,
+    pub split_symbol: &'static str,
 }
 
 impl Fp8FwdTile {
@@ -479,10 +481,7 @@ impl Fp8FwdTile {
 }
 
 macro_rules! fp8_tile {
-    ($d:literal, $n:literal, $stages:literal, $pingpong:literal, $fma:literal, $symbol:literal) => {
-        fp8_tile!($d, $n, $stages, $pingpong, $fma, 8, $symbol)
-    };
-    ($d:literal, $n:literal, $stages:literal, $pingpong:literal, $fma:literal, $p:literal, $symbol:literal) => {
+    ($d:literal, $n:literal, $stages:literal, $pingpong:literal, $fma:literal, $p:literal, $symbol:literal, $split:literal) => {
         Fp8FwdTile {
             head_dim: $d,
             head_dim_v: $d,
@@ -492,6 +491,7 @@ macro_rules! fp8_tile {
             fma_exp2_tiles: $fma,
             p_log2: $p,
             symbol: $symbol,
+            split_symbol: $split,
         }
     };
 }
@@ -505,13 +505,16 @@ macro_rules! fp8_tile {
 // probabilities spread far below its largest (docs/perf.md).
 
 /// 105 KiB: 128-key blocks in four stages, ping-pong (64-byte rows: the 64-byte swizzle).
-pub const HD64_FP8: Fp8FwdTile = fp8_tile!(64, 128, 4, true, 0, "attn_fwd_fp8_hd64_m128n128_bf16");
+pub const HD64_FP8: Fp8FwdTile =
+    fp8_tile!(64, 128, 4, true, 0, 8, "attn_fwd_fp8_hd64_m128n128_bf16", "attn_fwd_fp8_split_hd64_m128n128_bf16");
 /// 209 KiB: 128-key blocks in four stages, ping-pong (`HD128_WGMMA`'s shape, one more stage); P scaled
 /// by 2^6, the max left stale by up to 2^2.
-pub const HD128_FP8: Fp8FwdTile = fp8_tile!(128, 128, 4, true, 0, 6, "attn_fwd_fp8_hd128_m128n128_bf16");
+pub const HD128_FP8: Fp8FwdTile =
+    fp8_tile!(128, 128, 4, true, 0, 6, "attn_fwd_fp8_hd128_m128n128_bf16", "attn_fwd_fp8_split_hd128_m128n128_bf16");
 /// 177 KiB: 64-key blocks in three stages (O alone is 128 registers: with 128-key blocks ptxas
 /// serialises the products), ping-pong; P scaled by 2^4, the max left stale by up to 2^4.
-pub const HD256_FP8: Fp8FwdTile = fp8_tile!(256, 64, 3, true, 0, 4, "attn_fwd_fp8_hd256_m128n64_bf16");
+pub const HD256_FP8: Fp8FwdTile =
+    fp8_tile!(256, 64, 3, true, 0, 4, "attn_fwd_fp8_hd256_m128n64_bf16", "attn_fwd_fp8_split_hd256_m128n64_bf16");
 
 /// Every compiled FP8 forward variant, in order of preference within a head dim.
 pub const FP8_FWD_TILES: &[Fp8FwdTile] = &[HD64_FP8, HD128_FP8, HD256_FP8];

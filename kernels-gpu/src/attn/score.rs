@@ -62,6 +62,14 @@ impl KeyBlocks {
     pub fn needs_mask(&self, b: u32) -> bool {
         b < self.full_first || b >= self.full_end
     }
+    /// Split `split`'s share of the blocks under split-KV (`abi::FwdParams`): `[first, end)`, the
+    /// `split`-th run of `ceil(len / splits)` blocks, empty past the last block.
+    #[inline(always)]
+    pub fn share(&self, split: u32, splits: u32) -> (u32, u32) {
+        let per_split = self.len().div_ceil(splits);
+        let first = (self.first + split * per_split).min(self.end);
+        (first, (first + per_split).min(self.end))
+    }
 }
 
 impl Mask {
@@ -273,6 +281,25 @@ mod tests {
     extern crate std;
     use std::format;
     use std::vec::Vec;
+
+    /// The splits' shares cover a row block's key blocks once each, in order, each within
+    /// `ceil(len / splits)` blocks; shares past the last block are empty.
+    #[test]
+    fn split_shares_partition_the_blocks() {
+        for (first, end) in [(0u32, 0u32), (0, 1), (3, 10), (5, 133), (0, 128)] {
+            let blocks = KeyBlocks { first, end, full_first: first, full_end: end };
+            for splits in 1..=20u32 {
+                let mut next = first;
+                for split in 0..splits {
+                    let (a, b) = blocks.share(split, splits);
+                    assert!(a == next.min(end) && a <= b && b <= end, "{first}..{end} / {splits}: split {split}");
+                    assert!(b - a <= blocks.len().div_ceil(splits));
+                    next = b;
+                }
+                assert_eq!(next, end, "{first}..{end} / {splits}");
+            }
+        }
+    }
 
     /// Every mask shape the tests cross: full, causal, windows on either side and both, causal windows,
     /// windows wider than the sequences and zero-width ones.

@@ -33,7 +33,7 @@ use crate::attn::stage::{self, FragPos};
 use crate::frag::AccFrag;
 use crate::ptx::elem::{pack4_e4m3, transpose_bytes, Bf16, Elem16};
 use crate::ptx::wgmma::{self, desc_kmajor, e4m3, swizzled_byte};
-use crate::ptx::{bulk, mbarrier, setmaxnreg, smem, sreg, sync, tma};
+use crate::ptx::{bulk, griddep, mbarrier, setmaxnreg, smem, sreg, sync, tma};
 
 const BM: usize = 128;
 const COMPUTE_THREADS: u32 = 256;
@@ -216,13 +216,15 @@ unsafe fn issue_s<const D: usize, const BN: usize, const SR: usize>(
 /// The kernel body for head dims `D` (Q, K) and `DV` (V, O), `BN`-key blocks in `STAGES` stages; `SR =
 /// BN/2` and `OR = DV/2` are the registers of the S and O accumulators, `NN = BN/8` and `ND = DV/8`
 /// their n8 tiles, `KS = BN/32` the k32 steps of P·V; `FMA_EXP2` of each row's n8 tiles take their
-/// exponentials on the FMA pipe (`fwd/softmax.rs`).
+/// exponentials on the FMA pipe (`fwd/softmax.rs`). `SPLIT`: split-KV (decode), each CTA one split's
+/// share of its rows' key blocks, its O (f32, normalised by its own row sum, `v_descale` applied) and
+/// LSE to the workspace, the sinks left to the combine.
 ///
 /// # Safety
-/// Launched as `abi::FwdParams` documents for a dense batch (`num_splits` = 1; Q, K, V of one-byte
-/// elements, O bf16), with `maps` the generic address of the tensor maps of Q, K and V (boxes of 128
-/// e4m3 × the tile's rows, 128-byte swizzle) and `descale` as `abi::Fp8Descales` documents, 384
-/// threads, the tile row's shared memory and 128-row query blocks, on an sm_90a device.
+/// Launched as `abi::FwdParams` documents for a dense batch (`num_splits` = 1 unless `SPLIT`; Q, K, V
+/// of one-byte elements, O bf16), with `maps` the generic address of the tensor maps of Q, K and V
+/// (boxes of 128 e4m3 × the tile's rows, 128-byte swizzle) and `descale` as `abi::Fp8Descales`
+/// documents, 384 threads, the tile row's shared memory and 128-row query blocks, on an sm_90a device.
 #[inline(always)]
 pub unsafe fn attn_fwd_fp8<
     const D: usize,
@@ -237,6 +239,7 @@ pub unsafe fn attn_fwd_fp8<
     const PINGPONG: bool,
     const FMA_EXP2: usize,
     const P_LOG2: u32,
+    const SPLIT: bool,
 >(
     p: &FwdParams,
     maps: u64,
@@ -246,16 +249,33 @@ pub unsafe fn attn_fwd_fp8<
     #[allow(clippy::let_unit_value)]
     let () = Shape::<D, DV, BN, STAGES>::OK;
     let tid = sreg::thread_x();
-    // The longest causal rows (highest query block) start first, as in `hopper.rs`.
-    let m_block = sreg::grid_dim_x() - 1 - sreg::block_x();
+    if SPLIT {
+        // The combine, this grid's programmatic dependent, waits for the grid's results itself.
+        griddep::launch_dependents();
+    }
+    // Grid x is (query block, split), split fastest, as in `mainloop.rs`. The longest causal rows
+    // (highest query block) start first, as in `hopper.rs`.
+    let (m_block, split) = if SPLIT {
+        let num_splits = p.num_splits;
+        (sreg::grid_dim_x() / num_splits - 1 - sreg::block_x() / num_splits, sreg::block_x() % num_splits)
+    } else {
+        (sreg::grid_dim_x() - 1 - sreg::block_x(), 0)
+    };
     let (head, batch) = (sreg::block_y(), sreg::block_z());
     let seq = stage::enter::<false>(&p.score, batch, tid);
     let sq = seq.mask.seqlen_q;
     let m0 = m_block * BM as u32;
     let rows = (sq - m0).min(BM as u32);
     let blocks = seq.mask.key_blocks(m0, rows, BN as u32);
-    let n_blocks = blocks.len();
+    let (first, end) = if SPLIT { blocks.share(split, p.num_splits) } else { (blocks.first, blocks.end) };
+    let n_blocks = end - first;
     let sink = stage::sink_log2(&p.score, head);
+    // This split's first row in the workspace, `[num_splits, batch, heads_q, seqlen_q]` rows.
+    let accum_row = || {
+        let (head, batch) = (sreg::fresh::block_y(), sreg::fresh::block_z());
+        let per_split = sreg::grid_dim_z() * p.heads_q * sq;
+        (split * per_split + (batch * p.heads_q + head) * sq + m0) as usize
+    };
 
     let out = || {
         let (head, batch) = (sreg::fresh::block_y(), sreg::fresh::block_z());
@@ -267,7 +287,12 @@ pub unsafe fn attn_fwd_fp8<
     };
     let o_stride = p.o_strides[1] as usize;
     if n_blocks == 0 {
-        if tid < COMPUTE_THREADS {
+        if SPLIT {
+            if tid < COMPUTE_THREADS {
+                let lse = (p.lse_accum as *mut f32).add(accum_row());
+                super::epilogue::store_split_empty(lse, rows, COMPUTE_THREADS, tid);
+            }
+        } else if tid < COMPUTE_THREADS {
             let (o_g, lse_g) = out();
             super::epilogue::store_empty::<DV>(
                 o_g,
@@ -292,7 +317,7 @@ pub unsafe fn attn_fwd_fp8<
     sync::block();
     if tid >= COMPUTE_THREADS {
         setmaxnreg::dec::<LOADER_REGS>();
-        loader::<D, DV, BN, STAGES>(maps, p, base, m0, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
+        loader::<D, DV, BN, STAGES>(maps, p, base, m0, (first, n_blocks), tid - COMPUTE_THREADS);
         return;
     }
     setmaxnreg::inc::<COMPUTE_REGS>();
@@ -308,7 +333,13 @@ pub unsafe fn attn_fwd_fp8<
     let qk = *(descale.q as *const f32).add(kv_at) * *(descale.k as *const f32).add(kv_at);
     let score = ScoreParams { scale_log2: p.score.scale_log2 * qk, softcap_pre: p.score.softcap_pre * qk, ..p.score };
 
-    let mut softmax = OnlineSoftmax::<1, P_LOG2>::new(stage::row_sinks_log2::<1>(&score, false, head, [[0, 0]]), t);
+    // Each row's sink (split kernels: none, the combine adds them).
+    let sinks = if SPLIT {
+        [[f32::NEG_INFINITY; 2]]
+    } else {
+        stage::row_sinks_log2::<1>(&score, p.sinks_by_row != 0, head, [[row_g, row_g + 8]])
+    };
+    let mut softmax = OnlineSoftmax::<1, P_LOG2>::new(sinks, t);
     let slope = if score.has_alibi() { stage::alibi_slope_log2(&score, batch, head) } else { 0.0 };
     let mods = score.has_modifiers();
     let mut o = [0f32; OR];
@@ -339,8 +370,8 @@ pub unsafe fn attn_fwd_fp8<
 
         let mut s_frag = AccFrag::<1, NN>::from_wgmma(&sc);
         let mut o_frag = AccFrag::<1, ND>::from_wgmma(&o);
-        let at = FragPos { row_g, col0: (blocks.first + j) * BN as u32, t };
-        let masked = blocks.needs_mask(blocks.first + j);
+        let at = FragPos { row_g, col0: (first + j) * BN as u32, t };
+        let masked = blocks.needs_mask(first + j);
         let mask = || stage::sequence_mask::<false>(&score);
         let logits = if mods {
             stage::logits_by_query::<1, NN, true>(&score, mask, || slope, &mut s_frag, at, masked)
@@ -380,11 +411,30 @@ pub unsafe fn attn_fwd_fp8<
     wgmma::pin_all(&mut o);
 
     // O · (v_descale / row sum), rounded to bf16, straight to global memory: each quad writes 16
-    // contiguous bytes of a row per n8 tile.
+    // contiguous bytes of a row per n8 tile (a split's in f32 to the workspace, 32 bytes).
     let (inv, lse) = softmax.finish();
     let v_scale = *(descale.v as *const f32).add(at_kv(p));
-    let (o_g, lse_g) = out();
     let row0 = 64 * wg + 16 * warp;
+    if SPLIT {
+        let at = accum_row();
+        let (o_acc, lse_acc) = ((p.o_accum as *mut f32).add(at * DV), (p.lse_accum as *mut f32).add(at));
+        for rr in 0..2usize {
+            let row = row0 + g + 8 * rr as u32;
+            if row < rows {
+                let scale = inv[0][rr] * v_scale;
+                let o_row = o_acc.add(row as usize * DV);
+                for i in 0..DV / 8 {
+                    let pair = [o[4 * i + 2 * rr] * scale, o[4 * i + 2 * rr + 1] * scale];
+                    *(o_row.add(8 * i + 2 * t as usize) as *mut [f32; 2]) = pair;
+                }
+                if t == 0 {
+                    *lse_acc.add(row as usize) = lse[0][rr];
+                }
+            }
+        }
+        return;
+    }
+    let (o_g, lse_g) = out();
     for rr in 0..2usize {
         let row = row0 + g + 8 * rr as u32;
         if row < rows {

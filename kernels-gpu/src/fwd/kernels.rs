@@ -262,20 +262,15 @@ mod wgmma_entry {
 
     /// The FP8 rows (`tiles::FP8_FWD_TILES`): the tensor maps as the TMA rows', then the descale
     /// factors.
-    macro_rules! fp8_kernels {
-        ($($tile:path => $name:ident;)*) => {$(
-            const _: () = {
-                const T: tiles::Fp8FwdTile = $tile;
-                assert!(T.is_valid() && str_eq(T.symbol, stringify!($name)));
-            };
-
+    macro_rules! fp8_entry {
+        ($tile:path, $name:ident, $split:literal, $what:literal) => {
             core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
             core::arch::global_asm!(concat!("// ironflash-param-align ", stringify!($name), " 1 64"));
 
             /// # Safety
-            /// Launched as `abi::FwdParams` (unsplit, dense; Q, K and V e4m3, O bf16), with `maps` the
-            /// tensor maps of the call's Q, K and V and `descale` as `abi::Fp8Descales` document, on a
-            /// compute capability 9.0 device.
+            #[doc = concat!("Launched as `abi::FwdParams` (", $what, ", dense; Q, K and V e4m3, O bf16), with")]
+            /// `maps` the tensor maps of the call's Q, K and V and `descale` as `abi::Fp8Descales`
+            /// document, on a compute capability 9.0 device.
             #[no_mangle]
             pub unsafe extern "ptx-kernel" fn $name(p: FwdParams, _maps: FwdTensorMaps, descale: Fp8Descales) {
                 const T: tiles::Fp8FwdTile = $tile;
@@ -293,15 +288,28 @@ mod wgmma_entry {
                     { T.pingpong },
                     { T.fma_exp2_tiles },
                     { T.p_log2 },
+                    $split,
                 >(&p, maps, &descale)
             }
+        };
+    }
+
+    macro_rules! fp8_kernels {
+        ($($tile:path => $name:ident, $split:ident;)*) => {$(
+            const _: () = {
+                const T: tiles::Fp8FwdTile = $tile;
+                assert!(T.is_valid() && str_eq(T.symbol, stringify!($name)));
+                assert!(str_eq(T.split_symbol, stringify!($split)));
+            };
+            fp8_entry!($tile, $name, false, "unsplit");
+            fp8_entry!($tile, $split, true, "split-KV, `num_splits` > 1");
         )*};
     }
 
     fp8_kernels! {
-        tiles::HD64_FP8 => attn_fwd_fp8_hd64_m128n128_bf16;
-        tiles::HD128_FP8 => attn_fwd_fp8_hd128_m128n128_bf16;
-        tiles::HD256_FP8 => attn_fwd_fp8_hd256_m128n64_bf16;
+        tiles::HD64_FP8 => attn_fwd_fp8_hd64_m128n128_bf16, attn_fwd_fp8_split_hd64_m128n128_bf16;
+        tiles::HD128_FP8 => attn_fwd_fp8_hd128_m128n128_bf16, attn_fwd_fp8_split_hd128_m128n128_bf16;
+        tiles::HD256_FP8 => attn_fwd_fp8_hd256_m128n64_bf16, attn_fwd_fp8_split_hd256_m128n64_bf16;
     }
 
     wgmma_kernels! {

@@ -123,13 +123,7 @@ pub unsafe fn attn_fwd<
     // The key blocks this CTA's rows see, `[first, n_end)` in key order (a split's share of them when
     // split), and the unmasked ones among them, `[full_first, full_end)`.
     let blocks = seq.mask.key_blocks(m0, rows, BN as u32);
-    let (first, n_end) = if split_mode {
-        let per_split = blocks.len().div_ceil(p.num_splits);
-        let first = (blocks.first + split * per_split).min(blocks.end);
-        (first, (first + per_split).min(blocks.end))
-    } else {
-        (blocks.first, blocks.end)
-    };
+    let (first, n_end) = if split_mode { blocks.share(split, p.num_splits) } else { (blocks.first, blocks.end) };
     let (full_first, full_end) = (blocks.full_first, blocks.full_end);
     // Split kernels leave the sink to the combine.
     let sink = if SPLIT { f32::NEG_INFINITY } else { stage::sink_log2(&p.score, head) };
