@@ -311,6 +311,62 @@ fn fp8_decode_split_kv() {
     }
 }
 
+/// O in f16 (`flash_forward_fp8_as`, and `_into` an f16 tensor): within the bound of the f64 reference
+/// on the dequantized inputs, unsplit and split, and within f16's and bf16's rounding of the bf16
+/// call's O; O in f32 is a typed error.
+fn fp8_f16_output() {
+    let Some(dev) = device_or_skip("fp8_f16_output") else { return };
+    if !sm90_or_typed_error(dev) {
+        return;
+    }
+    for (d, sq, sk, causal, sinks) in
+        [(128, 300, 700, true, false), (64, 1, 5000, false, true), (256, 77, 77, false, false)]
+    {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(d as u64 + sq as u64);
+        let (hkv, h) = (2, 4);
+        let up = |t: &HostTensor<bf16>| dev.upload(t).unwrap();
+        let q = HostTensor::<bf16>::random([2, sq, h, d], 1.0, &mut rng);
+        let k = HostTensor::<bf16>::random([2, sk, hkv, d], 1.0, &mut rng);
+        let v = HostTensor::<bf16>::random([2, sk, hkv, d], 1.0, &mut rng);
+        let quantized = |t: &HostTensor<bf16>, arg| gpu::quantize_fp8(dev, &up(t), arg, hkv).unwrap();
+        let (q8, k8, v8) = (quantized(&q, Arg::Q), quantized(&k, Arg::K), quantized(&v, Arg::V));
+        let sink_logits: Vec<f32> = (0..h).map(|i| i as f32 * 0.5 - 1.0).collect();
+        let sinks_dev = dev.stream().clone_htod(&sink_logits).unwrap();
+        let mut opts = AttnOptions { causal, ..AttnOptions::default() };
+        let mut host_opts = opts;
+        if sinks {
+            opts.sinks = Some(PerHead::Device(&sinks_dev));
+            host_opts.sinks = Some(PerHead::Host(&sink_logits));
+        }
+        let real = |t: &Fp8Tensor, arg| {
+            let x = dev.download(t.data()).unwrap();
+            fp8::dequantize(&x, arg, &dev.download_f32(t.descale()).unwrap(), hkv).unwrap()
+        };
+        let r = cpu::reference_forward(&real(&q8, Arg::Q), &real(&k8, Arg::K), &real(&v8, Arg::V), &host_opts).unwrap();
+        let bf = gpu::flash_forward_fp8(dev, &q8, &k8, &v8, &opts).unwrap();
+        let bf = dev.download(&bf.o).unwrap().to_f64_contiguous();
+        let half = gpu::flash_forward_fp8_as::<f16>(dev, &q8, &k8, &v8, &opts).unwrap();
+        let half = dev.download(&half.o).unwrap().to_f64_contiguous();
+        let mut into = dev.poisoned::<f16>([2, sq, h, d]).unwrap();
+        let mut lse = dev.poisoned_f32(2 * h * sq).unwrap();
+        gpu::flash_forward_fp8_with_splits(dev, &q8, &k8, &v8, &mut into, &mut lse, &opts, None, 3).unwrap();
+        let split = dev.download(&into).unwrap().to_f64_contiguous();
+        for (what, got) in [("f16", &half), ("f16, 3 splits", &split)] {
+            let err = rel_l2(got, &r.o);
+            assert!(err < O_BOUND, "d {d}, {what}: O rel_l2 {err:.3e}");
+            println!("f16 O, d {d}, {what}: rel_l2 {err:.3e} against f64");
+        }
+        // The unsplit call in f16 against the same call in bf16: the same P, so O differs by the two
+        // roundings alone (bf16's 2^-9 relative at most). (Splits round P against their own maxima.)
+        let to_bf16 = rel_l2(&half, &bf);
+        assert!(to_bf16 < 4e-3, "d {d}: {to_bf16:.3e} from the bf16 call's O");
+    }
+    let x = HostTensor::<bf16>::random_seeded([1, 16, 2, 128], 1.0, 9);
+    let t = gpu::quantize_fp8(dev, &dev.upload(&x).unwrap(), Arg::Q, 2).unwrap();
+    let err = gpu::flash_forward_fp8_as::<f32>(dev, &t, &t, &t, &AttnOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedDtype { arg: Arg::O, .. }), "{err}");
+}
+
 /// The device's conversion gives the host quantizer's bits for bf16 and f16 inputs, strided ones too,
 /// with the groups of GQA.
 fn fp8_quantize_matches_host() {
@@ -489,6 +545,7 @@ fn main() -> std::process::ExitCode {
             fp8_forward_matches_reference,
             fp8_forward_long_rows_and_empty_rows,
             fp8_decode_split_kv,
+            fp8_f16_output,
             fp8_bad_input_is_a_typed_error,
             fp8_outliers_with_and_without_rotation,
             fp8_cpu_path_matches_gpu,

@@ -76,7 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         let ms = common::median_ms(&dev, || {
                             gpu::flash_forward_fp8_with_tile(&dev, &q8, &k8, &v8, &mut o, &mut lse, &opts, tile)
                         })?;
-                        line(tile.symbol, ms);
+                        line(tile.symbol(false), ms);
                     }
                 }
                 let host = dev.download(&o)?;
@@ -195,7 +195,7 @@ fn error_table(dev: &Device, rows: &[Fp8FwdTile]) -> Result<(), Box<dyn std::err
                 let f8r = dev.download(&o)?.to_f64_contiguous();
                 println!(
                     "{inputs:>9} {causal:>7} {:<40} {:>12.3e} {:>12.3e} {:>14.3e} {:>12.3e}",
-                    tile.symbol,
+                    tile.symbol(false),
                     rel_l2(&bf, &exact.o),
                     rel_l2(&f8, &exact.o),
                     rel_l2(&f8, &own.o),

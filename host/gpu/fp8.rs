@@ -1,6 +1,6 @@
 //! The FP8 (e4m3) forward on the GPU (`kernels-gpu/src/fwd/hopper_fp8.rs`, compute capability 9.0):
 //! FP8 tensors with their descale factors ([`Fp8Tensor`], the convention of `crate::fp8`), the
-//! conversion from bf16/f16 on the device ([`quantize_fp8`]), and the forward, O in bf16.
+//! conversion from bf16/f16 on the device ([`quantize_fp8`]), and the forward, O in bf16 or f16.
 
 use crate::device::Device;
 use crate::dtype::{DType, Element, F8E4M3};
@@ -165,6 +165,14 @@ pub fn fp8_forward_tile(dev: &Device, head_dim: usize) -> Result<Fp8FwdTile> {
         .ok_or(Error::UnsupportedHeadDim { arg: Arg::Q, head_dim, supported: FP8_HEAD_DIMS })
 }
 
+/// O in bf16 or f16 (`UnsupportedDtype` for any other type).
+fn check_output_dtype<O: Element>() -> Result<()> {
+    if !O::DTYPE.is_half() {
+        return Err(Error::UnsupportedDtype { arg: Arg::O, dtype: O::DTYPE, path: "the FP8 forward's output" });
+    }
+    Ok(())
+}
+
 /// The FP8 kernels exist in the sm_90a PTX only.
 fn check_sm90(dev: &Device) -> Result<()> {
     if dev.info().compute_capability != (9, 0) {
@@ -180,8 +188,9 @@ fn check_sm90(dev: &Device) -> Result<()> {
 /// FP8 attention forward: O = softmax(scale·QKᵀ + mask)·V of the real (descaled) Q, K and V, in bf16
 /// (contiguous, shaped like q with v's head dim), and the f32 LSE `[batch, heads_q, seqlen_q]`. Every
 /// option of `AttnOptions` applies (causal, window, softcap, ALiBi, sinks; per-head buffers on the
-/// device); dense batches, head dims 64, 128 and 256 (`FP8_HEAD_DIMS`), compute capability 9.0. P is rounded to e4m3
-/// for the P·V product (scaled by a power of two first; `fwd/hopper_fp8.rs`).
+/// device); dense batches, head dims 64, 128 and 256 (`FP8_HEAD_DIMS`), compute capability 9.0. P is
+/// rounded to e4m3 for the P·V product (scaled by a power of two first; `fwd/hopper_fp8.rs`). O in f16:
+/// [`flash_forward_fp8_as`].
 pub fn flash_forward_fp8(
     dev: &Device,
     q: &Fp8Tensor,
@@ -189,11 +198,23 @@ pub fn flash_forward_fp8(
     v: &Fp8Tensor,
     opts: &AttnOptions,
 ) -> Result<GpuForwardOutput<bf16>> {
+    flash_forward_fp8_as::<bf16>(dev, q, k, v, opts)
+}
+
+/// As [`flash_forward_fp8`], O in `O` (bf16 or f16).
+pub fn flash_forward_fp8_as<O: Element>(
+    dev: &Device,
+    q: &Fp8Tensor,
+    k: &Fp8Tensor,
+    v: &Fp8Tensor,
+    opts: &AttnOptions,
+) -> Result<GpuForwardOutput<O>> {
+    check_output_dtype::<O>()?;
     let (p, tile) = plan(dev, q, k, v, opts)?;
     dev.refuse_capture("flash_forward_fp8")?;
     let o_layout = Layout::contiguous(p.o_shape());
     // SAFETY: the kernel writes every element of O and of the LSE.
-    let o = unsafe { dev.stream.alloc::<bf16>(o_layout.numel()) }.during("allocating O")?;
+    let o = unsafe { dev.stream.alloc::<O>(o_layout.numel()) }.during("allocating O")?;
     let mut lse = unsafe { dev.stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
     let mut o = DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal };
     // Outputs allocated here to the problem's shape: nothing of them to check.
@@ -202,12 +223,12 @@ pub fn flash_forward_fp8(
 }
 
 /// As [`flash_forward_fp8`], into caller-provided buffers (as `flash_forward_into`'s).
-pub fn flash_forward_fp8_into(
+pub fn flash_forward_fp8_into<O: Element>(
     dev: &Device,
     q: &Fp8Tensor,
     k: &Fp8Tensor,
     v: &Fp8Tensor,
-    o: &mut DeviceTensor<bf16>,
+    o: &mut DeviceTensor<O>,
     lse: &mut CudaSlice<f32>,
     opts: &AttnOptions,
 ) -> Result<()> {
@@ -218,12 +239,12 @@ pub fn flash_forward_fp8_into(
 /// chooser's: for tests and tile benchmarks. A row of another head dim, or one whose shared memory does
 /// not fit this device, is `Error::NoTileConfig`.
 #[allow(clippy::too_many_arguments)]
-pub fn flash_forward_fp8_with_tile(
+pub fn flash_forward_fp8_with_tile<O: Element>(
     dev: &Device,
     q: &Fp8Tensor,
     k: &Fp8Tensor,
     v: &Fp8Tensor,
-    o: &mut DeviceTensor<bf16>,
+    o: &mut DeviceTensor<O>,
     lse: &mut CudaSlice<f32>,
     opts: &AttnOptions,
     tile: &Fp8FwdTile,
@@ -235,12 +256,12 @@ pub fn flash_forward_fp8_with_tile(
 /// and a split-KV count instead of [`fp8_num_splits`]'s: for tests and benchmarks. `num_splits` must
 /// be in `1..=MAX_SPLITS`; 1 forces the unsplit kernel.
 #[allow(clippy::too_many_arguments)]
-pub fn flash_forward_fp8_with_splits(
+pub fn flash_forward_fp8_with_splits<O: Element>(
     dev: &Device,
     q: &Fp8Tensor,
     k: &Fp8Tensor,
     v: &Fp8Tensor,
-    o: &mut DeviceTensor<bf16>,
+    o: &mut DeviceTensor<O>,
     lse: &mut CudaSlice<f32>,
     opts: &AttnOptions,
     tile: Option<&Fp8FwdTile>,
@@ -260,15 +281,16 @@ pub fn fp8_num_splits(dev: &Device, p: &AttnProblem, tile: &Fp8FwdTile) -> usize
 
 /// The checks and the launch of an FP8 forward into given outputs, on the chooser's row or `forced`,
 /// with the heuristic's split count or `splits`.
-fn forward_into(
+fn forward_into<O: Element>(
     dev: &Device,
     (q, k, v): (&Fp8Tensor, &Fp8Tensor, &Fp8Tensor),
-    o: &mut DeviceTensor<bf16>,
+    o: &mut DeviceTensor<O>,
     lse: &mut CudaSlice<f32>,
     opts: &AttnOptions,
     forced: Option<&Fp8FwdTile>,
     splits: Option<usize>,
 ) -> Result<()> {
+    check_output_dtype::<O>()?;
     let (p, chosen) = plan(dev, q, k, v, opts)?;
     check_outputs(dev, &p, o, lse, "one f32 per (batch, head_q, query row)")?;
     let info = dev.info();
@@ -289,14 +311,14 @@ fn forward_into(
 /// (`pack_query_heads`, as the 16-bit forward: one read of each K/V head per split), then the kernel
 /// with `splits` or the heuristic's count, then the combine when split.
 #[allow(clippy::too_many_arguments)]
-fn launch_planned(
+fn launch_planned<O: Element>(
     dev: &Device,
     p: &AttnProblem,
     opts: &AttnOptions,
     tile: &Fp8FwdTile,
     splits: Option<usize>,
     inputs: (&Fp8Tensor, &Fp8Tensor, &Fp8Tensor),
-    o: &mut DeviceTensor<bf16>,
+    o: &mut DeviceTensor<O>,
     lse: &mut CudaSlice<f32>,
 ) -> Result<()> {
     let packed = pack_query_heads(p, opts, &inputs.0.data.layout, &o.layout, true);
@@ -375,17 +397,18 @@ fn plan(
     Ok((p, tile))
 }
 
-fn launch(
+fn launch<O: Element>(
     dev: &Device,
     run: &RunView,
     opts: &AttnOptions,
     tile: &Fp8FwdTile,
     (q, k, v): (&Fp8Tensor, &Fp8Tensor, &Fp8Tensor),
-    o: &mut CudaSlice<bf16>,
+    o: &mut CudaSlice<O>,
     lse: &mut CudaSlice<f32>,
 ) -> Result<()> {
     let p = run.p;
-    let symbol = if run.splits > 1 { tile.split_symbol } else { tile.symbol };
+    let f16 = O::DTYPE == DType::F16;
+    let symbol = if run.splits > 1 { tile.split_symbol } else { tile.symbol(f16) };
     let f = dev.modules.function(&dev.ctx, symbol, tile.smem_bytes())?;
     let stream = dev.stream();
     let (q_ptr, _q) = q.data.buf.device_ptr(stream);
@@ -451,5 +474,5 @@ fn launch(
     };
     // SAFETY: the launch before is the split kernel writing this workspace; `o_ptr` and `lse_ptr` hold
     // the call's O (`run.o`, or the packed rows' call O) and LSE, live on this stream.
-    unsafe { workspace.combine(dev, false, run.packed, rows, (o_ptr, lse_ptr), score.params.sinks) }
+    unsafe { workspace.combine(dev, f16, run.packed, rows, (o_ptr, lse_ptr), score.params.sinks) }
 }

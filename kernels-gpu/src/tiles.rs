@@ -451,14 +451,18 @@ pub struct Fp8FwdTile {
     /// P is rounded to e4m3 as `P · 2^p_log2`; below 8 the softmax rescales lazily, letting the max go
     /// stale by up to `8 - p_log2` (base 2), so that P · 2^p_log2 stays within 2^8 (e4m3 holds 448).
     pub p_log2: u32,
-    /// The kernel's symbol (O in bf16), and its split-KV variant's (partial results to the
-    /// workspace, `abi::FwdParams`).
-    pub symbol: &'static str,
+    /// The kernel's symbols, O in bf16 and in f16, and its split-KV variant's (partial results in f32
+    /// to the workspace, `abi::FwdParams`; the combine rounds them to O's type).
+    pub symbols: [&'static str; 2],
     pub split_symbol: &'static str,
 }
 
 impl Fp8FwdTile {
     pub const BLOCK_M: usize = 128;
+    /// The unsplit kernel's symbol for O in f16 (`f16`) or bf16.
+    pub const fn symbol(&self, f16: bool) -> &'static str {
+        self.symbols[f16 as usize]
+    }
     pub const THREADS: usize = 384;
     /// Dynamic shared memory: Q, then per stage K, V as loaded and Vᵀ (one byte per element), the TMA
     /// barriers, and 1024 bytes of slack for the swizzle's alignment.
@@ -481,7 +485,7 @@ impl Fp8FwdTile {
 }
 
 macro_rules! fp8_tile {
-    ($d:literal, $n:literal, $stages:literal, $pingpong:literal, $fma:literal, $p:literal, $symbol:literal, $split:literal) => {
+    ($d:literal, $n:literal, $stages:literal, $pingpong:literal, $fma:literal, $p:literal, $name:literal) => {
         Fp8FwdTile {
             head_dim: $d,
             head_dim_v: $d,
@@ -490,8 +494,8 @@ macro_rules! fp8_tile {
             pingpong: $pingpong,
             fma_exp2_tiles: $fma,
             p_log2: $p,
-            symbol: $symbol,
-            split_symbol: $split,
+            symbols: [concat!("attn_fwd_fp8_", $name, "_bf16"), concat!("attn_fwd_fp8_", $name, "_f16")],
+            split_symbol: concat!("attn_fwd_fp8_split_", $name),
         }
     };
 }
@@ -505,16 +509,13 @@ macro_rules! fp8_tile {
 // probabilities spread far below its largest (docs/perf.md).
 
 /// 105 KiB: 128-key blocks in four stages, ping-pong (64-byte rows: the 64-byte swizzle).
-pub const HD64_FP8: Fp8FwdTile =
-    fp8_tile!(64, 128, 4, true, 0, 8, "attn_fwd_fp8_hd64_m128n128_bf16", "attn_fwd_fp8_split_hd64_m128n128_bf16");
+pub const HD64_FP8: Fp8FwdTile = fp8_tile!(64, 128, 4, true, 0, 8, "hd64_m128n128");
 /// 209 KiB: 128-key blocks in four stages, ping-pong (`HD128_WGMMA`'s shape, one more stage); P scaled
 /// by 2^6, the max left stale by up to 2^2.
-pub const HD128_FP8: Fp8FwdTile =
-    fp8_tile!(128, 128, 4, true, 0, 6, "attn_fwd_fp8_hd128_m128n128_bf16", "attn_fwd_fp8_split_hd128_m128n128_bf16");
+pub const HD128_FP8: Fp8FwdTile = fp8_tile!(128, 128, 4, true, 0, 6, "hd128_m128n128");
 /// 177 KiB: 64-key blocks in three stages (O alone is 128 registers: with 128-key blocks ptxas
 /// serialises the products), ping-pong; P scaled by 2^4, the max left stale by up to 2^4.
-pub const HD256_FP8: Fp8FwdTile =
-    fp8_tile!(256, 64, 3, true, 0, 4, "attn_fwd_fp8_hd256_m128n64_bf16", "attn_fwd_fp8_split_hd256_m128n64_bf16");
+pub const HD256_FP8: Fp8FwdTile = fp8_tile!(256, 64, 3, true, 0, 4, "hd256_m128n64");
 
 /// Every compiled FP8 forward variant, in order of preference within a head dim.
 pub const FP8_FWD_TILES: &[Fp8FwdTile] = &[HD64_FP8, HD128_FP8, HD256_FP8];
@@ -704,7 +705,7 @@ mod tests {
     fn fp8_rows_fit_hopper_and_are_chosen_per_head_dim() {
         for (i, t) in FP8_FWD_TILES.iter().enumerate() {
             assert!(t.is_valid() && fits_smem(t.smem_bytes(), H100.0, H100.1), "{t:?}");
-            assert!(FP8_FWD_TILES[i + 1..].iter().all(|u| u.symbol != t.symbol));
+            assert!(FP8_FWD_TILES[i + 1..].iter().all(|u| u.symbols != t.symbols && u.split_symbol != t.split_symbol));
         }
         for (d, want) in [(64, HD64_FP8), (128, HD128_FP8), (256, HD256_FP8)] {
             assert_eq!(choose_fwd_fp8(d, H100.0, H100.1, true), Some(&want));

@@ -31,7 +31,7 @@ use crate::abi::{Fp8Descales, FwdParams};
 use crate::attn::score::ScoreParams;
 use crate::attn::stage::{self, FragPos};
 use crate::frag::AccFrag;
-use crate::ptx::elem::{pack4_e4m3, transpose_bytes, Bf16, Elem16};
+use crate::ptx::elem::{pack4_e4m3, transpose_bytes, Elem16};
 use crate::ptx::wgmma::{self, desc_kmajor, e4m3, swizzled_byte};
 use crate::ptx::{bulk, griddep, mbarrier, setmaxnreg, smem, sreg, sync, tma};
 
@@ -222,11 +222,12 @@ unsafe fn issue_s<const D: usize, const BN: usize, const SR: usize>(
 ///
 /// # Safety
 /// Launched as `abi::FwdParams` documents for a dense batch (`num_splits` = 1 unless `SPLIT`; Q, K, V
-/// of one-byte elements, O bf16), with `maps` the generic address of the tensor maps of Q, K and V
+/// of one-byte elements, O of `E`), with `maps` the generic address of the tensor maps of Q, K and V
 /// (boxes of 128 e4m3 × the tile's rows, 128-byte swizzle) and `descale` as `abi::Fp8Descales`
 /// documents, 384 threads, the tile row's shared memory and 128-row query blocks, on an sm_90a device.
 #[inline(always)]
 pub unsafe fn attn_fwd_fp8<
+    E: Elem16,
     const D: usize,
     const DV: usize,
     const BN: usize,
@@ -410,7 +411,7 @@ pub unsafe fn attn_fwd_fp8<
     wgmma::wait::<0>();
     wgmma::pin_all(&mut o);
 
-    // O · (v_descale / row sum), rounded to bf16, straight to global memory: each quad writes 16
+    // O · (v_descale / row sum), rounded to `E`, straight to global memory: each quad writes 16
     // contiguous bytes of a row per n8 tile (a split's in f32 to the workspace, 32 bytes).
     let (inv, lse) = softmax.finish();
     let v_scale = *(descale.v as *const f32).add(at_kv(p));
@@ -442,7 +443,7 @@ pub unsafe fn attn_fwd_fp8<
             let o_row = o_g.add(row as usize * o_stride);
             for i in 0..DV / 8 {
                 let (x, y) = (o[4 * i + 2 * rr] * scale, o[4 * i + 2 * rr + 1] * scale);
-                *(o_row.add(8 * i + 2 * t as usize) as *mut u32) = Bf16::pack2(x, y);
+                *(o_row.add(8 * i + 2 * t as usize) as *mut u32) = E::pack2(x, y);
             }
             if t == 0 {
                 *lse_g.add(row as usize) = lse[0][rr];

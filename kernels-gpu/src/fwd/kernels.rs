@@ -263,12 +263,12 @@ mod wgmma_entry {
     /// The FP8 rows (`tiles::FP8_FWD_TILES`): the tensor maps as the TMA rows', then the descale
     /// factors.
     macro_rules! fp8_entry {
-        ($tile:path, $name:ident, $split:literal, $what:literal) => {
+        ($tile:path, $name:ident, $elem:ty, $split:literal, $what:literal) => {
             core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
             core::arch::global_asm!(concat!("// ironflash-param-align ", stringify!($name), " 1 64"));
 
             /// # Safety
-            #[doc = concat!("Launched as `abi::FwdParams` (", $what, ", dense; Q, K and V e4m3, O bf16), with")]
+            #[doc = concat!("Launched as `abi::FwdParams` (", $what, ", dense; Q, K and V e4m3), with")]
             /// `maps` the tensor maps of the call's Q, K and V and `descale` as `abi::Fp8Descales`
             /// document, on a compute capability 9.0 device.
             #[no_mangle]
@@ -276,6 +276,7 @@ mod wgmma_entry {
                 const T: tiles::Fp8FwdTile = $tile;
                 let maps = crate::ptx::tma::maps_param_address!($name);
                 attn_fwd_fp8::<
+                    $elem,
                     { T.head_dim },
                     { T.head_dim_v },
                     { T.block_n },
@@ -295,21 +296,23 @@ mod wgmma_entry {
     }
 
     macro_rules! fp8_kernels {
-        ($($tile:path => $name:ident, $split:ident;)*) => {$(
+        ($($tile:path => $bf16:ident, $f16:ident, $split:ident;)*) => {$(
             const _: () = {
                 const T: tiles::Fp8FwdTile = $tile;
-                assert!(T.is_valid() && str_eq(T.symbol, stringify!($name)));
-                assert!(str_eq(T.split_symbol, stringify!($split)));
+                assert!(T.is_valid() && str_eq(T.symbols[0], stringify!($bf16)));
+                assert!(str_eq(T.symbols[1], stringify!($f16)) && str_eq(T.split_symbol, stringify!($split)));
             };
-            fp8_entry!($tile, $name, false, "unsplit");
-            fp8_entry!($tile, $split, true, "split-KV, `num_splits` > 1");
+            fp8_entry!($tile, $bf16, Bf16, false, "unsplit, O bf16");
+            fp8_entry!($tile, $f16, F16, false, "unsplit, O f16");
+            // The split kernel writes f32 partial results; the combine rounds them to O's type.
+            fp8_entry!($tile, $split, Bf16, true, "split-KV, `num_splits` > 1");
         )*};
     }
 
     fp8_kernels! {
-        tiles::HD64_FP8 => attn_fwd_fp8_hd64_m128n128_bf16, attn_fwd_fp8_split_hd64_m128n128_bf16;
-        tiles::HD128_FP8 => attn_fwd_fp8_hd128_m128n128_bf16, attn_fwd_fp8_split_hd128_m128n128_bf16;
-        tiles::HD256_FP8 => attn_fwd_fp8_hd256_m128n64_bf16, attn_fwd_fp8_split_hd256_m128n64_bf16;
+        tiles::HD64_FP8 => attn_fwd_fp8_hd64_m128n128_bf16, attn_fwd_fp8_hd64_m128n128_f16, attn_fwd_fp8_split_hd64_m128n128;
+        tiles::HD128_FP8 => attn_fwd_fp8_hd128_m128n128_bf16, attn_fwd_fp8_hd128_m128n128_f16, attn_fwd_fp8_split_hd128_m128n128;
+        tiles::HD256_FP8 => attn_fwd_fp8_hd256_m128n64_bf16, attn_fwd_fp8_hd256_m128n64_f16, attn_fwd_fp8_split_hd256_m128n64;
     }
 
     wgmma_kernels! {
