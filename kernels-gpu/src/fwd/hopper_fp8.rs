@@ -33,7 +33,7 @@ use crate::attn::stage::{self, FragPos};
 use crate::frag::AccFrag;
 use crate::ptx::elem::{pack4_e4m3, transpose_bytes, Elem16};
 use crate::ptx::wgmma::{self, desc_kmajor, e4m3, swizzled_byte};
-use crate::ptx::{bulk, griddep, mbarrier, setmaxnreg, smem, sreg, sync, tma};
+use crate::ptx::{bulk, mbarrier, setmaxnreg, smem, sreg, sync, tma};
 
 const BM: usize = 128;
 const COMPUTE_THREADS: u32 = 256;
@@ -250,18 +250,7 @@ pub unsafe fn attn_fwd_fp8<
     #[allow(clippy::let_unit_value)]
     let () = Shape::<D, DV, BN, STAGES>::OK;
     let tid = sreg::thread_x();
-    if SPLIT {
-        // The combine, this grid's programmatic dependent, waits for the grid's results itself.
-        griddep::launch_dependents();
-    }
-    // Grid x is (query block, split), split fastest, as in `mainloop.rs`. The longest causal rows
-    // (highest query block) start first, as in `hopper.rs`.
-    let (m_block, split) = if SPLIT {
-        let num_splits = p.num_splits;
-        (sreg::grid_dim_x() / num_splits - 1 - sreg::block_x() / num_splits, sreg::block_x() % num_splits)
-    } else {
-        (sreg::grid_dim_x() - 1 - sreg::block_x(), 0)
-    };
+    let (m_block, split) = super::query_block_and_split::<SPLIT>(p);
     let (head, batch) = (sreg::block_y(), sreg::block_z());
     let seq = stage::enter::<false>(&p.score, batch, tid);
     let sq = seq.mask.seqlen_q;
@@ -416,37 +405,31 @@ pub unsafe fn attn_fwd_fp8<
     let (inv, lse) = softmax.finish();
     let v_scale = *(descale.v as *const f32).add(at_kv(p));
     let row0 = 64 * wg + 16 * warp;
-    if SPLIT {
+    // Bytes of an element of O (`E`) or of the workspace's f32 partial O, and where the rows go.
+    let elem = if SPLIT { 4 } else { 2 };
+    let (o_dst, lse_dst, row_bytes) = if SPLIT {
         let at = accum_row();
-        let (o_acc, lse_acc) = ((p.o_accum as *mut f32).add(at * DV), (p.lse_accum as *mut f32).add(at));
-        for rr in 0..2usize {
-            let row = row0 + g + 8 * rr as u32;
-            if row < rows {
-                let scale = inv[0][rr] * v_scale;
-                let o_row = o_acc.add(row as usize * DV);
-                for i in 0..DV / 8 {
-                    let pair = [o[4 * i + 2 * rr] * scale, o[4 * i + 2 * rr + 1] * scale];
-                    *(o_row.add(8 * i + 2 * t as usize) as *mut [f32; 2]) = pair;
-                }
-                if t == 0 {
-                    *lse_acc.add(row as usize) = lse[0][rr];
-                }
-            }
-        }
-        return;
-    }
-    let (o_g, lse_g) = out();
+        ((p.o_accum as *mut u8).add(4 * at * DV), (p.lse_accum as *mut f32).add(at), 4 * DV)
+    } else {
+        let (o_g, lse_g) = out();
+        (o_g as *mut u8, lse_g, 2 * o_stride)
+    };
     for rr in 0..2usize {
         let row = row0 + g + 8 * rr as u32;
         if row < rows {
             let scale = inv[0][rr] * v_scale;
-            let o_row = o_g.add(row as usize * o_stride);
+            let o_row = o_dst.add(row as usize * row_bytes);
             for i in 0..DV / 8 {
                 let (x, y) = (o[4 * i + 2 * rr] * scale, o[4 * i + 2 * rr + 1] * scale);
-                *(o_row.add(8 * i + 2 * t as usize) as *mut u32) = E::pack2(x, y);
+                let at = o_row.add((8 * i + 2 * t as usize) * elem);
+                if SPLIT {
+                    *(at as *mut [f32; 2]) = [x, y];
+                } else {
+                    *(at as *mut u32) = E::pack2(x, y);
+                }
             }
             if t == 0 {
-                *lse_g.add(row as usize) = lse[0][rr];
+                *lse_dst.add(row as usize) = lse[0][rr];
             }
         }
     }

@@ -65,7 +65,8 @@ pub unsafe fn attn_fwd<
     let tid = sreg::thread_x();
     let (warp, lane) = (tid / 32, tid % 32);
     // Grid x is (query block, split), split fastest. The longest causal rows (highest query block)
-    // start first: the tail of the grid is then short CTAs.
+    // start first: the tail of the grid is then short CTAs. (`super::query_block_and_split`, written
+    // out here: see there.)
     // Split mode is a compile-time parameter: the unsplit kernels keep no trace of it.
     let split_mode = SPLIT;
     if SPLIT {

@@ -31,3 +31,22 @@ mod kernels;
 mod mainloop;
 mod paged;
 mod softmax;
+
+/// This CTA's query block and split (0 when not `SPLIT`): grid x is (query block, split), split
+/// fastest, the highest query block first (the longest causal rows start first, so the tail of the
+/// grid is short CTAs). A split kernel also lets its programmatic dependent, the combine (launched as
+/// such on Hopper), be scheduled now: it waits for this grid's results itself (`ptx::griddep`).
+/// Split mode is a compile-time parameter: the unsplit kernels keep no trace of it.
+/// (`mainloop.rs` keeps these lines written out: through this function ptxas spilled 16 bytes in its
+/// split kernel at head dim 192, a kernel at the register limit.)
+#[inline(always)]
+fn query_block_and_split<const SPLIT: bool>(p: &crate::abi::FwdParams) -> (u32, u32) {
+    use crate::ptx::{griddep, sreg};
+    if SPLIT {
+        griddep::launch_dependents();
+        let num_splits = p.num_splits;
+        (sreg::grid_dim_x() / num_splits - 1 - sreg::block_x() / num_splits, sreg::block_x() % num_splits)
+    } else {
+        (sreg::grid_dim_x() - 1 - sreg::block_x(), 0)
+    }
+}
