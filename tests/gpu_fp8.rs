@@ -50,6 +50,29 @@ struct Case {
     seed: u64,
 }
 
+impl Case {
+    /// Head dim 128, no mask or score option, amplitude 1, no rotation, the heuristic's splits.
+    fn plain(batch: usize, (seqlen_q, seqlen_k): (usize, usize), (heads_kv, group): (usize, usize), seed: u64) -> Case {
+        Case {
+            batch,
+            seqlen_q,
+            seqlen_k,
+            heads_kv,
+            group,
+            head_dim: 128,
+            causal: false,
+            window: (None, None),
+            softcap: None,
+            alibi: false,
+            sinks: false,
+            amplitude: 1.0,
+            rotation: None,
+            splits: None,
+            seed,
+        }
+    }
+}
+
 fn case_strategy() -> impl Strategy<Value = Case> {
     let window = prop_oneof![
         4 => Just((None, None)),
@@ -218,23 +241,7 @@ fn fp8_forward_long_rows_and_empty_rows() {
     if !sm90_or_typed_error(dev) {
         return;
     }
-    let base = Case {
-        batch: 1,
-        seqlen_q: 300,
-        seqlen_k: 4100,
-        heads_kv: 2,
-        group: 2,
-        head_dim: 128,
-        causal: false,
-        window: (None, None),
-        softcap: None,
-        alibi: false,
-        sinks: false,
-        amplitude: 1.0,
-        rotation: None,
-        splits: None,
-        seed: 11,
-    };
+    let base = Case::plain(1, (300, 4100), (2, 2), 11);
     for c in [
         base.clone(),
         Case { causal: true, seed: 12, ..base.clone() },
@@ -261,23 +268,7 @@ fn fp8_decode_split_kv() {
     if !sm90_or_typed_error(dev) {
         return;
     }
-    let base = Case {
-        batch: 2,
-        seqlen_q: 1,
-        seqlen_k: 9000,
-        heads_kv: 2,
-        group: 4,
-        head_dim: 128,
-        causal: false,
-        window: (None, None),
-        softcap: None,
-        alibi: false,
-        sinks: false,
-        amplitude: 1.0,
-        rotation: None,
-        splits: None,
-        seed: 41,
-    };
+    let base = Case::plain(2, (1, 9000), (2, 4), 41);
     let mut cases = Vec::new();
     for (i, d) in [64, 128, 256].into_iter().enumerate() {
         for splits in [None, Some(1), Some(5), Some(16)] {
@@ -507,23 +498,7 @@ fn fp8_cpu_path_matches_gpu() {
     if !sm90_or_typed_error(dev) {
         return;
     }
-    let c = Case {
-        batch: 1,
-        seqlen_q: 90,
-        seqlen_k: 300,
-        heads_kv: 1,
-        group: 2,
-        head_dim: 128,
-        causal: true,
-        window: (None, None),
-        softcap: None,
-        alibi: false,
-        sinks: false,
-        amplitude: 1.0,
-        rotation: None,
-        splits: None,
-        seed: 21,
-    };
+    let c = Case { causal: true, ..Case::plain(1, (90, 300), (1, 2), 21) };
     let x = inputs(&c);
     let opts = options(&c, &x, None, None);
     let q8 = |t: &HostTensor<bf16>, arg| fp8::quantize(t, arg, 1).unwrap();
