@@ -21,6 +21,7 @@ use half::{bf16, f16};
 use ironflash::fp8::{self, Descales};
 use ironflash::gpu::{self, Fp8Tensor};
 use ironflash::{cpu, Arg, AttnOptions, Device, Element, Error, HostTensor, PerHead, F8E4M3};
+use ironflash_kernels::tiles::{Fp8FwdTile, FP8_FWD_TILES};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 
@@ -47,6 +48,9 @@ struct Case {
     rotation: Option<u32>,
     /// A forced split-KV count (`None`: the heuristic's).
     splits: Option<usize>,
+    /// Which of the head dim's rows of `tiles::FP8_FWD_TILES` runs (modulo their number; 0 is the
+    /// chooser's).
+    row: usize,
     seed: u64,
 }
 
@@ -68,8 +72,15 @@ impl Case {
             amplitude: 1.0,
             rotation: None,
             splits: None,
+            row: 0,
             seed,
         }
+    }
+
+    /// The tile row this case runs.
+    fn tile(&self) -> &'static Fp8FwdTile {
+        let rows: Vec<&'static Fp8FwdTile> = FP8_FWD_TILES.iter().filter(|t| t.head_dim == self.head_dim).collect();
+        rows[self.row % rows.len()]
     }
 }
 
@@ -85,6 +96,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         (any::<bool>(), window, prop::option::weighted(0.25, prop::sample::select(vec![5.0f32, 30.0]))),
         (prop::bool::weighted(0.25), prop::bool::weighted(0.25), prop::sample::select(vec![0.05f32, 1.0, 20.0])),
         (any::<u64>(), prop::option::weighted(0.3, any::<u32>()), prop::option::weighted(0.25, 2usize..=9)),
+        0usize..4,
     )
         .prop_map(
             |(
@@ -93,6 +105,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                 (causal, window, softcap),
                 (alibi, sinks, amplitude),
                 (seed, rotation, splits),
+                row,
             )| {
                 Case {
                     batch,
@@ -109,6 +122,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                     amplitude,
                     rotation,
                     splits,
+                    row,
                     seed,
                 }
             },
@@ -179,9 +193,10 @@ fn check_case(dev: &'static Device, c: &Case) -> Result<f64, String> {
     let run = || {
         let mut o = dev.poisoned::<bf16>([c.batch, c.seqlen_q, hq, c.head_dim]).unwrap();
         let mut lse = dev.poisoned_f32(c.batch * hq * c.seqlen_q).unwrap();
+        let tile = c.tile();
         match c.splits {
-            None => gpu::flash_forward_fp8_into(dev, &q8, &k8, &v8, &mut o, &mut lse, &opts),
-            Some(n) => gpu::flash_forward_fp8_with_splits(dev, &q8, &k8, &v8, &mut o, &mut lse, &opts, None, n),
+            None => gpu::flash_forward_fp8_with_tile(dev, &q8, &k8, &v8, &mut o, &mut lse, &opts, tile),
+            Some(n) => gpu::flash_forward_fp8_with_splits(dev, &q8, &k8, &v8, &mut o, &mut lse, &opts, Some(tile), n),
         }
         .map_err(|e| e.to_string())?;
         Ok::<_, String>((dev.download(&o).unwrap(), dev.download_f32(&lse).unwrap()))

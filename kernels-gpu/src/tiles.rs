@@ -451,6 +451,9 @@ pub struct Fp8FwdTile {
     /// P is rounded to e4m3 as `P · 2^p_log2`; below 8 the softmax rescales lazily, letting the max go
     /// stale by up to `8 - p_log2` (base 2), so that P · 2^p_log2 stays within 2^8 (e4m3 holds 448).
     pub p_log2: u32,
+    /// FlashAttention-3's intra-warpgroup overlap: S of block j issued with P·V of block j-1, block j's
+    /// softmax while that P·V runs, O rescaled once it has landed.
+    pub overlap: bool,
     /// The kernel's symbols, O in bf16 and in f16, and its split-KV variant's (partial results in f32
     /// to the workspace, `abi::FwdParams`; the combine rounds them to O's type).
     pub symbols: [&'static str; 2],
@@ -485,7 +488,7 @@ impl Fp8FwdTile {
 }
 
 macro_rules! fp8_tile {
-    ($d:literal, $n:literal, $stages:literal, $pingpong:literal, $fma:literal, $p:literal, $name:literal) => {
+    ($d:literal, $n:literal, $stages:literal, $pingpong:literal, $fma:literal, $p:literal, $overlap:literal, $name:literal) => {
         Fp8FwdTile {
             head_dim: $d,
             head_dim_v: $d,
@@ -494,6 +497,7 @@ macro_rules! fp8_tile {
             pingpong: $pingpong,
             fma_exp2_tiles: $fma,
             p_log2: $p,
+            overlap: $overlap,
             symbols: [concat!("attn_fwd_fp8_", $name, "_bf16"), concat!("attn_fwd_fp8_", $name, "_f16")],
             split_symbol: concat!("attn_fwd_fp8_split_", $name),
         }
@@ -506,16 +510,21 @@ macro_rules! fp8_tile {
 // ping-pong 755-761 causal against 731-778 without (level non-causal). A lazy rescale with P scaled by
 // 2^6 (head dim 128) or 2^4 (256) against 2^8 rescaled every block: +7% (844 against 787) and +9%
 // (887-897 against 820-824), causal +6-11% and +9-24%, for a little more error where a row's
-// probabilities spread far below its largest (docs/perf.md).
+// probabilities spread far below its largest (docs/perf.md). The intra-warpgroup overlap: head dim 64
+// 520-527 against 464-469 (+8-14% from 1K), then 2 of 16 tiles' exponentials on the FMA pipe 523-541
+// against 472-523 (4 tiles: 510-518); head dim 128 761-788 against 799-854, 256 698-713 against
+// 877-910: off there.
 
-/// 105 KiB: 128-key blocks in four stages, ping-pong (64-byte rows: the 64-byte swizzle).
-pub const HD64_FP8: Fp8FwdTile = fp8_tile!(64, 128, 4, true, 0, 8, "hd64_m128n128");
+/// 105 KiB: 128-key blocks in four stages, ping-pong (64-byte rows: the 64-byte swizzle); the
+/// intra-warpgroup overlap, and 2 of each row's 16 n8 tiles' exponentials on the FMA pipe (the
+/// softmax is the longer part of a turn here: products half as long as at head dim 128).
+pub const HD64_FP8: Fp8FwdTile = fp8_tile!(64, 128, 4, true, 2, 8, true, "hd64_m128n128");
 /// 209 KiB: 128-key blocks in four stages, ping-pong (`HD128_WGMMA`'s shape, one more stage); P scaled
 /// by 2^6, the max left stale by up to 2^2.
-pub const HD128_FP8: Fp8FwdTile = fp8_tile!(128, 128, 4, true, 0, 6, "hd128_m128n128");
+pub const HD128_FP8: Fp8FwdTile = fp8_tile!(128, 128, 4, true, 0, 6, false, "hd128_m128n128");
 /// 177 KiB: 64-key blocks in three stages (O alone is 128 registers: with 128-key blocks ptxas
 /// serialises the products), ping-pong; P scaled by 2^4, the max left stale by up to 2^4.
-pub const HD256_FP8: Fp8FwdTile = fp8_tile!(256, 64, 3, true, 0, 4, "hd256_m128n64");
+pub const HD256_FP8: Fp8FwdTile = fp8_tile!(256, 64, 3, true, 0, 4, false, "hd256_m128n64");
 
 /// Every compiled FP8 forward variant, in order of preference within a head dim.
 pub const FP8_FWD_TILES: &[Fp8FwdTile] = &[HD64_FP8, HD128_FP8, HD256_FP8];

@@ -22,6 +22,11 @@
 //! - The descales: `q_descale · k_descale` joins the score scale (and the softcap's pre-scale), so the
 //!   score stage sees exactly the real scores; `v_descale` multiplies O with the normaliser.
 //!
+//! - `OVERLAP` (the tile row's `overlap`): FlashAttention-3's intra-warpgroup overlap. S of block j is
+//!   issued in the same turn as P·V of block j-1, and block j's softmax runs while that P·V does; O is
+//!   rescaled once it has landed (`OnlineSoftmax::update_deferred`). The softmax then leaves the
+//!   warpgroup's chain only where it is long against the products: at head dim 64 (`docs/perf.md`).
+//!
 //! Tiles are rows of the 128-byte swizzle (head dims that are multiples of 128: column blocks of 128
 //! e4m3) or of the 64-byte swizzle (head dim 64); Vᵀ's rows are the block's 128 or 64 keys.
 
@@ -213,10 +218,44 @@ unsafe fn issue_s<const D: usize, const BN: usize, const SR: usize>(
     wgmma::commit();
 }
 
+/// P of one block as the A fragments of P·V's k32 steps: step kk from n8 tiles 4kk .. 4kk + 3 of the
+/// scores, in the key order `transpose_v` stores Vᵀ in (module docs).
+#[inline(always)]
+fn pack_p<const NN: usize, const KS: usize>(s: &AccFrag<1, NN>) -> [[u32; 4]; KS] {
+    let mut pk = [[0u32; 4]; KS];
+    for (kk, a) in pk.iter_mut().enumerate() {
+        let tl = &s.0[0][4 * kk..4 * kk + 4];
+        *a = [
+            pack4_e4m3([tl[0][0], tl[0][1], tl[1][0], tl[1][1]]),
+            pack4_e4m3([tl[0][2], tl[0][3], tl[1][2], tl[1][3]]),
+            pack4_e4m3([tl[2][0], tl[2][1], tl[3][0], tl[3][1]]),
+            pack4_e4m3([tl[2][2], tl[2][3], tl[3][2], tl[3][3]]),
+        ];
+    }
+    pk
+}
+
+/// Issues O += P V for one block as one group (after a `wgmma::fence`, since P and O were written).
+///
+/// # Safety
+/// A compute warpgroup, converged, with the block's Vᵀ at `v_t`.
+#[inline(always)]
+unsafe fn issue_pv<const BN: usize, const OR: usize, const KS: usize>(
+    o: &mut [f32; OR],
+    pk: &[[u32; 4]; KS],
+    v_t: u32,
+) {
+    for (kk, a) in pk.iter().enumerate() {
+        e4m3::rs::<OR>(o, a, desc_kmajor(v_t + 32 * kk as u32, BN as u32), true);
+    }
+    wgmma::commit();
+}
+
 /// The kernel body for head dims `D` (Q, K) and `DV` (V, O), `BN`-key blocks in `STAGES` stages; `SR =
 /// BN/2` and `OR = DV/2` are the registers of the S and O accumulators, `NN = BN/8` and `ND = DV/8`
 /// their n8 tiles, `KS = BN/32` the k32 steps of P·V; `FMA_EXP2` of each row's n8 tiles take their
-/// exponentials on the FMA pipe (`fwd/softmax.rs`). `SPLIT`: split-KV (decode), each CTA one split's
+/// exponentials on the FMA pipe (`fwd/softmax.rs`). `OVERLAP`: FlashAttention-3's intra-warpgroup
+/// overlap (module docs). `SPLIT`: split-KV (decode), each CTA one split's
 /// share of its rows' key blocks, its O (f32, normalised by its own row sum, `v_descale` applied) and
 /// LSE to the workspace, the sinks left to the combine.
 ///
@@ -240,6 +279,7 @@ pub unsafe fn attn_fwd_fp8<
     const PINGPONG: bool,
     const FMA_EXP2: usize,
     const P_LOG2: u32,
+    const OVERLAP: bool,
     const SPLIT: bool,
 >(
     p: &FwdParams,
@@ -337,9 +377,13 @@ pub unsafe fn attn_fwd_fp8<
         // Warpgroup 0 takes the first turn.
         sync::arrive_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED);
     }
+    // With `OVERLAP`, P of the previous block, whose P·V is issued with this block's S.
+    let mut pk = [[0u32; 4]; KS];
+    let stage_at =
+        |j: u32| base + Shape::<D, DV, BN, STAGES>::KV + (j % STAGES) * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
     let mut j = 0u32;
     while j < n_blocks {
-        let k_s = base + Shape::<D, DV, BN, STAGES>::KV + (j % STAGES) * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
+        let k_s = stage_at(j);
         sync::named_at::<256>(FULL + 2 * (j % STAGES) + wg);
         if PINGPONG {
             sync::named_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED + wg);
@@ -347,19 +391,35 @@ pub unsafe fn attn_fwd_fp8<
         let mut sc = [0f32; SR];
         let q_w = q_s + wg * 64 * Shape::<D, DV, BN, STAGES>::QK_ROW as u32;
         issue_s::<D, BN, SR>(&mut sc, q_w, k_s, Shape::<D, DV, BN, STAGES>::QK_ROW);
+        if OVERLAP {
+            // Block 0's P·V group is empty, so that `wait::<1>` below finds S landed every time.
+            if j > 0 {
+                issue_pv::<BN, OR, KS>(&mut o, &pk, Shape::<D, DV, BN, STAGES>::v_t(stage_at(j - 1)));
+            } else {
+                wgmma::commit();
+            }
+        }
         if PINGPONG {
             sync::arrive_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED + 1 - wg);
         }
-        // Also the previous block's P·V: its stage may be refilled once both warpgroups are past here.
-        wgmma::wait::<0>();
-        wgmma::pin_all(&mut sc);
-        wgmma::pin_all(&mut o);
-        if j >= 1 && j - 1 + STAGES < n_blocks {
-            sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + (j - 1) % STAGES);
+        // The previous block's P·V too (without `OVERLAP`): its stage may be refilled once both
+        // warpgroups are past here.
+        let release_previous = || {
+            if j >= 1 && j - 1 + STAGES < n_blocks {
+                sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + (j - 1) % STAGES);
+            }
+        };
+        if OVERLAP {
+            wgmma::wait::<1>();
+            wgmma::pin_all(&mut sc);
+        } else {
+            wgmma::wait::<0>();
+            wgmma::pin_all(&mut sc);
+            wgmma::pin_all(&mut o);
+            release_previous();
         }
 
         let mut s_frag = AccFrag::<1, NN>::from_wgmma(&sc);
-        let mut o_frag = AccFrag::<1, ND>::from_wgmma(&o);
         let at = FragPos { row_g, col0: (first + j) * BN as u32, t };
         let masked = blocks.needs_mask(first + j);
         let mask = || stage::sequence_mask::<false>(&score);
@@ -370,28 +430,33 @@ pub unsafe fn attn_fwd_fp8<
         };
         // Lazy below a scale of 2^8, the max left stale by at most `8 - P_LOG2` (`fwd/softmax.rs`), so
         // that P · 2^P_LOG2 stays below e4m3's 448 (module docs).
-        softmax.update(&mut s_frag, &mut o_frag, logits, P_LOG2 < 8, FMA_EXP2);
-        o_frag.to_wgmma(&mut o);
-
-        // O += P V: the A fragment of k32 step kk from n8 tiles 4kk .. 4kk + 3 of P, in the key order
-        // `transpose_v` stores Vᵀ in.
-        let mut pk = [[0u32; 4]; KS];
-        for (kk, a) in pk.iter_mut().enumerate() {
-            let tl = &s_frag.0[0][4 * kk..4 * kk + 4];
-            *a = [
-                pack4_e4m3([tl[0][0], tl[0][1], tl[1][0], tl[1][1]]),
-                pack4_e4m3([tl[0][2], tl[0][3], tl[1][2], tl[1][3]]),
-                pack4_e4m3([tl[2][0], tl[2][1], tl[3][0], tl[3][1]]),
-                pack4_e4m3([tl[2][2], tl[2][3], tl[3][2], tl[3][3]]),
-            ];
+        let lazy = P_LOG2 < 8;
+        if OVERLAP {
+            // This block's softmax ran under the previous block's P·V; O is rescaled once that landed.
+            let rescale = softmax.update_deferred(&mut s_frag, logits, lazy, FMA_EXP2);
+            wgmma::wait::<0>();
+            wgmma::pin_all(&mut o);
+            release_previous();
+            if let Some(factors) = rescale {
+                let mut o_frag = AccFrag::<1, ND>::from_wgmma(&o);
+                OnlineSoftmax::<1, P_LOG2>::rescale_o(&mut o_frag, &factors);
+                o_frag.to_wgmma(&mut o);
+            }
+            pk = pack_p::<NN, KS>(&s_frag);
+        } else {
+            let mut o_frag = AccFrag::<1, ND>::from_wgmma(&o);
+            softmax.update(&mut s_frag, &mut o_frag, logits, lazy, FMA_EXP2);
+            o_frag.to_wgmma(&mut o);
+            // O += P V.
+            pk = pack_p::<NN, KS>(&s_frag);
+            wgmma::fence();
+            issue_pv::<BN, OR, KS>(&mut o, &pk, Shape::<D, DV, BN, STAGES>::v_t(k_s));
         }
-        wgmma::fence();
-        let v_t = Shape::<D, DV, BN, STAGES>::v_t(k_s);
-        for (kk, a) in pk.iter().enumerate() {
-            e4m3::rs::<OR>(&mut o, a, desc_kmajor(v_t + 32 * kk as u32, BN as u32), true);
-        }
-        wgmma::commit();
         j += 1;
+    }
+    if OVERLAP {
+        wgmma::fence();
+        issue_pv::<BN, OR, KS>(&mut o, &pk, Shape::<D, DV, BN, STAGES>::v_t(stage_at(n_blocks - 1)));
     }
     if PINGPONG && wg == 0 {
         // Warpgroup 1's arrival after its last turn, which nothing else waits for.

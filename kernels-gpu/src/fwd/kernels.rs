@@ -289,6 +289,7 @@ mod wgmma_entry {
                     { T.pingpong },
                     { T.fma_exp2_tiles },
                     { T.p_log2 },
+                    { T.overlap },
                     $split,
                 >(&p, maps, &descale)
             }

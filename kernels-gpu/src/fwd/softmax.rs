@@ -53,6 +53,40 @@ fn finite_or_zero(max: f32) -> f32 {
     }
 }
 
+/// Row `r` (0: g, 1: g + 8) of one m16 tile's block of scores: its max over the quad's four lanes,
+/// as a logit (`x · factor + offset`, each lane's own offset first).
+#[inline(always)]
+fn quad_max<const NN: usize>(tiles: &[[f32; 4]; NN], r: usize, factor: f32, offset: f32) -> f32 {
+    let mut block_max = f32::NEG_INFINITY;
+    for tile in tiles.iter() {
+        block_max = block_max.max(tile[2 * r]).max(tile[2 * r + 1]);
+    }
+    // A `-0.0` offset folds away (x + -0.0 is x).
+    block_max = block_max * factor + offset;
+    block_max = block_max.max(shfl_xor_f32(block_max, 1));
+    block_max.max(shfl_xor_f32(block_max, 2))
+}
+
+/// Row `r` of one m16 tile's scores becomes exp2(x · factor + base) (`fma_tiles` of the `NN` n8
+/// tiles on the FMA pipe: `exp2_on_fma`); returns this thread's part of their sum.
+#[inline(always)]
+fn exponentiate<const NN: usize>(
+    tiles: &mut [[f32; 4]; NN],
+    r: usize,
+    factor: f32,
+    base: f32,
+    fma_tiles: usize,
+) -> f32 {
+    let mut block_sum = 0.0;
+    for (n, tile) in tiles.iter_mut().enumerate() {
+        let e = if exp2_on_fma(n, fma_tiles, NN) { exp2_fma } else { exp2 };
+        tile[2 * r] = e(fma(tile[2 * r], factor, base));
+        tile[2 * r + 1] = e(fma(tile[2 * r + 1], factor, base));
+        block_sum += tile[2 * r] + tile[2 * r + 1];
+    }
+    block_sum
+}
+
 /// Whether n8 tile `tile` of a row's `nn` takes its exponentials on the FMA pipe when `fma_tiles` of
 /// them do: spread evenly over the row, so that the MUFU and FMA work interleave in the schedule.
 #[inline(always)]
@@ -72,7 +106,9 @@ impl<const MT: usize, const P_LOG2: u32> OnlineSoftmax<MT, P_LOG2> {
 
     /// Takes in one block of scores `s` (masked entries `-inf`) whose logits are `factor · s + row
     /// offset` (`logits`; `factor` > 0): replaces them by the unnormalised probabilities exp2(logit −
-    /// new max), and rescales the accumulator `o` by exp2(old max − new max).
+    /// new max), and rescales the accumulator `o` by exp2(old max − new max). Its loops are
+    /// `quad_max` and `exponentiate` written out: through them LLVM ordered some additions of the
+    /// `mma.sync` kernels differently, and those kernels sit at the edge of their registers.
     /// `lazy`: rescale only when the warp's max grows by more than `RESCALE_SLACK` (module docs).
     /// `fma_tiles` of each row's `NN` n8 tiles take their exponentials on the FMA pipe
     /// (`math::exp2_fma`), the rest on the MUFU unit (a constant where it is called: `exp2_on_fma`).
@@ -132,6 +168,64 @@ impl<const MT: usize, const P_LOG2: u32> OnlineSoftmax<MT, P_LOG2> {
                     block_sum += tile[2 * r] + tile[2 * r + 1];
                 }
                 self.sum[m][r] += block_sum;
+            }
+        }
+    }
+
+    /// `update` for a caller whose O is still being written by an asynchronous product (the Hopper
+    /// FP8 kernel's intra-warpgroup overlap: this block's softmax runs under the previous block's
+    /// P·V): the max and the sums move, O is left alone, and the factors it needs come back (`None`:
+    /// none, the lazy rescale kept the max) for [`Self::rescale_o`] once the product has landed.
+    #[inline(always)]
+    pub fn update_deferred<const NN: usize>(
+        &mut self,
+        s: &mut AccFrag<MT, NN>,
+        logits: Logits<MT>,
+        lazy: bool,
+        fma_tiles: usize,
+    ) -> Option<[[f32; 2]; MT]> {
+        let s = &mut s.0;
+        let (factor, offset) = (logits.factor, logits.row_offset);
+        let mut new_max = [[f32::NEG_INFINITY; 2]; MT];
+        let mut grows = false;
+        for m in 0..MT {
+            for r in 0..2 {
+                new_max[m][r] = self.max[m][r].max(quad_max(&s[m], r, factor, offset[m][r]));
+                grows |= new_max[m][r] > self.max[m][r] + if lazy { RESCALE_SLACK - P_LOG2 as f32 } else { 0.0 };
+            }
+        }
+        let mut rescale = None;
+        if !lazy || warp::any(grows) {
+            let mut factors = [[1.0; 2]; MT];
+            for m in 0..MT {
+                for r in 0..2 {
+                    factors[m][r] = exp2(self.max[m][r] - finite_or_zero(new_max[m][r]));
+                    self.max[m][r] = new_max[m][r];
+                    self.sum[m][r] *= factors[m][r];
+                }
+            }
+            rescale = Some(factors);
+        }
+        for m in 0..MT {
+            for r in 0..2 {
+                let mut base = offset[m][r] - finite_or_zero(self.max[m][r]);
+                if P_LOG2 > 0 {
+                    base += P_LOG2 as f32;
+                }
+                self.sum[m][r] += exponentiate(&mut s[m], r, factor, base, fma_tiles);
+            }
+        }
+        rescale
+    }
+
+    /// O's rows times the factors [`Self::update_deferred`] returned.
+    #[inline(always)]
+    pub fn rescale_o<const ND: usize>(o: &mut AccFrag<MT, ND>, factors: &[[f32; 2]; MT]) {
+        for (rows, f) in o.0.iter_mut().zip(factors) {
+            for tile in rows.iter_mut() {
+                for (i, x) in tile.iter_mut().enumerate() {
+                    *x *= f[i / 2];
+                }
             }
         }
     }
