@@ -172,6 +172,38 @@ pub enum Error {
     #[error("the stream belongs to another CUDA context than the device's")]
     ForeignStream,
 
+    /// A tensor that must be contiguous (a ring's shard) is not.
+    #[error("{arg}: strides {strides:?} for shape {shape:?}; {path} needs contiguous tensors")]
+    NotContiguous { arg: Arg, shape: [usize; 4], strides: [usize; 4], path: &'static str },
+
+    /// NCCL could not be loaded (context-parallel attention; `ring::nccl`).
+    #[error("NCCL is not available: {0}")]
+    NoNccl(String),
+
+    /// An NCCL call failed.
+    #[error("NCCL call failed during {during}: {message} (ncclResult {code})")]
+    Nccl { during: &'static str, code: i32, message: String },
+
+    /// A ring's rank outside `0..world`, or an empty ring.
+    #[error("rank {rank} of a ring of {world}: ranks are 0..world, world at least 1")]
+    BadRingRank { rank: usize, world: usize },
+
+    /// A peer of the ring did not answer within the communicator's timeout; the communicator is aborted.
+    #[error("a peer of the ring did not answer within {seconds} s during {during}; the communicator is aborted")]
+    RingTimeout { during: &'static str, seconds: f64 },
+
+    /// A call on a communicator that an earlier failure aborted.
+    #[error("the ring's communicator was aborted by an earlier failure; make a new one")]
+    RingAborted,
+
+    /// Another rank of the ring refused the call (its own error says why); no transfer was made.
+    #[error("rank {rank} of the ring refused the call (its inputs failed validation); no transfer was made")]
+    PeerFailed { rank: usize },
+
+    /// The ranks of a ring were called with different problems.
+    #[error("rank {rank} of the ring was called with {what} {got}, this rank with {expected}")]
+    RankMismatch { rank: usize, what: &'static str, got: u64, expected: u64 },
+
     /// The embedded PTX of this architecture has no kernel of this name (a build without it).
     #[error("kernel {kernel} is not in the embedded {arch} PTX")]
     KernelMissing { kernel: String, arch: &'static str },

@@ -57,6 +57,7 @@ pub mod layout;
 pub mod modules;
 pub mod options;
 pub mod problem;
+pub mod ring;
 pub mod tensor;
 
 pub use device::{Device, DeviceInfo};

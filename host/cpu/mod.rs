@@ -11,7 +11,8 @@ pub mod varlen;
 mod vecops;
 
 pub use reference::{
-    reference_backward, reference_backward_given_o, reference_forward, ReferenceBackward, ReferenceForward,
+    reference_backward, reference_backward_given_o, reference_backward_given_o_lse, reference_forward,
+    ReferenceBackward, ReferenceForward,
 };
 pub use tiled::{forward, forward_into, ForwardOutput};
 pub use tiled_bwd::{backward, BackwardOutput};

@@ -89,7 +89,7 @@ pub fn reference_backward<T: Element>(
     d_o: &HostTensor<T>,
     opts: &AttnOptions,
 ) -> Result<ReferenceBackward> {
-    backward(q, k, v, None, d_o, opts)
+    backward(q, k, v, None, None, d_o, opts)
 }
 
 /// The gradients above with rowsum(dO ∘ O) taken from a given O: what a backward that is handed the
@@ -104,7 +104,23 @@ pub fn reference_backward_given_o<T: Element>(
     d_o: &HostTensor<T>,
     opts: &AttnOptions,
 ) -> Result<ReferenceBackward> {
-    backward(q, k, v, Some(o), d_o, opts)
+    backward(q, k, v, Some(o), None, d_o, opts)
+}
+
+/// The gradients above with rowsum(dO ∘ O) from a given O and the probabilities normalised by a given
+/// LSE (`[batch, heads_q, seqlen_q]`, natural log) instead of the keys' own: the share of these keys
+/// in the gradients of a softmax that also ran over other keys, the given LSE being the whole row's
+/// (a ring step's, `ring::cpu`). With sinks, their gradient uses the given LSE too.
+pub fn reference_backward_given_o_lse<T: Element>(
+    q: &HostTensor<T>,
+    k: &HostTensor<T>,
+    v: &HostTensor<T>,
+    o: &HostTensor<T>,
+    lse: &[f64],
+    d_o: &HostTensor<T>,
+    opts: &AttnOptions,
+) -> Result<ReferenceBackward> {
+    backward(q, k, v, Some(o), Some(lse), d_o, opts)
 }
 
 fn backward<T: Element>(
@@ -112,6 +128,7 @@ fn backward<T: Element>(
     k: &HostTensor<T>,
     v: &HostTensor<T>,
     o: Option<&HostTensor<T>>,
+    given_lse: Option<&[f64]>,
     d_o: &HostTensor<T>,
     opts: &AttnOptions,
 ) -> Result<ReferenceBackward> {
@@ -123,6 +140,9 @@ fn backward<T: Element>(
     };
     let d_o = like_o(d_o, Arg::DO)?;
     let given_o = o.map(|o| like_o(o, Arg::O)).transpose()?;
+    if let Some(lse) = given_lse {
+        p.check_lse_len(lse.len())?;
+    }
     // Q, K and their gradients have `head_dim`; V, O, dO and dV have `head_dim_v`.
     let (head_dim, head_dim_v, group) = (p.head_dim, p.head_dim_v, p.group_size());
     let scale = p.softmax_scale as f64;
@@ -146,7 +166,13 @@ fn backward<T: Element>(
             for g in 0..group {
                 let h = hkv * group + g;
                 for i in 0..p.seqlen_q {
-                    let lse = x.row_softmax(b, h, i, &mut weights);
+                    let mut lse = x.row_softmax(b, h, i, &mut weights);
+                    if let Some(given) = given_lse {
+                        let row_lse = given[(b * p.heads_q + h) * p.seqlen_q + i];
+                        let factor = (lse - row_lse).exp();
+                        weights.iter_mut().for_each(|w| w.prob *= factor);
+                        lse = row_lse;
+                    }
                     o_row.fill(0.0);
                     for w in &weights {
                         axpy(&mut o_row, w.prob, x.v_row(b, w.key, hkv));

@@ -297,6 +297,70 @@ pub struct FwdCombineParams {
 pub const FWD_COMBINE_BF16: &str = "attn_fwd_combine_bf16";
 pub const FWD_COMBINE_F16: &str = "attn_fwd_combine_f16";
 
+/// The context-parallel (ring) forward's merge (`ring.rs`): folds one ring step's partial result
+/// (`o_step`, `lse_step`: the packed forward's O and LSE over the keys of that step) into the running
+/// one, for each row `r = (token, head)`:
+/// `lse = log(exp(lse_accum[r]) + exp(lse_step[r]))`,
+/// `o = exp(lse_accum[r] − lse)·o_accum[r] + exp(lse_step[r] − lse)·o_step[r]`,
+/// in f32 (the running O is kept normalised, as every step's is). On the last step the row's sink, if
+/// any, joins the sum as one more term without a value, and O goes to `o` in the element type instead
+/// of `o_accum`. A row with no key so far keeps LSE `-inf` and O = 0. Grid
+/// `(ceil(tokens·heads / 8))`, 256 threads (one warp per row).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RingMergeParams {
+    /// f32 `[tokens, heads, head_dim_v]`, contiguous: the running O (not read on the first step).
+    pub o_accum: u64,
+    /// f32 `[heads, tokens]`: the running LSE (natural log; not read on the first step), and the
+    /// merged one after the launch.
+    pub lse_accum: u64,
+    /// The step's O in the element type, `[tokens, heads, head_dim_v]` contiguous, and its f32 LSE
+    /// `[heads, tokens]` (`-inf` with O = 0 where the row saw no key in the step); `o_step` 0: no step
+    /// (a last merge that only adds the sinks and writes O).
+    pub o_step: u64,
+    pub lse_step: u64,
+    /// 0 before the last step; on the last, O in the element type, `[tokens, heads, head_dim_v]`
+    /// contiguous (then `o_accum` is not written).
+    pub o: u64,
+    /// f32 `[heads]` sink logits (natural log), 0 when absent; read on the last step only.
+    pub sinks: u64,
+    pub tokens: u32,
+    pub heads: u32,
+    /// A multiple of 32, at most 256.
+    pub head_dim_v: u32,
+    /// 1 on the first step: the running result is the step's alone.
+    pub first: u32,
+}
+
+/// Symbols of the ring merge, per element type.
+pub const RING_MERGE_BF16: &str = "ring_merge_bf16";
+pub const RING_MERGE_F16: &str = "ring_merge_f16";
+
+/// The context-parallel backward's gradient sums (`ring.rs`): `v = accum[i] + step[i]` for each of `n`
+/// elements (`accum` taken as 0 on the first step, `step` as 0 when its address is 0), then
+/// `out[i] = v` rounded to the element type when `out` is set, else `accum[i] = v` (f32). The steps'
+/// partial gradients arrive in a fixed order, so the sums are bitwise reproducible. Grid
+/// `(ceil(n / 8 / 256))`, 256 threads, 8 elements per thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RingAccumulateParams {
+    /// f32 `[n]`, 16-byte aligned.
+    pub accum: u64,
+    /// `[n]` in the element type, 16-byte aligned, or 0.
+    pub step: u64,
+    /// `[n]` in the element type, 16-byte aligned, or 0.
+    pub out: u64,
+    /// A multiple of 8.
+    pub n: u64,
+    /// 1: `accum` is not read.
+    pub first: u32,
+    pub _pad: u32,
+}
+
+/// Symbols of the ring's gradient sums, per element type.
+pub const RING_ACCUMULATE_BF16: &str = "ring_accumulate_bf16";
+pub const RING_ACCUMULATE_F16: &str = "ring_accumulate_f16";
+
 /// The fused backward kernels (`bwd/`), one struct for the three launches of one backward call:
 /// 1. `attn_bwd_delta_*`: `delta[b, h, i] = Σ_d dO[b, i, h, d]·O[b, i, h, d]` (f32), and zeros in
 ///    `dq_accum` and in the `dq_counters` counters from `dq_semaphore` (so that the call needs no

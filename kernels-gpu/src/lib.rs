@@ -38,6 +38,9 @@ mod smem_tile;
 #[cfg(target_arch = "nvptx64")]
 mod softmax_rows;
 
+#[cfg(target_arch = "nvptx64")]
+mod ring;
+
 #[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]
 mod fp8_quant;
 

@@ -1,0 +1,144 @@
+//! Context-parallel (ring) attention on two GPUs against one GPU, at long sequences: forward and
+//! backward time, TFLOP/s per GPU, the scaling over one GPU at the same length and device memory per
+//! GPU. bf16, B = 1, causal, zig-zag shards, the ranks in threads of one process.
+//!
+//! `cargo run --release --example ring_timing -- [--seqlens 262144,524288,1048576] [--heads 16]
+//! [--dim 128] [--reps 2] [--no-single]` (needs two GPUs and NCCL: `IRONFLASH_NCCL` or `libnccl.so.2`
+//! on the loader's path).
+
+use ironflash::gpu;
+use ironflash::ring::gpu as ring;
+use ironflash::ring::nccl::Communicator;
+use ironflash::ring::{ShardLayout, Sharding};
+use ironflash::{bf16, AttnOptions, AttnProblem, Device, HostTensor};
+use std::sync::Barrier;
+use std::time::Instant;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+/// A `[1, len, heads, dim]` tensor of random values: one random block of up to 64K tokens, repeated
+/// (host generation of 2^31 values would take minutes; the times do not depend on the values).
+fn random_tokens(len: usize, heads: usize, dim: usize, seed: u64) -> HostTensor<bf16> {
+    let block = len.min(1 << 16);
+    let one = HostTensor::<bf16>::random_seeded([1, block, heads, dim], 1.0, seed);
+    let data: Vec<bf16> = one.data.iter().copied().cycle().take(len * heads * dim).collect();
+    HostTensor { data, layout: ironflash::Layout::contiguous([1, len, heads, dim]) }
+}
+
+/// One rank's forward and backward times (ms) and its device memory in use (GiB).
+type RankTimes = (Vec<f64>, Vec<f64>, f64);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> ironflash::Result<()> {
+    let seqlens: Vec<usize> = arg("--seqlens")
+        .unwrap_or_else(|| "262144,524288,1048576".into())
+        .split(',')
+        .map(|s| s.parse().expect("--seqlens: comma-separated integers"))
+        .collect();
+    let heads: usize = arg("--heads").map_or(16, |s| s.parse().unwrap());
+    let dim: usize = arg("--dim").map_or(128, |s| s.parse().unwrap());
+    let reps: usize = arg("--reps").map_or(2, |s| s.parse().unwrap());
+    let single = !std::env::args().any(|a| a == "--no-single");
+    let world = 2;
+    let devices: Vec<Device> = (0..world).map(Device::open).collect::<ironflash::Result<_>>()?;
+    let id = Communicator::unique_id()?;
+    let mut comms: Vec<Communicator> = std::thread::scope(|s| {
+        let joins: Vec<_> =
+            devices.iter().enumerate().map(|(r, d)| s.spawn(move || Communicator::new(d, r, world, &id))).collect();
+        joins.into_iter().map(|j| j.join().unwrap()).collect::<ironflash::Result<Vec<_>>>()
+    })?;
+    println!("# {} x{world}, bf16, B=1, H={heads}, D={dim}, causal, zig-zag; times in ms (median of {reps} after one warm-up)", devices[0].info().name);
+    println!("# N | ring fwd ms | ring fwd TFLOP/s/GPU | 1-GPU fwd ms | fwd scaling | ring bwd ms | ring bwd TFLOP/s/GPU | 1-GPU bwd ms | bwd scaling | ring GiB/GPU");
+    let opts = AttnOptions::causal();
+    for &n in &seqlens {
+        let p = AttnProblem::contiguous([1, n, n, heads, heads, dim], &opts)?;
+        let (fwd_flops, bwd_flops) = (p.forward_flops(), p.backward_flops());
+        let sharding = Sharding { seqlen: n, world, layout: ShardLayout::ZigZag };
+        let barrier = Barrier::new(world);
+        // Each rank: upload its shards, then time forward and backward, every repetition started together.
+        let per_rank: Vec<RankTimes> = std::thread::scope(|s| {
+            let joins: Vec<_> = comms
+                .iter_mut()
+                .zip(&devices)
+                .enumerate()
+                .map(|(r, (comm, dev))| {
+                    let (sharding, barrier, opts) = (&sharding, &barrier, &opts);
+                    s.spawn(move || -> ironflash::Result<RankTimes> {
+                        let len = sharding.shard_len(r);
+                        let up = |seed| dev.upload(&random_tokens(len, heads, dim, seed + r as u64));
+                        let (q, k, v, d_o) = (up(1)?, up(11)?, up(21)?, up(31)?);
+                        let (mut f_ms, mut b_ms) = (Vec::new(), Vec::new());
+                        let mut used = 0.0;
+                        for rep in 0..=reps {
+                            barrier.wait();
+                            let t = Instant::now();
+                            let fwd = ring::forward(dev, comm, &q, &k, &v, sharding, opts)?;
+                            dev.synchronize()?;
+                            let f = t.elapsed().as_secs_f64() * 1e3;
+                            barrier.wait();
+                            let t = Instant::now();
+                            let g = ring::backward(dev, comm, &q, &k, &v, &fwd.o, &fwd.lse, &d_o, sharding, opts)?;
+                            dev.synchronize()?;
+                            let b = t.elapsed().as_secs_f64() * 1e3;
+                            let (free, total) = dev.mem_info()?;
+                            used = (total - free) as f64 / (1u64 << 30) as f64;
+                            drop(g);
+                            if rep > 0 {
+                                f_ms.push(f);
+                                b_ms.push(b);
+                            }
+                        }
+                        Ok((f_ms, b_ms, used))
+                    })
+                })
+                .collect();
+            joins.into_iter().map(|j| j.join().unwrap()).collect::<ironflash::Result<Vec<_>>>()
+        })?;
+        // The slower rank's time per repetition.
+        let slowest = |pick: fn(&RankTimes) -> &Vec<f64>| {
+            median((0..reps).map(|i| per_rank.iter().map(|r| pick(r)[i]).fold(0.0, f64::max)).collect())
+        };
+        let (ring_f, ring_b) = (slowest(|r| &r.0), slowest(|r| &r.1));
+        let mem = per_rank.iter().map(|r| r.2).fold(0.0, f64::max);
+        let (one_f, one_b) = if single {
+            let dev = &devices[0];
+            let up = |seed| dev.upload(&random_tokens(n, heads, dim, seed));
+            let (q, k, v, d_o) = (up(1)?, up(11)?, up(21)?, up(31)?);
+            let (mut f_ms, mut b_ms) = (Vec::new(), Vec::new());
+            for rep in 0..=reps {
+                let t = Instant::now();
+                let fwd = gpu::flash_forward(dev, &q, &k, &v, &opts)?;
+                dev.synchronize()?;
+                let f = t.elapsed().as_secs_f64() * 1e3;
+                let t = Instant::now();
+                let g = gpu::flash_backward(dev, &q, &k, &v, &fwd.o, &fwd.lse, &d_o, &opts)?;
+                dev.synchronize()?;
+                let b = t.elapsed().as_secs_f64() * 1e3;
+                drop(g);
+                if rep > 0 {
+                    f_ms.push(f);
+                    b_ms.push(b);
+                }
+            }
+            (median(f_ms), median(b_ms))
+        } else {
+            (f64::NAN, f64::NAN)
+        };
+        let tflops = |flops: f64, ms: f64| flops / world as f64 / (ms * 1e-3) / 1e12;
+        println!(
+            "{n} | {ring_f:.1} | {:.0} | {one_f:.1} | {:.2}x | {ring_b:.1} | {:.0} | {one_b:.1} | {:.2}x | {mem:.1}",
+            tflops(fwd_flops, ring_f),
+            one_f / ring_f,
+            tflops(bwd_flops, ring_b),
+            one_b / ring_b
+        );
+    }
+    Ok(())
+}
