@@ -12,7 +12,7 @@
 //! Options: causal or not, softmax scale, softcap, sinks, GQA/MQA, every head dim and both 16-bit
 //! types the single-GPU kernels have; sliding windows and ALiBi depend on the distance between a query
 //! and a key, which the per-step calls (keys of another shard) do not carry, and are refused with
-//! [`Error::UnsupportedOption`](crate::Error::UnsupportedOption).
+//! [`Error::UnsupportedOption`].
 
 pub mod cpu;
 pub mod shard;
