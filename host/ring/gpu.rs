@@ -409,29 +409,29 @@ fn handshake(
     } else {
         words[0] = 1;
     }
-    if comm.world() > 1 || checked.is_ok() {
-        let world = comm.world();
-        let ring_stream = comm.stream().clone();
-        let sent = ring_stream.clone_htod(&words).during("copying the ring's handshake to the device")?;
-        let mut gathered = ring_stream.alloc_zeros::<u64>(16 * world).during("allocating the ring's handshake")?;
-        // SAFETY: 16 u64 from each rank into `16 · world`, on the ring's stream, as every rank does.
-        unsafe { comm.all_gather_u64(sent.device_ptr(&ring_stream).0, gathered.device_ptr(&ring_stream).0, 16) }?;
-        let done = ring_stream.record_event(None).during("recording the ring's handshake")?;
-        comm.wait(&done, "the ring's handshake")?;
-        let all = ring_stream.clone_dtoh(&gathered).during("reading the ring's handshake")?;
-        let _ = &mut gathered;
-        let p = checked?;
-        for (rank, theirs) in all.chunks(16).enumerate() {
-            if theirs[0] != 0 {
-                return Err(Error::PeerFailed { rank });
-            }
-            if let Some(i) = (1..16).find(|&i| theirs[i] != words[i]) {
-                return Err(Error::RankMismatch { rank, what: FIELDS[i - 1], got: theirs[i], expected: words[i] });
-            }
-        }
-        return Ok(p);
+    // A ring of one has no peer to compare with.
+    if comm.world() == 1 {
+        return checked;
     }
-    checked
+    let world = comm.world();
+    let ring_stream = comm.stream().clone();
+    let sent = ring_stream.clone_htod(&words).during("copying the ring's handshake to the device")?;
+    let gathered = ring_stream.alloc_zeros::<u64>(16 * world).during("allocating the ring's handshake")?;
+    // SAFETY: 16 u64 from each rank into `16 · world`, on the ring's stream, as every rank does.
+    unsafe { comm.all_gather_u64(sent.device_ptr(&ring_stream).0, gathered.device_ptr(&ring_stream).0, 16) }?;
+    let done = ring_stream.record_event(None).during("recording the ring's handshake")?;
+    comm.wait(&done, "the ring's handshake")?;
+    let all = ring_stream.clone_dtoh(&gathered).during("reading the ring's handshake")?;
+    let p = checked?;
+    for (rank, theirs) in all.chunks(16).enumerate() {
+        if theirs[0] != 0 {
+            return Err(Error::PeerFailed { rank });
+        }
+        if let Some(i) = (1..16).find(|&i| theirs[i] != words[i]) {
+            return Err(Error::RankMismatch { rank, what: FIELDS[i - 1], got: theirs[i], expected: words[i] });
+        }
+    }
+    Ok(p)
 }
 
 /// One call's ring: its step plans and their offsets on the device, the receive buffers for the keys
@@ -561,6 +561,8 @@ impl<'d> Ring<'d> {
     }
 
     /// The keys and values held at step s, packed: the caller's at step 0, a receive buffer after.
+    /// `k` and `v` are the caller's (whose addresses the ring holds): borrowed so that the aliases
+    /// cannot outlive them.
     fn keys<'a, T: Element>(
         &self,
         s: usize,

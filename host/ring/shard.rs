@@ -103,8 +103,8 @@ impl Sharding {
             ShardLayout::Contiguous if source < rank => all(false),
             ShardLayout::Contiguous => None,
             ShardLayout::ZigZag => {
-                let [head_q, _] = self.zigzag_lens(rank);
-                let [head_k, _] = self.zigzag_lens(source);
+                // The head chunks: chunk `rank` of the queries, chunk `source` of the keys.
+                let (head_q, head_k) = (self.chunk(rank).len(), self.chunk(source).len());
                 let sequences = if source < rank {
                     // Every query is after the source's head chunk and before its tail chunk.
                     vec![(0..len_q, 0..head_k), (len_q..len_q, head_k..len_k)]
@@ -115,10 +115,6 @@ impl Sharding {
                 Some(StepPlan { causal: false, sequences })
             }
         }
-    }
-
-    fn zigzag_lens(&self, rank: usize) -> [usize; 2] {
-        [self.chunk(rank).len(), self.chunk(2 * self.world - 1 - rank).len()]
     }
 }
 
