@@ -6,8 +6,8 @@
 //! `cpu::reference_backward_varlen`) on fresh random inputs, outputs and gradients poisoned. The
 //! backward runs on the packed forward's O and LSE (a training step end to end), fast or deterministic.
 //! Each sequence's result is also bitwise the dense call's on that sequence alone (same kernel row;
-//! the backward's in deterministic mode), and repeated calls are bitwise equal. Skips with one line
-//! without a CUDA driver.
+//! the backward's in deterministic mode), and repeated calls are bitwise equal; another sequence's
+//! infinities and NaNs never reach it. Skips with one line without a CUDA driver.
 //!
 //! Bounds: as `gpu_forward` (O relative L2 bf16 1e-2, f16 5e-3; LSE absolute 2e-3 of its magnitude) and
 //! `gpu_score` (gradients bf16 1.5e-2, f16 2e-3, against the exact gradients given the O the backward is
@@ -349,6 +349,52 @@ fn each_sequence_is_bitwise_the_dense_call() {
                             assert!((p - q).abs() <= row_max / 128.0, "{} col {e}: {p} {q} (row max {row_max})", at());
                         } else {
                             assert_eq!(packed, dense, "{} col {e}", at());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Non-finite values in one sequence never reach another: a sequence's last query and key blocks run
+/// on into the next sequence's rows (the TMA rows' boxes read them; the `cp.async` rows stop at the
+/// sequence's end), where a masked score's zero times an infinite or NaN value would not be zero. With
+/// the middle sequence's Q, K and V full of infinities and NaNs, the other sequences' O and LSE are
+/// bitwise those of the clean call, at every head dim, causal or not.
+fn other_sequences_values_never_leak() {
+    let Some(dev) = device_or_skip("other_sequences_values_never_leak") else { return };
+    for (d, dv) in HEAD_DIM_PAIRS {
+        for causal in [false, true] {
+            let c = Case { head_dim: d, head_dim_v: dv, causal, ..base(d, &[(300, 500), (200, 300), (77, 130)]) };
+            let clean = inputs::<bf16>(&c);
+            let mut dirty = inputs::<bf16>(&c);
+            let bad = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+            for (t, from, to) in [
+                (&mut dirty.q, clean.cu_q[1], clean.cu_q[2]),
+                (&mut dirty.k, clean.cu_k[1], clean.cu_k[2]),
+                (&mut dirty.v, clean.cu_k[1], clean.cu_k[2]),
+            ] {
+                let [_, _, heads, dim] = t.shape();
+                for s in from as usize..to as usize {
+                    for h in 0..heads {
+                        for e in 0..dim {
+                            t.set(0, s, h, e, bf16::from_f32(bad[(s + h + e) % 3]));
+                        }
+                    }
+                }
+            }
+            let (o, lse) = gpu_varlen(dev, &c, &clean).unwrap();
+            let (o_dirty, lse_dirty) = gpu_varlen(dev, &c, &dirty).unwrap();
+            let [_, tq, hq, _] = clean.q.shape();
+            for b in [0, 2] {
+                for i in clean.cu_q[b] as usize..clean.cu_q[b + 1] as usize {
+                    for h in 0..hq {
+                        let at = || format!("d {d}/{dv} causal {causal} token {i} head {h}");
+                        assert_eq!(lse[h * tq + i].to_bits(), lse_dirty[h * tq + i].to_bits(), "{}", at());
+                        for e in 0..dv {
+                            let (want, got) = (o.get(0, i, h, e), o_dirty.get(0, i, h, e));
+                            assert!(got.to_f32().is_finite() && got == want, "{} col {e}: {got} {want}", at());
                         }
                     }
                 }
@@ -800,6 +846,7 @@ fn main() -> std::process::ExitCode {
             varlen_forward_matches_reference_f16,
             long_sequences_every_option_every_head_dim,
             each_sequence_is_bitwise_the_dense_call,
+            other_sequences_values_never_leak,
             bad_varlen_input_gives_typed_errors,
             offsets_past_the_tensors_stay_inside,
             varlen_backward_matches_reference_bf16,

@@ -2,10 +2,16 @@
 //! backward time, TFLOP/s per GPU, the scaling over one GPU at the same length and device memory per
 //! GPU. bf16, B = 1, causal, zig-zag shards, the ranks in threads of one process.
 //!
+//! `--steps` adds where the ring's time goes: each rank's step calls (the packed calls of its
+//! `StepPlan`s) run alone on the first GPU, without the exchange or the merges, summed per rank (the
+//! slower rank's sum); the ring's forward time minus that is what the exchange, the merges and the
+//! handshake add, and that sum against half the single GPU's time is what the step shapes cost.
+//!
 //! `cargo run --release --example ring_timing -- [--seqlens 262144,524288,1048576] [--heads 16]
-//! [--dim 128] [--reps 2] [--no-single]` (needs two GPUs and NCCL: `IRONFLASH_NCCL` or `libnccl.so.2`
-//! on the loader's path).
+//! [--dim 128] [--reps 2] [--no-single] [--steps]` (needs two GPUs and NCCL: `IRONFLASH_NCCL` or
+//! `libnccl.so.2` on the loader's path).
 
+use ironflash::cpu::varlen::Varlen;
 use ironflash::gpu;
 use ironflash::ring::gpu as ring;
 use ironflash::ring::nccl::Communicator;
@@ -46,6 +52,7 @@ fn main() -> ironflash::Result<()> {
     let dim: usize = arg("--dim").map_or(128, |s| s.parse().unwrap());
     let reps: usize = arg("--reps").map_or(2, |s| s.parse().unwrap());
     let single = !std::env::args().any(|a| a == "--no-single");
+    let steps = std::env::args().any(|a| a == "--steps");
     let world = 2;
     let devices: Vec<Device> = (0..world).map(Device::open).collect::<ironflash::Result<_>>()?;
     let id = Communicator::unique_id()?;
@@ -55,7 +62,7 @@ fn main() -> ironflash::Result<()> {
         joins.into_iter().map(|j| j.join().unwrap()).collect::<ironflash::Result<Vec<_>>>()
     })?;
     println!("# {} x{world}, bf16, B=1, H={heads}, D={dim}, causal, zig-zag; times in ms (median of {reps} after one warm-up)", devices[0].info().name);
-    println!("# N | ring fwd ms | ring fwd TFLOP/s/GPU | 1-GPU fwd ms | fwd scaling | ring bwd ms | ring bwd TFLOP/s/GPU | 1-GPU bwd ms | bwd scaling | ring GiB/GPU");
+    println!("# N | ring fwd ms | ring fwd TFLOP/s/GPU | 1-GPU fwd ms | fwd scaling | ring bwd ms | ring bwd TFLOP/s/GPU | 1-GPU bwd ms | bwd scaling | ring GiB/GPU{}", if steps { " | fwd steps alone ms (slower rank; per step)" } else { "" });
     let opts = AttnOptions::causal();
     for &n in &seqlens {
         let p = AttnProblem::contiguous([1, n, n, heads, heads, dim], &opts)?;
@@ -131,9 +138,11 @@ fn main() -> ironflash::Result<()> {
         } else {
             (f64::NAN, f64::NAN)
         };
+        let steps_alone =
+            if steps { forward_steps_alone(&devices[0], &sharding, heads, dim, reps, &opts)? } else { String::new() };
         let tflops = |flops: f64, ms: f64| flops / world as f64 / (ms * 1e-3) / 1e12;
         println!(
-            "{n} | {ring_f:.1} | {:.0} | {one_f:.1} | {:.2}x | {ring_b:.1} | {:.0} | {one_b:.1} | {:.2}x | {mem:.1}",
+            "{n} | {ring_f:.1} | {:.0} | {one_f:.1} | {:.2}x | {ring_b:.1} | {:.0} | {one_b:.1} | {:.2}x | {mem:.1}{steps_alone}",
             tflops(fwd_flops, ring_f),
             one_f / ring_f,
             tflops(bwd_flops, ring_b),
@@ -141,4 +150,50 @@ fn main() -> ironflash::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Each rank's forward step calls alone on `dev` (median of `reps` after one warm-up, each call timed
+/// around a synchronize), summed per rank: ` | slower rank's sum (its steps' times)`.
+fn forward_steps_alone(
+    dev: &Device,
+    sharding: &Sharding,
+    heads: usize,
+    dim: usize,
+    reps: usize,
+    opts: &AttnOptions,
+) -> ironflash::Result<String> {
+    let mut slowest = (0.0, Vec::new());
+    for rank in 0..sharding.world {
+        let mut per_step = Vec::new();
+        for s in 0..sharding.world {
+            let Some(plan) = sharding.step_plan(rank, s, opts.causal) else { continue };
+            let (len_q, len_k) = (sharding.shard_len(rank), sharding.shard_len(sharding.source(rank, s)));
+            let q = dev.upload(&random_tokens(len_q, heads, dim, 1))?;
+            let (k, v) = (
+                dev.upload(&random_tokens(len_k, heads, dim, 11))?,
+                dev.upload(&random_tokens(len_k, heads, dim, 21))?,
+            );
+            let (cu_q, cu_k) = plan.offsets(1, len_q, len_k);
+            let offsets = dev.upload_varlen(&Varlen { cu_seqlens_q: &cu_q, cu_seqlens_k: &cu_k }, len_q, len_k)?;
+            let mut o = dev.poisoned::<bf16>([1, len_q, heads, dim])?;
+            let mut lse = dev.poisoned_f32(heads * len_q)?;
+            let call = AttnOptions { causal: plan.causal, ..*opts };
+            let mut ms = Vec::new();
+            for rep in 0..=reps {
+                let t = Instant::now();
+                gpu::flash_forward_varlen_into(dev, &q, &k, &v, &offsets.view(), &mut o, &mut lse, &call)?;
+                dev.synchronize()?;
+                if rep > 0 {
+                    ms.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            per_step.push(median(ms));
+        }
+        let sum: f64 = per_step.iter().sum();
+        if sum > slowest.0 {
+            slowest = (sum, per_step);
+        }
+    }
+    let steps: Vec<String> = slowest.1.iter().map(|ms| format!("{ms:.1}")).collect();
+    Ok(format!(" | {:.1} ({})", slowest.0, steps.join(" + ")))
 }

@@ -505,7 +505,7 @@ pub(crate) fn launch<T: Element>(
     };
     let name = tile.kernel_symbol(f16, num_splits > 1, layout);
     if name.is_empty() {
-        // A forced row without this batch layout's kernel (the TMA rows are dense only).
+        // A forced row without this batch layout's kernel (paged caches have no TMA or `wgmma` kernels).
         return Err(Error::NoTileConfig(format!("{tile:?} has no {layout:?} kernel with {num_splits} split(s)")));
     }
     let smem = tile.smem_bytes(T::DTYPE.size_bytes());
@@ -567,15 +567,20 @@ pub(crate) fn launch<T: Element>(
     };
     let arg = KernelParams(params);
     // The TMA rows read Q, K and V through tensor maps of the tensors as this launch sees them (decode
-    // rows' views and window offset included), passed as a second parameter.
+    // rows' views and window offset included; a packed batch's over its tokens, as one batch row),
+    // passed as a second parameter.
     let maps = if tile.tma {
         let map = |ptr, dims, strides: [usize; 4], box_rows| {
             tma::tensor_map(T::DTYPE, ptr, dims, [strides[0], strides[1], strides[2]], box_rows)
         };
+        let (batch, seqlen_q, seqlen_k) = match batch {
+            BatchLaunch::Packed(pk) => (1, pk.tokens_q, k.layout.shape[1]),
+            _ => (p.batch, p.seqlen_q, p.seqlen_k),
+        };
         Some(KernelParams(FwdTensorMaps {
-            q: map(q_ptr, [p.batch, p.seqlen_q, p.heads_q, p.head_dim], q_layout.strides, tile.block_m)?,
-            k: map(k_ptr, [p.batch, p.seqlen_k, p.heads_kv, p.head_dim], k.layout.strides, tile.block_n)?,
-            v: map(v_ptr, [p.batch, p.seqlen_k, p.heads_kv, p.head_dim_v], v.layout.strides, tile.block_n)?,
+            q: map(q_ptr, [batch, seqlen_q, p.heads_q, p.head_dim], q_layout.strides, tile.block_m)?,
+            k: map(k_ptr, [batch, seqlen_k, p.heads_kv, p.head_dim], k.layout.strides, tile.block_n)?,
+            v: map(v_ptr, [batch, seqlen_k, p.heads_kv, p.head_dim_v], v.layout.strides, tile.block_n)?,
         }))
     } else {
         None
@@ -729,12 +734,12 @@ mod tests {
                 assert!(!t.wgmma && (t.head_dim, t.head_dim_v) == (d, dv), "{t:?}");
                 assert!(!t.kernel_symbol(true, true, BatchLayout::Paged).is_empty(), "{t:?}");
                 // Dense and packed batches: a row with their kernel; on compute capability 9.0 a Hopper
-                // row, TMA-fed for dense batches at 128, 192 and 256, the cp.async row when packed.
+                // row, TMA-fed at 128, 192 and 256.
                 for layout in [BatchLayout::Dense, BatchLayout::Packed] {
                     let t = layout_tile(&info, (d, dv), DType::F16, layout).unwrap();
                     assert!((t.head_dim, t.head_dim_v) == (d, dv) && t.wgmma == (cc == (9, 0)), "{t:?}");
                     assert!(!t.kernel_symbol(true, false, layout).is_empty(), "{t:?}");
-                    let tma = cc == (9, 0) && layout == BatchLayout::Dense && d == dv && matches!(d, 128 | 192 | 256);
+                    let tma = cc == (9, 0) && d == dv && matches!(d, 128 | 192 | 256);
                     assert_eq!(t.tma, tma, "{layout:?} {t:?}");
                 }
                 assert_eq!(

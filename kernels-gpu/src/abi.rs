@@ -107,9 +107,10 @@ pub struct FwdParams {
 /// TMA tensor maps (`CUtensorMap`, 128 opaque bytes each, built by the host with
 /// `cuTensorMapEncodeTiled`) of Q, K and V for the Hopper forward's TMA rows (`tiles::FwdTile::tma`): the
 /// kernel's second parameter, after `FwdParams`. Each map sees its tensor as 4-D `[head_dim, seqlen,
-/// heads, batch]` (innermost first) with the tensor's strides, in boxes of 64 elements × the tile's rows
-/// (`block_m` for Q, `block_n` for K and V) × 1 × 1, 128-byte swizzled (the `wgmma` layout), zeros
-/// outside the tensor. The kernel reads them from the parameter space (64-byte aligned there:
+/// heads, batch]` (innermost first) with the tensor's strides (a packed batch's: `[head_dim, tokens,
+/// heads, 1]`), in boxes of 64 elements × the tile's rows (`block_m` for Q, `block_n` for K and V) × 1 ×
+/// 1, 128-byte swizzled (the `wgmma` layout), zeros outside the tensor. The kernel reads them from the
+/// parameter space (64-byte aligned there:
 /// build.rs's `ironflash-param-align`).
 #[repr(C, align(16))]
 #[derive(Clone, Copy, Debug, PartialEq)]

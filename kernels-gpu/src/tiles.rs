@@ -55,8 +55,8 @@ pub struct FwdTile {
     pub fma_exp2_tiles: usize,
     /// Hopper rows: Q, K and V come by TMA (`cp.async.bulk.tensor`, one instruction per 64-column box,
     /// completion counted in bytes on an `mbarrier` per stage; the kernel takes `abi::FwdTensorMaps` as a
-    /// second parameter) instead of the loader warpgroup's `cp.async`; dense batches only, head dims that
-    /// are multiples of 64.
+    /// second parameter) instead of the loader warpgroup's `cp.async`; dense and packed batches (not
+    /// paged caches), head dims that are multiples of 64.
     pub tma: bool,
 }
 
@@ -168,7 +168,7 @@ impl FwdTile {
                 && 1 + 3 * self.stages + 2 * self.pingpong as usize <= 16
                 && self.fma_exp2_tiles <= self.block_n / 8
                 // TMA boxes of 64 columns (128 bytes, the swizzle's span) and at most 256 rows.
-                && (!self.tma || (d.is_multiple_of(64) && dv.is_multiple_of(64) && self.packed_symbols[0].is_empty()));
+                && (!self.tma || (d.is_multiple_of(64) && dv.is_multiple_of(64)));
         }
         self.fma_exp2_tiles == 0
             && !self.tma
@@ -326,33 +326,45 @@ pub const HD32_WGMMA: FwdTile = FwdTile { fma_exp2_tiles: 4, ..wgmma_tile!(32, 1
 pub const HD64_WGMMA: FwdTile = wgmma_tile!(64, 128, 4, true);
 /// `HD64_WGMMA` with TMA loads: 1-7% slower on an H100 (its short stages gain less than the hand-over
 /// through the loader costs per block), so after it.
-pub const HD64_WGMMA_TMA: FwdTile =
-    tma_row(HD64_WGMMA, ["attn_fwd_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_hd64_m128n128_wgmma_tma_f16"]);
+pub const HD64_WGMMA_TMA: FwdTile = tma_row(
+    HD64_WGMMA,
+    ["attn_fwd_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_hd64_m128n128_wgmma_tma_f16"],
+    ["attn_fwd_varlen_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_varlen_hd64_m128n128_wgmma_tma_f16"],
+);
 /// 225 KiB (stored as head dim 128): 128-key blocks in three stages, ping-pong.
 pub const HD96_WGMMA: FwdTile = wgmma_tile!(96, 128, 3, true);
 /// 225 KiB: 128-key blocks in three stages, ping-pong.
 pub const HD128_WGMMA: FwdTile = wgmma_tile!(128, 128, 3, true);
-/// `HD128_WGMMA` with its Q, K and V loads by TMA, first for dense batches (packed ones take
-/// `HD128_WGMMA`): +2% at 1K, +6-9% at 4K, +1-6% at 8K against it on an H100 (docs/perf.md).
-pub const HD128_WGMMA_TMA: FwdTile =
-    tma_row(HD128_WGMMA, ["attn_fwd_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_hd128_m128n128_wgmma_tma_f16"]);
+/// `HD128_WGMMA` with its Q, K and V loads by TMA, first: +2% at 1K, +6-9% at 4K, +1-6% at 8K against
+/// it on an H100 (dense batches; docs/perf.md).
+pub const HD128_WGMMA_TMA: FwdTile = tma_row(
+    HD128_WGMMA,
+    ["attn_fwd_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_hd128_m128n128_wgmma_tma_f16"],
+    ["attn_fwd_varlen_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_varlen_hd128_m128n128_wgmma_tma_f16"],
+);
 
-/// A Hopper row with its loads by TMA (`FwdTile::tma`): dense batches only, so no packed kernels.
-const fn tma_row(row: FwdTile, symbols: [&'static str; 2]) -> FwdTile {
-    FwdTile { tma: true, symbols, packed_symbols: ["", ""], ..row }
+/// A Hopper row with its loads by TMA (`FwdTile::tma`): its dense kernels' names, then its packed ones'.
+const fn tma_row(row: FwdTile, symbols: [&'static str; 2], packed_symbols: [&'static str; 2]) -> FwdTile {
+    FwdTile { tma: true, symbols, packed_symbols, ..row }
 }
 /// 193 KiB: 96-key blocks in two stages (O 96 + S 48 + P 24 registers), ping-pong.
 pub const HD192_WGMMA: FwdTile = wgmma_tile!(192, 96, 2, true);
-/// `HD192_WGMMA` with TMA loads, first for dense batches: +0-2% at 1K, +3-6% at 4K on an H100.
-pub const HD192_WGMMA_TMA: FwdTile =
-    tma_row(HD192_WGMMA, ["attn_fwd_hd192_m128n96_wgmma_tma_bf16", "attn_fwd_hd192_m128n96_wgmma_tma_f16"]);
+/// `HD192_WGMMA` with TMA loads, first: +0-2% at 1K, +3-6% at 4K on an H100.
+pub const HD192_WGMMA_TMA: FwdTile = tma_row(
+    HD192_WGMMA,
+    ["attn_fwd_hd192_m128n96_wgmma_tma_bf16", "attn_fwd_hd192_m128n96_wgmma_tma_f16"],
+    ["attn_fwd_varlen_hd192_m128n96_wgmma_tma_bf16", "attn_fwd_varlen_hd192_m128n96_wgmma_tma_f16"],
+);
 /// 193 KiB: 64-key blocks in two stages (O alone is 128 registers). Without ping-pong: with it, 4-6%
 /// slower non-causal and -2..+2% causal on an H200 (measured without spills; each block's softmax is
 /// short against its products here, so taking turns only adds waits).
 pub const HD256_WGMMA: FwdTile = wgmma_tile!(256, 64, 2, false);
-/// `HD256_WGMMA` with TMA loads, first for dense batches: +1% at 1K, +4-6% at 4K on an H100.
-pub const HD256_WGMMA_TMA: FwdTile =
-    tma_row(HD256_WGMMA, ["attn_fwd_hd256_m128n64_wgmma_tma_bf16", "attn_fwd_hd256_m128n64_wgmma_tma_f16"]);
+/// `HD256_WGMMA` with TMA loads, first: +1% at 1K, +4-6% at 4K on an H100.
+pub const HD256_WGMMA_TMA: FwdTile = tma_row(
+    HD256_WGMMA,
+    ["attn_fwd_hd256_m128n64_wgmma_tma_bf16", "attn_fwd_hd256_m128n64_wgmma_tma_f16"],
+    ["attn_fwd_varlen_hd256_m128n64_wgmma_tma_bf16", "attn_fwd_varlen_hd256_m128n64_wgmma_tma_f16"],
+);
 /// 209 KiB: Q and K of head dim 192, V of 128; 128-key blocks in two stages (O 64 + S 64 + P 32
 /// registers, D = 128's), ping-pong. Measured against 96 x 2, 80 x 3 and 112 x 2 (docs/perf.md):
 /// fastest from 4K; 80 x 3 was 5-7% faster at 1K and up to 14% slower at 8K causal.
@@ -662,14 +674,14 @@ mod tests {
             let t = choose_fwd(d, d, 2, false, H100.0, H100.1, true).unwrap();
             assert!(t.wgmma, "d={d}");
         }
-        // Dense batches: the TMA rows where they exist; packed ones (no TMA kernels): the cp.async rows.
+        // Dense and packed batches alike: the TMA rows where they come first.
         let rows = [
             (32, HD32_WGMMA, HD32_WGMMA),
             (64, HD64_WGMMA, HD64_WGMMA),
             (96, HD96_WGMMA, HD96_WGMMA),
-            (128, HD128_WGMMA_TMA, HD128_WGMMA),
-            (192, HD192_WGMMA_TMA, HD192_WGMMA),
-            (256, HD256_WGMMA_TMA, HD256_WGMMA),
+            (128, HD128_WGMMA_TMA, HD128_WGMMA_TMA),
+            (192, HD192_WGMMA_TMA, HD192_WGMMA_TMA),
+            (256, HD256_WGMMA_TMA, HD256_WGMMA_TMA),
         ];
         for (d, dense, packed) in rows {
             assert_eq!(choose_fwd(d, d, 2, true, H100.0, H100.1, true), Some(&dense));

@@ -19,7 +19,7 @@
 //!   products hold the tensor cores (FlashAttention-3, Shah et al. 2024, §3.1). Without it they only
 //!   drift apart. FlashAttention-3's intra-warpgroup overlap (S of block j issued with P·V of block j-1,
 //!   the softmax of block j while that P·V runs) measured slower here at every head dim (docs/perf.md).
-//! - `TMA` (the tile row's `tma`, dense batches, head dims that are multiples of 64): the loader's first
+//! - `TMA` (the tile row's `tma`, dense or packed batches, head dims that are multiples of 64): the loader's first
 //!   thread issues Q, K and V as TMA boxes (`ptx::tma`, the tensor maps the host built, passed as the
 //!   kernel's second parameter) against one `mbarrier` per stage; the TMA unit swizzles and zero-fills.
 //!   The loader warpgroup waits on each stage's `mbarrier` and hands the block on through `FULL` as the
@@ -199,8 +199,14 @@ pub(super) fn ring<const STAGES: u32>(
 /// order, so that the compute warpgroups wait on named barriers only: with the 256 compute threads
 /// polling the `mbarrier`s themselves, the head dim 128 row ran 5-20% slower (docs/perf.md).
 /// `maps` is the generic address of the call's `abi::FwdTensorMaps`.
+///
+/// A packed batch's maps span its tokens (batch 1): a sequence's boxes start at its first query or
+/// key, and its last ones run on into the next sequence's rows. Queries there are computed but never
+/// stored, keys there are masked, and their V rows are zeroed here before the block is handed over,
+/// so that a sequence's result never depends on another's values (the product of a masked score's
+/// zero and a non-finite value would not be zero).
 #[inline(always)]
-unsafe fn loader_tma<const D: usize, const DV: usize, const BN: usize, const STAGES: u32>(
+unsafe fn loader_tma<const D: usize, const DV: usize, const BN: usize, const STAGES: u32, const PACKED: bool>(
     maps: u64,
     p: &FwdParams,
     base: u32,
@@ -210,6 +216,7 @@ unsafe fn loader_tma<const D: usize, const DV: usize, const BN: usize, const STA
 ) {
     let (head, batch) = (sreg::block_y(), sreg::block_z());
     let kv_head = head / p.group;
+    let (row, q0) = stage::parked_queries::<PACKED>(batch);
     let (q_map, k_map, v_map) = (maps, maps + 128, maps + 256);
     // Every loader thread runs the same instructions, the copies predicated on `leader`: a branch of
     // the first thread's own would let the compiler move the `EMPTY` barriers into diverged paths.
@@ -219,24 +226,37 @@ unsafe fn loader_tma<const D: usize, const DV: usize, const BN: usize, const STA
     }
     let q_bar = base + Shape::<D, DV, BN, STAGES>::BARS;
     mbarrier::arrive_expect_tx(leader, q_bar, Shape::<D, DV, BN, STAGES>::Q_TMA_BYTES);
-    tma::load_tile::<BM, D>(leader, base + Shape::<D, DV, BN, STAGES>::Q, q_map, [m0, head, batch], q_bar);
+    tma::load_tile::<BM, D>(leader, base + Shape::<D, DV, BN, STAGES>::Q, q_map, [q0 + m0, head, row], q_bar);
+    let v_tile = |s: u32| {
+        base + Shape::<D, DV, BN, STAGES>::KV
+            + s * Shape::<D, DV, BN, STAGES>::STAGE_BYTES
+            + Shape::<D, DV, BN, STAGES>::K_TILE_BYTES
+    };
     // Block i (and Q with block 0) has landed: handed to the compute warpgroups.
     let hand_over_landed = |i: u32| {
         if i == 0 {
             mbarrier::wait(q_bar, 0);
         }
         mbarrier::wait(Shape::<D, DV, BN, STAGES>::full_bar(base, i % STAGES), (i / STAGES) & 1);
+        if PACKED {
+            let seqlen_k = stage::parked_keys::<PACKED>(&p.score, batch).2;
+            let valid = seqlen_k - (first + i) * BN as u32;
+            if valid < BN as u32 {
+                zero_rows_from::<BN, DV>(v_tile(i % STAGES), valid, tid);
+            }
+        }
         hand_over::<STAGES>(i);
     };
     let issue = |j: u32| {
         let s = j % STAGES;
         let bar = Shape::<D, DV, BN, STAGES>::full_bar(base, s);
-        let n0 = (first + j) * BN as u32;
+        // The sequence's first key again for each block (a packed CTA's shared slot), as `loader`.
+        let (row, k0, _) = stage::parked_keys::<PACKED>(&p.score, batch);
+        let n0 = k0 + (first + j) * BN as u32;
         let dst = base + Shape::<D, DV, BN, STAGES>::KV + s * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
         mbarrier::arrive_expect_tx(leader, bar, Shape::<D, DV, BN, STAGES>::STAGE_BYTES);
-        tma::load_tile::<BN, D>(leader, dst, k_map, [n0, kv_head, batch], bar);
-        let v_dst = dst + Shape::<D, DV, BN, STAGES>::K_TILE_BYTES;
-        tma::load_tile::<BN, DV>(leader, v_dst, v_map, [n0, kv_head, batch], bar);
+        tma::load_tile::<BN, D>(leader, dst, k_map, [n0, kv_head, row], bar);
+        tma::load_tile::<BN, DV>(leader, v_tile(s), v_map, [n0, kv_head, row], bar);
     };
     let wait_empty = |s: u32| sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + s);
     ring::<STAGES>(n_blocks, issue, wait_empty, hand_over_landed);
@@ -275,6 +295,20 @@ unsafe fn copy_tile<const ROWS: usize, const D: usize>(
             left -= 16;
             i += 1;
         }
+    }
+}
+
+/// Zeros rows `valid..ROWS` of a swizzled `ROWS x COLS` tile (`ptx::wgmma` layout: each 64-column block
+/// `ROWS` rows of 128 bytes, the swizzle permuting 16-byte chunks within a row) with the loader's 128
+/// threads, one 16-byte chunk per thread and round.
+#[inline(always)]
+unsafe fn zero_rows_from<const ROWS: usize, const COLS: usize>(tile: u32, valid: u32, tid: u32) {
+    let chunks_per_row = (COLS / 8) as u32;
+    let mut idx = tid;
+    while idx < (ROWS as u32 - valid) * chunks_per_row {
+        let (row, chunk) = (valid + idx / chunks_per_row, idx % chunks_per_row);
+        smem::store_v4(tile + (chunk / 8) * (ROWS as u32 * 128) + row * 128 + (chunk % 8) * 16, [0; 4]);
+        idx += 128;
     }
 }
 
@@ -334,7 +368,7 @@ pub unsafe fn attn_fwd_wgmma<
     maps: u64,
 ) {
     const { assert!(SR == BN / 2 && OR == DV / 2 && NN == BN / 8 && ND == DV / 8 && KS == BN / 16) };
-    const { assert!(!(TMA && PACKED) && (!TMA || (D % 64 == 0 && DV % 64 == 0))) };
+    const { assert!(!TMA || (D % 64 == 0 && DV % 64 == 0)) };
     #[allow(clippy::let_unit_value)]
     let () = Shape::<D, DV, BN, STAGES>::OK;
     let tid = sreg::thread_x();
@@ -389,7 +423,7 @@ pub unsafe fn attn_fwd_wgmma<
     if tid >= COMPUTE_THREADS {
         setmaxnreg::dec::<LOADER_REGS>();
         if TMA {
-            loader_tma::<D, DV, BN, STAGES>(maps, p, base, m0, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
+            loader_tma::<D, DV, BN, STAGES, PACKED>(maps, p, base, m0, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
         } else {
             loader::<D, DV, BN, STAGES, PACKED>(p, base, m0, rows, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
         }

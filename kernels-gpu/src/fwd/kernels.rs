@@ -222,42 +222,47 @@ mod wgmma_entry {
         };
     }
 
-    /// The TMA rows (dense only): a second parameter, the tensor maps, whose parameter-space address the
-    /// kernel converts to a generic one for the TMA unit (64-byte aligned by build.rs).
+    /// The TMA rows, dense and packed: a second parameter, the tensor maps, whose parameter-space
+    /// address the kernel converts to a generic one for the TMA unit (64-byte aligned by build.rs).
     macro_rules! wgmma_tma_kernels {
-        ($($tile:path => $bf16:ident, $f16:ident;)*) => {$(
+        ($($tile:path => $bf16:ident, $f16:ident, $packed_bf16:ident, $packed_f16:ident;)*) => {$(
             const _: () = {
                 const T: tiles::FwdTile = $tile;
                 assert!(T.is_valid() && T.wgmma && T.tma && T.threads() == 384);
                 assert!(str_eq(T.symbols[0], stringify!($bf16)) && str_eq(T.symbols[1], stringify!($f16)));
+                assert!(str_eq(T.packed_symbols[0], stringify!($packed_bf16)));
+                assert!(str_eq(T.packed_symbols[1], stringify!($packed_f16)));
             };
 
-            wgmma_tma_entry!($tile, $bf16, Bf16);
-            wgmma_tma_entry!($tile, $f16, F16);
+            wgmma_tma_entry!($tile, $bf16, Bf16, false);
+            wgmma_tma_entry!($tile, $f16, F16, false);
+            wgmma_tma_entry!($tile, $packed_bf16, Bf16, true);
+            wgmma_tma_entry!($tile, $packed_f16, F16, true);
         )*};
     }
 
     macro_rules! wgmma_tma_entry {
-        ($tile:path, $name:ident, $elem:ident) => {
+        ($tile:path, $name:ident, $elem:ident, $packed:literal) => {
             core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
             core::arch::global_asm!(concat!("// ironflash-param-align ", stringify!($name), " 1 64"));
 
             /// # Safety
-            /// Launched as `abi::FwdParams` (unsplit, dense) and the tile row document, with `maps` the
-            /// tensor maps of the call's Q, K and V, on a compute capability 9.0 device.
+            /// Launched as `abi::FwdParams` (unsplit; packed batch when the symbol says `varlen`) and the
+            /// tile row document, with `maps` the tensor maps of the call's Q, K and V (a packed batch's
+            /// over its tokens), on a compute capability 9.0 device.
             #[no_mangle]
             pub unsafe extern "ptx-kernel" fn $name(p: FwdParams, _maps: FwdTensorMaps) {
                 let maps = crate::ptx::tma::maps_param_address!($name);
-                wgmma_kernel!($tile, $elem, false, &p, maps)
+                wgmma_kernel!($tile, $elem, $packed, &p, maps)
             }
         };
     }
 
     wgmma_tma_kernels! {
-        tiles::HD64_WGMMA_TMA => attn_fwd_hd64_m128n128_wgmma_tma_bf16, attn_fwd_hd64_m128n128_wgmma_tma_f16;
-        tiles::HD128_WGMMA_TMA => attn_fwd_hd128_m128n128_wgmma_tma_bf16, attn_fwd_hd128_m128n128_wgmma_tma_f16;
-        tiles::HD192_WGMMA_TMA => attn_fwd_hd192_m128n96_wgmma_tma_bf16, attn_fwd_hd192_m128n96_wgmma_tma_f16;
-        tiles::HD256_WGMMA_TMA => attn_fwd_hd256_m128n64_wgmma_tma_bf16, attn_fwd_hd256_m128n64_wgmma_tma_f16;
+        tiles::HD64_WGMMA_TMA => attn_fwd_hd64_m128n128_wgmma_tma_bf16, attn_fwd_hd64_m128n128_wgmma_tma_f16, attn_fwd_varlen_hd64_m128n128_wgmma_tma_bf16, attn_fwd_varlen_hd64_m128n128_wgmma_tma_f16;
+        tiles::HD128_WGMMA_TMA => attn_fwd_hd128_m128n128_wgmma_tma_bf16, attn_fwd_hd128_m128n128_wgmma_tma_f16, attn_fwd_varlen_hd128_m128n128_wgmma_tma_bf16, attn_fwd_varlen_hd128_m128n128_wgmma_tma_f16;
+        tiles::HD192_WGMMA_TMA => attn_fwd_hd192_m128n96_wgmma_tma_bf16, attn_fwd_hd192_m128n96_wgmma_tma_f16, attn_fwd_varlen_hd192_m128n96_wgmma_tma_bf16, attn_fwd_varlen_hd192_m128n96_wgmma_tma_f16;
+        tiles::HD256_WGMMA_TMA => attn_fwd_hd256_m128n64_wgmma_tma_bf16, attn_fwd_hd256_m128n64_wgmma_tma_f16, attn_fwd_varlen_hd256_m128n64_wgmma_tma_bf16, attn_fwd_varlen_hd256_m128n64_wgmma_tma_f16;
     }
 
     /// The FP8 rows (`tiles::FP8_FWD_TILES`): the tensor maps as the TMA rows', then the descale
