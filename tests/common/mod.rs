@@ -167,8 +167,9 @@ pub enum Kernels {
 }
 
 /// A GPU property test: `check` on `cases` fresh draws of `strategy` (`IRONFLASH_PROPTEST_CASES`
-/// overrides the count, e.g. small under compute-sanitizer; proptest shrinks a failure), then one line
-/// with the worst error `check` returned, labelled `what`. Skips as `device_or_skip` does.
+/// overrides the count, e.g. small under compute-sanitizer; proptest shrinks a failure, and its
+/// `PROPTEST_MAX_SHRINK_ITERS` bounds that), then one line with the worst error `check` returned,
+/// labelled `what`. Skips as `device_or_skip` does.
 pub fn run_property<C: std::fmt::Debug + Clone>(
     test: &str,
     cases: u32,
@@ -180,10 +181,22 @@ pub fn run_property<C: std::fmt::Debug + Clone>(
     let Some(dev) = device_or_skip(test) else { return };
     let cases = std::env::var("IRONFLASH_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    // `IRONFLASH_PROPTEST_TRACE` prints each case before it runs (a case that hangs is the last one
+    // printed); the first failure is printed at once, since proptest reports it only after shrinking.
+    let trace = std::env::var_os("IRONFLASH_PROPTEST_TRACE").is_some();
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let worst = std::sync::Mutex::new(0.0f64);
     runner
         .run(&strategy, |c| {
-            let e = check(dev, &c).map_err(TestCaseError::fail)?;
+            if trace {
+                eprintln!("{test}: case {c:?}");
+            }
+            let e = check(dev, &c).inspect_err(|e| {
+                if !failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    eprintln!("{test}: first failure (shrinking follows): {e}");
+                }
+            });
+            let e = e.map_err(TestCaseError::fail)?;
             let mut w = worst.lock().unwrap();
             *w = w.max(e);
             Ok(())
