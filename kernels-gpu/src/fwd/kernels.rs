@@ -189,20 +189,22 @@ mod wgmma_entry {
         }};
     }
 
+    /// The Hopper rows: each row's dense and packed kernels for both element types through `$entry`
+    /// (`wgmma_entry`, or `wgmma_tma_entry` for the rows whose `tma` is `$tma`).
     macro_rules! wgmma_kernels {
-        ($($tile:path => $bf16:ident, $f16:ident, $packed_bf16:ident, $packed_f16:ident;)*) => {$(
+        ($entry:ident, $tma:literal; $($tile:path => $bf16:ident, $f16:ident, $packed_bf16:ident, $packed_f16:ident;)*) => {$(
             const _: () = {
                 const T: tiles::FwdTile = $tile;
-                assert!(T.is_valid() && T.wgmma && T.threads() == 384);
+                assert!(T.is_valid() && T.wgmma && T.tma == $tma && T.threads() == 384);
                 assert!(str_eq(T.symbols[0], stringify!($bf16)) && str_eq(T.symbols[1], stringify!($f16)));
                 assert!(str_eq(T.packed_symbols[0], stringify!($packed_bf16)));
                 assert!(str_eq(T.packed_symbols[1], stringify!($packed_f16)));
             };
 
-            wgmma_entry!($tile, $bf16, Bf16, false);
-            wgmma_entry!($tile, $f16, F16, false);
-            wgmma_entry!($tile, $packed_bf16, Bf16, true);
-            wgmma_entry!($tile, $packed_f16, F16, true);
+            $entry!($tile, $bf16, Bf16, false);
+            $entry!($tile, $f16, F16, false);
+            $entry!($tile, $packed_bf16, Bf16, true);
+            $entry!($tile, $packed_f16, F16, true);
         )*};
     }
 
@@ -222,25 +224,9 @@ mod wgmma_entry {
         };
     }
 
-    /// The TMA rows, dense and packed: a second parameter, the tensor maps, whose parameter-space
-    /// address the kernel converts to a generic one for the TMA unit (64-byte aligned by build.rs).
-    macro_rules! wgmma_tma_kernels {
-        ($($tile:path => $bf16:ident, $f16:ident, $packed_bf16:ident, $packed_f16:ident;)*) => {$(
-            const _: () = {
-                const T: tiles::FwdTile = $tile;
-                assert!(T.is_valid() && T.wgmma && T.tma && T.threads() == 384);
-                assert!(str_eq(T.symbols[0], stringify!($bf16)) && str_eq(T.symbols[1], stringify!($f16)));
-                assert!(str_eq(T.packed_symbols[0], stringify!($packed_bf16)));
-                assert!(str_eq(T.packed_symbols[1], stringify!($packed_f16)));
-            };
-
-            wgmma_tma_entry!($tile, $bf16, Bf16, false);
-            wgmma_tma_entry!($tile, $f16, F16, false);
-            wgmma_tma_entry!($tile, $packed_bf16, Bf16, true);
-            wgmma_tma_entry!($tile, $packed_f16, F16, true);
-        )*};
-    }
-
+    /// The TMA rows' entries, dense and packed: a second parameter, the tensor maps, whose
+    /// parameter-space address the kernel converts to a generic one for the TMA unit (64-byte aligned by
+    /// build.rs).
     macro_rules! wgmma_tma_entry {
         ($tile:path, $name:ident, $elem:ident, $packed:literal) => {
             core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
@@ -258,7 +244,8 @@ mod wgmma_entry {
         };
     }
 
-    wgmma_tma_kernels! {
+    wgmma_kernels! {
+        wgmma_tma_entry, true;
         tiles::HD64_WGMMA_TMA => attn_fwd_hd64_m128n128_wgmma_tma_bf16, attn_fwd_hd64_m128n128_wgmma_tma_f16, attn_fwd_varlen_hd64_m128n128_wgmma_tma_bf16, attn_fwd_varlen_hd64_m128n128_wgmma_tma_f16;
         tiles::HD128_WGMMA_TMA => attn_fwd_hd128_m128n128_wgmma_tma_bf16, attn_fwd_hd128_m128n128_wgmma_tma_f16, attn_fwd_varlen_hd128_m128n128_wgmma_tma_bf16, attn_fwd_varlen_hd128_m128n128_wgmma_tma_f16;
         tiles::HD192_WGMMA_TMA => attn_fwd_hd192_m128n96_wgmma_tma_bf16, attn_fwd_hd192_m128n96_wgmma_tma_f16, attn_fwd_varlen_hd192_m128n96_wgmma_tma_bf16, attn_fwd_varlen_hd192_m128n96_wgmma_tma_f16;
@@ -322,6 +309,7 @@ mod wgmma_entry {
     }
 
     wgmma_kernels! {
+        wgmma_entry, false;
         tiles::HD32_WGMMA => attn_fwd_hd32_m128n128_wgmma_bf16, attn_fwd_hd32_m128n128_wgmma_f16, attn_fwd_varlen_hd32_m128n128_wgmma_bf16, attn_fwd_varlen_hd32_m128n128_wgmma_f16;
         tiles::HD64_WGMMA => attn_fwd_hd64_m128n128_wgmma_bf16, attn_fwd_hd64_m128n128_wgmma_f16, attn_fwd_varlen_hd64_m128n128_wgmma_bf16, attn_fwd_varlen_hd64_m128n128_wgmma_f16;
         tiles::HD96_WGMMA => attn_fwd_hd96_m128n128_wgmma_bf16, attn_fwd_hd96_m128n128_wgmma_f16, attn_fwd_varlen_hd96_m128n128_wgmma_bf16, attn_fwd_varlen_hd96_m128n128_wgmma_f16;
