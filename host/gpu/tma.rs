@@ -43,6 +43,18 @@ pub(crate) fn tensor_map(
     Ok(map)
 }
 
+/// Bytes per box row, one row of the swizzle: 128 (64 two-byte elements, 128 FP8 ones), or the 64-byte
+/// swizzle's 64 for FP8 rows that narrow (head dim 64: `fwd/hopper_fp8.rs` reads such tiles). Two-byte
+/// tiles are always 64 columns wide, since the 16-bit kernels' tiles are (head dims 32 and 96 take
+/// whole 64-column blocks whose columns past the head dim the TMA unit fills with zeros): a 64-byte box
+/// there would bring half the bytes each stage's `mbarrier` waits for, and the kernel would wait forever.
+fn box_row_bytes(dtype: DType, dim: usize) -> usize {
+    match dtype.size_bytes() {
+        1 => dim.min(128),
+        _ => 128,
+    }
+}
+
 /// The 4-D map of one `[batch, rows, heads, dim]` tensor at device address `ptr` with element strides
 /// `strides` (`[batch, row, head]`; the head dim contiguous) of `dtype` (2 bytes, or FP8's 1): dims
 /// innermost first (`[dim, rows, heads, batch]`), boxes of 128 bytes (64 or 128 elements) × `box_rows`
@@ -61,9 +73,7 @@ fn encode(
     // is given as the smallest the encoder accepts (a multiple of 16 bytes).
     let stride = |s: usize, extent: usize| if extent == 1 { 16 } else { (s * elem) as u64 };
     let strides = [stride(row_stride, rows), stride(head_stride, heads), stride(batch_stride, batch)];
-    // One row of the swizzle per box row: 128 bytes (64 two-byte elements or 128 FP8 ones), or the
-    // 64-byte swizzle's 64 where the whole row is that narrow (FP8 at head dim 64).
-    let box_bytes = (dim * elem).min(128);
+    let box_bytes = box_row_bytes(dtype, dim);
     let boxes = [(box_bytes / elem) as u32, box_rows as u32, 1, 1];
     let swizzle = if box_bytes == 128 {
         sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B
@@ -98,4 +108,23 @@ fn encode(
         .during("encoding a TMA tensor map")?;
     }
     Ok(map.opaque)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn box_rows_are_whole_swizzle_rows_as_the_kernels_tiles() {
+        // 16-bit tiles: 64 columns at every head dim (32 and 96 zero-filled past the head dim).
+        for dtype in [DType::BF16, DType::F16] {
+            for dim in [32, 64, 96, 128, 192, 256] {
+                assert_eq!(box_row_bytes(dtype, dim), 128, "{dtype:?} {dim}");
+            }
+        }
+        // FP8: 64-byte rows at head dim 64, 128-byte ones from 128.
+        assert_eq!(box_row_bytes(DType::F8E4M3, 64), 64);
+        assert_eq!(box_row_bytes(DType::F8E4M3, 128), 128);
+        assert_eq!(box_row_bytes(DType::F8E4M3, 256), 128);
+    }
 }

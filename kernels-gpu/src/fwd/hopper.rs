@@ -239,6 +239,8 @@ unsafe fn loader_tma<const D: usize, const DV: usize, const BN: usize, const STA
         }
         mbarrier::wait(Shape::<D, DV, BN, STAGES>::full_bar(base, i % STAGES), (i / STAGES) & 1);
         if PACKED {
+            // After the wait: the box's own bytes must have landed, or they would overwrite the zeros.
+            // `valid` is at least 1 (`Mask::key_blocks` ends at the last block holding a key).
             let seqlen_k = stage::parked_keys::<PACKED>(&p.score, batch).2;
             let valid = seqlen_k - (first + i) * BN as u32;
             if valid < BN as u32 {
@@ -299,8 +301,13 @@ unsafe fn copy_tile<const ROWS: usize, const D: usize>(
 }
 
 /// Zeros rows `valid..ROWS` of a swizzled `ROWS x COLS` tile (`ptx::wgmma` layout: each 64-column block
-/// `ROWS` rows of 128 bytes, the swizzle permuting 16-byte chunks within a row) with the loader's 128
-/// threads, one 16-byte chunk per thread and round.
+/// `ROWS` rows of 128 bytes, the swizzle permuting 16-byte chunks within a row, so that whole rows are
+/// zeroed by their unswizzled chunk offsets) with the loader's 128 threads, one 16-byte chunk per thread
+/// and round.
+///
+/// # Safety
+/// Loader threads only (`tid` below 128), on a tile in this CTA's shared memory whose copies have
+/// landed and that no product reads until the loader hands it over.
 #[inline(always)]
 unsafe fn zero_rows_from<const ROWS: usize, const COLS: usize>(tile: u32, valid: u32, tid: u32) {
     let chunks_per_row = (COLS / 8) as u32;

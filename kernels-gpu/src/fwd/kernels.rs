@@ -190,7 +190,7 @@ mod wgmma_entry {
     }
 
     /// The Hopper rows: each row's dense and packed kernels for both element types through `$entry`
-    /// (`wgmma_entry`, or `wgmma_tma_entry` for the rows whose `tma` is `$tma`).
+    /// (`wgmma_entry`, or `wgmma_tma_entry` for the TMA rows); `$tma`: the rows' `tma` flag, asserted.
     macro_rules! wgmma_kernels {
         ($entry:ident, $tma:literal; $($tile:path => $bf16:ident, $f16:ident, $packed_bf16:ident, $packed_f16:ident;)*) => {$(
             const _: () = {
