@@ -573,14 +573,15 @@ pub(crate) fn launch<T: Element>(
         let map = |ptr, dims, strides: [usize; 4], box_rows| {
             tma::tensor_map(T::DTYPE, ptr, dims, [strides[0], strides[1], strides[2]], box_rows)
         };
-        let (batch, seqlen_q, seqlen_k) = match batch {
-            BatchLaunch::Packed(pk) => (1, pk.tokens_q, k.layout.shape[1]),
+        // A packed batch's rows: its tokens, which its layouts hold (`p` has the longest sequences').
+        let (map_batch, rows_q, rows_k) = match batch {
+            BatchLaunch::Packed(_) => (1, q_layout.shape[1], k.layout.shape[1]),
             _ => (p.batch, p.seqlen_q, p.seqlen_k),
         };
         Some(KernelParams(FwdTensorMaps {
-            q: map(q_ptr, [batch, seqlen_q, p.heads_q, p.head_dim], q_layout.strides, tile.block_m)?,
-            k: map(k_ptr, [batch, seqlen_k, p.heads_kv, p.head_dim], k.layout.strides, tile.block_n)?,
-            v: map(v_ptr, [batch, seqlen_k, p.heads_kv, p.head_dim_v], v.layout.strides, tile.block_n)?,
+            q: map(q_ptr, [map_batch, rows_q, p.heads_q, p.head_dim], q_layout.strides, tile.block_m)?,
+            k: map(k_ptr, [map_batch, rows_k, p.heads_kv, p.head_dim], k.layout.strides, tile.block_n)?,
+            v: map(v_ptr, [map_batch, rows_k, p.heads_kv, p.head_dim_v], v.layout.strides, tile.block_n)?,
         }))
     } else {
         None
