@@ -175,6 +175,16 @@ fn mma_sync_tile(c: &Case) -> &'static FwdTile {
 
 /// The varlen call of a case into poisoned O and LSE; their contents.
 fn gpu_varlen<T: Element>(dev: &Device, c: &Case, x: &Inputs<T>) -> Result<(HostTensor<T>, Vec<f32>), Error> {
+    gpu_varlen_tile(dev, c, x, None)
+}
+
+/// `gpu_varlen` with the forward row `tile` forced (the case's `kernels` otherwise).
+fn gpu_varlen_tile<T: Element>(
+    dev: &Device,
+    c: &Case,
+    x: &Inputs<T>,
+    tile: Option<&FwdTile>,
+) -> Result<(HostTensor<T>, Vec<f32>), Error> {
     let slopes = dev.stream().clone_htod(&x.slopes).unwrap();
     let sinks = dev.stream().clone_htod(&x.sinks).unwrap();
     let opts = options(c, x.scale, PerHead::Device(&slopes), PerHead::Device(&sinks));
@@ -186,6 +196,9 @@ fn gpu_varlen<T: Element>(dev: &Device, c: &Case, x: &Inputs<T>) -> Result<(Host
     let mut lse = dev.poisoned_f32(hq * tq)?;
     let view = offsets.view();
     match c.kernels {
+        _ if tile.is_some() => {
+            gpu::flash_forward_varlen_with_splits(dev, &q, &k, &v, &view, &mut o, &mut lse, &opts, tile, None)
+        }
         Kernels::Chosen => gpu::flash_forward_varlen_into(dev, &q, &k, &v, &view, &mut o, &mut lse, &opts),
         Kernels::MmaSync => gpu::flash_forward_varlen_with_splits(
             dev,
@@ -207,12 +220,17 @@ fn gpu_varlen<T: Element>(dev: &Device, c: &Case, x: &Inputs<T>) -> Result<(Host
 }
 
 fn run_case<T: Element>(dev: &Device, c: &Case) -> Result<f64, String> {
-    let name = format!("{} {c:?}", T::DTYPE);
+    run_case_tile::<T>(dev, c, None)
+}
+
+/// `run_case` with the forward row `tile` forced.
+fn run_case_tile<T: Element>(dev: &Device, c: &Case, tile: Option<&FwdTile>) -> Result<f64, String> {
+    let name = format!("{} {c:?} {}", T::DTYPE, tile.map_or("", |t| t.symbols[0]));
     let x = inputs::<T>(c);
     let seqs = Varlen { cu_seqlens_q: &x.cu_q, cu_seqlens_k: &x.cu_k };
     let host_opts = options(c, x.scale, PerHead::Host(&x.slopes), PerHead::Host(&x.sinks));
     let want = reference_forward_varlen(&x.q, &x.k, &x.v, &seqs, &host_opts).map_err(|e| e.to_string())?;
-    let (o, lse) = gpu_varlen(dev, c, &x).map_err(|e| format!("{name}: {e}"))?;
+    let (o, lse) = gpu_varlen_tile(dev, c, &x, tile).map_err(|e| format!("{name}: {e}"))?;
     let err =
         check_o(&o.to_f64_contiguous(), &want.o, output_tolerance(T::DTYPE)).map_err(|e| format!("{name}: {e}"))?;
     let lse_scale = want.lse.iter().filter(|l| l.is_finite()).fold(1.0f64, |m, l| m.max(l.abs()));
@@ -367,36 +385,76 @@ fn other_sequences_values_never_leak() {
     for (d, dv) in HEAD_DIM_PAIRS {
         for causal in [false, true] {
             let c = Case { head_dim: d, head_dim_v: dv, causal, ..base(d, &[(300, 500), (200, 300), (77, 130)]) };
-            let clean = inputs::<bf16>(&c);
-            let mut dirty = inputs::<bf16>(&c);
-            let bad = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
-            for (t, from, to) in [
-                (&mut dirty.q, clean.cu_q[1], clean.cu_q[2]),
-                (&mut dirty.k, clean.cu_k[1], clean.cu_k[2]),
-                (&mut dirty.v, clean.cu_k[1], clean.cu_k[2]),
-            ] {
-                let [_, _, heads, dim] = t.shape();
-                for s in from as usize..to as usize {
-                    for h in 0..heads {
-                        for e in 0..dim {
-                            t.set(0, s, h, e, bf16::from_f32(bad[(s + h + e) % 3]));
-                        }
-                    }
+            assert_middle_sequence_stays_inside(dev, &c, None);
+        }
+    }
+}
+
+/// Every Hopper forward row forced on a packed batch (the chooser takes only some of them for packed
+/// calls, e.g. not the head-dim-64 TMA row): against the reference with plain, causal and softcapped
+/// ALiBi calls, in both element types; on the TMA rows, whose boxes run into the next sequence's rows,
+/// a middle sequence of NaN and infinities leaves the others' O and LSE bitwise as they were.
+fn packed_forward_every_hopper_row() {
+    let Some(dev) = device_or_skip("packed_forward_every_hopper_row") else { return };
+    if !dev.info().runs_wgmma() {
+        println!("packed_forward_every_hopper_row: needs compute capability 9.0, skipped on {}", dev.info().name);
+        return;
+    }
+    let lens = [(150, 170), (37, 90), (0, 3), (81, 81), (200, 330), (129, 1)];
+    for tile in tiles::FWD_TILES.iter().filter(|t| t.wgmma) {
+        let tile_base = || Case { head_dim_v: tile.head_dim_v, ..base(tile.head_dim, &lens) };
+        let cases = [
+            tile_base(),
+            Case { causal: true, seed: 6, ..tile_base() },
+            Case { softcap: Some(30.0), alibi: Some(true), seed: 7, ..tile_base() },
+        ];
+        let mut worst = 0f64;
+        for c in &cases {
+            worst = worst.max(run_case_tile::<bf16>(dev, c, Some(tile)).unwrap());
+            worst = worst.max(run_case_tile::<f16>(dev, c, Some(tile)).unwrap());
+        }
+        println!("packed_forward_every_hopper_row {}: worst O {worst:.2e}", tile.symbols[0]);
+        if !tile.tma {
+            continue;
+        }
+        for c in &cases {
+            assert_middle_sequence_stays_inside(dev, c, Some(tile));
+        }
+    }
+}
+
+/// With sequence 1's Q, K and V full of NaN and infinities, every other sequence's O and LSE are bitwise
+/// those of the clean call (on the forward row `tile` where given).
+fn assert_middle_sequence_stays_inside(dev: &Device, c: &Case, tile: Option<&FwdTile>) {
+    let clean = inputs::<bf16>(c);
+    let mut dirty = clean.clone();
+    let bad = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+    for (t, from, to) in [
+        (&mut dirty.q, clean.cu_q[1], clean.cu_q[2]),
+        (&mut dirty.k, clean.cu_k[1], clean.cu_k[2]),
+        (&mut dirty.v, clean.cu_k[1], clean.cu_k[2]),
+    ] {
+        let [_, _, heads, dim] = t.shape();
+        for s in from as usize..to as usize {
+            for h in 0..heads {
+                for e in 0..dim {
+                    t.set(0, s, h, e, bf16::from_f32(bad[(s + h + e) % 3]));
                 }
             }
-            let (o, lse) = gpu_varlen(dev, &c, &clean).unwrap();
-            let (o_dirty, lse_dirty) = gpu_varlen(dev, &c, &dirty).unwrap();
-            let [_, tq, hq, _] = clean.q.shape();
-            for b in [0, 2] {
-                for i in clean.cu_q[b] as usize..clean.cu_q[b + 1] as usize {
-                    for h in 0..hq {
-                        let at = || format!("d {d}/{dv} causal {causal} token {i} head {h}");
-                        assert_eq!(lse[h * tq + i].to_bits(), lse_dirty[h * tq + i].to_bits(), "{}", at());
-                        for e in 0..dv {
-                            let (want, got) = (o.get(0, i, h, e), o_dirty.get(0, i, h, e));
-                            assert!(got.to_f32().is_finite() && got == want, "{} col {e}: {got} {want}", at());
-                        }
-                    }
+        }
+    }
+    let (o, lse) = gpu_varlen_tile(dev, c, &clean, tile).unwrap();
+    let (o_dirty, lse_dirty) = gpu_varlen_tile(dev, c, &dirty, tile).unwrap();
+    let [_, tq, hq, _] = clean.q.shape();
+    let row = tile.map_or("chosen", |t| t.symbols[0]);
+    for b in (0..c.lens.len()).filter(|&b| b != 1) {
+        for i in clean.cu_q[b] as usize..clean.cu_q[b + 1] as usize {
+            for h in 0..hq {
+                let at = || format!("{row} {c:?} token {i} head {h}");
+                assert_eq!(lse[h * tq + i].to_bits(), lse_dirty[h * tq + i].to_bits(), "{}", at());
+                for e in 0..c.head_dim_v {
+                    let (want, got) = (o.get(0, i, h, e), o_dirty.get(0, i, h, e));
+                    assert!(got.to_f32().is_finite() && got == want, "{} col {e}: {got} {want}", at());
                 }
             }
         }
@@ -847,6 +905,7 @@ fn main() -> std::process::ExitCode {
             long_sequences_every_option_every_head_dim,
             each_sequence_is_bitwise_the_dense_call,
             other_sequences_values_never_leak,
+            packed_forward_every_hopper_row,
             bad_varlen_input_gives_typed_errors,
             offsets_past_the_tensors_stay_inside,
             varlen_backward_matches_reference_bf16,
