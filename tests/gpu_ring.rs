@@ -376,6 +376,39 @@ mod ring_tests {
         assert!(fine0.is_ok() && fine1.is_ok(), "{fine0:?} {fine1:?}");
     }
 
+    /// A peer that never comes (rank 1 joins the ring and then makes no call, as a process that died
+    /// would): rank 0's call returns `RingTimeout` once its timeout has passed instead of waiting for
+    /// ever, its communicator is aborted (later calls: `RingAborted`), and both communicators drop
+    /// without hanging. Its own communicators, not the fixture's, which stay usable.
+    pub fn a_dead_peer_times_out() {
+        let Ok(fx) = fixture() else { return };
+        let _turn = fx.comms.lock().unwrap();
+        let id = Communicator::unique_id().unwrap();
+        let mut comms = std::thread::scope(|s| {
+            let joins: Vec<_> = fx
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(r, dev)| s.spawn(move || Communicator::new(dev, r, WORLD, &id).expect("joining the ring")))
+                .collect();
+            joins.into_iter().map(|j| j.join().unwrap()).collect::<Vec<_>>()
+        });
+        let timeout = Duration::from_secs(3);
+        comms[0].set_timeout(timeout);
+        let dev = &fx.devices[0];
+        let sharding = Sharding { seqlen: 256, world: WORLD, layout: ShardLayout::ZigZag };
+        let t = dev.upload(&HostTensor::<bf16>::random_seeded([1, sharding.shard_len(0), 2, 64], 1.0, 1)).unwrap();
+        let start = std::time::Instant::now();
+        let first = ring::forward(dev, &mut comms[0], &t, &t, &t, &sharding, &AttnOptions::causal()).map(drop);
+        let waited = start.elapsed();
+        println!("a_dead_peer_times_out: {first:?} after {:.2} s", waited.as_secs_f64());
+        assert!(matches!(first, Err(Error::RingTimeout { .. })), "{first:?}");
+        assert!(waited >= timeout && waited < timeout + Duration::from_secs(10), "{waited:?}");
+        let later = ring::forward(dev, &mut comms[0], &t, &t, &t, &sharding, &AttnOptions::causal()).map(drop);
+        assert!(matches!(later, Err(Error::RingAborted)), "{later:?}");
+        drop(comms);
+    }
+
     /// Needs no GPU: a communicator of a rank outside the ring is refused before NCCL is touched.
     pub fn bad_ring_rank_is_a_typed_error() {
         let id = UniqueId { internal: [0; 128] };
@@ -394,10 +427,11 @@ fn main() -> std::process::ExitCode {
         if let Some(why) = why {
             println!("skipped: {why}: the ring tests are reported as ignored");
         }
-        let gpu: [(&str, fn()); 3] = [
+        let gpu: [(&str, fn()); 4] = [
             ("ring_matches_single_gpu_and_reference", ring_matches_single_gpu_and_reference),
             ("ring_is_bitwise_reproducible", ring_is_bitwise_reproducible),
             ("a_bad_rank_fails_every_rank_without_hanging", a_bad_rank_fails_every_rank_without_hanging),
+            ("a_dead_peer_times_out", a_dead_peer_times_out),
         ];
         let mut trials: Vec<_> = gpu
             .into_iter()

@@ -10,7 +10,7 @@
 
 use crate::device::Device;
 use crate::error::{DriverContext, Error, Result};
-use cudarc::driver::{CudaEvent, CudaStream};
+use cudarc::driver::{CudaEvent, CudaStream, DevicePtr};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -177,7 +177,39 @@ impl Communicator {
         let code = unsafe { (lib.comm_init_rank)(&mut comm, world as c_int, *id, rank as c_int) };
         lib.check(code, "joining the NCCL communicator")?;
         let ordinal = dev.info().ordinal;
-        Ok(Communicator { comm, stream, ordinal, rank, world, timeout: Duration::from_secs(300), aborted: false })
+        let mut comm =
+            Communicator { comm, stream, ordinal, rank, world, timeout: Duration::from_secs(300), aborted: false };
+        comm.connect()?;
+        Ok(comm)
+    }
+
+    /// Opens the connections the ring uses (an all-gather, as the handshake's, and a send to the next
+    /// rank with a receive from the previous one, as the steps') while every rank is joining. NCCL
+    /// connects lazily, at a communicator's first collective or transfer, and that connection is made
+    /// inside the enqueue call, on the host, before any event exists to poll: a peer missing then
+    /// would hang the call past any timeout. Once connected, a peer that stops coming is seen by
+    /// [`wait`](Self::wait).
+    fn connect(&mut self) -> Result<()> {
+        if self.world == 1 {
+            return Ok(());
+        }
+        let stream = self.stream.clone();
+        let mine = stream.alloc_zeros::<u64>(1).during("allocating the ring's first exchange")?;
+        let all = stream.alloc_zeros::<u64>(self.world + 1).during("allocating the ring's first exchange")?;
+        let (src, dst) = (mine.device_ptr(&stream).0, all.device_ptr(&stream).0);
+        let (next, prev) = ((self.rank + 1) % self.world, (self.rank + self.world - 1) % self.world);
+        // SAFETY: one u64 from each rank into the first `world` of `all`; then this rank's u64 to the
+        // next rank and the previous rank's into the last of `all`, on the ring's stream, as every rank
+        // does while joining; the buffers live until the wait below.
+        unsafe {
+            self.all_gather_u64(src, dst, 1)?;
+            self.group(|c| {
+                c.send(src, 8, next)?;
+                c.recv(dst + 8 * self.world as u64, 8, prev)
+            })?;
+        }
+        let done = stream.record_event(None).during("recording the ring's first exchange")?;
+        self.wait(&done, "connecting the ring")
     }
 
     pub fn rank(&self) -> usize {
