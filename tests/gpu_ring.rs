@@ -50,15 +50,21 @@ mod ring_tests {
             }
             let id = Communicator::unique_id().map_err(|e| format!("no NCCL: {e}"))?;
             let devices: Vec<Device> = (0..WORLD).map(|r| Device::open(r).expect("opening a GPU")).collect();
-            let comms = std::thread::scope(|s| {
-                let joins: Vec<_> = devices
-                    .iter()
-                    .enumerate()
-                    .map(|(r, dev)| s.spawn(move || Communicator::new(dev, r, WORLD, &id).expect("joining the ring")))
-                    .collect();
-                joins.into_iter().map(|j| j.join().unwrap()).collect::<Vec<_>>()
-            });
+            let comms = join_ring(&devices, id);
             Ok(Fixture { devices, comms: Mutex::new(comms) })
+        })
+    }
+
+    /// One communicator per device for the ring `id`, rank r on device r, joined in threads (each
+    /// returns once all have joined).
+    fn join_ring(devices: &[Device], id: UniqueId) -> Vec<Communicator> {
+        std::thread::scope(|s| {
+            let joins: Vec<_> = devices
+                .iter()
+                .enumerate()
+                .map(|(r, dev)| s.spawn(move || Communicator::new(dev, r, WORLD, &id).expect("joining the ring")))
+                .collect();
+            joins.into_iter().map(|j| j.join().unwrap()).collect()
         })
     }
 
@@ -383,16 +389,7 @@ mod ring_tests {
     pub fn a_dead_peer_times_out() {
         let Ok(fx) = fixture() else { return };
         let _turn = fx.comms.lock().unwrap();
-        let id = Communicator::unique_id().unwrap();
-        let mut comms = std::thread::scope(|s| {
-            let joins: Vec<_> = fx
-                .devices
-                .iter()
-                .enumerate()
-                .map(|(r, dev)| s.spawn(move || Communicator::new(dev, r, WORLD, &id).expect("joining the ring")))
-                .collect();
-            joins.into_iter().map(|j| j.join().unwrap()).collect::<Vec<_>>()
-        });
+        let mut comms = join_ring(&fx.devices, Communicator::unique_id().unwrap());
         let timeout = Duration::from_secs(3);
         comms[0].set_timeout(timeout);
         let dev = &fx.devices[0];

@@ -178,7 +178,7 @@ fn gpu_varlen<T: Element>(dev: &Device, c: &Case, x: &Inputs<T>) -> Result<(Host
     gpu_varlen_tile(dev, c, x, None)
 }
 
-/// `gpu_varlen` with the forward row `tile` forced (the case's `kernels` otherwise).
+/// `gpu_varlen` with the forward row `tile` forced (where given).
 fn gpu_varlen_tile<T: Element>(
     dev: &Device,
     c: &Case,
@@ -195,27 +195,14 @@ fn gpu_varlen_tile<T: Element>(
     let mut o = dev.poisoned::<T>([1, tq, hq, c.head_dim_v])?;
     let mut lse = dev.poisoned_f32(hq * tq)?;
     let view = offsets.view();
-    match c.kernels {
-        _ if tile.is_some() => {
-            gpu::flash_forward_varlen_with_splits(dev, &q, &k, &v, &view, &mut o, &mut lse, &opts, tile, None)
-        }
-        Kernels::Chosen => gpu::flash_forward_varlen_into(dev, &q, &k, &v, &view, &mut o, &mut lse, &opts),
-        Kernels::MmaSync => gpu::flash_forward_varlen_with_splits(
-            dev,
-            &q,
-            &k,
-            &v,
-            &view,
-            &mut o,
-            &mut lse,
-            &opts,
-            Some(mma_sync_tile(c)),
-            None,
-        ),
-        Kernels::Split(n) => {
-            gpu::flash_forward_varlen_with_splits(dev, &q, &k, &v, &view, &mut o, &mut lse, &opts, None, Some(n))
-        }
-    }?;
+    // The row: `tile`, or the `mma.sync` one the case asks for; the split the case asks for.
+    let tile = tile.or((c.kernels == Kernels::MmaSync).then(|| mma_sync_tile(c)));
+    let splits = if let Kernels::Split(n) = c.kernels { Some(n) } else { None };
+    if tile.is_none() && splits.is_none() {
+        gpu::flash_forward_varlen_into(dev, &q, &k, &v, &view, &mut o, &mut lse, &opts)?;
+    } else {
+        gpu::flash_forward_varlen_with_splits(dev, &q, &k, &v, &view, &mut o, &mut lse, &opts, tile, splits)?;
+    }
     Ok((dev.download(&o)?, dev.download_f32(&lse)?))
 }
 
