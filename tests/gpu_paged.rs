@@ -45,6 +45,8 @@ struct Case {
     /// Some((rotary_dim, interleaved)).
     rotary: Option<(usize, bool)>,
     splits: Option<usize>,
+    /// A forced row (`None`: the chooser's).
+    tile: Option<tiles::FwdTile>,
     seed: u64,
 }
 
@@ -92,6 +94,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                     sinks,
                     rotary,
                     splits,
+                    tile: None,
                     seed,
                 }
             },
@@ -197,7 +200,8 @@ fn gpu_paged<T: Element>(dev: &Device, c: &Case, x: &Inputs<T>) -> Result<Outcom
         errors: &mut errors,
     };
     let append = new.as_ref().map(|(k, v)| DeviceKvAppend { k, v });
-    gpu::flash_forward_paged_into(dev, &q, &mut cache, append, rotary, &mut o, &mut lse, &opts, None, c.splits)?;
+    let tile = c.tile.as_ref();
+    gpu::flash_forward_paged_into(dev, &q, &mut cache, append, rotary, &mut o, &mut lse, &opts, tile, c.splits)?;
     errors.check(dev)?;
     Ok(Outcome {
         o: dev.download(&o)?,
@@ -261,6 +265,7 @@ fn base(head_dim: usize) -> Case {
         sinks: false,
         rotary: None,
         splits: None,
+        tile: None,
         seed: 11,
     }
 }
@@ -288,6 +293,81 @@ fn decode_and_prefill_every_head_dim_and_page_size() {
             }
         }
         run_case::<f16>(dev, &Case { head_dim: d, head_dim_v: dv, new: 3, seed: 12, ..base(d) }).unwrap();
+    }
+}
+
+/// Every row with a paged kernel forced, at each page size it takes (the TMA rows: sizes whose boxes fill
+/// whole 8-row groups; the `mma.sync` rows: any) and at one it refuses, on decode and chunked prefill
+/// with every option, split where the row can: on a Hopper device the chooser takes the TMA rows where
+/// they fit, so this keeps the `mma.sync` rows' paged kernels under test there too, and runs the TMA
+/// rows at page sizes of 8, 24 and 512 keys (boxes of 8, 8 and the whole block) and on blocks whose last
+/// boxes lie past the sequence's keys (not issued).
+fn every_paged_row_and_page_size() {
+    let Some(dev) = device_or_skip("every_paged_row_and_page_size") else { return };
+    let wgmma = dev.info().runs_wgmma();
+    let mut runs = 0;
+    for t in tiles::FWD_TILES.iter().filter(|t| !t.paged_symbols[0].is_empty() && (wgmma || !t.wgmma)) {
+        let (d, dv) = (t.head_dim, t.head_dim_v);
+        // The `mma.sync` rows' page sizes are the random tests' too: a few here.
+        let sizes: &[usize] = if t.tma { &[1, 7, 8, 16, 24, 64, 256, 512] } else { &[1, 24, 256] };
+        for &page_size in sizes {
+            let plain = Case { head_dim: d, head_dim_v: dv, page_size, tile: Some(*t), ..base(d) };
+            if t.paged_box_rows(page_size).is_none() {
+                // Refused before anything is launched (the call would append first).
+                let c = Case { new: 2, ..plain };
+                let e = gpu_paged(dev, &c, &inputs::<bf16>(&c)).map(|_| ()).unwrap_err();
+                assert!(matches!(e, Error::NoTileConfig(_)), "{t:?} page {page_size}: {e:?}");
+                continue;
+            }
+            let prefill = Case {
+                lens: vec![301, 0, 129, 1000],
+                seqlen_q: 37,
+                new: 9,
+                window: (Some(300), None),
+                softcap: Some(20.0),
+                alibi: Some(true),
+                sinks: true,
+                rotary: Some((d / 2, false)),
+                spare_pages: 2,
+                ..plain.clone()
+            };
+            let split = (!t.wgmma).then(|| Case { new: 1, splits: Some(3), ..plain.clone() });
+            let f16_case = Case { new: 3, seed: 12, causal: false, ..plain.clone() };
+            for c in [Some(plain), Some(prefill), split].into_iter().flatten() {
+                run_case::<bf16>(dev, &c).unwrap();
+                runs += 1;
+            }
+            run_case::<f16>(dev, &f16_case).unwrap();
+        }
+    }
+    println!("every_paged_row_and_page_size: {runs} bf16 cases");
+}
+
+/// The TMA rows' paged kernels on a few cases, for compute-sanitizer (memcheck, racecheck, synccheck):
+/// head dims 64 and 128, pages of 16 and 24 keys (boxes of 16 and 8), decode and a chunked prefill with
+/// an append, a window, softcap, ALiBi and sinks.
+fn paged_tma_sanitizer_sample() {
+    let Some(dev) = device_or_skip("paged_tma_sanitizer_sample") else { return };
+    if !dev.info().runs_wgmma() {
+        println!("paged_tma_sanitizer_sample: no TMA rows on this device");
+        return;
+    }
+    for t in tiles::FWD_TILES.iter().filter(|t| t.tma && matches!(t.head_dim, 64 | 128)) {
+        for page_size in [16, 24] {
+            let plain = Case { lens: vec![300, 0, 77], page_size, tile: Some(*t), ..base(t.head_dim) };
+            let prefill = Case {
+                seqlen_q: 20,
+                new: 5,
+                window: (Some(100), None),
+                softcap: Some(20.0),
+                alibi: Some(false),
+                sinks: true,
+                ..plain.clone()
+            };
+            for c in [plain, prefill] {
+                run_case::<bf16>(dev, &c).unwrap();
+            }
+        }
     }
 }
 
@@ -362,9 +442,9 @@ fn bad_paged_input_gives_typed_errors() {
     let odd = DeviceRotary { cos: &cos, sin: &cos, rotary_dim: 7, interleaved: false };
     let e = call(&q, &mut k_pages, &mut v_pages, &table, &mut errors, None, Some(odd)).unwrap_err();
     assert!(matches!(e, Error::BadPagedCache { arg: Arg::Rotary, .. }), "{e:?}");
-    // A forced tile without paged kernels.
+    // A forced tile without paged kernels (a Hopper row without TMA loads).
     let (mut o, mut lse) = (dev.poisoned::<bf16>([2, 1, 4, 64]).unwrap(), dev.poisoned_f32(8).unwrap());
-    let wgmma = tiles::FWD_TILES.iter().find(|t| t.wgmma && t.head_dim == 64).unwrap();
+    let wgmma = tiles::FWD_TILES.iter().find(|t| t.wgmma && !t.tma && t.head_dim == 64).unwrap();
     let mut cache = DevicePagedKv {
         k_pages: &mut k_pages,
         v_pages: &mut v_pages,
@@ -384,6 +464,8 @@ fn main() -> std::process::ExitCode {
             paged_matches_reference_bf16,
             paged_matches_reference_f16,
             decode_and_prefill_every_head_dim_and_page_size,
+            every_paged_row_and_page_size,
+            paged_tma_sanitizer_sample,
             bad_device_data_raises_error_bits,
             bad_paged_input_gives_typed_errors,
         ],

@@ -15,6 +15,7 @@
 //! cargo run --release --example fwd_timing -- --decode-only --decode-grid      # B 1/8/64, 4K-64K keys
 //! cargo run --release --example fwd_timing -- --decode-only --sinks --window 4096  # decode options
 //! cargo run --release --example fwd_timing -- --decode-only --decode-grid --sinks  # the grid with sinks
+//! cargo run --release --example fwd_timing -- --decode-only --paged-prefill    # chunked prefill, paged
 //! ```
 //! With `--window L` the decode rows' GB/s count the bytes of the `L + 1` keys the row sees.
 //! Warm-up launches first, then the median of per-launch event timings. Inputs are random (never zeros).
@@ -94,6 +95,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sinks = args.iter().any(|a| a == "--sinks");
     if args.iter().any(|a| a == "--decode-grid") {
         return decode_grid(&dev, sinks);
+    }
+    if args.iter().any(|a| a == "--paged-prefill") {
+        return paged_prefill(&dev);
     }
     let window = common::flag_value(&args, "--window")?.map(str::parse::<usize>).transpose()?;
     decode(&dev, &extra_splits, sinks, window)
@@ -219,7 +223,9 @@ fn decode_grid(dev: &Device, sinks: bool) -> Result<(), Box<dyn std::error::Erro
 /// The decode grid's paged rows: the same sequences' keys in a paged cache (`gpu::flash_forward_paged_into`)
 /// of 16, 64 and 256 tokens per page, the pages in a shuffled order, every sequence `n` keys long; then
 /// 16 tokens per page in order (`pg16ord`: each sequence's pages consecutive, as the dense cache lies),
-/// which separates what the scattered pages cost from what the loader's table lookups cost.
+/// which separates what the scattered pages cost from what the loader's table lookups cost; then 16
+/// shuffled with the `mma.sync` row forced (`pg16mma`, its own split count: where the chooser's row
+/// is a Hopper one, what it gains).
 fn paged_rows(
     dev: &Device,
     source: &ironflash_cli::bench::timing::RandomSource<bf16>,
@@ -235,7 +241,10 @@ fn paged_rows(
     let mut errors = gpu::PagedErrors::new(dev)?;
     let (mut k_buf, mut v_buf) =
         (Some(source.buffer(dev, b * n * h_kv * d, salt)?), Some(source.buffer(dev, b * n * h_kv * d, salt + 1)?));
-    for (page_size, shuffled) in [(16usize, true), (64, true), (256, true), (16, false)] {
+    let mma = ironflash_kernels::tiles::HD128;
+    for (page_size, shuffled, tile) in
+        [(16usize, true, None), (64, true, None), (256, true, None), (16, false, None), (16, true, Some(&mma))]
+    {
         let pages = b * n / page_size;
         let mut order: Vec<i32> = (0..pages as i32).collect();
         if shuffled {
@@ -254,12 +263,77 @@ fn paged_rows(
                 cache_seqlens: &lens,
                 errors: &mut errors,
             };
-            gpu::flash_forward_paged_into(dev, q, &mut cache, None, None, o, lse, &opts, None, None)
+            gpu::flash_forward_paged_into(dev, q, &mut cache, None, None, o, lse, &opts, tile, None)
         })?;
-        let label = if shuffled { format!("page{page_size}") } else { format!("pg{page_size}ord") };
+        let label = match (shuffled, tile) {
+            (_, Some(_)) => format!("pg{page_size}mma"),
+            (true, None) => format!("page{page_size}"),
+            (false, None) => format!("pg{page_size}ord"),
+        };
         println!("{b:>3} {n:>6} {label:>7} {median:>10.3} {:>8.0}", kv_bytes / (median * 1e-3) / 1e9);
         errors.check(dev)?;
         (k_buf, v_buf) = (Some(k.into_buffer()), Some(v.into_buffer()));
+    }
+    Ok(())
+}
+
+/// Chunked prefill over a paged cache: B sequences of `n` cached keys each (shuffled pages of 16, 64 and
+/// 256 tokens), a chunk of `chunk` queries per sequence attending causally (bottom-right: the chunk is
+/// the cache's last `chunk` tokens), 32 query heads on 8 K/V heads, D = 128, bf16. TFLOP/s on the
+/// visible pairs (4·D per pair and query head). Beside them the same keys as a dense cache
+/// (`flash_forward_into`) and, at 16 tokens per page, the `mma.sync` row forced (`pg16mma`).
+fn paged_prefill(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
+    use ironflash::{Arg, Layout};
+    use ironflash_cli::bench::timing::RandomSource;
+    use rand::seq::SliceRandom;
+    let (h, h_kv, d) = (32usize, 8usize, 128usize);
+    let source = RandomSource::<bf16>::new(dev, &mut rand::rng())?;
+    println!("chunked prefill over a paged cache (bf16, D = 128, Hq/Hkv = 32/8, causal bottom-right)");
+    println!("{:>3} {:>6} {:>6} {:>8} {:>10} {:>9}", "B", "keys", "chunk", "cache", "median ms", "TFLOP/s");
+    let mma = ironflash_kernels::tiles::HD128;
+    for (b, n, chunk) in [(4usize, 8192usize, 512usize), (4, 8192, 2048), (8, 32768, 2048), (1, 65536, 4096)] {
+        let salt = (b * n + chunk) as u64;
+        let pairs = chunk * (n - chunk) + chunk * (chunk + 1) / 2;
+        let flops = (4 * d * h * b * pairs) as f64;
+        let ql = Layout::contiguous([b, chunk, h, d]);
+        let q = dev.wrap(Arg::Q, source.buffer(dev, ql.numel(), salt + 2)?, ql)?;
+        let mut o = dev.poisoned::<bf16>([b, chunk, h, d])?;
+        let mut lse = dev.poisoned_f32(b * h * chunk)?;
+        let opts = AttnOptions::causal();
+        let (mut k_buf, mut v_buf) =
+            (Some(source.buffer(dev, b * n * h_kv * d, salt)?), Some(source.buffer(dev, b * n * h_kv * d, salt + 1)?));
+        let dense = Layout::contiguous([b, n, h_kv, d]);
+        let (k, v) = (dev.wrap(Arg::K, k_buf.take().unwrap(), dense)?, dev.wrap(Arg::V, v_buf.take().unwrap(), dense)?);
+        let median = common::median_ms(dev, || gpu::flash_forward_into(dev, &q, &k, &v, &mut o, &mut lse, &opts))?;
+        println!("{b:>3} {n:>6} {chunk:>6} {:>8} {median:>10.3} {:>9.1}", "dense", flops / (median * 1e-3) / 1e12);
+        (k_buf, v_buf) = (Some(k.into_buffer()), Some(v.into_buffer()));
+        let lens = dev.stream().clone_htod(&vec![n as i32; b])?;
+        let mut errors = gpu::PagedErrors::new(dev)?;
+        for (page_size, tile) in [(16usize, None), (64, None), (256, None), (16, Some(&mma))] {
+            let pages = b * n / page_size;
+            let mut order: Vec<i32> = (0..pages as i32).collect();
+            order.shuffle(&mut rand::rng());
+            let table = dev.stream().clone_htod(&order)?;
+            let l = Layout::contiguous([pages, page_size, h_kv, d]);
+            let mut k = dev.wrap(Arg::K, k_buf.take().unwrap(), l)?;
+            let mut v = dev.wrap(Arg::V, v_buf.take().unwrap(), l)?;
+            let median = common::median_ms(dev, || {
+                let mut cache = gpu::DevicePagedKv {
+                    k_pages: &mut k,
+                    v_pages: &mut v,
+                    block_table: &table,
+                    cache_seqlens: &lens,
+                    errors: &mut errors,
+                };
+                gpu::flash_forward_paged_into(dev, &q, &mut cache, None, None, &mut o, &mut lse, &opts, tile, None)
+            })?;
+            let label = if tile.is_some() { format!("pg{page_size}mma") } else { format!("page{page_size}") };
+            println!("{b:>3} {n:>6} {chunk:>6} {label:>8} {median:>10.3} {:>9.1}", flops / (median * 1e-3) / 1e12);
+            errors.check(dev)?;
+            (k_buf, v_buf) = (Some(k.into_buffer()), Some(v.into_buffer()));
+        }
+        let host = dev.download(&o)?;
+        assert!(host.data.iter().all(|x| x.is_finite()), "O has unwritten or non-finite elements");
     }
     Ok(())
 }

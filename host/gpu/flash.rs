@@ -83,24 +83,27 @@ fn split_workspace_f32(lse_rows: usize, head_dim_v: usize, splits: usize) -> (us
 /// causality (what `ironflash info` prints): the tile of a dense batch.
 pub fn forward_tile(info: &DeviceInfo, head_dims: (usize, usize), dtype: DType, causal: bool) -> Result<FwdTile> {
     let _ = causal;
-    layout_tile(info, head_dims, dtype, BatchLayout::Dense)
+    layout_tile(info, head_dims, dtype, BatchLayout::Dense, 0)
 }
 
 /// The chooser's tile among the rows with an unsplit kernel for a batch layout that run on this device:
-/// the TMA rows have dense kernels only, the `mma.sync` rows alone paged ones, so a packed or paged call
-/// takes a later row of the table than a dense one may.
+/// the Hopper rows without TMA have no paged kernels, and the TMA rows' paged ones take page sizes whose
+/// boxes fill whole swizzle groups only (`FwdTile::paged_box_rows`; `page_size`, for a paged call), so a
+/// paged call may take a later row of the table than a dense one.
 pub(crate) fn layout_tile(
     info: &DeviceInfo,
     (head_dim, head_dim_v): (usize, usize),
     dtype: DType,
     layout: BatchLayout,
+    page_size: usize,
 ) -> Result<FwdTile> {
     if !dtype.is_half() {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype, path: "the fused forward kernel" });
     }
     let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
     let sm90a = info.runs_wgmma();
-    let runs = |t: &FwdTile| (sm90a || !t.wgmma) && !t.kernel_symbol(false, false, layout).is_empty();
+    let pages_fit = |t: &FwdTile| layout != BatchLayout::Paged || t.paged_box_rows(page_size).is_some();
+    let runs = |t: &FwdTile| (sm90a || !t.wgmma) && !t.kernel_symbol(false, false, layout).is_empty() && pages_fit(t);
     tiles::choose_fwd_among(head_dim, head_dim_v, dtype.size_bytes(), optin, per_sm, runs).copied().ok_or_else(|| {
         Error::NoTileConfig(format!(
             "head_dim {head_dim}, head_dim_v {head_dim_v}, {dtype}: no compiled {layout:?} forward tile fits {} B of shared \
@@ -128,8 +131,8 @@ pub fn forward_launch_plan(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile, d
 
 /// The tile of a call over a paged cache (`gpu::paged`): the chooser's among the rows with paged
 /// kernels (the `mma.sync` rows).
-pub(crate) fn paged_tile(info: &DeviceInfo, p: &AttnProblem, dtype: DType) -> Result<FwdTile> {
-    layout_tile(info, (p.head_dim, p.head_dim_v), dtype, BatchLayout::Paged)
+pub(crate) fn paged_tile(info: &DeviceInfo, p: &AttnProblem, dtype: DType, page_size: usize) -> Result<FwdTile> {
+    layout_tile(info, (p.head_dim, p.head_dim_v), dtype, BatchLayout::Paged, page_size)
 }
 
 /// [`split_kv_tile`], or `NoTileConfig` for a forced split count where no row fits.
@@ -505,7 +508,8 @@ pub(crate) fn launch<T: Element>(
     };
     let name = tile.kernel_symbol(f16, num_splits > 1, layout);
     if name.is_empty() {
-        // A forced row without this batch layout's kernel (paged caches have no TMA or `wgmma` kernels).
+        // A forced row without this batch layout's kernel (paged caches: no kernel on the Hopper rows
+        // without TMA, no split one on the TMA rows).
         return Err(Error::NoTileConfig(format!("{tile:?} has no {layout:?} kernel with {num_splits} split(s)")));
     }
     let smem = tile.smem_bytes(T::DTYPE.size_bytes());
@@ -528,6 +532,16 @@ pub(crate) fn launch<T: Element>(
         BatchLaunch::Paged(pg) => {
             score.params.seqused_k = pg.seqused_k;
             pages = pg.pages;
+            if tile.tma {
+                let rows = tile.paged_box_rows(pages.page_size as usize).ok_or_else(|| {
+                    Error::NoTileConfig(format!(
+                        "{}: pages of {} keys do not split into TMA boxes of whole 8-row groups (the `mma.sync` \
+                         rows take any page size)",
+                        tile.symbols[0], pages.page_size
+                    ))
+                })?;
+                pages.tma_box_rows = rows as u32;
+            }
             (p.lse_len(), p.seqlen_q)
         }
         BatchLaunch::Packed(pk) => {
@@ -573,15 +587,22 @@ pub(crate) fn launch<T: Element>(
         let map = |ptr, dims, strides: [usize; 4], box_rows| {
             tma::tensor_map(T::DTYPE, ptr, dims, [strides[0], strides[1], strides[2]], box_rows)
         };
-        // A packed batch's rows: its tokens, which its layouts hold (`p` has the longest sequences').
-        let (map_batch, rows_q, rows_k) = match batch {
-            BatchLaunch::Packed(_) => (1, q_layout.shape[1], k.layout.shape[1]),
-            _ => (p.batch, p.seqlen_q, p.seqlen_k),
+        // A packed batch's rows: its tokens, which its layouts hold (`p` has the longest sequences'). A
+        // paged cache's K and V: its pages (`[num_pages, page_size, heads_kv, dim]`, as their layouts),
+        // in boxes of `tma_box_rows` keys.
+        let (map_batch, rows_q) = match batch {
+            BatchLaunch::Packed(_) => (1, q_layout.shape[1]),
+            _ => (p.batch, p.seqlen_q),
+        };
+        let (kv_batch, rows_k, box_k) = match batch {
+            BatchLaunch::Packed(_) => (1, k.layout.shape[1], tile.block_n),
+            BatchLaunch::Paged(_) => (k.layout.shape[0], k.layout.shape[1], pages.tma_box_rows as usize),
+            BatchLaunch::Dense => (p.batch, p.seqlen_k, tile.block_n),
         };
         Some(KernelParams(FwdTensorMaps {
             q: map(q_ptr, [map_batch, rows_q, p.heads_q, p.head_dim], q_layout.strides, tile.block_m)?,
-            k: map(k_ptr, [map_batch, rows_k, p.heads_kv, p.head_dim], k.layout.strides, tile.block_n)?,
-            v: map(v_ptr, [map_batch, rows_k, p.heads_kv, p.head_dim_v], v.layout.strides, tile.block_n)?,
+            k: map(k_ptr, [kv_batch, rows_k, p.heads_kv, p.head_dim], k.layout.strides, box_k)?,
+            v: map(v_ptr, [kv_batch, rows_k, p.heads_kv, p.head_dim_v], v.layout.strides, box_k)?,
         }))
     } else {
         None
@@ -731,20 +752,27 @@ mod tests {
             {
                 let p =
                     AttnProblem::contiguous_with_head_dim_v([2, 1, 4096, 8, 2, d], dv, &AttnOptions::causal()).unwrap();
-                let t = paged_tile(&info, &p, DType::BF16).unwrap();
-                assert!(!t.wgmma && (t.head_dim, t.head_dim_v) == (d, dv), "{t:?}");
-                assert!(!t.kernel_symbol(true, true, BatchLayout::Paged).is_empty(), "{t:?}");
+                // Paged caches: on compute capability 9.0 the TMA row where it has the head dims and the
+                // page size splits into boxes of whole 8-row groups, else an `mma.sync` row, which
+                // also has the split kernel a decode call may want.
+                for page_size in [1, 7, 16, 64, 256] {
+                    let t = paged_tile(&info, &p, DType::BF16, page_size).unwrap();
+                    let tma = cc == (9, 0) && d == dv && d % 64 == 0 && page_size % 8 == 0;
+                    assert!(t.tma == tma && t.wgmma == tma && (t.head_dim, t.head_dim_v) == (d, dv), "{t:?}");
+                    assert!(!t.kernel_symbol(true, false, BatchLayout::Paged).is_empty(), "{t:?}");
+                    assert_eq!(t.kernel_symbol(true, true, BatchLayout::Paged).is_empty(), tma, "{t:?}");
+                }
                 // Dense and packed batches: a row with their kernel; on compute capability 9.0 a Hopper
                 // row, TMA-fed at 128, 192 and 256.
                 for layout in [BatchLayout::Dense, BatchLayout::Packed] {
-                    let t = layout_tile(&info, (d, dv), DType::F16, layout).unwrap();
+                    let t = layout_tile(&info, (d, dv), DType::F16, layout, 0).unwrap();
                     assert!((t.head_dim, t.head_dim_v) == (d, dv) && t.wgmma == (cc == (9, 0)), "{t:?}");
                     assert!(!t.kernel_symbol(true, false, layout).is_empty(), "{t:?}");
                     let tma = cc == (9, 0) && d == dv && matches!(d, 128 | 192 | 256);
                     assert_eq!(t.tma, tma, "{layout:?} {t:?}");
                 }
                 assert_eq!(
-                    layout_tile(&info, (d, dv), DType::BF16, BatchLayout::Dense).unwrap(),
+                    layout_tile(&info, (d, dv), DType::BF16, BatchLayout::Dense, 0).unwrap(),
                     forward_tile(&info, (d, dv), DType::BF16, false).unwrap()
                 );
             }

@@ -121,8 +121,9 @@ pub fn flash_forward_paged<T: Element>(
 }
 
 /// As [`flash_forward_paged`], into caller-provided O (any non-overlapping strides, multiples of 8
-/// elements) and LSE (at least `batch · heads_q · seqlen_q` f32), with an optional forced tile (an
-/// `mma.sync` row with paged kernels) and split count, for tests and benchmarks.
+/// elements) and LSE (at least `batch · heads_q · seqlen_q` f32), with an optional forced tile (a row
+/// with a paged kernel for this page size and split count: `FwdTile::paged_box_rows`) and split count,
+/// for tests and benchmarks.
 #[allow(clippy::too_many_arguments)]
 pub fn flash_forward_paged_into<T: Element>(
     dev: &Device,
@@ -142,10 +143,19 @@ pub fn flash_forward_paged_into<T: Element>(
     let plan = plan(dev, q, cache, append.as_ref(), rotary.as_ref(), opts)?;
     flash::check_outputs(dev, &plan.p, o, lse, "one f32 per (batch, head_q, query row)")?;
     if let Some(t) = tile {
-        if t.kernel_symbol(false, false, BatchLayout::Paged).is_empty() || (t.head_dim, t.head_dim_v) != plan.dims() {
+        let split = num_splits.is_some_and(|n| n > 1);
+        let kernel = if split { t.kernel_symbol(false, true, BatchLayout::Paged) } else { t.paged_symbols[0] };
+        if kernel.is_empty() || t.paged_box_rows(plan.page_size).is_none() || (t.head_dim, t.head_dim_v) != plan.dims()
+        {
             return Err(Error::NoTileConfig(format!(
-                "{}: no paged-cache kernel for head_dim {}, head_dim_v {} (the `mma.sync` rows have them)",
-                t.symbols[0], plan.p.head_dim, plan.p.head_dim_v
+                "{}: no paged-cache kernel for head_dim {}, head_dim_v {}, pages of {} keys{} (the `mma.sync` rows \
+                 take any page size and split, the TMA rows page sizes that split into boxes of whole 8-row \
+                 groups, unsplit)",
+                t.symbols[0],
+                plan.p.head_dim,
+                plan.p.head_dim_v,
+                plan.page_size,
+                if split { ", split" } else { "" }
             )));
         }
     }
@@ -248,7 +258,7 @@ fn plan<T: Element>(
     )?;
     check_per_head(dev, opts)?;
     flash::check_grid(p.heads_q, p.batch, p.lse_len())?;
-    let tile = flash::paged_tile(dev.info(), &p, T::DTYPE)?;
+    let tile = flash::paged_tile(dev.info(), &p, T::DTYPE, page_size)?;
     Ok(Plan { p, num_pages, page_size, pages_per_seq, seqlen_new, tile })
 }
 
@@ -316,6 +326,8 @@ fn run<T: Element>(
         pages_per_seq: plan.pages_per_seq as u32,
         page_size: plan.page_size as u32,
         num_pages: plan.num_pages as u32,
+        // Set at launch for a TMA row (`flash::launch`: it depends on the row's key block).
+        tma_box_rows: 0,
     };
     if let Some(seqused) = seqused.as_mut() {
         let (seqused_ptr, _seqused_sync) = seqused.device_ptr_mut(stream);

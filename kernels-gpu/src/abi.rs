@@ -199,6 +199,10 @@ pub struct PageTable {
     pub pages_per_seq: u32,
     pub page_size: u32,
     pub num_pages: u32,
+    /// The Hopper TMA rows' paged kernels (`tiles::FwdTile::paged_box_rows`): keys per TMA box,
+    /// `gcd(page_size, block_n)`, a multiple of 8, so that a box never leaves its page and lands on whole
+    /// rows of the swizzle; 0 for the other kernels. (In the padding after `num_pages`: no field moves.)
+    pub tma_box_rows: u32,
 }
 
 /// Error bits of a paged call (`PageTable::errors`): a block-table entry outside `[0, num_pages)`; a cache

@@ -39,7 +39,8 @@ pub struct FwdTile {
     pub packed_symbols: [&'static str; 2],
     pub packed_split_symbols: [&'static str; 2],
     /// Symbols of the instantiations over a paged KV cache (`abi::PageTable`), unsplit and split-KV:
-    /// `[bf16, f16]`; empty for the `wgmma` rows and `HD128_N32` (a paged call runs the other `mma.sync` rows).
+    /// `[bf16, f16]`. The `mma.sync` rows but `HD128_N32` have both, for any page size; the TMA rows an
+    /// unsplit one, for the page sizes [`FwdTile::paged_box_rows`] accepts; the other `wgmma` rows none.
     pub paged_symbols: [&'static str; 2],
     pub paged_split_symbols: [&'static str; 2],
     /// A Hopper row (`fwd/hopper.rs`, sm_90a PTX only: `wgmma`, warp-specialised K/V loads, 128-byte
@@ -143,6 +144,28 @@ impl FwdTile {
             (true, BatchLayout::Paged) => &self.paged_split_symbols,
         };
         names[f16 as usize]
+    }
+    /// Whether a paged call with pages of `page_size` keys can run this row's paged kernel, and how: `Some(0)`
+    /// for the `mma.sync` rows (a block-table read per key row, any page size); for the TMA rows
+    /// `Some(rows)`, the keys of each TMA box, `gcd(page_size, block_n)`, where that is a multiple of 8
+    /// (a box then stays inside one page and fills whole 8-row groups of the 128-byte swizzle); `None`
+    /// where the row has no paged kernel or cannot take that page size.
+    pub const fn paged_box_rows(&self, page_size: usize) -> Option<usize> {
+        if self.paged_symbols[0].is_empty() || page_size == 0 {
+            return None;
+        }
+        if !self.tma {
+            return Some(0);
+        }
+        let (mut a, mut b) = (page_size, self.block_n);
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        if a.is_multiple_of(8) {
+            Some(a)
+        } else {
+            None
+        }
     }
     /// Whether the row is well formed (checked at compile time for every instantiated kernel).
     pub const fn is_valid(&self) -> bool {
@@ -330,6 +353,7 @@ pub const HD64_WGMMA_TMA: FwdTile = tma_row(
     HD64_WGMMA,
     ["attn_fwd_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_hd64_m128n128_wgmma_tma_f16"],
     ["attn_fwd_varlen_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_varlen_hd64_m128n128_wgmma_tma_f16"],
+    ["attn_fwd_paged_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_paged_hd64_m128n128_wgmma_tma_f16"],
 );
 /// 225 KiB (stored as head dim 128): 128-key blocks in three stages, ping-pong.
 pub const HD96_WGMMA: FwdTile = wgmma_tile!(96, 128, 3, true);
@@ -341,11 +365,18 @@ pub const HD128_WGMMA_TMA: FwdTile = tma_row(
     HD128_WGMMA,
     ["attn_fwd_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_hd128_m128n128_wgmma_tma_f16"],
     ["attn_fwd_varlen_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_varlen_hd128_m128n128_wgmma_tma_f16"],
+    ["attn_fwd_paged_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_paged_hd128_m128n128_wgmma_tma_f16"],
 );
 
-/// A Hopper row with its loads by TMA (`FwdTile::tma`): its dense kernels' names, then its packed ones'.
-const fn tma_row(row: FwdTile, symbols: [&'static str; 2], packed_symbols: [&'static str; 2]) -> FwdTile {
-    FwdTile { tma: true, symbols, packed_symbols, ..row }
+/// A Hopper row with its loads by TMA (`FwdTile::tma`): its dense kernels' names, then its packed ones',
+/// then its paged ones' (unsplit: the host splits with an `mma.sync` row).
+const fn tma_row(
+    row: FwdTile,
+    symbols: [&'static str; 2],
+    packed_symbols: [&'static str; 2],
+    paged_symbols: [&'static str; 2],
+) -> FwdTile {
+    FwdTile { tma: true, symbols, packed_symbols, paged_symbols, ..row }
 }
 /// 193 KiB: 96-key blocks in two stages (O 96 + S 48 + P 24 registers), ping-pong.
 pub const HD192_WGMMA: FwdTile = wgmma_tile!(192, 96, 2, true);
@@ -354,6 +385,7 @@ pub const HD192_WGMMA_TMA: FwdTile = tma_row(
     HD192_WGMMA,
     ["attn_fwd_hd192_m128n96_wgmma_tma_bf16", "attn_fwd_hd192_m128n96_wgmma_tma_f16"],
     ["attn_fwd_varlen_hd192_m128n96_wgmma_tma_bf16", "attn_fwd_varlen_hd192_m128n96_wgmma_tma_f16"],
+    ["attn_fwd_paged_hd192_m128n96_wgmma_tma_bf16", "attn_fwd_paged_hd192_m128n96_wgmma_tma_f16"],
 );
 /// 193 KiB: 64-key blocks in two stages (O alone is 128 registers). Without ping-pong: with it, 4-6%
 /// slower non-causal and -2..+2% causal on an H200 (measured without spills; each block's softmax is
@@ -364,6 +396,7 @@ pub const HD256_WGMMA_TMA: FwdTile = tma_row(
     HD256_WGMMA,
     ["attn_fwd_hd256_m128n64_wgmma_tma_bf16", "attn_fwd_hd256_m128n64_wgmma_tma_f16"],
     ["attn_fwd_varlen_hd256_m128n64_wgmma_tma_bf16", "attn_fwd_varlen_hd256_m128n64_wgmma_tma_f16"],
+    ["attn_fwd_paged_hd256_m128n64_wgmma_tma_bf16", "attn_fwd_paged_hd256_m128n64_wgmma_tma_f16"],
 );
 /// 209 KiB: Q and K of head dim 192, V of 128; 128-key blocks in two stages (O 64 + S 64 + P 32
 /// registers, D = 128's), ping-pong. Measured against 96 x 2, 80 x 3 and 112 x 2 (docs/perf.md):
@@ -598,9 +631,10 @@ mod tests {
         for (i, t) in FWD_TILES.iter().enumerate() {
             assert!(t.is_valid(), "{t:?}");
             assert_eq!(t.split_symbols[0].is_empty(), t.wgmma, "{t:?}");
-            // Paged kernels on every `mma.sync` row but the A100 row at head dim 128.
-            assert_eq!(t.paged_symbols[0].is_empty(), t.wgmma || *t == HD128_N32, "{t:?}");
-            assert_eq!(t.paged_symbols[0].is_empty(), t.paged_split_symbols[0].is_empty(), "{t:?}");
+            // Paged kernels on every `mma.sync` row but the A100 row at head dim 128, split too; on the
+            // TMA rows unsplit.
+            assert_eq!(t.paged_symbols[0].is_empty(), (t.wgmma && !t.tma) || *t == HD128_N32, "{t:?}");
+            assert_eq!(t.paged_split_symbols[0].is_empty(), t.wgmma || *t == HD128_N32, "{t:?}");
             for u in &FWD_TILES[i + 1..] {
                 assert_ne!(t.symbols, u.symbols);
                 if !t.wgmma {
@@ -609,7 +643,35 @@ mod tests {
                 }
                 if !t.paged_symbols[0].is_empty() {
                     assert_ne!(t.paged_symbols, u.paged_symbols);
+                }
+                if !t.paged_split_symbols[0].is_empty() {
                     assert_ne!(t.paged_split_symbols, u.paged_split_symbols);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn paged_tma_boxes_stay_in_a_page_and_fill_whole_swizzle_groups() {
+        // 128-key blocks: pages of 8, 16, 24, 64, 256 and 384 keys give boxes of 8, 16, 8, 64, 128, 128.
+        for (page, rows) in [(8, Some(8)), (16, Some(16)), (24, Some(8)), (64, Some(64)), (256, Some(128))] {
+            assert_eq!(HD128_WGMMA_TMA.paged_box_rows(page), rows, "page {page}");
+        }
+        assert_eq!(HD128_WGMMA_TMA.paged_box_rows(384), Some(128));
+        // 96-key blocks (head dim 192): pages of 64 take boxes of 32; 256, 32.
+        assert_eq!(HD192_WGMMA_TMA.paged_box_rows(64), Some(32));
+        assert_eq!(HD192_WGMMA_TMA.paged_box_rows(256), Some(32));
+        // Page sizes whose boxes would split an 8-row group: the `mma.sync` rows take them.
+        for page in [1, 4, 7, 12, 100] {
+            assert_eq!(HD128_WGMMA_TMA.paged_box_rows(page), None, "page {page}");
+            assert_eq!(HD128.paged_box_rows(page), Some(0), "page {page}");
+        }
+        assert_eq!(HD128_WGMMA.paged_box_rows(16), None);
+        assert_eq!(HD128_N32.paged_box_rows(16), None);
+        for t in FWD_TILES.iter().filter(|t| t.tma) {
+            for page in 1..=1024 {
+                if let Some(rows) = t.paged_box_rows(page) {
+                    assert!(page % rows == 0 && t.block_n % rows == 0 && rows % 8 == 0 && rows <= 256, "{t:?}");
                 }
             }
         }

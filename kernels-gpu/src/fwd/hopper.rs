@@ -19,9 +19,11 @@
 //!   products hold the tensor cores (FlashAttention-3, Shah et al. 2024, §3.1). Without it they only
 //!   drift apart. FlashAttention-3's intra-warpgroup overlap (S of block j issued with P·V of block j-1,
 //!   the softmax of block j while that P·V runs) measured slower here at every head dim (docs/perf.md).
-//! - `TMA` (the tile row's `tma`, dense or packed batches, head dims that are multiples of 64): the loader's first
-//!   thread issues Q, K and V as TMA boxes (`ptx::tma`, the tensor maps the host built, passed as the
-//!   kernel's second parameter) against one `mbarrier` per stage; the TMA unit swizzles and zero-fills.
+//! - `TMA` (the tile row's `tma`, dense or packed batches or a paged cache, head dims that are multiples of
+//!   64): the loader's first thread issues Q, K and V as TMA boxes (`ptx::tma`, the tensor maps the host
+//!   built, passed as the kernel's second parameter) against one `mbarrier` per stage; the TMA unit
+//!   swizzles and zero-fills. Over a paged cache (`PAGED`) the maps of K and V span its pages, and each
+//!   block's keys come as one box per page run (`issue_paged`), each issued by a loader thread of its own.
 //!   The loader warpgroup waits on each stage's `mbarrier` and hands the block on through `FULL` as the
 //!   `cp.async` loader does (the compute warpgroups polling the `mbarrier`s measured slower).
 //! - `FMA_EXP2` (the tile row's `fma_exp2_tiles`): that many n8 tiles of each row's scores take their
@@ -37,6 +39,7 @@
 //! Q tile, which nothing reads any more, and writes them out as 16-byte vectors.
 
 use super::epilogue::store_empty;
+use super::io::check_paged_length;
 use super::softmax::OnlineSoftmax;
 use crate::abi::FwdParams;
 use crate::attn::stage::{self, FragPos};
@@ -206,7 +209,14 @@ pub(super) fn ring<const STAGES: u32>(
 /// so that a sequence's result never depends on another's values (the product of a masked score's
 /// zero and a non-finite value would not be zero).
 #[inline(always)]
-unsafe fn loader_tma<const D: usize, const DV: usize, const BN: usize, const STAGES: u32, const PACKED: bool>(
+unsafe fn loader_tma<
+    const D: usize,
+    const DV: usize,
+    const BN: usize,
+    const STAGES: u32,
+    const PACKED: bool,
+    const PAGED: bool,
+>(
     maps: u64,
     p: &FwdParams,
     base: u32,
@@ -216,7 +226,8 @@ unsafe fn loader_tma<const D: usize, const DV: usize, const BN: usize, const STA
 ) {
     let (head, batch) = (sreg::block_y(), sreg::block_z());
     let kv_head = head / p.group;
-    let (row, q0) = stage::parked_queries::<PACKED>(batch);
+    // A paged cache's queries are a dense batch (its keys alone go through the block table).
+    let (row, q0) = if PAGED { (batch, 0) } else { stage::parked_queries::<PACKED>(batch) };
     let (q_map, k_map, v_map) = (maps, maps + 128, maps + 256);
     // Every loader thread runs the same instructions, the copies predicated on `leader`: a branch of
     // the first thread's own would let the compiler move the `EMPTY` barriers into diverged paths.
@@ -240,7 +251,8 @@ unsafe fn loader_tma<const D: usize, const DV: usize, const BN: usize, const STA
         mbarrier::wait(Shape::<D, DV, BN, STAGES>::full_bar(base, i % STAGES), (i / STAGES) & 1);
         if PACKED {
             // After the wait: the box's own bytes must have landed, or they would overwrite the zeros.
-            // `valid` is at least 1 (`Mask::key_blocks` ends at the last block holding a key).
+            // `valid` is at least 1 (`Mask::key_blocks` ends at the last block holding a key). A paged
+            // block's rows past its keys are the rest of a page, or rows no box wrote (stale).
             let seqlen_k = stage::parked_keys::<PACKED>(&p.score, batch).2;
             let valid = seqlen_k - (first + i) * BN as u32;
             if valid < BN as u32 {
@@ -252,16 +264,76 @@ unsafe fn loader_tma<const D: usize, const DV: usize, const BN: usize, const STA
     let issue = |j: u32| {
         let s = j % STAGES;
         let bar = Shape::<D, DV, BN, STAGES>::full_bar(base, s);
+        let dst = base + Shape::<D, DV, BN, STAGES>::KV + s * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
+        if PAGED {
+            let block = PagedBlock { n0: (first + j) * BN as u32, kv_head, seq: batch };
+            issue_paged::<D, DV, BN>(p, [dst, v_tile(s)], [k_map, v_map], bar, block, tid);
+            return;
+        }
         // The sequence's first key again for each block (a packed CTA's shared slot), as `loader`.
         let (row, k0, _) = stage::parked_keys::<PACKED>(&p.score, batch);
         let n0 = k0 + (first + j) * BN as u32;
-        let dst = base + Shape::<D, DV, BN, STAGES>::KV + s * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
         mbarrier::arrive_expect_tx(leader, bar, Shape::<D, DV, BN, STAGES>::STAGE_BYTES);
         tma::load_tile::<BN, D>(leader, dst, k_map, [n0, kv_head, row], bar);
         tma::load_tile::<BN, DV>(leader, v_tile(s), v_map, [n0, kv_head, row], bar);
     };
     let wait_empty = |s: u32| sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + s);
     ring::<STAGES>(n_blocks, issue, wait_empty, hand_over_landed);
+}
+
+/// A block of a paged cache's keys: its first key `n0` in sequence `seq`'s pages, of K/V head `kv_head`.
+#[derive(Clone, Copy)]
+struct PagedBlock {
+    n0: u32,
+    kv_head: u32,
+    seq: u32,
+}
+
+/// The TMA loads of one block of a paged cache's keys (`abi::PageTable`), K into `dst[0]` and V into
+/// `dst[1]` (the stage's tiles), through the maps `maps` of the K and V pages (`[dim, page_size,
+/// heads_kv, num_pages]`, boxes of `tma_box_rows` keys): box i holds keys `n0 + i·rows ..` of one page
+/// (`rows` divides the page size and the block), at row `i·rows` of the tiles, a whole number of the
+/// swizzle's 8-row groups. Loader thread i issues box i, so that the boxes' block-table reads go out
+/// together rather than one after the other from one thread; boxes past the sequence's keys are not
+/// issued, and the leader arms the stage's `mbarrier` with the bytes of those that are. A page index
+/// outside `[0, num_pages)` raises `abi::PAGED_BAD_PAGE`; the TMA unit reads nothing there and fills the
+/// box with zeros (its coordinates lie outside the map).
+///
+/// # Safety
+/// Loader threads only, with the stage free (both compute warpgroups past `EMPTY`) and its `mbarrier`'s
+/// phase not yet armed; `maps` as `loader_tma`'s, the block holding at least one key of the sequence.
+#[inline(always)]
+unsafe fn issue_paged<const D: usize, const DV: usize, const BN: usize>(
+    p: &FwdParams,
+    dst: [u32; 2],
+    maps: [u64; 2],
+    bar: u32,
+    block: PagedBlock,
+    tid: u32,
+) {
+    let pages = &p.pages;
+    let rows = pages.tma_box_rows;
+    let valid = (stage::parked_seqlen_k() - block.n0).min(BN as u32);
+    let boxes = valid.div_ceil(rows);
+    // Whole 64-column boxes (the TMA rows' head dims are multiples of 64: `attn_fwd_wgmma`).
+    let box_bytes = rows * 128 * (D.div_ceil(64) + DV.div_ceil(64)) as u32;
+    mbarrier::arrive_expect_tx(tid == 0, bar, boxes * box_bytes);
+    let mine = tid < boxes;
+    let key = block.n0 + tid * rows;
+    let page = if mine {
+        let table = (pages.block_table as *const i32).add((block.seq * pages.pages_per_seq) as usize);
+        super::io::lookup_page(pages, table, None, 0, key / pages.page_size)
+    } else {
+        0
+    };
+    let at = |cb: usize| [64 * cb as u32, key % pages.page_size, block.kv_head, page];
+    let row_bytes = tid * rows * 128;
+    for cb in 0..D.div_ceil(64) {
+        tma::load_4d(mine, dst[0] + (cb * BN * 128) as u32 + row_bytes, maps[0], at(cb), bar);
+    }
+    for cb in 0..DV.div_ceil(64) {
+        tma::load_4d(mine, dst[1] + (cb * BN * 128) as u32 + row_bytes, maps[1], at(cb), bar);
+    }
 }
 
 /// Issues the copies of one `ROWS x D` tile into swizzled shared memory (`ptx::wgmma` layout) with the
@@ -370,12 +442,15 @@ pub unsafe fn attn_fwd_wgmma<
     const FMA_EXP2: usize,
     const TMA: bool,
     const PACKED: bool,
+    const PAGED: bool,
 >(
     p: &FwdParams,
     maps: u64,
 ) {
     const { assert!(SR == BN / 2 && OR == DV / 2 && NN == BN / 8 && ND == DV / 8 && KS == BN / 16) };
     const { assert!(!TMA || (D % 64 == 0 && DV % 64 == 0)) };
+    // A paged cache's sequences come as a packed batch's do (`stage::enter`), its keys by TMA boxes.
+    const { assert!(!PAGED || (PACKED && TMA)) };
     #[allow(clippy::let_unit_value)]
     let () = Shape::<D, DV, BN, STAGES>::OK;
     let tid = sreg::thread_x();
@@ -383,6 +458,9 @@ pub unsafe fn attn_fwd_wgmma<
     let m_block = sreg::grid_dim_x() - 1 - sreg::block_x();
     let (head, batch) = (sreg::block_y(), sreg::block_z());
     let seq = stage::enter::<PACKED>(&p.score, batch, tid);
+    if PAGED && tid == 0 {
+        check_paged_length(&p.pages, p.score.seqused_k, batch, p.score.mask.seqlen_k);
+    }
     let sq = seq.mask.seqlen_q;
     let m0 = m_block * BM as u32;
     if PACKED && m0 >= sq {
@@ -430,7 +508,8 @@ pub unsafe fn attn_fwd_wgmma<
     if tid >= COMPUTE_THREADS {
         setmaxnreg::dec::<LOADER_REGS>();
         if TMA {
-            loader_tma::<D, DV, BN, STAGES, PACKED>(maps, p, base, m0, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
+            let blocks = (blocks.first, n_blocks);
+            loader_tma::<D, DV, BN, STAGES, PACKED, PAGED>(maps, p, base, m0, blocks, tid - COMPUTE_THREADS);
         } else {
             loader::<D, DV, BN, STAGES, PACKED>(p, base, m0, rows, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
         }

@@ -138,7 +138,7 @@ pub unsafe fn stage_page_entries<const D: usize, const ROWS: usize>(
 /// # Safety
 /// `staged`, when given, holds the tile's entries, else `table` has `page_of_key + 1` readable entries.
 #[inline(always)]
-unsafe fn lookup_page(
+pub(super) unsafe fn lookup_page(
     pages: &PageTable,
     table: *const i32,
     staged: Option<StagedPages>,

@@ -155,7 +155,7 @@ mod packed_sm80 {
 }
 
 /// The Hopper kernels (`hopper.rs`), in the sm_90a PTX only; no split-KV instantiation (the host splits
-/// with an `mma.sync` row).
+/// with an `mma.sync` row), paged-cache ones on the TMA rows.
 #[cfg(target_feature = "sm_90a")]
 mod wgmma_entry {
     use super::super::hopper::attn_fwd_wgmma;
@@ -166,9 +166,9 @@ mod wgmma_entry {
 
     macro_rules! wgmma_kernel {
         ($tile:path, $elem:ty, $packed:literal, $p:expr) => {
-            wgmma_kernel!($tile, $elem, $packed, $p, 0)
+            wgmma_kernel!($tile, $elem, $packed, false, $p, 0)
         };
-        ($tile:path, $elem:ty, $packed:literal, $p:expr, $maps:expr) => {{
+        ($tile:path, $elem:ty, $packed:literal, $paged:literal, $p:expr, $maps:expr) => {{
             const T: tiles::FwdTile = $tile;
             attn_fwd_wgmma::<
                 $elem,
@@ -185,6 +185,7 @@ mod wgmma_entry {
                 { T.fma_exp2_tiles },
                 { T.tma },
                 $packed,
+                $paged,
             >($p, $maps)
         }};
     }
@@ -224,24 +225,41 @@ mod wgmma_entry {
         };
     }
 
-    /// The TMA rows' entries, dense and packed: a second parameter, the tensor maps, whose
+    /// The TMA rows' entries, dense, packed and paged: a second parameter, the tensor maps, whose
     /// parameter-space address the kernel converts to a generic one for the TMA unit (64-byte aligned by
     /// build.rs).
     macro_rules! wgmma_tma_entry {
         ($tile:path, $name:ident, $elem:ident, $packed:literal) => {
+            wgmma_tma_entry!($tile, $name, $elem, $packed, false);
+        };
+        ($tile:path, $name:ident, $elem:ident, $packed:literal, $paged:literal) => {
             core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
             core::arch::global_asm!(concat!("// ironflash-param-align ", stringify!($name), " 1 64"));
 
             /// # Safety
-            /// Launched as `abi::FwdParams` (unsplit; packed batch when the symbol says `varlen`) and the
-            /// tile row document, with `maps` the tensor maps of the call's Q, K and V (a packed batch's
-            /// over its tokens), on a compute capability 9.0 device.
+            /// Launched as `abi::FwdParams` (unsplit; packed batch when the symbol says `varlen`, paged
+            /// cache when it says `paged`, with `pages.tma_box_rows` set) and the tile row document, with
+            /// `maps` the tensor maps of the call's Q, K and V (a packed batch's over its tokens, a paged
+            /// cache's K and V over its pages), on a compute capability 9.0 device.
             #[no_mangle]
             pub unsafe extern "ptx-kernel" fn $name(p: FwdParams, _maps: FwdTensorMaps) {
                 let maps = crate::ptx::tma::maps_param_address!($name);
-                wgmma_kernel!($tile, $elem, $packed, &p, maps)
+                wgmma_kernel!($tile, $elem, $packed, $paged, &p, maps)
             }
         };
+    }
+
+    /// The TMA rows' paged-cache kernels (`FwdTile::paged_symbols`), unsplit.
+    macro_rules! wgmma_paged_kernels {
+        ($($tile:path => $bf16:ident, $f16:ident;)*) => {$(
+            const _: () = {
+                const T: tiles::FwdTile = $tile;
+                assert!(T.tma && T.split_symbols[0].is_empty() && T.paged_split_symbols[0].is_empty());
+                assert!(str_eq(T.paged_symbols[0], stringify!($bf16)) && str_eq(T.paged_symbols[1], stringify!($f16)));
+            };
+            wgmma_tma_entry!($tile, $bf16, Bf16, true, true);
+            wgmma_tma_entry!($tile, $f16, F16, true, true);
+        )*};
     }
 
     wgmma_kernels! {
@@ -250,6 +268,13 @@ mod wgmma_entry {
         tiles::HD128_WGMMA_TMA => attn_fwd_hd128_m128n128_wgmma_tma_bf16, attn_fwd_hd128_m128n128_wgmma_tma_f16, attn_fwd_varlen_hd128_m128n128_wgmma_tma_bf16, attn_fwd_varlen_hd128_m128n128_wgmma_tma_f16;
         tiles::HD192_WGMMA_TMA => attn_fwd_hd192_m128n96_wgmma_tma_bf16, attn_fwd_hd192_m128n96_wgmma_tma_f16, attn_fwd_varlen_hd192_m128n96_wgmma_tma_bf16, attn_fwd_varlen_hd192_m128n96_wgmma_tma_f16;
         tiles::HD256_WGMMA_TMA => attn_fwd_hd256_m128n64_wgmma_tma_bf16, attn_fwd_hd256_m128n64_wgmma_tma_f16, attn_fwd_varlen_hd256_m128n64_wgmma_tma_bf16, attn_fwd_varlen_hd256_m128n64_wgmma_tma_f16;
+    }
+
+    wgmma_paged_kernels! {
+        tiles::HD64_WGMMA_TMA => attn_fwd_paged_hd64_m128n128_wgmma_tma_bf16, attn_fwd_paged_hd64_m128n128_wgmma_tma_f16;
+        tiles::HD128_WGMMA_TMA => attn_fwd_paged_hd128_m128n128_wgmma_tma_bf16, attn_fwd_paged_hd128_m128n128_wgmma_tma_f16;
+        tiles::HD192_WGMMA_TMA => attn_fwd_paged_hd192_m128n96_wgmma_tma_bf16, attn_fwd_paged_hd192_m128n96_wgmma_tma_f16;
+        tiles::HD256_WGMMA_TMA => attn_fwd_paged_hd256_m128n64_wgmma_tma_bf16, attn_fwd_paged_hd256_m128n64_wgmma_tma_f16;
     }
 
     /// The FP8 rows (`tiles::FP8_FWD_TILES`): the tensor maps as the TMA rows', then the descale
