@@ -83,27 +83,25 @@ fn split_workspace_f32(lse_rows: usize, head_dim_v: usize, splits: usize) -> (us
 /// causality (what `ironflash info` prints): the tile of a dense batch.
 pub fn forward_tile(info: &DeviceInfo, head_dims: (usize, usize), dtype: DType, causal: bool) -> Result<FwdTile> {
     let _ = causal;
-    layout_tile(info, head_dims, dtype, BatchLayout::Dense, 0)
+    layout_tile(info, head_dims, dtype, BatchLayout::Dense, |_| true)
 }
 
-/// The chooser's tile among the rows with an unsplit kernel for a batch layout that run on this device:
-/// the Hopper rows without TMA have no paged kernels, and the TMA rows' paged ones take page sizes whose
-/// boxes fill whole swizzle groups only (`FwdTile::paged_box_rows`; `page_size`, for a paged call), so a
-/// paged call may take a later row of the table than a dense one.
+/// The chooser's tile among the rows with an unsplit kernel for a batch layout that run on this device
+/// and that `fits` the call (a paged call's page size: [`paged_tile`]), so that a packed or paged call
+/// may take a later row of the table than a dense one.
 pub(crate) fn layout_tile(
     info: &DeviceInfo,
     (head_dim, head_dim_v): (usize, usize),
     dtype: DType,
     layout: BatchLayout,
-    page_size: usize,
+    fits: impl Fn(&FwdTile) -> bool,
 ) -> Result<FwdTile> {
     if !dtype.is_half() {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype, path: "the fused forward kernel" });
     }
     let (optin, per_sm) = (info.smem_per_block_optin, info.smem_per_sm);
     let sm90a = info.runs_wgmma();
-    let pages_fit = |t: &FwdTile| layout != BatchLayout::Paged || t.paged_box_rows(page_size).is_some();
-    let runs = |t: &FwdTile| (sm90a || !t.wgmma) && !t.kernel_symbol(false, false, layout).is_empty() && pages_fit(t);
+    let runs = |t: &FwdTile| (sm90a || !t.wgmma) && !t.kernel_symbol(false, false, layout).is_empty() && fits(t);
     tiles::choose_fwd_among(head_dim, head_dim_v, dtype.size_bytes(), optin, per_sm, runs).copied().ok_or_else(|| {
         Error::NoTileConfig(format!(
             "head_dim {head_dim}, head_dim_v {head_dim_v}, {dtype}: no compiled {layout:?} forward tile fits {} B of shared \
@@ -129,11 +127,25 @@ pub fn forward_launch_plan(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile, d
     (*tile, 1)
 }
 
-/// The tile of a call over a paged cache (`gpu::paged`): the chooser's among the rows with paged
-/// kernels (the `mma.sync` rows).
+/// The tile of a call over a paged cache (`gpu::paged`) with pages of `page_size` keys: the chooser's
+/// among the rows with a paged kernel for that page size (`FwdTile::paged_box_rows`), the TMA rows
+/// first; but where their boxes would hold fewer than [`PAGED_TMA_SMALL_BOX`] keys and the call has
+/// fewer than [`PAGED_TMA_FEW_QUERIES`] queries per sequence (decode), an `mma.sync` row: a TMA box costs
+/// the loader an instruction per 2-8 KiB there, which bandwidth-bound calls feel (pages of 16 at
+/// B = 64: 0.84-0.91x the `mma.sync` row at 4K-16K keys), where chunked prefill still gains 1.7-1.9x
+/// (docs/perf.md, "Paged caches on the TMA rows").
 pub(crate) fn paged_tile(info: &DeviceInfo, p: &AttnProblem, dtype: DType, page_size: usize) -> Result<FwdTile> {
-    layout_tile(info, (p.head_dim, p.head_dim_v), dtype, BatchLayout::Paged, page_size)
+    let fits = |t: &FwdTile| match t.paged_box_rows(page_size) {
+        None => false,
+        Some(rows) => rows == 0 || rows >= PAGED_TMA_SMALL_BOX || p.seqlen_q >= PAGED_TMA_FEW_QUERIES,
+    };
+    layout_tile(info, (p.head_dim, p.head_dim_v), dtype, BatchLayout::Paged, fits)
 }
+
+/// Keys per TMA box from which a paged call with few queries takes a TMA row ([`paged_tile`]).
+const PAGED_TMA_SMALL_BOX: usize = 64;
+/// Queries per sequence from which a paged call takes a TMA row whatever its boxes ([`paged_tile`]).
+const PAGED_TMA_FEW_QUERIES: usize = 64;
 
 /// [`split_kv_tile`], or `NoTileConfig` for a forced split count where no row fits.
 fn split_kv_tile_or_error(info: &DeviceInfo, p: &AttnProblem, dtype: DType) -> Result<FwdTile> {
@@ -750,14 +762,21 @@ mod tests {
                 .iter()
                 .flat_map(|&d| crate::problem::supported_head_dims_v(d).iter().map(move |&dv| (d, dv)))
             {
-                let p =
-                    AttnProblem::contiguous_with_head_dim_v([2, 1, 4096, 8, 2, d], dv, &AttnOptions::causal()).unwrap();
                 // Paged caches: on compute capability 9.0 the TMA row where it has the head dims and the
-                // page size splits into boxes of whole 8-row groups, else an `mma.sync` row, which
-                // also has the split kernel a decode call may want.
-                for page_size in [1, 7, 16, 64, 256] {
+                // page size splits into boxes of whole 8-row groups, of at least 64 keys unless the call
+                // has 64 queries per sequence or more; else an `mma.sync` row, which also has the split
+                // kernel a decode call may want.
+                let tma_row = tiles::FWD_TILES.iter().find(|t| t.tma && (t.head_dim, t.head_dim_v) == (d, dv));
+                for (seqlen_q, page_size) in [1, 64].into_iter().flat_map(|q| [1, 7, 16, 64, 256].map(|s| (q, s))) {
+                    let p = AttnProblem::contiguous_with_head_dim_v(
+                        [2, seqlen_q, 4096, 8, 2, d],
+                        dv,
+                        &AttnOptions::causal(),
+                    )
+                    .unwrap();
                     let t = paged_tile(&info, &p, DType::BF16, page_size).unwrap();
-                    let tma = cc == (9, 0) && d == dv && d % 64 == 0 && page_size % 8 == 0;
+                    let rows = tma_row.and_then(|r| r.paged_box_rows(page_size));
+                    let tma = cc == (9, 0) && rows.is_some_and(|r| r >= 64 || seqlen_q >= 64);
                     assert!(t.tma == tma && t.wgmma == tma && (t.head_dim, t.head_dim_v) == (d, dv), "{t:?}");
                     assert!(!t.kernel_symbol(true, false, BatchLayout::Paged).is_empty(), "{t:?}");
                     assert_eq!(t.kernel_symbol(true, true, BatchLayout::Paged).is_empty(), tma, "{t:?}");
@@ -765,14 +784,14 @@ mod tests {
                 // Dense and packed batches: a row with their kernel; on compute capability 9.0 a Hopper
                 // row, TMA-fed at 128, 192 and 256.
                 for layout in [BatchLayout::Dense, BatchLayout::Packed] {
-                    let t = layout_tile(&info, (d, dv), DType::F16, layout, 0).unwrap();
+                    let t = layout_tile(&info, (d, dv), DType::F16, layout, |_| true).unwrap();
                     assert!((t.head_dim, t.head_dim_v) == (d, dv) && t.wgmma == (cc == (9, 0)), "{t:?}");
                     assert!(!t.kernel_symbol(true, false, layout).is_empty(), "{t:?}");
                     let tma = cc == (9, 0) && d == dv && matches!(d, 128 | 192 | 256);
                     assert_eq!(t.tma, tma, "{layout:?} {t:?}");
                 }
                 assert_eq!(
-                    layout_tile(&info, (d, dv), DType::BF16, BatchLayout::Dense, 0).unwrap(),
+                    layout_tile(&info, (d, dv), DType::BF16, BatchLayout::Dense, |_| true).unwrap(),
                     forward_tile(&info, (d, dv), DType::BF16, false).unwrap()
                 );
             }

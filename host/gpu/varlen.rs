@@ -245,7 +245,7 @@ fn plan<T: Element>(
     flash::check_grid(tokens.heads_q, batch, tokens.heads_q * tokens.seqlen_q)?;
     let grid = AttnProblem { batch, seqlen_q: seqs.max_seqlen_q, seqlen_k: seqs.max_seqlen_k, ..tokens };
     let dims = (tokens.head_dim, tokens.head_dim_v);
-    let tile = flash::layout_tile(dev.info(), dims, T::DTYPE, BatchLayout::Packed, 0)?;
+    let tile = flash::layout_tile(dev.info(), dims, T::DTYPE, BatchLayout::Packed, |_| true)?;
     Ok(Plan { tokens, grid, tile })
 }
 
