@@ -281,7 +281,10 @@ fn paged_rows(
 /// 256 tokens), a chunk of `chunk` queries per sequence attending causally (bottom-right: the chunk is
 /// the cache's last `chunk` tokens), 32 query heads on 8 K/V heads, D = 128, bf16. TFLOP/s on the
 /// visible pairs (4·D per pair and query head). Beside them the same keys as a dense cache
-/// (`flash_forward_into`) and, at 16 tokens per page, the `mma.sync` row forced (`pg16mma`).
+/// (`flash_forward_into`), the same tensors as a packed batch of equal sequences
+/// (`flash_forward_varlen_into`, `packed`: the sequence lookup a paged kernel shares with a packed one,
+/// without the pages), pages of 256 in order (`pg256ord`: each sequence's pages consecutive) and, at 16
+/// tokens per page, the `mma.sync` row forced (`pg16mma`).
 fn paged_prefill(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     use ironflash::{Arg, Layout};
     use ironflash_cli::bench::timing::RandomSource;
@@ -306,13 +309,37 @@ fn paged_prefill(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
         let (k, v) = (dev.wrap(Arg::K, k_buf.take().unwrap(), dense)?, dev.wrap(Arg::V, v_buf.take().unwrap(), dense)?);
         let median = common::median_ms(dev, || gpu::flash_forward_into(dev, &q, &k, &v, &mut o, &mut lse, &opts))?;
         println!("{b:>3} {n:>6} {chunk:>6} {:>8} {median:>10.3} {:>9.1}", "dense", flops / (median * 1e-3) / 1e12);
-        (k_buf, v_buf) = (Some(k.into_buffer()), Some(v.into_buffer()));
+        let (k_buf_dense, v_buf_dense) = (k.into_buffer(), v.into_buffer());
+        // The same memory as one packed batch of `b` sequences.
+        let cu = |len: usize| (0..=b).map(|i| (i * len) as i32).collect::<Vec<_>>();
+        let (cu_q, cu_k) = (cu(chunk), cu(n));
+        let offsets = dev.upload_varlen(
+            &ironflash::cpu::varlen::Varlen { cu_seqlens_q: &cu_q, cu_seqlens_k: &cu_k },
+            b * chunk,
+            b * n,
+        )?;
+        let packed = |len: usize| Layout::contiguous([1, b * len, h_kv, d]);
+        let (kp, vp) = (dev.wrap(Arg::K, k_buf_dense, packed(n))?, dev.wrap(Arg::V, v_buf_dense, packed(n))?);
+        let q_packed = Layout::contiguous([1, b * chunk, h, d]);
+        let qp = dev.wrap(Arg::Q, q.into_buffer(), q_packed)?;
+        let mut op = dev.poisoned::<bf16>([1, b * chunk, h, d])?;
+        let view = offsets.view();
+        let median = common::median_ms(dev, || {
+            gpu::flash_forward_varlen_into(dev, &qp, &kp, &vp, &view, &mut op, &mut lse, &opts)
+        })?;
+        println!("{b:>3} {n:>6} {chunk:>6} {:>8} {median:>10.3} {:>9.1}", "packed", flops / (median * 1e-3) / 1e12);
+        let q = dev.wrap(Arg::Q, qp.into_buffer(), ql)?;
+        (k_buf, v_buf) = (Some(kp.into_buffer()), Some(vp.into_buffer()));
         let lens = dev.stream().clone_htod(&vec![n as i32; b])?;
         let mut errors = gpu::PagedErrors::new(dev)?;
-        for (page_size, tile) in [(16usize, None), (64, None), (256, None), (16, Some(&mma))] {
+        for (page_size, tile, shuffled) in
+            [(16usize, None, true), (64, None, true), (256, None, true), (256, None, false), (16, Some(&mma), true)]
+        {
             let pages = b * n / page_size;
             let mut order: Vec<i32> = (0..pages as i32).collect();
-            order.shuffle(&mut rand::rng());
+            if shuffled {
+                order.shuffle(&mut rand::rng());
+            }
             let table = dev.stream().clone_htod(&order)?;
             let l = Layout::contiguous([pages, page_size, h_kv, d]);
             let mut k = dev.wrap(Arg::K, k_buf.take().unwrap(), l)?;
@@ -327,7 +354,11 @@ fn paged_prefill(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
                 };
                 gpu::flash_forward_paged_into(dev, &q, &mut cache, None, None, &mut o, &mut lse, &opts, tile, None)
             })?;
-            let label = if tile.is_some() { format!("pg{page_size}mma") } else { format!("page{page_size}") };
+            let label = match (tile, shuffled) {
+                (Some(_), _) => format!("pg{page_size}mma"),
+                (None, true) => format!("page{page_size}"),
+                (None, false) => format!("pg{page_size}ord"),
+            };
             println!("{b:>3} {n:>6} {chunk:>6} {label:>8} {median:>10.3} {:>9.1}", flops / (median * 1e-3) / 1e12);
             errors.check(dev)?;
             (k_buf, v_buf) = (Some(k.into_buffer()), Some(v.into_buffer()));

@@ -45,7 +45,7 @@ use crate::abi::FwdParams;
 use crate::attn::stage::{self, FragPos};
 use crate::frag::AccFrag;
 use crate::ptx::wgmma::{self, desc_sw128, sw128_offset, WgmmaElem};
-use crate::ptx::{bulk, cp_async, gmem, mbarrier, opaque, setmaxnreg, smem, sreg, sync, tma};
+use crate::ptx::{bulk, cp_async, gmem, mbarrier, opaque, setmaxnreg, smem, sreg, sync, tma, warp};
 use crate::smem_tile::RowLayout;
 
 const BM: usize = 128;
@@ -266,8 +266,13 @@ unsafe fn loader_tma<
         let bar = Shape::<D, DV, BN, STAGES>::full_bar(base, s);
         let dst = base + Shape::<D, DV, BN, STAGES>::KV + s * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
         if PAGED {
-            let block = PagedBlock { n0: (first + j) * BN as u32, kv_head, seq: batch };
-            issue_paged::<D, DV, BN>(p, [dst, v_tile(s)], [k_map, v_map], bar, block, tid);
+            // The loader's first warp alone: a block has at most `BN / 8 <= 16` boxes, and the other
+            // three warps' share of the work would only take issue slots from the compute warps that
+            // share their schedulers (docs/perf.md).
+            if tid < 32 {
+                let block = PagedBlock { n0: (first + j) * BN as u32, kv_head, seq: batch };
+                issue_paged::<D, DV, BN>(p, [dst, v_tile(s)], [k_map, v_map], bar, block, tid);
+            }
             return;
         }
         // The sequence's first key again for each block (a packed CTA's shared slot), as `loader`.
@@ -293,15 +298,17 @@ struct PagedBlock {
 /// `dst[1]` (the stage's tiles), through the maps `maps` of the K and V pages (`[dim, page_size,
 /// heads_kv, num_pages]`, boxes of `tma_box_rows` keys): box i holds keys `n0 + i·rows ..` of one page
 /// (`rows` divides the page size and the block), at row `i·rows` of the tiles, a whole number of the
-/// swizzle's 8-row groups. Loader thread i issues box i, so that the boxes' block-table reads go out
-/// together rather than one after the other from one thread; boxes past the sequence's keys are not
-/// issued, and the leader arms the stage's `mbarrier` with the bytes of those that are. A page index
+/// swizzle's 8-row groups. Lane i of the loader's first warp issues box i, so that the boxes' block-table
+/// reads go out together rather than one after the other from one thread; boxes past the sequence's
+/// keys are not issued, and lane 0 arms the stage's `mbarrier` with the bytes of those that are (counted
+/// by a ballot: no division by the run-time box size). A page index
 /// outside `[0, num_pages)` raises `abi::PAGED_BAD_PAGE`; the TMA unit reads nothing there and fills the
 /// box with zeros (its coordinates lie outside the map).
 ///
 /// # Safety
-/// Loader threads only, with the stage free (both compute warpgroups past `EMPTY`) and its `mbarrier`'s
-/// phase not yet armed; `maps` as `loader_tma`'s, the block holding at least one key of the sequence.
+/// The loader's first warp, converged (`tid` its lane), with the stage free (both compute warpgroups
+/// past `EMPTY`) and its `mbarrier`'s phase not yet armed; `maps` as `loader_tma`'s, the block holding
+/// at least one key of the sequence.
 #[inline(always)]
 unsafe fn issue_paged<const D: usize, const DV: usize, const BN: usize>(
     p: &FwdParams,
@@ -313,13 +320,13 @@ unsafe fn issue_paged<const D: usize, const DV: usize, const BN: usize>(
 ) {
     let pages = &p.pages;
     let rows = pages.tma_box_rows;
-    let valid = (stage::parked_seqlen_k() - block.n0).min(BN as u32);
-    let boxes = valid.div_ceil(rows);
+    // Box `tid` exists (`tid · rows < BN`) and holds a key of the sequence.
+    let key = block.n0 + tid * rows;
+    let mine = tid * rows < BN as u32 && key < stage::parked_seqlen_k();
+    let boxes = warp::ballot(mine).count_ones();
     // Whole 64-column boxes (the TMA rows' head dims are multiples of 64: `attn_fwd_wgmma`).
     let box_bytes = rows * 128 * (D.div_ceil(64) + DV.div_ceil(64)) as u32;
     mbarrier::arrive_expect_tx(tid == 0, bar, boxes * box_bytes);
-    let mine = tid < boxes;
-    let key = block.n0 + tid * rows;
     let page = if mine {
         let table = (pages.block_table as *const i32).add((block.seq * pages.pages_per_seq) as usize);
         super::io::lookup_page(pages, table, None, 0, key / pages.page_size)

@@ -31,6 +31,21 @@ pub fn any(pred: bool) -> bool {
     out != 0
 }
 
+/// `vote.sync.ballot.b32`: bit i set where `pred` holds in lane i (the answer in every lane).
+#[inline(always)]
+pub fn ballot(pred: bool) -> u32 {
+    let out: u32;
+    // SAFETY: full-warp mask; every ironflash caller runs it with the whole warp converged.
+    unsafe {
+        core::arch::asm!(
+            "{{ .reg .pred p; setp.ne.u32 p, {1}, 0; vote.sync.ballot.b32 {0}, p, 0xffffffff; }}",
+            out(reg32) out, in(reg32) pred as u32,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    out
+}
+
 /// Maximum over the warp (result in every lane).
 #[inline(always)]
 pub fn warp_max(mut x: f32) -> f32 {
