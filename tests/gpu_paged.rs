@@ -270,6 +270,21 @@ fn base(head_dim: usize) -> Case {
     }
 }
 
+/// A chunked prefill of 37 queries over `plain`'s caches with 9 new tokens, rotary over half the head dim
+/// (`interleaved` or not), a left window of 300, softcap, ALiBi per sequence and sinks.
+fn prefill_of(plain: &Case, interleaved: bool) -> Case {
+    Case {
+        seqlen_q: 37,
+        new: 9,
+        window: (Some(300), None),
+        softcap: Some(20.0),
+        alibi: Some(true),
+        sinks: true,
+        rotary: Some((plain.head_dim / 2, interleaved)),
+        ..plain.clone()
+    }
+}
+
 /// Decode (one query, GQA packed as rows, split-KV) and chunked prefill (37 queries) over long caches,
 /// with an append crossing pages, rotary and every option, at every head dim and every page size.
 fn decode_and_prefill_every_head_dim_and_page_size() {
@@ -277,16 +292,7 @@ fn decode_and_prefill_every_head_dim_and_page_size() {
     for (d, dv) in HEAD_DIM_PAIRS {
         for page_size in [1, 7, 16, 64, 256] {
             let plain = Case { head_dim: d, head_dim_v: dv, page_size, ..base(d) };
-            let prefill = Case {
-                seqlen_q: 37,
-                new: 9,
-                window: (Some(300), None),
-                softcap: Some(20.0),
-                alibi: Some(true),
-                sinks: true,
-                rotary: Some((d / 2, page_size % 2 == 1)),
-                ..plain.clone()
-            };
+            let prefill = prefill_of(&plain, page_size % 2 == 1);
             let decode = Case { new: 1, rotary: Some((d, false)), splits: Some(3), ..plain.clone() };
             for c in [plain, prefill, decode] {
                 run_case::<bf16>(dev, &c).unwrap();
@@ -319,18 +325,7 @@ fn every_paged_row_and_page_size() {
                 assert!(matches!(e, Error::NoTileConfig(_)), "{t:?} page {page_size}: {e:?}");
                 continue;
             }
-            let prefill = Case {
-                lens: vec![301, 0, 129, 1000],
-                seqlen_q: 37,
-                new: 9,
-                window: (Some(300), None),
-                softcap: Some(20.0),
-                alibi: Some(true),
-                sinks: true,
-                rotary: Some((d / 2, false)),
-                spare_pages: 2,
-                ..plain.clone()
-            };
+            let prefill = Case { lens: vec![301, 0, 129, 1000], spare_pages: 2, ..prefill_of(&plain, false) };
             let split = (!t.wgmma).then(|| Case { new: 1, splits: Some(3), ..plain.clone() });
             let f16_case = Case { new: 3, seed: 12, causal: false, ..plain.clone() };
             for c in [Some(plain), Some(prefill), split].into_iter().flatten() {

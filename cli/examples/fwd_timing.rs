@@ -234,47 +234,68 @@ fn paged_rows(
     (o, lse): (&mut gpu::DeviceTensor<bf16>, &mut cudarc::driver::CudaSlice<f32>),
     kv_bytes: f64,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use ironflash::{Arg, Layout};
-    use rand::seq::SliceRandom;
     let (h_kv, d) = (8usize, 128usize);
-    let lens = dev.stream().clone_htod(&vec![n as i32; b])?;
-    let mut errors = gpu::PagedErrors::new(dev)?;
-    let (mut k_buf, mut v_buf) =
-        (Some(source.buffer(dev, b * n * h_kv * d, salt)?), Some(source.buffer(dev, b * n * h_kv * d, salt + 1)?));
+    let mut bufs = (source.buffer(dev, b * n * h_kv * d, salt)?, source.buffer(dev, b * n * h_kv * d, salt + 1)?);
     let mma = ironflash_kernels::tiles::HD128;
+    let opts = AttnOptions::default();
     for (page_size, shuffled, tile) in
         [(16usize, true, None), (64, true, None), (256, true, None), (16, false, None), (16, true, Some(&mma))]
     {
-        let pages = b * n / page_size;
-        let mut order: Vec<i32> = (0..pages as i32).collect();
-        if shuffled {
-            order.shuffle(&mut rand::rng());
-        }
-        let table = dev.stream().clone_htod(&order)?;
-        let l = Layout::contiguous([pages, page_size, h_kv, d]);
-        let mut k = dev.wrap(Arg::K, k_buf.take().unwrap(), l)?;
-        let mut v = dev.wrap(Arg::V, v_buf.take().unwrap(), l)?;
-        let opts = AttnOptions::default();
-        let median = common::median_ms(dev, || {
-            let mut cache = gpu::DevicePagedKv {
-                k_pages: &mut k,
-                v_pages: &mut v,
-                block_table: &table,
-                cache_seqlens: &lens,
-                errors: &mut errors,
-            };
-            gpu::flash_forward_paged_into(dev, q, &mut cache, None, None, o, lse, &opts, tile, None)
+        let median;
+        (median, bufs) = time_over_pages(dev, bufs, (b, n, h_kv, d), (page_size, shuffled), |cache| {
+            gpu::flash_forward_paged_into(dev, q, cache, None, None, o, lse, &opts, tile, None)
         })?;
-        let label = match (shuffled, tile) {
-            (_, Some(_)) => format!("pg{page_size}mma"),
-            (true, None) => format!("page{page_size}"),
-            (false, None) => format!("pg{page_size}ord"),
-        };
+        let label = paged_label(page_size, shuffled, tile.is_some());
         println!("{b:>3} {n:>6} {label:>7} {median:>10.3} {:>8.0}", kv_bytes / (median * 1e-3) / 1e9);
-        errors.check(dev)?;
-        (k_buf, v_buf) = (Some(k.into_buffer()), Some(v.into_buffer()));
     }
     Ok(())
+}
+
+/// The median ms of `call` over the K and V buffers `bufs` as a paged cache of `b` sequences of `n` keys
+/// (`h_kv` heads of `d`), every sequence full, `page_size` keys per page, the pages shuffled or each
+/// sequence's in order; the cache's error bits checked after; the buffers given back.
+#[allow(clippy::type_complexity)]
+fn time_over_pages(
+    dev: &Device,
+    (k_buf, v_buf): (cudarc::driver::CudaSlice<bf16>, cudarc::driver::CudaSlice<bf16>),
+    (b, n, h_kv, d): (usize, usize, usize, usize),
+    (page_size, shuffled): (usize, bool),
+    mut call: impl FnMut(&mut gpu::DevicePagedKv<'_, bf16>) -> ironflash::Result<()>,
+) -> Result<(f64, (cudarc::driver::CudaSlice<bf16>, cudarc::driver::CudaSlice<bf16>)), Box<dyn std::error::Error>> {
+    use ironflash::{Arg, Layout};
+    use rand::seq::SliceRandom;
+    let lens = dev.stream().clone_htod(&vec![n as i32; b])?;
+    let mut errors = gpu::PagedErrors::new(dev)?;
+    let pages = b * n / page_size;
+    let mut order: Vec<i32> = (0..pages as i32).collect();
+    if shuffled {
+        order.shuffle(&mut rand::rng());
+    }
+    let table = dev.stream().clone_htod(&order)?;
+    let l = Layout::contiguous([pages, page_size, h_kv, d]);
+    let (mut k, mut v) = (dev.wrap(Arg::K, k_buf, l)?, dev.wrap(Arg::V, v_buf, l)?);
+    let median = common::median_ms(dev, || {
+        let mut cache = gpu::DevicePagedKv {
+            k_pages: &mut k,
+            v_pages: &mut v,
+            block_table: &table,
+            cache_seqlens: &lens,
+            errors: &mut errors,
+        };
+        call(&mut cache)
+    })?;
+    errors.check(dev)?;
+    Ok((median, (k.into_buffer(), v.into_buffer())))
+}
+
+/// A paged line's label: `page16` (shuffled pages, the chooser's row), `pg16ord` (in order), `pg16mma`
+/// (the `mma.sync` row forced).
+fn paged_label(page_size: usize, shuffled: bool, forced_mma: bool) -> String {
+    match (forced_mma, shuffled) {
+        (true, _) => format!("pg{page_size}mma"),
+        (false, true) => format!("page{page_size}"),
+        (false, false) => format!("pg{page_size}ord"),
+    }
 }
 
 /// Chunked prefill over a paged cache: B sequences of `n` cached keys each (shuffled pages of 16, 64 and
@@ -288,7 +309,6 @@ fn paged_rows(
 fn paged_prefill(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     use ironflash::{Arg, Layout};
     use ironflash_cli::bench::timing::RandomSource;
-    use rand::seq::SliceRandom;
     let (h, h_kv, d) = (32usize, 8usize, 128usize);
     let source = RandomSource::<bf16>::new(dev, &mut rand::rng())?;
     println!("chunked prefill over a paged cache (bf16, D = 128, Hq/Hkv = 32/8, causal bottom-right)");
@@ -303,10 +323,9 @@ fn paged_prefill(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
         let mut o = dev.poisoned::<bf16>([b, chunk, h, d])?;
         let mut lse = dev.poisoned_f32(b * h * chunk)?;
         let opts = AttnOptions::causal();
-        let (mut k_buf, mut v_buf) =
-            (Some(source.buffer(dev, b * n * h_kv * d, salt)?), Some(source.buffer(dev, b * n * h_kv * d, salt + 1)?));
         let dense = Layout::contiguous([b, n, h_kv, d]);
-        let (k, v) = (dev.wrap(Arg::K, k_buf.take().unwrap(), dense)?, dev.wrap(Arg::V, v_buf.take().unwrap(), dense)?);
+        let buffer = |salt| source.buffer(dev, b * n * h_kv * d, salt);
+        let (k, v) = (dev.wrap(Arg::K, buffer(salt)?, dense)?, dev.wrap(Arg::V, buffer(salt + 1)?, dense)?);
         let median = common::median_ms(dev, || gpu::flash_forward_into(dev, &q, &k, &v, &mut o, &mut lse, &opts))?;
         println!("{b:>3} {n:>6} {chunk:>6} {:>8} {median:>10.3} {:>9.1}", "dense", flops / (median * 1e-3) / 1e12);
         let (k_buf_dense, v_buf_dense) = (k.into_buffer(), v.into_buffer());
@@ -329,39 +348,16 @@ fn paged_prefill(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
         })?;
         println!("{b:>3} {n:>6} {chunk:>6} {:>8} {median:>10.3} {:>9.1}", "packed", flops / (median * 1e-3) / 1e12);
         let q = dev.wrap(Arg::Q, qp.into_buffer(), ql)?;
-        (k_buf, v_buf) = (Some(kp.into_buffer()), Some(vp.into_buffer()));
-        let lens = dev.stream().clone_htod(&vec![n as i32; b])?;
-        let mut errors = gpu::PagedErrors::new(dev)?;
+        let mut bufs = (kp.into_buffer(), vp.into_buffer());
         for (page_size, tile, shuffled) in
             [(16usize, None, true), (64, None, true), (256, None, true), (256, None, false), (16, Some(&mma), true)]
         {
-            let pages = b * n / page_size;
-            let mut order: Vec<i32> = (0..pages as i32).collect();
-            if shuffled {
-                order.shuffle(&mut rand::rng());
-            }
-            let table = dev.stream().clone_htod(&order)?;
-            let l = Layout::contiguous([pages, page_size, h_kv, d]);
-            let mut k = dev.wrap(Arg::K, k_buf.take().unwrap(), l)?;
-            let mut v = dev.wrap(Arg::V, v_buf.take().unwrap(), l)?;
-            let median = common::median_ms(dev, || {
-                let mut cache = gpu::DevicePagedKv {
-                    k_pages: &mut k,
-                    v_pages: &mut v,
-                    block_table: &table,
-                    cache_seqlens: &lens,
-                    errors: &mut errors,
-                };
-                gpu::flash_forward_paged_into(dev, &q, &mut cache, None, None, &mut o, &mut lse, &opts, tile, None)
+            let median;
+            (median, bufs) = time_over_pages(dev, bufs, (b, n, h_kv, d), (page_size, shuffled), |cache| {
+                gpu::flash_forward_paged_into(dev, &q, cache, None, None, &mut o, &mut lse, &opts, tile, None)
             })?;
-            let label = match (tile, shuffled) {
-                (Some(_), _) => format!("pg{page_size}mma"),
-                (None, true) => format!("page{page_size}"),
-                (None, false) => format!("pg{page_size}ord"),
-            };
+            let label = paged_label(page_size, shuffled, tile.is_some());
             println!("{b:>3} {n:>6} {chunk:>6} {label:>8} {median:>10.3} {:>9.1}", flops / (median * 1e-3) / 1e12);
-            errors.check(dev)?;
-            (k_buf, v_buf) = (Some(k.into_buffer()), Some(v.into_buffer()));
         }
         let host = dev.download(&o)?;
         assert!(host.data.iter().all(|x| x.is_finite()), "O has unwritten or non-finite elements");
