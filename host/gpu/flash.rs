@@ -602,17 +602,16 @@ pub(crate) fn launch<T: Element>(
         // A packed batch's rows: its tokens, which its layouts hold (`p` has the longest sequences'). A
         // paged cache's K and V: its pages (`[num_pages, page_size, heads_kv, dim]`, as their layouts),
         // in boxes of `tma_box_rows` keys.
-        let (map_batch, rows_q) = match batch {
-            BatchLaunch::Packed(_) => (1, q_layout.shape[1]),
-            _ => (p.batch, p.seqlen_q),
-        };
-        let (kv_batch, rows_k, box_k) = match batch {
-            BatchLaunch::Packed(_) => (1, k.layout.shape[1], tile.block_n),
-            BatchLaunch::Paged(_) => (k.layout.shape[0], k.layout.shape[1], pages.tma_box_rows as usize),
-            BatchLaunch::Dense => (p.batch, p.seqlen_k, tile.block_n),
+        // `[batch, rows]` of Q's map, then `[batch, rows]` and box rows of K's and V's.
+        let ([q_batch, rows_q], [kv_batch, rows_k], box_k) = match batch {
+            BatchLaunch::Packed(_) => ([1, q_layout.shape[1]], [1, k.layout.shape[1]], tile.block_n),
+            BatchLaunch::Paged(_) => {
+                ([p.batch, p.seqlen_q], [k.layout.shape[0], k.layout.shape[1]], pages.tma_box_rows as usize)
+            }
+            BatchLaunch::Dense => ([p.batch, p.seqlen_q], [p.batch, p.seqlen_k], tile.block_n),
         };
         Some(KernelParams(FwdTensorMaps {
-            q: map(q_ptr, [map_batch, rows_q, p.heads_q, p.head_dim], q_layout.strides, tile.block_m)?,
+            q: map(q_ptr, [q_batch, rows_q, p.heads_q, p.head_dim], q_layout.strides, tile.block_m)?,
             k: map(k_ptr, [kv_batch, rows_k, p.heads_kv, p.head_dim], k.layout.strides, box_k)?,
             v: map(v_ptr, [kv_batch, rows_k, p.heads_kv, p.head_dim_v], v.layout.strides, box_k)?,
         }))

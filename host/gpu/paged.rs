@@ -144,7 +144,7 @@ pub fn flash_forward_paged_into<T: Element>(
     flash::check_outputs(dev, &plan.p, o, lse, "one f32 per (batch, head_q, query row)")?;
     if let Some(t) = tile {
         let split = num_splits.is_some_and(|n| n > 1);
-        let kernel = if split { t.kernel_symbol(false, true, BatchLayout::Paged) } else { t.paged_symbols[0] };
+        let kernel = t.kernel_symbol(false, split, BatchLayout::Paged);
         if kernel.is_empty() || t.paged_box_rows(plan.page_size).is_none() || (t.head_dim, t.head_dim_v) != plan.dims()
         {
             return Err(Error::NoTileConfig(format!(
