@@ -2,6 +2,7 @@
 //! a machine without a driver gets `Error::NoDriver`.
 
 use crate::error::{DriverContext, Error, Result};
+use crate::gpu::launch::LaunchGraphs;
 use crate::modules::{Arch, ModuleCache};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::{self, CUdevice_attribute as Attr};
@@ -62,6 +63,9 @@ pub struct Device {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     info: DeviceInfo,
+    /// This device's launch graphs (`gpu::launch`), its stream's own; dropped before the modules whose
+    /// kernels their nodes name.
+    pub(crate) launch_graphs: LaunchGraphs,
     /// Shared by the `Device`s of one context made with `for_stream`: each kernel is compiled once.
     pub(crate) modules: Arc<ModuleCache>,
     /// Created on first use: creating and destroying a handle per call costs a synchronisation each.
@@ -129,6 +133,7 @@ impl Device {
             return Err(Error::ForeignStream);
         }
         Ok(Device {
+            launch_graphs: LaunchGraphs::new(self.ctx.clone()),
             ctx: self.ctx.clone(),
             stream,
             info: self.info.clone(),
@@ -194,7 +199,7 @@ impl Device {
             driver_version,
         };
         let modules = Arc::new(ModuleCache::new(info.arch()));
-        Ok(Device { ctx, stream, info, modules, blas: OnceLock::new() })
+        Ok(Device { launch_graphs: LaunchGraphs::new(ctx.clone()), ctx, stream, info, modules, blas: OnceLock::new() })
     }
 
     /// This device's cuBLAS handle, bound to its stream (created once, on first use).

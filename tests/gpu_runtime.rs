@@ -1,7 +1,8 @@
 //! The host runtime on the GPU: calls captured in a CUDA graph and replayed (a training step's forward
 //! and backward, and a split-KV decode step) give bitwise the eager results; an allocating call during
 //! a capture is a typed error that leaves the capture intact; one `Device` shared by several host
-//! threads, each on its own stream. Skips with one line without a CUDA driver.
+//! threads, each on its own stream or all on one; another GPU's stream and tensors refused with typed
+//! errors (with two GPUs). Skips with one line without a CUDA driver.
 
 mod common;
 
@@ -192,6 +193,72 @@ fn threads_share_a_device() {
     });
 }
 
+/// The same four steps from four host threads on one `Device` (one stream, so one set of launch
+/// graphs whose nodes the threads rewrite in turn): each gets bitwise what the call gives alone.
+fn threads_share_one_stream() {
+    let Some(base) = device_or_skip("threads_share_one_stream") else { return };
+    let dev = capture_ready(base);
+    let opts = AttnOptions { causal: true, deterministic: true, ..AttnOptions::default() };
+    let dims = |t: usize| [2, 129 + 96 * t, 200 + 64 * t, 4, [4, 2, 1, 2][t], [64, 128, 96, 256][t]];
+    let alone: Vec<Vec<Vec<f32>>> = (0..4)
+        .map(|t| {
+            let mut s = Step::new(&dev, dims(t), dims(t)[5], 60 + t as u64);
+            s.run(&dev, &opts, true).unwrap();
+            s.outputs(&dev)
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for (t, want) in alone.iter().enumerate() {
+            let (dev, opts) = (&dev, &opts);
+            scope.spawn(move || {
+                for _ in 0..3 {
+                    let mut s = Step::new(dev, dims(t), dims(t)[5], 60 + t as u64);
+                    s.run(dev, opts, true).unwrap();
+                    let got = s.outputs(dev);
+                    assert!(got.iter().zip(want).all(|(g, w)| same_bits(g, w)), "thread {t} differs");
+                }
+            });
+        }
+    });
+}
+
+/// Another GPU's stream and tensors are refused with typed errors (`ForeignStream`, `DeviceMismatch`
+/// naming the argument), and the second GPU's own device gives bitwise the first one's results. Needs
+/// two GPUs; says so in one line and returns with one.
+fn another_gpu_is_refused() {
+    let Some(base) = device_or_skip("another_gpu_is_refused") else { return };
+    let count = cudarc::driver::CudaContext::device_count().unwrap();
+    if count < 2 {
+        eprintln!("skipped: `another_gpu_is_refused` needs two GPUs, this machine has {count}");
+        return;
+    }
+    let other = Device::open(1).unwrap();
+    let refused = base.for_stream(other.context().new_stream().unwrap()).unwrap_err();
+    assert!(matches!(refused, Error::ForeignStream), "{refused}");
+
+    let opts = AttnOptions { causal: true, ..AttnOptions::default() };
+    let shape = [2, 300, 4, 128];
+    let host: Vec<HostTensor<bf16>> = (0..4).map(|i| HostTensor::random_seeded(shape, 1.0, 80 + i)).collect();
+    let on = |dev: &Device| -> Vec<DeviceTensor<bf16>> { host.iter().map(|t| dev.upload(t).unwrap()).collect() };
+    let (mine, theirs) = (on(base), on(&other));
+    let mismatch = |e: Error, want: Arg| match e {
+        Error::DeviceMismatch { arg, got: 1, expected: 0 } if arg == want => {}
+        e => panic!("expected DeviceMismatch for {want:?}, got {e}"),
+    };
+    mismatch(gpu::flash_forward(base, &theirs[0], &mine[1], &mine[2], &opts).unwrap_err(), Arg::Q);
+    mismatch(gpu::flash_forward(base, &mine[0], &mine[1], &theirs[2], &opts).unwrap_err(), Arg::V);
+    let mut o = other.poisoned::<bf16>(shape).unwrap();
+    let mut lse = base.poisoned_f32(2 * 4 * 300).unwrap();
+    mismatch(gpu::flash_forward_into(base, &mine[0], &mine[1], &mine[2], &mut o, &mut lse, &opts).unwrap_err(), Arg::O);
+    let fwd = gpu::flash_forward(base, &mine[0], &mine[1], &mine[2], &opts).unwrap();
+    let d_o = &theirs[3];
+    let refused = gpu::flash_backward(base, &mine[0], &mine[1], &mine[2], &fwd.o, &fwd.lse, d_o, &opts).unwrap_err();
+    mismatch(refused, Arg::DO);
+
+    let there = gpu::flash_forward(&other, &theirs[0], &theirs[1], &theirs[2], &opts).unwrap();
+    assert!(same_bits(&bits(&other, &there.o), &bits(base, &fwd.o)), "the second GPU's O differs from the first's");
+}
+
 /// Host-only: `Device` can be shared across threads.
 fn device_is_send_and_sync() {
     fn shared<T: Send + Sync>() {}
@@ -200,7 +267,13 @@ fn device_is_send_and_sync() {
 
 fn main() -> std::process::ExitCode {
     common::gpu_main(
-        gpu_tests![graph_replays_a_training_step_bitwise, graph_replays_a_decode_step_bitwise, threads_share_a_device],
+        gpu_tests![
+            graph_replays_a_training_step_bitwise,
+            graph_replays_a_decode_step_bitwise,
+            threads_share_a_device,
+            threads_share_one_stream,
+            another_gpu_is_refused
+        ],
         gpu_tests![device_is_send_and_sync],
     )
 }

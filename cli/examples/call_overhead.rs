@@ -9,10 +9,14 @@
 //! cargo run --release --example call_overhead
 //! ```
 //! bf16, D = 128, H = 16: B = 16, N = 1K (forward and backward) and decode B = 1, one query, 8K keys
-//! (forward). Medians of 50 calls after 5 warm-up calls, host wall clock.
+//! (forward). Medians of 50 calls after 5 warm-up calls, host wall clock. Then what the driver's
+//! primitives that a call is made of cost the host (`driver_primitives`): the floor under a call's
+//! enqueue.
 
 mod common;
 
+use cudarc::driver::{sys, DeviceRepr, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
 use half::bf16;
 use ironflash::gpu::{self, DeviceTensor, GpuGradients};
 use ironflash::{AttnOptions, Device, HostTensor};
@@ -64,8 +68,102 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
+    driver_primitives(&dev)?;
     Ok(())
 }
+
+/// A kernel parameter block of the backward's size class (its `BwdParams` is a few hundred bytes).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct LargeParams([u64; 48]);
+// SAFETY: plain old data, passed by value as the kernel's one parameter.
+unsafe impl DeviceRepr for LargeParams {}
+
+/// An empty kernel taking such a block, in hand-written PTX (loaded through the driver's JIT).
+const EMPTY_PTX: &str = ".version 8.0\n.target sm_80\n.address_size 64\n\
+    .visible .entry empty(.param .align 8 .b8 p[384]) { ret; }\n";
+
+/// Median host µs of each driver primitive a call is made of, each repeated back to back: a launch; a
+/// stream-ordered allocation and its free (cudarc creates and destroys two events with each); the
+/// capture-status query; an executable graph of three launches in a line (a backward's delta, main and
+/// dQ kernels) launched as it is, and with each node's parameters rewritten first (what the library
+/// does for a call's launches).
+fn driver_primitives(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
+    let module = dev.context().load_module(Ptx::from_src(EMPTY_PTX))?;
+    let empty = module.load_function("empty")?;
+    let stream = dev.stream();
+    let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
+    let mut block = LargeParams([0; 48]);
+    println!("\n| driver primitive | host µs (median of {PRIMITIVE_REPS}) |");
+    println!("| --- | ---: |");
+    let row = |what: &str, mut f: Box<dyn FnMut() -> Result<(), DriverError> + '_>| -> Result<(), DriverError> {
+        let mut t = Vec::with_capacity(PRIMITIVE_REPS);
+        for _ in 0..PRIMITIVE_REPS {
+            let e = Instant::now();
+            f()?;
+            t.push(e.elapsed().as_secs_f64() * 1e6);
+        }
+        stream.synchronize()?;
+        println!("| {what} | {:.2} |", median(&mut t));
+        Ok(())
+    };
+    // SAFETY: the kernel reads and writes nothing.
+    row("launch", Box::new(|| unsafe { stream.launch_builder(&empty).arg(&block).launch(cfg) }.map(drop)))?;
+    // SAFETY: the allocations are never read.
+    row("alloc 4 MiB + free (stream-ordered)", Box::new(|| unsafe { stream.alloc::<u32>(1 << 20) }.map(drop)))?;
+    row("capture-status query", Box::new(|| stream.capture_status().map(drop)))?;
+
+    let mut args = [(&mut block as *mut LargeParams).cast::<std::ffi::c_void>()];
+    let node_params = sys::CUDA_KERNEL_NODE_PARAMS {
+        func: empty.cu_function(),
+        gridDimX: 1,
+        gridDimY: 1,
+        gridDimZ: 1,
+        blockDimX: 32,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: 0,
+        kernelParams: args.as_mut_ptr(),
+        extra: std::ptr::null_mut(),
+        kern: std::ptr::null_mut(),
+        ctx: std::ptr::null_mut(),
+    };
+    let (mut graph, mut exec) = (std::ptr::null_mut(), std::ptr::null_mut());
+    let mut nodes = [std::ptr::null_mut(); 3];
+    // SAFETY: the graph and its nodes are made here and outlive their uses; the driver copies the
+    // parameter block at each node's creation and update.
+    unsafe {
+        sys::cuGraphCreate(&mut graph, 0).result()?;
+        for i in 0..3 {
+            let deps: Vec<_> = nodes[..i].last().copied().into_iter().collect();
+            sys::cuGraphAddKernelNode_v2(&mut nodes[i], graph, deps.as_ptr(), deps.len(), &node_params).result()?;
+        }
+        sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0).result()?;
+    }
+    let cu_stream = stream.cu_stream();
+    // SAFETY: the executable graph is live and its kernels touch no memory.
+    row("graph of 3 launches: launch", Box::new(|| unsafe { sys::cuGraphLaunch(exec, cu_stream) }.result()))?;
+    row(
+        "graph of 3 launches: 3 parameter rewrites + launch",
+        Box::new(|| {
+            // SAFETY: as above; the nodes belong to the graph the executable was made from.
+            unsafe {
+                for node in nodes {
+                    sys::cuGraphExecKernelNodeSetParams_v2(exec, node, &node_params).result()?;
+                }
+                sys::cuGraphLaunch(exec, cu_stream).result()
+            }
+        }),
+    )?;
+    // SAFETY: nothing uses the graph any more (`row` synchronised).
+    unsafe {
+        sys::cuGraphExecDestroy(exec).result()?;
+        sys::cuGraphDestroy(graph).result()?;
+    }
+    Ok(())
+}
+
+const PRIMITIVE_REPS: usize = 1000;
 
 /// Median µs per call synchronised after each call, per call back to back (one synchronisation after
 /// `REPS` calls, best of three rounds), and the median host time of one call's enqueue (back to back).

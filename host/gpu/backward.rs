@@ -14,7 +14,7 @@ use crate::device::{Device, DeviceInfo};
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::forced_tile::check_forced_tile;
-use crate::gpu::launch::KernelParams;
+use crate::gpu::launch::{self, KernelParams, Launch};
 use crate::gpu::score::{check_per_head, ScoreArgs};
 use crate::gpu::tensor::{check_f32_buffer, check_vector_strides, strides3, DeviceTensor};
 use crate::gpu::tma;
@@ -22,7 +22,7 @@ use crate::gpu::varlen::{self, DeviceVarlen};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use ironflash_kernels::abi::{self, BwdParams, BwdTensorMaps};
 use ironflash_kernels::tiles_bwd::{self, BwdTile};
 
@@ -325,60 +325,45 @@ pub(crate) fn backward_into<T: Element>(
         } else {
             None
         };
-        let launches = [
-            (
-                &f_delta,
-                delta_name,
-                None,
-                LaunchConfig {
-                    grid_dim: (rows.div_ceil(DELTA_ROWS_PER_BLOCK) as u32, 1, 1),
-                    block_dim: (DELTA_ROWS_PER_BLOCK as u32 * 32, 1, 1),
-                    shared_mem_bytes: 0,
-                },
-            ),
-            (
-                &f_main,
-                main_name,
-                maps.as_ref(),
-                LaunchConfig {
-                    grid_dim: (grid_keys.div_ceil(tile.block_n) as u32, p.heads_kv as u32, grid_batch as u32),
-                    block_dim: (tile.threads() as u32, 1, 1),
-                    shared_mem_bytes: smem as u32,
-                },
-            ),
-            (
-                &f_dq,
-                dq_name,
-                None,
-                LaunchConfig {
-                    grid_dim: ((rows * p.head_dim / 8).div_ceil(DQ_THREADS) as u32, 1, 1),
-                    block_dim: (DQ_THREADS as u32, 1, 1),
-                    shared_mem_bytes: 0,
-                },
-            ),
+        let delta_cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(DELTA_ROWS_PER_BLOCK) as u32, 1, 1),
+            block_dim: (DELTA_ROWS_PER_BLOCK as u32 * 32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let main_cfg = LaunchConfig {
+            grid_dim: (grid_keys.div_ceil(tile.block_n) as u32, p.heads_kv as u32, grid_batch as u32),
+            block_dim: (tile.threads() as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        let dq_cfg = LaunchConfig {
+            grid_dim: ((rows * p.head_dim / 8).div_ceil(DQ_THREADS) as u32, 1, 1),
+            block_dim: (DQ_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let main = Launch::new(&f_main, main_name, main_cfg, &arg);
+        let mut launches = vec![
+            Launch::new(&f_delta, delta_name, delta_cfg, &arg),
+            match &maps {
+                Some(maps) => main.arg(maps),
+                None => main,
+            },
+            Launch::new(&f_dq, dq_name, dq_cfg, &arg),
         ];
-        let dsink_launch = f_dsink.as_ref().map(|f| {
+        if let Some(f) = &f_dsink {
             let cfg = LaunchConfig {
                 grid_dim: (p.heads_q as u32, 1, 1),
                 block_dim: (DSINK_THREADS, 1, 1),
                 shared_mem_bytes: DSINK_SMEM_BYTES,
             };
-            (f, abi::BWD_DSINK, None, cfg)
-        });
-        // A packed batch without keys has no key block (dQ is then zero, from the accumulator's zeros).
-        let launches = launches.into_iter().filter(|(_, _, _, cfg)| cfg.grid_dim.0 > 0);
-        for (f, name, maps, cfg) in launches.chain(dsink_launch) {
-            let mut builder = stream.launch_builder(f);
-            builder.arg(&arg);
-            if let Some(maps) = maps {
-                builder.arg(maps);
-            }
-            // SAFETY: `plan` validated every layout against its buffer, the strides' alignment, the
-            // LSE length and the index limits; every pointer is live for the launches (their sync
-            // guards outlive them on this stream), the maps describe the same buffers within those
-            // layouts, and the kernels run in stream order.
-            unsafe { builder.launch(cfg) }.map_err(|source| Error::Launch { kernel: name.into(), source })?;
+            launches.push(Launch::new(f, abi::BWD_DSINK, cfg, &arg));
         }
+        // A packed batch without keys has no key block (dQ is then zero, from the accumulator's zeros).
+        launches.retain(|l| l.has_blocks());
+        // SAFETY: `plan` validated every layout against its buffer, the strides' alignment, the LSE
+        // length and the index limits; every pointer is live for the launches (their sync guards
+        // outlive them on this stream), the maps describe the same buffers within those layouts, and
+        // the kernels run in stream order.
+        unsafe { launch::enqueue(dev, &launches) }?;
     }
     drop(offsets);
     Ok(())

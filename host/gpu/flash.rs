@@ -5,7 +5,7 @@ use crate::device::{Device, DeviceInfo};
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::forced_tile::check_forced_tile;
-use crate::gpu::launch::{launch_dependent, KernelParams};
+use crate::gpu::launch::{self, KernelParams, Launch};
 use crate::gpu::score::{check_per_head, ScoreArgs};
 use crate::gpu::tensor::{check_f32_buffer, check_vector_strides, strides3, DeviceTensor, GpuForwardOutput};
 use crate::gpu::tma;
@@ -13,7 +13,7 @@ use crate::layout::Layout;
 use crate::modules::Arch;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use ironflash_kernels::abi::{self, FwdCombineParams, FwdParams, FwdTensorMaps, PageTable};
 use ironflash_kernels::tiles::{self, BatchLayout, FwdTile};
 
@@ -618,18 +618,21 @@ pub(crate) fn launch<T: Element>(
     } else {
         None
     };
-    let mut builder = stream.launch_builder(&f);
-    builder.arg(&arg);
-    if let Some(maps) = &maps {
-        builder.arg(maps);
-    }
-    // SAFETY: `plan` validated every layout against its buffer, the strides' alignment and the index
-    // limits; the pointers are live for the launch (their sync guards outlive it on this stream), and
-    // the maps describe the same buffers within those layouts.
-    unsafe { builder.launch(cfg) }.map_err(|source| Error::Launch { kernel: name.into(), source })?;
     let combined = CombineRows { heads_q: p.heads_q, rows_per_head, o: o_layout, lse_rows, head_dim_v: p.head_dim_v };
-    // SAFETY: `o_ptr` and `lse_ptr` hold the call's O (`o_layout`, or the packed rows' call O) and LSE.
-    unsafe { workspace.combine(dev, f16, rows, combined, (o_ptr, lse_ptr), score.params.sinks) }
+    let combine = workspace.combine(dev, f16, rows, combined, (o_ptr, lse_ptr), score.params.sinks)?;
+    let main = Launch::new(&f, name, cfg, &arg);
+    let main = match &maps {
+        Some(maps) => main.arg(maps),
+        None => main,
+    };
+    let launches: Vec<Launch> = std::iter::once(main).chain(combine.as_ref().map(Combine::launch)).collect();
+    // SAFETY: `plan` validated every layout against its buffer, the strides' alignment and the index
+    // limits; the pointers are live for the launches (their sync guards outlive them on this stream),
+    // and the maps describe the same buffers within those layouts; the combine reads the workspace the
+    // split kernel writes (`Combine`), which is freed after both in stream order (dropped below).
+    unsafe { launch::enqueue(dev, &launches) }?;
+    drop(workspace);
+    Ok(())
 }
 
 /// The split-KV workspace of a launch (nothing when unsplit): partial O and LSE in f32
@@ -671,27 +674,24 @@ impl SplitWorkspace {
         }
     }
 
-    /// The combine of a split launch (nothing when unsplit), on the split kernel's stream right after
-    /// it, into O and the LSE (`o_lse`); packed decode rows (`packed`) are combined as the call's rows,
-    /// one per query head, whose sinks (`sinks`, `ScoreParams::sinks`) it adds.
-    ///
-    /// # Safety
-    /// The launch before on `dev`'s stream is the split kernel that writes this workspace; `o_lse` are
-    /// the call's O (of `rows.o`'s layout, or `packed`'s call O) and LSE (`rows.lse_rows`), live until
-    /// the combine has run.
-    pub(crate) unsafe fn combine(
-        self,
+    /// The combine of a split launch (nothing when unsplit), to enqueue right after the split kernel,
+    /// into O and the LSE (`o_lse`); packed decode rows (`packed`) are combined as the call's rows,
+    /// one per query head, whose sinks (`sinks`, `ScoreParams::sinks`) it adds. `o_lse` are the call's
+    /// O (of `rows.o`'s layout, or `packed`'s call O) and LSE (`rows.lse_rows`).
+    pub(crate) fn combine(
+        &mut self,
         dev: &Device,
         f16: bool,
         packed: Option<&HeadsAsRows>,
         rows: CombineRows,
         (o_ptr, lse_ptr): (u64, u64),
         sinks: u64,
-    ) -> Result<()> {
-        let Some((mut o_accum, mut lse_accum)) = self.accum else { return Ok(()) };
+    ) -> Result<Option<Combine>> {
+        let num_splits = self.num_splits;
+        let Some((o_accum, lse_accum)) = &mut self.accum else { return Ok(None) };
         let stream = dev.stream();
-        let name = if f16 { abi::FWD_COMBINE_F16 } else { abi::FWD_COMBINE_BF16 };
-        let f = dev.modules.function(&dev.ctx, name, 0)?;
+        let kernel = if f16 { abi::FWD_COMBINE_F16 } else { abi::FWD_COMBINE_BF16 };
+        let function = dev.modules.function(&dev.ctx, kernel, 0)?;
         let (heads_q, rows_per_head, o_layout) = match packed {
             Some(r) => (r.call_heads_q, 1, &r.call_o),
             None => (rows.heads_q, rows.rows_per_head, rows.o),
@@ -706,7 +706,7 @@ impl SplitWorkspace {
             seqlen_q: rows_per_head as u32,
             heads_q: heads_q as u32,
             head_dim_v: rows.head_dim_v as u32,
-            num_splits: self.num_splits as u32,
+            num_splits: num_splits as u32,
             sinks,
         };
         let cfg = LaunchConfig {
@@ -714,18 +714,27 @@ impl SplitWorkspace {
             block_dim: (32 * COMBINE_ROWS_PER_CTA as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let arg = KernelParams(params);
         // On Hopper the combine is the split kernel's programmatic dependent: its launch overlaps the
         // split kernel's tail, and it waits for the partial results itself.
         let programmatic = dev.info().arch() == Arch::Sm90a;
-        // SAFETY: the caller's contract; the workspace was written by the launch before, on this
-        // stream, and is freed only after this launch in stream order (dropped below); with
-        // `programmatic` the split kernel lets dependents start and the combine waits for its grid
-        // before reading the workspace.
-        unsafe { launch_dependent(stream, &f, cfg, &arg, programmatic) }
-            .map_err(|source| Error::Launch { kernel: name.into(), source })?;
-        drop((o_accum, lse_accum));
-        Ok(())
+        Ok(Some(Combine { function, kernel, cfg, params: KernelParams(params), programmatic }))
+    }
+}
+
+/// A split launch's combine: the launch that follows the split kernel, reading the workspace it writes
+/// (with `programmatic`, the split kernel lets dependents start and the combine waits for its grid
+/// before reading the workspace).
+pub(crate) struct Combine {
+    function: CudaFunction,
+    kernel: &'static str,
+    cfg: LaunchConfig,
+    params: KernelParams<FwdCombineParams>,
+    programmatic: bool,
+}
+
+impl Combine {
+    pub(crate) fn launch(&self) -> Launch<'_> {
+        Launch::new(&self.function, self.kernel, self.cfg, &self.params).programmatic(self.programmatic)
     }
 }
 

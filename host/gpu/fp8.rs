@@ -7,16 +7,17 @@ use crate::dtype::{DType, Element, F8E4M3};
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::fp8::{check_descale, check_groups, Rotation};
 use crate::gpu::flash::{
-    check_grid, check_num_splits, check_outputs, num_splits_heuristic, pack_query_heads, run_view, CombineRows,
-    HeadsAsRows, SplitWorkspace,
+    check_grid, check_num_splits, check_outputs, num_splits_heuristic, pack_query_heads, run_view, Combine,
+    CombineRows, HeadsAsRows, SplitWorkspace,
 };
+use crate::gpu::launch::{self, KernelParams, Launch};
 use crate::gpu::score::{check_per_head, ScoreArgs};
 use crate::gpu::tensor::{check_vector_strides, check_vector_strides_of, strides3, DeviceTensor, GpuForwardOutput};
-use crate::gpu::{launch::KernelParams, tma};
+use crate::gpu::tma;
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 use ironflash_kernels::abi::{self, Fp8Descales, Fp8QuantizeParams, FwdParams, FwdTensorMaps, PageTable};
 use ironflash_kernels::tiles::{self, Fp8FwdTile};
@@ -141,15 +142,15 @@ pub fn quantize_fp8_with<T: Element>(
         let cfg =
             LaunchConfig { grid_dim: (groups as u32, shares as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let f16 = T::DTYPE == DType::F16;
-        for name in
-            if f16 { [abi::FP8_AMAX_F16, abi::FP8_QUANTIZE_F16] } else { [abi::FP8_AMAX_BF16, abi::FP8_QUANTIZE_BF16] }
-        {
-            let f = dev.modules.function(&dev.ctx, name, 0)?;
-            // SAFETY: the parameters describe `x` (validated layout, 16-byte rows), `out` (contiguous,
-            // its size), and `groups` u32 and f32 values; the amax launch runs first on this stream.
-            unsafe { stream.launch_builder(&f).arg(&params).launch(cfg) }
-                .map_err(|source| Error::Launch { kernel: name.into(), source })?;
-        }
+        let [amax_name, quantize_name] =
+            if f16 { [abi::FP8_AMAX_F16, abi::FP8_QUANTIZE_F16] } else { [abi::FP8_AMAX_BF16, abi::FP8_QUANTIZE_BF16] };
+        let (f_amax, f_quantize) =
+            (dev.modules.function(&dev.ctx, amax_name, 0)?, dev.modules.function(&dev.ctx, quantize_name, 0)?);
+        let launches =
+            [Launch::new(&f_amax, amax_name, cfg, &params), Launch::new(&f_quantize, quantize_name, cfg, &params)];
+        // SAFETY: the parameters describe `x` (validated layout, 16-byte rows), `out` (contiguous, its
+        // size), and `groups` u32 and f32 values; the amax launch runs first on this stream.
+        unsafe { launch::enqueue(dev, &launches) }?;
     }
     check_descale(arg, &dev.download_f32(&descale)?, batch, heads_kv)?;
     let data = DeviceTensor { buf: out, layout, ordinal: dev.info().ordinal };
@@ -459,12 +460,6 @@ fn launch<O: Element>(
         block_dim: (Fp8FwdTile::THREADS as u32, 1, 1),
         shared_mem_bytes: tile.smem_bytes() as u32,
     };
-    // SAFETY: `plan` validated every layout against its buffer, the strides (whole 16-byte rows), the
-    // descale buffers' lengths and the index limits; the packed rows' views and key offset stay within
-    // those layouts; the pointers are live for the launch (their guards outlive it on this stream) and
-    // the maps describe the same buffers.
-    unsafe { stream.launch_builder(&f).arg(&params).arg(&maps).arg(&descales).launch(cfg) }
-        .map_err(|source| Error::Launch { kernel: symbol.into(), source })?;
     let rows = CombineRows {
         heads_q: p.heads_q,
         rows_per_head: p.seqlen_q,
@@ -472,7 +467,16 @@ fn launch<O: Element>(
         lse_rows: p.lse_len(),
         head_dim_v: p.head_dim_v,
     };
-    // SAFETY: the launch before is the split kernel writing this workspace; `o_ptr` and `lse_ptr` hold
-    // the call's O (`run.o`, or the packed rows' call O) and LSE, live on this stream.
-    unsafe { workspace.combine(dev, f16, run.packed, rows, (o_ptr, lse_ptr), score.params.sinks) }
+    // `o_ptr` and `lse_ptr` hold the call's O (`run.o`, or the packed rows' call O) and LSE.
+    let combine = workspace.combine(dev, f16, run.packed, rows, (o_ptr, lse_ptr), score.params.sinks)?;
+    let main = Launch::new(&f, symbol, cfg, &params).arg(&maps).arg(&descales);
+    let launches: Vec<Launch> = std::iter::once(main).chain(combine.as_ref().map(Combine::launch)).collect();
+    // SAFETY: `plan` validated every layout against its buffer, the strides (whole 16-byte rows), the
+    // descale buffers' lengths and the index limits; the packed rows' views and key offset stay within
+    // those layouts; the pointers are live for the launches (their guards outlive them on this stream)
+    // and the maps describe the same buffers; the combine reads the workspace the split kernel writes,
+    // freed after both in stream order (dropped below).
+    unsafe { launch::enqueue(dev, &launches) }?;
+    drop(workspace);
+    Ok(())
 }

@@ -16,13 +16,13 @@ use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::flash::{self, BatchLaunch, PagedLaunch};
-use crate::gpu::launch::KernelParams;
+use crate::gpu::launch::{self, KernelParams, Launch};
 use crate::gpu::score::check_per_head;
 use crate::gpu::tensor::{check_vector_strides, strides3, DeviceTensor, GpuForwardOutput};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use ironflash_kernels::abi::{self, PageTable, PagedPrepParams};
 use ironflash_kernels::tiles::{BatchLayout, FwdTile};
 
@@ -379,8 +379,7 @@ fn run<T: Element>(
         // SAFETY: `plan` checked every layout against its buffer and the cache's geometry; device data
         // (lengths, table entries, positions) is clamped or skipped by the kernel; the pointers outlive
         // the launch on this stream.
-        unsafe { stream.launch_builder(&f).arg(&arg).launch(cfg) }
-            .map_err(|source| Error::Launch { kernel: name.into(), source })?;
+        unsafe { launch::enqueue(dev, &[Launch::new(&f, name, cfg, &arg)]) }?;
     }
 
     let seqused_ptr = seqused.as_ref().map(|s| s.device_ptr(stream));

@@ -7,12 +7,13 @@ use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::gemm::{gemm, Operand};
+use crate::gpu::launch::{self, KernelParams, Launch};
 use crate::gpu::tensor::{DeviceTensor, GpuForwardOutput};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::cublas::sys as blas_sys;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use ironflash_kernels::abi::{RowSoftmaxParams, ROW_SOFTMAX_BF16, ROW_SOFTMAX_F16};
 
 pub(crate) const SOFTMAX_WARPS_PER_BLOCK: u32 = 8;
@@ -141,10 +142,9 @@ pub fn standard_forward_train<T: Element>(
             block_dim: (SOFTMAX_WARPS_PER_BLOCK * 32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let arg = crate::gpu::launch::KernelParams(params);
+        let arg = KernelParams(params);
         // SAFETY: params point at live buffers of the sizes the kernel reads and writes.
-        unsafe { stream.launch_builder(&f).arg(&arg).launch(cfg) }
-            .map_err(|source| Error::Launch { kernel: softmax_kernel.into(), source })?;
+        unsafe { launch::enqueue(dev, &[Launch::new(&f, softmax_kernel, cfg, &arg)]) }?;
     }
 
     {

@@ -10,12 +10,13 @@ use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::backward::GpuGradients;
 use crate::gpu::gemm::{gemm, Operand};
+use crate::gpu::launch::{self, KernelParams, Launch};
 use crate::gpu::standard::{gpu_dtype, SOFTMAX_WARPS_PER_BLOCK};
 use crate::gpu::tensor::{strides3, DeviceTensor};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use ironflash_kernels::abi::{RowSoftmaxBwdParams, ROW_SOFTMAX_BWD_BF16, ROW_SOFTMAX_BWD_F16};
 
 /// Bytes of device memory the standard backward allocates beyond its gradients (the dP/dS matrix); the
@@ -194,11 +195,10 @@ pub fn standard_backward_into<T: Element>(
             block_dim: (SOFTMAX_WARPS_PER_BLOCK * 32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let arg = crate::gpu::launch::KernelParams(params);
+        let arg = KernelParams(params);
         // SAFETY: params point at live buffers of the sizes the kernel reads and writes (validated by
         // `plan`); the GEMMs before it and after it run in stream order.
-        unsafe { stream.launch_builder(&f).arg(&arg).launch(cfg) }
-            .map_err(|source| Error::Launch { kernel: kernel.into(), source })?;
+        unsafe { launch::enqueue(dev, &[Launch::new(&f, kernel, cfg, &arg)]) }?;
 
         for b in 0..p.batch {
             for c in 0..calls_per_batch {

@@ -26,7 +26,7 @@ use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::backward::GpuGradients;
-use crate::gpu::launch::{launch_dependent, KernelParams};
+use crate::gpu::launch::{self, KernelParams, Launch};
 use crate::gpu::score::device_per_head;
 use crate::gpu::tensor::{DeviceTensor, GpuForwardOutput};
 use crate::gpu::varlen::{flash_backward_varlen_into, flash_forward_varlen_into, DeviceVarlen};
@@ -733,8 +733,8 @@ unsafe fn launch_merge<T: Element>(dev: &Device, params: RingMergeParams, rows: 
         block_dim: (32 * MERGE_ROWS_PER_CTA, 1, 1),
         shared_mem_bytes: 0,
     };
-    launch_dependent(dev.stream(), &f, cfg, &KernelParams(params), false)
-        .map_err(|source| Error::Launch { kernel: name.into(), source })
+    let params = KernelParams(params);
+    launch::enqueue(dev, &[Launch::new(&f, name, cfg, &params)])
 }
 
 /// `out = round(accum + step)` when `out` is set, else `accum (+)= step` (`abi::RingAccumulateParams`),
@@ -753,6 +753,6 @@ unsafe fn accumulate<T: Element>(dev: &Device, accum: u64, step: u64, out: u64, 
     let blocks = chunks.div_ceil(ACCUMULATE_THREADS as usize).min(65_535 * 8) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (ACCUMULATE_THREADS, 1, 1), shared_mem_bytes: 0 };
     let params = RingAccumulateParams { accum, step, out, n: n as u64, first: u32::from(first), _pad: 0 };
-    launch_dependent(dev.stream(), &f, cfg, &KernelParams(params), false)
-        .map_err(|source| Error::Launch { kernel: name.into(), source })
+    let params = KernelParams(params);
+    launch::enqueue(dev, &[Launch::new(&f, name, cfg, &params)])
 }
