@@ -5,7 +5,7 @@
 use crate::bench::case::{Case, DTypeName, GridName, Impl, Pass, Record};
 use crate::bench::grid::{self, parse_len, parse_shape, GridFilter};
 use crate::bench::runner::{run_cpu_case, run_gpu_case, CpuLimits, RepPolicy};
-use crate::bench::{peers, plot, report, timing};
+use crate::bench::{overhead, peers, plot, report, timing};
 use indicatif::{ProgressBar, ProgressStyle};
 use ironflash::device::Device;
 use std::path::{Path, PathBuf};
@@ -81,6 +81,10 @@ pub struct BenchArgs {
     /// The peers script [default: benches/peers.py].
     #[arg(long)]
     pub peers_script: Option<PathBuf>,
+    /// Skip the call-overhead tables (allocating vs `_into` calls, synchronised vs back to back, host
+    /// enqueue, the driver primitives; `bench::overhead`), which run with the fused rows on a GPU.
+    #[arg(long)]
+    pub no_overhead: bool,
     /// The CPU path runs only cases of at most this many GFLOP.
     #[arg(long, default_value_t = CpuLimits::default().max_gflop)]
     pub cpu_max_gflop: f64,
@@ -263,6 +267,15 @@ pub fn run_suite(args: &BenchArgs, dev: Option<&Device>) -> Result<SuiteReport, 
         }
     }
     pb.finish_and_clear();
+    let overhead = match dev {
+        Some(d) if impls.contains(&Impl::Fused) && !args.no_overhead => {
+            eprintln!("call overhead: allocating vs _into calls, synchronised vs back to back, host enqueue");
+            let calls = overhead::call_rows(d).map_err(|e| format!("call overhead: {e}"))?;
+            let primitives = overhead::driver_primitives(d).map_err(|e| format!("driver primitives: {e}"))?;
+            Some((calls, primitives))
+        }
+        _ => None,
+    };
 
     let mut peer_records = Vec::new();
     if impls.contains(&Impl::Peers) {
@@ -289,14 +302,42 @@ pub fn run_suite(args: &BenchArgs, dev: Option<&Device>) -> Result<SuiteReport, 
     let all = report::sorted(&all);
     header.push(format!("elapsed: {:.0} s", started.elapsed().as_secs_f64()));
 
-    let markdown = report::markdown(&all);
-    let files = write_outputs(args, &header, &all, &markdown, &device_name)?;
+    let mut markdown = report::markdown(&all);
+    if let Some((calls, primitives)) = &overhead {
+        markdown += &format!("\n## Call overhead\n\n{}", overhead::markdown(calls, primitives));
+    }
+    let mut files = write_outputs(args, &header, &all, &markdown, &device_name)?;
+    if let Some((calls, primitives)) = &overhead {
+        files.push(write_overhead_jsonl(args, calls, primitives)?);
+    }
     Ok(SuiteReport { header, records: all, markdown, files })
 }
 
 /// Whether a GPU implementation has a row for a case: the deterministic mode exists only backward.
 pub fn runs_on(imp: Impl, case: &Case) -> bool {
     imp != Impl::FusedDet || case.pass == Pass::Bwd
+}
+
+/// The call-overhead rows as JSON lines, `OUT_DIR/overhead.jsonl`.
+fn write_overhead_jsonl(
+    args: &BenchArgs,
+    calls: &[overhead::CallRow],
+    primitives: &[overhead::PrimitiveRow],
+) -> Result<PathBuf, String> {
+    let path = args.out_dir.join("overhead.jsonl");
+    let json = |v: serde_json::Result<String>| v.map_err(|e| format!("overhead.jsonl: {e}"));
+    let mut text = String::new();
+    for r in calls {
+        text += &json(serde_json::to_string(r))?;
+        text.push('\n');
+    }
+    for r in primitives {
+        text += &json(serde_json::to_string(r))?;
+        text.push('\n');
+    }
+    std::fs::create_dir_all(&args.out_dir).map_err(|e| format!("cannot create {}: {e}", args.out_dir.display()))?;
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
 }
 
 fn write_outputs(
