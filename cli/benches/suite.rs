@@ -4,6 +4,7 @@
 //! table and writes JSON lines and PNG plots (see `--help`). Without a GPU only the CPU rows run.
 
 use clap::Parser;
+use ironflash_cli::bench::suite::cold_start_child;
 use ironflash_cli::bench::{run_suite, BenchArgs};
 use std::process::ExitCode;
 
@@ -33,6 +34,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match cold_start_child(&cli.args, dev.as_ref()) {
+        Some(Ok(line)) => {
+            println!("{line}");
+            return ExitCode::SUCCESS;
+        }
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        None => {}
+    }
     match run_suite(&cli.args, dev.as_ref()) {
         Ok(report) => {
             for line in &report.header {

@@ -7,11 +7,13 @@
 //!   bf16 matmul peak.
 //! - `runner`: one case on one of our implementations; `peers`: PyTorch through `benches/peers.py`.
 //! - `report`: Markdown and JSON lines; `plot`: PNG charts; `suite`: all of it as one call.
-//! - `overhead`: what a call costs beyond its kernels (allocation, synchronisation, host enqueue).
+//! - `overhead`: what a call costs beyond its kernels (allocation, synchronisation, host enqueue);
+//!   `cold`: a fresh process's first calls per head dim.
 //! - `accuracy`: every path against the f64 reference.
 
 pub mod accuracy;
 pub mod case;
+pub mod cold;
 pub mod grid;
 pub mod overhead;
 pub mod peers;

@@ -5,7 +5,7 @@
 use crate::bench::case::{Case, DTypeName, GridName, Impl, Pass, Record};
 use crate::bench::grid::{self, parse_len, parse_shape, GridFilter};
 use crate::bench::runner::{run_cpu_case, run_gpu_case, CpuLimits, RepPolicy};
-use crate::bench::{overhead, peers, plot, report, timing};
+use crate::bench::{cold, overhead, peers, plot, report, timing};
 use indicatif::{ProgressBar, ProgressStyle};
 use ironflash::device::Device;
 use std::path::{Path, PathBuf};
@@ -81,10 +81,15 @@ pub struct BenchArgs {
     /// The peers script [default: benches/peers.py].
     #[arg(long)]
     pub peers_script: Option<PathBuf>,
-    /// Skip the call-overhead tables (allocating vs `_into` calls, synchronised vs back to back, host
-    /// enqueue, the driver primitives; `bench::overhead`), which run with the fused rows on a GPU.
+    /// Skip the runtime tables, which run with the fused rows on a GPU: call overhead (allocating vs
+    /// `_into` calls, synchronised vs back to back, host enqueue, the driver primitives;
+    /// `bench::overhead`) and cold start (each head dim's first calls in a fresh process with the
+    /// driver's JIT cache off; `bench::cold`).
     #[arg(long)]
-    pub no_overhead: bool,
+    pub no_runtime: bool,
+    /// Internal: be one cold-start child process at these head dims (`bench::cold`).
+    #[arg(long, hide = true, value_name = "D")]
+    pub cold_start_child: Option<String>,
     /// The CPU path runs only cases of at most this many GFLOP.
     #[arg(long, default_value_t = CpuLimits::default().max_gflop)]
     pub cpu_max_gflop: f64,
@@ -267,16 +272,18 @@ pub fn run_suite(args: &BenchArgs, dev: Option<&Device>) -> Result<SuiteReport, 
         }
     }
     pb.finish_and_clear();
-    let overhead = match dev {
-        Some(d) if impls.contains(&Impl::Fused) && !args.no_overhead => {
+    let runtime = match dev {
+        Some(d) if impls.contains(&Impl::Fused) && !args.no_runtime => {
             eprintln!("call overhead: allocating vs _into calls, synchronised vs back to back, host enqueue");
             let calls = overhead::call_rows(d).map_err(|e| format!("call overhead: {e}"))?;
             let primitives = overhead::driver_primitives(d).map_err(|e| format!("driver primitives: {e}"))?;
-            Some((calls, primitives))
+            eprintln!("cold start: each head dim's first calls in a fresh process, JIT cache off");
+            let exe = std::env::current_exe().map_err(|e| format!("cold start: this executable: {e}"))?;
+            let cold = cold::in_fresh_processes(&exe, command.get(1..).unwrap_or_default());
+            Some((calls, primitives, cold))
         }
         _ => None,
     };
-
     let mut peer_records = Vec::new();
     if impls.contains(&Impl::Peers) {
         match peers::locate_script(args.peers_script.as_deref()) {
@@ -303,12 +310,18 @@ pub fn run_suite(args: &BenchArgs, dev: Option<&Device>) -> Result<SuiteReport, 
     header.push(format!("elapsed: {:.0} s", started.elapsed().as_secs_f64()));
 
     let mut markdown = report::markdown(&all);
-    if let Some((calls, primitives)) = &overhead {
+    if let Some((calls, primitives, cold)) = &runtime {
         markdown += &format!("\n## Call overhead\n\n{}", overhead::markdown(calls, primitives));
+        markdown +=
+            &format!("\n## Cold start (a fresh process per head dim, JIT cache off)\n\n{}", cold::markdown(cold));
     }
     let mut files = write_outputs(args, &header, &all, &markdown, &device_name)?;
-    if let Some((calls, primitives)) = &overhead {
-        files.push(write_overhead_jsonl(args, calls, primitives)?);
+    if let Some((calls, primitives, cold)) = &runtime {
+        let mut lines = calls.iter().map(serde_json::to_string).collect::<Vec<_>>();
+        lines.extend(primitives.iter().map(serde_json::to_string));
+        files.push(write_jsonl(&args.out_dir.join("overhead.jsonl"), lines)?);
+        let lines = cold.iter().filter_map(|r| r.as_ref().ok()).map(serde_json::to_string).collect();
+        files.push(write_jsonl(&args.out_dir.join("cold_start.jsonl"), lines)?);
     }
     Ok(SuiteReport { header, records: all, markdown, files })
 }
@@ -318,26 +331,28 @@ pub fn runs_on(imp: Impl, case: &Case) -> bool {
     imp != Impl::FusedDet || case.pass == Pass::Bwd
 }
 
-/// The call-overhead rows as JSON lines, `OUT_DIR/overhead.jsonl`.
-fn write_overhead_jsonl(
-    args: &BenchArgs,
-    calls: &[overhead::CallRow],
-    primitives: &[overhead::PrimitiveRow],
-) -> Result<PathBuf, String> {
-    let path = args.out_dir.join("overhead.jsonl");
-    let json = |v: serde_json::Result<String>| v.map_err(|e| format!("overhead.jsonl: {e}"));
+/// JSON lines (one serialised row each) into `path`.
+fn write_jsonl(path: &Path, lines: Vec<serde_json::Result<String>>) -> Result<PathBuf, String> {
     let mut text = String::new();
-    for r in calls {
-        text += &json(serde_json::to_string(r))?;
+    for line in lines {
+        text += &line.map_err(|e| format!("{}: {e}", path.display()))?;
         text.push('\n');
     }
-    for r in primitives {
-        text += &json(serde_json::to_string(r))?;
-        text.push('\n');
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    std::fs::create_dir_all(&args.out_dir).map_err(|e| format!("cannot create {}: {e}", args.out_dir.display()))?;
-    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(path)
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path.to_path_buf())
+}
+
+/// A cold-start child process (`--cold-start-child D`, started by the suite; `bench::cold`): the line
+/// it prints instead of running the suite, or why it could not measure. `None` for the suite itself.
+pub fn cold_start_child(args: &BenchArgs, dev: Option<&Device>) -> Option<Result<String, String>> {
+    let spec = args.cold_start_child.as_deref()?;
+    Some(match dev {
+        Some(d) => cold::first_calls(d, spec).map(|row| cold::child_line(&row)).map_err(|e| e.to_string()),
+        None => Err("a cold-start child needs a GPU".into()),
+    })
 }
 
 fn write_outputs(
@@ -427,6 +442,20 @@ mod tests {
             assert!(runs_on(Impl::Fused, c) && runs_on(Impl::Standard, c));
             assert_eq!(runs_on(Impl::FusedDet, c), c.pass == Pass::Bwd);
         }
+    }
+
+    #[test]
+    fn cold_start_child_is_a_mode_of_its_own() {
+        assert!(cold_start_child(&parse(&[]), None).is_none(), "the suite itself is no child");
+        let child = parse(&["--shape", "1,2,64,32", "--cold-start-child", "192v128"]);
+        assert_eq!(child.cold_start_child.as_deref(), Some("192v128"));
+        let e = cold_start_child(&child, None).expect("a child").unwrap_err();
+        assert!(e.contains("needs a GPU"), "{e}");
+        assert_eq!(cold::parse_dims("192v128"), Ok((192, 128)));
+        assert_eq!(cold::parse_dims("64"), Ok((64, 64)));
+        assert!(cold::parse_dims("x").is_err());
+        let table = cold::markdown(&[Err("head dims 32: the child process ended with exit status: 1".into())]);
+        assert!(table.lines().nth(2).is_some_and(|l| l.starts_with("| head dims 32:")), "{table}");
     }
 
     #[test]

@@ -115,6 +115,10 @@ pub fn main() -> ExitCode {
 
 fn bench(ordinal: usize, args: &BenchArgs) -> JobResult {
     let dev = open_device(ordinal, "the suite runs the CPU rows only")?;
+    if let Some(line) = ironflash_cli::bench::suite::cold_start_child(args, dev.as_ref()) {
+        println!("{}", line?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = ironflash_cli::bench::run_suite(args, dev.as_ref())?;
     for line in &report.header {
         println!("- {line}");
