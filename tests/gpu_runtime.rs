@@ -159,33 +159,27 @@ fn graph_replays_a_decode_step_bitwise() {
     capture_and_replay(&dev, Step::new(&dev, dims, 128, 30), &AttnOptions::default(), false);
 }
 
-/// Four host threads share one `Device` (each through `for_stream`, on a stream of its own) and run
-/// forward and backward at once: each gets bitwise what the same call gives alone. The shared `Device`
-/// starts with no kernel loaded, so the threads also load kernels at the same time.
-fn threads_share_a_device() {
-    let Some(base) = device_or_skip("threads_share_a_device") else { return };
-    let main = capture_ready(base);
+/// Four training steps (`dims(t)`, seeds from `seed`) run alone on `alone_on`, then from four host
+/// threads at once, thread t on `devs[t]`, three rounds each: every thread gets bitwise its step's
+/// outputs alone.
+fn threads_match_alone(alone_on: &Device, devs: [&Device; 4], dims: impl Fn(usize) -> [usize; 6] + Sync, seed: u64) {
     let opts = AttnOptions { causal: true, deterministic: true, ..AttnOptions::default() };
-    let dims = |t: usize| [1, 257 + 64 * t, 257 + 64 * t, 4, 2, [64, 128, 192, 256][t]];
     let alone: Vec<Vec<Vec<f32>>> = (0..4)
         .map(|t| {
-            let mut s = Step::new(&main, dims(t), dims(t)[5], 40 + t as u64);
-            s.run(&main, &opts, true).unwrap();
-            s.outputs(&main)
+            let mut s = Step::new(alone_on, dims(t), dims(t)[5], seed + t as u64);
+            s.run(alone_on, &opts, true).unwrap();
+            s.outputs(alone_on)
         })
         .collect();
-    // A device of its own on this context with no kernel loaded: the threads compile kernels at once.
-    let cold = Device::on_stream(main.context().new_stream().unwrap()).unwrap();
     std::thread::scope(|scope| {
-        for (t, want) in alone.iter().enumerate() {
-            let dev = cold.for_stream(cold.context().new_stream().unwrap()).unwrap();
-            let opts = &opts;
+        for (t, (want, dev)) in alone.iter().zip(devs).enumerate() {
+            let (opts, dims) = (&opts, &dims);
             scope.spawn(move || {
                 for _ in 0..3 {
-                    let mut s = Step::new(&dev, dims(t), dims(t)[5], 40 + t as u64);
-                    s.run(&dev, opts, true).unwrap();
+                    let mut s = Step::new(dev, dims(t), dims(t)[5], seed + t as u64);
+                    s.run(dev, opts, true).unwrap();
                     dev.synchronize().unwrap();
-                    let got = s.outputs(&dev);
+                    let got = s.outputs(dev);
                     assert!(got.iter().zip(want).all(|(g, w)| same_bits(g, w)), "thread {t} differs");
                 }
             });
@@ -193,33 +187,26 @@ fn threads_share_a_device() {
     });
 }
 
-/// The same four steps from four host threads on one `Device` (one stream, so one set of launch
-/// graphs whose nodes the threads rewrite in turn): each gets bitwise what the call gives alone.
+/// Four host threads share one `Device` (each through `for_stream`, on a stream of its own) and run
+/// forward and backward at once: each gets bitwise what the same call gives alone. The shared `Device`
+/// starts with no kernel loaded, so the threads also load kernels at the same time.
+fn threads_share_a_device() {
+    let Some(base) = device_or_skip("threads_share_a_device") else { return };
+    let main = capture_ready(base);
+    // A device of its own on this context with no kernel loaded: the threads compile kernels at once.
+    let cold = Device::on_stream(main.context().new_stream().unwrap()).unwrap();
+    let devs: Vec<Device> = (0..4).map(|_| cold.for_stream(cold.context().new_stream().unwrap()).unwrap()).collect();
+    let dims = |t: usize| [1, 257 + 64 * t, 257 + 64 * t, 4, 2, [64, 128, 192, 256][t]];
+    threads_match_alone(&main, [&devs[0], &devs[1], &devs[2], &devs[3]], dims, 40);
+}
+
+/// The same from four host threads on one `Device` (one stream, so one set of launch graphs whose nodes
+/// the threads rewrite in turns).
 fn threads_share_one_stream() {
     let Some(base) = device_or_skip("threads_share_one_stream") else { return };
     let dev = capture_ready(base);
-    let opts = AttnOptions { causal: true, deterministic: true, ..AttnOptions::default() };
     let dims = |t: usize| [2, 129 + 96 * t, 200 + 64 * t, 4, [4, 2, 1, 2][t], [64, 128, 96, 256][t]];
-    let alone: Vec<Vec<Vec<f32>>> = (0..4)
-        .map(|t| {
-            let mut s = Step::new(&dev, dims(t), dims(t)[5], 60 + t as u64);
-            s.run(&dev, &opts, true).unwrap();
-            s.outputs(&dev)
-        })
-        .collect();
-    std::thread::scope(|scope| {
-        for (t, want) in alone.iter().enumerate() {
-            let (dev, opts) = (&dev, &opts);
-            scope.spawn(move || {
-                for _ in 0..3 {
-                    let mut s = Step::new(dev, dims(t), dims(t)[5], 60 + t as u64);
-                    s.run(dev, opts, true).unwrap();
-                    let got = s.outputs(dev);
-                    assert!(got.iter().zip(want).all(|(g, w)| same_bits(g, w)), "thread {t} differs");
-                }
-            });
-        }
-    });
+    threads_match_alone(&dev, [&dev; 4], dims, 60);
 }
 
 /// Another GPU's stream and tensors are refused with typed errors (`ForeignStream`, `DeviceMismatch`
