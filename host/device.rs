@@ -133,7 +133,7 @@ impl Device {
             return Err(Error::ForeignStream);
         }
         Ok(Device {
-            launch_graphs: LaunchGraphs::new(self.ctx.clone()),
+            launch_graphs: LaunchGraphs::new(self.ctx.clone(), self.info.driver_version),
             ctx: self.ctx.clone(),
             stream,
             info: self.info.clone(),
@@ -199,7 +199,8 @@ impl Device {
             driver_version,
         };
         let modules = Arc::new(ModuleCache::new(info.arch()));
-        Ok(Device { launch_graphs: LaunchGraphs::new(ctx.clone()), ctx, stream, info, modules, blas: OnceLock::new() })
+        let launch_graphs = LaunchGraphs::new(ctx.clone(), info.driver_version);
+        Ok(Device { launch_graphs, ctx, stream, info, modules, blas: OnceLock::new() })
     }
 
     /// This device's cuBLAS handle, bound to its stream (created once, on first use).

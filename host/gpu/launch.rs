@@ -1,13 +1,14 @@
 //! The one launch path: every kernel a call runs reaches the driver here, the call's launches together
 //! (a backward's delta, main and dQ kernels; a split forward and its combine).
 //!
-//! Launching each kernel costs the host 3.6-4.3 µs of driver time on the H200 machines this project
-//! measures on (`call_overhead`'s driver rows), so a backward's three launches alone took it past the
-//! 10 µs a call may cost. Replacing the parameters of an executable graph of the same launches and
-//! launching that graph costs 2-3 µs for all three: each device keeps one such graph per shape of
-//! chain (its number of launches and which of them are programmatic dependents), built on the first
-//! call, and a call only rewrites its nodes. A stream that is capturing a graph of the caller's gets
-//! the launches themselves, which the capture records as kernel nodes.
+//! Launching each kernel costs the host 3.6-5.3 µs of driver time on the H200 machines this project
+//! measures on (the suite's driver-primitive rows, `bench::overhead`), so a backward's three launches
+//! alone took it past the 10 µs a call may cost. Replacing the parameters of an executable graph of
+//! the same launches and launching that graph costs 2-3.7 µs for all three: each device keeps one such
+//! graph per shape of chain (its number of launches and which of them are programmatic dependents),
+//! built on the first call, and a call only rewrites its nodes. A stream that is capturing a graph of
+//! the caller's gets the launches themselves, which the capture records as kernel nodes; so does every
+//! stream on a driver older than CUDA 12.3.
 
 use crate::device::Device;
 use crate::error::{DriverContext, Error, Result};
@@ -108,7 +109,7 @@ pub(crate) unsafe fn enqueue(dev: &Device, launches: &[Launch]) -> Result<()> {
     }
     dev.ctx.bind_to_thread().during("binding the context to this thread")?;
     let status = dev.stream.capture_status().during("reading the stream's capture status")?;
-    if status == sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+    if status == sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE && dev.launch_graphs.usable {
         dev.launch_graphs.enqueue(dev.stream.cu_stream(), launches)
     } else {
         launch_each(dev.stream.cu_stream(), launches)
@@ -151,6 +152,9 @@ unsafe fn launch_each(stream: sys::CUstream, launches: &[Launch]) -> Result<()> 
 /// launches of one graph never race, and the lock orders the rewrite of its nodes with the launch.
 pub(crate) struct LaunchGraphs {
     ctx: Arc<CudaContext>,
+    /// The driver has the graph calls used here (`cuGraphAddDependencies_v2`, for programmatic edges,
+    /// came with CUDA 12.3); an older one gets the launches one by one.
+    usable: bool,
     chains: Mutex<Vec<Chain>>,
 }
 
@@ -168,8 +172,9 @@ struct Chain {
 unsafe impl Send for Chain {}
 
 impl LaunchGraphs {
-    pub(crate) fn new(ctx: Arc<CudaContext>) -> Self {
-        LaunchGraphs { ctx, chains: Mutex::new(Vec::new()) }
+    /// `driver_version` as `cuDriverGetVersion` gives it (12030 for CUDA 12.3).
+    pub(crate) fn new(ctx: Arc<CudaContext>, driver_version: i32) -> Self {
+        LaunchGraphs { ctx, usable: driver_version >= 12030, chains: Mutex::new(Vec::new()) }
     }
 
     /// # Safety
