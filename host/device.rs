@@ -3,6 +3,7 @@
 
 use crate::error::{DriverContext, Error, Result};
 use crate::gpu::launch::LaunchGraphs;
+use crate::gpu::scratch::KeptScratch;
 use crate::modules::{Arch, ModuleCache};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::{self, CUdevice_attribute as Attr};
@@ -66,6 +67,8 @@ pub struct Device {
     /// This device's launch graphs (`gpu::launch`), its stream's own; dropped before the modules whose
     /// kernels their nodes name.
     pub(crate) launch_graphs: LaunchGraphs,
+    /// The calls' scratch kept between calls, when asked (`keep_workspace`; `gpu::scratch`).
+    pub(crate) scratch: KeptScratch,
     /// Shared by the `Device`s of one context made with `for_stream`: each kernel is compiled once.
     pub(crate) modules: Arc<ModuleCache>,
     /// Created on first use: creating and destroying a handle per call costs a synchronisation each.
@@ -134,6 +137,7 @@ impl Device {
         }
         Ok(Device {
             launch_graphs: LaunchGraphs::new(self.ctx.clone(), self.info.driver_version),
+            scratch: KeptScratch::new(),
             ctx: self.ctx.clone(),
             stream,
             info: self.info.clone(),
@@ -200,7 +204,7 @@ impl Device {
         };
         let modules = Arc::new(ModuleCache::new(info.arch()));
         let launch_graphs = LaunchGraphs::new(ctx.clone(), info.driver_version);
-        Ok(Device { launch_graphs, ctx, stream, info, modules, blas: OnceLock::new() })
+        Ok(Device { launch_graphs, scratch: KeptScratch::new(), ctx, stream, info, modules, blas: OnceLock::new() })
     }
 
     /// This device's cuBLAS handle, bound to its stream (created once, on first use).

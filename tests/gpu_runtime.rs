@@ -1,14 +1,14 @@
 //! The host runtime on the GPU: calls captured in a CUDA graph and replayed (a training step's forward
 //! and backward, and a split-KV decode step) give bitwise the eager results; an allocating call during
 //! a capture is a typed error that leaves the capture intact; one `Device` shared by several host
-//! threads, each on its own stream or all on one; another GPU's stream and tensors refused with typed
-//! errors (with two GPUs). Skips with one line without a CUDA driver.
+//! threads, each on its own stream or all on one; with the device keeping its workspace, captured steps
+//! that allocate nothing; another GPU's stream and tensors refused with typed errors (with two GPUs). Skips with one line without a CUDA driver.
 
 mod common;
 
 use common::device_or_skip;
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::sys::{self, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaGraph, CudaSlice};
 use half::bf16;
 use ironflash::gpu::{self, DeviceTensor, GpuGradients};
 use ironflash::{Arg, AttnOptions, Device, Element, Error, HostTensor};
@@ -109,8 +109,8 @@ impl Step {
 
 /// Captures `step` (eager once first: the kernels load outside the capture), checks that an allocating
 /// call inside the capture is refused without breaking it, and replays the graph twice on poisoned
-/// outputs: bitwise the eager results each time.
-fn capture_and_replay(dev: &Device, mut step: Step, opts: &AttnOptions, backward: bool) {
+/// outputs: bitwise the eager results each time. Returns how many allocation nodes the graph holds.
+fn capture_and_replay(dev: &Device, mut step: Step, opts: &AttnOptions, backward: bool) -> usize {
     step.run(dev, opts, backward).unwrap();
     dev.synchronize().unwrap();
     let eager = step.outputs(dev);
@@ -133,6 +133,26 @@ fn capture_and_replay(dev: &Device, mut step: Step, opts: &AttnOptions, backward
         step.poison(dev);
         dev.synchronize().unwrap();
     }
+    allocation_nodes(&graph)
+}
+
+/// The allocation nodes of a captured graph (the stream-ordered allocations its calls made).
+fn allocation_nodes(graph: &CudaGraph) -> usize {
+    let mut count = 0;
+    // SAFETY: the graph is live; the first call writes the node count, the second that many handles.
+    let nodes = unsafe {
+        sys::cuGraphGetNodes(graph.cu_graph(), std::ptr::null_mut(), &mut count).result().unwrap();
+        let mut nodes = vec![std::ptr::null_mut(); count];
+        sys::cuGraphGetNodes(graph.cu_graph(), nodes.as_mut_ptr(), &mut count).result().unwrap();
+        nodes
+    };
+    let kind = |node| {
+        let mut kind = sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_EMPTY;
+        // SAFETY: `node` is one of the live graph's nodes.
+        unsafe { sys::cuGraphNodeGetType(node, &mut kind) }.result().unwrap();
+        kind
+    };
+    nodes.into_iter().filter(|&node| kind(node) == sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEM_ALLOC).count()
 }
 
 fn graph_replays_a_training_step_bitwise() {
@@ -157,6 +177,23 @@ fn graph_replays_a_decode_step_bitwise() {
     let tile = gpu::forward_tile(dev.info(), (128, 128), ironflash::DType::BF16, false).unwrap();
     assert!(gpu::forward_launch_plan(dev.info(), &p, &tile, ironflash::DType::BF16).1 > 1, "not split");
     capture_and_replay(&dev, Step::new(&dev, dims, 128, 30), &AttnOptions::default(), false);
+}
+
+/// With `Device::keep_workspace(true)`, a training step (forward and deterministic backward) and a
+/// split-KV decode step captured after an eager run of the same shapes hold no allocation node and
+/// replay bitwise; without it, their captures hold the scratch's allocations (which the count sees).
+fn kept_workspace_captures_without_allocation() {
+    let Some(base) = device_or_skip("kept_workspace_captures_without_allocation") else { return };
+    let dev = capture_ready(base);
+    let opts = AttnOptions { causal: true, deterministic: true, ..AttnOptions::default() };
+    let decode = [2, 1, 8192, 16, 4, 128];
+    for keep in [false, true, true] {
+        dev.keep_workspace(keep).unwrap();
+        let train = capture_and_replay(&dev, Step::new(&dev, [2, 333, 333, 8, 2, 128], 128, 70), &opts, true);
+        let step = capture_and_replay(&dev, Step::new(&dev, decode, 128, 75), &AttnOptions::default(), false);
+        assert_eq!((train == 0, step == 0), (keep, keep), "keep {keep}: {train} and {step} allocation nodes");
+    }
+    dev.keep_workspace(false).unwrap();
 }
 
 /// Four training steps (`dims(t)`, seeds from `seed`) run alone on `alone_on`, then from four host
@@ -259,6 +296,7 @@ fn main() -> std::process::ExitCode {
             graph_replays_a_decode_step_bitwise,
             threads_share_a_device,
             threads_share_one_stream,
+            kept_workspace_captures_without_allocation,
             another_gpu_is_refused
         ],
         gpu_tests![device_is_send_and_sync],

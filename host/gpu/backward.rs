@@ -16,6 +16,7 @@ use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::forced_tile::check_forced_tile;
 use crate::gpu::launch::{self, KernelParams, Launch};
 use crate::gpu::score::{check_per_head, ScoreArgs};
+use crate::gpu::scratch::Kind;
 use crate::gpu::tensor::{check_f32_buffer, check_vector_strides, strides3, DeviceTensor};
 use crate::gpu::tma;
 use crate::gpu::varlen::{self, DeviceVarlen};
@@ -241,10 +242,10 @@ pub(crate) fn backward_into<T: Element>(
         value: sem_len,
     })?;
     let layout = Workspace::new(&p, sem_len);
-    // One allocation for delta, the dQ accumulator and the counters: one driver call per backward.
-    // SAFETY: the delta kernel writes delta and zeroes the accumulator and the counters before the
-    // main kernel reads any of them.
-    let mut workspace = unsafe { stream.alloc::<u32>(layout.words) }.during("allocating the backward's workspace")?;
+    // One piece of scratch for delta, the dQ accumulator and the counters (one driver call per backward,
+    // none when the device keeps it): the delta kernel writes delta and zeroes the accumulator and the
+    // counters before the main kernel reads any of them.
+    let mut workspace = dev.scratch(Kind::Backward, 4 * layout.words, "allocating the backward's workspace")?;
 
     let f16 = T::DTYPE == DType::F16;
     let (delta_name, dq_name) =
@@ -267,7 +268,7 @@ pub(crate) fn backward_into<T: Element>(
         let (dq_ptr, _dq_sync) = dq.device_ptr_mut(stream);
         let (dk_ptr, _dk_sync) = dk.device_ptr_mut(stream);
         let (dv_ptr, _dv_sync) = dv.device_ptr_mut(stream);
-        let (workspace_ptr, _workspace_sync) = workspace.device_ptr_mut(stream);
+        let workspace_ptr = workspace.ptr(stream);
         let [delta_ptr, acc_ptr, sem_ptr] = layout.offsets.map(|words| workspace_ptr + 4 * words as u64);
         let (d_sinks_ptr, _d_sinks_sync) = match d_sinks.as_mut() {
             Some(s) => {

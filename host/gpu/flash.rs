@@ -7,6 +7,7 @@ use crate::error::{Arg, DriverContext, Error, Result};
 use crate::gpu::forced_tile::check_forced_tile;
 use crate::gpu::launch::{self, KernelParams, Launch};
 use crate::gpu::score::{check_per_head, ScoreArgs};
+use crate::gpu::scratch::{Kind, Scratch};
 use crate::gpu::tensor::{check_f32_buffer, check_vector_strides, strides3, DeviceTensor, GpuForwardOutput};
 use crate::gpu::tma;
 use crate::layout::Layout;
@@ -638,10 +639,10 @@ pub(crate) fn launch<T: Element>(
 /// The split-KV workspace of a launch (nothing when unsplit): partial O and LSE in f32
 /// (`split_workspace_f32`) in one stream-ordered allocation (one driver call per call: each costs the
 /// host 1-2.5 µs), freed (asynchronously, after the kernels) when dropped.
-pub(crate) struct SplitWorkspace {
-    /// The buffer, and where the partial LSEs start in it (in f32, on a 256-byte boundary after the
+pub(crate) struct SplitWorkspace<'d> {
+    /// The scratch, and where the partial LSEs start in it (in f32, on a 256-byte boundary after the
     /// partial O).
-    accum: Option<(CudaSlice<f32>, usize)>,
+    accum: Option<(Scratch<'d>, usize)>,
     num_splits: usize,
 }
 
@@ -655,17 +656,17 @@ pub(crate) struct CombineRows<'a> {
     pub head_dim_v: usize,
 }
 
-impl SplitWorkspace {
-    pub(crate) fn new(dev: &Device, lse_rows: usize, head_dim_v: usize, num_splits: usize) -> Result<Self> {
+impl<'d> SplitWorkspace<'d> {
+    pub(crate) fn new(dev: &'d Device, lse_rows: usize, head_dim_v: usize, num_splits: usize) -> Result<Self> {
         if num_splits <= 1 {
             return Ok(SplitWorkspace { accum: None, num_splits });
         }
         let (o_len, lse_len) = split_workspace_f32(lse_rows, head_dim_v, num_splits);
         let lse_start = o_len.next_multiple_of(64);
-        // SAFETY: the split kernel writes every partial LSE, and every partial O row whose LSE is
-        // finite; the combine reads only those.
-        let accum =
-            unsafe { dev.stream().alloc::<f32>(lse_start + lse_len) }.during("allocating the split-KV O and LSE")?;
+        // The split kernel writes every partial LSE, and every partial O row whose LSE is finite; the
+        // combine reads only those.
+        let bytes = 4 * (lse_start + lse_len);
+        let accum = dev.scratch(Kind::SplitKv, bytes, "allocating the split-KV O and LSE")?;
         Ok(SplitWorkspace { accum: Some((accum, lse_start)), num_splits })
     }
 
@@ -673,7 +674,7 @@ impl SplitWorkspace {
     pub(crate) fn ptrs(&mut self, stream: &cudarc::driver::CudaStream) -> (u64, u64) {
         match &mut self.accum {
             Some((accum, lse_start)) => {
-                let base = accum.device_ptr_mut(stream).0;
+                let base = accum.ptr(stream);
                 (base, base + 4 * *lse_start as u64)
             }
             None => (0, 0),

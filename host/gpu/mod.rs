@@ -8,6 +8,7 @@ mod gemm;
 pub(crate) mod launch;
 pub mod paged;
 pub(crate) mod score;
+pub(crate) mod scratch;
 pub mod standard;
 pub mod standard_backward;
 pub mod tensor;

@@ -3,7 +3,8 @@
 //! `_into` calls with preallocated outputs, each with a synchronisation after every call (a training
 //! step's loss read-back, a serving loop) and back to back, and the host's time to enqueue one call;
 //! each with the device's memory pool giving freed memory back to the driver at every synchronisation
-//! (release threshold 0, the driver's default) and keeping it (`u64::MAX`, what `Device::open` sets).
+//! (release threshold 0, the driver's default) and keeping it (`u64::MAX`, what `Device::open` sets),
+//! then with the device also keeping the calls' scratch (`Device::keep_workspace`).
 //! bf16, D = 128, H = 16: B = 16, N = 1K (forward and backward) and decode B = 1, one query, 8K keys
 //! (forward); medians of 50 calls after 5 warm-up calls, host wall clock. Then what the driver's
 //! primitives that a call is made of cost the host ([`driver_primitives`]): the floor under a call's
@@ -23,7 +24,8 @@ const REPS: usize = 50;
 #[derive(Debug, Clone, Serialize)]
 pub struct CallRow {
     pub shape: &'static str,
-    /// What the memory pool keeps after a synchronisation: "nothing" or "everything".
+    /// What the memory pool keeps after a synchronisation: "nothing" or "everything"; "everything,
+    /// workspace kept" with the device keeping the calls' scratch as well.
     pub pool_keeps: &'static str,
     pub call: &'static str,
     pub synchronised_us: f64,
@@ -50,8 +52,12 @@ pub fn call_rows(dev: &Device) -> Result<Vec<CallRow>, Box<dyn std::error::Error
         };
         let (q, k, v, d_o) = (up([b, sq, h, 128])?, up([b, sk, h, 128])?, up([b, sk, h, 128])?, up([b, sq, h, 128])?);
         let opts = AttnOptions::default();
-        for (pool_keeps, threshold) in [("nothing", 0u64), ("everything", u64::MAX)] {
+        // The pool's setting, then the device keeping the calls' scratch too (`Device::keep_workspace`).
+        let settings =
+            [("nothing", 0u64, false), ("everything", u64::MAX, false), ("everything, workspace kept", u64::MAX, true)];
+        for (pool_keeps, threshold, keep) in settings {
             dev.set_pool_release_threshold(threshold)?;
+            dev.keep_workspace(keep)?;
             let mut o = dev.poisoned::<bf16>([b, sq, h, 128])?;
             let mut lse = dev.poisoned_f32(b * h * sq)?;
             let mut row = |call, [synchronised_us, back_to_back_us, enqueue_us]: [f64; 3]| {
@@ -78,6 +84,7 @@ pub fn call_rows(dev: &Device) -> Result<Vec<CallRow>, Box<dyn std::error::Error
             );
         }
     }
+    dev.keep_workspace(false)?;
     Ok(rows)
 }
 
