@@ -1,6 +1,7 @@
 //! What the timing examples share.
 
 use ironflash::Device;
+use ironflash_cli::bench::grid::parse_dims;
 use ironflash_cli::bench::timing::time_calls;
 
 /// Warm-up calls before the timed ones (`median_ms`).
@@ -30,7 +31,8 @@ pub fn flag_value<'a>(args: &'a [String], flag: &str) -> Result<Option<&'a str>,
     }
 }
 
-/// The head dims `--dims` lists (comma-separated, `parse_dims` each), or `default` without the flag.
+/// The head dims `--dims` lists (comma-separated, `bench::grid::parse_dims` each), or `default` without the
+/// flag.
 #[allow(dead_code)] // Not every example takes `--dims`.
 pub fn dims_arg(
     args: &[String],
@@ -39,15 +41,6 @@ pub fn dims_arg(
     match flag_value(args, "--dims")? {
         Some(list) => Ok(list.split(',').map(parse_dims).collect::<Result<_, _>>()?),
         None => Ok(default.to_vec()),
-    }
-}
-
-/// `"128"` → (128, 128); `"192v128"` → (192, 128): the head dims of Q/K and of V, as `--dims` takes them.
-#[allow(dead_code)] // `score_timing` has no `--dims`.
-pub fn parse_dims(s: &str) -> Result<(usize, usize), std::num::ParseIntError> {
-    match s.split_once('v') {
-        Some((d, dv)) => Ok((d.parse()?, dv.parse()?)),
-        None => s.parse().map(|d| (d, d)),
     }
 }
 

@@ -6,6 +6,7 @@
 //! costs. bf16, B = 2, N = 1024, H = 2048 / D, causal; host wall clock around each call and a
 //! synchronize.
 
+use crate::bench::grid::parse_dims;
 use half::bf16;
 use ironflash::gpu::{self, GpuGradients};
 use ironflash::{AttnOptions, Device, HostTensor};
@@ -27,15 +28,6 @@ pub struct ColdRow {
     pub backward_second_s: f64,
     /// The driver's JIT cache off in this process (`CUDA_CACHE_DISABLE=1`).
     pub jit_cache_off: bool,
-}
-
-/// `D` or `DvDV` → (Q/K's head dim, V's).
-pub fn parse_dims(s: &str) -> Result<(usize, usize), String> {
-    let bad = |e: std::num::ParseIntError| format!("head dims {s:?}: {e}");
-    match s.split_once('v') {
-        Some((d, dv)) => Ok((d.parse().map_err(bad)?, dv.parse().map_err(bad)?)),
-        None => s.parse().map(|d| (d, d)).map_err(bad),
-    }
 }
 
 /// The first and second forward and backward calls at `spec`'s head dims on `dev`, in this process.

@@ -139,6 +139,16 @@ pub fn parse_shape(s: &str) -> Result<[usize; 4], String> {
     Ok(out)
 }
 
+/// `"128"` → (128, 128); `"192v128"` → (192, 128): the head dims of Q/K and of V, as the timing examples'
+/// `--dims` and the cold-start children take them.
+pub fn parse_dims(s: &str) -> Result<(usize, usize), String> {
+    let bad = |e: std::num::ParseIntError| format!("head dims {s:?}: {e}");
+    match s.split_once('v') {
+        Some((d, dv)) => Ok((d.parse().map_err(bad)?, dv.parse().map_err(bad)?)),
+        None => s.parse().map(|d| (d, d)).map_err(bad),
+    }
+}
+
 /// Parse a length such as `4096`, `16K` or `1M` (K = 1024).
 pub fn parse_len(s: &str) -> Result<usize, String> {
     let t = s.trim();

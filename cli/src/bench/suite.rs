@@ -338,6 +338,11 @@ fn write_jsonl(path: &Path, lines: Vec<serde_json::Result<String>>) -> Result<Pa
         text += &line.map_err(|e| format!("{}: {e}", path.display()))?;
         text.push('\n');
     }
+    write_file(path, &text)
+}
+
+/// `text` into `path`, its folder made first.
+fn write_file(path: &Path, text: &str) -> Result<PathBuf, String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
@@ -362,18 +367,11 @@ fn write_outputs(
     markdown: &str,
     device: &str,
 ) -> Result<Vec<PathBuf>, String> {
-    let write = |path: &Path, text: &str| -> Result<PathBuf, String> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        Ok(path.to_path_buf())
-    };
     let json = args.json.clone().unwrap_or_else(|| args.out_dir.join("results.jsonl"));
     let md = args.markdown.clone().unwrap_or_else(|| args.out_dir.join("results.md"));
-    let mut files = vec![write(&json, &report::to_jsonl(records))?];
+    let mut files = vec![write_file(&json, &report::to_jsonl(records))?];
     let preamble: String = header.iter().map(|l| format!("- {l}\n")).collect();
-    files.push(write(&md, &format!("{preamble}\n{markdown}"))?);
+    files.push(write_file(&md, &format!("{preamble}\n{markdown}"))?);
     if !args.no_plots {
         let dir = args.plots.clone().unwrap_or_else(|| args.out_dir.join("plots"));
         files.extend(plot::write_all(records, &dir, device)?);
@@ -451,9 +449,9 @@ mod tests {
         assert_eq!(child.cold_start_child.as_deref(), Some("192v128"));
         let e = cold_start_child(&child, None).expect("a child").unwrap_err();
         assert!(e.contains("needs a GPU"), "{e}");
-        assert_eq!(cold::parse_dims("192v128"), Ok((192, 128)));
-        assert_eq!(cold::parse_dims("64"), Ok((64, 64)));
-        assert!(cold::parse_dims("x").is_err());
+        assert_eq!(grid::parse_dims("192v128"), Ok((192, 128)));
+        assert_eq!(grid::parse_dims("64"), Ok((64, 64)));
+        assert!(grid::parse_dims("x").is_err());
         let table = cold::markdown(&[Err("head dims 32: the child process ended with exit status: 1".into())]);
         assert!(table.lines().nth(2).is_some_and(|l| l.starts_with("| head dims 32:")), "{table}");
     }
