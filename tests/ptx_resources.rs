@@ -83,6 +83,7 @@ fn ptx_assembles_without_spills(ptxas: PathBuf) {
     // working on one kernel).
     let part = std::env::var("IRONFLASH_PTX_KERNELS").unwrap_or_default();
     let jobs: Vec<(Arch, &str)> = jobs.into_iter().filter(|(_, k)| k.contains(&part)).collect();
+    assert!(!jobs.is_empty(), "IRONFLASH_PTX_KERNELS={part:?} matches no kernel");
     let next = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let reports: Vec<(Arch, &str, String)> = std::thread::scope(|scope| {
