@@ -775,10 +775,6 @@ unsafe fn compute_tile<
         if j >= 1 && (PERSIST || j - 1 + STAGES < n_blocks) {
             sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + stage_of(j - 1));
         }
-        if PERSIST && j == n_blocks - 1 {
-            // The tile's last product with Q is done: the loader may bring the next tile's.
-            sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::Q_FREE);
-        }
 
         let mut s_frag = AccFrag::<1, NN>::from_wgmma(&sc);
         let mut o_frag = AccFrag::<1, ND>::from_wgmma(&o);
@@ -837,39 +833,34 @@ unsafe fn compute_tile<
     let row0 = 64 * wg + 16 * warp;
     // O · inv, rounded, into this warp's 16 rows of the Q tile (swizzled, `DV <= D` columns; the
     // warpgroup's products are done with Q), then out in 16-byte rows: each warp reads back only what
-    // it wrote, so a warp barrier orders it. A persistent CTA's tiles but its last (`direct`) store
-    // straight from the accumulator instead, each quad of lanes 16 contiguous bytes of a row: the Q
-    // tile is the next tile's already. (A one-tile CTA's direct stores measured up to 15% slower for
-    // causal rows at 1K. One loop with a uniform branch per store: two loops, whose identical values the
-    // optimiser computes once ahead of both, spilled up to 800 bytes.)
-    let direct = PERSIST && opaque::u32(i) + sreg::grid_dim_x() < Tiles::<PERSIST>::count(p);
+    // it wrote, so a warp barrier orders it. Then a persistent CTA's loader may bring the next tile's
+    // Q (`Q_FREE`). (The tile's base through `ptx::opaque`: a persistent loop's optimiser would hold
+    // the staging's addresses, the same for every tile, in registers through the block loop.)
+    let q_s = opaque::u32(q_s);
     for rr in 0..2usize {
         let row = row0 + g + 8 * rr as u32;
-        let o_row = o_g.add(row as usize * o_stride + 2 * t as usize);
         for n in 0..DV / 8 {
             let (x, y) = (o[4 * n + 2 * rr] * inv[0][rr], o[4 * n + 2 * rr + 1] * inv[0][rr]);
-            if !direct {
-                smem::store_u32(q_s + sw128_offset(BM as u32, row, (8 * n) as u32 + 2 * t), E::pack2(x, y));
-            } else if row < rows {
-                gmem::store_u32(o_row.add(8 * n), E::pack2(x, y));
-            }
+            smem::store_u32(q_s + sw128_offset(BM as u32, row, (8 * n) as u32 + 2 * t), E::pack2(x, y));
         }
         if t == 0 && row < rows {
             *lse_g.add(row as usize) = lse[0][rr];
         }
     }
-    if direct {
-        return;
-    }
     sync::warp();
     let chunks = (DV / 8) as u32;
-    for i in 0..(16 * chunks / 32) {
-        let idx = lane + 32 * i;
+    for n in 0..(16 * chunks / 32) {
+        let idx = lane + 32 * n;
         let row = row0 + idx / chunks;
         let chunk = idx % chunks;
         if row < rows {
             let v = smem::load_v4(q_s + sw128_offset(BM as u32, row, 8 * chunk));
             gmem::store_v4(o_g.add(row as usize * o_stride + 8 * chunk as usize), v);
         }
+    }
+    if PERSIST {
+        // The staging's generic accesses before the TMA unit's writes of the next Q.
+        bulk::shared_async();
+        sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::Q_FREE);
     }
 }
