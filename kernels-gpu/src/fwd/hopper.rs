@@ -104,6 +104,7 @@ impl<const D: usize, const DV: usize, const BN: usize, const STAGES: u32> Shape<
             && BN % 16 == 0
             && STAGES >= 2
             && Self::Q_FREE < 16
+            && BM * Self::DVP * 2 <= Self::STAGE_BYTES as usize
             && (Self::KV as usize + STAGES as usize * Self::STAGE_BYTES as usize) % 1024 == 0
             && 8 * (1 + STAGES as usize) <= crate::tiles::TMA_BARRIER_BYTES
     );
@@ -775,6 +776,10 @@ unsafe fn compute_tile<
         if j >= 1 && (PERSIST || j - 1 + STAGES < n_blocks) {
             sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + stage_of(j - 1));
         }
+        if PERSIST && j == n_blocks - 1 {
+            // The tile's last product with Q is done: the loader may bring the next tile's.
+            sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::Q_FREE);
+        }
 
         let mut s_frag = AccFrag::<1, NN>::from_wgmma(&sc);
         let mut o_frag = AccFrag::<1, ND>::from_wgmma(&o);
@@ -819,10 +824,6 @@ unsafe fn compute_tile<
     }
     wgmma::wait::<0>();
     wgmma::pin_all(&mut o);
-    if PERSIST {
-        // The tile's last block, done with: the loader takes this arrival before refilling its stage.
-        sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + (g0 + n_blocks - 1) % STAGES);
-    }
 
     let (inv, lse) = softmax.finish();
     let (o_g, lse_g) = out_rows::<PACKED>(p, Tiles::<PERSIST>::at(p, i), m0);
@@ -836,7 +837,15 @@ unsafe fn compute_tile<
     // it wrote, so a warp barrier orders it. Then a persistent CTA's loader may bring the next tile's
     // Q (`Q_FREE`). (The tile's base through `ptx::opaque`: a persistent loop's optimiser would hold
     // the staging's addresses, the same for every tile, in registers through the block loop.)
-    let q_s = opaque::u32(q_s);
+    let last_stage = (g0 + n_blocks - 1) % STAGES;
+    let q_s = if PERSIST {
+        // A persistent CTA's Q tile is the next tile's: O goes through the stage of the tile's last
+        // block, once both compute warpgroups are done with it.
+        sync::named::<0, 256>();
+        kv_s + last_stage * Shape::<D, DV, BN, STAGES>::STAGE_BYTES
+    } else {
+        q_s
+    };
     for rr in 0..2usize {
         let row = row0 + g + 8 * rr as u32;
         for n in 0..DV / 8 {
@@ -859,8 +868,8 @@ unsafe fn compute_tile<
         }
     }
     if PERSIST {
-        // The staging's generic accesses before the TMA unit's writes of the next Q.
+        // The staging's generic accesses before the TMA unit's writes of the stage's next block.
         bulk::shared_async();
-        sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::Q_FREE);
+        sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + last_stage);
     }
 }
