@@ -831,6 +831,12 @@ unsafe fn compute_tile<
     // A packed batch's rows again rather than held through the loop (its lengths are not parameters).
     let rows =
         if PACKED { (stage::parked::<PACKED>(&p.score, 0).mask.seqlen_q - m0).min(BM as u32) } else { work.rows };
+    // The thread's place afresh (`ptx::opaque`): in a persistent CTA's loop the staging's addresses,
+    // functions of the thread alone, would otherwise be worked out once ahead of the tile loop and
+    // held through the block loop (spilling at head dims 192 and 256).
+    let tid = opaque::u32(tid);
+    let (lane, wg, warp) = (tid % 32, tid / 128, (tid / 32) % 4);
+    let (g, t) = (lane / 4, lane % 4);
     let row0 = 64 * wg + 16 * warp;
     // O · inv, rounded, into this warp's 16 rows of the Q tile (swizzled, `DV <= D` columns; the
     // warpgroup's products are done with Q), then out in 16-byte rows: each warp reads back only what
