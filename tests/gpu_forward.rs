@@ -41,6 +41,8 @@ struct Case {
     tile: Option<FwdTile>,
     /// Some: force this split-KV count (through `flash_forward_with_splits`, O padded by `pad_o`).
     splits: Option<usize>,
+    /// Some: force a persistent kernel's CTA count (through `flash_forward_persistent`, with `tile`).
+    ctas: Option<usize>,
     seed: u64,
 }
 
@@ -104,6 +106,7 @@ fn case(large_scores: bool) -> impl Strategy<Value = Case> {
                     small_tile,
                     tile: None,
                     splits: None,
+                    ctas: None,
                     seed,
                 }
             },
@@ -156,6 +159,14 @@ fn run_case<T: Element>(dev: &Device, c: &Case, worst: &Mutex<Worst>) -> Result<
     let chosen = gpu::forward_tile(dev.info(), (d, dv), T::DTYPE, c.causal).map_err(|e| e.to_string())?;
     let small = c.tile.or_else(|| c.small_tile.then(|| other_tile(dev, (d, dv), &chosen, c.seed >> 7)).flatten());
     let (o, lse) = match (c.pad_o, small) {
+        _ if c.ctas.is_some() => {
+            let mut o = dev.poisoned::<T>([c.batch, c.seqlen_q, hq, dv]).unwrap();
+            let mut lse = dev.poisoned_f32(reference.lse.len()).unwrap();
+            let ctas = c.ctas.unwrap();
+            gpu::flash_forward_persistent(dev, &q_dev, &k_dev, &v_dev, &mut o, &mut lse, &opts, c.tile.as_ref(), ctas)
+                .map_err(|e| e.to_string())?;
+            (dev.download(&o).unwrap(), dev.download_f32(&lse).unwrap())
+        }
         _ if c.splits.is_some() => {
             let layout = padded([c.batch, c.seqlen_q, hq, dv], c.pad_o.unwrap_or([0; 3]));
             let mut o = dev.upload(&HostTensor { data: vec![T::poison(); layout.span()], layout }).unwrap();
@@ -313,6 +324,49 @@ fn tma_rows_match_reference() {
     }
 }
 
+/// The persistent kernels (`FwdTile::persistent`: the dense TMA rows) with their CTA count forced low,
+/// so that each CTA computes many tiles one after another, carrying its ring of stages and its barriers'
+/// phases from tile to tile: tiles of unequal lengths and tiles without keys (causal, seqlen_q >
+/// seqlen_k; the launch plan gives those shapes one CTA per tile), the last query block's tail, GQA,
+/// more heads than usual (more tiles), padded strides, large scores; CTA counts from 1 (one CTA for
+/// every tile) to more than the tiles (CTAs without any).
+fn persistent_tiles_match_reference() {
+    let Some(dev) = device_or_skip("persistent_tiles_match_reference") else { return };
+    let info = dev.info();
+    let rows: Vec<FwdTile> = tiles::FWD_TILES
+        .iter()
+        .filter(|t| t.persistent(false, tiles::BatchLayout::Dense))
+        .filter(|t| t.smem_bytes(2) <= info.smem_per_block_optin && info.runs_wgmma())
+        .copied()
+        .collect();
+    if rows.is_empty() {
+        println!("persistent_tiles_match_reference: no persistent row runs on this device, skipped");
+        return;
+    }
+    for tile in rows {
+        let ctas = prop::sample::select(vec![1usize, 2, 3, 7, 40, 1000]);
+        let strategy = (case(false), any::<bool>(), ctas, 1usize..=4)
+            .prop_map(move |(c, large, ctas, more_heads)| {
+                let (scale, amplitude) = if large { (c.scale * 10.0, 4.0) } else { (c.scale, 1.0) };
+                Case {
+                    head_dim: tile.head_dim,
+                    head_dim_v: tile.head_dim_v,
+                    heads_kv: c.heads_kv * more_heads,
+                    tile: Some(tile),
+                    ctas: Some(ctas),
+                    pad_o: None,
+                    scale,
+                    amplitude,
+                    ..c
+                }
+            })
+            .boxed();
+        let name = format!("persistent_tiles_match_reference {}", tile.symbol(false));
+        property_of::<bf16>(&name, 24, strategy.clone());
+        property_of::<f16>(&name, 8, strategy);
+    }
+}
+
 /// Long sequences: the GPU computes everything, the reference a few windows of query rows (for a window
 /// [r0, r0+n) the rows see exactly the keys [0, r0 + n + seqlen_k - seqlen_q) when causal).
 fn long_case<T: Element>(name: &str, seqlen: usize, causal: bool, seed: u64) {
@@ -387,6 +441,7 @@ fn fixed_case<T: Element>(dev: &Device, dims: [usize; 6], causal: bool, seed: u6
         small_tile: false,
         tile: None,
         splits: None,
+        ctas: None,
         seed,
     };
     let worst = Mutex::new(Worst::default());
@@ -421,6 +476,7 @@ fn decode_case<T: Element>(dev: &Device, dims: [usize; 6], causal: bool, pad_o: 
         small_tile: false,
         tile: None,
         splits: None,
+        ctas: None,
         seed,
     };
     let worst = Mutex::new(Worst::default());
@@ -486,6 +542,7 @@ fn split_kv_fully_masked_rows_and_empty_splits() {
             small_tile: false,
             tile: None,
             splits: Some(splits),
+            ctas: None,
             seed: 50,
         };
         let worst = Mutex::new(Worst::default());
@@ -695,6 +752,7 @@ fn main() -> std::process::ExitCode {
             hopper_head_dims_chosen_tile_bf16,
             hopper_head_dims_chosen_tile_f16,
             tma_rows_match_reference,
+            persistent_tiles_match_reference,
             forced_splits_match_reference_bf16,
             forced_splits_match_reference_f16,
             long_sequence_16k,

@@ -11,20 +11,23 @@
 //! cargo run --release --example fwd_timing -- --dims 64,128,256
 //! cargo run --release --example fwd_timing -- --dims 192v128    # V (and O) of head dim 128
 //! cargo run --release --example fwd_timing -- --dims 64,128 --softcap 30  # each row plain, then softcapped
+//! cargo run --release --example fwd_timing -- --dims 128 --ctas 132,999999  # persistent rows, CTAs forced
 //! cargo run --release --example fwd_timing -- --decode-only --splits 8,32,64   # extra split counts
 //! cargo run --release --example fwd_timing -- --decode-only --decode-grid      # B 1/8/64, 4K-64K keys
 //! cargo run --release --example fwd_timing -- --decode-only --sinks --window 4096  # decode options
 //! cargo run --release --example fwd_timing -- --decode-only --decode-grid --sinks  # the grid with sinks
 //! cargo run --release --example fwd_timing -- --decode-only --paged-prefill    # chunked prefill, paged
 //! ```
-//! With `--window L` the decode rows' GB/s count the bytes of the `L + 1` keys the row sees.
+//! With `--window L` the decode rows' GB/s count the bytes of the `L + 1` keys the row sees. With
+//! `--ctas`, each row of a persistent kernel (`FwdTile::persistent`) is timed again with each CTA count
+//! forced (`gpu::flash_forward_persistent`; a count above the tiles' is one CTA per tile).
 //! Warm-up launches first, then the median of per-launch event timings. Inputs are random (never zeros).
 
 mod common;
 
 use half::bf16;
 use ironflash::{gpu, AttnOptions, Device, HostTensor};
-use ironflash_kernels::tiles::{FwdTile, FWD_TILES};
+use ironflash_kernels::tiles::{BatchLayout, FwdTile, FWD_TILES};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -32,6 +35,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let decode_only = args.iter().any(|a| a == "--decode-only");
     let dims = common::dims_arg(&args, &[(64, 64), (128, 128)])?;
     let softcap = common::flag_value(&args, "--softcap")?.map(str::parse::<f32>).transpose()?;
+    let forced_ctas: Vec<usize> = match common::flag_value(&args, "--ctas")? {
+        Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        None => vec![],
+    };
     let Some(dev) = common::device_or_skip()? else { return Ok(()) };
     let info = dev.info().clone();
     println!(
@@ -69,10 +76,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 // Plain, then (with `--softcap`) the same tile softcapped, one after the other.
                 let option_sets = [Some((opts, "")), softcap.map(|c| (opts.with_softcap(c), " +softcap"))];
                 for tile in tiles {
-                    for (opts, label) in option_sets.iter().flatten() {
-                        let median = common::median_ms(&dev, || {
-                            gpu::flash_forward_with_tile(&dev, &q, &k, &v, &mut o, &mut lse, opts, &tile)
+                    // The launch plan's grid, then each forced CTA count of a persistent kernel.
+                    let persistent = tile.persistent(false, BatchLayout::Dense);
+                    let grids = std::iter::once(None).chain(forced_ctas.iter().filter(|_| persistent).map(Some));
+                    let runs = grids.flat_map(|ctas| option_sets.iter().flatten().map(move |o| (o, ctas)));
+                    for ((opts, label), ctas) in runs {
+                        let median = common::median_ms(&dev, || match ctas {
+                            Some(&n) => {
+                                gpu::flash_forward_persistent(&dev, &q, &k, &v, &mut o, &mut lse, opts, Some(&tile), n)
+                            }
+                            None => gpu::flash_forward_with_tile(&dev, &q, &k, &v, &mut o, &mut lse, opts, &tile),
                         })?;
+                        let label = match ctas {
+                            Some(n) => format!("{label} ctas={n}"),
+                            None => label.to_string(),
+                        };
                         let flops =
                             2.0 * (b * h) as f64 * (n * n) as f64 * (d + dv) as f64 / if causal { 2.0 } else { 1.0 };
                         let name = format!("{}{label}", tile.symbol(false).trim_end_matches("_bf16"));

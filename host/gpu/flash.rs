@@ -210,8 +210,7 @@ pub fn flash_forward<T: Element>(
         opts,
         BatchLaunch::Dense,
         rows.as_ref(),
-        &tile,
-        splits,
+        (&tile, splits, None),
         (&q.buf, &q_layout),
         k,
         v,
@@ -234,7 +233,7 @@ pub fn flash_forward_into<T: Element>(
     lse: &mut CudaSlice<f32>,
     opts: &AttnOptions,
 ) -> Result<()> {
-    forward_into(dev, q, k, v, o, lse, opts, None, None)
+    forward_into(dev, q, k, v, o, lse, opts, None, None, None)
 }
 
 /// As [`flash_forward_into`] with an explicit tile instead of the chooser's: for tests and tile
@@ -251,7 +250,7 @@ pub fn flash_forward_with_tile<T: Element>(
     opts: &AttnOptions,
     tile: &FwdTile,
 ) -> Result<()> {
-    forward_into(dev, q, k, v, o, lse, opts, Some(tile), None)
+    forward_into(dev, q, k, v, o, lse, opts, Some(tile), None, None)
 }
 
 /// As [`flash_forward_into`] with an optional explicit tile (as [`flash_forward_with_tile`]) and an
@@ -270,7 +269,27 @@ pub fn flash_forward_with_splits<T: Element>(
     num_splits: usize,
 ) -> Result<()> {
     check_num_splits(num_splits)?;
-    forward_into(dev, q, k, v, o, lse, opts, tile, Some(num_splits))
+    forward_into(dev, q, k, v, o, lse, opts, tile, Some(num_splits), None)
+}
+
+/// As [`flash_forward_into`] with the CTA count of a persistent kernel (the dense TMA rows,
+/// `FwdTile::persistent`) forced to `ctas` (clamped to the call's tiles) instead of [`forward_grid`]'s,
+/// on the chooser's tile or `tile` (as [`flash_forward_with_tile`]): for tests and benchmarks of those
+/// kernels, on shapes whose tiles differ in length (causal, windows) too, which the launch plan gives
+/// one CTA per tile. `Error::NoTileConfig` where that tile's kernel is not persistent.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_forward_persistent<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    o: &mut DeviceTensor<T>,
+    lse: &mut CudaSlice<f32>,
+    opts: &AttnOptions,
+    tile: Option<&FwdTile>,
+    ctas: usize,
+) -> Result<()> {
+    forward_into(dev, q, k, v, o, lse, opts, tile, Some(1), Some(ctas))
 }
 
 /// `TooLarge` unless a forced split count is in `1..=MAX_SPLITS`.
@@ -316,6 +335,7 @@ fn forward_into<T: Element>(
     opts: &AttnOptions,
     tile: Option<&FwdTile>,
     num_splits: Option<usize>,
+    ctas: Option<usize>,
 ) -> Result<()> {
     let (p, chosen) = plan(dev, q, k, v, opts)?;
     check_outputs(dev, &p, o, lse, "one f32 per (batch, head_q, query row)")?;
@@ -323,7 +343,8 @@ fn forward_into<T: Element>(
     let (rows, tile, splits) = plan_rows(&p, opts, (&q.layout, &o.layout), true, plan_for)?;
     let (run, q_layout, o_layout) = run_view(rows.as_ref(), &p, q.layout, o.layout);
     let o_run = (&mut o.buf, &o_layout);
-    launch(dev, run, opts, BatchLaunch::Dense, rows.as_ref(), &tile, splits, (&q.buf, &q_layout), k, v, o_run, lse)
+    let kernel = (&tile, splits, ctas);
+    launch(dev, run, opts, BatchLaunch::Dense, rows.as_ref(), kernel, (&q.buf, &q_layout), k, v, o_run, lse)
 }
 
 /// Caller-provided O and LSE of a forward: O on the device, shaped like the problem's O with vector
@@ -457,6 +478,40 @@ fn plan<T: Element>(
     Ok((p, tile))
 }
 
+/// The forward kernel's grid: (query blocks × splits, heads, batch); a persistent kernel's
+/// (`FwdTile::persistent`, its tiles in a row) one-dimensional, of `ctas` CTAs where a test forces them,
+/// else one per SM slot where every tile has the same keys (`Mask::sees_all`: striding over tiles of
+/// equal length keeps the SMs evenly busy, and a CTA's next tile's loads run under its current one's
+/// products) and more tiles than slots, one per tile otherwise (causal rows and windows: the hardware
+/// hands tiles of unequal lengths, longest first, to whichever SM is free).
+pub fn forward_grid(
+    info: &DeviceInfo,
+    p: &AttnProblem,
+    tile: &FwdTile,
+    (num_splits, layout): (usize, BatchLayout),
+    ctas: Option<usize>,
+) -> Result<(u32, u32, u32)> {
+    let m_blocks = p.seqlen_q.div_ceil(tile.block_m);
+    if !tile.persistent(num_splits > 1, layout) {
+        if ctas.is_some() {
+            return Err(Error::NoTileConfig(format!("{}: not a persistent kernel", tile.symbols[0])));
+        }
+        return Ok(((m_blocks * num_splits) as u32, p.heads_q as u32, p.batch as u32));
+    }
+    // The kernel counts its tiles in 32 bits; the grid's x is below 2^31.
+    let tiles = m_blocks * p.heads_q * p.batch;
+    if tiles > i32::MAX as usize {
+        return Err(Error::TooLarge { arg: Arg::Q, what: "query blocks·heads_q·batch", value: tiles });
+    }
+    let slots = info.sm_count as usize * tile.ctas_per_sm;
+    let ctas = match ctas {
+        Some(n) => n.clamp(1, tiles.max(1)),
+        None if p.mask.sees_all() => tiles.min(slots),
+        None => tiles,
+    };
+    Ok((ctas as u32, 1, 1))
+}
+
 /// The kernels' grid limits: heads (grid y) and batch entries (grid z) within the hardware's 65535,
 /// and their LSE rows' indices within the kernels' integer types.
 pub(crate) fn check_grid(heads_q: usize, batch: usize, lse_len: usize) -> Result<()> {
@@ -505,8 +560,7 @@ pub(crate) fn launch<T: Element>(
     opts: &AttnOptions,
     batch: BatchLaunch,
     rows: Option<&HeadsAsRows>,
-    tile: &FwdTile,
-    num_splits: usize,
+    (tile, num_splits, ctas): (&FwdTile, usize, Option<usize>),
     (q, q_layout): (&CudaSlice<T>, &Layout),
     k: &DeviceTensor<T>,
     v: &DeviceTensor<T>,
@@ -586,9 +640,10 @@ pub(crate) fn launch<T: Element>(
         o_accum: o_accum_ptr,
         lse_accum: lse_accum_ptr,
         pages,
+        batch: p.batch as u32,
     };
     let cfg = LaunchConfig {
-        grid_dim: ((p.seqlen_q.div_ceil(tile.block_m) * num_splits) as u32, p.heads_q as u32, p.batch as u32),
+        grid_dim: forward_grid(dev.info(), p, tile, (num_splits, layout), ctas)?,
         block_dim: (tile.threads() as u32, 1, 1),
         shared_mem_bytes: smem as u32,
     };

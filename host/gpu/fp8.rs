@@ -445,6 +445,7 @@ fn launch<O: Element>(
         pages: PageTable::default(),
         o_accum,
         lse_accum,
+        batch: p.batch as u32,
     });
     let map = |ptr, dims, strides: [usize; 4], rows| {
         tma::tensor_map(DType::F8E4M3, ptr, dims, [strides[0], strides[1], strides[2]], rows)

@@ -396,5 +396,5 @@ fn run<T: Element>(
     let (gp, q_layout, o_layout) = flash::run_view(rows.as_ref(), p, q_layout, o.layout);
     let (k, v) = (&*cache.k_pages, &*cache.v_pages);
     let o_run = (&mut o.buf, &o_layout);
-    flash::launch(dev, gp, opts, batch, rows.as_ref(), &tile, splits, (q_buf, &q_layout), k, v, o_run, lse)
+    flash::launch(dev, gp, opts, batch, rows.as_ref(), (&tile, splits, None), (q_buf, &q_layout), k, v, o_run, lse)
 }

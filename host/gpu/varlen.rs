@@ -322,5 +322,17 @@ fn run<T: Element>(
     let (cu_q, _cu_q_sync) = seqs.cu_seqlens_q.device_ptr(stream);
     let (cu_k, _cu_k_sync) = seqs.cu_seqlens_k.device_ptr(stream);
     let packed = PackedLaunch { cu_seqlens_q: cu_q, cu_seqlens_k: cu_k, tokens_q: plan.tokens.seqlen_q };
-    flash::launch(dev, grid, opts, BatchLaunch::Packed(packed), None, &tile, splits, (&q.buf, &q.layout), k, v, o, lse)
+    flash::launch(
+        dev,
+        grid,
+        opts,
+        BatchLaunch::Packed(packed),
+        None,
+        (&tile, splits, None),
+        (&q.buf, &q.layout),
+        k,
+        v,
+        o,
+        lse,
+    )
 }

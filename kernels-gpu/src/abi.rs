@@ -102,6 +102,9 @@ pub struct FwdParams {
     pub o_accum: u64,
     /// f32 `[num_splits, batch, heads_q, seqlen_q]`, contiguous, natural log; used only when split.
     pub lse_accum: u64,
+    /// Batch rows: the persistent kernels' (`fwd::hopper`'s dense TMA rows) tiles are query blocks ×
+    /// `heads_q` × `batch`, over a one-dimensional grid.
+    pub batch: u32,
 }
 
 /// TMA tensor maps (`CUtensorMap`, 128 opaque bytes each, built by the host with

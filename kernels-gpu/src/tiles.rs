@@ -145,6 +145,11 @@ impl FwdTile {
         };
         names[f16 as usize]
     }
+    /// Whether the row's kernel for a batch layout is persistent (`fwd::hopper`'s `Tiles`: its tiles in
+    /// a row over a one-dimensional grid, a CTA taking one tile after another): the dense TMA kernels.
+    pub const fn persistent(&self, split: bool, batch: BatchLayout) -> bool {
+        self.tma && !split && matches!(batch, BatchLayout::Dense)
+    }
     /// Whether a paged call with pages of `page_size` keys can run this row's paged kernel, and how: `Some(0)`
     /// for the `mma.sync` rows (a block-table read per key row, any page size); for the TMA rows
     /// `Some(rows)`, the keys of each TMA box, `gcd(page_size, block_n)`, where that is a multiple of 8

@@ -100,6 +100,13 @@ impl Mask {
         self.left < self.seqlen_k || (self.right > 0 && self.right < self.seqlen_q)
     }
 
+    /// Whether every query row sees every key (no diagonal and no window edge inside the keys), so that
+    /// every block of query rows has the same key blocks.
+    #[inline(always)]
+    pub fn sees_all(&self) -> bool {
+        self.left + 1 >= self.seqlen_k && self.right + 1 >= self.seqlen_q
+    }
+
     /// The visible keys of query row `i >= 0` as `[lo, hi)`, unclamped below: key `j >= 0` of a tile is
     /// visible iff `lo <= j < hi` (`hi <= seqlen_k` covers the end of the keys; a row past the end of
     /// the queries sees none).
@@ -336,6 +343,23 @@ mod tests {
                 }
             }
             assert!(!full.is_windowed() && !causal.is_windowed());
+        }
+    }
+
+    /// `sees_all` exactly when every query row sees every key; then every block of rows has the same key
+    /// blocks.
+    #[test]
+    fn sees_all_matches_brute_force() {
+        for &(sq, sk) in &SHAPES {
+            for m in masks(sq, sk) {
+                let all = (0..sq).all(|i| (0..sk).all(|j| brute_visible(&m, i, j)));
+                assert_eq!(m.sees_all(), all, "{m:?}");
+                if all {
+                    let blocks = |m0: u32| m.key_blocks(m0, (sq - m0).min(16), 16);
+                    let first = blocks(0);
+                    assert!((0..sq).step_by(16).all(|m0| blocks(m0).len() == first.len()), "{m:?}");
+                }
+            }
         }
     }
 

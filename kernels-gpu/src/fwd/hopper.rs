@@ -42,6 +42,7 @@ use super::epilogue::store_empty;
 use super::io::check_paged_length;
 use super::softmax::OnlineSoftmax;
 use crate::abi::FwdParams;
+use crate::attn::score::KeyBlocks;
 use crate::attn::stage::{self, FragPos};
 use crate::frag::AccFrag;
 use crate::ptx::wgmma::{self, desc_sw128, sw128_offset, WgmmaElem};
@@ -61,7 +62,7 @@ const _: () = assert!(COMPUTE_THREADS * COMPUTE_REGS + 128 * LOADER_REGS <= 384 
 
 /// Named barriers. `FULL + 2s + w`: stage s holds its block, for compute warpgroup w (the loader's 128
 /// threads arrive, w's 128 wait). `EMPTY + s`: both compute warpgroups are done with stage s (their
-/// 256 threads arrive, the loader's 128 wait). Then the two ping-pong barriers (`Shape::SCHED`).
+/// 256 threads arrive, the loader's 128 wait). Then the two ping-pong barriers (`Shape::SCHED`) and `Shape::Q_FREE`.
 const FULL: u32 = 1;
 const fn empty(stages: u32) -> u32 {
     FULL + 2 * stages
@@ -85,6 +86,9 @@ impl<const D: usize, const DV: usize, const BN: usize, const STAGES: u32> Shape<
     /// `SCHED + w`: warpgroup w's turn to issue its products (ping-pong): its 128 threads wait, the
     /// other warpgroup's 128 arrive once it has issued its own.
     const SCHED: u32 = empty(STAGES) + STAGES;
+    /// A persistent CTA's Q tile is free for the next tile's: both compute warpgroups have issued their
+    /// last product with it (their 256 threads arrive, the loader's 128 wait).
+    const Q_FREE: u32 = Self::SCHED + 2;
     /// The TMA rows' `mbarrier`s, after the stages: Q's, then stage s's at `BARS + 8 + 8s` (the loader's
     /// one arrival with the stage's bytes completes each phase).
     const BARS: u32 = Self::KV + STAGES * Self::STAGE_BYTES;
@@ -99,7 +103,8 @@ impl<const D: usize, const DV: usize, const BN: usize, const STAGES: u32> Shape<
             && DV <= D
             && BN % 16 == 0
             && STAGES >= 2
-            && empty(STAGES) + STAGES + 2 <= 16
+            && Self::Q_FREE < 16
+            && BM * Self::DVP * 2 <= Self::STAGE_BYTES as usize
             && (Self::KV as usize + STAGES as usize * Self::STAGE_BYTES as usize) % 1024 == 0
             && 8 * (1 + STAGES as usize) <= crate::tiles::TMA_BARRIER_BYTES
     );
@@ -165,43 +170,53 @@ unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES:
 
 /// The TMA loaders' order over the ring of `STAGES` stages (`loader_tma` and `hopper_fp8.rs`'s; the
 /// `cp.async` loader above keeps the same order written out, which its 56 registers need: through
-/// this function ptxas spilled 8 bytes at head dims 128 and 192 / 128): block
-/// j's copies go into stage `j % STAGES` (`issue(j)`) once both compute warpgroups are done with block
-/// `j - STAGES` (`wait_empty(stage)`), and block `j - 1` is handed over after block j's copies are
-/// issued (`hand_over(j - 1)`), the last block at the end. With two stages, block `j - 1` goes before
-/// the wait instead: the compute warpgroups free block `j - 2`'s stage only once they have block
-/// `j - 1`, so one block of copies is in flight at a time.
+/// this function ptxas spilled 8 bytes at head dims 128 and 192 / 128), for one tile's `n_blocks`
+/// blocks, which are the ring's blocks `g0..g0 + n_blocks` (a persistent CTA's earlier tiles took the
+/// ring's first `g0`; the closures get ring indices): block g's copies go into stage `g % STAGES`
+/// (`issue(g)`) once both compute warpgroups are done with block `g - STAGES` (`wait_empty(stage)`),
+/// and the tile's block `g - 1` is handed over after block g's copies are issued (`hand_over(g - 1)`),
+/// its last block at the end. With two stages, block `g - 1` goes before the wait instead: the compute
+/// warpgroups free block `g - 2`'s stage only once they have block `g - 1`, so one block of copies is
+/// in flight at a time.
 #[inline(always)]
 pub(super) fn ring<const STAGES: u32>(
+    g0: u32,
     n_blocks: u32,
     mut issue: impl FnMut(u32),
     mut wait_empty: impl FnMut(u32),
     mut hand_over: impl FnMut(u32),
 ) {
-    let mut j = 0u32;
-    while j < n_blocks {
-        if j >= STAGES {
-            if STAGES == 2 {
-                hand_over(j - 1);
-            }
-            wait_empty(j % STAGES);
+    let mut g = g0;
+    while g < g0 + n_blocks {
+        let early = STAGES == 2 && g >= STAGES;
+        if g > g0 && early {
+            hand_over(g - 1);
         }
-        issue(j);
-        if j >= 1 && !(STAGES == 2 && j >= STAGES) {
-            hand_over(j - 1);
+        if g >= STAGES {
+            wait_empty(g % STAGES);
         }
-        j += 1;
+        issue(g);
+        if g > g0 && !early {
+            hand_over(g - 1);
+        }
+        g += 1;
     }
-    hand_over(n_blocks - 1);
+    hand_over(g0 + n_blocks - 1);
 }
 
-/// The loader warpgroup of the TMA rows: its first thread (`leader`) issues Q's boxes, then each block's
-/// K and V boxes into stage `j % STAGES` against that stage's `mbarrier`, whose phase the TMA unit
-/// completes once the bytes have landed (zero-filled past the tensor's rows). The whole loader
-/// warpgroup waits on that phase and hands the block over through `FULL`, in the `cp.async` loader's
-/// order, so that the compute warpgroups wait on named barriers only: with the 256 compute threads
-/// polling the `mbarrier`s themselves, the head dim 128 row ran 5-20% slower (docs/perf.md).
-/// `maps` is the generic address of the call's `abi::FwdTensorMaps`.
+/// The loader warpgroup of the TMA rows: its first thread (`leader`) issues each tile's K and V boxes,
+/// block after block, into the ring's stages against each stage's `mbarrier`, whose phase the TMA unit
+/// completes once the bytes have landed (zero-filled past the tensor's rows), and the tile's Q boxes
+/// with its first block. The whole loader warpgroup waits on that phase and hands the block over
+/// through `FULL`, in the `cp.async` loader's order, so that the compute warpgroups wait on named
+/// barriers only: with the 256 compute threads polling the `mbarrier`s themselves, the head dim 128
+/// row ran 5-20% slower (docs/perf.md). `maps` is the generic address of the call's
+/// `abi::FwdTensorMaps`.
+///
+/// A persistent CTA (`PERSIST`, `Tiles`) carries the ring from tile to tile, so that its next tile's
+/// first blocks land while the compute warpgroups finish the current one; a tile's Q is loaded once
+/// both compute warpgroups have issued their last product with the previous tile's (`Q_FREE`). At the
+/// end it takes the arrivals at `EMPTY` and `Q_FREE` that no refill waited for.
 ///
 /// A packed batch's maps span its tokens (batch 1): a sequence's boxes start at its first query or
 /// key, and its last ones run on into the next sequence's rows. Queries there are computed but never
@@ -216,18 +231,13 @@ unsafe fn loader_tma<
     const STAGES: u32,
     const PACKED: bool,
     const PAGED: bool,
+    const PERSIST: bool,
 >(
     maps: u64,
     p: &FwdParams,
     base: u32,
-    m0: u32,
-    (first, n_blocks): (u32, u32),
     tid: u32,
 ) {
-    let (head, batch) = (sreg::block_y(), sreg::block_z());
-    let kv_head = head / p.group;
-    // A paged cache's queries are a dense batch (its keys alone go through the block table).
-    let (row, q0) = if PAGED { (batch, 0) } else { stage::parked_queries::<PACKED>(batch) };
     let (q_map, k_map, v_map) = (maps, maps + 128, maps + 256);
     // Every loader thread runs the same instructions, the copies predicated on `leader`: a branch of
     // the first thread's own would let the compiler move the `EMPTY` barriers into diverged paths.
@@ -236,54 +246,92 @@ unsafe fn loader_tma<
         tma::prefetch_map(leader, map);
     }
     let q_bar = base + Shape::<D, DV, BN, STAGES>::BARS;
-    mbarrier::arrive_expect_tx(leader, q_bar, Shape::<D, DV, BN, STAGES>::Q_TMA_BYTES);
-    tma::load_tile::<BM, D>(leader, base + Shape::<D, DV, BN, STAGES>::Q, q_map, [q0 + m0, head, row], q_bar);
     let v_tile = |s: u32| {
         base + Shape::<D, DV, BN, STAGES>::KV
             + s * Shape::<D, DV, BN, STAGES>::STAGE_BYTES
             + Shape::<D, DV, BN, STAGES>::K_TILE_BYTES
     };
-    // Block i (and Q with block 0) has landed: handed to the compute warpgroups.
-    let hand_over_landed = |i: u32| {
-        if i == 0 {
-            mbarrier::wait(q_bar, 0);
+    // The ring's blocks and the Q tiles issued so far (the phase of Q's `mbarrier`).
+    let (mut g0, mut q_tiles) = (0u32, 0u32);
+    let mut i = if PERSIST { sreg::block_x() } else { 0 };
+    while i < Tiles::<PERSIST>::count(p) {
+        let tile = Tiles::<PERSIST>::at(p, i);
+        i += if PERSIST { sreg::grid_dim_x() } else { 1 };
+        let work = TileWork::of::<PACKED, BN>(p, tile);
+        let (first, n_blocks) = (work.blocks.first, work.blocks.len());
+        if n_blocks == 0 {
+            continue;
         }
-        mbarrier::wait(Shape::<D, DV, BN, STAGES>::full_bar(base, i % STAGES), (i / STAGES) & 1);
-        if PACKED {
-            // After the wait: the box's own bytes must have landed, or they would overwrite the zeros.
-            // `valid` is at least 1 (`Mask::key_blocks` ends at the last block holding a key). A paged
-            // block's rows past its keys are the rest of a page, or rows no box wrote (stale).
-            let seqlen_k = stage::parked_keys::<PACKED>(&p.score, batch).2;
-            let valid = seqlen_k - (first + i) * BN as u32;
-            if valid < BN as u32 {
-                zero_rows_from::<BN, DV>(v_tile(i % STAGES), valid, tid);
+        let (head, batch) = (tile.head, tile.batch);
+        let kv_head = head / p.group;
+        // A paged cache's queries are a dense batch (its keys alone go through the block table).
+        let (row, q0) = if PAGED { (batch, 0) } else { stage::parked_queries::<PACKED>(batch) };
+        // Block g (and Q with the tile's first) has landed: handed to the compute warpgroups.
+        let hand_over_landed = |g: u32| {
+            if g == g0 {
+                mbarrier::wait(q_bar, q_tiles & 1);
             }
-        }
-        hand_over::<STAGES>(i);
-    };
-    let issue = |j: u32| {
-        let s = j % STAGES;
-        let bar = Shape::<D, DV, BN, STAGES>::full_bar(base, s);
-        let dst = base + Shape::<D, DV, BN, STAGES>::KV + s * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
-        if PAGED {
-            // The loader's first warp alone: a block has at most `BN / 8 <= 16` boxes, and the other
-            // three warps' share of the work would only take issue slots from the compute warps that
-            // share their schedulers (docs/perf.md).
-            if tid < 32 {
-                let block = PagedBlock { n0: (first + j) * BN as u32, kv_head, seq: batch };
-                issue_paged::<D, DV, BN>(p, [dst, v_tile(s)], [k_map, v_map], bar, block, tid);
+            mbarrier::wait(Shape::<D, DV, BN, STAGES>::full_bar(base, g % STAGES), (g / STAGES) & 1);
+            if PACKED {
+                // After the wait: the box's own bytes must have landed, or they would overwrite the
+                // zeros. `valid` is at least 1 (`Mask::key_blocks` ends at the last block holding a
+                // key). A paged block's rows past its keys are the rest of a page, or rows no box
+                // wrote (stale).
+                let seqlen_k = stage::parked_keys::<PACKED>(&p.score, batch).2;
+                let valid = seqlen_k - (first + g - g0) * BN as u32;
+                if valid < BN as u32 {
+                    zero_rows_from::<BN, DV>(v_tile(g % STAGES), valid, tid);
+                }
             }
-            return;
+            hand_over::<STAGES>(g);
+        };
+        let issue = |g: u32| {
+            let s = g % STAGES;
+            let bar = Shape::<D, DV, BN, STAGES>::full_bar(base, s);
+            let dst = base + Shape::<D, DV, BN, STAGES>::KV + s * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
+            if PAGED {
+                // The loader's first warp alone: a block has at most `BN / 8 <= 16` boxes, and the
+                // other three warps' share of the work would only take issue slots from the compute
+                // warps that share their schedulers (docs/perf.md).
+                if tid < 32 {
+                    let block = PagedBlock { n0: (first + g - g0) * BN as u32, kv_head, seq: batch };
+                    issue_paged::<D, DV, BN>(p, [dst, v_tile(s)], [k_map, v_map], bar, block, tid);
+                }
+            } else {
+                // The sequence's first key again for each block (a packed CTA's shared slot), as
+                // `loader`.
+                let (row, k0, _) = stage::parked_keys::<PACKED>(&p.score, batch);
+                let n0 = k0 + (first + g - g0) * BN as u32;
+                mbarrier::arrive_expect_tx(leader, bar, Shape::<D, DV, BN, STAGES>::STAGE_BYTES);
+                tma::load_tile::<BN, D>(leader, dst, k_map, [n0, kv_head, row], bar);
+                tma::load_tile::<BN, DV>(leader, v_tile(s), v_map, [n0, kv_head, row], bar);
+            }
+            if g == g0 {
+                // Q after the tile's first keys: they need not wait for the previous tile's products.
+                if PERSIST && q_tiles > 0 {
+                    sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::Q_FREE);
+                }
+                mbarrier::arrive_expect_tx(leader, q_bar, Shape::<D, DV, BN, STAGES>::Q_TMA_BYTES);
+                let q_s = base + Shape::<D, DV, BN, STAGES>::Q;
+                tma::load_tile::<BM, D>(leader, q_s, q_map, [q0 + work.m0, head, row], q_bar);
+            }
+        };
+        let wait_empty = |s: u32| sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + s);
+        ring::<STAGES>(g0, n_blocks, issue, wait_empty, hand_over_landed);
+        g0 += n_blocks;
+        q_tiles += 1;
+    }
+    if PERSIST {
+        // The compute warpgroups' arrivals for the ring's last blocks and for the last tile's Q.
+        let mut g = g0.saturating_sub(STAGES);
+        while g < g0 {
+            sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + g % STAGES);
+            g += 1;
         }
-        // The sequence's first key again for each block (a packed CTA's shared slot), as `loader`.
-        let (row, k0, _) = stage::parked_keys::<PACKED>(&p.score, batch);
-        let n0 = k0 + (first + j) * BN as u32;
-        mbarrier::arrive_expect_tx(leader, bar, Shape::<D, DV, BN, STAGES>::STAGE_BYTES);
-        tma::load_tile::<BN, D>(leader, dst, k_map, [n0, kv_head, row], bar);
-        tma::load_tile::<BN, DV>(leader, v_tile(s), v_map, [n0, kv_head, row], bar);
-    };
-    let wait_empty = |s: u32| sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + s);
-    ring::<STAGES>(n_blocks, issue, wait_empty, hand_over_landed);
+        if q_tiles > 0 {
+            sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::Q_FREE);
+        }
+    }
 }
 
 /// A block of a paged cache's keys: its first key `n0` in sequence `seq`'s pages, of K/V head `kv_head`.
@@ -425,6 +473,88 @@ unsafe fn issue_s<E: WgmmaElem, const D: usize, const BN: usize, const SR: usize
     wgmma::commit();
 }
 
+/// One tile of a call: 128 query rows (`m_block`) of a head of a batch row.
+#[derive(Clone, Copy)]
+struct TileId {
+    m_block: u32,
+    head: u32,
+    batch: u32,
+}
+
+/// The tiles a CTA computes. One CTA per tile (grid: query blocks × heads × batch; the highest query
+/// block, the longest causal rows, first as in `mainloop.rs`), or, `PERSIST` (the dense TMA rows), the
+/// call's `m_blocks · heads_q · batch` tiles in a row, the query blocks of a head highest first, then
+/// heads, then batch rows (heads of one K/V head together, for L2), CTA c taking tiles c, c + grid, ...:
+/// the host launches one CTA per tile (causal, windows: the hardware hands tiles of unequal lengths to
+/// whichever SM is free) or one per SM (`gpu::flash::forward_grid`).
+struct Tiles<const PERSIST: bool>;
+
+impl<const PERSIST: bool> Tiles<PERSIST> {
+    /// The call's tile count (persistent kernels; 1 for a one-tile CTA).
+    #[inline(always)]
+    fn count(p: &FwdParams) -> u32 {
+        if !PERSIST {
+            return 1;
+        }
+        p.score.mask.seqlen_q.div_ceil(BM as u32) * p.heads_q * p.batch
+    }
+
+    /// Tile `i` (`i < count`), taken afresh where it is needed rather than held through a loop: a
+    /// one-tile CTA's own from its block indices (`i` unused), a persistent CTA's from `i` (behind
+    /// `ptx::opaque`, so that the optimiser does not keep an earlier result in registers instead).
+    #[inline(always)]
+    fn at(p: &FwdParams, i: u32) -> TileId {
+        if !PERSIST {
+            let m_block = sreg::grid_dim_x() - 1 - sreg::block_x();
+            return TileId { m_block, head: sreg::fresh::block_y(), batch: sreg::fresh::block_z() };
+        }
+        let i = opaque::u32(i);
+        let (m_blocks, heads) = (p.score.mask.seqlen_q.div_ceil(BM as u32), p.heads_q);
+        // Not 0 where a tile exists; the tests spare the divisions their checks, whose panic call
+        // would serialise the `wgmma` pipelines.
+        if m_blocks == 0 || heads == 0 {
+            return TileId { m_block: 0, head: 0, batch: 0 };
+        }
+        let (m_rev, rest) = (i % m_blocks, i / m_blocks);
+        TileId { m_block: m_blocks - 1 - m_rev, head: rest % heads, batch: rest / heads }
+    }
+}
+
+/// A tile's query rows and visible key blocks.
+struct TileWork {
+    m0: u32,
+    rows: u32,
+    blocks: KeyBlocks,
+}
+
+impl TileWork {
+    /// # Safety
+    /// As `stage::parked` (a packed CTA's threads have passed `stage::enter`); a packed tile's first row
+    /// is within its sequence.
+    #[inline(always)]
+    unsafe fn of<const PACKED: bool, const BN: usize>(p: &FwdParams, tile: TileId) -> TileWork {
+        let mask = stage::parked::<PACKED>(&p.score, tile.batch).mask;
+        let m0 = tile.m_block * BM as u32;
+        let rows = (mask.seqlen_q - m0).min(BM as u32);
+        TileWork { m0, rows, blocks: mask.key_blocks(m0, rows, BN as u32) }
+    }
+}
+
+/// Where a tile's O rows and LSE values go (the sequence's from its shared slot when packed).
+///
+/// # Safety
+/// As `TileWork::of`.
+#[inline(always)]
+unsafe fn out_rows<const PACKED: bool>(p: &FwdParams, tile: TileId, m0: u32) -> (*mut u16, *mut f32) {
+    let seq = stage::parked::<PACKED>(&p.score, tile.batch);
+    let o_g = (p.o as *mut u16).add(
+        (seq.row as u64 * p.o_strides[0] + (seq.q0 + m0) as u64 * p.o_strides[1] + tile.head as u64 * p.o_strides[2])
+            as usize,
+    );
+    let lse_g = (p.lse as *mut f32).add(seq.lse_row(&p.score, p.heads_q, tile.head, m0) as usize);
+    (o_g, lse_g)
+}
+
 /// The kernel body for head dims `D` (Q, K) and `DV` (V, O), `BN`-key blocks in `STAGES` stages;
 /// `SR = BN/2` and `OR = DV/2` are the registers of the S and O accumulators, `NN = BN/8` and
 /// `ND = DV/8` their n8 tiles, `KS =
@@ -432,7 +562,8 @@ unsafe fn issue_s<E: WgmmaElem, const D: usize, const BN: usize, const SR: usize
 ///
 /// # Safety
 /// Launched as `abi::FwdParams` documents (`num_splits` = 1), with 384 threads, the tile row's
-/// `smem_bytes(2)` bytes of dynamic shared memory and 128-row query blocks, on an sm_90a device.
+/// `smem_bytes(2)` bytes of dynamic shared memory and 128-row query blocks, on an sm_90a device; the
+/// dense TMA rows (`TMA && !PACKED`) with a one-dimensional grid (`Tiles`).
 #[inline(always)]
 pub unsafe fn attn_fwd_wgmma<
     E: WgmmaElem,
@@ -450,6 +581,7 @@ pub unsafe fn attn_fwd_wgmma<
     const TMA: bool,
     const PACKED: bool,
     const PAGED: bool,
+    const PERSIST: bool,
 >(
     p: &FwdParams,
     maps: u64,
@@ -458,46 +590,33 @@ pub unsafe fn attn_fwd_wgmma<
     const { assert!(!TMA || (D % 64 == 0 && DV % 64 == 0)) };
     // A paged cache's sequences come as a packed batch's do (`stage::enter`), its keys by TMA boxes.
     const { assert!(!PAGED || (PACKED && TMA)) };
+    // Persistent CTAs: the dense TMA rows.
+    const { assert!(PERSIST == (TMA && !PACKED)) };
     #[allow(clippy::let_unit_value)]
     let () = Shape::<D, DV, BN, STAGES>::OK;
     let tid = sreg::thread_x();
-    // The longest causal rows (highest query block) start first, as in `mainloop.rs`.
-    let m_block = sreg::grid_dim_x() - 1 - sreg::block_x();
-    let (head, batch) = (sreg::block_y(), sreg::block_z());
-    let seq = stage::enter::<PACKED>(&p.score, batch, tid);
-    if PAGED && tid == 0 {
-        check_paged_length(&p.pages, p.score.seqused_k, batch, p.score.mask.seqlen_k);
-    }
-    let sq = seq.mask.seqlen_q;
-    let m0 = m_block * BM as u32;
-    if PACKED && m0 >= sq {
-        // A packed batch's grid covers its longest sequence: this sequence has no such rows.
-        return;
-    }
-    let rows = (sq - m0).min(BM as u32);
-    let blocks = seq.mask.key_blocks(m0, rows, BN as u32);
-    let n_blocks = blocks.len();
-    let sink = stage::sink_log2(&p.score, head);
-
-    // Where this CTA's O rows and LSE values go; worked out where they are written, from fresh reads of
-    // the block indices, so that no register holds them through the loop.
-    let out = || {
-        let (head, batch) = (sreg::fresh::block_y(), sreg::fresh::block_z());
-        let seq = stage::parked::<PACKED>(&p.score, batch);
-        let o_g = (p.o as *mut u16).add(
-            (seq.row as u64 * p.o_strides[0] + (seq.q0 + m0) as u64 * p.o_strides[1] + head as u64 * p.o_strides[2])
-                as usize,
-        );
-        let lse_g = (p.lse as *mut f32).add(seq.lse_row(&p.score, p.heads_q, head, m0) as usize);
-        (o_g, lse_g)
-    };
-    let o_stride = p.o_strides[1] as usize;
-    if n_blocks == 0 {
-        if tid < COMPUTE_THREADS {
-            let (o_g, lse_g) = out();
-            store_empty::<DV>(o_g, o_stride, lse_g, sink * core::f32::consts::LN_2, rows, COMPUTE_THREADS, tid);
+    // A one-tile CTA's work, worked out once for both roles (a persistent CTA's per tile, below).
+    let mut one_tile = TileWork { m0: 0, rows: 0, blocks: KeyBlocks::default() };
+    if !PERSIST {
+        // The CTA's one tile: a packed batch's sequence into the CTA's shared slot, and a CTA without
+        // work leaves before the barriers exist.
+        let tile = Tiles::<false>::at(p, 0);
+        let seq = stage::enter::<PACKED>(&p.score, tile.batch, tid);
+        if PAGED && tid == 0 {
+            check_paged_length(&p.pages, p.score.seqused_k, tile.batch, p.score.mask.seqlen_k);
         }
-        return;
+        let m0 = tile.m_block * BM as u32;
+        if PACKED && m0 >= seq.mask.seqlen_q {
+            // A packed batch's grid covers its longest sequence: this sequence has no such rows.
+            return;
+        }
+        one_tile = TileWork::of::<PACKED, BN>(p, tile);
+        if one_tile.blocks.is_empty() {
+            if tid < COMPUTE_THREADS {
+                store_empty_tile::<PACKED, false, DV>(p, 0, m0, tid);
+            }
+            return;
+        }
     }
 
     // The swizzle pattern repeats every 1024 bytes of the shared window: tiles start on that boundary.
@@ -513,17 +632,111 @@ pub unsafe fn attn_fwd_wgmma<
         sync::block();
     }
     if tid >= COMPUTE_THREADS {
-        setmaxnreg::dec::<LOADER_REGS>();
         if TMA {
-            let blocks = (blocks.first, n_blocks);
-            loader_tma::<D, DV, BN, STAGES, PACKED, PAGED>(maps, p, base, m0, blocks, tid - COMPUTE_THREADS);
+            setmaxnreg::dec::<LOADER_REGS>();
+            loader_tma::<D, DV, BN, STAGES, PACKED, PAGED, PERSIST>(maps, p, base, tid - COMPUTE_THREADS);
         } else {
-            loader::<D, DV, BN, STAGES, PACKED>(p, base, m0, rows, (blocks.first, n_blocks), tid - COMPUTE_THREADS);
+            setmaxnreg::dec::<LOADER_REGS>();
+            let (work, loader_tid) = (&one_tile, tid - COMPUTE_THREADS);
+            let blocks = (work.blocks.first, work.blocks.len());
+            loader::<D, DV, BN, STAGES, PACKED>(p, base, work.m0, work.rows, blocks, loader_tid);
         }
         return;
     }
     setmaxnreg::inc::<COMPUTE_REGS>();
 
+    let wg = tid / 128;
+    if PINGPONG && wg == 1 {
+        // Warpgroup 0 takes the first turn.
+        sync::arrive_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED);
+    }
+    if PERSIST {
+        // The ring's blocks taken by this CTA's earlier tiles.
+        let (mut i, mut g0) = (sreg::block_x(), 0u32);
+        while i < Tiles::<PERSIST>::count(p) {
+            let work = TileWork::of::<PACKED, BN>(p, Tiles::<PERSIST>::at(p, i));
+            if work.blocks.is_empty() {
+                store_empty_tile::<PACKED, PERSIST, DV>(p, i, work.m0, tid);
+            } else {
+                compute_tile::<E, D, DV, BN, STAGES, SR, OR, NN, ND, KS, PINGPONG, FMA_EXP2, PACKED, PERSIST>(
+                    p,
+                    base,
+                    (i, &work),
+                    g0,
+                    tid,
+                );
+                g0 += work.blocks.len();
+            }
+            i += sreg::grid_dim_x();
+        }
+    } else {
+        // The one tile (one without keys left above).
+        compute_tile::<E, D, DV, BN, STAGES, SR, OR, NN, ND, KS, PINGPONG, FMA_EXP2, PACKED, PERSIST>(
+            p,
+            base,
+            (0, &one_tile),
+            0,
+            tid,
+        );
+    }
+    if PINGPONG && wg == 0 {
+        // Warpgroup 1's arrival after its last turn, which nothing else waits for.
+        sync::named_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED);
+    }
+}
+
+/// A tile whose rows see no key: O = 0 and the LSE of an empty row (`store_empty`), by the 256 compute
+/// threads; tile `i` of `Tiles`, its first row `m0`.
+///
+/// # Safety
+/// As `TileWork::of`; compute threads only.
+#[inline(always)]
+unsafe fn store_empty_tile<const PACKED: bool, const PERSIST: bool, const DV: usize>(
+    p: &FwdParams,
+    i: u32,
+    m0: u32,
+    tid: u32,
+) {
+    let tile = Tiles::<PERSIST>::at(p, i);
+    let rows = (stage::parked::<PACKED>(&p.score, tile.batch).mask.seqlen_q - m0).min(BM as u32);
+    let sink = stage::sink_log2(&p.score, tile.head);
+    let (o_g, lse_g) = out_rows::<PACKED>(p, tile, m0);
+    let o_stride = p.o_strides[1] as usize;
+    store_empty::<DV>(o_g, o_stride, lse_g, sink * core::f32::consts::LN_2, rows, COMPUTE_THREADS, tid);
+}
+
+/// Tile `i` of `Tiles` (its `work`) for a compute warpgroup (module docs), its blocks the ring's `g0..`
+/// (`ring`).
+///
+/// # Safety
+/// A compute thread of `attn_fwd_wgmma`, the tile's blocks non-empty.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn compute_tile<
+    E: WgmmaElem,
+    const D: usize,
+    const DV: usize,
+    const BN: usize,
+    const STAGES: u32,
+    const SR: usize,
+    const OR: usize,
+    const NN: usize,
+    const ND: usize,
+    const KS: usize,
+    const PINGPONG: bool,
+    const FMA_EXP2: usize,
+    const PACKED: bool,
+    const PERSIST: bool,
+>(
+    p: &FwdParams,
+    base: u32,
+    (i, work): (u32, &TileWork),
+    g0: u32,
+    tid: u32,
+) {
+    let TileId { head, batch, .. } = Tiles::<PERSIST>::at(p, i);
+    let (m0, blocks) = (work.m0, work.blocks);
+    let n_blocks = blocks.len();
     let lane = tid % 32;
     let (wg, warp) = (tid / 128, (tid / 32) % 4);
     let (g, t) = (lane / 4, lane % 4);
@@ -540,14 +753,11 @@ pub unsafe fn attn_fwd_wgmma<
     let slope = if p.score.has_alibi() { stage::alibi_slope_log2(&p.score, batch, head) } else { 0.0 };
     let mods = p.score.has_modifiers();
     let mut o = [0f32; OR];
-    if PINGPONG && wg == 1 {
-        // Warpgroup 0 takes the first turn.
-        sync::arrive_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED);
-    }
     let mut j = 0u32;
     while j < n_blocks {
-        let k_s = kv_s + (j % STAGES) * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
-        sync::named_at::<256>(FULL + 2 * (j % STAGES) + wg);
+        let stage_of = |j: u32| (g0 + j) % STAGES;
+        let k_s = kv_s + stage_of(j) * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
+        sync::named_at::<256>(FULL + 2 * stage_of(j) + wg);
         if PINGPONG {
             // This warpgroup's turn to issue; the other's products then run during this one's softmax.
             sync::named_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED + wg);
@@ -557,12 +767,18 @@ pub unsafe fn attn_fwd_wgmma<
         if PINGPONG {
             sync::arrive_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED + 1 - wg);
         }
-        // Also the previous block's PV: its stage may be refilled once both warpgroups are past here.
+        // Also the previous block's PV: its stage may be refilled once both warpgroups are past here
+        // (a one-tile CTA's last `STAGES` blocks are never refilled; a persistent CTA's loader takes
+        // every arrival).
         wgmma::wait::<0>();
         wgmma::pin_all(&mut sc);
         wgmma::pin_all(&mut o);
-        if j >= 1 && j - 1 + STAGES < n_blocks {
-            sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + (j - 1) % STAGES);
+        if j >= 1 && (PERSIST || j - 1 + STAGES < n_blocks) {
+            sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + stage_of(j - 1));
+        }
+        if PERSIST && j == n_blocks - 1 {
+            // The tile's last product with Q is done: the loader may bring the next tile's.
+            sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::Q_FREE);
         }
 
         let mut s_frag = AccFrag::<1, NN>::from_wgmma(&sc);
@@ -606,26 +822,41 @@ pub unsafe fn attn_fwd_wgmma<
         wgmma::commit();
         j += 1;
     }
-    if PINGPONG && wg == 0 {
-        // Warpgroup 1's arrival after its last turn, which nothing else waits for.
-        sync::named_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED);
-    }
     wgmma::wait::<0>();
     wgmma::pin_all(&mut o);
 
-    // O · inv, rounded, into this warp's 16 rows of the Q tile (swizzled, `DV <= D` columns; the
-    // warpgroup's products are done with Q), then out in 16-byte rows: each warp reads back only what it wrote, so a warp barrier
-    // orders it.
     let (inv, lse) = softmax.finish();
-    let (o_g, lse_g) = out();
+    let (o_g, lse_g) = out_rows::<PACKED>(p, Tiles::<PERSIST>::at(p, i), m0);
+    let o_stride = p.o_strides[1] as usize;
     // A packed batch's rows again rather than held through the loop (its lengths are not parameters).
-    let rows = if PACKED { (stage::parked::<PACKED>(&p.score, 0).mask.seqlen_q - m0).min(BM as u32) } else { rows };
+    let rows =
+        if PACKED { (stage::parked::<PACKED>(&p.score, 0).mask.seqlen_q - m0).min(BM as u32) } else { work.rows };
+    // The thread's place afresh (`ptx::opaque`): in a persistent CTA's loop the staging's addresses,
+    // functions of the thread alone, would otherwise be worked out once ahead of the tile loop and
+    // held through the block loop (spilling at head dims 192 and 256).
+    let tid = opaque::u32(tid);
+    let (lane, wg, warp) = (tid % 32, tid / 128, (tid / 32) % 4);
+    let (g, t) = (lane / 4, lane % 4);
     let row0 = 64 * wg + 16 * warp;
+    // O · inv, rounded, into this warp's 16 rows of the Q tile (swizzled, `DV <= D` columns; the
+    // warpgroup's products are done with Q), then out in 16-byte rows: each warp reads back only what
+    // it wrote, so a warp barrier orders it. Then a persistent CTA's loader may bring the next tile's
+    // Q (`Q_FREE`). (The tile's base through `ptx::opaque`: a persistent loop's optimiser would hold
+    // the staging's addresses, the same for every tile, in registers through the block loop.)
+    let last_stage = (g0 + n_blocks - 1) % STAGES;
+    let q_s = if PERSIST {
+        // A persistent CTA's Q tile is the next tile's: O goes through the stage of the tile's last
+        // block, once both compute warpgroups are done with it.
+        sync::named::<0, 256>();
+        kv_s + last_stage * Shape::<D, DV, BN, STAGES>::STAGE_BYTES
+    } else {
+        q_s
+    };
     for rr in 0..2usize {
         let row = row0 + g + 8 * rr as u32;
-        for i in 0..DV / 8 {
-            let (x, y) = (o[4 * i + 2 * rr] * inv[0][rr], o[4 * i + 2 * rr + 1] * inv[0][rr]);
-            smem::store_u32(q_s + sw128_offset(BM as u32, row, (8 * i) as u32 + 2 * t), E::pack2(x, y));
+        for n in 0..DV / 8 {
+            let (x, y) = (o[4 * n + 2 * rr] * inv[0][rr], o[4 * n + 2 * rr + 1] * inv[0][rr]);
+            smem::store_u32(q_s + sw128_offset(BM as u32, row, (8 * n) as u32 + 2 * t), E::pack2(x, y));
         }
         if t == 0 && row < rows {
             *lse_g.add(row as usize) = lse[0][rr];
@@ -633,13 +864,18 @@ pub unsafe fn attn_fwd_wgmma<
     }
     sync::warp();
     let chunks = (DV / 8) as u32;
-    for i in 0..(16 * chunks / 32) {
-        let idx = lane + 32 * i;
+    for n in 0..(16 * chunks / 32) {
+        let idx = lane + 32 * n;
         let row = row0 + idx / chunks;
         let chunk = idx % chunks;
         if row < rows {
             let v = smem::load_v4(q_s + sw128_offset(BM as u32, row, 8 * chunk));
             gmem::store_v4(o_g.add(row as usize * o_stride + 8 * chunk as usize), v);
         }
+    }
+    if PERSIST {
+        // The staging's generic accesses before the TMA unit's writes of the stage's next block.
+        bulk::shared_async();
+        sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + last_stage);
     }
 }

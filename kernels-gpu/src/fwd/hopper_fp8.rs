@@ -155,7 +155,7 @@ unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES:
         tma::load_boxes_of::<BN, DV>(leader, v_raw, v_row, v_map, [n0, kv_head, batch], bar);
     };
     let wait_empty = |s: u32| sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + s);
-    ring::<STAGES>(n_blocks, issue, wait_empty, hand_over_landed);
+    ring::<STAGES>(0, n_blocks, issue, wait_empty, hand_over_landed);
 }
 
 /// Vᵀ of one block by the loader's 128 threads: `v_raw` holds `BN` keys × `DV` e4m3 as the TMA unit

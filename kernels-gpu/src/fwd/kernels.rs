@@ -186,6 +186,7 @@ mod wgmma_entry {
                 { T.tma },
                 $packed,
                 $paged,
+                { T.tma && !$packed },
             >($p, $maps)
         }};
     }
