@@ -16,6 +16,7 @@ use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use ironflash_kernels::abi::{self, FwdCombineParams, FwdParams, FwdTensorMaps, PageTable};
+use ironflash_kernels::attn::score::Mask;
 use ironflash_kernels::tiles::{self, BatchLayout, FwdTile};
 
 pub use ironflash_kernels::tiles::FwdTile as ForwardTile;
@@ -478,25 +479,23 @@ fn plan<T: Element>(
     Ok((p, tile))
 }
 
-/// The forward kernel's grid: (query blocks × splits, heads, batch); a persistent kernel's
-/// (`FwdTile::persistent`, its tiles in a row) one-dimensional, of `ctas` CTAs where a test forces them,
-/// else one per SM slot where every tile has the same keys (`Mask::sees_all`: striding over tiles of
-/// equal length keeps the SMs evenly busy, and a CTA's next tile's loads run under its current one's
-/// products) and more tiles than slots, one per tile otherwise (causal rows and windows: the hardware
-/// hands tiles of unequal lengths, longest first, to whichever SM is free).
+/// The forward kernel's grid and whether it is the row's persistent kernel (`FwdTile::persistent`):
+/// (query blocks × splits, heads, batch) for the one-tile kernels; for the persistent one, its tiles in
+/// a row, one-dimensional, of `ctas` CTAs where a test forces them, else [`persistent_ctas`]'s.
 pub fn forward_grid(
     info: &DeviceInfo,
     p: &AttnProblem,
     tile: &FwdTile,
     (num_splits, layout): (usize, BatchLayout),
     ctas: Option<usize>,
-) -> Result<(u32, u32, u32)> {
+) -> Result<((u32, u32, u32), bool)> {
     let m_blocks = p.seqlen_q.div_ceil(tile.block_m);
+    let one_per_tile = ((m_blocks * num_splits) as u32, p.heads_q as u32, p.batch as u32);
     if !tile.persistent(num_splits > 1, layout) {
         if ctas.is_some() {
-            return Err(Error::NoTileConfig(format!("{}: not a persistent kernel", tile.symbols[0])));
+            return Err(Error::NoTileConfig(format!("{}: no persistent kernel", tile.symbols[0])));
         }
-        return Ok(((m_blocks * num_splits) as u32, p.heads_q as u32, p.batch as u32));
+        return Ok((one_per_tile, false));
     }
     // The kernel counts its tiles in 32 bits; the grid's x is below 2^31.
     let tiles = m_blocks * p.heads_q * p.batch;
@@ -504,12 +503,35 @@ pub fn forward_grid(
         return Err(Error::TooLarge { arg: Arg::Q, what: "query blocks·heads_q·batch", value: tiles });
     }
     let slots = info.sm_count as usize * tile.ctas_per_sm;
-    let ctas = match ctas {
-        Some(n) => n.clamp(1, tiles.max(1)),
-        None if p.mask.sees_all() => tiles.min(slots),
-        None => tiles,
-    };
-    Ok((ctas as u32, 1, 1))
+    match ctas.map(|n| n.clamp(1, tiles.max(1))).or_else(|| persistent_ctas(&p.mask, m_blocks, tiles, slots)) {
+        Some(n) => Ok(((n as u32, 1, 1), true)),
+        None => Ok((one_per_tile, false)),
+    }
+}
+
+/// The CTA count of a persistent forward (`fwd::hopper`'s `Tiles`: CTA c takes tiles c, 2·ctas − 1 − c,
+/// 2·ctas + c, ... of the call's tiles, the query blocks of each head highest first), or `None` where
+/// one CTA per tile serves better: at most a wave of tiles (nothing to overlap), or tiles whose
+/// lengths the rounds would not balance.
+/// - Every tile sees the same keys (`Mask::sees_all`): one CTA per SM slot.
+/// - Causal rows with every key before the diagonal (no left window, `seqlen_k >= seqlen_q`): a tile's
+///   key blocks grow by one block per query block, so the two tiles of a CTA's round pair, c and
+///   2·ctas − 1 − c, add up to the same length for every CTA where the pair's 2·ctas tiles hold whole
+///   heads' query blocks or lie within one head's (`m_blocks` divides 2·ctas or 2·ctas divides
+///   `m_blocks`): the most CTAs up to the slots that do so, down to 15/16 of them (128 of 132 SMs for
+///   every power-of-two `m_blocks`).
+/// - Otherwise (windows, fewer keys than queries): one CTA per tile, the hardware handing each to
+///   whichever SM is free.
+fn persistent_ctas(mask: &Mask, m_blocks: usize, tiles: usize, slots: usize) -> Option<usize> {
+    if tiles <= slots {
+        return None;
+    }
+    if mask.sees_all() {
+        return Some(slots);
+    }
+    let causal_prefix = mask.right == 0 && mask.left >= mask.seqlen_k && mask.seqlen_k >= mask.seqlen_q;
+    let balanced = |ctas: &usize| (2 * ctas) % m_blocks == 0 || m_blocks % (2 * ctas) == 0;
+    (slots - slots / 16..=slots).rev().find(balanced).filter(|_| causal_prefix)
 }
 
 /// The kernels' grid limits: heads (grid y) and batch entries (grid z) within the hardware's 65535,
@@ -573,7 +595,12 @@ pub(crate) fn launch<T: Element>(
         BatchLaunch::Packed(_) => BatchLayout::Packed,
         BatchLaunch::Paged(_) => BatchLayout::Paged,
     };
-    let name = tile.kernel_symbol(f16, num_splits > 1, layout);
+    let (grid_dim, persistent) = forward_grid(dev.info(), p, tile, (num_splits, layout), ctas)?;
+    let name = if persistent {
+        tile.persistent_symbols[f16 as usize]
+    } else {
+        tile.kernel_symbol(f16, num_splits > 1, layout)
+    };
     if name.is_empty() {
         // A forced row without this batch layout's kernel (paged caches: no kernel on the Hopper rows
         // without TMA, no split one on the TMA rows).
@@ -642,11 +669,7 @@ pub(crate) fn launch<T: Element>(
         pages,
         batch: p.batch as u32,
     };
-    let cfg = LaunchConfig {
-        grid_dim: forward_grid(dev.info(), p, tile, (num_splits, layout), ctas)?,
-        block_dim: (tile.threads() as u32, 1, 1),
-        shared_mem_bytes: smem as u32,
-    };
+    let cfg = LaunchConfig { grid_dim, block_dim: (tile.threads() as u32, 1, 1), shared_mem_bytes: smem as u32 };
     let arg = KernelParams(params);
     // The TMA rows read Q, K and V through tensor maps of the tensors as this launch sees them (decode
     // rows' views and window offset included; a packed batch's over its tokens, as one batch row),
@@ -808,6 +831,7 @@ const COMBINE_ROWS_PER_CTA: usize = 8;
 mod tests {
     use super::*;
     use crate::options::Window;
+    use ironflash_kernels::tiles::Rounds;
 
     fn padded(shape: [usize; 4]) -> Layout {
         let [_, s, h, d] = shape;
@@ -951,5 +975,60 @@ mod tests {
         let two = Layout::contiguous([1, 2, 8, 64]);
         let p = AttnProblem::new((&two, two.span()), (&kv, kv.span()), (&kv, kv.span()), &AttnOptions::default());
         assert_eq!(pack_query_heads(&p.unwrap(), &AttnOptions::default(), &two, &two, true), None);
+    }
+
+    /// The persistent grid's rounds (`tiles::Rounds`, as the kernel walks them) take every tile once,
+    /// and where `persistent_ctas` launches them every CTA gets the same key blocks but for the last
+    /// pair of rounds; where it does not, one CTA per tile.
+    #[test]
+    fn persistent_rounds_cover_the_tiles_and_balance_causal_rows() {
+        let (bm, bn, slots) = (128usize, 128u32, 132usize);
+        for seqlen in [1024u32, 2048, 3072, 4096, 8192, 16384, 65536] {
+            for heads in [1usize, 16, 40, 256] {
+                for (causal, left) in [(false, None), (true, None), (true, Some(1000)), (false, Some(300))] {
+                    let mask = Mask::new(seqlen, seqlen, causal, left, None);
+                    let m_blocks = (seqlen as usize).div_ceil(bm);
+                    let tiles = m_blocks * heads;
+                    let chosen = persistent_ctas(&mask, m_blocks, tiles, slots);
+                    if tiles <= slots || left.is_some() {
+                        assert_eq!(chosen, None, "{seqlen} {heads} {causal} {left:?}");
+                        continue;
+                    }
+                    let Some(ctas) = chosen else {
+                        assert!(causal && ![8, 16, 32, 64, 128, 512].contains(&m_blocks), "{seqlen} {heads}");
+                        continue;
+                    };
+                    assert!(ctas <= slots && ctas >= slots - slots / 16);
+                    // Key blocks of tile i: its head's query block m_blocks − 1 − i % m_blocks.
+                    let len = |i: usize| {
+                        let m0 = ((m_blocks - 1 - i % m_blocks) * bm) as u32;
+                        mask.key_blocks(m0, (seqlen - m0).min(bm as u32), bn).len() as usize
+                    };
+                    let mut taken = vec![0u8; tiles];
+                    // Per CTA: blocks in the rounds of whole pairs, and in all.
+                    let whole_pairs = tiles / (2 * ctas) * 2;
+                    let mut loads = vec![(0usize, 0usize); ctas];
+                    for (c, load) in loads.iter_mut().enumerate() {
+                        let mut r = Rounds::first(c as u32, ctas as u32);
+                        let mut round = 0;
+                        while (r.i as usize) < tiles {
+                            taken[r.i as usize] += 1;
+                            if round < whole_pairs {
+                                load.0 += len(r.i as usize);
+                            }
+                            load.1 += len(r.i as usize);
+                            r.advance();
+                            round += 1;
+                        }
+                    }
+                    assert!(taken.iter().all(|&n| n == 1), "{seqlen} {heads} {ctas}");
+                    let (lo, hi) = (loads.iter().map(|l| l.0).min(), loads.iter().map(|l| l.0).max());
+                    assert_eq!(lo, hi, "{seqlen} {heads} {causal} {ctas}");
+                    // The last pair adds at most one pair's blocks.
+                    let most = loads.iter().map(|l| l.1).max().unwrap();
+                    assert!(most <= hi.unwrap() + 2 * len(0), "{seqlen} {heads} {ctas}");
+                }
+            }
+        }
     }
 }

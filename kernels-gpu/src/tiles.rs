@@ -43,6 +43,11 @@ pub struct FwdTile {
     /// unsplit one, for the page sizes [`FwdTile::paged_box_rows`] accepts; the other `wgmma` rows none.
     pub paged_symbols: [&'static str; 2],
     pub paged_split_symbols: [&'static str; 2],
+    /// Symbols of the persistent instantiations (`[bf16, f16]`; the TMA rows, dense and unsplit, empty
+    /// elsewhere): a one-dimensional grid of any size, each CTA taking tile after tile, so that a tile's
+    /// first loads run under the previous tile's products (`fwd::hopper`'s `Tiles`). Separate kernels,
+    /// so that calls of one wave keep the one-tile kernels, which a tile loop slows (docs/perf.md).
+    pub persistent_symbols: [&'static str; 2],
     /// A Hopper row (`fwd/hopper.rs`, sm_90a PTX only: `wgmma`, warp-specialised K/V loads, 128-byte
     /// swizzled shared memory); chosen only on compute capability 9.0.
     pub wgmma: bool,
@@ -59,6 +64,36 @@ pub struct FwdTile {
     /// second parameter) instead of the loader warpgroup's `cp.async`; dense and packed batches (not
     /// paged caches), head dims that are multiples of 64.
     pub tma: bool,
+}
+
+/// A persistent CTA's place in its rounds over a call's tiles (`FwdTile::persistent_symbols`; the host's
+/// choice of CTA count relies on the order): of `grid` CTAs, CTA c takes tile c in round 0, tile
+/// `2·grid − 1 − c` in round 1, `2·grid + c` in round 2, ..., the rounds alternately forward and
+/// backward over the CTAs, so that where tile lengths fall with the index (causal rows, the longest
+/// query blocks of a head first) a CTA that took a long tile in one round takes a short one in the next.
+/// Tile `i` now, then `i + step`, then `i + step + next_step`, the two steps alternating. Once `i` is
+/// past the last tile no later round has a tile for the CTA either (each round's tiles lie above the
+/// previous round's), so the CTA stops there: no division and one compare a tile.
+#[derive(Clone, Copy, Debug)]
+pub struct Rounds {
+    pub i: u32,
+    pub step: u32,
+    pub next_step: u32,
+}
+
+impl Rounds {
+    /// CTA `c`'s first tile of `grid` CTAs' rounds (`c < grid`).
+    #[inline(always)]
+    pub const fn first(c: u32, grid: u32) -> Rounds {
+        Rounds { i: c, step: 2 * (grid - c) - 1, next_step: 2 * c + 1 }
+    }
+
+    /// On to the CTA's tile of the next round.
+    #[inline(always)]
+    pub fn advance(&mut self) {
+        self.i += self.step;
+        core::mem::swap(&mut self.step, &mut self.next_step);
+    }
 }
 
 /// Bytes of the TMA rows' `mbarrier`s after the stages: Q's and one per stage (at most four), 8 each.
@@ -145,10 +180,9 @@ impl FwdTile {
         };
         names[f16 as usize]
     }
-    /// Whether the row's kernel for a batch layout is persistent (`fwd::hopper`'s `Tiles`: its tiles in
-    /// a row over a one-dimensional grid, a CTA taking one tile after another): the dense TMA kernels.
+    /// Whether the row has a persistent kernel for a launch (`persistent_symbols`: dense, unsplit).
     pub const fn persistent(&self, split: bool, batch: BatchLayout) -> bool {
-        self.tma && !split && matches!(batch, BatchLayout::Dense)
+        !self.persistent_symbols[0].is_empty() && !split && matches!(batch, BatchLayout::Dense)
     }
     /// Whether a paged call with pages of `page_size` keys can run this row's paged kernel, and how: `Some(0)`
     /// for the `mma.sync` rows (a block-table read per key row, any page size); for the TMA rows
@@ -252,6 +286,7 @@ macro_rules! tile {
                 concat!("attn_fwd_paged_split_", $dims, "_m", $m, "n", $n, "w", $w, "_bf16"),
                 concat!("attn_fwd_paged_split_", $dims, "_m", $m, "n", $n, "w", $w, "_f16"),
             ],
+            persistent_symbols: ["", ""],
             wgmma: false,
             pingpong: false,
             fma_exp2_tiles: 0,
@@ -331,6 +366,7 @@ macro_rules! wgmma_tile {
             packed_split_symbols: ["", ""],
             paged_symbols: ["", ""],
             paged_split_symbols: ["", ""],
+            persistent_symbols: ["", ""],
             wgmma: true,
             pingpong: $pingpong,
             fma_exp2_tiles: 0,
@@ -359,6 +395,7 @@ pub const HD64_WGMMA_TMA: FwdTile = tma_row(
     ["attn_fwd_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_hd64_m128n128_wgmma_tma_f16"],
     ["attn_fwd_varlen_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_varlen_hd64_m128n128_wgmma_tma_f16"],
     ["attn_fwd_paged_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_paged_hd64_m128n128_wgmma_tma_f16"],
+    ["attn_fwd_persist_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_persist_hd64_m128n128_wgmma_tma_f16"],
 );
 /// 225 KiB (stored as head dim 128): 128-key blocks in three stages, ping-pong.
 pub const HD96_WGMMA: FwdTile = wgmma_tile!(96, 128, 3, true);
@@ -371,17 +408,19 @@ pub const HD128_WGMMA_TMA: FwdTile = tma_row(
     ["attn_fwd_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_hd128_m128n128_wgmma_tma_f16"],
     ["attn_fwd_varlen_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_varlen_hd128_m128n128_wgmma_tma_f16"],
     ["attn_fwd_paged_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_paged_hd128_m128n128_wgmma_tma_f16"],
+    ["attn_fwd_persist_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_persist_hd128_m128n128_wgmma_tma_f16"],
 );
 
 /// A Hopper row with its loads by TMA (`FwdTile::tma`): its dense kernels' names, then its packed ones',
-/// then its paged ones' (unsplit: the host splits with an `mma.sync` row).
+/// its paged ones' (unsplit: the host splits with an `mma.sync` row) and its persistent ones'.
 const fn tma_row(
     row: FwdTile,
     symbols: [&'static str; 2],
     packed_symbols: [&'static str; 2],
     paged_symbols: [&'static str; 2],
+    persistent_symbols: [&'static str; 2],
 ) -> FwdTile {
-    FwdTile { tma: true, symbols, packed_symbols, paged_symbols, ..row }
+    FwdTile { tma: true, symbols, packed_symbols, paged_symbols, persistent_symbols, ..row }
 }
 /// 193 KiB: 96-key blocks in two stages (O 96 + S 48 + P 24 registers), ping-pong.
 pub const HD192_WGMMA: FwdTile = wgmma_tile!(192, 96, 2, true);
@@ -391,6 +430,7 @@ pub const HD192_WGMMA_TMA: FwdTile = tma_row(
     ["attn_fwd_hd192_m128n96_wgmma_tma_bf16", "attn_fwd_hd192_m128n96_wgmma_tma_f16"],
     ["attn_fwd_varlen_hd192_m128n96_wgmma_tma_bf16", "attn_fwd_varlen_hd192_m128n96_wgmma_tma_f16"],
     ["attn_fwd_paged_hd192_m128n96_wgmma_tma_bf16", "attn_fwd_paged_hd192_m128n96_wgmma_tma_f16"],
+    ["attn_fwd_persist_hd192_m128n96_wgmma_tma_bf16", "attn_fwd_persist_hd192_m128n96_wgmma_tma_f16"],
 );
 /// 193 KiB: 64-key blocks in two stages (O alone is 128 registers). Without ping-pong: with it, 4-6%
 /// slower non-causal and -2..+2% causal on an H200 (measured without spills; each block's softmax is
@@ -402,6 +442,7 @@ pub const HD256_WGMMA_TMA: FwdTile = tma_row(
     ["attn_fwd_hd256_m128n64_wgmma_tma_bf16", "attn_fwd_hd256_m128n64_wgmma_tma_f16"],
     ["attn_fwd_varlen_hd256_m128n64_wgmma_tma_bf16", "attn_fwd_varlen_hd256_m128n64_wgmma_tma_f16"],
     ["attn_fwd_paged_hd256_m128n64_wgmma_tma_bf16", "attn_fwd_paged_hd256_m128n64_wgmma_tma_f16"],
+    ["attn_fwd_persist_hd256_m128n64_wgmma_tma_bf16", "attn_fwd_persist_hd256_m128n64_wgmma_tma_f16"],
 );
 /// 209 KiB: Q and K of head dim 192, V of 128; 128-key blocks in two stages (O 64 + S 64 + P 32
 /// registers, D = 128's), ping-pong. Measured against 96 x 2, 80 x 3 and 112 x 2 (docs/perf.md):

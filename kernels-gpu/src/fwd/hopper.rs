@@ -48,6 +48,7 @@ use crate::frag::AccFrag;
 use crate::ptx::wgmma::{self, desc_sw128, sw128_offset, WgmmaElem};
 use crate::ptx::{bulk, cp_async, gmem, mbarrier, opaque, setmaxnreg, smem, sreg, sync, tma, warp};
 use crate::smem_tile::RowLayout;
+use crate::tiles::Rounds;
 
 const BM: usize = 128;
 const COMPUTE_THREADS: u32 = 256;
@@ -253,10 +254,11 @@ unsafe fn loader_tma<
     };
     // The ring's blocks and the Q tiles issued so far (the phase of Q's `mbarrier`).
     let (mut g0, mut q_tiles) = (0u32, 0u32);
-    let mut i = if PERSIST { sreg::block_x() } else { 0 };
-    while i < Tiles::<PERSIST>::count(p) {
+    let mut rounds = Tiles::<PERSIST>::first();
+    while rounds.i < Tiles::<PERSIST>::count(p) {
+        let i = rounds.i;
+        rounds.advance();
         let tile = Tiles::<PERSIST>::at(p, i);
-        i += if PERSIST { sreg::grid_dim_x() } else { 1 };
         let work = TileWork::of::<PACKED, BN>(p, tile);
         let (first, n_blocks) = (work.blocks.first, work.blocks.len());
         if n_blocks == 0 {
@@ -285,7 +287,16 @@ unsafe fn loader_tma<
             }
             hand_over::<STAGES>(g);
         };
+        let load_q = || {
+            mbarrier::arrive_expect_tx(leader, q_bar, Shape::<D, DV, BN, STAGES>::Q_TMA_BYTES);
+            let q_s = base + Shape::<D, DV, BN, STAGES>::Q;
+            tma::load_tile::<BM, D>(leader, q_s, q_map, [q0 + work.m0, head, row], q_bar);
+        };
         let issue = |g: u32| {
+            if !PERSIST && g == g0 {
+                // A one-tile CTA's Q before its first keys, as they are needed together.
+                load_q();
+            }
             let s = g % STAGES;
             let bar = Shape::<D, DV, BN, STAGES>::full_bar(base, s);
             let dst = base + Shape::<D, DV, BN, STAGES>::KV + s * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
@@ -306,14 +317,13 @@ unsafe fn loader_tma<
                 tma::load_tile::<BN, D>(leader, dst, k_map, [n0, kv_head, row], bar);
                 tma::load_tile::<BN, DV>(leader, v_tile(s), v_map, [n0, kv_head, row], bar);
             }
-            if g == g0 {
-                // Q after the tile's first keys: they need not wait for the previous tile's products.
-                if PERSIST && q_tiles > 0 {
+            if PERSIST && g == g0 {
+                // A persistent CTA's Q after the tile's first keys, which need not wait for the previous
+                // tile's products, once both compute warpgroups are done with the previous Q.
+                if q_tiles > 0 {
                     sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::Q_FREE);
                 }
-                mbarrier::arrive_expect_tx(leader, q_bar, Shape::<D, DV, BN, STAGES>::Q_TMA_BYTES);
-                let q_s = base + Shape::<D, DV, BN, STAGES>::Q;
-                tma::load_tile::<BM, D>(leader, q_s, q_map, [q0 + work.m0, head, row], q_bar);
+                load_q();
             }
         };
         let wait_empty = |s: u32| sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + s);
@@ -482,11 +492,13 @@ struct TileId {
 }
 
 /// The tiles a CTA computes. One CTA per tile (grid: query blocks × heads × batch; the highest query
-/// block, the longest causal rows, first as in `mainloop.rs`), or, `PERSIST` (the dense TMA rows), the
-/// call's `m_blocks · heads_q · batch` tiles in a row, the query blocks of a head highest first, then
-/// heads, then batch rows (heads of one K/V head together, for L2), CTA c taking tiles c, c + grid, ...:
-/// the host launches one CTA per tile (causal, windows: the hardware hands tiles of unequal lengths to
-/// whichever SM is free) or one per SM (`gpu::flash::forward_grid`).
+/// block, the longest causal rows, first as in `mainloop.rs`), or, `PERSIST` (the dense TMA rows' kernels
+/// of their own), the call's `m_blocks · heads_q · batch` tiles in a row, the query blocks of a head
+/// highest first, then heads, then batch rows (heads of one K/V head together, for L2), taken in rounds
+/// of one tile per CTA, the rounds alternately forward and backward over the CTAs (`tiles::Rounds`;
+/// plain striding, c, c + grid, ..., over 8 query blocks per head and 132 CTAs gave causal calls' CTAs
+/// up to twice the blocks of others, docs/perf.md). The host chooses the CTA count
+/// (`gpu::flash::forward_grid`).
 struct Tiles<const PERSIST: bool>;
 
 impl<const PERSIST: bool> Tiles<PERSIST> {
@@ -497,6 +509,16 @@ impl<const PERSIST: bool> Tiles<PERSIST> {
             return 1;
         }
         p.score.mask.seqlen_q.div_ceil(BM as u32) * p.heads_q * p.batch
+    }
+
+    /// This CTA's first tile and the steps to its next ones (`Rounds`).
+    #[inline(always)]
+    fn first() -> Rounds {
+        if !PERSIST {
+            // Past the one tile after one step.
+            return Rounds { i: 0, step: 1, next_step: 1 };
+        }
+        Rounds::first(sreg::block_x(), sreg::grid_dim_x())
     }
 
     /// Tile `i` (`i < count`), taken afresh where it is needed rather than held through a loop: a
@@ -591,7 +613,7 @@ pub unsafe fn attn_fwd_wgmma<
     // A paged cache's sequences come as a packed batch's do (`stage::enter`), its keys by TMA boxes.
     const { assert!(!PAGED || (PACKED && TMA)) };
     // Persistent CTAs: the dense TMA rows.
-    const { assert!(PERSIST == (TMA && !PACKED)) };
+    const { assert!(!PERSIST || (TMA && !PACKED)) };
     #[allow(clippy::let_unit_value)]
     let () = Shape::<D, DV, BN, STAGES>::OK;
     let tid = sreg::thread_x();
@@ -652,8 +674,10 @@ pub unsafe fn attn_fwd_wgmma<
     }
     if PERSIST {
         // The ring's blocks taken by this CTA's earlier tiles.
-        let (mut i, mut g0) = (sreg::block_x(), 0u32);
-        while i < Tiles::<PERSIST>::count(p) {
+        let (mut rounds, mut g0) = (Tiles::<PERSIST>::first(), 0u32);
+        while rounds.i < Tiles::<PERSIST>::count(p) {
+            let i = rounds.i;
+            rounds.advance();
             let work = TileWork::of::<PACKED, BN>(p, Tiles::<PERSIST>::at(p, i));
             if work.blocks.is_empty() {
                 store_empty_tile::<PACKED, PERSIST, DV>(p, i, work.m0, tid);
@@ -667,7 +691,6 @@ pub unsafe fn attn_fwd_wgmma<
                 );
                 g0 += work.blocks.len();
             }
-            i += sreg::grid_dim_x();
         }
     } else {
         // The one tile (one without keys left above).
