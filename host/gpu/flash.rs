@@ -115,7 +115,8 @@ pub(crate) fn layout_tile(
 
 /// The kernel and split count for a problem, starting from the chooser's tile: a Hopper (`wgmma`) row has
 /// no split-KV kernel, so where the grid is small enough to split (decode), the `mma.sync` row the
-/// chooser picks without Hopper rows runs split instead.
+/// chooser picks without Hopper rows runs split instead; where the call launches a persistent kernel
+/// and the chooser's row has none, the first row with one (`persistent_tile`).
 pub fn forward_launch_plan(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile, dtype: DType) -> (FwdTile, usize) {
     if !tile.wgmma {
         return (*tile, forward_num_splits(info, p, tile));
@@ -126,7 +127,28 @@ pub fn forward_launch_plan(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile, d
             return (base, splits);
         }
     }
-    (*tile, 1)
+    (persistent_tile(info, p, tile, dtype), 1)
+}
+
+/// `tile`, or where a dense call would launch a persistent kernel (`persistent_ctas`) and `tile` has
+/// none, the chooser's first row for the head dims that has one: a persistent CTA's next tile's loads
+/// run under its current tile's products. At head dim 64 the TMA row, which one tile per CTA trails the
+/// `cp.async` row (chosen first), leads it persistent (docs/perf.md, "The persistent forward landed").
+fn persistent_tile(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile, dtype: DType) -> FwdTile {
+    let dense = BatchLayout::Dense;
+    if tile.persistent(false, dense) {
+        return *tile;
+    }
+    let head_dims = (p.head_dim, p.head_dim_v);
+    let Ok(row) = layout_tile(info, head_dims, dtype, dense, |t| t.persistent(false, dense)) else {
+        return *tile;
+    };
+    let m_blocks = p.seqlen_q.div_ceil(row.block_m);
+    let slots = info.sm_count as usize * row.ctas_per_sm;
+    match persistent_ctas(&p.mask, m_blocks, m_blocks * p.heads_q * p.batch, slots) {
+        Some(_) => row,
+        None => *tile,
+    }
 }
 
 /// The tile of a call over a paged cache (`gpu::paged`) with pages of `page_size` keys: the chooser's
@@ -481,7 +503,7 @@ fn plan<T: Element>(
 
 /// The forward kernel's grid and whether it is the row's persistent kernel (`FwdTile::persistent`):
 /// (query blocks × splits, heads, batch) for the one-tile kernels; for the persistent one, its tiles in
-/// a row, one-dimensional, of `ctas` CTAs where a test forces them, else [`persistent_ctas`]'s.
+/// a row, one-dimensional, of `ctas` CTAs where a test forces them, else `persistent_ctas`'s.
 pub fn forward_grid(
     info: &DeviceInfo,
     p: &AttnProblem,
@@ -1028,6 +1050,46 @@ mod tests {
                     let most = loads.iter().map(|l| l.1).max().unwrap();
                     assert!(most <= hi.unwrap() + 2 * len(0), "{seqlen} {heads} {ctas}");
                 }
+            }
+        }
+    }
+
+    /// A dense call that launches a persistent kernel takes a row that has one: at head dim 64 the TMA
+    /// row instead of the chooser's `cp.async` row, for calls of more than a wave whose rounds balance;
+    /// one-wave calls, windows and devices without the Hopper rows keep the chooser's row.
+    #[test]
+    fn persistent_calls_take_a_row_with_a_persistent_kernel() {
+        let info = |cc| DeviceInfo {
+            ordinal: 0,
+            name: "test".into(),
+            compute_capability: cc,
+            sm_count: 132,
+            smem_per_block_optin: 227 * 1024,
+            smem_per_sm: 228 * 1024,
+            l2_bytes: 50 << 20,
+            total_mem: 80 << 30,
+            driver_version: 13000,
+        };
+        let windowed = AttnOptions::causal().with_window(Some(512), Some(0));
+        for d in [64, 128, 256] {
+            for (shape, opts, persistent) in [
+                ([16, 1024, 1024, 32, 32, d], AttnOptions::default(), true),
+                ([16, 1024, 1024, 32, 8, d], AttnOptions::causal(), true),
+                ([1, 1024, 1024, 16, 16, d], AttnOptions::default(), false),
+                ([16, 1024, 1024, 32, 32, d], windowed, false),
+            ] {
+                let p = AttnProblem::contiguous(shape, &opts).unwrap();
+                let h100 = info((9, 0));
+                let chosen = forward_tile(&h100, (d, d), DType::BF16, p.causal).unwrap();
+                // (The one-wave call may split its keys on an `mma.sync` row.)
+                let (tile, splits) = forward_launch_plan(&h100, &p, &chosen, DType::BF16);
+                let launches = forward_grid(&h100, &p, &tile, (splits, BatchLayout::Dense), None).unwrap().1;
+                assert_eq!(launches, persistent, "{shape:?} {tile:?}");
+                assert!(tile == chosen || persistent || splits > 1, "{shape:?}");
+                assert_eq!(tile != chosen && persistent, d == 64 && persistent, "{shape:?}");
+                let a100 = info((8, 0));
+                let chosen = forward_tile(&a100, (d, d), DType::BF16, p.causal).unwrap();
+                assert_eq!(forward_launch_plan(&a100, &p, &chosen, DType::BF16).0, chosen);
             }
         }
     }

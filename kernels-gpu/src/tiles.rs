@@ -388,8 +388,10 @@ pub const HD32_WGMMA: FwdTile = FwdTile { fma_exp2_tiles: 4, ..wgmma_tile!(32, 1
 /// eighth of the exponentials on the FMA pipe the softcap gained 1-10% and plain lost up to 5% (H100):
 /// all on the MUFU unit.
 pub const HD64_WGMMA: FwdTile = wgmma_tile!(64, 128, 4, true);
-/// `HD64_WGMMA` with TMA loads: 1-7% slower on an H100 (its short stages gain less than the hand-over
-/// through the loader costs per block), so after it.
+/// `HD64_WGMMA` with TMA loads: one tile per CTA 1-7% slower on an H100 (its short stages gain less than
+/// the hand-over through the loader costs per block), so after it; but taken where a dense call launches
+/// its persistent kernel (`gpu::flash::persistent_tile`), which leads `HD64_WGMMA` by up to 11% at 1K
+/// on an H200.
 pub const HD64_WGMMA_TMA: FwdTile = tma_row(
     HD64_WGMMA,
     ["attn_fwd_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_hd64_m128n128_wgmma_tma_f16"],

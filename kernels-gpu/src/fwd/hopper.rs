@@ -702,8 +702,9 @@ pub unsafe fn attn_fwd_wgmma<
             tid,
         );
     }
-    if PINGPONG && wg == 0 {
-        // Warpgroup 1's arrival after its last turn, which nothing else waits for.
+    if PERSIST && PINGPONG && wg == 0 {
+        // Warpgroup 1's arrival after its last turn, which nothing else waits for (a one-tile CTA
+        // takes it in `compute_tile`, before its epilogue).
         sync::named_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED);
     }
 }
@@ -845,6 +846,10 @@ unsafe fn compute_tile<
         wgmma::commit();
         j += 1;
     }
+    if !PERSIST && PINGPONG && wg == 0 {
+        // Warpgroup 1's arrival after its last turn, which nothing else waits for.
+        sync::named_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED);
+    }
     wgmma::wait::<0>();
     wgmma::pin_all(&mut o);
 
@@ -857,7 +862,7 @@ unsafe fn compute_tile<
     // The thread's place afresh (`ptx::opaque`): in a persistent CTA's loop the staging's addresses,
     // functions of the thread alone, would otherwise be worked out once ahead of the tile loop and
     // held through the block loop (spilling at head dims 192 and 256).
-    let tid = opaque::u32(tid);
+    let tid = if PERSIST { opaque::u32(tid) } else { tid };
     let (lane, wg, warp) = (tid % 32, tid / 128, (tid / 32) % 4);
     let (g, t) = (lane / 4, lane % 4);
     let row0 = 64 * wg + 16 * warp;
