@@ -298,8 +298,8 @@ pub fn flash_forward_with_splits<T: Element>(
 /// As [`flash_forward_into`] with the CTA count of a persistent kernel (the dense TMA rows,
 /// `FwdTile::persistent`) forced to `ctas` (clamped to the call's tiles) instead of [`forward_grid`]'s,
 /// on the chooser's tile or `tile` (as [`flash_forward_with_tile`]): for tests and benchmarks of those
-/// kernels, on shapes whose tiles differ in length (causal, windows) too, which the launch plan gives
-/// one CTA per tile. `Error::NoTileConfig` where that tile's kernel is not persistent.
+/// kernels, on any shape (windows and causal rows the rounds would not balance too, which the launch
+/// plan gives one CTA per tile). `Error::NoTileConfig` where that tile has no persistent kernel.
 #[allow(clippy::too_many_arguments)]
 pub fn flash_forward_persistent<T: Element>(
     dev: &Device,

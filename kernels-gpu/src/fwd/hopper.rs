@@ -26,6 +26,12 @@
 //!   block's keys come as one box per page run (`issue_paged`), each issued by a loader thread of its own.
 //!   The loader warpgroup waits on each stage's `mbarrier` and hands the block on through `FULL` as the
 //!   `cp.async` loader does (the compute warpgroups polling the `mbarrier`s measured slower).
+//! - `PERSIST` (the TMA rows' persistent kernels, dense batches): a one-dimensional grid whose CTAs take
+//!   tile after tile in rounds (`Tiles`, `tiles::Rounds`); the loader carries the ring of stages and the
+//!   `mbarrier` phases from tile to tile, bringing a tile's first K/V blocks while the compute
+//!   warpgroups finish the previous tile, and its Q once both have issued their last product with the
+//!   previous Q (`Shape::Q_FREE`); O is staged in the stage of the tile's last block instead of the Q
+//!   tile, once both compute warpgroups are done with it.
 //! - `FMA_EXP2` (the tile row's `fma_exp2_tiles`): that many n8 tiles of each row's scores take their
 //!   exponentials on the FMA pipe (`ptx::math::exp2_fma`) instead of the MUFU unit, where one `ex2` per
 //!   score is more MUFU time than the score's products take on the tensor cores (head dim 32).
@@ -36,7 +42,8 @@
 //! (four column blocks per tile row), which is why the loader copies one 64-column block at a time.
 //!
 //! The epilogue of each compute warp stages its 16 O rows (normalised, rounded) in its own rows of the
-//! Q tile, which nothing reads any more, and writes them out as 16-byte vectors.
+//! Q tile, which nothing reads any more (a persistent CTA's: of its last block's stage), and writes them
+//! out as 16-byte vectors.
 
 use super::epilogue::store_empty;
 use super::io::check_paged_length;
@@ -585,7 +592,7 @@ unsafe fn out_rows<const PACKED: bool>(p: &FwdParams, tile: TileId, m0: u32) -> 
 /// # Safety
 /// Launched as `abi::FwdParams` documents (`num_splits` = 1), with 384 threads, the tile row's
 /// `smem_bytes(2)` bytes of dynamic shared memory and 128-row query blocks, on an sm_90a device; the
-/// dense TMA rows (`TMA && !PACKED`) with a one-dimensional grid (`Tiles`).
+/// persistent kernels (`PERSIST`: dense TMA rows) with a one-dimensional grid of any size (`Tiles`).
 #[inline(always)]
 pub unsafe fn attn_fwd_wgmma<
     E: WgmmaElem,
