@@ -327,7 +327,8 @@ fn tma_rows_match_reference() {
 /// The persistent kernels (`FwdTile::persistent`: the dense TMA rows) with their CTA count forced low,
 /// so that each CTA computes many tiles one after another, carrying its ring of stages and its barriers'
 /// phases from tile to tile: tiles of unequal lengths and tiles without keys (causal, seqlen_q >
-/// seqlen_k; the launch plan gives those shapes one CTA per tile), the last query block's tail, GQA,
+/// seqlen_k; shapes the launch plan gives one CTA per tile unless its rounds balance), the last query
+/// block's tail, GQA,
 /// more heads than usual (more tiles), padded strides, large scores; CTA counts from 1 (one CTA for
 /// every tile) to more than the tiles (CTAs without any).
 fn persistent_tiles_match_reference() {
