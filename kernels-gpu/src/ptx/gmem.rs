@@ -1,4 +1,4 @@
-//! Global-memory stores (PTX ISA §9.7.9.10 `st`, `.v4` vectors).
+//! Global-memory vector store (PTX ISA §9.7.9.10 `st`, `.v4` vectors).
 
 /// `st.global.v4.b32`: 16 bytes.
 ///
@@ -11,13 +11,4 @@ pub unsafe fn store_v4(dst: *mut u16, v: [u32; 4]) {
         in(reg64) dst, in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3],
         options(nostack)
     );
-}
-
-/// `st.global.b32`: 4 bytes.
-///
-/// # Safety
-/// `dst` is a 4-byte aligned global address of 4 writable bytes.
-#[inline(always)]
-pub unsafe fn store_u32(dst: *mut u16, v: u32) {
-    core::arch::asm!("st.global.b32 [{0}], {1};", in(reg64) dst, in(reg32) v, options(nostack));
 }
