@@ -130,7 +130,7 @@ pub fn forward_launch_plan(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile, d
     (persistent_tile(info, p, tile, dtype), 1)
 }
 
-/// `tile`, or where a dense call would launch a persistent kernel (`persistent_ctas`) and `tile` has
+/// `tile`, or where a dense call would launch a persistent kernel (`forward_grid`) and `tile` has
 /// none, the chooser's first row for the head dims that has one: a persistent CTA's next tile's loads
 /// run under its current tile's products. At head dim 64 the TMA row, which one tile per CTA trails the
 /// `cp.async` row (chosen first), leads it persistent (docs/perf.md, "The persistent forward landed").
@@ -140,14 +140,10 @@ fn persistent_tile(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile, dtype: DT
         return *tile;
     }
     let head_dims = (p.head_dim, p.head_dim_v);
-    let Ok(row) = layout_tile(info, head_dims, dtype, dense, |t| t.persistent(false, dense)) else {
-        return *tile;
-    };
-    let m_blocks = p.seqlen_q.div_ceil(row.block_m);
-    let slots = info.sm_count as usize * row.ctas_per_sm;
-    match persistent_ctas(&p.mask, m_blocks, m_blocks * p.heads_q * p.batch, slots) {
-        Some(_) => row,
-        None => *tile,
+    match layout_tile(info, head_dims, dtype, dense, |t| t.persistent(false, dense)) {
+        // The grid that row's launch would take.
+        Ok(row) if matches!(forward_grid(info, p, &row, (1, dense), None), Ok((_, true))) => row,
+        _ => *tile,
     }
 }
 
@@ -552,8 +548,11 @@ fn persistent_ctas(mask: &Mask, m_blocks: usize, tiles: usize, slots: usize) -> 
         return Some(slots);
     }
     let causal_prefix = mask.right == 0 && mask.left >= mask.seqlen_k && mask.seqlen_k >= mask.seqlen_q;
+    if !causal_prefix {
+        return None;
+    }
     let balanced = |ctas: &usize| (2 * ctas) % m_blocks == 0 || m_blocks % (2 * ctas) == 0;
-    (slots - slots / 16..=slots).rev().find(balanced).filter(|_| causal_prefix)
+    (slots - slots / 16..=slots).rev().find(balanced)
 }
 
 /// The kernels' grid limits: heads (grid y) and batch entries (grid z) within the hardware's 65535,

@@ -642,7 +642,7 @@ pub unsafe fn attn_fwd_wgmma<
         one_tile = TileWork::of::<PACKED, BN>(p, tile);
         if one_tile.blocks.is_empty() {
             if tid < COMPUTE_THREADS {
-                store_empty_tile::<PACKED, false, DV>(p, 0, m0, tid);
+                store_empty_tile::<PACKED, false, DV>(p, 0, &one_tile, tid);
             }
             return;
         }
@@ -661,14 +661,12 @@ pub unsafe fn attn_fwd_wgmma<
         sync::block();
     }
     if tid >= COMPUTE_THREADS {
+        setmaxnreg::dec::<LOADER_REGS>();
         if TMA {
-            setmaxnreg::dec::<LOADER_REGS>();
             loader_tma::<D, DV, BN, STAGES, PACKED, PAGED, PERSIST>(maps, p, base, tid - COMPUTE_THREADS);
         } else {
-            setmaxnreg::dec::<LOADER_REGS>();
-            let (work, loader_tid) = (&one_tile, tid - COMPUTE_THREADS);
-            let blocks = (work.blocks.first, work.blocks.len());
-            loader::<D, DV, BN, STAGES, PACKED>(p, base, work.m0, work.rows, blocks, loader_tid);
+            let blocks = (one_tile.blocks.first, one_tile.blocks.len());
+            loader::<D, DV, BN, STAGES, PACKED>(p, base, one_tile.m0, one_tile.rows, blocks, tid - COMPUTE_THREADS);
         }
         return;
     }
@@ -687,7 +685,7 @@ pub unsafe fn attn_fwd_wgmma<
             rounds.advance();
             let work = TileWork::of::<PACKED, BN>(p, Tiles::<PERSIST>::at(p, i));
             if work.blocks.is_empty() {
-                store_empty_tile::<PACKED, PERSIST, DV>(p, i, work.m0, tid);
+                store_empty_tile::<PACKED, PERSIST, DV>(p, i, &work, tid);
             } else {
                 compute_tile::<E, D, DV, BN, STAGES, SR, OR, NN, ND, KS, PINGPONG, FMA_EXP2, PACKED, PERSIST>(
                     p,
@@ -717,7 +715,7 @@ pub unsafe fn attn_fwd_wgmma<
 }
 
 /// A tile whose rows see no key: O = 0 and the LSE of an empty row (`store_empty`), by the 256 compute
-/// threads; tile `i` of `Tiles`, its first row `m0`.
+/// threads; tile `i` of `Tiles`, its `work`.
 ///
 /// # Safety
 /// As `TileWork::of`; compute threads only.
@@ -725,15 +723,14 @@ pub unsafe fn attn_fwd_wgmma<
 unsafe fn store_empty_tile<const PACKED: bool, const PERSIST: bool, const DV: usize>(
     p: &FwdParams,
     i: u32,
-    m0: u32,
+    work: &TileWork,
     tid: u32,
 ) {
     let tile = Tiles::<PERSIST>::at(p, i);
-    let rows = (stage::parked::<PACKED>(&p.score, tile.batch).mask.seqlen_q - m0).min(BM as u32);
     let sink = stage::sink_log2(&p.score, tile.head);
-    let (o_g, lse_g) = out_rows::<PACKED>(p, tile, m0);
+    let (o_g, lse_g) = out_rows::<PACKED>(p, tile, work.m0);
     let o_stride = p.o_strides[1] as usize;
-    store_empty::<DV>(o_g, o_stride, lse_g, sink * core::f32::consts::LN_2, rows, COMPUTE_THREADS, tid);
+    store_empty::<DV>(o_g, o_stride, lse_g, sink * core::f32::consts::LN_2, work.rows, COMPUTE_THREADS, tid);
 }
 
 /// Tile `i` of `Tiles` (its `work`) for a compute warpgroup (module docs), its blocks the ring's `g0..`
@@ -875,9 +872,8 @@ unsafe fn compute_tile<
     let row0 = 64 * wg + 16 * warp;
     // O · inv, rounded, into this warp's 16 rows of the Q tile (swizzled, `DV <= D` columns; the
     // warpgroup's products are done with Q), then out in 16-byte rows: each warp reads back only what
-    // it wrote, so a warp barrier orders it. Then a persistent CTA's loader may bring the next tile's
-    // Q (`Q_FREE`). (The tile's base through `ptx::opaque`: a persistent loop's optimiser would hold
-    // the staging's addresses, the same for every tile, in registers through the block loop.)
+    // it wrote, so a warp barrier orders it. A persistent CTA stages O in its last block's stage
+    // instead and frees that stage for the loader once it has read it back.
     let last_stage = (g0 + n_blocks - 1) % STAGES;
     let q_s = if PERSIST {
         // A persistent CTA's Q tile is the next tile's: O goes through the stage of the tile's last
