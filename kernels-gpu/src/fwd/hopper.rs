@@ -18,7 +18,8 @@
 //!   products through two named barriers (`Shape::SCHED`), so that one's softmax runs while the other's
 //!   products hold the tensor cores (FlashAttention-3, Shah et al. 2024, §3.1). Without it they only
 //!   drift apart. FlashAttention-3's intra-warpgroup overlap (S of block j issued with P·V of block j-1,
-//!   the softmax of block j while that P·V runs) measured slower here at every head dim (docs/perf.md).
+//!   the softmax of block j while that P·V runs) measured slower here at every head dim, twice
+//!   (docs/perf.md; the FP8 kernel, whose products are half as long, keeps it at head dim 64).
 //! - `TMA` (the tile row's `tma`, dense or packed batches or a paged cache, head dims that are multiples of
 //!   64): the loader's first thread issues Q, K and V as TMA boxes (`ptx::tma`, the tensor maps the host
 //!   built, passed as the kernel's second parameter) against one `mbarrier` per stage; the TMA unit
