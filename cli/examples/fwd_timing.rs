@@ -6,7 +6,7 @@
 //! each key once).
 //!
 //! ```text
-//! cargo run --release --example fwd_timing              # the chooser's tile
+//! cargo run --release --example fwd_timing              # the library's own call (its launch plan's row)
 //! cargo run --release --example fwd_timing -- --all     # every compiled tile of each head dim that fits
 //! cargo run --release --example fwd_timing -- --dims 64,128,256
 //! cargo run --release --example fwd_timing -- --dims 192v128    # V (and O) of head dim 128
@@ -61,6 +61,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for causal in [false, true] {
                 let opts = AttnOptions { causal, ..AttnOptions::default() };
                 let chosen = gpu::forward_tile(&info, (d, dv), ironflash::DType::BF16, causal)?;
+                // What the library's own call launches: the launch plan's row (a dense call that runs
+                // persistent takes the first row with a persistent kernel) and whether it runs persistent.
+                let p = ironflash::AttnProblem::contiguous_with_head_dim_v([b, n, n, h, h, d], dv, &opts)?;
+                let (planned, splits) = gpu::forward_launch_plan(&info, &p, &chosen, ironflash::DType::BF16);
+                let planned_persistent = gpu::forward_grid(&info, &p, &planned, (splits, BatchLayout::Dense), None)?.1;
                 let tiles: Vec<FwdTile> = if all {
                     FWD_TILES
                         .iter()
@@ -71,7 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .copied()
                         .collect()
                 } else {
-                    vec![chosen]
+                    vec![planned]
                 };
                 // Plain, then (with `--softcap`) the same tile softcapped, one after the other.
                 let option_sets = [Some((opts, "")), softcap.map(|c| (opts.with_softcap(c), " +softcap"))];
@@ -85,10 +90,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             Some(&n) => {
                                 gpu::flash_forward_persistent(&dev, &q, &k, &v, &mut o, &mut lse, opts, Some(&tile), n)
                             }
-                            None => gpu::flash_forward_with_tile(&dev, &q, &k, &v, &mut o, &mut lse, opts, &tile),
+                            None if all => {
+                                gpu::flash_forward_with_tile(&dev, &q, &k, &v, &mut o, &mut lse, opts, &tile)
+                            }
+                            None => gpu::flash_forward_into(&dev, &q, &k, &v, &mut o, &mut lse, opts),
                         })?;
                         let label = match ctas {
                             Some(n) => format!("{label} ctas={n}"),
+                            None if !all && planned_persistent => format!("{label} persistent"),
                             None => label.to_string(),
                         };
                         let flops =
