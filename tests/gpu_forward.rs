@@ -328,9 +328,8 @@ fn tma_rows_match_reference() {
 /// so that each CTA computes many tiles one after another, carrying its ring of stages and its barriers'
 /// phases from tile to tile: tiles of unequal lengths and tiles without keys (causal, seqlen_q >
 /// seqlen_k; shapes the launch plan gives one CTA per tile unless its rounds balance), the last query
-/// block's tail, GQA,
-/// more heads than usual (more tiles), padded strides, large scores; CTA counts from 1 (one CTA for
-/// every tile) to more than the tiles (CTAs without any).
+/// block's tail, GQA, more heads than usual (more tiles), padded strides, large scores; CTA counts from
+/// 1 (one CTA for every tile) to more than the tiles (CTAs without any).
 fn persistent_tiles_match_reference() {
     let Some(dev) = device_or_skip("persistent_tiles_match_reference") else { return };
     let info = dev.info();
