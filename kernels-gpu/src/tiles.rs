@@ -377,8 +377,8 @@ macro_rules! wgmma_tile {
 
 // Hopper rows (compute capability 9.0 only, `fwd/hopper.rs`): one CTA of 12 warps per SM, two compute
 // warpgroups of 64 query rows (`wgmma`) and a loader warpgroup; as many key rows per block and stages
-// as the 227 KiB of shared memory and the compute warpgroups' 208 registers (O: head_dim/2, S:
-// block_n/2, P: block_n/4) allow.
+// as the 227 KiB of shared memory and the compute warpgroups' registers (O: head_dim/2, S: block_n/2,
+// P: block_n/4; 224 per thread with a `cp.async` loader, 240 with a TMA one) allow.
 
 /// 145 KiB (stored as head dim 64): 128-key blocks in four stages, ping-pong; a quarter of the
 /// exponentials on the FMA pipe (a score's products are 128 FLOPs against one `ex2`): +1-9% plain,
@@ -438,13 +438,17 @@ pub const HD192_WGMMA_TMA: FwdTile = tma_row(
 /// slower non-causal and -2..+2% causal on an H200 (measured without spills; each block's softmax is
 /// short against its products here, so taking turns only adds waits).
 pub const HD256_WGMMA: FwdTile = wgmma_tile!(256, 64, 2, false);
-/// `HD256_WGMMA` with TMA loads, first: +1% at 1K, +4-6% at 4K on an H100.
+/// `HD256_WGMMA` with TMA loads, first, and two changes the TMA loader's 24 registers make room for
+/// (the compute warpgroups get 240, `fwd::hopper`): ping-pong, and 80-key blocks (FlashAttention-3's:
+/// O 128 + S 40 + P 20 registers; 225 KiB). Against `HD256_WGMMA`'s shape with TMA loads on an H200:
+/// ping-pong alone +3% at 1K, +8-11% from 4K non-causal, +2-8% causal; with 80-key blocks +7-11% at
+/// 1K, +17-19% from 4K non-causal, +10-15% from 4K causal (docs/perf.md).
 pub const HD256_WGMMA_TMA: FwdTile = tma_row(
-    HD256_WGMMA,
-    ["attn_fwd_hd256_m128n64_wgmma_tma_bf16", "attn_fwd_hd256_m128n64_wgmma_tma_f16"],
-    ["attn_fwd_varlen_hd256_m128n64_wgmma_tma_bf16", "attn_fwd_varlen_hd256_m128n64_wgmma_tma_f16"],
-    ["attn_fwd_paged_hd256_m128n64_wgmma_tma_bf16", "attn_fwd_paged_hd256_m128n64_wgmma_tma_f16"],
-    ["attn_fwd_persist_hd256_m128n64_wgmma_tma_bf16", "attn_fwd_persist_hd256_m128n64_wgmma_tma_f16"],
+    FwdTile { block_n: 80, pingpong: true, ..HD256_WGMMA },
+    ["attn_fwd_hd256_m128n80_wgmma_tma_bf16", "attn_fwd_hd256_m128n80_wgmma_tma_f16"],
+    ["attn_fwd_varlen_hd256_m128n80_wgmma_tma_bf16", "attn_fwd_varlen_hd256_m128n80_wgmma_tma_f16"],
+    ["attn_fwd_paged_hd256_m128n80_wgmma_tma_bf16", "attn_fwd_paged_hd256_m128n80_wgmma_tma_f16"],
+    ["attn_fwd_persist_hd256_m128n80_wgmma_tma_bf16", "attn_fwd_persist_hd256_m128n80_wgmma_tma_f16"],
 );
 /// 209 KiB: Q and K of head dim 192, V of 128; 128-key blocks in two stages (O 64 + S 64 + P 32
 /// registers, D = 128's), ping-pong. Measured against 96 x 2, 80 x 3 and 112 x 2 (docs/perf.md):

@@ -39,8 +39,10 @@
 //!
 //! `setmaxnreg` gives the compute warpgroups 224 registers per thread and the loader 56 (the launch
 //! bounds in `kernels.rs` give 168 each: 2·128·224 + 128·56 = 384·168). At head dim 256 the O
-//! accumulator alone is 128 of the 224, and 208 spilled there; a loader of 40 spilled at head dim 256
-//! (four column blocks per tile row), which is why the loader copies one 64-column block at a time.
+//! accumulator alone is 128 of the 224, and 208 spilled there; a `cp.async` loader of 40 spilled at head
+//! dim 256 (four column blocks per tile row), which is why it copies one 64-column block at a time. The
+//! TMA loader of dense and packed batches (one issuing thread) takes 24 and the compute warpgroups 240
+//! (2·128·240 + 128·24 = 64512), which lets head dim 256 take turns too.
 //!
 //! The epilogue of each compute warp stages its 16 O rows (normalised, rounded) in its own rows of the
 //! Q tile, which nothing reads any more (a persistent CTA's: of its last block's stage), and writes them
@@ -60,14 +62,25 @@ use crate::tiles::Rounds;
 
 const BM: usize = 128;
 const COMPUTE_THREADS: u32 = 256;
+/// Registers per thread after `setmaxnreg` (the launch bounds in `kernels.rs` give 168 each): the
+/// `cp.async` loader and the paged TMA loader (a thread per page run) compute addresses and keep 56,
+/// leaving the compute warpgroups 224.
 const COMPUTE_REGS: u32 = 224;
 const LOADER_REGS: u32 = 56;
+/// The TMA loader of dense and packed batches issues each stage's boxes from one thread and lives on
+/// `setmaxnreg`'s least, leaving the compute warpgroups 240: room for ping-pong at head dim 256 (O
+/// alone is 128 of them), which spilled at 224.
+const COMPUTE_REGS_TMA: u32 = 240;
+const LOADER_REGS_TMA: u32 = 24;
 /// Bytes per 16 rows of a swizzled tile: one k16 step of an MN-major operand.
 const K16_ROWS: u32 = 16 * 128;
 /// Eight 128-byte rows: the stride between the swizzle's row groups.
 const SBO: u32 = 1024;
 // Two compute warpgroups and the loader's at the launch bounds' 168 registers per thread.
-const _: () = assert!(COMPUTE_THREADS * COMPUTE_REGS + 128 * LOADER_REGS <= 384 * 168);
+const _: () = assert!(
+    COMPUTE_THREADS * COMPUTE_REGS + 128 * LOADER_REGS <= 384 * 168
+        && COMPUTE_THREADS * COMPUTE_REGS_TMA + 128 * LOADER_REGS_TMA <= 384 * 168
+);
 
 /// Named barriers. `FULL + 2s + w`: stage s holds its block, for compute warpgroup w (the loader's 128
 /// threads arrive, w's 128 wait). `EMPTY + s`: both compute warpgroups are done with stage s (their
@@ -662,7 +675,11 @@ pub unsafe fn attn_fwd_wgmma<
         sync::block();
     }
     if tid >= COMPUTE_THREADS {
-        setmaxnreg::dec::<LOADER_REGS>();
+        if TMA && !PAGED {
+            setmaxnreg::dec::<LOADER_REGS_TMA>();
+        } else {
+            setmaxnreg::dec::<LOADER_REGS>();
+        }
         if TMA {
             loader_tma::<D, DV, BN, STAGES, PACKED, PAGED, PERSIST>(maps, p, base, tid - COMPUTE_THREADS);
         } else {
@@ -671,7 +688,11 @@ pub unsafe fn attn_fwd_wgmma<
         }
         return;
     }
-    setmaxnreg::inc::<COMPUTE_REGS>();
+    if TMA && !PAGED {
+        setmaxnreg::inc::<COMPUTE_REGS_TMA>();
+    } else {
+        setmaxnreg::inc::<COMPUTE_REGS>();
+    }
 
     let wg = tid / 128;
     if PINGPONG && wg == 1 {

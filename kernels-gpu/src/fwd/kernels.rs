@@ -284,21 +284,21 @@ mod wgmma_entry {
         tiles::HD64_WGMMA_TMA => attn_fwd_hd64_m128n128_wgmma_tma_bf16, attn_fwd_hd64_m128n128_wgmma_tma_f16, attn_fwd_varlen_hd64_m128n128_wgmma_tma_bf16, attn_fwd_varlen_hd64_m128n128_wgmma_tma_f16;
         tiles::HD128_WGMMA_TMA => attn_fwd_hd128_m128n128_wgmma_tma_bf16, attn_fwd_hd128_m128n128_wgmma_tma_f16, attn_fwd_varlen_hd128_m128n128_wgmma_tma_bf16, attn_fwd_varlen_hd128_m128n128_wgmma_tma_f16;
         tiles::HD192_WGMMA_TMA => attn_fwd_hd192_m128n96_wgmma_tma_bf16, attn_fwd_hd192_m128n96_wgmma_tma_f16, attn_fwd_varlen_hd192_m128n96_wgmma_tma_bf16, attn_fwd_varlen_hd192_m128n96_wgmma_tma_f16;
-        tiles::HD256_WGMMA_TMA => attn_fwd_hd256_m128n64_wgmma_tma_bf16, attn_fwd_hd256_m128n64_wgmma_tma_f16, attn_fwd_varlen_hd256_m128n64_wgmma_tma_bf16, attn_fwd_varlen_hd256_m128n64_wgmma_tma_f16;
+        tiles::HD256_WGMMA_TMA => attn_fwd_hd256_m128n80_wgmma_tma_bf16, attn_fwd_hd256_m128n80_wgmma_tma_f16, attn_fwd_varlen_hd256_m128n80_wgmma_tma_bf16, attn_fwd_varlen_hd256_m128n80_wgmma_tma_f16;
     }
 
     wgmma_paged_kernels! {
         tiles::HD64_WGMMA_TMA => attn_fwd_paged_hd64_m128n128_wgmma_tma_bf16, attn_fwd_paged_hd64_m128n128_wgmma_tma_f16;
         tiles::HD128_WGMMA_TMA => attn_fwd_paged_hd128_m128n128_wgmma_tma_bf16, attn_fwd_paged_hd128_m128n128_wgmma_tma_f16;
         tiles::HD192_WGMMA_TMA => attn_fwd_paged_hd192_m128n96_wgmma_tma_bf16, attn_fwd_paged_hd192_m128n96_wgmma_tma_f16;
-        tiles::HD256_WGMMA_TMA => attn_fwd_paged_hd256_m128n64_wgmma_tma_bf16, attn_fwd_paged_hd256_m128n64_wgmma_tma_f16;
+        tiles::HD256_WGMMA_TMA => attn_fwd_paged_hd256_m128n80_wgmma_tma_bf16, attn_fwd_paged_hd256_m128n80_wgmma_tma_f16;
     }
 
     wgmma_persistent_kernels! {
         tiles::HD64_WGMMA_TMA => attn_fwd_persist_hd64_m128n128_wgmma_tma_bf16, attn_fwd_persist_hd64_m128n128_wgmma_tma_f16;
         tiles::HD128_WGMMA_TMA => attn_fwd_persist_hd128_m128n128_wgmma_tma_bf16, attn_fwd_persist_hd128_m128n128_wgmma_tma_f16;
         tiles::HD192_WGMMA_TMA => attn_fwd_persist_hd192_m128n96_wgmma_tma_bf16, attn_fwd_persist_hd192_m128n96_wgmma_tma_f16;
-        tiles::HD256_WGMMA_TMA => attn_fwd_persist_hd256_m128n64_wgmma_tma_bf16, attn_fwd_persist_hd256_m128n64_wgmma_tma_f16;
+        tiles::HD256_WGMMA_TMA => attn_fwd_persist_hd256_m128n80_wgmma_tma_bf16, attn_fwd_persist_hd256_m128n80_wgmma_tma_f16;
     }
 
     /// The FP8 rows (`tiles::FP8_FWD_TILES`): the tensor maps as the TMA rows', then the descale
