@@ -68,8 +68,8 @@ const COMPUTE_THREADS: u32 = 256;
 const COMPUTE_REGS: u32 = 224;
 const LOADER_REGS: u32 = 56;
 /// The TMA loader of dense and packed batches issues each stage's boxes from one thread and lives on
-/// `setmaxnreg`'s least, leaving the compute warpgroups 240: room for ping-pong at head dim 256 (O
-/// alone is 128 of them), which spilled at 224.
+/// `setmaxnreg`'s least, leaving the compute warpgroups 240: room for head dim 256 to take turns with
+/// 80-key blocks (O alone is 128 of them; those blocks spilled at 224).
 const COMPUTE_REGS_TMA: u32 = 240;
 const LOADER_REGS_TMA: u32 = 24;
 /// Bytes per 16 rows of a swizzled tile: one k16 step of an MN-major operand.
