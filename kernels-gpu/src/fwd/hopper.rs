@@ -674,8 +674,11 @@ pub unsafe fn attn_fwd_wgmma<
         mbarrier::fence_init();
         sync::block();
     }
+    // The loader issues from one thread (dense and packed TMA rows): the register split of
+    // `COMPUTE_REGS_TMA`, decided once for both roles.
+    let one_issuer = TMA && !PAGED;
     if tid >= COMPUTE_THREADS {
-        if TMA && !PAGED {
+        if one_issuer {
             setmaxnreg::dec::<LOADER_REGS_TMA>();
         } else {
             setmaxnreg::dec::<LOADER_REGS>();
@@ -688,7 +691,7 @@ pub unsafe fn attn_fwd_wgmma<
         }
         return;
     }
-    if TMA && !PAGED {
+    if one_issuer {
         setmaxnreg::inc::<COMPUTE_REGS_TMA>();
     } else {
         setmaxnreg::inc::<COMPUTE_REGS>();
