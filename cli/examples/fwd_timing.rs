@@ -1,6 +1,6 @@
 //! Times the fused forward kernel with CUDA events: B·N = 16K tokens, hidden 2048 (H = 2048/D), bf16,
-//! N in {1K, 4K, 8K}, D in {64, 128}, causal off and on. TFLOP/s = 2·B·H·N²·(D + D_v) / t (D_v = V's head
-//! dim, D unless given), halved for causal.
+//! N in {1K, 4K, 8K} (or `--seqlens`), D in {64, 128}, causal off and on. TFLOP/s =
+//! 2·B·H·N²·(D + D_v) / t (D_v = V's head dim, D unless given), halved for causal.
 //! Then decode shapes (B in {1, 8}, H = 16 on 16 K/V heads and 32 on 8, one query, 8K and 64K keys,
 //! D = 128), with the library's split-KV choice and unsplit; GB/s = K and V bytes / t (decode reads
 //! each key once).
@@ -12,6 +12,7 @@
 //! cargo run --release --example fwd_timing -- --dims 192v128    # V (and O) of head dim 128
 //! cargo run --release --example fwd_timing -- --dims 64,128 --softcap 30  # each row plain, then softcapped
 //! cargo run --release --example fwd_timing -- --dims 128 --ctas 132,999999  # persistent rows, CTAs forced
+//! cargo run --release --example fwd_timing -- --dims 128 --seqlens 3072,6144  # other N (B = 16K / N)
 //! cargo run --release --example fwd_timing -- --decode-only --splits 8,32,64   # extra split counts
 //! cargo run --release --example fwd_timing -- --decode-only --decode-grid      # B 1/8/64, 4K-64K keys
 //! cargo run --release --example fwd_timing -- --decode-only --sinks --window 4096  # decode options
@@ -39,6 +40,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
         None => vec![],
     };
+    // `--seqlens 3072,6144`: other sequence lengths than 1K, 4K and 8K (B = 16K / N, at least 1).
+    let seqlens: Vec<usize> = match common::flag_value(&args, "--seqlens")? {
+        Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        None => vec![1024, 4096, 8192],
+    };
     let Some(dev) = common::device_or_skip()? else { return Ok(()) };
     let info = dev.info().clone();
     println!(
@@ -51,8 +57,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut rng = rand::rng();
     for (d, dv) in if decode_only { vec![] } else { dims } {
-        for n in [1024usize, 4096, 8192] {
-            let (h, b) = (2048 / d, 16 * 1024 / n);
+        for &n in &seqlens {
+            let (h, b) = (2048 / d, (16 * 1024 / n).max(1));
             let q = dev.upload(&HostTensor::<bf16>::random([b, n, h, d], 1.0, &mut rng))?;
             let k = dev.upload(&HostTensor::<bf16>::random([b, n, h, d], 1.0, &mut rng))?;
             let v = dev.upload(&HostTensor::<bf16>::random([b, n, h, dv], 1.0, &mut rng))?;
