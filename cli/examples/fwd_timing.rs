@@ -36,15 +36,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let decode_only = args.iter().any(|a| a == "--decode-only");
     let dims = common::dims_arg(&args, &[(64, 64), (128, 128)])?;
     let softcap = common::flag_value(&args, "--softcap")?.map(str::parse::<f32>).transpose()?;
-    let forced_ctas: Vec<usize> = match common::flag_value(&args, "--ctas")? {
-        Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
-        None => vec![],
-    };
+    let forced_ctas = common::usizes_arg(&args, "--ctas", &[])?;
     // `--seqlens 3072,6144`: other sequence lengths than 1K, 4K and 8K (B = 16K / N, at least 1).
-    let seqlens: Vec<usize> = match common::flag_value(&args, "--seqlens")? {
-        Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
-        None => vec![1024, 4096, 8192],
-    };
+    let seqlens = common::usizes_arg(&args, "--seqlens", &[1024, 4096, 8192])?;
     let Some(dev) = common::device_or_skip()? else { return Ok(()) };
     let info = dev.info().clone();
     println!(
@@ -121,10 +115,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             assert!(host.data.iter().all(|x| x.is_finite()), "O has unwritten or non-finite elements");
         }
     }
-    let extra_splits: Vec<usize> = match common::flag_value(&args, "--splits")? {
-        Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
-        None => vec![],
-    };
+    let extra_splits = common::usizes_arg(&args, "--splits", &[])?;
     let sinks = args.iter().any(|a| a == "--sinks");
     if args.iter().any(|a| a == "--decode-grid") {
         return decode_grid(&dev, sinks);

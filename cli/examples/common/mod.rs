@@ -31,6 +31,15 @@ pub fn flag_value<'a>(args: &'a [String], flag: &str) -> Result<Option<&'a str>,
     }
 }
 
+/// The comma-separated numbers after `flag` on the command line, or `default` without the flag.
+#[allow(dead_code)] // Not every example takes a list of numbers.
+pub fn usizes_arg(args: &[String], flag: &str, default: &[usize]) -> Result<Vec<usize>, Box<dyn std::error::Error>> {
+    match flag_value(args, flag)? {
+        Some(list) => Ok(list.split(',').map(str::parse).collect::<Result<_, _>>()?),
+        None => Ok(default.to_vec()),
+    }
+}
+
 /// The head dims `--dims` lists (comma-separated, `bench::grid::parse_dims` each), or `default` without the
 /// flag.
 #[allow(dead_code)] // Not every example takes `--dims`.
