@@ -3,7 +3,7 @@
 
 use crate::error::{DriverContext, Error, Result};
 use crate::gpu::launch::LaunchGraphs;
-use crate::gpu::scratch::KeptScratch;
+use crate::gpu::scratch::{KeptScratch, TileCounter};
 use crate::modules::{Arch, ModuleCache};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::{self, CUdevice_attribute as Attr};
@@ -69,6 +69,8 @@ pub struct Device {
     pub(crate) launch_graphs: LaunchGraphs,
     /// The calls' scratch kept between calls, when asked (`keep_workspace`; `gpu::scratch`).
     pub(crate) scratch: KeptScratch,
+    /// The persistent forward's tile tickets, this device's own (`gpu::scratch::TileCounter`).
+    pub(crate) tile_counter: TileCounter,
     /// Shared by the `Device`s of one context made with `for_stream`: each kernel is compiled once.
     pub(crate) modules: Arc<ModuleCache>,
     /// Created on first use: creating and destroying a handle per call costs a synchronisation each.
@@ -138,6 +140,7 @@ impl Device {
         Ok(Device {
             launch_graphs: LaunchGraphs::new(self.ctx.clone(), self.info.driver_version),
             scratch: KeptScratch::new(),
+            tile_counter: TileCounter::new(&stream)?,
             ctx: self.ctx.clone(),
             stream,
             info: self.info.clone(),
@@ -204,7 +207,17 @@ impl Device {
         };
         let modules = Arc::new(ModuleCache::new(info.arch()));
         let launch_graphs = LaunchGraphs::new(ctx.clone(), info.driver_version);
-        Ok(Device { launch_graphs, scratch: KeptScratch::new(), ctx, stream, info, modules, blas: OnceLock::new() })
+        let tile_counter = TileCounter::new(&stream)?;
+        Ok(Device {
+            launch_graphs,
+            scratch: KeptScratch::new(),
+            tile_counter,
+            ctx,
+            stream,
+            info,
+            modules,
+            blas: OnceLock::new(),
+        })
     }
 
     /// This device's cuBLAS handle, bound to its stream (created once, on first use).

@@ -10,6 +10,7 @@ mod common;
 use common::{check_lse, check_o, device_or_skip, max_abs, output_tolerance, rel_l2, HEAD_DIM_PAIRS};
 use cudarc::driver::DevicePtr;
 use half::{bf16, f16};
+use ironflash::gpu::TileOrder;
 use ironflash::{cpu, gpu, AttnOptions, Device, Element, Error, HostTensor, Layout};
 use ironflash_kernels::tiles::{self, FwdTile};
 use proptest::prelude::*;
@@ -41,8 +42,9 @@ struct Case {
     tile: Option<FwdTile>,
     /// Some: force this split-KV count (through `flash_forward_with_splits`, O padded by `pad_o`).
     splits: Option<usize>,
-    /// Some: force a persistent kernel's CTA count (through `flash_forward_persistent`, with `tile`).
-    ctas: Option<usize>,
+    /// Some: force a persistent kernel's CTA count and tile order (through `flash_forward_persistent`,
+    /// with `tile`).
+    ctas: Option<(usize, TileOrder)>,
     seed: u64,
 }
 
@@ -162,8 +164,9 @@ fn run_case<T: Element>(dev: &Device, c: &Case, worst: &Mutex<Worst>) -> Result<
         _ if c.ctas.is_some() => {
             let mut o = dev.poisoned::<T>([c.batch, c.seqlen_q, hq, dv]).unwrap();
             let mut lse = dev.poisoned_f32(reference.lse.len()).unwrap();
-            let ctas = c.ctas.unwrap();
-            gpu::flash_forward_persistent(dev, &q_dev, &k_dev, &v_dev, &mut o, &mut lse, &opts, c.tile.as_ref(), ctas)
+            let (ctas, order) = c.ctas.unwrap();
+            let tile = c.tile.as_ref();
+            gpu::flash_forward_persistent(dev, &q_dev, &k_dev, &v_dev, &mut o, &mut lse, &opts, tile, ctas, order)
                 .map_err(|e| e.to_string())?;
             (dev.download(&o).unwrap(), dev.download_f32(&lse).unwrap())
         }
@@ -324,12 +327,13 @@ fn tma_rows_match_reference() {
     }
 }
 
-/// The persistent kernels (`FwdTile::persistent`: the dense TMA rows) with their CTA count forced low,
-/// so that each CTA computes many tiles one after another, carrying its ring of stages and its barriers'
-/// phases from tile to tile: tiles of unequal lengths and tiles without keys (causal, seqlen_q >
-/// seqlen_k; shapes the launch plan gives one CTA per tile unless its rounds balance), the last query
-/// block's tail, GQA, more heads than usual (more tiles), padded strides, large scores; CTA counts from
-/// 1 (one CTA for every tile) to more than the tiles (CTAs without any).
+/// The persistent kernels (`FwdTile::persistent`: the dense TMA rows), taking their tiles in rounds or
+/// by ticket, with their CTA count forced low, so that each CTA computes many tiles one after another,
+/// carrying its ring of stages and its barriers' phases from tile to tile: tiles of unequal lengths and
+/// tiles without keys (causal, seqlen_q > seqlen_k), the last query block's tail, GQA, more heads than
+/// usual (more tiles), padded strides, large scores; CTA counts from 1 (one CTA for every tile) to more
+/// than the tiles (CTAs without any). Launches of the ticket kernels follow one another on the stream, so
+/// each relies on the one before having left the counter at zero.
 fn persistent_tiles_match_reference() {
     let Some(dev) = device_or_skip("persistent_tiles_match_reference") else { return };
     let info = dev.info();
@@ -345,7 +349,8 @@ fn persistent_tiles_match_reference() {
     }
     for tile in rows {
         let ctas = prop::sample::select(vec![1usize, 2, 3, 7, 40, 1000]);
-        let strategy = (case(false), any::<bool>(), ctas, 1usize..=4)
+        let order = prop::sample::select(vec![TileOrder::Rounds, TileOrder::Tickets]);
+        let strategy = (case(false), any::<bool>(), (ctas, order), 1usize..=4)
             .prop_map(move |(c, large, ctas, more_heads)| {
                 let (scale, amplitude) = if large { (c.scale * 10.0, 4.0) } else { (c.scale, 1.0) };
                 Case {

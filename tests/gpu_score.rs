@@ -18,9 +18,9 @@
 
 mod common;
 
-use common::{check_lse, device_or_skip, grad_error_summed, max_abs, rel_l2, Kernels, HEAD_DIM_PAIRS};
+use common::{check_lse, device_or_skip, grad_error_summed, max_abs, persistent_row, rel_l2, Kernels, HEAD_DIM_PAIRS};
 use half::{bf16, f16};
-use ironflash::gpu::{self, GpuGradients};
+use ironflash::gpu::{self, GpuGradients, TileOrder};
 use ironflash::{cpu, Arg, AttnOptions, DType, Device, Element, Error, HostTensor, Layout, PerHead};
 use ironflash_kernels::{tiles, tiles_bwd};
 use proptest::prelude::*;
@@ -58,8 +58,13 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         (0usize..40).prop_map(|r| (None, Some(r))),
         (0usize..200, 0usize..60).prop_map(|(l, r)| (Some(l), Some(r))),
     ];
-    let kernels =
-        prop_oneof![3 => Just(Kernels::Chosen), 2 => Just(Kernels::MmaSync), 1 => (2usize..6).prop_map(Kernels::Split)];
+    let kernels = prop_oneof![
+        3 => Just(Kernels::Chosen),
+        2 => Just(Kernels::MmaSync),
+        1 => (2usize..6).prop_map(Kernels::Split),
+        1 => (1usize..8, prop::sample::select(vec![TileOrder::Rounds, TileOrder::Tickets]))
+            .prop_map(|(ctas, order)| Kernels::Persistent(ctas, order)),
+    ];
     (
         (1usize..=2, prop_oneof![1usize..=70, 100usize..=300], prop_oneof![1usize..=70, 100usize..=300]),
         (1usize..=2, prop::sample::select(vec![1usize, 2, 4]), prop::sample::select(HEAD_DIM_PAIRS.to_vec())),
@@ -212,6 +217,12 @@ fn run_case<T: Element>(dev: &Device, c: &Case) -> Result<(f64, f64), String> {
         Kernels::Chosen => gpu::flash_forward_into(dev, &q, &k, &v, &mut o, &mut lse, &opts),
         Kernels::MmaSync => gpu::flash_forward_with_tile(dev, &q, &k, &v, &mut o, &mut lse, &opts, mma_fwd),
         Kernels::Split(n) => gpu::flash_forward_with_splits(dev, &q, &k, &v, &mut o, &mut lse, &opts, None, n),
+        Kernels::Persistent(ctas, order) => match persistent_row(dev, dims) {
+            Some(row) => {
+                gpu::flash_forward_persistent(dev, &q, &k, &v, &mut o, &mut lse, &opts, Some(row), ctas, order)
+            }
+            None => gpu::flash_forward_into(dev, &q, &k, &v, &mut o, &mut lse, &opts),
+        },
     }
     .map_err(err)?;
     let got_o_t = dev.download(&o).map_err(err)?;
@@ -328,10 +339,11 @@ fn base(head_dim: usize, sq: usize, sk: usize) -> Case {
 }
 
 /// Each option alone and all together at head dim 128 (the Hopper kernels on an H100) over several
-/// blocks, on both kernel families, and a window that hides whole blocks on both sides; all together
-/// at head dims 192 / 128 too.
+/// blocks, on both kernel families and the persistent kernel (three CTAs taking the tiles in turn),
+/// and a window that hides whole blocks on both sides; all together at head dims 192 / 128 too.
 fn each_option_at_head_dim_128_on_both_kernel_families() {
-    for kernels in [Kernels::Chosen, Kernels::MmaSync] {
+    let persistent = [Kernels::Persistent(3, TileOrder::Rounds), Kernels::Persistent(3, TileOrder::Tickets)];
+    for kernels in [Kernels::Chosen, Kernels::MmaSync].into_iter().chain(persistent) {
         let b = Case { kernels, ..base(128, 700, 900) };
         fixed(Case { window: (Some(130), Some(0)), ..b.clone() });
         fixed(Case { causal: true, window: (Some(200), None), ..b.clone() });
@@ -389,11 +401,16 @@ fn grouped_decode_rows() {
 }
 
 /// Rows with no visible key (causal with more queries than keys, narrow windows) keep O = 0 and get
-/// LSE = -inf, or the sink with sinks; whole query blocks of them too.
+/// LSE = -inf, or the sink with sinks; whole query blocks of them too, also in a persistent kernel's
+/// run of tiles.
 fn rows_without_keys() {
     for d in [64, 128] {
         fixed(Case { causal: true, ..base(d, 400, 100) });
         fixed(Case { causal: true, sinks: true, ..base(d, 400, 100) });
+        for order in [TileOrder::Rounds, TileOrder::Tickets] {
+            let kernels = Kernels::Persistent(2, order);
+            fixed(Case { causal: true, sinks: true, kernels, batch: 2, ..base(d, 400, 100) });
+        }
         fixed(Case { window: (Some(0), Some(0)), sinks: true, ..base(d, 300, 40) });
         fixed(Case {
             causal: true,
@@ -515,13 +532,14 @@ fn typed_errors() {
     let _ = Layout::contiguous([1, 1, 1, 1]);
 }
 
-/// A small sample covering every option on both kernel families (forward, split forward, backward,
-/// deterministic backward) at head dims 64, 128 and 192 / 128: what the sanitizer runs take
+/// A small sample covering every option on both kernel families (forward, split forward, persistent
+/// forward, backward, deterministic backward) at head dims 64, 128 and 192 / 128: what the sanitizer runs take
 /// (`compute-sanitizer --tool memcheck|racecheck|synccheck ... --test gpu_score sanitizer_sample`).
 fn sanitizer_sample() {
     let Some(dev) = device_or_skip("sanitizer_sample") else { return };
     for (d, dv) in [(64, 64), (128, 128), (192, 128)] {
-        for kernels in [Kernels::Chosen, Kernels::MmaSync, Kernels::Split(3)] {
+        let persistent = [Kernels::Persistent(2, TileOrder::Rounds), Kernels::Persistent(2, TileOrder::Tickets)];
+        for kernels in [Kernels::Chosen, Kernels::MmaSync, Kernels::Split(3)].into_iter().chain(persistent) {
             let c = Case {
                 kernels,
                 causal: true,

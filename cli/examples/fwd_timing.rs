@@ -12,6 +12,7 @@
 //! cargo run --release --example fwd_timing -- --dims 192v128    # V (and O) of head dim 128
 //! cargo run --release --example fwd_timing -- --dims 64,128 --softcap 30  # each row plain, then softcapped
 //! cargo run --release --example fwd_timing -- --dims 128 --ctas 132,999999  # persistent rows, CTAs forced
+//! cargo run --release --example fwd_timing -- --dims 128 --ctas 132 --tickets  # ... taking tiles by ticket
 //! cargo run --release --example fwd_timing -- --dims 128 --seqlens 3072,6144  # other N (B = 16K / N)
 //! cargo run --release --example fwd_timing -- --decode-only --splits 8,32,64   # extra split counts
 //! cargo run --release --example fwd_timing -- --decode-only --decode-grid      # B 1/8/64, 4K-64K keys
@@ -21,7 +22,9 @@
 //! ```
 //! With `--window L` the decode rows' GB/s count the bytes of the `L + 1` keys the row sees. With
 //! `--ctas`, each row of a persistent kernel (`FwdTile::persistent`) is timed again with each CTA count
-//! forced (`gpu::flash_forward_persistent`; a count above the tiles' is one CTA per tile).
+//! forced (`gpu::flash_forward_persistent`; a count above the tiles' is one CTA per tile), the kernel
+//! that takes its tiles in rounds, or with `--tickets` the one that takes them by ticket. The library's
+//! own persistent launches say `persistent` (rounds) or `tickets`.
 //! Warm-up launches first, then the median of per-launch event timings. Inputs are random (never zeros).
 
 mod common;
@@ -37,6 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dims = common::dims_arg(&args, &[(64, 64), (128, 128)])?;
     let softcap = common::flag_value(&args, "--softcap")?.map(str::parse::<f32>).transpose()?;
     let forced_ctas = common::usizes_arg(&args, "--ctas", &[])?;
+    let forced_order =
+        if args.iter().any(|a| a == "--tickets") { gpu::TileOrder::Tickets } else { gpu::TileOrder::Rounds };
     // `--seqlens 3072,6144`: other sequence lengths than 1K, 4K and 8K (B = 16K / N, at least 1).
     let seqlens = common::usizes_arg(&args, "--seqlens", &[1024, 4096, 8192])?;
     let Some(dev) = common::device_or_skip()? else { return Ok(()) };
@@ -65,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 // persistent takes the first row with a persistent kernel) and whether it runs persistent.
                 let p = ironflash::AttnProblem::contiguous_with_head_dim_v([b, n, n, h, h, d], dv, &opts)?;
                 let (planned, splits) = gpu::forward_launch_plan(&info, &p, &chosen, ironflash::DType::BF16);
-                let planned_persistent = gpu::forward_grid(&info, &p, &planned, (splits, BatchLayout::Dense), None)?.1;
+                let planned_order = gpu::forward_grid(&info, &p, &planned, (splits, BatchLayout::Dense), None)?.1;
                 let tiles: Vec<FwdTile> = if all {
                     FWD_TILES
                         .iter()
@@ -88,7 +93,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     for ((opts, label), ctas) in runs {
                         let median = common::median_ms(&dev, || match ctas {
                             Some(&n) => {
-                                gpu::flash_forward_persistent(&dev, &q, &k, &v, &mut o, &mut lse, opts, Some(&tile), n)
+                                let tile = Some(&tile);
+                                gpu::flash_forward_persistent(
+                                    &dev,
+                                    &q,
+                                    &k,
+                                    &v,
+                                    &mut o,
+                                    &mut lse,
+                                    opts,
+                                    tile,
+                                    n,
+                                    forced_order,
+                                )
                             }
                             None if all => {
                                 gpu::flash_forward_with_tile(&dev, &q, &k, &v, &mut o, &mut lse, opts, &tile)
@@ -96,8 +113,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             None => gpu::flash_forward_into(&dev, &q, &k, &v, &mut o, &mut lse, opts),
                         })?;
                         let label = match ctas {
+                            Some(n) if forced_order == gpu::TileOrder::Tickets => format!("{label} ctas={n} tickets"),
                             Some(n) => format!("{label} ctas={n}"),
-                            None if !all && planned_persistent => format!("{label} persistent"),
+                            None if !all && planned_order == gpu::TileOrder::Rounds => format!("{label} persistent"),
+                            None if !all && planned_order == gpu::TileOrder::Tickets => format!("{label} tickets"),
                             None => label.to_string(),
                         };
                         let flops =

@@ -142,7 +142,7 @@ fn persistent_tile(info: &DeviceInfo, p: &AttnProblem, tile: &FwdTile, dtype: DT
     let head_dims = (p.head_dim, p.head_dim_v);
     match layout_tile(info, head_dims, dtype, dense, |t| t.persistent(false, dense)) {
         // The grid that row's launch would take.
-        Ok(row) if matches!(forward_grid(info, p, &row, (1, dense), None), Ok((_, true))) => row,
+        Ok(row) if matches!(forward_grid(info, p, &row, (1, dense), None), Ok((_, order)) if order.persistent()) => row,
         _ => *tile,
     }
 }
@@ -291,11 +291,13 @@ pub fn flash_forward_with_splits<T: Element>(
     forward_into(dev, q, k, v, o, lse, opts, tile, Some(num_splits), None)
 }
 
-/// As [`flash_forward_into`] with the CTA count of a persistent kernel (the dense TMA rows,
-/// `FwdTile::persistent`) forced to `ctas` (clamped to the call's tiles) instead of [`forward_grid`]'s,
-/// on the chooser's tile or `tile` (as [`flash_forward_with_tile`]): for tests and benchmarks of those
-/// kernels, on any shape (windows and causal rows the rounds would not balance too, which the launch
-/// plan gives one CTA per tile). `Error::NoTileConfig` where that tile has no persistent kernel.
+/// As [`flash_forward_into`] with a persistent kernel (the dense TMA rows, `FwdTile::persistent`) forced:
+/// `ctas` CTAs (clamped to the call's tiles) taking the tiles in `order` (rounds or tickets) instead
+/// of [`forward_grid`]'s choice, on the chooser's tile or `tile` (as [`flash_forward_with_tile`]): for
+/// tests and benchmarks of those kernels, on any shape (CTA counts from one, which takes every tile, to
+/// more than the tiles; calls of at most a wave, which the launch plan gives one CTA per tile; either
+/// order on tiles of any lengths). `Error::NoTileConfig` where that tile has no persistent kernel or
+/// `order` is [`TileOrder::OnePerTile`].
 #[allow(clippy::too_many_arguments)]
 pub fn flash_forward_persistent<T: Element>(
     dev: &Device,
@@ -307,8 +309,12 @@ pub fn flash_forward_persistent<T: Element>(
     opts: &AttnOptions,
     tile: Option<&FwdTile>,
     ctas: usize,
+    order: TileOrder,
 ) -> Result<()> {
-    forward_into(dev, q, k, v, o, lse, opts, tile, Some(1), Some(ctas))
+    if !order.persistent() {
+        return Err(Error::NoTileConfig("a forced persistent launch takes its tiles in rounds or by ticket".into()));
+    }
+    forward_into(dev, q, k, v, o, lse, opts, tile, Some(1), Some((ctas, order)))
 }
 
 /// `TooLarge` unless a forced split count is in `1..=MAX_SPLITS`.
@@ -354,7 +360,7 @@ fn forward_into<T: Element>(
     opts: &AttnOptions,
     tile: Option<&FwdTile>,
     num_splits: Option<usize>,
-    ctas: Option<usize>,
+    forced: Option<(usize, TileOrder)>,
 ) -> Result<()> {
     let (p, chosen) = plan(dev, q, k, v, opts)?;
     check_outputs(dev, &p, o, lse, "one f32 per (batch, head_q, query row)")?;
@@ -362,7 +368,7 @@ fn forward_into<T: Element>(
     let (rows, tile, splits) = plan_rows(&p, opts, (&q.layout, &o.layout), true, plan_for)?;
     let (run, q_layout, o_layout) = run_view(rows.as_ref(), &p, q.layout, o.layout);
     let o_run = (&mut o.buf, &o_layout);
-    let kernel = (&tile, splits, ctas);
+    let kernel = (&tile, splits, forced);
     launch(dev, run, opts, BatchLaunch::Dense, rows.as_ref(), kernel, (&q.buf, &q_layout), k, v, o_run, lse)
 }
 
@@ -438,7 +444,7 @@ pub(crate) fn pack_query_heads(
         seqlen_k,
         heads_q: p.heads_kv,
         causal: false,
-        mask: ironflash_kernels::attn::score::Mask::new(group as u32, seqlen_k as u32, false, None, None),
+        mask: Mask::new(group as u32, seqlen_k as u32, false, None, None),
         ..*p
     };
     Some(HeadsAsRows { run, q: heads_as_rows(q), o: heads_as_rows(o), first_key, call_heads_q: p.heads_q, call_o: *o })
@@ -497,23 +503,43 @@ fn plan<T: Element>(
     Ok((p, tile))
 }
 
-/// The forward kernel's grid and whether it is the row's persistent kernel (`FwdTile::persistent`):
-/// (query blocks × splits, heads, batch) for the one-tile kernels; for the persistent one, its tiles in
-/// a row, one-dimensional, of `ctas` CTAs where a test forces them, else `persistent_ctas`'s.
+/// How a forward launch takes its tiles (`fwd::schedule` in the kernels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TileOrder {
+    /// One CTA per tile (grid: query blocks × splits, heads, batch).
+    OnePerTile,
+    /// The row's persistent kernel, its CTAs taking tiles in static rounds (`tiles::Rounds`).
+    Rounds,
+    /// The row's ticket-taking persistent kernel (`FwdTile::ticket_symbols`), its CTAs taking tiles by
+    /// atomic tickets (`FwdParams::tile_counter`).
+    Tickets,
+}
+
+impl TileOrder {
+    /// Whether the launch is a persistent kernel's (a one-dimensional grid of CTAs taking tile after tile).
+    pub fn persistent(self) -> bool {
+        self != TileOrder::OnePerTile
+    }
+}
+
+/// The forward kernel's grid and how it takes its tiles: (query blocks × splits, heads, batch) for the
+/// one-tile kernels; for the row's persistent kernels (`FwdTile::persistent`), its tiles in a row,
+/// one-dimensional, of `ctas` CTAs in `order` where a test forces them (`forced`), else
+/// `persistent_ctas`'s.
 pub fn forward_grid(
     info: &DeviceInfo,
     p: &AttnProblem,
     tile: &FwdTile,
     (num_splits, layout): (usize, BatchLayout),
-    ctas: Option<usize>,
-) -> Result<((u32, u32, u32), bool)> {
+    forced: Option<(usize, TileOrder)>,
+) -> Result<((u32, u32, u32), TileOrder)> {
     let m_blocks = p.seqlen_q.div_ceil(tile.block_m);
     let one_per_tile = ((m_blocks * num_splits) as u32, p.heads_q as u32, p.batch as u32);
     if !tile.persistent(num_splits > 1, layout) {
-        if ctas.is_some() {
+        if forced.is_some() {
             return Err(Error::NoTileConfig(format!("{}: no persistent kernel", tile.symbols[0])));
         }
-        return Ok((one_per_tile, false));
+        return Ok((one_per_tile, TileOrder::OnePerTile));
     }
     // The kernel counts its tiles in 32 bits; the grid's x is below 2^31.
     let tiles = m_blocks * p.heads_q * p.batch;
@@ -521,38 +547,61 @@ pub fn forward_grid(
         return Err(Error::TooLarge { arg: Arg::Q, what: "query blocks·heads_q·batch", value: tiles });
     }
     let slots = info.sm_count as usize * tile.ctas_per_sm;
-    match ctas.map(|n| n.clamp(1, tiles.max(1))).or_else(|| persistent_ctas(&p.mask, m_blocks, tiles, slots)) {
-        Some(n) => Ok(((n as u32, 1, 1), true)),
-        None => Ok((one_per_tile, false)),
+    let forced = forced.map(|(n, order)| (n.clamp(1, tiles.max(1)), order));
+    match forced.or_else(|| persistent_ctas(&p.mask, m_blocks, tiles, slots)) {
+        Some((n, order)) => Ok(((n as u32, 1, 1), order)),
+        None => Ok((one_per_tile, TileOrder::OnePerTile)),
     }
 }
 
-/// The CTA count of a persistent forward (`fwd::hopper`'s `Tiles`: CTA c takes tiles c, 2·ctas − 1 − c,
-/// 2·ctas + c, ... of the call's tiles, the query blocks of each head highest first), or `None` where
-/// one CTA per tile serves better: at most a wave of tiles (nothing to overlap), or tiles whose
-/// lengths the rounds would not balance.
-/// - Every tile sees the same keys (`Mask::sees_all`): one CTA per SM slot.
-/// - Causal rows with every key before the diagonal (no left window, `seqlen_k >= seqlen_q`): a tile's
-///   key blocks grow by one block per query block, so the two tiles of a CTA's round pair, c and
-///   2·ctas − 1 − c, add up to the same length for every CTA where the pair's 2·ctas tiles hold whole
-///   heads' query blocks or lie within one head's (`m_blocks` divides 2·ctas or 2·ctas divides
-///   `m_blocks`): the most CTAs up to the slots that do so, down to 15/16 of them (128 of 132 SMs for
-///   every power-of-two `m_blocks`).
-/// - Otherwise (windows, fewer keys than queries): one CTA per tile, the hardware handing each to
-///   whichever SM is free.
-fn persistent_ctas(mask: &Mask, m_blocks: usize, tiles: usize, slots: usize) -> Option<usize> {
+/// Whether static rounds (`tiles::Rounds`) can balance a call's tiles: every tile sees the same keys, or
+/// causal rows with every key before the diagonal (no left window, `seqlen_k >= seqlen_q`), whose key
+/// blocks grow by one block per query block (for the CTA counts that pair them: `persistent_ctas`).
+fn rounds_serve(mask: &Mask) -> bool {
+    let causal_prefix = mask.right == 0 && mask.left >= mask.seqlen_k && mask.seqlen_k >= mask.seqlen_q;
+    mask.sees_all() || causal_prefix
+}
+
+/// The CTA count and tile order of a persistent forward, or `None` where one CTA per tile serves as well:
+/// at most a wave of tiles (nothing to overlap).
+/// - Every tile sees the same keys: one CTA per SM slot, in rounds (CTA c takes tiles c, 2·ctas − 1 − c,
+///   2·ctas + c, ...; the ticket kernels' hand-over measured 1-4% slower at 1K: docs/perf.md).
+/// - Causal rows with every key before the diagonal, in rounds where the two tiles of a CTA's pair of
+///   rounds, c and 2·ctas − 1 − c, add up to the same length for every CTA: where the pair's 2·ctas tiles
+///   hold whole heads' query blocks or lie within one head's (`m_blocks` divides 2·ctas or 2·ctas divides
+///   `m_blocks`), the most CTAs up to the slots that do so, down to 15/16 of them (128 of 132 SMs for
+///   every power-of-two `m_blocks`; tickets on all 132 measured up to 7% slower there).
+/// - Otherwise (windows, fewer keys than queries, causal query-block counts that pair with no such CTA
+///   count): one CTA per SM slot, the row's ticket kernel, whose tickets balance tiles of any lengths
+///   (+1.5-6.5% over one CTA per tile on causal 6K and 12K, +1.7-2.6% on a window: docs/perf.md).
+fn persistent_ctas(mask: &Mask, m_blocks: usize, tiles: usize, slots: usize) -> Option<(usize, TileOrder)> {
     if tiles <= slots {
         return None;
     }
     if mask.sees_all() {
-        return Some(slots);
-    }
-    let causal_prefix = mask.right == 0 && mask.left >= mask.seqlen_k && mask.seqlen_k >= mask.seqlen_q;
-    if !causal_prefix {
-        return None;
+        return Some((slots, TileOrder::Rounds));
     }
     let balanced = |ctas: &usize| (2 * ctas) % m_blocks == 0 || m_blocks % (2 * ctas) == 0;
-    (slots - slots / 16..=slots).rev().find(balanced)
+    match (slots - slots / 16..=slots).rev().find(balanced) {
+        Some(ctas) if rounds_serve(mask) => Some((ctas, TileOrder::Rounds)),
+        _ => Some((slots, TileOrder::Tickets)),
+    }
+}
+
+/// The persistent order's section (`tiles::persistent_tile`), at least 1. In rounds, 1: each head's query
+/// blocks in a row, highest first, which the rounds pair. By tickets, the most pairs whose K and V fit
+/// half the L2 cache (query heads of one K/V head share theirs), a power of two, so that each section's
+/// longest tiles go out first: the same rule as FlashAttention-3's scheduler. (Sections filling the
+/// whole cache, in sizes as equal as the pairs divide into, measured 1-12% slower: docs/perf.md.)
+fn persistent_section(info: &DeviceInfo, p: &AttnProblem, order: TileOrder, elem_bytes: usize) -> u32 {
+    let pairs = (p.heads_q * p.batch).max(1);
+    if order != TileOrder::Tickets {
+        return 1;
+    }
+    let kv_per_pair = (p.seqlen_k * (p.head_dim + p.head_dim_v) * elem_bytes).div_ceil(p.group_size()).max(1);
+    let most = (info.l2_bytes / 2 / kv_per_pair).clamp(1, pairs);
+    // The largest power of two up to `most`; `check_grid` keeps the pairs within u32.
+    (1usize << most.ilog2()) as u32
 }
 
 /// The kernels' grid limits: heads (grid y) and batch entries (grid z) within the hardware's 65535,
@@ -603,7 +652,7 @@ pub(crate) fn launch<T: Element>(
     opts: &AttnOptions,
     batch: BatchLaunch,
     rows: Option<&HeadsAsRows>,
-    (tile, num_splits, ctas): (&FwdTile, usize, Option<usize>),
+    (tile, num_splits, forced): (&FwdTile, usize, Option<(usize, TileOrder)>),
     (q, q_layout): (&CudaSlice<T>, &Layout),
     k: &DeviceTensor<T>,
     v: &DeviceTensor<T>,
@@ -616,11 +665,11 @@ pub(crate) fn launch<T: Element>(
         BatchLaunch::Packed(_) => BatchLayout::Packed,
         BatchLaunch::Paged(_) => BatchLayout::Paged,
     };
-    let (grid_dim, persistent) = forward_grid(dev.info(), p, tile, (num_splits, layout), ctas)?;
-    let name = if persistent {
-        tile.persistent_symbols[f16 as usize]
-    } else {
-        tile.kernel_symbol(f16, num_splits > 1, layout)
+    let (grid_dim, order) = forward_grid(dev.info(), p, tile, (num_splits, layout), forced)?;
+    let name = match order {
+        TileOrder::OnePerTile => tile.kernel_symbol(f16, num_splits > 1, layout),
+        TileOrder::Rounds => tile.persistent_symbols[f16 as usize],
+        TileOrder::Tickets => tile.ticket_symbols[f16 as usize],
     };
     if name.is_empty() {
         // A forced row without this batch layout's kernel (paged caches: no kernel on the Hopper rows
@@ -689,6 +738,8 @@ pub(crate) fn launch<T: Element>(
         lse_accum: lse_accum_ptr,
         pages,
         batch: p.batch as u32,
+        section_heads: persistent_section(dev.info(), p, order, T::DTYPE.size_bytes()),
+        tile_counter: if order == TileOrder::Tickets { dev.tile_counter.addr() } else { 0 },
     };
     let cfg = LaunchConfig { grid_dim, block_dim: (tile.threads() as u32, 1, 1), shared_mem_bytes: smem as u32 };
     let arg = KernelParams(params);
@@ -852,7 +903,6 @@ const COMBINE_ROWS_PER_CTA: usize = 8;
 mod tests {
     use super::*;
     use crate::options::Window;
-    use ironflash_kernels::tiles::Rounds;
 
     fn padded(shape: [usize; 4]) -> Layout {
         let [_, s, h, d] = shape;
@@ -1000,7 +1050,7 @@ mod tests {
 
     /// The persistent grid's rounds (`tiles::Rounds`, as the kernel walks them) take every tile once,
     /// and where `persistent_ctas` launches them every CTA gets the same key blocks but for the last
-    /// pair of rounds; where it does not, one CTA per tile.
+    /// pair of rounds; where it does not, tickets on every SM slot (one CTA per tile for a wave).
     #[test]
     fn persistent_rounds_cover_the_tiles_and_balance_causal_rows() {
         let (bm, bn, slots) = (128usize, 128u32, 132usize);
@@ -1011,14 +1061,20 @@ mod tests {
                     let m_blocks = (seqlen as usize).div_ceil(bm);
                     let tiles = m_blocks * heads;
                     let chosen = persistent_ctas(&mask, m_blocks, tiles, slots);
-                    if tiles <= slots || left.is_some() {
+                    if tiles <= slots {
                         assert_eq!(chosen, None, "{seqlen} {heads} {causal} {left:?}");
                         continue;
                     }
-                    let Some(ctas) = chosen else {
-                        assert!(causal && ![8, 16, 32, 64, 128, 512].contains(&m_blocks), "{seqlen} {heads}");
-                        continue;
+                    let ctas = match chosen {
+                        Some((ctas, TileOrder::Rounds)) => ctas,
+                        Some((ctas, TileOrder::Tickets)) => {
+                            let pairs = [8, 16, 32, 64, 128, 512].contains(&m_blocks);
+                            assert!(ctas == slots && (left.is_some() || causal && !pairs), "{seqlen} {heads}");
+                            continue;
+                        }
+                        other => panic!("{other:?}"),
                     };
+                    assert!(left.is_none(), "{seqlen} {heads} {causal} {left:?}");
                     assert!(ctas <= slots && ctas >= slots - slots / 16);
                     // Key blocks of tile i: its head's query block m_blocks − 1 − i % m_blocks.
                     let len = |i: usize| {
@@ -1030,7 +1086,7 @@ mod tests {
                     let whole_pairs = tiles / (2 * ctas) * 2;
                     let mut loads = vec![(0usize, 0usize); ctas];
                     for (c, load) in loads.iter_mut().enumerate() {
-                        let mut r = Rounds::first(c as u32, ctas as u32);
+                        let mut r = ironflash_kernels::tiles::Rounds::first(c as u32, ctas as u32);
                         let mut round = 0;
                         while (r.i as usize) < tiles {
                             taken[r.i as usize] += 1;
@@ -1053,9 +1109,41 @@ mod tests {
         }
     }
 
+    /// The persistent order's sections: a head at a time in rounds; by tickets the most pairs whose K
+    /// and V fit half the L2 cache, a power of two; GQA's query heads share their K/V head's bytes.
+    #[test]
+    fn persistent_sections_fit_half_the_l2_cache() {
+        let info = DeviceInfo {
+            ordinal: 0,
+            name: "test".into(),
+            compute_capability: (9, 0),
+            sm_count: 132,
+            smem_per_block_optin: 227 * 1024,
+            smem_per_sm: 228 * 1024,
+            l2_bytes: 50 << 20,
+            total_mem: 80 << 30,
+            driver_version: 13000,
+        };
+        let tickets = TileOrder::Tickets;
+        // [batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim]: 512 KiB of K and V per pair, 50 fit.
+        for (shape, order, section) in [
+            ([16, 1024, 1024, 16, 16, 128], tickets, 32),
+            ([16, 1024, 1024, 16, 16, 128], TileOrder::Rounds, 1),
+            ([2, 8192, 8192, 16, 16, 128], tickets, 4),
+            ([2, 8192, 8192, 16, 2, 128], tickets, 32),
+            ([1, 32768, 32768, 16, 16, 128], tickets, 1),
+            ([1, 1 << 20, 1 << 20, 4, 4, 256], tickets, 1),
+            ([1, 128, 128, 1, 1, 64], tickets, 1),
+        ] {
+            let p = AttnProblem::contiguous(shape, &AttnOptions::causal()).unwrap();
+            assert_eq!(persistent_section(&info, &p, order, 2), section, "{shape:?}");
+        }
+    }
+
     /// A dense call that launches a persistent kernel takes a row that has one: at head dim 64 the TMA
-    /// row instead of the chooser's `cp.async` row, for calls of more than a wave whose rounds balance;
-    /// one-wave calls, windows and devices without the Hopper rows keep the chooser's row.
+    /// row instead of the chooser's `cp.async` row, for calls of more than a wave, causal, windowed or
+    /// with fewer keys than queries too; one-wave calls and devices without the Hopper rows keep the
+    /// chooser's row.
     #[test]
     fn persistent_calls_take_a_row_with_a_persistent_kernel() {
         let info = |cc| DeviceInfo {
@@ -1075,14 +1163,17 @@ mod tests {
                 ([16, 1024, 1024, 32, 32, d], AttnOptions::default(), true),
                 ([16, 1024, 1024, 32, 8, d], AttnOptions::causal(), true),
                 ([1, 1024, 1024, 16, 16, d], AttnOptions::default(), false),
-                ([16, 1024, 1024, 32, 32, d], windowed, false),
+                ([16, 1024, 1024, 32, 32, d], windowed, true),
+                ([16, 1024, 300, 32, 32, d], AttnOptions::causal(), true),
+                ([2, 3072, 3072, 16, 16, d], AttnOptions::causal(), true),
             ] {
                 let p = AttnProblem::contiguous(shape, &opts).unwrap();
                 let h100 = info((9, 0));
                 let chosen = forward_tile(&h100, (d, d), DType::BF16, p.causal).unwrap();
                 // (The one-wave call may split its keys on an `mma.sync` row.)
                 let (tile, splits) = forward_launch_plan(&h100, &p, &chosen, DType::BF16);
-                let launches = forward_grid(&h100, &p, &tile, (splits, BatchLayout::Dense), None).unwrap().1;
+                let launches =
+                    forward_grid(&h100, &p, &tile, (splits, BatchLayout::Dense), None).unwrap().1.persistent();
                 assert_eq!(launches, persistent, "{shape:?} {tile:?}");
                 assert!(tile == chosen || persistent || splits > 1, "{shape:?}");
                 assert_eq!(tile != chosen && persistent, d == 64 && persistent, "{shape:?}");

@@ -446,6 +446,8 @@ fn launch<O: Element>(
         o_accum,
         lse_accum,
         batch: p.batch as u32,
+        section_heads: 1,
+        tile_counter: 0,
     });
     let map = |ptr, dims, strides: [usize; 4], rows| {
         tma::tensor_map(DType::F8E4M3, ptr, dims, [strides[0], strides[1], strides[2]], rows)

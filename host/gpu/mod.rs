@@ -21,7 +21,7 @@ pub use backward::{
 pub use flash::{
     flash_forward, flash_forward_into, flash_forward_persistent, flash_forward_with_splits, flash_forward_with_tile,
     forward_grid, forward_launch_plan, forward_num_splits, forward_tile, forward_workspace_f32, num_splits_heuristic,
-    ForwardTile, MAX_SPLITS,
+    ForwardTile, TileOrder, MAX_SPLITS,
 };
 pub use fp8::{
     flash_forward_fp8, flash_forward_fp8_as, flash_forward_fp8_into, flash_forward_fp8_with_splits,

@@ -13,7 +13,7 @@
 
 use crate::device::Device;
 use crate::error::{DriverContext, Result};
-use cudarc::driver::{sys, CudaSlice, DevicePtrMut};
+use cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use std::sync::{Mutex, MutexGuard};
 
 /// A kind of scratch: each has a kept buffer of its own.
@@ -110,5 +110,30 @@ impl Device {
         };
         let ptr = buf.device_ptr_mut(&self.stream).0;
         Ok(Scratch::Kept { ptr, _held: held })
+    }
+}
+
+/// The persistent forward's tile tickets (`abi::FwdParams::tile_counter`, `fwd::schedule` in the
+/// kernels): two u32 of this device's, zeroed when it is made and zero again after each launch (its
+/// last CTA resets them), so that no call clears them. A device's launches are ordered on its one
+/// stream, so no two of its kernels use them at once (a CUDA graph captured from its calls uses them
+/// too: launch such a graph on this device's stream, or on no other while this device's calls run).
+pub(crate) struct TileCounter {
+    /// The two words, kept for as long as the device.
+    _buf: CudaSlice<u32>,
+    addr: u64,
+}
+
+impl TileCounter {
+    pub(crate) fn new(stream: &std::sync::Arc<CudaStream>) -> Result<TileCounter> {
+        let buf = stream.alloc_zeros::<u32>(2).during("allocating the tile counter")?;
+        // Read once: the kernels on this stream are its only users, ordered by the stream.
+        let addr = buf.device_ptr(stream).0;
+        Ok(TileCounter { _buf: buf, addr })
+    }
+
+    /// Its device address.
+    pub(crate) fn addr(&self) -> u64 {
+        self.addr
     }
 }

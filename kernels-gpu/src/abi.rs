@@ -105,6 +105,13 @@ pub struct FwdParams {
     /// Batch rows: the persistent kernels' (`fwd::hopper`'s dense TMA rows) tiles are query blocks ×
     /// `heads_q` × `batch`, over a one-dimensional grid.
     pub batch: u32,
+    /// The persistent kernels' order of tiles: (batch, query head) pairs per section
+    /// (`tiles::persistent_tile`), at least 1; unused by the other kernels.
+    pub section_heads: u32,
+    /// The persistent kernels' tile tickets (`fwd::schedule`): the global address of two u32, the next
+    /// ticket and the count of CTAs done, both 0 when a launch starts and again when it ends (its last
+    /// CTA resets them); 0 for the other kernels, which do not read it.
+    pub tile_counter: u64,
 }
 
 /// TMA tensor maps (`CUtensorMap`, 128 opaque bytes each, built by the host with

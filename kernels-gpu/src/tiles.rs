@@ -48,6 +48,11 @@ pub struct FwdTile {
     /// first loads run under the previous tile's products (`fwd::hopper`'s `Tiles`). Separate kernels,
     /// so that calls of one wave keep the one-tile kernels, which a tile loop slows (docs/perf.md).
     pub persistent_symbols: [&'static str; 2],
+    /// Symbols of the persistent instantiations that take their tiles by atomic ticket
+    /// (`fwd::schedule`; `[bf16, f16]`, where `persistent_symbols` are): for the calls whose tiles static
+    /// rounds do not balance (windows, fewer keys than queries, odd causal query-block counts). Separate
+    /// kernels, so that the rounds' ones keep their walk free of the hand-over (docs/perf.md).
+    pub ticket_symbols: [&'static str; 2],
     /// A Hopper row (`fwd/hopper.rs`, sm_90a PTX only: `wgmma`, warp-specialised K/V loads, 128-byte
     /// swizzled shared memory); chosen only on compute capability 9.0.
     pub wgmma: bool,
@@ -66,10 +71,10 @@ pub struct FwdTile {
     pub tma: bool,
 }
 
-/// A persistent CTA's place in its rounds over a call's tiles (`FwdTile::persistent_symbols`; the host's
-/// choice of CTA count relies on the order): of `grid` CTAs, CTA c takes tile c in round 0, tile
-/// `2·grid − 1 − c` in round 1, `2·grid + c` in round 2, ..., the rounds alternately forward and
-/// backward over the CTAs, so that where tile lengths fall with the index (causal rows, the longest
+/// A persistent CTA's place in its static rounds over a call's tiles (`fwd::schedule`, where the host
+/// chooses rounds rather than tickets; its choice of CTA count relies on the order): of `grid` CTAs,
+/// CTA c takes tile c in round 0, tile `2·grid − 1 − c` in round 1, `2·grid + c` in round 2, ..., the
+/// rounds alternately forward and backward over the CTAs, so that where tile lengths fall with the index (causal rows, the longest
 /// query blocks of a head first) a CTA that took a long tile in one round takes a short one in the next.
 /// Tile `i` now, then `i + step`, then `i + step + next_step`, the two steps alternating. Once `i` is
 /// past the last tile no later round has a tile for the CTA either (each round's tiles lie above the
@@ -96,8 +101,29 @@ impl Rounds {
     }
 }
 
-/// Bytes of the TMA rows' `mbarrier`s after the stages: Q's and one per stage (at most four), 8 each.
-pub const TMA_BARRIER_BYTES: usize = 64;
+/// Tile `i` of a persistent forward's order (`fwd::schedule`) over `m_blocks` query blocks of `heads`
+/// (batch, query head) pairs: `(m_block, pair)`. The pairs go in sections of `section` (the last may be
+/// shorter), each section's tiles longest first: its highest query block of every pair, then the next
+/// lower, and so on; pairs of one K/V head and batch row lie next to each other. A section's K and V fit
+/// the L2 cache (`gpu::flash` sizes it), and the tiles a CTA takes by ticket end with a section's
+/// shortest ones, which balances causal rows: the longest tiles of a section go out first (the greedy
+/// order's longest-processing-time rule). `section >= 1`; every argument non-zero where `i` is a tile.
+#[inline(always)]
+pub const fn persistent_tile(i: u32, m_blocks: u32, heads: u32, section: u32) -> (u32, u32) {
+    if section == 1 {
+        // Each pair's query blocks in a row: two divisions rather than four.
+        return (m_blocks - 1 - i % m_blocks, i / m_blocks);
+    }
+    let section_tiles = section * m_blocks;
+    let first = i / section_tiles * section;
+    let within = i % section_tiles;
+    let in_section = if heads - first < section { heads - first } else { section };
+    (m_blocks - 1 - within / in_section, first + within % in_section)
+}
+
+/// Bytes of the TMA rows' `mbarrier`s after the stages: Q's and one per stage (at most four), 8 each,
+/// then a persistent CTA's tile queue (`fwd::schedule`).
+pub const TMA_BARRIER_BYTES: usize = 128;
 
 /// How a call's batch lies in memory, which selects a row's kernel (`FwdTile::kernel_symbol`): dense
 /// `[batch, seqlen, heads, head_dim]` tensors, a packed variable-length batch (`ScoreParams::cu_seqlens_q`),
@@ -287,6 +313,7 @@ macro_rules! tile {
                 concat!("attn_fwd_paged_split_", $dims, "_m", $m, "n", $n, "w", $w, "_f16"),
             ],
             persistent_symbols: ["", ""],
+            ticket_symbols: ["", ""],
             wgmma: false,
             pingpong: false,
             fma_exp2_tiles: 0,
@@ -367,6 +394,7 @@ macro_rules! wgmma_tile {
             paged_symbols: ["", ""],
             paged_split_symbols: ["", ""],
             persistent_symbols: ["", ""],
+            ticket_symbols: ["", ""],
             wgmma: true,
             pingpong: $pingpong,
             fma_exp2_tiles: 0,
@@ -398,6 +426,7 @@ pub const HD64_WGMMA_TMA: FwdTile = tma_row(
     ["attn_fwd_varlen_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_varlen_hd64_m128n128_wgmma_tma_f16"],
     ["attn_fwd_paged_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_paged_hd64_m128n128_wgmma_tma_f16"],
     ["attn_fwd_persist_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_persist_hd64_m128n128_wgmma_tma_f16"],
+    ["attn_fwd_tickets_hd64_m128n128_wgmma_tma_bf16", "attn_fwd_tickets_hd64_m128n128_wgmma_tma_f16"],
 );
 /// 225 KiB (stored as head dim 128): 128-key blocks in three stages, ping-pong.
 pub const HD96_WGMMA: FwdTile = wgmma_tile!(96, 128, 3, true);
@@ -411,18 +440,21 @@ pub const HD128_WGMMA_TMA: FwdTile = tma_row(
     ["attn_fwd_varlen_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_varlen_hd128_m128n128_wgmma_tma_f16"],
     ["attn_fwd_paged_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_paged_hd128_m128n128_wgmma_tma_f16"],
     ["attn_fwd_persist_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_persist_hd128_m128n128_wgmma_tma_f16"],
+    ["attn_fwd_tickets_hd128_m128n128_wgmma_tma_bf16", "attn_fwd_tickets_hd128_m128n128_wgmma_tma_f16"],
 );
 
 /// A Hopper row with its loads by TMA (`FwdTile::tma`): its dense kernels' names, then its packed ones',
-/// its paged ones' (unsplit: the host splits with an `mma.sync` row) and its persistent ones'.
+/// its paged ones' (unsplit: the host splits with an `mma.sync` row), its persistent ones' in rounds and by
+/// ticket.
 const fn tma_row(
     row: FwdTile,
     symbols: [&'static str; 2],
     packed_symbols: [&'static str; 2],
     paged_symbols: [&'static str; 2],
     persistent_symbols: [&'static str; 2],
+    ticket_symbols: [&'static str; 2],
 ) -> FwdTile {
-    FwdTile { tma: true, symbols, packed_symbols, paged_symbols, persistent_symbols, ..row }
+    FwdTile { tma: true, symbols, packed_symbols, paged_symbols, persistent_symbols, ticket_symbols, ..row }
 }
 /// 193 KiB: 96-key blocks in two stages (O 96 + S 48 + P 24 registers), ping-pong.
 pub const HD192_WGMMA: FwdTile = wgmma_tile!(192, 96, 2, true);
@@ -433,6 +465,7 @@ pub const HD192_WGMMA_TMA: FwdTile = tma_row(
     ["attn_fwd_varlen_hd192_m128n96_wgmma_tma_bf16", "attn_fwd_varlen_hd192_m128n96_wgmma_tma_f16"],
     ["attn_fwd_paged_hd192_m128n96_wgmma_tma_bf16", "attn_fwd_paged_hd192_m128n96_wgmma_tma_f16"],
     ["attn_fwd_persist_hd192_m128n96_wgmma_tma_bf16", "attn_fwd_persist_hd192_m128n96_wgmma_tma_f16"],
+    ["attn_fwd_tickets_hd192_m128n96_wgmma_tma_bf16", "attn_fwd_tickets_hd192_m128n96_wgmma_tma_f16"],
 );
 /// 193 KiB: 64-key blocks in two stages (O alone is 128 registers). Without ping-pong: with it, 4-6%
 /// slower non-causal and -2..+2% causal on an H200 (measured without spills; each block's softmax is
@@ -449,6 +482,7 @@ pub const HD256_WGMMA_TMA: FwdTile = tma_row(
     ["attn_fwd_varlen_hd256_m128n80_wgmma_tma_bf16", "attn_fwd_varlen_hd256_m128n80_wgmma_tma_f16"],
     ["attn_fwd_paged_hd256_m128n80_wgmma_tma_bf16", "attn_fwd_paged_hd256_m128n80_wgmma_tma_f16"],
     ["attn_fwd_persist_hd256_m128n80_wgmma_tma_bf16", "attn_fwd_persist_hd256_m128n80_wgmma_tma_f16"],
+    ["attn_fwd_tickets_hd256_m128n80_wgmma_tma_bf16", "attn_fwd_tickets_hd256_m128n80_wgmma_tma_f16"],
 );
 /// 209 KiB: Q and K of head dim 192, V of 128; 128-key blocks in two stages (O 64 + S 64 + P 32
 /// registers, D = 128's), ping-pong. Measured against 96 x 2, 80 x 3 and 112 x 2 (docs/perf.md):
@@ -678,6 +712,30 @@ mod tests {
         choose_fwd(d, d, 2, false, dev.0, dev.1, false).copied()
     }
 
+    /// The persistent order takes every tile once, sections longest first: sections that divide the
+    /// pairs or not, one pair, one query block, one section of all pairs.
+    #[test]
+    fn persistent_order_takes_every_tile_once() {
+        for (m_blocks, heads) in [(1u32, 1u32), (8, 256), (24, 40), (1, 7), (64, 3), (5, 1)] {
+            for section in [1, 2, 3, 7, 16, heads, heads + 5] {
+                let mut seen = std::vec![0u8; (m_blocks * heads) as usize];
+                let mut last = (0, 0);
+                for i in 0..m_blocks * heads {
+                    let (m, pair) = persistent_tile(i, m_blocks, heads, section);
+                    assert!(m < m_blocks && pair < heads, "{m_blocks} {heads} {section}: {i}");
+                    seen[(pair * m_blocks + m) as usize] += 1;
+                    // Within a section, query blocks never rise.
+                    let same_section = i % (section * m_blocks) != 0;
+                    if same_section {
+                        assert!(m <= last.0 && pair / section == last.1 / section, "{m_blocks} {heads} {section}");
+                    }
+                    last = (m, pair);
+                }
+                assert!(seen.iter().all(|&n| n == 1), "{m_blocks} {heads} {section}");
+            }
+        }
+    }
+
     #[test]
     fn every_row_is_valid_and_named_once() {
         for (i, t) in FWD_TILES.iter().enumerate() {
@@ -687,6 +745,9 @@ mod tests {
             // TMA rows unsplit.
             assert_eq!(t.paged_symbols[0].is_empty(), (t.wgmma && !t.tma) || *t == HD128_N32, "{t:?}");
             assert_eq!(t.paged_split_symbols[0].is_empty(), t.wgmma || *t == HD128_N32, "{t:?}");
+            // Ticket-taking kernels exactly where the rounds' persistent ones are, named apart.
+            assert_eq!(t.ticket_symbols[0].is_empty(), t.persistent_symbols[0].is_empty(), "{t:?}");
+            assert!(t.ticket_symbols[0].is_empty() || t.ticket_symbols != t.persistent_symbols, "{t:?}");
             for u in &FWD_TILES[i + 1..] {
                 assert_ne!(t.symbols, u.symbols);
                 if !t.wgmma {
@@ -698,6 +759,10 @@ mod tests {
                 }
                 if !t.paged_split_symbols[0].is_empty() {
                     assert_ne!(t.paged_split_symbols, u.paged_split_symbols);
+                }
+                if !t.ticket_symbols[0].is_empty() {
+                    assert_ne!(t.persistent_symbols, u.persistent_symbols);
+                    assert_ne!(t.ticket_symbols, u.ticket_symbols);
                 }
             }
         }

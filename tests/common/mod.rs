@@ -164,6 +164,24 @@ pub enum Kernels {
     MmaSync,
     /// The forward split over this many key ranges (a backward as chosen).
     Split(usize),
+    /// A persistent kernel of the head dims' TMA row with this many CTAs, taking its tiles in this order
+    /// (`gpu::flash_forward_persistent`), as chosen where no such row runs on the device (a backward as
+    /// chosen).
+    Persistent(usize, ironflash::gpu::TileOrder),
+}
+
+/// The row with a persistent kernel for head dims `dims` that runs on `dev` (the Hopper TMA rows).
+pub fn persistent_row(
+    dev: &ironflash::Device,
+    dims: (usize, usize),
+) -> Option<&'static ironflash_kernels::tiles::FwdTile> {
+    let info = dev.info();
+    ironflash_kernels::tiles::FWD_TILES.iter().find(|t| {
+        (t.head_dim, t.head_dim_v) == dims
+            && t.persistent(false, ironflash_kernels::tiles::BatchLayout::Dense)
+            && info.runs_wgmma()
+            && t.smem_bytes(2) <= info.smem_per_block_optin
+    })
 }
 
 /// A GPU property test: `check` on `cases` fresh draws of `strategy` (`IRONFLASH_PROPTEST_CASES`

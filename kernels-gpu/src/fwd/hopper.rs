@@ -28,7 +28,8 @@
 //!   The loader warpgroup waits on each stage's `mbarrier` and hands the block on through `FULL` as the
 //!   `cp.async` loader does (the compute warpgroups polling the `mbarrier`s measured slower).
 //! - `PERSIST` (the TMA rows' persistent kernels, dense batches): a one-dimensional grid whose CTAs take
-//!   tile after tile in rounds (`Tiles`, `tiles::Rounds`); the loader carries the ring of stages and the
+//!   tile after tile, in static rounds or, with `TICKETS` (kernels of their own), by atomic tickets
+//!   that the loader takes and hands to every warp (`schedule.rs`); the loader carries the ring of stages and the
 //!   `mbarrier` phases from tile to tile, bringing a tile's first K/V blocks while the compute
 //!   warpgroups finish the previous tile, and its Q once both have issued their last product with the
 //!   previous Q (`Shape::Q_FREE`); O is staged in the stage of the tile's last block instead of the Q
@@ -50,6 +51,7 @@
 
 use super::epilogue::store_empty;
 use super::io::check_paged_length;
+use super::schedule::{TileId, TileQueue, Tiles, Walk};
 use super::softmax::OnlineSoftmax;
 use crate::abi::FwdParams;
 use crate::attn::score::KeyBlocks;
@@ -58,9 +60,8 @@ use crate::frag::AccFrag;
 use crate::ptx::wgmma::{self, desc_sw128, sw128_offset, WgmmaElem};
 use crate::ptx::{bulk, cp_async, gmem, mbarrier, opaque, setmaxnreg, smem, sreg, sync, tma, warp};
 use crate::smem_tile::RowLayout;
-use crate::tiles::Rounds;
 
-const BM: usize = 128;
+pub(super) const BM: usize = 128;
 const COMPUTE_THREADS: u32 = 256;
 /// Registers per thread after `setmaxnreg` (the launch bounds in `kernels.rs` give 168 each): the
 /// `cp.async` loader and the paged TMA loader (a thread per page run) compute addresses and keep 56,
@@ -118,6 +119,8 @@ impl<const D: usize, const DV: usize, const BN: usize, const STAGES: u32> Shape<
     const fn full_bar(base: u32, s: u32) -> u32 {
         base + Self::BARS + 8 + 8 * s
     }
+    /// A persistent CTA's tile queue (`schedule::TileQueue`), after the stages' `mbarrier`s.
+    const QUEUE: u32 = Self::BARS + 8 * (1 + STAGES);
     const OK: () = assert!(
         D % 32 == 0
             && D <= 256
@@ -128,7 +131,7 @@ impl<const D: usize, const DV: usize, const BN: usize, const STAGES: u32> Shape<
             && Self::Q_FREE < 16
             && BM * Self::DVP * 2 <= Self::STAGE_BYTES as usize
             && (Self::KV as usize + STAGES as usize * Self::STAGE_BYTES as usize) % 1024 == 0
-            && 8 * (1 + STAGES as usize) <= crate::tiles::TMA_BARRIER_BYTES
+            && 8 * (1 + STAGES as usize) + TileQueue::BYTES as usize <= crate::tiles::TMA_BARRIER_BYTES
     );
 }
 
@@ -254,6 +257,7 @@ unsafe fn loader_tma<
     const PACKED: bool,
     const PAGED: bool,
     const PERSIST: bool,
+    const TICKETS: bool,
 >(
     maps: u64,
     p: &FwdParams,
@@ -275,14 +279,17 @@ unsafe fn loader_tma<
     };
     // The ring's blocks and the Q tiles issued so far (the phase of Q's `mbarrier`).
     let (mut g0, mut q_tiles) = (0u32, 0u32);
-    let mut rounds = Tiles::<PERSIST>::first();
-    while rounds.i < Tiles::<PERSIST>::count(p) {
-        let i = rounds.i;
-        rounds.advance();
-        let tile = Tiles::<PERSIST>::at(p, i);
+    // A persistent CTA's tile indices: in rounds, or by ticket its first, then each next one chosen
+    // once the current tile's last block is out (`Walk::choose_next`), published to every warp.
+    let mut walk = Walk::<PERSIST, TICKETS>::new(TileQueue::at(base + Shape::<D, DV, BN, STAGES>::QUEUE));
+    loop {
+        walk.publish(leader);
+        let Some(i) = walk.next(p, tid % 32) else { break };
+        let tile = Tiles::<PERSIST, TICKETS>::at(p, i);
         let work = TileWork::of::<PACKED, BN>(p, tile);
         let (first, n_blocks) = (work.blocks.first, work.blocks.len());
         if n_blocks == 0 {
+            walk.choose_next(leader, p);
             continue;
         }
         let (head, batch) = (tile.head, tile.batch);
@@ -346,6 +353,12 @@ unsafe fn loader_tma<
                 }
                 load_q();
             }
+            if TICKETS && g + 1 == g0 + n_blocks {
+                // The next tile once the tile's last block is out, a ticket's latency under its last
+                // blocks' landing: a ticket taken at the tile's start held the CTA's next tile a whole
+                // tile early, and the last tiles of a call went to CTAs far from done (docs/perf.md).
+                walk.choose_next(leader, p);
+            }
         };
         let wait_empty = |s: u32| sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + s);
         ring::<STAGES>(g0, n_blocks, issue, wait_empty, hand_over_landed);
@@ -362,6 +375,7 @@ unsafe fn loader_tma<
         if q_tiles > 0 {
             sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::Q_FREE);
         }
+        walk.retire(leader, p);
     }
 }
 
@@ -504,65 +518,6 @@ unsafe fn issue_s<E: WgmmaElem, const D: usize, const BN: usize, const SR: usize
     wgmma::commit();
 }
 
-/// One tile of a call: 128 query rows (`m_block`) of a head of a batch row.
-#[derive(Clone, Copy)]
-struct TileId {
-    m_block: u32,
-    head: u32,
-    batch: u32,
-}
-
-/// The tiles a CTA computes. One CTA per tile (grid: query blocks × heads × batch; the highest query
-/// block, the longest causal rows, first as in `mainloop.rs`), or, `PERSIST` (the dense TMA rows' kernels
-/// of their own), the call's `m_blocks · heads_q · batch` tiles in a row, the query blocks of a head
-/// highest first, then heads, then batch rows (heads of one K/V head together, for L2), taken in rounds
-/// of one tile per CTA, the rounds alternately forward and backward over the CTAs (`tiles::Rounds`;
-/// plain striding, c, c + grid, ..., over 8 query blocks per head and 132 CTAs gave causal calls' CTAs
-/// up to twice the blocks of others, docs/perf.md). The host chooses the CTA count
-/// (`gpu::flash::forward_grid`).
-struct Tiles<const PERSIST: bool>;
-
-impl<const PERSIST: bool> Tiles<PERSIST> {
-    /// The call's tile count (persistent kernels; 1 for a one-tile CTA).
-    #[inline(always)]
-    fn count(p: &FwdParams) -> u32 {
-        if !PERSIST {
-            return 1;
-        }
-        p.score.mask.seqlen_q.div_ceil(BM as u32) * p.heads_q * p.batch
-    }
-
-    /// This CTA's first tile and the steps to its next ones (`Rounds`).
-    #[inline(always)]
-    fn first() -> Rounds {
-        if !PERSIST {
-            // Past the one tile after one step.
-            return Rounds { i: 0, step: 1, next_step: 1 };
-        }
-        Rounds::first(sreg::block_x(), sreg::grid_dim_x())
-    }
-
-    /// Tile `i` (`i < count`), taken afresh where it is needed rather than held through a loop: a
-    /// one-tile CTA's own from its block indices (`i` unused), a persistent CTA's from `i` (behind
-    /// `ptx::opaque`, so that the optimiser does not keep an earlier result in registers instead).
-    #[inline(always)]
-    fn at(p: &FwdParams, i: u32) -> TileId {
-        if !PERSIST {
-            let m_block = sreg::grid_dim_x() - 1 - sreg::block_x();
-            return TileId { m_block, head: sreg::fresh::block_y(), batch: sreg::fresh::block_z() };
-        }
-        let i = opaque::u32(i);
-        let (m_blocks, heads) = (p.score.mask.seqlen_q.div_ceil(BM as u32), p.heads_q);
-        // Not 0 where a tile exists; the tests spare the divisions their checks, whose panic call
-        // would serialise the `wgmma` pipelines.
-        if m_blocks == 0 || heads == 0 {
-            return TileId { m_block: 0, head: 0, batch: 0 };
-        }
-        let (m_rev, rest) = (i % m_blocks, i / m_blocks);
-        TileId { m_block: m_blocks - 1 - m_rev, head: rest % heads, batch: rest / heads }
-    }
-}
-
 /// A tile's query rows and visible key blocks.
 struct TileWork {
     m0: u32,
@@ -625,6 +580,7 @@ pub unsafe fn attn_fwd_wgmma<
     const PACKED: bool,
     const PAGED: bool,
     const PERSIST: bool,
+    const TICKETS: bool,
 >(
     p: &FwdParams,
     maps: u64,
@@ -635,6 +591,7 @@ pub unsafe fn attn_fwd_wgmma<
     const { assert!(!PAGED || (PACKED && TMA)) };
     // Persistent CTAs: the dense TMA rows.
     const { assert!(!PERSIST || (TMA && !PACKED)) };
+    const { assert!(PERSIST || !TICKETS) };
     #[allow(clippy::let_unit_value)]
     let () = Shape::<D, DV, BN, STAGES>::OK;
     let tid = sreg::thread_x();
@@ -643,7 +600,7 @@ pub unsafe fn attn_fwd_wgmma<
     if !PERSIST {
         // The CTA's one tile: a packed batch's sequence into the CTA's shared slot, and a CTA without
         // work leaves before the barriers exist.
-        let tile = Tiles::<false>::at(p, 0);
+        let tile = Tiles::<false, false>::at(p, 0);
         let seq = stage::enter::<PACKED>(&p.score, tile.batch, tid);
         if PAGED && tid == 0 {
             check_paged_length(&p.pages, p.score.seqused_k, tile.batch, p.score.mask.seqlen_k);
@@ -656,7 +613,7 @@ pub unsafe fn attn_fwd_wgmma<
         one_tile = TileWork::of::<PACKED, BN>(p, tile);
         if one_tile.blocks.is_empty() {
             if tid < COMPUTE_THREADS {
-                store_empty_tile::<PACKED, false, DV>(p, 0, &one_tile, tid);
+                store_empty_tile::<PACKED, false, false, DV>(p, 0, &one_tile, tid);
             }
             return;
         }
@@ -671,6 +628,9 @@ pub unsafe fn attn_fwd_wgmma<
         for s in 0..STAGES {
             mbarrier::init(tid == 0, Shape::<D, DV, BN, STAGES>::full_bar(base, s), 1);
         }
+        if TICKETS {
+            TileQueue::at(base + Shape::<D, DV, BN, STAGES>::QUEUE).init(tid);
+        }
         mbarrier::fence_init();
         sync::block();
     }
@@ -684,7 +644,7 @@ pub unsafe fn attn_fwd_wgmma<
             setmaxnreg::dec::<LOADER_REGS>();
         }
         if TMA {
-            loader_tma::<D, DV, BN, STAGES, PACKED, PAGED, PERSIST>(maps, p, base, tid - COMPUTE_THREADS);
+            loader_tma::<D, DV, BN, STAGES, PACKED, PAGED, PERSIST, TICKETS>(maps, p, base, tid - COMPUTE_THREADS);
         } else {
             let blocks = (one_tile.blocks.first, one_tile.blocks.len());
             loader::<D, DV, BN, STAGES, PACKED>(p, base, one_tile.m0, one_tile.rows, blocks, tid - COMPUTE_THREADS);
@@ -704,15 +664,14 @@ pub unsafe fn attn_fwd_wgmma<
     }
     if PERSIST {
         // The ring's blocks taken by this CTA's earlier tiles.
-        let (mut rounds, mut g0) = (Tiles::<PERSIST>::first(), 0u32);
-        while rounds.i < Tiles::<PERSIST>::count(p) {
-            let i = rounds.i;
-            rounds.advance();
-            let work = TileWork::of::<PACKED, BN>(p, Tiles::<PERSIST>::at(p, i));
+        let mut walk = Walk::<PERSIST, TICKETS>::new(TileQueue::at(base + Shape::<D, DV, BN, STAGES>::QUEUE));
+        let mut g0 = 0u32;
+        while let Some(i) = walk.next(p, tid % 32) {
+            let work = TileWork::of::<PACKED, BN>(p, Tiles::<PERSIST, TICKETS>::at(p, i));
             if work.blocks.is_empty() {
-                store_empty_tile::<PACKED, PERSIST, DV>(p, i, &work, tid);
+                store_empty_tile::<PACKED, PERSIST, TICKETS, DV>(p, i, &work, tid);
             } else {
-                compute_tile::<E, D, DV, BN, STAGES, SR, OR, NN, ND, KS, PINGPONG, FMA_EXP2, PACKED, PERSIST>(
+                compute_tile::<E, D, DV, BN, STAGES, SR, OR, NN, ND, KS, PINGPONG, FMA_EXP2, PACKED, PERSIST, TICKETS>(
                     p,
                     base,
                     (i, &work),
@@ -724,7 +683,7 @@ pub unsafe fn attn_fwd_wgmma<
         }
     } else {
         // The one tile (one without keys left above).
-        compute_tile::<E, D, DV, BN, STAGES, SR, OR, NN, ND, KS, PINGPONG, FMA_EXP2, PACKED, PERSIST>(
+        compute_tile::<E, D, DV, BN, STAGES, SR, OR, NN, ND, KS, PINGPONG, FMA_EXP2, PACKED, PERSIST, TICKETS>(
             p,
             base,
             (0, &one_tile),
@@ -745,13 +704,13 @@ pub unsafe fn attn_fwd_wgmma<
 /// # Safety
 /// As `TileWork::of`; compute threads only.
 #[inline(always)]
-unsafe fn store_empty_tile<const PACKED: bool, const PERSIST: bool, const DV: usize>(
+unsafe fn store_empty_tile<const PACKED: bool, const PERSIST: bool, const TICKETS: bool, const DV: usize>(
     p: &FwdParams,
     i: u32,
     work: &TileWork,
     tid: u32,
 ) {
-    let tile = Tiles::<PERSIST>::at(p, i);
+    let tile = Tiles::<PERSIST, TICKETS>::at(p, i);
     let sink = stage::sink_log2(&p.score, tile.head);
     let (o_g, lse_g) = out_rows::<PACKED>(p, tile, work.m0);
     let o_stride = p.o_strides[1] as usize;
@@ -780,6 +739,7 @@ unsafe fn compute_tile<
     const FMA_EXP2: usize,
     const PACKED: bool,
     const PERSIST: bool,
+    const TICKETS: bool,
 >(
     p: &FwdParams,
     base: u32,
@@ -787,7 +747,7 @@ unsafe fn compute_tile<
     g0: u32,
     tid: u32,
 ) {
-    let TileId { head, batch, .. } = Tiles::<PERSIST>::at(p, i);
+    let TileId { head, batch, .. } = Tiles::<PERSIST, TICKETS>::at(p, i);
     let (m0, blocks) = (work.m0, work.blocks);
     let n_blocks = blocks.len();
     let lane = tid % 32;
@@ -883,7 +843,7 @@ unsafe fn compute_tile<
     wgmma::pin_all(&mut o);
 
     let (inv, lse) = softmax.finish();
-    let (o_g, lse_g) = out_rows::<PACKED>(p, Tiles::<PERSIST>::at(p, i), m0);
+    let (o_g, lse_g) = out_rows::<PACKED>(p, Tiles::<PERSIST, TICKETS>::at(p, i), m0);
     let o_stride = p.o_strides[1] as usize;
     // A packed batch's rows again rather than held through the loop (its lengths are not parameters).
     let rows =

@@ -166,9 +166,9 @@ mod wgmma_entry {
 
     macro_rules! wgmma_kernel {
         ($tile:path, $elem:ty, $packed:literal, $p:expr) => {
-            wgmma_kernel!($tile, $elem, $packed, false, false, $p, 0)
+            wgmma_kernel!($tile, $elem, $packed, false, false, false, $p, 0)
         };
-        ($tile:path, $elem:ty, $packed:literal, $paged:literal, $persist:literal, $p:expr, $maps:expr) => {{
+        ($tile:path, $elem:ty, $packed:literal, $paged:literal, $persist:literal, $tickets:literal, $p:expr, $maps:expr) => {{
             const T: tiles::FwdTile = $tile;
             attn_fwd_wgmma::<
                 $elem,
@@ -187,6 +187,7 @@ mod wgmma_entry {
                 $packed,
                 $paged,
                 $persist,
+                $tickets,
             >($p, $maps)
         }};
     }
@@ -231,22 +232,23 @@ mod wgmma_entry {
     /// build.rs).
     macro_rules! wgmma_tma_entry {
         ($tile:path, $name:ident, $elem:ident, $packed:literal) => {
-            wgmma_tma_entry!($tile, $name, $elem, $packed, false, false);
+            wgmma_tma_entry!($tile, $name, $elem, $packed, false, false, false);
         };
-        ($tile:path, $name:ident, $elem:ident, $packed:literal, $paged:literal, $persist:literal) => {
+        ($tile:path, $name:ident, $elem:ident, $packed:literal, $paged:literal, $persist:literal, $tickets:literal) => {
             core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
             core::arch::global_asm!(concat!("// ironflash-param-align ", stringify!($name), " 1 64"));
 
             /// # Safety
             /// Launched as `abi::FwdParams` (unsplit; packed batch when the symbol says `varlen`, paged
             /// cache when it says `paged`, with `pages.tma_box_rows` set; a one-dimensional grid of any
-            /// number of CTAs when it says `persist`) and the tile row document, with
+            /// number of CTAs when it says `persist` or `tickets`, `tile_counter` set for `tickets`) and the
+            /// tile row document, with
             /// `maps` the tensor maps of the call's Q, K and V (a packed batch's over its tokens, a paged
             /// cache's K and V over its pages), on a compute capability 9.0 device.
             #[no_mangle]
             pub unsafe extern "ptx-kernel" fn $name(p: FwdParams, _maps: FwdTensorMaps) {
                 let maps = crate::ptx::tma::maps_param_address!($name);
-                wgmma_kernel!($tile, $elem, $packed, $paged, $persist, &p, maps)
+                wgmma_kernel!($tile, $elem, $packed, $paged, $persist, $tickets, &p, maps)
             }
         };
     }
@@ -259,23 +261,27 @@ mod wgmma_entry {
                 assert!(T.tma && T.split_symbols[0].is_empty() && T.paged_split_symbols[0].is_empty());
                 assert!(str_eq(T.paged_symbols[0], stringify!($bf16)) && str_eq(T.paged_symbols[1], stringify!($f16)));
             };
-            wgmma_tma_entry!($tile, $bf16, Bf16, true, true, false);
-            wgmma_tma_entry!($tile, $f16, F16, true, true, false);
+            wgmma_tma_entry!($tile, $bf16, Bf16, true, true, false, false);
+            wgmma_tma_entry!($tile, $f16, F16, true, true, false, false);
         )*};
     }
 
-    /// The TMA rows' persistent kernels (`FwdTile::persistent_symbols`): dense, unsplit, a CTA taking
-    /// tile after tile.
+    /// The TMA rows' persistent kernels (`FwdTile::persistent_symbols`, then `ticket_symbols`): dense,
+    /// unsplit, a CTA taking tile after tile, in rounds or by ticket (`fwd::schedule`).
     macro_rules! wgmma_persistent_kernels {
-        ($($tile:path => $bf16:ident, $f16:ident;)*) => {$(
+        ($($tile:path => $bf16:ident, $f16:ident, $tickets_bf16:ident, $tickets_f16:ident;)*) => {$(
             const _: () = {
                 const T: tiles::FwdTile = $tile;
                 assert!(T.tma && T.split_symbols[0].is_empty());
                 assert!(str_eq(T.persistent_symbols[0], stringify!($bf16)));
                 assert!(str_eq(T.persistent_symbols[1], stringify!($f16)));
+                assert!(str_eq(T.ticket_symbols[0], stringify!($tickets_bf16)));
+                assert!(str_eq(T.ticket_symbols[1], stringify!($tickets_f16)));
             };
-            wgmma_tma_entry!($tile, $bf16, Bf16, false, false, true);
-            wgmma_tma_entry!($tile, $f16, F16, false, false, true);
+            wgmma_tma_entry!($tile, $bf16, Bf16, false, false, true, false);
+            wgmma_tma_entry!($tile, $f16, F16, false, false, true, false);
+            wgmma_tma_entry!($tile, $tickets_bf16, Bf16, false, false, true, true);
+            wgmma_tma_entry!($tile, $tickets_f16, F16, false, false, true, true);
         )*};
     }
 
@@ -295,10 +301,10 @@ mod wgmma_entry {
     }
 
     wgmma_persistent_kernels! {
-        tiles::HD64_WGMMA_TMA => attn_fwd_persist_hd64_m128n128_wgmma_tma_bf16, attn_fwd_persist_hd64_m128n128_wgmma_tma_f16;
-        tiles::HD128_WGMMA_TMA => attn_fwd_persist_hd128_m128n128_wgmma_tma_bf16, attn_fwd_persist_hd128_m128n128_wgmma_tma_f16;
-        tiles::HD192_WGMMA_TMA => attn_fwd_persist_hd192_m128n96_wgmma_tma_bf16, attn_fwd_persist_hd192_m128n96_wgmma_tma_f16;
-        tiles::HD256_WGMMA_TMA => attn_fwd_persist_hd256_m128n80_wgmma_tma_bf16, attn_fwd_persist_hd256_m128n80_wgmma_tma_f16;
+        tiles::HD64_WGMMA_TMA => attn_fwd_persist_hd64_m128n128_wgmma_tma_bf16, attn_fwd_persist_hd64_m128n128_wgmma_tma_f16, attn_fwd_tickets_hd64_m128n128_wgmma_tma_bf16, attn_fwd_tickets_hd64_m128n128_wgmma_tma_f16;
+        tiles::HD128_WGMMA_TMA => attn_fwd_persist_hd128_m128n128_wgmma_tma_bf16, attn_fwd_persist_hd128_m128n128_wgmma_tma_f16, attn_fwd_tickets_hd128_m128n128_wgmma_tma_bf16, attn_fwd_tickets_hd128_m128n128_wgmma_tma_f16;
+        tiles::HD192_WGMMA_TMA => attn_fwd_persist_hd192_m128n96_wgmma_tma_bf16, attn_fwd_persist_hd192_m128n96_wgmma_tma_f16, attn_fwd_tickets_hd192_m128n96_wgmma_tma_bf16, attn_fwd_tickets_hd192_m128n96_wgmma_tma_f16;
+        tiles::HD256_WGMMA_TMA => attn_fwd_persist_hd256_m128n80_wgmma_tma_bf16, attn_fwd_persist_hd256_m128n80_wgmma_tma_f16, attn_fwd_tickets_hd256_m128n80_wgmma_tma_bf16, attn_fwd_tickets_hd256_m128n80_wgmma_tma_f16;
     }
 
     /// The FP8 rows (`tiles::FP8_FWD_TILES`): the tensor maps as the TMA rows', then the descale

@@ -12,6 +12,7 @@
 //! - `epilogue.rs`: O (normalised, through shared memory, 16-byte stores) and the LSE.
 //! - `hopper.rs`: the kernel on Hopper's `wgmma` (sm_90a PTX only), every head dim, warp-specialised.
 //! - `hopper_fp8.rs`: its FP8 (e4m3) counterpart (sm_90a PTX only), V transposed in shared memory.
+//! - `schedule.rs`: which tiles a Hopper CTA computes; a persistent CTA's by atomic tickets.
 //! - `kernels.rs`: the entry points, one per row of `tiles::FWD_TILES` and element type.
 //! - `combine.rs`: the split-KV (FlashDecoding) combine of per-split partial outputs.
 //! - `paged.rs`: the step before attention over a paged KV cache (lengths, append, rotary).
@@ -30,6 +31,8 @@ mod io;
 mod kernels;
 mod mainloop;
 mod paged;
+#[cfg(target_feature = "sm_90a")]
+mod schedule;
 mod softmax;
 
 /// This CTA's query block and split (0 when not `SPLIT`): grid x is (query block, split), split

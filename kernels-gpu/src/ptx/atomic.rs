@@ -1,6 +1,6 @@
 //! Global-memory reductions and the acquire/release operations of a turn counter (PTX ISA §9.7.13.5
 //! `red`, §9.7.9.8 `ld` with `.acquire`, §9.7.13.4 `membar`/`fence`). Used by the backward's dQ
-//! accumulation.
+//! accumulation and the persistent forward's tile tickets (`fwd::schedule`).
 
 /// `red.global.add.f32`: `*addr += value`, atomically, without returning the old value.
 ///
@@ -56,4 +56,28 @@ pub unsafe fn fetch_add_u32(addr: *mut u32, value: u32) -> u32 {
     let old: u32;
     core::arch::asm!("atom.global.add.u32 {0}, [{1}], {2};", out(reg32) old, in(reg64) addr, in(reg32) value, options(nostack));
     old
+}
+
+/// `atom.global.add.u32` by the threads with `pred` set (predicated, as `smem::store_u32_if`): adds
+/// `value` and returns the old value; 0 where `pred` is not set (nothing read or written).
+///
+/// # Safety
+/// As [`fetch_add_u32`], where `pred` is set.
+#[inline(always)]
+pub unsafe fn fetch_add_u32_if(pred: bool, addr: *mut u32, value: u32) -> u32 {
+    let old: u32;
+    core::arch::asm!(
+        "{{ .reg .pred p; setp.ne.u32 p, {1}, 0; mov.u32 {0}, 0; @p atom.global.add.u32 {0}, [{2}], {3}; }}",
+        out(reg32) old, in(reg32) pred as u32, in(reg64) addr, in(reg32) value,
+        options(nostack)
+    );
+    old
+}
+
+/// `fence.acq_rel.gpu`: this thread's memory operations before it are ordered before those after it,
+/// as every thread of the device sees them.
+#[inline(always)]
+pub fn fence_gpu() {
+    // SAFETY: an ordering instruction.
+    unsafe { core::arch::asm!("fence.acq_rel.gpu;", options(nostack)) };
 }

@@ -65,3 +65,18 @@ pub unsafe fn wait(bar: u32, phase: u32) {
         options(nostack)
     );
 }
+
+/// `mbarrier.arrive.shared::cta.b64` by the threads with `leader` set (predicated, as `init`): their
+/// arrival, with release semantics (what they wrote before is visible to the threads that see the
+/// phase complete).
+///
+/// # Safety
+/// `bar` is an initialised barrier that expects the arrival in its current phase.
+#[inline(always)]
+pub unsafe fn arrive(leader: bool, bar: u32) {
+    core::arch::asm!(
+        "{{ .reg .pred p; setp.ne.u32 p, {0}, 0; @p mbarrier.arrive.shared::cta.b64 _, [{1}]; }}",
+        in(reg32) leader as u32, in(reg32) bar,
+        options(nostack)
+    );
+}

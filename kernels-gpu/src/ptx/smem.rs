@@ -65,6 +65,20 @@ pub unsafe fn load_u32(addr: u32) -> u32 {
     v
 }
 
+/// `st.shared.b32` by the threads with `pred` set, predicated inside the instruction rather than branched
+/// around (as `mbarrier::init`), so that the compiler finds no divergent path to move barriers into.
+///
+/// # Safety
+/// As [`store_u32`].
+#[inline(always)]
+pub unsafe fn store_u32_if(pred: bool, addr: u32, value: u32) {
+    core::arch::asm!(
+        "{{ .reg .pred p; setp.ne.u32 p, {0}, 0; @p st.shared.b32 [{1}], {2}; }}",
+        in(reg32) pred as u32, in(reg32) addr, in(reg32) value,
+        options(nostack)
+    );
+}
+
 // The CTA's 32-byte slot of static shared memory (PTX ISA §5.1.5: a module-scope `.shared` variable;
 // ptxas gives it only to the kernels that use it, at an address the instructions take as an immediate,
 // so reading it costs no address register).
