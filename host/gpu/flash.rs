@@ -904,6 +904,21 @@ mod tests {
     use super::*;
     use crate::options::Window;
 
+    /// An H100-like device of compute capability `cc` (132 SMs, 227 KiB of shared memory per block).
+    fn h100_like(cc: (i32, i32)) -> DeviceInfo {
+        DeviceInfo {
+            ordinal: 0,
+            name: "test".into(),
+            compute_capability: cc,
+            sm_count: 132,
+            smem_per_block_optin: 227 * 1024,
+            smem_per_sm: 228 * 1024,
+            l2_bytes: 50 << 20,
+            total_mem: 80 << 30,
+            driver_version: 13000,
+        }
+    }
+
     fn padded(shape: [usize; 4]) -> Layout {
         let [_, s, h, d] = shape;
         let (hs, ss) = (d + 8, h * (d + 8) + 24);
@@ -1113,17 +1128,7 @@ mod tests {
     /// and V fit half the L2 cache, a power of two; GQA's query heads share their K/V head's bytes.
     #[test]
     fn persistent_sections_fit_half_the_l2_cache() {
-        let info = DeviceInfo {
-            ordinal: 0,
-            name: "test".into(),
-            compute_capability: (9, 0),
-            sm_count: 132,
-            smem_per_block_optin: 227 * 1024,
-            smem_per_sm: 228 * 1024,
-            l2_bytes: 50 << 20,
-            total_mem: 80 << 30,
-            driver_version: 13000,
-        };
+        let info = h100_like((9, 0));
         let tickets = TileOrder::Tickets;
         // [batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim]: 512 KiB of K and V per pair, 50 fit.
         for (shape, order, section) in [
@@ -1146,17 +1151,6 @@ mod tests {
     /// chooser's row.
     #[test]
     fn persistent_calls_take_a_row_with_a_persistent_kernel() {
-        let info = |cc| DeviceInfo {
-            ordinal: 0,
-            name: "test".into(),
-            compute_capability: cc,
-            sm_count: 132,
-            smem_per_block_optin: 227 * 1024,
-            smem_per_sm: 228 * 1024,
-            l2_bytes: 50 << 20,
-            total_mem: 80 << 30,
-            driver_version: 13000,
-        };
         let windowed = AttnOptions::causal().with_window(Some(512), Some(0));
         for d in [64, 128, 256] {
             for (shape, opts, persistent) in [
@@ -1168,7 +1162,7 @@ mod tests {
                 ([2, 3072, 3072, 16, 16, d], AttnOptions::causal(), true),
             ] {
                 let p = AttnProblem::contiguous(shape, &opts).unwrap();
-                let h100 = info((9, 0));
+                let h100 = h100_like((9, 0));
                 let chosen = forward_tile(&h100, (d, d), DType::BF16, p.causal).unwrap();
                 // (The one-wave call may split its keys on an `mma.sync` row.)
                 let (tile, splits) = forward_launch_plan(&h100, &p, &chosen, DType::BF16);
@@ -1177,7 +1171,7 @@ mod tests {
                 assert_eq!(launches, persistent, "{shape:?} {tile:?}");
                 assert!(tile == chosen || persistent || splits > 1, "{shape:?}");
                 assert_eq!(tile != chosen && persistent, d == 64 && persistent, "{shape:?}");
-                let a100 = info((8, 0));
+                let a100 = h100_like((8, 0));
                 let chosen = forward_tile(&a100, (d, d), DType::BF16, p.causal).unwrap();
                 assert_eq!(forward_launch_plan(&a100, &p, &chosen, DType::BF16).0, chosen);
             }

@@ -12,8 +12,9 @@
 //!   whose K and V fit the L2 cache, each section's longest tiles first. Tiles of unequal lengths that
 //!   no rounds pair (windows, fewer keys than queries, query-block counts that pair with no CTA count
 //!   near the SMs) balance themselves: a CTA that took a long tile asks again later. Where rounds pair
-//!   the tiles, tickets measured 1-4% slower at 1K (the hand-over) and up to 7% slower on causal rows
-//!   (docs/perf.md), so those keep the rounds' kernels.
+//!   the tiles, tickets measured up to 7% slower on causal rows and 1-4% at 1K (docs/perf.md: the
+//!   sections' decoding of each tile index, which the rounds' kernels do not share), so those keep the
+//!   rounds' kernels.
 //!
 //! With tickets the loader takes the CTA's next ticket once it has issued the current tile's last block
 //! (as late as keeps the atomic's latency under that block's landing; a CTA that asked at the start of
