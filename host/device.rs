@@ -132,7 +132,9 @@ impl Device {
     /// Stream capture refuses the events cudarc records and waits on around each buffer once a context
     /// has several streams (its event tracking); for a capture, turn that off
     /// (`CudaContext::disable_event_tracking`) before allocating the buffers, and order work across
-    /// streams with events of your own, as in CUDA.
+    /// streams with events of your own, as in CUDA. A captured forward may launch a kernel that takes
+    /// its tiles from a counter this `Device` owns (zero between launches): replay such a graph on this
+    /// device's stream, or at least never while another of this device's calls or replays runs.
     pub fn for_stream(&self, stream: Arc<CudaStream>) -> Result<Device> {
         if stream.context().as_ref() != self.ctx.as_ref() {
             return Err(Error::ForeignStream);
