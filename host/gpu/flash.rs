@@ -554,26 +554,19 @@ pub fn forward_grid(
     }
 }
 
-/// Whether static rounds (`tiles::Rounds`) can balance a call's tiles: every tile sees the same keys, or
-/// causal rows with every key before the diagonal (no left window, `seqlen_k >= seqlen_q`), whose key
-/// blocks grow by one block per query block (for the CTA counts that pair them: `persistent_ctas`).
-fn rounds_serve(mask: &Mask) -> bool {
-    let causal_prefix = mask.right == 0 && mask.left >= mask.seqlen_k && mask.seqlen_k >= mask.seqlen_q;
-    mask.sees_all() || causal_prefix
-}
-
 /// The CTA count and tile order of a persistent forward, or `None` where one CTA per tile serves as well:
 /// at most a wave of tiles (nothing to overlap).
 /// - Every tile sees the same keys: one CTA per SM slot, in rounds (CTA c takes tiles c, 2·ctas − 1 − c,
-///   2·ctas + c, ...; the ticket kernels' hand-over measured 1-4% slower at 1K: docs/perf.md).
-/// - Causal rows with every key before the diagonal, in rounds where the two tiles of a CTA's pair of
+///   2·ctas + c, ...; the ticket kernels measured 1-4% slower at 1K: docs/perf.md).
+/// - Causal rows with every key before the diagonal (no left window, `seqlen_k >= seqlen_q`: a tile's
+///   key blocks grow by one block per query block), in rounds where the two tiles of a CTA's pair of
 ///   rounds, c and 2·ctas − 1 − c, add up to the same length for every CTA: where the pair's 2·ctas tiles
 ///   hold whole heads' query blocks or lie within one head's (`m_blocks` divides 2·ctas or 2·ctas divides
 ///   `m_blocks`), the most CTAs up to the slots that do so, down to 15/16 of them (128 of 132 SMs for
 ///   every power-of-two `m_blocks`; tickets on all 132 measured up to 7% slower there).
 /// - Otherwise (windows, fewer keys than queries, causal query-block counts that pair with no such CTA
 ///   count): one CTA per SM slot, the row's ticket kernel, whose tickets balance tiles of any lengths
-///   (+1.5-6.5% over one CTA per tile on causal 6K and 12K, +1.7-2.6% on a window: docs/perf.md).
+///   (+1.6-9.5% over one CTA per tile on causal 6K and 12K, +2.6% on a window: docs/perf.md).
 fn persistent_ctas(mask: &Mask, m_blocks: usize, tiles: usize, slots: usize) -> Option<(usize, TileOrder)> {
     if tiles <= slots {
         return None;
@@ -581,9 +574,10 @@ fn persistent_ctas(mask: &Mask, m_blocks: usize, tiles: usize, slots: usize) -> 
     if mask.sees_all() {
         return Some((slots, TileOrder::Rounds));
     }
+    let causal_prefix = mask.right == 0 && mask.left >= mask.seqlen_k && mask.seqlen_k >= mask.seqlen_q;
     let balanced = |ctas: &usize| (2 * ctas) % m_blocks == 0 || m_blocks % (2 * ctas) == 0;
     match (slots - slots / 16..=slots).rev().find(balanced) {
-        Some(ctas) if rounds_serve(mask) => Some((ctas, TileOrder::Rounds)),
+        Some(ctas) if causal_prefix => Some((ctas, TileOrder::Rounds)),
         _ => Some((slots, TileOrder::Tickets)),
     }
 }
@@ -594,10 +588,10 @@ fn persistent_ctas(mask: &Mask, m_blocks: usize, tiles: usize, slots: usize) -> 
 /// longest tiles go out first: the same rule as FlashAttention-3's scheduler. (Sections filling the
 /// whole cache, in sizes as equal as the pairs divide into, measured 1-12% slower: docs/perf.md.)
 fn persistent_section(info: &DeviceInfo, p: &AttnProblem, order: TileOrder, elem_bytes: usize) -> u32 {
-    let pairs = (p.heads_q * p.batch).max(1);
     if order != TileOrder::Tickets {
         return 1;
     }
+    let pairs = (p.heads_q * p.batch).max(1);
     let kv_per_pair = (p.seqlen_k * (p.head_dim + p.head_dim_v) * elem_bytes).div_ceil(p.group_size()).max(1);
     let most = (info.l2_bytes / 2 / kv_per_pair).clamp(1, pairs);
     // The largest power of two up to `most`; `check_grid` keeps the pairs within u32.

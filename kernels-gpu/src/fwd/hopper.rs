@@ -29,11 +29,11 @@
 //!   `cp.async` loader does (the compute warpgroups polling the `mbarrier`s measured slower).
 //! - `PERSIST` (the TMA rows' persistent kernels, dense batches): a one-dimensional grid whose CTAs take
 //!   tile after tile, in static rounds or, with `TICKETS` (kernels of their own), by atomic tickets
-//!   that the loader takes and hands to every warp (`schedule.rs`); the loader carries the ring of stages and the
-//!   `mbarrier` phases from tile to tile, bringing a tile's first K/V blocks while the compute
-//!   warpgroups finish the previous tile, and its Q once both have issued their last product with the
-//!   previous Q (`Shape::Q_FREE`); O is staged in the stage of the tile's last block instead of the Q
-//!   tile, once both compute warpgroups are done with it.
+//!   that the loader takes and hands to every warp (`schedule.rs`); the loader carries the ring of
+//!   stages and the `mbarrier` phases from tile to tile, bringing a tile's first K/V blocks while the
+//!   compute warpgroups finish the previous tile, and its Q once both have issued their last product
+//!   with the previous Q (`Shape::Q_FREE`); O is staged in the stage of the tile's last block instead
+//!   of the Q tile, once both compute warpgroups are done with it.
 //! - `FMA_EXP2` (the tile row's `fma_exp2_tiles`): that many n8 tiles of each row's scores take their
 //!   exponentials on the FMA pipe (`ptx::math::exp2_fma`) instead of the MUFU unit, where one `ex2` per
 //!   score is more MUFU time than the score's products take on the tensor cores (head dim 32).
