@@ -63,7 +63,9 @@ use crate::frag::AccFrag;
 use crate::ptx::math::exp2;
 use crate::ptx::opaque::u32 as opaque;
 use crate::ptx::wgmma::{self, desc_sw128, WgmmaElem};
-use crate::ptx::{atomic, bulk, cp_async, ldmatrix, mbarrier, setmaxnreg, shared_f32, smem, sreg, stmatrix, sync, tma};
+use crate::ptx::{
+    atomic, bulk, cp_async, gmem, ldmatrix, mbarrier, setmaxnreg, shared_f32, smem, sreg, stmatrix, sync, tma,
+};
 use crate::smem_tile::RowLayout;
 use crate::tiles_bwd::{BwdTile, BWD_HD128_WGMMA};
 
@@ -815,25 +817,149 @@ pub unsafe fn attn_bwd_wgmma<
         it += 1;
     }
 
-    // dK (scaled) and dV of this CTA's keys.
+    // dK (scaled) and dV of this CTA's keys, out through K's and V's tiles. After this barrier every
+    // product of both warpgroups has completed (each thread waited for its own) and, in a CTA without
+    // steps, every thread's copies of K and V have landed (each waited before the loop): K's rows, which
+    // both warpgroups' dQ products read, are free for dK, and V's for dV. Each warp stages and copies
+    // out its own 16 rows (the global addresses worked out once dK and dV have left the registers).
+    if !TMA {
+        // The `cp.async` rows (each head dim's TMA row comes first) store from the registers: staged,
+        // the packed one at head dim 128 spilled.
+        let (row, k0, sk) = stage::parked_keys::<PACKED>(&p.score, b as u32);
+        let (dks, dvs) = (strides(p.dk_strides), strides(p.dv_strides));
+        let (row, k0) = (row as usize, k0 as usize);
+        let dk_g = (p.dk as *mut u16).add(row * dks[0] + k0 * dks[1] + hkv * dks[2]);
+        let dv_g = (p.dv as *mut u16).add(row * dvs[0] + k0 * dvs[1] + hkv * dvs[2]);
+        let lane = tid % 32;
+        let row0 = n0 + (tid / 128) * 64 + ((tid / 32) % 4) * 16;
+        let rows = KeyRows { first: row0, count: 16, n0: 0, sk };
+        store_key_grads_direct::<E, DR>(&dk, p.scale, dk_g, dks[1], rows, lane);
+        store_key_grads_direct::<E, DR>(&dv, 1.0, dv_g, dvs[1], rows, lane);
+        return;
+    }
+    sync::named::<BAR_COMPUTE, COMPUTE_THREADS_U32>();
+    // The thread's place afresh (`ptx::opaque`), not values of the prologue held through the loop.
+    let tid = opaque(tid);
     let lane = tid % 32;
-    let (wg, warp) = (tid / 128, (tid / 32) % 4);
-    let (g, t) = (lane / 4, lane % 4);
-    let scale = p.scale;
+    let row0 = (tid / 128) * 64 + ((tid / 32) % 4) * 16;
+    // The tiles' base afresh: held through the loop, it cost the packed `cp.async` row a register (spills).
+    let base = (smem::base() + 1023) & !1023;
+    let (k_s, v_s) = (base + l[0] as u32, base + l[1] as u32);
+    park_key_grads::<E, BN, DR>(&dk, p.scale, k_s, row0, 0, lane);
+    park_key_grads::<E, BN, DR>(&dv, 1.0, v_s, row0, 0, lane);
+    sync::warp();
     let (row, k0, sk) = stage::parked_keys::<PACKED>(&p.score, b as u32);
     let (dks, dvs) = (strides(p.dk_strides), strides(p.dv_strides));
     let (row, k0) = (row as usize, k0 as usize);
     let dk_g = (p.dk as *mut u16).add(row * dks[0] + k0 * dks[1] + hkv * dks[2]);
     let dv_g = (p.dv as *mut u16).add(row * dvs[0] + k0 * dvs[1] + hkv * dvs[2]);
+    let rows = KeyRows { first: row0, count: 16, n0, sk };
+    let chunks = (0, (D / 8) as u32);
+    copy_key_grads::<BN>(k_s, dk_g, dks[1], rows, chunks, lane, 32);
+    copy_key_grads::<BN>(v_s, dv_g, dvs[1], rows, chunks, lane, 32);
+}
+
+/// dK and dV leave the CTA through shared memory: in the accumulator's layout (a lane holds 2 adjacent
+/// columns of a row) they would make 4-byte scattered global stores, which kept the compute warps 16%
+/// of their time at 1K queries in the memory pipe's queue (docs/perf.md). So the compute warps write
+/// them rounded into the key-side tiles (K's for dK, V's for dV; 128-byte swizzled, `ROWS` rows; free
+/// once every product has completed) with [`park_key_grads`], and copy them out as 16-byte vectors
+/// with [`copy_key_grads`].
+///
+/// Writes one warp's 16 rows from `row0` of a column part of dK or dV (`R` registers from column
+/// `col0`, a multiple of 8; times `scale`) into the tile at `tile`.
+///
+/// # Safety
+/// All 32 lanes call it converged; no product reads those rows and columns of `tile`.
+#[inline(always)]
+pub(super) unsafe fn park_key_grads<E: WgmmaElem, const ROWS: usize, const R: usize>(
+    acc: &[f32; R],
+    scale: f32,
+    tile: u32,
+    row0: u32,
+    col0: u32,
+    lane: u32,
+) {
+    // Register 4i + 2rr + e holds row `row0 + g + 8rr` (g = lane / 4), column `col0 + 8i + 2t + e`: the
+    // packed 8x8 blocks (i, rr) are `stmatrix` fragments, four per store ((i, 0), (i, 1), (i + 1, 0),
+    // (i + 1, 1)), lanes 8j..8j+7 addressing block j's rows: row `row0 + 8((lane / 8) % 2) + lane % 8`,
+    // 16-byte chunk `col0 / 8 + i + lane / 16`. The 8 rows of a block fall in 8 distinct chunks of the
+    // swizzle (conflict-free).
+    const { assert!(R % 8 == 0) };
+    let row = (row0 + 8 * ((lane / 8) % 2) + lane % 8) as usize;
+    let half = (lane / 16) as usize;
+    for i in (0..R / 4).step_by(2) {
+        let at = RowLayout::Swizzled128.chunk_offset::<ROWS, 0>(row, col0 as usize / 8 + i + half);
+        let pack = |j: usize| E::pack2(acc[j] * scale, acc[j + 1] * scale);
+        stmatrix::x4(tile + at, [pack(4 * i), pack(4 * i + 2), pack(4 * i + 4), pack(4 * i + 6)]);
+    }
+}
+
+/// Stores one warp's 16 rows of dK or dV (`R` registers from column 0, times `scale`) from the
+/// accumulator's layout: 4-byte scattered stores, where [`park_key_grads`] and [`copy_key_grads`] do not
+/// fit the registers.
+///
+/// # Safety
+/// The rows `< rows.sk` of `key_g` (row stride `key_stride`) are valid and 4-byte aligned.
+#[inline(always)]
+unsafe fn store_key_grads_direct<E: WgmmaElem, const R: usize>(
+    acc: &[f32; R],
+    scale: f32,
+    key_g: *mut u16,
+    key_stride: usize,
+    rows: KeyRows,
+    lane: u32,
+) {
+    let (g, t) = (lane / 4, lane % 4);
     for rr in 0..2 {
-        let key = (n0 + wg * 64 + warp * 16 + g + 8 * rr) as usize;
-        if key < sk as usize {
-            for i in 0..D / 8 {
-                let col = 8 * i + 2 * t as usize;
-                let idx = 4 * i + 2 * rr as usize;
-                *(dk_g.add(key * dks[1] + col) as *mut u32) = E::pack2(dk[idx] * scale, dk[idx + 1] * scale);
-                *(dv_g.add(key * dvs[1] + col) as *mut u32) = E::pack2(dv[idx], dv[idx + 1]);
+        let key = rows.n0 + rows.first + g + 8 * rr;
+        if key < rows.sk {
+            for i in 0..R / 4 {
+                let (col, idx) = (8 * i + 2 * t as usize, 4 * i + 2 * rr as usize);
+                *(key_g.add(key as usize * key_stride + col) as *mut u32) =
+                    E::pack2(acc[idx] * scale, acc[idx + 1] * scale);
             }
         }
+    }
+}
+
+/// The rows a [`copy_key_grads`] stores: tile rows `first..first + count`, the CTA's keys from `n0`; keys
+/// at or past `sk` (the sequence's) are not stored.
+#[derive(Clone, Copy)]
+pub(super) struct KeyRows {
+    pub first: u32,
+    pub count: u32,
+    pub n0: u32,
+    pub sk: u32,
+}
+
+/// Copies `rows` of the tile [`park_key_grads`] filled, 16-byte chunks `chunks.0..chunks.0 + chunks.1`
+/// of each (columns `8·chunk..`), to the global rows at `key_g` (key 0 of the CTA's sequence and head;
+/// row stride `key_stride`, a multiple of 8 elements), one chunk per thread and store, `threads` threads
+/// (thread `i` of them) covering a row's contiguous chunks.
+///
+/// # Safety
+/// The tile's chunks are written and visible to the calling threads; the rows `< sk` of `key_g` are
+/// valid and 16-byte aligned.
+#[inline(always)]
+pub(super) unsafe fn copy_key_grads<const ROWS: usize>(
+    tile: u32,
+    key_g: *mut u16,
+    key_stride: usize,
+    rows: KeyRows,
+    chunks: (u32, u32),
+    i: u32,
+    threads: u32,
+) {
+    let (chunk0, n) = chunks;
+    let mut idx = i;
+    while idx < rows.count * n {
+        let (row, chunk) = (rows.first + idx / n, chunk0 + idx % n);
+        let key = rows.n0 + row;
+        if key < rows.sk {
+            let v = smem::load_v4(tile + RowLayout::Swizzled128.chunk_offset::<ROWS, 0>(row as usize, chunk as usize));
+            gmem::store_v4(key_g.add(key as usize * key_stride + 8 * chunk as usize), v);
+        }
+        idx += threads;
     }
 }

@@ -35,9 +35,9 @@
 
 use super::dq_accum_col;
 use super::hopper::{
-    col_block, dq_writer, issue_by_key, k_major_step, loader_tma, zero_rows, Shape, ALL_THREADS_U32, BAR_COMPUTE,
-    BAR_FULL, BAR_QFULL, COMPUTE_REGS, COMPUTE_THREADS, COMPUTE_THREADS_U32, DQ_TURN, K16_ROWS, QBARS, SBO,
-    WRITER_REGS,
+    col_block, copy_key_grads, dq_writer, issue_by_key, k_major_step, loader_tma, park_key_grads, zero_rows, KeyRows,
+    Shape, ALL_THREADS_U32, BAR_COMPUTE, BAR_FULL, BAR_QFULL, COMPUTE_REGS, COMPUTE_THREADS, COMPUTE_THREADS_U32,
+    DQ_TURN, K16_ROWS, QBARS, SBO, WRITER_REGS,
 };
 use super::mainloop::{
     dq_turn, key_block_work, load_key_block, load_query_block, load_query_stats, loop_mask, store_consts, strides,
@@ -129,31 +129,6 @@ unsafe fn stage_part<const D: usize, const R: usize>(dq: &[f32; R], dq_s: u32, c
             let idx = (4 * i + 2 * rr) as usize;
             let at = row * D as u32 + dq_accum_col(q0 + row, col);
             shared_f32::store_v2(dq_s + at * 4, [dq[idx], dq[idx + 1]]);
-        }
-    }
-}
-
-/// Writes one column part of dK or dV (`R` registers from column `col0`, times `scale`) for the keys
-/// below `keys`, at `g_ptr` (the CTA's first key) with key stride `key_stride`.
-#[inline(always)]
-unsafe fn store_part<E: WgmmaElem, const R: usize>(
-    acc: &[f32; R],
-    g_ptr: *mut u16,
-    key_stride: usize,
-    col0: u32,
-    keys: u32,
-    scale: f32,
-    [warp, g, t]: [u32; 3],
-) {
-    for rr in 0..2u32 {
-        let key = warp * 16 + g + 8 * rr;
-        if key < keys {
-            for i in 0..R / 4 {
-                let col = (col0 + 8 * i as u32 + 2 * t) as usize;
-                let idx = 4 * i + 2 * rr as usize;
-                *(g_ptr.add(key as usize * key_stride + col) as *mut u32) =
-                    E::pack2(acc[idx] * scale, acc[idx + 1] * scale);
-            }
         }
     }
 }
@@ -392,21 +367,33 @@ pub unsafe fn attn_bwd_wgmma_wide<
         it += 1;
     }
 
-    // dK (scaled) and dV of this CTA's keys: warpgroup w's column parts.
+    // dK (scaled) and dV of this CTA's keys: warpgroup w's column parts, staged in K's and V's tiles
+    // (`hopper::park_key_grads`) and copied out by the warp that wrote them. Both warpgroups' products
+    // have completed before a step's last barrier; a CTA without steps meets here once, so that every
+    // thread's copies of K and V have landed before any warp writes over them.
+    sync::named::<BAR_COMPUTE, COMPUTE_THREADS_U32>();
     let lane = tid % 32;
-    let (wg, warp) = (tid / 128, (tid / 32) % 4);
-    let (g, t) = (lane / 4, lane % 4);
+    let (wg, row0) = (tid / 128, ((tid / 32) % 4) * 16);
+    let [col_a, col_b] = Wide::<D, DV>::parts(D, wg);
+    let [col_va, col_vb] = Wide::<D, DV>::parts(DV, wg);
+    // The tiles' base afresh: held through the loop, it cost the packed `cp.async` row a register (spills).
+    let base = (smem::base() + 1023) & !1023;
+    let (k_s, v_s) = (base + l[0] as u32, base + l[1] as u32);
+    park_key_grads::<E, BN, RA>(&dk_a, p.scale, k_s, row0, col_a, lane);
+    park_key_grads::<E, BN, RB>(&dk_b, p.scale, k_s, row0, col_b, lane);
+    park_key_grads::<E, BN, VA>(&dv_a, 1.0, v_s, row0, col_va, lane);
+    park_key_grads::<E, BN, VB>(&dv_b, 1.0, v_s, row0, col_vb, lane);
+    sync::warp();
     let (row, k0, sk) = stage::parked_keys::<PACKED>(&p.score, b as u32);
     let (dks, dvs) = (strides(p.dk_strides), strides(p.dv_strides));
     let (row, k0) = (row as usize, k0 as usize);
-    let dk_g = (p.dk as *mut u16).add(row * dks[0] + (k0 + n0 as usize) * dks[1] + hkv * dks[2]);
-    let dv_g = (p.dv as *mut u16).add(row * dvs[0] + (k0 + n0 as usize) * dvs[1] + hkv * dvs[2]);
-    let keys = sk.max(n0) - n0;
-    let lane = [warp, g, t];
-    let [col_a, col_b] = Wide::<D, DV>::parts(D, wg);
-    let [col_va, col_vb] = Wide::<D, DV>::parts(DV, wg);
-    store_part::<E, RA>(&dk_a, dk_g, dks[1], col_a, keys, p.scale, lane);
-    store_part::<E, RB>(&dk_b, dk_g, dks[1], col_b, keys, p.scale, lane);
-    store_part::<E, VA>(&dv_a, dv_g, dvs[1], col_va, keys, 1.0, lane);
-    store_part::<E, VB>(&dv_b, dv_g, dvs[1], col_vb, keys, 1.0, lane);
+    let dk_g = (p.dk as *mut u16).add(row * dks[0] + k0 * dks[1] + hkv * dks[2]);
+    let dv_g = (p.dv as *mut u16).add(row * dvs[0] + k0 * dvs[1] + hkv * dvs[2]);
+    let rows = KeyRows { first: row0, count: 16, n0, sk };
+    // A part of R registers per thread is 2R columns: R / 4 chunks.
+    let part = |col: u32, regs: usize| (col / 8, (regs / 4) as u32);
+    copy_key_grads::<BN>(k_s, dk_g, dks[1], rows, part(col_a, RA), lane, 32);
+    copy_key_grads::<BN>(k_s, dk_g, dks[1], rows, part(col_b, RB), lane, 32);
+    copy_key_grads::<BN>(v_s, dv_g, dvs[1], rows, part(col_va, VA), lane, 32);
+    copy_key_grads::<BN>(v_s, dv_g, dvs[1], rows, part(col_vb, VB), lane, 32);
 }

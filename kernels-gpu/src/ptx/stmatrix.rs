@@ -6,6 +6,19 @@
 //! each) of matrix i. `.trans` stores the transpose: stored row j holds column j of the fragment.
 //! `ldmatrix.x4.trans` at the same addresses reads the fragments back.
 
+/// `stmatrix.sync.aligned.m8n8.x4.shared.b16`: stored row j of matrix i holds row j of fragment i.
+///
+/// # Safety
+/// All 32 lanes call it converged; `addr` is this lane's 16-byte aligned row address in shared memory.
+#[inline(always)]
+pub unsafe fn x4(addr: u32, m: [u32; 4]) {
+    core::arch::asm!(
+        "stmatrix.sync.aligned.m8n8.x4.shared.b16 [{0}], {{{1}, {2}, {3}, {4}}};",
+        in(reg32) addr, in(reg32) m[0], in(reg32) m[1], in(reg32) m[2], in(reg32) m[3],
+        options(nostack)
+    );
+}
+
 /// `stmatrix.sync.aligned.m8n8.x4.trans.shared.b16`.
 ///
 /// # Safety
