@@ -33,7 +33,7 @@ use crate::ptx::math::exp2;
 use crate::ptx::mma::MmaElem;
 use crate::ptx::opaque::u32 as opaque;
 use crate::ptx::shfl_idx::shfl_idx_f32;
-use crate::ptx::{atomic, cp_async, ldmatrix, shared_f32, smem, sreg, sync};
+use crate::ptx::{atomic, cp_async, gmem, ldmatrix, shared_f32, smem, sreg, sync};
 use crate::smem_tile::{load_rows, RowLayout};
 
 /// The CTA's loop-invariant global addresses and strides live in shared memory (10 u64 at `consts`),
@@ -622,29 +622,52 @@ pub unsafe fn attn_bwd<
         it += 1;
     }
 
-    // dK (scaled) and dV of this CTA's keys.
-    let (lane, warp) = ((tid % 32) as usize, (tid / 32) as usize);
+    // dK (scaled) and dV of this CTA's keys, through K's and V's tiles: from the accumulator's layout
+    // they would be 4-byte scattered stores, which on Hopper kept the compute warps 16% of their time
+    // at 1K queries in the memory pipe's queue (`hopper.rs::park_key_grads`, docs/perf.md). Every
+    // warp's products have read K and V (and, in a CTA without steps, every thread's copies of them
+    // have landed) once all threads meet here; then each warp writes its block of keys × columns and
+    // copies it out as 16-byte stores.
+    cp_async::wait::<0>();
+    sync::block();
+    let tid = opaque(tid);
+    let base = smem::base();
+    let (lane, warp) = (tid % 32, (tid / 32) as usize);
     let (g, t) = (lane / 4, lane % 4);
     let (key2, col2, col2v) = ((warp % WN2) * MT2 * 16, (warp / WN2) * ND2 * 8, (warp / WN2) * ND2V * 8);
-    let scale = p.scale;
+    let (k_s, v_s) = (base, base + off_v);
+    for mt in 0..MT2 {
+        for rr in 0..2 {
+            let key = (key2 + mt * 16 + 8 * rr) as u32 + g;
+            for nd in 0..ND2 {
+                let at = k_s + key * row_b + ((col2 + nd * 8) as u32 + 2 * t) * 2;
+                smem::store_u32(at, E::pack2(dk[mt][nd][2 * rr] * p.scale, dk[mt][nd][2 * rr + 1] * p.scale));
+            }
+            for nd in 0..ND2V {
+                let at = v_s + key * row_bv + ((col2v + nd * 8) as u32 + 2 * t) * 2;
+                smem::store_u32(at, E::pack2(dv[mt][nd][2 * rr], dv[mt][nd][2 * rr + 1]));
+            }
+        }
+    }
+    sync::warp();
     let (row, k0, sk) = stage::parked_keys::<PACKED>(&p.score, b as u32);
     let (dks, dvs) = (strides(p.dk_strides), strides(p.dv_strides));
     let (row, k0) = (row as usize, k0 as usize);
     let dk_g = (p.dk as *mut u16).add(row * dks[0] + k0 * dks[1] + hkv * dks[2]);
     let dv_g = (p.dv as *mut u16).add(row * dvs[0] + k0 * dvs[1] + hkv * dvs[2]);
-    for mt in 0..MT2 {
-        for rr in 0..2 {
-            let key = n0 as usize + key2 + mt * 16 + g + 8 * rr;
+    // The warp's `MT2 · 16` keys, `ND2` (`ND2V`) 16-byte chunks of each from column `col2` (`col2v`).
+    let copy = |tile: u32, row_bytes: u32, g_ptr: *mut u16, stride: usize, col0: usize, chunks: usize| {
+        let mut idx = lane as usize;
+        while idx < MT2 * 16 * chunks {
+            let (r, c) = (key2 + idx / chunks, col0 / 8 + idx % chunks);
+            let key = n0 as usize + r;
             if key < sk as usize {
-                for nd in 0..ND2 {
-                    let k_val = E::pack2(dk[mt][nd][2 * rr] * scale, dk[mt][nd][2 * rr + 1] * scale);
-                    *(dk_g.add(key * dks[1] + col2 + nd * 8 + 2 * t) as *mut u32) = k_val;
-                }
-                for nd in 0..ND2V {
-                    let v_val = E::pack2(dv[mt][nd][2 * rr], dv[mt][nd][2 * rr + 1]);
-                    *(dv_g.add(key * dvs[1] + col2v + nd * 8 + 2 * t) as *mut u32) = v_val;
-                }
+                let v = smem::load_v4(tile + r as u32 * row_bytes + c as u32 * 16);
+                gmem::store_v4(g_ptr.add(key * stride + 8 * c), v);
             }
+            idx += 32;
         }
-    }
+    };
+    copy(k_s, row_b, dk_g, dks[1], col2, ND2);
+    copy(v_s, row_bv, dv_g, dvs[1], col2v, ND2V);
 }
