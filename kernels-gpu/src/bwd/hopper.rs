@@ -817,32 +817,31 @@ pub unsafe fn attn_bwd_wgmma<
         it += 1;
     }
 
-    // dK (scaled) and dV of this CTA's keys, out through K's and V's tiles. After this barrier every
-    // product of both warpgroups has completed (each thread waited for its own) and, in a CTA without
-    // steps, every thread's copies of K and V have landed (each waited before the loop): K's rows, which
-    // both warpgroups' dQ products read, are free for dK, and V's for dV. Each warp stages and copies
-    // out its own 16 rows (the global addresses worked out once dK and dV have left the registers).
+    // dK (scaled) and dV of this CTA's keys.
     if !TMA {
-        // The `cp.async` rows (each head dim's TMA row comes first) store from the registers: staged,
-        // the packed one at head dim 128 spilled.
+        // The `cp.async` rows (each head dim's TMA row comes first) store from the registers: staged
+        // through shared memory, the packed one at head dim 128 spilled.
         let (row, k0, sk) = stage::parked_keys::<PACKED>(&p.score, b as u32);
         let (dks, dvs) = (strides(p.dk_strides), strides(p.dv_strides));
         let (row, k0) = (row as usize, k0 as usize);
         let dk_g = (p.dk as *mut u16).add(row * dks[0] + k0 * dks[1] + hkv * dks[2]);
         let dv_g = (p.dv as *mut u16).add(row * dvs[0] + k0 * dvs[1] + hkv * dvs[2]);
-        let lane = tid % 32;
-        let row0 = n0 + (tid / 128) * 64 + ((tid / 32) % 4) * 16;
-        let rows = KeyRows { first: row0, count: 16, n0: 0, sk };
+        let (lane, row0) = (tid % 32, (tid / 128) * 64 + ((tid / 32) % 4) * 16);
+        let rows = KeyRows { first: row0, count: 16, n0, sk };
         store_key_grads_direct::<E, DR>(&dk, p.scale, dk_g, dks[1], rows, lane);
         store_key_grads_direct::<E, DR>(&dv, 1.0, dv_g, dvs[1], rows, lane);
         return;
     }
+    // Out through K's and V's tiles. After this barrier every product of both warpgroups has completed
+    // (each thread waited for its own) and, in a CTA without steps, every thread's copies of K and V
+    // have landed (each waited before the loop): K's rows, which both warpgroups' dQ products read, are
+    // free for dK, and V's for dV. Each warp stages and copies out its own 16 rows (the global addresses
+    // worked out once dK and dV have left the registers).
     sync::named::<BAR_COMPUTE, COMPUTE_THREADS_U32>();
-    // The thread's place afresh (`ptx::opaque`), not values of the prologue held through the loop.
+    // The thread's place and the tiles' base afresh (`ptx::opaque`), as the loop works them out, rather
+    // than values of the prologue held through it.
     let tid = opaque(tid);
-    let lane = tid % 32;
-    let row0 = (tid / 128) * 64 + ((tid / 32) % 4) * 16;
-    // The tiles' base afresh: held through the loop, it cost the packed `cp.async` row a register (spills).
+    let (lane, row0) = (tid % 32, (tid / 128) * 64 + ((tid / 32) % 4) * 16);
     let base = (smem::base() + 1023) & !1023;
     let (k_s, v_s) = (base + l[0] as u32, base + l[1] as u32);
     park_key_grads::<E, BN, DR>(&dk, p.scale, k_s, row0, 0, lane);

@@ -376,7 +376,7 @@ pub unsafe fn attn_bwd_wgmma_wide<
     let (wg, row0) = (tid / 128, ((tid / 32) % 4) * 16);
     let [col_a, col_b] = Wide::<D, DV>::parts(D, wg);
     let [col_va, col_vb] = Wide::<D, DV>::parts(DV, wg);
-    // The tiles' base afresh: held through the loop, it cost the packed `cp.async` row a register (spills).
+    // The tiles' base afresh, as the loop works it out, rather than the prologue's held through it.
     let base = (smem::base() + 1023) & !1023;
     let (k_s, v_s) = (base + l[0] as u32, base + l[1] as u32);
     park_key_grads::<E, BN, RA>(&dk_a, p.scale, k_s, row0, col_a, lane);
