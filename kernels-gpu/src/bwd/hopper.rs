@@ -52,20 +52,18 @@
 //! dK and dV (D/2 + D/2 f32 per thread) stay in registers for the whole loop. Registers bind, so the
 //! loop-invariant addresses live in shared memory as in the `mma.sync` kernel (`mainloop.rs`).
 
-use super::dq_accum_col;
 use super::mainloop::{
     consts_pair, dq_turn, key_block_work, load_key_block, load_query_block, load_query_stats, loop_mask, store_consts,
     strides, turn_counter, work_item, KeyBlockWork, C_ACC,
 };
+use super::{copy_key_grads, dq_accum_col, KeyRows};
 use crate::abi::BwdParams;
 use crate::attn::stage::{self, FragPos};
 use crate::frag::AccFrag;
 use crate::ptx::math::exp2;
 use crate::ptx::opaque::u32 as opaque;
 use crate::ptx::wgmma::{self, desc_sw128, WgmmaElem};
-use crate::ptx::{
-    atomic, bulk, cp_async, gmem, ldmatrix, mbarrier, setmaxnreg, shared_f32, smem, sreg, stmatrix, sync, tma,
-};
+use crate::ptx::{atomic, bulk, cp_async, ldmatrix, mbarrier, setmaxnreg, shared_f32, smem, sreg, stmatrix, sync, tma};
 use crate::smem_tile::RowLayout;
 use crate::tiles_bwd::{BwdTile, BWD_HD128_WGMMA};
 
@@ -854,8 +852,8 @@ pub unsafe fn attn_bwd_wgmma<
     let dv_g = (p.dv as *mut u16).add(row * dvs[0] + k0 * dvs[1] + hkv * dvs[2]);
     let rows = KeyRows { first: row0, count: 16, n0, sk };
     let chunks = (0, (D / 8) as u32);
-    copy_key_grads::<BN>(k_s, dk_g, dks[1], rows, chunks, lane, 32);
-    copy_key_grads::<BN>(v_s, dv_g, dvs[1], rows, chunks, lane, 32);
+    copy_key_grads::<BN, 0>(RowLayout::Swizzled128, k_s, dk_g, dks[1], rows, chunks, lane);
+    copy_key_grads::<BN, 0>(RowLayout::Swizzled128, v_s, dv_g, dvs[1], rows, chunks, lane);
 }
 
 /// dK and dV leave the CTA through shared memory: in the accumulator's layout (a lane holds 2 adjacent
@@ -863,7 +861,7 @@ pub unsafe fn attn_bwd_wgmma<
 /// of their time at 1K queries in the memory pipe's queue (docs/perf.md). So the compute warps write
 /// them rounded into the key-side tiles (K's for dK, V's for dV; 128-byte swizzled, `ROWS` rows; free
 /// once every product has completed) with [`park_key_grads`], and copy them out as 16-byte vectors
-/// with [`copy_key_grads`].
+/// with [`copy_key_grads`](super::copy_key_grads).
 ///
 /// Writes one warp's 16 rows from `row0` of a column part of dK or dV (`R` registers from column
 /// `col0`, a multiple of 8; times `scale`) into the tile at `tile`.
@@ -895,8 +893,8 @@ pub(super) unsafe fn park_key_grads<E: WgmmaElem, const ROWS: usize, const R: us
 }
 
 /// Stores one warp's 16 rows of dK or dV (`R` registers from column 0, times `scale`) from the
-/// accumulator's layout: 4-byte scattered stores, where [`park_key_grads`] and [`copy_key_grads`] do not
-/// fit the registers.
+/// accumulator's layout: 4-byte scattered stores, where [`park_key_grads`] and
+/// [`copy_key_grads`](super::copy_key_grads) do not fit the registers.
 ///
 /// # Safety
 /// The rows `< rows.sk` of `key_g` (row stride `key_stride`) are valid and 4-byte aligned.
@@ -919,46 +917,5 @@ unsafe fn store_key_grads_direct<E: WgmmaElem, const R: usize>(
                     E::pack2(acc[idx] * scale, acc[idx + 1] * scale);
             }
         }
-    }
-}
-
-/// The rows a [`copy_key_grads`] stores: tile rows `first..first + count`, the CTA's keys from `n0`; keys
-/// at or past `sk` (the sequence's) are not stored.
-#[derive(Clone, Copy)]
-pub(super) struct KeyRows {
-    pub first: u32,
-    pub count: u32,
-    pub n0: u32,
-    pub sk: u32,
-}
-
-/// Copies `rows` of the tile [`park_key_grads`] filled, 16-byte chunks `chunks.0..chunks.0 + chunks.1`
-/// of each (columns `8·chunk..`), to the global rows at `key_g` (key 0 of the CTA's sequence and head;
-/// row stride `key_stride`, a multiple of 8 elements), one chunk per thread and store, `threads` threads
-/// (thread `i` of them) covering a row's contiguous chunks.
-///
-/// # Safety
-/// The tile's chunks are written and visible to the calling threads; the rows `< sk` of `key_g` are
-/// valid and 16-byte aligned.
-#[inline(always)]
-pub(super) unsafe fn copy_key_grads<const ROWS: usize>(
-    tile: u32,
-    key_g: *mut u16,
-    key_stride: usize,
-    rows: KeyRows,
-    chunks: (u32, u32),
-    i: u32,
-    threads: u32,
-) {
-    let (chunk0, n) = chunks;
-    let mut idx = i;
-    while idx < rows.count * n {
-        let (row, chunk) = (rows.first + idx / n, chunk0 + idx % n);
-        let key = rows.n0 + row;
-        if key < rows.sk {
-            let v = smem::load_v4(tile + RowLayout::Swizzled128.chunk_offset::<ROWS, 0>(row as usize, chunk as usize));
-            gmem::store_v4(key_g.add(key as usize * key_stride + 8 * chunk as usize), v);
-        }
-        idx += threads;
     }
 }

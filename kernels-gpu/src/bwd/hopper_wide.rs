@@ -33,16 +33,16 @@
 //! and the products that read them; before the staging over the stage that both warpgroups' products
 //! read); `BAR_QEMPTY + s` between the writer and the loader.
 
-use super::dq_accum_col;
 use super::hopper::{
-    col_block, copy_key_grads, dq_writer, issue_by_key, k_major_step, loader_tma, park_key_grads, zero_rows, KeyRows,
-    Shape, ALL_THREADS_U32, BAR_COMPUTE, BAR_FULL, BAR_QFULL, COMPUTE_REGS, COMPUTE_THREADS, COMPUTE_THREADS_U32,
-    DQ_TURN, K16_ROWS, QBARS, SBO, WRITER_REGS,
+    col_block, dq_writer, issue_by_key, k_major_step, loader_tma, park_key_grads, zero_rows, Shape, ALL_THREADS_U32,
+    BAR_COMPUTE, BAR_FULL, BAR_QFULL, COMPUTE_REGS, COMPUTE_THREADS, COMPUTE_THREADS_U32, DQ_TURN, K16_ROWS, QBARS,
+    SBO, WRITER_REGS,
 };
 use super::mainloop::{
     dq_turn, key_block_work, load_key_block, load_query_block, load_query_stats, loop_mask, store_consts, strides,
     work_item, KeyBlockWork,
 };
+use super::{copy_key_grads, dq_accum_col, KeyRows};
 use crate::abi::BwdParams;
 use crate::attn::stage::{self, FragPos};
 use crate::frag::AccFrag;
@@ -392,8 +392,8 @@ pub unsafe fn attn_bwd_wgmma_wide<
     let rows = KeyRows { first: row0, count: 16, n0, sk };
     // A part of R registers per thread is 2R columns: R / 4 chunks.
     let part = |col: u32, regs: usize| (col / 8, (regs / 4) as u32);
-    copy_key_grads::<BN>(k_s, dk_g, dks[1], rows, part(col_a, RA), lane, 32);
-    copy_key_grads::<BN>(k_s, dk_g, dks[1], rows, part(col_b, RB), lane, 32);
-    copy_key_grads::<BN>(v_s, dv_g, dvs[1], rows, part(col_va, VA), lane, 32);
-    copy_key_grads::<BN>(v_s, dv_g, dvs[1], rows, part(col_vb, VB), lane, 32);
+    copy_key_grads::<BN, 0>(sw, k_s, dk_g, dks[1], rows, part(col_a, RA), lane);
+    copy_key_grads::<BN, 0>(sw, k_s, dk_g, dks[1], rows, part(col_b, RB), lane);
+    copy_key_grads::<BN, 0>(sw, v_s, dv_g, dvs[1], rows, part(col_va, VA), lane);
+    copy_key_grads::<BN, 0>(sw, v_s, dv_g, dvs[1], rows, part(col_vb, VB), lane);
 }

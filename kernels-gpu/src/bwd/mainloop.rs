@@ -24,7 +24,7 @@
 //! `ldmatrix.x4` (row l%8 + 8·(l/16), column 8·((l/8)%2)); from a `[k][n]` tile with `.trans`
 //! (row l%16, column 8·(l/16)). Registers 0,1 are the first n8 tile's b0,b1 and 2,3 the second's.
 
-use super::dq_accum_col;
+use super::{copy_key_grads, dq_accum_col, KeyRows};
 use crate::abi::BwdParams;
 use crate::attn::score::Mask;
 use crate::attn::stage::{self, FragPos, Sequence};
@@ -33,7 +33,7 @@ use crate::ptx::math::exp2;
 use crate::ptx::mma::MmaElem;
 use crate::ptx::opaque::u32 as opaque;
 use crate::ptx::shfl_idx::shfl_idx_f32;
-use crate::ptx::{atomic, cp_async, gmem, ldmatrix, shared_f32, smem, sreg, sync};
+use crate::ptx::{atomic, cp_async, ldmatrix, shared_f32, smem, sreg, sync};
 use crate::smem_tile::{load_rows, RowLayout};
 
 /// The CTA's loop-invariant global addresses and strides live in shared memory (10 u64 at `consts`),
@@ -656,18 +656,8 @@ pub unsafe fn attn_bwd<
     let dk_g = (p.dk as *mut u16).add(row * dks[0] + k0 * dks[1] + hkv * dks[2]);
     let dv_g = (p.dv as *mut u16).add(row * dvs[0] + k0 * dvs[1] + hkv * dvs[2]);
     // The warp's `MT2 · 16` keys, `ND2` (`ND2V`) 16-byte chunks of each from column `col2` (`col2v`).
-    let copy = |tile: u32, row_bytes: u32, g_ptr: *mut u16, stride: usize, col0: usize, chunks: usize| {
-        let mut idx = lane as usize;
-        while idx < MT2 * 16 * chunks {
-            let (r, c) = (key2 + idx / chunks, col0 / 8 + idx % chunks);
-            let key = n0 as usize + r;
-            if key < sk as usize {
-                let v = smem::load_v4(tile + r as u32 * row_bytes + c as u32 * 16);
-                gmem::store_v4(g_ptr.add(key * stride + 8 * c), v);
-            }
-            idx += 32;
-        }
-    };
-    copy(k_s, row_b, dk_g, dks[1], col2, ND2);
-    copy(v_s, row_bv, dv_g, dvs[1], col2v, ND2V);
+    let rows = KeyRows { first: key2 as u32, count: (MT2 * 16) as u32, n0, sk };
+    let pad = RowLayout::Padded;
+    copy_key_grads::<BN, D>(pad, k_s, dk_g, dks[1], rows, ((col2 / 8) as u32, ND2 as u32), lane);
+    copy_key_grads::<BN, DV>(pad, v_s, dv_g, dvs[1], rows, ((col2v / 8) as u32, ND2V as u32), lane);
 }
