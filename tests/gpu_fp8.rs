@@ -19,7 +19,7 @@ mod common;
 use common::{check_lse, device_or_skip, max_abs, rel_l2};
 use half::{bf16, f16};
 use ironflash::fp8::{self, Descales};
-use ironflash::gpu::{self, Fp8Tensor};
+use ironflash::gpu::{self, Fp8Tensor, TileOrder};
 use ironflash::{cpu, Arg, AttnOptions, Device, Element, Error, HostTensor, PerHead, F8E4M3};
 use ironflash_kernels::tiles::{Fp8FwdTile, FP8_FWD_TILES};
 use proptest::prelude::*;
@@ -48,6 +48,9 @@ struct Case {
     rotation: Option<u32>,
     /// A forced split-KV count (`None`: the heuristic's).
     splits: Option<usize>,
+    /// A forced persistent grid of this many CTAs taking the tiles in this order (with `splits` `None`);
+    /// its O and LSE must also equal the one-tile kernel's bit for bit.
+    persistent: Option<(usize, TileOrder)>,
     /// Which of the head dim's rows of `tiles::FP8_FWD_TILES` runs (modulo their number; 0 is the
     /// chooser's).
     row: usize,
@@ -72,6 +75,7 @@ impl Case {
             amplitude: 1.0,
             rotation: None,
             splits: None,
+            persistent: None,
             row: 0,
             seed,
         }
@@ -95,7 +99,15 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         (1usize..=2, prop::sample::select(vec![1usize, 2, 4]), prop::sample::select(vec![64usize, 128, 256])),
         (any::<bool>(), window, prop::option::weighted(0.25, prop::sample::select(vec![5.0f32, 30.0]))),
         (prop::bool::weighted(0.25), prop::bool::weighted(0.25), prop::sample::select(vec![0.05f32, 1.0, 20.0])),
-        (any::<u64>(), prop::option::weighted(0.3, any::<u32>()), prop::option::weighted(0.25, 2usize..=9)),
+        (
+            any::<u64>(),
+            prop::option::weighted(0.3, any::<u32>()),
+            prop::option::weighted(0.25, 2usize..=9),
+            prop::option::weighted(
+                0.3,
+                (1usize..=7, prop::sample::select(vec![TileOrder::Rounds, TileOrder::Tickets])),
+            ),
+        ),
         0usize..4,
     )
         .prop_map(
@@ -104,7 +116,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                 (hkv, group, head_dim),
                 (causal, window, softcap),
                 (alibi, sinks, amplitude),
-                (seed, rotation, splits),
+                (seed, rotation, splits, persistent),
                 row,
             )| {
                 Case {
@@ -122,6 +134,8 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                     amplitude,
                     rotation,
                     splits,
+                    // A forced persistent grid runs unsplit.
+                    persistent: persistent.filter(|_| splits.is_none()),
                     row,
                     seed,
                 }
@@ -190,21 +204,34 @@ fn check_case(dev: &'static Device, c: &Case) -> Result<f64, String> {
     let opts =
         options(c, &x, c.alibi.then_some(PerHead::Device(&slopes_dev)), c.sinks.then_some(PerHead::Device(&sinks_dev)));
     let hq = hkv * c.group;
-    let run = || {
+    let run = |splits: Option<usize>, persistent: Option<(usize, TileOrder)>| {
         let mut o = dev.poisoned::<bf16>([c.batch, c.seqlen_q, hq, c.head_dim]).unwrap();
         let mut lse = dev.poisoned_f32(c.batch * hq * c.seqlen_q).unwrap();
         let tile = c.tile();
-        match c.splits {
-            None => gpu::flash_forward_fp8_with_tile(dev, &q8, &k8, &v8, &mut o, &mut lse, &opts, tile),
-            Some(n) => gpu::flash_forward_fp8_with_splits(dev, &q8, &k8, &v8, &mut o, &mut lse, &opts, Some(tile), n),
+        match (splits, persistent) {
+            (_, Some((n, order))) => {
+                gpu::flash_forward_fp8_persistent(dev, &q8, &k8, &v8, &mut o, &mut lse, &opts, Some(tile), n, order)
+            }
+            (None, None) => gpu::flash_forward_fp8_with_tile(dev, &q8, &k8, &v8, &mut o, &mut lse, &opts, tile),
+            (Some(n), None) => {
+                gpu::flash_forward_fp8_with_splits(dev, &q8, &k8, &v8, &mut o, &mut lse, &opts, Some(tile), n)
+            }
         }
         .map_err(|e| e.to_string())?;
         Ok::<_, String>((dev.download(&o).unwrap(), dev.download_f32(&lse).unwrap()))
     };
-    let (o, lse) = run()?;
-    let (o2, lse2) = run()?;
-    if o.data != o2.data || lse.iter().map(|x| x.to_bits()).ne(lse2.iter().map(|x| x.to_bits())) {
+    let bits = |lse: &[f32]| lse.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let (o, lse) = run(c.splits, c.persistent)?;
+    let (o2, lse2) = run(c.splits, c.persistent)?;
+    if o.data != o2.data || bits(&lse) != bits(&lse2) {
         return Err("two runs differ".into());
+    }
+    if c.persistent.is_some() {
+        // The same tiles' arithmetic as one CTA per tile: the same bits.
+        let (o1, lse1) = run(Some(1), None)?;
+        if o.data != o1.data || bits(&lse) != bits(&lse1) {
+            return Err("the persistent kernel's O or LSE differs from the one-tile kernel's".into());
+        }
     }
     let real = |i: usize, arg| fp8::dequantize(&host[i].0, arg, &host[i].1, hkv).unwrap();
     let host_opts =
@@ -271,6 +298,60 @@ fn fp8_forward_long_rows_and_empty_rows() {
     ] {
         let err = check_case(dev, &c).unwrap_or_else(|e| panic!("{c:?}: {e}"));
         println!("{c:?}: O rel_l2 {err:.3e}");
+    }
+}
+
+/// Calls of more tiles than a wave, which the launch plan gives a persistent kernel (on 132 SMs), at
+/// each head dim, causal or not, with every score option: against the reference; and with each order
+/// forced on one CTA per SM, bit for bit the one-tile kernel's O and LSE (forced by one split).
+fn fp8_persistent_grid() {
+    let Some(dev) = device_or_skip("fp8_persistent_grid") else { return };
+    if !sm90_or_typed_error(dev) {
+        return;
+    }
+    // 18 query blocks of 8 heads: 144 tiles.
+    let base = Case::plain(1, (2200, 2200), (2, 4), 81);
+    for c in [
+        base.clone(),
+        Case { causal: true, seed: 82, ..base.clone() },
+        Case { head_dim: 64, group: 2, heads_kv: 4, seed: 83, ..base.clone() },
+        Case { head_dim: 64, causal: true, seed: 84, ..base.clone() },
+        Case { head_dim: 256, causal: true, softcap: Some(30.0), alibi: true, sinks: true, seed: 85, ..base.clone() },
+        Case { head_dim: 256, seqlen_k: 1500, window: (Some(300), Some(40)), seed: 86, ..base.clone() },
+        Case { seqlen_q: 2100, rotation: Some(9), seed: 87, ..base },
+    ] {
+        let mut err = check_case(dev, &c).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        for order in [TileOrder::Rounds, TileOrder::Tickets] {
+            let forced = Case { persistent: Some((dev.info().sm_count as usize, order)), ..c.clone() };
+            err = err.max(check_case(dev, &forced).unwrap_or_else(|e| panic!("{forced:?}: {e}")));
+        }
+        println!("persistent d {} causal {} window {:?}: O rel_l2 {err:.3e}", c.head_dim, c.causal, c.window);
+    }
+}
+
+/// Small calls on a forced persistent grid of a few CTAs, each taking several tiles (some without
+/// keys): the sample `compute-sanitizer` runs on.
+fn fp8_persistent_sanitizer_sample() {
+    let Some(dev) = device_or_skip("fp8_persistent_sanitizer_sample") else { return };
+    if !sm90_or_typed_error(dev) {
+        return;
+    }
+    let base = Case::plain(2, (300, 260), (1, 2), 91);
+    for c in [
+        Case { persistent: Some((3, TileOrder::Rounds)), ..base.clone() },
+        Case { persistent: Some((3, TileOrder::Tickets)), seed: 94, ..base.clone() },
+        Case { head_dim: 64, causal: true, persistent: Some((2, TileOrder::Tickets)), seed: 92, ..base.clone() },
+        Case {
+            head_dim: 256,
+            window: (Some(0), Some(0)),
+            seqlen_k: 90,
+            persistent: Some((5, TileOrder::Rounds)),
+            seed: 93,
+            ..base
+        },
+    ] {
+        let err = check_case(dev, &c).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        println!("persistent sample d {} {:?} CTAs: O rel_l2 {err:.3e}", c.head_dim, c.persistent);
     }
 }
 
@@ -534,6 +615,8 @@ fn main() -> std::process::ExitCode {
             fp8_quantize_matches_host,
             fp8_forward_matches_reference,
             fp8_forward_long_rows_and_empty_rows,
+            fp8_persistent_grid,
+            fp8_persistent_sanitizer_sample,
             fp8_decode_split_kv,
             fp8_f16_output,
             fp8_bad_input_is_a_typed_error,

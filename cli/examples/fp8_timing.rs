@@ -1,8 +1,11 @@
 //! The FP8 (e4m3) forward beside the bf16 one, same shapes, same run: B·N = 16K tokens, hidden 2048
 //! (H = 2048 / D), N in {1K, 4K, 8K, 16K}, causal off and on; TFLOP/s = 4·B·H·N²·D / t, halved for
-//! causal. Each shape times bf16, then each FP8 row, twice over (CUDA events, median of 30 launches
-//! after 5 warm-up ones; outputs preallocated). Then the conversion of one bf16 tensor
-//! to FP8 (`gpu::quantize_fp8`, with its check of the factors), and the error table: FP8 and bf16
+//! causal. Each shape times bf16, then each FP8 row as the launch plan runs it (persistent where the
+//! tiles fill more than a wave), with one CTA per tile (`1/CTA`) and with each persistent order forced
+//! on one CTA per SM (`rounds`, `tickets`), twice over (CUDA events, median of 30 launches after
+//! 5 warm-up ones, each row first run for 250 ms so that the clocks settle; outputs preallocated).
+//! Then the conversion of one bf16 tensor to FP8 (`gpu::quantize_fp8`, with its check of the factors),
+//! and the error table: FP8 and bf16
 //! against the f64 reference on the same inputs (relative L2 of O; for FP8 also against the f64
 //! reference of its own dequantized inputs, and with Q and K rotated before quantizing: incoherent
 //! processing, `fp8::Rotation`), for inputs of amplitude 1, with 0.1% of the entries ten times larger
@@ -18,7 +21,7 @@ mod common;
 
 use half::bf16;
 use ironflash::fp8::{self, dequantize, quantize};
-use ironflash::gpu::{self, Fp8Tensor};
+use ironflash::gpu::{self, Fp8Tensor, TileOrder};
 use ironflash::{cpu, Arg, AttnOptions, Device, HostTensor};
 use ironflash_cli::bench::accuracy::rel_l2;
 use ironflash_kernels::tiles::{Fp8FwdTile, FP8_FWD_TILES};
@@ -70,13 +73,47 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 for _round in 0..2 {
                     line(
                         "bf16",
-                        common::median_ms(&dev, || gpu::flash_forward_into(&dev, &q, &k, &v, &mut o, &mut lse, &opts))?,
+                        settled_ms(&dev, || gpu::flash_forward_into(&dev, &q, &k, &v, &mut o, &mut lse, &opts))?,
                     );
                     for tile in &rows {
-                        let ms = common::median_ms(&dev, || {
+                        let ms = settled_ms(&dev, || {
                             gpu::flash_forward_fp8_with_tile(&dev, &q8, &k8, &v8, &mut o, &mut lse, &opts, tile)
                         })?;
                         line(tile.symbol(false), ms);
+                        // One CTA per tile forced (one split), where the plan may launch the persistent kernel.
+                        let ms = settled_ms(&dev, || {
+                            gpu::flash_forward_fp8_with_splits(
+                                &dev,
+                                &q8,
+                                &k8,
+                                &v8,
+                                &mut o,
+                                &mut lse,
+                                &opts,
+                                Some(tile),
+                                1,
+                            )
+                        })?;
+                        line(&format!("{} 1/CTA", tile.symbol(false)), ms);
+                        // Each persistent order forced on one CTA per SM.
+                        for (order, name) in [(TileOrder::Rounds, "rounds"), (TileOrder::Tickets, "tickets")] {
+                            let ctas = dev.info().sm_count as usize;
+                            let ms = settled_ms(&dev, || {
+                                gpu::flash_forward_fp8_persistent(
+                                    &dev,
+                                    &q8,
+                                    &k8,
+                                    &v8,
+                                    &mut o,
+                                    &mut lse,
+                                    &opts,
+                                    Some(tile),
+                                    ctas,
+                                    order,
+                                )
+                            })?;
+                            line(&format!("{} {name}", tile.symbol(false)), ms);
+                        }
                     }
                 }
                 let host = dev.download(&o)?;
@@ -98,6 +135,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         vec![gpu::fp8_forward_tile(&dev, D)?]
     };
     error_table(&dev, &rows)
+}
+
+/// How long each row runs before it is timed: under the card's power limit the clocks follow the work
+/// that ran before, and an FP8 row timed right after the bf16 row or a slower FP8 one read up to 15%
+/// off its steady rate (H200).
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `common::median_ms` of `run` once it has run for [`SETTLE`].
+fn settled_ms(dev: &Device, mut run: impl FnMut() -> ironflash::Result<()>) -> Result<f64, Box<dyn std::error::Error>> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < SETTLE {
+        for _ in 0..8 {
+            run()?;
+        }
+        dev.synchronize()?;
+    }
+    common::median_ms(dev, run)
 }
 
 /// Decode (one query row, D = 128): the bf16 forward (the library's choice) against the FP8 one (its

@@ -567,7 +567,7 @@ pub fn forward_grid(
 /// - Otherwise (windows, fewer keys than queries, causal query-block counts that pair with no such CTA
 ///   count): one CTA per SM slot, the row's ticket kernel, whose tickets balance tiles of any lengths
 ///   (+1.6-9.5% over one CTA per tile on causal 6K and 12K, +2.6% on a window: docs/perf.md).
-fn persistent_ctas(mask: &Mask, m_blocks: usize, tiles: usize, slots: usize) -> Option<(usize, TileOrder)> {
+pub(crate) fn persistent_ctas(mask: &Mask, m_blocks: usize, tiles: usize, slots: usize) -> Option<(usize, TileOrder)> {
     if tiles <= slots {
         return None;
     }
@@ -587,7 +587,7 @@ fn persistent_ctas(mask: &Mask, m_blocks: usize, tiles: usize, slots: usize) -> 
 /// half the L2 cache (query heads of one K/V head share theirs), a power of two, so that each section's
 /// longest tiles go out first: the same rule as FlashAttention-3's scheduler. (Sections filling the
 /// whole cache, in sizes as equal as the pairs divide into, measured 1-12% slower: docs/perf.md.)
-fn persistent_section(info: &DeviceInfo, p: &AttnProblem, order: TileOrder, elem_bytes: usize) -> u32 {
+pub(crate) fn persistent_section(info: &DeviceInfo, p: &AttnProblem, order: TileOrder, elem_bytes: usize) -> u32 {
     if order != TileOrder::Tickets {
         return 1;
     }

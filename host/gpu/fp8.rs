@@ -7,8 +7,8 @@ use crate::dtype::{DType, Element, F8E4M3};
 use crate::error::{Arg, DriverContext, Error, Result};
 use crate::fp8::{check_descale, check_groups, Rotation};
 use crate::gpu::flash::{
-    check_grid, check_num_splits, check_outputs, num_splits_heuristic, pack_query_heads, run_view, Combine,
-    CombineRows, HeadsAsRows, SplitWorkspace,
+    check_grid, check_num_splits, check_outputs, num_splits_heuristic, pack_query_heads, persistent_ctas,
+    persistent_section, run_view, Combine, CombineRows, HeadsAsRows, SplitWorkspace, TileOrder,
 };
 use crate::gpu::launch::{self, KernelParams, Launch};
 use crate::gpu::score::{check_per_head, ScoreArgs};
@@ -219,7 +219,7 @@ pub fn flash_forward_fp8_as<O: Element>(
     let mut lse = unsafe { dev.stream.alloc::<f32>(p.lse_len()) }.during("allocating the LSE")?;
     let mut o = DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal };
     // Outputs allocated here to the problem's shape: nothing of them to check.
-    launch_planned(dev, &p, opts, &tile, None, (q, k, v), &mut o, &mut lse)?;
+    launch_planned(dev, &p, opts, &tile, (None, None), (q, k, v), &mut o, &mut lse)?;
     Ok(GpuForwardOutput { o, lse })
 }
 
@@ -233,7 +233,7 @@ pub fn flash_forward_fp8_into<O: Element>(
     lse: &mut CudaSlice<f32>,
     opts: &AttnOptions,
 ) -> Result<()> {
-    forward_into(dev, (q, k, v), o, lse, opts, None, None)
+    forward_into(dev, (q, k, v), o, lse, opts, None, (None, None))
 }
 
 /// As [`flash_forward_fp8_into`] with an explicit row of `tiles::FP8_FWD_TILES` instead of the
@@ -250,12 +250,13 @@ pub fn flash_forward_fp8_with_tile<O: Element>(
     opts: &AttnOptions,
     tile: &Fp8FwdTile,
 ) -> Result<()> {
-    forward_into(dev, (q, k, v), o, lse, opts, Some(tile), None)
+    forward_into(dev, (q, k, v), o, lse, opts, Some(tile), (None, None))
 }
 
 /// As [`flash_forward_fp8_into`] with an optional explicit row (as [`flash_forward_fp8_with_tile`])
 /// and a split-KV count instead of [`fp8_num_splits`]'s: for tests and benchmarks. `num_splits` must
-/// be in `1..=MAX_SPLITS`; 1 forces the unsplit kernel.
+/// be in `1..=MAX_SPLITS`; 1 forces the unsplit one-tile kernel (one CTA per tile, where the launch
+/// plan may take a persistent kernel).
 #[allow(clippy::too_many_arguments)]
 pub fn flash_forward_fp8_with_splits<O: Element>(
     dev: &Device,
@@ -269,7 +270,31 @@ pub fn flash_forward_fp8_with_splits<O: Element>(
     num_splits: usize,
 ) -> Result<()> {
     check_num_splits(num_splits)?;
-    forward_into(dev, (q, k, v), o, lse, opts, tile, Some(num_splits))
+    forward_into(dev, (q, k, v), o, lse, opts, tile, (Some(num_splits), None))
+}
+
+/// As [`flash_forward_fp8_into`] with a persistent kernel forced: `ctas` CTAs (clamped to the call's
+/// tiles) taking the tiles in `order` (rounds or tickets) instead of the launch plan's choice, on the
+/// chooser's row or `tile`: for tests and benchmarks of those kernels, on any shape (from one CTA,
+/// which takes every tile, to more than the tiles). `Error::NoTileConfig` for
+/// [`TileOrder::OnePerTile`].
+#[allow(clippy::too_many_arguments)]
+pub fn flash_forward_fp8_persistent<O: Element>(
+    dev: &Device,
+    q: &Fp8Tensor,
+    k: &Fp8Tensor,
+    v: &Fp8Tensor,
+    o: &mut DeviceTensor<O>,
+    lse: &mut CudaSlice<f32>,
+    opts: &AttnOptions,
+    tile: Option<&Fp8FwdTile>,
+    ctas: usize,
+    order: TileOrder,
+) -> Result<()> {
+    if !order.persistent() {
+        return Err(Error::NoTileConfig("a forced persistent launch takes its tiles in rounds or by ticket".into()));
+    }
+    forward_into(dev, (q, k, v), o, lse, opts, tile, (Some(1), Some((ctas, order))))
 }
 
 /// The split-KV count of the FP8 forward for the problem it runs (1: no split): the 16-bit forward's
@@ -281,7 +306,8 @@ pub fn fp8_num_splits(dev: &Device, p: &AttnProblem, tile: &Fp8FwdTile) -> usize
 }
 
 /// The checks and the launch of an FP8 forward into given outputs, on the chooser's row or `forced`,
-/// with the heuristic's split count or `splits`.
+/// with the heuristic's split count or `splits`, and with `persistent` a persistent grid of that many
+/// CTAs forced (`splits` then 1).
 fn forward_into<O: Element>(
     dev: &Device,
     (q, k, v): (&Fp8Tensor, &Fp8Tensor, &Fp8Tensor),
@@ -289,7 +315,7 @@ fn forward_into<O: Element>(
     lse: &mut CudaSlice<f32>,
     opts: &AttnOptions,
     forced: Option<&Fp8FwdTile>,
-    splits: Option<usize>,
+    (splits, persistent): (Option<usize>, Option<(usize, TileOrder)>),
 ) -> Result<()> {
     check_output_dtype::<O>()?;
     let (p, chosen) = plan(dev, q, k, v, opts)?;
@@ -305,38 +331,77 @@ fn forward_into<O: Element>(
             p.head_dim
         )));
     }
-    launch_planned(dev, &p, opts, tile, splits, (q, k, v), o, lse)
+    launch_planned(dev, &p, opts, tile, (splits, persistent), (q, k, v), o, lse)
 }
 
 /// The launch of a checked call: decode with grouped query heads runs them as rows of their K/V head
 /// (`pack_query_heads`, as the 16-bit forward: one read of each K/V head per split), then the kernel
-/// with `splits` or the heuristic's count, then the combine when split.
+/// with `splits` or the heuristic's count (unsplit: one CTA per tile, or the persistent kernel where
+/// [`persistent_grid`] or a forced CTA count `persistent` has one), then the combine when split.
 #[allow(clippy::too_many_arguments)]
 fn launch_planned<O: Element>(
     dev: &Device,
     p: &AttnProblem,
     opts: &AttnOptions,
     tile: &Fp8FwdTile,
-    splits: Option<usize>,
+    (splits, persistent): (Option<usize>, Option<(usize, TileOrder)>),
     inputs: (&Fp8Tensor, &Fp8Tensor, &Fp8Tensor),
     o: &mut DeviceTensor<O>,
     lse: &mut CudaSlice<f32>,
 ) -> Result<()> {
     let packed = pack_query_heads(p, opts, &inputs.0.data.layout, &o.layout, true);
     let (run, q_layout, o_layout) = run_view(packed.as_ref(), p, inputs.0.data.layout, o.layout);
+    let forced_splits = splits.is_some();
     let splits = splits.unwrap_or_else(|| fp8_num_splits(dev, run, tile));
-    let view = RunView { p: run, packed: packed.as_ref(), q: &q_layout, o: &o_layout, splits };
+    let ctas = match persistent {
+        Some((n, order)) => Some((n.clamp(1, fp8_tiles(run)?.max(1)), order)),
+        // A forced split count, one included, runs one CTA per tile (per split).
+        None if splits == 1 && !forced_splits => persistent_grid(dev, run, tile)?,
+        None => None,
+    };
+    let view = RunView { p: run, packed: packed.as_ref(), q: &q_layout, o: &o_layout, splits, ctas };
     launch(dev, &view, opts, tile, inputs, &mut o.buf, lse)
 }
 
 /// What one launch runs: the problem (the packed rows' when `packed`), Q's and O's layouts as it sees
-/// them, and its split count.
+/// them, its split count, and the persistent kernel's CTA count (`None`: one CTA per tile).
 struct RunView<'a> {
     p: &'a AttnProblem,
     packed: Option<&'a HeadsAsRows>,
     q: &'a Layout,
     o: &'a Layout,
     splits: usize,
+    ctas: Option<(usize, TileOrder)>,
+}
+
+/// The call's tiles (128 query rows of a head of a batch row), within the kernels' 32-bit count.
+fn fp8_tiles(p: &AttnProblem) -> Result<usize> {
+    let tiles = p.seqlen_q.div_ceil(Fp8FwdTile::BLOCK_M) * p.heads_q * p.batch;
+    if tiles > i32::MAX as usize {
+        return Err(Error::TooLarge { arg: Arg::Q, what: "query blocks·heads_q·batch", value: tiles });
+    }
+    Ok(tiles)
+}
+
+/// The persistent grid of an unsplit call where its tiles fill more than a wave (`persistent_ctas`;
+/// `None`: one CTA per tile): tiles that all see the same keys in rounds on one CTA per SM where the
+/// row says so (`Fp8FwdTile::equal_tiles_in_rounds`), every other call by ticket on one CTA per SM.
+/// Measured on an H200 (docs/perf.md, "A persistent FP8 forward"): against one CTA per tile +10-13%
+/// at 1K, +2-9% at 4K, level to +7% from 8K; rounds on 128 of 132 SMs for causal rows ran 11-15%
+/// behind one CTA per tile at 16K where tickets ran level with it, and at head dim 128 rounds trailed
+/// tickets by 2-6% non-causal (SMs that finish their rounds early idle), where at head dims 64 (level)
+/// and 256 (+1-4%) they did not.
+fn persistent_grid(dev: &Device, p: &AttnProblem, tile: &Fp8FwdTile) -> Result<Option<(usize, TileOrder)>> {
+    let tiles = fp8_tiles(p)?;
+    let m_blocks = p.seqlen_q.div_ceil(Fp8FwdTile::BLOCK_M);
+    let slots = dev.info().sm_count as usize;
+    Ok(persistent_ctas(&p.mask, m_blocks, tiles, slots).map(|(ctas, order)| {
+        if order == TileOrder::Rounds && p.mask.sees_all() && tile.equal_tiles_in_rounds {
+            (ctas, order)
+        } else {
+            (slots, TileOrder::Tickets)
+        }
+    }))
 }
 
 /// Everything checked before a launch: devices, shapes, descale factors' length and device, strides of
@@ -409,7 +474,13 @@ fn launch<O: Element>(
 ) -> Result<()> {
     let p = run.p;
     let f16 = O::DTYPE == DType::F16;
-    let symbol = if run.splits > 1 { tile.split_symbol } else { tile.symbol(f16) };
+    let order = run.ctas.map_or(TileOrder::OnePerTile, |(_, order)| order);
+    let symbol = match (run.splits > 1, order) {
+        (true, _) => tile.split_symbol,
+        (false, TileOrder::OnePerTile) => tile.symbol(f16),
+        (false, TileOrder::Rounds) => tile.persistent_symbols[f16 as usize],
+        (false, TileOrder::Tickets) => tile.ticket_symbols[f16 as usize],
+    };
     let f = dev.modules.function(&dev.ctx, symbol, tile.smem_bytes())?;
     let stream = dev.stream();
     let (q_ptr, _q) = q.data.buf.device_ptr(stream);
@@ -446,8 +517,8 @@ fn launch<O: Element>(
         o_accum,
         lse_accum,
         batch: p.batch as u32,
-        section_heads: 1,
-        tile_counter: 0,
+        section_heads: persistent_section(dev.info(), p, order, 1),
+        tile_counter: if order == TileOrder::Tickets { dev.tile_counter.addr() } else { 0 },
     });
     let map = |ptr, dims, strides: [usize; 4], rows| {
         tma::tensor_map(DType::F8E4M3, ptr, dims, [strides[0], strides[1], strides[2]], rows)
@@ -458,8 +529,10 @@ fn launch<O: Element>(
         v: map(v_ptr, [p.batch, p.seqlen_k, p.heads_kv, p.head_dim_v], v.data.layout.strides, tile.block_n)?,
     });
     let descales = KernelParams(Fp8Descales { q: qd_ptr, k: kd_ptr, v: vd_ptr });
+    let one_per_tile =
+        ((p.seqlen_q.div_ceil(Fp8FwdTile::BLOCK_M) * run.splits) as u32, p.heads_q as u32, p.batch as u32);
     let cfg = LaunchConfig {
-        grid_dim: ((p.seqlen_q.div_ceil(Fp8FwdTile::BLOCK_M) * run.splits) as u32, p.heads_q as u32, p.batch as u32),
+        grid_dim: run.ctas.map_or(one_per_tile, |(n, _)| (n as u32, 1, 1)),
         block_dim: (Fp8FwdTile::THREADS as u32, 1, 1),
         shared_mem_bytes: tile.smem_bytes() as u32,
     };
@@ -478,7 +551,8 @@ fn launch<O: Element>(
     // descale buffers' lengths and the index limits; the packed rows' views and key offset stay within
     // those layouts; the pointers are live for the launches (their guards outlive them on this stream)
     // and the maps describe the same buffers; the combine reads the workspace the split kernel writes,
-    // freed after both in stream order (dropped below).
+    // freed after both in stream order (dropped below); a ticket-taking grid takes the device's tile
+    // counter, zero between launches on its stream (the grid's last CTA resets it).
     unsafe { launch::enqueue(dev, &launches) }?;
     drop(workspace);
     Ok(())

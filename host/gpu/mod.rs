@@ -24,9 +24,9 @@ pub use flash::{
     ForwardTile, TileOrder, MAX_SPLITS,
 };
 pub use fp8::{
-    flash_forward_fp8, flash_forward_fp8_as, flash_forward_fp8_into, flash_forward_fp8_with_splits,
-    flash_forward_fp8_with_tile, fp8_forward_tile, fp8_num_splits, quantize_fp8, quantize_fp8_with, Fp8Tensor,
-    FP8_HEAD_DIMS,
+    flash_forward_fp8, flash_forward_fp8_as, flash_forward_fp8_into, flash_forward_fp8_persistent,
+    flash_forward_fp8_with_splits, flash_forward_fp8_with_tile, fp8_forward_tile, fp8_num_splits, quantize_fp8,
+    quantize_fp8_with, Fp8Tensor, FP8_HEAD_DIMS,
 };
 pub use paged::{
     flash_forward_paged, flash_forward_paged_into, DeviceKvAppend, DevicePagedKv, DeviceRotary, PagedErrors,

@@ -589,6 +589,14 @@ pub struct Fp8FwdTile {
     /// to the workspace, `abi::FwdParams`; the combine rounds them to O's type).
     pub symbols: [&'static str; 2],
     pub split_symbol: &'static str,
+    /// The persistent kernels' (O in bf16, f16): a one-dimensional grid whose CTAs take the call's tiles
+    /// in rounds (`tiles::Rounds`), as the 16-bit TMA rows' `persistent_symbols`.
+    pub persistent_symbols: [&'static str; 2],
+    /// The ticket-taking persistent kernels' (`FwdTile::ticket_symbols`).
+    pub ticket_symbols: [&'static str; 2],
+    /// Whether a persistent grid takes tiles that all see the same keys in rounds (else by ticket, as
+    /// every other persistent call): measured per row (below).
+    pub equal_tiles_in_rounds: bool,
 }
 
 impl Fp8FwdTile {
@@ -619,7 +627,7 @@ impl Fp8FwdTile {
 }
 
 macro_rules! fp8_tile {
-    ($d:literal, $n:literal, $stages:literal, $pingpong:literal, $fma:literal, $p:literal, $overlap:literal, $name:literal) => {
+    ($d:literal, $n:literal, $stages:literal, $pingpong:literal, $fma:literal, $p:literal, $overlap:literal, $rounds:literal, $name:literal) => {
         Fp8FwdTile {
             head_dim: $d,
             head_dim_v: $d,
@@ -631,6 +639,15 @@ macro_rules! fp8_tile {
             overlap: $overlap,
             symbols: [concat!("attn_fwd_fp8_", $name, "_bf16"), concat!("attn_fwd_fp8_", $name, "_f16")],
             split_symbol: concat!("attn_fwd_fp8_split_", $name),
+            persistent_symbols: [
+                concat!("attn_fwd_fp8_persist_", $name, "_bf16"),
+                concat!("attn_fwd_fp8_persist_", $name, "_f16"),
+            ],
+            ticket_symbols: [
+                concat!("attn_fwd_fp8_tickets_", $name, "_bf16"),
+                concat!("attn_fwd_fp8_tickets_", $name, "_f16"),
+            ],
+            equal_tiles_in_rounds: $rounds,
         }
     };
 }
@@ -644,18 +661,22 @@ macro_rules! fp8_tile {
 // probabilities spread far below its largest (docs/perf.md). The intra-warpgroup overlap: head dim 64
 // 520-527 against 464-469 (+8-14% from 1K), then 2 of 16 tiles' exponentials on the FMA pipe 523-541
 // against 472-523 (4 tiles: 510-518); head dim 128 761-788 against 799-854, 256 698-713 against
-// 877-910: off there.
+// 877-910: off there. Persistent grids (H200, docs/perf.md "A persistent FP8 forward"), non-causal
+// at 4K / 8K / 16K, rounds against tickets on 132 CTAs: head dim 64 520-521 / 536-537 / 545 against
+// 523-524 / 540 / 548-549 (level; rounds ahead at 1K, 436 against 430), 128 724-725 / 752-767 / 794-799
+// against 747-760 / 799-813 / 805-821, 256 828-843 / 862-874 / 868-883 against 796 / 841-842 /
+// 869-875: `equal_tiles_in_rounds` at 64 and 256.
 
 /// 105 KiB: 128-key blocks in four stages, ping-pong (64-byte rows: the 64-byte swizzle); the
 /// intra-warpgroup overlap, and 2 of each row's 16 n8 tiles' exponentials on the FMA pipe (the
 /// softmax is the longer part of a turn here: products half as long as at head dim 128).
-pub const HD64_FP8: Fp8FwdTile = fp8_tile!(64, 128, 4, true, 2, 8, true, "hd64_m128n128");
+pub const HD64_FP8: Fp8FwdTile = fp8_tile!(64, 128, 4, true, 2, 8, true, true, "hd64_m128n128");
 /// 209 KiB: 128-key blocks in four stages, ping-pong (`HD128_WGMMA`'s shape, one more stage); P scaled
 /// by 2^6, the max left stale by up to 2^2.
-pub const HD128_FP8: Fp8FwdTile = fp8_tile!(128, 128, 4, true, 0, 6, false, "hd128_m128n128");
+pub const HD128_FP8: Fp8FwdTile = fp8_tile!(128, 128, 4, true, 0, 6, false, false, "hd128_m128n128");
 /// 177 KiB: 64-key blocks in three stages (O alone is 128 registers: with 128-key blocks ptxas
 /// serialises the products), ping-pong; P scaled by 2^4, the max left stale by up to 2^4.
-pub const HD256_FP8: Fp8FwdTile = fp8_tile!(256, 64, 3, true, 0, 4, false, "hd256_m128n64");
+pub const HD256_FP8: Fp8FwdTile = fp8_tile!(256, 64, 3, true, 0, 4, false, true, "hd256_m128n64");
 
 /// Every compiled FP8 forward variant, in order of preference within a head dim.
 pub const FP8_FWD_TILES: &[Fp8FwdTile] = &[HD64_FP8, HD128_FP8, HD256_FP8];

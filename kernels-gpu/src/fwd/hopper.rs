@@ -519,10 +519,10 @@ unsafe fn issue_s<E: WgmmaElem, const D: usize, const BN: usize, const SR: usize
 }
 
 /// A tile's query rows and visible key blocks.
-struct TileWork {
-    m0: u32,
-    rows: u32,
-    blocks: KeyBlocks,
+pub(super) struct TileWork {
+    pub m0: u32,
+    pub rows: u32,
+    pub blocks: KeyBlocks,
 }
 
 impl TileWork {
@@ -530,7 +530,7 @@ impl TileWork {
     /// As `stage::parked` (a packed CTA's threads have passed `stage::enter`); a packed tile's first row
     /// is within its sequence.
     #[inline(always)]
-    unsafe fn of<const PACKED: bool, const BN: usize>(p: &FwdParams, tile: TileId) -> TileWork {
+    pub(super) unsafe fn of<const PACKED: bool, const BN: usize>(p: &FwdParams, tile: TileId) -> TileWork {
         let mask = stage::parked::<PACKED>(&p.score, tile.batch).mask;
         let m0 = tile.m_block * BM as u32;
         let rows = (mask.seqlen_q - m0).min(BM as u32);

@@ -30,17 +30,17 @@
 //! Tiles are rows of the 128-byte swizzle (head dims that are multiples of 128: column blocks of 128
 //! e4m3) or of the 64-byte swizzle (head dim 64); Vᵀ's rows are the block's 128 or 64 keys.
 
-use super::hopper::ring;
+use super::hopper::{ring, TileWork, BM};
+use super::schedule::{TileQueue, Tiles, Walk};
 use super::softmax::OnlineSoftmax;
 use crate::abi::{Fp8Descales, FwdParams};
-use crate::attn::score::ScoreParams;
+use crate::attn::score::{KeyBlocks, ScoreParams};
 use crate::attn::stage::{self, FragPos};
 use crate::frag::AccFrag;
 use crate::ptx::elem::{pack4_e4m3, transpose_bytes, Elem16};
 use crate::ptx::wgmma::{self, desc_kmajor, e4m3, swizzled_byte};
 use crate::ptx::{bulk, mbarrier, setmaxnreg, smem, sreg, sync, tma};
 
-const BM: usize = 128;
 const COMPUTE_THREADS: u32 = 256;
 const COMPUTE_REGS: u32 = 224;
 const LOADER_REGS: u32 = 56;
@@ -49,7 +49,7 @@ const _: () = assert!(COMPUTE_THREADS * COMPUTE_REGS + 128 * LOADER_REGS <= 384 
 
 /// Named barriers, as in `hopper.rs`: `FULL + 2s + w` (stage s holds its block, transposed, for compute
 /// warpgroup w), `EMPTY + s` (both compute warpgroups are done with stage s), then the two ping-pong
-/// barriers (`SCHED + w`: warpgroup w's turn to issue its products).
+/// barriers (`SCHED + w`: warpgroup w's turn to issue its products) and a persistent CTA's `Q_FREE`.
 const FULL: u32 = 1;
 
 /// The shared memory of one instantiation: Q, then `STAGES` stages of K, V as loaded and Vᵀ, then the
@@ -72,6 +72,11 @@ impl<const D: usize, const DV: usize, const BN: usize, const STAGES: u32> Shape<
     const KV: u32 = Self::Q_BYTES;
     const EMPTY: u32 = FULL + 2 * STAGES;
     const SCHED: u32 = Self::EMPTY + STAGES;
+    /// A persistent CTA's: both compute warpgroups are done with the tile's Q (256 arrive, the loader
+    /// waits).
+    const Q_FREE: u32 = Self::SCHED + 2;
+    /// A ticket-taking CTA's `schedule::TileQueue`, after the TMA `mbarrier`s.
+    const QUEUE: u32 = Self::BARS + 8 * (1 + STAGES);
     const BARS: u32 = Self::KV + STAGES * Self::STAGE_BYTES;
     const fn full_bar(base: u32, s: u32) -> u32 {
         base + Self::BARS + 8 + 8 * s
@@ -91,61 +96,155 @@ impl<const D: usize, const DV: usize, const BN: usize, const STAGES: u32> Shape<
             && DV <= D
             && matches!(BN, 64 | 128)
             && STAGES >= 2
-            && Self::SCHED + 2 <= 16
+            && Self::Q_FREE < 16
             && Self::Q_BYTES % 1024 == 0
             && Self::K_BYTES % 1024 == 0
             && Self::V_BYTES % 1024 == 0
-            && 8 * (1 + STAGES as usize) <= crate::tiles::TMA_BARRIER_BYTES
+            && 8 * (1 + STAGES as usize) + TileQueue::BYTES as usize <= crate::tiles::TMA_BARRIER_BYTES
     );
 }
 
-/// The loader warpgroup: its first thread issues Q's boxes, then each block's K and V boxes into stage
-/// `j % STAGES` against that stage's `mbarrier` (as `hopper.rs`'s TMA loader, in the same order); the
-/// whole warpgroup waits for a block to land, transposes its V (`transpose_v`) and hands it over through
-/// `FULL`. `maps` is the generic address of the call's `abi::FwdTensorMaps` (boxes of 128 e4m3).
+/// One tile's work for both roles: its query rows from `m0` (`rows` of them), its head and batch row,
+/// its visible key blocks and of those the blocks `first .. first + n_blocks` it computes (a split's
+/// share when split).
+#[derive(Clone, Copy)]
+struct Fp8Tile {
+    m0: u32,
+    rows: u32,
+    head: u32,
+    batch: u32,
+    blocks: KeyBlocks,
+    first: u32,
+    n_blocks: u32,
+}
+
+/// The loader warpgroup: its first thread issues each tile's Q boxes and each block's K and V boxes
+/// into stage `g % STAGES` of the ring against that stage's `mbarrier` (as `hopper.rs`'s TMA loader, in
+/// the same order); the whole warpgroup waits for a block to land, transposes its V (`transpose_v`) and
+/// hands it over through `FULL`. `maps` is the generic address of the call's `abi::FwdTensorMaps`
+/// (boxes of 128 e4m3). A one-tile CTA loads `one`; a persistent CTA (`PERSIST`) walks its tiles in
+/// rounds or by ticket (`TICKETS`; `schedule::Walk`, the next ticket taken once a tile's last block is
+/// out), carrying the ring from tile to tile as `hopper.rs`'s persistent loader does (a tile's Q after
+/// its first keys, once both compute warpgroups are past `Q_FREE`), and at the end takes the arrivals
+/// at `EMPTY` and `Q_FREE` that no refill waited for.
 ///
 /// # Safety
 /// The loader warpgroup of a launch as `attn_fwd_fp8` documents, after the barriers' initialisation.
 #[inline(always)]
-unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES: u32>(
+unsafe fn loader<
+    const D: usize,
+    const DV: usize,
+    const BN: usize,
+    const STAGES: u32,
+    const PERSIST: bool,
+    const TICKETS: bool,
+>(
     maps: u64,
     p: &FwdParams,
     base: u32,
-    m0: u32,
-    (first, n_blocks): (u32, u32),
+    one: Fp8Tile,
     tid: u32,
 ) {
-    let (head, batch) = (sreg::block_y(), sreg::block_z());
-    let kv_head = head / p.group;
-    let (q_map, k_map, v_map) = (maps, maps + 128, maps + 256);
     // Predicated on `leader` rather than branched, as in `hopper.rs`.
     let leader = tid == 0;
-    for map in [q_map, k_map, v_map] {
+    for map in [maps, maps + 128, maps + 256] {
         tma::prefetch_map(leader, map);
     }
-    let q_bar = base + Shape::<D, DV, BN, STAGES>::BARS;
-    mbarrier::arrive_expect_tx(leader, q_bar, Shape::<D, DV, BN, STAGES>::Q_BYTES);
-    let q_s = base + Shape::<D, DV, BN, STAGES>::Q;
-    tma::load_boxes_of::<BM, D>(leader, q_s, Shape::<D, DV, BN, STAGES>::QK_ROW, q_map, [m0, head, batch], q_bar);
-    let stage = |i: u32| base + Shape::<D, DV, BN, STAGES>::KV + (i % STAGES) * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
-    // Block i (and Q with block 0) has landed: V transposed, handed to the compute warpgroups.
-    let hand_over_landed = |i: u32| {
-        if i == 0 {
-            mbarrier::wait(q_bar, 0);
+    if !PERSIST {
+        load_tile::<D, DV, BN, STAGES, PERSIST>(maps, p, base, one, (0, 0), || {}, tid);
+        return;
+    }
+    // The ring's blocks and the Q tiles loaded so far (the phase of Q's `mbarrier`).
+    let (mut g0, mut q_tiles) = (0u32, 0u32);
+    let mut walk = Walk::<true, TICKETS>::new(TileQueue::at(base + Shape::<D, DV, BN, STAGES>::QUEUE));
+    loop {
+        walk.publish(leader);
+        let Some(i) = walk.next(p, tid % 32) else { break };
+        let tile = Fp8Tile::persistent::<BN, TICKETS>(p, i);
+        if tile.n_blocks == 0 {
+            walk.choose_next(leader, p);
+            continue;
         }
-        mbarrier::wait(Shape::<D, DV, BN, STAGES>::full_bar(base, i % STAGES), (i / STAGES) & 1);
-        let s = stage(i);
+        // The next ticket once the tile's last block is out (as `hopper.rs`'s loader).
+        let last_issued = || walk.choose_next(leader, p);
+        load_tile::<D, DV, BN, STAGES, PERSIST>(maps, p, base, tile, (g0, q_tiles), last_issued, tid);
+        g0 += tile.n_blocks;
+        q_tiles += 1;
+    }
+    let mut g = g0.saturating_sub(STAGES);
+    while g < g0 {
+        sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + g % STAGES);
+        g += 1;
+    }
+    if q_tiles > 0 {
+        sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::Q_FREE);
+    }
+    walk.retire(leader, p);
+}
+
+impl Fp8Tile {
+    /// Tile `i` of a persistent CTA's walk (`schedule::Tiles`, in rounds or by ticket), taken afresh.
+    ///
+    /// # Safety
+    /// As `TileWork::of` for a dense batch.
+    #[inline(always)]
+    unsafe fn persistent<const BN: usize, const TICKETS: bool>(p: &FwdParams, i: u32) -> Fp8Tile {
+        let tile = Tiles::<true, TICKETS>::at(p, i);
+        let work = TileWork::of::<false, BN>(p, tile);
+        let (m0, rows, blocks) = (work.m0, work.rows, work.blocks);
+        Fp8Tile { m0, rows, head: tile.head, batch: tile.batch, blocks, first: blocks.first, n_blocks: blocks.len() }
+    }
+}
+
+/// The loader's part of one tile with key blocks, its blocks the ring's `g0 ..` and its Q the CTA's
+/// `q_tiles`-th; `last_issued` once its last block's copies are out.
+///
+/// # Safety
+/// As `loader`.
+#[inline(always)]
+unsafe fn load_tile<const D: usize, const DV: usize, const BN: usize, const STAGES: u32, const PERSIST: bool>(
+    maps: u64,
+    p: &FwdParams,
+    base: u32,
+    tile: Fp8Tile,
+    (g0, q_tiles): (u32, u32),
+    mut last_issued: impl FnMut(),
+    tid: u32,
+) {
+    let (head, batch) = (tile.head, tile.batch);
+    let kv_head = head / p.group;
+    let (q_map, k_map, v_map) = (maps, maps + 128, maps + 256);
+    let leader = tid == 0;
+    let q_bar = base + Shape::<D, DV, BN, STAGES>::BARS;
+    let load_q = || {
+        mbarrier::arrive_expect_tx(leader, q_bar, Shape::<D, DV, BN, STAGES>::Q_BYTES);
+        let q_s = base + Shape::<D, DV, BN, STAGES>::Q;
+        let q_row = Shape::<D, DV, BN, STAGES>::QK_ROW;
+        tma::load_boxes_of::<BM, D>(leader, q_s, q_row, q_map, [tile.m0, head, batch], q_bar);
+    };
+    let stage = |g: u32| base + Shape::<D, DV, BN, STAGES>::KV + (g % STAGES) * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
+    // Block g (and Q with the tile's first) has landed: V transposed, handed to the compute warpgroups.
+    let hand_over_landed = |g: u32| {
+        if g == g0 {
+            mbarrier::wait(q_bar, q_tiles & 1);
+        }
+        mbarrier::wait(Shape::<D, DV, BN, STAGES>::full_bar(base, g % STAGES), (g / STAGES) & 1);
+        let s = stage(g);
         let (v_raw, v_t) = (Shape::<D, DV, BN, STAGES>::v_raw(s), Shape::<D, DV, BN, STAGES>::v_t(s));
         transpose_v::<DV, BN>(v_raw, v_t, Shape::<D, DV, BN, STAGES>::V_ROW as u32, tid);
         // The transposed tile is read by `wgmma` (the async proxy).
         bulk::shared_async();
-        sync::arrive_at::<256>(FULL + 2 * (i % STAGES));
-        sync::arrive_at::<256>(FULL + 2 * (i % STAGES) + 1);
+        sync::arrive_at::<256>(FULL + 2 * (g % STAGES));
+        sync::arrive_at::<256>(FULL + 2 * (g % STAGES) + 1);
     };
-    let issue = |j: u32| {
-        let bar = Shape::<D, DV, BN, STAGES>::full_bar(base, j % STAGES);
-        let n0 = (first + j) * BN as u32;
-        let dst = stage(j);
+    let issue = |g: u32| {
+        if !PERSIST && g == g0 {
+            // A one-tile CTA's Q before its first keys, as they are needed together.
+            load_q();
+        }
+        let bar = Shape::<D, DV, BN, STAGES>::full_bar(base, g % STAGES);
+        let n0 = (tile.first + g - g0) * BN as u32;
+        let dst = stage(g);
         let bytes = Shape::<D, DV, BN, STAGES>::K_BYTES + Shape::<D, DV, BN, STAGES>::V_BYTES;
         mbarrier::arrive_expect_tx(leader, bar, bytes);
         let qk_row = Shape::<D, DV, BN, STAGES>::QK_ROW;
@@ -153,9 +252,20 @@ unsafe fn loader<const D: usize, const DV: usize, const BN: usize, const STAGES:
         let v_raw = Shape::<D, DV, BN, STAGES>::v_raw(dst);
         let v_row = Shape::<D, DV, BN, STAGES>::V_ROW;
         tma::load_boxes_of::<BN, DV>(leader, v_raw, v_row, v_map, [n0, kv_head, batch], bar);
+        if PERSIST && g == g0 {
+            // A persistent CTA's Q after the tile's first keys, which need not wait for the previous
+            // tile's products, once both compute warpgroups are done with the previous Q.
+            if q_tiles > 0 {
+                sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::Q_FREE);
+            }
+            load_q();
+        }
+        if g + 1 == g0 + tile.n_blocks {
+            last_issued();
+        }
     };
     let wait_empty = |s: u32| sync::named_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + s);
-    ring::<STAGES>(0, n_blocks, issue, wait_empty, hand_over_landed);
+    ring::<STAGES>(g0, tile.n_blocks, issue, wait_empty, hand_over_landed);
 }
 
 /// Vᵀ of one block by the loader's 128 threads: `v_raw` holds `BN` keys × `DV` e4m3 as the TMA unit
@@ -257,13 +367,16 @@ unsafe fn issue_pv<const BN: usize, const OR: usize, const KS: usize>(
 /// exponentials on the FMA pipe (`fwd/softmax.rs`). `OVERLAP`: FlashAttention-3's intra-warpgroup
 /// overlap (module docs). `SPLIT`: split-KV (decode), each CTA one split's
 /// share of its rows' key blocks, its O (f32, normalised by its own row sum, `v_descale` applied) and
-/// LSE to the workspace, the sinks left to the combine.
+/// LSE to the workspace, the sinks left to the combine. `PERSIST`: a persistent grid whose CTAs take
+/// the call's tiles in rounds, or by ticket with `TICKETS` (`fwd::schedule`), the next tile's first
+/// blocks and Q landing while the compute warpgroups finish the current one.
 ///
 /// # Safety
 /// Launched as `abi::FwdParams` documents for a dense batch (`num_splits` = 1 unless `SPLIT`; Q, K, V
 /// of one-byte elements, O of `E`), with `maps` the generic address of the tensor maps of Q, K and V
 /// (boxes of 128 e4m3 × the tile's rows, 128-byte swizzle) and `descale` as `abi::Fp8Descales`
-/// documents, 384 threads, the tile row's shared memory and 128-row query blocks, on an sm_90a device.
+/// documents, 384 threads, the tile row's shared memory and 128-row query blocks, on an sm_90a device;
+/// with `PERSIST` a one-dimensional grid of any size.
 #[inline(always)]
 pub unsafe fn attn_fwd_fp8<
     E: Elem16,
@@ -281,60 +394,38 @@ pub unsafe fn attn_fwd_fp8<
     const P_LOG2: u32,
     const OVERLAP: bool,
     const SPLIT: bool,
+    const PERSIST: bool,
+    const TICKETS: bool,
 >(
     p: &FwdParams,
     maps: u64,
     descale: &Fp8Descales,
 ) {
     const { assert!(SR == BN / 2 && OR == DV / 2 && NN == BN / 8 && ND == DV / 8 && KS == BN / 32) };
+    const { assert!(!(SPLIT && PERSIST) && (PERSIST || !TICKETS)) };
     #[allow(clippy::let_unit_value)]
     let () = Shape::<D, DV, BN, STAGES>::OK;
     let tid = sreg::thread_x();
-    let (m_block, split) = super::query_block_and_split::<SPLIT>(p);
-    let (head, batch) = (sreg::block_y(), sreg::block_z());
-    let seq = stage::enter::<false>(&p.score, batch, tid);
-    let sq = seq.mask.seqlen_q;
-    let m0 = m_block * BM as u32;
-    let rows = (sq - m0).min(BM as u32);
-    let blocks = seq.mask.key_blocks(m0, rows, BN as u32);
-    let (first, end) = if SPLIT { blocks.share(split, p.num_splits) } else { (blocks.first, blocks.end) };
-    let n_blocks = end - first;
-    let sink = stage::sink_log2(&p.score, head);
-    // This split's first row in the workspace, `[num_splits, batch, heads_q, seqlen_q]` rows.
-    let accum_row = || {
-        let (head, batch) = (sreg::fresh::block_y(), sreg::fresh::block_z());
-        let per_split = sreg::grid_dim_z() * p.heads_q * sq;
-        (split * per_split + (batch * p.heads_q + head) * sq + m0) as usize
-    };
-
-    let out = || {
-        let (head, batch) = (sreg::fresh::block_y(), sreg::fresh::block_z());
-        let o_g = (p.o as *mut u16)
-            .add((batch as u64 * p.o_strides[0] + m0 as u64 * p.o_strides[1] + head as u64 * p.o_strides[2]) as usize);
-        let rows_per_head = p.score.mask.seqlen_q as u64;
-        let lse_g = (p.lse as *mut f32).add(((batch * p.heads_q + head) as u64 * rows_per_head + m0 as u64) as usize);
-        (o_g, lse_g)
-    };
-    let o_stride = p.o_strides[1] as usize;
-    if n_blocks == 0 {
-        if SPLIT {
+    // A one-tile CTA's tile (and split), worked out once for both roles; one without keys leaves
+    // before the barriers exist.
+    let mut one = Fp8Tile { m0: 0, rows: 0, head: 0, batch: 0, blocks: KeyBlocks::default(), first: 0, n_blocks: 0 };
+    let mut split = 0;
+    if !PERSIST {
+        let m_block;
+        (m_block, split) = super::query_block_and_split::<SPLIT>(p);
+        let (head, batch) = (sreg::block_y(), sreg::block_z());
+        let seq = stage::enter::<false>(&p.score, batch, tid);
+        let m0 = m_block * BM as u32;
+        let rows = (seq.mask.seqlen_q - m0).min(BM as u32);
+        let blocks = seq.mask.key_blocks(m0, rows, BN as u32);
+        let (first, end) = if SPLIT { blocks.share(split, p.num_splits) } else { (blocks.first, blocks.end) };
+        one = Fp8Tile { m0, rows, head, batch, blocks, first, n_blocks: end - first };
+        if one.n_blocks == 0 {
             if tid < COMPUTE_THREADS {
-                let lse = (p.lse_accum as *mut f32).add(accum_row());
-                super::epilogue::store_split_empty(lse, rows, COMPUTE_THREADS, tid);
+                store_empty_tile::<SPLIT, DV>(p, &one, split, tid);
             }
-        } else if tid < COMPUTE_THREADS {
-            let (o_g, lse_g) = out();
-            super::epilogue::store_empty::<DV>(
-                o_g,
-                o_stride,
-                lse_g,
-                sink * core::f32::consts::LN_2,
-                rows,
-                COMPUTE_THREADS,
-                tid,
-            );
+            return;
         }
-        return;
     }
 
     let base = (smem::base() + 1023) & !1023;
@@ -343,15 +434,139 @@ pub unsafe fn attn_fwd_fp8<
     for s in 0..STAGES {
         mbarrier::init(tid == 0, Shape::<D, DV, BN, STAGES>::full_bar(base, s), 1);
     }
+    if TICKETS {
+        TileQueue::at(base + Shape::<D, DV, BN, STAGES>::QUEUE).init(tid);
+    }
     mbarrier::fence_init();
     sync::block();
     if tid >= COMPUTE_THREADS {
         setmaxnreg::dec::<LOADER_REGS>();
-        loader::<D, DV, BN, STAGES>(maps, p, base, m0, (first, n_blocks), tid - COMPUTE_THREADS);
+        loader::<D, DV, BN, STAGES, PERSIST, TICKETS>(maps, p, base, one, tid - COMPUTE_THREADS);
         return;
     }
     setmaxnreg::inc::<COMPUTE_REGS>();
 
+    let wg = tid / 128;
+    if PINGPONG && wg == 1 {
+        // Warpgroup 0 takes the first turn.
+        sync::arrive_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED);
+    }
+    if PERSIST {
+        let mut walk = Walk::<true, TICKETS>::new(TileQueue::at(base + Shape::<D, DV, BN, STAGES>::QUEUE));
+        let mut g0 = 0u32;
+        while let Some(i) = walk.next(p, tid % 32) {
+            let tile = Fp8Tile::persistent::<BN, TICKETS>(p, i);
+            if tile.n_blocks == 0 {
+                store_empty_tile::<false, DV>(p, &tile, 0, tid);
+            } else {
+                compute_tile::<
+                    E,
+                    D,
+                    DV,
+                    BN,
+                    STAGES,
+                    SR,
+                    OR,
+                    NN,
+                    ND,
+                    KS,
+                    PINGPONG,
+                    FMA_EXP2,
+                    P_LOG2,
+                    OVERLAP,
+                    false,
+                    true,
+                >(p, base, descale, (&tile, 0), g0, tid);
+                g0 += tile.n_blocks;
+            }
+        }
+        if PINGPONG && wg == 0 {
+            // Warpgroup 1's arrival after its last turn, which nothing else waits for.
+            sync::named_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED);
+        }
+    } else {
+        compute_tile::<E, D, DV, BN, STAGES, SR, OR, NN, ND, KS, PINGPONG, FMA_EXP2, P_LOG2, OVERLAP, SPLIT, false>(
+            p,
+            base,
+            descale,
+            (&one, split),
+            0,
+            tid,
+        );
+    }
+}
+
+/// Where a tile's O rows and LSE values go: `(O, LSE)` of its first row in the call's outputs.
+#[inline(always)]
+unsafe fn out_rows(p: &FwdParams, tile: &Fp8Tile) -> (*mut u16, *mut f32) {
+    let (head, batch, m0) = (tile.head, tile.batch, tile.m0);
+    let o_g = (p.o as *mut u16)
+        .add((batch as u64 * p.o_strides[0] + m0 as u64 * p.o_strides[1] + head as u64 * p.o_strides[2]) as usize);
+    let rows_per_head = p.score.mask.seqlen_q as u64;
+    let lse_g = (p.lse as *mut f32).add(((batch * p.heads_q + head) as u64 * rows_per_head + m0 as u64) as usize);
+    (o_g, lse_g)
+}
+
+/// A split's first row in the workspace, `[num_splits, batch, heads_q, seqlen_q]` rows.
+#[inline(always)]
+fn accum_row(p: &FwdParams, tile: &Fp8Tile, split: u32) -> usize {
+    let per_split = p.batch * p.heads_q * p.score.mask.seqlen_q;
+    (split * per_split + (tile.batch * p.heads_q + tile.head) * p.score.mask.seqlen_q + tile.m0) as usize
+}
+
+/// A tile whose rows see no key: O = 0 and the LSE of an empty row (a split's: its workspace LSE), by
+/// the 256 compute threads.
+///
+/// # Safety
+/// Compute threads only; `tile` one of the launch's.
+#[inline(always)]
+unsafe fn store_empty_tile<const SPLIT: bool, const DV: usize>(p: &FwdParams, tile: &Fp8Tile, split: u32, tid: u32) {
+    if SPLIT {
+        let lse = (p.lse_accum as *mut f32).add(accum_row(p, tile, split));
+        super::epilogue::store_split_empty(lse, tile.rows, COMPUTE_THREADS, tid);
+    } else {
+        let (o_g, lse_g) = out_rows(p, tile);
+        let sink = stage::sink_log2(&p.score, tile.head);
+        let o_stride = p.o_strides[1] as usize;
+        let lse_value = sink * core::f32::consts::LN_2;
+        super::epilogue::store_empty::<DV>(o_g, o_stride, lse_g, lse_value, tile.rows, COMPUTE_THREADS, tid);
+    }
+}
+
+/// One tile with key blocks for a compute warpgroup (module docs), its blocks the ring's `g0 ..`, then
+/// its O and LSE (a split's to the workspace: `split`).
+///
+/// # Safety
+/// A compute thread of `attn_fwd_fp8`, the tile's blocks non-empty and loaded by `loader` in this order.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn compute_tile<
+    E: Elem16,
+    const D: usize,
+    const DV: usize,
+    const BN: usize,
+    const STAGES: u32,
+    const SR: usize,
+    const OR: usize,
+    const NN: usize,
+    const ND: usize,
+    const KS: usize,
+    const PINGPONG: bool,
+    const FMA_EXP2: usize,
+    const P_LOG2: u32,
+    const OVERLAP: bool,
+    const SPLIT: bool,
+    const PERSIST: bool,
+>(
+    p: &FwdParams,
+    base: u32,
+    descale: &Fp8Descales,
+    (tile, split): (&Fp8Tile, u32),
+    g0: u32,
+    tid: u32,
+) {
+    let (m0, rows, head, batch) = (tile.m0, tile.rows, tile.head, tile.batch);
+    let (blocks, first, n_blocks) = (tile.blocks, tile.first, tile.n_blocks);
     let lane = tid % 32;
     let (wg, warp) = (tid / 128, (tid / 32) % 4);
     let (g, t) = (lane / 4, lane % 4);
@@ -359,7 +574,7 @@ pub unsafe fn attn_fwd_fp8<
     let row_g = m0 + 64 * wg + 16 * warp + g;
 
     // This (batch, K/V head)'s factors: Q's and K's join the score scale.
-    let kv_at = at_kv(p);
+    let kv_at = at_kv(p, head, batch);
     let qk = *(descale.q as *const f32).add(kv_at) * *(descale.k as *const f32).add(kv_at);
     let score = ScoreParams { scale_log2: p.score.scale_log2 * qk, softcap_pre: p.score.softcap_pre * qk, ..p.score };
 
@@ -373,18 +588,14 @@ pub unsafe fn attn_fwd_fp8<
     let slope = if score.has_alibi() { stage::alibi_slope_log2(&score, batch, head) } else { 0.0 };
     let mods = score.has_modifiers();
     let mut o = [0f32; OR];
-    if PINGPONG && wg == 1 {
-        // Warpgroup 0 takes the first turn.
-        sync::arrive_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED);
-    }
     // With `OVERLAP`, P of the previous block, whose P·V is issued with this block's S.
     let mut pk = [[0u32; 4]; KS];
     let stage_at =
-        |j: u32| base + Shape::<D, DV, BN, STAGES>::KV + (j % STAGES) * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
+        |j: u32| base + Shape::<D, DV, BN, STAGES>::KV + ((g0 + j) % STAGES) * Shape::<D, DV, BN, STAGES>::STAGE_BYTES;
     let mut j = 0u32;
     while j < n_blocks {
         let k_s = stage_at(j);
-        sync::named_at::<256>(FULL + 2 * (j % STAGES) + wg);
+        sync::named_at::<256>(FULL + 2 * ((g0 + j) % STAGES) + wg);
         if PINGPONG {
             sync::named_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED + wg);
         }
@@ -403,10 +614,11 @@ pub unsafe fn attn_fwd_fp8<
             sync::arrive_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED + 1 - wg);
         }
         // The previous block's P·V too (without `OVERLAP`): its stage may be refilled once both
-        // warpgroups are past here.
+        // warpgroups are past here (a one-tile CTA's last `STAGES` blocks are never refilled; a
+        // persistent CTA's loader takes every arrival).
         let release_previous = || {
-            if j >= 1 && j - 1 + STAGES < n_blocks {
-                sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + (j - 1) % STAGES);
+            if j >= 1 && (PERSIST || j - 1 + STAGES < n_blocks) {
+                sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + (g0 + j - 1) % STAGES);
             }
         };
         if OVERLAP {
@@ -417,6 +629,10 @@ pub unsafe fn attn_fwd_fp8<
             wgmma::pin_all(&mut sc);
             wgmma::pin_all(&mut o);
             release_previous();
+        }
+        if PERSIST && j == n_blocks - 1 {
+            // The tile's last product with Q is done: the loader may bring the next tile's.
+            sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::Q_FREE);
         }
 
         let mut s_frag = AccFrag::<1, NN>::from_wgmma(&sc);
@@ -458,26 +674,31 @@ pub unsafe fn attn_fwd_fp8<
         wgmma::fence();
         issue_pv::<BN, OR, KS>(&mut o, &pk, Shape::<D, DV, BN, STAGES>::v_t(stage_at(n_blocks - 1)));
     }
-    if PINGPONG && wg == 0 {
-        // Warpgroup 1's arrival after its last turn, which nothing else waits for.
+    if !PERSIST && PINGPONG && wg == 0 {
+        // Warpgroup 1's arrival after its last turn, which nothing else waits for (a persistent CTA
+        // takes it after its last tile).
         sync::named_at::<256>(Shape::<D, DV, BN, STAGES>::SCHED);
     }
     wgmma::wait::<0>();
     wgmma::pin_all(&mut o);
+    if PERSIST {
+        // The tile's last block: its stage may be refilled once both warpgroups' products with it are done.
+        sync::arrive_at::<384>(Shape::<D, DV, BN, STAGES>::EMPTY + (g0 + n_blocks - 1) % STAGES);
+    }
 
     // O · (v_descale / row sum), rounded to `E`, straight to global memory: each quad writes 16
     // contiguous bytes of a row per n8 tile (a split's in f32 to the workspace, 32 bytes).
     let (inv, lse) = softmax.finish();
-    let v_scale = *(descale.v as *const f32).add(at_kv(p));
+    let v_scale = *(descale.v as *const f32).add(at_kv(p, head, batch));
     let row0 = 64 * wg + 16 * warp;
     // Bytes of an element of O (`E`) or of the workspace's f32 partial O, and where the rows go.
     let elem = if SPLIT { 4 } else { 2 };
     let (o_dst, lse_dst, row_bytes) = if SPLIT {
-        let at = accum_row();
+        let at = accum_row(p, tile, split);
         ((p.o_accum as *mut u8).add(4 * at * DV), (p.lse_accum as *mut f32).add(at), 4 * DV)
     } else {
-        let (o_g, lse_g) = out();
-        (o_g as *mut u8, lse_g, 2 * o_stride)
+        let (o_g, lse_g) = out_rows(p, tile);
+        (o_g as *mut u8, lse_g, 2 * p.o_strides[1] as usize)
     };
     for rr in 0..2usize {
         let row = row0 + g + 8 * rr as u32;
@@ -500,9 +721,8 @@ pub unsafe fn attn_fwd_fp8<
     }
 }
 
-/// This CTA's index into the `[batch, heads_kv]` descale buffers, from fresh reads of its indices.
+/// The index of (batch, the K/V head of query head `head`) into the `[batch, heads_kv]` descale buffers.
 #[inline(always)]
-fn at_kv(p: &FwdParams) -> usize {
-    let (head, batch) = (sreg::fresh::block_y(), sreg::fresh::block_z());
+fn at_kv(p: &FwdParams, head: u32, batch: u32) -> usize {
     (batch * (p.heads_q / p.group) + head / p.group) as usize
 }

@@ -310,7 +310,7 @@ mod wgmma_entry {
     /// The FP8 rows (`tiles::FP8_FWD_TILES`): the tensor maps as the TMA rows', then the descale
     /// factors.
     macro_rules! fp8_entry {
-        ($tile:path, $name:ident, $elem:ty, $split:literal, $what:literal) => {
+        ($tile:path, $name:ident, $elem:ty, $split:literal, $persist:literal, $tickets:literal, $what:literal) => {
             core::arch::global_asm!(concat!("// ironflash-launch-bounds ", stringify!($name), " 384 1"));
             core::arch::global_asm!(concat!("// ironflash-param-align ", stringify!($name), " 1 64"));
 
@@ -338,29 +338,39 @@ mod wgmma_entry {
                     { T.p_log2 },
                     { T.overlap },
                     $split,
+                    $persist,
+                    $tickets,
                 >(&p, maps, &descale)
             }
         };
     }
 
     macro_rules! fp8_kernels {
-        ($($tile:path => $bf16:ident, $f16:ident, $split:ident;)*) => {$(
+        ($($tile:path => $bf16:ident, $f16:ident, $split:ident, $persist_bf16:ident, $persist_f16:ident, $tickets_bf16:ident, $tickets_f16:ident;)*) => {$(
             const _: () = {
                 const T: tiles::Fp8FwdTile = $tile;
                 assert!(T.is_valid() && str_eq(T.symbols[0], stringify!($bf16)));
                 assert!(str_eq(T.symbols[1], stringify!($f16)) && str_eq(T.split_symbol, stringify!($split)));
+                assert!(str_eq(T.persistent_symbols[0], stringify!($persist_bf16)));
+                assert!(str_eq(T.persistent_symbols[1], stringify!($persist_f16)));
+                assert!(str_eq(T.ticket_symbols[0], stringify!($tickets_bf16)));
+                assert!(str_eq(T.ticket_symbols[1], stringify!($tickets_f16)));
             };
-            fp8_entry!($tile, $bf16, Bf16, false, "unsplit, O bf16");
-            fp8_entry!($tile, $f16, F16, false, "unsplit, O f16");
+            fp8_entry!($tile, $bf16, Bf16, false, false, false, "unsplit, O bf16");
+            fp8_entry!($tile, $f16, F16, false, false, false, "unsplit, O f16");
             // The split kernel writes f32 partial results; the combine rounds them to O's type.
-            fp8_entry!($tile, $split, Bf16, true, "split-KV, `num_splits` > 1");
+            fp8_entry!($tile, $split, Bf16, true, false, false, "split-KV, `num_splits` > 1");
+            fp8_entry!($tile, $persist_bf16, Bf16, false, true, false, "persistent in rounds, a one-dimensional grid, O bf16");
+            fp8_entry!($tile, $persist_f16, F16, false, true, false, "persistent in rounds, a one-dimensional grid, O f16");
+            fp8_entry!($tile, $tickets_bf16, Bf16, false, true, true, "persistent by ticket, a one-dimensional grid, O bf16");
+            fp8_entry!($tile, $tickets_f16, F16, false, true, true, "persistent by ticket, a one-dimensional grid, O f16");
         )*};
     }
 
     fp8_kernels! {
-        tiles::HD64_FP8 => attn_fwd_fp8_hd64_m128n128_bf16, attn_fwd_fp8_hd64_m128n128_f16, attn_fwd_fp8_split_hd64_m128n128;
-        tiles::HD128_FP8 => attn_fwd_fp8_hd128_m128n128_bf16, attn_fwd_fp8_hd128_m128n128_f16, attn_fwd_fp8_split_hd128_m128n128;
-        tiles::HD256_FP8 => attn_fwd_fp8_hd256_m128n64_bf16, attn_fwd_fp8_hd256_m128n64_f16, attn_fwd_fp8_split_hd256_m128n64;
+        tiles::HD64_FP8 => attn_fwd_fp8_hd64_m128n128_bf16, attn_fwd_fp8_hd64_m128n128_f16, attn_fwd_fp8_split_hd64_m128n128, attn_fwd_fp8_persist_hd64_m128n128_bf16, attn_fwd_fp8_persist_hd64_m128n128_f16, attn_fwd_fp8_tickets_hd64_m128n128_bf16, attn_fwd_fp8_tickets_hd64_m128n128_f16;
+        tiles::HD128_FP8 => attn_fwd_fp8_hd128_m128n128_bf16, attn_fwd_fp8_hd128_m128n128_f16, attn_fwd_fp8_split_hd128_m128n128, attn_fwd_fp8_persist_hd128_m128n128_bf16, attn_fwd_fp8_persist_hd128_m128n128_f16, attn_fwd_fp8_tickets_hd128_m128n128_bf16, attn_fwd_fp8_tickets_hd128_m128n128_f16;
+        tiles::HD256_FP8 => attn_fwd_fp8_hd256_m128n64_bf16, attn_fwd_fp8_hd256_m128n64_f16, attn_fwd_fp8_split_hd256_m128n64, attn_fwd_fp8_persist_hd256_m128n64_bf16, attn_fwd_fp8_persist_hd256_m128n64_f16, attn_fwd_fp8_tickets_hd256_m128n64_bf16, attn_fwd_fp8_tickets_hd256_m128n64_f16;
     }
 
     wgmma_kernels! {
