@@ -73,15 +73,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 for _round in 0..2 {
                     line(
                         "bf16",
-                        settled_ms(&dev, || gpu::flash_forward_into(&dev, &q, &k, &v, &mut o, &mut lse, &opts))?,
+                        common::settled_median_ms(&dev, || {
+                            gpu::flash_forward_into(&dev, &q, &k, &v, &mut o, &mut lse, &opts)
+                        })?,
                     );
                     for tile in &rows {
-                        let ms = settled_ms(&dev, || {
+                        let ms = common::settled_median_ms(&dev, || {
                             gpu::flash_forward_fp8_with_tile(&dev, &q8, &k8, &v8, &mut o, &mut lse, &opts, tile)
                         })?;
                         line(tile.symbol(false), ms);
                         // One CTA per tile forced (one split), where the plan may launch the persistent kernel.
-                        let ms = settled_ms(&dev, || {
+                        let ms = common::settled_median_ms(&dev, || {
                             gpu::flash_forward_fp8_with_splits(
                                 &dev,
                                 &q8,
@@ -98,7 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         // Each persistent order forced on one CTA per SM.
                         for (order, name) in [(TileOrder::Rounds, "rounds"), (TileOrder::Tickets, "tickets")] {
                             let ctas = dev.info().sm_count as usize;
-                            let ms = settled_ms(&dev, || {
+                            let ms = common::settled_median_ms(&dev, || {
                                 gpu::flash_forward_fp8_persistent(
                                     &dev,
                                     &q8,
@@ -135,23 +137,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         vec![gpu::fp8_forward_tile(&dev, D)?]
     };
     error_table(&dev, &rows)
-}
-
-/// How long each row runs before it is timed: under the card's power limit the clocks follow the work
-/// that ran before, and an FP8 row timed right after the bf16 row or a slower FP8 one read up to 15%
-/// off its steady rate (H200).
-const SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// `common::median_ms` of `run` once it has run for [`SETTLE`].
-fn settled_ms(dev: &Device, mut run: impl FnMut() -> ironflash::Result<()>) -> Result<f64, Box<dyn std::error::Error>> {
-    let start = std::time::Instant::now();
-    while start.elapsed() < SETTLE {
-        for _ in 0..8 {
-            run()?;
-        }
-        dev.synchronize()?;
-    }
-    common::median_ms(dev, run)
 }
 
 /// Decode (one query row, D = 128): the bf16 forward (the library's choice) against the FP8 one (its

@@ -13,6 +13,7 @@
 //! cargo run --release --example fwd_timing -- --dims 64,128 --softcap 30  # each row plain, then softcapped
 //! cargo run --release --example fwd_timing -- --dims 128 --ctas 132,999999  # persistent rows, CTAs forced
 //! cargo run --release --example fwd_timing -- --dims 128 --ctas 132 --tickets  # ... taking tiles by ticket
+//! cargo run --release --example fwd_timing -- --dims 128 --settle  # each row run for 250 ms first
 //! cargo run --release --example fwd_timing -- --dims 128 --seqlens 3072,6144  # other N (B = 16K / N)
 //! cargo run --release --example fwd_timing -- --decode-only --splits 8,32,64   # extra split counts
 //! cargo run --release --example fwd_timing -- --decode-only --decode-grid      # B 1/8/64, 4K-64K keys
@@ -42,6 +43,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let forced_ctas = common::usizes_arg(&args, "--ctas", &[])?;
     let forced_order =
         if args.iter().any(|a| a == "--tickets") { gpu::TileOrder::Tickets } else { gpu::TileOrder::Rounds };
+    // `--settle`: each row runs for `common::SETTLE` before it is timed.
+    let settle = args.iter().any(|a| a == "--settle");
     // `--seqlens 3072,6144`: other sequence lengths than 1K, 4K and 8K (B = 16K / N, at least 1).
     let seqlens = common::usizes_arg(&args, "--seqlens", &[1024, 4096, 8192])?;
     let Some(dev) = common::device_or_skip()? else { return Ok(()) };
@@ -91,7 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let grids = std::iter::once(None).chain(forced_ctas.iter().filter(|_| persistent).map(Some));
                     let runs = grids.flat_map(|ctas| option_sets.iter().flatten().map(move |o| (o, ctas)));
                     for ((opts, label), ctas) in runs {
-                        let median = common::median_ms(&dev, || match ctas {
+                        let call = || match ctas {
                             Some(&n) => {
                                 let tile = Some(&tile);
                                 gpu::flash_forward_persistent(
@@ -111,7 +114,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 gpu::flash_forward_with_tile(&dev, &q, &k, &v, &mut o, &mut lse, opts, &tile)
                             }
                             None => gpu::flash_forward_into(&dev, &q, &k, &v, &mut o, &mut lse, opts),
-                        })?;
+                        };
+                        let median = if settle {
+                            common::settled_median_ms(&dev, call)?
+                        } else {
+                            common::median_ms(&dev, call)?
+                        };
                         let label = match ctas {
                             Some(n) if forced_order == gpu::TileOrder::Tickets => format!("{label} ctas={n} tickets"),
                             Some(n) => format!("{label} ctas={n}"),

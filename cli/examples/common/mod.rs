@@ -53,6 +53,27 @@ pub fn dims_arg(
     }
 }
 
+/// How long [`settled_median_ms`] runs a call before timing it: under the card's power limit the
+/// clocks follow the work that ran before, and on an H200 an FP8 row timed right after the bf16 row or
+/// after a slower kernel read up to 15% off its steady rate (docs/perf.md, "A persistent FP8 forward").
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// [`median_ms`] of `run` once it has run back to back for [`SETTLE`].
+#[allow(dead_code)] // Not every example times calls this way.
+pub fn settled_median_ms(
+    dev: &Device,
+    mut run: impl FnMut() -> ironflash::Result<()>,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < SETTLE {
+        for _ in 0..8 {
+            run()?;
+        }
+        dev.synchronize()?;
+    }
+    median_ms(dev, run)
+}
+
 /// The median (the upper middle of an even count) over `REPS` back-to-back event-timed calls of `run`
 /// (`bench::timing::time_calls`), after `WARMUP` untimed ones.
 #[allow(dead_code)] // Not every example times calls this way.
