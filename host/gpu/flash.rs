@@ -554,19 +554,26 @@ pub fn forward_grid(
     }
 }
 
+/// The most query blocks per head whose causal rows a persistent forward takes in rounds (4K rows of
+/// 128). Measured on an H200 with each row's clocks settled (docs/perf.md, "Causal rows by ticket"),
+/// rounds on 128 of 132 SMs against tickets on 132 at head dims 64-256: ahead by 4-7% at 1K, level at
+/// 4K, behind by 1-16% at 8K in both orders of timing, within -3 to +1.5% at 16K.
+pub(crate) const CAUSAL_ROUNDS_MAX_M_BLOCKS: usize = 32;
+
 /// The CTA count and tile order of a persistent forward, or `None` where one CTA per tile serves as well:
 /// at most a wave of tiles (nothing to overlap).
 /// - Every tile sees the same keys: one CTA per SM slot, in rounds (CTA c takes tiles c, 2·ctas − 1 − c,
 ///   2·ctas + c, ...; the ticket kernels measured 1-4% slower at 1K: docs/perf.md).
 /// - Causal rows with every key before the diagonal (no left window, `seqlen_k >= seqlen_q`: a tile's
-///   key blocks grow by one block per query block), in rounds where the two tiles of a CTA's pair of
-///   rounds, c and 2·ctas − 1 − c, add up to the same length for every CTA: where the pair's 2·ctas tiles
-///   hold whole heads' query blocks or lie within one head's (`m_blocks` divides 2·ctas or 2·ctas divides
-///   `m_blocks`), the most CTAs up to the slots that do so, down to 15/16 of them (128 of 132 SMs for
-///   every power-of-two `m_blocks`; tickets on all 132 measured up to 7% slower there).
-/// - Otherwise (windows, fewer keys than queries, causal query-block counts that pair with no such CTA
-///   count): one CTA per SM slot, the row's ticket kernel, whose tickets balance tiles of any lengths
-///   (+1.6-9.5% over one CTA per tile on causal 6K and 12K, +2.6% on a window: docs/perf.md).
+///   key blocks grow by one block per query block) and at most [`CAUSAL_ROUNDS_MAX_M_BLOCKS`] query
+///   blocks, in rounds where the two tiles of a CTA's pair of rounds, c and 2·ctas − 1 − c, add up to
+///   the same length for every CTA: where the pair's 2·ctas tiles hold whole heads' query blocks or lie
+///   within one head's (`m_blocks` divides 2·ctas or 2·ctas divides `m_blocks`), the most CTAs up to the
+///   slots that do so, down to 15/16 of them (128 of 132 SMs for every power-of-two `m_blocks`).
+/// - Otherwise (windows, fewer keys than queries, longer causal rows, causal query-block counts that
+///   pair with no such CTA count): one CTA per SM slot, the row's ticket kernel, whose tickets balance
+///   tiles of any lengths (+1.6-9.5% over one CTA per tile on causal 6K and 12K, +2.6% on a window;
+///   +3-16% over the rounds on causal 8K and 16K: docs/perf.md).
 pub(crate) fn persistent_ctas(mask: &Mask, m_blocks: usize, tiles: usize, slots: usize) -> Option<(usize, TileOrder)> {
     if tiles <= slots {
         return None;
@@ -574,7 +581,10 @@ pub(crate) fn persistent_ctas(mask: &Mask, m_blocks: usize, tiles: usize, slots:
     if mask.sees_all() {
         return Some((slots, TileOrder::Rounds));
     }
-    let causal_prefix = mask.right == 0 && mask.left >= mask.seqlen_k && mask.seqlen_k >= mask.seqlen_q;
+    let causal_prefix = mask.right == 0
+        && mask.left >= mask.seqlen_k
+        && mask.seqlen_k >= mask.seqlen_q
+        && m_blocks <= CAUSAL_ROUNDS_MAX_M_BLOCKS;
     let balanced = |ctas: &usize| (2 * ctas) % m_blocks == 0 || m_blocks % (2 * ctas) == 0;
     match (slots - slots / 16..=slots).rev().find(balanced) {
         Some(ctas) if causal_prefix => Some((ctas, TileOrder::Rounds)),
@@ -1077,7 +1087,7 @@ mod tests {
                     let ctas = match chosen {
                         Some((ctas, TileOrder::Rounds)) => ctas,
                         Some((ctas, TileOrder::Tickets)) => {
-                            let pairs = [8, 16, 32, 64, 128, 512].contains(&m_blocks);
+                            let pairs = [8, 16, 32].contains(&m_blocks);
                             assert!(ctas == slots && (left.is_some() || causal && !pairs), "{seqlen} {heads}");
                             continue;
                         }
