@@ -522,6 +522,16 @@ impl TileOrder {
     }
 }
 
+/// A persistent forward's tile count (query blocks of `block_m` rows × heads_q × batch): the kernels
+/// count their tiles in 32 bits, and the grid's x is below 2^31.
+pub(crate) fn persistent_tiles(p: &AttnProblem, block_m: usize) -> Result<usize> {
+    let tiles = p.seqlen_q.div_ceil(block_m) * p.heads_q * p.batch;
+    if tiles > i32::MAX as usize {
+        return Err(Error::TooLarge { arg: Arg::Q, what: "query blocks·heads_q·batch", value: tiles });
+    }
+    Ok(tiles)
+}
+
 /// The forward kernel's grid and how it takes its tiles: (query blocks × splits, heads, batch) for the
 /// one-tile kernels; for the row's persistent kernels (`FwdTile::persistent`), its tiles in a row,
 /// one-dimensional, of `ctas` CTAs in `order` where a test forces them (`forced`), else
@@ -541,11 +551,7 @@ pub fn forward_grid(
         }
         return Ok((one_per_tile, TileOrder::OnePerTile));
     }
-    // The kernel counts its tiles in 32 bits; the grid's x is below 2^31.
-    let tiles = m_blocks * p.heads_q * p.batch;
-    if tiles > i32::MAX as usize {
-        return Err(Error::TooLarge { arg: Arg::Q, what: "query blocks·heads_q·batch", value: tiles });
-    }
+    let tiles = persistent_tiles(p, tile.block_m)?;
     let slots = info.sm_count as usize * tile.ctas_per_sm;
     let forced = forced.map(|(n, order)| (n.clamp(1, tiles.max(1)), order));
     match forced.or_else(|| persistent_ctas(&p.mask, m_blocks, tiles, slots)) {

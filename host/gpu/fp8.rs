@@ -8,7 +8,7 @@ use crate::error::{Arg, DriverContext, Error, Result};
 use crate::fp8::{check_descale, check_groups, Rotation};
 use crate::gpu::flash::{
     check_grid, check_num_splits, check_outputs, num_splits_heuristic, pack_query_heads, persistent_ctas,
-    persistent_section, run_view, Combine, CombineRows, HeadsAsRows, SplitWorkspace, TileOrder,
+    persistent_section, persistent_tiles, run_view, Combine, CombineRows, HeadsAsRows, SplitWorkspace, TileOrder,
 };
 use crate::gpu::launch::{self, KernelParams, Launch};
 use crate::gpu::score::{check_per_head, ScoreArgs};
@@ -354,7 +354,7 @@ fn launch_planned<O: Element>(
     let forced_splits = splits.is_some();
     let splits = splits.unwrap_or_else(|| fp8_num_splits(dev, run, tile));
     let ctas = match persistent {
-        Some((n, order)) => Some((n.clamp(1, fp8_tiles(run)?.max(1)), order)),
+        Some((n, order)) => Some((n.clamp(1, persistent_tiles(run, Fp8FwdTile::BLOCK_M)?.max(1)), order)),
         // A forced split count, one included, runs one CTA per tile (per split).
         None if splits == 1 && !forced_splits => persistent_grid(dev, run, tile)?,
         None => None,
@@ -374,15 +374,6 @@ struct RunView<'a> {
     ctas: Option<(usize, TileOrder)>,
 }
 
-/// The call's tiles (128 query rows of a head of a batch row), within the kernels' 32-bit count.
-fn fp8_tiles(p: &AttnProblem) -> Result<usize> {
-    let tiles = p.seqlen_q.div_ceil(Fp8FwdTile::BLOCK_M) * p.heads_q * p.batch;
-    if tiles > i32::MAX as usize {
-        return Err(Error::TooLarge { arg: Arg::Q, what: "query blocks·heads_q·batch", value: tiles });
-    }
-    Ok(tiles)
-}
-
 /// The persistent grid of an unsplit call where its tiles fill more than a wave (`persistent_ctas`;
 /// `None`: one CTA per tile): tiles that all see the same keys in rounds on one CTA per SM where the
 /// row says so (`Fp8FwdTile::equal_tiles_in_rounds`), every other call by ticket on one CTA per SM.
@@ -392,7 +383,7 @@ fn fp8_tiles(p: &AttnProblem) -> Result<usize> {
 /// tickets by 2-6% non-causal (SMs that finish their rounds early idle), where at head dims 64 (level)
 /// and 256 (+1-4%) they did not.
 fn persistent_grid(dev: &Device, p: &AttnProblem, tile: &Fp8FwdTile) -> Result<Option<(usize, TileOrder)>> {
-    let tiles = fp8_tiles(p)?;
+    let tiles = persistent_tiles(p, Fp8FwdTile::BLOCK_M)?;
     let m_blocks = p.seqlen_q.div_ceil(Fp8FwdTile::BLOCK_M);
     let slots = dev.info().sm_count as usize;
     Ok(persistent_ctas(&p.mask, m_blocks, tiles, slots).map(|(ctas, order)| {

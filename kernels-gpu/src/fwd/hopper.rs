@@ -543,7 +543,7 @@ impl TileWork {
 /// # Safety
 /// As `TileWork::of`.
 #[inline(always)]
-unsafe fn out_rows<const PACKED: bool>(p: &FwdParams, tile: TileId, m0: u32) -> (*mut u16, *mut f32) {
+pub(super) unsafe fn out_rows<const PACKED: bool>(p: &FwdParams, tile: TileId, m0: u32) -> (*mut u16, *mut f32) {
     let seq = stage::parked::<PACKED>(&p.score, tile.batch);
     let o_g = (p.o as *mut u16).add(
         (seq.row as u64 * p.o_strides[0] + (seq.q0 + m0) as u64 * p.o_strides[1] + tile.head as u64 * p.o_strides[2])

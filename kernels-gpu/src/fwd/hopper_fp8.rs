@@ -31,7 +31,7 @@
 //! e4m3) or of the 64-byte swizzle (head dim 64); Vᵀ's rows are the block's 128 or 64 keys.
 
 use super::hopper::{ring, TileWork, BM};
-use super::schedule::{TileQueue, Tiles, Walk};
+use super::schedule::{TileId, TileQueue, Tiles, Walk};
 use super::softmax::OnlineSoftmax;
 use crate::abi::{Fp8Descales, FwdParams};
 use crate::attn::score::{KeyBlocks, ScoreParams};
@@ -496,15 +496,12 @@ pub unsafe fn attn_fwd_fp8<
     }
 }
 
-/// Where a tile's O rows and LSE values go: `(O, LSE)` of its first row in the call's outputs.
+/// Where a tile's O rows and LSE values go: `(O, LSE)` of its first row in the call's outputs (the
+/// 16-bit forward's `out_rows` for a dense batch).
 #[inline(always)]
 unsafe fn out_rows(p: &FwdParams, tile: &Fp8Tile) -> (*mut u16, *mut f32) {
-    let (head, batch, m0) = (tile.head, tile.batch, tile.m0);
-    let o_g = (p.o as *mut u16)
-        .add((batch as u64 * p.o_strides[0] + m0 as u64 * p.o_strides[1] + head as u64 * p.o_strides[2]) as usize);
-    let rows_per_head = p.score.mask.seqlen_q as u64;
-    let lse_g = (p.lse as *mut f32).add(((batch * p.heads_q + head) as u64 * rows_per_head + m0 as u64) as usize);
-    (o_g, lse_g)
+    let id = TileId { m_block: tile.m0 / BM as u32, head: tile.head, batch: tile.batch };
+    super::hopper::out_rows::<false>(p, id, tile.m0)
 }
 
 /// A split's first row in the workspace, `[num_splits, batch, heads_q, seqlen_q]` rows.
