@@ -14,19 +14,11 @@ mod common;
 
 use ironflash::cpu::varlen::Varlen;
 use ironflash::gpu;
-use ironflash::{bf16, AttnOptions, Device, HostTensor};
+use ironflash::{bf16, AttnOptions, Device};
 use std::time::Instant;
 
 const HEADS: usize = 16;
 const DIM: usize = 128;
-
-/// `len` random tokens (a block of 64K repeated: uploads of a million tokens stay quick).
-fn random_tokens(len: usize, seed: u64) -> HostTensor<bf16> {
-    let block = len.min(1 << 16);
-    let one = HostTensor::<bf16>::random_seeded([1, block, HEADS, DIM], 1.0, seed);
-    let data: Vec<bf16> = one.data.iter().copied().cycle().take(len * HEADS * DIM).collect();
-    HostTensor { data, layout: ironflash::Layout::contiguous([1, len, HEADS, DIM]) }
-}
 
 fn median_ms(reps: usize, mut call: impl FnMut() -> ironflash::Result<()>, dev: &Device) -> ironflash::Result<f64> {
     let mut ms = Vec::new();
@@ -48,9 +40,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reps = common::usizes_arg(&args, "--reps", &[3])?[0];
     let Some(dev) = common::device_or_skip()? else { return Ok(()) };
     let (shard, chunk) = (n / 2, n / 4);
-    let q = dev.upload(&random_tokens(shard, 1))?;
-    let (k, v) = (dev.upload(&random_tokens(shard, 11))?, dev.upload(&random_tokens(shard, 21))?);
-    let q_tail = dev.upload(&random_tokens(chunk, 1))?;
+    let tokens = |len, seed| dev.upload(&common::random_tokens(len, HEADS, DIM, seed));
+    let (q, k, v) = (tokens(shard, 1)?, tokens(shard, 11)?, tokens(shard, 21)?);
+    let q_tail = tokens(chunk, 1)?;
     let mut o = dev.poisoned::<bf16>([1, shard, HEADS, DIM])?;
     let mut lse = dev.poisoned_f32(HEADS * shard)?;
     let mut o_tail = dev.poisoned::<bf16>([1, chunk, HEADS, DIM])?;

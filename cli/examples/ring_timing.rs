@@ -11,27 +11,21 @@
 //! [--dim 128] [--reps 2] [--no-single] [--steps]` (needs two GPUs and NCCL: `IRONFLASH_NCCL` or
 //! `libnccl.so.2` on the loader's path).
 
+mod common;
+
+use common::random_tokens;
 use ironflash::cpu::varlen::Varlen;
 use ironflash::gpu;
 use ironflash::ring::gpu as ring;
 use ironflash::ring::nccl::Communicator;
 use ironflash::ring::{ShardLayout, Sharding};
-use ironflash::{bf16, AttnOptions, AttnProblem, Device, HostTensor};
+use ironflash::{bf16, AttnOptions, AttnProblem, Device};
 use std::sync::Barrier;
 use std::time::Instant;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
-
-/// A `[1, len, heads, dim]` tensor of random values: one random block of up to 64K tokens, repeated
-/// (host generation of 2^31 values would take minutes; the times do not depend on the values).
-fn random_tokens(len: usize, heads: usize, dim: usize, seed: u64) -> HostTensor<bf16> {
-    let block = len.min(1 << 16);
-    let one = HostTensor::<bf16>::random_seeded([1, block, heads, dim], 1.0, seed);
-    let data: Vec<bf16> = one.data.iter().copied().cycle().take(len * heads * dim).collect();
-    HostTensor { data, layout: ironflash::Layout::contiguous([1, len, heads, dim]) }
 }
 
 /// One rank's forward and backward times (ms) and its device memory in use (GiB).

@@ -1,6 +1,6 @@
 //! What the timing examples share.
 
-use ironflash::Device;
+use ironflash::{bf16, Device, HostTensor};
 use ironflash_cli::bench::grid::parse_dims;
 use ironflash_cli::bench::timing::time_calls;
 
@@ -11,6 +11,7 @@ const REPS: usize = 30;
 
 /// Device 0, or `None` after one `skipped: no CUDA driver` line on a machine without a GPU (the
 /// examples then end successfully, as the GPU tests do).
+#[allow(dead_code)] // `ring_timing` opens its two devices itself.
 pub fn device_or_skip() -> Result<Option<Device>, ironflash::Error> {
     match Device::open(0) {
         Ok(d) => Ok(Some(d)),
@@ -88,4 +89,14 @@ pub fn median_ms(
     let mut ms = time_calls(dev, REPS, |_| run())?;
     ms.sort_by(f64::total_cmp);
     Ok(ms[REPS / 2])
+}
+
+/// A `[1, len, heads, dim]` tensor of random values: one random block of up to 64K tokens, repeated
+/// (host generation of 2^31 values would take minutes; the times do not depend on the values).
+#[allow(dead_code)] // The long-sequence examples only.
+pub fn random_tokens(len: usize, heads: usize, dim: usize, seed: u64) -> HostTensor<bf16> {
+    let block = len.min(1 << 16);
+    let one = HostTensor::<bf16>::random_seeded([1, block, heads, dim], 1.0, seed);
+    let data: Vec<bf16> = one.data.iter().copied().cycle().take(len * heads * dim).collect();
+    HostTensor { data, layout: ironflash::Layout::contiguous([1, len, heads, dim]) }
 }
