@@ -14,25 +14,10 @@ mod common;
 
 use ironflash::cpu::varlen::Varlen;
 use ironflash::gpu;
-use ironflash::{bf16, AttnOptions, Device};
-use std::time::Instant;
+use ironflash::{bf16, AttnOptions};
 
 const HEADS: usize = 16;
 const DIM: usize = 128;
-
-fn median_ms(reps: usize, mut call: impl FnMut() -> ironflash::Result<()>, dev: &Device) -> ironflash::Result<f64> {
-    let mut ms = Vec::new();
-    for rep in 0..=reps {
-        let t = Instant::now();
-        call()?;
-        dev.synchronize()?;
-        if rep > 0 {
-            ms.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    ms.sort_by(f64::total_cmp);
-    Ok(ms[ms.len() / 2])
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -63,19 +48,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("| call | ms | TFLOP/s |");
     println!("| --- | ---: | ---: |");
-    let ms = median_ms(
-        reps,
-        || gpu::flash_forward_varlen_into(&dev, &q, &k, &v, &offsets.view(), &mut o, &mut lse, &plain),
-        &dev,
-    )?;
+    let ms = common::host_timed_median_ms(&dev, reps, || {
+        gpu::flash_forward_varlen_into(&dev, &q, &k, &v, &offsets.view(), &mut o, &mut lse, &plain)
+    })?;
     println!(
         "| step 1, packed ({chunk} queries without keys, {chunk} against {shard} keys) | {ms:.1} | {:.0} |",
         tflops(step1, ms)
     );
-    let ms =
-        median_ms(reps, || gpu::flash_forward_into(&dev, &q_tail, &k, &v, &mut o_tail, &mut lse_tail, &plain), &dev)?;
+    let ms = common::host_timed_median_ms(&dev, reps, || {
+        gpu::flash_forward_into(&dev, &q_tail, &k, &v, &mut o_tail, &mut lse_tail, &plain)
+    })?;
     println!("| step 1's work, dense ({chunk} queries against {shard} keys) | {ms:.1} | {:.0} |", tflops(step1, ms));
-    let ms = median_ms(reps, || gpu::flash_forward_into(&dev, &q, &k, &v, &mut o, &mut lse, &causal), &dev)?;
+    let ms = common::host_timed_median_ms(&dev, reps, || {
+        gpu::flash_forward_into(&dev, &q, &k, &v, &mut o, &mut lse, &causal)
+    })?;
     println!("| step 0's work, dense ({shard} causal) | {ms:.1} | {:.0} |", tflops(step0, ms));
     Ok(())
 }

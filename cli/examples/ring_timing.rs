@@ -172,16 +172,9 @@ fn forward_steps_alone(
             let mut o = dev.poisoned::<bf16>([1, len_q, heads, dim])?;
             let mut lse = dev.poisoned_f32(heads * len_q)?;
             let call = AttnOptions { causal: plan.causal, ..*opts };
-            let mut ms = Vec::new();
-            for rep in 0..=reps {
-                let t = Instant::now();
-                gpu::flash_forward_varlen_into(dev, &q, &k, &v, &offsets.view(), &mut o, &mut lse, &call)?;
-                dev.synchronize()?;
-                if rep > 0 {
-                    ms.push(t.elapsed().as_secs_f64() * 1e3);
-                }
-            }
-            per_step.push(median(ms));
+            per_step.push(common::host_timed_median_ms(dev, reps, || {
+                gpu::flash_forward_varlen_into(dev, &q, &k, &v, &offsets.view(), &mut o, &mut lse, &call)
+            })?);
         }
         let sum: f64 = per_step.iter().sum();
         if sum > slowest.0 {

@@ -100,3 +100,25 @@ pub fn random_tokens(len: usize, heads: usize, dim: usize, seed: u64) -> HostTen
     let data: Vec<bf16> = one.data.iter().copied().cycle().take(len * heads * dim).collect();
     HostTensor { data, layout: ironflash::Layout::contiguous([1, len, heads, dim]) }
 }
+
+/// The median (the upper middle of an even count) of `reps` calls of `run`, each timed on the host
+/// around a synchronize, after one untimed call: for calls of seconds (long sequences), where event
+/// timing adds nothing and a call's allocations should count.
+#[allow(dead_code)] // The long-sequence examples only.
+pub fn host_timed_median_ms(
+    dev: &Device,
+    reps: usize,
+    mut run: impl FnMut() -> ironflash::Result<()>,
+) -> ironflash::Result<f64> {
+    let mut ms = Vec::new();
+    for rep in 0..=reps {
+        let t = std::time::Instant::now();
+        run()?;
+        dev.synchronize()?;
+        if rep > 0 {
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms[ms.len() / 2])
+}
