@@ -41,7 +41,20 @@ pub fn reference_forward<T: Element>(
     v: &HostTensor<T>,
     opts: &AttnOptions,
 ) -> Result<ReferenceForward> {
-    let x = Inputs::new(q, k, v, opts)?;
+    reference_forward_shifted(q, k, v, opts, 0)
+}
+
+/// [`reference_forward`] with every row's diagonal `shift` keys further than bottom-right alignment
+/// puts it (key `i + seqlen_k − seqlen_q + shift` is on query i's diagonal), for the mask and ALiBi:
+/// queries and keys that are slices of a longer sequence (a ring step's chunks, `ring::cpu`).
+pub(crate) fn reference_forward_shifted<T: Element>(
+    q: &HostTensor<T>,
+    k: &HostTensor<T>,
+    v: &HostTensor<T>,
+    opts: &AttnOptions,
+    shift: i64,
+) -> Result<ReferenceForward> {
+    let x = Inputs { diagonal_shift: shift as i128, ..Inputs::new(q, k, v, opts)? };
     let p = x.problem;
     let head_dim_v = p.head_dim_v;
     // One task per (batch, q head), split further by query row; each returns its O rows
@@ -89,7 +102,7 @@ pub fn reference_backward<T: Element>(
     d_o: &HostTensor<T>,
     opts: &AttnOptions,
 ) -> Result<ReferenceBackward> {
-    backward(q, k, v, None, None, d_o, opts)
+    backward(q, k, v, None, None, d_o, opts, 0)
 }
 
 /// The gradients above with rowsum(dO ∘ O) taken from a given O: what a backward that is handed the
@@ -104,7 +117,7 @@ pub fn reference_backward_given_o<T: Element>(
     d_o: &HostTensor<T>,
     opts: &AttnOptions,
 ) -> Result<ReferenceBackward> {
-    backward(q, k, v, Some(o), None, d_o, opts)
+    backward(q, k, v, Some(o), None, d_o, opts, 0)
 }
 
 /// The gradients above with rowsum(dO ∘ O) from a given O and the probabilities normalised by a given
@@ -120,9 +133,26 @@ pub fn reference_backward_given_o_lse<T: Element>(
     d_o: &HostTensor<T>,
     opts: &AttnOptions,
 ) -> Result<ReferenceBackward> {
-    backward(q, k, v, Some(o), Some(lse), d_o, opts)
+    reference_backward_given_o_lse_shifted(q, k, v, o, lse, d_o, opts, 0)
 }
 
+/// [`reference_backward_given_o_lse`] with the diagonal shifted as [`reference_forward_shifted`] takes
+/// it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn reference_backward_given_o_lse_shifted<T: Element>(
+    q: &HostTensor<T>,
+    k: &HostTensor<T>,
+    v: &HostTensor<T>,
+    o: &HostTensor<T>,
+    lse: &[f64],
+    d_o: &HostTensor<T>,
+    opts: &AttnOptions,
+    shift: i64,
+) -> Result<ReferenceBackward> {
+    backward(q, k, v, Some(o), Some(lse), d_o, opts, shift)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn backward<T: Element>(
     q: &HostTensor<T>,
     k: &HostTensor<T>,
@@ -131,8 +161,9 @@ fn backward<T: Element>(
     given_lse: Option<&[f64]>,
     d_o: &HostTensor<T>,
     opts: &AttnOptions,
+    shift: i64,
 ) -> Result<ReferenceBackward> {
-    let x = Inputs::new(q, k, v, opts)?;
+    let x = Inputs { diagonal_shift: shift as i128, ..Inputs::new(q, k, v, opts)? };
     let p = x.problem;
     let like_o = |t: &HostTensor<T>, arg: Arg| -> Result<Vec<f64>> {
         p.check_input_like_o(arg, &t.layout, t.data.len())?;
@@ -257,6 +288,8 @@ struct Inputs {
     alibi_slopes: Option<Vec<f64>>,
     /// `[heads_q]` sink logits.
     sinks: Option<Vec<f64>>,
+    /// Keys from bottom-right alignment to each row's diagonal (`reference_forward_shifted`).
+    diagonal_shift: i128,
 }
 
 impl Inputs {
@@ -274,6 +307,7 @@ impl Inputs {
             window_after: if opts.causal { Some(0) } else { opts.window.right },
             alibi_slopes: alibi_slopes.map(to_f64),
             sinks: sinks.map(to_f64),
+            diagonal_shift: 0,
         })
     }
 
@@ -305,11 +339,11 @@ impl Inputs {
         &self.v[self.v_offset(b, j, h)..][..self.problem.head_dim_v]
     }
 
-    /// Signed distance from query row `i`'s diagonal (key `i + seqlen_k − seqlen_q`) to key `j`;
-    /// i128 so that no window width, however large, overflows below.
+    /// Signed distance from query row `i`'s diagonal (key `i + seqlen_k − seqlen_q + diagonal_shift`)
+    /// to key `j`; i128 so that no window width, however large, overflows below.
     fn past_diagonal(&self, i: usize, j: usize) -> i128 {
         let p = &self.problem;
-        j as i128 - (i as i128 + p.seqlen_k as i128 - p.seqlen_q as i128)
+        j as i128 - (i as i128 + p.seqlen_k as i128 - p.seqlen_q as i128 + self.diagonal_shift)
     }
 
     /// Whether query row `i` sees key `j` (both in range).

@@ -19,7 +19,7 @@ use crate::gpu::score::{check_per_head, ScoreArgs};
 use crate::gpu::scratch::Kind;
 use crate::gpu::tensor::{check_f32_buffer, check_vector_strides, strides3, DeviceTensor};
 use crate::gpu::tma;
-use crate::gpu::varlen::{self, DeviceVarlen};
+use crate::gpu::varlen::{self, Packed};
 use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
@@ -180,13 +180,14 @@ pub(crate) type BackwardInputs<'a, T> = (
 pub(crate) fn backward_into<T: Element>(
     dev: &Device,
     inputs: BackwardInputs<'_, T>,
-    seqs: Option<&DeviceVarlen>,
+    packed: Option<Packed>,
     grads: &mut GpuGradients<T>,
     opts: &AttnOptions,
     tile: Option<&BwdTile>,
 ) -> Result<()> {
     let (q, k, v, o, lse, d_o) = inputs;
-    let Plan { p, tile: chosen, grid_batch } = plan(dev, inputs, opts, seqs)?;
+    let Plan { p, tile: chosen, grid_batch } = plan(dev, inputs, opts, packed)?;
+    let seqs = packed.map(|pk| pk.seqs);
     let tile = match tile {
         None => chosen,
         Some(t) => {
@@ -226,8 +227,10 @@ pub(crate) fn backward_into<T: Element>(
             let (cu_k, cu_k_sync) = s.cu_seqlens_k.device_ptr(stream);
             score.params.cu_seqlens_q = cu_q;
             score.params.cu_seqlens_k = cu_k;
+            let shifts = packed.and_then(|pk| pk.diagonal_shifts).map(|d| d.device_ptr(stream));
+            score.params.diagonal_shifts = shifts.as_ref().map_or(0, |d| d.0);
             (score.params.max_seqlen_q, score.params.max_seqlen_k) = (s.max_seqlen_q as u32, s.max_seqlen_k as u32);
-            (s.max_seqlen_k, s.max_seqlen_q, Some((cu_q_sync, cu_k_sync)))
+            (s.max_seqlen_k, s.max_seqlen_q, Some((cu_q_sync, cu_k_sync, shifts.map(|d| d.1))))
         }
     };
     let (dq_layout, dk_layout, dv_layout) = (grads.dq.layout, grads.dk.layout, grads.dv.layout);
@@ -403,7 +406,7 @@ fn plan<T: Element>(
     dev: &Device,
     (q, k, v, o, lse, d_o): BackwardInputs<'_, T>,
     opts: &AttnOptions,
-    seqs: Option<&DeviceVarlen>,
+    packed: Option<Packed>,
 ) -> Result<Plan> {
     if !T::DTYPE.is_half() {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype: T::DTYPE, path: "the fused backward kernel" });
@@ -412,10 +415,10 @@ fn plan<T: Element>(
         t.check_on(dev, arg)?;
     }
     let layouts = [(&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len())];
-    let (p, sequences) = match seqs {
+    let (p, sequences) = match packed {
         None => (AttnProblem::new(layouts[0], layouts[1], layouts[2], opts)?, None),
-        Some(seqs) => {
-            let (p, batch) = varlen::packed_plan(dev, layouts, seqs, opts)?;
+        Some(packed) => {
+            let (p, batch) = varlen::packed_plan(dev, layouts, packed, opts)?;
             (p, Some(batch))
         }
     };
@@ -426,7 +429,7 @@ fn plan<T: Element>(
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v), (Arg::O, o), (Arg::DO, d_o)] {
         check_vector_strides(arg, &t.layout)?;
     }
-    let why = if seqs.is_some() {
+    let why = if packed.is_some() {
         "at least one f32 per (head_q, query token), [heads_q, tokens_q]"
     } else {
         "at least one f32 per (batch, head_q, query row), [batch, heads_q, seqlen_q]"

@@ -635,6 +635,8 @@ pub(crate) fn check_grid(heads_q: usize, batch: usize, lse_len: usize) -> Result
 pub(crate) struct PackedLaunch {
     pub cu_seqlens_q: u64,
     pub cu_seqlens_k: u64,
+    /// `ScoreParams::diagonal_shifts` (0: none).
+    pub diagonal_shifts: u64,
     pub tokens_q: usize,
 }
 
@@ -721,6 +723,7 @@ pub(crate) fn launch<T: Element>(
         BatchLaunch::Packed(pk) => {
             score.params.cu_seqlens_q = pk.cu_seqlens_q;
             score.params.cu_seqlens_k = pk.cu_seqlens_k;
+            score.params.diagonal_shifts = pk.diagonal_shifts;
             (score.params.max_seqlen_q, score.params.max_seqlen_k) = (p.seqlen_q as u32, p.seqlen_k as u32);
             (p.heads_q * pk.tokens_q, pk.tokens_q)
         }

@@ -75,6 +75,7 @@ impl<'a> ScoreArgs<'a> {
             max_seqlen_q: 0,
             max_seqlen_k: 0,
             seqused_k: 0,
+            diagonal_shifts: 0,
         };
         Ok(ScoreArgs { params, _guards: guards })
     }

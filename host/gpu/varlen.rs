@@ -16,6 +16,7 @@ use crate::layout::Layout;
 use crate::options::AttnOptions;
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaSlice, DevicePtr};
+use ironflash_kernels::attn::score::{Mask, MAX_SHIFTED};
 use ironflash_kernels::tiles::BatchLayout;
 use ironflash_kernels::tiles::FwdTile;
 use ironflash_kernels::tiles_bwd::BwdTile;
@@ -45,6 +46,22 @@ pub struct VarlenOffsets {
     pub cu_seqlens_k: CudaSlice<i32>,
     pub max_seqlen_q: usize,
     pub max_seqlen_k: usize,
+}
+
+/// A packed call's sequences as the launches take them: the offsets and, for sequences that are chunks
+/// of longer ones (a context-parallel ring's steps, `ring::gpu`), each sequence's diagonal shift (i32
+/// `[batch]`, `ScoreParams::diagonal_shifts`), so that windows and ALiBi measure distances in the
+/// longer sequences.
+#[derive(Clone, Copy)]
+pub(crate) struct Packed<'a> {
+    pub seqs: &'a DeviceVarlen<'a>,
+    pub diagonal_shifts: Option<&'a CudaSlice<i32>>,
+}
+
+impl<'a> Packed<'a> {
+    pub(crate) fn aligned(seqs: &'a DeviceVarlen<'a>) -> Self {
+        Packed { seqs, diagonal_shifts: None }
+    }
 }
 
 impl VarlenOffsets {
@@ -87,14 +104,15 @@ pub fn flash_forward_varlen<T: Element>(
     seqs: &DeviceVarlen,
     opts: &AttnOptions,
 ) -> Result<GpuForwardOutput<T>> {
-    let plan = plan(dev, q, k, v, seqs, opts)?;
+    let packed = Packed::aligned(seqs);
+    let plan = plan(dev, q, k, v, packed, opts)?;
     dev.refuse_capture("flash_forward_varlen")?;
     let o_layout = Layout::contiguous(plan.tokens.o_shape());
     // SAFETY: the kernels write every element of O and of the LSE that belongs to a sequence; with
     // offsets that cover the tokens (as documented), that is all of them.
     let mut o = unsafe { dev.stream.alloc::<T>(o_layout.numel()) }.during("allocating O")?;
     let mut lse = unsafe { dev.stream.alloc::<f32>(plan.lse_len()) }.during("allocating the LSE")?;
-    run(dev, &plan, seqs, opts, None, None, q, k, v, (&mut o, &o_layout), &mut lse)?;
+    run(dev, &plan, packed, opts, None, None, q, k, v, (&mut o, &o_layout), &mut lse)?;
     Ok(GpuForwardOutput { o: DeviceTensor { buf: o, layout: o_layout, ordinal: dev.info().ordinal }, lse })
 }
 
@@ -131,14 +149,32 @@ pub fn flash_forward_varlen_with_splits<T: Element>(
     tile: Option<&FwdTile>,
     num_splits: Option<usize>,
 ) -> Result<()> {
+    forward_packed_into(dev, q, k, v, Packed::aligned(seqs), o, lse, opts, tile, num_splits)
+}
+
+/// The varlen forward of any packed call ([`Packed`]), into caller-provided buffers as
+/// [`flash_forward_varlen_with_splits`] takes them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_packed_into<T: Element>(
+    dev: &Device,
+    q: &DeviceTensor<T>,
+    k: &DeviceTensor<T>,
+    v: &DeviceTensor<T>,
+    packed: Packed,
+    o: &mut DeviceTensor<T>,
+    lse: &mut CudaSlice<f32>,
+    opts: &AttnOptions,
+    tile: Option<&FwdTile>,
+    num_splits: Option<usize>,
+) -> Result<()> {
     if let Some(n) = num_splits {
         flash::check_num_splits(n)?;
     }
-    let plan = plan(dev, q, k, v, seqs, opts)?;
+    let plan = plan(dev, q, k, v, packed, opts)?;
     // The token problem's LSE rows are `[heads_q, tokens_q]` (one batch row).
     flash::check_outputs(dev, &plan.tokens, o, lse, "one f32 per (head_q, query token)")?;
     let o_layout = o.layout;
-    run(dev, &plan, seqs, opts, tile, num_splits, q, k, v, (&mut o.buf, &o_layout), lse)
+    run(dev, &plan, packed, opts, tile, num_splits, q, k, v, (&mut o.buf, &o_layout), lse)
 }
 
 /// The varlen backward: dQ `[1, tokens_q, heads_q, head_dim]`, dK `[1, tokens_k, heads_kv, head_dim]`,
@@ -166,7 +202,7 @@ pub fn flash_backward_varlen<T: Element>(
     // belongs to a sequence (a CTA whose keys no query sees writes zeros), which with offsets that
     // cover the tokens (as documented) is all of them.
     let mut grads = unsafe { GpuGradients::alloc_uninit(dev, &tokens, "flash_backward_varlen") }?;
-    backward::backward_into(dev, (q, k, v, o, lse, d_o), Some(seqs), &mut grads, opts, None)?;
+    backward::backward_into(dev, (q, k, v, o, lse, d_o), Some(Packed::aligned(seqs)), &mut grads, opts, None)?;
     Ok(grads)
 }
 
@@ -186,7 +222,7 @@ pub fn flash_backward_varlen_into<T: Element>(
     grads: &mut GpuGradients<T>,
     opts: &AttnOptions,
 ) -> Result<()> {
-    backward::backward_into(dev, (q, k, v, o, lse, d_o), Some(seqs), grads, opts, None)
+    backward::backward_into(dev, (q, k, v, o, lse, d_o), Some(Packed::aligned(seqs)), grads, opts, None)
 }
 
 /// As [`flash_backward_varlen_into`] with a given tile instead of the chooser's (tests and benchmarks),
@@ -205,7 +241,7 @@ pub fn flash_backward_varlen_with_tile<T: Element>(
     opts: &AttnOptions,
     tile: &BwdTile,
 ) -> Result<()> {
-    backward::backward_into(dev, (q, k, v, o, lse, d_o), Some(seqs), grads, opts, Some(tile))
+    backward::backward_into(dev, (q, k, v, o, lse, d_o), Some(Packed::aligned(seqs)), grads, opts, Some(tile))
 }
 
 /// A validated varlen call: the problem over the token counts (shapes, strides, options) and the
@@ -227,7 +263,7 @@ fn plan<T: Element>(
     q: &DeviceTensor<T>,
     k: &DeviceTensor<T>,
     v: &DeviceTensor<T>,
-    seqs: &DeviceVarlen,
+    packed: Packed,
     opts: &AttnOptions,
 ) -> Result<Plan> {
     if !T::DTYPE.is_half() {
@@ -237,7 +273,8 @@ fn plan<T: Element>(
         t.check_on(dev, arg)?;
     }
     let layouts = [(&q.layout, q.buf.len()), (&k.layout, k.buf.len()), (&v.layout, v.buf.len())];
-    let (tokens, batch) = packed_plan(dev, layouts, seqs, opts)?;
+    let (tokens, batch) = packed_plan(dev, layouts, packed, opts)?;
+    let seqs = packed.seqs;
     check_per_head(dev, opts)?;
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
         check_vector_strides(arg, &t.layout)?;
@@ -249,18 +286,41 @@ fn plan<T: Element>(
     Ok(Plan { tokens, grid, tile })
 }
 
-/// The problem of a packed call over its token counts (`packed_problem`, with the ALiBi slopes' rows)
-/// and its number of sequences, after checking the offsets: what the forward and the backward share.
+/// The problem of a packed call over its token counts (`packed_problem`, with the ALiBi slopes' rows;
+/// with diagonal shifts, the mask of `Mask::shifted_call`) and its number of sequences, after checking
+/// the offsets and the shifts: what the forward and the backward share.
 pub(crate) fn packed_plan(
     dev: &Device,
     [q, k, v]: [(&Layout, usize); 3],
-    seqs: &DeviceVarlen,
+    packed: Packed,
     opts: &AttnOptions,
 ) -> Result<(AttnProblem, usize)> {
     let tokens = packed_problem(q, k, v, opts)?;
-    let batch = check_offsets(dev, seqs, &tokens)?;
+    let batch = check_offsets(dev, packed.seqs, &tokens)?;
     let alibi_per_batch = alibi_rows(opts.alibi_slopes.map(|s| s.len()), tokens.heads_q, batch)?;
-    Ok((AttnProblem { alibi_per_batch, ..tokens }, batch))
+    let mut mask = tokens.mask;
+    if let Some(shifts) = packed.diagonal_shifts {
+        if shifts.ordinal() != dev.info().ordinal {
+            return Err(Error::DeviceMismatch {
+                arg: Arg::CuSeqlensQ,
+                got: shifts.ordinal(),
+                expected: dev.info().ordinal,
+            });
+        }
+        if shifts.len() != batch {
+            let why = format!("{} diagonal shifts for {batch} sequences", shifts.len());
+            return Err(Error::BadSeqlenOffsets { arg: Arg::CuSeqlensQ, why });
+        }
+        for (what, value) in [("tokens of q", tokens.seqlen_q), ("tokens of k", tokens.seqlen_k)] {
+            if value > MAX_SHIFTED as usize {
+                return Err(Error::TooLarge { arg: Arg::Q, what, value });
+            }
+        }
+        let window = |w: Option<usize>| w.map(|w| w.min(MAX_SHIFTED as usize) as u32);
+        let (sq, sk) = (tokens.seqlen_q as u32, tokens.seqlen_k as u32);
+        mask = Mask::shifted_call(sq, sk, opts.causal, window(opts.window.left), window(opts.window.right));
+    }
+    Ok((AttnProblem { alibi_per_batch, mask, ..tokens }, batch))
 }
 
 /// The offsets' buffers (device, equal lengths of at least 2) and the maxima (within the token counts);
@@ -302,7 +362,7 @@ fn check_offsets(dev: &Device, seqs: &DeviceVarlen, tokens: &AttnProblem) -> Res
 fn run<T: Element>(
     dev: &Device,
     plan: &Plan,
-    seqs: &DeviceVarlen,
+    packed: Packed,
     opts: &AttnOptions,
     tile: Option<&FwdTile>,
     num_splits: Option<usize>,
@@ -319,14 +379,20 @@ fn run<T: Element>(
     }
     let (tile, splits) = flash::launch_choice(dev.info(), grid, &plan.tile, tile, num_splits, T::DTYPE)?;
     let stream = dev.stream();
-    let (cu_q, _cu_q_sync) = seqs.cu_seqlens_q.device_ptr(stream);
-    let (cu_k, _cu_k_sync) = seqs.cu_seqlens_k.device_ptr(stream);
-    let packed = PackedLaunch { cu_seqlens_q: cu_q, cu_seqlens_k: cu_k, tokens_q: plan.tokens.seqlen_q };
+    let (cu_q, _cu_q_sync) = packed.seqs.cu_seqlens_q.device_ptr(stream);
+    let (cu_k, _cu_k_sync) = packed.seqs.cu_seqlens_k.device_ptr(stream);
+    let shifts = packed.diagonal_shifts.map(|s| s.device_ptr(stream));
+    let launch = PackedLaunch {
+        cu_seqlens_q: cu_q,
+        cu_seqlens_k: cu_k,
+        diagonal_shifts: shifts.as_ref().map_or(0, |s| s.0),
+        tokens_q: plan.tokens.seqlen_q,
+    };
     flash::launch(
         dev,
         grid,
         opts,
-        BatchLaunch::Packed(packed),
+        BatchLaunch::Packed(launch),
         None,
         (&tile, splits, None),
         (&q.buf, &q.layout),

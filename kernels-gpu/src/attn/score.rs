@@ -4,18 +4,23 @@
 //!
 //! Visibility (FlashAttention's sliding-window semantics, aligned bottom-right when the lengths differ):
 //! key `j` is visible to query `i` iff `0 <= j < seqlen_k`, `0 <= i < seqlen_q` and
-//! `i + seqlen_k - seqlen_q - left <= j <= i + seqlen_k - seqlen_q + right`. Causal is `right = 0`;
-//! no window on a side is that side clamped to where it no longer hides anything (`left = seqlen_k`,
-//! `right = seqlen_q`), so one rule covers full, causal, windowed and causal-windowed attention.
+//! `i + diagonal - left <= j <= i + diagonal + right`, where `diagonal = seqlen_k - seqlen_q` (the last
+//! query's diagonal is the last key) plus a packed sequence's `shift` (its queries and keys are
+//! slices of a longer sequence at other positions: a context-parallel ring's chunks, `Mask::of_sequence`).
+//! Causal is `right = 0`; no window on a side is that side clamped to where it no longer hides anything
+//! (`left = seqlen_q + diagonal`, `right = seqlen_k - diagonal`, at least 0; `seqlen_k` and `seqlen_q`
+//! unshifted), so one rule covers full, causal, windowed and causal-windowed attention.
 //!
 //! Both edges of a row's visible keys grow by one per row, and both edges of a key's visible queries by
 //! one per key: every union of rows (a query block) sees one contiguous range of keys, and every union of
-//! keys (a key block) one contiguous range of queries. Only leading rows (or leading keys) can see
-//! nothing, which the block ranges below skip.
+//! keys (a key block) one contiguous range of queries. Rows that see nothing are leading rows (their
+//! window ends before key 0) or, under a shifted diagonal, trailing ones (their window starts after the
+//! last key); likewise for keys. The block ranges below skip them.
 
 /// Which (query, key) pairs are visible (see the module docs). Built by [`Mask::new`], which clamps the
-/// window; all fields fit an i32 and `seqlen_q + seqlen_k` stays below 2^31 − 2^16 (host-checked), so
-/// the per-element arithmetic of the kernels runs in i32 with a tile of slack.
+/// window; all fields fit an i32 and `seqlen_q + seqlen_k` stays below 2^31 − 2^16 (host-checked; with
+/// a shifted diagonal, lengths, shift and window below [`MAX_SHIFTED`]), so the per-element arithmetic
+/// of the kernels runs in i32 with a tile of slack.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mask {
@@ -25,11 +30,20 @@ pub struct Mask {
     pub left: u32,
     /// Keys after the diagonal a query sees, at most `seqlen_q` (= unbounded); 0 when causal.
     pub right: u32,
+    /// A packed sequence's diagonal shift (`ScoreParams::diagonal_shifts`), 0 for bottom-right alignment:
+    /// key `i + seqlen_k − seqlen_q + shift` is on query i's diagonal ([`Mask::offset`]). Stored as the
+    /// shift, not the diagonal, so that a dense call's constant 0 folds away in the kernels.
+    pub shift: i32,
 }
 
 /// Largest `seqlen_q + seqlen_k` the kernels' i32 mask arithmetic allows (2^16 of slack for row and
 /// column offsets inside a tile).
 pub const MAX_TOTAL_SEQLEN: u64 = (1 << 31) - (1 << 16);
+
+/// Largest sequence lengths, diagonal shift and finite window of a call whose packed sequences shift
+/// their diagonals (`ScoreParams::diagonal_shifts`), so that every sum of the mask arithmetic stays
+/// within ±2^31 (host-checked). A window wider than this is unbounded.
+pub const MAX_SHIFTED: u32 = 1 << 28;
 
 /// The key blocks one query block visits, and which need the mask (see [`Mask::key_blocks`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -77,34 +91,56 @@ impl Mask {
     pub fn new(seqlen_q: u32, seqlen_k: u32, causal: bool, left: Option<u32>, right: Option<u32>) -> Self {
         let left = left.map_or(seqlen_k, |l| l.min(seqlen_k));
         let right = if causal { 0 } else { right.map_or(seqlen_q, |r| r.min(seqlen_q)) };
-        Mask { seqlen_q, seqlen_k, left, right }
+        Mask { seqlen_q, seqlen_k, left, right, shift: 0 }
+    }
+
+    /// The mask of a packed call whose sequences shift their diagonals (`ScoreParams::diagonal_shifts`):
+    /// as [`Mask::new`], but a window is clamped to [`MAX_SHIFTED`] rather than to the token counts,
+    /// which a shifted sequence's window may need to exceed to stay unbounded ([`Mask::of_sequence`]
+    /// clamps it per sequence).
+    pub fn shifted_call(seqlen_q: u32, seqlen_k: u32, causal: bool, left: Option<u32>, right: Option<u32>) -> Self {
+        let wide = |w: Option<u32>| w.map_or(MAX_SHIFTED, |w| w.min(MAX_SHIFTED));
+        Mask {
+            left: wide(left),
+            right: if causal { 0 } else { wide(right) },
+            ..Mask::new(seqlen_q, seqlen_k, causal, None, None)
+        }
     }
 
     /// The mask of one sequence of a packed batch whose call mask is `self` (built over the batch's
-    /// token counts, so that its window bounds are at least any sequence's): the same rule over the
-    /// sequence's own lengths, the window clamped to them as [`Mask::new`] clamps it.
+    /// token counts, so that its window bounds are at least any sequence's, or by
+    /// [`Mask::shifted_call`]): the same rule over the sequence's own lengths, its diagonal shifted by
+    /// `shift` (0: aligned bottom-right), the window clamped to where it no longer hides anything as
+    /// [`Mask::new`] clamps it.
     #[inline(always)]
-    pub fn of_sequence(&self, seqlen_q: u32, seqlen_k: u32) -> Mask {
-        Mask { seqlen_q, seqlen_k, left: self.left.min(seqlen_k), right: self.right.min(seqlen_q) }
+    pub fn of_sequence(&self, seqlen_q: u32, seqlen_k: u32, shift: i32) -> Mask {
+        // The last row's diagonal and the first row's distance to the last key (module docs).
+        let left_unbounded = (seqlen_k as i32 + shift).max(0) as u32;
+        let right_unbounded = (seqlen_q as i32 - shift).max(0) as u32;
+        Mask { seqlen_q, seqlen_k, left: self.left.min(left_unbounded), right: self.right.min(right_unbounded), shift }
     }
 
-    /// `seqlen_k − seqlen_q`: key `i + offset` is on query i's diagonal.
+    /// `seqlen_k − seqlen_q + shift`: key `i + offset` is on query i's diagonal.
     #[inline(always)]
     pub fn offset(&self) -> i32 {
-        self.seqlen_k as i32 - self.seqlen_q as i32
+        self.seqlen_k as i32 - self.seqlen_q as i32 + self.shift
     }
 
     /// Whether any window edge hides keys beyond what the end of the keys and causality do.
     #[inline(always)]
     pub fn is_windowed(&self) -> bool {
-        self.left < self.seqlen_k || (self.right > 0 && self.right < self.seqlen_q)
+        let left_unbounded = (self.seqlen_k as i32 + self.shift).max(0) as u32;
+        let right_unbounded = (self.seqlen_q as i32 - self.shift).max(0) as u32;
+        self.left < left_unbounded || (self.right > 0 && self.right < right_unbounded)
     }
 
     /// Whether every query row sees every key (no diagonal and no window edge inside the keys), so that
     /// every block of query rows has the same key blocks.
     #[inline(always)]
     pub fn sees_all(&self) -> bool {
-        self.left + 1 >= self.seqlen_k && self.right + 1 >= self.seqlen_q
+        // The last row's window starts at key 0 or before, the first row's ends at the last key or after.
+        self.left as i32 + 1 >= self.seqlen_k as i32 + self.shift
+            && self.right as i32 + 1 >= self.seqlen_q as i32 - self.shift
     }
 
     /// The visible keys of query row `i >= 0` as `[lo, hi)`, unclamped below: key `j >= 0` of a tile is
@@ -160,10 +196,14 @@ impl Mask {
     #[inline(always)]
     pub fn key_blocks(&self, m0: u32, rows: u32, block_n: u32) -> KeyBlocks {
         let last = m0 + rows - 1;
-        // Only leading rows see nothing (their diagonal plus `right` is before key 0).
-        let first_seeing = (self.seqlen_q as i32 - self.seqlen_k as i32 - self.right as i32).max(m0 as i32);
+        // Leading rows see nothing where their diagonal plus `right` is before key 0, trailing ones
+        // where their diagonal minus `left` is after the last key.
+        // (The last row's end is the last seeing row's: past it, rows end at the last key.)
+        let first_seeing =
+            (self.seqlen_q as i32 - self.seqlen_k as i32 - self.shift - self.right as i32).max(m0 as i32);
+        let blind_from = self.seqlen_q as i32 - self.shift + self.left as i32;
         let end_key = self.key_range(last).1;
-        if first_seeing > last as i32 || end_key == 0 {
+        if first_seeing > last as i32 || first_seeing >= blind_from || end_key == 0 {
             return KeyBlocks::default();
         }
         let first = self.key_range(first_seeing as u32).0 / block_n;
@@ -185,10 +225,13 @@ impl Mask {
     #[inline(always)]
     pub fn query_blocks(&self, n0: u32, block_n: u32, block_m: u32) -> (u32, u32) {
         let last = (n0 + block_n).min(self.seqlen_k) - 1;
-        // Only leading keys are seen by no query (before the first row's window).
+        // Leading keys are seen by no query before the first row's window, trailing ones after the
+        // last row's.
+        // (The last key's end is the last seen key's: past it, keys end at the last query.)
         let first_seen = (self.offset() - self.left as i32).max(n0 as i32);
+        let unseen_from = self.seqlen_k as i32 + self.shift + self.right as i32;
         let end_query = self.query_range(last).1;
-        if first_seen > last as i32 || end_query == 0 {
+        if first_seen > last as i32 || first_seen >= unseen_from || end_query == 0 {
             return (0, 0);
         }
         (self.query_range(first_seen as u32).0 / block_m, end_query.div_ceil(block_m))
@@ -212,7 +255,7 @@ impl Mask {
 /// that turn a raw dot product `q·k` of query `i` and key `j` into a logit, in base-2 units:
 ///
 /// `x = scale·log2e·(q·k)`, or with softcap `x = cap·log2e·tanh(scale·(q·k)/cap)`;
-/// then ALiBi adds `−slope·log2e·|i + seqlen_k − seqlen_q − j|`; invisible pairs get `x = −inf`.
+/// then ALiBi adds `−slope·log2e·|i + offset − j|` (`Mask::offset`); invisible pairs get `x = −inf`.
 ///
 /// Sinks join each row's softmax denominator as one more logit per query head (no value).
 #[repr(C)]
@@ -247,6 +290,11 @@ pub struct ScoreParams {
     /// those (`Mask::of_sequence`, aligned bottom-right); 0 when not so. Read in the kernels' packed
     /// instantiation (`attn::stage::enter`), as the offsets of a packed batch are.
     pub seqused_k: u64,
+    /// Packed batches whose sequences are slices of longer ones (a context-parallel ring's chunks): i32
+    /// `[batch]`, sequence b's diagonal shifted by `diagonal_shifts[b]` keys ([`Mask::of_sequence`]), so
+    /// that windows and ALiBi measure the distance in the longer sequence; `mask` then comes from
+    /// [`Mask::shifted_call`]. 0 when not so.
+    pub diagonal_shifts: u64,
 }
 
 /// The tokens `[start, end)` of one sequence of a packed batch, from its offsets `cu[b]` and `cu[b + 1]`
@@ -309,13 +357,18 @@ mod tests {
     }
 
     /// Every mask shape the tests cross: full, causal, windows on either side and both, causal windows,
-    /// windows wider than the sequences and zero-width ones.
+    /// windows wider than the sequences and zero-width ones; each aligned bottom-right and with its
+    /// diagonal shifted either way, by less and by more than the lengths.
     fn masks(sq: u32, sk: u32) -> Vec<Mask> {
         let mut v = Vec::new();
         for causal in [false, true] {
             for left in [None, Some(0), Some(1), Some(7), Some(40), Some(1000)] {
                 for right in [None, Some(0), Some(3), Some(50)] {
                     v.push(Mask::new(sq, sk, causal, left, right));
+                    let call = Mask::shifted_call(4000, 4000, causal, left, right);
+                    for shift in [-700, -130, -33, -1, 1, 20, 129, 650] {
+                        v.push(call.of_sequence(sq, sk, shift));
+                    }
                 }
             }
         }
@@ -327,7 +380,7 @@ mod tests {
 
     /// The definition, written independently of `key_limits`.
     fn brute_visible(m: &Mask, i: u32, j: u32) -> bool {
-        let d = i as i64 + m.seqlen_k as i64 - m.seqlen_q as i64;
+        let d = i as i64 + m.seqlen_k as i64 - m.seqlen_q as i64 + m.shift as i64;
         i < m.seqlen_q && j < m.seqlen_k && d - m.left as i64 <= j as i64 && j as i64 <= d + m.right as i64
     }
 
@@ -463,8 +516,35 @@ mod tests {
             for left in [None, Some(0), Some(5), Some(100)] {
                 for right in [None, Some(0), Some(3), Some(70)] {
                     let call = Mask::new(900, 1200, causal, left, right);
+                    let shifted_call = Mask::shifted_call(900, 1200, causal, left, right);
                     for &(sq, sk) in &SHAPES {
-                        assert_eq!(call.of_sequence(sq, sk), Mask::new(sq, sk, causal, left, right));
+                        assert_eq!(call.of_sequence(sq, sk, 0), Mask::new(sq, sk, causal, left, right));
+                        assert_eq!(shifted_call.of_sequence(sq, sk, 0), Mask::new(sq, sk, causal, left, right));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A shifted sequence's mask is the mask of the longer sequence it is a slice of: queries
+    /// `[q0, q0 + sq)` and keys `[k0, k0 + sk)` of a sequence of `n` tokens, shifted by the distance
+    /// between their ends; an unbounded window stays unbounded however far apart the slices are.
+    #[test]
+    fn a_shifted_sequence_is_a_slice_of_the_longer_one() {
+        let n = 300u32;
+        for causal in [false, true] {
+            for left in [None, Some(0), Some(9), Some(120)] {
+                for right in [None, Some(0), Some(4), Some(200)] {
+                    let whole = Mask::new(n, n, causal, left, right);
+                    let call = Mask::shifted_call(64, 64, causal, left, right);
+                    for (q0, sq, k0, sk) in [(0, 37, 200, 100), (250, 50, 0, 64), (100, 64, 100, 64), (10, 1, 299, 1)] {
+                        let shift = (q0 + sq) as i32 - (k0 + sk) as i32;
+                        let m = call.of_sequence(sq, sk, shift);
+                        for i in 0..sq {
+                            for j in 0..sk {
+                                assert_eq!(m.visible(i, j), whole.visible(q0 + i, k0 + j), "{m:?} ({i}, {j})");
+                            }
+                        }
                     }
                 }
             }

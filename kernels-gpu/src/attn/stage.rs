@@ -9,7 +9,7 @@
 //! loops); the ALiBi slope comes from the kernel (`alibi_slope_log2`: loaded per block where registers
 //! bind, once before the loop where they do not).
 
-use crate::attn::score::{packed_tokens, Mask, ScoreParams};
+use crate::attn::score::{packed_tokens, Mask, ScoreParams, MAX_SHIFTED};
 use crate::frag::AccFrag;
 use crate::ptx::math::{fma, recip, tanh};
 use crate::ptx::{opaque, smem, sync};
@@ -49,12 +49,20 @@ impl FragPos {
 #[inline(always)]
 fn call_mask(p: &ScoreParams) -> Mask {
     let m = &p.mask;
-    Mask {
+    dense_mask(Mask {
         seqlen_q: opaque::u32(m.seqlen_q),
         seqlen_k: opaque::u32(m.seqlen_k),
         left: opaque::u32(m.left),
         right: opaque::u32(m.right),
-    }
+        shift: 0,
+    })
+}
+
+/// A dense call's mask with its shift the constant 0 (`Mask::new` aligns it bottom-right) rather than
+/// a parameter read, so that it folds away: the Hopper backward's registers hold nothing more.
+#[inline(always)]
+pub fn dense_mask(m: Mask) -> Mask {
+    Mask { shift: 0, ..m }
 }
 
 /// One sequence of a call, as a kernel finds it: the mask over its own lengths, its first query and
@@ -82,11 +90,12 @@ impl Sequence {
 
 /// The words of a packed kernel's shared slot (`ptx::smem::store_cta_slot`): the sequence's mask
 /// (`seqlen_q`, `seqlen_k`, `left`, `right`, words 0-3, the order of [`Mask`]'s fields), then its first
-/// query and key token and its batch row.
+/// query and key token, its batch row and its mask's `shift`.
 const SLOT_SEQLEN_K: u32 = 1;
 const SLOT_Q0: u32 = 4;
 const SLOT_K0: u32 = 5;
 const SLOT_ROW: u32 = 6;
+const SLOT_SHIFT: u32 = 7;
 
 /// Sequence `b` of the call (see [`Sequence`]), at the start of a kernel: every thread of the CTA
 /// calls it with its `tid`, in uniform control flow. `PACKED`: the kernel's instantiation
@@ -100,8 +109,8 @@ const SLOT_ROW: u32 = 6;
 ///
 /// # Safety
 /// `PACKED` only for a packed call, whose `cu_seqlens_q`/`cu_seqlens_k` hold at least `b + 2` i32
-/// values, or one with `seqused_k` holding at least `b + 1`; then the kernel uses no CTA barrier 0 of
-/// its own at the same time.
+/// values (and `diagonal_shifts`, where set, `b + 1`), or one with `seqused_k` holding at least
+/// `b + 1`; then the kernel uses no CTA barrier 0 of its own at the same time.
 #[inline(always)]
 pub unsafe fn enter<const PACKED: bool>(p: &ScoreParams, b: u32, tid: u32) -> Sequence {
     if !PACKED {
@@ -110,7 +119,7 @@ pub unsafe fn enter<const PACKED: bool>(p: &ScoreParams, b: u32, tid: u32) -> Se
     if tid == 0 {
         let seq = resolve::<true>(p, b, p.mask);
         let m = &seq.mask;
-        smem::store_cta_slot([m.seqlen_q, m.seqlen_k, m.left, m.right, seq.q0, seq.k0, seq.row, 0]);
+        smem::store_cta_slot([m.seqlen_q, m.seqlen_k, m.left, m.right, seq.q0, seq.k0, seq.row, m.shift as u32]);
     }
     sync::block();
     parked::<true>(p, b)
@@ -171,7 +180,7 @@ pub unsafe fn parked_queries<const PACKED: bool>(b: u32) -> (u32, u32) {
 #[inline(always)]
 unsafe fn parked_mask() -> Mask {
     let [seqlen_q, seqlen_k, left, right] = smem::load_cta_slot_v4();
-    Mask { seqlen_q, seqlen_k, left, right }
+    Mask { seqlen_q, seqlen_k, left, right, shift: smem::load_cta_slot_word::<SLOT_SHIFT>() as i32 }
 }
 
 /// The sequence's mask as the score stage reads it inside a block loop: from the parameter space
@@ -191,19 +200,22 @@ pub unsafe fn sequence_mask<const PACKED: bool>(p: &ScoreParams) -> Mask {
 #[inline(always)]
 unsafe fn resolve<const PACKED: bool>(p: &ScoreParams, b: u32, call: Mask) -> Sequence {
     if !PACKED {
-        return Sequence { mask: call, q0: 0, k0: 0, row: b };
+        return Sequence { mask: dense_mask(call), q0: 0, k0: 0, row: b };
     }
     if p.seqused_k != 0 {
         // A batch row that uses a prefix of its keys (a paged cache).
         let used = (*(p.seqused_k as *const i32).add(b as usize)).max(0) as u32;
-        return Sequence { mask: call.of_sequence(call.seqlen_q, used.min(call.seqlen_k)), q0: 0, k0: 0, row: b };
+        return Sequence { mask: call.of_sequence(call.seqlen_q, used.min(call.seqlen_k), 0), q0: 0, k0: 0, row: b };
     }
     let offsets = |cu: u64| (*(cu as *const i32).add(b as usize), *(cu as *const i32).add(b as usize + 1));
     let (q_start, q_end) = offsets(p.cu_seqlens_q);
     let (k_start, k_end) = offsets(p.cu_seqlens_k);
     let (q0, q1) = packed_tokens(q_start, q_end, call.seqlen_q, p.max_seqlen_q);
     let (k0, k1) = packed_tokens(k_start, k_end, call.seqlen_k, p.max_seqlen_k);
-    Sequence { mask: call.of_sequence(q1 - q0, k1 - k0), q0, k0, row: 0 }
+    // A shift outside ±MAX_SHIFTED (device data the host could not check) can only give a wrong mask.
+    let shift = if p.diagonal_shifts != 0 { *(p.diagonal_shifts as *const i32).add(b as usize) } else { 0 };
+    let shift = shift.max(-(MAX_SHIFTED as i32)).min(MAX_SHIFTED as i32);
+    Sequence { mask: call.of_sequence(q1 - q0, k1 - k0, shift), q0, k0, row: 0 }
 }
 
 /// What the forward's stage leaves for the online softmax: the logit of element `x` of row half `r` of

@@ -132,7 +132,7 @@ pub(super) unsafe fn loop_mask<const PACKED: bool>(p: &BwdParams) -> Mask {
     if PACKED {
         stage::sequence_mask::<true>(&p.score)
     } else {
-        p.score.mask
+        stage::dense_mask(p.score.mask)
     }
 }
 
