@@ -1,8 +1,8 @@
 //! The ring's algorithm on the CPU (`ring::cpu`, no GPU, no NCCL): every rank's steps (the step plans
 //! of `ring::shard`) and the merges, gathered over the ranks, equal single-sequence attention in f64
 //! (to rounding: 1e-12 relative), forward and backward, for 1-4 ranks, contiguous and zig-zag shards,
-//! odd lengths, causal or not, GQA, softcap and sinks; and the options a ring cannot apply are typed
-//! errors.
+//! odd lengths, causal or not, GQA, sliding windows, softcap, ALiBi (per head and per batch entry) and
+//! sinks; and bad shards and over-long positional rings are typed errors.
 
 use half::bf16;
 use ironflash::cpu::{reference_backward_given_o, reference_forward};
@@ -23,12 +23,22 @@ fn rel(a: &[f64], b: &[f64]) -> f64 {
 #[test]
 fn ring_on_the_cpu_is_single_sequence_attention() {
     let sinks = [0.3f32, -0.7, 1.1, 0.0];
+    let slopes = [0.25f32, 0.125, 0.0625, 0.5, 0.3, 0.2, 0.1, 0.05];
+    let (none, per_head, per_entry) = (0, 1, 2);
     let mut seed = 0;
     for world in 1..=4 {
         for (seqlen, layout) in [(23, ShardLayout::ZigZag), (40, ShardLayout::Contiguous), (37, ShardLayout::ZigZag)] {
-            for (causal, softcap, with_sinks) in
-                [(true, None, false), (false, Some(5.0), true), (true, Some(3.0), true)]
-            {
+            for (causal, softcap, with_sinks, (left, right), alibi) in [
+                (true, None, false, (None, None), none),
+                (false, Some(5.0), true, (None, None), none),
+                (true, Some(3.0), true, (None, None), none),
+                (true, None, false, (Some(5), None), per_head),
+                (false, None, true, (Some(4), Some(6)), none),
+                (false, Some(5.0), false, (None, None), per_entry),
+                (true, Some(3.0), true, (Some(7), None), per_entry),
+                (false, None, false, (None, Some(2)), per_head),
+                (true, None, true, (None, Some(4)), none),
+            ] {
                 seed += 1;
                 let (b, hq, hkv, d) = (2, 4, 2, 32);
                 let q = HostTensor::<bf16>::random_seeded([b, seqlen, hq, d], 1.0, seed);
@@ -39,8 +49,11 @@ fn ring_on_the_cpu_is_single_sequence_attention() {
                     causal,
                     softcap,
                     sinks: with_sinks.then_some(PerHead::Host(&sinks)),
+                    alibi_slopes: [None, Some(PerHead::Host(&slopes[..hq])), Some(PerHead::Host(&slopes[..b * hq]))]
+                        [alibi],
                     ..AttnOptions::default()
-                };
+                }
+                .with_window(left, right);
                 let sh = Sharding { seqlen, world, layout };
                 let shards = |t: &HostTensor<bf16>| (0..world).map(|r| shard(t, &sh, r)).collect::<Vec<_>>();
                 let (qs, ks, vs, dos) = (shards(&q), shards(&k), shards(&v), shards(&d_o));
@@ -49,7 +62,8 @@ fn ring_on_the_cpu_is_single_sequence_attention() {
                 let lse = unshard_lse(&fwd.iter().map(|r| r.lse.clone()).collect::<Vec<_>>(), &sh, b, hq);
                 let want = reference_forward(&q, &k, &v, &opts).unwrap();
                 let what = format!(
-                    "world {world} seqlen {seqlen} {layout:?} causal {causal} softcap {softcap:?} sinks {with_sinks}"
+                    "world {world} seqlen {seqlen} {layout:?} causal {causal} softcap {softcap:?} sinks {with_sinks} \
+                     window {left:?}/{right:?} alibi {alibi}"
                 );
                 assert!(rel(&o, &want.o) < 1e-12, "O {what}: {}", rel(&o, &want.o));
                 assert!(rel(&lse, &want.lse) < 1e-12, "LSE {what}");
@@ -83,15 +97,17 @@ fn ring_on_the_cpu_is_single_sequence_attention() {
 }
 
 #[test]
-fn windows_alibi_and_wrong_shards_are_typed_errors() {
+fn long_positional_rings_and_wrong_shards_are_typed_errors() {
     let sh = Sharding { seqlen: 10, world: 2, layout: ShardLayout::ZigZag };
     let t = HostTensor::<bf16>::random_seeded([1, 5, 1, 32], 1.0, 1);
     let ts = [&t, &t];
+    // Windows and ALiBi shift the step calls' diagonals, which bounds the sequence.
+    let huge = Sharding { seqlen: (1 << 28) + 2, ..sh };
     let window = AttnOptions::default().with_window(Some(3), None);
-    assert!(matches!(forward(&ts, &ts, &ts, &sh, &window), Err(Error::UnsupportedOption { .. })));
+    assert!(matches!(forward(&ts, &ts, &ts, &huge, &window), Err(Error::TooLarge { .. })));
     let slopes = [0.5f32];
     let alibi = AttnOptions::default().with_alibi(PerHead::Host(&slopes));
-    assert!(matches!(forward(&ts, &ts, &ts, &sh, &alibi), Err(Error::UnsupportedOption { .. })));
+    assert!(matches!(forward(&ts, &ts, &ts, &huge, &alibi), Err(Error::TooLarge { .. })));
     let long = HostTensor::<bf16>::random_seeded([1, 6, 1, 32], 1.0, 1);
     assert!(matches!(
         forward(&[&t, &long], &ts, &ts, &sh, &AttnOptions::default()),

@@ -1,6 +1,7 @@
 //! Context-parallel (ring) attention on two GPUs (`ring::gpu`, feature `nccl`): random shapes (odd
 //! lengths per rank, batch 1-2, GQA up to 4:1, head dims 64/128/256 and 192/128, causal or not,
-//! zig-zag or contiguous shards, softcap, sinks, the deterministic backward), both dtypes. Each
+//! zig-zag or contiguous shards, sliding windows, softcap, ALiBi per head and per batch entry, sinks,
+//! the deterministic backward), both dtypes. Each
 //! rank's forward and backward, gathered, must match the single-GPU call on the whole sequence and the
 //! f64 reference within the single-GPU bounds (O: bf16 1e-2, f16 5e-3 relative L2; LSE 2e-3 absolute;
 //! gradients: bf16 1.5e-2, f16 4e-3 against the exact gradients given the ring's O), with the ring's
@@ -78,6 +79,9 @@ mod ring_tests {
         causal: bool,
         layout: ShardLayout,
         softcap: Option<f32>,
+        window: (Option<usize>, Option<usize>),
+        /// ALiBi slopes: 0 none, 1 `[heads_q]`, 2 `[batch, heads_q]`.
+        alibi: usize,
         sinks: bool,
         deterministic: bool,
         seed: u64,
@@ -86,19 +90,29 @@ mod ring_tests {
     fn cases() -> Vec<Case> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x51_0e);
         let dims = [(64, 64), (128, 128), (256, 256), (192, 128)];
-        (0..14)
-            .map(|i| Case {
-                batch: 1 + usize::from(i % 4 == 3),
-                seqlen: rng.random_range(4..=700),
-                heads_kv: rng.random_range(1..=2),
-                group: [1, 2, 4][rng.random_range(0..3)],
-                head_dims: dims[i % dims.len()],
-                causal: i % 3 != 1,
-                layout: if i % 5 == 4 { ShardLayout::Contiguous } else { ShardLayout::ZigZag },
-                softcap: (i % 4 == 2).then_some(20.0),
-                sinks: i % 3 == 0,
-                deterministic: i % 2 == 1,
-                seed: 1000 + i as u64,
+        (0..24)
+            .map(|i| {
+                let seqlen = rng.random_range(4..=700);
+                // From case 14 on, windows (about a chunk wide, so that they cross the chunks' edges)
+                // and ALiBi.
+                let positional = i >= 14;
+                let mut window = |on: bool| on.then(|| rng.random_range(0..=seqlen / 3));
+                let window = (window(positional && i % 3 != 2), window(positional && i % 4 == 1));
+                Case {
+                    batch: 1 + usize::from(i % 4 == 3),
+                    seqlen,
+                    heads_kv: rng.random_range(1..=2),
+                    group: [1, 2, 4][rng.random_range(0..3)],
+                    head_dims: dims[i % dims.len()],
+                    causal: i % 3 != 1,
+                    layout: if i % 5 == 4 { ShardLayout::Contiguous } else { ShardLayout::ZigZag },
+                    softcap: (i % 4 == 2).then_some(20.0),
+                    window,
+                    alibi: if positional { [1, 2, 0][i % 3] } else { 0 },
+                    sinks: i % 3 == 0,
+                    deterministic: i % 2 == 1,
+                    seed: 1000 + i as u64,
+                }
             })
             .collect()
     }
@@ -131,19 +145,22 @@ mod ring_tests {
         comm: &mut Communicator,
         sharding: &Sharding,
         full: [&HostTensor<T>; 4],
-        sinks: Option<&[f32]>,
+        (sinks, slopes): (Option<&[f32]>, Option<&[f32]>),
         c: &Case,
     ) -> ironflash::Result<RankOut> {
         let rank = comm.rank();
         let [q, k, v, d_o] = full.map(|t| dev.upload(&shard(t, sharding, rank)).unwrap());
         let sinks_dev = sinks.map(|s| dev.stream().clone_htod(s).unwrap());
+        let slopes_dev = slopes.map(|s| dev.stream().clone_htod(s).unwrap());
         let opts = AttnOptions {
             causal: c.causal,
             softcap: c.softcap,
             sinks: sinks_dev.as_ref().map(PerHead::Device),
+            alibi_slopes: slopes_dev.as_ref().map(PerHead::Device),
             deterministic: c.deterministic,
             ..AttnOptions::default()
-        };
+        }
+        .with_window(c.window.0, c.window.1);
         poison(dev);
         let fwd = ring::forward(dev, comm, &q, &k, &v, sharding, &opts)?;
         poison(dev);
@@ -164,14 +181,14 @@ mod ring_tests {
         comms: &mut [Communicator],
         sharding: &Sharding,
         full: [&HostTensor<T>; 4],
-        sinks: Option<&[f32]>,
+        per_head: (Option<&[f32]>, Option<&[f32]>),
         c: &Case,
     ) -> Vec<ironflash::Result<RankOut>> {
         std::thread::scope(|s| {
             let joins: Vec<_> = comms
                 .iter_mut()
                 .zip(&fx.devices)
-                .map(|(comm, dev)| s.spawn(move || run_rank(dev, comm, sharding, full, sinks, c)))
+                .map(|(comm, dev)| s.spawn(move || run_rank(dev, comm, sharding, full, per_head, c)))
                 .collect();
             joins.into_iter().map(|j| j.join().unwrap()).collect()
         })
@@ -187,9 +204,13 @@ mod ring_tests {
         let v = HostTensor::<T>::random([c.batch, n, c.heads_kv, dv], 1.0, &mut rng);
         let d_o = HostTensor::<T>::random([c.batch, n, heads_q, dv], 1.0, &mut rng);
         let sinks: Option<Vec<f32>> = c.sinks.then(|| (0..heads_q).map(|_| rng.random_range(-2.0..2.0)).collect());
+        let slope_rows = [0, 1, c.batch][c.alibi];
+        let slopes: Option<Vec<f32>> =
+            (c.alibi > 0).then(|| (0..slope_rows * heads_q).map(|_| rng.random_range(0.01..0.3)).collect());
         let sharding = Sharding { seqlen: n, world: WORLD, layout: c.layout };
 
-        let outs: Vec<RankOut> = run_ring(fx, comms, &sharding, [&q, &k, &v, &d_o], sinks.as_deref(), c)
+        let per_head = (sinks.as_deref(), slopes.as_deref());
+        let outs: Vec<RankOut> = run_ring(fx, comms, &sharding, [&q, &k, &v, &d_o], per_head, c)
             .into_iter()
             .collect::<ironflash::Result<_>>()
             .map_err(|e| format!("ring call failed: {e}"))?;
@@ -207,8 +228,10 @@ mod ring_tests {
             causal: c.causal,
             softcap: c.softcap,
             sinks: sinks.as_deref().map(PerHead::Host),
+            alibi_slopes: slopes.as_deref().map(PerHead::Host),
             ..AttnOptions::default()
-        };
+        }
+        .with_window(c.window.0, c.window.1);
         let want = reference_forward(&q, &k, &v, &host_opts).map_err(|e| e.to_string())?;
         let tol = output_tolerance(T::DTYPE);
         let o_err = check_o(&o, &want.o, tol)?;
@@ -247,7 +270,12 @@ mod ring_tests {
         let (qd, kd, vd, dod) =
             (dev.upload(&q).unwrap(), dev.upload(&k).unwrap(), dev.upload(&v).unwrap(), dev.upload(&d_o).unwrap());
         let sinks_dev = sinks.as_deref().map(|s| dev.stream().clone_htod(s).unwrap());
-        let dev_opts = AttnOptions { sinks: sinks_dev.as_ref().map(PerHead::Device), ..host_opts };
+        let slopes_dev = slopes.as_deref().map(|s| dev.stream().clone_htod(s).unwrap());
+        let dev_opts = AttnOptions {
+            sinks: sinks_dev.as_ref().map(PerHead::Device),
+            alibi_slopes: slopes_dev.as_ref().map(PerHead::Device),
+            ..host_opts
+        };
         let single = gpu::flash_forward(dev, &qd, &kd, &vd, &dev_opts).map_err(|e| e.to_string())?;
         let single_o = to_f64(dev, &single.o);
         let vs_single = rel_l2(&o, &single_o);
@@ -302,6 +330,8 @@ mod ring_tests {
             causal: true,
             layout: ShardLayout::ZigZag,
             softcap: None,
+            window: (Some(300), None),
+            alibi: 1,
             sinks: true,
             deterministic: true,
             seed: 7,
@@ -312,9 +342,10 @@ mod ring_tests {
         let v = HostTensor::<bf16>::random([1, c.seqlen, 2, 128], 1.0, &mut rng);
         let d_o = HostTensor::<bf16>::random([1, c.seqlen, 4, 128], 1.0, &mut rng);
         let sinks = [0.5f32, -1.0, 1.5, 0.0];
+        let slopes = [0.25f32, 0.125, 0.0625, 0.03125];
         let sharding = Sharding { seqlen: c.seqlen, world: WORLD, layout: c.layout };
         let mut once = || -> Vec<Vec<u64>> {
-            run_ring(fx, &mut comms, &sharding, [&q, &k, &v, &d_o], Some(&sinks), &c)
+            run_ring(fx, &mut comms, &sharding, [&q, &k, &v, &d_o], (Some(&sinks), Some(&slopes)), &c)
                 .into_iter()
                 .map(|r| {
                     let r = r.unwrap();

@@ -1,6 +1,7 @@
 //! Context-parallel (ring) attention on two GPUs against one GPU, at long sequences: forward and
 //! backward time, TFLOP/s per GPU, the scaling over one GPU at the same length and device memory per
-//! GPU. bf16, B = 1, causal, zig-zag shards, the ranks in threads of one process.
+//! GPU. bf16, B = 1, causal (with `--window W`, a sliding window of W keys before the diagonal),
+//! zig-zag shards, the ranks in threads of one process.
 //!
 //! `--steps` adds where the ring's time goes: each rank's step calls (the packed calls of its
 //! `StepPlan`s) run alone on the first GPU, without the exchange or the merges, summed per rank (the
@@ -8,7 +9,7 @@
 //! handshake add, and that sum against half the single GPU's time is what the step shapes cost.
 //!
 //! `cargo run --release --example ring_timing -- [--seqlens 262144,524288,1048576] [--heads 16]
-//! [--dim 128] [--reps 2] [--no-single] [--steps]` (needs two GPUs and NCCL: `IRONFLASH_NCCL` or
+//! [--dim 128] [--reps 2] [--window W] [--no-single] [--steps]` (needs two GPUs and NCCL: `IRONFLASH_NCCL` or
 //! `libnccl.so.2` on the loader's path).
 
 mod common;
@@ -46,7 +47,9 @@ fn main() -> ironflash::Result<()> {
     let dim: usize = arg("--dim").map_or(128, |s| s.parse().unwrap());
     let reps: usize = arg("--reps").map_or(2, |s| s.parse().unwrap());
     let single = !std::env::args().any(|a| a == "--no-single");
-    let steps = std::env::args().any(|a| a == "--steps");
+    let window: Option<usize> = arg("--window").map(|s| s.parse().expect("--window: an integer"));
+    // The steps alone are the unwindowed step plans' calls.
+    let steps = std::env::args().any(|a| a == "--steps") && window.is_none();
     let world = 2;
     let devices: Vec<Device> = (0..world).map(Device::open).collect::<ironflash::Result<_>>()?;
     let id = Communicator::unique_id()?;
@@ -55,9 +58,10 @@ fn main() -> ironflash::Result<()> {
             devices.iter().enumerate().map(|(r, d)| s.spawn(move || Communicator::new(d, r, world, &id))).collect();
         joins.into_iter().map(|j| j.join().unwrap()).collect::<ironflash::Result<Vec<_>>>()
     })?;
-    println!("# {} x{world}, bf16, B=1, H={heads}, D={dim}, causal, zig-zag; times in ms (median of {reps} after one warm-up)", devices[0].info().name);
+    let mask = window.map_or("causal".to_string(), |w| format!("causal, window {w}"));
+    println!("# {} x{world}, bf16, B=1, H={heads}, D={dim}, {mask}, zig-zag; times in ms (median of {reps} after one warm-up)", devices[0].info().name);
     println!("# N | ring fwd ms | ring fwd TFLOP/s/GPU | 1-GPU fwd ms | fwd scaling | ring bwd ms | ring bwd TFLOP/s/GPU | 1-GPU bwd ms | bwd scaling | ring GiB/GPU{}", if steps { " | fwd steps alone ms (slower rank; per step)" } else { "" });
-    let opts = AttnOptions::causal();
+    let opts = AttnOptions::causal().with_window(window, None);
     for &n in &seqlens {
         let p = AttnProblem::contiguous([1, n, n, heads, heads, dim], &opts)?;
         let (fwd_flops, bwd_flops) = (p.forward_flops(), p.backward_flops());

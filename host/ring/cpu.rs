@@ -1,17 +1,16 @@
-//! The ring on the CPU: every rank's steps run in turn in one process, in f64 (the packed reference
-//! calls `cpu::varlen::reference_*_varlen` per step, the merges and sums in the ring's order). It is
+//! The ring on the CPU: every rank's steps run in turn in one process, in f64 (each step call's
+//! sequences through the reference, the merges and sums in the ring's order). It is
 //! the GPU ring's algorithm without the communication, so that the step plans and the merge are checked
 //! against single-sequence attention where there is no GPU (tests/cpu_ring.rs), and a reference for the
 //! GPU ring's shards.
 
 use super::check_ring_options;
-use super::shard::Sharding;
-use crate::cpu::reference::reference_backward_given_o_lse;
-use crate::cpu::varlen::{reference_forward_varlen, Varlen};
+use super::shard::{RingMask, Sharding, StepPlan};
+use crate::cpu::reference::{reference_backward_given_o_lse_shifted, reference_forward_shifted};
 use crate::dtype::Element;
 use crate::error::{Arg, Error, Result};
 use crate::layout::Layout;
-use crate::options::AttnOptions;
+use crate::options::{AttnOptions, PerHead, Window};
 use crate::problem::host_per_head;
 use crate::tensor::HostTensor;
 use std::ops::Range;
@@ -86,13 +85,6 @@ pub struct RingBackward {
     pub d_sinks: Option<Vec<f64>>,
 }
 
-/// `[batch, len, heads, dim]` contiguous as the packed `[1, batch·len, heads, dim]`.
-fn packed<T: Element>(t: &HostTensor<T>) -> HostTensor<T> {
-    let [b, s, h, d] = t.shape();
-    let layout = Layout::contiguous([1, b * s, h, d]);
-    HostTensor { data: t.to_f64_contiguous().into_iter().map(|x| T::from_f32(x as f32)).collect(), layout }
-}
-
 /// The shapes every rank's shards must have: `world` tensors, rank r's of `shard_len(r)` tokens.
 fn check_shards<T: Element>(arg: Arg, shards: &[&HostTensor<T>], sharding: &Sharding) -> Result<()> {
     if shards.len() != sharding.world {
@@ -119,7 +111,10 @@ fn check_shards<T: Element>(arg: Arg, shards: &[&HostTensor<T>], sharding: &Shar
 }
 
 /// The ring forward in f64 over every rank's shards (rank r's `q[r]`, `k[r]`, `v[r]`, each
-/// `[batch, shard_len(r), heads, dim]`). Options as the GPU ring takes them (no windows, no ALiBi).
+/// `[batch, shard_len(r), heads, dim]`), with the GPU ring's step calls (`Sharding::step_plans`): each
+/// call's sequences through the reference (their diagonals shifted where the mask is positional), its
+/// O and LSE over all of the shard's rows merged in call order. Options as the GPU ring takes them
+/// (ALiBi slopes and sinks on the host).
 pub fn forward<T: Element>(
     q: &[&HostTensor<T>],
     k: &[&HostTensor<T>],
@@ -127,13 +122,14 @@ pub fn forward<T: Element>(
     sharding: &Sharding,
     opts: &AttnOptions,
 ) -> Result<Vec<RingForward>> {
-    check_ring_options(opts)?;
+    check_ring_options(opts, sharding)?;
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v)] {
         check_shards(arg, t, sharding)?;
     }
     let (_, sinks) = host_per_head(opts)?;
     // The steps run without sinks; the merge adds each head's once.
     let step_opts = AttnOptions { sinks: None, ..*opts };
+    let mask = RingMask::of(opts);
     let mut out = Vec::with_capacity(sharding.world);
     for rank in 0..sharding.world {
         let [batch, len_q, heads_q, _] = q[rank].shape();
@@ -141,24 +137,56 @@ pub fn forward<T: Element>(
         let rows = heads_q * batch * len_q;
         let mut o = vec![0.0; rows * dv];
         let mut lse = vec![f64::NEG_INFINITY; rows];
-        let qp = packed(q[rank]);
         for step in 0..sharding.world {
             let source = sharding.source(rank, step);
-            let Some(plan) = sharding.step_plan(rank, step, opts.causal) else { continue };
-            let (cu_q, cu_k) = plan.offsets(batch, len_q, k[source].shape()[1]);
-            let seqs = Varlen { cu_seqlens_q: &cu_q, cu_seqlens_k: &cu_k };
-            let call = AttnOptions { causal: plan.causal, ..step_opts };
-            let part = reference_forward_varlen(&qp, &packed(k[source]), &packed(v[source]), &seqs, &call)?;
-            merge(&mut o, &mut lse, &part.o, &part.lse, heads_q, dv, None);
+            for plan in sharding.step_plans(rank, step, &mask) {
+                // The call's O `[batch·len, heads, dv]` and LSE `[heads, batch·len]`, as the packed call
+                // writes them (rows in no sequence with keys: O 0, LSE -inf).
+                let mut o_step = vec![0.0; rows * dv];
+                let mut lse_step = vec![f64::NEG_INFINITY; rows];
+                for b in 0..batch {
+                    let call = AttnOptions { causal: plan.causal, ..entry_options(&step_opts, &plan, b, heads_q)? };
+                    for (i, (qs, ks)) in plan.sequences.iter().enumerate() {
+                        if qs.is_empty() || ks.is_empty() {
+                            continue;
+                        }
+                        let shift = plan.shifts.as_ref().map_or(0, |s| s[i] as i64);
+                        let (qb, kb, vb) =
+                            (rows_of(q[rank], b, qs), rows_of(k[source], b, ks), rows_of(v[source], b, ks));
+                        let part = reference_forward_shifted(&qb, &kb, &vb, &call, shift)?;
+                        for h in 0..heads_q {
+                            for (a, t) in qs.clone().enumerate() {
+                                let token = b * len_q + t;
+                                lse_step[h * batch * len_q + token] = part.lse[h * qs.len() + a];
+                                let (dst, src) = ((token * heads_q + h) * dv, (a * heads_q + h) * dv);
+                                o_step[dst..dst + dv].copy_from_slice(&part.o[src..src + dv]);
+                            }
+                        }
+                    }
+                }
+                merge(&mut o, &mut lse, &o_step, &lse_step, heads_q, dv, None);
+            }
         }
         if let Some(sinks) = sinks {
             let zeros = vec![0.0; o.len()];
             merge(&mut o, &mut lse, &zeros, &vec![f64::NEG_INFINITY; rows], heads_q, dv, Some(sinks));
         }
-        // O from the packed `[1, batch·len, heads, dv]` is already `[batch, len, heads, dv]`.
         out.push(RingForward { o, lse });
     }
     Ok(out)
+}
+
+/// The options of batch entry `b`'s sequences in a call of `plan`: its row of `[batch, heads_q]` ALiBi
+/// slopes, the window only in positional calls (elsewhere a causal call's right edge, which hides
+/// nothing more), as the GPU ring's calls take them.
+fn entry_options<'a>(opts: &AttnOptions<'a>, plan: &StepPlan, b: usize, heads_q: usize) -> Result<AttnOptions<'a>> {
+    let (slopes, _) = host_per_head(opts)?;
+    let window = if plan.shifts.is_some() { opts.window } else { Window::default() };
+    let alibi_slopes = match slopes {
+        Some(s) if s.len() > heads_q => Some(PerHead::Host(&s[b * heads_q..(b + 1) * heads_q])),
+        _ => opts.alibi_slopes,
+    };
+    Ok(AttnOptions { alibi_slopes, window, ..*opts })
 }
 
 /// Folds a step's O and LSE (`[tokens, heads, dv]`, `[heads, tokens]`) into the running ones, with the
@@ -209,7 +237,7 @@ pub fn backward<T: Element>(
     sharding: &Sharding,
     opts: &AttnOptions,
 ) -> Result<Vec<RingBackward>> {
-    check_ring_options(opts)?;
+    check_ring_options(opts, sharding)?;
     for (arg, t) in [(Arg::Q, q), (Arg::K, k), (Arg::V, v), (Arg::O, o), (Arg::DO, d_o)] {
         check_shards(arg, t, sharding)?;
     }
@@ -218,11 +246,11 @@ pub fn backward<T: Element>(
     let mut dv: Vec<Vec<f64>> = v.iter().map(|t| vec![0.0; t.layout.numel()]).collect();
     let mut dq: Vec<Vec<f64>> = q.iter().map(|t| vec![0.0; t.layout.numel()]).collect();
     let mut d_sinks: Option<Vec<f64>> = None;
+    let mask = RingMask::of(opts);
     // Step by step over all ranks, so that the keys' sums run in the ring's order.
     for step in 0..world {
         for rank in 0..world {
             let source = sharding.source(rank, step);
-            let Some(plan) = sharding.step_plan(rank, step, opts.causal) else { continue };
             let [batch, len_q, heads_q, _] = q[rank].shape();
             if lse[rank].len() != heads_q * batch * len_q {
                 return Err(Error::ShapeMismatch {
@@ -233,26 +261,32 @@ pub fn backward<T: Element>(
                     why: "one value per (q head, token of the shard)",
                 });
             }
-            // The sinks' gradient is the rows' own (no keys in it): taken at step 0 only.
-            let sinks = if step == 0 { opts.sinks } else { None };
-            let call = AttnOptions { causal: plan.causal, sinks, ..*opts };
-            for b in 0..batch {
-                for (qs, ks) in &plan.sequences {
-                    if qs.is_empty() || ks.is_empty() {
-                        continue;
-                    }
-                    let row_lse: Vec<f64> = (0..heads_q)
-                        .flat_map(|h| qs.clone().map(move |i| (h, i)))
-                        .map(|(h, i)| lse[rank][h * batch * len_q + b * len_q + i])
-                        .collect();
-                    let (qb, ob, dob) = (rows(q[rank], b, qs), rows(o[rank], b, qs), rows(d_o[rank], b, qs));
-                    let (kb, vb) = (rows(k[source], b, ks), rows(v[source], b, ks));
-                    let g = reference_backward_given_o_lse(&qb, &kb, &vb, &ob, &row_lse, &dob, &call)?;
-                    add_rows(&mut dq[rank], &g.dq, q[rank].shape(), b, qs);
-                    add_rows(&mut dk[source], &g.dk, k[source].shape(), b, ks);
-                    add_rows(&mut dv[source], &g.dv, v[source].shape(), b, ks);
-                    if let Some(part) = g.d_sinks {
-                        add(d_sinks.get_or_insert_with(|| vec![0.0; part.len()]), &part);
+            for (call_index, plan) in sharding.step_plans(rank, step, &mask).into_iter().enumerate() {
+                // The sinks' gradient is the rows' own (no keys in it): taken at step 0's first call only
+                // (whose sequences hold every query with keys: the shard's own chunks' diagonal pairs).
+                let sinks = if step == 0 && call_index == 0 { opts.sinks } else { None };
+                for b in 0..batch {
+                    let call = AttnOptions { causal: plan.causal, sinks, ..entry_options(opts, &plan, b, heads_q)? };
+                    for (i, (qs, ks)) in plan.sequences.iter().enumerate() {
+                        if qs.is_empty() || ks.is_empty() {
+                            continue;
+                        }
+                        let shift = plan.shifts.as_ref().map_or(0, |s| s[i] as i64);
+                        let row_lse: Vec<f64> = (0..heads_q)
+                            .flat_map(|h| qs.clone().map(move |i| (h, i)))
+                            .map(|(h, i)| lse[rank][h * batch * len_q + b * len_q + i])
+                            .collect();
+                        let (qb, ob, dob) =
+                            (rows_of(q[rank], b, qs), rows_of(o[rank], b, qs), rows_of(d_o[rank], b, qs));
+                        let (kb, vb) = (rows_of(k[source], b, ks), rows_of(v[source], b, ks));
+                        let g =
+                            reference_backward_given_o_lse_shifted(&qb, &kb, &vb, &ob, &row_lse, &dob, &call, shift)?;
+                        add_rows(&mut dq[rank], &g.dq, q[rank].shape(), b, qs);
+                        add_rows(&mut dk[source], &g.dk, k[source].shape(), b, ks);
+                        add_rows(&mut dv[source], &g.dv, v[source].shape(), b, ks);
+                        if let Some(part) = g.d_sinks {
+                            add(d_sinks.get_or_insert_with(|| vec![0.0; part.len()]), &part);
+                        }
                     }
                 }
             }
@@ -269,7 +303,7 @@ pub fn backward<T: Element>(
 }
 
 /// Tokens `range` of batch entry `b` as a `[1, len, heads, dim]` tensor.
-fn rows<T: Element>(t: &HostTensor<T>, b: usize, range: &Range<usize>) -> HostTensor<T> {
+fn rows_of<T: Element>(t: &HostTensor<T>, b: usize, range: &Range<usize>) -> HostTensor<T> {
     let [_, _, heads, dim] = t.shape();
     let mut data = Vec::with_capacity(range.len() * heads * dim);
     for s in range.clone() {

@@ -1,14 +1,15 @@
 //! The ring on GPUs: each rank's forward and backward over NCCL (`ring::nccl`), one rank per GPU.
 //!
 //! Each step's attention is the single-GPU packed (varlen) call on the step's sequences
-//! (`ring::shard::StepPlan`), so every head dim, dtype, GQA ratio and kernel of the single-GPU path
-//! applies unchanged. While step s runs on the device's stream, the ring's stream sends the keys and
+//! (`ring::shard::StepPlan`; with windows or ALiBi, up to three calls per step whose sequences' diagonals
+//! are shifted to the chunks' places in the whole sequence), so every head dim, dtype, GQA ratio, option
+//! and kernel of the single-GPU path applies unchanged. While step s runs on the device's stream, the ring's stream sends the keys and
 //! values of step s to the next rank and receives those of step s + 1 from the previous one (two
 //! buffers, alternating); events order the two streams (a buffer is received into only after the
 //! kernels of the step before have read it).
 //!
-//! Forward: each step's O (element type) and LSE are merged into a running f32 O and the LSE
-//! (`ring_merge_*`, in step order), the sinks joining at the last merge. Backward: each step's
+//! Forward: each step call's O (element type) and LSE are merged into a running f32 O and the LSE
+//! (`ring_merge_*`, in call order), the sinks joining at the last merge. Backward: each step call's
 //! gradients come from the single-GPU backward with the final O and LSE (so the probabilities are
 //! the whole row's); dQ is summed in f32 on the rank, dK and dV in f32 buffers that travel with their
 //! keys and values and come home after `world` steps (`ring_accumulate_*`). Every sum runs in a fixed
@@ -21,17 +22,18 @@
 
 use super::check_ring_options;
 use super::nccl::Communicator;
-use super::shard::{ShardLayout, Sharding};
+use super::shard::{RingMask, ShardLayout, Sharding, StepPlan};
 use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
+use crate::gpu::backward;
 use crate::gpu::backward::GpuGradients;
 use crate::gpu::launch::{self, KernelParams, Launch};
 use crate::gpu::score::device_per_head;
 use crate::gpu::tensor::{DeviceTensor, GpuForwardOutput};
-use crate::gpu::varlen::{flash_backward_varlen_into, flash_forward_varlen_into, DeviceVarlen};
+use crate::gpu::varlen::{forward_packed_into, DeviceVarlen, Packed};
 use crate::layout::Layout;
-use crate::options::AttnOptions;
+use crate::options::{AttnOptions, PerHead, Window};
 use crate::problem::AttnProblem;
 use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, LaunchConfig};
 use ironflash_kernels::abi::{self, RingAccumulateParams, RingMergeParams};
@@ -61,7 +63,7 @@ pub fn forward<T: Element>(
     let checked = check_call(dev, comm, sharding, [q, k, v], None, opts);
     let p = handshake(comm, sharding, opts, Direction::Forward, T::DTYPE, checked)?;
     let mut ring =
-        Ring::new(dev, comm, sharding, &p, (address(dev, &k.buf), address(dev, &v.buf)), T::DTYPE.size_bytes())?;
+        Ring::new(dev, comm, sharding, &p, opts, (address(dev, &k.buf), address(dev, &v.buf)), T::DTYPE.size_bytes())?;
     let sinks = sinks_ptr(dev, opts)?;
     let step_opts = AttnOptions { sinks: None, ..*opts };
     let stream = dev.stream();
@@ -88,26 +90,9 @@ pub fn forward<T: Element>(
     for s in 0..ring.world {
         ring.exchange(comm, s, None)?;
         ring.wait_keys(s)?;
-        let last = s + 1 == ring.world;
-        let step = match ring.plans[s].as_ref() {
-            Some(plan) => {
-                let (k_step, v_step) = ring.keys(s, k, v);
-                let call = AttnOptions { causal: plan.causal, ..step_opts };
-                flash_forward_varlen_into(
-                    dev,
-                    &q_packed,
-                    &k_step,
-                    &v_step,
-                    &plan.seqs(),
-                    &mut o_step,
-                    &mut lse_step,
-                    &call,
-                )?;
-                Some((address(dev, &o_step.buf), address(dev, &lse_step)))
-            }
-            None => None,
-        };
-        if step.is_some() || last {
+        let last_step = s + 1 == ring.world;
+        let calls = ring.plans[s].len();
+        let mut merge = |step: Option<(u64, u64)>, last: bool| {
             let (o_step_ptr, lse_step_ptr) = step.unwrap_or((0, 0));
             let params = RingMergeParams {
                 o_accum: o_accum.as_ref().map_or(0, |b| address(dev, b)),
@@ -121,10 +106,30 @@ pub fn forward<T: Element>(
                 head_dim_v: dv as u32,
                 first: u32::from(!merged_any),
             };
+            merged_any = true;
             // SAFETY: every address is a live buffer of the sizes the params state (allocated above
             // for this call, or the caller's sinks of `heads_q` f32), used in stream order.
-            unsafe { launch_merge::<T>(dev, params, tokens * heads_q) }?;
-            merged_any = true;
+            unsafe { launch_merge::<T>(dev, params, tokens * heads_q) }
+        };
+        for (c, plan) in ring.plans[s].iter().enumerate() {
+            let (k_step, v_step) = ring.keys(s, k, v);
+            let seqs = plan.seqs();
+            forward_packed_into(
+                dev,
+                &q_packed,
+                &k_step,
+                &v_step,
+                plan.packed(&seqs),
+                &mut o_step,
+                &mut lse_step,
+                &plan.options(&step_opts),
+                None,
+                None,
+            )?;
+            merge(Some((address(dev, &o_step.buf), address(dev, &lse_step))), last_step && c + 1 == calls)?;
+        }
+        if calls == 0 && last_step {
+            merge(None, true)?;
         }
         ring.step_done(s)?;
     }
@@ -156,7 +161,7 @@ pub fn backward<T: Element>(
     let checked = check_call(dev, comm, sharding, [q, k, v], Some((o, lse, d_o)), opts);
     let p = handshake(comm, sharding, opts, Direction::Backward, T::DTYPE, checked)?;
     let mut ring =
-        Ring::new(dev, comm, sharding, &p, (address(dev, &k.buf), address(dev, &v.buf)), T::DTYPE.size_bytes())?;
+        Ring::new(dev, comm, sharding, &p, opts, (address(dev, &k.buf), address(dev, &v.buf)), T::DTYPE.size_bytes())?;
     let stream = dev.stream();
     let (tokens_q, tokens_k_max) = (ring.tokens_q, ring.tokens_k_max);
     let (dq_len, dk_len) = (tokens_q * p.heads_q * p.head_dim, tokens_k_max * p.heads_kv * p.head_dim);
@@ -189,68 +194,60 @@ pub fn backward<T: Element>(
             break;
         }
         ring.wait_keys(s)?;
-        let step = match ring.plans[s].as_ref() {
-            Some(plan) => {
-                let (k_step, v_step) = ring.keys(s, k, v);
-                // The sinks' gradient is the rows' own (no key in it): taken at step 0 only, then
-                // summed over the ranks.
-                let call = AttnOptions { causal: plan.causal, sinks: if s == 0 { opts.sinks } else { None }, ..*opts };
-                let source_tokens = ring.tokens_k(s);
-                let mut step_grads = GpuGradients {
-                    dq: ManuallyDrop::into_inner(alias::<T>(dev, address(dev, &dq_step), q_packed.layout).take()),
-                    dk: ManuallyDrop::into_inner(
-                        alias::<T>(
-                            dev,
-                            address(dev, &dk_step),
-                            Layout::contiguous([1, source_tokens, p.heads_kv, p.head_dim]),
-                        )
-                        .take(),
-                    ),
-                    dv: ManuallyDrop::into_inner(
-                        alias::<T>(
-                            dev,
-                            address(dev, &dv_step),
-                            Layout::contiguous([1, source_tokens, p.heads_kv, p.head_dim_v]),
-                        )
-                        .take(),
-                    ),
-                    d_sinks: if s == 0 { d_sinks.take() } else { None },
-                };
-                let run = flash_backward_varlen_into(
-                    dev,
-                    &q_packed,
-                    &k_step,
-                    &v_step,
-                    &o_packed,
-                    lse,
-                    &d_o_packed,
-                    &plan.seqs(),
-                    &mut step_grads,
-                    &call,
-                );
-                // The aliases go back without freeing what they alias.
-                let GpuGradients { dq, dk, dv, d_sinks: back } = step_grads;
-                for t in [dq, dk, dv] {
-                    t.buf.leak();
-                }
-                if s == 0 {
-                    d_sinks = back;
-                }
-                run?;
-                Some(source_tokens)
+        let source_tokens = ring.tokens_k(s);
+        for (c, plan) in ring.plans[s].iter().enumerate() {
+            let (k_step, v_step) = ring.keys(s, k, v);
+            // The sinks' gradient is the rows' own (no key in it): taken at step 0's first call only
+            // (whose sequences hold every query that sees a key), then summed over the ranks.
+            let first = s == 0 && c == 0;
+            let call = AttnOptions { sinks: if first { opts.sinks } else { None }, ..plan.options(opts) };
+            let mut step_grads = GpuGradients {
+                dq: ManuallyDrop::into_inner(alias::<T>(dev, address(dev, &dq_step), q_packed.layout).take()),
+                dk: ManuallyDrop::into_inner(
+                    alias::<T>(
+                        dev,
+                        address(dev, &dk_step),
+                        Layout::contiguous([1, source_tokens, p.heads_kv, p.head_dim]),
+                    )
+                    .take(),
+                ),
+                dv: ManuallyDrop::into_inner(
+                    alias::<T>(
+                        dev,
+                        address(dev, &dv_step),
+                        Layout::contiguous([1, source_tokens, p.heads_kv, p.head_dim_v]),
+                    )
+                    .take(),
+                ),
+                d_sinks: if first { d_sinks.take() } else { None },
+            };
+            let seqs = plan.seqs();
+            let run = backward::backward_into(
+                dev,
+                (&q_packed, &k_step, &v_step, &o_packed, lse, &d_o_packed),
+                Some(plan.packed(&seqs)),
+                &mut step_grads,
+                &call,
+                None,
+            );
+            // The aliases go back without freeing what they alias.
+            let GpuGradients { dq, dk, dv, d_sinks: back } = step_grads;
+            for t in [dq, dk, dv] {
+                t.buf.leak();
             }
-            None => None,
-        };
-        if let Some(source_tokens) = step {
+            if first {
+                d_sinks = back;
+            }
+            run?;
             // SAFETY: the sums' buffers hold `dq_len`, `dk_len`, `dv_len` elements, at least what
             // these lengths count; all on this stream.
             unsafe {
-                accumulate::<T>(dev, address(dev, &dq_accum), address(dev, &dq_step), 0, dq_len, s == 0)?;
+                accumulate::<T>(dev, address(dev, &dq_accum), address(dev, &dq_step), 0, dq_len, first)?;
                 ring.wait_gradients(s)?;
                 let (dk_sum, dv_sum) = &dkv_accum[s % 2];
                 let (nk, nv) = (source_tokens * p.heads_kv * p.head_dim, source_tokens * p.heads_kv * p.head_dim_v);
-                accumulate::<T>(dev, address(dev, dk_sum), address(dev, &dk_step), 0, nk, s == 0)?;
-                accumulate::<T>(dev, address(dev, dv_sum), address(dev, &dv_step), 0, nv, s == 0)?;
+                accumulate::<T>(dev, address(dev, dk_sum), address(dev, &dk_step), 0, nk, first)?;
+                accumulate::<T>(dev, address(dev, dv_sum), address(dev, &dv_step), 0, nv, first)?;
             }
         }
         ring.step_done(s)?;
@@ -317,7 +314,7 @@ fn check_call<T: Element>(
     if T::DTYPE != DType::BF16 && T::DTYPE != DType::F16 {
         return Err(Error::UnsupportedDtype { arg: Arg::Q, dtype: T::DTYPE, path: "context-parallel attention" });
     }
-    check_ring_options(opts)?;
+    check_ring_options(opts, sharding)?;
     let len = sharding.shard_len(comm.rank());
     let mut tensors = vec![(Arg::Q, q), (Arg::K, k), (Arg::V, v)];
     if let Some((o, _, d_o)) = backward {
@@ -357,8 +354,8 @@ fn check_call<T: Element>(
     Ok(p)
 }
 
-/// What the handshake compares, in its order.
-const FIELDS: [&str; 15] = [
+/// What the handshake compares, in its order (after a status word).
+const FIELDS: [&str; 18] = [
     "direction (0 forward, 1 backward)",
     "world",
     "seqlen",
@@ -374,7 +371,13 @@ const FIELDS: [&str; 15] = [
     "softcap (f32 bits, 0 none)",
     "sinks",
     "deterministic",
+    "window left (+1, 0 none)",
+    "window right (+1, 0 none)",
+    "ALiBi slopes (0 none, else their count)",
 ];
+
+/// Words per rank in the handshake: the status, then [`FIELDS`].
+const WORDS: usize = FIELDS.len() + 1;
 
 /// The ranks compare their calls before any transfer (see the module docs): this rank's status and
 /// problem are gathered from every rank and waited for with the communicator's timeout.
@@ -386,7 +389,7 @@ fn handshake(
     dtype: DType,
     checked: Result<AttnProblem>,
 ) -> Result<AttnProblem> {
-    let mut words = [0u64; 16];
+    let mut words = [0u64; WORDS];
     if let Ok(p) = &checked {
         let fields = [
             direction as u64,
@@ -404,6 +407,9 @@ fn handshake(
             p.softcap.map_or(0, |c| u64::from(c.to_bits())),
             u64::from(p.sinks),
             u64::from(opts.deterministic && matches!(direction, Direction::Backward)),
+            opts.window.left.map_or(0, |w| w as u64 + 1),
+            opts.window.right.map_or(0, |w| w as u64 + 1),
+            opts.alibi_slopes.map_or(0, |s| s.len() as u64),
         ];
         words[1..].copy_from_slice(&fields);
     } else {
@@ -416,18 +422,18 @@ fn handshake(
     let world = comm.world();
     let ring_stream = comm.stream().clone();
     let sent = ring_stream.clone_htod(&words).during("copying the ring's handshake to the device")?;
-    let gathered = ring_stream.alloc_zeros::<u64>(16 * world).during("allocating the ring's handshake")?;
-    // SAFETY: 16 u64 from each rank into `16 · world`, on the ring's stream, as every rank does.
-    unsafe { comm.all_gather_u64(sent.device_ptr(&ring_stream).0, gathered.device_ptr(&ring_stream).0, 16) }?;
+    let gathered = ring_stream.alloc_zeros::<u64>(WORDS * world).during("allocating the ring's handshake")?;
+    // SAFETY: `WORDS` u64 from each rank into `WORDS · world`, on the ring's stream, as every rank does.
+    unsafe { comm.all_gather_u64(sent.device_ptr(&ring_stream).0, gathered.device_ptr(&ring_stream).0, WORDS) }?;
     let done = ring_stream.record_event(None).during("recording the ring's handshake")?;
     comm.wait(&done, "the ring's handshake")?;
     let all = ring_stream.clone_dtoh(&gathered).during("reading the ring's handshake")?;
     let p = checked?;
-    for (rank, theirs) in all.chunks(16).enumerate() {
+    for (rank, theirs) in all.chunks(WORDS).enumerate() {
         if theirs[0] != 0 {
             return Err(Error::PeerFailed { rank });
         }
-        if let Some(i) = (1..16).find(|&i| theirs[i] != words[i]) {
+        if let Some(i) = (1..WORDS).find(|&i| theirs[i] != words[i]) {
             return Err(Error::RankMismatch { rank, what: FIELDS[i - 1], got: theirs[i], expected: words[i] });
         }
     }
@@ -447,7 +453,8 @@ struct Ring<'d> {
     tokens_of: Vec<usize>,
     heads_kv: usize,
     head_dims: (usize, usize),
-    plans: Vec<Option<DevicePlan>>,
+    /// Each step's calls (none where none of this rank's queries sees the keys held then).
+    plans: Vec<Vec<DevicePlan>>,
     /// The caller's keys and values (step 0's).
     own_kv: (u64, u64),
     /// Two (K, V) receive buffers, alternating: step s + 1's keys arrive in `kv[s % 2]`.
@@ -460,13 +467,17 @@ struct Ring<'d> {
     elem_bytes: usize,
 }
 
-/// A step's plan with its offsets on the device.
+/// A step call's plan (`ring::shard::StepPlan`, over the batch's entries) on the device: its offsets,
+/// its sequences' diagonal shifts (positional calls), and with ALiBi slopes per batch entry, their rows
+/// repeated per sequence (`[sequences, heads_q]`, as a packed call takes them).
 struct DevicePlan {
     causal: bool,
     cu_q: CudaSlice<i32>,
     cu_k: CudaSlice<i32>,
     max_q: usize,
     max_k: usize,
+    shifts: Option<CudaSlice<i32>>,
+    slopes: Option<CudaSlice<f32>>,
 }
 
 impl DevicePlan {
@@ -478,6 +489,67 @@ impl DevicePlan {
             max_seqlen_k: self.max_k,
         }
     }
+
+    /// The packed call of [`DevicePlan::seqs`]' sequences.
+    fn packed<'a>(&'a self, seqs: &'a DeviceVarlen<'a>) -> Packed<'a> {
+        Packed { seqs, diagonal_shifts: self.shifts.as_ref() }
+    }
+
+    /// The call's options: the ring's, causal as the plan says, the window only in positional calls
+    /// (elsewhere it is a causal call's right edge, which hides nothing more), ALiBi slopes per sequence
+    /// where the ring's are per batch entry.
+    fn options<'a>(&'a self, opts: &AttnOptions<'a>) -> AttnOptions<'a> {
+        let alibi_slopes = self.slopes.as_ref().map(PerHead::Device).or(opts.alibi_slopes);
+        let window = if self.shifts.is_some() { opts.window } else { Window::default() };
+        AttnOptions { causal: self.causal, alibi_slopes, window, ..*opts }
+    }
+
+    fn upload(
+        dev: &Device,
+        plan: &StepPlan,
+        (batch, heads_q): (usize, usize),
+        lens: (usize, usize),
+        opts: &AttnOptions,
+    ) -> Result<Self> {
+        let stream = dev.stream();
+        let (cu_q, cu_k) = plan.offsets(batch, lens.0, lens.1);
+        let longest = |cu: &[i32]| cu.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+        let upload = |cu: &[i32]| stream.clone_htod(cu).during("copying a ring step's offsets to the device");
+        let shifts = match &plan.shifts {
+            Some(per_entry) => Some(upload(&per_entry.repeat(batch))?),
+            None => None,
+        };
+        let per_sequence = plan.sequences.len();
+        let slopes = match device_per_head(dev, Arg::AlibiSlopes, opts.alibi_slopes)? {
+            Some(rows) if batch > 1 && rows.len() == batch * heads_q => {
+                // SAFETY: every row is written below before the call reads it.
+                let mut out = unsafe { stream.alloc::<f32>(batch * per_sequence * heads_q) }
+                    .during("allocating a ring step's ALiBi slopes")?;
+                for b in 0..batch {
+                    for i in 0..per_sequence {
+                        let at = (b * per_sequence + i) * heads_q;
+                        stream
+                            .memcpy_dtod(
+                                &rows.slice(b * heads_q..(b + 1) * heads_q),
+                                &mut out.slice_mut(at..at + heads_q),
+                            )
+                            .during("copying a ring step's ALiBi slopes")?;
+                    }
+                }
+                Some(out)
+            }
+            _ => None,
+        };
+        Ok(DevicePlan {
+            causal: plan.causal,
+            max_q: longest(&cu_q),
+            max_k: longest(&cu_k),
+            cu_q: upload(&cu_q)?,
+            cu_k: upload(&cu_k)?,
+            shifts,
+            slopes,
+        })
+    }
 }
 
 impl<'d> Ring<'d> {
@@ -486,6 +558,7 @@ impl<'d> Ring<'d> {
         comm: &Communicator,
         sharding: &Sharding,
         p: &AttnProblem,
+        opts: &AttnOptions,
         own_kv: (u64, u64),
         elem_bytes: usize,
     ) -> Result<Self> {
@@ -493,25 +566,17 @@ impl<'d> Ring<'d> {
         let len_q = sharding.shard_len(rank);
         let tokens_of: Vec<usize> = (0..world).map(|r| batch * sharding.shard_len(r)).collect();
         let stream = dev.stream();
+        let mask = RingMask::of(opts);
         let mut plans = Vec::with_capacity(world);
         for s in 0..world {
-            let source = sharding.source(rank, s);
-            plans.push(match sharding.step_plan(rank, s, p.causal) {
-                None => None,
-                Some(plan) => {
-                    let (cu_q, cu_k) = plan.offsets(batch, len_q, sharding.shard_len(source));
-                    let longest = |cu: &[i32]| cu.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
-                    let upload =
-                        |cu: &[i32]| stream.clone_htod(cu).during("copying a ring step's offsets to the device");
-                    Some(DevicePlan {
-                        causal: plan.causal,
-                        max_q: longest(&cu_q),
-                        max_k: longest(&cu_k),
-                        cu_q: upload(&cu_q)?,
-                        cu_k: upload(&cu_k)?,
-                    })
-                }
-            });
+            let lens = (len_q, sharding.shard_len(sharding.source(rank, s)));
+            let calls = sharding.step_plans(rank, s, &mask);
+            plans.push(
+                calls
+                    .iter()
+                    .map(|plan| DevicePlan::upload(dev, plan, (batch, p.heads_q), lens, opts))
+                    .collect::<Result<_>>()?,
+            );
         }
         let tokens_k_max = batch * sharding.max_shard_len();
         let (k_bytes, v_bytes) = (

@@ -9,10 +9,11 @@
 //! - `gpu` (feature `nccl`): the ring on GPUs over NCCL, `ring::gpu::{forward, backward}` with a
 //!   `ring::gpu::Communicator`.
 //!
-//! Options: causal or not, softmax scale, softcap, sinks, GQA/MQA, every head dim and both 16-bit
-//! types the single-GPU kernels have; sliding windows and ALiBi depend on the distance between a query
-//! and a key, which the per-step calls (keys of another shard) do not carry, and are refused with
-//! [`Error::UnsupportedOption`].
+//! Options: every option of the single-GPU calls (causal or not, sliding windows, softmax scale,
+//! softcap, ALiBi, sinks), GQA/MQA, every head dim and both 16-bit types. Windows and ALiBi depend on
+//! the distance between a query and a key: their step calls shift each chunk pair's diagonal to where
+//! the chunks lie in the whole sequence ([`RingMask::positional`]), which bounds the sequence to
+//! `attn::score::MAX_SHIFTED` tokens.
 
 pub mod cpu;
 pub mod shard;
@@ -22,20 +23,21 @@ pub mod gpu;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 
-pub use shard::{ShardLayout, Sharding, StepPlan};
+pub use shard::{RingMask, ShardLayout, Sharding, StepPlan};
 
 use crate::error::{Arg, Error, Result};
 use crate::options::AttnOptions;
+use ironflash_kernels::attn::score::MAX_SHIFTED;
 
-const PATH: &str = "context-parallel (ring) attention";
-
-/// `UnsupportedOption` for the options a ring cannot apply (see the module docs).
-pub(crate) fn check_ring_options(opts: &AttnOptions) -> Result<()> {
-    if opts.window.left.is_some() || opts.window.right.is_some() {
-        return Err(Error::UnsupportedOption { arg: Arg::Q, what: "sliding windows", path: PATH });
-    }
-    if opts.alibi_slopes.is_some() {
-        return Err(Error::UnsupportedOption { arg: Arg::AlibiSlopes, what: "ALiBi", path: PATH });
+/// `TooLarge` for a sequence longer than the positional step calls' arithmetic allows (see the module
+/// docs).
+pub(crate) fn check_ring_options(opts: &AttnOptions, sharding: &Sharding) -> Result<()> {
+    if RingMask::of(opts).positional() && sharding.seqlen > MAX_SHIFTED as usize {
+        return Err(Error::TooLarge {
+            arg: Arg::Q,
+            what: "seqlen of a ring with a window or ALiBi",
+            value: sharding.seqlen,
+        });
     }
     Ok(())
 }

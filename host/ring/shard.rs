@@ -13,10 +13,19 @@
 //!   earlier rank (`t < r`), all its queries against the head chunk of those keys; from a later rank
 //!   (`t > r`), its tail chunk's queries against all of them.
 //!
-//! Each step's attention is one packed (varlen) call whose sequences tile the shard's queries and the
+//! Each step's attention is a packed (varlen) call whose sequences tile the shard's queries and the
 //! held keys in order ([`StepPlan::sequences`]); a sequence with no keys gives its rows LSE `-inf`, which
 //! the merge weighs 0, and one with no queries leaves its keys' gradients 0.
+//!
+//! Where the scores depend on the distance between a query and a key (sliding windows, ALiBi:
+//! [`RingMask::positional`]), a step's sequences are pairs of chunks, each with its diagonal shifted to
+//! where the chunks lie in the whole sequence (the distance between their ends, [`StepPlan::shifts`]),
+//! and the pairs that see any key are grouped into as few calls as keep each call's chunks in order:
+//! one per step with contiguous shards, two or three with zig-zag ones. Pairs that see no key are
+//! left out, so a window's work is proportional to its visible keys here too.
 
+use crate::options::AttnOptions;
+use ironflash_kernels::attn::score::Mask;
 use std::ops::Range;
 
 /// Which chunks of the global sequence each rank holds (see the module docs).
@@ -37,13 +46,50 @@ pub struct Sharding {
     pub layout: ShardLayout,
 }
 
-/// One step's attention for one batch entry: whether the call is causal, and its sequences as
+/// One call of a step's attention for one batch entry: whether the call is causal, and its sequences as
 /// (query range, key range) in the shard's local token indices. The query ranges tile `0..seqlen_q`
 /// and the key ranges `0..seqlen_k`, in order, as a packed call's offsets must.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepPlan {
     pub causal: bool,
     pub sequences: Vec<(Range<usize>, Range<usize>)>,
+    /// Positional calls ([`RingMask::positional`]): each sequence's diagonal shift (the end of its
+    /// queries minus the end of its keys in the whole sequence, `ScoreParams::diagonal_shifts`), and the
+    /// call's window is the whole sequence's. `None`: sequences aligned bottom-right, no window.
+    pub shifts: Option<Vec<i32>>,
+}
+
+/// What decides which (query, key) pairs of the whole sequence a ring computes, and how: the causal
+/// mask, the sliding window (FlashAttention's semantics over the whole sequence; `None` unbounded) and
+/// whether ALiBi makes the scores depend on the distance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingMask {
+    pub causal: bool,
+    pub left: Option<usize>,
+    pub right: Option<usize>,
+    pub alibi: bool,
+}
+
+impl RingMask {
+    pub fn of(opts: &AttnOptions) -> Self {
+        RingMask {
+            causal: opts.causal,
+            left: opts.window.left,
+            right: if opts.causal { Some(0) } else { opts.window.right },
+            alibi: opts.alibi_slopes.is_some(),
+        }
+    }
+
+    /// Whether the step calls must know where their chunks lie (windows, ALiBi).
+    pub fn positional(&self) -> bool {
+        self.alibi || self.left.is_some() || (self.right.is_some() && !self.causal)
+    }
+
+    /// The mask over a whole sequence of `seqlen` tokens.
+    fn whole(&self, seqlen: usize) -> Mask {
+        let w = |w: Option<usize>| w.map(|w| w.min(seqlen) as u32);
+        Mask::new(seqlen as u32, seqlen as u32, self.causal, w(self.left), w(self.right))
+    }
 }
 
 impl Sharding {
@@ -85,12 +131,51 @@ impl Sharding {
         (rank + self.world - step % self.world) % self.world
     }
 
-    /// Rank `rank`'s attention at step `step`, or `None` when none of its queries sees any of the keys
-    /// it holds then (contiguous shards under a causal mask, keys of a later rank).
+    /// Rank `rank`'s calls at step `step` under `mask`: [`Sharding::step_plan`]'s one where the mask is
+    /// not positional, the chunk pairs' calls (module docs) where it is; none when none of its queries
+    /// sees any of the keys it holds then.
+    pub fn step_plans(&self, rank: usize, step: usize, mask: &RingMask) -> Vec<StepPlan> {
+        if !mask.positional() {
+            return self.step_plan(rank, step, mask.causal).into_iter().collect();
+        }
+        let whole = mask.whole(self.seqlen);
+        let (q_chunks, k_chunks) = (self.chunks(rank), self.chunks(self.source(rank, step)));
+        // Whether some query of chunk `qc` sees some key of chunk `kc` (the keys a block of rows sees
+        // form one range: `Mask::key_blocks` with blocks of one key).
+        let sees = |qc: &Range<usize>, kc: &Range<usize>| {
+            if qc.is_empty() || kc.is_empty() {
+                return false;
+            }
+            let keys = whole.key_blocks(qc.start as u32, qc.len() as u32, 1);
+            !keys.is_empty() && (keys.first as usize) < kc.end && kc.start < keys.end as usize
+        };
+        let mut pairs: Vec<(usize, usize)> = (0..q_chunks.len())
+            .flat_map(|a| (0..k_chunks.len()).map(move |b| (a, b)))
+            .filter(|&(a, b)| sees(&q_chunks[a], &k_chunks[b]))
+            .collect();
+        let mut plans = Vec::new();
+        while !pairs.is_empty() {
+            // Greedily, the pairs whose query and key chunks both come after the last one taken.
+            let mut chain: Vec<(usize, usize)> = Vec::new();
+            pairs.retain(|&(a, b)| {
+                let take = chain.last().is_none_or(|&(la, lb)| a > la && b > lb);
+                if take {
+                    chain.push((a, b));
+                }
+                !take
+            });
+            plans.push(chain_plan(&chain, &q_chunks, &k_chunks, mask.causal));
+        }
+        plans
+    }
+
+    /// Rank `rank`'s attention at step `step` with no window and no ALiBi, one call, or `None` when none
+    /// of its queries sees any of the keys it holds then (contiguous shards under a causal mask, keys of
+    /// a later rank).
     pub fn step_plan(&self, rank: usize, step: usize, causal: bool) -> Option<StepPlan> {
         let source = self.source(rank, step);
         let (len_q, len_k) = (self.shard_len(rank), self.shard_len(source));
-        let all = |causal| Some(StepPlan { causal, sequences: vec![(0..len_q, 0..len_k)] });
+        let all = |causal| Some(StepPlan { causal, sequences: vec![(0..len_q, 0..len_k)], shifts: None });
         if !causal {
             return all(false);
         }
@@ -112,10 +197,52 @@ impl Sharding {
                     // The head chunk's queries are before both of the source's chunks, the tail's after.
                     vec![(0..head_q, 0..0), (head_q..len_q, 0..len_k)]
                 };
-                Some(StepPlan { causal: false, sequences })
+                Some(StepPlan { causal: false, sequences, shifts: None })
             }
         }
     }
+}
+
+/// One positional call: the chain's chunk pairs (query and key chunk indices, both increasing) as
+/// sequences with their shifts, the tokens between them as sequences without keys or without queries.
+fn chain_plan(
+    chain: &[(usize, usize)],
+    q_chunks: &[Range<usize>],
+    k_chunks: &[Range<usize>],
+    causal: bool,
+) -> StepPlan {
+    // Local ranges: a shard lays its chunks out in order.
+    let local = |chunks: &[Range<usize>], i: usize| {
+        let start: usize = chunks[..i].iter().map(|c| c.len()).sum();
+        start..start + chunks[i].len()
+    };
+    let (len_q, len_k) = (q_chunks.iter().map(|c| c.len()).sum(), k_chunks.iter().map(|c| c.len()).sum());
+    let mut sequences = Vec::new();
+    let mut shifts = Vec::new();
+    // The tokens from `at` to `to` as a sequence without keys and one without queries (where not empty).
+    let pad = |sequences: &mut Vec<(Range<usize>, Range<usize>)>,
+               shifts: &mut Vec<i32>,
+               at: (usize, usize),
+               to: (usize, usize)| {
+        if at.0 < to.0 {
+            sequences.push((at.0..to.0, at.1..at.1));
+            shifts.push(0);
+        }
+        if at.1 < to.1 {
+            sequences.push((to.0..to.0, at.1..to.1));
+            shifts.push(0);
+        }
+    };
+    let mut at = (0, 0);
+    for &(a, b) in chain {
+        let (qs, ks) = (local(q_chunks, a), local(k_chunks, b));
+        pad(&mut sequences, &mut shifts, at, (qs.start, ks.start));
+        at = (qs.end, ks.end);
+        sequences.push((qs, ks));
+        shifts.push(q_chunks[a].end as i32 - k_chunks[b].end as i32);
+    }
+    pad(&mut sequences, &mut shifts, at, (len_q, len_k));
+    StepPlan { causal, sequences, shifts: Some(shifts) }
 }
 
 impl StepPlan {
@@ -138,54 +265,96 @@ impl StepPlan {
 mod tests {
     use super::*;
 
-    /// Every (query, key) pair of the global causal (or full) mask is computed at exactly one step of
-    /// exactly one rank, and no other pair is.
-    fn covers_the_mask_once(seqlen: usize, world: usize, layout: ShardLayout, causal: bool) {
+    /// Every (query, key) pair of the whole sequence's mask is computed at exactly one step of exactly
+    /// one rank, with its distance to the diagonal where the mask is positional, and no other pair is;
+    /// no call holds a chunk pair that sees nothing.
+    fn covers_the_mask_once(seqlen: usize, world: usize, layout: ShardLayout, mask: RingMask) {
         let sh = Sharding { seqlen, world, layout };
+        let whole = mask.whole(seqlen);
         let mut seen = vec![0u8; seqlen * seqlen];
         for rank in 0..world {
             let q_global: Vec<usize> = sh.chunks(rank).into_iter().flatten().collect();
             assert_eq!(q_global.len(), sh.shard_len(rank));
             for step in 0..world {
                 let k_global: Vec<usize> = sh.chunks(sh.source(rank, step)).into_iter().flatten().collect();
-                let Some(plan) = sh.step_plan(rank, step, causal) else { continue };
-                assert_eq!(plan.sequences.first().unwrap().0.start, 0);
-                assert_eq!(plan.sequences.last().unwrap().0.end, q_global.len());
-                assert_eq!(plan.sequences.last().unwrap().1.end, k_global.len());
-                for w in plan.sequences.windows(2) {
-                    assert_eq!((w[0].0.end, w[0].1.end), (w[1].0.start, w[1].1.start));
-                }
-                for (qs, ks) in &plan.sequences {
-                    for (a, i) in qs.clone().enumerate() {
-                        for (c, j) in ks.clone().enumerate() {
-                            // Bottom-right causal within the sequence, as the packed kernels apply it.
-                            if plan.causal && c + qs.len() > a + ks.len() {
-                                continue;
+                for plan in sh.step_plans(rank, step, &mask) {
+                    assert_eq!(plan.sequences.first().unwrap().0.start, 0);
+                    assert_eq!(plan.sequences.last().unwrap().0.end, q_global.len());
+                    assert_eq!(plan.sequences.last().unwrap().1.end, k_global.len());
+                    for w in plan.sequences.windows(2) {
+                        assert_eq!((w[0].0.end, w[0].1.end), (w[1].0.start, w[1].1.start));
+                    }
+                    let shifts = plan.shifts.clone().unwrap_or(vec![0; plan.sequences.len()]);
+                    assert_eq!(shifts.len(), plan.sequences.len());
+                    assert_eq!(plan.shifts.is_some(), mask.positional());
+                    let w = |w: Option<usize>| w.map(|w| w as u32);
+                    let (left, right) = if mask.positional() { (w(mask.left), w(mask.right)) } else { (None, None) };
+                    let call = Mask::shifted_call(1 << 20, 1 << 20, plan.causal, left, right);
+                    for ((qs, ks), &shift) in plan.sequences.iter().zip(&shifts) {
+                        // The sequence's mask as the packed kernels apply it.
+                        let m = call.of_sequence(qs.len() as u32, ks.len() as u32, shift);
+                        let mut any = false;
+                        for (a, i) in qs.clone().enumerate() {
+                            for (c, j) in ks.clone().enumerate() {
+                                if !m.visible(a as u32, c as u32) {
+                                    continue;
+                                }
+                                any = true;
+                                let (gi, gj) = (q_global[i], k_global[j]);
+                                seen[gi * seqlen + gj] += 1;
+                                if mask.positional() {
+                                    assert_eq!(a as i64 + m.offset() as i64 - c as i64, gi as i64 - gj as i64);
+                                }
                             }
-                            seen[q_global[i] * seqlen + k_global[j]] += 1;
                         }
+                        assert!(any || qs.is_empty() || ks.is_empty() || !mask.positional(), "{mask:?} {plan:?}");
                     }
                 }
             }
         }
         for i in 0..seqlen {
             for j in 0..seqlen {
-                let want = u8::from(!causal || j <= i);
-                assert_eq!(seen[i * seqlen + j], want, "seqlen {seqlen} world {world} {layout:?} ({i}, {j})");
+                let want = u8::from(whole.visible(i as u32, j as u32));
+                assert_eq!(seen[i * seqlen + j], want, "seqlen {seqlen} world {world} {layout:?} {mask:?} ({i}, {j})");
             }
         }
     }
 
     #[test]
     fn every_visible_pair_once() {
+        let mut masks = Vec::new();
+        for causal in [false, true] {
+            for (left, right) in
+                [(None, None), (Some(0), None), (Some(3), Some(5)), (None, Some(2)), (Some(9), Some(0))]
+            {
+                for alibi in [false, true] {
+                    masks.push(RingMask { causal, left, right: if causal { Some(0) } else { right }, alibi });
+                }
+            }
+        }
         for world in 1..=5 {
             for seqlen in [world * 2, 2 * world + 1, 17, 40, 41] {
                 for layout in [ShardLayout::Contiguous, ShardLayout::ZigZag] {
-                    for causal in [false, true] {
-                        covers_the_mask_once(seqlen, world, layout, causal);
+                    for mask in &masks {
+                        covers_the_mask_once(seqlen, world, layout, *mask);
                     }
                 }
             }
+        }
+    }
+
+    /// A window narrower than a chunk leaves a rank work at three steps at most (its own keys and its
+    /// chunks' neighbours'), and the calls per step stay within three (two under a causal mask).
+    #[test]
+    fn windows_skip_steps_and_calls_stay_few() {
+        let sh = Sharding { seqlen: 8000, world: 4, layout: ShardLayout::ZigZag };
+        let causal = RingMask { causal: true, left: Some(100), right: Some(0), alibi: false };
+        let full = RingMask { causal: false, left: None, right: None, alibi: true };
+        for rank in 0..4 {
+            let steps: Vec<usize> = (0..4).map(|s| sh.step_plans(rank, s, &causal).len()).collect();
+            assert!(steps[0] >= 1 && steps.iter().all(|&n| n <= 2), "{steps:?}");
+            assert!(steps.iter().filter(|&&n| n > 0).count() <= 3, "{steps:?}");
+            assert!((0..4).all(|s| sh.step_plans(rank, s, &full).len() == 3));
         }
     }
 
@@ -221,7 +390,7 @@ mod tests {
 
     #[test]
     fn offsets_repeat_per_batch_entry() {
-        let plan = StepPlan { causal: false, sequences: vec![(0..3, 0..0), (3..5, 0..4)] };
+        let plan = StepPlan { causal: false, sequences: vec![(0..3, 0..0), (3..5, 0..4)], shifts: None };
         assert_eq!(plan.offsets(2, 5, 4), (vec![0, 3, 5, 8, 10], vec![0, 0, 4, 4, 8]));
     }
 }
