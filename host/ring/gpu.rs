@@ -1,12 +1,12 @@
 //! The ring on GPUs: each rank's forward and backward over NCCL (`ring::nccl`), one rank per GPU.
 //!
 //! Each step's attention is the single-GPU packed (varlen) call on the step's sequences
-//! (`ring::shard::StepPlan`; with windows or ALiBi, up to three calls per step whose sequences' diagonals
-//! are shifted to the chunks' places in the whole sequence), so every head dim, dtype, GQA ratio, option
-//! and kernel of the single-GPU path applies unchanged. While step s runs on the device's stream, the ring's stream sends the keys and
-//! values of step s to the next rank and receives those of step s + 1 from the previous one (two
-//! buffers, alternating); events order the two streams (a buffer is received into only after the
-//! kernels of the step before have read it).
+//! (`ring::shard::StepPlan`; with windows or ALiBi, up to three calls per step whose sequences'
+//! diagonals are shifted to the chunks' places in the whole sequence), so every head dim, dtype, GQA
+//! ratio, option and kernel of the single-GPU path applies unchanged. While step s runs on the
+//! device's stream, the ring's stream sends the keys and values of step s to the next rank and
+//! receives those of step s + 1 from the previous one (two buffers, alternating); events order the two
+//! streams (a buffer is received into only after the kernels of the step before have read it).
 //!
 //! Forward: each step call's O (element type) and LSE are merged into a running f32 O and the LSE
 //! (`ring_merge_*`, in call order), the sinks joining at the last merge. Backward: each step call's
@@ -23,6 +23,7 @@
 use super::check_ring_options;
 use super::nccl::Communicator;
 use super::shard::{RingMask, ShardLayout, Sharding, StepPlan};
+use crate::cpu::varlen::Varlen;
 use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{Arg, DriverContext, Error, Result};
@@ -31,7 +32,7 @@ use crate::gpu::backward::GpuGradients;
 use crate::gpu::launch::{self, KernelParams, Launch};
 use crate::gpu::score::device_per_head;
 use crate::gpu::tensor::{DeviceTensor, GpuForwardOutput};
-use crate::gpu::varlen::{forward_packed_into, DeviceVarlen, Packed};
+use crate::gpu::varlen::{forward_packed_into, DeviceVarlen, Packed, VarlenOffsets};
 use crate::layout::Layout;
 use crate::options::{AttnOptions, PerHead, Window};
 use crate::problem::AttnProblem;
@@ -201,24 +202,15 @@ pub fn backward<T: Element>(
             // (whose sequences hold every query that sees a key), then summed over the ranks.
             let first = s == 0 && c == 0;
             let call = AttnOptions { sinks: if first { opts.sinks } else { None }, ..plan.options(opts) };
+            // The step buffers as tensors (leaked back below, not freed).
+            let step = |buf: &CudaSlice<T>, layout| {
+                ManuallyDrop::into_inner(alias::<T>(dev, address(dev, buf), layout).take())
+            };
+            let keys = |dim| Layout::contiguous([1, source_tokens, p.heads_kv, dim]);
             let mut step_grads = GpuGradients {
-                dq: ManuallyDrop::into_inner(alias::<T>(dev, address(dev, &dq_step), q_packed.layout).take()),
-                dk: ManuallyDrop::into_inner(
-                    alias::<T>(
-                        dev,
-                        address(dev, &dk_step),
-                        Layout::contiguous([1, source_tokens, p.heads_kv, p.head_dim]),
-                    )
-                    .take(),
-                ),
-                dv: ManuallyDrop::into_inner(
-                    alias::<T>(
-                        dev,
-                        address(dev, &dv_step),
-                        Layout::contiguous([1, source_tokens, p.heads_kv, p.head_dim_v]),
-                    )
-                    .take(),
-                ),
+                dq: step(&dq_step, q_packed.layout),
+                dk: step(&dk_step, keys(p.head_dim)),
+                dv: step(&dv_step, keys(p.head_dim_v)),
                 d_sinks: if first { d_sinks.take() } else { None },
             };
             let seqs = plan.seqs();
@@ -472,22 +464,14 @@ struct Ring<'d> {
 /// repeated per sequence (`[sequences, heads_q]`, as a packed call takes them).
 struct DevicePlan {
     causal: bool,
-    cu_q: CudaSlice<i32>,
-    cu_k: CudaSlice<i32>,
-    max_q: usize,
-    max_k: usize,
+    offsets: VarlenOffsets,
     shifts: Option<CudaSlice<i32>>,
     slopes: Option<CudaSlice<f32>>,
 }
 
 impl DevicePlan {
     fn seqs(&self) -> DeviceVarlen<'_> {
-        DeviceVarlen {
-            cu_seqlens_q: &self.cu_q,
-            cu_seqlens_k: &self.cu_k,
-            max_seqlen_q: self.max_q,
-            max_seqlen_k: self.max_k,
-        }
+        self.offsets.view()
     }
 
     /// The packed call of [`DevicePlan::seqs`]' sequences.
@@ -513,10 +497,14 @@ impl DevicePlan {
     ) -> Result<Self> {
         let stream = dev.stream();
         let (cu_q, cu_k) = plan.offsets(batch, lens.0, lens.1);
-        let longest = |cu: &[i32]| cu.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
-        let upload = |cu: &[i32]| stream.clone_htod(cu).during("copying a ring step's offsets to the device");
+        let offsets =
+            dev.upload_varlen(&Varlen { cu_seqlens_q: &cu_q, cu_seqlens_k: &cu_k }, batch * lens.0, batch * lens.1)?;
         let shifts = match &plan.shifts {
-            Some(per_entry) => Some(upload(&per_entry.repeat(batch))?),
+            Some(per_entry) => Some(
+                stream
+                    .clone_htod(&per_entry.repeat(batch))
+                    .during("copying a ring step's diagonal shifts to the device")?,
+            ),
             None => None,
         };
         let per_sequence = plan.sequences.len();
@@ -540,15 +528,7 @@ impl DevicePlan {
             }
             _ => None,
         };
-        Ok(DevicePlan {
-            causal: plan.causal,
-            max_q: longest(&cu_q),
-            max_k: longest(&cu_k),
-            cu_q: upload(&cu_q)?,
-            cu_k: upload(&cu_k)?,
-            shifts,
-            slopes,
-        })
+        Ok(DevicePlan { causal: plan.causal, offsets, shifts, slopes })
     }
 }
 
