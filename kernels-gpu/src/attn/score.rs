@@ -45,6 +45,14 @@ pub const MAX_TOTAL_SEQLEN: u64 = (1 << 31) - (1 << 16);
 /// within ±2^31 (host-checked). A window wider than this is unbounded.
 pub const MAX_SHIFTED: u32 = 1 << 28;
 
+/// The smallest `(left, right)` window that hides nothing for sequences of these lengths whose diagonal
+/// is shifted by `shift`: the last row's diagonal (`seqlen_k + shift`) and the first row's distance to
+/// the last key (`seqlen_q − shift`), at least 0 (module docs).
+#[inline(always)]
+fn unbounded_window(seqlen_q: u32, seqlen_k: u32, shift: i32) -> (u32, u32) {
+    ((seqlen_k as i32 + shift).max(0) as u32, (seqlen_q as i32 - shift).max(0) as u32)
+}
+
 /// The key blocks one query block visits, and which need the mask (see [`Mask::key_blocks`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KeyBlocks {
@@ -114,9 +122,7 @@ impl Mask {
     /// [`Mask::new`] clamps it.
     #[inline(always)]
     pub fn of_sequence(&self, seqlen_q: u32, seqlen_k: u32, shift: i32) -> Mask {
-        // The last row's diagonal and the first row's distance to the last key (module docs).
-        let left_unbounded = (seqlen_k as i32 + shift).max(0) as u32;
-        let right_unbounded = (seqlen_q as i32 - shift).max(0) as u32;
+        let (left_unbounded, right_unbounded) = unbounded_window(seqlen_q, seqlen_k, shift);
         Mask { seqlen_q, seqlen_k, left: self.left.min(left_unbounded), right: self.right.min(right_unbounded), shift }
     }
 
@@ -129,8 +135,7 @@ impl Mask {
     /// Whether any window edge hides keys beyond what the end of the keys and causality do.
     #[inline(always)]
     pub fn is_windowed(&self) -> bool {
-        let left_unbounded = (self.seqlen_k as i32 + self.shift).max(0) as u32;
-        let right_unbounded = (self.seqlen_q as i32 - self.shift).max(0) as u32;
+        let (left_unbounded, right_unbounded) = unbounded_window(self.seqlen_q, self.seqlen_k, self.shift);
         self.left < left_unbounded || (self.right > 0 && self.right < right_unbounded)
     }
 
